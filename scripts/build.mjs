@@ -1,0 +1,33 @@
+// Builds everything banger ships: TypeScript → dist/, the static guest binaries → agent/build/,
+// and the build stamp (version, commit, time) that `banger version` prints.
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const run = (cmd, args, opts = {}) => execFileSync(cmd, args, { cwd: root, stdio: 'inherit', ...opts });
+
+run(process.execPath, [join(root, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.json']);
+
+let commit = 'unknown';
+try {
+  commit = execFileSync('git', ['rev-parse', '--short=12', 'HEAD'], { cwd: root, stdio: ['ignore', 'pipe', 'ignore'] })
+    .toString()
+    .trim();
+  const dirty = execFileSync('git', ['status', '--porcelain', '--untracked-files=no'], { cwd: root }).toString().trim();
+  if (dirty) commit += '-dirty';
+} catch {
+  /* not a git checkout */
+}
+const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'));
+writeFileSync(
+  join(root, 'dist/build-info.json'),
+  `${JSON.stringify({ version: pkg.version, commit, buildTime: new Date().toISOString() }, null, 2)}\n`,
+);
+
+// Static guest binaries: they must run in any distro (glibc or musl), so they are linked statically.
+if (existsSync(join(root, 'agent/Makefile'))) {
+  mkdirSync(join(root, 'agent/build'), { recursive: true });
+  run('make', ['-s', '-C', 'agent']);
+}

@@ -1,0 +1,222 @@
+import { z } from 'zod';
+import { ERROR_CODES } from './errors.js';
+
+/**
+ * The wire contract of /v1. The daemon validates every request body against these and every
+ * response before it is sent; the client imports only the inferred types (zod stays off the CLI's
+ * hot path) and can opt into validating responses too.
+ */
+
+export const ErrorBodySchema = z.object({
+  code: z.enum(Object.keys(ERROR_CODES) as [keyof typeof ERROR_CODES, ...(keyof typeof ERROR_CODES)[]]),
+  message: z.string(),
+  fix: z.string().optional(),
+  opId: z.string().optional(),
+  details: z.unknown().optional(),
+});
+export const ErrorResponseSchema = z.object({ error: ErrorBodySchema });
+
+export const StageSchema = z.object({
+  name: z.string(),
+  startedAt: z.string(),
+  endedAt: z.string().optional(),
+  detail: z.string().optional(),
+});
+
+export const OperationStateSchema = z.enum(['running', 'succeeded', 'failed', 'cancelled']);
+
+export const OperationSchema = z.object({
+  id: z.string(),
+  kind: z.string(),
+  target: z.string().optional(),
+  state: OperationStateSchema,
+  stages: z.array(StageSchema),
+  progress: z.object({ current: z.number(), total: z.number().optional(), unit: z.string() }).optional(),
+  result: z.unknown().optional(),
+  error: ErrorBodySchema.optional(),
+  createdAt: z.string(),
+  endedAt: z.string().optional(),
+});
+export type Operation = z.infer<typeof OperationSchema>;
+
+export const OperationEventSchema = z.discriminatedUnion('type', [
+  z.object({ type: z.literal('snapshot'), operation: OperationSchema }),
+  z.object({ type: z.literal('stage'), stage: StageSchema }),
+  z.object({ type: z.literal('progress'), progress: OperationSchema.shape.progress.unwrap() }),
+  z.object({ type: z.literal('log'), line: z.string() }),
+  z.object({ type: z.literal('done'), operation: OperationSchema }),
+]);
+export type OperationEvent = z.infer<typeof OperationEventSchema>;
+
+export const OperationListSchema = z.object({ operations: z.array(OperationSchema) });
+
+export const DaemonStatusSchema = z.object({
+  pid: z.number().int(),
+  version: z.string(),
+  commit: z.string(),
+  buildTime: z.string(),
+  nodeVersion: z.string(),
+  socketPath: z.string(),
+  logPath: z.string(),
+  stateDir: z.string(),
+  startedAt: z.string(),
+  uptimeSeconds: z.number(),
+  dnsListenAddr: z.string().nullable(),
+  webListenAddr: z.string().nullable(),
+  vmm: z.string(),
+  accel: z.string().nullable(),
+});
+export type DaemonStatus = z.infer<typeof DaemonStatusSchema>;
+
+// ---- kernels and images -------------------------------------------------------------------
+
+export const KernelSchema = z.object({
+  id: z.string(),
+  name: z.string(),
+  version: z.string(),
+  kernelPath: z.string(),
+  initrdPath: z.string().nullable(),
+  modulesDir: z.string().nullable(),
+  source: z.string(),
+  managed: z.boolean(),
+  sizeBytes: z.number(),
+  createdAt: z.string(),
+});
+export type Kernel = z.infer<typeof KernelSchema>;
+
+export const ResourceName = z
+  .string()
+  .min(1)
+  .max(63)
+  .regex(/^[a-z0-9][a-z0-9._-]*$/, 'use lowercase letters, digits, ".", "_" and "-", starting with a letter or digit');
+
+export const KernelImportRequestSchema = z.object({ name: ResourceName, from: z.string().min(1) }).strict();
+
+export const ImageSchema = z.object({
+  id: z.string(),
+  name: z.string(),
+  rootfsPath: z.string(),
+  kernelId: z.string(),
+  kernelName: z.string(),
+  workSeedPath: z.string().nullable(),
+  managed: z.boolean(),
+  hasSystemd: z.boolean(),
+  sizeBytes: z.number(),
+  source: z.string(),
+  createdAt: z.string(),
+});
+export type Image = z.infer<typeof ImageSchema>;
+
+export const ImageRegisterRequestSchema = z
+  .object({
+    name: ResourceName,
+    rootfs: z.string().min(1),
+    kernel: z.string().min(1).optional(),
+    initrd: z.string().min(1).optional(),
+    modules: z.string().min(1).optional(),
+    kernelRef: z.string().min(1).optional(),
+  })
+  .strict()
+  .refine((r) => (r.kernel ? !r.kernelRef : !!r.kernelRef), {
+    message: 'give exactly one of --kernel FILE or --kernel-ref NAME',
+  })
+  .refine((r) => !(r.kernelRef && (r.initrd || r.modules)), {
+    message: '--initrd and --modules go with --kernel, not with --kernel-ref',
+  });
+
+// ---- VMs ---------------------------------------------------------------------------------
+
+export const VmStateSchema = z.enum(['created', 'starting', 'running', 'stopping', 'stopped', 'error']);
+export type VmState = z.infer<typeof VmStateSchema>;
+
+export const VmSchema = z.object({
+  id: z.string(),
+  name: z.string(),
+  imageId: z.string(),
+  imageName: z.string(),
+  kernelName: z.string(),
+  state: VmStateSchema,
+  vcpus: z.number().int(),
+  memoryMib: z.number().int(),
+  diskSizeBytes: z.number().int(),
+  vmm: z.string(),
+  accel: z.string().nullable(),
+  pid: z.number().int().nullable(),
+  lastError: z.string().nullable(),
+  dir: z.string(),
+  createdAt: z.string(),
+  startedAt: z.string().nullable(),
+  touchedAt: z.string(),
+});
+export type Vm = z.infer<typeof VmSchema>;
+
+export const VmCreateRequestSchema = z
+  .object({
+    name: z.string().optional(),
+    image: z.string().min(1).optional(),
+    vcpus: z.number().int().optional(),
+    memoryMib: z.number().int().optional(),
+    diskSizeBytes: z.number().int().optional(),
+    start: z.boolean().default(true),
+  })
+  .strict();
+export type VmCreateRequest = z.input<typeof VmCreateRequestSchema>;
+
+export const VmSetRequestSchema = z
+  .object({
+    vcpus: z.number().int().optional(),
+    memoryMib: z.number().int().optional(),
+    diskSizeBytes: z.number().int().optional(),
+  })
+  .strict();
+export type VmSetRequest = z.infer<typeof VmSetRequestSchema>;
+
+export const VmActionSchema = z.enum(['start', 'stop', 'restart', 'kill', 'delete']);
+export type VmAction = z.infer<typeof VmActionSchema>;
+export const VmBulkRequestSchema = z
+  .object({ action: VmActionSchema, refs: z.array(z.string().min(1)).min(1).max(256), force: z.boolean().default(false) })
+  .strict();
+export type VmBulkRequest = z.input<typeof VmBulkRequestSchema>;
+
+export const VmBulkResultSchema = z.object({
+  results: z.array(
+    z.object({ ref: z.string(), id: z.string().optional(), name: z.string().optional(), ok: z.boolean(), error: ErrorBodySchema.optional() }),
+  ),
+});
+export type VmBulkResult = z.infer<typeof VmBulkResultSchema>;
+
+export const GuestHealthSchema = z.object({
+  ready: z.boolean(),
+  uptimeSeconds: z.number(),
+  agentVersion: z.string(),
+  hostname: z.string(),
+  latencyMs: z.number(),
+});
+
+export const GuestPortSchema = z.object({
+  proto: z.string(),
+  address: z.string(),
+  port: z.number().int(),
+  pid: z.number().int().nullable(),
+  command: z.string(),
+});
+export const GuestPortsSchema = z.object({ ports: z.array(GuestPortSchema) });
+
+export const VmStatsSchema = z.object({
+  vmm: z.object({ pid: z.number().int(), cpuPercent: z.number(), rssBytes: z.number() }).nullable(),
+  guest: z
+    .object({
+      memTotalKib: z.number(),
+      memAvailableKib: z.number(),
+      load1: z.number(),
+      load5: z.number(),
+      load15: z.number(),
+      uptimeSeconds: z.number(),
+    })
+    .nullable(),
+});
+
+export const VmListSchema = z.object({ vms: z.array(VmSchema) });
+export const ImageListSchema = z.object({ images: z.array(ImageSchema) });
+export const KernelListSchema = z.object({ kernels: z.array(KernelSchema) });
+export const AcceptedOperationSchema = z.object({ operation: OperationSchema });

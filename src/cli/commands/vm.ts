@@ -1,0 +1,2 @@
+import type { Command } from 'commander';
+export function registerVmCommands(_program: Command): void {}

@@ -1,0 +1,55 @@
+import { spawn } from 'node:child_process';
+import { openSync, closeSync, readFileSync, mkdirSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { BangerError } from '../api/errors.js';
+import type { Layout } from '../config/layout.js';
+
+export const BANGERD_ENTRY = fileURLToPath(new URL('../daemon/main.js', import.meta.url));
+
+function tail(path: string): string {
+  try {
+    return readFileSync(path, 'utf8').trim().split('\n').slice(-5).join('\n');
+  } catch {
+    return '';
+  }
+}
+
+/**
+ * Starts bangerd detached (its own session, stdio to a log file) and waits until `probe`
+ * succeeds. When several CLIs race to start it, the losers' daemons exit on the lock and the
+ * probe still finds the winner.
+ */
+export async function startDaemon(layout: Layout, probe: () => Promise<boolean>, timeoutMs = 15_000): Promise<void> {
+  mkdirSync(layout.logDir, { recursive: true, mode: 0o700 });
+  const fd = openSync(layout.daemonStderrPath, 'a', 0o600);
+  const started = Date.now();
+  let exitCode: number | null | undefined;
+  try {
+    const child = spawn(process.execPath, [BANGERD_ENTRY], { detached: true, stdio: ['ignore', fd, fd], env: process.env });
+    child.on('exit', (code) => {
+      exitCode = code;
+    });
+    child.unref();
+  } finally {
+    closeSync(fd);
+  }
+  for (;;) {
+    if (await probe()) return;
+    if (exitCode !== undefined && exitCode !== 0 && Date.now() - started > 300) {
+      const msg = tail(layout.daemonStderrPath);
+      // Lost the race to another starter: keep probing for the winner.
+      if (!/another bangerd already owns/.test(msg)) {
+        throw new BangerError('unavailable', `bangerd failed to start (exit ${exitCode})${msg ? `:\n${msg}` : ''}`, {
+          fix: `read ${layout.daemonStderrPath} and ${layout.logPath}`,
+        });
+      }
+    }
+    if (Date.now() - started > timeoutMs) {
+      throw new BangerError('unavailable', `bangerd did not start within ${timeoutMs / 1000}s`, {
+        fix: `read ${layout.daemonStderrPath}`,
+      });
+    }
+    await sleep(25);
+  }
+}

@@ -1,0 +1,130 @@
+import { BangerError } from '../api/errors.js';
+import type {
+  DaemonStatus,
+  Image,
+  Kernel,
+  Operation,
+  OperationEvent,
+  Vm,
+  VmBulkRequest,
+  VmBulkResult,
+  VmCreateRequest,
+  VmSetRequest,
+} from '../api/schemas.js';
+import { type Layout, resolveLayout } from '../config/layout.js';
+import { newOpId } from '../util/ids.js';
+import { startDaemon } from './autostart.js';
+import { errorFrom, isNotRunning, type RawResponse, requestJson, streamEvents } from './transport.js';
+
+export interface ClientOptions {
+  layout?: Layout;
+  /** Start bangerd when it is not running (default true). */
+  autostart?: boolean;
+  /** Request id sent to the daemon; each request gets a fresh one unless given. */
+  opId?: string;
+  timeoutMs?: number;
+}
+
+/**
+ * The typed client of bangerd's /v1 API. The CLI uses only this; it is also the public
+ * TypeScript SDK. Types come from the shared zod schemas (type-only import: no zod at runtime).
+ */
+export class BangerClient {
+  readonly layout: Layout;
+  private readonly autostart: boolean;
+  private readonly timeoutMs: number;
+  private readonly fixedOpId: string | undefined;
+  lastOpId: string | undefined;
+
+  constructor(options: ClientOptions = {}) {
+    this.layout = options.layout ?? resolveLayout();
+    this.autostart = options.autostart ?? true;
+    this.timeoutMs = options.timeoutMs ?? 120_000;
+    this.fixedOpId = options.opId;
+  }
+
+  private nextOpId(): string {
+    this.lastOpId = this.fixedOpId ?? newOpId();
+    return this.lastOpId;
+  }
+
+  async request<T>(method: string, path: string, body?: unknown): Promise<T> {
+    const opId = this.nextOpId();
+    let raw: RawResponse;
+    try {
+      raw = await requestJson(this.layout.socketPath, method, path, body, opId, this.timeoutMs);
+    } catch (e) {
+      if (!isNotRunning(e)) throw e;
+      if (!this.autostart) {
+        throw new BangerError('unavailable', 'bangerd is not running', { opId, fix: 'start it with `banger daemon start`' });
+      }
+      await startDaemon(this.layout, () => this.ping());
+      raw = await requestJson(this.layout.socketPath, method, path, body, opId, this.timeoutMs);
+    }
+    if (raw.status >= 400) throw errorFrom(raw);
+    return raw.body as T;
+  }
+
+  /** True when a daemon answers on the socket. Never starts one. */
+  async ping(): Promise<boolean> {
+    try {
+      const r = await requestJson(this.layout.socketPath, 'GET', '/v1/daemon', undefined, newOpId(), 2000);
+      return r.status === 200;
+    } catch {
+      return false;
+    }
+  }
+
+  // ---- daemon & operations ---------------------------------------------------------------
+  status = () => this.request<DaemonStatus>('GET', '/v1/daemon');
+  shutdown = () => this.request<{ stopping: boolean }>('POST', '/v1/daemon/shutdown');
+  operations = async () => (await this.request<{ operations: Operation[] }>('GET', '/v1/operations')).operations;
+  operation = (id: string) => this.request<Operation>('GET', `/v1/operations/${encodeURIComponent(id)}`);
+  cancelOperation = (id: string) => this.request<{ cancelled: boolean }>('POST', `/v1/operations/${encodeURIComponent(id)}/cancel`);
+
+  /** Follows an operation's events until it ends; returns the final operation. */
+  async watch(id: string, onEvent?: (e: OperationEvent) => void): Promise<Operation> {
+    let final: Operation | undefined;
+    await streamEvents(this.layout.socketPath, `/v1/operations/${encodeURIComponent(id)}/events`, this.nextOpId(), (data) => {
+      const e = data as OperationEvent;
+      onEvent?.(e);
+      if (e.type === 'done') {
+        final = e.operation;
+        return false;
+      }
+      return undefined;
+    });
+    // The stream can end without 'done' if the daemon stopped; ask once more.
+    return final ?? (await this.operation(id));
+  }
+
+  /** Runs an accepted operation to completion and returns its result, or throws its error. */
+  async finish<T>(accepted: { operation: Operation }, onEvent?: (e: OperationEvent) => void): Promise<T> {
+    const op = await this.watch(accepted.operation.id, onEvent);
+    if (op.state === 'succeeded') return op.result as T;
+    if (op.error) throw BangerError.fromBody(op.error);
+    throw new BangerError('cancelled', `operation ${op.id} ended ${op.state}`, { opId: op.id });
+  }
+
+  // ---- kernels & images ------------------------------------------------------------------
+  kernels = async () => (await this.request<{ kernels: Kernel[] }>('GET', '/v1/kernels')).kernels;
+  kernel = (ref: string) => this.request<Kernel>('GET', `/v1/kernels/${encodeURIComponent(ref)}`);
+  importKernel = (name: string, from: string) => this.request<{ operation: Operation }>('POST', '/v1/kernels', { name, from });
+  deleteKernel = (ref: string, force = false) => this.request<{ deleted: string }>('DELETE', `/v1/kernels/${encodeURIComponent(ref)}?force=${force}`);
+  images = async () => (await this.request<{ images: Image[] }>('GET', '/v1/images')).images;
+  image = (ref: string) => this.request<Image>('GET', `/v1/images/${encodeURIComponent(ref)}`);
+  registerImage = (req: { name: string; rootfs: string; kernel?: string; initrd?: string; modules?: string; kernelRef?: string }) =>
+    this.request<{ operation: Operation }>('POST', '/v1/images', req);
+  deleteImage = (ref: string) => this.request<{ deleted: string }>('DELETE', `/v1/images/${encodeURIComponent(ref)}`);
+
+  // ---- VMs -------------------------------------------------------------------------------
+  vms = async () => (await this.request<{ vms: Vm[] }>('GET', '/v1/vms')).vms;
+  vm = (ref: string) => this.request<Vm>('GET', `/v1/vms/${encodeURIComponent(ref)}`);
+  createVm = (req: VmCreateRequest) => this.request<{ operation: Operation }>('POST', '/v1/vms', req);
+  bulk = (req: VmBulkRequest) => this.request<VmBulkResult>('POST', '/v1/vms/actions', req);
+  setVm = (ref: string, req: VmSetRequest) => this.request<Vm>('PATCH', `/v1/vms/${encodeURIComponent(ref)}`, req);
+  health = (ref: string) => this.request<{ ready: boolean; uptimeSeconds: number; agentVersion: string; hostname: string; latencyMs: number }>('GET', `/v1/vms/${encodeURIComponent(ref)}/health`);
+  ports = (ref: string) => this.request<{ ports: Array<{ proto: string; address: string; port: number; pid: number | null; command: string }> }>('GET', `/v1/vms/${encodeURIComponent(ref)}/ports`);
+  stats = (ref: string) => this.request<{ vmm: { pid: number; cpuPercent: number; rssBytes: number } | null; guest: Record<string, number> | null }>('GET', `/v1/vms/${encodeURIComponent(ref)}/stats`);
+  prune = (dryRun: boolean) => this.request<{ pruned: Array<{ id: string; name: string }> }>('POST', '/v1/vms/prune', { dryRun });
+}

@@ -1,0 +1,153 @@
+import { request as httpRequest } from 'node:http';
+import { BangerError, type ErrorBody } from '../api/errors.js';
+
+export const OP_HEADER = 'x-banger-op';
+const MAX_RESPONSE_BYTES = 64 * 1024 * 1024;
+
+export interface RawResponse {
+  status: number;
+  body: unknown;
+  opId: string | undefined;
+}
+
+/** Errors that mean "nobody is listening": the daemon is not running (or its socket is stale). */
+export function isNotRunning(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException).code;
+  return code === 'ENOENT' || code === 'ECONNREFUSED';
+}
+
+export function requestJson(
+  socketPath: string,
+  method: string,
+  path: string,
+  body: unknown,
+  opId: string,
+  timeoutMs: number,
+): Promise<RawResponse> {
+  return new Promise((resolve, reject) => {
+    const payload = body === undefined ? undefined : JSON.stringify(body);
+    const req = httpRequest(
+      {
+        socketPath,
+        method,
+        path,
+        headers: {
+          [OP_HEADER]: opId,
+          ...(payload !== undefined ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } : {}),
+        },
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        let size = 0;
+        res.on('data', (c: Buffer) => {
+          size += c.length;
+          if (size > MAX_RESPONSE_BYTES) {
+            req.destroy(new BangerError('payload_too_large', 'daemon response exceeded 64 MiB'));
+            return;
+          }
+          chunks.push(c);
+        });
+        res.on('error', (e) => reject(midRequest(e, opId)));
+        res.on('end', () => {
+          if (!res.complete) return reject(midRequest(new Error('truncated response'), opId));
+          const text = Buffer.concat(chunks).toString('utf8');
+          let parsed: unknown;
+          try {
+            parsed = text ? JSON.parse(text) : undefined;
+          } catch {
+            return reject(new BangerError('internal', `daemon sent invalid JSON for ${method} ${path}`, { opId }));
+          }
+          const header = res.headers[OP_HEADER];
+          resolve({ status: res.statusCode ?? 0, body: parsed, opId: typeof header === 'string' ? header : undefined });
+        });
+      },
+    );
+    req.setTimeout(timeoutMs, () => req.destroy(new BangerError('timeout', `daemon did not answer ${method} ${path} within ${timeoutMs / 1000}s`, { opId, fix: 'check `banger daemon logs`' })));
+    req.on('error', (e) => reject(isNotRunning(e) || e instanceof BangerError ? e : midRequest(e, opId)));
+    req.end(payload);
+  });
+}
+
+function midRequest(e: Error, opId: string): BangerError {
+  return new BangerError('unavailable', `the daemon closed the connection mid-request (${e.message}); it may have crashed`, {
+    opId,
+    fix: 'see `banger daemon logs`, then retry (the daemon restarts on the next command)',
+  });
+}
+
+export function errorFrom(raw: RawResponse): BangerError {
+  const body = raw.body as { error?: ErrorBody } | undefined;
+  if (body?.error && typeof body.error.code === 'string' && typeof body.error.message === 'string') {
+    const e = BangerError.fromBody(body.error);
+    e.opId ??= raw.opId;
+    return e;
+  }
+  return new BangerError('internal', `daemon answered HTTP ${raw.status} without an error body`, { opId: raw.opId });
+}
+
+/** Reads a server-sent-events stream and calls onEvent with each parsed `data:` payload. */
+export function streamEvents(
+  socketPath: string,
+  path: string,
+  opId: string,
+  onEvent: (data: unknown) => boolean | undefined,
+): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest({ socketPath, method: 'GET', path, headers: { [OP_HEADER]: opId, accept: 'text/event-stream' } }, (res) => {
+      if (res.statusCode !== 200) {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => {
+          let body: unknown;
+          try {
+            body = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+          } catch {
+            body = undefined;
+          }
+          reject(errorFrom({ status: res.statusCode ?? 0, body, opId }));
+        });
+        return;
+      }
+      res.setEncoding('utf8');
+      let buf = '';
+      let stopped = false;
+      res.on('data', (chunk: string) => {
+        buf += chunk;
+        if (buf.length > 8 * 1024 * 1024) {
+          req.destroy(new BangerError('payload_too_large', 'event stream line too long'));
+          return;
+        }
+        let idx = buf.indexOf('\n\n');
+        while (idx >= 0 && !stopped) {
+          const block = buf.slice(0, idx);
+          buf = buf.slice(idx + 2);
+          const data = block
+            .split('\n')
+            .filter((l) => l.startsWith('data: '))
+            .map((l) => l.slice(6))
+            .join('\n');
+          if (data) {
+            let parsed: unknown;
+            try {
+              parsed = JSON.parse(data);
+            } catch {
+              req.destroy(new BangerError('internal', 'daemon sent an invalid event'));
+              return;
+            }
+            if (onEvent(parsed) === false) {
+              stopped = true;
+              req.destroy();
+              resolve();
+              return;
+            }
+          }
+          idx = buf.indexOf('\n\n');
+        }
+      });
+      res.on('end', () => resolve());
+      res.on('error', (e) => (stopped ? resolve() : reject(midRequest(e, opId))));
+    });
+    req.on('error', (e) => reject(e instanceof BangerError ? e : isNotRunning(e) ? e : midRequest(e, opId)));
+    req.end();
+  });
+}

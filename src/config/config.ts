@@ -1,0 +1,121 @@
+import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
+import { parse as parseToml, TomlError } from 'smol-toml';
+import { z } from 'zod';
+import { BangerError } from '../api/errors.js';
+import { parseDuration, parseSize } from '../util/duration.js';
+import type { Layout } from './layout.js';
+
+const duration = (key: string) =>
+  z.string().refine((v) => parseDuration(v) !== undefined, {
+    message: `expected a duration like "30s", "15m", "2h" or "off" for ${key}`,
+  });
+const size = z.string().refine((v) => parseSize(v) !== undefined, { message: 'expected a size like "8G" or "512M"' });
+const hostPort = z.string().refine(
+  (v) => {
+    const m = /^(.*):(\d{1,5})$/.exec(v);
+    return !!m && isIP((m[1] as string).replace(/^\[|\]$/g, '')) !== 0 && Number(m[2]) <= 65535;
+  },
+  { message: 'expected "IP:PORT", e.g. "127.0.0.1:42069"' },
+);
+const cidr = z.string().refine(
+  (v) => {
+    const m = /^(\d+\.\d+\.\d+\.\d+)\/(\d{1,2})$/.exec(v);
+    return !!m && isIP(m[1] as string) === 4 && Number(m[2]) >= 8 && Number(m[2]) <= 30;
+  },
+  { message: 'expected an IPv4 CIDR with a prefix between /8 and /30, e.g. "172.30.0.0/24"' },
+);
+
+/** Every key is optional; documented in docs/config.md. Unknown keys are errors (typos must not pass silently). */
+export const ConfigSchema = z
+  .object({
+    log_level: z.enum(['trace', 'debug', 'info', 'warn', 'error']).default('info'),
+    vmm: z.enum(['auto', 'firecracker', 'qemu']).default('auto'),
+    firecracker_bin: z.string().min(1).default('firecracker'),
+    qemu_bin: z.string().min(1).default('qemu-system-x86_64'),
+    accel: z.enum(['auto', 'kvm', 'tcg']).default('auto'),
+    ssh_key_path: z.string().min(1).optional(),
+    default_image_name: z.string().min(1).default('debian-bookworm'),
+    auto_stop_stale_after: duration('auto_stop_stale_after').default('off'),
+    stats_poll_interval: duration('stats_poll_interval').default('10s'),
+    bridge_name: z
+      .string()
+      .regex(/^banger[a-z0-9_-]{0,9}$/, 'expected a name starting with "banger" (at most 15 characters): banger only manages bridges it owns')
+      .default('banger0'),
+    bridge_ip: z.string().refine((v) => isIP(v) === 4, { message: 'expected an IPv4 address' }).default('172.30.0.1'),
+    cidr: cidr.default('172.30.0.0/24'),
+    tap_pool_size: z.number().int().min(0).max(64).default(2),
+    default_dns: z.array(z.string().refine((v) => isIP(v) !== 0, { message: 'expected IP addresses' })).default([]),
+    dns_listen_addr: hostPort.default('127.0.0.1:42069'),
+    web_listen_addr: hostPort.default('127.0.0.1:42070'),
+    vm_defaults: z
+      .object({
+        vcpu: z.number().int().min(1).max(64).optional(),
+        memory_mib: z.number().int().min(128).max(1024 * 1024).optional(),
+        disk_size: size.optional(),
+      })
+      .strict()
+      .default({}),
+    file_sync: z
+      .array(
+        z
+          .object({
+            host: z.string().min(1),
+            guest: z.string().min(1),
+            mode: z.enum(['copy', 'sync']).default('copy'),
+          })
+          .strict(),
+      )
+      .default([]),
+  })
+  .strict();
+
+export type Config = z.infer<typeof ConfigSchema>;
+
+export function defaultConfig(): Config {
+  return ConfigSchema.parse({});
+}
+
+function describeIssue(issue: z.core.$ZodIssue): string {
+  const key = issue.path.join('.') || '(top level)';
+  if (issue.code === 'unrecognized_keys') {
+    const keys = (issue as { keys: string[] }).keys;
+    const prefix = issue.path.length ? `${issue.path.join('.')}.` : '';
+    return `unknown key ${keys.map((k) => `"${prefix}${k}"`).join(', ')}: see docs/config.md for the valid keys`;
+  }
+  return `key "${key}": ${issue.message}`;
+}
+
+/** Parses config text; errors name the file, the key and what was expected. */
+export function parseConfig(text: string, file: string): Config {
+  let raw: unknown;
+  try {
+    raw = parseToml(text);
+  } catch (e) {
+    const where = e instanceof TomlError ? ` (line ${e.line}, column ${e.column})` : '';
+    const first = (e as Error).message.split('\n')[0];
+    throw new BangerError('invalid_config', `${file}${where}: invalid TOML: ${first}`, {
+      fix: `fix the syntax in ${file}`,
+    });
+  }
+  const res = ConfigSchema.safeParse(raw);
+  if (!res.success) {
+    const first = res.error.issues[0] as z.core.$ZodIssue;
+    throw new BangerError('invalid_config', `${file}: ${describeIssue(first)}`, {
+      fix: `edit ${file}; every key is optional and documented in docs/config.md`,
+      details: res.error.issues.map(describeIssue),
+    });
+  }
+  return res.data;
+}
+
+export function loadConfig(layout: Layout): Config {
+  let text: string;
+  try {
+    text = readFileSync(layout.configFile, 'utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return defaultConfig();
+    throw new BangerError('invalid_config', `cannot read ${layout.configFile}: ${(e as Error).message}`);
+  }
+  return parseConfig(text, layout.configFile);
+}

@@ -1,0 +1,85 @@
+import { constants, existsSync, readFileSync } from 'node:fs';
+import { access, statfs } from 'node:fs/promises';
+import { delimiter, dirname, isAbsolute, join } from 'node:path';
+import { loadConfig } from '../config/config.js';
+import type { Layout } from '../config/layout.js';
+import { checkMigrations } from '../store/db.js';
+import type { HostProbe } from './doctor.js';
+import { readKvmProbeCache } from './kvm-cache.js';
+import { ProcessRunner } from './runner.js';
+
+export async function which(cmd: string): Promise<string | undefined> {
+  const candidates = isAbsolute(cmd) || cmd.includes('/') ? [cmd] : (process.env.PATH ?? '').split(delimiter).concat(['/usr/sbin', '/sbin']).map((d) => join(d, cmd));
+  for (const c of candidates) {
+    try {
+      await access(c, constants.X_OK);
+      return c;
+    } catch {
+      /* next */
+    }
+  }
+  return undefined;
+}
+
+export function realHostProbe(layout: Layout): HostProbe {
+  const runner = new ProcessRunner();
+  let cfg: ReturnType<typeof loadConfig> | undefined;
+  let cfgError: string | undefined;
+  try {
+    cfg = loadConfig(layout);
+  } catch (e) {
+    cfgError = (e as Error).message;
+  }
+  return {
+    arch: process.arch,
+    nodeVersion: process.version,
+    uid: process.getuid?.() ?? -1,
+    which,
+    versionOf: async (cmd, args) => {
+      try {
+        const r = await runner.run(cmd, args, { timeoutMs: 5000, allowFailure: true });
+        return (r.stdout || r.stderr).trim().split('\n')[0];
+      } catch {
+        return undefined;
+      }
+    },
+    deviceAccess: async (path) => {
+      if (!existsSync(path)) return 'missing';
+      try {
+        await access(path, constants.R_OK | constants.W_OK);
+        return 'ok';
+      } catch {
+        return 'no-access';
+      }
+    },
+    passwordlessSudo: async () => {
+      try {
+        return (await runner.run('sudo', ['-n', 'true'], { timeoutMs: 5000, allowFailure: true })).code === 0;
+      } catch {
+        return false;
+      }
+    },
+    freeBytes: async (path) => {
+      let p = path;
+      while (!existsSync(p) && dirname(p) !== p) p = dirname(p);
+      try {
+        const s = await statfs(p);
+        return s.bavail * s.bsize;
+      } catch {
+        return undefined;
+      }
+    },
+    migrations: () => {
+      try {
+        return checkMigrations(layout.dbPath);
+      } catch (e) {
+        return { error: (e as Error).message };
+      }
+    },
+    config: () => (cfgError ? { ok: false, error: cfgError } : { ok: true, path: layout.configFile, exists: existsSync(layout.configFile) }),
+    kvmProbe: () => readKvmProbeCache(layout.cacheDir, readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim()),
+    qemuBin: cfg?.qemu_bin ?? 'qemu-system-x86_64',
+    firecrackerBin: cfg?.firecracker_bin ?? 'firecracker',
+    stateDir: layout.stateDir,
+  };
+}

@@ -1,0 +1,111 @@
+/**
+ * `banger doctor`: one PASS/WARN/FAIL line per check, a FIX for every WARN and FAIL.
+ * The checks are pure over a HostProbe so they unit-test with a fake host; doctor never changes anything.
+ */
+export type CheckStatus = 'PASS' | 'WARN' | 'FAIL';
+
+export interface Check {
+  status: CheckStatus;
+  name: string;
+  detail: string;
+  fix?: string;
+}
+
+export interface HostProbe {
+  arch: string;
+  nodeVersion: string;
+  uid: number;
+  /** Absolute path of a command on PATH (or the given path if it is executable), else undefined. */
+  which(cmd: string): Promise<string | undefined>;
+  /** First line of `<cmd> <args>` output, or undefined if it fails. */
+  versionOf(cmd: string, args: string[]): Promise<string | undefined>;
+  /** 'missing' | 'no-access' | 'ok' for read-write access. */
+  deviceAccess(path: string): Promise<'missing' | 'no-access' | 'ok'>;
+  /** True when `sudo -n true` succeeds. */
+  passwordlessSudo(): Promise<boolean>;
+  freeBytes(path: string): Promise<number | undefined>;
+  migrations(): { status: 'current' | 'needed' | 'newer'; current: number; latest: number } | { error: string };
+  config(): { ok: true; path: string; exists: boolean } | { ok: false; error: string };
+  /** Cached answer of the KVM boot probe for this host kernel, if one ran. */
+  kvmProbe(): { usable: boolean; detail: string } | undefined;
+  qemuBin: string;
+  firecrackerBin: string;
+  stateDir: string;
+}
+
+const GiB = 1024 ** 3;
+const APT = 'apt-get install -y';
+
+function nodeAtLeast(version: string, major: number, minor: number): boolean {
+  const m = /^v?(\d+)\.(\d+)/.exec(version);
+  if (!m) return false;
+  const [maj, min] = [Number(m[1]), Number(m[2])];
+  return maj > major || (maj === major && min >= minor);
+}
+
+export async function runChecks(p: HostProbe): Promise<Check[]> {
+  const checks: Check[] = [];
+  const add = (status: CheckStatus, name: string, detail: string, fix?: string) =>
+    checks.push(fix && status !== 'PASS' ? { status, name, detail, fix } : { status, name, detail });
+
+  add(p.arch === 'x64' ? 'PASS' : 'FAIL', 'cpu architecture', p.arch === 'x64' ? 'x86_64' : `${p.arch} is not supported yet`, 'run banger on an x86_64 host');
+  add(
+    nodeAtLeast(p.nodeVersion, 20, 19) ? 'PASS' : 'FAIL',
+    'node version',
+    p.nodeVersion,
+    'install Node.js 20.19 or newer (Node 24 LTS recommended)',
+  );
+
+  const cfg = p.config();
+  if (cfg.ok) add('PASS', 'config', cfg.exists ? cfg.path : `${cfg.path} (absent: all defaults)`);
+  else add('FAIL', 'config', cfg.error, 'fix the key named above; every key is documented in docs/config.md');
+
+  const kvm = await p.deviceAccess('/dev/kvm');
+  const probe = p.kvmProbe();
+  if (kvm === 'missing') add('WARN', '/dev/kvm', 'absent: VMs run under QEMU TCG (software emulation, much slower)', 'enable virtualization in firmware and load kvm_intel or kvm_amd (modprobe kvm_intel)');
+  else if (kvm === 'no-access') add('WARN', '/dev/kvm', 'present but not read-write for this user', 'add yourself to the kvm group: sudo usermod -aG kvm $USER, then log in again');
+  else if (probe && !probe.usable) add('WARN', '/dev/kvm', `present, but a real boot probe failed (${probe.detail}): using TCG`, 'nothing to do for correctness; for speed run banger on a host with working nested/bare-metal KVM');
+  else add('PASS', '/dev/kvm', probe ? `usable (${probe.detail})` : 'present and accessible (the boot probe runs at first VM start)');
+
+  const qemu = await p.which(p.qemuBin);
+  const fc = await p.which(p.firecrackerBin);
+  if (qemu) add('PASS', 'qemu', `${qemu} (${(await p.versionOf(qemu, ['--version'])) ?? 'version unknown'})`);
+  else add(fc ? 'WARN' : 'FAIL', 'qemu', `${p.qemuBin} not found`, `${APT} qemu-system-x86 qemu-utils`);
+  if (fc) add('PASS', 'firecracker', `${fc} (${(await p.versionOf(fc, ['--version'])) ?? 'version unknown'})`);
+  else add('WARN', 'firecracker', `${p.firecrackerBin} not found: QEMU is used`, 'install a Firecracker release binary and set firecracker_bin in config.toml (optional)');
+
+  const required: Array<[string, string, CheckStatus]> = [
+    ['qemu-img', 'qemu-utils', 'FAIL'],
+    ['mkfs.ext4', 'e2fsprogs', 'FAIL'],
+    ['debugfs', 'e2fsprogs', 'FAIL'],
+    ['e2fsck', 'e2fsprogs', 'FAIL'],
+    ['resize2fs', 'e2fsprogs', 'FAIL'],
+    ['ip', 'iproute2', 'WARN'],
+    ['ssh', 'openssh-client', 'WARN'],
+  ];
+  for (const [cmd, pkg, missing] of required) {
+    const path = await p.which(cmd);
+    add(path ? 'PASS' : missing, cmd, path ?? 'not found', `${APT} ${pkg}`);
+  }
+  const nft = await p.which('nft');
+  const ipt = await p.which('iptables');
+  add(nft || ipt ? 'PASS' : 'WARN', 'iptables or nft', nft ?? ipt ?? 'neither found (needed for --nat)', `${APT} nftables`);
+
+  if (p.uid === 0) add('PASS', 'privileges', 'running as root');
+  else if (await p.passwordlessSudo()) add('PASS', 'privileges', 'passwordless sudo (sudo -n) available');
+  else add('WARN', 'privileges', 'not root and no passwordless sudo: bridge, TAP and NAT setup will fail', 'run banger as root, or allow passwordless sudo for ip/iptables/nft');
+
+  const free = await p.freeBytes(p.stateDir);
+  if (free === undefined) add('WARN', 'free disk', `cannot read free space of ${p.stateDir}`, `check that ${p.stateDir} or a parent exists`);
+  else {
+    const text = `${(free / GiB).toFixed(1)} GiB free in ${p.stateDir}`;
+    add(free < 2 * GiB ? 'FAIL' : free < 10 * GiB ? 'WARN' : 'PASS', 'free disk', text, 'free space or move state with XDG_STATE_HOME / BANGER_HOME');
+  }
+
+  const m = p.migrations();
+  if ('error' in m) add('FAIL', 'store', m.error, 'move the damaged store aside; banger creates a new one');
+  else if (m.status === 'current') add('PASS', 'store', `schema ${m.current} is current`);
+  else if (m.status === 'needed') add('WARN', 'store', m.current === 0 ? 'not created yet' : `schema ${m.current} < ${m.latest}: migrations pending`, 'start the daemon (`banger daemon start`); it migrates the store');
+  else add('FAIL', 'store', `schema ${m.current} is newer than this banger (${m.latest})`, 'upgrade banger');
+  return checks;
+}

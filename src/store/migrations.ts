@@ -1,0 +1,64 @@
+/**
+ * Numbered, append-only migrations. PRAGMA user_version records the last applied one.
+ * Never edit a released migration: add a new one.
+ */
+export interface Migration {
+  version: number;
+  name: string;
+  sql: string;
+}
+
+export const MIGRATIONS: readonly Migration[] = [
+  {
+    version: 1,
+    name: 'kernels, images, vms',
+    sql: `
+      CREATE TABLE kernels (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        version TEXT NOT NULL,
+        dir TEXT NOT NULL,
+        kernel_path TEXT NOT NULL,
+        initrd_path TEXT,
+        modules_dir TEXT,
+        source TEXT NOT NULL,
+        managed INTEGER NOT NULL DEFAULT 1,
+        size_bytes INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL
+      );
+      CREATE TABLE images (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        rootfs_path TEXT NOT NULL,
+        kernel_id TEXT NOT NULL REFERENCES kernels(id) ON DELETE RESTRICT,
+        work_seed_path TEXT,
+        managed INTEGER NOT NULL DEFAULT 0,
+        has_systemd INTEGER NOT NULL DEFAULT 1,
+        size_bytes INTEGER NOT NULL DEFAULT 0,
+        source TEXT NOT NULL,
+        created_at TEXT NOT NULL
+      );
+      CREATE TABLE vms (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        image_id TEXT NOT NULL REFERENCES images(id) ON DELETE RESTRICT,
+        kernel_id TEXT NOT NULL REFERENCES kernels(id) ON DELETE RESTRICT,
+        vcpus INTEGER NOT NULL CHECK (vcpus > 0),
+        memory_mib INTEGER NOT NULL CHECK (memory_mib >= 128),
+        disk_size_bytes INTEGER NOT NULL CHECK (disk_size_bytes > 0),
+        vmm TEXT NOT NULL,
+        accel TEXT,
+        state TEXT NOT NULL,
+        handle TEXT,
+        last_error TEXT,
+        dir TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        started_at TEXT,
+        touched_at TEXT NOT NULL
+      );
+      CREATE INDEX vms_image ON vms(image_id);
+    `,
+  },
+];
+
+export const LATEST_VERSION = MIGRATIONS.reduce((m, x) => Math.max(m, x.version), 0);

@@ -1,0 +1,83 @@
+/**
+ * One interface for every VMM. The VM service never knows which hypervisor runs a VM; it hands a
+ * fully resolved launch spec to a driver and keeps the returned handle (persisted as JSON in the
+ * store so a restarted daemon can re-adopt the process).
+ */
+export type VmmKind = 'qemu' | 'firecracker';
+export type Accelerator = 'kvm' | 'tcg';
+
+export interface DiskSpec {
+  /** Stable id, letters/digits/underscore only (Firecracker's drive_id rules). */
+  id: string;
+  path: string;
+  format: 'raw' | 'qcow2';
+  readOnly?: boolean;
+}
+
+export interface NetSpec {
+  id: string;
+  tapName: string;
+  mac: string;
+}
+
+export interface VmLaunchSpec {
+  vmId: string;
+  /** DNS-label VM name; used for process titles and logs only. */
+  name: string;
+  vcpus: number;
+  memoryMib: number;
+  kernelPath: string;
+  initrdPath?: string;
+  cmdline: string;
+  /** First disk is the root disk (/dev/vda), second the work disk (/dev/vdb). */
+  disks: DiskSpec[];
+  nets: NetSpec[];
+  /** Directory for the VMM's sockets (0700, created by the caller). */
+  runDir: string;
+  /** Serial console output is appended here. */
+  serialLogPath: string;
+  /** VMM stdout/stderr (its own diagnostics) go here. */
+  vmmLogPath: string;
+  /** Host Unix socket of the guest-agent channel. */
+  agentSocketPath: string;
+  accel: Accelerator;
+}
+
+/** What must survive a daemon restart to find and drive the VMM process again. */
+export interface VmmHandle {
+  kind: VmmKind;
+  pid: number;
+  /** Process start time (from /proc/<pid>/stat) so a recycled pid is never mistaken for ours. */
+  pidStartTime: string;
+  /** QMP socket (QEMU) or API socket (Firecracker). */
+  controlSocket: string;
+  agentSocket: string;
+  /** How the agent channel is reached over agentSocket. */
+  agentTransport: 'virtio-serial' | 'hybrid-vsock';
+  accel: Accelerator;
+}
+
+export type VmmRunState = 'running' | 'paused' | 'shutdown' | 'gone';
+
+export interface VmmDriver {
+  readonly kind: VmmKind;
+  /** Starts the VMM process and the guest; resolves once the VMM accepted the configuration. */
+  launch(spec: VmLaunchSpec, signal?: AbortSignal): Promise<VmmHandle>;
+  /** Asks the guest to power off (ACPI/CtrlAltDel); resolves when the process exited or timeout elapsed. Returns true if it exited. */
+  shutdown(handle: VmmHandle, timeoutMs: number): Promise<boolean>;
+  /** Kills the process (SIGKILL) and waits for it to disappear. */
+  kill(handle: VmmHandle): Promise<void>;
+  pause(handle: VmmHandle): Promise<void>;
+  resume(handle: VmmHandle): Promise<void>;
+  status(handle: VmmHandle): Promise<VmmRunState>;
+}
+
+export class VmmError extends Error {
+  constructor(
+    message: string,
+    readonly logTail?: string,
+  ) {
+    super(logTail ? `${message}\n--- VMM log tail ---\n${logTail}` : message);
+    this.name = 'VmmError';
+  }
+}
