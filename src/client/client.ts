@@ -14,7 +14,7 @@ import type {
 import { type Layout, resolveLayout } from '../config/layout.js';
 import { newOpId } from '../util/ids.js';
 import { startDaemon } from './autostart.js';
-import { errorFrom, isNotRunning, type RawResponse, requestJson, streamEvents } from './transport.js';
+import { errorFrom, isNotRunning, type RawResponse, requestJson, streamEvents, streamText } from './transport.js';
 
 export interface ClientOptions {
   layout?: Layout;
@@ -126,5 +126,10 @@ export class BangerClient {
   health = (ref: string) => this.request<{ ready: boolean; uptimeSeconds: number; agentVersion: string; hostname: string; latencyMs: number }>('GET', `/v1/vms/${encodeURIComponent(ref)}/health`);
   ports = (ref: string) => this.request<{ ports: Array<{ proto: string; address: string; port: number; pid: number | null; command: string }> }>('GET', `/v1/vms/${encodeURIComponent(ref)}/ports`);
   stats = (ref: string) => this.request<{ vmm: { pid: number; cpuPercent: number; rssBytes: number } | null; guest: Record<string, number> | null }>('GET', `/v1/vms/${encodeURIComponent(ref)}/stats`);
+  /** Serial console of a VM: the last `lines` lines, then new output while `follow` (until signal aborts). */
+  async logs(ref: string, opts: { lines: number; follow: boolean; signal?: AbortSignal }, onChunk: (text: string) => void): Promise<void> {
+    await this.vm(ref); // resolves the ref (and starts the daemon) with a proper error first
+    await streamText(this.layout.socketPath, `/v1/vms/${encodeURIComponent(ref)}/logs?lines=${opts.lines}&follow=${opts.follow}`, this.nextOpId(), onChunk, opts.signal);
+  }
   prune = (dryRun: boolean) => this.request<{ pruned: Array<{ id: string; name: string }> }>('POST', '/v1/vms/prune', { dryRun });
 }

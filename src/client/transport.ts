@@ -151,3 +151,35 @@ export function streamEvents(
     req.end();
   });
 }
+
+/** Streams a text response (logs) chunk by chunk until the server ends it or `signal` aborts. */
+export function streamText(socketPath: string, path: string, opId: string, onChunk: (text: string) => void, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest({ socketPath, method: 'GET', path, headers: { [OP_HEADER]: opId } }, (res) => {
+      if (res.statusCode !== 200) {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => {
+          let body: unknown;
+          try {
+            body = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+          } catch {
+            body = undefined;
+          }
+          reject(errorFrom({ status: res.statusCode ?? 0, body, opId }));
+        });
+        return;
+      }
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => onChunk(c));
+      res.on('end', () => resolve());
+      res.on('error', () => resolve());
+    });
+    signal?.addEventListener('abort', () => {
+      req.destroy();
+      resolve();
+    });
+    req.on('error', (e) => (signal?.aborted ? resolve() : reject(e)));
+    req.end();
+  });
+}

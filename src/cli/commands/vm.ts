@@ -1,2 +1,223 @@
 import type { Command } from 'commander';
-export function registerVmCommands(_program: Command): void {}
+import { BangerError } from '../../api/errors.js';
+import type { Vm, VmAction } from '../../api/schemas.js';
+import { BangerClient } from '../../client/client.js';
+import { formatBytes } from '../../util/duration.js';
+import { intArg, memoryArg, sizeArg } from '../args.js';
+import { ProgressRenderer } from '../progress.js';
+import { ago, printJson, printKeyValues, printTable } from '../render.js';
+
+function printVm(vm: Vm): void {
+  printKeyValues([
+    ['name', vm.name],
+    ['id', vm.id],
+    ['state', vm.state],
+    ['image', vm.imageName],
+    ['kernel', vm.kernelName],
+    ['vcpus', vm.vcpus],
+    ['memory', `${vm.memoryMib} MiB`],
+    ['disk', formatBytes(vm.diskSizeBytes)],
+    ['vmm', `${vm.vmm}${vm.accel ? ` (${vm.accel})` : ''}`],
+    ['pid', vm.pid],
+    ['created', `${vm.createdAt} (${ago(vm.createdAt)})`],
+    ['started', vm.startedAt],
+    ['last used', ago(vm.touchedAt)],
+    ['dir', vm.dir],
+    ['last error', vm.lastError],
+  ]);
+}
+
+const PAST: Record<VmAction, string> = { start: 'started', stop: 'stopped', restart: 'restarted', kill: 'killed', delete: 'deleted' };
+
+async function bulk(action: VmAction, refs: string[], json: boolean): Promise<void> {
+  const client = new BangerClient({ timeoutMs: 15 * 60_000 });
+  const { results } = await client.bulk({ action, refs });
+  if (json) printJson({ results });
+  else {
+    for (const r of results) {
+      if (r.ok) process.stdout.write(`${PAST[action]} ${r.name}\n`);
+      else process.stderr.write(`error: ${r.ref}: ${r.error?.message}${r.error?.opId ? ` (${r.error.opId})` : ''}\n${r.error?.fix ? `fix: ${r.error.fix}\n` : ''}`);
+    }
+  }
+  if (results.some((r) => !r.ok)) process.exitCode = 1;
+}
+
+export function registerVmCommands(program: Command): void {
+  const vm = program.command('vm').description('create and manage VMs');
+
+  vm.command('create')
+    .description('create a VM and start it (an operation with live stages)')
+    .option('--name <name>', 'VM name (a DNS label; becomes <name>.vm)')
+    .option('--image <image>', 'image name or id (default: default_image_name)')
+    .option('--vcpus <n>', 'virtual CPUs', intArg('--vcpus'))
+    .option('--memory <size>', 'memory in MiB, or a size like 2G', memoryArg)
+    .option('--disk-size <size>', 'work disk size (mounted at /root), e.g. 8G', sizeArg)
+    .option('--no-start', 'create the disks but do not boot')
+    .option('--json', 'print the VM as JSON')
+    .action(async (o: { name?: string; image?: string; vcpus?: number; memory?: number; diskSize?: number; start: boolean; json?: boolean }) => {
+      const client = new BangerClient({ timeoutMs: 15 * 60_000 });
+      const accepted = await client.createVm({
+        ...(o.name !== undefined ? { name: o.name } : {}),
+        ...(o.image !== undefined ? { image: o.image } : {}),
+        ...(o.vcpus !== undefined ? { vcpus: o.vcpus } : {}),
+        ...(o.memory !== undefined ? { memoryMib: o.memory } : {}),
+        ...(o.diskSize !== undefined ? { diskSizeBytes: o.diskSize } : {}),
+        start: o.start,
+      });
+      const progress = new ProgressRenderer(process.stderr, !!o.json);
+      const onSigint = () => void client.cancelOperation(accepted.operation.id).catch(() => {});
+      process.once('SIGINT', onSigint);
+      try {
+        const created = await client.finish<Vm>(accepted, (e) => {
+          if (e.type === 'log' && e.line.startsWith('spec: ') && !o.json) process.stdout.write(`${e.line}\n`);
+          else progress.onEvent(e);
+        });
+        if (o.json) printJson(created);
+        else process.stdout.write(`${created.name} is ${created.state} (id ${created.id.slice(0, 12)}, ${created.vmm}${created.accel ? `/${created.accel}` : ''})\n`);
+      } finally {
+        process.off('SIGINT', onSigint);
+      }
+    });
+
+  for (const action of ['start', 'stop', 'restart', 'kill', 'delete'] as const) {
+    const c = vm
+      .command(action)
+      .description(`${action} one or more VMs`)
+      .argument('<vm...>', 'VM names or id prefixes')
+      .option('--json', 'print per-VM results as JSON')
+      .action((refs: string[], o: { json?: boolean }) => bulk(action, refs, !!o.json));
+    if (action === 'delete') c.alias('rm');
+  }
+
+  vm.command('list')
+    .alias('ls')
+    .description('list VMs')
+    .option('--json', 'print as JSON')
+    .action(async (o: { json?: boolean }) => {
+      const vms = await new BangerClient().vms();
+      if (o.json) return printJson({ vms });
+      printTable(
+        ['NAME', 'ID', 'STATE', 'IMAGE', 'VCPUS', 'MEMORY', 'DISK', 'VMM', 'CREATED'],
+        vms.map((v) => [v.name, v.id.slice(0, 12), v.state, v.imageName, v.vcpus, `${v.memoryMib}M`, formatBytes(v.diskSizeBytes), `${v.vmm}${v.accel ? `/${v.accel}` : ''}`, ago(v.createdAt)]),
+      );
+    });
+
+  vm.command('show')
+    .description('show one VM')
+    .argument('<vm>', 'VM name or id prefix')
+    .option('--json', 'print as JSON')
+    .action(async (ref: string, o: { json?: boolean }) => {
+      const v = await new BangerClient().vm(ref);
+      o.json ? printJson(v) : printVm(v);
+    });
+
+  vm.command('set')
+    .description('change a stopped VM: vcpus, memory, grow the work disk')
+    .argument('<vm>', 'VM name or id prefix')
+    .option('--vcpus <n>', 'virtual CPUs', intArg('--vcpus'))
+    .option('--memory <size>', 'memory in MiB, or a size like 2G', memoryArg)
+    .option('--disk-size <size>', 'new work disk size (grow only)', sizeArg)
+    .option('--json', 'print the VM as JSON')
+    .action(async (ref: string, o: { vcpus?: number; memory?: number; diskSize?: number; json?: boolean }) => {
+      if (o.vcpus === undefined && o.memory === undefined && o.diskSize === undefined) {
+        throw new BangerError('bad_request', 'nothing to change', { fix: 'give --vcpus, --memory or --disk-size', details: 'usage' });
+      }
+      const v = await new BangerClient().setVm(ref, {
+        ...(o.vcpus !== undefined ? { vcpus: o.vcpus } : {}),
+        ...(o.memory !== undefined ? { memoryMib: o.memory } : {}),
+        ...(o.diskSize !== undefined ? { diskSizeBytes: o.diskSize } : {}),
+      });
+      o.json ? printJson(v) : printVm(v);
+    });
+
+  vm.command('logs')
+    .description("show a VM's serial console")
+    .argument('<vm>', 'VM name or id prefix')
+    .option('-f, --follow', 'keep printing new output')
+    .option('-n, --lines <n>', 'lines to show', intArg('--lines'), 200)
+    .action(async (ref: string, o: { follow?: boolean; lines: number }) => {
+      const ac = new AbortController();
+      process.once('SIGINT', () => ac.abort());
+      await new BangerClient().logs(ref, { lines: o.lines, follow: !!o.follow, signal: ac.signal }, (t) => process.stdout.write(t));
+    });
+
+  vm.command('stats')
+    .description('VMM process CPU/RSS and guest memory/load')
+    .argument('<vm>', 'VM name or id prefix')
+    .option('--json', 'print as JSON')
+    .action(async (ref: string, o: { json?: boolean }) => {
+      const s = await new BangerClient().stats(ref);
+      if (o.json) return printJson(s);
+      printKeyValues([
+        ['vmm pid', s.vmm?.pid],
+        ['vmm cpu', s.vmm ? `${s.vmm.cpuPercent}%` : null],
+        ['vmm rss', s.vmm ? formatBytes(s.vmm.rssBytes) : null],
+        ['guest memory', s.guest ? `${formatBytes(((s.guest.memTotalKib ?? 0) - (s.guest.memAvailableKib ?? 0)) * 1024)} used of ${formatBytes((s.guest.memTotalKib ?? 0) * 1024)}` : null],
+        ['guest load', s.guest ? `${s.guest.load1} ${s.guest.load5} ${s.guest.load15}` : null],
+        ['guest uptime', s.guest ? `${Math.round(s.guest.uptimeSeconds ?? 0)}s` : null],
+      ]);
+    });
+
+  vm.command('health')
+    .description("ask the VM's guest agent whether it is ready")
+    .argument('<vm>', 'VM name or id prefix')
+    .option('--json', 'print as JSON')
+    .action(async (ref: string, o: { json?: boolean }) => {
+      const h = await new BangerClient().health(ref);
+      if (o.json) return printJson(h);
+      printKeyValues([
+        ['ready', h.ready ? 'yes' : 'no'],
+        ['hostname', h.hostname],
+        ['agent', h.agentVersion],
+        ['uptime', `${Math.round(h.uptimeSeconds)}s`],
+        ['latency', `${h.latencyMs} ms`],
+      ]);
+      if (!h.ready) process.exitCode = 1;
+    });
+
+  vm.command('ports')
+    .description('listening TCP/UDP sockets in the guest')
+    .argument('<vm>', 'VM name or id prefix')
+    .option('--json', 'print as JSON')
+    .action(async (ref: string, o: { json?: boolean }) => {
+      const { ports } = await new BangerClient().ports(ref);
+      if (o.json) return printJson({ ports });
+      printTable(
+        ['PROTO', 'ADDRESS', 'PORT', 'PID', 'COMMAND'],
+        ports.map((p) => [p.proto, p.address, p.port, p.pid, p.command]),
+      );
+    });
+
+  vm.command('prune')
+    .description('delete every VM that is not running')
+    .option('-f, --force', 'do not ask for confirmation')
+    .option('--dry-run', 'only list what would be deleted')
+    .option('--json', 'print as JSON')
+    .action(async (o: { force?: boolean; dryRun?: boolean; json?: boolean }) => {
+      const client = new BangerClient({ timeoutMs: 15 * 60_000 });
+      const preview = (await client.prune(true)).pruned;
+      if (preview.length === 0) {
+        if (o.json) printJson({ pruned: [] });
+        else process.stdout.write('nothing to prune\n');
+        return;
+      }
+      if (o.dryRun) {
+        if (o.json) return printJson({ pruned: preview, dryRun: true });
+        for (const v of preview) process.stdout.write(`would delete ${v.name}\n`);
+        return;
+      }
+      if (!o.force) {
+        if (!process.stdin.isTTY) {
+          throw new BangerError('bad_request', `prune would delete ${preview.length} VM(s) and needs confirmation`, { fix: 'rerun with -f to confirm', details: 'usage' });
+        }
+        const { createInterface } = await import('node:readline/promises');
+        const rl = createInterface({ input: process.stdin, output: process.stderr });
+        const answer = await rl.question(`delete ${preview.map((v) => v.name).join(', ')}? [y/N] `);
+        rl.close();
+        if (!/^y(es)?$/i.test(answer.trim())) return void process.stdout.write('aborted\n');
+      }
+      const { pruned } = await client.prune(false);
+      if (o.json) printJson({ pruned });
+      else for (const v of pruned) process.stdout.write(`deleted ${v.name}\n`);
+    });
+}

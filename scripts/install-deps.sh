@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs the host packages banger needs on Debian/Ubuntu (idempotent; only what is missing).
+#   --test   also the packages the test suite needs
+set -euo pipefail
+
+pkgs=(qemu-system-x86 qemu-utils e2fsprogs kmod cpio zstd iproute2 openssh-client gcc make libc6-dev)
+[[ "${1:-}" == "--test" ]] && pkgs+=(mmdebstrap busybox-static)
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}" >&2
+  SUDO=""
+  [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# npm 11 runs no install scripts of dependencies unless allowed; better-sqlite3 must compile here
+# (no prebuilt binaries can be downloaded), which package.json's allowScripts permits.
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+stamp="node_modules/.banger-lock-$(sha256sum package-lock.json | cut -c1-16)-$(node -p process.version)"
+if [[ ! -e "$stamp" ]]; then
+  npm ci --no-audit --no-fund
+  touch "$stamp"
+fi

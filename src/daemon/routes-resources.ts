@@ -1,0 +1,160 @@
+import { createReadStream, existsSync, statSync, watch } from 'node:fs';
+import { z } from 'zod';
+import {
+  AcceptedOperationSchema,
+  GuestHealthSchema,
+  GuestPortsSchema,
+  ImageListSchema,
+  ImageRegisterRequestSchema,
+  ImageSchema,
+  KernelImportRequestSchema,
+  KernelListSchema,
+  KernelSchema,
+  VmBulkRequestSchema,
+  VmBulkResultSchema,
+  VmCreateRequestSchema,
+  VmListSchema,
+  VmSchema,
+  VmSetRequestSchema,
+  VmStatsSchema,
+} from '../api/schemas.js';
+import type { App } from './app.js';
+import { OP_HEADER, type Route } from './http.js';
+import type { ImageService } from './services/images.js';
+import type { KernelService } from './services/kernels.js';
+import { toKernel } from './services/kernels.js';
+import type { VmService } from './services/vms.js';
+
+export interface Services {
+  kernels: KernelService;
+  images: ImageService;
+  vms: VmService;
+}
+
+/** Tails a file over HTTP: the last `lines` lines, then (with follow) new bytes until the client leaves. */
+function tailRoute(pathOf: (ref: string) => string): Route['handler'] {
+  return ({ params, query, res, req, opId }) => {
+    const path = pathOf(params.ref as string);
+    const lines = Math.min(100_000, Math.max(0, Number(query.get('lines') ?? '200') || 0));
+    const follow = query.get('follow') === 'true';
+    res.writeHead(200, { 'content-type': 'text/plain; charset=utf-8', [OP_HEADER]: opId });
+    let offset = 0;
+    if (existsSync(path)) {
+      const size = statSync(path).size;
+      // Read at most the last 4 MiB to find the last N lines.
+      const start = Math.max(0, size - 4 * 1024 * 1024);
+      const chunks: Buffer[] = [];
+      const s = createReadStream(path, { start });
+      s.on('data', (c) => chunks.push(c as Buffer));
+      s.on('end', () => {
+        const text = Buffer.concat(chunks).toString('utf8');
+        const all = text.split('\n');
+        if (all.at(-1) === '') all.pop();
+        res.write(all.slice(-lines).join('\n') + (all.length ? '\n' : ''));
+        offset = size;
+        if (!follow) res.end();
+      });
+    } else if (!follow) {
+      res.end();
+    }
+    if (!follow) return undefined;
+    const pump = () => {
+      if (!existsSync(path)) return;
+      const size = statSync(path).size;
+      if (size < offset) offset = 0;
+      if (size <= offset) return;
+      createReadStream(path, { start: offset, end: size - 1 }).on('data', (c) => res.write(c));
+      offset = size;
+    };
+    const w = existsSync(path) ? watch(path, pump) : undefined;
+    const poll = setInterval(pump, 500);
+    req.on('close', () => {
+      w?.close();
+      clearInterval(poll);
+    });
+    return undefined;
+  };
+}
+
+export function resourceRoutes(app: App, s: Services): Route[] {
+  const accept = (kind: string, opId: string, target: string | undefined, run: Parameters<App['ops']['start']>[3]) => ({
+    operation: app.ops.start(kind, opId, target, run),
+  });
+  return [
+    // ---- kernels
+    { method: 'GET', path: '/v1/kernels', response: KernelListSchema, handler: () => ({ kernels: s.kernels.list() }) },
+    { method: 'GET', path: '/v1/kernels/:ref', response: KernelSchema, handler: ({ params }) => toKernel(s.kernels.row(params.ref as string)) },
+    {
+      method: 'POST',
+      path: '/v1/kernels',
+      body: KernelImportRequestSchema,
+      response: AcceptedOperationSchema,
+      status: 202,
+      handler: ({ body, opId }) => {
+        const b = body as z.infer<typeof KernelImportRequestSchema>;
+        return accept('kernel.import', opId, b.name, (ctx) => s.kernels.import(b.name, b.from, ctx));
+      },
+    },
+    {
+      method: 'DELETE',
+      path: '/v1/kernels/:ref',
+      handler: async ({ params, query }) => ({ deleted: await s.kernels.remove(params.ref as string, query.get('force') === 'true') }),
+    },
+    // ---- images
+    { method: 'GET', path: '/v1/images', response: ImageListSchema, handler: () => ({ images: s.images.list() }) },
+    { method: 'GET', path: '/v1/images/:ref', response: ImageSchema, handler: ({ params }) => s.images.toImage(s.images.row(params.ref as string)) },
+    {
+      method: 'POST',
+      path: '/v1/images',
+      body: ImageRegisterRequestSchema,
+      response: AcceptedOperationSchema,
+      status: 202,
+      handler: ({ body, opId }) => {
+        const b = body as z.infer<typeof ImageRegisterRequestSchema>;
+        return accept('image.register', opId, b.name, (ctx) => s.images.register(b, ctx));
+      },
+    },
+    { method: 'DELETE', path: '/v1/images/:ref', handler: async ({ params }) => ({ deleted: await s.images.remove(params.ref as string) }) },
+    // ---- VMs
+    { method: 'GET', path: '/v1/vms', response: VmListSchema, handler: () => ({ vms: s.vms.list() }) },
+    {
+      method: 'POST',
+      path: '/v1/vms',
+      body: VmCreateRequestSchema,
+      response: AcceptedOperationSchema,
+      status: 202,
+      handler: ({ body, opId }) => {
+        const b = body as z.infer<typeof VmCreateRequestSchema>;
+        return accept('vm.create', opId, b.name, (ctx) => s.vms.create(b, ctx));
+      },
+    },
+    {
+      method: 'POST',
+      path: '/v1/vms/actions',
+      body: VmBulkRequestSchema,
+      response: VmBulkResultSchema,
+      handler: ({ body }) => {
+        const b = body as z.infer<typeof VmBulkRequestSchema>;
+        return s.vms.bulk(b.action, b.refs);
+      },
+    },
+    {
+      method: 'POST',
+      path: '/v1/vms/prune',
+      body: z.object({ dryRun: z.boolean().default(false) }).strict(),
+      handler: async ({ body }) => ({ pruned: await s.vms.prune((body as { dryRun: boolean }).dryRun) }),
+    },
+    { method: 'GET', path: '/v1/vms/:ref', response: VmSchema, handler: ({ params }) => s.vms.show(params.ref as string) },
+    {
+      method: 'PATCH',
+      path: '/v1/vms/:ref',
+      body: VmSetRequestSchema,
+      response: VmSchema,
+      handler: ({ params, body }) => s.vms.set(params.ref as string, body as z.infer<typeof VmSetRequestSchema>),
+    },
+    { method: 'GET', path: '/v1/vms/:ref/health', response: GuestHealthSchema, handler: ({ params }) => s.vms.health(params.ref as string) },
+    { method: 'GET', path: '/v1/vms/:ref/ports', response: GuestPortsSchema, handler: ({ params }) => s.vms.ports(params.ref as string) },
+    { method: 'GET', path: '/v1/vms/:ref/stats', response: VmStatsSchema, handler: ({ params }) => s.vms.stats(params.ref as string) },
+    { method: 'GET', path: '/v1/vms/:ref/logs', stream: true, handler: tailRoute((ref) => s.vms.serialLogPath(ref)) },
+  ];
+}

@@ -1,0 +1,158 @@
+import { mkdir, rename, rm, stat } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { BangerError, notFound } from '../../api/errors.js';
+import type { Image } from '../../api/schemas.js';
+import type { Layout } from '../../config/layout.js';
+import type { DiskTools } from '../../host/disks.js';
+import { type ImageRow, type Repos, resolveRef } from '../../store/repos.js';
+import { newId } from '../../util/ids.js';
+import type { KeyedMutex } from '../locks.js';
+import type { Clock, OpContext } from '../operations.js';
+import type { KernelService } from './kernels.js';
+import { mkdtemp, writeFile } from 'node:fs/promises';
+
+export interface RegisterImageRequest {
+  name: string;
+  rootfs: string;
+  kernel?: string | undefined;
+  initrd?: string | undefined;
+  modules?: string | undefined;
+  kernelRef?: string | undefined;
+}
+
+const SYSTEMD_PATHS = ['/usr/lib/systemd/systemd', '/lib/systemd/systemd'];
+
+export class ImageService {
+  constructor(
+    private readonly repos: Repos,
+    private readonly layout: Layout,
+    private readonly clock: Clock,
+    private readonly locks: KeyedMutex,
+    private readonly disks: DiskTools,
+    private readonly kernels: KernelService,
+  ) {}
+
+  toImage(r: ImageRow): Image {
+    return {
+      id: r.id,
+      name: r.name,
+      rootfsPath: r.rootfs_path,
+      kernelId: r.kernel_id,
+      kernelName: this.repos.kernels.byId(r.kernel_id)?.name ?? '?',
+      workSeedPath: r.work_seed_path,
+      managed: !!r.managed,
+      hasSystemd: !!r.has_systemd,
+      sizeBytes: r.size_bytes,
+      source: r.source,
+      createdAt: r.created_at,
+    };
+  }
+
+  list(): Image[] {
+    return this.repos.images.all().map((r) => this.toImage(r));
+  }
+
+  row(ref: string): ImageRow {
+    const r = resolveRef(ref, this.repos.images.byName, this.repos.images.byIdPrefix);
+    if (r === 'ambiguous') throw new BangerError('bad_request', `image ref "${ref}" matches several images`, { fix: 'use the name or a longer id prefix' });
+    if (!r) throw notFound('image', ref);
+    return r;
+  }
+
+  /**
+   * Registers an ext4 root filesystem in place (unmanaged: banger never writes to it; VMs get
+   * copy-on-write overlays). The image's /root becomes its work seed, copied out without mounting.
+   */
+  async register(req: RegisterImageRequest, ctx: OpContext): Promise<Image> {
+    return this.locks.run(`image-name:${req.name}`, async () => {
+      if (this.repos.images.byName(req.name)) {
+        throw new BangerError('conflict', `an image named "${req.name}" already exists`, { fix: `pick another name or delete it: banger image delete ${req.name}` });
+      }
+      const rootfs = resolve(req.rootfs);
+      ctx.stage('inspect rootfs', rootfs);
+      const st = await stat(rootfs).catch(() => undefined);
+      if (!st?.isFile()) throw new BangerError('bad_request', `rootfs ${rootfs} is not a file`, { fix: 'give the path of a raw ext4 image' });
+      await this.disks.inspectExt4(rootfs);
+      const hasSystemd = await this.disks.imageHasAny(rootfs, SYSTEMD_PATHS);
+
+      let kernelId: string;
+      let createdKernel: string | undefined;
+      if (req.kernelRef) {
+        kernelId = this.kernels.row(req.kernelRef).id;
+      } else {
+        const kernelFile = resolve(req.kernel as string);
+        const kst = await stat(kernelFile).catch(() => undefined);
+        if (!kst?.isFile()) throw new BangerError('bad_request', `kernel ${kernelFile} is not a file`, { fix: 'give the path of a vmlinuz or vmlinux file' });
+        if (req.initrd && !(await stat(resolve(req.initrd)).catch(() => undefined))?.isFile()) {
+          throw new BangerError('bad_request', `initrd ${resolve(req.initrd)} is not a file`);
+        }
+        if (req.modules && !(await stat(resolve(req.modules)).catch(() => undefined))?.isDirectory()) {
+          throw new BangerError('bad_request', `modules ${resolve(req.modules)} is not a directory`, { fix: 'give lib/modules/<version> of the kernel' });
+        }
+        // The files become a kernel of their own, named after the image, through the same import path.
+        const manifestDir = await mkdtemp(join(this.layout.stagingDir, 'kernel-src-'));
+        try {
+          await writeFile(
+            join(manifestDir, 'kernel.json'),
+            JSON.stringify({ kernel: 'k', ...(req.initrd ? { initrd: 'i' } : {}), ...(req.modules ? { modules: 'm' } : {}), version: req.modules ? resolve(req.modules).split('/').pop() : 'unknown' }),
+          );
+          const { symlink } = await import('node:fs/promises');
+          await symlink(kernelFile, join(manifestDir, 'k'));
+          if (req.initrd) await symlink(resolve(req.initrd), join(manifestDir, 'i'));
+          if (req.modules) await symlink(resolve(req.modules), join(manifestDir, 'm'));
+          const k = await this.kernels.import(`${req.name}-kernel`, manifestDir, ctx, `image:${req.name}`);
+          kernelId = k.id;
+          createdKernel = k.id;
+        } finally {
+          await rm(manifestDir, { recursive: true, force: true });
+        }
+      }
+
+      const id = newId();
+      const staging = join(this.layout.stagingDir, `image-${id}`);
+      const finalDir = join(this.layout.imagesDir, id);
+      try {
+        ctx.stage('extract work seed', '/root');
+        await mkdir(staging, { recursive: true, mode: 0o700 });
+        const hasRoot = await this.disks.extractDir(rootfs, '/root', staging);
+        if (!hasRoot) await mkdir(join(staging, 'root'), { mode: 0o700 });
+        ctx.checkCancelled();
+        await rename(staging, finalDir);
+        const row: ImageRow = {
+          id,
+          name: req.name,
+          rootfs_path: rootfs,
+          kernel_id: kernelId,
+          work_seed_path: join(finalDir, 'root'),
+          managed: 0,
+          has_systemd: hasSystemd ? 1 : 0,
+          size_bytes: st.size,
+          source: `register:${rootfs}`,
+          created_at: this.clock.now().toISOString(),
+        };
+        this.repos.images.insert(row);
+        return this.toImage(row);
+      } catch (e) {
+        await rm(finalDir, { recursive: true, force: true });
+        if (createdKernel) await this.kernels.remove(createdKernel, false).catch(() => {});
+        throw e;
+      } finally {
+        await rm(staging, { recursive: true, force: true });
+      }
+    });
+  }
+
+  async remove(ref: string): Promise<string> {
+    const img = this.row(ref);
+    return this.locks.run(`image:${img.id}`, async () => {
+      const users = this.repos.images.vmCount(img.id);
+      if (users > 0) {
+        throw new BangerError('conflict', `image "${img.name}" is used by ${users} VM(s)`, { fix: 'delete those VMs first (banger vm list)' });
+      }
+      this.repos.images.delete(img.id);
+      await rm(join(this.layout.imagesDir, img.id), { recursive: true, force: true });
+      if (img.managed) await rm(img.rootfs_path, { force: true });
+      return img.name;
+    });
+  }
+}

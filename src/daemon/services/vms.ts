@@ -1,0 +1,513 @@
+import { mkdir, readFile, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import { BangerError, notFound, toBangerError } from '../../api/errors.js';
+import type { Vm, VmAction, VmBulkResult, VmState } from '../../api/schemas.js';
+import type { Config } from '../../config/config.js';
+import type { Layout } from '../../config/layout.js';
+import { type AgentLink, openAgentLink } from '../../guest/agent-link.js';
+import { buildVmInitrd, vmCmdline } from '../../guest/vm-boot.js';
+import type { DiskTools } from '../../host/disks.js';
+import { type Repos, resolveRef, type VmRow } from '../../store/repos.js';
+import { parseDuration } from '../../util/duration.js';
+import { dnsLabelProblem, newId } from '../../util/ids.js';
+import type { Accelerator, VmLaunchSpec, VmmDriver, VmmHandle, VmmKind } from '../../vmm/driver.js';
+import { isProcessAlive, readTail } from '../../vmm/process.js';
+import type { KeyedMutex } from '../locks.js';
+import type { Clock, OpContext } from '../operations.js';
+import type { ImageService } from './images.js';
+import { KernelService } from './kernels.js';
+import { randomVmName } from './names.js';
+import { type HostResources, resolveSize, type VmSize, validateSize } from './sizing.js';
+
+export interface VmServiceDeps {
+  repos: Repos;
+  layout: Layout;
+  config: Config;
+  clock: Clock;
+  log: Logger;
+  locks: KeyedMutex;
+  disks: DiskTools;
+  kernels: KernelService;
+  images: ImageService;
+  driver: (kind: VmmKind) => VmmDriver;
+  /** The VMM for new VMs (vmm = auto|qemu|firecracker, resolved at daemon start). */
+  vmmKind: VmmKind;
+  /** Resolves the accelerator, probing KVM once per host kernel when needed. */
+  accel: (kernelPath: string, initrdPath: string | undefined) => Promise<Accelerator>;
+  host: HostResources;
+  agentReadyTimeoutMs?: number;
+}
+
+export interface CreateVmInput {
+  name?: string | undefined;
+  image?: string | undefined;
+  vcpus?: number | undefined;
+  memoryMib?: number | undefined;
+  diskSizeBytes?: number | undefined;
+  start: boolean;
+}
+
+const GRACEFUL_STOP_MS = 30_000;
+
+export class VmService {
+  private readonly agents = new Map<string, AgentLink>();
+  private staleTimer: NodeJS.Timeout | undefined;
+
+  constructor(private readonly d: VmServiceDeps) {}
+
+  // ---- reading -------------------------------------------------------------------------
+
+  toVm(r: VmRow): Vm {
+    const image = this.d.repos.images.byId(r.image_id);
+    const kernel = this.d.repos.kernels.byId(r.kernel_id);
+    const handle = r.handle ? (JSON.parse(r.handle) as VmmHandle) : undefined;
+    return {
+      id: r.id,
+      name: r.name,
+      imageId: r.image_id,
+      imageName: image?.name ?? '?',
+      kernelName: kernel?.name ?? '?',
+      state: r.state as VmState,
+      vcpus: r.vcpus,
+      memoryMib: r.memory_mib,
+      diskSizeBytes: r.disk_size_bytes,
+      vmm: r.vmm,
+      accel: r.accel,
+      pid: handle?.pid ?? null,
+      lastError: r.last_error,
+      dir: r.dir,
+      createdAt: r.created_at,
+      startedAt: r.started_at,
+      touchedAt: r.touched_at,
+    };
+  }
+
+  list(): Vm[] {
+    return this.d.repos.vms.all().map((r) => this.toVm(r));
+  }
+
+  row(ref: string): VmRow {
+    const r = resolveRef(ref, this.d.repos.vms.byName, this.d.repos.vms.byIdPrefix);
+    if (r === 'ambiguous') throw new BangerError('bad_request', `VM ref "${ref}" matches several VMs`, { fix: 'use the name or a longer id prefix' });
+    if (!r) throw notFound('vm', ref);
+    return r;
+  }
+
+  show(ref: string): Vm {
+    const r = this.row(ref);
+    this.touch(r.id);
+    return this.toVm(r);
+  }
+
+  // ---- paths ---------------------------------------------------------------------------
+
+  private paths(r: Pick<VmRow, 'id' | 'dir'>) {
+    const run = join(this.d.layout.vmsRunDir, r.id);
+    return {
+      dir: r.dir,
+      run,
+      root: join(r.dir, 'root.qcow2'),
+      rootRaw: join(r.dir, 'root.ext4'),
+      work: join(r.dir, 'work.ext4'),
+      initrd: join(r.dir, 'initrd.img'),
+      serial: join(r.dir, 'serial.log'),
+      vmmLog: join(r.dir, 'vmm.log'),
+      agent: join(run, 'agent.sock'),
+    };
+  }
+
+  serialLogPath(ref: string): string {
+    return this.paths(this.row(ref)).serial;
+  }
+
+  // ---- create --------------------------------------------------------------------------
+
+  async create(input: CreateVmInput, ctx: OpContext): Promise<Vm> {
+    ctx.stage('resolve image', input.image ?? this.d.config.default_image_name);
+    const imageRef = input.image ?? this.d.config.default_image_name;
+    let image: ReturnType<ImageService['row']>;
+    try {
+      image = this.d.images.row(imageRef);
+    } catch (e) {
+      if (e instanceof BangerError && e.code === 'not_found') {
+        throw new BangerError('not_found', `image "${imageRef}" not found`, {
+          fix: 'register one: banger image register --name NAME --rootfs FILE --kernel-ref KERNEL (list with `banger image list`)',
+        });
+      }
+      throw e;
+    }
+    const size: VmSize = resolveSize({ vcpus: input.vcpus, memoryMib: input.memoryMib, diskSizeBytes: input.diskSizeBytes }, this.d.config, this.d.host);
+    if (input.name !== undefined) {
+      const problem = dnsLabelProblem(input.name);
+      if (problem) throw new BangerError('bad_request', `VM name "${input.name}" ${problem}`, { fix: 'use a DNS label such as "dev" or "api-1" (it becomes <name>.vm)' });
+    }
+    let name = input.name ?? randomVmName();
+    for (let i = 0; input.name === undefined && this.d.repos.vms.byName(name) && i < 20; i++) name = randomVmName();
+
+    const row = await this.d.locks.run(`vm-name:${name}`, async () => {
+      if (this.d.repos.vms.byName(name)) {
+        throw new BangerError('conflict', `a VM named "${name}" already exists`, { fix: `pick another --name, or delete it: banger vm delete ${name}` });
+      }
+      const id = newId();
+      const now = this.d.clock.now().toISOString();
+      const r: VmRow = {
+        id,
+        name,
+        image_id: image.id,
+        kernel_id: image.kernel_id,
+        vcpus: size.vcpus,
+        memory_mib: size.memoryMib,
+        disk_size_bytes: size.diskSizeBytes,
+        vmm: this.d.vmmKind,
+        accel: null,
+        state: 'created',
+        handle: null,
+        last_error: null,
+        dir: join(this.d.layout.vmsStateDir, id),
+        created_at: now,
+        started_at: null,
+        touched_at: now,
+      };
+      this.d.repos.vms.insert(r);
+      return r;
+    });
+    ctx.log(`spec: ${name} vcpus=${size.vcpus} memory=${size.memoryMib}MiB disk=${Math.round(size.diskSizeBytes / 1024 ** 2)}MiB image=${image.name} vmm=${this.d.vmmKind}`);
+
+    return this.d.locks.run(`vm:${row.id}`, async () => {
+      const p = this.paths(row);
+      try {
+        ctx.stage('prepare disks');
+        await mkdir(p.dir, { recursive: true, mode: 0o700 });
+        if (row.vmm === 'qemu') await this.d.disks.createOverlay(image.rootfs_path, p.root);
+        else await this.d.disks.cloneRaw(image.rootfs_path, p.rootRaw);
+        ctx.stage('apply work seed', image.work_seed_path ?? 'empty');
+        await this.d.disks.mkfsFromDir(p.work, size.diskSizeBytes, image.work_seed_path ?? undefined, 'banger-work');
+        ctx.checkCancelled();
+      } catch (e) {
+        await this.purge(row);
+        throw e;
+      }
+      if (!input.start) {
+        this.d.repos.vms.update(row.id, { state: 'stopped' });
+        return this.toVm(this.d.repos.vms.byId(row.id) as VmRow);
+      }
+      try {
+        await this.startLocked(row, ctx);
+      } catch (e) {
+        // A VMM that never launched leaves nothing worth keeping; a guest that launched but never
+        // became ready is kept (stopped, with its logs) for a post-mortem.
+        const err = toBangerError(e);
+        if (err.code === 'timeout') throw err;
+        await this.purge(this.d.repos.vms.byId(row.id) ?? row);
+        throw err;
+      }
+      ctx.stage('ready');
+      return this.toVm(this.d.repos.vms.byId(row.id) as VmRow);
+    });
+  }
+
+  // ---- start / stop --------------------------------------------------------------------
+
+  private async startLocked(r: VmRow, ctx?: OpContext): Promise<void> {
+    const kernel = this.d.repos.kernels.byId(r.kernel_id);
+    const image = this.d.repos.images.byId(r.image_id);
+    if (!kernel || !image) throw new BangerError('internal', `VM ${r.name} refers to a missing image or kernel`);
+    const p = this.paths(r);
+    await mkdir(p.run, { recursive: true, mode: 0o700 });
+    ctx?.stage('start VMM', r.vmm);
+    let initrd = kernel.initrd_path ?? undefined;
+    if (KernelService.hasBangerInitramfs(kernel)) {
+      await buildVmInitrd({ baseInitramfs: kernel.initrd_path as string, outPath: p.initrd, hostname: r.name, vmId: r.id });
+      initrd = p.initrd;
+    }
+    const accel = await this.d.accel(kernel.kernel_path, kernel.initrd_path ?? undefined);
+    const spec: VmLaunchSpec = {
+      vmId: r.id,
+      name: r.name,
+      vcpus: r.vcpus,
+      memoryMib: r.memory_mib,
+      kernelPath: kernel.kernel_path,
+      ...(initrd ? { initrdPath: initrd } : {}),
+      cmdline: vmCmdline({ hostname: r.name }),
+      disks: [
+        r.vmm === 'qemu' ? { id: 'root', path: p.root, format: 'qcow2' } : { id: 'root', path: p.rootRaw, format: 'raw' },
+        { id: 'work', path: p.work, format: 'raw' },
+      ],
+      nets: [],
+      runDir: p.run,
+      serialLogPath: p.serial,
+      vmmLogPath: p.vmmLog,
+      agentSocketPath: p.agent,
+      accel,
+    };
+    const handle = await this.d.driver(r.vmm as VmmKind).launch(spec);
+    const now = this.d.clock.now().toISOString();
+    this.d.repos.vms.update(r.id, { state: 'starting', handle: JSON.stringify(handle), accel, started_at: now, touched_at: now, last_error: null });
+    ctx?.stage('wait for agent');
+    const link = openAgentLink(handle);
+    this.agents.set(r.id, link);
+    const timeoutMs = this.d.agentReadyTimeoutMs ?? 180_000;
+    try {
+      await link.waitReady(timeoutMs, ctx?.signal);
+    } catch (e) {
+      const alive = await isProcessAlive(handle.pid, handle.pidStartTime);
+      const serialTail = await readTail(p.serial, 1500);
+      await this.stopLocked(r.id, true);
+      const cancelled = ctx?.signal.aborted;
+      const message = cancelled
+        ? `start of ${r.name} was cancelled`
+        : alive
+          ? `guest agent of ${r.name} did not become ready within ${timeoutMs / 1000}s (${(e as Error).message}); the VM was stopped and kept for inspection`
+          : `the VMM of ${r.name} exited during boot; the VM was kept for inspection`;
+      this.d.repos.vms.update(r.id, { state: 'error', last_error: message });
+      throw new BangerError(cancelled ? 'cancelled' : 'timeout', `${message}${serialTail ? `\n--- serial console tail ---\n${serialTail}` : ''}`, {
+        fix: `inspect with \`banger vm logs ${r.name}\`, then \`banger vm delete ${r.name}\``,
+      });
+    }
+    this.d.repos.vms.update(r.id, { state: 'running' });
+  }
+
+  /** Graceful power-off with a deadline, then kill. Leaves the VM 'stopped' with no handle. */
+  private async stopLocked(id: string, force: boolean): Promise<void> {
+    const r = this.d.repos.vms.byId(id);
+    if (!r) return;
+    this.agents.get(id)?.close();
+    this.agents.delete(id);
+    if (r.handle) {
+      const handle = JSON.parse(r.handle) as VmmHandle;
+      const driver = this.d.driver(handle.kind);
+      this.d.repos.vms.update(id, { state: 'stopping' });
+      const exited = force ? false : await driver.shutdown(handle, GRACEFUL_STOP_MS);
+      if (!exited) await driver.kill(handle);
+    }
+    this.d.repos.vms.update(id, { state: 'stopped', handle: null });
+    await rm(this.paths(r).run, { recursive: true, force: true });
+  }
+
+  private async act(action: VmAction, id: string): Promise<void> {
+    await this.d.locks.run(`vm:${id}`, async () => {
+      const r = this.d.repos.vms.byId(id);
+      if (!r) throw notFound('vm', id);
+      this.touch(id);
+      switch (action) {
+        case 'start':
+          if (r.state === 'running' && (await this.handleAlive(r))) return;
+          if (r.handle) await this.stopLocked(id, true);
+          await this.startLocked(r);
+          return;
+        case 'stop':
+          await this.stopLocked(id, false);
+          return;
+        case 'kill':
+          await this.stopLocked(id, true);
+          return;
+        case 'restart':
+          await this.stopLocked(id, false);
+          await this.startLocked(this.d.repos.vms.byId(id) as VmRow);
+          return;
+        case 'delete':
+          await this.stopLocked(id, true);
+          await this.purge(r);
+          return;
+      }
+    });
+  }
+
+  /**
+   * Acts on several VMs: resolves every ref once, drops duplicates, runs concurrently, and
+   * reports per target in first-seen order.
+   */
+  async bulk(action: VmAction, refs: string[]): Promise<VmBulkResult> {
+    const targets: Array<{ ref: string; row?: VmRow; error?: BangerError }> = [];
+    const seen = new Set<string>();
+    for (const ref of refs) {
+      try {
+        const row = this.row(ref);
+        if (seen.has(row.id)) continue;
+        seen.add(row.id);
+        targets.push({ ref, row });
+      } catch (e) {
+        targets.push({ ref, error: toBangerError(e) });
+      }
+    }
+    const results = await Promise.all(
+      targets.map(async (t) => {
+        if (!t.row) return { ref: t.ref, ok: false, error: t.error?.toBody() };
+        try {
+          await this.act(action, t.row.id);
+          return { ref: t.ref, id: t.row.id, name: t.row.name, ok: true };
+        } catch (e) {
+          return { ref: t.ref, id: t.row.id, name: t.row.name, ok: false, error: toBangerError(e).toBody() };
+        }
+      }),
+    );
+    return { results };
+  }
+
+  async set(ref: string, change: Partial<VmSize>): Promise<Vm> {
+    const r0 = this.row(ref);
+    validateSize(change, this.d.host);
+    return this.d.locks.run(`vm:${r0.id}`, async () => {
+      const r = this.d.repos.vms.byId(r0.id) as VmRow;
+      if (r.handle && (await this.handleAlive(r))) {
+        throw new BangerError('precondition_failed', `VM ${r.name} is running; vm set changes stopped VMs only`, { fix: `stop it first: banger vm stop ${r.name}` });
+      }
+      if (change.diskSizeBytes !== undefined && change.diskSizeBytes !== r.disk_size_bytes) {
+        await this.d.disks.growExt4(this.paths(r).work, change.diskSizeBytes);
+      }
+      const fields: Partial<VmRow> = { touched_at: this.d.clock.now().toISOString() };
+      if (change.vcpus !== undefined) fields.vcpus = change.vcpus;
+      if (change.memoryMib !== undefined) fields.memory_mib = change.memoryMib;
+      if (change.diskSizeBytes !== undefined) fields.disk_size_bytes = change.diskSizeBytes;
+      this.d.repos.vms.update(r.id, fields);
+      return this.toVm(this.d.repos.vms.byId(r.id) as VmRow);
+    });
+  }
+
+  async prune(dryRun: boolean): Promise<Array<{ id: string; name: string }>> {
+    const victims = this.d.repos.vms.all().filter((r) => ['stopped', 'error', 'created'].includes(r.state));
+    if (!dryRun) await this.bulk('delete', victims.map((v) => v.id));
+    return victims.map((v) => ({ id: v.id, name: v.name }));
+  }
+
+  // ---- guest ---------------------------------------------------------------------------
+
+  private async agentFor(ref: string): Promise<{ r: VmRow; link: AgentLink }> {
+    const r = this.row(ref);
+    this.touch(r.id);
+    if (r.state !== 'running' || !r.handle) {
+      throw new BangerError('precondition_failed', `VM ${r.name} is ${r.state}`, { fix: `start it: banger vm start ${r.name}` });
+    }
+    let link = this.agents.get(r.id);
+    if (!link) {
+      link = openAgentLink(JSON.parse(r.handle) as VmmHandle);
+      this.agents.set(r.id, link);
+    }
+    return { r, link };
+  }
+
+  async health(ref: string) {
+    const { link } = await this.agentFor(ref);
+    const t0 = performance.now();
+    const h = await link.health(5000);
+    return { ...h, latencyMs: Math.round((performance.now() - t0) * 100) / 100 };
+  }
+
+  async ports(ref: string) {
+    const { link } = await this.agentFor(ref);
+    return { ports: await link.ports(5000) };
+  }
+
+  async stats(ref: string) {
+    const r = this.row(ref);
+    this.touch(r.id);
+    const handle = r.handle ? (JSON.parse(r.handle) as VmmHandle) : undefined;
+    const vmm = handle && (await isProcessAlive(handle.pid, handle.pidStartTime)) ? await processStats(handle.pid) : null;
+    let guest = null;
+    if (r.state === 'running') {
+      try {
+        guest = await (await this.agentFor(ref)).link.stats(5000);
+      } catch (e) {
+        this.d.log.debug({ err: e, vm: r.name }, 'guest stats unavailable');
+      }
+    }
+    return { vmm, guest };
+  }
+
+  // ---- daemon lifecycle ----------------------------------------------------------------
+
+  /**
+   * At daemon start: VMM processes outlive the daemon, so running ones are re-adopted (same pid
+   * and start time) and dead ones are marked stopped (clean power-off seen on the console) or error.
+   */
+  async reconcile(): Promise<void> {
+    for (const r of this.d.repos.vms.all()) {
+      if (!r.handle) {
+        if (['starting', 'running', 'stopping'].includes(r.state)) this.d.repos.vms.update(r.id, { state: 'stopped' });
+        continue;
+      }
+      const handle = JSON.parse(r.handle) as VmmHandle;
+      if (await isProcessAlive(handle.pid, handle.pidStartTime)) {
+        this.d.log.info({ vm: r.name, pid: handle.pid }, 're-adopted running VM');
+        if (r.state !== 'running') this.d.repos.vms.update(r.id, { state: 'running' });
+        this.agents.set(r.id, openAgentLink(handle));
+        continue;
+      }
+      const tail = await readTail(this.paths(r).serial, 4096);
+      const clean = /reboot: Power down|System halted/.test(tail);
+      this.d.repos.vms.update(r.id, {
+        state: clean ? 'stopped' : 'error',
+        handle: null,
+        last_error: clean ? null : 'the VMM process exited while the daemon was not running',
+      });
+      await rm(this.paths(r).run, { recursive: true, force: true });
+    }
+  }
+
+  startStaleWatcher(): void {
+    const after = parseDuration(this.d.config.auto_stop_stale_after) ?? 0;
+    if (after <= 0) return;
+    const every = Math.min(60_000, Math.max(1000, after / 4));
+    this.staleTimer = setInterval(() => void this.stopStale(after), every);
+    this.staleTimer.unref();
+  }
+
+  async stopStale(afterMs: number): Promise<string[]> {
+    const now = this.d.clock.now().getTime();
+    const stale = this.d.repos.vms.all().filter((r) => r.state === 'running' && now - Date.parse(r.touched_at) > afterMs);
+    for (const r of stale) {
+      this.d.log.info({ vm: r.name }, 'stopping stale VM (auto_stop_stale_after)');
+      await this.act('stop', r.id).catch((e) => this.d.log.warn({ err: e, vm: r.name }, 'auto-stop failed'));
+    }
+    return stale.map((r) => r.name);
+  }
+
+  close(): void {
+    if (this.staleTimer) clearInterval(this.staleTimer);
+    for (const link of this.agents.values()) link.close();
+    this.agents.clear();
+  }
+
+  // ---- helpers -------------------------------------------------------------------------
+
+  private touch(id: string): void {
+    this.d.repos.vms.update(id, { touched_at: this.d.clock.now().toISOString() });
+  }
+
+  private async handleAlive(r: VmRow): Promise<boolean> {
+    if (!r.handle) return false;
+    const h = JSON.parse(r.handle) as VmmHandle;
+    return isProcessAlive(h.pid, h.pidStartTime);
+  }
+
+  /** Removes every file, socket and the row of a VM whose VMM is not running. */
+  private async purge(r: VmRow): Promise<void> {
+    this.agents.get(r.id)?.close();
+    this.agents.delete(r.id);
+    const p = this.paths(r);
+    await rm(p.run, { recursive: true, force: true });
+    await rm(p.dir, { recursive: true, force: true });
+    this.d.repos.vms.delete(r.id);
+  }
+}
+
+/** CPU% (since process start, averaged) and RSS of the VMM from /proc. */
+async function processStats(pid: number): Promise<{ pid: number; cpuPercent: number; rssBytes: number } | null> {
+  try {
+    const [statText, statusText, uptimeText] = await Promise.all([
+      readFile(`/proc/${pid}/stat`, 'utf8'),
+      readFile(`/proc/${pid}/status`, 'utf8'),
+      readFile('/proc/uptime', 'utf8'),
+    ]);
+    const f = statText.slice(statText.lastIndexOf(')') + 2).split(' ');
+    const ticks = 100;
+    const cpuSeconds = (Number(f[11]) + Number(f[12])) / ticks;
+    const startedSecondsAgo = Number(uptimeText.split(' ')[0]) - Number(f[19]) / ticks;
+    const rssKib = Number(/VmRSS:\s+(\d+)/.exec(statusText)?.[1] ?? 0);
+    return { pid, cpuPercent: startedSecondsAgo > 0 ? Math.round((1000 * cpuSeconds) / startedSecondsAgo) / 10 : 0, rssBytes: rssKib * 1024 };
+  } catch {
+    return null;
+  }
+}
+

@@ -1,0 +1,66 @@
+import type { VmmHandle } from '../vmm/driver.js';
+import { AgentClient } from './agent-client.js';
+
+export interface GuestHealth {
+  ready: boolean;
+  uptimeSeconds: number;
+  agentVersion: string;
+  hostname: string;
+}
+export interface GuestPort {
+  proto: string;
+  address: string;
+  port: number;
+  pid: number | null;
+  command: string;
+}
+export interface GuestStats {
+  memTotalKib: number;
+  memAvailableKib: number;
+  load1: number;
+  load5: number;
+  load15: number;
+  uptimeSeconds: number;
+}
+
+/** The daemon's view of one VM's agent: one held connection, camelCase results. */
+export interface AgentLink {
+  waitReady(timeoutMs: number, signal?: AbortSignal): Promise<void>;
+  health(timeoutMs: number): Promise<GuestHealth>;
+  ports(timeoutMs: number): Promise<GuestPort[]>;
+  stats(timeoutMs: number): Promise<GuestStats>;
+  close(): void;
+}
+
+export const VSOCK_AGENT_PORT = 1024;
+
+export function openAgentLink(handle: VmmHandle): AgentLink {
+  const client = new AgentClient({
+    socketPath: handle.agentSocket,
+    transport: handle.agentTransport,
+    vsockPort: VSOCK_AGENT_PORT,
+  });
+  return {
+    waitReady: (timeoutMs, signal) => client.waitReady(timeoutMs, signal),
+    health: async (timeoutMs) => {
+      const h = await client.health(timeoutMs);
+      return { ready: h.ready, uptimeSeconds: h.uptime_s, agentVersion: h.agent_version, hostname: h.hostname };
+    },
+    ports: async (timeoutMs) => {
+      const r = await client.ports(timeoutMs);
+      return r.ports.map((p) => ({ proto: p.proto, address: p.address, port: p.port, pid: p.pid ?? null, command: p.command }));
+    },
+    stats: async (timeoutMs) => {
+      const s = await client.stats(timeoutMs);
+      return {
+        memTotalKib: s.mem_total_kib,
+        memAvailableKib: s.mem_available_kib,
+        load1: s.load1,
+        load5: s.load5,
+        load15: s.load15,
+        uptimeSeconds: s.uptime_s,
+      };
+    },
+    close: () => client.close(),
+  };
+}

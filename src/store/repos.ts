@@ -1,0 +1,116 @@
+import type { Db } from './db.js';
+
+export interface KernelRow {
+  id: string;
+  name: string;
+  version: string;
+  dir: string;
+  kernel_path: string;
+  /** banger's own initramfs (modules + banger-init) or a user-supplied initrd. */
+  initrd_path: string | null;
+  modules_dir: string | null;
+  source: string;
+  managed: number;
+  size_bytes: number;
+  created_at: string;
+}
+
+export interface ImageRow {
+  id: string;
+  name: string;
+  rootfs_path: string;
+  kernel_id: string;
+  work_seed_path: string | null;
+  managed: number;
+  has_systemd: number;
+  size_bytes: number;
+  source: string;
+  created_at: string;
+}
+
+export interface VmRow {
+  id: string;
+  name: string;
+  image_id: string;
+  kernel_id: string;
+  vcpus: number;
+  memory_mib: number;
+  disk_size_bytes: number;
+  vmm: string;
+  accel: string | null;
+  state: string;
+  handle: string | null;
+  last_error: string | null;
+  dir: string;
+  created_at: string;
+  started_at: string | null;
+  touched_at: string;
+}
+
+/** Thin typed access to the tables. All writes are single statements or explicit transactions. */
+export class Repos {
+  constructor(readonly db: Db) {}
+
+  kernels = {
+    all: () => this.db.prepare('SELECT * FROM kernels ORDER BY name').all() as KernelRow[],
+    byId: (id: string) => this.db.prepare('SELECT * FROM kernels WHERE id = ?').get(id) as KernelRow | undefined,
+    byName: (name: string) => this.db.prepare('SELECT * FROM kernels WHERE name = ?').get(name) as KernelRow | undefined,
+    byIdPrefix: (p: string) => this.db.prepare("SELECT * FROM kernels WHERE id LIKE ? || '%'").all(p) as KernelRow[],
+    insert: (r: KernelRow) =>
+      this.db
+        .prepare(
+          'INSERT INTO kernels (id, name, version, dir, kernel_path, initrd_path, modules_dir, source, managed, size_bytes, created_at) VALUES (@id, @name, @version, @dir, @kernel_path, @initrd_path, @modules_dir, @source, @managed, @size_bytes, @created_at)',
+        )
+        .run(r),
+    delete: (id: string) => this.db.prepare('DELETE FROM kernels WHERE id = ?').run(id),
+    imageCount: (id: string) => (this.db.prepare('SELECT count(*) AS n FROM images WHERE kernel_id = ?').get(id) as { n: number }).n,
+  };
+
+  images = {
+    all: () => this.db.prepare('SELECT * FROM images ORDER BY name').all() as ImageRow[],
+    byId: (id: string) => this.db.prepare('SELECT * FROM images WHERE id = ?').get(id) as ImageRow | undefined,
+    byName: (name: string) => this.db.prepare('SELECT * FROM images WHERE name = ?').get(name) as ImageRow | undefined,
+    byIdPrefix: (p: string) => this.db.prepare("SELECT * FROM images WHERE id LIKE ? || '%'").all(p) as ImageRow[],
+    insert: (r: ImageRow) =>
+      this.db
+        .prepare(
+          'INSERT INTO images (id, name, rootfs_path, kernel_id, work_seed_path, managed, has_systemd, size_bytes, source, created_at) VALUES (@id, @name, @rootfs_path, @kernel_id, @work_seed_path, @managed, @has_systemd, @size_bytes, @source, @created_at)',
+        )
+        .run(r),
+    delete: (id: string) => this.db.prepare('DELETE FROM images WHERE id = ?').run(id),
+    vmCount: (id: string) => (this.db.prepare('SELECT count(*) AS n FROM vms WHERE image_id = ?').get(id) as { n: number }).n,
+  };
+
+  vms = {
+    all: () => this.db.prepare('SELECT * FROM vms ORDER BY created_at, name').all() as VmRow[],
+    byId: (id: string) => this.db.prepare('SELECT * FROM vms WHERE id = ?').get(id) as VmRow | undefined,
+    byName: (name: string) => this.db.prepare('SELECT * FROM vms WHERE name = ?').get(name) as VmRow | undefined,
+    byIdPrefix: (p: string) => this.db.prepare("SELECT * FROM vms WHERE id LIKE ? || '%'").all(p) as VmRow[],
+    insert: (r: VmRow) =>
+      this.db
+        .prepare(
+          'INSERT INTO vms (id, name, image_id, kernel_id, vcpus, memory_mib, disk_size_bytes, vmm, accel, state, handle, last_error, dir, created_at, started_at, touched_at) VALUES (@id, @name, @image_id, @kernel_id, @vcpus, @memory_mib, @disk_size_bytes, @vmm, @accel, @state, @handle, @last_error, @dir, @created_at, @started_at, @touched_at)',
+        )
+        .run(r),
+    update: (id: string, fields: Partial<Omit<VmRow, 'id'>>) => {
+      const keys = Object.keys(fields);
+      if (keys.length === 0) return;
+      this.db.prepare(`UPDATE vms SET ${keys.map((k) => `${k} = @${k}`).join(', ')} WHERE id = @id`).run({ ...fields, id });
+    },
+    delete: (id: string) => this.db.prepare('DELETE FROM vms WHERE id = ?').run(id),
+  };
+}
+
+/** Resolves a user ref: exact name first, then a unique id prefix (at least 4 chars). */
+export function resolveRef<T extends { id: string }>(
+  ref: string,
+  byName: (n: string) => T | undefined,
+  byIdPrefix: (p: string) => T[],
+): T | 'ambiguous' | undefined {
+  const named = byName(ref);
+  if (named) return named;
+  if (!/^[0-9a-f]{4,32}$/.test(ref)) return undefined;
+  const matches = byIdPrefix(ref);
+  if (matches.length > 1) return 'ambiguous';
+  return matches[0];
+}

@@ -1,0 +1,58 @@
+import type { VmLaunchSpec } from '../driver.js';
+
+export const AGENT_PORT_NAME = 'org.banger.agent';
+
+/** QEMU's option syntax uses ',' as separator; a literal comma in a value is written ',,'. */
+const esc = (v: string) => v.replace(/,/g, ',,');
+
+/**
+ * Pure: the qemu-system-x86_64 argv for a microvm guest. Every device sits on virtio-mmio,
+ * which `microvm,acpi=on` describes in ACPI (how Debian's cloud kernel finds them).
+ */
+export function buildQemuArgs(spec: VmLaunchSpec, qmpSocket: string): string[] {
+  const accel = spec.accel === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg,thread=multi', '-cpu', 'max'];
+  const args = [
+    '-name',
+    `banger-${spec.name},debug-threads=off`,
+    '-M',
+    'microvm,acpi=on,pcie=off',
+    ...accel,
+    '-smp',
+    String(spec.vcpus),
+    '-m',
+    `${spec.memoryMib}M`,
+    '-nodefaults',
+    '-no-user-config',
+    '-display',
+    'none',
+    '-no-reboot',
+    '-chardev',
+    `file,id=serial0,path=${esc(spec.serialLogPath)},append=on`,
+    '-serial',
+    'chardev:serial0',
+    '-kernel',
+    spec.kernelPath,
+  ];
+  if (spec.initrdPath) args.push('-initrd', spec.initrdPath);
+  args.push('-append', spec.cmdline);
+  for (const d of spec.disks) {
+    const ro = d.readOnly ? ',read-only=on' : '';
+    args.push('-drive', `id=${d.id},file=${esc(d.path)},format=${d.format},if=none,cache=writeback,discard=unmap${ro}`);
+    args.push('-device', `virtio-blk-device,drive=${d.id}`);
+  }
+  for (const n of spec.nets) {
+    args.push('-netdev', `tap,id=${n.id},ifname=${n.tapName},script=no,downscript=no`);
+    args.push('-device', `virtio-net-device,netdev=${n.id},mac=${n.mac}`);
+  }
+  args.push(
+    '-chardev',
+    `socket,id=agent0,path=${esc(spec.agentSocketPath)},server=on,wait=off`,
+    '-device',
+    'virtio-serial-device',
+    '-device',
+    `virtserialport,chardev=agent0,name=${AGENT_PORT_NAME}`,
+    '-qmp',
+    `unix:${esc(qmpSocket)},server=on,wait=off`,
+  );
+  return args;
+}

@@ -1,0 +1,91 @@
+import { rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { type VmLaunchSpec, type VmmDriver, VmmError, type VmmHandle, type VmmRunState } from '../driver.js';
+import { isProcessAlive, killAndWait, readTail, spawnDetached, waitForExit, waitForSocket } from '../process.js';
+import { buildQemuArgs } from './args.js';
+import { QmpClient } from './qmp.js';
+
+export class QemuDriver implements VmmDriver {
+  readonly kind = 'qemu' as const;
+
+  constructor(private readonly qemuBin: string) {}
+
+  async launch(spec: VmLaunchSpec): Promise<VmmHandle> {
+    const qmpSocket = join(spec.runDir, 'qmp.sock');
+    await rm(qmpSocket, { force: true });
+    await rm(spec.agentSocketPath, { force: true });
+    const args = buildQemuArgs(spec, qmpSocket);
+    const { pid, startTime } = await spawnDetached(this.qemuBin, args, spec.vmmLogPath);
+    const handle: VmmHandle = {
+      kind: 'qemu',
+      pid,
+      pidStartTime: startTime,
+      controlSocket: qmpSocket,
+      agentSocket: spec.agentSocketPath,
+      agentTransport: 'virtio-serial',
+      accel: spec.accel,
+    };
+    try {
+      await waitForSocket(qmpSocket, 15_000, () => isProcessAlive(pid, startTime));
+      const state = await this.status(handle);
+      if (state === 'gone' || state === 'shutdown') throw new Error(`QEMU is ${state} right after launch`);
+      return handle;
+    } catch (e) {
+      await killAndWait(pid, startTime).catch(() => {});
+      await this.cleanup(handle);
+      // Give QEMU a moment to flush its error message.
+      throw new VmmError(`QEMU failed to start: ${(e as Error).message}`, await readTail(spec.vmmLogPath, 2048));
+    }
+  }
+
+  async shutdown(handle: VmmHandle, timeoutMs: number): Promise<boolean> {
+    if (!(await isProcessAlive(handle.pid, handle.pidStartTime))) return true;
+    try {
+      await this.qmp(handle, (q) => q.execute('system_powerdown'));
+    } catch {
+      /* a dying QEMU may not answer; the wait below decides */
+    }
+    const exited = await waitForExit(handle.pid, handle.pidStartTime, timeoutMs);
+    if (exited) await this.cleanup(handle);
+    return exited;
+  }
+
+  async kill(handle: VmmHandle): Promise<void> {
+    await killAndWait(handle.pid, handle.pidStartTime);
+    await this.cleanup(handle);
+  }
+
+  async pause(handle: VmmHandle): Promise<void> {
+    await this.qmp(handle, (q) => q.execute('stop'));
+  }
+
+  async resume(handle: VmmHandle): Promise<void> {
+    await this.qmp(handle, (q) => q.execute('cont'));
+  }
+
+  async status(handle: VmmHandle): Promise<VmmRunState> {
+    if (!(await isProcessAlive(handle.pid, handle.pidStartTime))) return 'gone';
+    try {
+      const r = await this.qmp(handle, (q) => q.execute<{ status: string; running: boolean }>('query-status'));
+      if (r.running) return 'running';
+      if (r.status === 'paused' || r.status === 'prelaunch') return 'paused';
+      return 'shutdown';
+    } catch {
+      return (await isProcessAlive(handle.pid, handle.pidStartTime)) ? 'running' : 'gone';
+    }
+  }
+
+  private async qmp<T>(handle: VmmHandle, fn: (q: QmpClient) => Promise<T>): Promise<T> {
+    const q = await QmpClient.connect(handle.controlSocket);
+    try {
+      return await fn(q);
+    } finally {
+      q.close();
+    }
+  }
+
+  private async cleanup(handle: VmmHandle): Promise<void> {
+    await rm(handle.controlSocket, { force: true });
+    await rm(handle.agentSocket, { force: true });
+  }
+}

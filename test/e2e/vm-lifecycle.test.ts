@@ -1,0 +1,223 @@
+import assert from 'node:assert/strict';
+import { chmodSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import Database from 'better-sqlite3';
+import type { Vm } from '../../src/api/schemas.js';
+import { guestAssets, pidsMentioning, TestHome } from '../helpers/banger.js';
+
+/**
+ * Real VMs under QEMU (TCG on hosts without usable KVM) from real Debian assets, driven through
+ * the real CLI and daemon. One shared home keeps the number of boots low; every test checks that
+ * nothing leaked.
+ */
+const assets = guestAssets();
+const skip = assets ? false : 'guest assets missing: run scripts/guest-assets.sh';
+
+describe('VM lifecycle on real QEMU', { skip }, () => {
+  let home: TestHome;
+
+  const rows = () => {
+    const db = new Database(join(home.dir, 'state', 'banger.db'), { readonly: true });
+    try {
+      return db.prepare('SELECT id, name, state FROM vms ORDER BY name').all() as Array<{ id: string; name: string; state: string }>;
+    } finally {
+      db.close();
+    }
+  };
+  const qemuPids = async (vmName?: string) =>
+    (await pidsMentioning(home.dir)).filter((pid) => {
+      try {
+        const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8').replace(/\0/g, ' ');
+        return cmd.includes('qemu-system') && (!vmName || cmd.includes(`banger-${vmName},`));
+      } catch {
+        return false;
+      }
+    });
+  /** No VMM process, run dir, state dir or row may outlive a deleted VM. */
+  const assertNoTraceOf = async (vm: Pick<Vm, 'id' | 'name'>) => {
+    assert.deepEqual(await qemuPids(vm.name), [], `no QEMU left for ${vm.name}`);
+    assert.equal(existsSync(join(home.dir, 'state', 'vms', vm.id)), false, 'state dir removed');
+    assert.equal(existsSync(join(home.dir, 'run', 'vms', vm.id)), false, 'run dir (sockets) removed');
+    assert.equal(rows().some((r) => r.id === vm.id), false, 'row removed');
+  };
+
+  before(async () => {
+    home = await TestHome.create(
+      ['accel = "tcg"', '[vm_defaults]', 'vcpu = 2', 'memory_mib = 512', 'disk_size = "1G"', ''].join('\n'),
+    );
+    const a = assets as NonNullable<typeof assets>;
+    const k = await home.run(['kernel', 'import', 'debian-cloud', '--from', a.kernelDir]);
+    assert.equal(k.code, 0, k.stderr);
+    const i = await home.run(['image', 'register', '--name', 'debian-bookworm', '--rootfs', a.rootfs, '--kernel-ref', 'debian-cloud']);
+    assert.equal(i.code, 0, i.stderr);
+  });
+
+  after(async () => {
+    await home?.destroy();
+  });
+
+  test('create boots a VM to a healthy agent, with live stages and a spec line', async () => {
+    const r = await home.run(['vm', 'create', '--name', 'alpha']);
+    assert.equal(r.code, 0, `${r.stdout}\n${r.stderr}`);
+    assert.match(r.stdout, /^spec: alpha vcpus=2 memory=512MiB disk=1024MiB image=debian-bookworm vmm=qemu/m);
+    for (const stage of ['resolve image', 'prepare disks', 'apply work seed', 'start VMM', 'wait for agent', 'ready']) {
+      assert.ok(r.stderr.includes(`- ${stage}`), `stage "${stage}" rendered:\n${r.stderr}`);
+    }
+    const vm = await home.json<Vm>(['vm', 'show', 'alpha']);
+    assert.equal(vm.state, 'running');
+    assert.equal(vm.accel, 'tcg');
+    assert.ok(vm.pid && (await qemuPids('alpha')).includes(vm.pid));
+    const h = await home.json<{ ready: boolean; hostname: string; uptimeSeconds: number }>(['vm', 'health', 'alpha']);
+    assert.equal(h.ready, true);
+    assert.equal(h.hostname, 'alpha');
+    assert.ok(h.uptimeSeconds > 0);
+    const logs = await home.run(['vm', 'logs', 'alpha', '-n', '500']);
+    assert.match(logs.stdout, /banger-init/);
+  });
+
+  test('ports lists sshd listening in the guest (started with a per-VM host key)', async () => {
+    let ports: Array<{ proto: string; port: number; pid: number | null; command: string }> = [];
+    // sshd starts a moment after the agent under TCG.
+    for (let i = 0; i < 60; i++) {
+      ports = (await home.json<{ ports: typeof ports }>(['vm', 'ports', 'alpha'])).ports;
+      if (ports.some((p) => p.port === 22)) break;
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+    const ssh = ports.find((p) => p.port === 22 && p.proto.startsWith('tcp'));
+    assert.ok(ssh, `port 22 listed: ${JSON.stringify(ports)}`);
+    assert.ok(ssh.pid && ssh.pid > 1);
+    assert.match(ssh.command, /sshd/);
+  });
+
+  test('stats report the VMM process and the guest', async () => {
+    const s = await home.json<{ vmm: { rssBytes: number; pid: number } | null; guest: { memTotalKib: number } | null }>(['vm', 'stats', 'alpha']);
+    assert.ok(s.vmm && s.vmm.rssBytes > 10 * 1024 * 1024);
+    assert.ok(s.guest && s.guest.memTotalKib > 256 * 1024 && s.guest.memTotalKib <= 512 * 1024);
+  });
+
+  test('the daemon restarts while the VM runs and re-adopts it', async () => {
+    const before = await home.json<Vm>(['vm', 'show', 'alpha']);
+    const r = await home.run(['daemon', 'restart']);
+    assert.equal(r.code, 0, r.stderr);
+    const after = await home.json<Vm>(['vm', 'show', 'alpha']);
+    assert.equal(after.state, 'running');
+    assert.equal(after.pid, before.pid);
+    const h = await home.json<{ ready: boolean }>(['vm', 'health', 'alpha']);
+    assert.equal(h.ready, true);
+  });
+
+  test('stop powers off gracefully; set changes the stopped VM; start boots it again', async () => {
+    const vm = await home.json<Vm>(['vm', 'show', 'alpha']);
+    const stop = await home.run(['vm', 'stop', 'alpha']);
+    assert.equal(stop.code, 0, stop.stderr);
+    assert.equal((await home.json<Vm>(['vm', 'show', 'alpha'])).state, 'stopped');
+    assert.deepEqual(await qemuPids('alpha'), []);
+    assert.equal(existsSync(join(home.dir, 'run', 'vms', vm.id, 'qmp.sock')), false);
+    const logs = await home.run(['vm', 'logs', 'alpha', '-n', '50']);
+    assert.match(logs.stdout, /reboot: Power down|Power down/);
+
+    const set = await home.json<Vm>(['vm', 'set', 'alpha', '--vcpus', '1', '--disk-size', '2G']);
+    assert.equal(set.vcpus, 1);
+    assert.equal(set.diskSizeBytes, 2 * 1024 ** 3);
+    const shrink = await home.run(['vm', 'set', 'alpha', '--disk-size', '1G']);
+    assert.equal(shrink.code, 1);
+    assert.match(shrink.stderr, /can only grow/);
+
+    const start = await home.run(['vm', 'start', 'alpha']);
+    assert.equal(start.code, 0, start.stderr);
+    const again = await home.json<Vm>(['vm', 'show', 'alpha']);
+    assert.equal(again.state, 'running');
+    assert.notEqual(again.pid, vm.pid);
+    const s = await home.json<{ guest: { memTotalKib: number } | null }>(['vm', 'stats', 'alpha']);
+    assert.ok(s.guest);
+  });
+
+  test('kill stops at once; delete leaves nothing behind', async () => {
+    const vm = await home.json<Vm>(['vm', 'show', 'alpha']);
+    const k = await home.run(['vm', 'kill', 'alpha']);
+    assert.equal(k.code, 0, k.stderr);
+    assert.equal((await home.json<Vm>(['vm', 'show', 'alpha'])).state, 'stopped');
+    assert.deepEqual(await qemuPids('alpha'), []);
+    const d = await home.run(['vm', 'delete', 'alpha']);
+    assert.equal(d.code, 0, d.stderr);
+    await assertNoTraceOf(vm);
+  });
+
+  test('two VMs boot concurrently and a bulk delete removes both', async () => {
+    const [b, c] = await Promise.all([home.run(['vm', 'create', '--name', 'beta']), home.run(['vm', 'create', '--name', 'gamma'])]);
+    assert.equal(b.code, 0, b.stderr);
+    assert.equal(c.code, 0, c.stderr);
+    const list = await home.json<{ vms: Vm[] }>(['vm', 'list']);
+    const running = list.vms.filter((v) => v.state === 'running').map((v) => v.name).sort();
+    assert.deepEqual(running, ['beta', 'gamma']);
+    for (const n of ['beta', 'gamma']) assert.equal((await home.json<{ hostname: string }>(['vm', 'health', n])).hostname, n);
+    const del = await home.json<{ results: Array<{ ref: string; ok: boolean }> }>(['vm', 'delete', 'gamma', 'beta', 'gamma']);
+    assert.deepEqual(del.results.map((r) => [r.ref, r.ok]), [['gamma', true], ['beta', true]]);
+    for (const v of list.vms) await assertNoTraceOf(v);
+  });
+
+  test('bad input is refused clearly and leaves nothing behind', async () => {
+    const cases: Array<[string[], RegExp, number]> = [
+      [['vm', 'create', '--name', 'x1', '--image', 'nope'], /image "nope" not found/, 1],
+      [['vm', 'create', '--name', 'Bad_Name'], /VM name "Bad_Name"/, 1],
+      [['vm', 'create', '--name', 'x2', '--vcpus', '0'], /--vcpus must be an integer from 1 to 64/, 1],
+      [['vm', 'create', '--name', 'x3', '--vcpus', 'two'], /--vcpus must be an integer/, 2],
+      [['image', 'register', '--name', 'broken', '--rootfs', (assets as NonNullable<typeof assets>).rootfs, '--kernel', '/nonexistent/vmlinuz'], /kernel \/nonexistent\/vmlinuz is not a file/, 1],
+    ];
+    for (const [args, re, code] of cases) {
+      const r = await home.run(args);
+      assert.equal(r.code, code, `${args.join(' ')}: ${r.stderr}`);
+      assert.match(r.stderr, re);
+      assert.match(r.stderr, /fix:|usage/i);
+    }
+    const dupA = await home.run(['vm', 'create', '--name', 'dup', '--no-start']);
+    assert.equal(dupA.code, 0, dupA.stderr);
+    const dupB = await home.run(['vm', 'create', '--name', 'dup', '--no-start']);
+    assert.equal(dupB.code, 1);
+    assert.match(dupB.stderr, /a VM named "dup" already exists/);
+    assert.deepEqual(rows().map((r) => r.name), ['dup']);
+    assert.deepEqual((await home.json<{ images: Array<{ name: string }> }>(['image', 'list'])).images.map((i) => i.name), ['debian-bookworm']);
+    const unknown = await home.run(['vm', 'stop', 'ghost', 'dup']);
+    assert.equal(unknown.code, 1);
+    assert.match(unknown.stderr, /ghost/);
+    assert.match(unknown.stdout, /stopped dup/);
+  });
+
+  test('prune deletes VMs that are not running', async () => {
+    const dup = await home.json<Vm>(['vm', 'show', 'dup']);
+    const dry = await home.json<{ pruned: Array<{ name: string }> }>(['vm', 'prune', '--dry-run']);
+    assert.deepEqual(dry.pruned.map((v) => v.name), ['dup']);
+    assert.equal(rows().length, 1);
+    const r = await home.run(['vm', 'prune', '-f']);
+    assert.equal(r.code, 0, r.stderr);
+    await assertNoTraceOf(dup);
+    const vmDirs = await readdir(join(home.dir, 'state', 'vms'));
+    assert.deepEqual(vmDirs, []);
+  });
+
+  test('a VMM that exits at once fails create with its log tail and leaks nothing', async () => {
+    const fakeQemu = join(home.dir, 'qemu-exits');
+    // Real QEMU, handed an option it rejects: it exits immediately with its own message.
+    writeFileSync(fakeQemu, '#!/bin/sh\nexec qemu-system-x86_64 -no-such-option "$@"\n');
+    chmodSync(fakeQemu, 0o755);
+    const other = await TestHome.create(`accel = "tcg"\nqemu_bin = "${fakeQemu}"\n[vm_defaults]\ndisk_size = "512M"\n`);
+    try {
+      const a = assets as NonNullable<typeof assets>;
+      assert.equal((await other.run(['kernel', 'import', 'k', '--from', a.kernelDir])).code, 0);
+      assert.equal((await other.run(['image', 'register', '--name', 'debian-bookworm', '--rootfs', a.rootfs, '--kernel-ref', 'k'])).code, 0);
+      const r = await other.run(['vm', 'create', '--name', 'doomed']);
+      assert.equal(r.code, 1);
+      assert.match(r.stderr, /QEMU failed to start/);
+      assert.match(r.stderr, /no-such-option/);
+      assert.match(r.stderr, /\(op-[0-9a-f]{6}\)/);
+      const vms = await other.json<{ vms: Vm[] }>(['vm', 'list']);
+      assert.deepEqual(vms.vms, []);
+      assert.deepEqual(await readdir(join(other.dir, 'state', 'vms')), []);
+      assert.deepEqual(await readdir(join(other.dir, 'run', 'vms')), []);
+    } finally {
+      await other.destroy();
+    }
+  });
+});
