@@ -65,6 +65,7 @@ export async function installServices(app: App, router: Router): Promise<void> {
     vmmKind,
     accel: (k, i) => (vmmKind === 'firecracker' ? Promise.resolve('kvm') : resolveAccel(k, i)),
     host: { cpus: cpus().length, memoryBytes: totalmem() },
+    runner,
     ...(process.env.BANGER_AGENT_READY_TIMEOUT_MS ? { agentReadyTimeoutMs: Number(process.env.BANGER_AGENT_READY_TIMEOUT_MS) } : {}),
   });
   await vms.reconcile();

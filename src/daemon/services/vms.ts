@@ -7,7 +7,10 @@ import type { Config } from '../../config/config.js';
 import type { Layout } from '../../config/layout.js';
 import { type AgentLink, openAgentLink } from '../../guest/agent-link.js';
 import { buildVmInitrd, vmCmdline } from '../../guest/vm-boot.js';
+import { guestBinary } from '../../guest/binaries.js';
 import type { DiskTools } from '../../host/disks.js';
+import type { CommandRunner } from '../../host/runner.js';
+import { generateHostKey, hostKeyFiles } from '../../host/ssh-keys.js';
 import { type Repos, resolveRef, type VmRow } from '../../store/repos.js';
 import { parseDuration } from '../../util/duration.js';
 import { dnsLabelProblem, newId } from '../../util/ids.js';
@@ -36,6 +39,7 @@ export interface VmServiceDeps {
   /** Resolves the accelerator, probing KVM once per host kernel when needed. */
   accel: (kernelPath: string, initrdPath: string | undefined) => Promise<Accelerator>;
   host: HostResources;
+  runner: CommandRunner;
   agentReadyTimeoutMs?: number;
 }
 
@@ -114,6 +118,7 @@ export class VmService {
       serial: join(r.dir, 'serial.log'),
       vmmLog: join(r.dir, 'vmm.log'),
       agent: join(run, 'agent.sock'),
+      ssh: join(r.dir, 'ssh'),
     };
   }
 
@@ -179,6 +184,7 @@ export class VmService {
       try {
         ctx.stage('prepare disks');
         await mkdir(p.dir, { recursive: true, mode: 0o700 });
+        await generateHostKey(this.d.runner, p.ssh, `banger-${name}`);
         if (row.vmm === 'qemu') await this.d.disks.createOverlay(image.rootfs_path, p.root);
         else await this.d.disks.cloneRaw(image.rootfs_path, p.rootRaw);
         ctx.stage('apply work seed', image.work_seed_path ?? 'empty');
@@ -218,7 +224,13 @@ export class VmService {
     ctx?.stage('start VMM', r.vmm);
     let initrd = kernel.initrd_path ?? undefined;
     if (KernelService.hasBangerInitramfs(kernel)) {
-      await buildVmInitrd({ baseInitramfs: kernel.initrd_path as string, outPath: p.initrd, hostname: r.name, vmId: r.id });
+      await buildVmInitrd({
+        baseInitramfs: kernel.initrd_path as string,
+        outPath: p.initrd,
+        hostname: r.name,
+        agentBinary: guestBinary('banger-agent'),
+        files: await hostKeyFiles(p.ssh),
+      });
       initrd = p.initrd;
     }
     const accel = await this.d.accel(kernel.kernel_path, kernel.initrd_path ?? undefined);
