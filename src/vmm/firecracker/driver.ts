@@ -1,0 +1,198 @@
+import { open, rm, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { type VmLaunchSpec, type VmmDriver, VmmError, type VmmHandle, type VmmRunState } from '../driver.js';
+import { isProcessAlive, killAndWait, readTail, spawnDetached, waitForExit, waitForSocket } from '../process.js';
+import { FirecrackerApiClient } from './api-client.js';
+import {
+  buildBootRequests,
+  ctrlAltDelRequest,
+  describeInstanceRequest,
+  type FcInstanceState,
+  type FcRequest,
+  instanceIdFor,
+  instanceStateOf,
+  pauseRequest,
+  resumeRequest,
+} from './requests.js';
+
+export interface FirecrackerDriverOptions {
+  binaryPath: string;
+  /** How long a fresh process may take to create its API socket. */
+  startTimeoutMs?: number;
+  /** Deadline of each API call. */
+  apiTimeoutMs?: number;
+}
+
+/** sun_path is 108 bytes including the NUL. */
+const MAX_SOCKET_PATH = 107;
+const TAIL_BYTES = 2048;
+
+/**
+ * Where the output goes:
+ * - The process's stdout/stderr append to `serialLogPath`. Firecracker writes the guest's serial
+ *   console to stdout, and an O_APPEND fd is the only way to keep earlier boots (as QEMU's
+ *   `append=on` does) and to let `banger vm logs` follow the file: Firecracker opens a
+ *   `serial_out_path` or `log_path` itself with neither O_APPEND nor O_TRUNC, writing from offset 0.
+ * - Firecracker's own log goes to `vmmLogPath` via PUT /logger, the first request. Because of that
+ *   offset-0 opening, the file is emptied at each launch: it holds the latest launch only.
+ * - What Firecracker prints before the logger is configured (bad arguments, API socket errors,
+ *   panics) lands in the serial log, so a failed launch reports the tails of both files.
+ * If both paths are the same file, no logger is configured and everything goes there.
+ */
+export class FirecrackerDriver implements VmmDriver {
+  readonly kind = 'firecracker' as const;
+  private readonly startTimeoutMs: number;
+  private readonly apiTimeoutMs: number;
+
+  constructor(private readonly opts: FirecrackerDriverOptions) {
+    this.startTimeoutMs = opts.startTimeoutMs ?? 10_000;
+    this.apiTimeoutMs = opts.apiTimeoutMs ?? 10_000;
+  }
+
+  async launch(spec: VmLaunchSpec, signal?: AbortSignal): Promise<VmmHandle> {
+    const apiSocket = join(spec.runDir, 'fc.sock');
+    const separateLog = spec.vmmLogPath !== spec.serialLogPath;
+    let requests: FcRequest[];
+    try {
+      if (spec.accel !== 'kvm') throw new Error(`Firecracker needs KVM, but this VM asks for ${spec.accel}`);
+      for (const p of [apiSocket, spec.agentSocketPath]) {
+        if (Buffer.byteLength(p) > MAX_SOCKET_PATH) throw new Error(`socket path ${p} is longer than ${MAX_SOCKET_PATH} bytes`);
+      }
+      requests = buildBootRequests(spec, separateLog ? { logger: { logPath: spec.vmmLogPath } } : {});
+    } catch (e) {
+      throw new VmmError(`cannot launch ${spec.name} with Firecracker: ${(e as Error).message}`);
+    }
+    if (signal?.aborted) throw new VmmError(`launch of ${spec.name} was cancelled`);
+
+    const consoleStart = await sizeOf(spec.serialLogPath);
+    const args = ['--api-sock', apiSocket, '--id', instanceIdFor(spec.vmId)];
+    let proc: { pid: number; startTime: string };
+    try {
+      // Firecracker refuses to bind a path that exists; these are leftovers of an earlier run.
+      await this.removeSockets(apiSocket, spec.agentSocketPath);
+      if (separateLog) await writeFile(spec.vmmLogPath, '', { mode: 0o600 });
+      proc = await spawnDetached(this.opts.binaryPath, args, spec.serialLogPath);
+    } catch (e) {
+      await this.removeSockets(apiSocket, spec.agentSocketPath);
+      throw new VmmError(`Firecracker failed to start ${spec.name}: ${(e as Error).message}`, await this.launchTail(spec, consoleStart));
+    }
+    const handle: VmmHandle = {
+      kind: 'firecracker',
+      pid: proc.pid,
+      pidStartTime: proc.startTime,
+      controlSocket: apiSocket,
+      agentSocket: spec.agentSocketPath,
+      agentTransport: 'hybrid-vsock',
+      accel: 'kvm',
+    };
+    try {
+      await waitForSocket(apiSocket, this.startTimeoutMs, () => isProcessAlive(proc.pid, proc.startTime));
+      const api = this.api(handle);
+      for (const r of requests) {
+        signal?.throwIfAborted();
+        await api.send(r, signal);
+      }
+      return handle;
+    } catch (e) {
+      await killAndWait(proc.pid, proc.startTime).catch(() => {});
+      await this.removeSockets(apiSocket, spec.agentSocketPath);
+      const why = signal?.aborted ? 'launch was cancelled' : (e as Error).message;
+      throw new VmmError(`Firecracker failed to start ${spec.name}: ${why}`, await this.launchTail(spec, consoleStart));
+    }
+  }
+
+  async shutdown(handle: VmmHandle, timeoutMs: number): Promise<boolean> {
+    if (!(await this.alive(handle))) {
+      await this.removeSockets(handle.controlSocket, handle.agentSocket);
+      return true;
+    }
+    const deadline = Date.now() + timeoutMs;
+    const api = this.api(handle);
+    // The API calls share the caller's deadline.
+    const inTime = AbortSignal.timeout(Math.max(1, timeoutMs));
+    try {
+      // A paused guest cannot react to the key press.
+      const state = instanceStateOf(await api.send(describeInstanceRequest(), inTime));
+      if (state === 'Paused') await api.send(resumeRequest(), inTime);
+      await api.send(ctrlAltDelRequest(), inTime);
+    } catch {
+      /* a dying Firecracker may not answer; the wait below decides */
+    }
+    const exited = await waitForExit(handle.pid, handle.pidStartTime, Math.max(0, deadline - Date.now()));
+    if (exited) await this.removeSockets(handle.controlSocket, handle.agentSocket);
+    return exited;
+  }
+
+  async kill(handle: VmmHandle): Promise<void> {
+    await killAndWait(handle.pid, handle.pidStartTime);
+    await this.removeSockets(handle.controlSocket, handle.agentSocket);
+  }
+
+  async pause(handle: VmmHandle): Promise<void> {
+    await this.api(handle).send(pauseRequest());
+  }
+
+  async resume(handle: VmmHandle): Promise<void> {
+    await this.api(handle).send(resumeRequest());
+  }
+
+  async status(handle: VmmHandle): Promise<VmmRunState> {
+    if (!(await this.alive(handle))) return 'gone';
+    let state: FcInstanceState;
+    try {
+      state = instanceStateOf(await this.api(handle).send(describeInstanceRequest()));
+    } catch {
+      return (await this.alive(handle)) ? 'running' : 'gone';
+    }
+    // 'Not started' only exists between spawn and InstanceStart: the guest is not executing.
+    return state === 'Running' ? 'running' : 'paused';
+  }
+
+  private api(handle: VmmHandle): FirecrackerApiClient {
+    return new FirecrackerApiClient(handle.controlSocket, { timeoutMs: this.apiTimeoutMs });
+  }
+
+  private alive(handle: VmmHandle): Promise<boolean> {
+    return isProcessAlive(handle.pid, handle.pidStartTime);
+  }
+
+  private async removeSockets(...paths: string[]): Promise<void> {
+    for (const p of paths) await rm(p, { force: true });
+  }
+
+  private async launchTail(spec: VmLaunchSpec, consoleStart: number): Promise<string> {
+    const parts: string[] = [];
+    const out = await readFrom(spec.serialLogPath, consoleStart, TAIL_BYTES);
+    if (out) parts.push(`[stdout/stderr and console: ${spec.serialLogPath}]\n${out}`);
+    if (spec.vmmLogPath !== spec.serialLogPath) {
+      const log = await readTail(spec.vmmLogPath, TAIL_BYTES);
+      if (log) parts.push(`[Firecracker log: ${spec.vmmLogPath}]\n${log}`);
+    }
+    return parts.join('\n');
+  }
+}
+
+async function sizeOf(path: string): Promise<number> {
+  try {
+    return (await stat(path)).size;
+  } catch {
+    return 0;
+  }
+}
+
+/** The last `maxBytes` written at or after `offset`: this launch's output, not an earlier boot's. */
+async function readFrom(path: string, offset: number, maxBytes: number): Promise<string> {
+  let fh: Awaited<ReturnType<typeof open>> | undefined;
+  try {
+    fh = await open(path, 'r');
+    const { size } = await fh.stat();
+    const start = Math.max(size < offset ? 0 : offset, size - maxBytes);
+    const buf = Buffer.alloc(size - start);
+    await fh.read(buf, 0, buf.length, start);
+    return buf.toString('utf8').trim();
+  } catch {
+    return '';
+  } finally {
+    await fh?.close();
+  }
+}

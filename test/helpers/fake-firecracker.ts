@@ -1,0 +1,249 @@
+import { createServer, type Server } from 'node:http';
+import { loadFirecrackerSpec, SpecValidator } from './fake-firecracker-spec.js';
+
+/**
+ * A FAKE Firecracker API: no VM, only the API contract. Every request is checked against the
+ * official spec (strict: unknown fields rejected) and against Firecracker's lifecycle rules
+ * (configuration before InstanceStart, pause/resume/Ctrl-Alt-Del after), answered the way
+ * Firecracker answers (204, 200 + JSON, or 400 + {"fault_message"}), and recorded.
+ */
+export type FakeInstanceState = 'Not started' | 'Running' | 'Paused';
+
+export interface RecordedRequest {
+  method: string;
+  path: string;
+  /** Parsed JSON, the raw text if it was not JSON, or undefined without a body. */
+  body: unknown;
+  status: number;
+  fault?: string;
+}
+
+export interface FakeResponse {
+  status: number;
+  body?: unknown;
+}
+
+export interface FakeHooks {
+  /** Return a string to fail the request with that fault message. */
+  onLogger?(logPath: string): string | undefined;
+  onVsock?(udsPath: string): string | undefined;
+  onInstanceStart?(): void;
+  onCtrlAltDel?(): void;
+  onRequest?(r: RecordedRequest): void;
+}
+
+export interface FakeFirecrackerOptions {
+  instanceId?: string;
+  /** "METHOD /path": answer it with a fault, to exercise failure handling. */
+  failOn?: string;
+  hooks?: FakeHooks;
+  validator?: SpecValidator;
+}
+
+/** Mutating operations Firecracker accepts only before InstanceStart. */
+const PRE_BOOT_ONLY = new Set([
+  'PUT /logger',
+  'PUT /metrics',
+  'PUT /machine-config',
+  'PUT /boot-source',
+  'PUT /cpu-config',
+  'PUT /drives/{drive_id}',
+  'PUT /pmem/{id}',
+  'PUT /network-interfaces/{iface_id}',
+  'PUT /vsock',
+  'PUT /entropy',
+  'PUT /serial',
+  'PUT /balloon',
+  'PUT /mmds/config',
+  'PUT /hotplug/memory',
+  'PUT /snapshot/load',
+]);
+const POST_BOOT_ONLY = new Set([
+  'PATCH /vm',
+  'PATCH /drives/{drive_id}',
+  'PATCH /network-interfaces/{iface_id}',
+  'PATCH /pmem/{id}',
+  'PATCH /hotplug/memory',
+  'PUT /snapshot/create',
+]);
+const NOT_AFTER_START = 'The requested operation is not supported after starting the microVM.';
+const NOT_BEFORE_START = 'The requested operation is not supported before starting the microVM.';
+
+type Body = Record<string, unknown>;
+
+export class FakeFirecrackerApi {
+  readonly requests: RecordedRequest[] = [];
+  state: FakeInstanceState = 'Not started';
+  readonly config: {
+    logger?: Body;
+    machine?: Body;
+    bootSource?: Body;
+    vsock?: Body;
+    drives: Map<string, Body>;
+    nets: Map<string, Body>;
+  } = { drives: new Map(), nets: new Map() };
+  readonly validator: SpecValidator;
+
+  constructor(private readonly opts: FakeFirecrackerOptions = {}) {
+    this.validator = opts.validator ?? new SpecValidator(loadFirecrackerSpec());
+  }
+
+  /** One request; `rawBody` is the HTTP body text (undefined or '' when there was none). */
+  handle(method: string, path: string, rawBody: string | undefined): FakeResponse {
+    const parsed = parseJson(rawBody);
+    const body = 'error' in parsed ? rawBody : parsed.value;
+    const response =
+      'error' in parsed
+        ? fault(`An error occurred when deserializing the json body of a request: ${parsed.error}.`)
+        : this.dispatch(method, path, parsed.value);
+    const fm = (response.body as { fault_message?: string } | undefined)?.fault_message;
+    const record: RecordedRequest = { method, path, body, status: response.status, ...(fm ? { fault: fm } : {}) };
+    this.requests.push(record);
+    this.opts.hooks?.onRequest?.(record);
+    return response;
+  }
+
+  private dispatch(method: string, path: string, body: unknown): FakeResponse {
+    const { errors, match } = this.validator.checkRequest(method, path, body);
+    if (errors.length > 0 || !match) return fault(errors.join('; '));
+    const key = `${method} ${match.template}`;
+    if (this.opts.failOn === `${method} ${path}`) return fault(`fake failure injected for ${key}`);
+    if (PRE_BOOT_ONLY.has(key) && this.state !== 'Not started') return fault(NOT_AFTER_START);
+    if (POST_BOOT_ONLY.has(key) && this.state === 'Not started') return fault(NOT_BEFORE_START);
+    const b = (body ?? {}) as Body;
+    switch (key) {
+      case 'GET /':
+        return this.json('InstanceInfo', {
+          app_name: 'Firecracker',
+          id: this.opts.instanceId ?? 'anonymous-instance',
+          state: this.state,
+          vmm_version: this.validator.spec.info.version,
+        });
+      case 'GET /version':
+        return this.json('FirecrackerVersion', { firecracker_version: this.validator.spec.info.version });
+      case 'GET /machine-config':
+        return this.json('MachineConfiguration', this.config.machine ?? { vcpu_count: 1, mem_size_mib: 128, smt: false });
+      case 'PUT /logger':
+        return this.hooked(this.opts.hooks?.onLogger?.(String(b.log_path ?? '')), () => {
+          this.config.logger = b;
+        });
+      case 'PUT /machine-config':
+        this.config.machine = b;
+        return ok();
+      case 'PUT /boot-source':
+        this.config.bootSource = b;
+        return ok();
+      case 'PUT /drives/{drive_id}':
+        return this.putDrive(b);
+      case 'PUT /network-interfaces/{iface_id}':
+        return this.putNet(b);
+      case 'PUT /vsock':
+        return this.hooked(this.opts.hooks?.onVsock?.(String(b.uds_path)), () => {
+          this.config.vsock = b;
+        });
+      case 'PUT /actions':
+        return this.action(String(b.action_type));
+      case 'PATCH /vm':
+        this.state = b.state === 'Paused' ? 'Paused' : 'Running';
+        return ok();
+      default:
+        // Valid per the spec but not modelled: accept changes, refuse reads the fake cannot answer.
+        return method === 'GET' ? fault(`the fake does not implement ${key}`) : ok();
+    }
+  }
+
+  private action(type: string): FakeResponse {
+    switch (type) {
+      case 'InstanceStart':
+        if (this.state !== 'Not started') return fault(NOT_AFTER_START);
+        if (!this.config.bootSource) return fault('Cannot start microvm without kernel configuration.');
+        this.state = 'Running';
+        this.opts.hooks?.onInstanceStart?.();
+        return ok();
+      case 'SendCtrlAltDel':
+        if (this.state === 'Not started') return fault(NOT_BEFORE_START);
+        this.opts.hooks?.onCtrlAltDel?.();
+        return ok();
+      default:
+        return ok();
+    }
+  }
+
+  private putDrive(b: Body): FakeResponse {
+    const id = String(b.drive_id);
+    const otherRoot = [...this.config.drives.values()].some((d) => d.is_root_device === true && d.drive_id !== id);
+    if (b.is_root_device === true && otherRoot) return fault('A root block device already exists!');
+    this.config.drives.set(id, b);
+    return ok();
+  }
+
+  private putNet(b: Body): FakeResponse {
+    const id = String(b.iface_id);
+    for (const n of this.config.nets.values()) {
+      if (n.iface_id === id) continue;
+      if (n.host_dev_name === b.host_dev_name) return fault(`The host device name ${String(b.host_dev_name)} is already in use.`);
+      if (b.guest_mac !== undefined && n.guest_mac === b.guest_mac) {
+        return fault(`The MAC address ${String(b.guest_mac)} is already in use.`);
+      }
+    }
+    this.config.nets.set(id, b);
+    return ok();
+  }
+
+  private hooked(error: string | undefined, apply: () => void): FakeResponse {
+    if (error) return fault(error);
+    apply();
+    return ok();
+  }
+
+  /** Keeps the fake honest: its own answers must match the spec too. */
+  private json(definition: string, value: unknown): FakeResponse {
+    const errors = this.validator.validateDefinition(definition, value);
+    if (errors.length > 0) throw new Error(`the fake built an invalid ${definition}: ${errors.join('; ')}`);
+    return { status: 200, body: value };
+  }
+}
+
+function parseJson(raw: string | undefined): { value: unknown } | { error: string } {
+  if (!raw) return { value: undefined };
+  try {
+    return { value: JSON.parse(raw) };
+  } catch (e) {
+    return { error: (e as Error).message };
+  }
+}
+
+const ok = (): FakeResponse => ({ status: 204 });
+const fault = (message: string): FakeResponse => ({ status: 400, body: { fault_message: message } });
+
+const MAX_REQUEST_BYTES = 1024 * 1024;
+
+/** Serves `api` over HTTP/1.1 on a Unix socket, like Firecracker's --api-sock. */
+export function serveFakeFirecracker(api: FakeFirecrackerApi, socketPath: string): Promise<Server> {
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on('data', (c: Buffer) => {
+      size += c.length;
+      if (size > MAX_REQUEST_BYTES) req.destroy();
+      else chunks.push(c);
+    });
+    req.on('end', () => {
+      const raw = chunks.length > 0 ? Buffer.concat(chunks).toString('utf8') : undefined;
+      const r = api.handle(req.method ?? 'GET', req.url ?? '/', raw);
+      if (r.body === undefined) {
+        res.writeHead(r.status).end();
+      } else {
+        const text = JSON.stringify(r.body);
+        res.writeHead(r.status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(text) }).end(text);
+      }
+    });
+  });
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(socketPath, () => {
+      server.off('error', reject);
+      resolve(server);
+    });
+  });
+}

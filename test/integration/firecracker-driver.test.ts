@@ -1,0 +1,339 @@
+import assert from 'node:assert/strict';
+import { existsSync, readFileSync } from 'node:fs';
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { createServer, type Server } from 'node:http';
+import { dirname, join } from 'node:path';
+import { type TestContext, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { type VmLaunchSpec, VmmError } from '../../src/vmm/driver.js';
+import { FirecrackerApiClient, FirecrackerApiError } from '../../src/vmm/firecracker/api-client.js';
+import { FirecrackerDriver } from '../../src/vmm/firecracker/driver.js';
+import { buildBootRequests } from '../../src/vmm/firecracker/requests.js';
+import { isProcessAlive, processStartTime } from '../../src/vmm/process.js';
+import { FakeFirecrackerApi, type RecordedRequest, serveFakeFirecracker } from '../helpers/fake-firecracker.js';
+import { loadFirecrackerSpec, SpecValidator } from '../helpers/fake-firecracker-spec.js';
+
+// FirecrackerDriver against the FAKE Firecracker executable (test/helpers/fake-firecracker-bin.ts).
+const FAKE_BIN = join(dirname(fileURLToPath(import.meta.url)), '..', 'helpers', 'fake-firecracker-bin.js');
+const validator = new SpecValidator(loadFirecrackerSpec());
+
+const sh = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
+
+interface Env {
+  dir: string;
+  bin: string;
+  spec: VmLaunchSpec;
+  pidFile: string;
+  records(): RecordedRequest[];
+}
+
+/** A temp dir (short: socket paths max out at 107 bytes) with a `firecracker` wrapper script. */
+interface SetupOptions {
+  /** Extra environment for the fake binary. */
+  env?: Record<string, string>;
+  /** Replaces the wrapper script (which must write its pid to pidFile). */
+  script?: (e: { pidFile: string }) => string;
+}
+
+async function setup(t: TestContext, opts: SetupOptions = {}): Promise<Env> {
+  const dir = await mkdtemp('/tmp/fc-');
+  const run = join(dir, 'run');
+  await mkdir(run, { mode: 0o700 });
+  const recordFile = join(dir, 'requests.jsonl');
+  const pidFile = join(dir, 'fake.pid');
+  const env = { FAKE_FC_RECORD: recordFile, FAKE_FC_PIDFILE: pidFile, ...opts.env };
+  const exports = Object.entries(env).map(([k, v]) => `export ${k}=${sh(v)}`);
+  const script =
+    opts.script?.({ pidFile }) ?? ['#!/bin/sh', ...exports, `exec ${sh(process.execPath)} ${sh(FAKE_BIN)} "$@"`, ''].join('\n');
+  const bin = join(dir, 'firecracker');
+  await writeFile(bin, script, { mode: 0o755 });
+  t.after(async () => {
+    // Safety net only: every test checks for leftovers itself.
+    const pid = existsSync(pidFile) ? Number(readFileSync(pidFile, 'utf8')) : 0;
+    if (pid > 0 && (await processStartTime(pid))) process.kill(pid, 'SIGKILL');
+    await rm(dir, { recursive: true, force: true });
+  });
+  const spec: VmLaunchSpec = {
+    vmId: '0123456789abcdef0123456789abcdef',
+    name: 'dev',
+    vcpus: 2,
+    memoryMib: 512,
+    kernelPath: join(dir, 'vmlinux'),
+    initrdPath: join(dir, 'initrd.img'),
+    cmdline: 'console=ttyS0 reboot=k panic=1',
+    disks: [
+      { id: 'root', path: join(dir, 'root.ext4'), format: 'raw' },
+      { id: 'work', path: join(dir, 'work.ext4'), format: 'raw' },
+    ],
+    nets: [{ id: 'eth0', tapName: 'tap-dev', mac: '06:00:ac:10:00:02' }],
+    runDir: run,
+    serialLogPath: join(dir, 'serial.log'),
+    vmmLogPath: join(dir, 'vmm.log'),
+    agentSocketPath: join(run, 'agent.sock'),
+    accel: 'kvm',
+  };
+  const records = () =>
+    existsSync(recordFile)
+      ? readFileSync(recordFile, 'utf8')
+          .trim()
+          .split('\n')
+          .map((l) => JSON.parse(l) as RecordedRequest)
+      : [];
+  return { dir, bin, spec, pidFile, records };
+}
+
+const lines = (rs: RecordedRequest[]) => rs.map((r) => `${r.method} ${r.path} ${r.status}`);
+const isSocket = async (p: string) => (await stat(p).catch(() => undefined))?.isSocket() ?? false;
+const fakePid = async (e: Env) => Number(await readFile(e.pidFile, 'utf8'));
+
+async function assertNothingLeft(e: Env, pid?: number): Promise<void> {
+  if (pid !== undefined) assert.equal(await processStartTime(pid), undefined, `process ${pid} is still running`);
+  assert.deepEqual(await readdir(e.spec.runDir), [], 'sockets left in the run dir');
+}
+
+test('launch sends the spec-valid configuration in order; status, pause, resume and shutdown work', async (t) => {
+  const e = await setup(t);
+  await writeFile(e.spec.serialLogPath, 'console of an earlier boot\n');
+  await writeFile(e.spec.vmmLogPath, 'a stale Firecracker log that is longer than what the new launch writes first\n'.repeat(3));
+  const driver = new FirecrackerDriver({ binaryPath: e.bin });
+
+  const handle = await driver.launch(e.spec);
+  assert.deepEqual({ ...handle, pid: 0, pidStartTime: '' }, {
+    kind: 'firecracker',
+    pid: 0,
+    pidStartTime: '',
+    controlSocket: join(e.spec.runDir, 'fc.sock'),
+    agentSocket: e.spec.agentSocketPath,
+    agentTransport: 'hybrid-vsock',
+    accel: 'kvm',
+  });
+  assert.equal(handle.pid, await fakePid(e));
+  assert.ok(await isProcessAlive(handle.pid, handle.pidStartTime));
+
+  const boot = e.records();
+  assert.deepEqual(lines(boot), [
+    'PUT /logger 204',
+    'PUT /machine-config 204',
+    'PUT /boot-source 204',
+    'PUT /drives/root 204',
+    'PUT /drives/work 204',
+    'PUT /network-interfaces/eth0 204',
+    'PUT /vsock 204',
+    'PUT /actions 204',
+  ]);
+  const expected = buildBootRequests(e.spec, { logger: { logPath: e.spec.vmmLogPath } });
+  assert.deepEqual(
+    boot.map((r) => ({ method: r.method, path: r.path, body: r.body })),
+    expected.map((r) => ({ method: r.method, path: r.path, body: r.body })),
+  );
+  for (const r of boot) assert.deepEqual(validator.checkRequest(r.method, r.path, r.body).errors, [], `${r.method} ${r.path}`);
+  assert.deepEqual(boot.at(-1)?.body, { action_type: 'InstanceStart' });
+
+  // stdout (the guest console) appends to the serial log; Firecracker's own log replaces the old one.
+  const serial = await readFile(e.spec.serialLogPath, 'utf8');
+  assert.match(serial, /^console of an earlier boot\nfake guest console: Linux version/);
+  const vmmLog = await readFile(e.spec.vmmLogPath, 'utf8');
+  assert.match(vmmLog, /^Running Firecracker v1\.\d+\.\d+ \(fake\)\n/);
+  assert.doesNotMatch(vmmLog, /stale/);
+  assert.ok(await isSocket(e.spec.agentSocketPath), 'the vsock socket was created by the fake');
+
+  assert.equal(await driver.status(handle), 'running');
+  await driver.pause(handle);
+  assert.equal(await driver.status(handle), 'paused');
+  await driver.resume(handle);
+  assert.equal(await driver.status(handle), 'running');
+
+  assert.equal(await driver.shutdown(handle, 5000), true);
+  assert.equal(await isProcessAlive(handle.pid, handle.pidStartTime), false);
+  assert.equal(await driver.status(handle), 'gone');
+  await assertNothingLeft(e, handle.pid);
+
+  const after = e.records().slice(boot.length);
+  assert.deepEqual(lines(after), [
+    'GET / 200',
+    'PATCH /vm 204',
+    'GET / 200',
+    'PATCH /vm 204',
+    'GET / 200',
+    'GET / 200',
+    'PUT /actions 204',
+  ]);
+  assert.deepEqual(
+    after.filter((r) => r.method !== 'GET').map((r) => r.body),
+    [{ state: 'Paused' }, { state: 'Resumed' }, { action_type: 'SendCtrlAltDel' }],
+  );
+  for (const r of after) assert.deepEqual(validator.checkRequest(r.method, r.path, r.body).errors, []);
+});
+
+test('shutdown resumes a paused guest first, since it could not react to Ctrl-Alt-Del', async (t) => {
+  const e = await setup(t);
+  const driver = new FirecrackerDriver({ binaryPath: e.bin });
+  const handle = await driver.launch(e.spec);
+  await driver.pause(handle);
+  assert.equal(await driver.shutdown(handle, 5000), true);
+  assert.deepEqual(lines(e.records().slice(-4)), ['PATCH /vm 204', 'GET / 200', 'PATCH /vm 204', 'PUT /actions 204']);
+  assert.deepEqual(e.records().at(-2)?.body, { state: 'Resumed' });
+  await assertNothingLeft(e, handle.pid);
+});
+
+test('shutdown gives up after the timeout when the guest ignores Ctrl-Alt-Del; kill then ends it', async (t) => {
+  const e = await setup(t, { env: { FAKE_FC_IGNORE_CTRL_ALT_DEL: '1' } });
+  const driver = new FirecrackerDriver({ binaryPath: e.bin });
+  const handle = await driver.launch(e.spec);
+  const started = Date.now();
+  assert.equal(await driver.shutdown(handle, 300), false);
+  assert.ok(Date.now() - started < 3000);
+  assert.equal(await driver.status(handle), 'running');
+  assert.ok(await isSocket(handle.controlSocket), 'a running VMM keeps its API socket');
+
+  await driver.kill(handle);
+  assert.equal(await driver.status(handle), 'gone');
+  await assertNothingLeft(e, handle.pid);
+  await driver.kill(handle); // already gone: nothing to do, no error
+});
+
+test('kill ends a running VMM and removes its sockets', async (t) => {
+  const e = await setup(t);
+  const driver = new FirecrackerDriver({ binaryPath: e.bin });
+  const handle = await driver.launch(e.spec);
+  await driver.kill(handle);
+  assert.equal(await isProcessAlive(handle.pid, handle.pidStartTime), false);
+  assert.equal(await driver.status(handle), 'gone');
+  assert.equal(await driver.shutdown(handle, 100), true, 'shutting down a gone VMM succeeds at once');
+  await assertNothingLeft(e, handle.pid);
+});
+
+test('with one log file for both, no logger is configured and everything appends there', async (t) => {
+  const e = await setup(t);
+  const spec = { ...e.spec, vmmLogPath: e.spec.serialLogPath };
+  await writeFile(spec.serialLogPath, 'earlier\n');
+  const driver = new FirecrackerDriver({ binaryPath: e.bin });
+  const handle = await driver.launch(spec);
+  assert.equal(e.records()[0]?.path, '/machine-config');
+  assert.match(await readFile(spec.serialLogPath, 'utf8'), /^earlier\nfake guest console/);
+  await driver.kill(handle);
+  await assertNothingLeft(e, handle.pid);
+});
+
+test('a binary that exits at once fails the launch with its output in the VmmError', async (t) => {
+  const e = await setup(t, {
+    script: ({ pidFile }) =>
+      [
+        '#!/bin/sh',
+        `echo $$ > ${sh(pidFile)}`,
+        'echo "Error creating the Kvm object: No such file or directory (os error 2)" >&2',
+        'exit 1',
+      ].join('\n'),
+  });
+  await writeFile(e.spec.serialLogPath, 'an older boot said something else\n');
+  const driver = new FirecrackerDriver({ binaryPath: e.bin });
+  await assert.rejects(driver.launch(e.spec), (err: Error) => {
+    assert.ok(err instanceof VmmError);
+    assert.match(err.logTail ?? '', /Error creating the Kvm object/);
+    assert.doesNotMatch(err.logTail ?? '', /older boot/, 'only this launch is quoted');
+    assert.match(err.message, /Firecracker failed to start[\s\S]*Error creating the Kvm object/);
+    return true;
+  });
+  await assertNothingLeft(e, await fakePid(e));
+});
+
+test('a rejected configuration request kills the VMM and reports the fault and both logs', async (t) => {
+  const e = await setup(t, { env: { FAKE_FC_FAIL: 'PUT /vsock' } });
+  const driver = new FirecrackerDriver({ binaryPath: e.bin });
+  await assert.rejects(driver.launch(e.spec), (err: Error) => {
+    assert.ok(err instanceof VmmError);
+    assert.match(err.message, /rejected PUT \/vsock \(HTTP 400\): fake failure injected/);
+    assert.match(err.logTail ?? '', /\[Firecracker log: .*vmm\.log\][\s\S]*PUT \/vsock -> 400/);
+    return true;
+  });
+  assert.deepEqual(lines(e.records()).at(-1), 'PUT /vsock 400');
+  assert.ok(!e.records().some((r) => r.path === '/actions'), 'no InstanceStart after a failure');
+  await assertNothingLeft(e, await fakePid(e));
+});
+
+test('a binary that never opens its API socket is killed after the start timeout', async (t) => {
+  const e = await setup(t, { script: ({ pidFile }) => `#!/bin/sh\necho $$ > ${sh(pidFile)}\nexec sleep 30\n` });
+  const driver = new FirecrackerDriver({ binaryPath: e.bin, startTimeoutMs: 300 });
+  await assert.rejects(driver.launch(e.spec), (err: Error) => err instanceof VmmError && /timed out after 300 ms/.test(err.message));
+  await assertNothingLeft(e, await fakePid(e));
+});
+
+test('bad input, a missing binary and a cancelled launch fail before or without leftovers', async (t) => {
+  const e = await setup(t);
+  const driver = new FirecrackerDriver({ binaryPath: e.bin });
+  const qcow = { ...e.spec, disks: [{ id: 'root', path: '/v/root.qcow2', format: 'qcow2' as const }] };
+  await assert.rejects(driver.launch(qcow), (err: Error) => err instanceof VmmError && /only supports raw/.test(err.message));
+  await assert.rejects(driver.launch({ ...e.spec, accel: 'tcg' }), /Firecracker needs KVM/);
+  const aborted = AbortSignal.abort();
+  await assert.rejects(driver.launch(e.spec, aborted), (err: Error) => err instanceof VmmError && /cancelled/.test(err.message));
+  assert.equal(existsSync(e.pidFile), false, 'nothing was started');
+
+  const missing = new FirecrackerDriver({ binaryPath: join(e.dir, 'no-such-firecracker') });
+  await assert.rejects(missing.launch(e.spec), (err: Error) => err instanceof VmmError && /not found/.test(err.message));
+  await assertNothingLeft(e);
+});
+
+// ---- the API client, against the fake served in-process and against misbehaving servers ----
+
+async function listen(t: TestContext, server: Server): Promise<string> {
+  const dir = await mkdtemp('/tmp/fc-');
+  const socket = join(dir, 'api.sock');
+  await new Promise<void>((resolve) => server.listen(socket, resolve));
+  t.after(async () => {
+    server.closeAllConnections();
+    await new Promise((resolve) => server.close(resolve));
+    await rm(dir, { recursive: true, force: true });
+  });
+  return socket;
+}
+
+test('api client: 204, 200 with JSON, and faults as FirecrackerApiError', async (t) => {
+  const dir = await mkdtemp('/tmp/fc-');
+  const fake = new FakeFirecrackerApi({ validator, instanceId: 'vm-1' });
+  const server = await serveFakeFirecracker(fake, join(dir, 'api.sock'));
+  t.after(async () => {
+    await new Promise((resolve) => server.close(resolve));
+    await rm(dir, { recursive: true, force: true });
+  });
+  const api = new FirecrackerApiClient(join(dir, 'api.sock'));
+  assert.equal(await api.send({ method: 'PUT', path: '/boot-source', body: { kernel_image_path: '/k' } }), undefined);
+  const info = await api.send({ method: 'GET', path: '/' });
+  assert.deepEqual(validator.validateDefinition('InstanceInfo', info), []);
+  assert.equal((info as { id: string }).id, 'vm-1');
+  const unknownField = { vcpu_count: 1, mem_size_mib: 128, x: 1 };
+  await assert.rejects(api.send({ method: 'PUT', path: '/machine-config', body: unknownField }), (err: Error) => {
+    assert.ok(err instanceof FirecrackerApiError && err instanceof VmmError);
+    assert.equal(err.statusCode, 400);
+    assert.equal(err.faultMessage, '$: unknown field x');
+    return true;
+  });
+  assert.deepEqual(fake.requests.map((r) => r.status), [204, 200, 400]);
+});
+
+test('api client: a non-JSON error body, a timeout, an oversized answer and a missing socket', async (t) => {
+  const socket = await listen(
+    t,
+    createServer((req, res) => {
+      if (req.url === '/plain') res.writeHead(500).end('internal trouble');
+      else if (req.url === '/big') res.writeHead(200, { 'Content-Type': 'application/json' }).end(`"${'x'.repeat(100_000)}"`);
+      // '/hang': never answer
+    }),
+  );
+  const api = new FirecrackerApiClient(socket, { timeoutMs: 300, maxResponseBytes: 1024 });
+  await assert.rejects(api.send({ method: 'GET', path: '/plain' }), (err: Error) => {
+    assert.ok(err instanceof FirecrackerApiError);
+    assert.equal(err.statusCode, 500);
+    assert.equal(err.faultMessage, 'internal trouble');
+    return true;
+  });
+  await assert.rejects(api.send({ method: 'GET', path: '/hang' }), /no answer within 300 ms/);
+  await assert.rejects(api.send({ method: 'GET', path: '/big' }), /larger than 1024 bytes/);
+  const controller = new AbortController();
+  const pending = api.send({ method: 'GET', path: '/hang' }, controller.signal);
+  controller.abort();
+  await assert.rejects(pending, /aborted/);
+  const nowhere = new FirecrackerApiClient('/tmp/no-such-dir/fc.sock');
+  await assert.rejects(nowhere.send({ method: 'GET', path: '/' }), (err: Error) => {
+    return err instanceof VmmError && /no-such-dir\/fc\.sock/.test(err.message);
+  });
+});
