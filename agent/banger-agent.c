@@ -1,0 +1,906 @@
+/*
+ * banger-agent: the guest end of banger's agent channel.
+ *
+ * Protocol: newline-delimited JSON, one object per line, at most MAX_LINE bytes per line (without
+ * the newline), in both directions.
+ *   request   {"id":<uint>,"method":"health"|"ports"|"stats"|"ping"|"poweroff"}     (other fields ignored)
+ *   response  {"id":<same>,"ok":true,"result":{...}}  |  {"id":<same>,"ok":false,"error":"..."}
+ * Requests that cannot be trusted (invalid JSON, over-long line, bad id) are answered with id 0.
+ *
+ * Channels: the QEMU virtio-serial port org.banger.agent, AF_VSOCK (Firecracker), a path given
+ * with --device, or stdin/stdout (--stdio, for tests).
+ *
+ * Statically linked so the same binary runs on glibc and musl distros; it may run under systemd,
+ * from banger-init, or as PID 1 itself, and must never exit because of what the host sends.
+ */
+#define _GNU_SOURCE
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <termios.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <arpa/inet.h>
+#include <linux/vm_sockets.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <sys/reboot.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
+
+#define AGENT_VERSION "0.1.0"
+#define MAX_LINE 65536          /* bytes per line, newline excluded; the host enforces the same */
+#define MAX_PORTS 1024
+#define MAX_COMMAND 256         /* bytes of a process command line in `ports` */
+#define MAX_CLIENTS 8           /* simultaneous vsock connections */
+#define VIRTIO_PORT_NAME "org.banger.agent"
+#define DEFAULT_VSOCK_PORT 1024
+#define MAX_SAFE_ID 9007199254740991ULL /* 2^53-1: ids must survive a JavaScript number */
+
+static void logmsg(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("banger-agent: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+static void nap_ms(long ms) {
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL); /* an early wake-up by SIGCHLD is harmless */
+}
+
+/* Reads a small file whole (up to cap-1 bytes), NUL-terminated; /proc files need read(), not stat sizes. */
+static ssize_t read_file(const char *path, char *buf, size_t cap) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    size_t n = 0;
+    while (n + 1 < cap) {
+        ssize_t r = read(fd, buf + n, cap - 1 - n);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) break;
+        n += (size_t)r;
+    }
+    close(fd);
+    buf[n] = 0;
+    return (ssize_t)n;
+}
+
+static void trim_right(char *s) {
+    size_t n = strlen(s);
+    while (n > 0 && isspace((unsigned char)s[n - 1])) s[--n] = 0;
+}
+
+/* ---- reply buffer: one line, never longer than MAX_LINE ------------------------------------ */
+
+struct out {
+    size_t len;
+    int full; /* something did not fit: the reply must not be sent as is */
+    char buf[MAX_LINE + 1];
+};
+
+static void out_raw(struct out *o, const char *s, size_t n) {
+    if (o->full || n > MAX_LINE - o->len) {
+        o->full = 1;
+        return;
+    }
+    memcpy(o->buf + o->len, s, n);
+    o->len += n;
+}
+
+static void out_fmt(struct out *o, const char *fmt, ...) {
+    char tmp[256];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= sizeof tmp) o->full = 1;
+    else out_raw(o, tmp, (size_t)n);
+}
+
+/* Length of the valid UTF-8 sequence at p, or 0: the host decodes strictly, so bad bytes become U+FFFD. */
+static size_t utf8_len(const unsigned char *p, size_t n) {
+    unsigned c = p[0], cp, min;
+    size_t k;
+    if (c >= 0xc2 && c <= 0xdf) k = 2, cp = c & 0x1f, min = 0x80;
+    else if ((c & 0xf0) == 0xe0) k = 3, cp = c & 0x0f, min = 0x800;
+    else if (c >= 0xf0 && c <= 0xf4) k = 4, cp = c & 0x07, min = 0x10000;
+    else return 0;
+    if (k > n) return 0;
+    for (size_t i = 1; i < k; i++) {
+        if ((p[i] & 0xc0) != 0x80) return 0;
+        cp = cp << 6 | (p[i] & 0x3f);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return 0;
+    return k;
+}
+
+static void out_str(struct out *o, const char *str, size_t n) {
+    const unsigned char *s = (const unsigned char *)str;
+    out_raw(o, "\"", 1);
+    for (size_t i = 0; i < n;) {
+        unsigned char c = s[i];
+        if (c == '"' || c == '\\') {
+            char e[2] = {'\\', (char)c};
+            out_raw(o, e, 2);
+            i++;
+        } else if (c < 0x20) {
+            char e[8];
+            snprintf(e, sizeof e, "\\u%04x", c);
+            out_raw(o, e, 6);
+            i++;
+        } else if (c < 0x80) {
+            out_raw(o, (const char *)s + i, 1);
+            i++;
+        } else {
+            size_t k = utf8_len(s + i, n - i);
+            if (k) out_raw(o, (const char *)s + i, k);
+            else out_raw(o, "\\ufffd", 6);
+            i += k ? k : 1;
+        }
+    }
+    out_raw(o, "\"", 1);
+}
+
+static void out_cstr(struct out *o, const char *s) { out_str(o, s, strlen(s)); }
+
+/* ---- request parsing: a strict JSON walker that keeps only "id" and "method" ---------------- */
+
+struct request {
+    unsigned long long id;
+    int bad_id;
+    int has_method;
+    size_t method_len; /* decoded length; may exceed what fits in method[] */
+    char method[32];
+};
+
+struct parser {
+    const unsigned char *p, *end;
+};
+
+static void ws(struct parser *ps) {
+    while (ps->p < ps->end && (*ps->p == ' ' || *ps->p == '\t' || *ps->p == '\r' || *ps->p == '\n')) ps->p++;
+}
+
+static int peek(struct parser *ps) { return ps->p < ps->end ? *ps->p : -1; }
+
+static int hexval(int c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* Decodes a string into dst (cap bytes incl. NUL; dst may be NULL); *len = full decoded length. */
+static int parse_string(struct parser *ps, char *dst, size_t cap, size_t *len) {
+    size_t n = 0, kept = 0;
+    if (peek(ps) != '"') return -1;
+    ps->p++;
+    while (ps->p < ps->end) {
+        unsigned c = *ps->p++;
+        if (c == '"') {
+            if (dst && cap) dst[kept] = 0;
+            if (len) *len = n;
+            return 0;
+        }
+        if (c < 0x20) return -1;
+        if (c == '\\') {
+            if (ps->p >= ps->end) return -1;
+            switch (c = *ps->p++) {
+            case '"': case '\\': case '/': break;
+            case 'b': c = '\b'; break;
+            case 'f': c = '\f'; break;
+            case 'n': c = '\n'; break;
+            case 'r': c = '\r'; break;
+            case 't': c = '\t'; break;
+            case 'u': {
+                unsigned v = 0;
+                if (ps->end - ps->p < 4) return -1;
+                for (int i = 0; i < 4; i++) {
+                    int h = hexval(*ps->p++);
+                    if (h < 0) return -1;
+                    v = v << 4 | (unsigned)h;
+                }
+                c = v < 0x80 ? v : '?'; /* only ASCII names matter here */
+                break;
+            }
+            default: return -1;
+            }
+        }
+        if (dst && kept + 1 < cap) dst[kept++] = (char)c;
+        n++;
+    }
+    return -1;
+}
+
+/* *uint_val is set when the number is an integer in 0..2^53-1. */
+static int parse_number(struct parser *ps, int *is_uint, unsigned long long *uint_val) {
+    int integer = 1, overflow = 0;
+    unsigned long long v = 0;
+    if (peek(ps) == '-') ps->p++, integer = 0;
+    if (!isdigit(peek(ps))) return -1;
+    if (peek(ps) == '0') ps->p++;
+    else
+        while (isdigit(peek(ps))) {
+            unsigned d = (unsigned)(*ps->p++ - '0');
+            if (v > (MAX_SAFE_ID - d) / 10) overflow = 1;
+            else v = v * 10 + d;
+        }
+    if (peek(ps) == '.') {
+        ps->p++, integer = 0;
+        if (!isdigit(peek(ps))) return -1;
+        while (isdigit(peek(ps))) ps->p++;
+    }
+    if (peek(ps) == 'e' || peek(ps) == 'E') {
+        ps->p++, integer = 0;
+        if (peek(ps) == '+' || peek(ps) == '-') ps->p++;
+        if (!isdigit(peek(ps))) return -1;
+        while (isdigit(peek(ps))) ps->p++;
+    }
+    *is_uint = integer && !overflow;
+    *uint_val = v;
+    return 0;
+}
+
+static int skip_value(struct parser *ps, int depth);
+
+/* rq is non-NULL only for the top-level object, whose "id" and "method" are kept. */
+static int parse_object(struct parser *ps, int depth, struct request *rq) {
+    ps->p++; /* '{' */
+    ws(ps);
+    if (peek(ps) == '}') return ps->p++, 0;
+    for (;;) {
+        char key[8];
+        size_t klen;
+        ws(ps);
+        if (parse_string(ps, key, sizeof key, &klen)) return -1;
+        ws(ps);
+        if (peek(ps) != ':') return -1;
+        ps->p++;
+        ws(ps);
+        if (rq && klen == 2 && !memcmp(key, "id", 2) && peek(ps) != 'n') {
+            int is_uint = 0;
+            unsigned long long v = 0;
+            if (peek(ps) == '-' || isdigit(peek(ps))) {
+                if (parse_number(ps, &is_uint, &v)) return -1;
+            } else if (skip_value(ps, depth + 1)) {
+                return -1;
+            }
+            rq->bad_id = !is_uint;
+            rq->id = is_uint ? v : 0;
+        } else if (rq && klen == 6 && !memcmp(key, "method", 6) && peek(ps) == '"') {
+            if (parse_string(ps, rq->method, sizeof rq->method, &rq->method_len)) return -1;
+            rq->has_method = 1;
+        } else if (skip_value(ps, depth + 1)) {
+            return -1;
+        }
+        ws(ps);
+        if (peek(ps) == ',') {
+            ps->p++;
+            continue;
+        }
+        if (peek(ps) == '}') return ps->p++, 0;
+        return -1;
+    }
+}
+
+static int literal(struct parser *ps, const char *word) {
+    size_t n = strlen(word);
+    if ((size_t)(ps->end - ps->p) < n || memcmp(ps->p, word, n)) return -1;
+    ps->p += n;
+    return 0;
+}
+
+static int skip_value(struct parser *ps, int depth) {
+    int is_uint;
+    unsigned long long v;
+    if (depth > 64) return -1; /* bounded recursion: a line of '[' must not blow the stack */
+    ws(ps);
+    switch (peek(ps)) {
+    case '{': return parse_object(ps, depth, NULL);
+    case '"': return parse_string(ps, NULL, 0, NULL);
+    case 't': return literal(ps, "true");
+    case 'f': return literal(ps, "false");
+    case 'n': return literal(ps, "null");
+    case '[':
+        ps->p++;
+        ws(ps);
+        if (peek(ps) == ']') return ps->p++, 0;
+        for (;;) {
+            if (skip_value(ps, depth + 1)) return -1;
+            ws(ps);
+            if (peek(ps) == ',') {
+                ps->p++;
+                continue;
+            }
+            if (peek(ps) == ']') return ps->p++, 0;
+            return -1;
+        }
+    default: return parse_number(ps, &is_uint, &v);
+    }
+}
+
+/* Returns NULL or an error message; rq->id is only meaningful when the JSON was valid. */
+static const char *parse_request(const char *line, size_t n, struct request *rq) {
+    struct parser ps = {(const unsigned char *)line, (const unsigned char *)line + n};
+    memset(rq, 0, sizeof *rq);
+    ws(&ps);
+    if (peek(&ps) != '{') {
+        if (skip_value(&ps, 0) == 0 && (ws(&ps), ps.p == ps.end)) return "request must be a JSON object";
+        return "invalid JSON";
+    }
+    if (parse_object(&ps, 0, rq)) return "invalid JSON";
+    ws(&ps);
+    if (ps.p != ps.end) return "invalid JSON";
+    if (rq->bad_id) return "invalid id: must be an integer from 0 to 2^53-1";
+    return NULL;
+}
+
+/* ---- methods --------------------------------------------------------------------------------- */
+
+static double uptime_s(void) {
+    char buf[128];
+    if (read_file("/proc/uptime", buf, sizeof buf) <= 0) return 0;
+    double up = strtod(buf, NULL);
+    return up > 0 ? up : 0;
+}
+
+static const char *m_ping(struct out *o) {
+    out_raw(o, "{}", 2);
+    return NULL;
+}
+
+static const char *m_health(struct out *o) {
+    struct utsname u;
+    char boot[64] = "";
+    if (uname(&u) != 0) u.nodename[0] = 0;
+    if (read_file("/proc/sys/kernel/random/boot_id", boot, sizeof boot) > 0) trim_right(boot);
+    out_fmt(o, "{\"ready\":true,\"uptime_s\":%.2f,\"agent_version\":\"" AGENT_VERSION "\",\"hostname\":", uptime_s());
+    out_cstr(o, u.nodename);
+    out_raw(o, ",\"boot_id\":", 11);
+    out_cstr(o, boot);
+    out_raw(o, "}", 1);
+    return NULL;
+}
+
+static int meminfo_field(const char *text, const char *name, unsigned long long *kib) {
+    size_t n = strlen(name);
+    for (const char *l = text; l && *l; l = strchr(l, '\n'), l = l ? l + 1 : NULL)
+        if (!strncmp(l, name, n) && l[n] == ':') return sscanf(l + n + 1, "%llu", kib) == 1 ? 0 : -1;
+    return -1;
+}
+
+static const char *m_stats(struct out *o) {
+    char buf[8192];
+    unsigned long long total, avail;
+    double l1, l5, l15;
+    if (read_file("/proc/meminfo", buf, sizeof buf) <= 0 || meminfo_field(buf, "MemTotal", &total))
+        return "cannot read /proc/meminfo";
+    if (meminfo_field(buf, "MemAvailable", &avail) && meminfo_field(buf, "MemFree", &avail)) avail = 0;
+    if (read_file("/proc/loadavg", buf, sizeof buf) <= 0 || sscanf(buf, "%lf %lf %lf", &l1, &l5, &l15) != 3)
+        return "cannot read /proc/loadavg";
+    out_fmt(o, "{\"mem_total_kib\":%llu,\"mem_available_kib\":%llu,\"load1\":%.2f,\"load5\":%.2f,\"load15\":%.2f,\"uptime_s\":%.2f}",
+            total, avail, l1, l5, l15, uptime_s());
+    return NULL;
+}
+
+struct sock_ent {
+    unsigned long inode;
+    int pid;
+    int proto; /* index into proto_names */
+    unsigned port;
+    unsigned char addr[16];
+};
+
+static const char *const proto_names[] = {"tcp", "tcp6", "udp", "udp6"};
+static struct sock_ent ents[MAX_PORTS];
+static int nents;
+
+/* /proc prints each 32-bit word of the address in host byte order, so a native copy restores it. */
+static int decode_addr(const char *hex, unsigned char *addr, size_t words) {
+    if (strlen(hex) != words * 8) return -1;
+    for (size_t w = 0; w < words; w++) {
+        char tmp[9];
+        memcpy(tmp, hex + w * 8, 8);
+        tmp[8] = 0;
+        uint32_t v = (uint32_t)strtoul(tmp, NULL, 16);
+        memcpy(addr + w * 4, &v, 4);
+    }
+    return 0;
+}
+
+static int scan_net(int proto) {
+    static const char *const files[] = {"/proc/net/tcp", "/proc/net/tcp6", "/proc/net/udp", "/proc/net/udp6"};
+    FILE *f = fopen(files[proto], "re");
+    char line[512];
+    if (!f) return -1;
+    if (!fgets(line, sizeof line, f)) line[0] = 0; /* header */
+    while (nents < MAX_PORTS && fgets(line, sizeof line, f)) {
+        char la[40], ra[40];
+        unsigned lp, rp, st;
+        unsigned long inode;
+        unsigned char raddr[16] = {0}, zero[16] = {0};
+        size_t words = proto & 1 ? 4 : 1;
+        struct sock_ent *e = &ents[nents];
+        if (sscanf(line, " %*u: %39[0-9A-Fa-f]:%x %39[0-9A-Fa-f]:%x %x %*s %*s %*s %*u %*u %lu", la, &lp, ra, &rp, &st,
+                   &inode) != 6)
+            continue;
+        if (decode_addr(la, e->addr, words) || decode_addr(ra, raddr, words)) continue;
+        if (proto < 2 && st != 0x0A) continue; /* TCP_LISTEN */
+        /* UDP has no listen state: an unconnected bound socket is TCP_CLOSE with no peer. */
+        if (proto >= 2 && (st != 0x07 || rp != 0 || memcmp(raddr, zero, sizeof zero))) continue;
+        e->inode = inode;
+        e->pid = 0;
+        e->proto = proto;
+        e->port = lp & 0xffff;
+        nents++;
+    }
+    fclose(f);
+    return 0;
+}
+
+/* Socket inodes → owning pids, the same walk ss -p does. */
+static void map_pids(void) {
+    DIR *proc = opendir("/proc");
+    struct dirent *d;
+    if (!proc) return;
+    while ((d = readdir(proc))) {
+        char path[64], target[64];
+        if (!isdigit((unsigned char)d->d_name[0])) continue;
+        int pid = atoi(d->d_name);
+        snprintf(path, sizeof path, "/proc/%d/fd", pid);
+        DIR *fds = opendir(path);
+        if (!fds) continue; /* gone, or not ours to read */
+        struct dirent *e;
+        while ((e = readdir(fds))) {
+            if (e->d_name[0] == '.') continue;
+            ssize_t n = readlinkat(dirfd(fds), e->d_name, target, sizeof target - 1);
+            if (n < 9 || memcmp(target, "socket:[", 8)) continue;
+            target[n] = 0;
+            unsigned long inode = strtoul(target + 8, NULL, 10);
+            for (int i = 0; i < nents; i++)
+                if (ents[i].inode == inode && !ents[i].pid) ents[i].pid = pid;
+        }
+        closedir(fds);
+    }
+    closedir(proc);
+}
+
+static void command_of(int pid, char *buf, size_t cap) {
+    char path[64], raw[4096];
+    ssize_t n;
+    buf[0] = 0;
+    snprintf(path, sizeof path, "/proc/%d/cmdline", pid);
+    n = read_file(path, raw, sizeof raw);
+    for (ssize_t i = 0; i < n; i++)
+        if (!raw[i]) raw[i] = ' ';
+    if (n > 0) trim_right(raw);
+    if (n <= 0 || !raw[0]) { /* kernel threads and zombies have no command line */
+        snprintf(path, sizeof path, "/proc/%d/comm", pid);
+        if (read_file(path, raw, sizeof raw) <= 0) return;
+        trim_right(raw);
+    }
+    size_t len = strlen(raw), cut = len < cap - 1 ? len : cap - 1;
+    /* don't cut a UTF-8 character in half (it would turn into U+FFFD) */
+    for (int back = 0; cut < len && back < 3 && cut > 0 && ((unsigned char)raw[cut] & 0xc0) == 0x80; back++) cut--;
+    memcpy(buf, raw, cut);
+    buf[cut] = 0;
+}
+
+static const char *m_ports(struct out *o) {
+    int readable = 0, truncated = 0;
+    nents = 0;
+    for (int p = 0; p < 4; p++) readable += scan_net(p) == 0;
+    if (!readable) return "cannot read /proc/net";
+    if (nents == MAX_PORTS) truncated = 1;
+    map_pids();
+    out_raw(o, "{\"ports\":[", 10);
+    for (int i = 0; i < nents; i++) {
+        struct sock_ent *e = &ents[i];
+        char addr[INET6_ADDRSTRLEN], cmd[MAX_COMMAND + 1] = "";
+        size_t mark = o->len;
+        if (!inet_ntop(e->proto & 1 ? AF_INET6 : AF_INET, e->addr, addr, sizeof addr)) continue;
+        if (e->pid > 0) command_of(e->pid, cmd, sizeof cmd);
+        out_fmt(o, "%s{\"proto\":\"%s\",\"address\":\"%s\",\"port\":%u,\"pid\":", mark > 0 && o->buf[mark - 1] != '[' ? "," : "",
+                proto_names[e->proto], addr, e->port);
+        if (e->pid > 0) out_fmt(o, "%d", e->pid);
+        else out_raw(o, "null", 4);
+        out_raw(o, ",\"command\":", 11);
+        out_cstr(o, cmd);
+        out_raw(o, "}", 1);
+        /* the reply is one line of at most MAX_LINE bytes: keep room to close it, report the cut */
+        if (o->full || o->len > MAX_LINE - 64) {
+            o->len = mark;
+            o->full = 0;
+            truncated = 1;
+            break;
+        }
+    }
+    out_raw(o, "]", 1);
+    if (truncated) out_raw(o, ",\"truncated\":true", 17);
+    out_raw(o, "}", 1);
+    return NULL;
+}
+
+/*
+ * The host's graceful stop. The ACPI power button needs logind (and so dbus), which minimal images
+ * lack; asking init directly works everywhere. The reply goes out first, then the request is acted on.
+ */
+static int poweroff_requested;
+
+static const char *m_poweroff(struct out *o) {
+    poweroff_requested = 1;
+    out_raw(o, "{}", 2);
+    return NULL;
+}
+
+static void do_poweroff(void) {
+    char comm[32] = "";
+    int fd;
+    if (getpid() == 1) {
+        sync();
+        reboot(RB_POWER_OFF);
+        return;
+    }
+    if ((fd = open("/proc/1/comm", O_RDONLY | O_CLOEXEC)) >= 0) {
+        ssize_t n = read(fd, comm, sizeof comm - 1);
+        if (n > 0) comm[n] = 0;
+        close(fd);
+    }
+    /* systemd starts poweroff.target on SIGRTMIN+4; banger-init powers off on SIGPWR. */
+    kill(1, strncmp(comm, "systemd", 7) == 0 ? SIGRTMIN + 4 : SIGPWR);
+}
+
+static const struct {
+    const char *name;
+    const char *(*fn)(struct out *);
+} methods[] = {{"health", m_health}, {"ports", m_ports}, {"stats", m_stats}, {"ping", m_ping}, {"poweroff", m_poweroff}};
+
+/* ---- framing ------------------------------------------------------------------------------- */
+
+static int write_all(int fd, const char *p, size_t n) {
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return -1; /* EAGAIN included: vsock clients have a send timeout */
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+static int reply(int fd, struct out *o) {
+    o->buf[o->len++] = '\n';
+    return write_all(fd, o->buf, o->len);
+}
+
+static int reply_error(int fd, unsigned long long id, const char *msg) {
+    static struct out o;
+    o.len = 0, o.full = 0;
+    out_fmt(&o, "{\"id\":%llu,\"ok\":false,\"error\":", id);
+    out_cstr(&o, msg);
+    out_raw(&o, "}", 1);
+    return reply(fd, &o);
+}
+
+static int handle_line(int fd, const char *line, size_t n) {
+    static struct out o;
+    struct request rq;
+    size_t i;
+    const char *err;
+    struct parser blank = {(const unsigned char *)line, (const unsigned char *)line + n};
+    ws(&blank);
+    if (blank.p == blank.end) return 0; /* blank lines let the host resynchronise; no reply */
+    if ((err = parse_request(line, n, &rq))) return reply_error(fd, 0, err);
+    if (!rq.has_method) return reply_error(fd, rq.id, "missing method");
+    for (i = 0; i < sizeof methods / sizeof methods[0]; i++)
+        if (rq.method_len == strlen(methods[i].name) && !memcmp(rq.method, methods[i].name, rq.method_len)) break;
+    if (i == sizeof methods / sizeof methods[0]) return reply_error(fd, rq.id, "unknown method");
+    o.len = 0, o.full = 0;
+    out_fmt(&o, "{\"id\":%llu,\"ok\":true,\"result\":", rq.id);
+    if ((err = methods[i].fn(&o))) return reply_error(fd, rq.id, err);
+    out_raw(&o, "}", 1);
+    if (o.full) return reply_error(fd, rq.id, "reply too large");
+    int rc = reply(fd, &o);
+    if (poweroff_requested) {
+        poweroff_requested = 0;
+        do_poweroff();
+    }
+    return rc;
+}
+
+struct conn {
+    int fd;
+    int overflow; /* discarding an over-long line up to its newline */
+    unsigned long long seq;
+    size_t len;
+    char buf[MAX_LINE];
+};
+
+static void conn_reset(struct conn *c) { c->len = 0, c->overflow = 0; }
+
+/* Splits input into lines and answers each; -1 when the reply could not be written. */
+static int conn_feed(struct conn *c, const char *data, size_t n, int out_fd) {
+    while (n > 0) {
+        const char *nl = memchr(data, '\n', n);
+        size_t chunk = nl ? (size_t)(nl - data) : n;
+        if (!c->overflow && chunk > MAX_LINE - c->len) c->overflow = 1, c->len = 0;
+        if (!c->overflow) memcpy(c->buf + c->len, data, chunk), c->len += chunk;
+        if (!nl) break;
+        int rc = c->overflow ? reply_error(out_fd, 0, "line too long (max 65536 bytes)") : handle_line(out_fd, c->buf, c->len);
+        conn_reset(c);
+        if (rc) return -1;
+        data = nl + 1;
+        n -= chunk + 1;
+    }
+    return 0;
+}
+
+/* ---- channels ------------------------------------------------------------------------------ */
+
+static struct conn one; /* the single connection of stdio and device modes */
+
+static void serve_stdio(void) {
+    char chunk[16384];
+    conn_reset(&one);
+    for (;;) {
+        ssize_t r = read(0, chunk, sizeof chunk);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) exit(r == 0 ? 0 : 1);
+        if (conn_feed(&one, chunk, (size_t)r, 1)) exit(1);
+    }
+}
+
+static int open_channel(const char *path) {
+    struct stat st;
+    int fd;
+    if (stat(path, &st) != 0) return -1;
+    if (S_ISSOCK(st.st_mode)) { /* a Unix socket stands in for the port in tests */
+        struct sockaddr_un a = {.sun_family = AF_UNIX};
+        if (strlen(path) >= sizeof a.sun_path) return errno = ENAMETOOLONG, -1;
+        strcpy(a.sun_path, path);
+        if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0) return -1;
+        if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) return close(fd), -1;
+        return fd;
+    }
+    if ((fd = open(path, O_RDWR | O_NOCTTY | O_CLOEXEC)) < 0) return -1;
+    struct termios t;
+    if (tcgetattr(fd, &t) == 0) { /* a tty would echo and mangle newlines */
+        cfmakeraw(&t);
+        tcsetattr(fd, TCSANOW, &t);
+    }
+    return fd;
+}
+
+static void serve_device(const char *path) {
+    char chunk[16384];
+    int failing = 0;
+    for (;;) {
+        int fd = open_channel(path);
+        struct stat st;
+        if (fd < 0) {
+            if (!failing++) logmsg("cannot open %s: %s (retrying)", path, strerror(errno));
+            nap_ms(failing < 50 ? 100 : 1000);
+            continue;
+        }
+        logmsg("serving on %s", path);
+        failing = 0;
+        int is_chr = fstat(fd, &st) == 0 && S_ISCHR(st.st_mode);
+        conn_reset(&one);
+        for (;;) {
+            ssize_t r = read(fd, chunk, sizeof chunk);
+            if (r > 0) {
+                if (conn_feed(&one, chunk, (size_t)r, fd)) break;
+                continue;
+            }
+            if (r < 0 && errno == EINTR) continue;
+            /* virtio-serial reads return 0 while no host is connected: wait for one, keep the port */
+            if (r == 0 && is_chr) {
+                conn_reset(&one);
+                nap_ms(100);
+                continue;
+            }
+            break; /* an error, or EOF of a socket or file: reopen */
+        }
+        close(fd);
+        nap_ms(100);
+    }
+}
+
+/* The port's /dev/virtio-ports symlink needs udev; /sys names the raw /dev/vportNpM node without it. */
+static int find_virtio_port(char *dev, size_t cap) {
+    static const char *const link = "/dev/virtio-ports/" VIRTIO_PORT_NAME;
+    DIR *d;
+    struct dirent *e;
+    if (access(link, F_OK) == 0) return snprintf(dev, cap, "%s", link), 0;
+    if (!(d = opendir("/sys/class/virtio-ports"))) return -1;
+    while ((e = readdir(d))) {
+        char path[300], name[128];
+        if (e->d_name[0] == '.') continue;
+        snprintf(path, sizeof path, "/sys/class/virtio-ports/%s/name", e->d_name);
+        if (read_file(path, name, sizeof name) <= 0) continue;
+        trim_right(name);
+        snprintf(dev, cap, "/dev/%s", e->d_name);
+        if (!strcmp(name, VIRTIO_PORT_NAME) && access(dev, F_OK) == 0) return closedir(d), 0;
+    }
+    closedir(d);
+    return -1;
+}
+
+static int vsock_listen(unsigned port) {
+    struct sockaddr_vm a = {.svm_family = AF_VSOCK, .svm_port = port, .svm_cid = VMADDR_CID_ANY};
+    int fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || listen(fd, MAX_CLIENTS) != 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
+}
+
+static struct conn clients[MAX_CLIENTS];
+
+static void drop_client(struct conn *c) {
+    close(c->fd);
+    c->fd = -1;
+}
+
+/* Serves vsock connections; with watch_virtio it switches to the virtio port if one shows up
+ * before any host connected (its driver may bind after we started). */
+static void serve_vsock(int lfd, unsigned port, int watch_virtio) {
+    unsigned long long seq = 0;
+    char chunk[16384], dev[PATH_MAX];
+    logmsg("listening on vsock port %u", port);
+    for (int i = 0; i < MAX_CLIENTS; i++) clients[i].fd = -1;
+    for (;;) {
+        struct pollfd pfd[MAX_CLIENTS + 1];
+        int slot[MAX_CLIENTS + 1], n = 1;
+        pfd[0] = (struct pollfd){.fd = lfd, .events = POLLIN};
+        for (int i = 0; i < MAX_CLIENTS; i++)
+            if (clients[i].fd >= 0) slot[n] = i, pfd[n++] = (struct pollfd){.fd = clients[i].fd, .events = POLLIN};
+        int rc = poll(pfd, (nfds_t)n, watch_virtio && !seq ? 500 : -1);
+        if (rc < 0) {
+            if (errno != EINTR) nap_ms(100);
+            continue;
+        }
+        if (rc == 0 && find_virtio_port(dev, sizeof dev) == 0) {
+            close(lfd);
+            serve_device(dev); /* never returns */
+        }
+        for (int k = 1; k < n; k++) {
+            struct conn *c = &clients[slot[k]];
+            if (!pfd[k].revents) continue;
+            ssize_t r = read(c->fd, chunk, sizeof chunk);
+            if (r < 0 && errno == EINTR) continue;
+            if (r <= 0 || conn_feed(c, chunk, (size_t)r, c->fd)) drop_client(c);
+        }
+        if (pfd[0].revents & POLLIN) {
+            int cfd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+            if (cfd < 0) continue;
+            struct conn *victim = NULL;
+            for (int i = 0; i < MAX_CLIENTS; i++) {
+                if (clients[i].fd < 0) {
+                    victim = &clients[i];
+                    break;
+                }
+                if (!victim || clients[i].seq < victim->seq) victim = &clients[i];
+            }
+            /* all slots taken: the oldest connection is most likely a host that went away */
+            if (victim->fd >= 0) drop_client(victim);
+            struct timeval tv = {5, 0}; /* a host that stops reading must not stall the others */
+            setsockopt(cfd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+            victim->fd = cfd;
+            victim->seq = ++seq;
+            conn_reset(victim);
+        }
+    }
+}
+
+static void serve_default(void) {
+    char dev[PATH_MAX];
+    int warned = 0;
+    for (;;) {
+        if (find_virtio_port(dev, sizeof dev) == 0) serve_device(dev);
+        int lfd = vsock_listen(DEFAULT_VSOCK_PORT);
+        if (lfd >= 0) serve_vsock(lfd, DEFAULT_VSOCK_PORT, 1);
+        if (!warned++) logmsg("no virtio port %s and no vsock (%s) yet; retrying", VIRTIO_PORT_NAME, strerror(errno));
+        nap_ms(500);
+    }
+}
+
+/* ---- process --------------------------------------------------------------------------------- */
+
+/* As PID 1 (an image without an init) every orphan becomes our child: reap them. */
+static void reap(int sig) {
+    int saved = errno;
+    (void)sig;
+    while (waitpid(-1, NULL, WNOHANG) > 0) {
+    }
+    errno = saved;
+}
+
+/* Started by an init with 0-2 closed, the channel would get fd 2 and our log lines would land in
+ * the protocol stream. */
+static void ensure_std_fds(void) {
+    int fd;
+    while ((fd = open("/dev/null", O_RDWR | O_CLOEXEC)) >= 0 && fd <= 2) fcntl(fd, F_SETFD, 0);
+    if (fd > 2) close(fd);
+}
+
+static void usage(FILE *f) {
+    fputs("usage: banger-agent [--device PATH | --vsock-port N | --stdio | --version]\n"
+          "  default: the virtio-serial port " VIRTIO_PORT_NAME ", else vsock port 1024\n",
+          f);
+}
+
+int main(int argc, char **argv) {
+    const char *device = NULL;
+    long vsock_port = -1;
+    int stdio_mode = 0;
+
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--version")) {
+            puts("banger-agent " AGENT_VERSION);
+            return 0;
+        } else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            usage(stdout);
+            return 0;
+        } else if (!strcmp(argv[i], "--stdio")) {
+            stdio_mode = 1;
+        } else if (!strcmp(argv[i], "--device") && i + 1 < argc) {
+            device = argv[++i];
+        } else if (!strcmp(argv[i], "--vsock-port") && i + 1 < argc) {
+            char *end;
+            vsock_port = strtol(argv[++i], &end, 10);
+            if (*end || vsock_port < 0 || vsock_port > 0xffffffffL) {
+                fprintf(stderr, "banger-agent: bad vsock port %s\n", argv[i]);
+                return 2;
+            }
+        } else {
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (stdio_mode + (device != NULL) + (vsock_port >= 0) > 1) {
+        fputs("banger-agent: --stdio, --device and --vsock-port exclude each other\n", stderr);
+        return 2;
+    }
+
+    ensure_std_fds();
+    signal(SIGPIPE, SIG_IGN); /* a host hanging up must be a write error, not our death */
+    if (getpid() == 1) {
+        struct sigaction sa = {0};
+        sa.sa_handler = reap;
+        sa.sa_flags = SA_RESTART | SA_NOCLDSTOP;
+        sigaction(SIGCHLD, &sa, NULL);
+        reap(0); /* orphans that exited before the handler was in place */
+    }
+
+    if (stdio_mode) serve_stdio();
+    if (device) serve_device(device);
+    if (vsock_port >= 0) {
+        int lfd, warned = 0;
+        while ((lfd = vsock_listen((unsigned)vsock_port)) < 0) {
+            if (!warned++) logmsg("cannot listen on vsock port %ld: %s (retrying)", vsock_port, strerror(errno));
+            nap_ms(500);
+        }
+        serve_vsock(lfd, (unsigned)vsock_port, 0);
+    }
+    serve_default();
+    return 0;
+}

@@ -1,0 +1,107 @@
+/**
+ * The wire protocol between the host and banger-agent (agent/banger-agent.c).
+ *
+ * Newline-delimited JSON, one object per line, at most AGENT_MAX_LINE_BYTES per line (newline
+ * excluded), in both directions.
+ *   request   {"id":<uint>,"method":"health"|"ports"|"stats"|"ping"|"poweroff"}
+ *   response  {"id":<same>,"ok":true,"result":{...}} | {"id":<same>,"ok":false,"error":"..."}
+ * The agent answers requests it cannot attribute (invalid JSON, over-long line, bad id) with id 0,
+ * so host ids start at 1.
+ *
+ * Channels: QEMU virtio-serial port AGENT_VIRTIO_PORT_NAME (host: a Unix socket QEMU listens on;
+ * the connection must be held, short connections lose replies) or Firecracker hybrid vsock (host:
+ * a Unix socket; write `CONNECT <port>\n`, read `OK <host port>\n`, then the same protocol).
+ *
+ * Everything from the guest is untrusted: every field is bounded here.
+ */
+import { z } from 'zod';
+
+export const AGENT_MAX_LINE_BYTES = 64 * 1024;
+/** Bytes the client buffers from the guest at most: one partial line. */
+export const AGENT_MAX_BUFFERED_BYTES = AGENT_MAX_LINE_BYTES;
+/** Bytes of the hybrid-vsock `OK <port>` handshake line at most. */
+export const AGENT_MAX_HANDSHAKE_BYTES = 64;
+export const AGENT_MAX_PORTS = 1024;
+/** The agent truncates command lines to 256 bytes (on a UTF-8 boundary), so ≤ 256 UTF-16 units. */
+export const AGENT_MAX_COMMAND_CHARS = 256;
+export const AGENT_MAX_ERROR_CHARS = 1024;
+export const AGENT_VSOCK_PORT = 1024;
+export const AGENT_VIRTIO_PORT_NAME = 'org.banger.agent';
+export const AGENT_PROTOCOL_VERSION = '0.1.0';
+/** Linux's largest possible pid_max (PID_MAX_LIMIT on 64-bit). */
+const MAX_PID = 4_194_304;
+
+const count = (max: number) => z.number().int().min(0).max(max);
+const real = (max: number) => z.number().min(0).max(max);
+
+export const AgentRequestSchema = z.object({
+  id: count(Number.MAX_SAFE_INTEGER),
+  method: z.string().max(64),
+});
+export type AgentRequest = z.infer<typeof AgentRequestSchema>;
+
+export const AgentResponseSchema = z.discriminatedUnion('ok', [
+  z.object({ id: count(Number.MAX_SAFE_INTEGER), ok: z.literal(true), result: z.unknown() }),
+  z.object({ id: count(Number.MAX_SAFE_INTEGER), ok: z.literal(false), error: z.string().max(AGENT_MAX_ERROR_CHARS) }),
+]);
+export type AgentResponse = z.infer<typeof AgentResponseSchema>;
+
+export const HealthResultSchema = z.object({
+  ready: z.boolean(),
+  uptime_s: real(1e10),
+  agent_version: z.string().max(64),
+  hostname: z.string().max(255),
+  boot_id: z.string().max(64),
+});
+
+export const PortEntrySchema = z.object({
+  proto: z.enum(['tcp', 'tcp6', 'udp', 'udp6']),
+  /** IPv4 dotted quad or IPv6 text form (at most 45 chars with an embedded IPv4). */
+  address: z
+    .string()
+    .max(45)
+    .regex(/^[0-9a-fA-F.:]+$/),
+  port: count(65_535),
+  /** null (or 0 from older agents) when no visible process owns the socket; normalised to null. */
+  pid: count(MAX_PID)
+    .nullable()
+    .transform((pid) => (pid === 0 ? null : pid)),
+  command: z.string().max(AGENT_MAX_COMMAND_CHARS),
+});
+
+export const PortsResultSchema = z.object({
+  ports: z.array(PortEntrySchema).max(AGENT_MAX_PORTS),
+  /** Set when the list was cut (entry cap or line size). */
+  truncated: z.boolean().optional(),
+});
+
+export const StatsResultSchema = z.object({
+  mem_total_kib: count(2 ** 50),
+  mem_available_kib: count(2 ** 50),
+  load1: real(1e6),
+  load5: real(1e6),
+  load15: real(1e6),
+  uptime_s: real(1e10),
+});
+
+export const PingResultSchema = z.object({});
+
+/** Each method's result schema; the method names are the protocol's. */
+export const AGENT_METHODS = {
+  health: HealthResultSchema,
+  ports: PortsResultSchema,
+  stats: StatsResultSchema,
+  ping: PingResultSchema,
+  /** Asks the guest's init for a clean power-off; the reply comes before the shutdown starts. */
+  poweroff: PingResultSchema,
+} as const;
+
+export type AgentMethod = keyof typeof AGENT_METHODS;
+export type AgentResult<M extends AgentMethod> = z.output<(typeof AGENT_METHODS)[M]>;
+export type AgentHealth = AgentResult<'health'>;
+export type AgentPorts = AgentResult<'ports'>;
+export type AgentPortEntry = AgentPorts['ports'][number];
+export type AgentStats = AgentResult<'stats'>;
+
+/** `OK <host port>` answer of Firecracker's hybrid-vsock `CONNECT <port>`. */
+export const HYBRID_VSOCK_OK = /^OK [0-9]{1,10}$/;
