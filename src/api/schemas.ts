@@ -32,6 +32,8 @@ export const OperationSchema = z.object({
   state: OperationStateSchema,
   stages: z.array(StageSchema),
   progress: z.object({ current: z.number(), total: z.number().optional(), unit: z.string() }).optional(),
+  /** The last lines the operation logged (bounded), so a late subscriber still sees them. */
+  log: z.array(z.string()).optional(),
   result: z.unknown().optional(),
   error: ErrorBodySchema.optional(),
   createdAt: z.string(),

@@ -80,7 +80,7 @@ function fish(nodes: Node[]): string {
     const cond =
       n.path.length === 0
         ? '__fish_use_subcommand'
-        : `__fish_seen_subcommand_from ${n.path[n.path.length - 1]}`;
+        : `__fish_seen_subcommand_from ${n.path[n.path.length - 1]}${n.subcommands.length ? `; and not __fish_seen_subcommand_from ${n.subcommands.join(' ')}` : ''}`;
     for (const s of n.subcommands) lines.push(`complete -c banger -n '${cond}' -a '${s}'`);
     for (const f of n.flags) {
       if (f.startsWith('--')) lines.push(`complete -c banger -n '${cond}' -l '${f.slice(2)}'`);

@@ -29,6 +29,13 @@ export function buildProgram(): Command {
 }
 
 async function main(): Promise<void> {
+  // `banger vm list | head` closes the pipe early: that is not an error.
+  for (const stream of [process.stdout, process.stderr]) {
+    stream.on('error', (e: NodeJS.ErrnoException) => {
+      if (e.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+      throw e;
+    });
+  }
   const program = buildProgram();
   try {
     if (process.argv.length <= 2) {

@@ -21,6 +21,7 @@ export class ProgressRenderer {
     if (this.quiet) return;
     switch (e.type) {
       case 'snapshot':
+        for (const line of e.operation.log ?? []) this.onEvent({ type: 'log', line });
         for (const s of e.operation.stages.slice(0, -1)) this.finishLine(s.name, s.detail, Date.parse(s.endedAt ?? s.startedAt) - Date.parse(s.startedAt));
         {
           const last = e.operation.stages.at(-1);

@@ -2,6 +2,8 @@ import { EventEmitter } from 'node:events';
 import { BangerError, toBangerError } from '../api/errors.js';
 import type { Operation, OperationEvent } from '../api/schemas.js';
 
+const MAX_LOG_LINES = 200;
+
 export interface Clock {
   now(): Date;
 }
@@ -64,7 +66,12 @@ export class OperationRegistry {
         op.progress = total === undefined ? { current, unit } : { current, total, unit };
         emit({ type: 'progress', progress: { ...op.progress } });
       },
-      log: (line) => emit({ type: 'log', line }),
+      log: (line) => {
+        op.log ??= [];
+        op.log.push(line);
+        if (op.log.length > MAX_LOG_LINES) op.log.splice(0, op.log.length - MAX_LOG_LINES);
+        emit({ type: 'log', line });
+      },
       checkCancelled: () => {
         if (controller.signal.aborted) throw new BangerError('cancelled', `operation ${opId} was cancelled`);
       },
@@ -140,7 +147,7 @@ export class OperationRegistry {
   }
 
   private trim(): void {
-    const finished = [...this.entries.values()].filter((e) => e.op.state !== 'running');
+    const finished = [...this.entries.values()].filter((e) => e.op.state !== 'running').sort((a, b) => (a.op.endedAt ?? '').localeCompare(b.op.endedAt ?? ''));
     for (const e of finished.slice(0, Math.max(0, finished.length - this.keepFinished))) this.entries.delete(e.op.id);
   }
 

@@ -29,6 +29,7 @@ export interface AgentLink {
   health(timeoutMs: number): Promise<GuestHealth>;
   ports(timeoutMs: number): Promise<GuestPort[]>;
   stats(timeoutMs: number): Promise<GuestStats>;
+  poweroff(timeoutMs: number): Promise<void>;
   close(): void;
 }
 
@@ -61,6 +62,7 @@ export function openAgentLink(handle: VmmHandle): AgentLink {
         uptimeSeconds: s.uptime_s,
       };
     },
+    poweroff: (timeoutMs) => client.poweroff(timeoutMs),
     close: () => client.close(),
   };
 }

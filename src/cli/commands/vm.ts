@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { BangerError } from '../../api/errors.js';
-import type { Vm, VmAction } from '../../api/schemas.js';
+import type { OperationEvent, Vm, VmAction } from '../../api/schemas.js';
 import { BangerClient } from '../../client/client.js';
 import { formatBytes } from '../../util/duration.js';
 import { intArg, memoryArg, sizeArg } from '../args.js';
@@ -68,10 +68,16 @@ export function registerVmCommands(program: Command): void {
       const onSigint = () => void client.cancelOperation(accepted.operation.id).catch(() => {});
       process.once('SIGINT', onSigint);
       try {
-        const created = await client.finish<Vm>(accepted, (e) => {
-          if (e.type === 'log' && e.line.startsWith('spec: ') && !o.json) process.stdout.write(`${e.line}\n`);
-          else progress.onEvent(e);
-        });
+        // The spec line goes to stdout (scripts can read it); stages go to stderr.
+        const onEvent = (e: OperationEvent): void => {
+          if (e.type === 'snapshot') {
+            for (const line of e.operation.log ?? []) onEvent({ type: 'log', line });
+            progress.onEvent({ ...e, operation: { ...e.operation, log: [] } });
+          } else if (e.type === 'log' && e.line.startsWith('spec: ')) {
+            if (!o.json) process.stdout.write(`${e.line}\n`);
+          } else progress.onEvent(e);
+        };
+        const created = await client.finish<Vm>(accepted, onEvent);
         if (o.json) printJson(created);
         else process.stdout.write(`${created.name} is ${created.state} (id ${created.id.slice(0, 12)}, ${created.vmm}${created.accel ? `/${created.accel}` : ''})\n`);
       } finally {

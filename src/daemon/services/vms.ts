@@ -241,7 +241,7 @@ export class VmService {
       memoryMib: r.memory_mib,
       kernelPath: kernel.kernel_path,
       ...(initrd ? { initrdPath: initrd } : {}),
-      cmdline: vmCmdline({ hostname: r.name }),
+      cmdline: await vmCmdline({ hostname: r.name }),
       disks: [
         r.vmm === 'qemu' ? { id: 'root', path: p.root, format: 'qcow2' } : { id: 'root', path: p.rootRaw, format: 'raw' },
         { id: 'work', path: p.work, format: 'raw' },
@@ -284,15 +284,26 @@ export class VmService {
   private async stopLocked(id: string, force: boolean): Promise<void> {
     const r = this.d.repos.vms.byId(id);
     if (!r) return;
-    this.agents.get(id)?.close();
+    let link = this.agents.get(id);
     this.agents.delete(id);
     if (r.handle) {
       const handle = JSON.parse(r.handle) as VmmHandle;
+      if (!force) link ??= openAgentLink(handle);
       const driver = this.d.driver(handle.kind);
       this.d.repos.vms.update(id, { state: 'stopping' });
-      const exited = force ? false : await driver.shutdown(handle, GRACEFUL_STOP_MS);
+      let exited = false;
+      if (!force) {
+        // The agent asks init to power off (works without logind/acpid); the VMM's ACPI/CtrlAltDel
+        // path is the fallback when the agent does not answer.
+        const viaAgent = await (link as AgentLink)
+          .poweroff(3000)
+          .then(() => true)
+          .catch(() => false);
+        exited = await driver.shutdown(handle, viaAgent ? GRACEFUL_STOP_MS : GRACEFUL_STOP_MS / 2);
+      }
       if (!exited) await driver.kill(handle);
     }
+    link?.close();
     this.d.repos.vms.update(id, { state: 'stopped', handle: null });
     await rm(this.paths(r).run, { recursive: true, force: true });
   }

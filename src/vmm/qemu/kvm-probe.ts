@@ -3,7 +3,8 @@ import { access, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { killAndWait, spawnDetached, isProcessAlive } from '../process.js';
+import { readHostTscKhz } from '../../guest/cmdline.js';
+import { isProcessAlive, killAndWait, spawnDetached } from '../process.js';
 
 /** Printed by the kernel when it hands over to userspace, and by banger-init itself. */
 const MARKER = /Run \/init as init process|banger-init:/;
@@ -39,13 +40,14 @@ export async function bootProbe(opts: ProbeOptions, accel: 'kvm' | 'tcg'): Promi
   const dir = await mkdtemp(join(tmpdir(), 'banger-boot-probe-'));
   const serial = join(dir, 'serial.log');
   const deadline = opts.deadlineMs ?? 10_000;
+  const khz = await readHostTscKhz();
   const args = [
     '-M', 'microvm,acpi=on', ...(accel === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg', '-cpu', 'max']), '-smp', '1', '-m', '256M',
     '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
     '-chardev', `file,id=s0,path=${serial}`, '-serial', 'chardev:s0',
     '-kernel', opts.kernelPath,
     ...(opts.initrdPath ? ['-initrd', opts.initrdPath] : []),
-    '-append', 'console=ttyS0 panic=-1 loglevel=6 rdinit=/init banger.probe=1',
+    '-append', `console=ttyS0 panic=-1 loglevel=6 rdinit=/init banger.probe=1${khz ? ` tsc_early_khz=${khz}` : ''}`,
   ];
   const started = Date.now();
   let proc: { pid: number; startTime: string } | undefined;
