@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { openSync, closeSync, readFileSync, mkdirSync } from 'node:fs';
+import { closeSync, fstatSync, mkdirSync, openSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BangerError } from '../api/errors.js';
@@ -7,9 +7,10 @@ import type { Layout } from '../config/layout.js';
 
 export const BANGERD_ENTRY = fileURLToPath(new URL('../daemon/main.js', import.meta.url));
 
-function tail(path: string): string {
+/** What this start attempt wrote to the daemon's stderr log (the file is shared across starts). */
+function writtenSince(path: string, offset: number): string {
   try {
-    return readFileSync(path, 'utf8').trim().split('\n').slice(-5).join('\n');
+    return readFileSync(path).subarray(offset).toString('utf8').trim();
   } catch {
     return '';
   }
@@ -23,6 +24,7 @@ function tail(path: string): string {
 export async function startDaemon(layout: Layout, probe: () => Promise<boolean>, timeoutMs = 15_000): Promise<void> {
   mkdirSync(layout.logDir, { recursive: true, mode: 0o700 });
   const fd = openSync(layout.daemonStderrPath, 'a', 0o600);
+  const logStart = fstatSync(fd).size;
   const started = Date.now();
   let exitCode: number | null | undefined;
   try {
@@ -37,11 +39,14 @@ export async function startDaemon(layout: Layout, probe: () => Promise<boolean>,
   for (;;) {
     if (await probe()) return;
     if (exitCode !== undefined && exitCode !== 0 && Date.now() - started > 300) {
-      const msg = tail(layout.daemonStderrPath);
+      const msg = writtenSince(layout.daemonStderrPath, logStart);
       // Lost the race to another starter: keep probing for the winner.
       if (!/another bangerd already owns/.test(msg)) {
-        throw new BangerError('unavailable', `bangerd failed to start (exit ${exitCode})${msg ? `:\n${msg}` : ''}`, {
-          fix: `read ${layout.daemonStderrPath} and ${layout.logPath}`,
+        // bangerd prints `bangerd: <reason>` and `fix: <fix>`: pass them on as one error.
+        const reason = /^bangerd: (.*)$/m.exec(msg)?.[1];
+        const fix = /^fix: (.*)$/m.exec(msg)?.[1];
+        throw new BangerError('unavailable', `bangerd failed to start (exit ${exitCode}): ${reason ?? (msg.split('\n').at(-1) || 'no output')}`, {
+          fix: fix ?? `read ${layout.daemonStderrPath} and ${layout.logPath}`,
         });
       }
     }

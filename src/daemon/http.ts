@@ -110,7 +110,11 @@ export class Router {
       const m = route.regex.exec(url.pathname) as RegExpExecArray;
       const params: Record<string, string> = {};
       route.keys.forEach((k, i) => {
-        params[k] = decodeURIComponent(m[i + 1] as string);
+        try {
+          params[k] = decodeURIComponent(m[i + 1] as string);
+        } catch {
+          throw new BangerError('bad_request', `malformed percent-encoding in ${url.pathname}`);
+        }
       });
       let body = await readBody(req);
       if (route.body) {

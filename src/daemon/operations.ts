@@ -110,7 +110,7 @@ export class OperationRegistry {
 
   cancel(id: string): boolean {
     const e = this.entries.get(id);
-    if (!e || e.op.state !== 'running') return false;
+    if (e?.op.state !== 'running') return false;
     e.controller.abort(new BangerError('cancelled', `operation ${id} was cancelled`));
     return true;
   }

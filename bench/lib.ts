@@ -1,0 +1,169 @@
+import { spawn } from 'node:child_process';
+import { performance } from 'node:perf_hooks';
+
+/**
+ * A benchmark compares a candidate with a baseline measured on the same machine in the same run,
+ * so the ratio stays meaningful on noisy or slow hosts where absolute times do not.
+ */
+export interface Benchmark {
+  name: string;
+  description: string;
+  /** Goal for median(candidate) / median(baseline), e.g. 2 for "≤ 2.0×". Printed, never asserted. */
+  target?: number;
+  /** Measured rounds (each runs candidate then baseline once); BENCH_ROUNDS overrides it. */
+  rounds?: number;
+  /** Unmeasured rounds first, so cold caches do not skew the first samples (default 1). */
+  warmup?: number;
+  setup?(): Promise<void> | void;
+  candidate(): Promise<void> | void;
+  baseline(): Promise<void> | void;
+  teardown?(): Promise<void> | void;
+}
+
+export interface Stats {
+  n: number;
+  min: number;
+  median: number;
+  p90: number;
+  max: number;
+  mean: number;
+}
+
+export interface BenchResult {
+  name: string;
+  description: string;
+  rounds: number;
+  /** Milliseconds. */
+  candidate?: Stats;
+  baseline?: Stats;
+  /** median(candidate) / median(baseline). */
+  ratio?: number;
+  target?: number;
+  met?: boolean;
+  samples?: { candidate: number[]; baseline: number[] };
+  error?: string;
+}
+
+export const DEFAULT_ROUNDS = 20;
+
+/** Linear interpolation between closest ranks (numpy's default), p in [0, 100]. */
+export function percentile(values: number[], p: number): number {
+  if (values.length === 0) throw new Error('percentile of no values');
+  const sorted = [...values].sort((a, b) => a - b);
+  const pos = ((sorted.length - 1) * p) / 100;
+  const lo = Math.floor(pos);
+  const hi = Math.ceil(pos);
+  const a = sorted[lo] as number;
+  const b = sorted[hi] as number;
+  return a + (b - a) * (pos - lo);
+}
+
+export function stats(values: number[]): Stats {
+  return {
+    n: values.length,
+    min: Math.min(...values),
+    median: percentile(values, 50),
+    p90: percentile(values, 90),
+    max: Math.max(...values),
+    mean: values.reduce((s, v) => s + v, 0) / values.length,
+  };
+}
+
+/** BENCH_ROUNDS wins (so a quick run needs no code change), then the benchmark's own, then the default. */
+export function roundsFor(b: Benchmark, env: NodeJS.ProcessEnv = process.env): number {
+  const fromEnv = Number(env.BENCH_ROUNDS);
+  if (env.BENCH_ROUNDS && Number.isInteger(fromEnv) && fromEnv > 0) return fromEnv;
+  return b.rounds ?? DEFAULT_ROUNDS;
+}
+
+async function timed(fn: () => Promise<void> | void, now: () => number): Promise<number> {
+  const t0 = now();
+  await fn();
+  return now() - t0;
+}
+
+/**
+ * Runs candidate and baseline interleaved (A, B, A, B, …) so drift in machine load hits both
+ * sides alike. Teardown always runs; a failure is reported in the result, not thrown.
+ */
+export async function runBenchmark(
+  b: Benchmark,
+  opts: { rounds?: number; now?: () => number; onRound?: (round: number, candidateMs: number, baselineMs: number) => void } = {},
+): Promise<BenchResult> {
+  const rounds = opts.rounds ?? roundsFor(b);
+  const now = opts.now ?? (() => performance.now());
+  const result: BenchResult = { name: b.name, description: b.description, rounds };
+  if (b.target !== undefined) result.target = b.target;
+  const cand: number[] = [];
+  const base: number[] = [];
+  try {
+    await b.setup?.();
+    for (let i = 0; i < (b.warmup ?? 1); i++) {
+      await b.candidate();
+      await b.baseline();
+    }
+    for (let i = 0; i < rounds; i++) {
+      const c = await timed(() => b.candidate(), now);
+      const s = await timed(() => b.baseline(), now);
+      cand.push(c);
+      base.push(s);
+      opts.onRound?.(i + 1, c, s);
+    }
+  } catch (e) {
+    result.error = e instanceof Error ? e.message : String(e);
+  } finally {
+    try {
+      await b.teardown?.();
+    } catch (e) {
+      result.error ??= `teardown failed: ${e instanceof Error ? e.message : String(e)}`;
+    }
+  }
+  if (result.error || cand.length === 0) return result;
+  result.candidate = stats(cand);
+  result.baseline = stats(base);
+  result.ratio = result.candidate.median / result.baseline.median;
+  if (b.target !== undefined) result.met = result.ratio <= b.target;
+  result.samples = { candidate: cand, baseline: base };
+  return result;
+}
+
+const ms = (v: number) => `${v.toFixed(1).padStart(7)} ms`;
+
+export function formatResult(r: BenchResult): string {
+  const lines = [`${r.name}: ${r.description}`];
+  if (r.error || !r.candidate || !r.baseline || r.ratio === undefined) {
+    lines.push(`  ERROR: ${r.error ?? 'no samples'}`);
+    return lines.join('\n');
+  }
+  lines.push(`  ${r.rounds} rounds, interleaved candidate/baseline`);
+  lines.push(`  candidate  median ${ms(r.candidate.median)}   p90 ${ms(r.candidate.p90)}`);
+  lines.push(`  baseline   median ${ms(r.baseline.median)}   p90 ${ms(r.baseline.p90)}`);
+  const target = r.target === undefined ? '' : `   target ≤ ${r.target.toFixed(1)}×: ${r.met ? 'met' : 'NOT met'}`;
+  lines.push(`  ratio ${r.ratio.toFixed(2)}×${target}`);
+  return lines.join('\n');
+}
+
+/** Runs a command to completion; rejects with its stderr when it exits non-zero. */
+export function run(cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env, timeoutMs = 30_000): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (c) => {
+      out += c;
+    });
+    child.stderr.on('data', (c) => {
+      err += c;
+    });
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.on('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      if (code === 0) resolve(out);
+      else reject(new Error(`${cmd} ${args.join(' ')} exited ${code ?? signal}: ${err.trim()}`));
+    });
+  });
+}

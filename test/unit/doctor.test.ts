@@ -1,0 +1,146 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { type Check, type HostProbe, runChecks } from '../../src/host/doctor.js';
+
+const GiB = 1024 ** 3;
+
+/** A host where everything banger needs is present; each test breaks one thing. */
+function fakeHost(overrides: Partial<HostProbe> & { missing?: string[] } = {}): HostProbe {
+  const { missing = [], ...rest } = overrides;
+  return {
+    arch: 'x64',
+    nodeVersion: 'v20.19.0',
+    uid: 0,
+    which: async (cmd) => (missing.includes(cmd) ? undefined : cmd.startsWith('/') ? cmd : `/usr/bin/${cmd}`),
+    versionOf: async (cmd) => `${cmd} version 1.0`,
+    deviceAccess: async () => 'ok',
+    passwordlessSudo: async () => false,
+    freeBytes: async () => 100 * GiB,
+    migrations: () => ({ status: 'current', current: 1, latest: 1 }),
+    config: () => ({ ok: true, path: '/home/u/.config/banger/config.toml', exists: false }),
+    kvmProbe: () => ({ usable: true, detail: 'booted in 120 ms' }),
+    qemuBin: 'qemu-system-x86_64',
+    firecrackerBin: 'firecracker',
+    stateDir: '/home/u/.local/state/banger',
+    ...rest,
+  };
+}
+
+function byName(checks: Check[], name: string): Check {
+  const c = checks.find((x) => x.name === name);
+  assert.ok(c, `no check named ${name}: ${checks.map((x) => x.name).join(', ')}`);
+  return c;
+}
+
+function assertFixes(checks: Check[]): void {
+  for (const c of checks) {
+    if (c.status === 'PASS') assert.equal(c.fix, undefined, `PASS ${c.name} should not carry a fix`);
+    else assert.ok(c.fix && c.fix.length > 5, `${c.status} ${c.name} has no fix`);
+  }
+}
+
+test('a fully equipped host: every check passes', async () => {
+  const checks = await runChecks(fakeHost());
+  assert.deepEqual(
+    checks.filter((c) => c.status !== 'PASS').map((c) => `${c.status} ${c.name}: ${c.detail}`),
+    [],
+  );
+  // The checks that matter most are all present.
+  for (const name of ['cpu architecture', 'node version', 'config', '/dev/kvm', 'qemu', 'firecracker', 'qemu-img', 'mkfs.ext4', 'debugfs', 'privileges', 'free disk', 'store']) {
+    byName(checks, name);
+  }
+  assert.match(byName(checks, 'qemu').detail, /^\/usr\/bin\/qemu-system-x86_64 \(\/usr\/bin\/qemu-system-x86_64 version 1\.0\)$/);
+});
+
+test('missing qemu-img: FAIL with a fix naming the apt package', async () => {
+  const checks = await runChecks(fakeHost({ missing: ['qemu-img'] }));
+  const c = byName(checks, 'qemu-img');
+  assert.equal(c.status, 'FAIL');
+  assert.match(c.fix ?? '', /apt-get install -y qemu-utils/);
+  assert.equal(checks.filter((x) => x.status === 'FAIL').length, 1, 'only the missing tool fails');
+});
+
+test('missing e2fsprogs tools: each FAIL names e2fsprogs', async () => {
+  const checks = await runChecks(fakeHost({ missing: ['mkfs.ext4', 'debugfs', 'e2fsck', 'resize2fs'] }));
+  for (const name of ['mkfs.ext4', 'debugfs', 'e2fsck', 'resize2fs']) {
+    const c = byName(checks, name);
+    assert.equal(c.status, 'FAIL');
+    assert.match(c.fix ?? '', /e2fsprogs/);
+  }
+});
+
+test('/dev/kvm missing or inaccessible: WARN (TCG still works) with a fix', async () => {
+  const missing = byName(await runChecks(fakeHost({ deviceAccess: async () => 'missing', kvmProbe: () => undefined })), '/dev/kvm');
+  assert.equal(missing.status, 'WARN');
+  assert.match(missing.detail, /TCG/);
+  assert.match(missing.fix ?? '', /modprobe kvm_intel/);
+
+  const noAccess = byName(await runChecks(fakeHost({ deviceAccess: async () => 'no-access' })), '/dev/kvm');
+  assert.equal(noAccess.status, 'WARN');
+  assert.match(noAccess.fix ?? '', /usermod -aG kvm/);
+
+  const probeFailed = byName(await runChecks(fakeHost({ kvmProbe: () => ({ usable: false, detail: 'KVM_CREATE_VM failed' }) })), '/dev/kvm');
+  assert.equal(probeFailed.status, 'WARN');
+  assert.match(probeFailed.detail, /KVM_CREATE_VM failed/);
+  assert.ok(probeFailed.fix);
+});
+
+test('qemu: FAIL when neither VMM exists, only WARN when firecracker can stand in', async () => {
+  const neither = await runChecks(fakeHost({ missing: ['qemu-system-x86_64', 'firecracker'] }));
+  assert.equal(byName(neither, 'qemu').status, 'FAIL');
+  assert.match(byName(neither, 'qemu').fix ?? '', /qemu-system-x86/);
+  assert.equal(byName(neither, 'firecracker').status, 'WARN');
+
+  const fcOnly = await runChecks(fakeHost({ missing: ['qemu-system-x86_64'] }));
+  assert.equal(byName(fcOnly, 'qemu').status, 'WARN');
+  assert.equal(byName(fcOnly, 'firecracker').status, 'PASS');
+
+  // The configured binary names are the ones looked up.
+  const custom = await runChecks(fakeHost({ qemuBin: '/opt/qemu/bin/qemu', missing: ['/opt/qemu/bin/qemu'] }));
+  assert.match(byName(custom, 'qemu').detail, /\/opt\/qemu\/bin\/qemu not found/);
+});
+
+test('node version, architecture, privileges, disk and store thresholds', async () => {
+  const cases: Array<[Partial<HostProbe>, string, Check['status']]> = [
+    [{ nodeVersion: 'v20.18.3' }, 'node version', 'FAIL'],
+    [{ nodeVersion: 'v18.20.0' }, 'node version', 'FAIL'],
+    [{ nodeVersion: 'v22.0.0' }, 'node version', 'PASS'],
+    [{ nodeVersion: 'v24.1.0' }, 'node version', 'PASS'],
+    [{ arch: 'arm64' }, 'cpu architecture', 'FAIL'],
+    [{ uid: 1000, passwordlessSudo: async () => true }, 'privileges', 'PASS'],
+    [{ uid: 1000, passwordlessSudo: async () => false }, 'privileges', 'WARN'],
+    [{ freeBytes: async () => 1 * GiB }, 'free disk', 'FAIL'],
+    [{ freeBytes: async () => 5 * GiB }, 'free disk', 'WARN'],
+    [{ freeBytes: async () => undefined }, 'free disk', 'WARN'],
+    [{ migrations: () => ({ status: 'needed', current: 0, latest: 1 }) }, 'store', 'WARN'],
+    [{ migrations: () => ({ status: 'newer', current: 9, latest: 1 }) }, 'store', 'FAIL'],
+    [{ migrations: () => ({ error: 'file is not a database' }) }, 'store', 'FAIL'],
+    [{ config: () => ({ ok: false, error: 'config.toml: unknown key "vmn"' }) }, 'config', 'FAIL'],
+  ];
+  for (const [override, name, want] of cases) {
+    const checks = await runChecks(fakeHost(override));
+    const c = byName(checks, name);
+    assert.equal(c.status, want, `${name} with ${JSON.stringify(Object.keys(override))}: ${c.detail}`);
+    assertFixes(checks);
+  }
+});
+
+test('every WARN and FAIL carries a fix, even on a host where everything is wrong', async () => {
+  const broken = fakeHost({
+    arch: 'ia32',
+    nodeVersion: 'v16.0.0',
+    uid: 1000,
+    missing: ['qemu-system-x86_64', 'firecracker', 'qemu-img', 'mkfs.ext4', 'debugfs', 'e2fsck', 'resize2fs', 'ip', 'ssh', 'nft', 'iptables'],
+    deviceAccess: async () => 'missing',
+    kvmProbe: () => undefined,
+    freeBytes: async () => 0,
+    migrations: () => ({ status: 'newer', current: 5, latest: 1 }),
+    config: () => ({ ok: false, error: 'bad' }),
+  });
+  const checks = await runChecks(broken);
+  assert.equal(checks.filter((c) => c.status === 'PASS').length, 0, checks.map((c) => `${c.status} ${c.name}`).join('\n'));
+  assertFixes(checks);
+  // Networking tools only warn: VMs still run without --nat.
+  assert.equal(byName(checks, 'iptables or nft').status, 'WARN');
+  assert.equal(byName(checks, 'ip').status, 'WARN');
+});
