@@ -39,7 +39,7 @@ export class DiskTools {
       });
     }
     if (newSizeBytes === cur) return;
-    await this.runner.run('e2fsck', ['-f', '-y', '-q', path], { timeoutMs: 300_000, allowFailure: true }).then((r) => {
+    await this.runner.run('e2fsck', ['-f', '-y', path], { timeoutMs: 300_000, allowFailure: true }).then((r) => {
       // e2fsck: 0 clean, 1 errors fixed; anything else means the filesystem needs a human.
       if (r.code > 1) throw new BangerError('host_command_failed', `e2fsck found errors it could not fix in ${path}: ${r.stdout}${r.stderr}`);
     });

@@ -95,7 +95,11 @@ export async function pidsMentioning(needle: string): Promise<number[]> {
 }
 
 export interface GuestAssets {
+  /** An extracted Debian kernel package: boot/vmlinuz-<v>, vmlinux, lib/modules/<v>/. */
   kernelDir: string;
+  kernelVersion: string;
+  /** The kernel file banger boots from kernelDir (the uncompressed vmlinux when present). */
+  kernel: string;
   rootfs: string;
 }
 
@@ -105,8 +109,8 @@ export function guestAssets(): GuestAssets | undefined {
   const manifest = join(cache, 'assets.json');
   if (!existsSync(manifest)) return undefined;
   const m = JSON.parse(readFileSync(manifest, 'utf8')) as Record<string, string>;
-  const kernelDir = m.kernelDir ?? m.kernel_dir;
-  const rootfs = m.rootfs ?? m.rootfsImage;
-  if (!kernelDir || !rootfs || !existsSync(kernelDir) || !existsSync(rootfs)) return undefined;
-  return { kernelDir, rootfs };
+  const { kernelDir, kernelVersion, kernel, rootfs } = m;
+  if (!kernelDir || !kernelVersion || !kernel || !rootfs) return undefined;
+  if (![kernelDir, kernel, rootfs].every((p) => existsSync(p))) return undefined;
+  return { kernelDir, kernelVersion, kernel, rootfs };
 }
