@@ -17,6 +17,8 @@ export interface Benchmark {
   setup?(): Promise<void> | void;
   candidate(): Promise<void> | void;
   baseline(): Promise<void> | void;
+  /** Unmeasured, after each candidate/baseline pair (e.g. delete the VM a round created). */
+  cleanup?(): Promise<void> | void;
   teardown?(): Promise<void> | void;
 }
 
@@ -101,10 +103,12 @@ export async function runBenchmark(
     for (let i = 0; i < (b.warmup ?? 1); i++) {
       await b.candidate();
       await b.baseline();
+      await b.cleanup?.();
     }
     for (let i = 0; i < rounds; i++) {
       const c = await timed(() => b.candidate(), now);
       const s = await timed(() => b.baseline(), now);
+      await b.cleanup?.();
       cand.push(c);
       base.push(s);
       opts.onRound?.(i + 1, c, s);

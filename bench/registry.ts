@@ -2,6 +2,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { type Benchmark, run } from './lib.js';
+import { rootCloneBenchmark, vmCreateBenchmark } from './vm.js';
 
 /** Project root (this file runs as dist/bench/registry.js). */
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
@@ -58,4 +59,6 @@ export const benchmarks: Benchmark[] = [
     },
     teardown: statusHome.teardown,
   },
+  rootCloneBenchmark(),
+  vmCreateBenchmark(),
 ];

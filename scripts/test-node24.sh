@@ -29,8 +29,10 @@ if [[ ! -e "$cache/modules-$key/.done" ]]; then
 fi
 rm -rf "$work"
 mkdir -p "$work"
-cp -r "$root/bin" "$root/dist" "$root/agent" "$root/package.json" "$work/"
+cp -r "$root/bin" "$root/dist" "$root/agent" "$root/docs" "$root/package.json" "$work/"
 ln -s "$cache/modules-$key/node_modules" "$work/node_modules"
 cd "$work"
 mapfile -t files < <(find dist/test/unit dist/test/integration -name '*.test.js' | sort)
+# The Firecracker contract tests read the spec beside the real clone, not beside this copy.
+export BANGER_FC_SPEC="${BANGER_FC_SPEC:-$(cd "$root/.." && pwd)/shared/reference/firecracker-api.yaml}"
 PATH="$cache/node/bin:$PATH" "$node24" --test --test-concurrency=1 "${files[@]}"

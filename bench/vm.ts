@@ -1,0 +1,154 @@
+import { existsSync, readFileSync } from 'node:fs';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { AgentClient } from '../src/guest/agent-client.js';
+import { guestBinary } from '../src/guest/binaries.js';
+import { buildBaseInitramfs } from '../src/guest/initramfs.js';
+import { buildVmInitrd, vmCmdline } from '../src/guest/vm-boot.js';
+import { DiskTools } from '../src/host/disks.js';
+import { ProcessRunner } from '../src/host/runner.js';
+import { generateHostKey, hostKeyFiles } from '../src/host/ssh-keys.js';
+import { buildQemuArgs } from '../src/vmm/qemu/args.js';
+import { killAndWait, spawnDetached } from '../src/vmm/process.js';
+import { type Benchmark, run } from './lib.js';
+
+const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+const BANGER = join(ROOT, 'bin', 'banger.js');
+
+interface Assets {
+  kernelDir: string;
+  kernelVersion: string;
+  kernel: string;
+  rootfs: string;
+}
+
+function assets(): Assets {
+  const manifest = join(process.env.BANGER_ASSET_CACHE ?? join(homedir(), '.cache', 'banger-test-assets'), 'assets.json');
+  if (!existsSync(manifest)) throw new Error(`guest assets missing (${manifest}): run scripts/guest-assets.sh`);
+  return JSON.parse(readFileSync(manifest, 'utf8')) as Assets;
+}
+
+/**
+ * `banger vm create` until the agent answers, against QEMU started by hand with the same kernel,
+ * initrd (banger-init + the same payload), rootfs and work disk, until the same agent answers.
+ * The difference is banger's own cost: API, operation, disks, store, process management.
+ */
+export function vmCreateBenchmark(): Benchmark {
+  let dir = '';
+  let n = 0;
+  let baselinePid: { pid: number; startTime: string } | undefined;
+  const env = () => ({ ...process.env, BANGER_HOME: join(dir, 'home') });
+  const banger = (...args: string[]) => run(process.execPath, [BANGER, ...args], env(), 300_000);
+  const accel = process.env.BENCH_ACCEL ?? 'tcg';
+  return {
+    name: 'vm-create',
+    description: `\`banger vm create\` → agent ready vs bare qemu-system-x86_64 of the same kernel/initrd/rootfs → agent ready (${accel})`,
+    target: 1.05,
+    rounds: 5,
+    warmup: 1,
+    async setup() {
+      const a = assets();
+      dir = await mkdtemp('/tmp/bg-bvm-');
+      await mkdir(join(dir, 'home', 'config'), { recursive: true });
+      await writeFile(join(dir, 'home', 'config', 'config.toml'), `accel = "${accel}"\n[vm_defaults]\nvcpu = 2\nmemory_mib = 512\ndisk_size = "1G"\n`);
+      await banger('kernel', 'import', 'k', '--from', a.kernelDir);
+      await banger('image', 'register', '--name', 'debian-bookworm', '--rootfs', a.rootfs, '--kernel-ref', 'k');
+      // The baseline's inputs, prepared once: the same initrd banger builds, a work disk.
+      const runner = new ProcessRunner();
+      await buildBaseInitramfs({ kernelTree: a.kernelDir, version: a.kernelVersion, initBinary: guestBinary('banger-init'), outPath: join(dir, 'base.cpio.gz') });
+      await generateHostKey(runner, join(dir, 'ssh'), 'bench');
+      await buildVmInitrd({
+        baseInitramfs: join(dir, 'base.cpio.gz'),
+        outPath: join(dir, 'initrd.img'),
+        hostname: 'baseline',
+        agentBinary: guestBinary('banger-agent'),
+        files: await hostKeyFiles(join(dir, 'ssh')),
+      });
+      await new DiskTools(runner).mkfsFromDir(join(dir, 'work.ext4'), 1024 ** 3, undefined, 'work');
+    },
+    async candidate() {
+      n++;
+      await banger('vm', 'create', '--name', `bench-${n}`);
+    },
+    async baseline() {
+      const a = assets();
+      const runDir = join(dir, 'bare');
+      await rm(runDir, { recursive: true, force: true });
+      await mkdir(runDir, { recursive: true });
+      const args = buildQemuArgs(
+        {
+          vmId: 'bare',
+          name: 'bare',
+          vcpus: 2,
+          memoryMib: 512,
+          kernelPath: a.kernel,
+          initrdPath: join(dir, 'initrd.img'),
+          cmdline: await vmCmdline({ hostname: 'baseline' }),
+          disks: [
+            { id: 'root', path: a.rootfs, format: 'raw' },
+            { id: 'work', path: join(dir, 'work.ext4'), format: 'raw' },
+          ],
+          nets: [],
+          runDir,
+          serialLogPath: join(runDir, 'serial.log'),
+          vmmLogPath: join(runDir, 'vmm.log'),
+          agentSocketPath: join(runDir, 'agent.sock'),
+          accel: accel as 'tcg' | 'kvm',
+        },
+        join(runDir, 'qmp.sock'),
+      );
+      // snapshot=on: writes go to a throw-away overlay, the shared rootfs stays pristine.
+      const withSnapshot = args.map((x) => (x.startsWith('id=root,') || x.startsWith('id=work,') ? `${x},snapshot=on` : x));
+      baselinePid = await spawnDetached('qemu-system-x86_64', withSnapshot, join(runDir, 'vmm.log'));
+      const agent = new AgentClient({ socketPath: join(runDir, 'agent.sock'), transport: 'virtio-serial' });
+      try {
+        await agent.waitReady(300_000);
+      } finally {
+        agent.close();
+      }
+    },
+    async cleanup() {
+      if (baselinePid) await killAndWait(baselinePid.pid, baselinePid.startTime);
+      baselinePid = undefined;
+      await banger('vm', 'kill', `bench-${n}`).catch(() => '');
+      await banger('vm', 'delete', `bench-${n}`);
+    },
+    async teardown() {
+      if (baselinePid) await killAndWait(baselinePid.pid, baselinePid.startTime).catch(() => {});
+      if (dir) {
+        await run(process.execPath, [BANGER, 'daemon', 'stop'], env()).catch(() => '');
+        await rm(dir, { recursive: true, force: true });
+      }
+    },
+  };
+}
+
+/** The per-VM root disk: a qcow2 overlay (what banger does) vs a sparse copy (the fallback without reflink). */
+export function rootCloneBenchmark(): Benchmark {
+  let dir = '';
+  let n = 0;
+  const disks = new DiskTools(new ProcessRunner());
+  return {
+    name: 'root-clone',
+    description: 'root disk for a new VM from the 2 GiB test image: qcow2 overlay vs `cp --sparse=always` (target: overlay < 50 ms, size-independent)',
+    rounds: 10,
+    async setup() {
+      dir = await mkdtemp('/tmp/bg-bclone-');
+    },
+    async candidate() {
+      await disks.createOverlay(assets().rootfs, join(dir, `o${++n}.qcow2`));
+    },
+    async baseline() {
+      await run('cp', ['--sparse=always', assets().rootfs, join(dir, `c${n}.ext4`)], process.env, 120_000);
+    },
+    async cleanup() {
+      await rm(join(dir, `o${n}.qcow2`), { force: true });
+      await rm(join(dir, `c${n}.ext4`), { force: true });
+    },
+    async teardown() {
+      if (dir) await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
