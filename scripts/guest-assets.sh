@@ -1,0 +1,226 @@
+#!/usr/bin/env bash
+# Builds the real guest assets the end-to-end tests boot: a Debian cloud kernel (extracted package
+# plus an uncompressed vmlinux) and a tuned Debian bookworm rootfs.ext4. They live OUTSIDE the clone,
+# in ${BANGER_ASSET_CACHE:-$HOME/.cache/banger-test-assets}, each in a directory named after a hash of
+# its inputs (the function that builds it + the package versions it is built from), so a change to
+# either rebuilds it and nothing else. Each asset is built in a staging directory and published with
+# one rename; a killed run leaves no half-built asset behind.
+#
+# Output: KEY=path lines on stdout and the same as JSON in <cache>/assets.json (what the tests read).
+#   BANGER_ASSET_REBUILD=1   rebuild even when cached
+set -euo pipefail
+
+cache="${BANGER_ASSET_CACHE:-$HOME/.cache/banger-test-assets}"
+suite=bookworm
+kernel_meta=linux-image-cloud-amd64
+rootfs_packages=systemd-sysv,openssh-server,iproute2,ca-certificates,procps,udev,kmod
+
+log() { printf 'guest-assets: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
+
+ensure_host_packages() {
+  local pkgs=(qemu-system-x86 qemu-utils mmdebstrap e2fsprogs kmod zstd lz4 xz-utils cpio dpkg binutils) missing=() p
+  for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if ((${#missing[@]})); then
+    log "installing host packages: ${missing[*]}"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
+# apt-cache answers from the local package lists; a fresh machine (or a container image) may have none.
+ensure_apt_lists() {
+  if ! apt-cache show "$kernel_meta" >/dev/null 2>&1; then
+    log "apt package lists missing or stale: apt-get update"
+    as_root apt-get update -qq
+  fi
+}
+
+candidate_version() {
+  apt-cache policy "$1" | awk '/Candidate:/ { print $2; exit }'
+}
+
+short_hash() { sha256sum | cut -c1-16; }
+
+# Removes older builds of the same asset so the cache does not grow by 2 GiB images forever.
+prune_old() {
+  local prefix=$1 keep=$2 d
+  for d in "$cache/$prefix"-*; do
+    [[ -e "$d" && "$d" != "$keep" ]] || continue
+    log "removing stale $(basename "$d")"
+    rm -rf "$d"
+  done
+}
+
+# --- kernel -------------------------------------------------------------------------------------
+
+# The bzImage's payload is LZ4 (legacy frame) compressed; the uncompressed ELF boots ~0.35 s sooner
+# under QEMU (PVH entry) and is what Firecracker needs. extract-vmlinux is not packaged without the
+# headers, so do what it does: try each LZ4 magic, keep the first output that is a valid ELF.
+extract_vmlinux() {
+  local bz=$1 out=$2 off
+  while read -r off; do
+    # lz4 complains about the 4-byte size the kernel appends after the frame; the output is whole.
+    tail -c "+$((off + 1))" "$bz" | lz4 -dc >"$out.tmp" 2>/dev/null || true
+    if [[ -s "$out.tmp" ]] && readelf -h "$out.tmp" >/dev/null 2>&1; then
+      mv "$out.tmp" "$out"
+      return 0
+    fi
+  done < <(LC_ALL=C grep -obUaP '\x02\x21\x4c\x18' "$bz" | cut -d: -f1)
+  rm -f "$out.tmp"
+  return 1
+}
+
+build_kernel() {
+  local pkg=$1 ver=$2 stage=$3
+  mkdir -p "$stage/deb" "$stage/tree"
+  (cd "$stage/deb" && apt-get download -q "$pkg=$ver" >/dev/null)
+  dpkg-deb -x "$stage"/deb/*.deb "$stage/tree"
+  rm -rf "$stage/deb"
+  local kver vmlinuz
+  vmlinuz=$(find "$stage/tree/boot" -maxdepth 1 -name 'vmlinuz-*' | head -n1)
+  [[ -n "$vmlinuz" ]] || die "$pkg has no boot/vmlinuz-*"
+  kver=${vmlinuz##*/vmlinuz-}
+  [[ -d "$stage/tree/lib/modules/$kver" ]] || die "$pkg has no lib/modules/$kver"
+  # Docs are noise; the tree otherwise stays exactly as the package ships it.
+  rm -rf "$stage/tree/usr/share"
+  rmdir "$stage/tree/usr" 2>/dev/null || true
+  if extract_vmlinux "$vmlinuz" "$stage/tree/vmlinux"; then
+    log "extracted vmlinux ($(stat -c %s "$stage/tree/vmlinux") bytes)"
+  else
+    log "warning: could not extract vmlinux from $vmlinuz; the bzImage will be used"
+  fi
+  printf '%s\n' "$kver" >"$stage/tree/kernel-version"
+}
+
+kernel_asset() {
+  local pkg ver key dir stage
+  pkg=$(apt-cache depends "$kernel_meta" | awk '/Depends: linux-image-/ { print $2; exit }')
+  [[ -n "$pkg" ]] || die "cannot resolve the kernel package $kernel_meta depends on"
+  ver=$(candidate_version "$pkg")
+  [[ -n "$ver" && "$ver" != "(none)" ]] || die "no installable version of $pkg"
+  key=$( { declare -f build_kernel extract_vmlinux; echo "$pkg=$ver"; } | short_hash)
+  dir="$cache/kernel-$key"
+  if [[ -n "${BANGER_ASSET_REBUILD:-}" || ! -e "$dir/tree/kernel-version" ]]; then
+    log "building kernel $pkg=$ver → $dir"
+    stage=$(mktemp -d "$cache/.stage-kernel-XXXXXX")
+    build_kernel "$pkg" "$ver" "$stage"
+    printf '%s=%s\n' "$pkg" "$ver" >"$stage/package"
+    rm -rf "$dir"
+    mv -T "$stage" "$dir"
+  fi
+  prune_old kernel "$dir"
+  kernel_dir="$dir/tree"
+  kernel_version=$(cat "$dir/tree/kernel-version")
+}
+
+# --- root filesystem ----------------------------------------------------------------------------
+
+# Units a throwaway dev VM does not need; each costs boot time under TCG (guest-boot.md).
+masked_units=(
+  apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer e2scrub_all.timer e2scrub_reap.service
+  fstrim.timer systemd-tmpfiles-clean.timer man-db.timer systemd-pstore.service getty-static.service
+  getty@tty1.service systemd-update-utmp.service systemd-update-utmp-runlevel.service
+  systemd-random-seed.service systemd-journal-flush.service
+)
+
+tune_rootfs() {
+  local root=$1 u
+  for u in "${masked_units[@]}"; do ln -sfn /dev/null "$root/etc/systemd/system/$u"; done
+  # A transient machine id per boot: clones of one image must not share it.
+  : >"$root/etc/machine-id"
+  rm -f "$root/var/lib/dbus/machine-id"
+  # Each VM gets its own host key through the boot payload; never ship the build's keys.
+  rm -f "$root"/etc/ssh/ssh_host_*
+  mkdir -p "$root/etc/ssh/sshd_config.d"
+  # Debian's sshd_config includes sshd_config.d first, and the first value wins. PAM costs ~1 s
+  # per login under TCG and is not needed for key-only root logins.
+  printf 'UsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n' \
+    >"$root/etc/ssh/sshd_config.d/10-banger.conf"
+  # Locked root password ('*' never matches): access is by SSH key or the agent only.
+  sed -i -E 's/^root:[^:]*:/root:*:/' "$root/etc/shadow"
+  # udev coldplug would load every module it can find (kvm, crypto, input…): −3 s of boot.
+  rm -rf "$root/lib/modules" "$root/usr/lib/modules"
+  printf 'banger\n' >"$root/etc/hostname"
+  rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/* "$root"/var/cache/debconf/*-old \
+    "$root"/var/log/*.log "$root"/var/log/apt/* "$root"/tmp/*
+}
+
+build_rootfs() {
+  local stage=$1
+  mmdebstrap --quiet --variant=minbase --include="$rootfs_packages" \
+    --dpkgopt='path-exclude=/usr/share/man/*' \
+    --dpkgopt='path-exclude=/usr/share/locale/*' \
+    --dpkgopt='path-include=/usr/share/locale/locale.alias' \
+    --dpkgopt='path-exclude=/usr/share/doc/*' \
+    --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+    --dpkgopt='path-exclude=/usr/share/info/*' \
+    "$suite" "$stage/tree" >&2
+  tune_rootfs "$stage/tree"
+  mkfs.ext4 -q -F -d "$stage/tree" -L banger-root "$stage/rootfs.ext4" 2G >&2
+  rm -rf "$stage/tree"
+}
+
+rootfs_asset() {
+  local versions key dir stage p
+  # The image changes when the packages it is built from change: key on their candidate versions.
+  versions=$(for p in ${rootfs_packages//,/ } systemd libc6 openssh-server; do printf '%s=%s\n' "$p" "$(candidate_version "$p")"; done)
+  key=$( { declare -f build_rootfs tune_rootfs; declare -p masked_units; echo "$suite $rootfs_packages"; echo "$versions"; } | short_hash)
+  dir="$cache/rootfs-$key"
+  if [[ -n "${BANGER_ASSET_REBUILD:-}" || ! -e "$dir/rootfs.ext4" ]]; then
+    log "building rootfs ($suite, minbase + $rootfs_packages) → $dir"
+    stage=$(mktemp -d "$cache/.stage-rootfs-XXXXXX")
+    build_rootfs "$stage"
+    printf '%s\n' "$versions" >"$stage/packages"
+    rm -rf "$dir"
+    mv -T "$stage" "$dir"
+  fi
+  prune_old rootfs "$dir"
+  rootfs="$dir/rootfs.ext4"
+}
+
+# --- main ---------------------------------------------------------------------------------------
+
+mkdir -p "$cache"
+# One builder at a time per cache; concurrent test runs wait instead of racing on the same key.
+exec 9>"$cache/.lock"
+flock 9
+# Staging directories of runs that were killed.
+rm -rf "$cache"/.stage-*
+
+ensure_host_packages
+ensure_apt_lists
+
+start=$SECONDS
+kernel_asset
+rootfs_asset
+
+kernel_file="$kernel_dir/vmlinux"
+[[ -e "$kernel_file" ]] || kernel_file="$kernel_dir/boot/vmlinuz-$kernel_version"
+manifest=$(cat <<EOF
+{
+  "kernelDir": "$kernel_dir",
+  "kernelVersion": "$kernel_version",
+  "kernel": "$kernel_file",
+  "vmlinuz": "$kernel_dir/boot/vmlinuz-$kernel_version",
+  "modulesDir": "$kernel_dir/lib/modules/$kernel_version",
+  "rootfs": "$rootfs"
+}
+EOF
+)
+printf '%s\n' "$manifest" >"$cache/assets.json.tmp"
+mv -f "$cache/assets.json.tmp" "$cache/assets.json"
+log "ready in $((SECONDS - start)) s; manifest $cache/assets.json"
+
+cat <<EOF
+KERNEL_DIR=$kernel_dir
+KERNEL_VERSION=$kernel_version
+KERNEL=$kernel_file
+VMLINUZ=$kernel_dir/boot/vmlinuz-$kernel_version
+ROOTFS=$rootfs
+MANIFEST=$cache/assets.json
+EOF
