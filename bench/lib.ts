@@ -142,7 +142,7 @@ export function formatResult(r: BenchResult): string {
   lines.push(`  ${r.rounds} rounds, interleaved candidate/baseline`);
   lines.push(`  candidate  median ${ms(r.candidate.median)}   p90 ${ms(r.candidate.p90)}`);
   lines.push(`  baseline   median ${ms(r.baseline.median)}   p90 ${ms(r.baseline.p90)}`);
-  const target = r.target === undefined ? '' : `   target ≤ ${r.target.toFixed(1)}×: ${r.met ? 'met' : 'NOT met'}`;
+  const target = r.target === undefined ? '' : `   target ≤ ${String(r.target)}×: ${r.met ? 'met' : 'NOT met'}`;
   lines.push(`  ratio ${r.ratio.toFixed(2)}×${target}`);
   return lines.join('\n');
 }

@@ -31,8 +31,9 @@ export async function installServices(app: App, router: Router): Promise<void> {
   let accel: Accelerator | undefined =
     config.accel !== 'auto' ? config.accel : cachedProbe ? (cachedProbe.usable ? 'kvm' : 'tcg') : undefined;
   let probing: Promise<Accelerator> | undefined;
-  const resolveAccel = (kernelPath: string, initrdPath: string | undefined): Promise<Accelerator> => {
+  const resolveAccel = (kernelPath: string, initrdPath: string | undefined, onProbe?: () => void): Promise<Accelerator> => {
     if (accel) return Promise.resolve(accel);
+    onProbe?.();
     probing ??= (async () => {
       const outcome = await probeKvm({ qemuBin: config.qemu_bin, kernelPath, ...(initrdPath ? { initrdPath } : {}) });
       writeKvmProbeCache(layout.cacheDir, { ...outcome, hostKernel, probedAt: clock.now().toISOString() });
@@ -63,7 +64,7 @@ export async function installServices(app: App, router: Router): Promise<void> {
     images,
     driver: (k) => drivers[k],
     vmmKind,
-    accel: (k, i) => (vmmKind === 'firecracker' ? Promise.resolve('kvm') : resolveAccel(k, i)),
+    accel: (k, i, onProbe) => (vmmKind === 'firecracker' ? Promise.resolve('kvm') : resolveAccel(k, i, onProbe)),
     host: { cpus: cpus().length, memoryBytes: totalmem() },
     runner,
     ...(process.env.BANGER_AGENT_READY_TIMEOUT_MS ? { agentReadyTimeoutMs: Number(process.env.BANGER_AGENT_READY_TIMEOUT_MS) } : {}),

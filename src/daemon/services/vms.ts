@@ -37,7 +37,7 @@ export interface VmServiceDeps {
   /** The VMM for new VMs (vmm = auto|qemu|firecracker, resolved at daemon start). */
   vmmKind: VmmKind;
   /** Resolves the accelerator, probing KVM once per host kernel when needed. */
-  accel: (kernelPath: string, initrdPath: string | undefined) => Promise<Accelerator>;
+  accel: (kernelPath: string, initrdPath: string | undefined, onProbe?: () => void) => Promise<Accelerator>;
   host: HostResources;
   runner: CommandRunner;
   agentReadyTimeoutMs?: number;
@@ -221,7 +221,9 @@ export class VmService {
     if (!kernel || !image) throw new BangerError('internal', `VM ${r.name} refers to a missing image or kernel`);
     const p = this.paths(r);
     await mkdir(p.run, { recursive: true, mode: 0o700 });
-    ctx?.stage('start VMM', r.vmm);
+    // The KVM probe boots a throw-away guest once per host kernel; show it as its own stage.
+    const accel = await this.d.accel(kernel.kernel_path, kernel.initrd_path ?? undefined, () => ctx?.stage('probe KVM', 'once per host kernel'));
+    ctx?.stage('start VMM', `${r.vmm}/${accel}`);
     let initrd = kernel.initrd_path ?? undefined;
     if (KernelService.hasBangerInitramfs(kernel)) {
       await buildVmInitrd({
@@ -233,7 +235,6 @@ export class VmService {
       });
       initrd = p.initrd;
     }
-    const accel = await this.d.accel(kernel.kernel_path, kernel.initrd_path ?? undefined);
     const spec: VmLaunchSpec = {
       vmId: r.id,
       name: r.name,
