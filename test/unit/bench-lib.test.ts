@@ -64,7 +64,7 @@ test('candidate and baseline run interleaved after setup and one warm-up round; 
   assert.equal(r.met, true, 'a ratio equal to the target meets it');
   assert.equal(r.error, undefined);
   const text = formatResult(r);
-  assert.match(text, /ratio 2\.00×\s+target ≤ 2\.0×: met/);
+  assert.match(text, /ratio 2\.00×\s+target ≤ 2×: met/);
   assert.match(text, /candidate\s+median\s+20\.0 ms\s+p90\s+28\.0 ms/);
 });
 
