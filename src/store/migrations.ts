@@ -59,6 +59,20 @@ export const MIGRATIONS: readonly Migration[] = [
       CREATE INDEX vms_image ON vms(image_id);
     `,
   },
+  {
+    version: 2,
+    name: 'ip leases, per-VM NAT and TAP',
+    sql: `
+      CREATE TABLE ip_leases (
+        vm_id TEXT PRIMARY KEY REFERENCES vms(id) ON DELETE CASCADE,
+        ip TEXT NOT NULL UNIQUE,
+        mac TEXT NOT NULL UNIQUE,
+        created_at TEXT NOT NULL
+      );
+      ALTER TABLE vms ADD COLUMN nat INTEGER NOT NULL DEFAULT 0 CHECK (nat IN (0, 1));
+      ALTER TABLE vms ADD COLUMN tap TEXT;
+    `,
+  },
 ];
 
 export const LATEST_VERSION = MIGRATIONS.reduce((m, x) => Math.max(m, x.version), 0);

@@ -45,6 +45,10 @@ export interface VmRow {
   created_at: string;
   started_at: string | null;
   touched_at: string;
+  /** 1 when the VM may reach beyond the host through NAT (opt-in). */
+  nat: number;
+  /** The TAP device while the VM runs. */
+  tap: string | null;
 }
 
 /** Thin typed access to the tables. All writes are single statements or explicit transactions. */
@@ -89,7 +93,7 @@ export class Repos {
     insert: (r: VmRow) =>
       this.db
         .prepare(
-          'INSERT INTO vms (id, name, image_id, kernel_id, vcpus, memory_mib, disk_size_bytes, vmm, accel, state, handle, last_error, dir, created_at, started_at, touched_at) VALUES (@id, @name, @image_id, @kernel_id, @vcpus, @memory_mib, @disk_size_bytes, @vmm, @accel, @state, @handle, @last_error, @dir, @created_at, @started_at, @touched_at)',
+          'INSERT INTO vms (id, name, image_id, kernel_id, vcpus, memory_mib, disk_size_bytes, vmm, accel, state, handle, last_error, dir, created_at, started_at, touched_at, nat, tap) VALUES (@id, @name, @image_id, @kernel_id, @vcpus, @memory_mib, @disk_size_bytes, @vmm, @accel, @state, @handle, @last_error, @dir, @created_at, @started_at, @touched_at, @nat, @tap)',
         )
         .run(r),
     update: (id: string, fields: Partial<Omit<VmRow, 'id'>>) => {

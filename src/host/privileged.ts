@@ -1,0 +1,380 @@
+import { accessSync, constants } from 'node:fs';
+import { delimiter, join } from 'node:path';
+import { BangerError } from '../api/errors.js';
+import {
+  buildIptablesRules,
+  buildNftRuleset,
+  type Cidr,
+  cidrsOverlap,
+  formatCidr,
+  formatIpv4,
+  IPT_FWD_CHAIN,
+  IPT_NAT_CHAIN,
+  isHostAddress,
+  isIpv4,
+  iptablesJumps,
+  iptablesRestoreScript,
+  NFT_TABLE,
+  nftDeleteScript,
+  normaliseNat,
+  parseCidr,
+  TAP_NAME_RE,
+  validateBridgeName,
+  validateTapName,
+} from './netplan.js';
+import { CommandError, type CommandRunner, type RunOptions, type RunResult } from './runner.js';
+
+/**
+ * The privilege boundary: the only module that changes host networking. It exposes validated
+ * operations, never a generic exec, and only ever modifies links it owns (marked with the alias
+ * `banger-managed`) and its own firewall table, so a bug elsewhere cannot reach the host's setup.
+ */
+
+export const OWNER_ALIAS = 'banger-managed';
+
+export interface PrivilegedOpsOptions {
+  runner: CommandRunner;
+  /** Run everything inside this network namespace (tests); production leaves it unset. */
+  netns?: string;
+  /** auto: `sudo -n` unless already root. */
+  sudo?: 'auto' | 'never' | 'always';
+  /** auto: nftables when `nft` is installed, else iptables. */
+  firewall?: 'auto' | 'nft' | 'iptables';
+  timeoutMs?: number;
+}
+
+export interface DoctorInfo {
+  mode: 'root' | 'sudo' | 'unavailable';
+  detail: string;
+  firewall: 'nft' | 'iptables' | 'none';
+}
+
+interface LinkInfo {
+  ifname: string;
+  ifalias?: string;
+  master?: string;
+  flags?: string[];
+  linkinfo?: { info_kind?: string };
+}
+
+interface AddrInfo {
+  ifname: string;
+  addr_info?: Array<{ family?: string; local?: string; prefixlen?: number }>;
+}
+
+interface RouteInfo {
+  dst?: string;
+  dev?: string;
+  type?: string;
+}
+
+const NETNS_RE = /^[A-Za-z0-9_.-]{1,64}$/;
+const SBIN = ['/usr/sbin', '/sbin', '/usr/local/sbin'];
+
+function onPath(cmd: string): boolean {
+  const dirs = (process.env.PATH ?? '').split(delimiter).filter(Boolean).concat(SBIN);
+  return dirs.some((d) => {
+    try {
+      accessSync(join(d, cmd), constants.X_OK);
+      return true;
+    } catch {
+      return false;
+    }
+  });
+}
+
+function parseJson<T>(text: string): T[] {
+  const t = text.trim();
+  return t ? (JSON.parse(t) as T[]) : [];
+}
+
+export class PrivilegedOps {
+  private readonly runner: CommandRunner;
+  private readonly netns: string | undefined;
+  private readonly sudo: 'auto' | 'never' | 'always';
+  private readonly firewallPref: 'auto' | 'nft' | 'iptables';
+  private readonly timeoutMs: number;
+
+  constructor(options: PrivilegedOpsOptions) {
+    if (options.netns !== undefined && !NETNS_RE.test(options.netns)) {
+      throw new BangerError('bad_request', `invalid network namespace name ${JSON.stringify(options.netns)}`);
+    }
+    this.runner = options.runner;
+    this.netns = options.netns;
+    this.sudo = options.sudo ?? 'auto';
+    this.firewallPref = options.firewall ?? 'auto';
+    this.timeoutMs = options.timeoutMs ?? 30_000;
+  }
+
+  private get useSudo(): boolean {
+    return this.sudo === 'always' || (this.sudo === 'auto' && process.getuid?.() !== 0);
+  }
+
+  /** The backend NAT goes through; iptables only when nft is missing (or forced). */
+  firewall(): 'nft' | 'iptables' | 'none' {
+    if (this.firewallPref !== 'auto') return this.firewallPref;
+    if (onPath('nft')) return 'nft';
+    return onPath('iptables') ? 'iptables' : 'none';
+  }
+
+  private async exec(cmd: string, args: readonly string[], options: RunOptions = {}): Promise<RunResult> {
+    let argv = [cmd, ...args];
+    if (this.netns) argv = ['ip', 'netns', 'exec', this.netns, ...argv];
+    if (this.useSudo) argv = ['sudo', '-n', ...argv];
+    const [bin, ...rest] = argv as [string, ...string[]];
+    try {
+      return await this.runner.run(bin, rest, { timeoutMs: this.timeoutMs, ...options });
+    } catch (e) {
+      if (e instanceof CommandError && /sudo: .*password is required|sudo: a terminal is required/.test(e.result.stderr)) {
+        throw new BangerError('precondition_failed', `host networking needs root: ${cmd} cannot run through \`sudo -n\``, {
+          fix: 'run bangerd as root, or allow passwordless sudo for ip, nft/iptables and sysctl (see `banger doctor`)',
+          cause: e,
+        });
+      }
+      throw new BangerError('host_command_failed', `${cmd} ${args.join(' ')} failed: ${(e as Error).message}`, { cause: e });
+    }
+  }
+
+  async doctorInfo(): Promise<DoctorInfo> {
+    const firewall = this.firewall();
+    if (!this.useSudo) {
+      const root = process.getuid?.() === 0;
+      return {
+        mode: root ? 'root' : 'unavailable',
+        detail: root ? 'running as root' : 'not root and sudo disabled: host networking commands will fail',
+        firewall,
+      };
+    }
+    try {
+      const r = await this.runner.run('sudo', ['-n', 'true'], { timeoutMs: 5000, allowFailure: true });
+      if (r.code === 0) return { mode: 'sudo', detail: 'privileged commands run through `sudo -n`', firewall };
+      return { mode: 'unavailable', detail: `sudo -n refused: ${(r.stderr || r.stdout).trim().split('\n')[0]}`, firewall };
+    } catch (e) {
+      return { mode: 'unavailable', detail: `sudo is not usable: ${(e as Error).message}`, firewall };
+    }
+  }
+
+  // ---- links -------------------------------------------------------------------------------
+
+  private async link(name: string): Promise<LinkInfo | undefined> {
+    const r = await this.exec('ip', ['-j', '-d', 'link', 'show', 'dev', name], { allowFailure: true });
+    if (r.code !== 0) {
+      if (/does not exist/i.test(r.stderr)) return undefined;
+      throw new BangerError('host_command_failed', `ip link show ${name} failed: ${r.stderr.trim()}`);
+    }
+    return parseJson<LinkInfo>(r.stdout)[0];
+  }
+
+  private async links(): Promise<LinkInfo[]> {
+    return parseJson<LinkInfo>((await this.exec('ip', ['-j', '-d', 'link', 'show'])).stdout);
+  }
+
+  private isOwned(l: LinkInfo): boolean {
+    return l.ifalias === OWNER_ALIAS;
+  }
+
+  private async ownedBridge(name: string): Promise<LinkInfo> {
+    const l = await this.link(name);
+    if (!l) {
+      throw new BangerError('precondition_failed', `bridge ${name} does not exist`, { fix: 'restart bangerd so it recreates its bridge' });
+    }
+    if (!this.isOwned(l) || l.linkinfo?.info_kind !== 'bridge') {
+      throw new BangerError('conflict', `refusing to use ${name}: it is not a banger-managed bridge`, {
+        fix: `choose another bridge_name in config.toml, or delete ${name} if banger should own it`,
+      });
+    }
+    return l;
+  }
+
+  /** Refuses a network that collides with anything the host already routes on links banger does not own. */
+  private async assertNoOverlap(bridge: string, net: Cidr): Promise<void> {
+    const owned = new Set((await this.links()).filter((l) => this.isOwned(l) || l.ifname === bridge).map((l) => l.ifname));
+    const want = formatCidr(net);
+    const addrs = parseJson<AddrInfo>((await this.exec('ip', ['-j', '-4', 'addr', 'show'])).stdout);
+    for (const a of addrs) {
+      if (owned.has(a.ifname)) continue;
+      for (const i of a.addr_info ?? []) {
+        if (i.family !== 'inet' || !i.local || i.prefixlen === undefined) continue;
+        if (cidrsOverlap(parseCidr(`${i.local}/${i.prefixlen}`, { min: 0, max: 32 }), net)) {
+          throw new BangerError('conflict', `refusing ${want} for ${bridge}: it overlaps ${i.local}/${i.prefixlen} on ${a.ifname}`, {
+            fix: 'set `cidr` and `bridge_ip` in config.toml to an unused private range',
+          });
+        }
+      }
+    }
+    const routes = parseJson<RouteInfo>((await this.exec('ip', ['-j', '-4', 'route', 'show', 'table', 'all'])).stdout);
+    for (const r of routes) {
+      // The default route overlaps everything by definition; local/broadcast routes mirror addresses.
+      if (!r.dst || r.dst === 'default' || !r.dev || owned.has(r.dev)) continue;
+      if (r.type && r.type !== 'unicast') continue;
+      const dst = r.dst.includes('/') ? r.dst : `${r.dst}/32`;
+      const [ip] = dst.split('/');
+      if (!isIpv4(ip as string)) continue;
+      if (cidrsOverlap(parseCidr(dst, { min: 0, max: 32 }), net)) {
+        throw new BangerError('conflict', `refusing ${want} for ${bridge}: it overlaps the route ${r.dst} via ${r.dev}`, {
+          fix: 'set `cidr` and `bridge_ip` in config.toml to an unused private range',
+        });
+      }
+    }
+  }
+
+  /**
+   * Creates (or adopts its own) bridge with exactly `addressCidr` (e.g. "172.30.0.1/24") and sets it
+   * up. Idempotent; refuses foreign links and networks the host already uses.
+   */
+  async ensureBridge(name: string, addressCidr: string): Promise<void> {
+    validateBridgeName(name);
+    const net = parseCidr(addressCidr);
+    if (!isHostAddress(net, net.address)) {
+      throw new BangerError('bad_request', `bridge address ${addressCidr} is the network or broadcast address`, {
+        fix: 'use a host address such as 172.30.0.1/24',
+      });
+    }
+    const existing = await this.link(name);
+    if (existing) await this.ownedBridge(name);
+    await this.assertNoOverlap(name, net);
+    if (!existing) {
+      await this.exec('ip', ['link', 'add', 'name', name, 'type', 'bridge']);
+      await this.exec('ip', ['link', 'set', 'dev', name, 'alias', OWNER_ALIAS]);
+    }
+    const local = formatIpv4(net.address);
+    const addrs = parseJson<AddrInfo>((await this.exec('ip', ['-j', '-4', 'addr', 'show', 'dev', name])).stdout);
+    let present = false;
+    for (const i of addrs[0]?.addr_info ?? []) {
+      if (i.family !== 'inet') continue;
+      if (i.local === local && i.prefixlen === net.prefix) present = true;
+      else await this.exec('ip', ['addr', 'del', `${i.local}/${i.prefixlen}`, 'dev', name]);
+    }
+    if (!present) await this.exec('ip', ['addr', 'add', `${local}/${net.prefix}`, 'dev', name]);
+    await this.exec('ip', ['link', 'set', 'dev', name, 'up']);
+  }
+
+  /** Deletes banger's bridge; absent is fine, a foreign one is refused. */
+  async deleteBridge(name: string): Promise<void> {
+    validateBridgeName(name);
+    if (!(await this.link(name))) return;
+    await this.ownedBridge(name);
+    await this.exec('ip', ['link', 'del', 'dev', name]);
+  }
+
+  // ---- TAPs --------------------------------------------------------------------------------
+
+  private assertTap(l: LinkInfo): void {
+    if (l.linkinfo?.info_kind !== 'tun') {
+      throw new BangerError('conflict', `refusing to touch ${l.ifname}: it exists but is not a TAP device`, {
+        fix: `delete ${l.ifname} (it was not created by banger)`,
+      });
+    }
+  }
+
+  /** Creates a TAP on banger's bridge, or re-attaches and ups an existing one (idempotent). */
+  async createTap(name: string, bridge: string): Promise<void> {
+    validateTapName(name);
+    validateBridgeName(bridge);
+    await this.ownedBridge(bridge);
+    const existing = await this.link(name);
+    if (existing) {
+      this.assertTap(existing);
+    } else {
+      // The VMM runs as the daemon's user, so a non-root daemon must own the TAP to open it.
+      const uid = process.getuid?.();
+      const owner = uid !== undefined && uid !== 0 ? ['user', String(uid)] : [];
+      await this.exec('ip', ['tuntap', 'add', 'dev', name, 'mode', 'tap', ...owner]);
+      await this.exec('ip', ['link', 'set', 'dev', name, 'alias', OWNER_ALIAS]);
+    }
+    if (existing?.master !== bridge) await this.exec('ip', ['link', 'set', 'dev', name, 'master', bridge]);
+    await this.exec('ip', ['link', 'set', 'dev', name, 'up']);
+  }
+
+  async deleteTap(name: string): Promise<void> {
+    validateTapName(name);
+    const l = await this.link(name);
+    if (!l) return;
+    this.assertTap(l);
+    const r = await this.exec('ip', ['link', 'del', 'dev', name], { allowFailure: true });
+    if (r.code !== 0 && (await this.link(name))) {
+      throw new BangerError('host_command_failed', `ip link del ${name} failed: ${r.stderr.trim()}`);
+    }
+  }
+
+  /** banger TAP devices present, in numeric order. */
+  async listTaps(): Promise<string[]> {
+    const taps = (await this.links()).filter((l) => TAP_NAME_RE.test(l.ifname) && l.linkinfo?.info_kind === 'tun');
+    return taps.map((l) => l.ifname).sort((a, b) => Number(a.slice(5)) - Number(b.slice(5)));
+  }
+
+  // ---- forwarding and NAT ------------------------------------------------------------------
+
+  /** IPv4 forwarding, needed for NAT (a host-wide setting, per network namespace). */
+  async enableForwarding(): Promise<void> {
+    const r = await this.exec('sysctl', ['-n', 'net.ipv4.ip_forward']);
+    if (r.stdout.trim() !== '1') await this.exec('sysctl', ['-w', 'net.ipv4.ip_forward=1']);
+  }
+
+  private requireFirewall(): 'nft' | 'iptables' {
+    const fw = this.firewall();
+    if (fw === 'none') {
+      throw new BangerError('precondition_failed', 'neither nft nor iptables is installed', { fix: 'apt-get install nftables' });
+    }
+    return fw;
+  }
+
+  /**
+   * Replaces banger's whole NAT/forward policy: `natIps` may leave through NAT, every other
+   * forwarded packet from the bridge is dropped. An empty list keeps VMs host-only.
+   */
+  async applyNat(bridge: string, cidr: string, natIps: readonly string[]): Promise<void> {
+    const spec = normaliseNat({ bridge, cidr, natIps });
+    if (this.requireFirewall() === 'nft') {
+      await this.exec('nft', ['-f', '-'], { input: buildNftRuleset(spec) });
+      return;
+    }
+    await this.exec('iptables-restore', ['-w', '--noflush'], { input: iptablesRestoreScript(buildIptablesRules(spec)) });
+    for (const j of iptablesJumps()) {
+      const check = await this.exec('iptables', ['-w', '-t', j.table, '-C', j.chain, ...j.args], { allowFailure: true });
+      if (check.code !== 0) await this.exec('iptables', ['-w', '-t', j.table, '-I', j.chain, '1', ...j.args]);
+    }
+  }
+
+  async removeNat(): Promise<void> {
+    if (this.requireFirewall() === 'nft') {
+      await this.exec('nft', ['-f', '-'], { input: nftDeleteScript() });
+      return;
+    }
+    for (const j of iptablesJumps()) {
+      for (let i = 0; i < 16; i++) {
+        const r = await this.exec('iptables', ['-w', '-t', j.table, '-D', j.chain, ...j.args], { allowFailure: true });
+        if (r.code !== 0) break;
+      }
+    }
+    for (const [table, chain] of [
+      ['nat', IPT_NAT_CHAIN],
+      ['filter', IPT_FWD_CHAIN],
+    ] as const) {
+      await this.exec('iptables', ['-w', '-t', table, '-F', chain], { allowFailure: true });
+      await this.exec('iptables', ['-w', '-t', table, '-X', chain], { allowFailure: true });
+    }
+  }
+
+  /** VM addresses the installed ruleset currently lets out through NAT. */
+  async currentNatIps(): Promise<string[]> {
+    if (this.requireFirewall() === 'nft') {
+      const r = await this.exec('nft', ['-j', 'list', 'set', 'inet', NFT_TABLE, 'nat_ips'], { allowFailure: true });
+      if (r.code !== 0) {
+        if (/No such file or directory/.test(r.stderr)) return [];
+        throw new BangerError('host_command_failed', `nft list set failed: ${r.stderr.trim()}`);
+      }
+      const doc = JSON.parse(r.stdout) as { nftables?: Array<{ set?: { elem?: unknown[] } }> };
+      const elems = doc.nftables?.find((x) => x.set)?.set?.elem ?? [];
+      return elems.filter((e): e is string => typeof e === 'string' && isIpv4(e));
+    }
+    const r = await this.exec('iptables', ['-w', '-t', 'nat', '-S', IPT_NAT_CHAIN], { allowFailure: true });
+    if (r.code !== 0) return [];
+    const ips: string[] = [];
+    for (const line of r.stdout.split('\n')) {
+      const m = /^-A \S+ -s (\d+\.\d+\.\d+\.\d+)\/32 .*MASQUERADE/.exec(line);
+      if (m) ips.push(m[1] as string);
+    }
+    return ips;
+  }
+}

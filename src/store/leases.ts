@@ -1,0 +1,61 @@
+import { BangerError } from '../api/errors.js';
+import { allocateIp, cidrContains, macForIp, parseCidr, parseIpv4 } from '../host/netplan.js';
+import type { Db } from './db.js';
+
+export interface LeaseRow {
+  vm_id: string;
+  ip: string;
+  mac: string;
+  created_at: string;
+}
+
+/** One IP + MAC per VM. The UNIQUE columns are the last line of defence; the transaction is the first. */
+export class LeaseRepo {
+  constructor(readonly db: Db) {}
+
+  /**
+   * The VM's lease, allocating the lowest free address when it has none (or when its old address is
+   * outside `cidr` after a config change). Runs as BEGIN IMMEDIATE: the write lock is taken before
+   * reading the taken set, so two daemons or connections can never pick the same address.
+   */
+  lease(vmId: string, cidr: string, gatewayIp: string, now: string): { ip: string; mac: string } {
+    parseCidr(cidr);
+    parseIpv4(gatewayIp, 'gateway address');
+    const run = this.db.transaction(() => {
+      const existing = this.byVm(vmId);
+      if (existing && cidrContains(cidr, existing.ip)) return { ip: existing.ip, mac: existing.mac };
+      if (!this.db.prepare('SELECT 1 FROM vms WHERE id = ?').get(vmId)) {
+        throw new BangerError('not_found', `vm "${vmId}" not found`, { fix: 'list them with `banger vm list`' });
+      }
+      const rows = this.db.prepare('SELECT ip, mac FROM ip_leases WHERE vm_id != ?').all(vmId) as Array<{ ip: string; mac: string }>;
+      const taken = new Set(rows.map((r) => r.ip));
+      const macs = new Set(rows.map((r) => r.mac));
+      let ip = allocateIp(cidr, gatewayIp, taken);
+      // Leases left from an older, different cidr can share the low 24 bits and hence the MAC.
+      while (macs.has(macForIp(ip))) {
+        taken.add(ip);
+        ip = allocateIp(cidr, gatewayIp, taken);
+      }
+      const mac = macForIp(ip);
+      this.db
+        .prepare(
+          'INSERT INTO ip_leases (vm_id, ip, mac, created_at) VALUES (?, ?, ?, ?) ON CONFLICT(vm_id) DO UPDATE SET ip = excluded.ip, mac = excluded.mac, created_at = excluded.created_at',
+        )
+        .run(vmId, ip, mac, now);
+      return { ip, mac };
+    });
+    return run.immediate();
+  }
+
+  release(vmId: string): boolean {
+    return this.db.prepare('DELETE FROM ip_leases WHERE vm_id = ?').run(vmId).changes > 0;
+  }
+
+  all(): LeaseRow[] {
+    return this.db.prepare('SELECT * FROM ip_leases ORDER BY created_at, vm_id').all() as LeaseRow[];
+  }
+
+  byVm(vmId: string): LeaseRow | undefined {
+    return this.db.prepare('SELECT * FROM ip_leases WHERE vm_id = ?').get(vmId) as LeaseRow | undefined;
+  }
+}
