@@ -32,28 +32,43 @@ ensure_host_packages() {
   fi
 }
 
-# apt-cache answers from the local package lists; a fresh machine (or a container image) may have none.
-ensure_apt_lists() {
-  if ! apt-cache show "$kernel_meta" >/dev/null 2>&1; then
+# The versioned kernel package the meta package points at. apt-cache answers from the local package
+# lists; a fresh machine (or a container image) may have none: update them once then.
+resolve_kernel_package() {
+  kernel_pkg=$(apt-cache depends "$kernel_meta" 2>/dev/null | awk '/Depends: linux-image-/ { print $2; exit }')
+  if [[ -z "$kernel_pkg" ]]; then
     log "apt package lists missing or stale: apt-get update"
     as_root apt-get update -qq
+    kernel_pkg=$(apt-cache depends "$kernel_meta" | awk '/Depends: linux-image-/ { print $2; exit }')
   fi
+  [[ -n "$kernel_pkg" ]] || die "cannot resolve the kernel package $kernel_meta depends on"
 }
 
-candidate_version() {
-  apt-cache policy "$1" | awk '/Candidate:/ { print $2; exit }'
+# Candidate versions of all packages in one apt-cache call (each call costs ~0.5 s).
+declare -A candidate=()
+load_candidates() {
+  local pkg="" line
+  while IFS= read -r line; do
+    if [[ "$line" =~ ^([^[:space:]]+):$ ]]; then pkg=${BASH_REMATCH[1]}
+    elif [[ -n "$pkg" && "$line" =~ ^[[:space:]]+Candidate:[[:space:]]+(.+)$ ]]; then candidate[$pkg]=${BASH_REMATCH[1]}
+    fi
+  done < <(apt-cache policy "$@")
 }
+
+candidate_version() { printf '%s' "${candidate[$1]:-}"; }
 
 short_hash() { sha256sum | cut -c1-16; }
 
-# Removes older builds of the same asset so the cache does not grow by 2 GiB images forever.
+# Removes other builds of the same asset once no run has used them for a day: not at once, since
+# a concurrent test run (another checkout) may still boot VMs over them.
 prune_old() {
   local prefix=$1 keep=$2 d
-  for d in "$cache/$prefix"-*; do
-    [[ -e "$d" && "$d" != "$keep" ]] || continue
+  touch "$keep"
+  while IFS= read -r d; do
+    [[ "$d" != "$keep" ]] || continue
     log "removing stale $(basename "$d")"
     rm -rf "$d"
-  done
+  done < <(find "$cache" -mindepth 1 -maxdepth 1 -name "$prefix-*" -mmin +1440)
 }
 
 # --- kernel -------------------------------------------------------------------------------------
@@ -98,9 +113,7 @@ build_kernel() {
 }
 
 kernel_asset() {
-  local pkg ver key dir stage
-  pkg=$(apt-cache depends "$kernel_meta" | awk '/Depends: linux-image-/ { print $2; exit }')
-  [[ -n "$pkg" ]] || die "cannot resolve the kernel package $kernel_meta depends on"
+  local pkg=$kernel_pkg ver key dir stage
   ver=$(candidate_version "$pkg")
   [[ -n "$ver" && "$ver" != "(none)" ]] || die "no installable version of $pkg"
   key=$( { declare -f build_kernel extract_vmlinux; echo "$pkg=$ver"; } | short_hash)
@@ -110,6 +123,7 @@ kernel_asset() {
     stage=$(mktemp -d "$cache/.stage-kernel-XXXXXX")
     build_kernel "$pkg" "$ver" "$stage"
     printf '%s=%s\n' "$pkg" "$ver" >"$stage/package"
+    chmod 755 "$stage"
     rm -rf "$dir"
     mv -T "$stage" "$dir"
   fi
@@ -126,6 +140,12 @@ masked_units=(
   fstrim.timer systemd-tmpfiles-clean.timer man-db.timer systemd-pstore.service getty-static.service
   getty@tty1.service systemd-update-utmp.service systemd-update-utmp-runlevel.service
   systemd-random-seed.service systemd-journal-flush.service
+  # The rootfs has no kernel modules, so these can only fail; the pseudo-filesystems are for
+  # debugging and are mounted by hand when needed. Together −1 s to ssh.service under TCG.
+  modprobe@configfs.service modprobe@dm_mod.service modprobe@drm.service modprobe@efi_pstore.service
+  modprobe@fuse.service modprobe@loop.service sys-kernel-config.mount sys-kernel-debug.mount
+  sys-kernel-tracing.mount sys-fs-fuse-connections.mount proc-sys-fs-binfmt_misc.automount
+  systemd-binfmt.service
 )
 
 tune_rootfs() {
@@ -168,14 +188,18 @@ build_rootfs() {
 rootfs_asset() {
   local versions key dir stage p
   # The image changes when the packages it is built from change: key on their candidate versions.
-  versions=$(for p in ${rootfs_packages//,/ } systemd libc6 openssh-server; do printf '%s=%s\n' "$p" "$(candidate_version "$p")"; done)
+  versions=$(for p in "${rootfs_version_packages[@]}"; do printf '%s=%s\n' "$p" "$(candidate_version "$p")"; done)
   key=$( { declare -f build_rootfs tune_rootfs; declare -p masked_units; echo "$suite $rootfs_packages"; echo "$versions"; } | short_hash)
   dir="$cache/rootfs-$key"
   if [[ -n "${BANGER_ASSET_REBUILD:-}" || ! -e "$dir/rootfs.ext4" ]]; then
+    # Unprivileged, mmdebstrap would pick its unshare mode and mkfs.ext4 -d would record the
+    # files as owned by the calling user: an image where nothing belongs to root.
+    [[ $(id -u) -eq 0 ]] || die "building the rootfs needs root (run: sudo $0)"
     log "building rootfs ($suite, minbase + $rootfs_packages) → $dir"
     stage=$(mktemp -d "$cache/.stage-rootfs-XXXXXX")
     build_rootfs "$stage"
     printf '%s\n' "$versions" >"$stage/packages"
+    chmod 755 "$stage"
     rm -rf "$dir"
     mv -T "$stage" "$dir"
   fi
@@ -193,7 +217,9 @@ flock 9
 rm -rf "$cache"/.stage-*
 
 ensure_host_packages
-ensure_apt_lists
+resolve_kernel_package
+rootfs_version_packages=(${rootfs_packages//,/ } systemd libc6)
+load_candidates "$kernel_pkg" "${rootfs_version_packages[@]}"
 
 start=$SECONDS
 kernel_asset

@@ -18,14 +18,14 @@ export const AGENT_UNIT_NAME = 'banger-agent.service';
 export const LOAD_ORDER_PATH = 'lib/modules/load-order';
 
 /*
- * DefaultDependencies=no: the agent is a static binary that needs only /proc and its port, so it
- * starts as soon as udev runs instead of after sysinit.target (the host waits on it). It retries
- * the port itself, so the unit does not wait for the device.
+ * No ordering on udev or sysinit.target: the agent is a static binary that needs only /proc and
+ * its port (devtmpfs creates /dev/vportNpM; the agent finds it through /sys without udev's
+ * symlink) and retries the port itself. Measured under TCG: it starts ~0.3 s after systemd
+ * instead of ~5 s (behind remount-fs → sysusers → tmpfiles-setup-dev → udevd).
  */
 export const AGENT_UNIT = `[Unit]
 Description=banger guest agent
 DefaultDependencies=no
-After=systemd-udevd.service
 Conflicts=shutdown.target
 Before=shutdown.target
 
