@@ -3,11 +3,11 @@
  *
  * The initramfs is the kernel's base archive (this program, kernel modules and
  * /lib/modules/load-order) followed by a small per-VM archive under /banger/:
- *   /banger/config   key=value lines (work_disk, work_mount, agent)
+ *   /banger/config   key=value lines (work_disk, work_mount, agent, net_dev, net_addr, net_gw)
  *   /banger/root/... files copied into the real root before it starts
  * so the host never has to mount a guest filesystem to inject the agent or per-VM files.
  *
- * Sequence: mount /dev /proc /sys, load modules, wait for the root disk, mount it, switch root,
+ * Sequence: mount /dev /proc /sys, load modules, configure the NIC, mount the root disk, switch root,
  * mount the work disk, copy the payload, then exec systemd or (no systemd) start the agent
  * itself. Linked statically: no library is available before the switch.
  *
@@ -23,7 +23,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <net/if.h>
+#include <net/route.h>
+#include <netinet/in.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/reboot.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -51,12 +57,16 @@ static struct {
 	char work_disk[256];
 	char work_mount[256];
 	char agent[256];
+	char net_dev[IFNAMSIZ];
+	char net_addr[64];
+	char net_gw[64];
 } cfg = {
 	.root = "/dev/vda",
 	.rootfstype = "ext4",
 	.rootflags = "rw,noatime",
 	.work_mount = "/root",
 	.agent = DEFAULT_AGENT,
+	.net_dev = "eth0",
 };
 
 static double uptime(void)
@@ -205,6 +215,12 @@ static void read_config(void)
 			copy_value(cfg.work_mount, sizeof cfg.work_mount, v, strlen(v));
 		else if (strcmp(line, "agent") == 0)
 			copy_value(cfg.agent, sizeof cfg.agent, v, strlen(v));
+		else if (strcmp(line, "net_dev") == 0)
+			copy_value(cfg.net_dev, sizeof cfg.net_dev, v, strlen(v));
+		else if (strcmp(line, "net_addr") == 0)
+			copy_value(cfg.net_addr, sizeof cfg.net_addr, v, strlen(v));
+		else if (strcmp(line, "net_gw") == 0)
+			copy_value(cfg.net_gw, sizeof cfg.net_gw, v, strlen(v));
 	}
 	fclose(f);
 }
@@ -303,13 +319,15 @@ static void load_modules(void)
 	say("loaded %d modules%s at %.2f s", loaded, errors ? " (with errors)" : "", uptime());
 }
 
+/* Against the clock, not a count of sleeps: under TCG a 5 ms sleep can take far longer. */
 static int wait_for_block(const char *path, long timeout_ms)
 {
 	struct stat st;
-	for (long waited = 0;; waited += 5) {
+	double deadline = uptime() + (double)timeout_ms / 1000.0;
+	for (;;) {
 		if (stat(path, &st) == 0 && S_ISBLK(st.st_mode))
 			return 0;
-		if (waited >= timeout_ms)
+		if (uptime() >= deadline)
 			return -1;
 		sleep_ms(5);
 	}
@@ -558,6 +576,20 @@ static int is_executable(const char *path)
 	return stat(path, &st) == 0 && S_ISREG(st.st_mode) && access(path, X_OK) == 0;
 }
 
+static void set_hostname(void)
+{
+	char name[256];
+	FILE *f = fopen("/etc/hostname", "re");
+	if (!f)
+		return;
+	if (fgets(name, sizeof name, f)) {
+		name[strcspn(name, " \t\r\n")] = '\0';
+		if (name[0] && sethostname(name, strlen(name)) != 0)
+			failed("sethostname");
+	}
+	fclose(f);
+}
+
 static pid_t start_agent(void)
 {
 	if (!is_executable(cfg.agent)) {
@@ -635,6 +667,85 @@ static void __attribute__((noreturn)) supervise(pid_t agent)
 	}
 }
 
+static int link_up(int fd, const char *name)
+{
+	struct ifreq ifr;
+	memset(&ifr, 0, sizeof ifr);
+	snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "%s", name);
+	if (ioctl(fd, SIOCGIFFLAGS, &ifr) != 0)
+		return -1;
+	ifr.ifr_flags |= IFF_UP;
+	return ioctl(fd, SIOCSIFFLAGS, &ifr);
+}
+
+static void set_inet(struct sockaddr *sa, struct in_addr addr)
+{
+	struct sockaddr_in sin;
+	memset(&sin, 0, sizeof sin);
+	sin.sin_family = AF_INET;
+	sin.sin_addr = addr;
+	memcpy(sa, &sin, sizeof sin);
+}
+
+/*
+ * The guest's static address, set here with plain ioctls so every image gets a working network
+ * with no DHCP client, no iproute2 and no network manager. Network namespaces survive
+ * switch_root, so what is configured here is what the real init finds.
+ */
+static void configure_network(void)
+{
+	if (!cfg.net_addr[0])
+		return;
+	char addr[64];
+	snprintf(addr, sizeof addr, "%s", cfg.net_addr);
+	char *slash = strchr(addr, '/');
+	int prefix = slash ? atoi(slash + 1) : 24;
+	if (slash)
+		*slash = '\0';
+	struct in_addr ip, mask, gw;
+	if (inet_pton(AF_INET, addr, &ip) != 1 || prefix < 1 || prefix > 32) {
+		say("ignoring malformed net_addr \"%s\"", cfg.net_addr);
+		return;
+	}
+	mask.s_addr = htonl(0xffffffffu << (32 - prefix));
+	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		failed("socket(AF_INET)");
+		return;
+	}
+	link_up(fd, "lo");
+	struct ifreq ifr;
+	memset(&ifr, 0, sizeof ifr);
+	snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "%s", cfg.net_dev);
+	/* virtio_net registers its device asynchronously after insmod returns. */
+	for (int i = 0; i < 50 && ioctl(fd, SIOCGIFINDEX, &ifr) != 0; i++)
+		sleep_ms(20);
+	set_inet(&ifr.ifr_addr, ip);
+	if (ioctl(fd, SIOCSIFADDR, &ifr) != 0) {
+		failedf("set address on %s", cfg.net_dev);
+		close(fd);
+		return;
+	}
+	set_inet(&ifr.ifr_netmask, mask);
+	if (ioctl(fd, SIOCSIFNETMASK, &ifr) != 0)
+		failedf("set netmask on %s", cfg.net_dev);
+	if (link_up(fd, cfg.net_dev) != 0)
+		failedf("bring up %s", cfg.net_dev);
+	if (cfg.net_gw[0] && inet_pton(AF_INET, cfg.net_gw, &gw) == 1) {
+		struct rtentry rt;
+		memset(&rt, 0, sizeof rt);
+		set_inet(&rt.rt_dst, (struct in_addr){ 0 });
+		set_inet(&rt.rt_genmask, (struct in_addr){ 0 });
+		set_inet(&rt.rt_gateway, gw);
+		rt.rt_flags = RTF_UP | RTF_GATEWAY;
+		rt.rt_dev = cfg.net_dev;
+		if (ioctl(fd, SIOCADDRT, &rt) != 0 && errno != EEXIST)
+			failedf("add default route via %s", cfg.net_gw);
+	}
+	close(fd);
+	say("network %s %s via %s", cfg.net_dev, cfg.net_addr, cfg.net_gw[0] ? cfg.net_gw : "-");
+}
+
 int main(int argc, char **argv)
 {
 	(void)argc;
@@ -648,6 +759,7 @@ int main(int argc, char **argv)
 	read_cmdline();
 	read_config();
 	load_modules();
+	configure_network();
 	mount_root();
 
 	/* Opened before the switch: afterwards the initramfs is reachable only through these. */
@@ -694,7 +806,8 @@ int main(int argc, char **argv)
 		failedf("exec %s", systemd[i]);
 	}
 
-	/* No systemd: its unit cannot start the agent, so start it here. */
+	/* No systemd: its unit cannot start the agent, and nothing else sets the hostname. */
+	set_hostname();
 	pid_t agent = start_agent();
 	if (is_executable("/sbin/init")) {
 		say("starting /sbin/init");

@@ -12,12 +12,17 @@ export async function buildVmInitrd(o: {
   hostname: string;
   agentBinary: string;
   files: readonly GuestFile[];
+  /** Static guest address; banger-init configures the first NIC before switching root. */
+  network?: { ip: string; prefix: number; gateway: string };
 }): Promise<void> {
   const payload = await buildPayloadCpio({
     agentBinary: o.agentBinary,
     hostname: o.hostname,
     extraFiles: o.files,
-    config: { work_disk: WORK_DISK_DEVICE },
+    config: {
+      work_disk: WORK_DISK_DEVICE,
+      ...(o.network ? { net_dev: 'eth0', net_addr: `${o.network.ip}/${o.network.prefix}`, net_gw: o.network.gateway } : {}),
+    },
   });
   await writeVmInitrd({ baseInitramfs: o.baseInitramfs, payload, outPath: o.outPath });
 }
