@@ -144,6 +144,9 @@ export const VmSchema = z.object({
   vmm: z.string(),
   accel: z.string().nullable(),
   pid: z.number().int().nullable(),
+  ip: z.string().nullable(),
+  nat: z.boolean(),
+  tap: z.string().nullable(),
   lastError: z.string().nullable(),
   dir: z.string(),
   createdAt: z.string(),
@@ -159,6 +162,7 @@ export const VmCreateRequestSchema = z
     vcpus: z.number().int().optional(),
     memoryMib: z.number().int().optional(),
     diskSizeBytes: z.number().int().optional(),
+    nat: z.boolean().default(false),
     start: z.boolean().default(true),
   })
   .strict();
@@ -166,6 +170,7 @@ export type VmCreateRequest = z.input<typeof VmCreateRequestSchema>;
 
 export const VmSetRequestSchema = z
   .object({
+    nat: z.boolean().optional(),
     vcpus: z.number().int().optional(),
     memoryMib: z.number().int().optional(),
     diskSizeBytes: z.number().int().optional(),
@@ -201,6 +206,10 @@ export const GuestPortSchema = z.object({
   port: z.number().int(),
   pid: z.number().int().nullable(),
   command: z.string(),
+  /** `<name>.vm:<port>` */
+  endpoint: z.string().optional(),
+  /** Set for TCP listeners that answered HTTPS or HTTP from the host. */
+  url: z.string().optional(),
 });
 export const GuestPortsSchema = z.object({ ports: z.array(GuestPortSchema) });
 

@@ -22,3 +22,9 @@ export function sizeArg(v: string): number {
   if (bytes === undefined) throw new InvalidArgumentError(`expected a size like "8G" or "512M", got "${v}"`);
   return bytes;
 }
+
+export function onOff(v: string): boolean {
+  if (v === 'on' || v === 'true') return true;
+  if (v === 'off' || v === 'false') return false;
+  throw new InvalidArgumentError(`expected "on" or "off", got "${v}"`);
+}

@@ -7,6 +7,8 @@ import { checkMigrations } from '../store/db.js';
 import type { HostProbe } from './doctor.js';
 import { readKvmProbeCache } from './kvm-cache.js';
 import { ProcessRunner } from './runner.js';
+import { hasInclude } from './ssh-config.js';
+import { homedir } from 'node:os';
 
 export async function which(cmd: string): Promise<string | undefined> {
   const candidates = isAbsolute(cmd) || cmd.includes('/') ? [cmd] : (process.env.PATH ?? '').split(delimiter).concat(['/usr/sbin', '/sbin']).map((d) => join(d, cmd));
@@ -78,6 +80,14 @@ export function realHostProbe(layout: Layout): HostProbe {
     },
     config: () => (cfgError ? { ok: false, error: cfgError } : { ok: true, path: layout.configFile, exists: existsSync(layout.configFile) }),
     kvmProbe: () => readKvmProbeCache(layout.cacheDir, readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim()),
+    sshInclude: () => {
+      try {
+        const text = readFileSync(join(process.env.HOME || homedir(), '.ssh', 'config'), 'utf8');
+        return hasInclude(text, join(layout.stateDir, 'ssh', 'config'));
+      } catch {
+        return false;
+      }
+    },
     qemuBin: cfg?.qemu_bin ?? 'qemu-system-x86_64',
     firecrackerBin: cfg?.firecracker_bin ?? 'firecracker',
     stateDir: layout.stateDir,

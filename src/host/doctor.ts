@@ -28,6 +28,8 @@ export interface HostProbe {
   config(): { ok: true; path: string; exists: boolean } | { ok: false; error: string };
   /** Cached answer of the KVM boot probe for this host kernel, if one ran. */
   kvmProbe(): { usable: boolean; detail: string } | undefined;
+  /** Whether ~/.ssh/config includes banger's ssh_config (so `ssh <name>.vm` works). */
+  sshInclude(): boolean;
   qemuBin: string;
   firecrackerBin: string;
   stateDir: string;
@@ -94,6 +96,9 @@ export async function runChecks(p: HostProbe): Promise<Check[]> {
   if (p.uid === 0) add('PASS', 'privileges', 'running as root');
   else if (await p.passwordlessSudo()) add('PASS', 'privileges', 'passwordless sudo (sudo -n) available');
   else add('WARN', 'privileges', 'not root and no passwordless sudo: bridge, TAP and NAT setup will fail', 'run banger as root, or allow passwordless sudo for ip/iptables/nft');
+
+  if (p.sshInclude()) add('PASS', 'ssh config', '~/.ssh/config includes banger\'s ssh_config');
+  else add('WARN', 'ssh config', '~/.ssh/config does not include banger\'s ssh_config: `ssh <name>.vm` and editors\' Remote-SSH will not find VMs', 'banger ssh-config --install');
 
   const free = await p.freeBytes(p.stateDir);
   if (free === undefined) add('WARN', 'free disk', `cannot read free space of ${p.stateDir}`, `check that ${p.stateDir} or a parent exists`);

@@ -18,6 +18,7 @@ import {
   nftDeleteScript,
   normaliseNat,
   parseCidr,
+  parseIpv4,
   TAP_NAME_RE,
   validateBridgeName,
   validateTapName,
@@ -301,6 +302,29 @@ export class PrivilegedOps {
   async listTaps(): Promise<string[]> {
     const taps = (await this.links()).filter((l) => TAP_NAME_RE.test(l.ifname) && l.linkinfo?.info_kind === 'tun');
     return taps.map((l) => l.ifname).sort((a, b) => Number(a.slice(5)) - Number(b.slice(5)));
+  }
+
+  // ---- resolver routing ----------------------------------------------------------------------
+
+  /**
+   * Where systemd-resolved runs, sends `*.vm` lookups to banger's DNS on the bridge address
+   * (per-link routing domain `~vm`), so `ssh dev.vm` and `curl dev.vm:3000` work host-wide.
+   * Returns false (and changes nothing) when resolved is not running.
+   */
+  async routeVmDomain(bridge: string, dnsIp: string): Promise<boolean> {
+    validateBridgeName(bridge);
+    parseIpv4(dnsIp, 'DNS address');
+    const active = await this.exec('systemctl', ['is-active', '--quiet', 'systemd-resolved'], { allowFailure: true }).catch(() => undefined);
+    if (active?.code !== 0) return false;
+    await this.exec('resolvectl', ['dns', bridge, dnsIp]);
+    await this.exec('resolvectl', ['domain', bridge, '~vm']);
+    return true;
+  }
+
+  /** Undoes routeVmDomain (daemon shutdown). */
+  async unrouteVmDomain(bridge: string): Promise<void> {
+    validateBridgeName(bridge);
+    await this.exec('resolvectl', ['revert', bridge], { allowFailure: true }).catch(() => undefined);
   }
 
   // ---- forwarding and NAT ------------------------------------------------------------------

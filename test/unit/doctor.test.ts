@@ -19,6 +19,7 @@ function fakeHost(overrides: Partial<HostProbe> & { missing?: string[] } = {}): 
     migrations: () => ({ status: 'current', current: 1, latest: 1 }),
     config: () => ({ ok: true, path: '/home/u/.config/banger/config.toml', exists: false }),
     kvmProbe: () => ({ usable: true, detail: 'booted in 120 ms' }),
+    sshInclude: () => true,
     qemuBin: 'qemu-system-x86_64',
     firecrackerBin: 'firecracker',
     stateDir: '/home/u/.local/state/banger',
@@ -133,6 +134,7 @@ test('every WARN and FAIL carries a fix, even on a host where everything is wron
     missing: ['qemu-system-x86_64', 'firecracker', 'qemu-img', 'mkfs.ext4', 'debugfs', 'e2fsck', 'resize2fs', 'ip', 'ssh', 'nft', 'iptables'],
     deviceAccess: async () => 'missing',
     kvmProbe: () => undefined,
+    sshInclude: () => false,
     freeBytes: async () => 0,
     migrations: () => ({ status: 'newer', current: 5, latest: 1 }),
     config: () => ({ ok: false, error: 'bad' }),
@@ -143,4 +145,11 @@ test('every WARN and FAIL carries a fix, even on a host where everything is wron
   // Networking tools only warn: VMs still run without --nat.
   assert.equal(byName(checks, 'iptables or nft').status, 'WARN');
   assert.equal(byName(checks, 'ip').status, 'WARN');
+});
+
+test('a missing ssh Include is a WARN whose fix installs it', async () => {
+  const c = byName(await runChecks(fakeHost({ sshInclude: () => false })), 'ssh config');
+  assert.equal(c.status, 'WARN');
+  assert.equal(c.fix, 'banger ssh-config --install');
+  assert.equal(byName(await runChecks(fakeHost({})), 'ssh config').status, 'PASS');
 });

@@ -3,8 +3,9 @@ import { BangerError } from '../../api/errors.js';
 import type { OperationEvent, Vm, VmAction } from '../../api/schemas.js';
 import { BangerClient } from '../../client/client.js';
 import { formatBytes } from '../../util/duration.js';
-import { intArg, memoryArg, sizeArg } from '../args.js';
+import { intArg, memoryArg, onOff, sizeArg } from '../args.js';
 import { ProgressRenderer } from '../progress.js';
+import { registerSshCommands } from './ssh.js';
 import { ago, printJson, printKeyValues, printTable } from '../render.js';
 
 function printVm(vm: Vm): void {
@@ -18,6 +19,8 @@ function printVm(vm: Vm): void {
     ['memory', `${vm.memoryMib} MiB`],
     ['disk', formatBytes(vm.diskSizeBytes)],
     ['vmm', `${vm.vmm}${vm.accel ? ` (${vm.accel})` : ''}`],
+    ['address', vm.ip ? `${vm.ip} (${vm.name}.vm)` : null],
+    ['nat', vm.nat ? 'on' : 'off (host-only)'],
     ['pid', vm.pid],
     ['created', `${vm.createdAt} (${ago(vm.createdAt)})`],
     ['started', vm.startedAt],
@@ -52,9 +55,10 @@ export function registerVmCommands(program: Command): void {
     .option('--vcpus <n>', 'virtual CPUs', intArg('--vcpus'))
     .option('--memory <size>', 'memory in MiB, or a size like 2G', memoryArg)
     .option('--disk-size <size>', 'work disk size (mounted at /root), e.g. 8G', sizeArg)
+    .option('--nat', 'let the VM reach beyond the host (outbound NAT)')
     .option('--no-start', 'create the disks but do not boot')
     .option('--json', 'print the VM as JSON')
-    .action(async (o: { name?: string; image?: string; vcpus?: number; memory?: number; diskSize?: number; start: boolean; json?: boolean }) => {
+    .action(async (o: { name?: string; image?: string; vcpus?: number; memory?: number; diskSize?: number; nat?: boolean; start: boolean; json?: boolean }) => {
       const client = new BangerClient({ timeoutMs: 15 * 60_000 });
       const accepted = await client.createVm({
         ...(o.name !== undefined ? { name: o.name } : {}),
@@ -62,6 +66,7 @@ export function registerVmCommands(program: Command): void {
         ...(o.vcpus !== undefined ? { vcpus: o.vcpus } : {}),
         ...(o.memory !== undefined ? { memoryMib: o.memory } : {}),
         ...(o.diskSize !== undefined ? { diskSizeBytes: o.diskSize } : {}),
+        nat: !!o.nat,
         start: o.start,
       });
       const progress = new ProgressRenderer(process.stderr, !!o.json);
@@ -103,8 +108,8 @@ export function registerVmCommands(program: Command): void {
       const vms = await new BangerClient().vms();
       if (o.json) return printJson({ vms });
       printTable(
-        ['NAME', 'ID', 'STATE', 'IMAGE', 'VCPUS', 'MEMORY', 'DISK', 'VMM', 'CREATED'],
-        vms.map((v) => [v.name, v.id.slice(0, 12), v.state, v.imageName, v.vcpus, `${v.memoryMib}M`, formatBytes(v.diskSizeBytes), `${v.vmm}${v.accel ? `/${v.accel}` : ''}`, ago(v.createdAt)]),
+        ['NAME', 'ID', 'STATE', 'IP', 'NAT', 'IMAGE', 'VCPUS', 'MEMORY', 'DISK', 'VMM', 'CREATED'],
+        vms.map((v) => [v.name, v.id.slice(0, 12), v.state, v.ip, v.nat ? 'on' : 'off', v.imageName, v.vcpus, `${v.memoryMib}M`, formatBytes(v.diskSizeBytes), `${v.vmm}${v.accel ? `/${v.accel}` : ''}`, ago(v.createdAt)]),
       );
     });
 
@@ -118,17 +123,19 @@ export function registerVmCommands(program: Command): void {
     });
 
   vm.command('set')
-    .description('change a stopped VM: vcpus, memory, grow the work disk')
+    .description('change a VM: NAT (live); vcpus, memory, grow the work disk (stopped VMs)')
     .argument('<vm>', 'VM name or id prefix')
+    .option('--nat <on|off>', 'outbound NAT', onOff)
     .option('--vcpus <n>', 'virtual CPUs', intArg('--vcpus'))
     .option('--memory <size>', 'memory in MiB, or a size like 2G', memoryArg)
     .option('--disk-size <size>', 'new work disk size (grow only)', sizeArg)
     .option('--json', 'print the VM as JSON')
-    .action(async (ref: string, o: { vcpus?: number; memory?: number; diskSize?: number; json?: boolean }) => {
-      if (o.vcpus === undefined && o.memory === undefined && o.diskSize === undefined) {
-        throw new BangerError('bad_request', 'nothing to change', { fix: 'give --vcpus, --memory or --disk-size', details: 'usage' });
+    .action(async (ref: string, o: { nat?: boolean; vcpus?: number; memory?: number; diskSize?: number; json?: boolean }) => {
+      if (o.nat === undefined && o.vcpus === undefined && o.memory === undefined && o.diskSize === undefined) {
+        throw new BangerError('bad_request', 'nothing to change', { fix: 'give --nat, --vcpus, --memory or --disk-size', details: 'usage' });
       }
       const v = await new BangerClient().setVm(ref, {
+        ...(o.nat !== undefined ? { nat: o.nat } : {}),
         ...(o.vcpus !== undefined ? { vcpus: o.vcpus } : {}),
         ...(o.memory !== undefined ? { memoryMib: o.memory } : {}),
         ...(o.diskSize !== undefined ? { diskSizeBytes: o.diskSize } : {}),
@@ -189,10 +196,12 @@ export function registerVmCommands(program: Command): void {
       const { ports } = await new BangerClient().ports(ref);
       if (o.json) return printJson({ ports });
       printTable(
-        ['PROTO', 'ADDRESS', 'PORT', 'PID', 'COMMAND'],
-        ports.map((p) => [p.proto, p.address, p.port, p.pid, p.command]),
+        ['PROTO', 'ENDPOINT', 'URL', 'PID', 'COMMAND'],
+        ports.map((p) => [p.proto, p.endpoint ?? `${p.address}:${p.port}`, p.url, p.pid, p.command]),
       );
     });
+
+  registerSshCommands(program, vm);
 
   vm.command('prune')
     .description('delete every VM that is not running')

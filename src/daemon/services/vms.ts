@@ -10,7 +10,7 @@ import { buildVmInitrd, vmCmdline } from '../../guest/vm-boot.js';
 import { guestBinary } from '../../guest/binaries.js';
 import type { DiskTools } from '../../host/disks.js';
 import type { CommandRunner } from '../../host/runner.js';
-import { generateHostKey, hostKeyFiles } from '../../host/ssh-keys.js';
+import { type GuestFile, generateHostKey, hostKeyFiles } from '../../host/ssh-keys.js';
 import { type Repos, resolveRef, type VmRow } from '../../store/repos.js';
 import { parseDuration } from '../../util/duration.js';
 import { dnsLabelProblem, newId } from '../../util/ids.js';
@@ -19,6 +19,8 @@ import { isProcessAlive, readTail } from '../../vmm/process.js';
 import type { KeyedMutex } from '../locks.js';
 import type { Clock, OpContext } from '../operations.js';
 import type { ImageService } from './images.js';
+import type { NetworkService, VmNetwork } from './network.js';
+import { collapsePorts, enrichPorts } from './port-probe.js';
 import { KernelService } from './kernels.js';
 import { randomVmName } from './names.js';
 import { type HostResources, resolveSize, type VmSize, validateSize } from './sizing.js';
@@ -40,11 +42,17 @@ export interface VmServiceDeps {
   accel: (kernelPath: string, initrdPath: string | undefined, onProbe?: () => void) => Promise<Accelerator>;
   host: HostResources;
   runner: CommandRunner;
+  network: NetworkService;
+  /** The managed SSH key's public half, authorized for root in every VM. */
+  sshPublicKey: () => Promise<string>;
+  /** Called after VMs change (created, deleted): regenerates banger's ssh_config and known_hosts. */
+  onVmsChanged?: () => Promise<void>;
   agentReadyTimeoutMs?: number;
 }
 
 export interface CreateVmInput {
   name?: string | undefined;
+  nat?: boolean | undefined;
   image?: string | undefined;
   vcpus?: number | undefined;
   memoryMib?: number | undefined;
@@ -79,6 +87,9 @@ export class VmService {
       vmm: r.vmm,
       accel: r.accel,
       pid: handle?.pid ?? null,
+      ip: this.d.network.ipOf(r.id),
+      nat: r.nat === 1,
+      tap: r.tap,
       lastError: r.last_error,
       dir: r.dir,
       createdAt: r.created_at,
@@ -173,11 +184,22 @@ export class VmService {
         created_at: now,
         started_at: null,
         touched_at: now,
+        nat: input.nat ? 1 : 0,
+        tap: null,
       };
       this.d.repos.vms.insert(r);
       return r;
     });
-    ctx.log(`spec: ${name} vcpus=${size.vcpus} memory=${size.memoryMib}MiB disk=${Math.round(size.diskSizeBytes / 1024 ** 2)}MiB image=${image.name} vmm=${this.d.vmmKind}`);
+    let lease: { ip: string };
+    try {
+      lease = this.d.network.lease(row.id);
+    } catch (e) {
+      this.d.repos.vms.delete(row.id);
+      throw e;
+    }
+    ctx.log(
+      `spec: ${name} vcpus=${size.vcpus} memory=${size.memoryMib}MiB disk=${Math.round(size.diskSizeBytes / 1024 ** 2)}MiB image=${image.name} vmm=${this.d.vmmKind} ip=${lease.ip} nat=${input.nat ? 'on' : 'off'}`,
+    );
 
     return this.d.locks.run(`vm:${row.id}`, async () => {
       const p = this.paths(row);
@@ -196,6 +218,7 @@ export class VmService {
       }
       if (!input.start) {
         this.d.repos.vms.update(row.id, { state: 'stopped' });
+        await this.d.onVmsChanged?.();
         return this.toVm(this.d.repos.vms.byId(row.id) as VmRow);
       }
       try {
@@ -209,6 +232,7 @@ export class VmService {
         throw err;
       }
       ctx.stage('ready');
+      await this.d.onVmsChanged?.();
       return this.toVm(this.d.repos.vms.byId(row.id) as VmRow);
     });
   }
@@ -224,16 +248,23 @@ export class VmService {
     // The KVM probe boots a throw-away guest once per host kernel; show it as its own stage.
     const accel = await this.d.accel(kernel.kernel_path, kernel.initrd_path ?? undefined, () => ctx?.stage('probe KVM', 'once per host kernel'));
     ctx?.stage('start VMM', `${r.vmm}/${accel}`);
+    const net = await this.d.network.attach(r);
     let initrd = kernel.initrd_path ?? undefined;
-    if (KernelService.hasBangerInitramfs(kernel)) {
-      await buildVmInitrd({
-        baseInitramfs: kernel.initrd_path as string,
-        outPath: p.initrd,
-        hostname: r.name,
-        agentBinary: guestBinary('banger-agent'),
-        files: await hostKeyFiles(p.ssh),
-      });
-      initrd = p.initrd;
+    try {
+      if (KernelService.hasBangerInitramfs(kernel)) {
+        await buildVmInitrd({
+          baseInitramfs: kernel.initrd_path as string,
+          outPath: p.initrd,
+          hostname: r.name,
+          agentBinary: guestBinary('banger-agent'),
+          files: [...(await hostKeyFiles(p.ssh)), ...guestNetworkFiles(r.name, net), ...authorizedKeyFiles(await this.d.sshPublicKey())],
+          network: net,
+        });
+        initrd = p.initrd;
+      }
+    } catch (e) {
+      await this.d.network.detach({ ...r, tap: net.tap });
+      throw e;
     }
     const spec: VmLaunchSpec = {
       vmId: r.id,
@@ -247,14 +278,20 @@ export class VmService {
         r.vmm === 'qemu' ? { id: 'root', path: p.root, format: 'qcow2' } : { id: 'root', path: p.rootRaw, format: 'raw' },
         { id: 'work', path: p.work, format: 'raw' },
       ],
-      nets: [],
+      nets: [{ id: 'net0', tapName: net.tap, mac: net.mac }],
       runDir: p.run,
       serialLogPath: p.serial,
       vmmLogPath: p.vmmLog,
       agentSocketPath: p.agent,
       accel,
     };
-    const handle = await this.d.driver(r.vmm as VmmKind).launch(spec);
+    let handle: VmmHandle;
+    try {
+      handle = await this.d.driver(r.vmm as VmmKind).launch(spec);
+    } catch (e) {
+      await this.d.network.detach({ ...r, tap: net.tap });
+      throw e;
+    }
     const now = this.d.clock.now().toISOString();
     this.d.repos.vms.update(r.id, { state: 'starting', handle: JSON.stringify(handle), accel, started_at: now, touched_at: now, last_error: null });
     ctx?.stage('wait for agent');
@@ -279,6 +316,7 @@ export class VmService {
       });
     }
     this.d.repos.vms.update(r.id, { state: 'running' });
+    await this.d.network.published(this.d.repos.vms.byId(r.id) as VmRow);
   }
 
   /** Graceful power-off with a deadline, then kill. Leaves the VM 'stopped' with no handle. */
@@ -306,6 +344,7 @@ export class VmService {
     }
     link?.close();
     this.d.repos.vms.update(id, { state: 'stopped', handle: null });
+    await this.d.network.detach(this.d.repos.vms.byId(id) as VmRow);
     await rm(this.paths(r).run, { recursive: true, force: true });
   }
 
@@ -333,6 +372,7 @@ export class VmService {
         case 'delete':
           await this.stopLocked(id, true);
           await this.purge(r);
+          await this.d.onVmsChanged?.();
           return;
       }
     });
@@ -369,11 +409,18 @@ export class VmService {
     return { results };
   }
 
-  async set(ref: string, change: Partial<VmSize>): Promise<Vm> {
+  async set(ref: string, change: Partial<VmSize> & { nat?: boolean }): Promise<Vm> {
     const r0 = this.row(ref);
     validateSize(change, this.d.host);
     return this.d.locks.run(`vm:${r0.id}`, async () => {
       const r = this.d.repos.vms.byId(r0.id) as VmRow;
+      // NAT is host-side policy: it changes live, without touching the guest.
+      if (change.nat !== undefined) {
+        this.d.repos.vms.update(r.id, { nat: change.nat ? 1 : 0, touched_at: this.d.clock.now().toISOString() });
+        await this.d.network.applyNat();
+      }
+      const { nat: _nat, ...sizes } = change;
+      if (Object.keys(sizes).length === 0) return this.toVm(this.d.repos.vms.byId(r.id) as VmRow);
       if (r.handle && (await this.handleAlive(r))) {
         throw new BangerError('precondition_failed', `VM ${r.name} is running; vm set changes stopped VMs only`, { fix: `stop it first: banger vm stop ${r.name}` });
       }
@@ -419,8 +466,10 @@ export class VmService {
   }
 
   async ports(ref: string) {
-    const { link } = await this.agentFor(ref);
-    return { ports: await link.ports(5000) };
+    const { r, link } = await this.agentFor(ref);
+    const ports = collapsePorts((await link.ports(5000)) as Parameters<typeof collapsePorts>[0]);
+    const ip = this.d.network.ipOf(r.id);
+    return { ports: ip ? await enrichPorts(r.name, ip, ports) : ports };
   }
 
   async stats(ref: string) {
@@ -467,6 +516,11 @@ export class VmService {
       });
       await rm(this.paths(r).run, { recursive: true, force: true });
     }
+    const running = this.d.repos.vms.all().filter((v) => v.state === 'running');
+    // TAPs of VMs that died while the daemon was away go back to the pool's reconcile.
+    for (const v of this.d.repos.vms.all()) if (v.tap && v.state !== 'running') this.d.repos.vms.update(v.id, { tap: null });
+    await this.d.network.reconcile(running);
+    await this.d.network.applyNat().catch((e) => this.d.log.warn({ err: e }, 'NAT reconcile failed'));
   }
 
   startStaleWatcher(): void {
@@ -514,6 +568,33 @@ export class VmService {
     await rm(p.dir, { recursive: true, force: true });
     this.d.repos.vms.delete(r.id);
   }
+}
+
+/** The guest's resolver and hosts files (banger's DNS first; glibc tries the next server after REFUSED). */
+function guestNetworkFiles(name: string, net: VmNetwork): GuestFile[] {
+  return [
+    { path: '/etc/resolv.conf', mode: 0o644, content: `${net.nameservers.map((ns) => `nameserver ${ns}`).join('\n')}\noptions timeout:2 attempts:2\n` },
+    {
+      path: '/etc/hosts',
+      mode: 0o644,
+      content: `127.0.0.1 localhost\n${net.ip} ${name}.vm ${name}\n::1 localhost ip6-localhost ip6-loopback\n`,
+    },
+  ];
+}
+
+/**
+ * banger's key is authorized through sshd's own config, not the user's ~/.ssh/authorized_keys on
+ * the work disk: nothing of the user's is overwritten, and removing the file revokes it.
+ */
+function authorizedKeyFiles(publicKey: string): GuestFile[] {
+  return [
+    { path: '/etc/ssh/banger_authorized_keys', mode: 0o644, content: `${publicKey.trim()}\n` },
+    {
+      path: '/etc/ssh/sshd_config.d/50-banger.conf',
+      mode: 0o644,
+      content: 'AuthorizedKeysFile .ssh/authorized_keys .ssh/authorized_keys2 /etc/ssh/banger_authorized_keys\n',
+    },
+  ];
 }
 
 /** CPU% (since process start, averaged) and RSS of the VMM from /proc. */

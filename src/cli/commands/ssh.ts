@@ -1,0 +1,81 @@
+import { spawn } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
+import type { Command } from 'commander';
+import { BangerError } from '../../api/errors.js';
+import { BangerClient } from '../../client/client.js';
+import type { Layout } from '../../config/layout.js';
+import { hasInclude, installInclude, shellQuote, uninstallInclude, writeFileAtomic } from '../../host/ssh-config.js';
+
+export const bangerSshConfigPath = (layout: Layout) => join(layout.stateDir, 'ssh', 'config');
+const userSshConfigPath = () => join(process.env.HOME || homedir(), '.ssh', 'config');
+
+function runSsh(args: string[]): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const child = spawn('ssh', args, { stdio: 'inherit' });
+    child.on('error', (e) =>
+      reject(
+        (e as NodeJS.ErrnoException).code === 'ENOENT'
+          ? new BangerError('precondition_failed', 'ssh is not installed', { fix: 'apt-get install -y openssh-client' })
+          : e,
+      ),
+    );
+    // ssh exits 255 for its own errors; anything else is the remote command's status.
+    child.on('close', (code, signal) => resolve(code ?? (signal ? 128 + 15 : 255)));
+  });
+}
+
+export function registerSshCommands(program: Command, vm: Command): void {
+  vm.command('ssh')
+    .description('open a shell in a VM, or run a command there (its exit status is passed through)')
+    .argument('<vm>', 'VM name or id prefix')
+    .argument('[command...]', 'command to run (put it after --)')
+    .addHelpText('after', "\nExamples:\n  banger vm ssh dev\n  banger vm ssh dev -- make test\n  banger vm ssh dev -- sh -c 'exit 42'   # exits 42")
+    .action(async (ref: string, command: string[]) => {
+      const client = new BangerClient();
+      const v = await client.vm(ref);
+      if (v.state !== 'running') {
+        throw new BangerError('precondition_failed', `VM ${v.name} is ${v.state}`, { fix: `start it: banger vm start ${v.name}` });
+      }
+      const config = bangerSshConfigPath(client.layout);
+      // sshd starts a moment after the agent reports ready: retry the connection briefly.
+      const args = ['-F', config, '-o', 'ConnectTimeout=5', '-o', 'ConnectionAttempts=20'];
+      if (command.length === 0 && process.stdin.isTTY) args.push('-t');
+      args.push(`${v.name}.vm`);
+      if (command.length) args.push('--', shellQuote(command));
+      const code = await runSsh(args);
+      if (command.length === 0) {
+        const after = await client.vm(v.id).catch(() => undefined);
+        if (after?.state === 'running') process.stderr.write(`${v.name} is still running; stop it with: banger vm stop ${v.name}\n`);
+      }
+      process.exitCode = code;
+    });
+
+  program
+    .command('ssh-config')
+    .description("print banger's ssh_config path; --install adds an Include to ~/.ssh/config so `ssh <name>.vm` works")
+    .option('--install', 'add the marked Include block to ~/.ssh/config (idempotent)')
+    .option('--uninstall', 'remove the Include block from ~/.ssh/config')
+    .action(async (o: { install?: boolean; uninstall?: boolean }) => {
+      if (o.install && o.uninstall) throw new BangerError('bad_request', 'give --install or --uninstall, not both', { details: 'usage' });
+      const client = new BangerClient();
+      // Ask the daemon once so it (re)writes the file before we point ssh at it.
+      await client.status();
+      const path = bangerSshConfigPath(client.layout);
+      const user = userSshConfigPath();
+      const current = existsSync(user) ? readFileSync(user, 'utf8') : '';
+      if (o.install) {
+        const next = installInclude(current, path);
+        if (next !== current) await writeFileAtomic(user, next, 0o600);
+        process.stdout.write(`${next === current ? 'already included' : 'added Include'} in ${user}\n`);
+      } else if (o.uninstall) {
+        const next = uninstallInclude(current);
+        if (next !== current) await writeFileAtomic(user, next, 0o600);
+        process.stdout.write(`${next === current ? 'no banger Include' : 'removed the Include'} in ${user}\n`);
+      } else {
+        process.stdout.write(`${path}\n`);
+        if (!hasInclude(current, path)) process.stderr.write(`not included from ${user}; run \`banger ssh-config --install\`\n`);
+      }
+    });
+}
