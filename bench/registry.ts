@@ -2,7 +2,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { type Benchmark, run } from './lib.js';
-import { rootCloneBenchmark, vmCreateBenchmark } from './vm.js';
+import { rootCloneBenchmark, tapPoolBenchmark, vmCreateBenchmark } from './vm.js';
 
 /** Project root (this file runs as dist/bench/registry.js). */
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
@@ -61,4 +61,5 @@ export const benchmarks: Benchmark[] = [
   },
   rootCloneBenchmark(),
   vmCreateBenchmark(),
+  tapPoolBenchmark(),
 ];

@@ -39,8 +39,11 @@ export function vmCreateBenchmark(): Benchmark {
   let dir = '';
   let n = 0;
   let baselinePid: { pid: number; startTime: string } | undefined;
+  // Both sides run in a private network namespace: banger's bridge, TAPs and NAT never touch the host.
+  const netns = `bgb-${process.pid}`;
+  const inNs = (cmd: string, args: string[]) => ['netns', 'exec', netns, cmd, ...args];
   const env = () => ({ ...process.env, BANGER_HOME: join(dir, 'home') });
-  const banger = (...args: string[]) => run(process.execPath, [BANGER, ...args], env(), 300_000);
+  const banger = (...args: string[]) => run('ip', inNs(process.execPath, [BANGER, ...args]), env(), 300_000);
   const accel = process.env.BENCH_ACCEL ?? 'tcg';
   return {
     name: 'vm-create',
@@ -51,6 +54,10 @@ export function vmCreateBenchmark(): Benchmark {
     async setup() {
       const a = assets();
       dir = await mkdtemp('/tmp/bg-bvm-');
+      await run('ip', ['netns', 'add', netns]);
+      await run('ip', inNs('ip', ['link', 'set', 'lo', 'up']));
+      await run('ip', inNs('ip', ['tuntap', 'add', 'dev', 'bgbase0', 'mode', 'tap']));
+      await run('ip', inNs('ip', ['link', 'set', 'bgbase0', 'up']));
       await mkdir(join(dir, 'home', 'config'), { recursive: true });
       await writeFile(join(dir, 'home', 'config', 'config.toml'), `accel = "${accel}"\n[vm_defaults]\nvcpu = 2\nmemory_mib = 512\ndisk_size = "1G"\n`);
       await banger('kernel', 'import', 'k', '--from', a.kernelDir);
@@ -65,6 +72,7 @@ export function vmCreateBenchmark(): Benchmark {
         hostname: 'baseline',
         agentBinary: guestBinary('banger-agent'),
         files: await hostKeyFiles(join(dir, 'ssh')),
+        network: { ip: '10.99.0.2', prefix: 24, gateway: '10.99.0.1' },
       });
       await new DiskTools(runner).mkfsFromDir(join(dir, 'work.ext4'), 1024 ** 3, undefined, 'work');
     },
@@ -90,7 +98,7 @@ export function vmCreateBenchmark(): Benchmark {
             { id: 'root', path: a.rootfs, format: 'raw' },
             { id: 'work', path: join(dir, 'work.ext4'), format: 'raw' },
           ],
-          nets: [],
+          nets: [{ id: 'net0', tapName: 'bgbase0', mac: '52:54:00:99:00:02' }],
           runDir,
           serialLogPath: join(runDir, 'serial.log'),
           vmmLogPath: join(runDir, 'vmm.log'),
@@ -101,7 +109,8 @@ export function vmCreateBenchmark(): Benchmark {
       );
       // snapshot=on: writes go to a throw-away overlay, the shared rootfs stays pristine.
       const withSnapshot = args.map((x) => (x.startsWith('id=root,') || x.startsWith('id=work,') ? `${x},snapshot=on` : x));
-      baselinePid = await spawnDetached('qemu-system-x86_64', withSnapshot, join(runDir, 'vmm.log'));
+      // `ip netns exec` execs QEMU in place, so the pid is QEMU's.
+      baselinePid = await spawnDetached('ip', inNs('qemu-system-x86_64', withSnapshot), join(runDir, 'vmm.log'));
       const agent = new AgentClient({ socketPath: join(runDir, 'agent.sock'), transport: 'virtio-serial' });
       try {
         await agent.waitReady(300_000);
@@ -118,9 +127,10 @@ export function vmCreateBenchmark(): Benchmark {
     async teardown() {
       if (baselinePid) await killAndWait(baselinePid.pid, baselinePid.startTime).catch(() => {});
       if (dir) {
-        await run(process.execPath, [BANGER, 'daemon', 'stop'], env()).catch(() => '');
+        await banger('daemon', 'stop').catch(() => '');
         await rm(dir, { recursive: true, force: true });
       }
+      await run('ip', ['netns', 'del', netns]).catch(() => '');
     },
   };
 }
@@ -149,6 +159,70 @@ export function rootCloneBenchmark(): Benchmark {
     },
     async teardown() {
       if (dir) await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** An isolated banger home in its own network namespace, with the test image registered. */
+function nsHome(tag: string, config: string) {
+  const netns = `bgb-${tag}-${process.pid}`;
+  let dir = '';
+  const env = () => ({ ...process.env, BANGER_HOME: join(dir, 'home') });
+  const banger = (...args: string[]) => run('ip', ['netns', 'exec', netns, process.execPath, BANGER, ...args], env(), 300_000);
+  return {
+    banger,
+    async setup() {
+      const a = assets();
+      dir = await mkdtemp(`/tmp/bg-b${tag}-`);
+      await run('ip', ['netns', 'add', netns]);
+      await run('ip', ['netns', 'exec', netns, 'ip', 'link', 'set', 'lo', 'up']);
+      await mkdir(join(dir, 'home', 'config'), { recursive: true });
+      await writeFile(join(dir, 'home', 'config', 'config.toml'), config);
+      await banger('kernel', 'import', 'k', '--from', a.kernelDir);
+      await banger('image', 'register', '--name', 'debian-bookworm', '--rootfs', a.rootfs, '--kernel-ref', 'k');
+    },
+    async teardown() {
+      if (dir) {
+        await banger('daemon', 'stop').catch(() => '');
+        await rm(dir, { recursive: true, force: true });
+      }
+      await run('ip', ['netns', 'del', netns]).catch(() => '');
+    },
+  };
+}
+
+/** `vm create` + `vm ssh -- true` with a warm TAP pool vs with the pool disabled (tap_pool_size = 0). */
+export function tapPoolBenchmark(): Benchmark {
+  const accel = process.env.BENCH_ACCEL ?? 'tcg';
+  const base = `accel = "${accel}"\n[vm_defaults]\nvcpu = 2\nmemory_mib = 512\ndisk_size = "512M"\n`;
+  const warm = nsHome('warm', `tap_pool_size = 2\n${base}`);
+  const cold = nsHome('cold', `tap_pool_size = 0\n${base}`);
+  let n = 0;
+  const createAndSsh = async (h: typeof warm) => {
+    await h.banger('vm', 'create', '--name', `p${n}`);
+    await h.banger('vm', 'ssh', `p${n}`, '--', 'true');
+  };
+  return {
+    name: 'tap-pool',
+    description: `create → SSH-ready with a warm TAP pool (2) vs the pool disabled (0) (${accel})`,
+    rounds: 3,
+    warmup: 1,
+    async setup() {
+      await warm.setup();
+      await cold.setup();
+    },
+    candidate: async () => {
+      n++;
+      await createAndSsh(warm);
+    },
+    baseline: () => createAndSsh(cold),
+    async cleanup() {
+      await warm.banger('vm', 'delete', `p${n}`);
+      await cold.banger('vm', 'delete', `p${n}`);
+    },
+    async teardown() {
+      await warm.teardown();
+      await cold.teardown();
     },
   };
 }

@@ -44,9 +44,7 @@ describe('VM lifecycle on real QEMU', { skip }, () => {
   };
 
   before(async () => {
-    home = await TestHome.create(
-      ['accel = "tcg"', '[vm_defaults]', 'vcpu = 2', 'memory_mib = 512', 'disk_size = "1G"', ''].join('\n'),
-    );
+    home = await TestHome.create(['accel = "tcg"', '[vm_defaults]', 'vcpu = 2', 'memory_mib = 512', 'disk_size = "1G"', ''].join('\n'), { netns: true });
     const a = assets as NonNullable<typeof assets>;
     const k = await home.run(['kernel', 'import', 'debian-cloud', '--from', a.kernelDir]);
     assert.equal(k.code, 0, k.stderr);
@@ -61,7 +59,7 @@ describe('VM lifecycle on real QEMU', { skip }, () => {
   test('create boots a VM to a healthy agent, with live stages and a spec line', async () => {
     const r = await home.run(['vm', 'create', '--name', 'alpha']);
     assert.equal(r.code, 0, `${r.stdout}\n${r.stderr}`);
-    assert.match(r.stdout, /^spec: alpha vcpus=2 memory=512MiB disk=1024MiB image=debian-bookworm vmm=qemu/m);
+    assert.match(r.stdout, /^spec: alpha vcpus=2 memory=512MiB disk=1024MiB image=debian-bookworm vmm=qemu ip=172\.30\.0\.\d+ nat=off$/m);
     for (const stage of ['resolve image', 'prepare disks', 'apply work seed', 'start VMM', 'wait for agent', 'ready']) {
       assert.ok(r.stderr.includes(`- ${stage}`), `stage "${stage}" rendered:\n${r.stderr}`);
     }
@@ -202,7 +200,7 @@ describe('VM lifecycle on real QEMU', { skip }, () => {
     // Real QEMU, handed an option it rejects: it exits immediately with its own message.
     writeFileSync(fakeQemu, '#!/bin/sh\nexec qemu-system-x86_64 -no-such-option "$@"\n');
     chmodSync(fakeQemu, 0o755);
-    const other = await TestHome.create(`accel = "tcg"\nqemu_bin = "${fakeQemu}"\n[vm_defaults]\ndisk_size = "512M"\n`);
+    const other = await TestHome.create(`accel = "tcg"\nqemu_bin = "${fakeQemu}"\n[vm_defaults]\ndisk_size = "512M"\n`, { netns: true });
     try {
       const a = assets as NonNullable<typeof assets>;
       assert.equal((await other.run(['kernel', 'import', 'k', '--from', a.kernelDir])).code, 0);

@@ -18,13 +18,32 @@ export interface Result {
 
 /** An isolated banger installation: its own daemon, store, sockets and VMs. Short path: socket paths are limited to 108 bytes. */
 export class TestHome {
-  private constructor(readonly dir: string) {}
+  private constructor(
+    readonly dir: string,
+    /** When set, the CLI (and so the daemon it starts, and its VMs, bridges and TAPs) runs in this namespace. */
+    readonly netns?: string,
+  ) {}
 
-  static async create(config = ''): Promise<TestHome> {
+  /**
+   * `netns: true` runs everything inside a fresh network namespace with only loopback, so bridges,
+   * TAPs, NAT rules and the DNS listener never touch the host's own networking.
+   */
+  static async create(config = '', opts: { netns?: boolean } = {}): Promise<TestHome> {
     const dir = await mkdtemp('/tmp/bg-');
     await mkdir(join(dir, 'config'), { recursive: true });
     if (config) await writeFile(join(dir, 'config', 'config.toml'), config);
-    return new TestHome(dir);
+    let netns: string | undefined;
+    if (opts.netns) {
+      netns = `bgt-${dir.slice(-6).toLowerCase()}`;
+      await runProcess('ip', ['netns', 'add', netns], {}, 10_000);
+      await runProcess('ip', ['netns', 'exec', netns, 'ip', 'link', 'set', 'lo', 'up'], {}, 10_000);
+    }
+    return new TestHome(dir, netns);
+  }
+
+  /** Runs a command inside this home's namespace (or directly when it has none). */
+  exec(cmd: string, args: string[], timeoutMs = 60_000): Promise<Result> {
+    return this.netns ? runProcess('ip', ['netns', 'exec', this.netns, cmd, ...args], { env: this.env }, timeoutMs) : runProcess(cmd, args, { env: this.env }, timeoutMs);
   }
 
   get env(): NodeJS.ProcessEnv {
@@ -32,7 +51,8 @@ export class TestHome {
   }
 
   run(args: string[], opts: { timeoutMs?: number; input?: string } = {}): Promise<Result> {
-    return runProcess(process.execPath, [BANGER, ...args], { env: this.env }, opts.timeoutMs ?? 600_000, opts.input);
+    const [cmd, argv] = this.netns ? ['ip', ['netns', 'exec', this.netns, process.execPath, BANGER, ...args]] : [process.execPath, [BANGER, ...args]];
+    return runProcess(cmd, argv, { env: this.env }, opts.timeoutMs ?? 600_000, opts.input);
   }
 
   async json<T>(args: string[]): Promise<T> {
@@ -52,6 +72,7 @@ export class TestHome {
       }
     }
     await rm(this.dir, { recursive: true, force: true });
+    if (this.netns) await runProcess('ip', ['netns', 'del', this.netns], {}, 10_000).catch(() => {});
   }
 }
 
