@@ -3,8 +3,8 @@
 #   --test   also the packages the test suite needs
 set -euo pipefail
 
-pkgs=(qemu-system-x86 qemu-utils e2fsprogs kmod cpio zstd iproute2 openssh-client gcc make libc6-dev)
-[[ "${1:-}" == "--test" ]] && pkgs+=(mmdebstrap busybox-static)
+pkgs=(qemu-system-x86 qemu-utils e2fsprogs kmod cpio zstd iproute2 nftables openssh-client gcc make libc6-dev)
+[[ "${1:-}" == "--test" ]] && pkgs+=(mmdebstrap busybox-static openssl)
 
 missing=()
 for p in "${pkgs[@]}"; do
