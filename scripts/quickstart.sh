@@ -31,6 +31,7 @@ else
   banger vm create --name "$name"
 fi
 banger vm health "$name"
+banger vm ssh "$name" -- uname -a
 banger vm ports "$name"
 echo
-echo "The sandbox \"$name\" is running. Try: banger vm logs $name | banger vm stats $name | banger vm stop $name"
+echo "The sandbox \"$name\" is running. Try: banger vm ssh $name | banger vm stats $name | banger vm stop $name"
