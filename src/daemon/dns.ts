@@ -1,159 +1,344 @@
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
-import { createServer, type Server, type Socket } from 'node:net';
+import { createServer, isIP, isIPv4, type Server, type Socket } from 'node:net';
 import * as packet from 'dns-packet';
 import { BangerError } from '../api/errors.js';
 
 const ZONE = 'vm';
-const MAX_TCP_MESSAGE = 4096;
+/** Classic DNS-over-UDP limit; larger answers set TC so the client retries over TCP. */
+const UDP_MAX = 512;
+/** No legitimate query for this zone comes near this; anything larger is dropped unparsed. */
+const MAX_QUERY = 4096;
+const TCP_MAX_CONNECTIONS = 64;
+const TCP_IDLE_MS = 10_000;
+/** A client that stops reading is cut off instead of buffering replies without bound. */
+const TCP_MAX_PENDING_WRITE = 64 * 1024;
 
-interface Log {
+const RCODE = { NOERROR: 0, FORMERR: 1, NXDOMAIN: 3, NOTIMP: 4, REFUSED: 5 } as const;
+type Rcode = keyof typeof RCODE;
+
+const QR = 0x8000;
+const OPCODE_MASK = 0x7800;
+const RD = 0x0100;
+
+export interface DnsLog {
   warn(obj: unknown, msg?: string): void;
 }
 
+export interface DnsRecord {
+  name: string;
+  ipv4: string;
+}
+
 /**
- * The authoritative `vm.` zone, served over UDP and TCP. Answers only what it owns: A records of
- * VMs, NODATA for other types of a known name, NXDOMAIN (with SOA) for unknown names, REFUSED
- * outside the zone so resolvers move on to their next server.
+ * The authoritative `vm.` zone over UDP and TCP. It answers only what it owns: A records of VMs,
+ * NODATA for other types of a known name, NXDOMAIN (with the SOA, so negatives are cached
+ * briefly) for unknown names, and REFUSED outside the zone so stub resolvers move on to their next
+ * server. Input is untrusted: every reply is built inside a try so a bad packet can never take the
+ * daemon down.
  */
 export class VmDnsServer {
   private readonly table = new Map<string, string>();
   private udp: UdpSocket | undefined;
   private tcp: Server | undefined;
+  private starting: Promise<void> | undefined;
+  private readonly connections = new Set<Socket>();
   private readonly host: string;
   private readonly port: number;
   private readonly ttl: number;
-  private readonly log: Log | undefined;
+  private readonly log: DnsLog | undefined;
+  /** Bumped on every change so a secondary or a curious `dig SOA vm.` sees the zone move. */
+  private serial = Math.floor(Date.now() / 1000) >>> 0;
 
-  constructor(o: { listenAddr: string; log?: Log; ttl?: number }) {
-    const m = /^\[?([^\]]+)\]?:(\d+)$/.exec(o.listenAddr);
-    if (!m) throw new BangerError('invalid_config', `bad DNS listen address "${o.listenAddr}"`, { fix: 'use IP:PORT' });
-    this.host = m[1] as string;
-    this.port = Number(m[2]);
+  constructor(o: { listenAddr: string; log?: DnsLog; ttl?: number }) {
+    const { host, port } = parseListenAddr(o.listenAddr);
+    this.host = host;
+    this.port = port;
     this.ttl = o.ttl ?? 5;
     this.log = o.log;
   }
 
-  async start(): Promise<void> {
-    const family = this.host.includes(':') ? 'udp6' : 'udp4';
-    const udp = createSocket(family);
-    await new Promise<void>((resolve, reject) => {
-      udp.once('error', (e) => reject(this.bindError(e)));
-      udp.bind(this.port, this.host, () => resolve());
+  /** Binds UDP and TCP on the same address and port; a second call while bound is a no-op. */
+  start(): Promise<void> {
+    if (this.udp) return Promise.resolve();
+    this.starting ??= this.bind().finally(() => {
+      this.starting = undefined;
     });
-    udp.on('error', (e) => this.log?.warn({ err: e }, 'DNS UDP socket error'));
-    udp.on('message', (msg, rinfo) => {
-      const reply = this.answer(msg, 512);
-      if (reply) udp.send(reply, rinfo.port, rinfo.address);
-    });
-    this.udp = udp;
-    const port = (udp.address() as { port: number }).port;
-    const tcp = createServer((sock) => this.serveTcp(sock));
-    await new Promise<void>((resolve, reject) => {
-      tcp.once('error', (e) => reject(this.bindError(e)));
-      tcp.listen(port, this.host, () => resolve());
-    }).catch(async (e) => {
-      udp.close();
-      throw e;
-    });
-    this.tcp = tcp;
+    return this.starting;
+  }
+
+  private async bind(): Promise<void> {
+    // With port 0 the kernel picks the UDP port, which may already be taken for TCP: retry a few.
+    for (let attempt = 0; ; attempt++) {
+      const udp = await this.bindUdp();
+      const port = udp.address().port;
+      try {
+        this.tcp = await this.listenTcp(port);
+        this.udp = udp;
+        return;
+      } catch (e) {
+        await new Promise<void>((r) => udp.close(() => r()));
+        if (this.port !== 0 || attempt >= 4 || (e as NodeJS.ErrnoException).code !== 'EADDRINUSE') {
+          throw this.bindError('tcp', e as NodeJS.ErrnoException);
+        }
+      }
+    }
   }
 
   async stop(): Promise<void> {
-    this.udp?.close();
-    await new Promise<void>((r) => (this.tcp ? this.tcp.close(() => r()) : r()));
+    const { udp, tcp } = this;
     this.udp = undefined;
     this.tcp = undefined;
+    for (const c of this.connections) c.destroy();
+    this.connections.clear();
+    await Promise.all([
+      udp ? new Promise<void>((r) => udp.close(() => r())) : undefined,
+      tcp ? new Promise<void>((r) => tcp.close(() => r())) : undefined,
+    ]);
   }
 
+  /** The bound `host:port` (the real port when constructed with port 0); IPv6 hosts in brackets. */
   address(): string {
-    const a = this.udp?.address();
-    return a ? `${a.address}:${a.port}` : `${this.host}:${this.port}`;
+    const port = this.udp?.address().port ?? this.port;
+    return this.host.includes(':') ? `[${this.host}]:${port}` : `${this.host}:${port}`;
   }
 
   set(name: string, ipv4: string): void {
-    this.table.set(name.toLowerCase(), ipv4);
-  }
-  remove(name: string): void {
-    this.table.delete(name.toLowerCase());
-  }
-  replaceAll(records: ReadonlyArray<{ name: string; ipv4: string }>): void {
-    this.table.clear();
-    for (const r of records) this.set(r.name, r.ipv4);
-  }
-  records(): Array<{ name: string; ipv4: string }> {
-    return [...this.table].map(([name, ipv4]) => ({ name, ipv4 }));
+    if (!isIPv4(ipv4)) throw new BangerError('bad_request', `DNS record for "${name}": "${ipv4}" is not an IPv4 address`);
+    this.table.set(normalize(name), ipv4);
+    this.serial = (this.serial + 1) >>> 0;
   }
 
-  private bindError(e: Error): BangerError {
-    return new BangerError('unavailable', `cannot listen for DNS on ${this.host}:${this.port}: ${e.message}`, {
-      fix: 'free the port or set dns_listen_addr in config.toml',
+  remove(name: string): void {
+    if (this.table.delete(normalize(name))) this.serial = (this.serial + 1) >>> 0;
+  }
+
+  replaceAll(records: ReadonlyArray<DnsRecord>): void {
+    const next = new Map<string, string>();
+    for (const r of records) {
+      if (!isIPv4(r.ipv4)) throw new BangerError('bad_request', `DNS record for "${r.name}": "${r.ipv4}" is not an IPv4 address`);
+      next.set(normalize(r.name), r.ipv4);
+    }
+    // Validate everything first so a bad entry leaves the old zone intact.
+    this.table.clear();
+    for (const [k, v] of next) this.table.set(k, v);
+    this.serial = (this.serial + 1) >>> 0;
+  }
+
+  records(): DnsRecord[] {
+    return [...this.table].map(([name, ipv4]) => ({ name, ipv4 })).sort((a, b) => a.name.localeCompare(b.name));
+  }
+
+  /**
+   * The reply to one wire-format query, or undefined when it deserves none (too short or long, or
+   * not a query: answering responses invites loops). Public for tests and fuzzing; never throws.
+   */
+  answer(msg: Buffer, maxSize = UDP_MAX): Buffer | undefined {
+    try {
+      return this.reply(msg, maxSize);
+    } catch (e) {
+      this.log?.warn({ err: e }, 'DNS query not answered');
+      return undefined;
+    }
+  }
+
+  private reply(msg: Buffer, maxSize: number): Buffer | undefined {
+    if (msg.length < 12 || msg.length > MAX_QUERY) return undefined;
+    const id = msg.readUInt16BE(0);
+    const flags = msg.readUInt16BE(2);
+    if (flags & QR) return undefined;
+    const rd = flags & RD;
+    if (flags & OPCODE_MASK) return headerOnly(id, rd, 'NOTIMP');
+    if (msg.readUInt16BE(4) !== 1) return headerOnly(id, rd, 'FORMERR');
+    let q: packet.DecodedPacket;
+    try {
+      q = packet.decode(msg);
+    } catch {
+      return headerOnly(id, rd, 'FORMERR');
+    }
+    const question = q.questions?.[0];
+    const qEnd = questionEnd(msg);
+    if (!question || qEnd === undefined) return headerOnly(id, rd, 'FORMERR');
+    // The question goes back byte for byte (case, class and all): dns-packet cannot re-encode
+    // every class it decodes, and resolvers drop replies whose question differs from theirs.
+    const encode = (flags: number, answers: packet.Answer[] = [], authorities: packet.Answer[] = []) =>
+      withQuestion(packet.encode({ type: 'response', id, flags, answers, authorities }), msg.subarray(12, qEnd));
+
+    const name = question.name.toLowerCase().replace(/\.$/, '');
+    const inZone = name === ZONE || name.endsWith(`.${ZONE}`);
+    const klass = question.class ?? 'IN';
+    if (!inZone || (klass !== 'IN' && klass !== 'ANY')) return encode(rd | RCODE.REFUSED);
+
+    const aa = packet.AUTHORITATIVE_ANSWER | rd;
+    const type = question.type as string;
+    let answers: packet.Answer[] = [];
+    let rcode: Rcode = 'NOERROR';
+    if (name === ZONE) {
+      if (type === 'SOA' || type === 'ANY') answers.push(this.soa());
+      if (type === 'NS' || type === 'ANY') answers.push({ type: 'NS', name: `${ZONE}.`, ttl: this.ttl, data: `${ZONE}.` });
+    } else {
+      const rel = name.slice(0, -(ZONE.length + 1));
+      const ip = this.table.get(rel);
+      if (ip) {
+        if (type === 'A' || type === 'ANY') answers = [{ type: 'A', name: question.name, ttl: this.ttl, data: ip }];
+      } else if (!this.isEmptyNonTerminal(rel)) {
+        rcode = 'NXDOMAIN';
+      }
+    }
+    const out = encode(aa | RCODE[rcode], answers, answers.length ? [] : [this.soa()]);
+    return out.length > maxSize ? encode(aa | RCODE[rcode] | packet.TRUNCATED_RESPONSE) : out;
+  }
+
+  /** `api.vm` when only `web.api.vm` exists: it exists (NODATA), else resolvers would prune the subtree. */
+  private isEmptyNonTerminal(rel: string): boolean {
+    const suffix = `.${rel}`;
+    for (const k of this.table.keys()) if (k.endsWith(suffix)) return true;
+    return false;
+  }
+
+  private soa(): packet.Answer {
+    return {
+      type: 'SOA',
+      name: `${ZONE}.`,
+      ttl: this.ttl,
+      data: {
+        mname: `${ZONE}.`,
+        rname: `hostmaster.${ZONE}.`,
+        serial: this.serial,
+        refresh: 3600,
+        retry: 600,
+        expire: 86400,
+        // The negative-caching TTL: a VM created a moment after a miss should resolve quickly.
+        minimum: this.ttl,
+      },
+    };
+  }
+
+  private bindUdp(): Promise<UdpSocket> {
+    const udp = createSocket(isIPv4(this.host) ? 'udp4' : 'udp6');
+    return new Promise((resolve, reject) => {
+      const onError = (e: NodeJS.ErrnoException) => {
+        udp.close();
+        reject(this.bindError('udp', e));
+      };
+      udp.once('error', onError);
+      udp.bind(this.port, this.host, () => {
+        udp.off('error', onError);
+        udp.on('error', (e) => this.log?.warn({ err: e }, 'DNS UDP socket error'));
+        udp.on('message', (msg, rinfo) => {
+          const reply = this.answer(msg, UDP_MAX);
+          if (reply) udp.send(reply, rinfo.port, rinfo.address, () => {});
+        });
+        resolve(udp);
+      });
     });
   }
 
+  private listenTcp(port: number): Promise<Server> {
+    const tcp = createServer((sock) => this.serveTcp(sock));
+    tcp.maxConnections = TCP_MAX_CONNECTIONS;
+    return new Promise((resolve, reject) => {
+      const onError = (e: Error) => {
+        tcp.close();
+        reject(e);
+      };
+      tcp.once('error', onError);
+      tcp.listen(port, this.host, () => {
+        tcp.off('error', onError);
+        tcp.on('error', (e) => this.log?.warn({ err: e }, 'DNS TCP listener error'));
+        resolve(tcp);
+      });
+    });
+  }
+
+  /** RFC 1035 §4.2.2 framing: each message behind a 2-byte length; several may share a segment. */
   private serveTcp(sock: Socket): void {
-    let buf = Buffer.alloc(0);
-    sock.setTimeout(10_000, () => sock.destroy());
+    this.connections.add(sock);
+    sock.on('close', () => this.connections.delete(sock));
     sock.on('error', () => sock.destroy());
+    sock.setTimeout(TCP_IDLE_MS, () => sock.destroy());
+    let buf: Buffer = Buffer.alloc(0);
     sock.on('data', (chunk: Buffer) => {
-      buf = Buffer.concat([buf, chunk]);
-      if (buf.length > MAX_TCP_MESSAGE + 2) return void sock.destroy();
+      buf = buf.length ? Buffer.concat([buf, chunk]) : chunk;
       while (buf.length >= 2) {
         const len = buf.readUInt16BE(0);
-        if (len > MAX_TCP_MESSAGE) return void sock.destroy();
+        if (len > MAX_QUERY) return void sock.destroy();
         if (buf.length < 2 + len) break;
-        const reply = this.answer(buf.subarray(2, 2 + len), 65535);
+        const reply = this.answer(buf.subarray(2, 2 + len), 65_535);
         buf = buf.subarray(2 + len);
         if (reply) {
           const head = Buffer.alloc(2);
           head.writeUInt16BE(reply.length);
           sock.write(Buffer.concat([head, reply]));
         }
+        if (sock.writableLength > TCP_MAX_PENDING_WRITE) return void sock.destroy();
       }
+      // Whatever is left is one partial message, which the length check above already bounded.
+      if (buf.length > MAX_QUERY + 2) sock.destroy();
     });
   }
 
-  private soa(): packet.Answer {
-    return {
-      type: 'SOA',
-      name: ZONE,
-      ttl: this.ttl,
-      data: { mname: 'ns.vm', rname: 'hostmaster.vm', serial: 1, refresh: 3600, retry: 600, expire: 86400, minimum: this.ttl },
-    } as packet.Answer;
-  }
-
-  /** Builds the reply to one query; undefined for input that deserves no answer. */
-  answer(msg: Buffer, maxSize: number): Buffer | undefined {
-    if (msg.length < 12 || msg.length > MAX_TCP_MESSAGE) return undefined;
-    let q: packet.Packet;
-    try {
-      q = packet.decode(msg);
-    } catch {
-      return undefined;
-    }
-    if (q.type !== 'query') return undefined;
-    const base = { type: 'response' as const, id: q.id ?? 0, questions: q.questions ?? [] };
-    const flags = (rcode: string, aa: boolean) => (aa ? packet.AUTHORITATIVE_ANSWER : 0) | (packet.RECURSION_DESIRED & (q.flags ?? 0)) | rcodeBits(rcode);
-    if ((q.questions ?? []).length !== 1) return packet.encode({ ...base, flags: flags('FORMERR', false) });
-    const question = (q.questions as packet.Question[])[0] as packet.Question;
-    const name = question.name.toLowerCase().replace(/\.$/, '');
-    if (name !== ZONE && !name.endsWith(`.${ZONE}`)) return packet.encode({ ...base, flags: flags('REFUSED', false) });
-    let out: Buffer;
-    if (name === ZONE) {
-      const answers = question.type === 'SOA' ? [this.soa()] : question.type === 'NS' ? [{ type: 'NS', name: ZONE, ttl: this.ttl, data: 'ns.vm' } as packet.Answer] : [];
-      out = packet.encode({ ...base, flags: flags('NOERROR', true), answers, authorities: answers.length ? [] : [this.soa()] });
-    } else {
-      const label = name.slice(0, -(ZONE.length + 1));
-      const ip = label.includes('.') ? undefined : this.table.get(label);
-      if (!ip) out = packet.encode({ ...base, flags: flags('NXDOMAIN', true), authorities: [this.soa()] });
-      else if (question.type === 'A' || (question.type as string) === 'ANY')
-        out = packet.encode({ ...base, flags: flags('NOERROR', true), answers: [{ type: 'A', name: question.name, ttl: this.ttl, data: ip }] });
-      else out = packet.encode({ ...base, flags: flags('NOERROR', true), authorities: [this.soa()] });
-    }
-    if (out.length > maxSize) out = packet.encode({ ...base, flags: flags('NOERROR', true) | packet.TRUNCATED_RESPONSE });
-    return out;
+  private bindError(proto: 'udp' | 'tcp', e: NodeJS.ErrnoException): BangerError {
+    const where = this.port === 0 ? this.host : `${this.host.includes(':') ? `[${this.host}]` : this.host}:${this.port}`;
+    const [why, fix] =
+      e.code === 'EADDRINUSE'
+        ? ['the port is already in use', `stop what listens there (\`ss -lntup 'sport = :${this.port}'\`) or set dns_listen_addr in config.toml to a free address`]
+        : e.code === 'EACCES'
+          ? ['permission denied', 'ports below 1024 need root or CAP_NET_BIND_SERVICE; run bangerd as root or set dns_listen_addr to a port >= 1024']
+          : e.code === 'EADDRNOTAVAIL'
+            ? ['no interface has this address', `set dns_listen_addr in config.toml to an address of this host`]
+            : [e.code ?? e.message, 'set dns_listen_addr in config.toml to a free host:port'];
+    return new BangerError('unavailable', `cannot listen for DNS on ${where} (${proto}): ${why}`, { fix, cause: e });
   }
 }
 
-function rcodeBits(rcode: string): number {
-  return { NOERROR: 0, FORMERR: 1, SERVFAIL: 2, NXDOMAIN: 3, NOTIMP: 4, REFUSED: 5 }[rcode] ?? 2;
+function parseListenAddr(addr: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(addr.trim());
+  const host = m?.[1] ?? m?.[2];
+  const port = Number(m?.[3]);
+  if (!host || isIP(host) === 0 || !(port >= 0 && port <= 65_535)) {
+    throw new BangerError('invalid_config', `dns_listen_addr "${addr}" is not IP:PORT`, {
+      fix: 'use e.g. dns_listen_addr = "127.0.0.1:42069" (IPv6 as "[::1]:42069")',
+    });
+  }
+  return { host, port };
+}
+
+/** Record keys are VM names relative to the zone, lower-cased: `Dev` and `dev` are one name. */
+function normalize(name: string): string {
+  return name.toLowerCase().replace(/\.$/, '');
+}
+
+function headerOnly(id: number, rd: number, rcode: Rcode): Buffer {
+  const out = Buffer.alloc(12);
+  out.writeUInt16BE(id, 0);
+  out.writeUInt16BE(QR | rd | RCODE[rcode], 2);
+  return out;
+}
+
+/** dns-packet emits no name compression, so a question can be spliced in right after the header. */
+function withQuestion(encoded: Buffer, question: Buffer): Buffer {
+  const out = Buffer.concat([encoded.subarray(0, 12), question, encoded.subarray(12)]);
+  out.writeUInt16BE(1, 4);
+  return out;
+}
+
+/**
+ * Where the (single) question ends, or undefined when its name is not plain: dns-packet turns
+ * labels into UTF-8 text joined with dots, so a label holding a dot or a byte outside printable
+ * ASCII would be looked up as a different name. No such name can be in this zone (FORMERR).
+ */
+function questionEnd(msg: Buffer): number | undefined {
+  let at = 12;
+  for (;;) {
+    const len = msg[at];
+    if (len === undefined || len & 0xc0 || at + 1 + len > msg.length) return undefined;
+    if (len === 0) break;
+    for (let i = at + 1; i <= at + len; i++) {
+      const b = msg[i] as number;
+      if (b <= 0x20 || b >= 0x7f || b === 0x2e) return undefined;
+    }
+    at += 1 + len;
+  }
+  const end = at + 1 + 4;
+  return end <= msg.length ? end : undefined;
 }

@@ -3,12 +3,11 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer as createHttp } from 'node:http';
 import { createServer as createHttps } from 'node:https';
-import { createServer as createTcp, type Server } from 'node:net';
-import type { AddressInfo } from 'node:net';
+import { type AddressInfo, createServer as createTcp, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, test } from 'node:test';
-import { collapsePorts, enrichPorts, probeHttp } from '../../src/daemon/services/port-probe.js';
+import { after, before, test } from 'node:test';
+import { collapsePorts, enrichPorts, probeHttp, type RawPort } from '../../src/daemon/services/port-probe.js';
 
 const servers: Server[] = [];
 const listen = async (s: Server) => {
@@ -17,33 +16,120 @@ const listen = async (s: Server) => {
   return (s.address() as AddressInfo).port;
 };
 after(() => {
-  for (const s of servers) s.close();
+  for (const s of servers) {
+    s.close();
+    (s as Server & { closeAllConnections?: () => void }).closeAllConnections?.();
+  }
 });
 
-test('dual-stack wildcard listeners of one process collapse to one entry; others stay', () => {
-  const p = (proto: string, address: string, port: number, pid: number | null = 10) => ({ proto, address, port, pid, command: 'x' });
-  const out = collapsePorts([p('tcp6', '::', 22), p('tcp', '0.0.0.0', 22), p('tcp', '127.0.0.1', 5432, 20), p('udp', '0.0.0.0', 53), p('tcp6', '::', 8080, 30)]);
-  assert.deepEqual(
-    out.map((x) => `${x.proto} ${x.address}:${x.port}`),
-    ['tcp 0.0.0.0:22', 'tcp 127.0.0.1:5432', 'tcp6 :::8080', 'udp 0.0.0.0:53'],
-  );
+/** A raw TCP server whose sockets swallow errors (the probe hangs up on them mid-write on purpose). */
+const tcpServer = (onConnection: (c: Socket) => void = () => {}) =>
+  createTcp((c) => {
+    c.on('error', () => {});
+    onConnection(c);
+  });
+
+const p = (proto: string, address: string, port: number, pid: number | null = 10, command = 'x'): RawPort => ({ proto, address, port, pid, command });
+const show = (ports: RawPort[]) => ports.map((x) => `${x.proto} ${x.address}:${x.port}`);
+
+test('collapse: a dual-stack wildcard pair of one process becomes one tcp/udp entry', () => {
+  assert.deepEqual(show(collapsePorts([p('tcp6', '::', 22), p('tcp', '0.0.0.0', 22)])), ['tcp 0.0.0.0:22']);
+  assert.deepEqual(show(collapsePorts([p('tcp', '0.0.0.0', 22), p('tcp6', '::', 22)])), ['tcp 0.0.0.0:22']);
+  assert.deepEqual(show(collapsePorts([p('udp6', '::', 53), p('udp', '0.0.0.0', 53)])), ['udp 0.0.0.0:53']);
+  // Unknown pids on both sides (an agent without permission to see them) still pair up.
+  assert.deepEqual(show(collapsePorts([p('tcp', '0.0.0.0', 80, null), p('tcp6', '::', 80, null)])), ['tcp 0.0.0.0:80']);
 });
 
-test('HTTP, HTTPS and non-HTTP listeners are told apart', async () => {
-  const http = await listen(createHttp((_, res) => res.end('ok')));
+test('collapse: different processes, specific addresses and lone families stay separate', () => {
+  const out = collapsePorts([
+    p('tcp', '0.0.0.0', 8080, 1),
+    p('tcp6', '::', 8080, 2), // another process: not the same service
+    p('tcp', '127.0.0.1', 5432, 20),
+    p('tcp6', '::1', 5432, 20), // loopback pair: not wildcards, kept as they are
+    p('tcp6', '::', 3000, 30),
+    p('tcp', '0.0.0.0', 9000, 4),
+    p('udp', '0.0.0.0', 9000, 4), // tcp and udp of one port are different services
+  ]);
+  assert.deepEqual(show(out), ['tcp 127.0.0.1:5432', 'tcp 0.0.0.0:8080', 'tcp 0.0.0.0:9000', 'tcp6 :::3000', 'tcp6 ::1:5432', 'tcp6 :::8080', 'udp 0.0.0.0:9000']);
+});
+
+test('collapse: sorted by protocol then port; exact duplicates dropped; input untouched', () => {
+  const input = [p('udp', '0.0.0.0', 5), p('tcp', '0.0.0.0', 443), p('tcp6', '::', 443), p('tcp', '0.0.0.0', 22), p('tcp', '0.0.0.0', 22), p('udp6', '::', 1)];
+  const snapshot = structuredClone(input);
+  assert.deepEqual(show(collapsePorts(input)), ['tcp 0.0.0.0:22', 'tcp 0.0.0.0:443', 'udp 0.0.0.0:5', 'udp6 :::1']);
+  assert.deepEqual(input, snapshot);
+  assert.deepEqual(collapsePorts([]), []);
+  // Extra fields of the caller's type are carried along.
+  const [one] = collapsePorts([{ ...p('tcp', '0.0.0.0', 1), extra: 'kept' }]);
+  assert.equal(one?.extra, 'kept');
+});
+
+let http = 0;
+let https = 0;
+let garbage = 0;
+let silent = 0;
+let refused = 0;
+
+before(async () => {
+  http = await listen(createHttp((_, res) => res.end('ok')));
   const dir = mkdtempSync(join(tmpdir(), 'probe-cert-'));
-  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-subj', '/CN=x', '-days', '1', '-keyout', join(dir, 'k'), '-out', join(dir, 'c')], { stdio: 'ignore' });
-  const https = await listen(createHttps({ key: readFileSync(join(dir, 'k')), cert: readFileSync(join(dir, 'c')) }, (_, res) => res.end('ok')));
-  rmSync(dir, { recursive: true, force: true });
-  const garbage = await listen(createTcp((c) => c.end('SSH-2.0-OpenSSH_9\r\n')));
+  try {
+    execFileSync(
+      'openssl',
+      ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-subj', '/CN=x', '-days', '1', '-keyout', join(dir, 'k'), '-out', join(dir, 'c')],
+      { stdio: 'ignore' },
+    );
+    https = await listen(createHttps({ key: readFileSync(join(dir, 'k')), cert: readFileSync(join(dir, 'c')) }, (_, res) => res.end('ok')));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+  garbage = await listen(tcpServer((c) => c.end('SSH-2.0-OpenSSH_9.2\r\n')));
+  silent = await listen(tcpServer());
+  // A port that was free a moment ago: nothing listens there.
+  const tmp = createTcp();
+  await new Promise<void>((r) => tmp.listen(0, '127.0.0.1', () => r()));
+  refused = (tmp.address() as AddressInfo).port;
+  await new Promise<void>((r) => tmp.close(() => r()));
+});
+
+test('probeHttp tells HTTPS (self-signed), HTTP and other protocols apart', async () => {
   assert.equal(await probeHttp('127.0.0.1', http), 'http');
   assert.equal(await probeHttp('127.0.0.1', https), 'https');
   assert.equal(await probeHttp('127.0.0.1', garbage), undefined);
+  assert.equal(await probeHttp('127.0.0.1', refused), undefined);
+});
+
+test('probeHttp: a peer that never speaks gives up; bad input never throws', async () => {
+  assert.equal(await probeHttp('127.0.0.1', silent, 200), undefined);
+  assert.equal(await probeHttp('127.0.0.1', 70_000), undefined);
+  assert.equal(await probeHttp('127.0.0.1', -1), undefined);
+  assert.equal(await probeHttp('not an address', 80, 300), undefined);
+});
+
+test('probeHttp: a server that floods garbage is cut off at the read cap', async () => {
+  const flood = await listen(tcpServer((c) => c.end(Buffer.alloc(1 << 20, 0x41))));
+  assert.equal(await probeHttp('127.0.0.1', flood), undefined);
+});
+
+test('enrichPorts: endpoints for all, urls for reachable TCP listeners that answered, loopback and UDP skipped', async () => {
   const enriched = await enrichPorts('dev', '127.0.0.1', [
-    { proto: 'tcp', address: '0.0.0.0', port: http, pid: 1, command: 'web' },
-    { proto: 'tcp', address: '127.0.0.1', port: https, pid: 2, command: 'local only' },
+    p('tcp', '0.0.0.0', http, 1, 'web'),
+    p('tcp6', '::', https, 2, 'tls'),
+    p('tcp', '0.0.0.0', garbage, 3, 'sshd'),
+    p('tcp', '127.0.0.1', http, 4, 'loopback only'),
+    p('tcp6', '::1', https, 5, 'loopback only'),
+    p('udp', '0.0.0.0', http, 6, 'dns'),
   ]);
-  assert.equal(enriched[0]?.url, `http://dev.vm:${http}/`);
-  assert.equal(enriched[0]?.endpoint, `dev.vm:${http}`);
-  assert.equal(enriched[1]?.url, undefined, 'loopback-only listeners are not reachable from the host');
+  assert.deepEqual(
+    enriched.map((e) => [e.command, e.endpoint, e.url]),
+    [
+      ['web', `dev.vm:${http}`, `http://dev.vm:${http}/`],
+      ['tls', `dev.vm:${https}`, `https://dev.vm:${https}/`],
+      ['sshd', `dev.vm:${garbage}`, undefined],
+      ['loopback only', `dev.vm:${http}`, undefined],
+      ['loopback only', `dev.vm:${https}`, undefined],
+      ['dns', `dev.vm:${http}`, undefined],
+    ],
+  );
+  assert.ok(!('url' in (enriched[2] ?? {})), 'no url key at all when nothing answered');
 });

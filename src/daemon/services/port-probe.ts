@@ -1,32 +1,47 @@
-import { connect as netConnect } from 'node:net';
+import { isIPv4 } from 'node:net';
+import { connect as netConnect, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 
+export type PortProto = 'tcp' | 'tcp6' | 'udp' | 'udp6';
+
 export interface RawPort {
+  /** PortProto from the agent; typed as string because the API schema passes it through as one. */
   proto: string;
   address: string;
   port: number;
   pid: number | null;
   command: string;
 }
+
 export interface EnrichedPort extends RawPort {
+  /** `<vm>.vm:<port>` */
   endpoint: string;
+  /** Set for TCP listeners that answered HTTPS or HTTP from the host. */
   url?: string;
 }
 
 const WILDCARD = new Set(['0.0.0.0', '::']);
+const PROTO_ORDER: Record<string, number> = { tcp: 0, tcp6: 1, udp: 2, udp6: 3 };
+const MAX_READ = 4096;
+const PROBE_CONCURRENCY = 8;
 
 /**
- * One entry per listener: a wildcard tcp+tcp6 (or udp+udp6) pair of the same process is one
- * dual-stack service and becomes one `tcp`/`udp` entry on 0.0.0.0. Sorted by protocol, then port.
+ * One entry per listener. A process that listens on both wildcards of one port (tcp 0.0.0.0 +
+ * tcp6 ::, likewise udp) runs one dual-stack service, reported once as `tcp`/`udp` on 0.0.0.0;
+ * exact duplicates (SO_REUSEPORT workers) are dropped. Sorted by protocol, port, then address.
  */
 export function collapsePorts<T extends RawPort>(ports: readonly T[]): T[] {
   const out: T[] = [];
+  const seen = new Set<string>();
   const wildcards = new Map<string, T>();
   for (const p of ports) {
+    const exact = `${p.proto}|${p.address}|${p.port}|${p.pid ?? '-'}`;
+    if (seen.has(exact)) continue;
+    seen.add(exact);
     const copy = { ...p };
     if (WILDCARD.has(p.address)) {
-      const family = p.proto.replace('6', '');
-      const key = `${family}/${p.port}/${p.pid ?? '-'}`;
+      const family = p.proto.replace(/6$/, '');
+      const key = `${family}|${p.port}|${p.pid ?? '-'}`;
       const twin = wildcards.get(key);
       if (twin && twin.proto !== p.proto) {
         Object.assign(twin, { proto: family, address: '0.0.0.0' });
@@ -36,53 +51,122 @@ export function collapsePorts<T extends RawPort>(ports: readonly T[]): T[] {
     }
     out.push(copy);
   }
-  return out.sort((a, b) => a.proto.localeCompare(b.proto) || a.port - b.port);
+  return out.sort(
+    (a, b) =>
+      (PROTO_ORDER[a.proto] ?? 9) - (PROTO_ORDER[b.proto] ?? 9) ||
+      a.proto.localeCompare(b.proto) ||
+      a.port - b.port ||
+      a.address.localeCompare(b.address),
+  );
 }
 
-function once(host: string, port: number, tls: boolean, timeoutMs: number): Promise<boolean> {
+/**
+ * Opens one connection, runs `onConnect`, and resolves with `decide(received)` once the peer has
+ * said enough, closed, failed or run out of time. Reads are capped at MAX_READ. Never rejects.
+ */
+function exchange(
+  open: () => Socket,
+  connectEvent: 'connect' | 'secureConnect',
+  request: string,
+  decide: (got: Buffer, connected: boolean) => boolean,
+  timeoutMs: number,
+): Promise<boolean> {
   return new Promise((resolve) => {
-    let done = false;
-    let got = '';
-    const finish = (ok: boolean) => {
-      if (done) return;
-      done = true;
+    let sock: Socket;
+    let connected = false;
+    let got = Buffer.alloc(0);
+    let timer: NodeJS.Timeout | undefined;
+    const finish = () => {
+      if (timer === undefined) return;
       clearTimeout(timer);
-      sock.destroy();
-      resolve(ok);
+      timer = undefined;
+      sock?.destroy();
+      resolve(decide(got, connected));
     };
-    const request = `HEAD / HTTP/1.0\r\nHost: ${host}\r\n\r\n`;
-    const sock = tls
-      ? tlsConnect({ host, port, rejectUnauthorized: false }, () => sock.write(request))
-      : netConnect({ host, port }, () => sock.write(request));
-    const timer = setTimeout(() => finish(false), timeoutMs);
-    sock.setEncoding('latin1');
-    sock.on('data', (d: string) => {
-      got += d;
-      if (got.length >= 5) finish(got.startsWith('HTTP/'));
-      if (got.length > 4096) finish(false);
+    timer = setTimeout(finish, timeoutMs);
+    try {
+      sock = open();
+    } catch {
+      // e.g. an out-of-range port: net.connect throws synchronously.
+      clearTimeout(timer);
+      return resolve(false);
+    }
+    sock.once(connectEvent, () => {
+      connected = true;
+      sock.write(request);
     });
-    sock.on('error', () => finish(false));
-    sock.on('end', () => finish(got.startsWith('HTTP/')));
+    sock.on('data', (d: Buffer) => {
+      got = Buffer.concat([got, d]).subarray(0, MAX_READ);
+      // The first bytes settle it; waiting for more only costs time.
+      if (got.length >= 5 || got.length >= MAX_READ) finish();
+    });
+    sock.on('error', finish);
+    sock.on('end', finish);
+    sock.on('close', finish);
   });
 }
 
-/** HTTPS first, then HTTP; never throws. */
+const isHttp = (got: Buffer) => got.subarray(0, 5).toString('latin1') === 'HTTP/';
+
+/**
+ * HTTPS first (a server that speaks TLS would answer a plain request with garbage or not at all),
+ * then HTTP. HTTPS means a completed TLS handshake, whatever follows; the HEAD is sent so the
+ * server logs an ordinary request rather than a dropped connection. Never throws.
+ */
 export async function probeHttp(host: string, port: number, timeoutMs = 1500): Promise<'https' | 'http' | undefined> {
-  if (await once(host, port, true, timeoutMs)) return 'https';
-  if (await once(host, port, false, timeoutMs)) return 'http';
-  return undefined;
+  const head = `HEAD / HTTP/1.0\r\nHost: ${host.includes(':') ? `[${host}]` : host}\r\n\r\n`;
+  const tls = await exchange(
+    // Certificates of dev servers are self-signed or issued for other names: the probe asks only
+    // whether TLS is spoken. No SNI: the host is an address.
+    () => tlsConnect({ host, port, rejectUnauthorized: false }),
+    'secureConnect',
+    head,
+    (_got, connected) => connected,
+    timeoutMs,
+  );
+  if (tls) return 'https';
+  const http = await exchange(() => netConnect({ host, port }), 'connect', head, (got) => isHttp(got), timeoutMs);
+  return http ? 'http' : undefined;
 }
 
-export async function enrichPorts(vmName: string, hostIp: string, ports: readonly RawPort[]): Promise<EnrichedPort[]> {
+/**
+ * `endpoint` for every listener and `url` for the TCP ones that answered HTTP(S) on the VM's
+ * address. Listeners bound to loopback are not probed: the host cannot reach them.
+ */
+export async function enrichPorts(
+  vmName: string,
+  hostIp: string,
+  ports: readonly RawPort[],
+  timeoutMs = 1500,
+): Promise<EnrichedPort[]> {
   const out: EnrichedPort[] = ports.map((p) => ({ ...p, endpoint: `${vmName}.vm:${p.port}` }));
-  const probe = out.filter((p) => p.proto.startsWith('tcp') && !['127.0.0.1', '::1'].includes(p.address) && p.port !== 22);
-  for (let i = 0; i < probe.length; i += 8) {
-    await Promise.all(
-      probe.slice(i, i + 8).map(async (p) => {
-        const scheme = await probeHttp(hostIp, p.port);
-        if (scheme) p.url = `${scheme}://${vmName}.vm:${p.port}/`;
-      }),
-    );
+  const reachable = out.filter((p) => p.proto.startsWith('tcp') && !isLoopback(p.address));
+  // tcp and tcp6 entries of one port (different processes) share one probe.
+  const unique = [...new Set(reachable.map((p) => p.port))];
+  const schemes = new Map<number, 'https' | 'http' | undefined>();
+  await mapLimit(unique, PROBE_CONCURRENCY, async (port) => {
+    schemes.set(port, await probeHttp(hostIp, port, timeoutMs));
+  });
+  for (const p of reachable) {
+    const scheme = schemes.get(p.port);
+    if (scheme) p.url = `${scheme}://${vmName}.vm:${p.port}/`;
   }
   return out;
+}
+
+function isLoopback(address: string): boolean {
+  const a = address.toLowerCase().replace(/^::ffff:/, '');
+  return a === '::1' || (isIPv4(a) && a.startsWith('127.'));
+}
+
+/** Runs `fn` over `items` with at most `limit` in flight (a slow port does not hold back a batch). */
+async function mapLimit<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const item = items[next++] as T;
+      await fn(item);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
 }
