@@ -17,6 +17,10 @@ export interface Benchmark {
   setup?(): Promise<void> | void;
   candidate(): Promise<void> | void;
   baseline(): Promise<void> | void;
+  /** Unmeasured, right after each candidate run (e.g. kill its VM so it does not load the machine while the baseline runs). */
+  afterCandidate?(): Promise<void> | void;
+  /** Unmeasured, right after each baseline run. */
+  afterBaseline?(): Promise<void> | void;
   /** Unmeasured, after each candidate/baseline pair (e.g. delete the VM a round created). */
   cleanup?(): Promise<void> | void;
   teardown?(): Promise<void> | void;
@@ -102,12 +106,16 @@ export async function runBenchmark(
     await b.setup?.();
     for (let i = 0; i < (b.warmup ?? 1); i++) {
       await b.candidate();
+      await b.afterCandidate?.();
       await b.baseline();
+      await b.afterBaseline?.();
       await b.cleanup?.();
     }
     for (let i = 0; i < rounds; i++) {
       const c = await timed(() => b.candidate(), now);
+      await b.afterCandidate?.();
       const s = await timed(() => b.baseline(), now);
+      await b.afterBaseline?.();
       await b.cleanup?.();
       cand.push(c);
       base.push(s);

@@ -95,7 +95,7 @@ export function vmCreateBenchmark(): Benchmark {
           initrdPath: join(dir, 'initrd.img'),
           cmdline: await vmCmdline({ hostname: 'baseline' }),
           disks: [
-            { id: 'root', path: a.rootfs, format: 'raw' },
+            { id: 'root', path: join(runDir, 'root.qcow2'), format: 'qcow2' },
             { id: 'work', path: join(dir, 'work.ext4'), format: 'raw' },
           ],
           nets: [{ id: 'net0', tapName: 'bgbase0', mac: '52:54:00:99:00:02' }],
@@ -107,10 +107,10 @@ export function vmCreateBenchmark(): Benchmark {
         },
         join(runDir, 'qmp.sock'),
       );
-      // snapshot=on: writes go to a throw-away overlay, the shared rootfs stays pristine.
-      const withSnapshot = args.map((x) => (x.startsWith('id=root,') || x.startsWith('id=work,') ? `${x},snapshot=on` : x));
+      // The same copy-on-write root banger gives a VM: a qcow2 overlay over the shared rootfs.
+      await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', a.rootfs, '-F', 'raw', join(runDir, 'root.qcow2')]);
       // `ip netns exec` execs QEMU in place, so the pid is QEMU's.
-      baselinePid = await spawnDetached('ip', inNs('qemu-system-x86_64', withSnapshot), join(runDir, 'vmm.log'));
+      baselinePid = await spawnDetached('ip', inNs('qemu-system-x86_64', args), join(runDir, 'vmm.log'));
       const agent = new AgentClient({ socketPath: join(runDir, 'agent.sock'), transport: 'virtio-serial' });
       try {
         await agent.waitReady(300_000);
@@ -118,11 +118,10 @@ export function vmCreateBenchmark(): Benchmark {
         agent.close();
       }
     },
-    async cleanup() {
+    afterCandidate: () => banger('vm', 'delete', `bench-${n}`).then(() => undefined),
+    async afterBaseline() {
       if (baselinePid) await killAndWait(baselinePid.pid, baselinePid.startTime);
       baselinePid = undefined;
-      await banger('vm', 'kill', `bench-${n}`).catch(() => '');
-      await banger('vm', 'delete', `bench-${n}`);
     },
     async teardown() {
       if (baselinePid) await killAndWait(baselinePid.pid, baselinePid.startTime).catch(() => {});
@@ -215,11 +214,9 @@ export function tapPoolBenchmark(): Benchmark {
       n++;
       await createAndSsh(warm);
     },
+    afterCandidate: () => warm.banger('vm', 'delete', `p${n}`).then(() => undefined),
     baseline: () => createAndSsh(cold),
-    async cleanup() {
-      await warm.banger('vm', 'delete', `p${n}`);
-      await cold.banger('vm', 'delete', `p${n}`);
-    },
+    afterBaseline: () => cold.banger('vm', 'delete', `p${n}`).then(() => undefined),
     async teardown() {
       await warm.teardown();
       await cold.teardown();
