@@ -1,4 +1,4 @@
-import { request as httpRequest } from 'node:http';
+import { type IncomingMessage, request as httpRequest } from 'node:http';
 import { BangerError, type ErrorBody } from '../api/errors.js';
 
 export const OP_HEADER = 'x-banger-op';
@@ -85,6 +85,21 @@ export function errorFrom(raw: RawResponse): BangerError {
   return new BangerError('internal', `daemon answered HTTP ${raw.status} without an error body`, { opId: raw.opId });
 }
 
+/** A streaming route refused the request: its body is the usual JSON error. */
+function rejectWithErrorBody(res: IncomingMessage, opId: string, reject: (e: Error) => void): void {
+  const chunks: Buffer[] = [];
+  res.on('data', (c: Buffer) => chunks.push(c));
+  res.on('end', () => {
+    let body: unknown;
+    try {
+      body = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+    } catch {
+      body = undefined;
+    }
+    reject(errorFrom({ status: res.statusCode ?? 0, body, opId }));
+  });
+}
+
 /** Reads a server-sent-events stream and calls onEvent with each parsed `data:` payload. */
 export function streamEvents(
   socketPath: string,
@@ -94,20 +109,7 @@ export function streamEvents(
 ): Promise<void> {
   return new Promise((resolve, reject) => {
     const req = httpRequest({ socketPath, method: 'GET', path, headers: { [OP_HEADER]: opId, accept: 'text/event-stream' } }, (res) => {
-      if (res.statusCode !== 200) {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => {
-          let body: unknown;
-          try {
-            body = JSON.parse(Buffer.concat(chunks).toString('utf8'));
-          } catch {
-            body = undefined;
-          }
-          reject(errorFrom({ status: res.statusCode ?? 0, body, opId }));
-        });
-        return;
-      }
+      if (res.statusCode !== 200) return void rejectWithErrorBody(res, opId, reject);
       res.setEncoding('utf8');
       let buf = '';
       let stopped = false;
@@ -156,20 +158,7 @@ export function streamEvents(
 export function streamText(socketPath: string, path: string, opId: string, onChunk: (text: string) => void, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
     const req = httpRequest({ socketPath, method: 'GET', path, headers: { [OP_HEADER]: opId } }, (res) => {
-      if (res.statusCode !== 200) {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => {
-          let body: unknown;
-          try {
-            body = JSON.parse(Buffer.concat(chunks).toString('utf8'));
-          } catch {
-            body = undefined;
-          }
-          reject(errorFrom({ status: res.statusCode ?? 0, body, opId }));
-        });
-        return;
-      }
+      if (res.statusCode !== 200) return void rejectWithErrorBody(res, opId, reject);
       res.setEncoding('utf8');
       res.on('data', (c: string) => onChunk(c));
       res.on('end', () => resolve());
