@@ -10,15 +10,15 @@ describe('auto_stop_stale_after', { skip: assets ? false : 'guest assets missing
   before(async () => {
     home = await TestHome.create('accel = "tcg"\nauto_stop_stale_after = "4s"\n[vm_defaults]\nvcpu = 2\nmemory_mib = 512\ndisk_size = "512M"\n', { netns: true });
     const a = assets as NonNullable<typeof assets>;
-    assert.equal((await home.run(['kernel', 'import', 'k', '--from', a.kernelDir])).code, 0);
-    assert.equal((await home.run(['image', 'register', '--name', 'debian-bookworm', '--rootfs', a.rootfs, '--kernel-ref', 'k'])).code, 0);
+    assert.equal((await home.banger(['kernel', 'import', 'k', '--from', a.kernelDir])).code, 0);
+    assert.equal((await home.banger(['image', 'register', '--name', 'debian-bookworm', '--rootfs', a.rootfs, '--kernel-ref', 'k'])).code, 0);
   });
   after(async () => {
     await home?.destroy();
   });
 
   test('a running VM nobody touches is stopped gracefully; `vm list` does not count as a touch', async () => {
-    const c = await home.run(['vm', 'create', '--name', 'idle']);
+    const c = await home.banger(['vm', 'create', '--name', 'idle']);
     assert.equal(c.code, 0, c.stderr);
     let vm: Vm | undefined;
     for (let i = 0; i < 90; i++) {
@@ -31,7 +31,7 @@ describe('auto_stop_stale_after', { skip: assets ? false : 'guest assets missing
     const qemu = (await pidsMentioning(home.dir)).length;
     // Only the daemon may remain (it mentions the home through its environment, not its argv).
     assert.equal(qemu, 0);
-    const logs = await home.run(['daemon', 'logs', '-n', '50']);
+    const logs = await home.banger(['daemon', 'logs', '-n', '50']);
     assert.match(logs.stdout, /stopping stale VM/);
   });
 });

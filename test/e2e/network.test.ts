@@ -31,7 +31,7 @@ describe('VM networking', { skip: assets ? false : 'guest assets missing: run sc
     assert.equal(r.code, 0, r.stderr);
     return JSON.parse(r.stdout) as { rcode: string; answers: string[] };
   };
-  const sh = (vm: string, cmd: string) => home.run(['vm', 'ssh', vm, '--', 'sh', '-c', cmd], { timeoutMs: 120_000 });
+  const sh = (vm: string, cmd: string) => home.banger(['vm', 'ssh', vm, '--', 'sh', '-c', cmd], 120_000);
   const nftMasquerades = async () => {
     const r = await home.exec('nft', ['list', 'table', 'inet', 'banger']);
     return r.code === 0 ? (r.stdout.match(/masquerade/g) ?? []).length : -1;
@@ -40,8 +40,8 @@ describe('VM networking', { skip: assets ? false : 'guest assets missing: run sc
   before(async () => {
     home = await TestHome.create('accel = "tcg"\n[vm_defaults]\nvcpu = 1\nmemory_mib = 512\ndisk_size = "512M"\n', { netns: true });
     const a = assets as NonNullable<typeof assets>;
-    assert.equal((await home.run(['kernel', 'import', 'k', '--from', a.kernelDir])).code, 0);
-    assert.equal((await home.run(['image', 'register', '--name', 'debian-bookworm', '--rootfs', a.rootfs, '--kernel-ref', 'k'])).code, 0);
+    assert.equal((await home.banger(['kernel', 'import', 'k', '--from', a.kernelDir])).code, 0);
+    assert.equal((await home.banger(['image', 'register', '--name', 'debian-bookworm', '--rootfs', a.rootfs, '--kernel-ref', 'k'])).code, 0);
     // A fake upstream host: its own namespace, linked to the daemon's namespace by a veth pair.
     upstream = `${home.netns}-up`;
     for (const args of [
@@ -65,7 +65,7 @@ describe('VM networking', { skip: assets ? false : 'guest assets missing: run sc
   });
 
   test('concurrent creates get distinct leases; names resolve through banger DNS', async () => {
-    const [a, b] = await Promise.all([home.run(['vm', 'create', '--name', 'neta', '--nat']), home.run(['vm', 'create', '--name', 'netb'])]);
+    const [a, b] = await Promise.all([home.banger(['vm', 'create', '--name', 'neta', '--nat']), home.banger(['vm', 'create', '--name', 'netb'])]);
     assert.equal(a.code, 0, a.stderr);
     assert.equal(b.code, 0, b.stderr);
     const va = await home.json<Vm>(['vm', 'show', 'neta']);
@@ -83,7 +83,7 @@ describe('VM networking', { skip: assets ? false : 'guest assets missing: run sc
   test('vm ssh runs commands, quotes argv and passes the exit code through', async () => {
     const r = await sh('neta', 'exit 42');
     assert.equal(r.code, 42, r.stderr);
-    const echo = await home.run(['vm', 'ssh', 'neta', '--', 'printf', '%s|', 'a b', "it's", '$HOME', '']);
+    const echo = await home.banger(['vm', 'ssh', 'neta', '--', 'printf', '%s|', 'a b', "it's", '$HOME', '']);
     assert.equal(echo.code, 0, echo.stderr);
     assert.equal(echo.stdout, "a b|it's|$HOME||");
     const host = await sh('netb', 'hostname');
@@ -154,12 +154,12 @@ describe('VM networking', { skip: assets ? false : 'guest assets missing: run sc
       const blocked = await sh('netb', connect);
       assert.notEqual(blocked.code, 0, 'a VM without NAT cannot reach beyond the host');
       assert.equal(await nftMasquerades(), 1);
-      const off = await home.run(['vm', 'set', 'neta', '--nat', 'off']);
+      const off = await home.banger(['vm', 'set', 'neta', '--nat', 'off']);
       assert.equal(off.code, 0, off.stderr);
       const after = await sh('neta', connect);
       assert.notEqual(after.code, 0, 'after --nat off the VM is cut off');
       assert.equal(seen.length, 1);
-      assert.equal((await home.run(['vm', 'set', 'neta', '--nat', 'on'])).code, 0);
+      assert.equal((await home.banger(['vm', 'set', 'neta', '--nat', 'on'])).code, 0);
     } finally {
       child.kill();
     }
@@ -167,7 +167,7 @@ describe('VM networking', { skip: assets ? false : 'guest assets missing: run sc
 
   test('a daemon restart leaves exactly one rule set and every DNS record', async () => {
     assert.equal(await nftMasquerades(), 1);
-    assert.equal((await home.run(['daemon', 'restart'])).code, 0);
+    assert.equal((await home.banger(['daemon', 'restart'])).code, 0);
     assert.equal(await nftMasquerades(), 1);
     const va = await home.json<Vm>(['vm', 'show', 'neta']);
     const vb = await home.json<Vm>(['vm', 'show', 'netb']);
@@ -178,11 +178,11 @@ describe('VM networking', { skip: assets ? false : 'guest assets missing: run sc
   test('delete frees the lease, the TAP and the DNS record', async () => {
     const vb = await home.json<Vm>(['vm', 'show', 'netb']);
     assert.ok(vb.tap);
-    assert.equal((await home.run(['vm', 'delete', 'netb'])).code, 0);
+    assert.equal((await home.banger(['vm', 'delete', 'netb'])).code, 0);
     const links = await home.exec('ip', ['-o', 'link', 'show']);
     assert.doesNotMatch(links.stdout, new RegExp(`\\b${vb.tap}\\b`));
     assert.equal((await resolve('netb.vm')).rcode, 'NXDOMAIN');
-    const c = await home.run(['vm', 'create', '--name', 'netc', '--no-start']);
+    const c = await home.banger(['vm', 'create', '--name', 'netc', '--no-start']);
     assert.equal(c.code, 0, c.stderr);
     assert.equal((await home.json<Vm>(['vm', 'show', 'netc'])).ip, vb.ip, 'the freed address is reused');
     assert.equal(existsSync(join(home.dir, 'state', 'vms', vb.id)), false);
@@ -191,7 +191,7 @@ describe('VM networking', { skip: assets ? false : 'guest assets missing: run sc
   test('a bridge name or CIDR that would touch networking banger does not own is refused', async () => {
     const bad = await TestHome.create('bridge_name = "eth0"\n', { netns: true });
     try {
-      const r = await bad.run(['daemon', 'start']);
+      const r = await bad.banger(['daemon', 'start']);
       assert.notEqual(r.code, 0);
       assert.match(r.stderr, /bridge_name/);
       assert.match(r.stderr, /banger only manages bridges it owns/);
@@ -204,9 +204,9 @@ describe('VM networking', { skip: assets ? false : 'guest assets missing: run sc
       // The namespace already has 192.0.2.0/24 on a link banger does not own.
       await clash.exec('ip', ['link', 'add', 'other0', 'type', 'bridge']);
       await clash.exec('ip', ['addr', 'add', '192.0.2.10/24', 'dev', 'other0']);
-      assert.equal((await clash.run(['kernel', 'import', 'k', '--from', a.kernelDir])).code, 0);
-      assert.equal((await clash.run(['image', 'register', '--name', 'debian-bookworm', '--rootfs', a.rootfs, '--kernel-ref', 'k'])).code, 0);
-      const r = await clash.run(['vm', 'create', '--name', 'x']);
+      assert.equal((await clash.banger(['kernel', 'import', 'k', '--from', a.kernelDir])).code, 0);
+      assert.equal((await clash.banger(['image', 'register', '--name', 'debian-bookworm', '--rootfs', a.rootfs, '--kernel-ref', 'k'])).code, 0);
+      const r = await clash.banger(['vm', 'create', '--name', 'x']);
       assert.equal(r.code, 1);
       assert.match(r.stderr, /192\.0\.2\.0\/24|overlap/);
       assert.deepEqual((await clash.json<{ vms: Vm[] }>(['vm', 'list'])).vms, []);

@@ -46,9 +46,9 @@ describe('VM lifecycle on real QEMU', { skip }, () => {
   before(async () => {
     home = await TestHome.create(['accel = "tcg"', '[vm_defaults]', 'vcpu = 2', 'memory_mib = 512', 'disk_size = "1G"', ''].join('\n'), { netns: true });
     const a = assets as NonNullable<typeof assets>;
-    const k = await home.run(['kernel', 'import', 'debian-cloud', '--from', a.kernelDir]);
+    const k = await home.banger(['kernel', 'import', 'debian-cloud', '--from', a.kernelDir]);
     assert.equal(k.code, 0, k.stderr);
-    const i = await home.run(['image', 'register', '--name', 'debian-bookworm', '--rootfs', a.rootfs, '--kernel-ref', 'debian-cloud']);
+    const i = await home.banger(['image', 'register', '--name', 'debian-bookworm', '--rootfs', a.rootfs, '--kernel-ref', 'debian-cloud']);
     assert.equal(i.code, 0, i.stderr);
   });
 
@@ -57,7 +57,7 @@ describe('VM lifecycle on real QEMU', { skip }, () => {
   });
 
   test('create boots a VM to a healthy agent, with live stages and a spec line', async () => {
-    const r = await home.run(['vm', 'create', '--name', 'alpha']);
+    const r = await home.banger(['vm', 'create', '--name', 'alpha']);
     assert.equal(r.code, 0, `${r.stdout}\n${r.stderr}`);
     assert.match(r.stdout, /^spec: alpha vcpus=2 memory=512MiB disk=1024MiB image=debian-bookworm vmm=qemu ip=172\.30\.0\.\d+ nat=off$/m);
     for (const stage of ['resolve image', 'prepare disks', 'apply work seed', 'start VMM', 'wait for agent', 'ready']) {
@@ -71,7 +71,7 @@ describe('VM lifecycle on real QEMU', { skip }, () => {
     assert.equal(h.ready, true);
     assert.equal(h.hostname, 'alpha');
     assert.ok(h.uptimeSeconds > 0);
-    const logs = await home.run(['vm', 'logs', 'alpha', '-n', '500']);
+    const logs = await home.banger(['vm', 'logs', 'alpha', '-n', '500']);
     assert.match(logs.stdout, /banger-init/);
   });
 
@@ -97,7 +97,7 @@ describe('VM lifecycle on real QEMU', { skip }, () => {
 
   test('the daemon restarts while the VM runs and re-adopts it', async () => {
     const before = await home.json<Vm>(['vm', 'show', 'alpha']);
-    const r = await home.run(['daemon', 'restart']);
+    const r = await home.banger(['daemon', 'restart']);
     assert.equal(r.code, 0, r.stderr);
     const after = await home.json<Vm>(['vm', 'show', 'alpha']);
     assert.equal(after.state, 'running');
@@ -108,22 +108,22 @@ describe('VM lifecycle on real QEMU', { skip }, () => {
 
   test('stop powers off gracefully; set changes the stopped VM; start boots it again', async () => {
     const vm = await home.json<Vm>(['vm', 'show', 'alpha']);
-    const stop = await home.run(['vm', 'stop', 'alpha']);
+    const stop = await home.banger(['vm', 'stop', 'alpha']);
     assert.equal(stop.code, 0, stop.stderr);
     assert.equal((await home.json<Vm>(['vm', 'show', 'alpha'])).state, 'stopped');
     assert.deepEqual(await qemuPids('alpha'), []);
     assert.equal(existsSync(join(home.dir, 'run', 'vms', vm.id, 'qmp.sock')), false);
-    const logs = await home.run(['vm', 'logs', 'alpha', '-n', '50']);
+    const logs = await home.banger(['vm', 'logs', 'alpha', '-n', '50']);
     assert.match(logs.stdout, /reboot: Power down|Power down/);
 
     const set = await home.json<Vm>(['vm', 'set', 'alpha', '--vcpus', '1', '--disk-size', '2G']);
     assert.equal(set.vcpus, 1);
     assert.equal(set.diskSizeBytes, 2 * 1024 ** 3);
-    const shrink = await home.run(['vm', 'set', 'alpha', '--disk-size', '1G']);
+    const shrink = await home.banger(['vm', 'set', 'alpha', '--disk-size', '1G']);
     assert.equal(shrink.code, 1);
     assert.match(shrink.stderr, /can only grow/);
 
-    const start = await home.run(['vm', 'start', 'alpha']);
+    const start = await home.banger(['vm', 'start', 'alpha']);
     assert.equal(start.code, 0, start.stderr);
     const again = await home.json<Vm>(['vm', 'show', 'alpha']);
     assert.equal(again.state, 'running');
@@ -134,17 +134,17 @@ describe('VM lifecycle on real QEMU', { skip }, () => {
 
   test('kill stops at once; delete leaves nothing behind', async () => {
     const vm = await home.json<Vm>(['vm', 'show', 'alpha']);
-    const k = await home.run(['vm', 'kill', 'alpha']);
+    const k = await home.banger(['vm', 'kill', 'alpha']);
     assert.equal(k.code, 0, k.stderr);
     assert.equal((await home.json<Vm>(['vm', 'show', 'alpha'])).state, 'stopped');
     assert.deepEqual(await qemuPids('alpha'), []);
-    const d = await home.run(['vm', 'delete', 'alpha']);
+    const d = await home.banger(['vm', 'delete', 'alpha']);
     assert.equal(d.code, 0, d.stderr);
     await assertNoTraceOf(vm);
   });
 
   test('two VMs boot concurrently and a bulk delete removes both', async () => {
-    const [b, c] = await Promise.all([home.run(['vm', 'create', '--name', 'beta']), home.run(['vm', 'create', '--name', 'gamma'])]);
+    const [b, c] = await Promise.all([home.banger(['vm', 'create', '--name', 'beta']), home.banger(['vm', 'create', '--name', 'gamma'])]);
     assert.equal(b.code, 0, b.stderr);
     assert.equal(c.code, 0, c.stderr);
     const list = await home.json<{ vms: Vm[] }>(['vm', 'list']);
@@ -165,19 +165,19 @@ describe('VM lifecycle on real QEMU', { skip }, () => {
       [['image', 'register', '--name', 'broken', '--rootfs', (assets as NonNullable<typeof assets>).rootfs, '--kernel', '/nonexistent/vmlinuz'], /kernel \/nonexistent\/vmlinuz is not a file/, 1],
     ];
     for (const [args, re, code] of cases) {
-      const r = await home.run(args);
+      const r = await home.banger(args);
       assert.equal(r.code, code, `${args.join(' ')}: ${r.stderr}`);
       assert.match(r.stderr, re);
       assert.match(r.stderr, /fix:|usage/i);
     }
-    const dupA = await home.run(['vm', 'create', '--name', 'dup', '--no-start']);
+    const dupA = await home.banger(['vm', 'create', '--name', 'dup', '--no-start']);
     assert.equal(dupA.code, 0, dupA.stderr);
-    const dupB = await home.run(['vm', 'create', '--name', 'dup', '--no-start']);
+    const dupB = await home.banger(['vm', 'create', '--name', 'dup', '--no-start']);
     assert.equal(dupB.code, 1);
     assert.match(dupB.stderr, /a VM named "dup" already exists/);
     assert.deepEqual(rows().map((r) => r.name), ['dup']);
     assert.deepEqual((await home.json<{ images: Array<{ name: string }> }>(['image', 'list'])).images.map((i) => i.name), ['debian-bookworm']);
-    const unknown = await home.run(['vm', 'stop', 'ghost', 'dup']);
+    const unknown = await home.banger(['vm', 'stop', 'ghost', 'dup']);
     assert.equal(unknown.code, 1);
     assert.match(unknown.stderr, /ghost/);
     assert.match(unknown.stdout, /stopped dup/);
@@ -188,7 +188,7 @@ describe('VM lifecycle on real QEMU', { skip }, () => {
     const dry = await home.json<{ pruned: Array<{ name: string }> }>(['vm', 'prune', '--dry-run']);
     assert.deepEqual(dry.pruned.map((v) => v.name), ['dup']);
     assert.equal(rows().length, 1);
-    const r = await home.run(['vm', 'prune', '-f']);
+    const r = await home.banger(['vm', 'prune', '-f']);
     assert.equal(r.code, 0, r.stderr);
     await assertNoTraceOf(dup);
     const vmDirs = await readdir(join(home.dir, 'state', 'vms'));
@@ -203,9 +203,9 @@ describe('VM lifecycle on real QEMU', { skip }, () => {
     const other = await TestHome.create(`accel = "tcg"\nqemu_bin = "${fakeQemu}"\n[vm_defaults]\ndisk_size = "512M"\n`, { netns: true });
     try {
       const a = assets as NonNullable<typeof assets>;
-      assert.equal((await other.run(['kernel', 'import', 'k', '--from', a.kernelDir])).code, 0);
-      assert.equal((await other.run(['image', 'register', '--name', 'debian-bookworm', '--rootfs', a.rootfs, '--kernel-ref', 'k'])).code, 0);
-      const r = await other.run(['vm', 'create', '--name', 'doomed']);
+      assert.equal((await other.banger(['kernel', 'import', 'k', '--from', a.kernelDir])).code, 0);
+      assert.equal((await other.banger(['image', 'register', '--name', 'debian-bookworm', '--rootfs', a.rootfs, '--kernel-ref', 'k'])).code, 0);
+      const r = await other.banger(['vm', 'create', '--name', 'doomed']);
       assert.equal(r.code, 1);
       assert.match(r.stderr, /QEMU failed to start/);
       assert.match(r.stderr, /no-such-option/);

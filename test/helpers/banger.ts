@@ -1,8 +1,9 @@
 import { type SpawnOptions, spawn } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 
 /** Project root (this file is dist/test/helpers/banger.js). */
@@ -16,7 +17,11 @@ export interface Result {
   stderr: string;
 }
 
-/** An isolated banger installation: its own daemon, store, sockets and VMs. Short path: socket paths are limited to 108 bytes. */
+/**
+ * One isolated banger installation for integration and end-to-end tests: the real CLI and a real
+ * daemon with their own store, sockets and VMs, nothing shared with the user's banger or with
+ * other test files. Short path under /tmp: socket paths are limited to 108 bytes.
+ */
 export class TestHome {
   private constructor(
     readonly dir: string,
@@ -28,10 +33,12 @@ export class TestHome {
    * `netns: true` runs everything inside a fresh network namespace with only loopback, so bridges,
    * TAPs, NAT rules and the DNS listener never touch the host's own networking.
    */
-  static async create(config = '', opts: { netns?: boolean } = {}): Promise<TestHome> {
+  static async create(config?: string, opts: { netns?: boolean } = {}): Promise<TestHome> {
     const dir = await mkdtemp('/tmp/bg-');
-    await mkdir(join(dir, 'config'), { recursive: true });
-    if (config) await writeFile(join(dir, 'config', 'config.toml'), config);
+    if (config !== undefined) {
+      await mkdir(join(dir, 'config'), { recursive: true });
+      await writeFile(join(dir, 'config', 'config.toml'), config);
+    }
     let netns: string | undefined;
     if (opts.netns) {
       netns = `bgt-${dir.slice(-6).toLowerCase()}`;
@@ -41,38 +48,106 @@ export class TestHome {
     return new TestHome(dir, netns);
   }
 
+  get env(): NodeJS.ProcessEnv {
+    const env: NodeJS.ProcessEnv = { ...process.env, BANGER_HOME: this.dir };
+    // An outer BANGER_CONFIG would point every test home at the same file.
+    delete env.BANGER_CONFIG;
+    return env;
+  }
+
+  get runDir(): string {
+    return join(this.dir, 'run');
+  }
+  get socketPath(): string {
+    return join(this.dir, 'run', 'bangerd.sock');
+  }
+  get dbPath(): string {
+    return join(this.dir, 'state', 'banger.db');
+  }
+  get configFile(): string {
+    return join(this.dir, 'config', 'config.toml');
+  }
+
   /** Runs a command inside this home's namespace (or directly when it has none). */
   exec(cmd: string, args: string[], timeoutMs = 60_000): Promise<Result> {
-    return this.netns ? runProcess('ip', ['netns', 'exec', this.netns, cmd, ...args], { env: this.env }, timeoutMs) : runProcess(cmd, args, { env: this.env }, timeoutMs);
+    return this.netns
+      ? runProcess('ip', ['netns', 'exec', this.netns, cmd, ...args], { env: this.env }, timeoutMs)
+      : runProcess(cmd, args, { env: this.env }, timeoutMs);
   }
 
-  get env(): NodeJS.ProcessEnv {
-    return { ...process.env, BANGER_HOME: this.dir, CI: '1' };
+  banger(args: string[], timeoutMs = 600_000): Promise<Result> {
+    return this.exec(process.execPath, [BANGER, ...args], timeoutMs);
   }
 
-  run(args: string[], opts: { timeoutMs?: number; input?: string } = {}): Promise<Result> {
-    const [cmd, argv] = this.netns ? ['ip', ['netns', 'exec', this.netns, process.execPath, BANGER, ...args]] : [process.execPath, [BANGER, ...args]];
-    return runProcess(cmd, argv, { env: this.env }, opts.timeoutMs ?? 600_000, opts.input);
+  bangerd(args: string[], timeoutMs = 30_000): Promise<Result> {
+    return this.exec(process.execPath, [BANGERD, ...args], timeoutMs);
+  }
+
+  /** Runs a CLI command that must succeed and returns its stdout. */
+  async ok(args: string[]): Promise<string> {
+    const r = await this.banger(args);
+    if (r.code !== 0) throw new Error(`banger ${args.join(' ')} exited ${r.code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`);
+    return r.stdout;
   }
 
   async json<T>(args: string[]): Promise<T> {
-    const r = await this.run([...args, '--json']);
-    if (r.code !== 0) throw new Error(`banger ${args.join(' ')} failed (${r.code}): ${r.stderr}`);
-    return JSON.parse(r.stdout) as T;
+    return JSON.parse(await this.ok([...args, '--json'])) as T;
   }
 
-  /** Stops the daemon and every VMM started under this home, then removes it. */
-  async destroy(): Promise<void> {
-    await this.run(['daemon', 'stop'], { timeoutMs: 60_000 }).catch(() => {});
-    for (const pid of await pidsMentioning(this.dir)) {
+  /** Live bangerd processes of this home, found by their environment (their argv does not name the home). */
+  daemonPids(): number[] {
+    const needle = `BANGER_HOME=${this.dir}`;
+    const pids: number[] = [];
+    for (const e of readdirSync('/proc')) {
+      if (!/^\d+$/.test(e)) continue;
+      const pid = Number(e);
       try {
-        process.kill(pid, 'SIGKILL');
+        const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+        if (!/daemon\/main\.js|bangerd\.js/.test(cmd)) continue;
+        if (!readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0').includes(needle)) continue;
+        if (isAlive(pid)) pids.push(pid);
       } catch {
-        /* gone */
+        /* exited while we looked */
       }
     }
+    return pids;
+  }
+
+  /**
+   * Stops this home's daemons (SIGTERM, then SIGKILL) and every VMM started under it, removes the
+   * directory and the namespace. Safe to call twice.
+   */
+  async destroy(): Promise<void> {
+    const pids = this.daemonPids();
+    for (const pid of pids) signal(pid, 'SIGTERM');
+    const deadline = Date.now() + 5000;
+    while (pids.some(isAlive) && Date.now() < deadline) await sleep(25);
+    for (const pid of [...pids, ...(await pidsMentioning(this.dir))]) if (isAlive(pid)) signal(pid, 'SIGKILL');
     await rm(this.dir, { recursive: true, force: true });
     if (this.netns) await runProcess('ip', ['netns', 'del', this.netns], {}, 10_000).catch(() => {});
+  }
+}
+
+function signal(pid: number, sig: NodeJS.Signals): void {
+  try {
+    process.kill(pid, sig);
+  } catch {
+    /* already gone */
+  }
+}
+
+/** Alive and not a zombie (an orphaned daemon may linger as a zombie until init reaps it). */
+export function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch {
+    return false;
+  }
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return false;
   }
 }
 

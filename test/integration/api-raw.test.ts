@@ -1,12 +1,12 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import Database from 'better-sqlite3';
-import { Home, raw } from './harness.js';
+import { TestHome, raw } from './harness.js';
 
-let home: Home;
+let home: TestHome;
 
 before(async () => {
-  home = await Home.create();
+  home = await TestHome.create();
   await home.ok(['daemon', 'start']);
 });
 

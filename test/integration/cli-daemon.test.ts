@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { buildInfoFile, Home, isAlive, ROOT, waitFor } from './harness.js';
+import { buildInfoFile, TestHome, isAlive, ROOT, waitFor } from './harness.js';
 
 interface Status {
   pid: number;
@@ -16,10 +16,10 @@ interface Status {
 }
 
 // debug level: every request adds a log line, so `daemon logs -n` has more lines than it shows.
-let home: Home;
+let home: TestHome;
 
 before(async () => {
-  home = await Home.create('log_level = "debug"\n');
+  home = await TestHome.create('log_level = "debug"\n');
 });
 
 after(async () => {

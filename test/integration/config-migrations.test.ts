@@ -4,11 +4,11 @@ import { join } from 'node:path';
 import { after, test } from 'node:test';
 import Database from 'better-sqlite3';
 import { MIGRATIONS } from '../../src/store/migrations.js';
-import { Home } from './harness.js';
+import { TestHome } from './harness.js';
 
-const homes: Home[] = [];
-async function newHome(config?: string): Promise<Home> {
-  const h = await Home.create(config);
+const homes: TestHome[] = [];
+async function newHome(config?: string): Promise<TestHome> {
+  const h = await TestHome.create(config);
   homes.push(h);
   return h;
 }

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
-import { Home } from './harness.js';
+import { TestHome } from './harness.js';
 
 interface Check {
   status: 'PASS' | 'WARN' | 'FAIL';
@@ -9,7 +9,7 @@ interface Check {
   fix?: string;
 }
 
-const homes: Home[] = [];
+const homes: TestHome[] = [];
 after(async () => {
   await Promise.all(homes.map((h) => h.destroy()));
 });
@@ -41,7 +41,7 @@ function parseDoctor(text: string): { checks: Check[]; summary: string } {
   return { checks, summary };
 }
 
-async function doctor(home: Home): Promise<{ code: number; checks: Check[] }> {
+async function doctor(home: TestHome): Promise<{ code: number; checks: Check[] }> {
   const r = await home.banger(['doctor']);
   assert.ok(r.code === 0 || r.code === 1, `doctor exited ${r.code}: ${r.stderr}`);
   const { checks, summary } = parseDoctor(r.stdout);
@@ -64,7 +64,7 @@ async function doctor(home: Home): Promise<{ code: number; checks: Check[] }> {
 }
 
 test('doctor on this host: PASS/WARN/FAIL lines, a FIX after every WARN/FAIL, exit status matches', async () => {
-  const home = await Home.create();
+  const home = await TestHome.create();
   homes.push(home);
   const { checks } = await doctor(home);
   const store = checks.find((c) => c.name === 'store');
@@ -75,7 +75,7 @@ test('doctor on this host: PASS/WARN/FAIL lines, a FIX after every WARN/FAIL, ex
 });
 
 test('doctor with a broken config: FAIL config with a FIX, exit 1', async () => {
-  const home = await Home.create('vmm = "bochs"\n');
+  const home = await TestHome.create('vmm = "bochs"\n');
   homes.push(home);
   const { code, checks } = await doctor(home);
   assert.equal(code, 1);
@@ -87,7 +87,7 @@ test('doctor with a broken config: FAIL config with a FIX, exit 1', async () => 
 });
 
 test('doctor uses the configured binaries', async () => {
-  const home = await Home.create('qemu_bin = "/nonexistent/qemu-banger-test"\nfirecracker_bin = "/nonexistent/fc-banger-test"\n');
+  const home = await TestHome.create('qemu_bin = "/nonexistent/qemu-banger-test"\nfirecracker_bin = "/nonexistent/fc-banger-test"\n');
   homes.push(home);
   const { code, checks } = await doctor(home);
   const qemu = checks.find((c) => c.name === 'qemu');

@@ -6,7 +6,7 @@ import { BangerError } from '../../src/api/errors.js';
 import { BangerClient } from '../../src/client/client.js';
 import { requestJson, streamEvents } from '../../src/client/transport.js';
 import { resolveLayout } from '../../src/config/layout.js';
-import { Home } from './harness.js';
+import { TestHome } from './harness.js';
 
 /**
  * A daemon that dies mid-request, simulated by a socket server that misbehaves on purpose: a
@@ -14,13 +14,13 @@ import { Home } from './harness.js';
  */
 type Behaviour = (socket: Socket) => void;
 
-let home: Home;
+let home: TestHome;
 let server: Server;
 let behaviour: Behaviour = (s) => s.destroy();
 const sockets = new Set<Socket>();
 
 before(async () => {
-  home = await Home.create();
+  home = await TestHome.create();
   mkdirSync(home.runDir, { recursive: true, mode: 0o700 });
   server = createServer((socket) => {
     sockets.add(socket);
@@ -118,7 +118,7 @@ test('the CLI reports the mid-request close as one error with a fix and the op i
 });
 
 test('no socket at all and autostart off → "bangerd is not running" with a fix', async () => {
-  const empty = await Home.create();
+  const empty = await TestHome.create();
   try {
     const client = new BangerClient({ layout: resolveLayout({ BANGER_HOME: empty.dir }), autostart: false });
     assert.equal(await client.ping(), false);
