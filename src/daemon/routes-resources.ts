@@ -19,6 +19,7 @@ import {
   VmStatsSchema,
 } from '../api/schemas.js';
 import type { App } from './app.js';
+import type { OpContext } from './operations.js';
 import { OP_HEADER, type Route } from './http.js';
 import type { ImageService } from './services/images.js';
 import type { KernelService } from './services/kernels.js';
@@ -77,24 +78,29 @@ function tailRoute(pathOf: (ref: string) => string): Route['handler'] {
 }
 
 export function resourceRoutes(app: App, s: Services): Route[] {
-  const accept = (kind: string, opId: string, target: string | undefined, run: Parameters<App['ops']['start']>[3]) => ({
-    operation: app.ops.start(kind, opId, target, run),
+  /** A POST that starts an operation and answers 202 with it at once; the CLI then follows its events. */
+  const operationRoute = <S extends z.ZodType>(
+    path: string,
+    kind: string,
+    body: S,
+    target: (b: z.infer<S>) => string | undefined,
+    run: (b: z.infer<S>, ctx: OpContext) => Promise<unknown>,
+  ): Route => ({
+    method: 'POST',
+    path,
+    body,
+    response: AcceptedOperationSchema,
+    status: 202,
+    handler: ({ body: parsed, opId }) => {
+      const b = parsed as z.infer<S>;
+      return { operation: app.ops.start(kind, opId, target(b), (ctx) => run(b, ctx)) };
+    },
   });
   return [
     // ---- kernels
     { method: 'GET', path: '/v1/kernels', response: KernelListSchema, handler: () => ({ kernels: s.kernels.list() }) },
     { method: 'GET', path: '/v1/kernels/:ref', response: KernelSchema, handler: ({ params }) => toKernel(s.kernels.row(params.ref as string)) },
-    {
-      method: 'POST',
-      path: '/v1/kernels',
-      body: KernelImportRequestSchema,
-      response: AcceptedOperationSchema,
-      status: 202,
-      handler: ({ body, opId }) => {
-        const b = body as z.infer<typeof KernelImportRequestSchema>;
-        return accept('kernel.import', opId, b.name, (ctx) => s.kernels.import(b.name, b.from, ctx));
-      },
-    },
+    operationRoute('/v1/kernels', 'kernel.import', KernelImportRequestSchema, (b) => b.name, (b, ctx) => s.kernels.import(b.name, b.from, ctx)),
     {
       method: 'DELETE',
       path: '/v1/kernels/:ref',
@@ -103,31 +109,11 @@ export function resourceRoutes(app: App, s: Services): Route[] {
     // ---- images
     { method: 'GET', path: '/v1/images', response: ImageListSchema, handler: () => ({ images: s.images.list() }) },
     { method: 'GET', path: '/v1/images/:ref', response: ImageSchema, handler: ({ params }) => s.images.toImage(s.images.row(params.ref as string)) },
-    {
-      method: 'POST',
-      path: '/v1/images',
-      body: ImageRegisterRequestSchema,
-      response: AcceptedOperationSchema,
-      status: 202,
-      handler: ({ body, opId }) => {
-        const b = body as z.infer<typeof ImageRegisterRequestSchema>;
-        return accept('image.register', opId, b.name, (ctx) => s.images.register(b, ctx));
-      },
-    },
+    operationRoute('/v1/images', 'image.register', ImageRegisterRequestSchema, (b) => b.name, (b, ctx) => s.images.register(b, ctx)),
     { method: 'DELETE', path: '/v1/images/:ref', handler: async ({ params }) => ({ deleted: await s.images.remove(params.ref as string) }) },
     // ---- VMs
     { method: 'GET', path: '/v1/vms', response: VmListSchema, handler: () => ({ vms: s.vms.list() }) },
-    {
-      method: 'POST',
-      path: '/v1/vms',
-      body: VmCreateRequestSchema,
-      response: AcceptedOperationSchema,
-      status: 202,
-      handler: ({ body, opId }) => {
-        const b = body as z.infer<typeof VmCreateRequestSchema>;
-        return accept('vm.create', opId, b.name, (ctx) => s.vms.create(b, ctx));
-      },
-    },
+    operationRoute('/v1/vms', 'vm.create', VmCreateRequestSchema, (b) => b.name, (b, ctx) => s.vms.create(b, ctx)),
     {
       method: 'POST',
       path: '/v1/vms/actions',
