@@ -1,4 +1,4 @@
-import { mkdir, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, mkdtemp, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { BangerError, notFound } from '../../api/errors.js';
 import type { Image } from '../../api/schemas.js';
@@ -9,7 +9,6 @@ import { newId } from '../../util/ids.js';
 import type { KeyedMutex } from '../locks.js';
 import type { Clock, OpContext } from '../operations.js';
 import type { KernelService } from './kernels.js';
-import { mkdtemp, writeFile } from 'node:fs/promises';
 
 export interface RegisterImageRequest {
   name: string;
@@ -96,7 +95,6 @@ export class ImageService {
             join(manifestDir, 'kernel.json'),
             JSON.stringify({ kernel: 'k', ...(req.initrd ? { initrd: 'i' } : {}), ...(req.modules ? { modules: 'm' } : {}), version: req.modules ? resolve(req.modules).split('/').pop() : 'unknown' }),
           );
-          const { symlink } = await import('node:fs/promises');
           await symlink(kernelFile, join(manifestDir, 'k'));
           if (req.initrd) await symlink(resolve(req.initrd), join(manifestDir, 'i'));
           if (req.modules) await symlink(resolve(req.modules), join(manifestDir, 'm'));
