@@ -1,5 +1,5 @@
-import { mkdir, mkdtemp, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { mkdir, rename, rm, stat } from 'node:fs/promises';
+import { basename, join, resolve } from 'node:path';
 import { BangerError, notFound } from '../../api/errors.js';
 import type { Image } from '../../api/schemas.js';
 import type { Layout } from '../../config/layout.js';
@@ -88,22 +88,20 @@ export class ImageService {
         if (req.modules && !(await stat(resolve(req.modules)).catch(() => undefined))?.isDirectory()) {
           throw new BangerError('bad_request', `modules ${resolve(req.modules)} is not a directory`, { fix: 'give lib/modules/<version> of the kernel' });
         }
-        // The files become a kernel of their own, named after the image, through the same import path.
-        const manifestDir = await mkdtemp(join(this.layout.stagingDir, 'kernel-src-'));
-        try {
-          await writeFile(
-            join(manifestDir, 'kernel.json'),
-            JSON.stringify({ kernel: 'k', ...(req.initrd ? { initrd: 'i' } : {}), ...(req.modules ? { modules: 'm' } : {}), version: req.modules ? resolve(req.modules).split('/').pop() : 'unknown' }),
-          );
-          await symlink(kernelFile, join(manifestDir, 'k'));
-          if (req.initrd) await symlink(resolve(req.initrd), join(manifestDir, 'i'));
-          if (req.modules) await symlink(resolve(req.modules), join(manifestDir, 'm'));
-          const k = await this.kernels.import(`${req.name}-kernel`, manifestDir, ctx, `image:${req.name}`);
-          kernelId = k.id;
-          createdKernel = k.id;
-        } finally {
-          await rm(manifestDir, { recursive: true, force: true });
-        }
+        // The files become a kernel of their own, named after the image.
+        const k = await this.kernels.importSource(
+          `${req.name}-kernel`,
+          {
+            kernel: kernelFile,
+            initrd: req.initrd ? resolve(req.initrd) : undefined,
+            modulesDir: req.modules ? resolve(req.modules) : undefined,
+            version: req.modules ? basename(resolve(req.modules)) : 'unknown',
+          },
+          ctx,
+          `image:${req.name}`,
+        );
+        kernelId = k.id;
+        createdKernel = k.id;
       }
 
       const id = newId();

@@ -1,4 +1,4 @@
-import { cp, mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { copyFile, cp, mkdir, readdir, readFile, realpath, rename, rm, stat } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
 import { BangerError, notFound } from '../../api/errors.js';
 import type { Kernel } from '../../api/schemas.js';
@@ -130,30 +130,35 @@ export class KernelService {
    * Copies the kernel (and its modules) into banger-owned storage and builds banger's initramfs
    * for it. Everything is assembled in staging and published with one rename, then one row.
    */
-  async import(name: string, from: string, ctx: OpContext, sourceLabel = `import:${resolve(from)}`): Promise<Kernel> {
+  async import(name: string, from: string, ctx: OpContext): Promise<Kernel> {
+    ctx.stage('inspect kernel source', resolve(from));
+    return this.importSource(name, await discoverKernel(from), ctx, `import:${resolve(from)}`);
+  }
+
+  /** Imports explicitly named files (e.g. `image register --kernel K --modules D`). */
+  async importSource(name: string, src: KernelSource, ctx: OpContext, sourceLabel: string): Promise<Kernel> {
     return this.locks.run(`kernel-name:${name}`, async () => {
       if (this.repos.kernels.byName(name)) {
         throw new BangerError('conflict', `a kernel named "${name}" already exists`, { fix: `pick another name or remove it: banger kernel rm ${name}` });
       }
-      ctx.stage('inspect kernel source', resolve(from));
-      const src = await discoverKernel(from);
       const id = newId();
       const staging = join(this.layout.stagingDir, `kernel-${id}`);
       const finalDir = join(this.layout.kernelsDir, id);
       try {
         await mkdir(staging, { recursive: true, mode: 0o700 });
         ctx.stage('copy kernel');
+        // Symlinked inputs are copied as the files they point to: the kernel dir must not depend on them.
         const kernelDest = join(staging, basename(src.kernel));
-        await cp(src.kernel, kernelDest);
+        await copyFile(src.kernel, kernelDest);
         let modulesRel: string | undefined;
         if (src.modulesDir) {
-          modulesRel = join('lib/modules', basename(src.modulesDir));
-          await cp(src.modulesDir, join(staging, modulesRel), { recursive: true, verbatimSymlinks: true });
+          modulesRel = join('lib/modules', src.version);
+          await cp(await realpath(src.modulesDir), join(staging, modulesRel), { recursive: true, verbatimSymlinks: true });
         }
         let initrdRel: string;
         if (src.initrd) {
           initrdRel = basename(src.initrd);
-          await cp(src.initrd, join(staging, initrdRel));
+          await copyFile(src.initrd, join(staging, initrdRel));
         } else {
           ctx.stage('build initramfs', modulesRel ? 'banger-init + virtio modules' : 'banger-init');
           initrdRel = 'banger-initramfs.cpio.gz';
