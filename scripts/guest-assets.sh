@@ -95,7 +95,7 @@ build_kernel() {
   mkdir -p "$stage/deb" "$stage/tree"
   (cd "$stage/deb" && apt-get download -q "$pkg=$ver" >/dev/null)
   dpkg-deb -x "$stage"/deb/*.deb "$stage/tree"
-  rm -rf "$stage/deb"
+  # The package itself stays: the kernel-pull tests serve it from a loopback Debian index.
   local kver vmlinuz
   vmlinuz=$(find "$stage/tree/boot" -maxdepth 1 -name 'vmlinuz-*' | head -n1)
   [[ -n "$vmlinuz" ]] || die "$pkg has no boot/vmlinuz-*"
@@ -182,6 +182,8 @@ build_rootfs() {
     "$suite" "$stage/tree" >&2
   tune_rootfs "$stage/tree"
   mkfs.ext4 -q -F -d "$stage/tree" -L banger-root "$stage/rootfs.ext4" 2G >&2
+  # The same tree as a tarball: the OCI tests push it to a loopback registry as an image.
+  tar --numeric-owner --xattrs -C "$stage/tree" -cf "$stage/rootfs.tar" .
   rm -rf "$stage/tree"
 }
 
@@ -191,7 +193,7 @@ rootfs_asset() {
   versions=$(for p in "${rootfs_version_packages[@]}"; do printf '%s=%s\n' "$p" "$(candidate_version "$p")"; done)
   key=$( { declare -f build_rootfs tune_rootfs; declare -p masked_units; echo "$suite $rootfs_packages"; echo "$versions"; } | short_hash)
   dir="$cache/rootfs-$key"
-  if [[ -n "${BANGER_ASSET_REBUILD:-}" || ! -e "$dir/rootfs.ext4" ]]; then
+  if [[ -n "${BANGER_ASSET_REBUILD:-}" || ! -e "$dir/rootfs.tar" ]]; then
     # Unprivileged, mmdebstrap would pick its unshare mode and mkfs.ext4 -d would record the
     # files as owned by the calling user: an image where nothing belongs to root.
     [[ $(id -u) -eq 0 ]] || die "building the rootfs needs root (run: sudo $0)"
@@ -234,7 +236,9 @@ manifest=$(cat <<EOF
   "kernel": "$kernel_file",
   "vmlinuz": "$kernel_dir/boot/vmlinuz-$kernel_version",
   "modulesDir": "$kernel_dir/lib/modules/$kernel_version",
-  "rootfs": "$rootfs"
+  "rootfs": "$rootfs",
+  "rootfsTar": "${rootfs%.ext4}.tar",
+  "kernelDeb": "$(ls "$kernel_dir"/../deb/*.deb | head -n1)"
 }
 EOF
 )

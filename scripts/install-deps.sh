@@ -3,8 +3,10 @@
 #   --test   also the packages the test suite needs
 set -euo pipefail
 
-pkgs=(qemu-system-x86 qemu-utils e2fsprogs kmod cpio zstd iproute2 nftables openssh-client gcc make libc6-dev)
-[[ "${1:-}" == "--test" ]] && pkgs+=(mmdebstrap busybox-static openssl)
+# mmdebstrap builds the default image from Debian's mirror; xz-utils and lz4 unpack kernel packages.
+pkgs=(qemu-system-x86 qemu-utils e2fsprogs kmod cpio zstd xz-utils lz4 iproute2 nftables openssh-client gcc make libc6-dev mmdebstrap)
+# docker-registry serves test images on loopback; skopeo and umoci are the image-pull benchmark's baseline.
+[[ "${1:-}" == "--test" ]] && pkgs+=(busybox-static openssl docker-registry skopeo umoci)
 
 missing=()
 for p in "${pkgs[@]}"; do

@@ -11,10 +11,15 @@ export const ERROR_CODES = {
   busy: 409,
   precondition_failed: 412,
   payload_too_large: 413,
+  /** Untrusted content (a layer, a manifest, an archive) that banger refuses to unpack. */
+  rejected_content: 422,
   cancelled: 499,
   internal: 500,
   vmm_failed: 500,
   host_command_failed: 500,
+  /** A registry or download server failed or answered with something unusable. */
+  upstream_failed: 502,
+  missing_dependency: 503,
   unavailable: 503,
   timeout: 504,
 } as const;

@@ -5,6 +5,7 @@ import { registerDaemonCommands } from './commands/daemon.js';
 import { registerMiscCommands } from './commands/misc.js';
 import { registerVmCommands } from './commands/vm.js';
 import { registerImageCommands } from './commands/image.js';
+import { registerKernelCommands } from './commands/kernel.js';
 import { exitCodeFor, formatError } from './render.js';
 
 export function buildProgram(): Command {
@@ -17,6 +18,7 @@ export function buildProgram(): Command {
     .configureOutput({ outputError: (s, write) => write(s) });
   registerVmCommands(program);
   registerImageCommands(program);
+  registerKernelCommands(program);
   registerDaemonCommands(program);
   registerMiscCommands(program);
   // Subcommands inherit exit-override and error output settings.

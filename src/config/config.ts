@@ -36,6 +36,12 @@ export const ConfigSchema = z
     accel: z.enum(['auto', 'kvm', 'tcg']).default('auto'),
     ssh_key_path: z.string().min(1).optional(),
     default_image_name: z.string().min(1).default('debian-bookworm'),
+    /** Extra kernel catalog files (paths or http(s) URLs); their entries add to, and by name override, the built-in ones. */
+    kernel_catalogs: z.array(z.string().min(1)).default([]),
+    /** Extra image catalog files (paths or http(s) URLs), same rules as kernel_catalogs. */
+    image_catalogs: z.array(z.string().min(1)).default([]),
+    /** Debian mirror used by the debian-index kernel entries and the image recipes. */
+    debian_mirror: z.string().url().default('http://deb.debian.org/debian'),
     auto_stop_stale_after: duration('auto_stop_stale_after').default('off'),
     stats_poll_interval: duration('stats_poll_interval').default('10s'),
     bridge_name: z

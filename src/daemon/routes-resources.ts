@@ -1,15 +1,11 @@
 import { createReadStream, existsSync, statSync, watch } from 'node:fs';
 import { z } from 'zod';
 import {
-  AcceptedOperationSchema,
   GuestHealthSchema,
   GuestPortsSchema,
   ImageListSchema,
   ImageRegisterRequestSchema,
   ImageSchema,
-  KernelImportRequestSchema,
-  KernelListSchema,
-  KernelSchema,
   VmBulkRequestSchema,
   VmBulkResultSchema,
   VmCreateRequestSchema,
@@ -19,11 +15,10 @@ import {
   VmStatsSchema,
 } from '../api/schemas.js';
 import type { App } from './app.js';
-import type { OpContext } from './operations.js';
+import { operationRouteFor } from './route-helpers.js';
 import { OP_HEADER, type Route } from './http.js';
 import type { ImageService } from './services/images.js';
 import type { KernelService } from './services/kernels.js';
-import { toKernel } from './services/kernels.js';
 import type { VmService } from './services/vms.js';
 
 export interface Services {
@@ -78,34 +73,8 @@ function tailRoute(pathOf: (ref: string) => string): Route['handler'] {
 }
 
 export function resourceRoutes(app: App, s: Services): Route[] {
-  /** A POST that starts an operation and answers 202 with it at once; the CLI then follows its events. */
-  const operationRoute = <S extends z.ZodType>(
-    path: string,
-    kind: string,
-    body: S,
-    target: (b: z.infer<S>) => string | undefined,
-    run: (b: z.infer<S>, ctx: OpContext) => Promise<unknown>,
-  ): Route => ({
-    method: 'POST',
-    path,
-    body,
-    response: AcceptedOperationSchema,
-    status: 202,
-    handler: ({ body: parsed, opId }) => {
-      const b = parsed as z.infer<S>;
-      return { operation: app.ops.start(kind, opId, target(b), (ctx) => run(b, ctx)) };
-    },
-  });
+  const operationRoute = operationRouteFor(app);
   return [
-    // ---- kernels
-    { method: 'GET', path: '/v1/kernels', response: KernelListSchema, handler: () => ({ kernels: s.kernels.list() }) },
-    { method: 'GET', path: '/v1/kernels/:ref', response: KernelSchema, handler: ({ params }) => toKernel(s.kernels.row(params.ref as string)) },
-    operationRoute('/v1/kernels', 'kernel.import', KernelImportRequestSchema, (b) => b.name, (b, ctx) => s.kernels.import(b.name, b.from, ctx)),
-    {
-      method: 'DELETE',
-      path: '/v1/kernels/:ref',
-      handler: async ({ params, query }) => ({ deleted: await s.kernels.remove(params.ref as string, query.get('force') === 'true') }),
-    },
     // ---- images
     { method: 'GET', path: '/v1/images', response: ImageListSchema, handler: () => ({ images: s.images.list() }) },
     { method: 'GET', path: '/v1/images/:ref', response: ImageSchema, handler: ({ params }) => s.images.toImage(s.images.row(params.ref as string)) },

@@ -18,6 +18,7 @@ import type { App } from '../app.js';
 import type { Router } from '../http.js';
 import { KeyedMutex } from '../locks.js';
 import { coreRoutes } from '../routes-core.js';
+import { kernelRoutes } from '../routes-kernels.js';
 import { resourceRoutes } from '../routes-resources.js';
 import { ImageService } from './images.js';
 import { KernelService } from './kernels.js';
@@ -160,5 +161,5 @@ export async function installServices(app: App, router: Router): Promise<void> {
     webListenAddr: null,
   });
 
-  router.add(...coreRoutes(app), ...resourceRoutes(app, { kernels, images, vms }));
+  router.add(...coreRoutes(app), ...kernelRoutes(app, kernels), ...resourceRoutes(app, { kernels, images, vms }));
 }

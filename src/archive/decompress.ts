@@ -1,0 +1,83 @@
+import { spawn } from 'node:child_process';
+import { Duplex, Transform, type TransformCallback } from 'node:stream';
+import * as zlib from 'node:zlib';
+import { BangerError } from '../api/errors.js';
+
+export type Compression = 'gzip' | 'zstd' | 'xz' | 'none';
+
+/** Recognises a compressed stream by its magic bytes; anything else is taken as uncompressed. */
+export function sniffCompression(head: Uint8Array): Compression {
+  if (head[0] === 0x1f && head[1] === 0x8b) return 'gzip';
+  if (head[0] === 0x28 && head[1] === 0xb5 && head[2] === 0x2f && head[3] === 0xfd) return 'zstd';
+  if (head[0] === 0xfd && head[1] === 0x37 && head[2] === 0x7a && head[3] === 0x58 && head[4] === 0x5a && head[5] === 0x00) return 'xz';
+  return 'none';
+}
+
+/** Compression named by an OCI media type or a file name. */
+export function compressionOf(mediaTypeOrName: string): Compression | undefined {
+  const s = mediaTypeOrName.toLowerCase();
+  if (s.endsWith('+gzip') || s.endsWith('.gz') || s.endsWith('.tgz') || s.endsWith('.gzip')) return 'gzip';
+  if (s.endsWith('+zstd') || s.endsWith('.zst') || s.endsWith('.zstd')) return 'zstd';
+  if (s.endsWith('.xz') || s.endsWith('.txz')) return 'xz';
+  if (s.endsWith('.tar') || s.endsWith('tar')) return 'none';
+  return undefined;
+}
+
+/**
+ * A decompressing stream. gzip is zlib's; zstd is zlib's where Node has it (22.15+) and the zstd
+ * CLI otherwise; xz is the xz CLI. The CLIs run with an empty environment of their own: they only
+ * ever see bytes on stdin.
+ */
+export function decompressor(kind: Compression): Duplex {
+  switch (kind) {
+    case 'none':
+      return new Transform({ transform: (c, _e, cb) => cb(null, c) });
+    case 'gzip':
+      return zlib.createGunzip();
+    case 'zstd': {
+      const native = (zlib as unknown as { createZstdDecompress?: () => Duplex }).createZstdDecompress;
+      return native ? native() : cliFilter('zstd', ['-dcq']);
+    }
+    case 'xz':
+      return cliFilter('xz', ['-dcq']);
+  }
+}
+
+function cliFilter(bin: string, args: string[]): Duplex {
+  const child = spawn(bin, args, { stdio: ['pipe', 'pipe', 'pipe'], env: { PATH: process.env.PATH ?? '/usr/bin:/bin' } });
+  let stderr = '';
+  child.stderr.setEncoding('utf8');
+  child.stderr.on('data', (d: string) => {
+    if (stderr.length < 4096) stderr += d;
+  });
+  const duplex = Duplex.from({ writable: child.stdin, readable: child.stdout });
+  child.on('error', (e: NodeJS.ErrnoException) => {
+    duplex.destroy(
+      e.code === 'ENOENT'
+        ? new BangerError('missing_dependency', `${bin} is not installed (needed to decompress)`, { fix: `install it: apt-get install ${bin === 'xz' ? 'xz-utils' : bin}` })
+        : e,
+    );
+  });
+  child.on('close', (code) => {
+    if (code !== 0 && code !== null) duplex.destroy(new BangerError('rejected_content', `${bin} could not decompress the data: ${stderr.trim() || `exit ${code}`}`));
+  });
+  duplex.on('close', () => {
+    if (child.exitCode === null) child.kill('SIGKILL');
+  });
+  return duplex;
+}
+
+/** Passes bytes through and fails the stream once more than `max` went by (decompression bombs, endless bodies). */
+export function byteLimit(max: number, what: string): Transform {
+  let seen = 0;
+  return new Transform({
+    transform(chunk: Buffer, _enc, cb: TransformCallback) {
+      seen += chunk.length;
+      if (seen > max) {
+        cb(new BangerError('rejected_content', `${what} is larger than the limit of ${max} bytes`, { fix: 'check the source; raise the limit only if the content is trusted' }));
+        return;
+      }
+      cb(null, chunk);
+    },
+  });
+}

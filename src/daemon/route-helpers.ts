@@ -1,0 +1,26 @@
+import type { z } from 'zod';
+import { AcceptedOperationSchema } from '../api/schemas.js';
+import type { App } from './app.js';
+import type { Route } from './http.js';
+import type { OpContext } from './operations.js';
+
+/** Builds POST routes that start an operation and answer 202 with it at once; the CLI then follows its events. */
+export function operationRouteFor(app: App) {
+  return <S extends z.ZodType>(
+    path: string,
+    kind: string,
+    body: S,
+    target: (b: z.infer<S>) => string | undefined,
+    run: (b: z.infer<S>, ctx: OpContext) => Promise<unknown>,
+  ): Route => ({
+    method: 'POST',
+    path,
+    body,
+    response: AcceptedOperationSchema,
+    status: 202,
+    handler: ({ body: parsed, opId }) => {
+      const b = parsed as z.infer<S>;
+      return { operation: app.ops.start(kind, opId, target(b), (ctx) => run(b, ctx)) };
+    },
+  });
+}

@@ -1,0 +1,20 @@
+import { KernelImportRequestSchema, KernelListSchema, KernelSchema } from '../api/schemas.js';
+import type { App } from './app.js';
+import type { Route } from './http.js';
+import { operationRouteFor } from './route-helpers.js';
+import { type KernelService, toKernel } from './services/kernels.js';
+
+export function kernelRoutes(app: App, kernels: KernelService): Route[] {
+  const operationRoute = operationRouteFor(app);
+  return [
+
+    { method: 'GET', path: '/v1/kernels', response: KernelListSchema, handler: () => ({ kernels: kernels.list() }) },
+    { method: 'GET', path: '/v1/kernels/:ref', response: KernelSchema, handler: ({ params }) => toKernel(kernels.row(params.ref as string)) },
+    operationRoute('/v1/kernels', 'kernel.import', KernelImportRequestSchema, (b) => b.name, (b, ctx) => kernels.import(b.name, b.from, ctx)),
+    {
+      method: 'DELETE',
+      path: '/v1/kernels/:ref',
+      handler: async ({ params, query }) => ({ deleted: await kernels.remove(params.ref as string, query.get('force') === 'true') }),
+    },
+  ];
+}
