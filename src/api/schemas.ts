@@ -103,6 +103,9 @@ export const ImageSchema = z.object({
   workSeedPath: z.string().nullable(),
   managed: z.boolean(),
   hasSystemd: z.boolean(),
+  hasSshd: z.boolean(),
+  /** Manifest digest for pulled images. */
+  digest: z.string().nullable(),
   sizeBytes: z.number(),
   source: z.string(),
   createdAt: z.string(),

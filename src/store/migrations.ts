@@ -73,6 +73,14 @@ export const MIGRATIONS: readonly Migration[] = [
       ALTER TABLE vms ADD COLUMN tap TEXT;
     `,
   },
+  {
+    version: 3,
+    name: 'image provenance and sshd presence',
+    sql: `
+      ALTER TABLE images ADD COLUMN has_sshd INTEGER NOT NULL DEFAULT 1 CHECK (has_sshd IN (0, 1));
+      ALTER TABLE images ADD COLUMN digest TEXT;
+    `,
+  },
 ];
 
 export const LATEST_VERSION = MIGRATIONS.reduce((m, x) => Math.max(m, x.version), 0);

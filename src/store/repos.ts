@@ -23,6 +23,8 @@ export interface ImageRow {
   work_seed_path: string | null;
   managed: number;
   has_systemd: number;
+  has_sshd: number;
+  digest: string | null;
   size_bytes: number;
   source: string;
   created_at: string;
@@ -78,7 +80,7 @@ export class Repos {
     insert: (r: ImageRow) =>
       this.db
         .prepare(
-          'INSERT INTO images (id, name, rootfs_path, kernel_id, work_seed_path, managed, has_systemd, size_bytes, source, created_at) VALUES (@id, @name, @rootfs_path, @kernel_id, @work_seed_path, @managed, @has_systemd, @size_bytes, @source, @created_at)',
+          'INSERT INTO images (id, name, rootfs_path, kernel_id, work_seed_path, managed, has_systemd, has_sshd, digest, size_bytes, source, created_at) VALUES (@id, @name, @rootfs_path, @kernel_id, @work_seed_path, @managed, @has_systemd, @has_sshd, @digest, @size_bytes, @source, @created_at)',
         )
         .run(r),
     delete: (id: string) => this.db.prepare('DELETE FROM images WHERE id = ?').run(id),

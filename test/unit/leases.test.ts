@@ -51,6 +51,8 @@ function freshDb(): { path: string; db: Db; repos: Repos } {
     work_seed_path: null,
     managed: 0,
     has_systemd: 1,
+    has_sshd: 1,
+    digest: null,
     size_bytes: 0,
     source: 'test',
     created_at: NOW,

@@ -20,6 +20,7 @@ export interface RegisterImageRequest {
 }
 
 const SYSTEMD_PATHS = ['/usr/lib/systemd/systemd', '/lib/systemd/systemd'];
+const SSHD_PATHS = ['/usr/sbin/sshd', '/sbin/sshd'];
 
 export class ImageService {
   constructor(
@@ -41,6 +42,8 @@ export class ImageService {
       workSeedPath: r.work_seed_path,
       managed: !!r.managed,
       hasSystemd: !!r.has_systemd,
+      hasSshd: !!r.has_sshd,
+      digest: r.digest,
       sizeBytes: r.size_bytes,
       source: r.source,
       createdAt: r.created_at,
@@ -122,6 +125,8 @@ export class ImageService {
           work_seed_path: join(finalDir, 'root'),
           managed: 0,
           has_systemd: hasSystemd ? 1 : 0,
+          has_sshd: (await this.disks.imageHasAny(rootfs, SSHD_PATHS)) ? 1 : 0,
+          digest: null,
           size_bytes: st.size,
           source: `register:${rootfs}`,
           created_at: this.clock.now().toISOString(),

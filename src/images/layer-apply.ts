@@ -1,0 +1,256 @@
+import { createWriteStream } from 'node:fs';
+import { chmod, chown, lchown, link, lstat, lutimes, mkdir, readdir, readlink, rm, symlink, utimes } from 'node:fs/promises';
+import { posix } from 'node:path';
+import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import * as tar from 'tar-stream';
+import { BangerError } from '../api/errors.js';
+
+/** A device node or fifo: mkfs.ext4 -d cannot be fed them unprivileged, so they are made with debugfs afterwards. */
+export interface SpecialNode {
+  type: 'char' | 'block' | 'fifo';
+  major: number;
+  minor: number;
+  mode: number;
+  uid: number;
+  gid: number;
+}
+
+export interface Owner {
+  uid: number;
+  gid: number;
+  mode: number;
+}
+
+/**
+ * What the flattened tree could not carry by itself, keyed by path relative to the root:
+ * ownership (when not running as root, every file belongs to us on disk) and special nodes.
+ */
+export class RootfsLedger {
+  readonly owners = new Map<string, Owner>();
+  readonly specials = new Map<string, SpecialNode>();
+  entries = 0;
+  /** Bytes of regular-file content (hardlinks counted once). */
+  bytes = 0;
+
+  forget(rel: string): void {
+    const prefix = `${rel}/`;
+    for (const m of [this.owners, this.specials] as Map<string, unknown>[]) {
+      m.delete(rel);
+      for (const k of m.keys()) if (k.startsWith(prefix)) m.delete(k);
+    }
+  }
+}
+
+export interface ApplyOptions {
+  /** Staging directory the image is assembled in (private to this pull). */
+  root: string;
+  /** chown files on disk (needs root); otherwise ownership is recorded in the ledger. */
+  chownOnDisk: boolean;
+  maxEntries: number;
+  maxBytes: number;
+  /** Names the layer in errors. */
+  label: string;
+}
+
+const MAX_SYMLINK_HOPS = 40;
+
+function rejected(opts: ApplyOptions, entry: string, why: string): BangerError {
+  return new BangerError('rejected_content', `${opts.label}: entry "${entry}" ${why}`, {
+    fix: 'the image is corrupt or hostile; nothing was written outside banger’s staging directory',
+  });
+}
+
+/** Splits an entry name into clean components; `..` anywhere is refused (no legitimate layer needs it). */
+export function entryComponents(name: string): string[] | 'dotdot' {
+  const parts = name.split('/').filter((p) => p !== '' && p !== '.');
+  if (parts.some((p) => p === '..')) return 'dotdot';
+  return parts;
+}
+
+/**
+ * Applies one image layer (an uncompressed tar stream) onto `root`, the way a container runtime
+ * stacks layers: whiteouts (`.wh.NAME`) delete what lower layers made, opaque markers
+ * (`.wh..wh..opq`) empty a directory of lower-layer content, later entries replace earlier ones.
+ *
+ * Nothing is ever written outside `root`: names with `..` are refused, a path through a symlink is
+ * followed only when the link is relative and stays inside the root (absolute links are refused:
+ * on the host they would point at the host), and hardlinks must name an existing non-directory in
+ * the root.
+ */
+export async function applyLayer(input: Readable, opts: ApplyOptions, ledger: RootfsLedger): Promise<void> {
+  const extract = tar.extract();
+  const createdHere = new Set<string>();
+  /** Real directory (relative to root) of each logical parent path already resolved in this layer. */
+  const dirCache = new Map<string, string>();
+  const abs = (rel: string) => (rel ? `${opts.root}/${rel}` : opts.root);
+
+  /** Resolves components to a real relative path, creating missing directories; follows safe symlinks. */
+  const resolveDir = async (entry: string, comps: string[]): Promise<string> => {
+    const key = comps.join('/');
+    const cached = dirCache.get(key);
+    if (cached !== undefined) return cached;
+    let real: string[] = [];
+    let hops = 0;
+    const queue = [...comps];
+    while (queue.length) {
+      const c = queue.shift() as string;
+      const candidate = [...real, c].join('/');
+      const st = await lstat(abs(candidate)).catch(() => undefined);
+      if (!st) {
+        await mkdir(abs(candidate), { mode: 0o755 });
+        ledger.entries++;
+        if (!opts.chownOnDisk) ledger.owners.set(candidate, { uid: 0, gid: 0, mode: 0o40755 });
+        real.push(c);
+      } else if (st.isDirectory()) {
+        real.push(c);
+      } else if (st.isSymbolicLink()) {
+        if (++hops > MAX_SYMLINK_HOPS) throw rejected(opts, entry, 'goes through too many symlinks');
+        const target = await readlink(abs(candidate));
+        if (target.startsWith('/')) throw rejected(opts, entry, `is written through "${candidate}", a symlink to the absolute path ${target}`);
+        const joined = posix.normalize(posix.join(real.join('/'), target));
+        if (joined === '..' || joined.startsWith('../')) throw rejected(opts, entry, `is written through "${candidate}", a symlink that leaves the image root (${target})`);
+        real = [];
+        queue.unshift(...joined.split('/').filter((p) => p && p !== '.'));
+      } else {
+        throw rejected(opts, entry, `needs "${candidate}" to be a directory, but a lower layer made it a file`);
+      }
+    }
+    const out = real.join('/');
+    dirCache.set(key, out);
+    return out;
+  };
+
+  const remove = async (rel: string) => {
+    await rm(abs(rel), { recursive: true, force: true });
+    ledger.forget(rel);
+    // Removed directories (or symlinks to them) may be cached as parents.
+    dirCache.clear();
+  };
+
+  const setMeta = async (rel: string, h: tar.Header, isLink: boolean) => {
+    const uid = h.uid ?? 0;
+    const gid = h.gid ?? 0;
+    const mode = h.mode ?? 0o644;
+    if (opts.chownOnDisk) {
+      // chown clears setuid/setgid: mode goes on afterwards.
+      await (isLink ? lchown : chown)(abs(rel), uid, gid);
+    } else {
+      ledger.owners.set(rel, { uid, gid, mode });
+    }
+    if (!isLink) await chmod(abs(rel), mode & 0o7777);
+    if (h.mtime && !isLink) await utimes(abs(rel), h.mtime, h.mtime).catch(() => {});
+    if (h.mtime && isLink) await lutimes(abs(rel), h.mtime, h.mtime).catch(() => {});
+  };
+
+  const handle = async (h: tar.Header, body: Readable): Promise<void> => {
+    const comps = entryComponents(h.name);
+    if (comps === 'dotdot') throw rejected(opts, h.name, 'has a ".." component');
+    if (++ledger.entries > opts.maxEntries) throw rejected(opts, h.name, `exceeds the limit of ${opts.maxEntries} entries`);
+    if (comps.length === 0) {
+      // The root itself: only its metadata matters.
+      if (h.type === 'directory') await setMeta('', h, false);
+      return;
+    }
+    const base = comps.at(-1) as string;
+    const parent = await resolveDir(h.name, comps.slice(0, -1));
+    const join = (n: string) => (parent ? `${parent}/${n}` : n);
+
+    if (base === '.wh..wh..opq') {
+      for (const child of await readdir(abs(parent))) {
+        const rel = join(child);
+        if (!createdHere.has(rel)) await remove(rel);
+      }
+      return;
+    }
+    if (base.startsWith('.wh.')) {
+      const rel = join(base.slice(4));
+      if (!createdHere.has(rel)) await remove(rel);
+      return;
+    }
+
+    const rel = join(base);
+    const existing = await lstat(abs(rel)).catch(() => undefined);
+    if (existing && !(existing.isDirectory() && h.type === 'directory')) await remove(rel);
+    createdHere.add(rel);
+
+    switch (h.type) {
+      case 'directory':
+        if (!existing?.isDirectory()) await mkdir(abs(rel), { mode: 0o700 });
+        await setMeta(rel, h, false);
+        return;
+      case 'file':
+      case 'contiguous-file': {
+        const size = h.size ?? 0;
+        ledger.bytes += size;
+        if (ledger.bytes > opts.maxBytes) throw rejected(opts, h.name, `brings the image over the limit of ${opts.maxBytes} bytes`);
+        await pipeline(body, createWriteStream(abs(rel), { flags: 'wx', mode: 0o600 }));
+        await setMeta(rel, h, false);
+        return;
+      }
+      case 'symlink':
+        if (!h.linkname) throw rejected(opts, h.name, 'is a symlink without a target');
+        await symlink(h.linkname, abs(rel));
+        await setMeta(rel, h, true);
+        dirCache.clear();
+        return;
+      case 'link': {
+        const target = entryComponents(h.linkname ?? '');
+        if (target === 'dotdot' || target.length === 0) throw rejected(opts, h.name, `is a hardlink to "${h.linkname}", outside the image root`);
+        const tparent = await resolveDir(h.name, target.slice(0, -1));
+        const trel = tparent ? `${tparent}/${target.at(-1)}` : (target.at(-1) as string);
+        const tst = await lstat(abs(trel)).catch(() => undefined);
+        if (!tst || tst.isDirectory()) throw rejected(opts, h.name, `is a hardlink to "${h.linkname}", which is ${tst ? 'a directory' : 'not in the image'}`);
+        await link(abs(trel), abs(rel));
+        const owner = ledger.owners.get(trel);
+        if (owner) ledger.owners.set(rel, owner);
+        const special = ledger.specials.get(trel);
+        if (special) ledger.specials.set(rel, special);
+        return;
+      }
+      case 'character-device':
+      case 'block-device':
+      case 'fifo':
+        ledger.specials.set(rel, {
+          type: h.type === 'fifo' ? 'fifo' : h.type === 'block-device' ? 'block' : 'char',
+          major: h.devmajor ?? 0,
+          minor: h.devminor ?? 0,
+          mode: (h.mode ?? 0o644) & 0o7777,
+          uid: h.uid ?? 0,
+          gid: h.gid ?? 0,
+        });
+        return;
+      default:
+        throw rejected(opts, h.name, `has an unsupported tar entry type (${h.type})`);
+    }
+  };
+
+  const done = new Promise<void>((resolve, reject) => {
+    extract.on('entry', (h, body, next) => {
+      // A cut-off archive fails the entry's stream too; the extractor reports it once, below.
+      body.on('error', () => {});
+      handle(h, body as unknown as Readable).then(
+        () => {
+          body.resume();
+          next();
+        },
+        (e) => {
+          body.resume();
+          extract.destroy(e);
+        },
+      );
+    });
+    extract.on('finish', resolve);
+    extract.on('error', reject);
+  });
+  await Promise.all([pipeline(input, extract).catch((e) => Promise.reject(wrapTarError(e, opts))), done.catch((e) => Promise.reject(wrapTarError(e, opts)))]);
+}
+
+function wrapTarError(e: unknown, opts: ApplyOptions): unknown {
+  if (e instanceof BangerError) return e;
+  const msg = e instanceof Error ? e.message : String(e);
+  if (/Unexpected end|Invalid tar header|unexpected end of data|premature close/i.test(msg)) {
+    return new BangerError('rejected_content', `${opts.label}: not a complete tar archive (${msg})`, { fix: 'the layer is truncated or corrupt; pull again' });
+  }
+  return e;
+}
