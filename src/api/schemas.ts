@@ -129,6 +129,23 @@ export const ImageRegisterRequestSchema = z
     message: '--initrd and --modules go with --kernel, not with --kernel-ref',
   });
 
+export const ImagePullRequestSchema = z
+  .object({
+    ref: z.string().min(1).max(512),
+    name: ResourceName.optional(),
+    kernelRef: z.string().min(1).optional(),
+    sizeBytes: z.number().int().positive().optional(),
+  })
+  .strict();
+export type ImagePullRequest = z.infer<typeof ImagePullRequestSchema>;
+
+export const CachePruneReportSchema = z.object({
+  removed: z.number(),
+  freedBytes: z.number(),
+  kept: z.number(),
+  dryRun: z.boolean(),
+});
+
 // ---- VMs ---------------------------------------------------------------------------------
 
 export const VmStateSchema = z.enum(['created', 'starting', 'running', 'stopping', 'stopped', 'error']);

@@ -111,10 +111,16 @@ export class BangerClient {
   kernel = (ref: string) => this.request<Kernel>('GET', `/v1/kernels/${encodeURIComponent(ref)}`);
   importKernel = (name: string, from: string) => this.request<{ operation: Operation }>('POST', '/v1/kernels', { name, from });
   deleteKernel = (ref: string, force = false) => this.request<{ deleted: string }>('DELETE', `/v1/kernels/${encodeURIComponent(ref)}?force=${force}`);
+  kernelCatalog = async () => (await this.request<{ kernels: import('../api/kernel-schemas.js').KernelCatalogItem[] }>('GET', '/v1/kernel-catalog')).kernels;
+  pullKernel = (name: string, force = false) => this.request<{ operation: Operation }>('POST', '/v1/kernels/pull', { name, force });
   images = async () => (await this.request<{ images: Image[] }>('GET', '/v1/images')).images;
   image = (ref: string) => this.request<Image>('GET', `/v1/images/${encodeURIComponent(ref)}`);
   registerImage = (req: { name: string; rootfs: string; kernel?: string; initrd?: string; modules?: string; kernelRef?: string }) =>
     this.request<{ operation: Operation }>('POST', '/v1/images', req);
+  pullImage = (req: { ref: string; name?: string; kernelRef?: string; sizeBytes?: number }) => this.request<{ operation: Operation }>('POST', '/v1/images/pull', req);
+  promoteImage = (ref: string) => this.request<{ operation: Operation }>('POST', `/v1/images/${encodeURIComponent(ref)}/promote`, {});
+  pruneImageCache = (dryRun: boolean) =>
+    this.request<{ removed: number; freedBytes: number; kept: number; dryRun: boolean }>('POST', '/v1/image-cache/prune', { dryRun });
   deleteImage = (ref: string) => this.request<{ deleted: string }>('DELETE', `/v1/images/${encodeURIComponent(ref)}`);
 
   // ---- VMs -------------------------------------------------------------------------------

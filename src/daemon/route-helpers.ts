@@ -10,17 +10,17 @@ export function operationRouteFor(app: App) {
     path: string,
     kind: string,
     body: S,
-    target: (b: z.infer<S>) => string | undefined,
-    run: (b: z.infer<S>, ctx: OpContext) => Promise<unknown>,
+    target: (b: z.infer<S>, params: Record<string, string>) => string | undefined,
+    run: (b: z.infer<S>, ctx: OpContext, params: Record<string, string>) => Promise<unknown>,
   ): Route => ({
     method: 'POST',
     path,
     body,
     response: AcceptedOperationSchema,
     status: 202,
-    handler: ({ body: parsed, opId }) => {
+    handler: ({ body: parsed, opId, params }) => {
       const b = parsed as z.infer<S>;
-      return { operation: app.ops.start(kind, opId, target(b), (ctx) => run(b, ctx)) };
+      return { operation: app.ops.start(kind, opId, target(b, params), (ctx) => run(b, ctx, params)) };
     },
   });
 }

@@ -77,6 +77,8 @@ export class Repos {
     byId: (id: string) => this.db.prepare('SELECT * FROM images WHERE id = ?').get(id) as ImageRow | undefined,
     byName: (name: string) => this.db.prepare('SELECT * FROM images WHERE name = ?').get(name) as ImageRow | undefined,
     byIdPrefix: (p: string) => this.db.prepare("SELECT * FROM images WHERE id LIKE ? || '%'").all(p) as ImageRow[],
+    promote: (id: string, rootfsPath: string, size: number) =>
+      this.db.prepare('UPDATE images SET rootfs_path = ?, managed = 1, size_bytes = ? WHERE id = ?').run(rootfsPath, size, id),
     insert: (r: ImageRow) =>
       this.db
         .prepare(

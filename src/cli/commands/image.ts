@@ -2,12 +2,53 @@ import type { Command } from 'commander';
 import type { Image, Kernel } from '../../api/schemas.js';
 import { BangerClient } from '../../client/client.js';
 import { formatBytes } from '../../util/duration.js';
+import { sizeArg } from '../args.js';
 import { ProgressRenderer } from '../progress.js';
 import { ago, printJson, printKeyValues, printTable } from '../render.js';
 import { resolve } from 'node:path';
 
 export function registerImageCommands(program: Command): void {
   const image = program.command('image').description('manage root filesystem images');
+
+  image
+    .command('pull')
+    .description('pull an OCI image (any registry) and turn it into a bootable ext4 image')
+    .argument('<ref>', 'image reference, e.g. debian:bookworm, ghcr.io/org/app:v1, 127.0.0.1:5000/x@sha256:…')
+    .option('--name <name>', 'image name (default: derived from the reference)')
+    .option('--kernel-ref <name>', 'kernel to boot it with (default: the default kernel)')
+    .option('--size <size>', 'ext4 size, e.g. 4G (default: content × 1.5, at least 1 GiB)', sizeArg)
+    .option('--json', 'print as JSON')
+    .action(async (ref: string, o: { name?: string; kernelRef?: string; size?: number; json?: boolean }) => {
+      const sizeBytes = o.size;
+      const client = new BangerClient({ timeoutMs: 60 * 60_000 });
+      const accepted = await client.pullImage({ ref, ...(o.name ? { name: o.name } : {}), ...(o.kernelRef ? { kernelRef: o.kernelRef } : {}), ...(sizeBytes ? { sizeBytes } : {}) });
+      const img = await client.finish<Image>(accepted, new ProgressRenderer(process.stderr, !!o.json).onEvent);
+      o.json ? printJson(img) : process.stdout.write(`pulled ${ref} as image ${img.name} (${formatBytes(img.sizeBytes)} ext4, kernel ${img.kernelName})\n`);
+    });
+
+  image
+    .command('promote')
+    .description('copy an unmanaged (registered) image into banger-owned storage')
+    .argument('<image>', 'name or id prefix')
+    .option('--json', 'print as JSON')
+    .action(async (ref: string, o: { json?: boolean }) => {
+      const client = new BangerClient({ timeoutMs: 60 * 60_000 });
+      const img = await client.finish<Image>(await client.promoteImage(ref), new ProgressRenderer(process.stderr, !!o.json).onEvent);
+      o.json ? printJson(img) : process.stdout.write(`image ${img.name} is now managed (${img.rootfsPath})\n`);
+    });
+
+  image
+    .command('cache')
+    .description('manage the image layer cache')
+    .command('prune')
+    .description('delete cached image layers (pulled images keep working; a re-pull downloads again)')
+    .option('--dry-run', 'only report what would be freed')
+    .option('--json', 'print as JSON')
+    .action(async (o: { dryRun?: boolean; json?: boolean }) => {
+      const r = await new BangerClient().pruneImageCache(!!o.dryRun);
+      if (o.json) return printJson(r);
+      process.stdout.write(`${r.dryRun ? 'would free' : 'freed'} ${formatBytes(r.freedBytes)} in ${r.removed} blob(s)${r.kept ? `; ${r.kept} in use by a running pull kept` : ''}\n`);
+    });
 
   image
     .command('register')
@@ -63,6 +104,8 @@ export function registerImageCommands(program: Command): void {
         ['work seed', i.workSeedPath],
         ['managed', i.managed ? 'yes' : 'no (used in place)'],
         ['systemd', i.hasSystemd ? 'yes' : 'no'],
+        ['sshd', i.hasSshd ? 'yes' : 'no (installed at first boot when the VM has NAT)'],
+        ['digest', i.digest],
         ['size', formatBytes(i.sizeBytes)],
         ['source', i.source],
         ['created', i.createdAt],

@@ -24,6 +24,7 @@ import { ImageService } from './images.js';
 import { KernelService } from './kernels.js';
 import { type DnsRecords, NetworkService } from './network.js';
 import { VmService } from './vms.js';
+import { BlobCache } from '../../oci/blob-cache.js';
 
 /** Builds the services on the App's shared mechanisms and mounts their routes. */
 export async function installServices(app: App, router: Router): Promise<void> {
@@ -31,8 +32,9 @@ export async function installServices(app: App, router: Router): Promise<void> {
   const repos = new Repos(db);
   const locks = new KeyedMutex();
   const disks = new DiskTools(runner);
-  const kernels = new KernelService(repos, layout, clock, locks);
-  const images = new ImageService(repos, layout, clock, locks, disks, kernels);
+  const kernels = new KernelService(repos, layout, clock, locks, { catalogs: config.kernel_catalogs, debianMirror: config.debian_mirror });
+  const blobs = new BlobCache(join(layout.cacheDir, 'blobs'));
+  const images = new ImageService(repos, layout, clock, locks, disks, kernels, blobs, runner);
   const hostKernel = readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim();
 
   const cachedProbe = readKvmProbeCache(layout.cacheDir, hostKernel);
