@@ -1,11 +1,20 @@
-import { copyFile, cp, mkdir, readdir, readFile, realpath, rename, rm, stat } from 'node:fs/promises';
-import { basename, join, resolve } from 'node:path';
+import { createReadStream } from 'node:fs';
+import { copyFile, cp, mkdir, open, readdir, readFile, realpath, rename, rm, stat } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
 import { BangerError, notFound } from '../../api/errors.js';
+import type { KernelCatalogEntry, KernelCatalogItem } from '../../api/kernel-schemas.js';
+import { debDataStream } from '../../archive/ar.js';
+import { compressionOf } from '../../archive/decompress.js';
+import { displayUrl, downloadVerified, sha256File } from '../../archive/download.js';
+import { safeExtract } from '../../archive/safe-extract.js';
 import type { Kernel } from '../../api/schemas.js';
 import type { Layout } from '../../config/layout.js';
 import { guestBinary } from '../../guest/binaries.js';
 import { buildBaseInitramfs } from '../../guest/initramfs.js';
 import { type KernelRow, type Repos, resolveRef } from '../../store/repos.js';
+import { type CatalogEntry, loadKernelCatalog } from '../../kernels/catalog.js';
+import { fetchKernelStanzas, resolveKernelPackage } from '../../kernels/debian-index.js';
+import { extractVmlinux } from '../../kernels/vmlinux.js';
 import { newId } from '../../util/ids.js';
 import type { KeyedMutex } from '../locks.js';
 import type { Clock, OpContext } from '../operations.js';
@@ -107,13 +116,42 @@ export function toKernel(r: KernelRow): Kernel {
   };
 }
 
+export interface KernelServiceOptions {
+  /** Extra catalog files or URLs (config `kernel_catalogs`); relative paths are relative to the config file. */
+  catalogs?: string[];
+  /** Config `debian_mirror`. */
+  debianMirror?: string;
+}
+
+/** Limits for what a pull downloads and unpacks (a kernel package is ~30 MB, its tree ~150 MB). */
+const PULL_MAX_DOWNLOAD = 2 * 1024 * 1024 * 1024;
+const PULL_MAX_TREE = 4 * 1024 * 1024 * 1024;
+const PULL_MAX_ENTRIES = 50_000;
+
+/** What a catalog entry resolves to at pull time. */
+interface ResolvedDownload {
+  url: string;
+  sha256: string;
+  size?: number | undefined;
+  package: string;
+  version: string;
+  format: 'deb' | 'tar.zst' | 'tar.gz' | 'tar.xz' | 'tar' | 'auto';
+}
+
 export class KernelService {
+  private readonly catalogRefs: string[];
+  private readonly debianMirror: string;
+
   constructor(
     private readonly repos: Repos,
     private readonly layout: Layout,
     private readonly clock: Clock,
     private readonly locks: KeyedMutex,
-  ) {}
+    opts: KernelServiceOptions = {},
+  ) {
+    this.catalogRefs = opts.catalogs ?? [];
+    this.debianMirror = opts.debianMirror ?? 'http://deb.debian.org/debian';
+  }
 
   list(): Kernel[] {
     return this.repos.kernels.all().map(toKernel);
@@ -124,6 +162,31 @@ export class KernelService {
     if (r === 'ambiguous') throw new BangerError('bad_request', `kernel ref "${ref}" matches several kernels`, { fix: 'use the name or a longer id prefix' });
     if (!r) throw notFound('kernel', ref);
     return r;
+  }
+
+  /** Built-in entries merged with the configured catalogs (a catalog entry replaces a built-in of the same name). */
+  catalogEntries(signal?: AbortSignal): Promise<CatalogEntry[]> {
+    return loadKernelCatalog(this.catalogRefs, dirname(this.layout.configFile), signal);
+  }
+
+  /** The catalog with each entry's state: pulled (a local kernel has that name) or available. */
+  async catalog(): Promise<KernelCatalogItem[]> {
+    return (await this.catalogEntries()).map(({ entry, origin }) => {
+      const local = this.repos.kernels.byName(entry.name);
+      const item: KernelCatalogItem = {
+        name: entry.name,
+        distro: entry.distro,
+        arch: entry.arch,
+        version: entry.version,
+        description: entry.description,
+        source: entry.source,
+        origin,
+        state: local ? 'pulled' : 'available',
+        kernel: local ? toKernel(local) : null,
+      };
+      if (entry.size !== undefined) item.size = entry.size;
+      return item;
+    });
   }
 
   /**
@@ -137,82 +200,240 @@ export class KernelService {
 
   /** Imports explicitly named files (e.g. `image register --kernel K --modules D`). */
   async importSource(name: string, src: KernelSource, ctx: OpContext, sourceLabel: string): Promise<Kernel> {
+    return this.locks.run(`kernel-name:${name}`, () => this.publish(name, src, ctx, sourceLabel, {}));
+  }
+
+  /**
+   * Pulls a catalog kernel: resolve (Debian index or direct archive) → download into the cache
+   * (keyed by SHA-256, so a re-pull downloads nothing) → safe extraction in staging → vmlinux
+   * extraction → banger's initramfs → one rename and one row. `force` replaces an existing kernel
+   * of that name unless images use it. Any failure leaves no row and no files behind.
+   */
+  async pull(name: string, opts: { force?: boolean }, ctx: OpContext): Promise<Kernel> {
+    ctx.stage('resolve', name);
+    const found = (await this.catalogEntries(ctx.signal)).find((c) => c.entry.name === name);
+    if (!found) throw notFound('kernel catalog entry', name, 'list the catalog with `banger kernel list --available`');
+    const { entry } = found;
     return this.locks.run(`kernel-name:${name}`, async () => {
-      if (this.repos.kernels.byName(name)) {
-        throw new BangerError('conflict', `a kernel named "${name}" already exists`, { fix: `pick another name or remove it: banger kernel rm ${name}` });
+      const existing = this.repos.kernels.byName(name);
+      if (existing && !opts.force) {
+        throw new BangerError('conflict', `a kernel named "${name}" already exists (${existing.source})`, {
+          fix: `replace it with: banger kernel pull ${name} --force`,
+        });
       }
-      const id = newId();
-      const staging = join(this.layout.stagingDir, `kernel-${id}`);
-      const finalDir = join(this.layout.kernelsDir, id);
+      if (existing) this.assertUnused(existing, 'replace');
+      const r = await this.resolveEntry(entry, ctx);
+      ctx.checkCancelled();
+      const file = await this.fetchCached(r, ctx);
+      const tree = join(this.layout.stagingDir, `pull-${newId()}`);
       try {
-        await mkdir(staging, { recursive: true, mode: 0o700 });
-        ctx.stage('copy kernel');
-        // Symlinked inputs are copied as the files they point to: the kernel dir must not depend on them.
-        const kernelDest = join(staging, basename(src.kernel));
-        await copyFile(src.kernel, kernelDest);
-        let modulesRel: string | undefined;
-        if (src.modulesDir) {
-          modulesRel = join('lib/modules', src.version);
-          await cp(await realpath(src.modulesDir), join(staging, modulesRel), { recursive: true, verbatimSymlinks: true });
-        }
-        let initrdRel: string;
-        if (src.initrd) {
-          initrdRel = basename(src.initrd);
-          await copyFile(src.initrd, join(staging, initrdRel));
-        } else {
-          ctx.stage('build initramfs', modulesRel ? 'banger-init + virtio modules' : 'banger-init');
-          initrdRel = 'banger-initramfs.cpio.gz';
-          await buildBaseInitramfs({
-            kernelTree: staging,
-            version: src.version,
-            initBinary: guestBinary('banger-init'),
-            outPath: join(staging, initrdRel),
-          });
-        }
+        ctx.stage('extract', `${r.package}=${r.version}`);
+        await this.extract(file, r, tree, ctx);
         ctx.checkCancelled();
-        const size = await treeSize(staging);
-        await rename(staging, finalDir);
-        const row: KernelRow = {
-          id,
-          name,
-          version: src.version,
-          dir: finalDir,
-          kernel_path: join(finalDir, basename(kernelDest)),
-          initrd_path: join(finalDir, initrdRel),
-          modules_dir: modulesRel ? join(finalDir, modulesRel) : null,
-          source: sourceLabel,
-          managed: 1,
-          size_bytes: size,
-          created_at: this.clock.now().toISOString(),
-        };
-        try {
-          this.repos.kernels.insert(row);
-        } catch (e) {
-          await rm(finalDir, { recursive: true, force: true });
-          throw e;
+        const src = await discoverKernel(tree);
+        if (/^vmlinuz/.test(basename(src.kernel))) {
+          ctx.stage('extract vmlinux', basename(src.kernel));
+          const out = join(tree, 'vmlinux');
+          const ok = await extractVmlinux(src.kernel, out).catch((e: Error) => {
+            ctx.log(`warning: vmlinux extraction failed: ${e.message}`);
+            return false;
+          });
+          if (ok) src.kernel = out;
+          else ctx.log(`warning: no uncompressed vmlinux found in ${basename(src.kernel)}; keeping the bzImage (QEMU boots it; Firecracker needs a vmlinux)`);
         }
-        return toKernel(row);
+        const label = `catalog:${name} ${r.package}=${r.version} sha256:${r.sha256}`;
+        return await this.publish(name, src, ctx, label, { replace: existing, moveModules: true });
       } finally {
-        await rm(staging, { recursive: true, force: true });
+        await rm(tree, { recursive: true, force: true });
       }
     });
   }
 
-  async remove(ref: string, force: boolean): Promise<string> {
-    const k = this.row(ref);
-    const users = this.repos.kernels.imageCount(k.id);
-    if (users > 0) {
-      throw new BangerError('conflict', `kernel "${k.name}" is used by ${users} image(s)`, {
-        fix: force ? 'delete those images first (images cannot lose their kernel)' : 'delete the images that use it first (banger image list)',
-      });
+  private async resolveEntry(entry: KernelCatalogEntry, ctx: OpContext): Promise<ResolvedDownload> {
+    const s = entry.source;
+    if (s.kind === 'archive') {
+      ctx.stage('resolve', displayUrl(s.url));
+      return { url: s.url, sha256: s.sha256, size: entry.size, package: entry.name, version: entry.version, format: s.format ?? 'auto' };
     }
-    this.repos.kernels.delete(k.id);
-    if (k.managed) await rm(k.dir, { recursive: true, force: true });
-    return k.name;
+    const mirror = s.mirror ?? this.debianMirror;
+    ctx.stage('resolve', `${s.package} in ${displayUrl(mirror)} ${s.suite}/${s.component}`);
+    const { stanzas, url } = await fetchKernelStanzas(mirror, s.suite, s.component, ctx.signal);
+    const p = resolveKernelPackage(stanzas, s.package, mirror, displayUrl(url));
+    ctx.log(`${s.package} → ${p.package}=${p.version} (${p.size} bytes, sha256 ${p.sha256})`);
+    return { url: p.url, sha256: p.sha256, size: p.size, package: p.package, version: p.version, format: 'deb' };
+  }
+
+  /** The download, from the cache when a file with that SHA-256 is there (re-verified), else fetched. */
+  private async fetchCached(r: ResolvedDownload, ctx: OpContext): Promise<string> {
+    const dest = join(this.layout.cacheDir, 'downloads', r.sha256);
+    if (await stat(dest).catch(() => undefined)) {
+      if ((await sha256File(dest)) === r.sha256) {
+        ctx.stage('download', `cached (${r.package}=${r.version})`);
+        return dest;
+      }
+      await rm(dest, { force: true });
+    }
+    ctx.stage('download', `${displayUrl(r.url)}${r.size ? ` (${formatSize(r.size)})` : ''}`);
+    let last = 0;
+    await downloadVerified({
+      url: r.url,
+      sha256: r.sha256,
+      maxBytes: PULL_MAX_DOWNLOAD,
+      dest,
+      signal: ctx.signal,
+      onProgress: (bytes, total) => {
+        const now = Date.now();
+        const t = total ?? r.size;
+        if (now - last < 200 && bytes !== t) return;
+        last = now;
+        ctx.progress(bytes, t, 'B');
+      },
+    });
+    return dest;
+  }
+
+  private async extract(file: string, r: ResolvedDownload, tree: string, ctx: OpContext): Promise<void> {
+    const limits = { dest: tree, maxBytes: PULL_MAX_TREE, maxEntries: PULL_MAX_ENTRIES, signal: ctx.signal };
+    const isDeb = r.format === 'deb' || (r.format === 'auto' && (await isArFile(file)));
+    if (isDeb) {
+      const data = await debDataStream(file, `${r.package}_${r.version}.deb`);
+      await safeExtract(data.stream, { ...limits, label: `${r.package}_${r.version}.deb ${data.member.name}`, compression: data.compression });
+      return;
+    }
+    const compression = r.format === 'auto' ? 'auto' : (compressionOf(r.format) ?? 'auto');
+    await safeExtract(createReadStream(file), { ...limits, label: `${r.package} (${displayUrl(r.url)})`, compression });
+  }
+
+  /** Refuses while images (or VMs) use the kernel; names them. */
+  private assertUnused(k: KernelRow, verb: 'replace' | 'remove'): void {
+    const images = (this.repos.db.prepare('SELECT name FROM images WHERE kernel_id = ? ORDER BY name').all(k.id) as Array<{ name: string }>).map((r) => r.name);
+    const vms = (this.repos.db.prepare('SELECT name FROM vms WHERE kernel_id = ? ORDER BY name').all(k.id) as Array<{ name: string }>).map((r) => r.name);
+    if (images.length === 0 && vms.length === 0) return;
+    const users = [images.length ? `image(s) ${images.join(', ')}` : '', vms.length ? `VM(s) ${vms.join(', ')}` : ''].filter(Boolean).join(' and ');
+    throw new BangerError('conflict', `cannot ${verb} kernel "${k.name}": it is used by ${users}`, {
+      fix: `delete those first (${images.length ? `banger image rm ${images.join(' ')}` : `banger vm rm ${vms.join(' ')}`}); images cannot lose their kernel`,
+    });
+  }
+
+  /**
+   * Assembles the kernel dir in staging, then publishes it with one rename and one row (in one
+   * transaction with the removal of `replace`, when replacing). Called under the kernel-name lock.
+   */
+  private async publish(name: string, src: KernelSource, ctx: OpContext, sourceLabel: string, opts: { replace?: KernelRow | undefined; moveModules?: boolean }): Promise<Kernel> {
+    const existing = this.repos.kernels.byName(name);
+    if (existing && existing.id !== opts.replace?.id) {
+      throw new BangerError('conflict', `a kernel named "${name}" already exists`, { fix: `pick another name or remove it: banger kernel rm ${name}` });
+    }
+    const id = newId();
+    const staging = join(this.layout.stagingDir, `kernel-${id}`);
+    const finalDir = join(this.layout.kernelsDir, id);
+    try {
+      await mkdir(staging, { recursive: true, mode: 0o700 });
+      ctx.stage('copy kernel');
+      // Symlinked inputs are copied as the files they point to: the kernel dir must not depend on them.
+      const kernelDest = join(staging, basename(src.kernel));
+      await copyFile(src.kernel, kernelDest);
+      let modulesRel: string | undefined;
+      if (src.modulesDir) {
+        modulesRel = join('lib/modules', src.version);
+        const modulesDest = join(staging, modulesRel);
+        if (opts.moveModules) {
+          // The source is banger's own staging tree on the same filesystem: a rename, no copy.
+          await mkdir(dirname(modulesDest), { recursive: true });
+          await rename(src.modulesDir, modulesDest);
+        } else {
+          await cp(await realpath(src.modulesDir), modulesDest, { recursive: true, verbatimSymlinks: true });
+        }
+      }
+      let initrdRel: string;
+      if (src.initrd) {
+        initrdRel = basename(src.initrd);
+        await copyFile(src.initrd, join(staging, initrdRel));
+      } else {
+        ctx.stage('build initramfs', modulesRel ? 'banger-init + virtio modules' : 'banger-init');
+        initrdRel = 'banger-initramfs.cpio.gz';
+        await buildBaseInitramfs({
+          kernelTree: staging,
+          version: src.version,
+          initBinary: guestBinary('banger-init'),
+          outPath: join(staging, initrdRel),
+        });
+      }
+      ctx.checkCancelled();
+      const size = await treeSize(staging);
+      await rename(staging, finalDir);
+      const row: KernelRow = {
+        id,
+        name,
+        version: src.version,
+        dir: finalDir,
+        kernel_path: join(finalDir, basename(kernelDest)),
+        initrd_path: join(finalDir, initrdRel),
+        modules_dir: modulesRel ? join(finalDir, modulesRel) : null,
+        source: sourceLabel,
+        managed: 1,
+        size_bytes: size,
+        created_at: this.clock.now().toISOString(),
+      };
+      try {
+        this.repos.db.transaction(() => {
+          if (opts.replace) {
+            // Re-checked inside the transaction: an image may have been registered meanwhile.
+            this.assertUnused(opts.replace, 'replace');
+            this.repos.kernels.delete(opts.replace.id);
+          }
+          this.repos.kernels.insert(row);
+        })();
+      } catch (e) {
+        await rm(finalDir, { recursive: true, force: true });
+        throw e;
+      }
+      if (opts.replace?.managed) await rm(opts.replace.dir, { recursive: true, force: true });
+      return toKernel(row);
+    } finally {
+      await rm(staging, { recursive: true, force: true });
+    }
+  }
+
+  /**
+   * Removes a kernel: refused while images (or VMs) use it, naming them. `force` makes a missing
+   * kernel not an error (like `rm -f`); it never removes a kernel that is in use.
+   */
+  async remove(ref: string, force: boolean): Promise<string> {
+    let k: KernelRow;
+    try {
+      k = this.row(ref);
+    } catch (e) {
+      if (force && e instanceof BangerError && e.code === 'not_found') return ref;
+      throw e;
+    }
+    return this.locks.run(`kernel-name:${k.name}`, async () => {
+      const current = this.repos.kernels.byId(k.id);
+      if (!current) return k.name;
+      this.assertUnused(current, 'remove');
+      this.repos.kernels.delete(current.id);
+      if (current.managed) await rm(current.dir, { recursive: true, force: true });
+      return current.name;
+    });
   }
 
   /** True when the kernel's initrd is banger's own (so a per-VM payload can be appended to it). */
   static hasBangerInitramfs(k: KernelRow): boolean {
     return !!k.initrd_path && basename(k.initrd_path) === 'banger-initramfs.cpio.gz';
   }
+}
+
+async function isArFile(path: string): Promise<boolean> {
+  const fh = await open(path, 'r');
+  try {
+    const b = Buffer.alloc(8);
+    await fh.read(b, 0, 8, 0);
+    return b.toString('latin1') === '!<arch>\n';
+  } finally {
+    await fh.close();
+  }
+}
+
+function formatSize(n: number): string {
+  return n >= 1024 * 1024 ? `${(n / 1024 / 1024).toFixed(1)} MiB` : `${Math.ceil(n / 1024)} KiB`;
 }

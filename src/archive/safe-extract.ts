@@ -1,0 +1,247 @@
+import { createWriteStream } from 'node:fs';
+import { chmod, link, lstat, mkdir, readlink, rm, symlink, unlink } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import * as tar from 'tar-stream';
+import { BangerError } from '../api/errors.js';
+import { byteLimit, type Compression, decompressor, sniffCompression } from './decompress.js';
+
+export interface SafeExtractOptions {
+  /** A directory that must not exist yet; created here, removed again on any failure. */
+  dest: string;
+  /** What the archive is, for messages ("linux-image-….deb data.tar.xz"). */
+  label: string;
+  /** Sum of the entries' sizes. */
+  maxBytes: number;
+  maxEntries: number;
+  /** 'auto' (default) sniffs the magic bytes. */
+  compression?: Compression | 'auto';
+  signal?: AbortSignal | undefined;
+}
+
+export interface ExtractStats {
+  entries: number;
+  bytes: number;
+}
+
+const FIX = 'the archive is corrupt or hostile: check where it comes from (catalog entry, URL, mirror) before retrying';
+
+function rejected(label: string, entry: string, reason: string): BangerError {
+  return new BangerError('rejected_content', `${label}: entry "${entry}" rejected: ${reason}`, { fix: FIX });
+}
+
+/**
+ * Splits an archive path into safe components: no absolute paths, no `..`; `.` and empty
+ * components are dropped. Returns [] for the archive root itself.
+ */
+export function safeComponents(label: string, name: string): string[] {
+  if (name.startsWith('/')) throw rejected(label, name, 'absolute path');
+  if (name.includes('\0')) throw rejected(label, name, 'NUL byte in the name');
+  const parts = name.split('/').filter((p) => p !== '' && p !== '.');
+  if (parts.includes('..')) throw rejected(label, name, '".." path component');
+  return parts;
+}
+
+const MAX_LINK_HOPS = 40;
+
+/**
+ * Resolves a symlink target the way the guest will: relative targets from the link's directory,
+ * absolute ones from the root; symlinks already on disk inside the root are followed (so a chain
+ * of individually harmless links cannot climb out). Returns the components, or undefined when
+ * the target leaves the root.
+ */
+async function resolveInRoot(root: string, fromDir: string[], target: string, hops = { n: 0 }): Promise<string[] | undefined> {
+  const stack = target.startsWith('/') ? [] : [...fromDir];
+  for (const part of target.split('/')) {
+    if (part === '' || part === '.') continue;
+    if (part === '..') {
+      if (stack.length === 0) return undefined;
+      stack.pop();
+      continue;
+    }
+    stack.push(part);
+    const st = await lstat(join(root, ...stack)).catch(() => undefined);
+    if (st?.isSymbolicLink()) {
+      if (++hops.n > MAX_LINK_HOPS) return undefined;
+      const next = await readlink(join(root, ...stack));
+      stack.pop();
+      const r = await resolveInRoot(root, stack, next, hops);
+      if (!r) return undefined;
+      stack.splice(0, stack.length, ...r);
+    }
+  }
+  return stack;
+}
+
+/** Reads the first bytes of a stream and hands back a stream that still yields all of it. */
+async function peek(input: Readable, n: number): Promise<{ head: Buffer; stream: Readable }> {
+  const it = input[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+  const chunks: Buffer[] = [];
+  let have = 0;
+  while (have < n) {
+    const r = await it.next();
+    if (r.done) break;
+    const c = Buffer.isBuffer(r.value) ? r.value : Buffer.from(r.value);
+    chunks.push(c);
+    have += c.length;
+  }
+  const head = Buffer.concat(chunks).subarray(0, n);
+  async function* all() {
+    yield* chunks;
+    for (;;) {
+      const r = await it.next();
+      if (r.done) return;
+      yield r.value;
+    }
+  }
+  return { head, stream: Readable.from(all(), { objectMode: false }) };
+}
+
+/**
+ * Extracts a (possibly compressed) tar stream into a new directory, refusing anything that could
+ * write outside it or smuggle in what a kernel or rootfs tree never needs: absolute paths, `..`,
+ * writes through symlinks, symlinks or hardlinks that leave the root, device nodes and FIFOs,
+ * more bytes or entries than allowed. Owners are not kept; setuid/setgid bits are dropped; every
+ * directory stays owner-writable so the tree can always be removed. On failure `dest` is removed.
+ */
+export async function safeExtract(input: Readable, opts: SafeExtractOptions): Promise<ExtractStats> {
+  const root = resolve(opts.dest);
+  await mkdir(dirname(root), { recursive: true });
+  try {
+    await mkdir(root, { mode: 0o700 });
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'EEXIST') throw new BangerError('internal', `extraction target ${root} already exists`);
+    throw e;
+  }
+  try {
+    return await extractInto(input, root, opts);
+  } catch (e) {
+    await rm(root, { recursive: true, force: true });
+    if (opts.signal?.aborted) throw new BangerError('cancelled', `extraction of ${opts.label} was cancelled`);
+    if (e instanceof BangerError) throw e;
+    throw new BangerError('rejected_content', `${opts.label}: cannot extract: ${(e as Error).message}`, { fix: FIX });
+  }
+}
+
+async function extractInto(input: Readable, root: string, opts: SafeExtractOptions): Promise<ExtractStats> {
+  const label = opts.label;
+  let kind = opts.compression ?? 'auto';
+  let source = input;
+  if (kind === 'auto') {
+    const p = await peek(input, 6);
+    kind = sniffCompression(p.head);
+    source = p.stream;
+  }
+  const extract = tar.extract();
+  // Decompressed bytes are bounded too: headers and padding are small next to the content limit.
+  const piping = pipeline(source, decompressor(kind), byteLimit(opts.maxBytes + (opts.maxEntries + 16) * 1024 + 1024 * 1024, label), extract, opts.signal ? { signal: opts.signal } : {});
+  piping.catch(() => {}); // the loop below sees the same error through the extract stream
+  let entries = 0;
+  let bytes = 0;
+  const dirModes = new Map<string, number>();
+  const symlinks: Array<{ parts: string[]; target: string }> = [];
+
+  /** Creates the parent directories of an entry, refusing to go through anything that is not a real directory. */
+  const ensureParents = async (name: string, parts: string[]) => {
+    for (let i = 1; i < parts.length; i++) {
+      const p = join(root, ...parts.slice(0, i));
+      const st = await lstat(p).catch(() => undefined);
+      if (!st) await mkdir(p, { mode: 0o755 });
+      else if (st.isSymbolicLink()) throw rejected(label, name, `would be written through the symlink "${parts.slice(0, i).join('/')}"`);
+      else if (!st.isDirectory()) throw rejected(label, name, `"${parts.slice(0, i).join('/')}" is not a directory`);
+    }
+  };
+  /** Makes room for a non-directory entry: an earlier file or link of the same name is replaced (tar semantics). */
+  const clearTarget = async (name: string, abs: string) => {
+    const st = await lstat(abs).catch(() => undefined);
+    if (!st) return;
+    if (st.isDirectory()) throw rejected(label, name, 'replaces a directory');
+    await unlink(abs);
+  };
+
+  for await (const entry of extract) {
+    const h = entry.header;
+    const name = h.name;
+    if (++entries > opts.maxEntries) throw rejected(label, name, `more than ${opts.maxEntries} entries`);
+    const parts = safeComponents(label, name);
+    const abs = join(root, ...parts);
+    const type = h.type ?? 'file';
+    switch (type) {
+      case 'file':
+      case 'contiguous-file': {
+        if (parts.length === 0) throw rejected(label, name, 'a file at the archive root');
+        bytes += h.size ?? 0;
+        if (bytes > opts.maxBytes) throw rejected(label, name, `content exceeds the limit of ${opts.maxBytes} bytes`);
+        await ensureParents(name, parts);
+        await clearTarget(name, abs);
+        // O_EXCL: never follows a symlink placed there in between.
+        await pipeline(entry, createWriteStream(abs, { flags: 'wx', mode: 0o600 }));
+        await chmod(abs, (h.mode ?? 0o644) & 0o777);
+        continue;
+      }
+      case 'directory': {
+        if (parts.length > 0) {
+          await ensureParents(name, parts);
+          const st = await lstat(abs).catch(() => undefined);
+          if (!st) await mkdir(abs, { mode: 0o700 });
+          else if (!st.isDirectory()) throw rejected(label, name, 'a directory over an existing file or symlink');
+          dirModes.set(abs, ((h.mode ?? 0o755) & 0o777) | 0o700);
+        }
+        break;
+      }
+      case 'symlink': {
+        if (parts.length === 0) throw rejected(label, name, 'a symlink at the archive root');
+        const target = h.linkname ?? '';
+        if (!target) throw rejected(label, name, 'symlink without a target');
+        if (!(await resolveInRoot(root, parts.slice(0, -1), target))) throw rejected(label, name, `symlink target "${target}" leaves the archive root`);
+        await ensureParents(name, parts);
+        await clearTarget(name, abs);
+        await symlink(target, abs);
+        symlinks.push({ parts, target });
+        break;
+      }
+      case 'link': {
+        if (parts.length === 0) throw rejected(label, name, 'a hardlink at the archive root');
+        const target = h.linkname ?? '';
+        let tparts: string[] = [];
+        try {
+          tparts = safeComponents(label, target);
+        } catch {
+          /* reported below */
+        }
+        if (tparts.length === 0) throw rejected(label, name, `hardlink target "${target}" is outside the archive`);
+        // The target must be a regular file extracted earlier, reached without symlinks.
+        let cur = root;
+        for (const [i, p] of tparts.entries()) {
+          cur = join(cur, p);
+          const st = await lstat(cur).catch(() => undefined);
+          if (!st) throw rejected(label, name, `hardlink target "${target}" does not exist in the archive`);
+          if (st.isSymbolicLink()) throw rejected(label, name, `hardlink target "${target}" goes through a symlink`);
+          if (i === tparts.length - 1 && !st.isFile()) throw rejected(label, name, `hardlink target "${target}" is not a regular file`);
+        }
+        await ensureParents(name, parts);
+        await clearTarget(name, abs);
+        await link(cur, abs);
+        break;
+      }
+      case 'character-device':
+      case 'block-device':
+        throw rejected(label, name, 'device node');
+      case 'fifo':
+        throw rejected(label, name, 'FIFO');
+      default:
+        throw rejected(label, name, `unsupported entry type "${type}"`);
+    }
+    entry.resume();
+  }
+  await piping;
+  // Re-check every symlink against the final tree: a later entry cannot have turned one into an escape.
+  for (const s of symlinks) {
+    if (!(await resolveInRoot(root, s.parts.slice(0, -1), s.target))) throw rejected(label, s.parts.join('/'), `symlink target "${s.target}" leaves the archive root`);
+  }
+  // Directory modes last (deepest first), so a read-only directory did not block its own content.
+  for (const [dir, mode] of [...dirModes].sort((a, b) => b[0].length - a[0].length)) await chmod(dir, mode);
+  await chmod(root, 0o755);
+  return { entries, bytes };
+}
