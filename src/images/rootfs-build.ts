@@ -56,7 +56,11 @@ export function fixupScript(ledger: RootfsLedger, ownersOnDisk: boolean): { scri
       skipped.push(rel);
       continue;
     }
-    lines.push(n.type === 'fifo' ? `mknod ${q} p` : `mknod ${q} ${n.type === 'char' ? 'c' : 'b'} ${n.major} ${n.minor}`);
+    // debugfs's mknod links the name into the current directory as given: cd there first.
+    const slash = rel.lastIndexOf('/');
+    const dir = slash < 0 ? '/' : `/${rel.slice(0, slash)}`;
+    const base = `"${rel.slice(slash + 1)}"`;
+    lines.push(`cd "${dir}"`, n.type === 'fifo' ? `mknod ${base} p` : `mknod ${base} ${n.type === 'char' ? 'c' : 'b'} ${n.major} ${n.minor}`, 'cd "/"');
     lines.push(`sif ${q} mode 0${(TYPE_BITS[n.type] | n.mode).toString(8)}`, `sif ${q} uid ${n.uid}`, `sif ${q} gid ${n.gid}`);
   }
   return { script: lines.length ? `${lines.join('\n')}\n` : '', skipped };
