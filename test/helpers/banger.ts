@@ -197,6 +197,8 @@ export interface GuestAssets {
   /** The kernel file banger boots from kernelDir (the uncompressed vmlinux when present). */
   kernel: string;
   rootfs: string;
+  /** The Debian kernel package (.deb) kernelDir was extracted from, when the manifest has it. */
+  kernelDeb?: string | undefined;
 }
 
 /** Real guest assets built by scripts/guest-assets.sh, or undefined (tests then skip with the reason). */
@@ -208,5 +210,6 @@ export function guestAssets(): GuestAssets | undefined {
   const { kernelDir, kernelVersion, kernel, rootfs } = m;
   if (!kernelDir || !kernelVersion || !kernel || !rootfs) return undefined;
   if (![kernelDir, kernel, rootfs].every((p) => existsSync(p))) return undefined;
-  return { kernelDir, kernelVersion, kernel, rootfs };
+  const kernelDeb = m.kernelDeb && existsSync(m.kernelDeb) ? m.kernelDeb : undefined;
+  return { kernelDir, kernelVersion, kernel, rootfs, kernelDeb };
 }

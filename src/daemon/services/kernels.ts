@@ -133,6 +133,8 @@ interface ResolvedDownload {
   url: string;
   sha256: string;
   size?: number | undefined;
+  /** `size` is exact (from the package index): more bytes fail the download. */
+  exactSize?: boolean;
   package: string;
   version: string;
   format: 'deb' | 'tar.zst' | 'tar.gz' | 'tar.xz' | 'tar' | 'auto';
@@ -210,7 +212,7 @@ export class KernelService {
    * of that name unless images use it. Any failure leaves no row and no files behind.
    */
   async pull(name: string, opts: { force?: boolean }, ctx: OpContext): Promise<Kernel> {
-    ctx.stage('resolve', name);
+    ctx.stage('read catalog', name);
     const found = (await this.catalogEntries(ctx.signal)).find((c) => c.entry.name === name);
     if (!found) throw notFound('kernel catalog entry', name, 'list the catalog with `banger kernel list --available`');
     const { entry } = found;
@@ -228,7 +230,11 @@ export class KernelService {
       const tree = join(this.layout.stagingDir, `pull-${newId()}`);
       try {
         ctx.stage('extract', `${r.package}=${r.version}`);
-        await this.extract(file, r, tree, ctx);
+        await this.extract(file, r, tree, ctx).catch(async (e: unknown) => {
+          // Verified but refused content is not worth keeping in the cache.
+          if (e instanceof BangerError && e.code === 'rejected_content') await rm(file, { force: true });
+          throw e;
+        });
         ctx.checkCancelled();
         const src = await discoverKernel(tree);
         if (/^vmlinuz/.test(basename(src.kernel))) {
@@ -260,7 +266,7 @@ export class KernelService {
     const { stanzas, url } = await fetchKernelStanzas(mirror, s.suite, s.component, ctx.signal);
     const p = resolveKernelPackage(stanzas, s.package, mirror, displayUrl(url));
     ctx.log(`${s.package} → ${p.package}=${p.version} (${p.size} bytes, sha256 ${p.sha256})`);
-    return { url: p.url, sha256: p.sha256, size: p.size, package: p.package, version: p.version, format: 'deb' };
+    return { url: p.url, sha256: p.sha256, size: p.size, exactSize: true, package: p.package, version: p.version, format: 'deb' };
   }
 
   /** The download, from the cache when a file with that SHA-256 is there (re-verified), else fetched. */
@@ -278,7 +284,8 @@ export class KernelService {
     await downloadVerified({
       url: r.url,
       sha256: r.sha256,
-      maxBytes: PULL_MAX_DOWNLOAD,
+      // The index states the exact size; an archive entry's size is informative only.
+      maxBytes: r.exactSize ? Math.min(r.size ?? PULL_MAX_DOWNLOAD, PULL_MAX_DOWNLOAD) : PULL_MAX_DOWNLOAD,
       dest,
       signal: ctx.signal,
       onProgress: (bytes, total) => {

@@ -1,0 +1,279 @@
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { createReadStream, existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { basename, join } from 'node:path';
+import { after, before, test } from 'node:test';
+import { gzipSync } from 'node:zlib';
+import * as tar from 'tar-stream';
+import { guestAssets } from '../helpers/banger.js';
+import { TestHome } from './harness.js';
+
+/**
+ * `banger kernel pull` against a loopback Debian mirror (and a loopback archive URL): the real
+ * CLI and daemon, nothing leaves 127.0.0.1.
+ */
+
+const assets = guestAssets();
+const deb = assets?.kernelDeb;
+const debSkip = deb ? false : 'the kernel .deb is missing (kernelDeb in assets.json): run scripts/guest-assets.sh';
+
+interface CatalogItem {
+  name: string;
+  state: 'pulled' | 'available';
+  version: string;
+  kernel: { name: string; version: string } | null;
+}
+interface KernelJson {
+  name: string;
+  version: string;
+  kernelPath: string;
+  initrdPath: string | null;
+  modulesDir: string | null;
+  source: string;
+}
+
+const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+
+/** Package stanzas for a meta package pointing at `pkg`, served from `pool/…/<file>`. */
+function packagesIndex(pkg: string, version: string, file: string, size: number, sha: string): Buffer {
+  return gzipSync(`Package: linux-headers-cloud-amd64
+Version: ${version}
+Depends: linux-headers-x
+Filename: pool/main/l/x/linux-headers-cloud-amd64_${version}_amd64.deb
+Size: 10
+SHA256: ${'0'.repeat(64)}
+
+Package: linux-image-cloud-amd64
+Version: ${version}
+Depends: ${pkg} (= ${version})
+Filename: pool/main/l/linux-signed-amd64/linux-image-cloud-amd64_${version}_amd64.deb
+Size: 1500
+SHA256: ${'1'.repeat(64)}
+
+Package: ${pkg}
+Version: ${version}
+Depends: kmod, linux-base (>= 4.3~), initramfs-tools (>= 0.120+deb8u2) | linux-initramfs-tool
+Description: Linux for x86-64 cloud
+ The Linux kernel and modules for use on cloud platforms.
+Filename: pool/main/l/linux-signed-amd64/${file}
+Size: ${size}
+SHA256: ${sha}
+`);
+}
+
+async function evilTarZst(): Promise<Buffer> {
+  const pack = tar.pack();
+  const chunks: Buffer[] = [];
+  const done = (async () => {
+    for await (const c of pack) chunks.push(c as Buffer);
+  })();
+  pack.entry({ name: 'vmlinux', mode: 0o644 }, 'not really a kernel');
+  pack.entry({ name: '../../../evil-sentinel', mode: 0o644 }, 'pwned');
+  pack.finalize();
+  await done;
+  const z = spawnSync('zstd', ['-q', '-c'], { input: Buffer.concat(chunks) });
+  assert.equal(z.status, 0, 'zstd is needed to build the fixture');
+  return z.stdout;
+}
+
+let server: Server;
+let base: string;
+let home: TestHome;
+let fixtures: string;
+const hits: string[] = [];
+let debName = 'linux-image-6.1.0-0-cloud-amd64_1.0-1_amd64.deb';
+let debPkg = 'linux-image-6.1.0-0-cloud-amd64';
+let debVersion = '1.0-1';
+let debSha = '';
+
+before(async () => {
+  fixtures = await mkdtemp(join(tmpdir(), 'kpull-'));
+  const routes = new Map<string, Buffer | string>();
+  if (deb) {
+    debName = basename(deb);
+    const m = /^(linux-image-[^_]+)_([^_]+)_amd64\.deb$/.exec(debName);
+    assert.ok(m, `unexpected .deb name ${debName}`);
+    debPkg = m[1] as string;
+    debVersion = m[2] as string;
+    const bytes = readFileSync(deb);
+    debSha = sha256(bytes);
+    routes.set('/debian/dists/bookworm/main/binary-amd64/Packages.gz', packagesIndex(debPkg, debVersion, debName, bytes.length, debSha));
+    routes.set(`/debian/pool/main/l/linux-signed-amd64/${debName}`, deb);
+  }
+  // A mirror whose index has the wrong checksum for the package it serves.
+  const fake = Buffer.from('!<arch>\nnot really a kernel package\n');
+  routes.set('/bad/dists/bookworm/main/binary-amd64/Packages.gz', packagesIndex(debPkg, debVersion, debName, fake.length, 'f'.repeat(64)));
+  routes.set(`/bad/pool/main/l/linux-signed-amd64/${debName}`, fake);
+  const evil = await evilTarZst();
+  routes.set('/archives/evil.tar.zst', evil);
+
+  server = createServer((req, res) => {
+    hits.push(req.url ?? '');
+    const body = routes.get(req.url ?? '');
+    if (body === undefined) {
+      res.writeHead(404).end();
+      return;
+    }
+    if (typeof body === 'string') {
+      res.writeHead(200, { 'content-length': statSync(body).size });
+      createReadStream(body).pipe(res);
+    } else res.writeHead(200, { 'content-length': body.length }).end(body);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+
+  const catalog = join(fixtures, 'kernels.json');
+  await writeFile(
+    catalog,
+    JSON.stringify({
+      kernels: [
+        {
+          name: 'bad-sum',
+          distro: 'debian-12',
+          arch: 'x86_64',
+          version: 'latest',
+          description: 'index with a wrong SHA256',
+          source: { kind: 'debian-index', suite: 'bookworm', component: 'main', package: 'linux-image-cloud-amd64', mirror: `${base}/bad` },
+        },
+        {
+          name: 'evil',
+          distro: 'none',
+          arch: 'x86_64',
+          version: '1',
+          description: 'tarball with a traversal entry',
+          source: { kind: 'archive', url: `${base}/archives/evil.tar.zst`, sha256: sha256(evil), format: 'tar.zst' },
+        },
+      ],
+    }),
+  );
+  home = await TestHome.create(`debian_mirror = "${base}/debian"\nkernel_catalogs = ["${catalog}"]\n`);
+});
+
+after(async () => {
+  await home?.destroy();
+  server?.close();
+  await rm(fixtures, { recursive: true, force: true });
+});
+
+/** No staging leftovers and no partial downloads. */
+function assertClean(): void {
+  const staging = join(home.dir, 'state', 'staging');
+  assert.deepEqual(existsSync(staging) ? readdirSync(staging) : [], [], 'staging is empty');
+  const downloads = join(home.dir, 'cache', 'downloads');
+  const left = existsSync(downloads) ? readdirSync(downloads) : [];
+  assert.deepEqual(
+    left.filter((f) => f.includes('partial')),
+    [],
+    'no partial downloads',
+  );
+}
+
+test('`kernel list --available` shows the built-in and the user catalog entries', async () => {
+  const { kernels } = await home.json<{ kernels: CatalogItem[] }>(['kernel', 'list', '--available']);
+  assert.deepEqual(
+    kernels.map((k) => [k.name, k.state]),
+    [
+      ['bad-sum', 'available'],
+      ['debian-cloud', 'available'],
+      ['evil', 'available'],
+    ],
+  );
+  const text = await home.ok(['kernel', 'list', '--available']);
+  assert.match(text, /^NAME\s+STATE\s+DISTRO\s+VERSION\s+SIZE\s+DESCRIPTION$/m);
+  assert.match(text, /^debian-cloud\s+available\s+debian-12\s+latest/m);
+  const show = await home.ok(['kernel', 'show', 'debian-cloud']);
+  assert.match(show, /^state:\s+available \(banger kernel pull debian-cloud\)$/m);
+  assert.match(show, /^source:\s+debian bookworm\/main linux-image-cloud-amd64$/m);
+});
+
+test('`kernel pull debian-cloud` through the loopback Debian index: vmlinux extracted, initramfs built', { skip: debSkip }, async () => {
+  const r = await home.banger(['kernel', 'pull', 'debian-cloud']);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /^pulled kernel debian-cloud \(/);
+  assert.ok(hits.includes(`/debian/pool/main/l/linux-signed-amd64/${debName}`));
+  assert.ok(hits.every((h) => !h.includes('linux-headers')), 'only the kernel package was fetched');
+
+  const k = await home.json<KernelJson>(['kernel', 'show', 'debian-cloud']);
+  assert.equal(`linux-image-${k.version}`, debPkg, 'the kernel version is the package’s');
+  assert.equal(k.source, `catalog:debian-cloud ${debPkg}=${debVersion} sha256:${debSha}`);
+  assert.equal(basename(k.kernelPath), 'vmlinux');
+  const head = readFileSync(k.kernelPath).subarray(0, 5);
+  assert.deepEqual([...head], [0x7f, 0x45, 0x4c, 0x46, 2], 'an ELF64 vmlinux');
+  assert.equal(basename(k.initrdPath ?? ''), 'banger-initramfs.cpio.gz');
+  assert.ok(statSync(k.initrdPath as string).size > 1000);
+  assert.ok(statSync(join(k.modulesDir as string, 'modules.order')).isFile());
+  assert.ok(statSync(join(k.modulesDir as string, 'kernel')).isDirectory());
+
+  const { kernels } = await home.json<{ kernels: CatalogItem[] }>(['kernel', 'list', '--available']);
+  const item = kernels.find((c) => c.name === 'debian-cloud');
+  assert.equal(item?.state, 'pulled');
+  assert.equal(item?.kernel?.version, k.version);
+  assertClean();
+
+  // Again: refused without --force; with --force replaced from the cache (no second download).
+  const again = await home.banger(['kernel', 'pull', 'debian-cloud']);
+  assert.equal(again.code, 1);
+  assert.match(again.stderr, /already exists/);
+  assert.match(again.stderr, /--force/);
+  const downloads = hits.filter((h) => h.endsWith('.deb')).length;
+  const forced = await home.json<KernelJson>(['kernel', 'pull', 'debian-cloud', '--force']);
+  assert.equal(hits.filter((h) => h.endsWith('.deb')).length, downloads, 'served from the download cache');
+  assert.equal(forced.source, k.source);
+  assert.notEqual(forced.kernelPath, k.kernelPath);
+  assert.equal(existsSync(k.kernelPath), false, 'the replaced kernel’s files are gone');
+  assert.equal((await home.json<{ kernels: KernelJson[] }>(['kernel', 'list'])).kernels.length, 1);
+  assertClean();
+});
+
+test('a checksum mismatch fails the pull: no kernel row, no staging or partial files', async () => {
+  const before = (await home.json<{ kernels: KernelJson[] }>(['kernel', 'list'])).kernels;
+  const r = await home.banger(['kernel', 'pull', 'bad-sum']);
+  assert.equal(r.code, 1, r.stdout);
+  assert.match(r.stderr, /checksum mismatch/);
+  assert.match(r.stderr, new RegExp(`expected sha256 ${'f'.repeat(64)}, got [0-9a-f]{64}`));
+  assert.ok(hits.includes(`/bad/pool/main/l/linux-signed-amd64/${debName}`), 'the entry’s own mirror was used');
+  assert.deepEqual((await home.json<{ kernels: KernelJson[] }>(['kernel', 'list'])).kernels, before);
+  assertClean();
+  const downloads = join(home.dir, 'cache', 'downloads');
+  assert.equal(existsSync(join(downloads, 'f'.repeat(64))), false);
+});
+
+test('an archive entry with a traversal entry is rejected; nothing is left anywhere', async () => {
+  const before = (await home.json<{ kernels: KernelJson[] }>(['kernel', 'list'])).kernels;
+  const r = await home.banger(['kernel', 'pull', 'evil']);
+  assert.equal(r.code, 1, r.stdout);
+  assert.match(r.stderr, /"\.\.\/\.\.\/\.\.\/evil-sentinel" rejected/);
+  assert.match(r.stderr, /corrupt or hostile/);
+  assert.deepEqual((await home.json<{ kernels: KernelJson[] }>(['kernel', 'list'])).kernels, before);
+  assertClean();
+  for (const d of [home.dir, join(home.dir, 'state'), join(home.dir, 'cache'), tmpdir()]) assert.equal(existsSync(join(d, 'evil-sentinel')), false);
+  const downloads = join(home.dir, 'cache', 'downloads');
+  assert.deepEqual(
+    (existsSync(downloads) ? readdirSync(downloads) : []).filter((f) => !f.startsWith(debSha || '-')),
+    [],
+    'the refused archive is not kept in the cache',
+  );
+});
+
+test('pulling an unknown entry: not found, pointing at the catalog', async () => {
+  const r = await home.banger(['kernel', 'pull', 'nope']);
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /kernel catalog entry "nope" not found/);
+  assert.match(r.stderr, /kernel list --available/);
+});
+
+test('`kernel rm --force` of a missing kernel is not an error; rm of a pulled kernel removes its files', async () => {
+  assert.equal((await home.banger(['kernel', 'rm', 'nope'])).code, 1);
+  assert.equal((await home.banger(['kernel', 'rm', 'nope', '--force'])).code, 0);
+  if (!deb) return;
+  const k = await home.json<KernelJson>(['kernel', 'show', 'debian-cloud']);
+  await home.ok(['kernel', 'rm', 'debian-cloud']);
+  assert.equal(existsSync(k.kernelPath), false);
+  const { kernels } = await home.json<{ kernels: CatalogItem[] }>(['kernel', 'list', '--available']);
+  assert.equal(kernels.find((c) => c.name === 'debian-cloud')?.state, 'available');
+});
