@@ -1,6 +1,7 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { imagePullBenchmark } from './image-pull.js';
 import { type Benchmark, run } from './lib.js';
 import { rootCloneBenchmark, tapPoolBenchmark, vmCreateBenchmark } from './vm.js';
 
@@ -62,4 +63,5 @@ export const benchmarks: Benchmark[] = [
   rootCloneBenchmark(),
   vmCreateBenchmark(),
   tapPoolBenchmark(),
+  imagePullBenchmark(),
 ];
