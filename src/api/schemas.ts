@@ -139,6 +139,20 @@ export const ImagePullRequestSchema = z
   .strict();
 export type ImagePullRequest = z.infer<typeof ImagePullRequestSchema>;
 
+export const ImageCatalogListSchema = z.object({
+  images: z.array(
+    z.object({
+      name: z.string(),
+      description: z.string(),
+      kernel: z.string(),
+      kind: z.enum(['recipe', 'bundle', 'oci']),
+      source: z.string(),
+      pulled: z.boolean(),
+    }),
+  ),
+});
+export type ImageCatalogList = z.infer<typeof ImageCatalogListSchema>;
+
 export const CachePruneReportSchema = z.object({
   removed: z.number(),
   freedBytes: z.number(),

@@ -2,6 +2,7 @@ import { BangerError } from '../api/errors.js';
 import type {
   DaemonStatus,
   Image,
+  ImageCatalogList,
   Kernel,
   Operation,
   OperationEvent,
@@ -117,6 +118,7 @@ export class BangerClient {
   image = (ref: string) => this.request<Image>('GET', `/v1/images/${encodeURIComponent(ref)}`);
   registerImage = (req: { name: string; rootfs: string; kernel?: string; initrd?: string; modules?: string; kernelRef?: string }) =>
     this.request<{ operation: Operation }>('POST', '/v1/images', req);
+  imageCatalog = () => this.request<ImageCatalogList>('GET', '/v1/image-catalog');
   pullImage = (req: { ref: string; name?: string; kernelRef?: string; sizeBytes?: number }) => this.request<{ operation: Operation }>('POST', '/v1/images/pull', req);
   promoteImage = (ref: string) => this.request<{ operation: Operation }>('POST', `/v1/images/${encodeURIComponent(ref)}/promote`, {});
   pruneImageCache = (dryRun: boolean) =>

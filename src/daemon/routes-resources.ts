@@ -7,6 +7,7 @@ import {
   ImagePullRequestSchema,
   ImageRegisterRequestSchema,
   CachePruneReportSchema,
+  ImageCatalogListSchema,
   ImageSchema,
   VmBulkRequestSchema,
   VmBulkResultSchema,
@@ -83,6 +84,7 @@ export function resourceRoutes(app: App, s: Services): Route[] {
     operationRoute('/v1/images', 'image.register', ImageRegisterRequestSchema, (b) => b.name, (b, ctx) => s.images.register(b, ctx)),
     operationRoute('/v1/images/pull', 'image.pull', ImagePullRequestSchema, (b) => b.name ?? b.ref, (b, ctx) => s.images.pull(b, ctx)),
     operationRoute('/v1/images/:ref/promote', 'image.promote', z.object({}).strict(), (_b, p) => p.ref, (_b, ctx, p) => s.images.promote(p.ref as string, ctx)),
+    { method: 'GET', path: '/v1/image-catalog', response: ImageCatalogListSchema, handler: () => s.images.catalogList() },
     {
       method: 'POST',
       path: '/v1/image-cache/prune',

@@ -77,9 +77,19 @@ export function registerImageCommands(program: Command): void {
   image
     .command('list')
     .alias('ls')
-    .description('list images')
+    .description('list images (--available: the image catalog, pulled or not)')
+    .option('--available', 'list the catalog entries `image pull NAME` and `vm run --image NAME` can fetch')
     .option('--json', 'print as JSON')
-    .action(async (o: { json?: boolean }) => {
+    .action(async (o: { json?: boolean; available?: boolean }) => {
+      if (o.available) {
+        const catalog = await new BangerClient().imageCatalog();
+        if (o.json) return printJson(catalog);
+        printTable(
+          ['NAME', 'STATE', 'KIND', 'KERNEL', 'SOURCE', 'DESCRIPTION'],
+          catalog.images.map((e) => [e.name, e.pulled ? 'pulled' : 'available', e.kind, e.kernel, e.source, e.description]),
+        );
+        return;
+      }
       const images = await new BangerClient().images();
       if (o.json) return printJson({ images });
       printTable(

@@ -4,6 +4,7 @@ import { homedir } from 'node:os';
 import { join } from 'node:path';
 import type { Command } from 'commander';
 import { BangerError } from '../../api/errors.js';
+import type { Vm } from '../../api/schemas.js';
 import { BangerClient } from '../../client/client.js';
 import type { Layout } from '../../config/layout.js';
 import { hasInclude, installInclude, shellQuote, uninstallInclude, writeFileAtomic } from '../../host/ssh-config.js';
@@ -26,6 +27,29 @@ function runSsh(args: string[]): Promise<number> {
   });
 }
 
+/**
+ * Opens a shell in a running VM, or runs a command there; resolves to ssh's exit status (the
+ * remote command's, or 255 for ssh's own failures).
+ */
+export async function sshIntoVm(client: BangerClient, v: Vm, command: string[]): Promise<number> {
+  if (v.state !== 'running') {
+    throw new BangerError('precondition_failed', `VM ${v.name} is ${v.state}`, { fix: `start it: banger vm start ${v.name}` });
+  }
+  const image = await client.image(v.imageName).catch(() => undefined);
+  if (image && !image.hasSshd && !v.nat) {
+    throw new BangerError('precondition_failed', `image ${image.name} has no sshd, and ${v.name} has no NAT to install it at first boot`, {
+      fix: `recreate the VM with --nat (sshd is then installed through the guest's package manager on first boot), or use an image with openssh-server`,
+    });
+  }
+  const config = bangerSshConfigPath(client.layout);
+  // sshd starts a moment after the agent reports ready: retry the connection briefly.
+  const args = ['-F', config, '-o', 'ConnectTimeout=5', '-o', 'ConnectionAttempts=20'];
+  if (command.length === 0 && process.stdin.isTTY) args.push('-t');
+  args.push(`${v.name}.vm`);
+  if (command.length) args.push('--', shellQuote(command));
+  return runSsh(args);
+}
+
 export function registerSshCommands(program: Command, vm: Command): void {
   vm.command('ssh')
     .description('open a shell in a VM, or run a command there (its exit status is passed through)')
@@ -35,21 +59,11 @@ export function registerSshCommands(program: Command, vm: Command): void {
     .action(async (ref: string, command: string[]) => {
       const client = new BangerClient();
       const v = await client.vm(ref);
-      if (v.state !== 'running') {
-        throw new BangerError('precondition_failed', `VM ${v.name} is ${v.state}`, { fix: `start it: banger vm start ${v.name}` });
-      }
-      const config = bangerSshConfigPath(client.layout);
-      // sshd starts a moment after the agent reports ready: retry the connection briefly.
-      const args = ['-F', config, '-o', 'ConnectTimeout=5', '-o', 'ConnectionAttempts=20'];
-      if (command.length === 0 && process.stdin.isTTY) args.push('-t');
-      args.push(`${v.name}.vm`);
-      if (command.length) args.push('--', shellQuote(command));
-      const code = await runSsh(args);
+      process.exitCode = await sshIntoVm(client, v, command);
       if (command.length === 0) {
         const after = await client.vm(v.id).catch(() => undefined);
         if (after?.state === 'running') process.stderr.write(`${v.name} is still running; stop it with: banger vm stop ${v.name}\n`);
       }
-      process.exitCode = code;
     });
 
   program

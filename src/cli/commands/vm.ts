@@ -5,6 +5,7 @@ import { BangerClient } from '../../client/client.js';
 import { formatBytes } from '../../util/duration.js';
 import { intArg, memoryArg, onOff, sizeArg } from '../args.js';
 import { ProgressRenderer } from '../progress.js';
+import { registerRunCommand } from './run.js';
 import { registerSshCommands } from './ssh.js';
 import { ago, printJson, printKeyValues, printTable } from '../render.js';
 
@@ -202,6 +203,7 @@ export function registerVmCommands(program: Command): void {
     });
 
   registerSshCommands(program, vm);
+  registerRunCommand(vm);
 
   vm.command('prune')
     .description('delete every VM that is not running')

@@ -1,7 +1,14 @@
-import { lstat, mkdir, rename, rm, stat } from 'node:fs/promises';
-import { basename, join, resolve } from 'node:path';
+import { createReadStream } from 'node:fs';
+import { copyFile, lstat, mkdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { displayUrl, downloadVerified, sha256File } from '../../archive/download.js';
+import { safeExtract } from '../../archive/safe-extract.js';
+import { BundleManifestSchema, type ImageCatalogEntry, loadImageCatalog } from '../../images/catalog.js';
+import { RootfsLedger } from '../../images/layer-apply.js';
+import { runRecipe } from '../../images/recipe.js';
 import { BangerError, notFound } from '../../api/errors.js';
-import type { Image, ImagePullRequest } from '../../api/schemas.js';
+import type { Image, ImageCatalogList, ImagePullRequest } from '../../api/schemas.js';
 import { fetchAndFlatten } from '../../images/oci-pull.js';
 import { buildRootfs, imageSizeFor } from '../../images/rootfs-build.js';
 import type { BlobCache, PruneReport } from '../../oci/blob-cache.js';
@@ -37,6 +44,57 @@ async function anyPresent(tree: string, paths: string[]): Promise<boolean> {
   return false;
 }
 
+export interface ImageServiceOptions {
+  /** Config `image_catalogs`. */
+  catalogs?: string[];
+  debianMirror?: string;
+  /** Kernel for pulled OCI images when none is named. */
+  defaultKernel?: string;
+}
+
+interface Workspace {
+  staging: string;
+  rootfs: string;
+  seed: string;
+}
+
+/** A bundle from a file path / file:// URL (copied and checked) or over http(s) (downloaded and checked). */
+async function fetchBundle(url: string, sha256: string, dest: string, ctx: OpContext): Promise<void> {
+  if (await stat(dest).then((s) => s.isFile(), () => false)) {
+    if ((await sha256File(dest)) === sha256) return;
+    await rm(dest, { force: true });
+  }
+  await mkdir(dirname(dest), { recursive: true, mode: 0o700 });
+  const local = url.startsWith('file://') ? fileURLToPath(url) : isAbsolute(url) ? url : undefined;
+  if (local) {
+    const partial = `${dest}.${newId().slice(0, 8)}.partial`;
+    try {
+      await copyFile(local, partial);
+      const actual = await sha256File(partial);
+      if (actual !== sha256) throw new BangerError('rejected_content', `bundle ${local} has sha256 ${actual}, the catalog says ${sha256}`, { fix: 'the file changed or the catalog is wrong' });
+      await rename(partial, dest);
+    } finally {
+      await rm(partial, { force: true });
+    }
+    return;
+  }
+  await downloadVerified({ url, sha256, dest, maxBytes: 64 * 1024 ** 3, signal: ctx.signal, onProgress: (n, total) => ctx.progress(n, total, 'B') });
+}
+
+async function readBundleManifest(path: string, name: string) {
+  const text = await readFile(path, 'utf8').catch(() => undefined);
+  if (text === undefined) throw new BangerError('rejected_content', `bundle of ${name} has no manifest.json`, { fix: 'a bundle is a .tar.zst of rootfs.ext4 and manifest.json' });
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    throw new BangerError('rejected_content', `manifest.json of the ${name} bundle is not valid JSON`);
+  }
+  const r = BundleManifestSchema.safeParse(json);
+  if (!r.success) throw new BangerError('rejected_content', `manifest.json of the ${name} bundle: ${r.error.issues[0]?.path.join('.')}: ${r.error.issues[0]?.message}`);
+  return r.data;
+}
+
 export class ImageService {
   constructor(
     private readonly repos: Repos,
@@ -47,75 +105,90 @@ export class ImageService {
     private readonly kernels: KernelService,
     private readonly blobs: BlobCache,
     private readonly runner: CommandRunner,
-    private readonly defaultKernel: string = 'debian-cloud',
+    private readonly opts: ImageServiceOptions = {},
   ) {}
 
-  /** Where a new image's kernel comes from: the one asked for, else the default kernel. */
-  private async kernelFor(kernelRef: string | undefined, _ctx: OpContext): Promise<string> {
-    const name = kernelRef ?? this.defaultKernel;
-    const row = this.repos.kernels.byName(name) ?? (kernelRef ? this.kernels.row(kernelRef) : undefined);
-    if (row) return row.id;
-    throw new BangerError('not_found', `kernel "${name}" is not installed`, { fix: `pull it (banger kernel pull ${name}) or pass --kernel-ref NAME` });
+  /** The image catalog: built-in entries plus config `image_catalogs`. */
+  catalog(signal?: AbortSignal): Promise<ImageCatalogEntry[]> {
+    return loadImageCatalog(this.opts.catalogs ?? [], dirname(this.layout.configFile), signal);
   }
 
-  private async checkNameFree(name: string): Promise<void> {
+  async catalogList(): Promise<ImageCatalogList> {
+    const entries = await this.catalog();
+    return {
+      images: entries.map((e) => ({
+        name: e.name,
+        description: e.description,
+        kernel: e.kernel,
+        kind: e.source.kind,
+        source:
+          e.source.kind === 'recipe'
+            ? `mmdebstrap ${e.source.suite} ${e.source.variant}${e.source.packages.length ? ` +${e.source.packages.length} packages` : ''}`
+            : e.source.kind === 'bundle'
+              ? displayUrl(e.source.url)
+              : e.source.ref,
+        pulled: !!this.repos.images.byName(e.name),
+      })),
+    };
+  }
+
+  /** The kernel for a new image: an installed one by name or id, else pulled from the kernel catalog. */
+  private async kernelFor(ref: string, ctx: OpContext): Promise<string> {
+    const installed = this.repos.kernels.byName(ref);
+    if (installed) return installed.id;
+    const known = (await this.kernels.catalogEntries(ctx.signal)).some((e) => e.entry.name === ref);
+    if (!known) return this.kernels.row(ref).id;
+    ctx.stage('pull kernel', `${ref} (first use)`);
+    return (await this.kernels.pull(ref, {}, ctx)).id;
+  }
+
+  private checkNameFree(name: string): void {
     if (this.repos.images.byName(name)) {
       throw new BangerError('conflict', `an image named "${name}" already exists`, { fix: `pick another name with --name, or delete it: banger image delete ${name}` });
     }
   }
 
   /**
-   * Pulls an OCI image and turns it into a managed ext4 image: layers flattened in a private
-   * staging directory (ownership, modes and setuid kept), the ext4 built from it, its /root kept
-   * as the work seed; published with one rename and one row. A failure leaves neither.
+   * `image pull NAME` for a catalog entry, anything else as an OCI reference. Every path assembles
+   * the image in a private staging directory and publishes it with one rename and one row; a
+   * failure leaves neither.
    */
   async pull(req: ImagePullRequest, ctx: OpContext): Promise<Image> {
-    const ref = parseReference(req.ref);
-    const name = req.name ?? defaultImageName(ref);
+    const entry = (await this.catalog(ctx.signal)).find((e) => e.name === req.ref);
+    if (entry?.source.kind === 'oci') return this.pullOci({ ...req, ref: entry.source.ref, name: req.name ?? entry.name, kernelRef: req.kernelRef ?? entry.kernel }, ctx);
+    if (entry) return this.pullEntry(entry, req, ctx);
+    return this.pullOci(req, ctx);
+  }
+
+  /** Pulls the image when a catalog has it and it is not installed yet (`vm create`/`vm run` on first use). */
+  async ensure(name: string, ctx: OpContext): Promise<ImageRow | undefined> {
+    const have = this.repos.images.byName(name);
+    if (have) return have;
+    const entry = (await this.catalog(ctx.signal)).find((e) => e.name === name);
+    if (!entry) return undefined;
+    ctx.stage('pull image', `${name} (first use: ${entry.source.kind === 'recipe' ? 'built from Debian’s mirror, a few minutes' : 'downloaded'})`);
+    const img = await this.pull({ ref: name }, ctx);
+    return this.repos.images.byId(img.id);
+  }
+
+  private async staged(name: string, ctx: OpContext, build: (w: Workspace) => Promise<Omit<ImageRow, 'id' | 'name' | 'rootfs_path' | 'work_seed_path' | 'managed' | 'created_at'>>): Promise<Image> {
     return this.locks.run(`image-name:${name}`, async () => {
-      await this.checkNameFree(name);
-      const kernelId = await this.kernelFor(req.kernelRef, ctx);
+      this.checkNameFree(name);
       const id = newId();
       const staging = join(this.layout.stagingDir, `image-${id}`);
-      const tree = join(staging, 'tree');
       const finalDir = join(this.layout.imagesDir, id);
-      const asRoot = process.getuid?.() === 0;
       try {
-        await mkdir(tree, { recursive: true, mode: 0o700 });
-        const client = new RegistryClient(ref, { signal: ctx.signal });
-        const flat = await fetchAndFlatten(
-          client,
-          this.blobs,
-          { root: tree, chownOnDisk: asRoot, platform: { os: 'linux', architecture: 'amd64' }, maxBytes: 256 * 1024 ** 3, maxEntries: 10_000_000 },
-          ctx,
-        );
-        const sizeBytes = imageSizeFor(flat.ledger, req.sizeBytes);
-        ctx.stage('build rootfs', `ext4, ${Math.round(sizeBytes / 1048576)} MiB`);
-        const hasSystemd = await anyPresent(tree, SYSTEMD_PATHS);
-        const hasSshd = await anyPresent(tree, SSHD_PATHS);
-        const rootfs = join(staging, 'rootfs.ext4');
-        const { skipped } = await buildRootfs(this.disks, { tree, out: rootfs, sizeBytes, ledger: flat.ledger, ownersOnDisk: asRoot, scriptPath: join(staging, 'fixup.debugfs') });
-        for (const p of skipped) ctx.log(`warning: could not set owner or node type of /${p} (name debugfs cannot quote)`);
-        ctx.stage('extract work seed', '/root');
-        const rootSt = await lstat(join(tree, 'root')).catch(() => undefined);
-        if (rootSt?.isDirectory()) await this.runner.run('cp', ['-a', '--reflink=auto', join(tree, 'root'), join(staging, 'root')], { timeoutMs: 600_000 });
-        else await mkdir(join(staging, 'root'), { mode: 0o700 });
-        await rm(tree, { recursive: true, force: true });
-        await rm(join(staging, 'fixup.debugfs'), { force: true });
+        await mkdir(staging, { recursive: true, mode: 0o700 });
+        const fields = await build({ staging, rootfs: join(staging, 'rootfs.ext4'), seed: join(staging, 'root') });
         ctx.checkCancelled();
         await rename(staging, finalDir);
         const row: ImageRow = {
+          ...fields,
           id,
           name,
           rootfs_path: join(finalDir, 'rootfs.ext4'),
-          kernel_id: kernelId,
           work_seed_path: join(finalDir, 'root'),
           managed: 1,
-          has_systemd: hasSystemd ? 1 : 0,
-          has_sshd: hasSshd ? 1 : 0,
-          digest: flat.manifestDigest,
-          size_bytes: sizeBytes,
-          source: `oci:${formatReference(ref)}`,
           created_at: this.clock.now().toISOString(),
         };
         this.repos.images.insert(row);
@@ -126,6 +199,89 @@ export class ImageService {
       } finally {
         await rm(staging, { recursive: true, force: true });
       }
+    });
+  }
+
+  /** Turns a flattened tree into the workspace's rootfs.ext4 and work seed. */
+  private async finishTree(w: Workspace, tree: string, ledger: RootfsLedger, sizeReq: number | undefined, ownersOnDisk: boolean, ctx: OpContext) {
+    const sizeBytes = imageSizeFor(ledger, sizeReq);
+    ctx.stage('build rootfs', `ext4, ${Math.round(sizeBytes / 1048576)} MiB`);
+    const hasSystemd = await anyPresent(tree, SYSTEMD_PATHS);
+    const hasSshd = await anyPresent(tree, SSHD_PATHS);
+    const { skipped } = await buildRootfs(this.disks, { tree, out: w.rootfs, sizeBytes, ledger, ownersOnDisk, scriptPath: join(w.staging, 'fixup.debugfs') });
+    for (const p of skipped) ctx.log(`warning: could not set owner or node type of /${p} (name debugfs cannot quote)`);
+    ctx.stage('extract work seed', '/root');
+    const rootSt = await lstat(join(tree, 'root')).catch(() => undefined);
+    if (rootSt?.isDirectory()) await this.runner.run('cp', ['-a', '--reflink=auto', join(tree, 'root'), w.seed], { timeoutMs: 600_000 });
+    else await mkdir(w.seed, { mode: 0o700 });
+    await rm(tree, { recursive: true, force: true });
+    await rm(join(w.staging, 'fixup.debugfs'), { force: true });
+    return { sizeBytes, hasSystemd, hasSshd };
+  }
+
+  private async pullOci(req: ImagePullRequest, ctx: OpContext): Promise<Image> {
+    const ref = parseReference(req.ref);
+    const name = req.name ?? defaultImageName(ref);
+    this.checkNameFree(name);
+    const kernelId = await this.kernelFor(req.kernelRef ?? this.opts.defaultKernel ?? 'debian-cloud', ctx);
+    return this.staged(name, ctx, async (w) => {
+      const tree = join(w.staging, 'tree');
+      await mkdir(tree, { mode: 0o700 });
+      const asRoot = process.getuid?.() === 0;
+      const client = new RegistryClient(ref, { signal: ctx.signal });
+      const flat = await fetchAndFlatten(client, this.blobs, { root: tree, chownOnDisk: asRoot, platform: { os: 'linux', architecture: 'amd64' }, maxBytes: 256 * 1024 ** 3, maxEntries: 10_000_000 }, ctx);
+      const t = await this.finishTree(w, tree, flat.ledger, req.sizeBytes, asRoot, ctx);
+      return { kernel_id: kernelId, has_systemd: t.hasSystemd ? 1 : 0, has_sshd: t.hasSshd ? 1 : 0, digest: flat.manifestDigest, size_bytes: t.sizeBytes, source: `oci:${formatReference(ref)}` };
+    });
+  }
+
+  private async pullEntry(entry: ImageCatalogEntry, req: ImagePullRequest, ctx: OpContext): Promise<Image> {
+    const name = req.name ?? entry.name;
+    this.checkNameFree(name);
+    const kernelId = await this.kernelFor(req.kernelRef ?? entry.kernel, ctx);
+    const source = entry.source;
+    if (source.kind === 'recipe') {
+      return this.staged(name, ctx, async (w) => {
+        const tree = join(w.staging, 'tree');
+        await mkdir(tree, { mode: 0o700 });
+        const asRoot = process.getuid?.() === 0;
+        const ledger = new RootfsLedger();
+        ctx.stage('build image', `mmdebstrap ${source.suite} (${source.variant}${source.packages.length ? ` + ${source.packages.length} packages` : ''})`);
+        await runRecipe(source, this.opts.debianMirror ?? 'http://deb.debian.org/debian', tree, ledger, asRoot, ctx);
+        const t = await this.finishTree(w, tree, ledger, req.sizeBytes, asRoot, ctx);
+        return { kernel_id: kernelId, has_systemd: t.hasSystemd ? 1 : 0, has_sshd: t.hasSshd ? 1 : 0, digest: null, size_bytes: t.sizeBytes, source: `catalog:${entry.name} recipe` };
+      });
+    }
+    if (source.kind !== 'bundle') throw new BangerError('internal', `unexpected catalog source ${source.kind}`);
+    return this.staged(name, ctx, async (w) => {
+      const archive = join(this.layout.cacheDir, 'downloads', `${source.sha256}.tar.zst`);
+      ctx.stage('download bundle', displayUrl(source.url));
+      await fetchBundle(source.url, source.sha256, archive, ctx);
+      ctx.stage('unpack bundle');
+      const unpacked = join(w.staging, 'bundle');
+      await safeExtract(createReadStream(archive), { dest: unpacked, label: `bundle of ${entry.name}`, maxBytes: 256 * 1024 ** 3, maxEntries: 16, signal: ctx.signal });
+      const manifest = await readBundleManifest(join(unpacked, 'manifest.json'), entry.name);
+      const rootfsSt = await lstat(join(unpacked, manifest.rootfs)).catch(() => undefined);
+      if (!rootfsSt?.isFile()) throw new BangerError('rejected_content', `bundle of ${entry.name} has no regular file ${manifest.rootfs}`, { fix: 'the bundle is broken; check the catalog entry' });
+      await rename(join(unpacked, manifest.rootfs), w.rootfs);
+      // Bundled images carry long runs of zeros; give the space back.
+      await this.runner.run('fallocate', ['--dig-holes', w.rootfs], { timeoutMs: 600_000, allowFailure: true });
+      await this.disks.inspectExt4(w.rootfs);
+      ctx.stage('extract work seed', '/root');
+      const seedParent = join(w.staging, 'seed');
+      await mkdir(seedParent, { mode: 0o700 });
+      if (await this.disks.extractDir(w.rootfs, '/root', seedParent)) await rename(join(seedParent, 'root'), w.seed);
+      else await mkdir(w.seed, { mode: 0o700 });
+      await rm(seedParent, { recursive: true, force: true });
+      await rm(unpacked, { recursive: true, force: true });
+      return {
+        kernel_id: kernelId,
+        has_systemd: (await this.disks.imageHasAny(w.rootfs, SYSTEMD_PATHS)) ? 1 : 0,
+        has_sshd: (await this.disks.imageHasAny(w.rootfs, SSHD_PATHS)) ? 1 : 0,
+        digest: `sha256:${source.sha256}`,
+        size_bytes: (await stat(w.rootfs)).size,
+        source: `catalog:${entry.name} bundle`,
+      };
     });
   }
 

@@ -34,7 +34,7 @@ export async function installServices(app: App, router: Router): Promise<void> {
   const disks = new DiskTools(runner);
   const kernels = new KernelService(repos, layout, clock, locks, { catalogs: config.kernel_catalogs, debianMirror: config.debian_mirror });
   const blobs = new BlobCache(join(layout.cacheDir, 'blobs'));
-  const images = new ImageService(repos, layout, clock, locks, disks, kernels, blobs, runner);
+  const images = new ImageService(repos, layout, clock, locks, disks, kernels, blobs, runner, { catalogs: config.image_catalogs, debianMirror: config.debian_mirror });
   const hostKernel = readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim();
 
   const cachedProbe = readKvmProbeCache(layout.cacheDir, hostKernel);

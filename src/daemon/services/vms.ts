@@ -146,12 +146,15 @@ export class VmService {
     try {
       image = this.d.images.row(imageRef);
     } catch (e) {
-      if (e instanceof BangerError && e.code === 'not_found') {
-        throw new BangerError('not_found', `image "${imageRef}" not found`, {
-          fix: 'register one: banger image register --name NAME --rootfs FILE --kernel-ref KERNEL (list with `banger image list`)',
+      if (!(e instanceof BangerError && e.code === 'not_found')) throw e;
+      // First use of a catalog image (the default one on a fresh host): pull it as part of this create.
+      const pulled = await this.d.images.ensure(imageRef, ctx);
+      if (!pulled) {
+        throw new BangerError('not_found', `image "${imageRef}" not found, and no image catalog has it`, {
+          fix: 'pull one (banger image pull REF), register one (banger image register), or list them: banger image list',
         });
       }
-      throw e;
+      image = pulled;
     }
     const size: VmSize = resolveSize({ vcpus: input.vcpus, memoryMib: input.memoryMib, diskSizeBytes: input.diskSizeBytes }, this.d.config, this.d.host);
     if (input.name !== undefined) {

@@ -1,0 +1,136 @@
+import { readFile } from 'node:fs/promises';
+import { isAbsolute, resolve } from 'node:path';
+import { z } from 'zod';
+import { BangerError } from '../api/errors.js';
+import { displayUrl, openUrl } from '../archive/download.js';
+import { ResourceName } from '../api/schemas.js';
+
+const MAX_CATALOG_BYTES = 1024 * 1024;
+
+const RecipeSource = z
+  .object({
+    kind: z.literal('recipe'),
+    builder: z.literal('mmdebstrap'),
+    suite: z.string().regex(/^[a-z][a-z0-9-]*$/),
+    variant: z.enum(['minbase', 'required', 'important', 'standard', 'apt']).default('minbase'),
+    packages: z.array(z.string().regex(/^[a-z0-9][a-z0-9+.-]*$/, 'expected Debian package names')).default([]),
+    mirror: z.string().url().optional(),
+  })
+  .strict();
+
+const BundleSource = z
+  .object({
+    kind: z.literal('bundle'),
+    /** http(s) URL, file:// URL or absolute path of a .tar.zst holding rootfs.ext4 and manifest.json. */
+    url: z.string().min(1),
+    sha256: z.string().regex(/^[a-f0-9]{64}$/, 'expected 64 lowercase hex digits'),
+  })
+  .strict();
+
+const OciSource = z.object({ kind: z.literal('oci'), ref: z.string().min(1) }).strict();
+
+export const ImageCatalogEntrySchema = z
+  .object({
+    name: ResourceName,
+    description: z.string().default(''),
+    /** Kernel catalog name (or installed kernel) the image boots with. */
+    kernel: z.string().min(1),
+    source: z.discriminatedUnion('kind', [RecipeSource, BundleSource, OciSource]),
+  })
+  .strict();
+export type ImageCatalogEntry = z.infer<typeof ImageCatalogEntrySchema>;
+export type RecipeSpec = z.infer<typeof RecipeSource>;
+
+/** What `manifest.json` in a bundle says. */
+export const BundleManifestSchema = z
+  .object({
+    format: z.literal(1),
+    rootfs: z.literal('rootfs.ext4'),
+    kernel: z.string().min(1).optional(),
+    description: z.string().optional(),
+  })
+  .passthrough();
+
+/** Packages of the default development image, on top of Debian's minbase. */
+export const DEV_PACKAGES = [
+  'systemd-sysv',
+  'udev',
+  'dbus',
+  'openssh-server',
+  'sudo',
+  'ca-certificates',
+  'curl',
+  'git',
+  'jq',
+  'tmux',
+  'less',
+  'procps',
+  'iproute2',
+  'iputils-ping',
+  'netbase',
+  'kmod',
+  'build-essential',
+  'python3',
+];
+
+export const BUILTIN_IMAGES: ImageCatalogEntry[] = [
+  {
+    name: 'debian-bookworm',
+    description: 'Debian 12 development image: systemd, sshd, git, curl, jq, tmux, build-essential, python3 (built from Debian’s mirror with mmdebstrap)',
+    kernel: 'debian-cloud',
+    source: { kind: 'recipe', builder: 'mmdebstrap', suite: 'bookworm', variant: 'minbase', packages: DEV_PACKAGES },
+  },
+];
+
+export function parseImageCatalog(text: string, origin: string): ImageCatalogEntry[] {
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (e) {
+    throw new BangerError('invalid_config', `image catalog ${origin} is not valid JSON: ${(e as Error).message}`, { fix: 'fix the file named in image_catalogs' });
+  }
+  const r = z.object({ images: z.array(ImageCatalogEntrySchema) }).strict().safeParse(json);
+  if (!r.success) {
+    const issue = r.error.issues[0];
+    throw new BangerError('invalid_config', `image catalog ${origin}: ${issue?.path.join('.') || '(top level)'}: ${issue?.message}`, {
+      fix: 'each entry needs name, kernel and source {kind: "recipe" | "bundle" | "oci", ...}; see docs/config.md',
+    });
+  }
+  return r.data.images;
+}
+
+async function readSource(ref: string, baseDir: string, signal?: AbortSignal): Promise<{ origin: string; text: string }> {
+  if (/^https?:\/\//i.test(ref)) {
+    const origin = displayUrl(ref);
+    const { body } = await openUrl(ref, signal);
+    const chunks: Buffer[] = [];
+    let size = 0;
+    for await (const c of body) {
+      size += (c as Buffer).length;
+      if (size > MAX_CATALOG_BYTES) {
+        body.destroy();
+        throw new BangerError('invalid_config', `image catalog ${origin} is larger than ${MAX_CATALOG_BYTES} bytes`, { fix: 'check the URL in image_catalogs' });
+      }
+      chunks.push(c as Buffer);
+    }
+    return { origin, text: Buffer.concat(chunks).toString('utf8') };
+  }
+  const path = isAbsolute(ref) ? ref : resolve(baseDir, ref);
+  try {
+    return { origin: path, text: await readFile(path, 'utf8') };
+  } catch (e) {
+    throw new BangerError('invalid_config', `image catalog ${path}: cannot read it: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, {
+      fix: 'fix the path in image_catalogs (relative paths are relative to the config file)',
+    });
+  }
+}
+
+/** Built-in entries, then each configured catalog in order; a later entry replaces an earlier one of the same name. */
+export async function loadImageCatalog(refs: string[], baseDir: string, signal?: AbortSignal): Promise<ImageCatalogEntry[]> {
+  const byName = new Map(BUILTIN_IMAGES.map((e) => [e.name, e]));
+  for (const ref of refs) {
+    const { origin, text } = await readSource(ref, baseDir, signal);
+    for (const e of parseImageCatalog(text, origin)) byName.set(e.name, e);
+  }
+  return [...byName.values()];
+}
