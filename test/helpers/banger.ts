@@ -199,6 +199,8 @@ export interface GuestAssets {
   rootfs: string;
   /** The Debian kernel package (.deb) kernelDir was extracted from, when the manifest has it. */
   kernelDeb?: string | undefined;
+  /** The rootfs tree as a tarball (pushed to test registries as an OCI layer). */
+  rootfsTar?: string | undefined;
 }
 
 /** Real guest assets built by scripts/guest-assets.sh, or undefined (tests then skip with the reason). */
@@ -211,5 +213,6 @@ export function guestAssets(): GuestAssets | undefined {
   if (!kernelDir || !kernelVersion || !kernel || !rootfs) return undefined;
   if (![kernelDir, kernel, rootfs].every((p) => existsSync(p))) return undefined;
   const kernelDeb = m.kernelDeb && existsSync(m.kernelDeb) ? m.kernelDeb : undefined;
-  return { kernelDir, kernelVersion, kernel, rootfs, kernelDeb };
+  const rootfsTar = m.rootfsTar && existsSync(m.rootfsTar) ? m.rootfsTar : undefined;
+  return { kernelDir, kernelVersion, kernel, rootfs, kernelDeb, rootfsTar };
 }

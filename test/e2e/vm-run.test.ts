@@ -1,0 +1,81 @@
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { link, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import type { Image, Vm } from '../../src/api/schemas.js';
+import { guestAssets, TestHome } from '../helpers/banger.js';
+
+const assets = guestAssets();
+
+async function sha256Of(path: string): Promise<string> {
+  const h = createHash('sha256');
+  for await (const c of createReadStream(path)) h.update(c as Buffer);
+  return h.digest('hex');
+}
+
+/**
+ * `vm run` on a host that has never seen the default image: the image catalog points
+ * debian-bookworm at a bundle (the test rootfs as .tar.zst, served from a file), so the first run
+ * pulls it as a stage of the create.
+ */
+describe('vm run', { skip: assets ? false : 'guest assets missing: run scripts/guest-assets.sh' }, () => {
+  let home: TestHome;
+  let work: string;
+
+  before(async () => {
+    const a = assets as NonNullable<typeof assets>;
+    work = await mkdtemp(join(tmpdir(), 'bg-bundle-'));
+    await link(a.rootfs, join(work, 'rootfs.ext4')).catch(() => execFileSync('cp', ['--reflink=auto', a.rootfs, join(work, 'rootfs.ext4')]));
+    await writeFile(join(work, 'manifest.json'), JSON.stringify({ format: 1, rootfs: 'rootfs.ext4', kernel: 'debian-cloud' }));
+    execFileSync('sh', ['-c', 'tar -C "$1" -cf - manifest.json rootfs.ext4 | zstd -q -1 -T0 -o "$1/bundle.tar.zst"', 'sh', work]);
+    const catalog = {
+      images: [{ name: 'debian-bookworm', kernel: 'debian-cloud', description: 'test bundle', source: { kind: 'bundle', url: `file://${work}/bundle.tar.zst`, sha256: await sha256Of(join(work, 'bundle.tar.zst')) } }],
+    };
+    await writeFile(join(work, 'catalog.json'), JSON.stringify(catalog));
+    home = await TestHome.create(`accel = "tcg"\nimage_catalogs = ["${work}/catalog.json"]\n`, { netns: true });
+    // The catalog's kernel, installed as a user who already pulled it would have it.
+    await home.ok(['kernel', 'import', 'debian-cloud', '--from', a.kernelDir]);
+  });
+  after(async () => {
+    await home?.destroy();
+    await rm(work, { recursive: true, force: true });
+  });
+
+  test('first run pulls the default image, runs the command, prints the guest kernel and deletes the VM', async () => {
+    const a = assets as NonNullable<typeof assets>;
+    const r = await home.banger(['vm', 'run', '--rm', '--', 'uname', '-r']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout.trim(), a.kernelVersion);
+    assert.match(r.stderr, /pull image/);
+    assert.match(r.stderr, /deleted /);
+    const { vms } = await home.json<{ vms: Vm[] }>(['vm', 'list']);
+    assert.deepEqual(vms, []);
+    const img = await home.json<Image>(['image', 'show', 'debian-bookworm']);
+    assert.equal(img.managed, true);
+    assert.equal(img.source, 'catalog:debian-bookworm bundle');
+    const catalog = await home.json<{ images: Array<{ name: string; pulled: boolean }> }>(['image', 'list', '--available']);
+    assert.equal(catalog.images.find((e) => e.name === 'debian-bookworm')?.pulled, true);
+  });
+
+  test('the command’s exit status is the exit status of vm run; the image is not pulled again', async () => {
+    const r = await home.banger(['vm', 'run', '--rm', '--name', 'seven', '--', 'sh', '-c', 'exit 7']);
+    assert.equal(r.code, 7, r.stderr);
+    assert.doesNotMatch(r.stderr, /pull image/);
+    assert.match(r.stderr, /deleted seven/);
+  });
+
+  test('--detach leaves the VM running and says how to reach it', async () => {
+    const r = await home.banger(['vm', 'run', '-d', '--name', 'keep']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /banger vm ssh keep/);
+    assert.equal((await home.json<Vm>(['vm', 'show', 'keep'])).state, 'running');
+    const bad = await home.banger(['vm', 'run', '-d', '--rm']);
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /--rm and --detach/);
+    await home.ok(['vm', 'delete', 'keep']);
+  });
+});
