@@ -1,5 +1,23 @@
-import { createWriteStream } from 'node:fs';
-import { chmod, chown, lchown, link, lstat, lutimes, mkdir, readdir, readlink, rm, symlink, utimes } from 'node:fs/promises';
+import {
+  chmodSync,
+  chownSync,
+  closeSync,
+  fchmodSync,
+  fchownSync,
+  futimesSync,
+  lchownSync,
+  linkSync,
+  lstatSync,
+  lutimesSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readlinkSync,
+  rmSync,
+  symlinkSync,
+  utimesSync,
+  writeSync,
+} from 'node:fs';
 import { posix } from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -86,7 +104,7 @@ export async function applyLayer(input: Readable, opts: ApplyOptions, ledger: Ro
   const abs = (rel: string) => (rel ? `${opts.root}/${rel}` : opts.root);
 
   /** Resolves components to a real relative path, creating missing directories; follows safe symlinks. */
-  const resolveDir = async (entry: string, comps: string[]): Promise<string> => {
+  const resolveDir = (entry: string, comps: string[]): string => {
     const key = comps.join('/');
     const cached = dirCache.get(key);
     if (cached !== undefined) return cached;
@@ -96,9 +114,9 @@ export async function applyLayer(input: Readable, opts: ApplyOptions, ledger: Ro
     while (queue.length) {
       const c = queue.shift() as string;
       const candidate = [...real, c].join('/');
-      const st = await lstat(abs(candidate)).catch(() => undefined);
+      const st = lstatSync(abs(candidate), { throwIfNoEntry: false });
       if (!st) {
-        await mkdir(abs(candidate), { mode: 0o755 });
+        mkdirSync(abs(candidate), { mode: 0o755 });
         ledger.entries++;
         if (!opts.chownOnDisk) ledger.owners.set(candidate, { uid: 0, gid: 0, mode: 0o40755 });
         real.push(c);
@@ -106,7 +124,7 @@ export async function applyLayer(input: Readable, opts: ApplyOptions, ledger: Ro
         real.push(c);
       } else if (st.isSymbolicLink()) {
         if (++hops > MAX_SYMLINK_HOPS) throw rejected(opts, entry, 'goes through too many symlinks');
-        const target = await readlink(abs(candidate));
+        const target = readlinkSync(abs(candidate));
         if (target.startsWith('/')) throw rejected(opts, entry, `is written through "${candidate}", a symlink to the absolute path ${target}`);
         const joined = posix.normalize(posix.join(real.join('/'), target));
         if (joined === '..' || joined.startsWith('../')) throw rejected(opts, entry, `is written through "${candidate}", a symlink that leaves the image root (${target})`);
@@ -121,26 +139,26 @@ export async function applyLayer(input: Readable, opts: ApplyOptions, ledger: Ro
     return out;
   };
 
-  const remove = async (rel: string) => {
-    await rm(abs(rel), { recursive: true, force: true });
+  const remove = (rel: string) => {
+    rmSync(abs(rel), { recursive: true, force: true });
     ledger.forget(rel);
     // Removed directories (or symlinks to them) may be cached as parents.
     dirCache.clear();
   };
 
-  const setMeta = async (rel: string, h: tar.Header, isLink: boolean) => {
+  const setMeta = (rel: string, h: tar.Header, isLink: boolean) => {
     const uid = h.uid ?? 0;
     const gid = h.gid ?? 0;
     const mode = h.mode ?? 0o644;
     if (opts.chownOnDisk) {
       // chown clears setuid/setgid: mode goes on afterwards.
-      await (isLink ? lchown : chown)(abs(rel), uid, gid);
+      (isLink ? lchownSync : chownSync)(abs(rel), uid, gid);
     } else {
       ledger.owners.set(rel, { uid, gid, mode });
     }
-    if (!isLink) await chmod(abs(rel), mode & 0o7777);
-    if (h.mtime && !isLink) await utimes(abs(rel), h.mtime, h.mtime).catch(() => {});
-    if (h.mtime && isLink) await lutimes(abs(rel), h.mtime, h.mtime).catch(() => {});
+    if (!isLink) chmodSync(abs(rel), mode & 0o7777);
+    if (h.mtime && !isLink) utimesSync(abs(rel), h.mtime, h.mtime);
+    if (h.mtime && isLink) lutimesSync(abs(rel), h.mtime, h.mtime);
   };
 
   const handle = async (h: tar.Header, body: Readable): Promise<void> => {
@@ -149,59 +167,69 @@ export async function applyLayer(input: Readable, opts: ApplyOptions, ledger: Ro
     if (++ledger.entries > opts.maxEntries) throw rejected(opts, h.name, `exceeds the limit of ${opts.maxEntries} entries`);
     if (comps.length === 0) {
       // The root itself: only its metadata matters.
-      if (h.type === 'directory') await setMeta('', h, false);
+      if (h.type === 'directory') setMeta('', h, false);
       return;
     }
     const base = comps.at(-1) as string;
-    const parent = await resolveDir(h.name, comps.slice(0, -1));
+    const parent = resolveDir(h.name, comps.slice(0, -1));
     const join = (n: string) => (parent ? `${parent}/${n}` : n);
 
     if (base === '.wh..wh..opq') {
-      for (const child of await readdir(abs(parent))) {
+      for (const child of readdirSync(abs(parent))) {
         const rel = join(child);
-        if (!createdHere.has(rel)) await remove(rel);
+        if (!createdHere.has(rel)) remove(rel);
       }
       return;
     }
     if (base.startsWith('.wh.')) {
       const rel = join(base.slice(4));
-      if (!createdHere.has(rel)) await remove(rel);
+      if (!createdHere.has(rel)) remove(rel);
       return;
     }
 
     const rel = join(base);
-    const existing = await lstat(abs(rel)).catch(() => undefined);
-    if (existing && !(existing.isDirectory() && h.type === 'directory')) await remove(rel);
+    const existing = lstatSync(abs(rel), { throwIfNoEntry: false });
+    if (existing && !(existing.isDirectory() && h.type === 'directory')) remove(rel);
     createdHere.add(rel);
 
     switch (h.type) {
       case 'directory':
-        if (!existing?.isDirectory()) await mkdir(abs(rel), { mode: 0o700 });
-        await setMeta(rel, h, false);
+        if (!existing?.isDirectory()) mkdirSync(abs(rel), { mode: 0o700 });
+        setMeta(rel, h, false);
         return;
       case 'file':
       case 'contiguous-file': {
         const size = h.size ?? 0;
         ledger.bytes += size;
         if (ledger.bytes > opts.maxBytes) throw rejected(opts, h.name, `brings the image over the limit of ${opts.maxBytes} bytes`);
-        await pipeline(body, createWriteStream(abs(rel), { flags: 'wx', mode: 0o600 }));
-        await setMeta(rel, h, false);
+        // O_EXCL: never opens something already there (a link a lower layer planted included).
+        const fd = openSync(abs(rel), 'wx', 0o600);
+        try {
+          for await (const chunk of body) writeSync(fd, chunk as Buffer);
+          if (opts.chownOnDisk) fchownSync(fd, h.uid ?? 0, h.gid ?? 0);
+          else ledger.owners.set(rel, { uid: h.uid ?? 0, gid: h.gid ?? 0, mode: h.mode ?? 0o644 });
+          // After chown, which clears setuid/setgid.
+          fchmodSync(fd, (h.mode ?? 0o644) & 0o7777);
+          if (h.mtime) futimesSync(fd, h.mtime, h.mtime);
+        } finally {
+          closeSync(fd);
+        }
         return;
       }
       case 'symlink':
         if (!h.linkname) throw rejected(opts, h.name, 'is a symlink without a target');
-        await symlink(h.linkname, abs(rel));
-        await setMeta(rel, h, true);
+        symlinkSync(h.linkname, abs(rel));
+        setMeta(rel, h, true);
         dirCache.clear();
         return;
       case 'link': {
         const target = entryComponents(h.linkname ?? '');
         if (target === 'dotdot' || target.length === 0) throw rejected(opts, h.name, `is a hardlink to "${h.linkname}", outside the image root`);
-        const tparent = await resolveDir(h.name, target.slice(0, -1));
+        const tparent = resolveDir(h.name, target.slice(0, -1));
         const trel = tparent ? `${tparent}/${target.at(-1)}` : (target.at(-1) as string);
-        const tst = await lstat(abs(trel)).catch(() => undefined);
+        const tst = lstatSync(abs(trel), { throwIfNoEntry: false });
         if (!tst || tst.isDirectory()) throw rejected(opts, h.name, `is a hardlink to "${h.linkname}", which is ${tst ? 'a directory' : 'not in the image'}`);
-        await link(abs(trel), abs(rel));
+        linkSync(abs(trel), abs(rel));
         const owner = ledger.owners.get(trel);
         if (owner) ledger.owners.set(rel, owner);
         const special = ledger.specials.get(trel);

@@ -13,7 +13,8 @@ import { concurrencyLimit } from '../util/limit.js';
 import { applyLayer, RootfsLedger } from './layer-apply.js';
 
 export interface FlattenOptions {
-  root: string;
+  /** Makes the directory the layers are stacked in, given an estimate of the unpacked size. */
+  placeTree: (estimateBytes: number) => Promise<string>;
   chownOnDisk: boolean;
   platform: WantedPlatform;
   /** Limits on the unpacked image: content bytes and entries. */
@@ -24,6 +25,7 @@ export interface FlattenOptions {
 }
 
 export interface FlattenedImage {
+  root: string;
   manifestDigest: string;
   config: ImageConfig;
   ledger: RootfsLedger;
@@ -84,6 +86,8 @@ export async function fetchAndFlatten(client: RegistryClient, cache: BlobCache, 
     // A failure further up must not go unobserved while unpacking is still on an earlier layer.
     for (const d of downloads) d.catch(() => {});
 
+    // gzip'd filesystem layers unpack to ~3× their size; 4× leaves room.
+    const root = await opts.placeTree(total * 4);
     const ledger = new RootfsLedger();
     for (let i = 0; i < manifest.layers.length; i++) {
       const l = manifest.layers[i] as (typeof manifest.layers)[number];
@@ -99,7 +103,7 @@ export async function fetchAndFlatten(client: RegistryClient, cache: BlobCache, 
       });
       const label = `layer ${i + 1} (${l.digest.slice(0, 19)}) of ${what}`;
       const feeding = pipeline(cache.open(l.digest), decompressor(l.compression), tap);
-      const applying = applyLayer(tap, { root: opts.root, chownOnDisk: opts.chownOnDisk, maxBytes: opts.maxBytes, maxEntries: opts.maxEntries, label }, ledger);
+      const applying = applyLayer(tap, { root, chownOnDisk: opts.chownOnDisk, maxBytes: opts.maxBytes, maxEntries: opts.maxEntries, label }, ledger);
       // The unpacker's error is the meaningful one; the feeder then only reports a premature close.
       const [fed, applied] = await Promise.allSettled([feeding, applying]);
       if (applied.status === 'rejected') throw applied.reason;
@@ -111,7 +115,7 @@ export async function fetchAndFlatten(client: RegistryClient, cache: BlobCache, 
         });
       }
     }
-    return { manifestDigest: fetched.digest, config, ledger, layers: manifest.layers.length, compressedBytes: total };
+    return { root, manifestDigest: fetched.digest, config, ledger, layers: manifest.layers.length, compressedBytes: total };
   } finally {
     for (const u of unpins) u();
   }

@@ -15,6 +15,7 @@ import type { BlobCache, PruneReport } from '../../oci/blob-cache.js';
 import { defaultImageName, formatReference, parseReference } from '../../oci/reference.js';
 import { RegistryClient } from '../../oci/registry.js';
 import type { CommandRunner } from '../../host/runner.js';
+import type { ScratchSpace } from '../../host/scratch.js';
 import type { Layout } from '../../config/layout.js';
 import type { DiskTools } from '../../host/disks.js';
 import { type ImageRow, type Repos, resolveRef } from '../../store/repos.js';
@@ -105,6 +106,7 @@ export class ImageService {
     private readonly kernels: KernelService,
     private readonly blobs: BlobCache,
     private readonly runner: CommandRunner,
+    private readonly scratch: ScratchSpace,
     private readonly opts: ImageServiceOptions = {},
   ) {}
 
@@ -225,13 +227,30 @@ export class ImageService {
     this.checkNameFree(name);
     const kernelId = await this.kernelFor(req.kernelRef ?? this.opts.defaultKernel ?? 'debian-cloud', ctx);
     return this.staged(name, ctx, async (w) => {
-      const tree = join(w.staging, 'tree');
-      await mkdir(tree, { mode: 0o700 });
       const asRoot = process.getuid?.() === 0;
       const client = new RegistryClient(ref, { signal: ctx.signal });
-      const flat = await fetchAndFlatten(client, this.blobs, { root: tree, chownOnDisk: asRoot, platform: { os: 'linux', architecture: 'amd64' }, maxBytes: 256 * 1024 ** 3, maxEntries: 10_000_000 }, ctx);
-      const t = await this.finishTree(w, tree, flat.ledger, req.sizeBytes, asRoot, ctx);
-      return { kernel_id: kernelId, has_systemd: t.hasSystemd ? 1 : 0, has_sshd: t.hasSshd ? 1 : 0, digest: flat.manifestDigest, size_bytes: t.sizeBytes, source: `oci:${formatReference(ref)}` };
+      let tree: string | undefined;
+      try {
+        const flat = await fetchAndFlatten(
+          client,
+          this.blobs,
+          {
+            placeTree: async (estimate) => {
+              tree = await this.scratch.make('image-tree', estimate);
+              return tree;
+            },
+            chownOnDisk: asRoot,
+            platform: { os: 'linux', architecture: 'amd64' },
+            maxBytes: 256 * 1024 ** 3,
+            maxEntries: 10_000_000,
+          },
+          ctx,
+        );
+        const t = await this.finishTree(w, flat.root, flat.ledger, req.sizeBytes, asRoot, ctx);
+        return { kernel_id: kernelId, has_systemd: t.hasSystemd ? 1 : 0, has_sshd: t.hasSshd ? 1 : 0, digest: flat.manifestDigest, size_bytes: t.sizeBytes, source: `oci:${formatReference(ref)}` };
+      } finally {
+        if (tree) await rm(tree, { recursive: true, force: true });
+      }
     });
   }
 
@@ -242,14 +261,17 @@ export class ImageService {
     const source = entry.source;
     if (source.kind === 'recipe') {
       return this.staged(name, ctx, async (w) => {
-        const tree = join(w.staging, 'tree');
-        await mkdir(tree, { mode: 0o700 });
-        const asRoot = process.getuid?.() === 0;
-        const ledger = new RootfsLedger();
-        ctx.stage('build image', `mmdebstrap ${source.suite} (${source.variant}${source.packages.length ? ` + ${source.packages.length} packages` : ''})`);
-        await runRecipe(source, this.opts.debianMirror ?? 'http://deb.debian.org/debian', tree, ledger, asRoot, ctx);
-        const t = await this.finishTree(w, tree, ledger, req.sizeBytes, asRoot, ctx);
-        return { kernel_id: kernelId, has_systemd: t.hasSystemd ? 1 : 0, has_sshd: t.hasSshd ? 1 : 0, digest: null, size_bytes: t.sizeBytes, source: `catalog:${entry.name} recipe` };
+        const tree = await this.scratch.make('image-tree', 2 * 1024 ** 3);
+        try {
+          const asRoot = process.getuid?.() === 0;
+          const ledger = new RootfsLedger();
+          ctx.stage('build image', `mmdebstrap ${source.suite} (${source.variant}${source.packages.length ? ` + ${source.packages.length} packages` : ''})`);
+          await runRecipe(source, this.opts.debianMirror ?? 'http://deb.debian.org/debian', tree, ledger, asRoot, ctx);
+          const t = await this.finishTree(w, tree, ledger, req.sizeBytes, asRoot, ctx);
+          return { kernel_id: kernelId, has_systemd: t.hasSystemd ? 1 : 0, has_sshd: t.hasSshd ? 1 : 0, digest: null, size_bytes: t.sizeBytes, source: `catalog:${entry.name} recipe` };
+      } finally {
+          await rm(tree, { recursive: true, force: true });
+        }
       });
     }
     if (source.kind !== 'bundle') throw new BangerError('internal', `unexpected catalog source ${source.kind}`);

@@ -1,3 +1,5 @@
+import { existsSync } from 'node:fs';
+import { createHash } from 'node:crypto';
 import { cpus, totalmem } from 'node:os';
 import { readFileSync } from 'node:fs';
 import { which } from '../../host/doctor-probe.js';
@@ -25,6 +27,7 @@ import { KernelService } from './kernels.js';
 import { type DnsRecords, NetworkService } from './network.js';
 import { VmService } from './vms.js';
 import { BlobCache } from '../../oci/blob-cache.js';
+import { ScratchSpace } from '../../host/scratch.js';
 
 /** Builds the services on the App's shared mechanisms and mounts their routes. */
 export async function installServices(app: App, router: Router): Promise<void> {
@@ -34,7 +37,12 @@ export async function installServices(app: App, router: Router): Promise<void> {
   const disks = new DiskTools(runner);
   const kernels = new KernelService(repos, layout, clock, locks, { catalogs: config.kernel_catalogs, debianMirror: config.debian_mirror });
   const blobs = new BlobCache(join(layout.cacheDir, 'blobs'));
-  const images = new ImageService(repos, layout, clock, locks, disks, kernels, blobs, runner, { catalogs: config.image_catalogs, debianMirror: config.debian_mirror });
+  // Unpacked trees live on tmpfs when they fit; one directory per state dir (one daemon owns it).
+  const memScratch = existsSync('/dev/shm') ? join('/dev/shm', `banger-${createHash('sha256').update(layout.stateDir).digest('hex').slice(0, 12)}`) : undefined;
+  const scratch = new ScratchSpace(join(layout.stagingDir, 'scratch'), memScratch);
+  await scratch.sweep();
+  app.addCloser(() => scratch.sweep());
+  const images = new ImageService(repos, layout, clock, locks, disks, kernels, blobs, runner, scratch, { catalogs: config.image_catalogs, debianMirror: config.debian_mirror });
   const hostKernel = readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim();
 
   const cachedProbe = readKvmProbeCache(layout.cacheDir, hostKernel);
