@@ -139,6 +139,19 @@ export const ImagePullRequestSchema = z
   .strict();
 export type ImagePullRequest = z.infer<typeof ImagePullRequestSchema>;
 
+export const ImageBuildRequestSchema = z
+  .object({
+    from: z.string().min(1),
+    name: ResourceName,
+    /** The script's text; it runs as root under bash in the build VM. */
+    script: z.string().min(1).max(1024 * 1024),
+    /** Builds usually install packages: NAT is on unless turned off. */
+    nat: z.boolean().default(true),
+    diskSizeBytes: z.number().int().positive().optional(),
+  })
+  .strict();
+export type ImageBuildRequest = z.infer<typeof ImageBuildRequestSchema>;
+
 export const ImageCatalogListSchema = z.object({
   images: z.array(
     z.object({

@@ -119,6 +119,8 @@ export class BangerClient {
   registerImage = (req: { name: string; rootfs: string; kernel?: string; initrd?: string; modules?: string; kernelRef?: string }) =>
     this.request<{ operation: Operation }>('POST', '/v1/images', req);
   imageCatalog = () => this.request<ImageCatalogList>('GET', '/v1/image-catalog');
+  buildImage = (req: { from: string; name: string; script: string; nat?: boolean; diskSizeBytes?: number }) =>
+    this.request<{ operation: Operation }>('POST', '/v1/images/build', req);
   pullImage = (req: { ref: string; name?: string; kernelRef?: string; sizeBytes?: number }) => this.request<{ operation: Operation }>('POST', '/v1/images/pull', req);
   promoteImage = (ref: string) => this.request<{ operation: Operation }>('POST', `/v1/images/${encodeURIComponent(ref)}/promote`, {});
   pruneImageCache = (dryRun: boolean) =>

@@ -4,6 +4,7 @@ import {
   GuestHealthSchema,
   GuestPortsSchema,
   ImageListSchema,
+  ImageBuildRequestSchema,
   ImagePullRequestSchema,
   ImageRegisterRequestSchema,
   CachePruneReportSchema,
@@ -20,11 +21,13 @@ import {
 import type { App } from './app.js';
 import { operationRouteFor } from './route-helpers.js';
 import { OP_HEADER, type Route } from './http.js';
+import type { ImageBuildService } from './services/image-build.js';
 import type { ImageService } from './services/images.js';
 import type { KernelService } from './services/kernels.js';
 import type { VmService } from './services/vms.js';
 
 export interface Services {
+  builds: ImageBuildService;
   kernels: KernelService;
   images: ImageService;
   vms: VmService;
@@ -82,6 +85,7 @@ export function resourceRoutes(app: App, s: Services): Route[] {
     { method: 'GET', path: '/v1/images', response: ImageListSchema, handler: () => ({ images: s.images.list() }) },
     { method: 'GET', path: '/v1/images/:ref', response: ImageSchema, handler: ({ params }) => s.images.toImage(s.images.row(params.ref as string)) },
     operationRoute('/v1/images', 'image.register', ImageRegisterRequestSchema, (b) => b.name, (b, ctx) => s.images.register(b, ctx)),
+    operationRoute('/v1/images/build', 'image.build', ImageBuildRequestSchema, (b) => b.name, (b, ctx) => s.builds.build(b, ctx)),
     operationRoute('/v1/images/pull', 'image.pull', ImagePullRequestSchema, (b) => b.name ?? b.ref, (b, ctx) => s.images.pull(b, ctx)),
     operationRoute('/v1/images/:ref/promote', 'image.promote', z.object({}).strict(), (_b, p) => p.ref, (_b, ctx, p) => s.images.promote(p.ref as string, ctx)),
     { method: 'GET', path: '/v1/image-catalog', response: ImageCatalogListSchema, handler: () => s.images.catalogList() },

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
+import { createReadStream, readFileSync } from 'node:fs';
 import { link, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -77,5 +77,28 @@ describe('vm run', { skip: assets ? false : 'guest assets missing: run scripts/g
     assert.equal(bad.code, 2);
     assert.match(bad.stderr, /--rm and --detach/);
     await home.ok(['vm', 'delete', 'keep']);
+  });
+
+  test('image build runs a script in a VM and saves root disk and /root as a new image; a failing script saves nothing', async () => {
+    await writeFile(join(work, 'ok.sh'), 'set -e\necho building\nprintf "#!/bin/sh\\necho hello from the build\\n" > /usr/local/bin/hello\nchmod 755 /usr/local/bin/hello\necho seed > /root/marker\n');
+    const b = await home.banger(['image', 'build', '--from', 'debian-bookworm', '--script', join(work, 'ok.sh'), '--name', 'built', '--no-nat']);
+    assert.equal(b.code, 0, b.stderr);
+    assert.match(b.stderr, /\| building/, 'the script output is streamed');
+    const img = await home.json<Image>(['image', 'show', 'built']);
+    assert.equal(img.managed, true);
+    assert.equal(img.source, 'build:from debian-bookworm');
+    const r = await home.banger(['vm', 'run', '--rm', '--image', 'built', '--', 'sh', '-c', 'hello && cat /root/marker']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout.trim(), 'hello from the build\nseed');
+
+    await writeFile(join(work, 'bad.sh'), 'echo about to fail\nexit 3\n');
+    const f = await home.banger(['image', 'build', '--from', 'debian-bookworm', '--script', join(work, 'bad.sh'), '--name', 'broken', '--no-nat']);
+    assert.equal(f.code, 1);
+    assert.match(f.stderr, /exited with status 3; no image was saved/);
+    const logPath = /read the log: (\S+)/.exec(f.stderr)?.[1] as string;
+    assert.match(readFileSync(logPath, 'utf8'), /about to fail/);
+    const { images } = await home.json<{ images: Image[] }>(['image', 'list']);
+    assert.deepEqual(images.map((i) => i.name).sort(), ['built', 'debian-bookworm']);
+    assert.deepEqual((await home.json<{ vms: Vm[] }>(['vm', 'list'])).vms, [], 'build VMs are deleted');
   });
 });

@@ -35,6 +35,9 @@ test('defaults: an empty file equals defaultConfig() and holds the documented va
     qemu_bin: 'qemu-system-x86_64',
     accel: 'auto',
     default_image_name: 'debian-bookworm',
+    kernel_catalogs: [],
+    image_catalogs: [],
+    debian_mirror: 'http://deb.debian.org/debian',
     auto_stop_stale_after: 'off',
     stats_poll_interval: '10s',
     bridge_name: 'banger0',
@@ -58,6 +61,9 @@ vmm = "qemu"
 firecracker_bin = "/opt/fc/firecracker"
 qemu_bin = "/usr/local/bin/qemu-system-x86_64"
 accel = "tcg"
+kernel_catalogs = ["kernels.json", "https://example.org/kernels.json"]
+image_catalogs = ["/etc/banger/images.json"]
+debian_mirror = "https://mirror.example.org/debian"
 ssh_key_path = "~/.ssh/id_ed25519"
 default_image_name = "alpine"
 auto_stop_stale_after = "2h30m"
@@ -95,6 +101,9 @@ test('every documented key parses, with its value kept', () => {
     accel: 'tcg',
     ssh_key_path: '~/.ssh/id_ed25519',
     default_image_name: 'alpine',
+    kernel_catalogs: ['kernels.json', 'https://example.org/kernels.json'],
+    image_catalogs: ['/etc/banger/images.json'],
+    debian_mirror: 'https://mirror.example.org/debian',
     auto_stop_stale_after: '2h30m',
     stats_poll_interval: '5s',
     bridge_name: 'banger1',

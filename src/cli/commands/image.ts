@@ -5,7 +5,9 @@ import { formatBytes } from '../../util/duration.js';
 import { sizeArg } from '../args.js';
 import { ProgressRenderer } from '../progress.js';
 import { ago, printJson, printKeyValues, printTable } from '../render.js';
-import { resolve } from 'node:path';
+import { readFileSync } from 'node:fs';
+import { basename, resolve } from 'node:path';
+import { BangerError } from '../../api/errors.js';
 
 export function registerImageCommands(program: Command): void {
   const image = program.command('image').description('manage root filesystem images');
@@ -24,6 +26,34 @@ export function registerImageCommands(program: Command): void {
       const accepted = await client.pullImage({ ref, ...(o.name ? { name: o.name } : {}), ...(o.kernelRef ? { kernelRef: o.kernelRef } : {}), ...(sizeBytes ? { sizeBytes } : {}) });
       const img = await client.finish<Image>(accepted, new ProgressRenderer(process.stderr, !!o.json).onEvent);
       o.json ? printJson(img) : process.stdout.write(`pulled ${ref} as image ${img.name} (${formatBytes(img.sizeBytes)} ext4, kernel ${img.kernelName})\n`);
+    });
+
+  image
+    .command('build')
+    .description('boot a VM from an image, run a script in it (log streamed live), save the result as a new image')
+    .requiredOption('--from <image>', 'image to start from')
+    .requiredOption('--script <file>', 'shell script run as root with bash in the build VM')
+    .option('--name <name>', 'new image name (default: <from>-<script name>)')
+    .option('--no-nat', 'build without outbound network')
+    .option('--disk-size <size>', 'work disk size for the build VM (it becomes the image /root seed)', sizeArg)
+    .option('--json', 'print as JSON')
+    .action(async (o: { from: string; script: string; name?: string; nat: boolean; diskSize?: number; json?: boolean }) => {
+      let script: string;
+      try {
+        script = readFileSync(resolve(o.script), 'utf8');
+      } catch (e) {
+        throw new BangerError('bad_request', `cannot read --script ${o.script}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, { fix: 'give the path of a shell script' });
+      }
+      const name = o.name ?? `${o.from}-${basename(o.script).replace(/\.[^.]*$/, '').toLowerCase().replace(/[^a-z0-9._-]/g, '-')}`;
+      const client = new BangerClient({ timeoutMs: 4 * 60 * 60_000 });
+      const accepted = await client.buildImage({ from: o.from, name, script, nat: o.nat, ...(o.diskSize ? { diskSizeBytes: o.diskSize } : {}) });
+      const progress = new ProgressRenderer(process.stderr, !!o.json);
+      const img = await client.finish<Image>(accepted, (e) => {
+        // The script's output is the point of a build: show it as it comes.
+        if (e.type === 'log' && !o.json) process.stderr.write(`  | ${e.line}\n`);
+        else progress.onEvent(e);
+      });
+      o.json ? printJson(img) : process.stdout.write(`built image ${img.name} from ${o.from}\n`);
     });
 
   image

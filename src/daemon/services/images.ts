@@ -144,6 +144,35 @@ export class ImageService {
     return (await this.kernels.pull(ref, {}, ctx)).id;
   }
 
+  assertNameFree(name: string): void {
+    this.checkNameFree(name);
+  }
+
+  /**
+   * Saves a stopped VM's disks as a new managed image: the root disk flattened to a raw ext4 (a
+   * qcow2 overlay is converted with its base folded in), the work disk's files as the work seed.
+   */
+  async saveFromVm(name: string, from: string, disks: { root: string; format: 'qcow2' | 'raw'; work: string }, ctx: OpContext): Promise<Image> {
+    const base = this.row(from);
+    return this.staged(name, ctx, async (w) => {
+      ctx.stage('save image', name);
+      if (disks.format === 'qcow2') await this.runner.run('qemu-img', ['convert', '-q', '-O', 'raw', disks.root, w.rootfs], { timeoutMs: 1_800_000 });
+      else await this.disks.cloneRaw(disks.root, w.rootfs);
+      await this.disks.inspectExt4(w.rootfs);
+      await mkdir(w.seed, { mode: 0o700 });
+      await this.disks.extractDir(disks.work, '/', w.seed);
+      await rm(join(w.seed, 'lost+found'), { recursive: true, force: true });
+      return {
+        kernel_id: base.kernel_id,
+        has_systemd: (await this.disks.imageHasAny(w.rootfs, SYSTEMD_PATHS)) ? 1 : 0,
+        has_sshd: (await this.disks.imageHasAny(w.rootfs, SSHD_PATHS)) ? 1 : 0,
+        digest: null,
+        size_bytes: (await stat(w.rootfs)).size,
+        source: `build:from ${base.name}`,
+      };
+    });
+  }
+
   private checkNameFree(name: string): void {
     if (this.repos.images.byName(name)) {
       throw new BangerError('conflict', `an image named "${name}" already exists`, { fix: `pick another name with --name, or delete it: banger image delete ${name}` });

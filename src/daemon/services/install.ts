@@ -22,6 +22,7 @@ import { KeyedMutex } from '../locks.js';
 import { coreRoutes } from '../routes-core.js';
 import { kernelRoutes } from '../routes-kernels.js';
 import { resourceRoutes } from '../routes-resources.js';
+import { ImageBuildService } from './image-build.js';
 import { ImageService } from './images.js';
 import { KernelService } from './kernels.js';
 import { type DnsRecords, NetworkService } from './network.js';
@@ -171,5 +172,6 @@ export async function installServices(app: App, router: Router): Promise<void> {
     webListenAddr: null,
   });
 
-  router.add(...coreRoutes(app), ...kernelRoutes(app, kernels), ...resourceRoutes(app, { kernels, images, vms }));
+  const builds = new ImageBuildService({ images, vms, layout, sshConfigPath: join(sshDir, 'config') });
+  router.add(...coreRoutes(app), ...kernelRoutes(app, kernels), ...resourceRoutes(app, { kernels, images, vms, builds }));
 }

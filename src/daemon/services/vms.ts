@@ -133,6 +133,13 @@ export class VmService {
     };
   }
 
+  /** The disks of a (stopped) VM, for saving it as an image. */
+  diskPaths(ref: string): { root: string; format: 'qcow2' | 'raw'; work: string } {
+    const r = this.row(ref);
+    const p = this.paths(r);
+    return r.vmm === 'qemu' ? { root: p.root, format: 'qcow2', work: p.work } : { root: p.rootRaw, format: 'raw', work: p.work };
+  }
+
   serialLogPath(ref: string): string {
     return this.paths(this.row(ref)).serial;
   }
