@@ -142,6 +142,30 @@ describe('image pull from a real loopback registry', () => {
     assert.match(k.stderr, /kernel "nope" not found/);
   });
 
+  test('image promote copies a registered (unmanaged) rootfs into banger-owned storage', async () => {
+    const src = await mkdtemp('/tmp/bg-promote-');
+    await mkdir(join(src, 'tree', 'root'), { recursive: true });
+    await writeFile(join(src, 'tree', 'root', 'seed'), 'x');
+    execFileSync('mkfs.ext4', ['-q', '-F', '-d', join(src, 'tree'), join(src, 'user.ext4'), '64M']);
+    try {
+      await home.ok(['image', 'register', '--name', 'mine', '--rootfs', join(src, 'user.ext4'), '--kernel-ref', 'k']);
+      assert.equal((await home.json<Image>(['image', 'show', 'mine'])).managed, false);
+      const promoted = await home.json<Image>(['image', 'promote', 'mine']);
+      assert.equal(promoted.managed, true);
+      assert.ok(promoted.rootfsPath.startsWith(join(home.dir, 'state', 'images')), promoted.rootfsPath);
+      // The user's file is no longer needed.
+      await rm(join(src, 'user.ext4'));
+      assert.equal(cat(promoted.rootfsPath, '/root/seed'), 'x');
+      const again = await home.banger(['image', 'promote', 'mine']);
+      assert.notEqual(again.code, 0);
+      assert.match(again.stderr, /already managed/);
+      await home.ok(['image', 'delete', 'mine']);
+      assert.equal(existsSync(promoted.rootfsPath), false, 'delete removes a managed rootfs');
+    } finally {
+      await rm(src, { recursive: true, force: true });
+    }
+  });
+
   test('image cache prune reports what it frees, dry run first', async () => {
     const dry = await home.json<{ removed: number; freedBytes: number; dryRun: boolean }>(['image', 'cache', 'prune', '--dry-run']);
     assert.equal(dry.dryRun, true);

@@ -36,9 +36,9 @@ export async function sshIntoVm(client: BangerClient, v: Vm, command: string[]):
     throw new BangerError('precondition_failed', `VM ${v.name} is ${v.state}`, { fix: `start it: banger vm start ${v.name}` });
   }
   const image = await client.image(v.imageName).catch(() => undefined);
-  if (image && !image.hasSshd && !v.nat) {
-    throw new BangerError('precondition_failed', `image ${image.name} has no sshd, and ${v.name} has no NAT to install it at first boot`, {
-      fix: `recreate the VM with --nat (sshd is then installed through the guest's package manager on first boot), or use an image with openssh-server`,
+  if (image && !image.hasSshd) {
+    throw new BangerError('precondition_failed', `image ${image.name} has no sshd, so ${v.name} cannot be reached over SSH`, {
+      fix: 'use an image with openssh-server, or build one: banger image build --from IMAGE --script install-sshd.sh (the agent still reports health and ports)',
     });
   }
   const config = bangerSshConfigPath(client.layout);
