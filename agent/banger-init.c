@@ -60,6 +60,7 @@ static struct {
 	char net_dev[IFNAMSIZ];
 	char net_addr[64];
 	char net_gw[64];
+	char first_boot[256];
 } cfg = {
 	.root = "/dev/vda",
 	.rootfstype = "ext4",
@@ -221,6 +222,8 @@ static void read_config(void)
 			copy_value(cfg.net_addr, sizeof cfg.net_addr, v, strlen(v));
 		else if (strcmp(line, "net_gw") == 0)
 			copy_value(cfg.net_gw, sizeof cfg.net_gw, v, strlen(v));
+		else if (strcmp(line, "first_boot") == 0)
+			copy_value(cfg.first_boot, sizeof cfg.first_boot, v, strlen(v));
 	}
 	fclose(f);
 }
@@ -615,6 +618,40 @@ static pid_t start_agent(void)
 	return pid;
 }
 
+/*
+ * Images without systemd: run the first-boot script (e.g. install sshd) in the background with
+ * /bin/sh, output to the console. With systemd, a unit in the payload runs it instead.
+ */
+static void start_first_boot(void)
+{
+	if (!cfg.first_boot[0])
+		return;
+	if (access(cfg.first_boot, R_OK) != 0 || !is_executable("/bin/sh")) {
+		say("first-boot script %s or /bin/sh missing; skipped", cfg.first_boot);
+		return;
+	}
+	pid_t pid = fork();
+	if (pid < 0) {
+		failed("fork first-boot");
+		return;
+	}
+	if (pid == 0) {
+		sigset_t none;
+		sigemptyset(&none);
+		sigprocmask(SIG_SETMASK, &none, NULL);
+		setsid();
+		int fd = open("/dev/console", O_WRONLY | O_CLOEXEC);
+		if (fd >= 0) {
+			dup2(fd, 1);
+			dup2(fd, 2);
+		}
+		char *const args[] = { (char *)"/bin/sh", cfg.first_boot, NULL };
+		execv("/bin/sh", args);
+		_exit(127);
+	}
+	say("started first-boot script %s (pid %d)", cfg.first_boot, (int)pid);
+}
+
 static volatile sig_atomic_t stop_requested;
 
 static void on_stop(int sig)
@@ -809,6 +846,7 @@ int main(int argc, char **argv)
 	/* No systemd: its unit cannot start the agent, and nothing else sets the hostname. */
 	set_hostname();
 	pid_t agent = start_agent();
+	start_first_boot();
 	if (is_executable("/sbin/init")) {
 		say("starting /sbin/init");
 		argv[0] = (char *)"/sbin/init";

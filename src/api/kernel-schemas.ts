@@ -19,6 +19,8 @@ export const DebianIndexSourceSchema = z
     package: z.string().regex(/^[a-z0-9][a-z0-9.+-]+$/, 'expected a Debian package name'),
     /** Overrides the debian_mirror config key for this entry. */
     mirror: z.string().url().optional(),
+    /** Overrides the debian_keyring config key for this entry. */
+    keyring: z.string().min(1).optional(),
   })
   .strict();
 

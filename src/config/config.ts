@@ -42,6 +42,8 @@ export const ConfigSchema = z
     image_catalogs: z.array(z.string().min(1)).default([]),
     /** Debian mirror used by the debian-index kernel entries and the image recipes. */
     debian_mirror: z.string().url().default('http://deb.debian.org/debian'),
+    /** Keyring that must have signed the mirror's InRelease (the index chain is verified like apt does). */
+    debian_keyring: z.string().min(1).default('/usr/share/keyrings/debian-archive-keyring.gpg'),
     auto_stop_stale_after: duration('auto_stop_stale_after').default('off'),
     stats_poll_interval: duration('stats_poll_interval').default('10s'),
     bridge_name: z

@@ -1,6 +1,6 @@
-import type { GuestFile } from '../host/ssh-keys.js';
 import { buildCmdline, readHostTscKhz } from './cmdline.js';
-import { buildPayloadCpio, writeVmInitrd } from './initramfs.js';
+import { FIRST_BOOT_SCRIPT } from './first-boot.js';
+import { buildPayloadCpio, type PayloadExtra, writeVmInitrd } from './initramfs.js';
 
 /** The work disk is the VM's second virtio-blk device; banger-init mounts it at /root. */
 export const WORK_DISK_DEVICE = '/dev/vdb';
@@ -11,7 +11,9 @@ export async function buildVmInitrd(o: {
   outPath: string;
   hostname: string;
   agentBinary: string;
-  files: readonly GuestFile[];
+  files: readonly PayloadExtra[];
+  /** Run the first-boot script (its files are among `files`). */
+  firstBoot?: boolean;
   /** Static guest address; banger-init configures the first NIC before switching root. */
   network?: { ip: string; prefix: number; gateway: string };
 }): Promise<void> {
@@ -21,6 +23,7 @@ export async function buildVmInitrd(o: {
     extraFiles: o.files,
     config: {
       work_disk: WORK_DISK_DEVICE,
+      ...(o.firstBoot ? { first_boot: FIRST_BOOT_SCRIPT } : {}),
       ...(o.network ? { net_dev: 'eth0', net_addr: `${o.network.ip}/${o.network.prefix}`, net_gw: o.network.gateway } : {}),
     },
   });

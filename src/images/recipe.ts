@@ -54,7 +54,10 @@ export function tuneHook(): string {
     `sed -i -E 's/^root:[^:]*:/root:*:/' "$r/etc/shadow"`,
     'rm -rf "$r/lib/modules" "$r/usr/lib/modules"',
     `printf 'banger\\n' > "$r/etc/hostname"`,
-    'rm -rf "$r"/var/lib/apt/lists/* "$r"/var/cache/apt/*.bin "$r"/var/cache/apt/archives/*.deb "$r"/var/log/*.log "$r"/var/log/apt/* "$r"/tmp/*',
+    // Not apt's lists/caches nor /tmp: mmdebstrap still needs them after this hook (its apt config
+    // lives in the chroot's /tmp; without it, its final apt-get calls fall back to the HOST's apt
+    // state and wipe its package lists) and cleans them itself at the end.
+    'rm -f "$r"/var/log/*.log "$r"/var/log/apt/*.log',
   ].join('\n');
 }
 

@@ -1,8 +1,10 @@
-import type { Readable } from 'node:stream';
+import { createHash } from 'node:crypto';
+import { type Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { BangerError } from '../api/errors.js';
 import { byteLimit, type Compression, decompressor } from '../archive/decompress.js';
 import { displayUrl, openUrl } from '../archive/download.js';
+import type { ReleaseEntry } from './release.js';
 
 /** One stanza of a Packages file, keys as written ("Package", "Depends", "SHA256", ...). */
 export type Stanza = Record<string, string>;
@@ -153,11 +155,20 @@ const INDEX_VARIANTS: Array<{ suffix: string; compression: Compression }> = [
  * Fetches `<mirror>/dists/<suite>/<component>/binary-amd64/Packages{.xz,.gz,}` (the first that
  * exists) and keeps the linux-image-* stanzas.
  */
-export async function fetchKernelStanzas(mirror: string, suite: string, component: string, signal?: AbortSignal): Promise<{ stanzas: Stanza[]; url: string }> {
+export async function fetchKernelStanzas(
+  mirror: string,
+  suite: string,
+  component: string,
+  signal?: AbortSignal,
+  /** The verified Release's SHA256 section: when given, the index must be listed there and match. */
+  release?: Map<string, ReleaseEntry>,
+): Promise<{ stanzas: Stanza[]; url: string }> {
   const base = `${mirror.replace(/\/+$/, '')}/dists/${suite}/${component}/binary-amd64/Packages`;
   let lastErr: unknown;
   for (const v of INDEX_VARIANTS) {
     const url = base + v.suffix;
+    const expected = release?.get(`${component}/binary-amd64/Packages${v.suffix}`);
+    if (release && !expected) continue;
     let body: Readable;
     try {
       ({ body } = await openUrl(url, signal));
@@ -166,12 +177,34 @@ export async function fetchKernelStanzas(mirror: string, suite: string, componen
       if (e instanceof BangerError && e.code === 'upstream_failed' && /HTTP 404/.test(e.message)) continue;
       throw e;
     }
+    const hash = createHash('sha256');
+    let bytes = 0;
+    const meter = new Transform({
+      transform(chunk: Buffer, _e, cb) {
+        hash.update(chunk);
+        bytes += chunk.length;
+        cb(null, chunk);
+      },
+    });
     const text = byteLimit(INDEX_MAX_BYTES, displayUrl(url));
-    const flowing = pipeline(body, decompressor(v.compression), text, signal ? { signal } : {});
+    const flowing = pipeline(body, meter, decompressor(v.compression), text, signal ? { signal } : {});
     flowing.catch(() => {}); // the same error ends the iteration below
     const stanzas = await collectStanzas(text, (p) => p.startsWith('linux-image-'));
     await flowing;
+    if (expected) {
+      const actual = hash.digest('hex');
+      if (actual !== expected.sha256 || bytes !== expected.size) {
+        throw new BangerError('rejected_content', `${displayUrl(url)} does not match the signed Release (sha256 ${actual}, ${bytes} bytes; expected ${expected.sha256}, ${expected.size} bytes)`, {
+          fix: 'the mirror is mid-sync or serving tampered files: retry later or use another mirror',
+        });
+      }
+    }
     return { stanzas, url };
+  }
+  if (release) {
+    throw new BangerError('upstream_failed', `the signed Release of ${displayUrl(mirror)} ${suite} lists no ${component}/binary-amd64/Packages index`, {
+      fix: 'check the suite and component of the catalog entry',
+    });
   }
   throw lastErr instanceof Error ? lastErr : new BangerError('upstream_failed', `no package index at ${displayUrl(base)}{.xz,.gz,}`);
 }

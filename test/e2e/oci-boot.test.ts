@@ -52,8 +52,23 @@ describe('pulled OCI images boot', { skip: assets?.rootfsTar ? false : 'guest as
             { type: 'file', path: 'etc/passwd', content: 'root:x:0:0:root:/root:/bin/sh\n' },
             { type: 'dir', path: 'root', mode: 0o700 },
             { type: 'dir', path: 'tmp', mode: 0o1777 },
+            ...['mkdir', 'chmod', 'cat'].map((a) => ({ type: 'symlink' as const, path: `bin/${a}`, target: 'busybox' })),
           ],
           'gzip',
+        ),
+        // A FAKE package manager (tests have no mirror): "installing openssh-server" puts an sshd in
+        // place that is really busybox httpd on port 22, so the agent can show it listening.
+        await buildLayer(
+          [
+            {
+              type: 'file',
+              path: 'usr/bin/apt-get',
+              mode: 0o755,
+              content:
+                '#!/bin/sh\necho "fake apt-get $*"\ncase "$*" in *openssh-server*) mkdir -p /usr/sbin; printf \'#!/bin/sh\\nexec /bin/busybox httpd -p 22 -h /tmp\\n\' > /usr/sbin/sshd; chmod 755 /usr/sbin/sshd;; esac\n',
+            },
+          ],
+          'zstd',
         ),
       ],
     });
@@ -98,7 +113,27 @@ describe('pulled OCI images boot', { skip: assets?.rootfsTar ? false : 'guest as
     assert.equal(health.hostname, 'tiny');
     const r = await booter.banger(['vm', 'ssh', 'tiny', '--', 'true']);
     assert.notEqual(r.code, 0);
-    assert.match(r.stderr, /image tiny has no sshd, so tiny cannot be reached over SSH/);
+    assert.match(r.stderr, /image tiny has no sshd, and tiny has no NAT to install one at first boot/);
+    assert.match(r.stderr, /recreate the VM with --nat/);
     await booter.ok(['vm', 'delete', 'tiny']);
+  });
+
+  test('with NAT, the first boot installs an sshd through the image’s package manager and starts it', async () => {
+    const vm = await booter.json<Vm>(['vm', 'create', '--name', 'tiny-nat', '--image', 'tiny', '--disk-size', '256M', '--nat']);
+    assert.equal(vm.state, 'running');
+    let ports: Array<{ port: number; command: string }> = [];
+    const deadline = Date.now() + 60_000;
+    while (Date.now() < deadline && !ports.some((p) => p.port === 22)) {
+      ports = (await booter.json<{ ports: typeof ports }>(['vm', 'ports', 'tiny-nat'])).ports;
+      if (!ports.some((p) => p.port === 22)) await new Promise((r) => setTimeout(r, 1000));
+    }
+    assert.ok(
+      ports.some((p) => p.port === 22 && /httpd/.test(p.command)),
+      `port 22 from the installed (fake) sshd: ${JSON.stringify(ports)}\n${(await booter.banger(['vm', 'logs', 'tiny-nat'])).stdout.slice(-2000)}`,
+    );
+    const logs = (await booter.banger(['vm', 'logs', 'tiny-nat'])).stdout;
+    assert.match(logs, /banger-first-boot: no sshd in the image: installing one/);
+    assert.match(logs, /fake apt-get install -y -q --no-install-recommends openssh-server/);
+    await booter.ok(['vm', 'delete', 'tiny-nat']);
   });
 });

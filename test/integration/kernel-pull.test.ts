@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { createReadStream, existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { createReadStream, existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -81,6 +81,20 @@ async function evilTarZst(): Promise<Buffer> {
   return z.stdout;
 }
 
+/** gpg with a throwaway home: the test's own archive key(s). */
+function gpg(home: string, args: string[], input?: string | Buffer): Buffer {
+  const r = spawnSync('gpg', ['--batch', '--quiet', '--homedir', home, '--pinentry-mode', 'loopback', '--passphrase', '', ...args], { input });
+  assert.equal(r.status, 0, `gpg ${args.join(' ')}: ${r.stderr}`);
+  return r.stdout;
+}
+
+/** A Release file listing `files` in its SHA256 section, clearsigned (InRelease) with the key in `home`. */
+function inRelease(home: string, files: Record<string, Buffer>): Buffer {
+  const lines = Object.entries(files).map(([path, bytes]) => ` ${sha256(bytes)} ${bytes.length} ${path}`);
+  const release = `Origin: Debian\nSuite: stable\nCodename: bookworm\nArchitectures: amd64\nComponents: main\nSHA256:\n${lines.join('\n')}\n`;
+  return gpg(home, ['--clearsign', '--output', '-'], release);
+}
+
 let server: Server;
 let base: string;
 let home: TestHome;
@@ -94,6 +108,18 @@ let debSha = '';
 before(async () => {
   fixtures = await mkdtemp(join(tmpdir(), 'kpull-'));
   const routes = new Map<string, Buffer | string>();
+  // The test's archive key (in the keyring banger is told to trust) and a stranger's key.
+  const archive = join(fixtures, 'gpg-archive');
+  const stranger = join(fixtures, 'gpg-stranger');
+  for (const [home, uid] of [
+    [archive, 'banger test archive <archive@test.invalid>'],
+    [stranger, 'someone else <stranger@test.invalid>'],
+  ] as const) {
+    await mkdir(home, { mode: 0o700 });
+    gpg(home, ['--quick-gen-key', uid, 'ed25519', 'sign', 'never']);
+  }
+  writeFileSync(join(fixtures, 'keyring.gpg'), gpg(archive, ['--export']));
+  const indexes: Record<string, Buffer> = {};
   if (deb) {
     debName = basename(deb);
     const m = /^(linux-image-[^_]+)_([^_]+)_amd64\.deb$/.exec(debName);
@@ -102,12 +128,22 @@ before(async () => {
     debVersion = m[2] as string;
     const bytes = readFileSync(deb);
     debSha = sha256(bytes);
-    routes.set('/debian/dists/bookworm/main/binary-amd64/Packages.gz', packagesIndex(debPkg, debVersion, debName, bytes.length, debSha));
+    indexes.debian = packagesIndex(debPkg, debVersion, debName, bytes.length, debSha);
+    routes.set('/debian/dists/bookworm/main/binary-amd64/Packages.gz', indexes.debian);
+    routes.set('/debian/dists/bookworm/InRelease', inRelease(archive, { 'main/binary-amd64/Packages.gz': indexes.debian }));
+    // A signed Release that vouches for a different index than the one served.
+    routes.set('/tampered/dists/bookworm/main/binary-amd64/Packages.gz', indexes.debian);
+    routes.set('/tampered/dists/bookworm/InRelease', inRelease(archive, { 'main/binary-amd64/Packages.gz': Buffer.concat([indexes.debian, Buffer.from('x')]) }));
+    // The right index, signed by a key banger was not told to trust.
+    routes.set('/stranger/dists/bookworm/main/binary-amd64/Packages.gz', indexes.debian);
+    routes.set('/stranger/dists/bookworm/InRelease', inRelease(stranger, { 'main/binary-amd64/Packages.gz': indexes.debian }));
     routes.set(`/debian/pool/main/l/linux-signed-amd64/${debName}`, deb);
   }
   // A mirror whose index has the wrong checksum for the package it serves.
   const fake = Buffer.from('!<arch>\nnot really a kernel package\n');
-  routes.set('/bad/dists/bookworm/main/binary-amd64/Packages.gz', packagesIndex(debPkg, debVersion, debName, fake.length, 'f'.repeat(64)));
+  const badIndex = packagesIndex(debPkg, debVersion, debName, fake.length, 'f'.repeat(64));
+  routes.set('/bad/dists/bookworm/main/binary-amd64/Packages.gz', badIndex);
+  routes.set('/bad/dists/bookworm/InRelease', inRelease(archive, { 'main/binary-amd64/Packages.gz': badIndex }));
   routes.set(`/bad/pool/main/l/linux-signed-amd64/${debName}`, fake);
   const evil = await evilTarZst();
   routes.set('/archives/evil.tar.zst', evil);
@@ -140,6 +176,14 @@ before(async () => {
           description: 'index with a wrong SHA256',
           source: { kind: 'debian-index', suite: 'bookworm', component: 'main', package: 'linux-image-cloud-amd64', mirror: `${base}/bad` },
         },
+        ...['tampered', 'stranger'].map((m) => ({
+          name: m,
+          distro: 'debian-12',
+          arch: 'x86_64',
+          version: 'latest',
+          description: `mirror: ${m}`,
+          source: { kind: 'debian-index', suite: 'bookworm', component: 'main', package: 'linux-image-cloud-amd64', mirror: `${base}/${m}` },
+        })),
         {
           name: 'evil',
           distro: 'none',
@@ -151,7 +195,7 @@ before(async () => {
       ],
     }),
   );
-  home = await TestHome.create(`debian_mirror = "${base}/debian"\nkernel_catalogs = ["${catalog}"]\n`);
+  home = await TestHome.create(`debian_mirror = "${base}/debian"\ndebian_keyring = "${join(fixtures, 'keyring.gpg')}"\nkernel_catalogs = ["${catalog}"]\n`);
 });
 
 after(async () => {
@@ -241,6 +285,18 @@ test('a checksum mismatch fails the pull: no kernel row, no staging or partial f
   assertClean();
   const downloads = join(home.dir, 'cache', 'downloads');
   assert.equal(existsSync(join(downloads, 'f'.repeat(64))), false);
+});
+
+test('the index chain is anchored in the keyring: a tampered index or a stranger’s signature fails the pull', { skip: debSkip }, async () => {
+  const t = await home.banger(['kernel', 'pull', 'tampered']);
+  assert.notEqual(t.code, 0);
+  assert.match(t.stderr, /does not match the signed Release/);
+  const s = await home.banger(['kernel', 'pull', 'stranger']);
+  assert.notEqual(s.code, 0);
+  assert.match(s.stderr, /signature of .*InRelease does not verify/);
+  assert.ok(!hits.some((h) => h.startsWith('/tampered/pool') || h.startsWith('/stranger/pool')), 'no package was downloaded');
+  const kernels = await home.json<{ kernels: Array<{ name: string }> }>(['kernel', 'list']);
+  assert.ok(!kernels.kernels.some((k) => k.name === 'tampered' || k.name === 'stranger'));
 });
 
 test('an archive entry with a traversal entry is rejected; nothing is left anywhere', async () => {

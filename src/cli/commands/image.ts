@@ -144,7 +144,7 @@ export function registerImageCommands(program: Command): void {
         ['work seed', i.workSeedPath],
         ['managed', i.managed ? 'yes' : 'no (used in place)'],
         ['systemd', i.hasSystemd ? 'yes' : 'no'],
-        ['sshd', i.hasSshd ? 'yes' : 'no (vm ssh cannot reach its VMs)'],
+        ['sshd', i.hasSshd ? 'yes' : 'no (installed at first boot in VMs with NAT)'],
         ['digest', i.digest],
         ['size', formatBytes(i.sizeBytes)],
         ['source', i.source],

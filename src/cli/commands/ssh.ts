@@ -36,14 +36,19 @@ export async function sshIntoVm(client: BangerClient, v: Vm, command: string[]):
     throw new BangerError('precondition_failed', `VM ${v.name} is ${v.state}`, { fix: `start it: banger vm start ${v.name}` });
   }
   const image = await client.image(v.imageName).catch(() => undefined);
+  let attempts = 20;
   if (image && !image.hasSshd) {
-    throw new BangerError('precondition_failed', `image ${image.name} has no sshd, so ${v.name} cannot be reached over SSH`, {
-      fix: 'use an image with openssh-server, or build one: banger image build --from IMAGE --script install-sshd.sh (the agent still reports health and ports)',
-    });
+    if (!v.nat) {
+      throw new BangerError('precondition_failed', `image ${image.name} has no sshd, and ${v.name} has no NAT to install one at first boot`, {
+        fix: `recreate the VM with --nat (banger then installs openssh-server through the guest's package manager on first boot), or use an image with sshd`,
+      });
+    }
+    process.stderr.write(`image ${image.name} has no sshd: waiting for the first-boot install (follow it with: banger vm logs -f ${v.name})\n`);
+    attempts = 120;
   }
   const config = bangerSshConfigPath(client.layout);
   // sshd starts a moment after the agent reports ready: retry the connection briefly.
-  const args = ['-F', config, '-o', 'ConnectTimeout=5', '-o', 'ConnectionAttempts=20'];
+  const args = ['-F', config, '-o', 'ConnectTimeout=5', '-o', `ConnectionAttempts=${attempts}`];
   if (command.length === 0 && process.stdin.isTTY) args.push('-t');
   args.push(`${v.name}.vm`);
   if (command.length) args.push('--', shellQuote(command));

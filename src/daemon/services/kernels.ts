@@ -14,6 +14,7 @@ import { buildBaseInitramfs } from '../../guest/initramfs.js';
 import { type KernelRow, type Repos, resolveRef } from '../../store/repos.js';
 import { type CatalogEntry, loadKernelCatalog } from '../../kernels/catalog.js';
 import { fetchKernelStanzas, resolveKernelPackage } from '../../kernels/debian-index.js';
+import { fetchVerifiedRelease } from '../../kernels/release.js';
 import { extractVmlinux } from '../../kernels/vmlinux.js';
 import { newId } from '../../util/ids.js';
 import type { KeyedMutex } from '../locks.js';
@@ -121,6 +122,8 @@ export interface KernelServiceOptions {
   catalogs?: string[];
   /** Config `debian_mirror`. */
   debianMirror?: string;
+  /** Config `debian_keyring`: verifies the mirror's signed InRelease. */
+  debianKeyring?: string;
 }
 
 /** Limits for what a pull downloads and unpacks (a kernel package is ~30 MB, its tree ~150 MB). */
@@ -143,6 +146,7 @@ interface ResolvedDownload {
 export class KernelService {
   private readonly catalogRefs: string[];
   private readonly debianMirror: string;
+  private readonly debianKeyring: string;
 
   constructor(
     private readonly repos: Repos,
@@ -153,6 +157,7 @@ export class KernelService {
   ) {
     this.catalogRefs = opts.catalogs ?? [];
     this.debianMirror = opts.debianMirror ?? 'http://deb.debian.org/debian';
+    this.debianKeyring = opts.debianKeyring ?? '/usr/share/keyrings/debian-archive-keyring.gpg';
   }
 
   list(): Kernel[] {
@@ -263,7 +268,10 @@ export class KernelService {
     }
     const mirror = s.mirror ?? this.debianMirror;
     ctx.stage('resolve', `${s.package} in ${displayUrl(mirror)} ${s.suite}/${s.component}`);
-    const { stanzas, url } = await fetchKernelStanzas(mirror, s.suite, s.component, ctx.signal);
+    const keyring = s.keyring ?? this.debianKeyring;
+    const release = await fetchVerifiedRelease(mirror, s.suite, keyring, ctx.signal);
+    ctx.log(`InRelease of ${s.suite} verified with ${keyring}`);
+    const { stanzas, url } = await fetchKernelStanzas(mirror, s.suite, s.component, ctx.signal, release);
     const p = resolveKernelPackage(stanzas, s.package, mirror, displayUrl(url));
     ctx.log(`${s.package} → ${p.package}=${p.version} (${p.size} bytes, sha256 ${p.sha256})`);
     return { url: p.url, sha256: p.sha256, size: p.size, exactSize: true, package: p.package, version: p.version, format: 'deb' };

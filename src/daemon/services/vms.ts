@@ -6,6 +6,7 @@ import type { Vm, VmAction, VmBulkResult, VmState } from '../../api/schemas.js';
 import type { Config } from '../../config/config.js';
 import type { Layout } from '../../config/layout.js';
 import { type AgentLink, openAgentLink } from '../../guest/agent-link.js';
+import { firstBootFiles } from '../../guest/first-boot.js';
 import { buildVmInitrd, vmCmdline } from '../../guest/vm-boot.js';
 import { guestBinary } from '../../guest/binaries.js';
 import type { DiskTools } from '../../host/disks.js';
@@ -260,6 +261,8 @@ export class VmService {
     ctx?.stage('start VMM', `${r.vmm}/${accel}`);
     const net = await this.d.network.attach(r);
     let initrd = kernel.initrd_path ?? undefined;
+    // An image without sshd gets one installed at first boot, which needs the package mirror: NAT.
+    const firstBoot = !!r.nat && this.d.repos.images.byId(r.image_id)?.has_sshd === 0;
     try {
       if (KernelService.hasBangerInitramfs(kernel)) {
         await buildVmInitrd({
@@ -267,8 +270,14 @@ export class VmService {
           outPath: p.initrd,
           hostname: r.name,
           agentBinary: guestBinary('banger-agent'),
-          files: [...(await hostKeyFiles(p.ssh)), ...guestNetworkFiles(r.name, net), ...authorizedKeyFiles(await this.d.sshPublicKey())],
+          files: [
+            ...(await hostKeyFiles(p.ssh)),
+            ...guestNetworkFiles(r.name, net),
+            ...authorizedKeyFiles(await this.d.sshPublicKey()),
+            ...(firstBoot ? firstBootFiles() : []),
+          ],
           network: net,
+          firstBoot,
         });
         initrd = p.initrd;
       }

@@ -1,0 +1,83 @@
+import { spawn } from 'node:child_process';
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { BangerError } from '../api/errors.js';
+import { displayUrl, openUrl } from '../archive/download.js';
+
+export interface ReleaseEntry {
+  size: number;
+  sha256: string;
+}
+
+const MAX_RELEASE_BYTES = 4 * 1024 * 1024;
+
+/** The SHA256 section of a (verified) Release file: index path → size and hash. */
+export function parseReleaseSha256(text: string): Map<string, ReleaseEntry> {
+  const out = new Map<string, ReleaseEntry>();
+  let inSection = false;
+  for (const line of text.split('\n')) {
+    if (/^\S/.test(line)) {
+      inSection = /^SHA256:\s*$/.test(line);
+      continue;
+    }
+    if (!inSection) continue;
+    const m = /^\s+([0-9a-f]{64})\s+(\d+)\s+(\S+)\s*$/i.exec(line);
+    if (m) out.set(m[3] as string, { sha256: (m[1] as string).toLowerCase(), size: Number(m[2]) });
+  }
+  return out;
+}
+
+/**
+ * Fetches `<mirror>/dists/<suite>/InRelease` and checks its signature with gpgv against
+ * `keyring` (Debian's archive keyring by default), as apt does. Only the signed text is used:
+ * anything around the signature is dropped by gpgv. Returns the SHA256 section, which then
+ * vouches for the Packages index (and the index for the .deb), so the download chain is anchored
+ * in the keyring even over plain HTTP.
+ */
+export async function fetchVerifiedRelease(mirror: string, suite: string, keyring: string, signal?: AbortSignal): Promise<Map<string, ReleaseEntry>> {
+  if (!(await stat(keyring).then((s) => s.isFile(), () => false))) {
+    throw new BangerError('missing_dependency', `the keyring ${keyring} that verifies Debian's package index is missing`, {
+      fix: 'install it (apt-get install debian-archive-keyring) or point debian_keyring (config) at the archive keyring of your mirror',
+    });
+  }
+  const url = `${mirror.replace(/\/+$/, '')}/dists/${suite}/InRelease`;
+  const { body } = await openUrl(url, signal);
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const c of body) {
+    size += (c as Buffer).length;
+    if (size > MAX_RELEASE_BYTES) {
+      body.destroy();
+      throw new BangerError('rejected_content', `${displayUrl(url)} is larger than ${MAX_RELEASE_BYTES} bytes`, { fix: 'check the mirror' });
+    }
+    chunks.push(c as Buffer);
+  }
+  const dir = await mkdtemp(join(tmpdir(), 'banger-release-'));
+  try {
+    await writeFile(join(dir, 'InRelease'), Buffer.concat(chunks));
+    const { code, stderr } = await run('gpgv', ['--quiet', '--keyring', keyring, '--output', join(dir, 'Release'), join(dir, 'InRelease')]);
+    if (code !== 0) {
+      throw new BangerError('rejected_content', `the signature of ${displayUrl(url)} does not verify against ${keyring}: ${stderr.trim().split('\n').slice(-2).join('; ')}`, {
+        fix: 'the mirror served an unsigned or tampered index (or one signed by a key not in the keyring); use a trusted mirror or set debian_keyring',
+      });
+    }
+    return parseReleaseSha256(await readFile(join(dir, 'Release'), 'utf8'));
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+function run(cmd: string, args: string[]): Promise<{ code: number; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.setEncoding('utf8').on('data', (d: string) => {
+      if (stderr.length < 8192) stderr += d;
+    });
+    child.on('error', (e: NodeJS.ErrnoException) =>
+      reject(e.code === 'ENOENT' ? new BangerError('missing_dependency', `${cmd} is not installed (it verifies Debian's signed package index)`, { fix: 'apt-get install gpgv' }) : e),
+    );
+    child.on('close', (code) => resolve({ code: code ?? 1, stderr }));
+  });
+}
