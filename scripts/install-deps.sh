@@ -4,9 +4,10 @@
 set -euo pipefail
 
 # mmdebstrap builds the default image from Debian's mirror; xz-utils and lz4 unpack kernel packages.
-pkgs=(qemu-system-x86 qemu-utils e2fsprogs kmod cpio zstd xz-utils lz4 iproute2 nftables openssh-client gcc make libc6-dev mmdebstrap)
+# gpgv + debian-archive-keyring verify Debian's signed package index before a kernel is pulled.
+pkgs=(qemu-system-x86 qemu-utils e2fsprogs kmod cpio zstd xz-utils lz4 iproute2 nftables openssh-client gcc make libc6-dev mmdebstrap gpgv debian-archive-keyring)
 # docker-registry serves test images on loopback; skopeo and umoci are the image-pull benchmark's baseline.
-[[ "${1:-}" == "--test" ]] && pkgs+=(busybox-static openssl docker-registry skopeo umoci)
+[[ "${1:-}" == "--test" ]] && pkgs+=(busybox-static openssl docker-registry skopeo umoci gnupg dash)
 
 missing=()
 for p in "${pkgs[@]}"; do

@@ -225,6 +225,8 @@ test('`kernel list --available` shows the built-in and the user catalog entries'
       ['bad-sum', 'available'],
       ['debian-cloud', 'available'],
       ['evil', 'available'],
+      ['stranger', 'available'],
+      ['tampered', 'available'],
     ],
   );
   const text = await home.ok(['kernel', 'list', '--available']);

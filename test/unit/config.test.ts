@@ -38,6 +38,7 @@ test('defaults: an empty file equals defaultConfig() and holds the documented va
     kernel_catalogs: [],
     image_catalogs: [],
     debian_mirror: 'http://deb.debian.org/debian',
+    debian_keyring: '/usr/share/keyrings/debian-archive-keyring.gpg',
     auto_stop_stale_after: 'off',
     stats_poll_interval: '10s',
     bridge_name: 'banger0',
@@ -64,6 +65,7 @@ accel = "tcg"
 kernel_catalogs = ["kernels.json", "https://example.org/kernels.json"]
 image_catalogs = ["/etc/banger/images.json"]
 debian_mirror = "https://mirror.example.org/debian"
+debian_keyring = "/etc/apt/keyrings/mirror.gpg"
 ssh_key_path = "~/.ssh/id_ed25519"
 default_image_name = "alpine"
 auto_stop_stale_after = "2h30m"
@@ -104,6 +106,7 @@ test('every documented key parses, with its value kept', () => {
     kernel_catalogs: ['kernels.json', 'https://example.org/kernels.json'],
     image_catalogs: ['/etc/banger/images.json'],
     debian_mirror: 'https://mirror.example.org/debian',
+    debian_keyring: '/etc/apt/keyrings/mirror.gpg',
     auto_stop_stale_after: '2h30m',
     stats_poll_interval: '5s',
     bridge_name: 'banger1',
