@@ -177,6 +177,19 @@ describe('image pull from a real loopback registry', () => {
     // Pulled images keep working without their layers.
     assert.equal((await home.json<Image>(['image', 'show', 'multi'])).name, 'multi');
   });
+
+  test('kernel rm refuses while images use the kernel; --force removes those images with it', async () => {
+    const names = (await home.json<{ images: Image[] }>(['image', 'list'])).images.map((i) => i.name);
+    assert.ok(names.length > 0);
+    const r = await home.banger(['kernel', 'rm', 'k']);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /cannot remove kernel "k": it is used by image\(s\)/);
+    assert.match(r.stderr, /banger kernel rm --force k/);
+    const f = await home.banger(['kernel', 'rm', '--force', 'k']);
+    assert.equal(f.code, 0, f.stderr);
+    assert.deepEqual((await home.json<{ images: Image[] }>(['image', 'list'])).images, []);
+    assert.equal((await home.banger(['kernel', 'show', 'k'])).code, 1);
+  });
 });
 
 describe('image pull refuses hostile registries and content, leaving nothing behind', () => {

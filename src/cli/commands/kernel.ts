@@ -122,10 +122,10 @@ export function registerKernelCommands(program: Command): void {
     .command('rm')
     .alias('delete')
     .description(
-      'remove a kernel. Refused while images (or VMs) use it; the error names them: delete those first. A catalog kernel can be pulled again later (the download stays cached).',
+      'remove a kernel. Refused while images or VMs use it (the error names them); --force also deletes the images that use it, never VMs. A catalog kernel can be pulled again later (the download stays cached).',
     )
     .argument('<kernel>', 'name or id prefix')
-    .option('--force', 'no error when the kernel does not exist (like rm -f); never removes a kernel in use')
+    .option('--force', 'also delete the images that boot this kernel (refused while VMs use it); no error when the kernel does not exist')
     .action(async (ref: string, o: { force?: boolean }) => {
       const { deleted } = await new BangerClient().deleteKernel(ref, !!o.force);
       process.stdout.write(`removed kernel ${deleted}\n`);

@@ -475,6 +475,13 @@ export class ImageService {
     });
   }
 
+  /** Deletes every image that boots the kernel (each refused while VMs use it). */
+  async removeAllForKernel(kernelId: string): Promise<string[]> {
+    const names: string[] = [];
+    for (const img of this.repos.images.all().filter((i) => i.kernel_id === kernelId)) names.push(await this.remove(img.id));
+    return names;
+  }
+
   async remove(ref: string): Promise<string> {
     const img = this.row(ref);
     return this.locks.run(`image:${img.id}`, async () => {

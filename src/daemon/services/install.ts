@@ -37,6 +37,7 @@ export async function installServices(app: App, router: Router): Promise<void> {
   const locks = new KeyedMutex();
   const disks = new DiskTools(runner);
   const kernels = new KernelService(repos, layout, clock, locks, { catalogs: config.kernel_catalogs, debianMirror: config.debian_mirror, debianKeyring: config.debian_keyring });
+  kernels.removeImagesOf = (kernelId) => images.removeAllForKernel(kernelId);
   const blobs = new BlobCache(join(layout.cacheDir, 'blobs'));
   // Unpacked trees live on tmpfs when they fit; one directory per state dir (one daemon owns it).
   const memScratch = existsSync('/dev/shm') ? join('/dev/shm', `banger-${createHash('sha256').update(layout.stateDir).digest('hex').slice(0, 12)}`) : undefined;

@@ -326,7 +326,9 @@ export class KernelService {
     if (images.length === 0 && vms.length === 0) return;
     const users = [images.length ? `image(s) ${images.join(', ')}` : '', vms.length ? `VM(s) ${vms.join(', ')}` : ''].filter(Boolean).join(' and ');
     throw new BangerError('conflict', `cannot ${verb} kernel "${k.name}": it is used by ${users}`, {
-      fix: `delete those first (${images.length ? `banger image rm ${images.join(' ')}` : `banger vm rm ${vms.join(' ')}`}); images cannot lose their kernel`,
+      fix: vms.length
+        ? `delete the VMs first (banger vm rm ${vms.join(' ')}); VMs cannot lose their kernel`
+        : `delete the images first (banger image rm ${images.join(' ')}), or remove them with the kernel: banger kernel rm --force ${k.name}`,
     });
   }
 
@@ -414,6 +416,13 @@ export class KernelService {
    * Removes a kernel: refused while images (or VMs) use it, naming them. `force` makes a missing
    * kernel not an error (like `rm -f`); it never removes a kernel that is in use.
    */
+  /** Set by the composition root: deletes the images booting this kernel (for `kernel rm --force`). */
+  removeImagesOf?: (kernelId: string) => Promise<string[]>;
+
+  /**
+   * Removes a kernel. Refused while images or VMs use it; with `force`, the images that use it go
+   * too (never VMs: a VM cannot lose its disks), and a kernel that does not exist is not an error.
+   */
   async remove(ref: string, force: boolean): Promise<string> {
     let k: KernelRow;
     try {
@@ -425,6 +434,10 @@ export class KernelService {
     return this.locks.run(`kernel-name:${k.name}`, async () => {
       const current = this.repos.kernels.byId(k.id);
       if (!current) return k.name;
+      const vms = (this.repos.db.prepare('SELECT name FROM vms WHERE kernel_id = ? ORDER BY name').all(current.id) as Array<{ name: string }>).map((r) => r.name);
+      if (force && vms.length === 0 && this.repos.kernels.imageCount(current.id) > 0 && this.removeImagesOf) {
+        await this.removeImagesOf(current.id);
+      }
       this.assertUnused(current, 'remove');
       this.repos.kernels.delete(current.id);
       if (current.managed) await rm(current.dir, { recursive: true, force: true });
