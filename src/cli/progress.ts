@@ -1,4 +1,5 @@
-import type { OperationEvent } from '../api/schemas.js';
+import type { Operation, OperationEvent } from '../api/schemas.js';
+import type { BangerClient } from '../client/client.js';
 
 /**
  * Renders an operation's events. On a TTY (stderr) the current stage is one live line with a
@@ -89,5 +90,22 @@ export class ProgressRenderer {
 
   private clearLine(): void {
     if (this.tty) this.out.write('\r\x1b[2K');
+  }
+}
+
+/**
+ * Follows an operation to its end; Ctrl-C cancels it in the daemon (which cleans up its partial
+ * work) instead of leaving it running behind a dead CLI.
+ */
+export async function followOperation<T>(client: BangerClient, accepted: { operation: Operation }, onEvent: (e: OperationEvent) => void): Promise<T> {
+  const onSigint = () => {
+    process.stderr.write('\ncancelling…\n');
+    void client.cancelOperation(accepted.operation.id).catch(() => {});
+  };
+  process.once('SIGINT', onSigint);
+  try {
+    return await client.finish<T>(accepted, onEvent);
+  } finally {
+    process.off('SIGINT', onSigint);
   }
 }

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { Image, Vm } from '../../src/api/schemas.js';
-import { guestAssets, TestHome } from '../helpers/banger.js';
+import { BANGER, guestAssets, runProcess, TestHome } from '../helpers/banger.js';
 
 const assets = guestAssets();
 
@@ -66,6 +66,14 @@ describe('vm run', { skip: assets ? false : 'guest assets missing: run scripts/g
     assert.equal(r.code, 7, r.stderr);
     assert.doesNotMatch(r.stderr, /pull image/);
     assert.match(r.stderr, /deleted seven/);
+  });
+
+  test('bare vm run opens a shell (fed from stdin here, no TTY) and exits with its status', async () => {
+    const a = assets as NonNullable<typeof assets>;
+    const r = await runProcess('ip', ['netns', 'exec', home.netns as string, process.execPath, BANGER, 'vm', 'run', '--rm', '--name', 'shell'], { env: home.env }, 600_000, 'uname -r\nexit 3\n');
+    assert.equal(r.code, 3, r.stderr);
+    assert.equal(r.stdout.trim(), a.kernelVersion);
+    assert.match(r.stderr, /deleted shell/);
   });
 
   test('--detach leaves the VM running and says how to reach it', async () => {

@@ -3,7 +3,7 @@ import type { Image, Kernel } from '../../api/schemas.js';
 import { BangerClient } from '../../client/client.js';
 import { formatBytes } from '../../util/duration.js';
 import { sizeArg } from '../args.js';
-import { ProgressRenderer } from '../progress.js';
+import { followOperation, ProgressRenderer } from '../progress.js';
 import { ago, printJson, printKeyValues, printTable } from '../render.js';
 import { readFileSync } from 'node:fs';
 import { basename, resolve } from 'node:path';
@@ -24,7 +24,7 @@ export function registerImageCommands(program: Command): void {
       const sizeBytes = o.size;
       const client = new BangerClient({ timeoutMs: 60 * 60_000 });
       const accepted = await client.pullImage({ ref, ...(o.name ? { name: o.name } : {}), ...(o.kernelRef ? { kernelRef: o.kernelRef } : {}), ...(sizeBytes ? { sizeBytes } : {}) });
-      const img = await client.finish<Image>(accepted, new ProgressRenderer(process.stderr, !!o.json).onEvent);
+      const img = await followOperation<Image>(client, accepted, new ProgressRenderer(process.stderr, !!o.json).onEvent);
       o.json ? printJson(img) : process.stdout.write(`pulled ${ref} as image ${img.name} (${formatBytes(img.sizeBytes)} ext4, kernel ${img.kernelName})\n`);
     });
 
@@ -48,7 +48,7 @@ export function registerImageCommands(program: Command): void {
       const client = new BangerClient({ timeoutMs: 4 * 60 * 60_000 });
       const accepted = await client.buildImage({ from: o.from, name, script, nat: o.nat, ...(o.diskSize ? { diskSizeBytes: o.diskSize } : {}) });
       const progress = new ProgressRenderer(process.stderr, !!o.json);
-      const img = await client.finish<Image>(accepted, (e) => {
+      const img = await followOperation<Image>(client, accepted, (e) => {
         // The script's output is the point of a build: show it as it comes.
         if (e.type === 'log' && !o.json) process.stderr.write(`  | ${e.line}\n`);
         else progress.onEvent(e);
@@ -63,7 +63,7 @@ export function registerImageCommands(program: Command): void {
     .option('--json', 'print as JSON')
     .action(async (ref: string, o: { json?: boolean }) => {
       const client = new BangerClient({ timeoutMs: 60 * 60_000 });
-      const img = await client.finish<Image>(await client.promoteImage(ref), new ProgressRenderer(process.stderr, !!o.json).onEvent);
+      const img = await followOperation<Image>(client, await client.promoteImage(ref), new ProgressRenderer(process.stderr, !!o.json).onEvent);
       o.json ? printJson(img) : process.stdout.write(`image ${img.name} is now managed (${img.rootfsPath})\n`);
     });
 
@@ -100,7 +100,7 @@ export function registerImageCommands(program: Command): void {
         ...(o.modules ? { modules: resolve(o.modules as string) } : {}),
         ...(o.kernelRef ? { kernelRef: o.kernelRef } : {}),
       });
-      const img = await client.finish<Image>(accepted, new ProgressRenderer(process.stderr, !!o.json).onEvent);
+      const img = await followOperation<Image>(client, accepted, new ProgressRenderer(process.stderr, !!o.json).onEvent);
       o.json ? printJson(img) : process.stdout.write(`registered image ${img.name} (kernel ${img.kernelName})\n`);
     });
 

@@ -5,7 +5,7 @@ import type { KernelCatalogItem } from '../../api/kernel-schemas.js';
 import type { Kernel } from '../../api/schemas.js';
 import { BangerClient } from '../../client/client.js';
 import { formatBytes } from '../../util/duration.js';
-import { ProgressRenderer } from '../progress.js';
+import { followOperation, ProgressRenderer } from '../progress.js';
 import { ago, printJson, printKeyValues, printTable } from '../render.js';
 
 function describeSource(s: KernelCatalogItem['source']): string {
@@ -24,7 +24,7 @@ export function registerKernelCommands(program: Command): void {
     .action(async (name: string, o: { force?: boolean; json?: boolean }) => {
       const client = new BangerClient({ timeoutMs: 30 * 60_000 });
       const accepted = await client.pullKernel(name, !!o.force);
-      const k = await client.finish<Kernel>(accepted, new ProgressRenderer(process.stderr, !!o.json).onEvent);
+      const k = await followOperation<Kernel>(client, accepted, new ProgressRenderer(process.stderr, !!o.json).onEvent);
       o.json ? printJson(k) : process.stdout.write(`pulled kernel ${k.name} (${k.version})\n`);
     });
 
@@ -37,7 +37,7 @@ export function registerKernelCommands(program: Command): void {
     .action(async (name: string, o: { from: string; json?: boolean }) => {
       const client = new BangerClient({ timeoutMs: 15 * 60_000 });
       const accepted = await client.importKernel(name, resolve(o.from));
-      const k = await client.finish<Kernel>(accepted, new ProgressRenderer(process.stderr, !!o.json).onEvent);
+      const k = await followOperation<Kernel>(client, accepted, new ProgressRenderer(process.stderr, !!o.json).onEvent);
       o.json ? printJson(k) : process.stdout.write(`imported kernel ${k.name} (${k.version})\n`);
     });
 

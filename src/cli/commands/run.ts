@@ -3,7 +3,7 @@ import { BangerError } from '../../api/errors.js';
 import type { OperationEvent, Vm } from '../../api/schemas.js';
 import { BangerClient } from '../../client/client.js';
 import { intArg, memoryArg, sizeArg } from '../args.js';
-import { ProgressRenderer } from '../progress.js';
+import { followOperation, ProgressRenderer } from '../progress.js';
 import { sshIntoVm } from './ssh.js';
 
 interface RunOptions {
@@ -66,19 +66,15 @@ export function registerRunCommand(vm: Command): void {
         for (const line of lines) name ??= /^spec: (\S+)/.exec(line)?.[1];
         progress.onEvent(e);
       };
-      const onSigint = () => void client.cancelOperation(accepted.operation.id).catch(() => {});
-      process.once('SIGINT', onSigint);
       let vm: Vm;
       try {
-        vm = await client.finish<Vm>(accepted, onEvent);
+        vm = await followOperation<Vm>(client, accepted, onEvent);
       } catch (e) {
         // A guest that launched but never became ready is kept for a post-mortem, --rm or not.
         if (e instanceof BangerError && e.code === 'timeout' && name) {
           process.stderr.write(`${name} was kept for inspection: banger vm logs ${name}; remove it with banger vm delete ${name}\n`);
         }
         throw e;
-      } finally {
-        process.off('SIGINT', onSigint);
       }
       if (o.detach) {
         process.stdout.write(nextSteps(vm.name));

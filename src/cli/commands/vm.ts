@@ -4,7 +4,7 @@ import type { OperationEvent, Vm, VmAction } from '../../api/schemas.js';
 import { BangerClient } from '../../client/client.js';
 import { formatBytes } from '../../util/duration.js';
 import { intArg, memoryArg, onOff, sizeArg } from '../args.js';
-import { ProgressRenderer } from '../progress.js';
+import { followOperation, ProgressRenderer } from '../progress.js';
 import { registerRunCommand } from './run.js';
 import { registerSshCommands } from './ssh.js';
 import { ago, printJson, printKeyValues, printTable } from '../render.js';
@@ -71,24 +71,18 @@ export function registerVmCommands(program: Command): void {
         start: o.start,
       });
       const progress = new ProgressRenderer(process.stderr, !!o.json);
-      const onSigint = () => void client.cancelOperation(accepted.operation.id).catch(() => {});
-      process.once('SIGINT', onSigint);
-      try {
-        // The spec line goes to stdout (scripts can read it); stages go to stderr.
-        const onEvent = (e: OperationEvent): void => {
-          if (e.type === 'snapshot') {
-            for (const line of e.operation.log ?? []) onEvent({ type: 'log', line });
-            progress.onEvent({ ...e, operation: { ...e.operation, log: [] } });
-          } else if (e.type === 'log' && e.line.startsWith('spec: ')) {
-            if (!o.json) process.stdout.write(`${e.line}\n`);
-          } else progress.onEvent(e);
-        };
-        const created = await client.finish<Vm>(accepted, onEvent);
-        if (o.json) printJson(created);
-        else process.stdout.write(`${created.name} is ${created.state} (id ${created.id.slice(0, 12)}, ${created.vmm}${created.accel ? `/${created.accel}` : ''})\n`);
-      } finally {
-        process.off('SIGINT', onSigint);
-      }
+      // The spec line goes to stdout (scripts can read it); stages go to stderr.
+      const onEvent = (e: OperationEvent): void => {
+        if (e.type === 'snapshot') {
+          for (const line of e.operation.log ?? []) onEvent({ type: 'log', line });
+          progress.onEvent({ ...e, operation: { ...e.operation, log: [] } });
+        } else if (e.type === 'log' && e.line.startsWith('spec: ')) {
+          if (!o.json) process.stdout.write(`${e.line}\n`);
+        } else progress.onEvent(e);
+      };
+      const created = await followOperation<Vm>(client, accepted, onEvent);
+      if (o.json) printJson(created);
+      else process.stdout.write(`${created.name} is ${created.state} (id ${created.id.slice(0, 12)}, ${created.vmm}${created.accel ? `/${created.accel}` : ''})\n`);
     });
 
   for (const action of ['start', 'stop', 'restart', 'kill', 'delete'] as const) {
