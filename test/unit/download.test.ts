@@ -37,7 +37,11 @@ const noPartials = async () => assert.deepEqual((await readdir(dir)).filter((f) 
 
 test('verified download: content, hash, progress, atomic publish', async () => {
   const seen: number[] = [];
-  const r = await downloadVerified({ url: `${base}/ok`, sha256: SHA.toUpperCase(), maxBytes: 1 << 20, dest: join(dir, 'ok'), onProgress: (b, t) => (assert.equal(t, BODY.length), seen.push(b)) });
+  const r = await downloadVerified({ url: `${base}/ok`, sha256: SHA.toUpperCase(), maxBytes: 1 << 20, dest: join(dir, 'ok'), onProgress: (b, t) => {
+      assert.equal(t, BODY.length);
+      seen.push(b);
+    },
+  });
   assert.deepEqual(r, { path: join(dir, 'ok'), sha256: SHA, bytes: BODY.length });
   assert.ok((await readFile(join(dir, 'ok'))).equals(BODY));
   assert.equal(seen.at(-1), BODY.length);

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import type { Image, Kernel } from '../../api/schemas.js';
+import type { Image } from '../../api/schemas.js';
 import { BangerClient } from '../../client/client.js';
 import { formatBytes } from '../../util/duration.js';
 import { sizeArg } from '../args.js';
