@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { buildInfoFile, TestHome, isAlive, ROOT, waitFor } from './harness.js';
@@ -157,6 +157,26 @@ test('a stale socket left by a SIGKILLed daemon is replaced by the next auto-sta
   assert.notEqual(s.pid, pid);
   assert.deepEqual(home.daemonPids(), [s.pid]);
   assert.equal(statSync(home.socketPath).mode & 0o777, 0o600);
+});
+
+test('work left by a SIGKILLed daemon (staging dirs, partial downloads) is removed by the next one; finished blobs stay', async () => {
+  const pid = await currentPid();
+  process.kill(pid, 'SIGKILL');
+  await waitFor(`pid ${pid} to die`, () => !isAlive(pid));
+  const staging = join(home.dir, 'state', 'staging', 'image-0123');
+  const blobs = join(home.dir, 'cache', 'blobs', 'sha256');
+  const downloads = join(home.dir, 'cache', 'downloads');
+  mkdirSync(join(staging, 'tree'), { recursive: true });
+  mkdirSync(blobs, { recursive: true });
+  mkdirSync(downloads, { recursive: true });
+  const hex = 'a'.repeat(64);
+  writeFileSync(join(blobs, hex), 'a finished blob');
+  writeFileSync(join(blobs, `${hex}.partial-1234abcd`), 'half');
+  writeFileSync(join(downloads, `${hex}.1234abcd.partial`), 'half');
+  await home.json<Status>(['daemon', 'status']);
+  assert.equal(existsSync(staging), false);
+  assert.deepEqual(readdirSync(blobs), [hex]);
+  assert.deepEqual(readdirSync(downloads), []);
 });
 
 test('unknown commands and flags exit 2 with usage help and start nothing', async () => {

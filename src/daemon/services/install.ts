@@ -24,6 +24,7 @@ import { kernelRoutes } from '../routes-kernels.js';
 import { resourceRoutes } from '../routes-resources.js';
 import { ImageBuildService } from './image-build.js';
 import { ImageService } from './images.js';
+import { sweepLeftovers } from './leftovers.js';
 import { KernelService } from './kernels.js';
 import { type DnsRecords, NetworkService } from './network.js';
 import { VmService } from './vms.js';
@@ -43,6 +44,8 @@ export async function installServices(app: App, router: Router): Promise<void> {
   const memScratch = existsSync('/dev/shm') ? join('/dev/shm', `banger-${createHash('sha256').update(layout.stateDir).digest('hex').slice(0, 12)}`) : undefined;
   const scratch = new ScratchSpace(join(layout.stagingDir, 'scratch'), memScratch);
   await scratch.sweep();
+  const leftovers = await sweepLeftovers(layout);
+  if (leftovers.length) log.info({ removed: leftovers }, 'removed work left by an earlier daemon');
   app.addCloser(() => scratch.sweep());
   const images = new ImageService(repos, layout, clock, locks, disks, kernels, blobs, runner, scratch, { catalogs: config.image_catalogs, debianMirror: config.debian_mirror });
   const hostKernel = readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim();
