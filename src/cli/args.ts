@@ -1,4 +1,4 @@
-import { InvalidArgumentError } from 'commander';
+import { type Command, InvalidArgumentError } from 'commander';
 import { parseSize } from '../util/duration.js';
 
 /** Option parsers: a malformed value is a usage error (exit 2) with the expected form. */
@@ -27,4 +27,37 @@ export function onOff(v: string): boolean {
   if (v === 'on' || v === 'true') return true;
   if (v === 'off' || v === 'false') return false;
   throw new InvalidArgumentError(`expected "on" or "off", got "${v}"`);
+}
+
+/** The flags that describe a new VM (`vm create`, `vm run`), as parsed by {@link addVmSpecOptions}. */
+export interface VmSpecOptions {
+  name?: string;
+  image?: string;
+  vcpus?: number;
+  memory?: number;
+  diskSize?: number;
+  nat?: boolean;
+}
+
+export function addVmSpecOptions(cmd: Command, imageHelp: string): Command {
+  return cmd
+    .option('--name <name>', 'VM name (a DNS label; becomes <name>.vm)')
+    .option('--image <image>', imageHelp)
+    .option('--vcpus <n>', 'virtual CPUs', intArg('--vcpus'))
+    .option('--memory <size>', 'memory in MiB, or a size like 2G', memoryArg)
+    .option('--disk-size <size>', 'work disk size (mounted at /root), e.g. 8G', sizeArg)
+    .option('--nat', 'let the VM reach beyond the host (outbound NAT)');
+}
+
+/** The create request for those flags (absent flags stay absent: the daemon applies its defaults). */
+export function vmCreateRequest(o: VmSpecOptions, start: boolean) {
+  return {
+    ...(o.name !== undefined ? { name: o.name } : {}),
+    ...(o.image !== undefined ? { image: o.image } : {}),
+    ...(o.vcpus !== undefined ? { vcpus: o.vcpus } : {}),
+    ...(o.memory !== undefined ? { memoryMib: o.memory } : {}),
+    ...(o.diskSize !== undefined ? { diskSizeBytes: o.diskSize } : {}),
+    nat: !!o.nat,
+    start,
+  };
 }

@@ -2,17 +2,11 @@ import type { Command } from 'commander';
 import { BangerError } from '../../api/errors.js';
 import type { OperationEvent, Vm } from '../../api/schemas.js';
 import { BangerClient } from '../../client/client.js';
-import { intArg, memoryArg, sizeArg } from '../args.js';
+import { addVmSpecOptions, type VmSpecOptions, vmCreateRequest } from '../args.js';
 import { followOperation, ProgressRenderer } from '../progress.js';
 import { sshIntoVm } from './ssh.js';
 
-interface RunOptions {
-  name?: string;
-  image?: string;
-  vcpus?: number;
-  memory?: number;
-  diskSize?: number;
-  nat?: boolean;
+interface RunOptions extends VmSpecOptions {
   rm?: boolean;
   detach?: boolean;
 }
@@ -31,15 +25,13 @@ export function nextSteps(name: string): string {
 }
 
 export function registerRunCommand(vm: Command): void {
-  vm.command('run')
-    .description('create a VM (default image, pulled on first use) and open a shell in it, or run a command and exit with its status')
-    .argument('[command...]', 'command to run (put it after --)')
-    .option('--name <name>', 'VM name (a DNS label; becomes <name>.vm)')
-    .option('--image <image>', 'image name (default: default_image_name; catalog images are pulled on first use)')
-    .option('--vcpus <n>', 'virtual CPUs', intArg('--vcpus'))
-    .option('--memory <size>', 'memory in MiB, or a size like 2G', memoryArg)
-    .option('--disk-size <size>', 'work disk size (mounted at /root), e.g. 8G', sizeArg)
-    .option('--nat', 'let the VM reach beyond the host (outbound NAT)')
+  addVmSpecOptions(
+    vm
+      .command('run')
+      .description('create a VM (default image, pulled on first use) and open a shell in it, or run a command and exit with its status')
+      .argument('[command...]', 'command to run (put it after --)'),
+    'image name (default: default_image_name; catalog images are pulled on first use)',
+  )
     .option('--rm', 'delete the VM when the shell or command ends')
     .option('-d, --detach', 'leave the VM running and print how to reach it')
     .addHelpText(
@@ -50,15 +42,7 @@ export function registerRunCommand(vm: Command): void {
       if (o.detach && o.rm) throw new BangerError('bad_request', '--rm and --detach contradict each other', { fix: 'drop one of them', details: 'usage' });
       if (o.detach && command.length) throw new BangerError('bad_request', '--detach does not run a command', { fix: 'run it later with banger vm ssh NAME -- CMD', details: 'usage' });
       const client = new BangerClient({ timeoutMs: 60 * 60_000 });
-      const accepted = await client.createVm({
-        ...(o.name !== undefined ? { name: o.name } : {}),
-        ...(o.image !== undefined ? { image: o.image } : {}),
-        ...(o.vcpus !== undefined ? { vcpus: o.vcpus } : {}),
-        ...(o.memory !== undefined ? { memoryMib: o.memory } : {}),
-        ...(o.diskSize !== undefined ? { diskSizeBytes: o.diskSize } : {}),
-        nat: !!o.nat,
-        start: true,
-      });
+      const accepted = await client.createVm(vmCreateRequest(o, true));
       const progress = new ProgressRenderer(process.stderr, false);
       let name: string | undefined;
       const onEvent = (e: OperationEvent): void => {

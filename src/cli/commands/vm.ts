@@ -3,7 +3,7 @@ import { BangerError } from '../../api/errors.js';
 import type { OperationEvent, Vm, VmAction } from '../../api/schemas.js';
 import { BangerClient } from '../../client/client.js';
 import { formatBytes } from '../../util/duration.js';
-import { intArg, memoryArg, onOff, sizeArg } from '../args.js';
+import { addVmSpecOptions, intArg, memoryArg, onOff, sizeArg, type VmSpecOptions, vmCreateRequest } from '../args.js';
 import { followOperation, ProgressRenderer } from '../progress.js';
 import { registerRunCommand } from './run.js';
 import { registerSshCommands } from './ssh.js';
@@ -49,27 +49,12 @@ async function bulk(action: VmAction, refs: string[], json: boolean): Promise<vo
 export function registerVmCommands(program: Command): void {
   const vm = program.command('vm').description('create and manage VMs');
 
-  vm.command('create')
-    .description('create a VM and start it (an operation with live stages)')
-    .option('--name <name>', 'VM name (a DNS label; becomes <name>.vm)')
-    .option('--image <image>', 'image name or id (default: default_image_name)')
-    .option('--vcpus <n>', 'virtual CPUs', intArg('--vcpus'))
-    .option('--memory <size>', 'memory in MiB, or a size like 2G', memoryArg)
-    .option('--disk-size <size>', 'work disk size (mounted at /root), e.g. 8G', sizeArg)
-    .option('--nat', 'let the VM reach beyond the host (outbound NAT)')
+  addVmSpecOptions(vm.command('create').description('create a VM and start it (an operation with live stages)'), 'image name or id (default: default_image_name)')
     .option('--no-start', 'create the disks but do not boot')
     .option('--json', 'print the VM as JSON')
-    .action(async (o: { name?: string; image?: string; vcpus?: number; memory?: number; diskSize?: number; nat?: boolean; start: boolean; json?: boolean }) => {
+    .action(async (o: VmSpecOptions & { start: boolean; json?: boolean }) => {
       const client = new BangerClient({ timeoutMs: 15 * 60_000 });
-      const accepted = await client.createVm({
-        ...(o.name !== undefined ? { name: o.name } : {}),
-        ...(o.image !== undefined ? { image: o.image } : {}),
-        ...(o.vcpus !== undefined ? { vcpus: o.vcpus } : {}),
-        ...(o.memory !== undefined ? { memoryMib: o.memory } : {}),
-        ...(o.diskSize !== undefined ? { diskSizeBytes: o.diskSize } : {}),
-        nat: !!o.nat,
-        start: o.start,
-      });
+      const accepted = await client.createVm(vmCreateRequest(o, o.start));
       const progress = new ProgressRenderer(process.stderr, !!o.json);
       // The spec line goes to stdout (scripts can read it); stages go to stderr.
       const onEvent = (e: OperationEvent): void => {
