@@ -1,7 +1,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdir, rename, rm } from 'node:fs/promises';
-import { dirname } from 'node:path';
+import { mkdir, rename, rm, stat } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { Readable, Transform, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { fileURLToPath } from 'node:url';
@@ -82,6 +82,46 @@ export async function openUrl(url: string, signal?: AbortSignal): Promise<{ body
   const len = res.headers.get('content-length');
   const total = len !== null && /^\d+$/.test(len) ? Number(len) : undefined;
   return { body: Readable.fromWeb(res.body as import('node:stream/web').ReadableStream<Uint8Array>), total };
+}
+
+/**
+ * A download kept in `cacheDir` under its SHA-256: a file already there is re-hashed and reused,
+ * anything else is fetched with {@link downloadVerified}. `onStart` says which it is.
+ */
+export async function downloadCached(
+  cacheDir: string,
+  opts: Omit<DownloadOptions, 'dest' | 'sha256'> & { sha256: string },
+  onStart?: (cached: boolean) => void,
+): Promise<string> {
+  const sha256 = opts.sha256.toLowerCase();
+  const dest = join(cacheDir, sha256);
+  if (await stat(dest).catch(() => undefined)) {
+    if ((await sha256File(dest)) === sha256) {
+      onStart?.(true);
+      return dest;
+    }
+    await rm(dest, { force: true });
+  }
+  onStart?.(false);
+  await mkdir(cacheDir, { recursive: true, mode: 0o700 });
+  await downloadVerified({ ...opts, sha256, dest });
+  return dest;
+}
+
+/** Reads a small document (a catalog, a Release file) whole; `tooBig` is thrown once it passes `maxBytes`. */
+export async function readUrl(url: string, maxBytes: number, tooBig: () => BangerError, signal?: AbortSignal): Promise<Buffer> {
+  const { body } = await openUrl(url, signal);
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const c of body) {
+    size += (c as Buffer).length;
+    if (size > maxBytes) {
+      body.destroy();
+      throw tooBig();
+    }
+    chunks.push(c as Buffer);
+  }
+  return Buffer.concat(chunks);
 }
 
 /**

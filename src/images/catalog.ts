@@ -1,11 +1,7 @@
-import { readFile } from 'node:fs/promises';
-import { isAbsolute, resolve } from 'node:path';
 import { z } from 'zod';
 import { BangerError } from '../api/errors.js';
-import { displayUrl, openUrl } from '../archive/download.js';
+import { readCatalogSource } from '../config/catalog-source.js';
 import { ResourceName } from '../api/schemas.js';
-
-const MAX_CATALOG_BYTES = 1024 * 1024;
 
 const RecipeSource = z
   .object({
@@ -99,37 +95,11 @@ export function parseImageCatalog(text: string, origin: string): ImageCatalogEnt
   return r.data.images;
 }
 
-async function readSource(ref: string, baseDir: string, signal?: AbortSignal): Promise<{ origin: string; text: string }> {
-  if (/^https?:\/\//i.test(ref)) {
-    const origin = displayUrl(ref);
-    const { body } = await openUrl(ref, signal);
-    const chunks: Buffer[] = [];
-    let size = 0;
-    for await (const c of body) {
-      size += (c as Buffer).length;
-      if (size > MAX_CATALOG_BYTES) {
-        body.destroy();
-        throw new BangerError('invalid_config', `image catalog ${origin} is larger than ${MAX_CATALOG_BYTES} bytes`, { fix: 'check the URL in image_catalogs' });
-      }
-      chunks.push(c as Buffer);
-    }
-    return { origin, text: Buffer.concat(chunks).toString('utf8') };
-  }
-  const path = isAbsolute(ref) ? ref : resolve(baseDir, ref);
-  try {
-    return { origin: path, text: await readFile(path, 'utf8') };
-  } catch (e) {
-    throw new BangerError('invalid_config', `image catalog ${path}: cannot read it: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, {
-      fix: 'fix the path in image_catalogs (relative paths are relative to the config file)',
-    });
-  }
-}
-
 /** Built-in entries, then each configured catalog in order; a later entry replaces an earlier one of the same name. */
 export async function loadImageCatalog(refs: string[], baseDir: string, signal?: AbortSignal): Promise<ImageCatalogEntry[]> {
   const byName = new Map(BUILTIN_IMAGES.map((e) => [e.name, e]));
   for (const ref of refs) {
-    const { origin, text } = await readSource(ref, baseDir, signal);
+    const { origin, text } = await readCatalogSource(ref, baseDir, 'image_catalogs', signal);
     for (const e of parseImageCatalog(text, origin)) byName.set(e.name, e);
   }
   return [...byName.values()];

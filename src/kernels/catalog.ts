@@ -1,9 +1,7 @@
-import { readFile } from 'node:fs/promises';
-import { isAbsolute, resolve } from 'node:path';
 import type { z } from 'zod';
 import { BangerError } from '../api/errors.js';
+import { readCatalogSource } from '../config/catalog-source.js';
 import { type KernelCatalogEntry, KernelCatalogFileSchema } from '../api/kernel-schemas.js';
-import { displayUrl, openUrl } from '../archive/download.js';
 
 export type { KernelCatalogEntry };
 
@@ -26,8 +24,6 @@ export const BUILTIN_KERNELS: KernelCatalogEntry[] = [
     source: { kind: 'debian-index', suite: 'bookworm', component: 'main', package: 'linux-image-cloud-amd64' },
   },
 ];
-
-const MAX_CATALOG_BYTES = 1024 * 1024;
 
 function describeIssue(i: z.core.$ZodIssue, data: unknown): string {
   const path = i.path;
@@ -72,31 +68,8 @@ export function parseCatalog(text: string, origin: string): KernelCatalogEntry[]
 
 /** Reads one catalog: a file path (relative to `baseDir`) or an http(s) URL. */
 export async function loadCatalog(ref: string, baseDir: string, signal?: AbortSignal): Promise<{ origin: string; entries: KernelCatalogEntry[] }> {
-  if (/^https?:\/\//i.test(ref)) {
-    const origin = displayUrl(ref);
-    const { body } = await openUrl(ref, signal);
-    const chunks: Buffer[] = [];
-    let size = 0;
-    for await (const c of body) {
-      size += (c as Buffer).length;
-      if (size > MAX_CATALOG_BYTES) {
-        body.destroy();
-        throw new BangerError('invalid_config', `kernel catalog ${origin} is larger than ${MAX_CATALOG_BYTES} bytes`, { fix: 'check the URL in kernel_catalogs' });
-      }
-      chunks.push(c as Buffer);
-    }
-    return { origin, entries: parseCatalog(Buffer.concat(chunks).toString('utf8'), origin) };
-  }
-  const path = isAbsolute(ref) ? ref : resolve(baseDir, ref);
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch (e) {
-    throw new BangerError('invalid_config', `kernel catalog ${path}: cannot read it: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, {
-      fix: 'fix the path in kernel_catalogs (relative paths are relative to the config file)',
-    });
-  }
-  return { origin: path, entries: parseCatalog(text, path) };
+  const { origin, text } = await readCatalogSource(ref, baseDir, 'kernel_catalogs', signal);
+  return { origin, entries: parseCatalog(text, origin) };
 }
 
 /** Built-ins first, then each catalog in order; a later entry replaces an earlier one of the same name. */

@@ -3,7 +3,7 @@ import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BangerError } from '../api/errors.js';
-import { displayUrl, openUrl } from '../archive/download.js';
+import { displayUrl, readUrl } from '../archive/download.js';
 
 export interface ReleaseEntry {
   size: number;
@@ -42,20 +42,15 @@ export async function fetchVerifiedRelease(mirror: string, suite: string, keyrin
     });
   }
   const url = `${mirror.replace(/\/+$/, '')}/dists/${suite}/InRelease`;
-  const { body } = await openUrl(url, signal);
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const c of body) {
-    size += (c as Buffer).length;
-    if (size > MAX_RELEASE_BYTES) {
-      body.destroy();
-      throw new BangerError('rejected_content', `${displayUrl(url)} is larger than ${MAX_RELEASE_BYTES} bytes`, { fix: 'check the mirror' });
-    }
-    chunks.push(c as Buffer);
-  }
+  const signed = await readUrl(
+    url,
+    MAX_RELEASE_BYTES,
+    () => new BangerError('rejected_content', `${displayUrl(url)} is larger than ${MAX_RELEASE_BYTES} bytes`, { fix: 'check the mirror' }),
+    signal,
+  );
   const dir = await mkdtemp(join(tmpdir(), 'banger-release-'));
   try {
-    await writeFile(join(dir, 'InRelease'), Buffer.concat(chunks));
+    await writeFile(join(dir, 'InRelease'), signed);
     const { code, stderr } = await run('gpgv', ['--quiet', '--keyring', keyring, '--output', join(dir, 'Release'), join(dir, 'InRelease')]);
     if (code !== 0) {
       throw new BangerError('rejected_content', `the signature of ${displayUrl(url)} does not verify against ${keyring}: ${stderr.trim().split('\n').slice(-2).join('; ')}`, {

@@ -1,8 +1,8 @@
 import { createReadStream } from 'node:fs';
-import { copyFile, lstat, mkdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { lstat, mkdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { displayUrl, downloadVerified, sha256File } from '../../archive/download.js';
+import { pathToFileURL } from 'node:url';
+import { displayUrl, downloadCached } from '../../archive/download.js';
 import { safeExtract } from '../../archive/safe-extract.js';
 import { BundleManifestSchema, type ImageCatalogEntry, loadImageCatalog } from '../../images/catalog.js';
 import { RootfsLedger } from '../../images/layer-apply.js';
@@ -57,29 +57,6 @@ interface Workspace {
   staging: string;
   rootfs: string;
   seed: string;
-}
-
-/** A bundle from a file path / file:// URL (copied and checked) or over http(s) (downloaded and checked). */
-async function fetchBundle(url: string, sha256: string, dest: string, ctx: OpContext): Promise<void> {
-  if (await stat(dest).then((s) => s.isFile(), () => false)) {
-    if ((await sha256File(dest)) === sha256) return;
-    await rm(dest, { force: true });
-  }
-  await mkdir(dirname(dest), { recursive: true, mode: 0o700 });
-  const local = url.startsWith('file://') ? fileURLToPath(url) : isAbsolute(url) ? url : undefined;
-  if (local) {
-    const partial = `${dest}.${newId().slice(0, 8)}.partial`;
-    try {
-      await copyFile(local, partial);
-      const actual = await sha256File(partial);
-      if (actual !== sha256) throw new BangerError('rejected_content', `bundle ${local} has sha256 ${actual}, the catalog says ${sha256}`, { fix: 'the file changed or the catalog is wrong' });
-      await rename(partial, dest);
-    } finally {
-      await rm(partial, { force: true });
-    }
-    return;
-  }
-  await downloadVerified({ url, sha256, dest, maxBytes: 64 * 1024 ** 3, signal: ctx.signal, onProgress: (n, total) => ctx.progress(n, total, 'B') });
 }
 
 async function readBundleManifest(path: string, name: string) {
@@ -305,9 +282,13 @@ export class ImageService {
     }
     if (source.kind !== 'bundle') throw new BangerError('internal', `unexpected catalog source ${source.kind}`);
     return this.staged(name, ctx, async (w) => {
-      const archive = join(this.layout.cacheDir, 'downloads', `${source.sha256}.tar.zst`);
-      ctx.stage('download bundle', displayUrl(source.url));
-      await fetchBundle(source.url, source.sha256, archive, ctx);
+      // Catalogs may name a bundle by absolute path too (air-gapped hosts).
+      const url = isAbsolute(source.url) ? pathToFileURL(source.url).href : source.url;
+      const archive = await downloadCached(
+        join(this.layout.cacheDir, 'downloads'),
+        { url, sha256: source.sha256, maxBytes: 64 * 1024 ** 3, signal: ctx.signal, onProgress: (n, total) => ctx.progress(n, total, 'B') },
+        (cached) => ctx.stage('download bundle', cached ? `cached (${source.sha256.slice(0, 12)})` : displayUrl(source.url)),
+      );
       ctx.stage('unpack bundle');
       const unpacked = join(w.staging, 'bundle');
       await safeExtract(createReadStream(archive), { dest: unpacked, label: `bundle of ${entry.name}`, maxBytes: 256 * 1024 ** 3, maxEntries: 16, signal: ctx.signal });

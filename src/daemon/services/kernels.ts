@@ -5,7 +5,7 @@ import { BangerError, notFound } from '../../api/errors.js';
 import type { KernelCatalogEntry, KernelCatalogItem } from '../../api/kernel-schemas.js';
 import { debDataStream } from '../../archive/ar.js';
 import { compressionOf } from '../../archive/decompress.js';
-import { displayUrl, downloadVerified, sha256File } from '../../archive/download.js';
+import { displayUrl, downloadCached } from '../../archive/download.js';
 import { safeExtract } from '../../archive/safe-extract.js';
 import type { Kernel } from '../../api/schemas.js';
 import type { Layout } from '../../config/layout.js';
@@ -279,32 +279,26 @@ export class KernelService {
 
   /** The download, from the cache when a file with that SHA-256 is there (re-verified), else fetched. */
   private async fetchCached(r: ResolvedDownload, ctx: OpContext): Promise<string> {
-    const dest = join(this.layout.cacheDir, 'downloads', r.sha256);
-    if (await stat(dest).catch(() => undefined)) {
-      if ((await sha256File(dest)) === r.sha256) {
-        ctx.stage('download', `cached (${r.package}=${r.version})`);
-        return dest;
-      }
-      await rm(dest, { force: true });
-    }
-    ctx.stage('download', `${displayUrl(r.url)}${r.size ? ` (${formatSize(r.size)})` : ''}`);
     let last = 0;
-    await downloadVerified({
-      url: r.url,
-      sha256: r.sha256,
-      // The index states the exact size; an archive entry's size is informative only.
-      maxBytes: r.exactSize ? Math.min(r.size ?? PULL_MAX_DOWNLOAD, PULL_MAX_DOWNLOAD) : PULL_MAX_DOWNLOAD,
-      dest,
-      signal: ctx.signal,
-      onProgress: (bytes, total) => {
-        const now = Date.now();
-        const t = total ?? r.size;
-        if (now - last < 200 && bytes !== t) return;
-        last = now;
-        ctx.progress(bytes, t, 'B');
+    return downloadCached(
+      join(this.layout.cacheDir, 'downloads'),
+      {
+        url: r.url,
+        sha256: r.sha256,
+        // The index states the exact size; an archive entry's size is informative only.
+        maxBytes: r.exactSize ? Math.min(r.size ?? PULL_MAX_DOWNLOAD, PULL_MAX_DOWNLOAD) : PULL_MAX_DOWNLOAD,
+        signal: ctx.signal,
+        onProgress: (bytes, total) => {
+          const now = Date.now();
+          const t = total ?? r.size;
+          if (now - last < 200 && bytes !== t) return;
+          last = now;
+          ctx.progress(bytes, t, 'B');
+        },
       },
-    });
-    return dest;
+      (cached) =>
+        ctx.stage('download', cached ? `cached (${r.package}=${r.version})` : `${displayUrl(r.url)}${r.size ? ` (${formatSize(r.size)})` : ''}`),
+    );
   }
 
   private async extract(file: string, r: ResolvedDownload, tree: string, ctx: OpContext): Promise<void> {
