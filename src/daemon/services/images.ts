@@ -121,10 +121,6 @@ export class ImageService {
     return (await this.kernels.pull(ref, {}, ctx)).id;
   }
 
-  assertNameFree(name: string): void {
-    this.checkNameFree(name);
-  }
-
   /**
    * Saves a stopped VM's disks as a new managed image: the root disk flattened to a raw ext4 (a
    * qcow2 overlay is converted with its base folded in), the work disk's files as the work seed.
@@ -150,9 +146,9 @@ export class ImageService {
     });
   }
 
-  private checkNameFree(name: string): void {
+  assertNameFree(name: string): void {
     if (this.repos.images.byName(name)) {
-      throw new BangerError('conflict', `an image named "${name}" already exists`, { fix: `pick another name with --name, or delete it: banger image delete ${name}` });
+      throw new BangerError('conflict', `an image named "${name}" already exists`, { fix: `pick another name, or delete it: banger image delete ${name}` });
     }
   }
 
@@ -181,7 +177,7 @@ export class ImageService {
 
   private async staged(name: string, ctx: OpContext, build: (w: Workspace) => Promise<Omit<ImageRow, 'id' | 'name' | 'rootfs_path' | 'work_seed_path' | 'managed' | 'created_at'>>): Promise<Image> {
     return this.locks.run(`image-name:${name}`, async () => {
-      this.checkNameFree(name);
+      this.assertNameFree(name);
       const id = newId();
       const staging = join(this.layout.stagingDir, `image-${id}`);
       const finalDir = join(this.layout.imagesDir, id);
@@ -230,7 +226,7 @@ export class ImageService {
   private async pullOci(req: ImagePullRequest, ctx: OpContext): Promise<Image> {
     const ref = parseReference(req.ref);
     const name = req.name ?? defaultImageName(ref);
-    this.checkNameFree(name);
+    this.assertNameFree(name);
     const kernelId = await this.kernelFor(req.kernelRef ?? this.opts.defaultKernel ?? 'debian-cloud', ctx);
     return this.staged(name, ctx, async (w) => {
       const asRoot = process.getuid?.() === 0;
@@ -262,7 +258,7 @@ export class ImageService {
 
   private async pullEntry(entry: ImageCatalogEntry, req: ImagePullRequest, ctx: OpContext): Promise<Image> {
     const name = req.name ?? entry.name;
-    this.checkNameFree(name);
+    this.assertNameFree(name);
     const kernelId = await this.kernelFor(req.kernelRef ?? entry.kernel, ctx);
     const source = entry.source;
     if (source.kind === 'recipe') {
@@ -380,9 +376,7 @@ export class ImageService {
    */
   async register(req: RegisterImageRequest, ctx: OpContext): Promise<Image> {
     return this.locks.run(`image-name:${req.name}`, async () => {
-      if (this.repos.images.byName(req.name)) {
-        throw new BangerError('conflict', `an image named "${req.name}" already exists`, { fix: `pick another name or delete it: banger image delete ${req.name}` });
-      }
+      this.assertNameFree(req.name);
       const rootfs = resolve(req.rootfs);
       ctx.stage('inspect rootfs', rootfs);
       const st = await stat(rootfs).catch(() => undefined);
