@@ -3,8 +3,6 @@ import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createReadStream, existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { after, before, test } from 'node:test';
@@ -12,6 +10,7 @@ import { gzipSync } from 'node:zlib';
 import * as tar from 'tar-stream';
 import { guestAssets } from '../helpers/banger.js';
 import { TestHome } from './harness.js';
+import { serveOnLoopback } from '../helpers/http.js';
 
 /**
  * `banger kernel pull` against a loopback Debian mirror (and a loopback archive URL): the real
@@ -95,7 +94,7 @@ function inRelease(home: string, files: Record<string, Buffer>): Buffer {
   return gpg(home, ['--clearsign', '--output', '-'], release);
 }
 
-let server: Server;
+let http: Awaited<ReturnType<typeof serveOnLoopback>>;
 let base: string;
 let home: TestHome;
 let fixtures: string;
@@ -148,7 +147,7 @@ before(async () => {
   const evil = await evilTarZst();
   routes.set('/archives/evil.tar.zst', evil);
 
-  server = createServer((req, res) => {
+  http = await serveOnLoopback((req, res) => {
     hits.push(req.url ?? '');
     const body = routes.get(req.url ?? '');
     if (body === undefined) {
@@ -160,8 +159,7 @@ before(async () => {
       createReadStream(body).pipe(res);
     } else res.writeHead(200, { 'content-length': body.length }).end(body);
   });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  base = http.base;
 
   const catalog = join(fixtures, 'kernels.json');
   await writeFile(
@@ -200,7 +198,7 @@ before(async () => {
 
 after(async () => {
   await home?.destroy();
-  server?.close();
+  await http?.close();
   await rm(fixtures, { recursive: true, force: true });
 });
 

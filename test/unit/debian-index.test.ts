@@ -1,10 +1,9 @@
 import assert from 'node:assert/strict';
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { after, before, test } from 'node:test';
 import { gzipSync } from 'node:zlib';
 import { BangerError } from '../../src/api/errors.js';
 import { compareDebianVersions, fetchKernelStanzas, parseDepends, parseStanzas, resolveKernelPackage } from '../../src/kernels/debian-index.js';
+import { serveOnLoopback } from '../helpers/http.js';
 
 const SHA_A = 'a'.repeat(64);
 const SHA_B = 'B'.repeat(64);
@@ -92,14 +91,14 @@ Depends: linux-image-6.1.0-27-cloud-amd64 (= 6.1.115-1)
   assert.throws(() => resolveKernelPackage(parseStanzas(sneaky), 'linux-image-cloud-amd64', 'http://m'), /suspicious Filename/);
 });
 
-let server: Server;
+let http: Awaited<ReturnType<typeof serveOnLoopback>>;
 let mirror: string;
 const hits: string[] = [];
 before(async () => {
   // Lots of unrelated stanzas so the index spans many chunks.
   const filler = Array.from({ length: 3000 }, (_, i) => `Package: pkg-${i}\nVersion: 1.${i}\nDescription: filler\n filler line\n`).join('\n');
   const gz = gzipSync(`${filler}\n${INDEX}`);
-  server = createServer((req, res) => {
+  http = await serveOnLoopback((req, res) => {
     hits.push(req.url ?? '');
     if (req.url === '/debian/dists/bookworm/main/binary-amd64/Packages.gz') {
       res.writeHead(200, { 'content-length': gz.length });
@@ -108,10 +107,9 @@ before(async () => {
     }
     res.writeHead(404).end();
   });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  mirror = `http://127.0.0.1:${(server.address() as AddressInfo).port}/debian`;
+  mirror = `${http.base}/debian`;
 });
-after(() => server.close());
+after(() => http.close());
 
 test('fetchKernelStanzas: Packages.xz missing → Packages.gz, keeps only linux-image-* stanzas', async () => {
   const { stanzas, url } = await fetchKernelStanzas(mirror, 'bookworm', 'main');

@@ -1,22 +1,21 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { BangerError } from '../../src/api/errors.js';
 import { downloadVerified } from '../../src/archive/download.js';
+import { serveOnLoopback } from '../helpers/http.js';
 
 const BODY = Buffer.from('x'.repeat(100_000));
 const SHA = createHash('sha256').update(BODY).digest('hex');
-let server: Server;
+let http: Awaited<ReturnType<typeof serveOnLoopback>>;
 let base: string;
 let dir: string;
 before(async () => {
   dir = await mkdtemp(join(tmpdir(), 'dl-'));
-  server = createServer((req, res) => {
+  http = await serveOnLoopback((req, res) => {
     if (req.url === '/ok') res.writeHead(200, { 'content-length': BODY.length }).end(BODY);
     else if (req.url === '/chunked') {
       res.writeHead(200);
@@ -25,11 +24,10 @@ before(async () => {
     } else if (req.url === '/boom') res.writeHead(500, 'Internal Server Error').end();
     else res.writeHead(404).end();
   });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  base = http.base;
 });
 after(async () => {
-  server.close();
+  await http.close();
   await rm(dir, { recursive: true, force: true });
 });
 

@@ -1,12 +1,11 @@
 import assert from 'node:assert/strict';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { BangerError } from '../../src/api/errors.js';
 import { BUILTIN_KERNELS, loadCatalog, loadKernelCatalog, mergeCatalogs, parseCatalog } from '../../src/kernels/catalog.js';
+import { serveOnLoopback } from '../helpers/http.js';
 
 const SHA = 'ab'.repeat(32);
 const archiveEntry = {
@@ -20,19 +19,18 @@ const archiveEntry = {
 };
 
 let dir: string;
-let server: Server;
+let http: Awaited<ReturnType<typeof serveOnLoopback>>;
 let base: string;
 before(async () => {
   dir = await mkdtemp(join(tmpdir(), 'kcat-'));
-  server = createServer((req, res) => {
+  http = await serveOnLoopback((req, res) => {
     if (req.url === '/cat.json') res.end(JSON.stringify({ kernels: [archiveEntry] }));
     else res.writeHead(404).end();
   });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  base = http.base;
 });
 after(async () => {
-  server.close();
+  await http.close();
   await rm(dir, { recursive: true, force: true });
 });
 
