@@ -40,13 +40,22 @@ export async function installServices(app: App, router: Router): Promise<void> {
   const kernels = new KernelService(repos, layout, clock, locks, { catalogs: config.kernel_catalogs, debianMirror: config.debian_mirror, debianKeyring: config.debian_keyring });
   kernels.removeImagesOf = (kernelId) => images.removeAllForKernel(kernelId);
   const blobs = new BlobCache(join(layout.cacheDir, 'blobs'));
-  // Unpacked trees live on tmpfs when they fit; one directory per state dir (one daemon owns it).
-  const memScratch = existsSync('/dev/shm') ? join('/dev/shm', `banger-${createHash('sha256').update(layout.stateDir).digest('hex').slice(0, 12)}`) : undefined;
-  const scratch = new ScratchSpace(join(layout.stagingDir, 'scratch'), memScratch);
+  // Unpacked trees live on tmpfs when they fit, in a private directory with a random name that
+  // state/scratch-mem names (one daemon per state dir); the predictable name of older versions is
+  // only ever removed, when it is ours.
+  const hasShm = existsSync('/dev/shm');
+  const scratch = new ScratchSpace({
+    diskDir: join(layout.stagingDir, 'scratch'),
+    memParent: hasShm ? '/dev/shm' : undefined,
+    recordFile: join(layout.stateDir, 'scratch-mem'),
+    legacyDirs: hasShm ? [join('/dev/shm', `banger-${createHash('sha256').update(layout.stateDir).digest('hex').slice(0, 12)}`)] : [],
+  });
   await scratch.sweep();
   const leftovers = await sweepLeftovers(layout);
   if (leftovers.length) log.info({ removed: leftovers }, 'removed work left by an earlier daemon');
-  app.addCloser(() => scratch.sweep());
+  app.addCloser(async () => {
+    await scratch.sweep();
+  });
   const images = new ImageService(repos, layout, clock, locks, disks, kernels, blobs, runner, scratch, { catalogs: config.image_catalogs, debianMirror: config.debian_mirror });
   const hostKernel = readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim();
 
