@@ -1,6 +1,6 @@
-import { createWriteStream } from 'node:fs';
-import { chmod, link, lstat, mkdir, readlink, rm, symlink, unlink } from 'node:fs/promises';
-import { dirname, join, resolve } from 'node:path';
+import { constants as fsc, createWriteStream } from 'node:fs';
+import { chmod, type FileHandle, link, lstat, mkdir, open, readlink, realpath, rm, symlink, unlink } from 'node:fs/promises';
+import { dirname, join, relative, resolve, sep } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import * as tar from 'tar-stream';
@@ -244,4 +244,103 @@ async function extractInto(input: Readable, root: string, opts: SafeExtractOptio
   for (const [dir, mode] of [...dirModes].sort((a, b) => b[0].length - a[0].length)) await chmod(dir, mode);
   await chmod(root, 0o755);
   return { entries, bytes };
+}
+
+// ---- consuming extracted (or otherwise untrusted) trees on the host ------------------------
+
+/** True when `path` is `root` itself or lies below it (both absolute and normalised). */
+export function isUnder(root: string, path: string): boolean {
+  const r = resolve(root);
+  const p = resolve(path);
+  return p === r || p.startsWith(r.endsWith(sep) ? r : `${r}${sep}`);
+}
+
+/**
+ * The real path of `path`, which must stay under `root` once every symlink (final or
+ * intermediate) is resolved: an archive's `lib -> /lib` or `vmlinuz -> /etc/shadow` is a guest
+ * path, never a host one. Links inside the tree (`vmlinuz -> vmlinuz-6.1`) are fine.
+ */
+export async function realPathUnder(root: string, path: string, what: string): Promise<string> {
+  const realRoot = await realpath(root);
+  let real: string;
+  try {
+    real = await realpath(path);
+  } catch (e) {
+    throw new BangerError('rejected_content', `${what} ${path} cannot be resolved: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, {
+      fix: 'a symlink in the kernel tree points at something that does not exist inside it; fix the archive or directory',
+    });
+  }
+  if (!isUnder(realRoot, real)) {
+    throw new BangerError('rejected_content', `${what} ${relative(root, path) || path} leads outside ${root} (to ${real}) through a symlink`, {
+      fix: 'symlinks in a kernel archive or directory are guest paths and are never followed out of it on the host: ship the real file in the tree',
+    });
+  }
+  return real;
+}
+
+/**
+ * Opens an existing regular file for reading without following a symlink in its last component
+ * (O_NOFOLLOW), and checks on the open descriptor that it is a regular file (not a FIFO, device
+ * or directory). Use with a path whose directories are trusted or checked (realPathUnder).
+ */
+export async function openRegularNoFollow(path: string, what = 'file'): Promise<{ fh: FileHandle; size: number }> {
+  let fh: FileHandle;
+  try {
+    fh = await open(path, fsc.O_RDONLY | fsc.O_NOFOLLOW | fsc.O_NONBLOCK);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ELOOP') {
+      throw new BangerError('rejected_content', `${what} ${path} is a symlink; banger does not follow it`, { fix: 'replace the symlink by the real file' });
+    }
+    throw new BangerError('rejected_content', `cannot open ${what} ${path}: ${code ?? (e as Error).message}`, { fix: 'check the file exists and is readable' });
+  }
+  const st = await fh.stat();
+  if (!st.isFile()) {
+    await fh.close();
+    throw new BangerError('rejected_content', `${what} ${path} is not a regular file`, { fix: 'give a regular file' });
+  }
+  return { fh, size: st.size };
+}
+
+/** Reads a regular file (no symlink, no FIFO or device) whole, refusing more than `maxBytes`. */
+export async function readRegularNoFollow(path: string, maxBytes: number, what = 'file'): Promise<Buffer> {
+  const { fh, size } = await openRegularNoFollow(path, what);
+  try {
+    if (size > maxBytes) throw new BangerError('rejected_content', `${what} ${path} is ${size} bytes, more than the limit of ${maxBytes}`, { fix: 'check the file' });
+    const buf = Buffer.alloc(size);
+    let off = 0;
+    while (off < size) {
+      const { bytesRead } = await fh.read(buf, off, size - off, off);
+      if (bytesRead === 0) break;
+      off += bytesRead;
+    }
+    return buf.subarray(0, off);
+  } finally {
+    await fh.close();
+  }
+}
+
+/**
+ * Copies a regular file (opened with O_NOFOLLOW, checked on the descriptor) to `dest`, which must
+ * not exist yet (O_EXCL: never written through a link placed there). Returns the bytes copied.
+ */
+export async function copyRegularNoFollow(src: string, dest: string, what = 'file', mode = 0o644): Promise<number> {
+  const { fh } = await openRegularNoFollow(src, what);
+  let out: FileHandle | undefined;
+  try {
+    out = await open(dest, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, mode);
+    const buf = Buffer.alloc(1024 * 1024);
+    let total = 0;
+    for (;;) {
+      const { bytesRead } = await fh.read(buf, 0, buf.length, null);
+      if (bytesRead === 0) break;
+      let w = 0;
+      while (w < bytesRead) w += (await out.write(buf, w, bytesRead - w)).bytesWritten;
+      total += bytesRead;
+    }
+    return total;
+  } finally {
+    await out?.close();
+    await fh.close();
+  }
 }

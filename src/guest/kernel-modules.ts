@@ -1,6 +1,8 @@
-import { copyFile, readdir, readFile } from 'node:fs/promises';
+import { constants as fsc } from 'node:fs';
+import { lstat, open, readdir } from 'node:fs/promises';
 import { basename, join, relative, sep } from 'node:path';
 import { gunzipSync } from 'node:zlib';
+import { readRegularNoFollow } from '../archive/safe-extract.js';
 import type { CommandRunner } from '../host/runner.js';
 
 /**
@@ -69,13 +71,41 @@ export const canonicalModuleName = (name: string): string => name.replace(/-/g, 
 
 const MODULE_FILE = /^(.+)\.ko(\.(?:xz|zst|gz))?$/;
 
-/** Maps canonical module name → file, over the whole modules tree. */
+/** Bounds on what a (hostile) kernel tree can make the host read. */
+const MAX_TREE_ENTRIES = 200_000;
+const MAX_TREE_DEPTH = 32;
+const MAX_MODULE_BYTES = 64 * 1024 * 1024;
+const MAX_BUILTIN_BYTES = 4 * 1024 * 1024;
+
+/**
+ * Regular files under `dir` (relative paths), never descending into a symlinked directory: the
+ * tree comes from a kernel archive, and its links are guest paths (Node 20's recursive readdir
+ * follows them).
+ */
+async function listFiles(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  let seen = 0;
+  const walk = async (rel: string, depth: number): Promise<void> => {
+    if (depth > MAX_TREE_DEPTH) throw new ModuleError(`kernel modules directory ${dir} is nested more than ${MAX_TREE_DEPTH} levels deep`);
+    for (const e of await readdir(rel ? join(dir, rel) : dir, { withFileTypes: true })) {
+      if (++seen > MAX_TREE_ENTRIES) throw new ModuleError(`kernel modules directory ${dir} has more than ${MAX_TREE_ENTRIES} entries`);
+      const r = rel ? `${rel}/${e.name}` : e.name;
+      if (e.isDirectory()) await walk(r, depth + 1);
+      else if (e.isFile()) out.push(r);
+    }
+  };
+  await walk('', 0);
+  return out;
+}
+
+/** Maps canonical module name → file, over the whole modules tree (regular files only, no symlinks). */
 export async function indexModules(modulesDir: string): Promise<Map<string, string>> {
   const index = new Map<string, string>();
   let files: string[];
   try {
-    files = (await readdir(modulesDir, { recursive: true })) as string[];
+    files = await listFiles(modulesDir);
   } catch (e) {
+    if (e instanceof ModuleError) throw e;
     throw new ModuleError(`cannot read kernel modules directory ${modulesDir}: ${(e as Error).message}`);
   }
   for (const rel of files.sort()) {
@@ -91,12 +121,13 @@ export async function indexModules(modulesDir: string): Promise<Map<string, stri
 
 /** Names listed in modules.builtin ("kernel/fs/ext4/ext4.ko" → "ext4"), or undefined without the file. */
 export async function readBuiltin(modulesDir: string): Promise<Set<string> | undefined> {
+  const path = join(modulesDir, 'modules.builtin');
+  if (!(await lstat(path).catch(() => undefined))) return undefined;
   let text: string;
   try {
-    text = await readFile(join(modulesDir, 'modules.builtin'), 'utf8');
+    text = (await readRegularNoFollow(path, MAX_BUILTIN_BYTES, 'modules.builtin')).toString('utf8');
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw e;
+    throw new ModuleError((e as Error).message);
   }
   const names = new Set<string>();
   for (const line of text.split('\n')) {
@@ -164,18 +195,43 @@ export const moduleDepends = (data: Buffer): string[] =>
     .map((d) => canonicalModuleName(d.trim()))
     .filter((d) => d !== '');
 
+/**
+ * A module's bytes, uncompressed. The file is opened without following symlinks and must be a
+ * regular file (a kernel tree's `x.ko -> /etc/shadow` never reaches the initramfs), with bounded
+ * sizes before and after decompression.
+ */
 async function readModule(path: string, runner: CommandRunner | undefined, tmpDir: string | undefined): Promise<Buffer> {
-  if (path.endsWith('.ko')) return readFile(path);
-  if (path.endsWith('.ko.gz')) return gunzipSync(await readFile(path));
+  const read = async (p: string) => {
+    try {
+      return await readRegularNoFollow(p, MAX_MODULE_BYTES, 'kernel module');
+    } catch (e) {
+      throw new ModuleError((e as Error).message);
+    }
+  };
+  if (path.endsWith('.ko')) return read(path);
+  if (path.endsWith('.ko.gz')) {
+    try {
+      return gunzipSync(await read(path), { maxOutputLength: MAX_MODULE_BYTES });
+    } catch (e) {
+      if (e instanceof ModuleError) throw e;
+      throw new ModuleError(`cannot decompress kernel module ${path}: ${(e as Error).message}`);
+    }
+  }
   const tool = path.endsWith('.ko.xz') ? 'xz' : 'zstd';
   if (!runner || !tmpDir) {
     throw new ModuleError(`${path} is ${tool}-compressed; decompressing it needs a CommandRunner and a temp dir`);
   }
   // Both tools decompress a copy in place (x.ko.xz → x.ko): the runner captures stdout as text.
+  // The copy is written from the bytes read above, into banger's own temp dir (O_EXCL).
   const copy = join(tmpDir, basename(path));
-  await copyFile(path, copy);
+  const fh = await open(copy, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600);
+  try {
+    await fh.writeFile(await read(path));
+  } finally {
+    await fh.close();
+  }
   await runner.run(tool, tool === 'xz' ? ['-d', '-f', '-q', copy] : ['-d', '-f', '-q', '--rm', copy], { timeoutMs: 60_000 });
-  return readFile(copy.replace(/\.(xz|zst)$/, ''));
+  return read(copy.replace(/\.(xz|zst)$/, ''));
 }
 
 /**

@@ -1,12 +1,12 @@
 import { createReadStream } from 'node:fs';
-import { copyFile, cp, mkdir, open, readdir, readFile, realpath, rename, rm, stat } from 'node:fs/promises';
+import { cp, lstat, mkdir, open, readdir, realpath, rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { BangerError, notFound } from '../../api/errors.js';
 import type { KernelCatalogEntry, KernelCatalogItem } from '../../api/kernel-schemas.js';
 import { debDataStream } from '../../archive/ar.js';
 import { compressionOf } from '../../archive/decompress.js';
 import { displayUrl, downloadCached } from '../../archive/download.js';
-import { safeExtract } from '../../archive/safe-extract.js';
+import { copyRegularNoFollow, isUnder, readRegularNoFollow, realPathUnder, safeExtract } from '../../archive/safe-extract.js';
 import type { Kernel } from '../../api/schemas.js';
 import type { Layout } from '../../config/layout.js';
 import { guestBinary } from '../../guest/binaries.js';
@@ -26,6 +26,24 @@ export interface KernelSource {
   modulesDir?: string | undefined;
   version: string;
 }
+
+/**
+ * A kernel version becomes a path component (`lib/modules/<version>`) and goes into the
+ * initramfs: one strict charset, no `/`, no leading dot (so never `.` or `..`).
+ */
+export const KERNEL_VERSION = /^[A-Za-z0-9][A-Za-z0-9._+~-]{0,127}$/;
+
+/** Refuses a kernel version that is not a plain name (it would become a path). */
+export function assertKernelVersion(version: string, where: string): string {
+  if (!KERNEL_VERSION.test(version)) {
+    throw new BangerError('rejected_content', `${where}: kernel version ${JSON.stringify(version.slice(0, 200))} is not a valid version`, {
+      fix: 'a kernel version is 1-128 characters of letters, digits, ".", "_", "+", "~" and "-", starting with a letter or digit (e.g. 6.1.0-28-cloud-amd64)',
+    });
+  }
+  return version;
+}
+
+const MAX_MANIFEST_BYTES = 64 * 1024;
 
 /** Size of a tree on disk (apparent bytes), skipping symlinks. */
 export async function treeSize(path: string): Promise<number> {
@@ -53,7 +71,10 @@ export async function discoverKernel(dir: string): Promise<KernelSource> {
     });
   }
   const manifestPath = join(root, 'kernel.json');
-  const manifest = await readFile(manifestPath, 'utf8').catch(() => undefined);
+  const manifestSt = await lstat(manifestPath).catch(() => undefined);
+  const manifest = manifestSt ? (await readRegularNoFollow(manifestPath, MAX_MANIFEST_BYTES, 'kernel manifest')).toString('utf8') : undefined;
+  /** Every file the host will read must really be in the tree: no symlink (final or intermediate) out of it. */
+  const real = (p: string, what: string) => realPathUnder(root, p, what);
   if (manifest !== undefined) {
     let m: { kernel?: unknown; initrd?: unknown; modules?: unknown; version?: unknown };
     try {
@@ -67,11 +88,13 @@ export async function discoverKernel(dir: string): Promise<KernelSource> {
       if (!abs.startsWith(`${root}/`)) throw new BangerError('bad_request', `${manifestPath}: path ${p} points outside ${root}`);
       return abs;
     };
+    if (m.version !== undefined && typeof m.version !== 'string') throw new BangerError('bad_request', `${manifestPath}: "version" must be a string`);
+    const version = assertKernelVersion(typeof m.version === 'string' ? m.version : 'unknown', manifestPath);
     return {
-      kernel: inside(m.kernel),
-      initrd: typeof m.initrd === 'string' ? inside(m.initrd) : undefined,
-      modulesDir: typeof m.modules === 'string' ? inside(m.modules) : undefined,
-      version: typeof m.version === 'string' ? m.version : 'unknown',
+      kernel: await real(inside(m.kernel), 'kernel'),
+      initrd: typeof m.initrd === 'string' ? await real(inside(m.initrd), 'initrd') : undefined,
+      modulesDir: typeof m.modules === 'string' ? await realDir(await real(inside(m.modules), 'modules directory')) : undefined,
+      version,
     };
   }
   const list = async (d: string) => (await readdir(d).catch(() => [] as string[])).sort();
@@ -94,12 +117,19 @@ export async function discoverKernel(dir: string): Promise<KernelSource> {
     });
   }
   const initrd = boot.find((f) => f.startsWith('initrd.img') || f.startsWith('initramfs'));
+  assertKernelVersion(version, root);
   return {
-    kernel: kernelFile,
-    initrd: initrd ? join(root, 'boot', initrd) : undefined,
-    modulesDir: versions.length ? join(modulesBase, version) : undefined,
+    kernel: await real(kernelFile, 'kernel'),
+    initrd: initrd ? await real(join(root, 'boot', initrd), 'initrd') : undefined,
+    modulesDir: versions.length ? await realDir(await real(join(modulesBase, version), 'modules directory')) : undefined,
     version,
   };
+}
+
+async function realDir(path: string): Promise<string> {
+  const st = await lstat(path);
+  if (!st.isDirectory()) throw new BangerError('rejected_content', `kernel modules ${path} is not a directory`, { fix: 'lib/modules/<version> must be a directory' });
+  return path;
 }
 
 export function toKernel(r: KernelRow): Kernel {
@@ -335,23 +365,42 @@ export class KernelService {
     if (existing && existing.id !== opts.replace?.id) {
       throw new BangerError('conflict', `a kernel named "${name}" already exists`, { fix: `pick another name or remove it: banger kernel rm ${name}` });
     }
+    // The version names a directory: validated here too, whoever built `src`.
+    assertKernelVersion(src.version, sourceLabel);
     const id = newId();
     const staging = join(this.layout.stagingDir, `kernel-${id}`);
     const finalDir = join(this.layout.kernelsDir, id);
+    /** Every destination is checked to stay inside staging before anything is written or moved. */
+    const dest = (rel: string) => {
+      const p = resolve(staging, rel);
+      if (p === staging || !isUnder(staging, p)) {
+        throw new BangerError('rejected_content', `${sourceLabel}: "${rel}" would be written outside the kernel's staging directory`, {
+          fix: 'the kernel source names a file or version that is not a plain name; fix it',
+        });
+      }
+      return p;
+    };
     try {
       await mkdir(staging, { recursive: true, mode: 0o700 });
       ctx.stage('copy kernel');
-      // Symlinked inputs are copied as the files they point to: the kernel dir must not depend on them.
-      const kernelDest = join(staging, basename(src.kernel));
-      await copyFile(src.kernel, kernelDest);
+      // A named symlink (e.g. `--kernel /boot/vmlinuz`) is copied as the file it points to, read
+      // through a descriptor opened without following links (discoverKernel already resolved and
+      // contained the files of a tree).
+      const kernelDest = dest(basename(src.kernel));
+      await copyRegularNoFollow(await realpath(src.kernel), kernelDest, 'kernel');
       let modulesRel: string | undefined;
       if (src.modulesDir) {
         modulesRel = join('lib/modules', src.version);
-        const modulesDest = join(staging, modulesRel);
+        const modulesDest = dest(modulesRel);
         if (opts.moveModules) {
           // The source is banger's own staging tree on the same filesystem: a rename, no copy.
+          const from = await realpath(src.modulesDir);
+          const st = await lstat(from);
+          if (from !== src.modulesDir || !st.isDirectory() || !isUnder(await realpath(this.layout.stagingDir), from)) {
+            throw new BangerError('internal', `refusing to move ${src.modulesDir}: not a real directory inside ${this.layout.stagingDir}`);
+          }
           await mkdir(dirname(modulesDest), { recursive: true });
-          await rename(src.modulesDir, modulesDest);
+          await rename(from, modulesDest);
         } else {
           await cp(await realpath(src.modulesDir), modulesDest, { recursive: true, verbatimSymlinks: true });
         }
@@ -359,7 +408,7 @@ export class KernelService {
       let initrdRel: string;
       if (src.initrd) {
         initrdRel = basename(src.initrd);
-        await copyFile(src.initrd, join(staging, initrdRel));
+        await copyRegularNoFollow(await realpath(src.initrd), dest(initrdRel), 'initrd');
       } else {
         ctx.stage('build initramfs', modulesRel ? 'banger-init + virtio modules' : 'banger-init');
         initrdRel = 'banger-initramfs.cpio.gz';
