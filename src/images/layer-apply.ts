@@ -23,6 +23,7 @@ import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import * as tar from 'tar-stream';
 import { BangerError } from '../api/errors.js';
+import { memoryBudgetOf } from '../host/scratch.js';
 
 /** A device node or fifo: mkfs.ext4 -d cannot be fed them unprivileged, so they are made with debugfs afterwards. */
 export interface SpecialNode {
@@ -50,6 +51,11 @@ export class RootfsLedger {
   entries = 0;
   /** Bytes of regular-file content (hardlinks counted once). */
   bytes = 0;
+  /**
+   * What unpacking has put in the tree's backing store so far: every file's content rounded up to
+   * pages plus a fixed cost per entry. Only grows (a whiteout does not give memory back to the count).
+   */
+  treeBytes = 0;
 
   forget(rel: string): void {
     const prefix = `${rel}/`;
@@ -67,14 +73,43 @@ export interface ApplyOptions {
   chownOnDisk: boolean;
   maxEntries: number;
   maxBytes: number;
+  /**
+   * The most the tree may hold in its backing store (`RootfsLedger.treeBytes`): the budget of a
+   * memory-backed tree. Defaults to `memoryBudgetOf(root)` (none for a tree on disk). Past it,
+   * unpacking stops with a `TreeOverBudget` before writing the entry that would cross it.
+   */
+  maxTreeBytes?: number;
   /** Names the layer in errors. */
   label: string;
 }
 
+/** The tree outgrew the memory it was given: the caller may start again on disk. */
+export class TreeOverBudget extends BangerError {
+  constructor(
+    label: string,
+    readonly budget: number,
+  ) {
+    super('rejected_content', `${label}: the unpacked image outgrew the ${Math.round(budget / 1048576)} MiB of memory set aside for it`, {
+      fix: 'free some memory, or check the image: its layers inflate far beyond their compressed size',
+    });
+    this.name = 'TreeOverBudget';
+  }
+}
+
+const PAGE = 4096;
+/** What one entry costs a tmpfs besides its content (inode, dentry), rounded up. */
+const ENTRY_COST = 1024;
+
 const MAX_SYMLINK_HOPS = 40;
 
+/** An entry name fit for a message: control characters escaped, length bounded. */
+function printable(name: string, max = 256): string {
+  const s = name.length > max ? `${name.slice(0, max)}…` : name;
+  return s.replace(/[\x00-\x1f\x7f-\x9f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+}
+
 function rejected(opts: ApplyOptions, entry: string, why: string): BangerError {
-  return new BangerError('rejected_content', `${opts.label}: entry "${entry}" ${why}`, {
+  return new BangerError('rejected_content', `${opts.label}: entry "${printable(entry)}" ${printable(why, 1024)}`, {
     fix: 'the image is corrupt or hostile; nothing was written outside banger’s staging directory',
   });
 }
@@ -102,6 +137,12 @@ export async function applyLayer(input: Readable, opts: ApplyOptions, ledger: Ro
   /** Real directory (relative to root) of each logical parent path already resolved in this layer. */
   const dirCache = new Map<string, string>();
   const abs = (rel: string) => (rel ? `${opts.root}/${rel}` : opts.root);
+  const budget = opts.maxTreeBytes ?? memoryBudgetOf(opts.root);
+  /** Counts `bytes` into the tree before they are written; refuses to cross the budget. */
+  const charge = (bytes: number) => {
+    ledger.treeBytes += bytes;
+    if (budget !== undefined && ledger.treeBytes > budget) throw new TreeOverBudget(opts.label, budget);
+  };
 
   /** Resolves components to a real relative path, creating missing directories; follows safe symlinks. */
   const resolveDir = (entry: string, comps: string[]): string => {
@@ -116,6 +157,7 @@ export async function applyLayer(input: Readable, opts: ApplyOptions, ledger: Ro
       const candidate = [...real, c].join('/');
       const st = lstatSync(abs(candidate), { throwIfNoEntry: false });
       if (!st) {
+        charge(ENTRY_COST);
         mkdirSync(abs(candidate), { mode: 0o755 });
         ledger.entries++;
         if (!opts.chownOnDisk) ledger.owners.set(candidate, { uid: 0, gid: 0, mode: 0o40755 });
@@ -165,6 +207,7 @@ export async function applyLayer(input: Readable, opts: ApplyOptions, ledger: Ro
     const comps = entryComponents(h.name);
     if (comps === 'dotdot') throw rejected(opts, h.name, 'has a ".." component');
     if (++ledger.entries > opts.maxEntries) throw rejected(opts, h.name, `exceeds the limit of ${opts.maxEntries} entries`);
+    charge(ENTRY_COST + (h.type === 'symlink' ? (h.linkname?.length ?? 0) : 0));
     if (comps.length === 0) {
       // The root itself: only its metadata matters.
       if (h.type === 'directory') setMeta('', h, false);
@@ -182,7 +225,10 @@ export async function applyLayer(input: Readable, opts: ApplyOptions, ledger: Ro
       return;
     }
     if (base.startsWith('.wh.')) {
-      const rel = join(base.slice(4));
+      const target = base.slice(4);
+      // `.wh.`, `.wh..` and `.wh...` would name the directory itself or its parent (the tree's root or above).
+      if (target === '' || target === '.' || target === '..') throw rejected(opts, h.name, `is a whiteout of "${target}", which is not a name inside the image`);
+      const rel = join(target);
       if (!createdHere.has(rel)) remove(rel);
       return;
     }
@@ -202,10 +248,17 @@ export async function applyLayer(input: Readable, opts: ApplyOptions, ledger: Ro
         const size = h.size ?? 0;
         ledger.bytes += size;
         if (ledger.bytes > opts.maxBytes) throw rejected(opts, h.name, `brings the image over the limit of ${opts.maxBytes} bytes`);
+        // The header's size is what the body will hold (the tar reader fails the entry otherwise).
+        charge(Math.ceil(size / PAGE) * PAGE);
         // O_EXCL: never opens something already there (a link a lower layer planted included).
         const fd = openSync(abs(rel), 'wx', 0o600);
         try {
-          for await (const chunk of body) writeSync(fd, chunk as Buffer);
+          let written = 0;
+          for await (const chunk of body) {
+            written += (chunk as Buffer).length;
+            if (written > size) throw rejected(opts, h.name, `holds more than the ${size} bytes its header declares`);
+            writeSync(fd, chunk as Buffer);
+          }
           if (opts.chownOnDisk) fchownSync(fd, h.uid ?? 0, h.gid ?? 0);
           else ledger.owners.set(rel, { uid: h.uid ?? 0, gid: h.gid ?? 0, mode: h.mode ?? 0o644 });
           // After chown, which clears setuid/setgid.

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
+import { readFile, rm } from 'node:fs/promises';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { BangerError } from '../api/errors.js';
@@ -10,10 +10,16 @@ import { type ImageConfig, parseConfig, parseManifest, selectPlatform, type Want
 import { formatReference } from '../oci/reference.js';
 import type { RegistryClient } from '../oci/registry.js';
 import { concurrencyLimit } from '../util/limit.js';
-import { applyLayer, RootfsLedger } from './layer-apply.js';
+import { memoryBudgetOf } from '../host/scratch.js';
+import { applyLayer, RootfsLedger, TreeOverBudget } from './layer-apply.js';
 
 export interface FlattenOptions {
-  /** Makes the directory the layers are stacked in, given an estimate of the unpacked size. */
+  /**
+   * Makes the directory the layers are stacked in, given an estimate of the unpacked size. When a
+   * memory-backed tree outgrows its budget (`memoryBudgetOf`), it is asked again with
+   * `Number.MAX_SAFE_INTEGER` (i.e. "on disk"), the layers unpack again there, and the first tree
+   * is removed here.
+   */
   placeTree: (estimateBytes: number) => Promise<string>;
   chownOnDisk: boolean;
   platform: WantedPlatform;
@@ -87,8 +93,9 @@ export async function fetchAndFlatten(client: RegistryClient, cache: BlobCache, 
     for (const d of downloads) d.catch(() => {});
 
     // gzip'd filesystem layers unpack to ~3× their size; 4× leaves room.
-    const root = await opts.placeTree(total * 4);
-    const ledger = new RootfsLedger();
+    let root = await opts.placeTree(total * 4);
+    let ledger = new RootfsLedger();
+    let onDisk = false;
     for (let i = 0; i < manifest.layers.length; i++) {
       const l = manifest.layers[i] as (typeof manifest.layers)[number];
       await downloads[i];
@@ -106,6 +113,19 @@ export async function fetchAndFlatten(client: RegistryClient, cache: BlobCache, 
       const applying = applyLayer(tap, { root, chownOnDisk: opts.chownOnDisk, maxBytes: opts.maxBytes, maxEntries: opts.maxEntries, label }, ledger);
       // The unpacker's error is the meaningful one; the feeder then only reports a premature close.
       const [fed, applied] = await Promise.allSettled([feeding, applying]);
+      if (applied.status === 'rejected' && applied.reason instanceof TreeOverBudget && !onDisk) {
+        // A bomb, or an image that compresses unusually well: RAM is not spent on it past the
+        // budget. Start over on disk (every layer is cached by now, or downloading).
+        onDisk = true;
+        ctx.log(`the unpacked image outgrew the ${Math.round(applied.reason.budget / 1048576)} MiB of memory set aside for it; unpacking again on disk`);
+        const memTree = root;
+        root = await opts.placeTree(Number.MAX_SAFE_INTEGER);
+        await rm(memTree, { recursive: true, force: true });
+        if (memoryBudgetOf(root) !== undefined) throw applied.reason;
+        ledger = new RootfsLedger();
+        i = -1;
+        continue;
+      }
       if (applied.status === 'rejected') throw applied.reason;
       if (fed.status === 'rejected') throw corruptLayer(label, fed.reason);
       const diffId = `sha256:${hash.digest('hex')}`;
