@@ -22,10 +22,23 @@ export function imageSizeFor(ledger: Pick<RootfsLedger, 'bytes' | 'entries'>, re
   return Math.ceil(Math.max(content * 1.5, GIB) / MIB) * MIB;
 }
 
-/** debugfs quotes arguments with "; names it cannot quote are left to the caller to report. */
+/**
+ * debugfs reads a script line by line (fgets into a BUFSIZ buffer: a longer line would run on as a
+ * second command) and splits it like libss: inside double quotes everything is literal, `""` is
+ * one `"`. A newline or carriage return cannot be written at all. Longest quoted argument allowed:
+ * well under half the buffer, so no script line can be split.
+ */
+const MAX_QUOTED = 3000;
+
+/** One debugfs argument; undefined for a name that cannot be written (the caller reports it). */
+export function debugfsQuote(arg: string): string | undefined {
+  if (/[\n\r\0]/.test(arg)) return undefined;
+  const q = `"${arg.replace(/"/g, '""')}"`;
+  return q.length > MAX_QUOTED ? undefined : q;
+}
+
 function quote(path: string): string | undefined {
-  if (/["\n\r\\]/.test(path)) return undefined;
-  return `"/${path}"`;
+  return debugfsQuote(`/${path}`);
 }
 
 const TYPE_BITS = { char: 0o020000, block: 0o060000, fifo: 0o010000 } as const;
@@ -58,9 +71,9 @@ export function fixupScript(ledger: RootfsLedger, ownersOnDisk: boolean): { scri
     }
     // debugfs's mknod links the name into the current directory as given: cd there first.
     const slash = rel.lastIndexOf('/');
-    const dir = slash < 0 ? '/' : `/${rel.slice(0, slash)}`;
-    const base = `"${rel.slice(slash + 1)}"`;
-    lines.push(`cd "${dir}"`, n.type === 'fifo' ? `mknod ${base} p` : `mknod ${base} ${n.type === 'char' ? 'c' : 'b'} ${n.major} ${n.minor}`, 'cd "/"');
+    const dir = debugfsQuote(slash < 0 ? '/' : `/${rel.slice(0, slash)}`) as string;
+    const base = debugfsQuote(rel.slice(slash + 1)) as string;
+    lines.push(`cd ${dir}`, n.type === 'fifo' ? `mknod ${base} p` : `mknod ${base} ${n.type === 'char' ? 'c' : 'b'} ${n.major} ${n.minor}`, 'cd "/"');
     lines.push(`sif ${q} mode 0${(TYPE_BITS[n.type] | n.mode).toString(8)}`, `sif ${q} uid ${n.uid}`, `sif ${q} gid ${n.gid}`);
   }
   return { script: lines.length ? `${lines.join('\n')}\n` : '', skipped };
