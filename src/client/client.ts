@@ -16,6 +16,7 @@ import { type Layout, resolveLayout } from '../config/layout.js';
 import { newOpId } from '../util/ids.js';
 import { startDaemon } from './autostart.js';
 import { errorFrom, isNotRunning, type RawResponse, requestJson, streamEvents, streamText } from './transport.js';
+import { checkVm } from './trust.js';
 
 export interface ClientOptions {
   layout?: Layout;
@@ -128,8 +129,9 @@ export class BangerClient {
   deleteImage = (ref: string) => this.request<{ deleted: string }>('DELETE', `/v1/images/${encodeURIComponent(ref)}`);
 
   // ---- VMs -------------------------------------------------------------------------------
-  vms = async () => (await this.request<{ vms: Vm[] }>('GET', '/v1/vms')).vms;
-  vm = (ref: string) => this.request<Vm>('GET', `/v1/vms/${encodeURIComponent(ref)}`);
+  /** VM names end up in ssh's argv and in paths: checked on arrival (see trust.ts). */
+  vms = async () => (await this.request<{ vms: Vm[] }>('GET', '/v1/vms')).vms.map(checkVm);
+  vm = async (ref: string) => checkVm(await this.request<Vm>('GET', `/v1/vms/${encodeURIComponent(ref)}`));
   createVm = (req: VmCreateRequest) => this.request<{ operation: Operation }>('POST', '/v1/vms', req);
   bulk = (req: VmBulkRequest) => this.request<VmBulkResult>('POST', '/v1/vms/actions', req);
   setVm = (ref: string, req: VmSetRequest) => this.request<Vm>('PATCH', `/v1/vms/${encodeURIComponent(ref)}`, req);

@@ -1,5 +1,6 @@
 import { type IncomingMessage, request as httpRequest } from 'node:http';
 import { BangerError, type ErrorBody } from '../api/errors.js';
+import { assertTrustedSocket } from './trust.js';
 
 export const OP_HEADER = 'x-banger-op';
 const MAX_RESPONSE_BYTES = 64 * 1024 * 1024;
@@ -25,6 +26,8 @@ export function requestJson(
   timeoutMs: number,
 ): Promise<RawResponse> {
   return new Promise((resolve, reject) => {
+    // Every connection: who owns the socket path is checked first (a squatted /tmp/banger-<uid>).
+    assertTrustedSocket(socketPath);
     const payload = body === undefined ? undefined : JSON.stringify(body);
     const req = httpRequest(
       {
@@ -108,6 +111,7 @@ export function streamEvents(
   onEvent: (data: unknown) => boolean | undefined,
 ): Promise<void> {
   return new Promise((resolve, reject) => {
+    assertTrustedSocket(socketPath);
     const req = httpRequest({ socketPath, method: 'GET', path, headers: { [OP_HEADER]: opId, accept: 'text/event-stream' } }, (res) => {
       if (res.statusCode !== 200) return void rejectWithErrorBody(res, opId, reject);
       res.setEncoding('utf8');
@@ -157,6 +161,7 @@ export function streamEvents(
 /** Streams a text response (logs) chunk by chunk until the server ends it or `signal` aborts. */
 export function streamText(socketPath: string, path: string, opId: string, onChunk: (text: string) => void, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
+    assertTrustedSocket(socketPath);
     const req = httpRequest({ socketPath, method: 'GET', path, headers: { [OP_HEADER]: opId } }, (res) => {
       if (res.statusCode !== 200) return void rejectWithErrorBody(res, opId, reject);
       res.setEncoding('utf8');

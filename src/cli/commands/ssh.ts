@@ -6,6 +6,7 @@ import type { Command } from 'commander';
 import { BangerError } from '../../api/errors.js';
 import type { Vm } from '../../api/schemas.js';
 import { BangerClient } from '../../client/client.js';
+import { checkVmName } from '../../client/trust.js';
 import type { Layout } from '../../config/layout.js';
 import { hasInclude, installInclude, shellQuote, uninstallInclude, writeFileAtomic } from '../../host/ssh-config.js';
 
@@ -28,10 +29,25 @@ function runSsh(args: string[]): Promise<number> {
 }
 
 /**
+ * ssh's argv: options, then `--`, then the host, then the remote command (one shell-quoted
+ * word). Nothing after `--` is parsed as an option, so a host name can never become one
+ * (`-oProxyCommand=…` would run a command on the host).
+ */
+export function sshArgv(o: { config: string; attempts: number; tty: boolean; host: string; command: string[] }): string[] {
+  const args = ['-F', o.config, '-o', 'ConnectTimeout=5', '-o', `ConnectionAttempts=${o.attempts}`];
+  if (o.tty) args.push('-t');
+  args.push('--', o.host);
+  if (o.command.length) args.push(shellQuote(o.command));
+  return args;
+}
+
+/**
  * Opens a shell in a running VM, or runs a command there; resolves to ssh's exit status (the
  * remote command's, or 255 for ssh's own failures).
  */
 export async function sshIntoVm(client: BangerClient, v: Vm, command: string[]): Promise<number> {
+  // The name comes from the daemon's answer: it must be a DNS label before it goes near argv.
+  const name = checkVmName(v.name);
   if (v.state !== 'running') {
     throw new BangerError('precondition_failed', `VM ${v.name} is ${v.state}`, { fix: `start it: banger vm start ${v.name}` });
   }
@@ -48,11 +64,7 @@ export async function sshIntoVm(client: BangerClient, v: Vm, command: string[]):
   }
   const config = bangerSshConfigPath(client.layout);
   // sshd starts a moment after the agent reports ready: retry the connection briefly.
-  const args = ['-F', config, '-o', 'ConnectTimeout=5', '-o', `ConnectionAttempts=${attempts}`];
-  if (command.length === 0 && process.stdin.isTTY) args.push('-t');
-  args.push(`${v.name}.vm`);
-  if (command.length) args.push('--', shellQuote(command));
-  return runSsh(args);
+  return runSsh(sshArgv({ config, attempts, tty: command.length === 0 && !!process.stdin.isTTY, host: `${name}.vm`, command }));
 }
 
 export function registerSshCommands(program: Command, vm: Command): void {
