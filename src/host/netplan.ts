@@ -21,12 +21,32 @@ export interface NatSpec {
   natIps: readonly string[];
 }
 
+/** One VM's TAP pinned to its lease: frames from `tap` must carry `mac` and (IPv4, ARP) `ip`. */
+export interface TapPin {
+  tap: string;
+  mac: string;
+  ip: string;
+  /** The VM may reach beyond the VM network (NAT); decided by the TAP it sends on. */
+  nat: boolean;
+}
+
+/** banger's whole policy for one bridge: what each TAP may send, and which TAPs are NATed. */
+export interface NetPolicy {
+  bridge: string;
+  cidr: string;
+  pins: readonly TapPin[];
+}
+
 export const BRIDGE_NAME_RE = /^banger[a-z0-9_-]{0,9}$/;
-export const TAP_NAME_RE = /^bgtap[0-9]{1,6}$/;
-export const NFT_TABLE = 'banger';
+/** TAP names of banger before they were namespaced per bridge; only adopted when on the daemon's own bridge. */
+export const LEGACY_TAP_RE = /^bgtap[0-9]{1,6}$/;
+export const IFNAMSIZ_MAX = 15;
 export const IPT_COMMENT = 'banger';
-export const IPT_NAT_CHAIN = 'BANGER-POSTROUTING';
-export const IPT_FWD_CHAIN = 'BANGER-FORWARD';
+/** Marker left in the network namespace when banger turned ip_forward on (cleared when it restores it). */
+export const NFT_FWD_MARKER = 'banger_ip_forward_was_0';
+export const IPT_FWD_MARKER = 'BANGER-IPFWD-WAS-0';
+/** Most pins one ruleset accepts: a /16 of VMs is far beyond what one host runs. */
+export const MAX_PINS = 65_534;
 
 const IPV4_RE = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
 
@@ -140,11 +160,76 @@ export function validateBridgeName(name: string): string {
   return name;
 }
 
-export function validateTapName(name: string): string {
-  if (typeof name !== 'string' || !TAP_NAME_RE.test(name)) {
-    throw bad(`refusing TAP name ${JSON.stringify(name)}: banger TAP devices are named bgtap<N>`);
+/**
+ * The TAP name prefix of a bridge: "bg" + what follows "banger" + "." (banger0 → bg0., bangerdev →
+ * bgdev.). Bridge names cannot contain ".", so no bridge's prefix is a prefix of another bridge's
+ * TAP names (the nft/ebtables wildcards `bg0.*` match this bridge's TAPs only), and none of them is
+ * a legacy bgtap<N>.
+ */
+export function tapPrefix(bridge: string): string {
+  validateBridgeName(bridge);
+  return `bg${bridge.slice('banger'.length)}.`;
+}
+
+/** Digits a TAP number of `bridge` may have (IFNAMSIZ allows 15 characters; at most 6 digits). */
+export function tapDigits(bridge: string): number {
+  return Math.min(6, IFNAMSIZ_MAX - tapPrefix(bridge).length);
+}
+
+export function tapNameRe(bridge: string): RegExp {
+  return new RegExp(`^${tapPrefix(bridge).replace('.', '\\.')}(0|[1-9][0-9]{0,${tapDigits(bridge) - 1}})$`);
+}
+
+/** The n-th TAP name of `bridge`; throws when n has more digits than the name has room for. */
+export function tapName(bridge: string, n: number): string {
+  const name = `${tapPrefix(bridge)}${n}`;
+  if (!Number.isInteger(n) || n < 0 || !tapNameRe(bridge).test(name)) {
+    throw new BangerError('conflict', `no TAP name left for bridge ${bridge}: TAP number ${n} does not fit in ${IFNAMSIZ_MAX} characters`, {
+      fix: 'stop or delete VMs, or choose a shorter bridge_name in config.toml',
+    });
   }
   return name;
+}
+
+/** The number of one of `bridge`'s TAP names (NaN for other names). */
+export function tapNumber(bridge: string, name: string): number {
+  return tapNameRe(bridge).test(name) ? Number(name.slice(tapPrefix(bridge).length)) : Number.NaN;
+}
+
+/** A TAP name banger creates for `bridge`: its prefix and digits only. */
+export function validateTapName(name: string, bridge: string): string {
+  if (typeof name !== 'string' || !tapNameRe(bridge).test(name)) {
+    throw bad(`refusing TAP name ${JSON.stringify(name)}: TAP devices of bridge ${bridge} are named ${tapPrefix(bridge)}<N>`);
+  }
+  return name;
+}
+
+/** A TAP name banger may touch on `bridge`: its own names, or a legacy bgtap<N> (whose master the caller checks). */
+export function validateOwnTapName(name: string, bridge: string): string {
+  if (typeof name === 'string' && LEGACY_TAP_RE.test(name)) return name;
+  return validateTapName(name, bridge);
+}
+
+/** The nft tables (one `inet` for NAT/forward, one `bridge` for the TAP pins) are named after the bridge. */
+export function nftTableName(bridge: string): string {
+  return validateBridgeName(bridge);
+}
+
+/** iptables chains of one bridge (≤ 28 characters: "BGNAT-" + 15). */
+export function iptChains(bridge: string): { nat: string; fwd: string; pin: string; dispatch: string; comment: string } {
+  validateBridgeName(bridge);
+  return { nat: `BGNAT-${bridge}`, fwd: `BGFWD-${bridge}`, pin: `BGPIN-${bridge}`, dispatch: `BGDSP-${bridge}`, comment: `${IPT_COMMENT}:${bridge}` };
+}
+
+const MAC_RE = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
+
+/** A unicast MAC in lower case; multicast, broadcast and all-zero addresses are refused. */
+export function parseMac(text: string): string {
+  const mac = typeof text === 'string' ? text.toLowerCase() : '';
+  if (!MAC_RE.test(mac) || (Number.parseInt(mac.slice(0, 2), 16) & 1) === 1 || mac === '00:00:00:00:00:00') {
+    throw bad(`invalid MAC address ${JSON.stringify(text)}`, 'a VM MAC is a unicast address such as 52:54:00:1e:00:02');
+  }
+  return mac;
 }
 
 /** Validates a NAT request and normalises it: the network address, sorted unique host IPs inside it. */
@@ -165,21 +250,79 @@ export function normaliseNat(spec: NatSpec): { bridge: string; cidr: string; nat
   };
 }
 
+export interface NormalPolicy {
+  bridge: string;
+  cidr: string;
+  pins: TapPin[];
+  natIps: string[];
+}
+
 /**
- * The whole `inet banger` table as one `nft -f` script. The leading `table` + `delete table` pair
- * makes it replace any previous version in one atomic transaction (and work when none exists),
- * so re-applying never duplicates rules and nothing stale survives.
+ * Validates a policy: every TAP is the bridge's (or a legacy bgtap<N>), every MAC unicast, every IP
+ * a host address of the network, and no TAP, MAC or IP appears twice (two TAPs with one IP would
+ * let one VM answer for another). Pins come out sorted by IP.
  */
-export function buildNftRuleset(spec: NatSpec): string {
-  const { bridge, cidr, natIps } = normaliseNat(spec);
+export function normalisePolicy(spec: NetPolicy): NormalPolicy {
+  validateBridgeName(spec.bridge);
+  const c = parseCidr(spec.cidr);
+  if (!Array.isArray(spec.pins)) throw bad('pins must be a list');
+  if (spec.pins.length > MAX_PINS) throw bad(`too many TAP pins (${spec.pins.length}, at most ${MAX_PINS})`);
+  const taps = new Set<string>();
+  const macs = new Set<string>();
+  const ips = new Set<number>();
+  const pins: Array<TapPin & { n: number }> = [];
+  for (const p of spec.pins) {
+    const tap = validateOwnTapName(p.tap, spec.bridge);
+    const mac = parseMac(p.mac);
+    const n = parseIpv4(p.ip, 'VM address');
+    if (!isHostAddress(c, n)) throw bad(`VM address ${p.ip} is not a host address of ${formatCidr(c)}`);
+    if (taps.has(tap) || macs.has(mac) || ips.has(n)) {
+      throw new BangerError('conflict', `two VMs claim the same TAP, MAC or IP (${tap}, ${mac}, ${p.ip})`, {
+        fix: 'restart bangerd so it rebuilds TAPs from the store',
+      });
+    }
+    taps.add(tap);
+    macs.add(mac);
+    ips.add(n);
+    pins.push({ tap, mac, ip: formatIpv4(n), nat: p.nat === true, n });
+  }
+  pins.sort((a, b) => a.n - b.n);
+  return {
+    bridge: spec.bridge,
+    cidr: formatCidr(c),
+    pins: pins.map(({ n: _n, ...p }) => p),
+    natIps: pins.filter((p) => p.nat).map((p) => p.ip),
+  };
+}
+
+const elems = (items: readonly string[]) => (items.length ? `\n    elements = { ${items.join(', ')} }` : '');
+
+/**
+ * banger's two nft tables for one bridge, as one `nft -f` script (one atomic transaction). Each
+ * `table` + `delete table` pair replaces any previous version (and works when none exists), so
+ * re-applying never duplicates rules and nothing stale survives; another bridge's tables (another
+ * daemon's) are never named.
+ *
+ * - `bridge <bridge>` pins every TAP: a frame from one of the bridge's TAPs must carry its VM's MAC;
+ *   ARP must name the VM's own IP and MAC; IPv4 must come from the VM's IP and, unless the TAP is
+ *   a NAT VM's, go to the VM network (or broadcast/multicast); anything else (IPv6, VLAN tags,
+ *   other ethertypes, a TAP with no VM) is dropped. The NAT decision is made here, by the TAP.
+ * - `inet <bridge>` masquerades NAT VMs' addresses and drops every other forwarded packet from the
+ *   bridge (a second, address-based layer: with the pins a source address proves the TAP).
+ */
+export function buildNftRuleset(spec: NetPolicy): string {
+  const { bridge, cidr, pins, natIps } = normalisePolicy(spec);
+  const t = nftTableName(bridge);
   const br = `"${bridge}"`;
-  const elements = natIps.length ? `\n    elements = { ${natIps.join(', ')} }` : '';
-  return `table inet ${NFT_TABLE}
-delete table inet ${NFT_TABLE}
-table inet ${NFT_TABLE} {
+  const legacy = pins.filter((p) => LEGACY_TAP_RE.test(p.tap)).map((p) => `"${p.tap}"`);
+  return `table inet ${t}
+delete table inet ${t}
+table bridge ${t}
+delete table bridge ${t}
+table inet ${t} {
   comment "banger: NAT for VMs on ${bridge} (${cidr}); rebuilt by bangerd"
   set nat_ips {
-    type ipv4_addr${elements}
+    type ipv4_addr${elems(natIps)}
   }
   chain postrouting {
     type nat hook postrouting priority srcnat; policy accept;
@@ -192,12 +335,41 @@ table inet ${NFT_TABLE} {
     iifname ${br} oifname != ${br} drop
   }
 }
+table bridge ${t} {
+  comment "banger: TAP pins for VMs on ${bridge} (${cidr}); rebuilt by bangerd"
+  set macs {
+    type ifname . ether_addr${elems(pins.map((p) => `"${p.tap}" . ${p.mac}`))}
+  }
+  set pins {
+    type ifname . ether_addr . ipv4_addr${elems(pins.map((p) => `"${p.tap}" . ${p.mac} . ${p.ip}`))}
+  }
+  set nat_taps {
+    type ifname${elems(pins.filter((p) => p.nat).map((p) => `"${p.tap}"`))}
+  }
+  set legacy_taps {
+    type ifname${elems(legacy)}
+  }
+  chain prerouting {
+    type filter hook prerouting priority -200; policy accept;
+    iifname "${tapPrefix(bridge)}*" jump guest
+    iifname @legacy_taps jump guest
+  }
+  chain guest {
+    iifname . ether saddr != @macs drop
+    arp htype 1 arp ptype ip arp hlen 6 arp plen 4 iifname . arp saddr ether . arp saddr ip @pins accept
+    ether type ip iifname . ether saddr . ip saddr != @pins drop
+    ether type ip iifname @nat_taps accept
+    ether type ip ip daddr { ${cidr}, 224.0.0.0/4, 255.255.255.255 } accept
+    drop
+  }
+}
 `;
 }
 
-/** Removes the table if present, in one transaction, without failing when it is absent. */
-export function nftDeleteScript(): string {
-  return `table inet ${NFT_TABLE}\ndelete table inet ${NFT_TABLE}\n`;
+/** Removes the bridge's two tables if present, in one transaction, without failing when they are absent. */
+export function nftDeleteScript(bridge: string): string {
+  const t = nftTableName(bridge);
+  return `table inet ${t}\ndelete table inet ${t}\ntable bridge ${t}\ndelete table bridge ${t}\n`;
 }
 
 export interface IptablesRule {
@@ -207,43 +379,48 @@ export interface IptablesRule {
   args: string[];
 }
 
-const tag = ['-m', 'comment', '--comment', IPT_COMMENT];
+const tagOf = (bridge: string) => ['-m', 'comment', '--comment', iptChains(bridge).comment];
 
-/** Rules of banger's own chains, the iptables equivalent of buildNftRuleset. */
-export function buildIptablesRules(spec: NatSpec): IptablesRule[] {
-  const { bridge, natIps } = normaliseNat(spec);
+/** Rules of banger's own chains for one bridge, the iptables equivalent of the `inet` table. */
+export function buildIptablesRules(spec: NetPolicy): IptablesRule[] {
+  const { bridge, natIps } = normalisePolicy(spec);
+  const ch = iptChains(bridge);
+  const tag = tagOf(bridge);
   const rules: IptablesRule[] = [];
   for (const ip of natIps) {
-    rules.push({ table: 'nat', chain: IPT_NAT_CHAIN, args: ['-s', `${ip}/32`, '!', '-o', bridge, ...tag, '-j', 'MASQUERADE'] });
+    rules.push({ table: 'nat', chain: ch.nat, args: ['-s', `${ip}/32`, '!', '-o', bridge, ...tag, '-j', 'MASQUERADE'] });
   }
   rules.push({
     table: 'filter',
-    chain: IPT_FWD_CHAIN,
+    chain: ch.fwd,
     args: ['-m', 'conntrack', '--ctstate', 'RELATED,ESTABLISHED', ...tag, '-j', 'ACCEPT'],
   });
   for (const ip of natIps) {
-    rules.push({ table: 'filter', chain: IPT_FWD_CHAIN, args: ['-i', bridge, '!', '-o', bridge, '-s', `${ip}/32`, ...tag, '-j', 'ACCEPT'] });
+    rules.push({ table: 'filter', chain: ch.fwd, args: ['-i', bridge, '!', '-o', bridge, '-s', `${ip}/32`, ...tag, '-j', 'ACCEPT'] });
   }
-  rules.push({ table: 'filter', chain: IPT_FWD_CHAIN, args: ['-i', bridge, '!', '-o', bridge, ...tag, '-j', 'DROP'] });
+  rules.push({ table: 'filter', chain: ch.fwd, args: ['-i', bridge, '!', '-o', bridge, ...tag, '-j', 'DROP'] });
   return rules;
 }
 
-/** The jumps from the built-in chains into banger's chains (inserted once, first). */
-export function iptablesJumps(): IptablesRule[] {
+/** The jumps from the built-in chains into one bridge's chains (inserted once, first). */
+export function iptablesJumps(bridge: string): IptablesRule[] {
+  const ch = iptChains(bridge);
+  const tag = tagOf(bridge);
   return [
-    { table: 'nat', chain: 'POSTROUTING', args: [...tag, '-j', IPT_NAT_CHAIN] },
-    { table: 'filter', chain: 'FORWARD', args: [...tag, '-j', IPT_FWD_CHAIN] },
+    { table: 'nat', chain: 'POSTROUTING', args: [...tag, '-j', ch.nat] },
+    { table: 'filter', chain: 'FORWARD', args: [...tag, '-j', ch.fwd] },
   ];
 }
 
 /**
- * An `iptables-restore --noflush` script: declaring banger's chains flushes just them, and each
+ * An `iptables-restore --noflush` script: declaring the bridge's chains flushes just them, and each
  * table commits atomically, so re-applying replaces the rules rather than appending duplicates.
  */
-export function iptablesRestoreScript(rules: readonly IptablesRule[]): string {
+export function iptablesRestoreScript(bridge: string, rules: readonly IptablesRule[]): string {
+  const ch = iptChains(bridge);
   const tables: Array<[IptablesRule['table'], string]> = [
-    ['nat', IPT_NAT_CHAIN],
-    ['filter', IPT_FWD_CHAIN],
+    ['nat', ch.nat],
+    ['filter', ch.fwd],
   ];
   const quote = (a: string) => (/^[A-Za-z0-9_.:/,!-]+$/.test(a) ? a : `"${a}"`);
   let out = '';
@@ -253,4 +430,34 @@ export function iptablesRestoreScript(rules: readonly IptablesRule[]): string {
     out += 'COMMIT\n';
   }
   return out;
+}
+
+export interface EbtablesRule {
+  chain: string;
+  args: string[];
+}
+
+/**
+ * The ebtables (`-t nat`) equivalent of the `bridge` table, for hosts without nft: a dispatch chain
+ * (jumped to from PREROUTING) sends frames from the bridge's TAPs to a pin chain whose policy is
+ * DROP and which accepts only each VM's own MAC + ARP + IPv4 (destinations limited unless NAT).
+ */
+export function buildEbtablesRules(spec: NetPolicy): { dispatch: EbtablesRule[]; pin: EbtablesRule[] } {
+  const { bridge, cidr, pins } = normalisePolicy(spec);
+  const ch = iptChains(bridge);
+  const dispatch: EbtablesRule[] = [{ chain: ch.dispatch, args: ['-i', `${tapPrefix(bridge)}+`, '-j', ch.pin] }];
+  for (const p of pins) if (LEGACY_TAP_RE.test(p.tap)) dispatch.push({ chain: ch.dispatch, args: ['-i', p.tap, '-j', ch.pin] });
+  const pin: EbtablesRule[] = [];
+  for (const p of pins) {
+    const base = ['-i', p.tap, '-s', p.mac];
+    pin.push({
+      chain: ch.pin,
+      args: [...base, '-p', '0x0806', '--arp-htype', '1', '--arp-ptype', '0x0800', '--arp-ip-src', p.ip, '--arp-mac-src', p.mac, '-j', 'ACCEPT'],
+    });
+    const dsts = p.nat ? [undefined] : [cidr, '224.0.0.0/4', '255.255.255.255'];
+    for (const d of dsts) {
+      pin.push({ chain: ch.pin, args: [...base, '-p', '0x0800', '--ip-src', p.ip, ...(d ? ['--ip-dst', d] : []), '-j', 'ACCEPT'] });
+    }
+  }
+  return { dispatch, pin };
 }

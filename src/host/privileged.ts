@@ -2,25 +2,32 @@ import { accessSync, constants } from 'node:fs';
 import { delimiter, join } from 'node:path';
 import { BangerError } from '../api/errors.js';
 import {
+  buildEbtablesRules,
   buildIptablesRules,
   buildNftRuleset,
   type Cidr,
   cidrsOverlap,
   formatCidr,
   formatIpv4,
-  IPT_FWD_CHAIN,
-  IPT_NAT_CHAIN,
+  IPT_COMMENT,
+  IPT_FWD_MARKER,
+  iptChains,
   isHostAddress,
   isIpv4,
   iptablesJumps,
   iptablesRestoreScript,
-  NFT_TABLE,
+  LEGACY_TAP_RE,
+  NFT_FWD_MARKER,
+  type NetPolicy,
   nftDeleteScript,
-  normaliseNat,
+  nftTableName,
+  normalisePolicy,
   parseCidr,
   parseIpv4,
-  TAP_NAME_RE,
+  tapNameRe,
+  tapNumber,
   validateBridgeName,
+  validateOwnTapName,
   validateTapName,
 } from './netplan.js';
 import { CommandError, type CommandRunner, type RunOptions, type RunResult } from './runner.js';
@@ -48,6 +55,8 @@ export interface DoctorInfo {
   mode: 'root' | 'sudo' | 'unavailable';
   detail: string;
   firewall: 'nft' | 'iptables' | 'none';
+  /** How TAPs are pinned to their VM's MAC and IP; 'none' means guests can spoof each other (warn). */
+  pinning: 'nft' | 'ebtables' | 'none';
 }
 
 interface LinkInfo {
@@ -107,8 +116,20 @@ export class PrivilegedOps {
     this.timeoutMs = options.timeoutMs ?? 30_000;
   }
 
+  /** The network namespace host commands run in (tests), or undefined for the daemon's own. */
+  get namespace(): string | undefined {
+    return this.netns;
+  }
+
   private get useSudo(): boolean {
     return this.sudo === 'always' || (this.sudo === 'auto' && process.getuid?.() !== 0);
+  }
+
+  /** How TAPs are pinned: nft's bridge family, else ebtables beside iptables, else not at all. */
+  pinning(): 'nft' | 'ebtables' | 'none' {
+    const fw = this.firewall();
+    if (fw === 'nft') return 'nft';
+    return onPath('ebtables') && onPath('ebtables-restore') ? 'ebtables' : 'none';
   }
 
   /** The backend NAT goes through; iptables only when nft is missing (or forced). */
@@ -138,20 +159,22 @@ export class PrivilegedOps {
 
   async doctorInfo(): Promise<DoctorInfo> {
     const firewall = this.firewall();
+    const pinning = this.pinning();
     if (!this.useSudo) {
       const root = process.getuid?.() === 0;
       return {
         mode: root ? 'root' : 'unavailable',
         detail: root ? 'running as root' : 'not root and sudo disabled: host networking commands will fail',
         firewall,
+        pinning,
       };
     }
     try {
       const r = await this.runner.run('sudo', ['-n', 'true'], { timeoutMs: 5000, allowFailure: true });
-      if (r.code === 0) return { mode: 'sudo', detail: 'privileged commands run through `sudo -n`', firewall };
-      return { mode: 'unavailable', detail: `sudo -n refused: ${(r.stderr || r.stdout).trim().split('\n')[0]}`, firewall };
+      if (r.code === 0) return { mode: 'sudo', detail: 'privileged commands run through `sudo -n`', firewall, pinning };
+      return { mode: 'unavailable', detail: `sudo -n refused: ${(r.stderr || r.stdout).trim().split('\n')[0]}`, firewall, pinning };
     } catch (e) {
-      return { mode: 'unavailable', detail: `sudo is not usable: ${(e as Error).message}`, firewall };
+      return { mode: 'unavailable', detail: `sudo is not usable: ${(e as Error).message}`, firewall, pinning };
     }
   }
 
@@ -260,22 +283,27 @@ export class PrivilegedOps {
 
   // ---- TAPs --------------------------------------------------------------------------------
 
-  private assertTap(l: LinkInfo): void {
+  private assertTap(l: LinkInfo, bridge: string): void {
     if (l.linkinfo?.info_kind !== 'tun') {
       throw new BangerError('conflict', `refusing to touch ${l.ifname}: it exists but is not a TAP device`, {
         fix: `delete ${l.ifname} (it was not created by banger)`,
       });
     }
+    if (l.master && l.master !== bridge) {
+      throw new BangerError('conflict', `refusing to touch ${l.ifname}: it is enslaved to ${l.master}, not ${bridge}`, {
+        fix: `another daemon or tool uses ${l.master}; give each bangerd its own bridge_name`,
+      });
+    }
   }
 
-  /** Creates a TAP on banger's bridge, or re-attaches and ups an existing one (idempotent). */
+  /** Creates a TAP of `bridge` (named with the bridge's prefix) on it, or re-attaches and ups an existing one (idempotent). */
   async createTap(name: string, bridge: string): Promise<void> {
-    validateTapName(name);
     validateBridgeName(bridge);
+    validateTapName(name, bridge);
     await this.ownedBridge(bridge);
     const existing = await this.link(name);
     if (existing) {
-      this.assertTap(existing);
+      this.assertTap(existing, bridge);
     } else {
       // The VMM runs as the daemon's user, so a non-root daemon must own the TAP to open it.
       const uid = process.getuid?.();
@@ -287,21 +315,33 @@ export class PrivilegedOps {
     await this.exec('ip', ['link', 'set', 'dev', name, 'up']);
   }
 
-  async deleteTap(name: string): Promise<void> {
-    validateTapName(name);
+  /**
+   * Deletes one of `bridge`'s TAPs: a name with the bridge's prefix, or a legacy bgtap<N> enslaved
+   * to this bridge. A TAP enslaved to any other bridge (another daemon's) is refused.
+   */
+  async deleteTap(name: string, bridge: string): Promise<void> {
+    validateBridgeName(bridge);
+    validateOwnTapName(name, bridge);
     const l = await this.link(name);
     if (!l) return;
-    this.assertTap(l);
+    this.assertTap(l, bridge);
+    if (LEGACY_TAP_RE.test(name) && l.master !== bridge) {
+      throw new BangerError('conflict', `refusing to delete ${name}: it is not on bridge ${bridge}`);
+    }
     const r = await this.exec('ip', ['link', 'del', 'dev', name], { allowFailure: true });
     if (r.code !== 0 && (await this.link(name))) {
       throw new BangerError('host_command_failed', `ip link del ${name} failed: ${r.stderr.trim()}`);
     }
   }
 
-  /** banger TAP devices present, in numeric order. */
-  async listTaps(): Promise<string[]> {
-    const taps = (await this.links()).filter((l) => TAP_NAME_RE.test(l.ifname) && l.linkinfo?.info_kind === 'tun');
-    return taps.map((l) => l.ifname).sort((a, b) => Number(a.slice(5)) - Number(b.slice(5)));
+  /** `bridge`'s TAP devices present: its own names in numeric order, then legacy bgtap<N> on it. */
+  async listTaps(bridge: string): Promise<string[]> {
+    validateBridgeName(bridge);
+    const re = tapNameRe(bridge);
+    const all = (await this.links()).filter((l) => l.linkinfo?.info_kind === 'tun');
+    const own = all.filter((l) => re.test(l.ifname) && (!l.master || l.master === bridge)).map((l) => l.ifname);
+    const legacy = all.filter((l) => LEGACY_TAP_RE.test(l.ifname) && l.master === bridge).map((l) => l.ifname);
+    return [...own.sort((a, b) => tapNumber(bridge, a) - tapNumber(bridge, b)), ...legacy.sort()];
   }
 
   // ---- resolver routing ----------------------------------------------------------------------
@@ -329,10 +369,49 @@ export class PrivilegedOps {
 
   // ---- forwarding and NAT ------------------------------------------------------------------
 
-  /** IPv4 forwarding, needed for NAT (a host-wide setting, per network namespace). */
-  async enableForwarding(): Promise<void> {
-    const r = await this.exec('sysctl', ['-n', 'net.ipv4.ip_forward']);
-    if (r.stdout.trim() !== '1') await this.exec('sysctl', ['-w', 'net.ipv4.ip_forward=1']);
+  /**
+   * IPv4 forwarding is a per-namespace setting; NAT needs it. When banger turns it on (it was 0) it
+   * leaves a marker in the namespace itself (an empty nft table, or an empty iptables chain), so the
+   * record is shared by every daemon there and vanishes on reboot together with the setting. When
+   * no banger NAT set of any daemon in the namespace has an address left, the marker's owner
+   * restores 0. A host that had forwarding on before banger keeps it: no marker is ever written.
+   */
+  async setForwarding(needed: boolean): Promise<void> {
+    const fw = this.requireFirewall();
+    const on = (await this.exec('sysctl', ['-n', 'net.ipv4.ip_forward'])).stdout.trim() === '1';
+    if (needed) {
+      if (on) return;
+      if (fw === 'nft') {
+        await this.exec('nft', ['-f', '-'], {
+          input: `table inet ${NFT_FWD_MARKER} {\n  comment "banger turned net.ipv4.ip_forward on (it was 0); restored when no banger NAT remains"\n}\n`,
+        });
+      } else {
+        await this.exec('iptables', ['-w', '-N', IPT_FWD_MARKER], { allowFailure: true });
+      }
+      await this.exec('sysctl', ['-w', 'net.ipv4.ip_forward=1']);
+      return;
+    }
+    if (!on || !(await this.forwardingMarker(fw))) return;
+    if (await this.anyBangerNat(fw)) return;
+    await this.exec('sysctl', ['-w', 'net.ipv4.ip_forward=0']);
+    if (fw === 'nft') await this.exec('nft', ['-f', '-'], { input: `table inet ${NFT_FWD_MARKER}\ndelete table inet ${NFT_FWD_MARKER}\n` });
+    else await this.exec('iptables', ['-w', '-X', IPT_FWD_MARKER], { allowFailure: true });
+  }
+
+  private async forwardingMarker(fw: 'nft' | 'iptables'): Promise<boolean> {
+    if (fw === 'nft') return (await this.exec('nft', ['list', 'table', 'inet', NFT_FWD_MARKER], { allowFailure: true })).code === 0;
+    return (await this.exec('iptables', ['-w', '-S', IPT_FWD_MARKER], { allowFailure: true })).code === 0;
+  }
+
+  /** Whether any banger NAT (any daemon's, any bridge, legacy included) still lets an address out. */
+  private async anyBangerNat(fw: 'nft' | 'iptables'): Promise<boolean> {
+    if (fw === 'nft') {
+      const r = await this.exec('nft', ['-j', 'list', 'sets', 'inet']);
+      const doc = JSON.parse(r.stdout || '{}') as { nftables?: Array<{ set?: { table?: string; name?: string; elem?: unknown[] } }> };
+      return (doc.nftables ?? []).some((x) => x.set?.name === 'nat_ips' && x.set.table?.startsWith('banger') && (x.set.elem?.length ?? 0) > 0);
+    }
+    const r = await this.exec('iptables', ['-w', '-t', 'nat', '-S'], { allowFailure: true });
+    return r.stdout.split('\n').some((l) => l.startsWith('-A ') && /--comment "?banger/.test(l) && /MASQUERADE/.test(l));
   }
 
   private requireFirewall(): 'nft' | 'iptables' {
@@ -343,47 +422,114 @@ export class PrivilegedOps {
     return fw;
   }
 
-  /**
-   * Replaces banger's whole NAT/forward policy: `natIps` may leave through NAT, every other
-   * forwarded packet from the bridge is dropped. An empty list keeps VMs host-only.
-   */
-  async applyNat(bridge: string, cidr: string, natIps: readonly string[]): Promise<void> {
-    const spec = normaliseNat({ bridge, cidr, natIps });
-    if (this.requireFirewall() === 'nft') {
-      await this.exec('nft', ['-f', '-'], { input: buildNftRuleset(spec) });
-      return;
-    }
-    await this.exec('iptables-restore', ['-w', '--noflush'], { input: iptablesRestoreScript(buildIptablesRules(spec)) });
-    for (const j of iptablesJumps()) {
-      const check = await this.exec('iptables', ['-w', '-t', j.table, '-C', j.chain, ...j.args], { allowFailure: true });
-      if (check.code !== 0) await this.exec('iptables', ['-w', '-t', j.table, '-I', j.chain, '1', ...j.args]);
-    }
-  }
+  private legacyChecked = new Set<string>();
 
-  async removeNat(): Promise<void> {
-    if (this.requireFirewall() === 'nft') {
-      await this.exec('nft', ['-f', '-'], { input: nftDeleteScript() });
-      return;
-    }
-    for (const j of iptablesJumps()) {
-      for (let i = 0; i < 16; i++) {
-        const r = await this.exec('iptables', ['-w', '-t', j.table, '-D', j.chain, ...j.args], { allowFailure: true });
-        if (r.code !== 0) break;
+  /**
+   * Before tables were named per bridge, every daemon used `inet banger` (nft) or the BANGER-*
+   * chains (iptables). They are removed when they are this bridge's (nft: the table's comment
+   * names it; iptables: the forward chain matches it), never when they are another bridge's.
+   */
+  private async removeLegacy(bridge: string, fw: 'nft' | 'iptables'): Promise<void> {
+    if (this.legacyChecked.has(bridge)) return;
+    if (fw === 'nft') {
+      if (bridge !== 'banger') {
+        const r = await this.exec('nft', ['-j', 'list', 'table', 'inet', 'banger'], { allowFailure: true });
+        if (r.code === 0) {
+          const doc = JSON.parse(r.stdout) as { nftables?: Array<{ table?: { comment?: string } }> };
+          const comment = doc.nftables?.find((x) => x.table)?.table?.comment ?? '';
+          if (comment.includes(`on ${bridge} (`)) await this.exec('nft', ['-f', '-'], { input: 'table inet banger\ndelete table inet banger\n' });
+        }
+      }
+    } else {
+      const fwd = await this.exec('iptables', ['-w', '-S', 'BANGER-FORWARD'], { allowFailure: true });
+      if (fwd.code === 0 && fwd.stdout.split('\n').some((l) => l.includes(` -i ${bridge} `))) {
+        const tag = ['-m', 'comment', '--comment', IPT_COMMENT];
+        for (const [table, chain, legacy] of [
+          ['nat', 'POSTROUTING', 'BANGER-POSTROUTING'],
+          ['filter', 'FORWARD', 'BANGER-FORWARD'],
+        ] as const) {
+          for (let i = 0; i < 16; i++) {
+            if ((await this.exec('iptables', ['-w', '-t', table, '-D', chain, ...tag, '-j', legacy], { allowFailure: true })).code !== 0) break;
+          }
+          await this.exec('iptables', ['-w', '-t', table, '-F', legacy], { allowFailure: true });
+          await this.exec('iptables', ['-w', '-t', table, '-X', legacy], { allowFailure: true });
+        }
       }
     }
-    for (const [table, chain] of [
-      ['nat', IPT_NAT_CHAIN],
-      ['filter', IPT_FWD_CHAIN],
-    ] as const) {
-      await this.exec('iptables', ['-w', '-t', table, '-F', chain], { allowFailure: true });
-      await this.exec('iptables', ['-w', '-t', table, '-X', chain], { allowFailure: true });
+    this.legacyChecked.add(bridge);
+  }
+
+  /**
+   * Replaces banger's whole policy for one bridge: each TAP pinned to its VM's MAC and IP, the
+   * NAT TAPs' VMs masqueraded, every other forwarded packet from the bridge dropped; then IPv4
+   * forwarding on while a NAT VM exists (restored when none is left). Only this bridge's tables or
+   * chains are named, so another daemon's (another bridge's) policy is never touched.
+   */
+  async applyPolicy(spec: NetPolicy): Promise<void> {
+    const policy = normalisePolicy(spec);
+    const fw = this.requireFirewall();
+    await this.removeLegacy(policy.bridge, fw);
+    if (fw === 'nft') {
+      await this.exec('nft', ['-f', '-'], { input: buildNftRuleset(policy) });
+    } else {
+      if (this.pinning() === 'ebtables') await this.applyEbtables(policy);
+      await this.exec('iptables-restore', ['-w', '--noflush'], { input: iptablesRestoreScript(policy.bridge, buildIptablesRules(policy)) });
+      for (const j of iptablesJumps(policy.bridge)) {
+        const check = await this.exec('iptables', ['-w', '-t', j.table, '-C', j.chain, ...j.args], { allowFailure: true });
+        if (check.code !== 0) await this.exec('iptables', ['-w', '-t', j.table, '-I', j.chain, '1', ...j.args]);
+      }
+    }
+    await this.setForwarding(policy.natIps.length > 0);
+  }
+
+  private async applyEbtables(policy: NetPolicy): Promise<void> {
+    const ch = iptChains(policy.bridge);
+    const { dispatch, pin } = buildEbtablesRules(policy);
+    // The pin chain's policy is DROP, so while it is being replaced frames are dropped, not let through.
+    const script = `*nat\n:${ch.pin} DROP\n:${ch.dispatch} RETURN\n${[...dispatch, ...pin].map((r) => `-A ${r.chain} ${r.args.join(' ')}`).join('\n')}\nCOMMIT\n`;
+    await this.exec('ebtables-restore', ['--noflush'], { input: script });
+    const listed = await this.exec('ebtables', ['-t', 'nat', '-L', 'PREROUTING']);
+    if (!listed.stdout.split('\n').some((l) => l.trim() === `-j ${ch.dispatch}`)) {
+      await this.exec('ebtables', ['-t', 'nat', '-I', 'PREROUTING', '1', '-j', ch.dispatch]);
     }
   }
 
-  /** VM addresses the installed ruleset currently lets out through NAT. */
-  async currentNatIps(): Promise<string[]> {
+  /** Removes the bridge's tables (or chains) and restores forwarding if banger turned it on and nothing else needs it. */
+  async removePolicy(bridge: string): Promise<void> {
+    validateBridgeName(bridge);
+    const fw = this.requireFirewall();
+    if (fw === 'nft') {
+      await this.exec('nft', ['-f', '-'], { input: nftDeleteScript(bridge) });
+    } else {
+      const ch = iptChains(bridge);
+      for (const j of iptablesJumps(bridge)) {
+        for (let i = 0; i < 16; i++) {
+          const r = await this.exec('iptables', ['-w', '-t', j.table, '-D', j.chain, ...j.args], { allowFailure: true });
+          if (r.code !== 0) break;
+        }
+      }
+      for (const [table, chain] of [
+        ['nat', ch.nat],
+        ['filter', ch.fwd],
+      ] as const) {
+        await this.exec('iptables', ['-w', '-t', table, '-F', chain], { allowFailure: true });
+        await this.exec('iptables', ['-w', '-t', table, '-X', chain], { allowFailure: true });
+      }
+      if (this.pinning() === 'ebtables') {
+        for (let i = 0; i < 16; i++) {
+          if ((await this.exec('ebtables', ['-t', 'nat', '-D', 'PREROUTING', '-j', ch.dispatch], { allowFailure: true })).code !== 0) break;
+        }
+        for (const chain of [ch.dispatch, ch.pin]) await this.exec('ebtables', ['-t', 'nat', '-X', chain], { allowFailure: true });
+      }
+    }
+    await this.setForwarding(false);
+  }
+
+  /** VM addresses the bridge's installed ruleset currently lets out through NAT. */
+  async currentNatIps(bridge: string): Promise<string[]> {
+    validateBridgeName(bridge);
     if (this.requireFirewall() === 'nft') {
-      const r = await this.exec('nft', ['-j', 'list', 'set', 'inet', NFT_TABLE, 'nat_ips'], { allowFailure: true });
+      const r = await this.exec('nft', ['-j', 'list', 'set', 'inet', nftTableName(bridge), 'nat_ips'], { allowFailure: true });
       if (r.code !== 0) {
         if (/No such file or directory/.test(r.stderr)) return [];
         throw new BangerError('host_command_failed', `nft list set failed: ${r.stderr.trim()}`);
@@ -392,7 +538,7 @@ export class PrivilegedOps {
       const elems = doc.nftables?.find((x) => x.set)?.set?.elem ?? [];
       return elems.filter((e): e is string => typeof e === 'string' && isIpv4(e));
     }
-    const r = await this.exec('iptables', ['-w', '-t', 'nat', '-S', IPT_NAT_CHAIN], { allowFailure: true });
+    const r = await this.exec('iptables', ['-w', '-t', 'nat', '-S', iptChains(bridge).nat], { allowFailure: true });
     if (r.code !== 0) return [];
     const ips: string[] = [];
     for (const line of r.stdout.split('\n')) {

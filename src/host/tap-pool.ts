@@ -1,4 +1,4 @@
-import { validateTapName } from './netplan.js';
+import { tapName, tapNameRe, validateOwnTapName } from './netplan.js';
 import type { PrivilegedOps } from './privileged.js';
 
 export interface TapPoolOptions {
@@ -11,7 +11,8 @@ export interface TapPoolOptions {
 }
 
 /**
- * A warm pool of TAP devices on banger's bridge. TAPs are never recycled: a released one is
+ * A warm pool of TAP devices on banger's bridge, named with the bridge's own prefix (bg0.<N> for
+ * banger0), so daemons on different bridges never see, take or delete each other's TAPs. TAPs are never recycled: a released one is
  * deleted and the pool refilled with fresh devices, so a VM never inherits another VM's TAP state.
  */
 export class TapPool {
@@ -49,14 +50,16 @@ export class TapPool {
    */
   async reconcile(inUse: Set<string>): Promise<void> {
     await this.settled();
-    const present = await this.ops.listTaps();
+    const present = await this.ops.listTaps(this.bridge);
     this.known.clear();
     for (const n of inUse) this.known.add(n);
     for (const n of present) this.known.add(n);
+    // Legacy bgtap<N> spares (from before TAP names were per bridge) are deleted, never pooled.
+    const own = tapNameRe(this.bridge);
     const spare = present.filter((n) => !inUse.has(n));
-    const keep = spare.slice(0, this.size);
-    for (const n of spare.slice(this.size)) {
-      await this.ops.deleteTap(n);
+    const keep = spare.filter((n) => own.test(n)).slice(0, this.size);
+    for (const n of spare.filter((x) => !keep.includes(x))) {
+      await this.ops.deleteTap(n, this.bridge);
       this.known.delete(n);
     }
     // createTap is idempotent: it re-attaches a kept TAP to the bridge and sets it up.
@@ -74,18 +77,18 @@ export class TapPool {
 
   /** Deletes the VM's TAP; rejects if it cannot be deleted (its name stays reserved then). */
   async release(name: string): Promise<void> {
-    validateTapName(name);
+    validateOwnTapName(name, this.bridge);
     this.idle = this.idle.filter((n) => n !== name);
     this.known.add(name);
-    await this.ops.deleteTap(name);
+    await this.ops.deleteTap(name, this.bridge);
     this.known.delete(name);
     this.scheduleRefill();
   }
 
   private nextName(): string {
     let n = 0;
-    while (this.known.has(`bgtap${n}`)) n++;
-    const name = `bgtap${n}`;
+    while (this.known.has(tapName(this.bridge, n))) n++;
+    const name = tapName(this.bridge, n);
     this.known.add(name);
     return name;
   }
@@ -98,7 +101,7 @@ export class TapPool {
       return name;
     } catch (e) {
       // Best effort: a half-created device would otherwise hold the name until the next reconcile.
-      await this.ops.deleteTap(name).then(
+      await this.ops.deleteTap(name, this.bridge).then(
         () => this.known.delete(name),
         () => {},
       );

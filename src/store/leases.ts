@@ -55,6 +55,17 @@ export class LeaseRepo {
     return this.db.prepare('SELECT * FROM ip_leases ORDER BY created_at, vm_id').all() as LeaseRow[];
   }
 
+  /**
+   * Every VM that holds a TAP, with its lease: what the host pins each TAP to (MAC, IP) and whether
+   * the VM is NATed. One statement, so the TAP, lease and NAT flag come from one snapshot.
+   */
+  pins(): Array<{ vmId: string; tap: string; mac: string; ip: string; nat: boolean }> {
+    const rows = this.db
+      .prepare('SELECT v.id AS vmId, v.tap AS tap, l.mac AS mac, l.ip AS ip, v.nat AS nat FROM vms v JOIN ip_leases l ON l.vm_id = v.id WHERE v.tap IS NOT NULL ORDER BY v.id')
+      .all() as Array<{ vmId: string; tap: string; mac: string; ip: string; nat: number }>;
+    return rows.map((r) => ({ ...r, nat: r.nat === 1 }));
+  }
+
   byVm(vmId: string): LeaseRow | undefined {
     return this.db.prepare('SELECT * FROM ip_leases WHERE vm_id = ?').get(vmId) as LeaseRow | undefined;
   }

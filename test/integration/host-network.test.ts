@@ -4,9 +4,11 @@ import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { after, test } from 'node:test';
 import { BangerError } from '../../src/api/errors.js';
+import { macForIp } from '../../src/host/netplan.js';
 import { OWNER_ALIAS, PrivilegedOps } from '../../src/host/privileged.js';
 import { type CommandRunner, ProcessRunner, type RunOptions, type RunResult } from '../../src/host/runner.js';
 import { TapPool } from '../../src/host/tap-pool.js';
+import { waitFor } from './harness.js';
 
 /*
  * Every test here runs inside network namespaces it creates (banger-t-<random>) and deletes in
@@ -108,7 +110,7 @@ test('ensureBridge/deleteBridge refuse a pre-existing bridge banger does not own
   const ops = new PrivilegedOps({ runner, netns: ns });
   await assert.rejects(ops.ensureBridge('bangerx', '10.77.0.1/24'), rejectsWith('conflict', /not a banger-managed bridge/));
   await assert.rejects(ops.deleteBridge('bangerx'), rejectsWith('conflict'));
-  await assert.rejects(ops.createTap('bgtap0', 'bangerx'), rejectsWith('conflict'));
+  await assert.rejects(ops.createTap('bgx.0', 'bangerx'), rejectsWith('conflict'));
   const l = await linkJson(ns, 'bangerx');
   assert.ok(l, 'the foreign bridge is left alone');
   assert.equal(l.ifalias, undefined);
@@ -146,76 +148,98 @@ test('bad names and arguments are refused before any command runs', async () => 
   await assert.rejects(ops.ensureBridge('banger0', '10.77.0.1/24; reboot'), rejectsWith('bad_request'));
   await assert.rejects(ops.deleteBridge('br0'), rejectsWith('bad_request'));
   await assert.rejects(ops.createTap('eth0', 'banger0'), rejectsWith('bad_request'));
-  await assert.rejects(ops.createTap('bgtap0', 'docker0'), rejectsWith('bad_request'));
-  await assert.rejects(ops.deleteTap('vnet0'), rejectsWith('bad_request'));
-  await assert.rejects(ops.applyNat('banger0', '10.77.0.0/24', ['10.78.0.2']), rejectsWith('bad_request', /not a host address/));
-  await assert.rejects(ops.applyNat('banger0', '10.77.0.0/24', ['10.77.0.2/32']), rejectsWith('bad_request'));
-  await assert.rejects(ops.applyNat('eth0', '10.77.0.0/24', []), rejectsWith('bad_request'));
+  await assert.rejects(ops.createTap('bg0.0', 'docker0'), rejectsWith('bad_request'));
+  await assert.rejects(ops.deleteTap('vnet0', 'banger0'), rejectsWith('bad_request'));
+  // Another bridge's TAP names (another daemon's) are not this bridge's to create or delete; legacy names are never created.
+  await assert.rejects(ops.createTap('bg1.0', 'banger0'), rejectsWith('bad_request'));
+  await assert.rejects(ops.deleteTap('bg1.0', 'banger0'), rejectsWith('bad_request'));
+  await assert.rejects(ops.createTap('bgtap0', 'banger0'), rejectsWith('bad_request'));
+  const pin = (tap: string, ip: string) => ({ tap, mac: '52:54:00:4d:00:02', ip, nat: true });
+  await assert.rejects(ops.applyPolicy({ bridge: 'banger0', cidr: '10.77.0.0/24', pins: [pin('bg0.0', '10.78.0.2')] }), rejectsWith('bad_request', /not a host address/));
+  await assert.rejects(ops.applyPolicy({ bridge: 'banger0', cidr: '10.77.0.0/24', pins: [pin('bg0.0', '10.77.0.2/32')] }), rejectsWith('bad_request'));
+  await assert.rejects(ops.applyPolicy({ bridge: 'banger0', cidr: '10.77.0.0/24', pins: [pin('bg1.0', '10.77.0.2')] }), rejectsWith('bad_request'));
+  await assert.rejects(ops.applyPolicy({ bridge: 'eth0', cidr: '10.77.0.0/24', pins: [] }), rejectsWith('bad_request'));
+  await assert.rejects(ops.removePolicy('eth0'), rejectsWith('bad_request'));
   assert.throws(() => new PrivilegedOps({ runner: recorder, netns: 'x; rm -rf /' }), rejectsWith('bad_request'));
   assert.equal(calls.length, 0, JSON.stringify(calls));
 
   // Commands go through `ip netns exec` when a namespace is set, and through `sudo -n` when asked.
   const viaSudo = new PrivilegedOps({ runner: recorder, netns: 'banger-t-x', sudo: 'always', firewall: 'nft' });
-  await viaSudo.applyNat('banger0', '10.77.0.0/24', []);
-  assert.deepEqual(calls[0]?.slice(0, 8), ['sudo', '-n', 'ip', 'netns', 'exec', 'banger-t-x', 'nft', '-f']);
+  await viaSudo.applyPolicy({ bridge: 'banger0', cidr: '10.77.0.0/24', pins: [] });
+  assert.ok(calls.length > 0);
+  for (const c of calls) assert.deepEqual(c.slice(0, 6), ['sudo', '-n', 'ip', 'netns', 'exec', 'banger-t-x']);
+  assert.ok(calls.some((c) => c.slice(6, 8).join(' ') === 'nft -f'), JSON.stringify(calls));
   assert.equal((await viaSudo.doctorInfo()).mode, 'sudo');
   assert.equal((await new PrivilegedOps({ runner: recorder, sudo: 'never' }).doctorInfo()).mode, process.getuid?.() === 0 ? 'root' : 'unavailable');
 });
 
-test('createTap/listTaps/deleteTap: bgtap<N> devices on the banger bridge only', { skip }, async () => {
+test('createTap/listTaps/deleteTap: the bridge\'s own TAP names on its own bridge only', { skip }, async () => {
   const ns = await newNs('tap');
   const ops = new PrivilegedOps({ runner, netns: ns });
   await ops.ensureBridge('banger0', '10.77.0.1/24');
-  await ops.createTap('bgtap3', 'banger0');
-  await ops.createTap('bgtap3', 'banger0');
-  await ops.createTap('bgtap12', 'banger0');
-  const l = await linkJson(ns, 'bgtap3');
+  await ops.ensureBridge('banger1', '10.78.0.1/24');
+  await ops.createTap('bg0.3', 'banger0');
+  await ops.createTap('bg0.3', 'banger0');
+  await ops.createTap('bg0.12', 'banger0');
+  const l = await linkJson(ns, 'bg0.3');
   assert.equal(l?.master, 'banger0');
   assert.equal(l?.linkinfo?.info_kind, 'tun');
   assert.ok(l?.flags.includes('UP'));
   // A TAP detached by someone else is re-attached.
-  await ipn(ns, 'link', 'set', 'bgtap12', 'nomaster');
-  await ops.createTap('bgtap12', 'banger0');
-  assert.equal((await linkJson(ns, 'bgtap12'))?.master, 'banger0');
-  // Other TAPs and same-prefix non-TAP links are not banger's.
+  await ipn(ns, 'link', 'set', 'bg0.12', 'nomaster');
+  await ops.createTap('bg0.12', 'banger0');
+  assert.equal((await linkJson(ns, 'bg0.12'))?.master, 'banger0');
+  // Other TAPs, same-prefix non-TAP links and another bridge's TAPs are not banger0's.
   await ipn(ns, 'tuntap', 'add', 'dev', 'othertap', 'mode', 'tap');
-  await plainLink(ns, 'bgtap99');
-  assert.deepEqual(await ops.listTaps(), ['bgtap3', 'bgtap12']);
-  await assert.rejects(ops.deleteTap('bgtap99'), rejectsWith('conflict', /not a TAP/));
-  await assert.rejects(ops.createTap('bgtap99', 'banger0'), rejectsWith('conflict'));
-  await ops.deleteTap('bgtap3');
-  await ops.deleteTap('bgtap3');
-  assert.deepEqual(await ops.listTaps(), ['bgtap12']);
-  assert.ok(await linkJson(ns, 'othertap'));
-  assert.ok(await linkJson(ns, 'bgtap99'));
+  await plainLink(ns, 'bg0.99');
+  await ops.createTap('bg1.0', 'banger1');
+  // A legacy bgtap<N> counts only when it is on this bridge.
+  await ipn(ns, 'tuntap', 'add', 'dev', 'bgtap7', 'mode', 'tap');
+  await ipn(ns, 'link', 'set', 'bgtap7', 'master', 'banger1');
+  await ipn(ns, 'tuntap', 'add', 'dev', 'bgtap8', 'mode', 'tap');
+  await ipn(ns, 'link', 'set', 'bgtap8', 'master', 'banger0');
+  assert.deepEqual(await ops.listTaps('banger0'), ['bg0.3', 'bg0.12', 'bgtap8']);
+  assert.deepEqual(await ops.listTaps('banger1'), ['bg1.0', 'bgtap7']);
+  await assert.rejects(ops.deleteTap('bg0.99', 'banger0'), rejectsWith('conflict', /not a TAP/));
+  await assert.rejects(ops.createTap('bg0.99', 'banger0'), rejectsWith('conflict'));
+  await assert.rejects(ops.deleteTap('bgtap7', 'banger0'), rejectsWith('conflict', /banger1/));
+  // A TAP with banger0's name that someone moved to banger1 is not deleted through banger0 either.
+  await ipn(ns, 'link', 'set', 'bg0.12', 'master', 'banger1');
+  await assert.rejects(ops.deleteTap('bg0.12', 'banger0'), rejectsWith('conflict', /enslaved to banger1/));
+  await ipn(ns, 'link', 'set', 'bg0.12', 'master', 'banger0');
+  await ops.deleteTap('bg0.3', 'banger0');
+  await ops.deleteTap('bg0.3', 'banger0');
+  await ops.deleteTap('bgtap8', 'banger0');
+  assert.deepEqual(await ops.listTaps('banger0'), ['bg0.12']);
+  for (const kept of ['othertap', 'bg0.99', 'bg1.0', 'bgtap7']) assert.ok(await linkJson(ns, kept), kept);
 });
 
 test('TapPool: reconcile keeps in-use TAPs, trims extras, fills to size; acquire/release never recycle', { skip }, async () => {
   const ns = await newNs('pool');
   const ops = new PrivilegedOps({ runner, netns: ns });
   await ops.ensureBridge('banger0', '10.77.0.1/24');
-  for (const t of ['bgtap1', 'bgtap4', 'bgtap5', 'bgtap6']) await ops.createTap(t, 'banger0');
+  for (const t of ['bg0.1', 'bg0.4', 'bg0.5', 'bg0.6']) await ops.createTap(t, 'banger0');
   const errors: unknown[] = [];
   const pool = new TapPool({ ops, bridge: 'banger0', size: 2, onError: (e) => errors.push(e) });
 
-  await pool.reconcile(new Set(['bgtap5', 'bgtap9']));
+  await pool.reconcile(new Set(['bg0.5', 'bg0.9']));
   assert.equal(pool.idleCount(), 2);
-  // bgtap5 is a running VM's; two spares kept (bgtap1, bgtap4), bgtap6 deleted.
-  assert.deepEqual(await ops.listTaps(), ['bgtap1', 'bgtap4', 'bgtap5']);
+  // bg0.5 is a running VM's; two spares kept (bg0.1, bg0.4), bg0.6 deleted.
+  assert.deepEqual(await ops.listTaps('banger0'), ['bg0.1', 'bg0.4', 'bg0.5']);
 
   const a = await pool.acquire();
   const b = await pool.acquire();
   const c = await pool.acquire();
-  assert.equal(new Set([a, b, c, 'bgtap5']).size, 4, `distinct TAPs: ${a} ${b} ${c}`);
-  assert.notEqual(c, 'bgtap9', 'a name reserved for an in-use VM is never handed out');
+  assert.equal(new Set([a, b, c, 'bg0.5']).size, 4, `distinct TAPs: ${a} ${b} ${c}`);
+  assert.notEqual(c, 'bg0.9', 'a name reserved for an in-use VM is never handed out');
   await pool.settled();
   assert.equal(pool.idleCount(), 2);
-  const present = await ops.listTaps();
+  const present = await ops.listTaps('banger0');
   assert.equal(present.length, 1 + 3 + 2);
   for (const t of [a, b, c]) assert.equal((await linkJson(ns, t))?.master, 'banger0');
 
   await pool.release(a);
-  assert.ok(!(await ops.listTaps()).includes(a), 'a released TAP is deleted, not pooled');
+  assert.ok(!(await ops.listTaps('banger0')).includes(a), 'a released TAP is deleted, not pooled');
   await pool.settled();
   assert.equal(pool.idleCount(), 2);
   const d = await pool.acquire();
@@ -225,18 +249,18 @@ test('TapPool: reconcile keeps in-use TAPs, trims extras, fills to size; acquire
 
   // Restart: a new pool adopting the host's state converges to in-use + size.
   const again = new TapPool({ ops, bridge: 'banger0', size: 1 });
-  await again.reconcile(new Set([b, c, d, 'bgtap5']));
+  await again.reconcile(new Set([b, c, d, 'bg0.5']));
   assert.equal(again.idleCount(), 1);
-  assert.equal((await ops.listTaps()).length, 5);
+  assert.equal((await ops.listTaps('banger0')).length, 5);
 
   // Size 0: nothing idle, TAPs created on demand.
   const none = new TapPool({ ops, bridge: 'banger0', size: 0 });
-  await none.reconcile(new Set([b, c, d, 'bgtap5']));
-  assert.equal((await ops.listTaps()).length, 4);
+  await none.reconcile(new Set([b, c, d, 'bg0.5']));
+  assert.equal((await ops.listTaps('banger0')).length, 4);
   const e = await none.acquire();
   await none.settled();
   assert.equal(none.idleCount(), 0);
-  assert.deepEqual((await ops.listTaps()).length, 5);
+  assert.deepEqual((await ops.listTaps('banger0')).length, 5);
   await none.release(e);
 });
 
@@ -245,6 +269,7 @@ test('TapPool: a failing background refill never rejects and is reported', async
   const made: string[] = [];
   const fakeOps = {
     listTaps: async () => [...made],
+    // fake PrivilegedOps: records names only
     createTap: async (name: string) => {
       if (fail) throw new Error('boom');
       made.push(name);
@@ -257,9 +282,9 @@ test('TapPool: a failing background refill never rejects and is reported', async
   const errors: unknown[] = [];
   const pool = new TapPool({ ops: fakeOps, bridge: 'banger0', size: 2, onError: (e) => errors.push(e) });
   await pool.reconcile(new Set());
-  assert.deepEqual(made, ['bgtap0', 'bgtap1']);
+  assert.deepEqual(made, ['bg0.0', 'bg0.1']);
   fail = true;
-  assert.equal(await pool.acquire(), 'bgtap0');
+  assert.equal(await pool.acquire(), 'bg0.0');
   await pool.settled();
   assert.equal(errors.length, 1);
   assert.equal(pool.idleCount(), 1);
@@ -273,28 +298,108 @@ test('TapPool: a failing background refill never rejects and is reported', async
   assert.equal(new Set(made).size, made.length);
 });
 
-/** host ns (bridge + NAT) between a "VM" ns on the bridge and an "upstream" ns with a TCP server. */
-async function natTopology() {
+// ---- NAT, pins and spoofing -------------------------------------------------------------------
+
+/** Frames built byte by byte in a guest namespace and sent on its NIC with a raw packet socket. */
+const FRAME_SENDER = String.raw`
+import json, socket, struct, sys
+def mac(m): return bytes(int(x, 16) for x in m.split(':'))
+def ip(a): return socket.inet_aton(a)
+def csum(b):
+    s = sum(struct.unpack('!%dH' % (len(b) // 2), b))
+    while s >> 16: s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff
+spec = json.loads(sys.argv[1])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((spec['dev'], 0))
+for f in spec['frames']:
+    eth = mac(f['dst_mac']) + mac(f['src_mac'])
+    if f['kind'] == 'udp':
+        payload = f['payload'].encode()
+        udp = struct.pack('!HHHH', 40000, f['dport'], 8 + len(payload), 0) + payload
+        hdr = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(udp), 1, 0x4000, 64, 17, 0, ip(f['src_ip']), ip(f['dst_ip']))
+        hdr = hdr[:10] + struct.pack('!H', csum(hdr)) + hdr[12:]
+        s.send(eth + b'\x08\x00' + hdr + udp)
+    elif f['kind'] == 'arp':
+        arp = struct.pack('!HHBBH6s4s6s4s', 1, 0x0800, 6, 4, f['op'], mac(f['sha']), ip(f['spa']), mac(f['tha']), ip(f['tpa']))
+        s.send(eth + b'\x08\x06' + arp + b'\x00' * 18)
+`;
+
+const python = sbin('python3') ? false : 'requires python3 (crafts raw Ethernet frames)';
+
+interface Guest {
+  ns: string;
+  tap: string;
+  ip: string;
+  mac: string;
+}
+
+/** A UDP listener in `ns` that records "source-address payload" lines. */
+async function udpListener(ns: string, addr: string, port: number): Promise<string[]> {
+  const child = spawn(
+    'ip',
+    [
+      'netns',
+      'exec',
+      ns,
+      process.execPath,
+      '-e',
+      `const s = require('node:dgram').createSocket('udp4');
+       s.on('message', (m, r) => console.log(r.address + ' ' + m.toString()));
+       s.bind(${port}, '${addr}', () => console.log('listening'));`,
+    ],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
+  children.push(child);
+  const seen: string[] = [];
+  await new Promise<void>((resolve, reject) => {
+    let buf = '';
+    child.stdout?.on('data', (b: Buffer) => {
+      buf += b.toString();
+      const lines = buf.split('\n');
+      buf = lines.pop() ?? '';
+      for (const l of lines) {
+        if (l === 'listening') resolve();
+        else seen.push(l);
+      }
+    });
+    child.once('exit', (code) => reject(new Error(`UDP listener exited with ${code}`)));
+  });
+  return seen;
+}
+
+/**
+ * host ns (banger's bridge, policy) between "guest" namespaces on the bridge and an "upstream" ns.
+ * Each guest is a veth pair: its bridge end carries the guest's TAP name (the pins key on the
+ * ingress port's name), its other end is the guest's NIC with the MAC banger leases for its IP.
+ * Upstream routes the VM network back via the host, so without banger's tables plain forwarding
+ * works: a refused connection proves the drop, and seeing the host's address proves NAT.
+ */
+async function topology(bridge: string, firewall: 'nft' | 'iptables', guestIps: string[]) {
   const host = await newNs('host');
-  const vm = await newNs('vm');
   const up = await newNs('up');
-  const ops = (firewall: 'nft' | 'iptables') => new PrivilegedOps({ runner, netns: host, firewall });
-  await ops('nft').ensureBridge('banger0', '10.77.0.1/24');
-  await ops('nft').enableForwarding();
-  // The veth's bridge end stands in for a TAP, its other end for the guest's NIC.
-  await ipn(host, 'link', 'add', 'bgport0', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', vm);
-  await ipn(host, 'link', 'set', 'bgport0', 'master', 'banger0', 'up');
-  await ipn(vm, 'addr', 'add', '10.77.0.2/24', 'dev', 'eth0');
-  await ipn(vm, 'link', 'set', 'eth0', 'up');
-  await ipn(vm, 'route', 'add', 'default', 'via', '10.77.0.1');
-  // Upstream routes 10.77.0.0/24 back via the host, so without banger's table plain forwarding
-  // works: a refused connection proves the forward drop, and seeing the host's address proves NAT.
+  const ops = new PrivilegedOps({ runner, netns: host, firewall });
+  await ops.ensureBridge(bridge, '10.77.0.1/24');
+  const guests: Guest[] = [];
+  for (const [i, ip] of guestIps.entries()) {
+    const ns = await newNs('vm');
+    const tap = `bg${bridge.slice(6)}.${i}`;
+    const mac = macForIp(ip);
+    await ipn(host, 'link', 'add', tap, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns);
+    await ipn(host, 'link', 'set', tap, 'master', bridge, 'up');
+    await ipn(ns, 'link', 'set', 'eth0', 'address', mac);
+    await ipn(ns, 'addr', 'add', `${ip}/24`, 'dev', 'eth0');
+    await ipn(ns, 'link', 'set', 'eth0', 'up');
+    await ipn(ns, 'route', 'add', 'default', 'via', '10.77.0.1');
+    guests.push({ ns, tap, ip, mac });
+  }
   await ipn(host, 'link', 'add', 'uplink0', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', up);
   await ipn(host, 'addr', 'add', '198.51.100.1/24', 'dev', 'uplink0');
   await ipn(host, 'link', 'set', 'uplink0', 'up');
   await ipn(up, 'addr', 'add', '198.51.100.2/24', 'dev', 'eth0');
   await ipn(up, 'link', 'set', 'eth0', 'up');
   await ipn(up, 'route', 'add', '10.77.0.0/24', 'via', '198.51.100.1');
+  const bridgeMac = (JSON.parse((await ipn(host, '-j', 'link', 'show', 'dev', bridge)).stdout) as Array<{ address: string }>)[0]?.address as string;
 
   const server = spawn(
     'ip',
@@ -323,83 +428,183 @@ async function natTopology() {
       }
     });
     server.once('exit', (code) => reject(new Error(`upstream server exited with ${code}`)));
-    setTimeout(() => reject(new Error('upstream server did not start')), 10_000).unref();
   });
 
-  /** Connects from the VM ns; resolves to the address upstream saw, or undefined when it cannot connect. */
-  const connectFromVm = async (): Promise<string | undefined> => {
+  /** Connects from a guest with its kernel's stack; resolves to the address upstream saw, or undefined when it cannot connect. */
+  const connectFrom = async (g: Guest): Promise<string | undefined> => {
     const script = `const s = require('node:net').connect({ host: '198.51.100.2', port: 8080 });
       let out = ''; s.setTimeout(1500, () => process.exit(3));
       s.on('data', (d) => (out += d)); s.on('end', () => { process.stdout.write(out.trim()); process.exit(0); });
       s.on('error', () => process.exit(4));`;
-    const r = await inNs(vm, process.execPath, ['-e', script], { allowFailure: true, timeoutMs: 10_000 });
+    const r = await inNs(g.ns, process.execPath, ['-e', script], { allowFailure: true, timeoutMs: 10_000 });
     return r.code === 0 ? r.stdout : undefined;
   };
-  return { host, ops, connectFromVm, seen };
+
+  /**
+   * Sends crafted frames from a guest's NIC. Every sender is pinned to CPU 0: frames then go
+   * through one per-CPU backlog queue in the order they were sent, so a later frame seen at the
+   * far end proves an earlier one was already forwarded or dropped (no waiting on a clock).
+   */
+  const send = async (g: Guest, frames: object[]) => {
+    await runner.run('taskset', ['-c', '0', 'ip', 'netns', 'exec', g.ns, 'python3', '-c', FRAME_SENDER, JSON.stringify({ dev: 'eth0', frames })]);
+  };
+  const udp = (g: Guest, o: { srcMac?: string; srcIp?: string; dstIp: string; dport: number; payload: string }) => ({
+    kind: 'udp',
+    src_mac: o.srcMac ?? g.mac,
+    dst_mac: bridgeMac,
+    src_ip: o.srcIp ?? g.ip,
+    dst_ip: o.dstIp,
+    dport: o.dport,
+    payload: o.payload,
+  });
+  return { host, up, ops, guests, bridgeMac, connectFrom, seen, send, udp };
 }
 
-const masqueradeCount = async (host: string) =>
-  ((await inNs(host, 'nft', ['list', 'table', 'inet', 'banger'])).stdout.match(/\bmasquerade\b/g) ?? []).length;
+const masqueradeCount = async (host: string, bridge = 'banger0') =>
+  ((await inNs(host, 'nft', ['list', 'table', 'inet', bridge])).stdout.match(/\bmasquerade\b/g) ?? []).length;
 
-test('NAT (nftables): masquerades NAT-enabled VMs, drops the rest, idempotent, removable', { skip: nftSkip }, async () => {
-  const { host, ops: mk, connectFromVm, seen } = await natTopology();
-  const ops = mk('nft');
-  assert.equal((await inNs(host, 'sysctl', ['-n', 'net.ipv4.ip_forward'])).stdout.trim(), '1');
+const sysctl = async (ns: string, key: string) => (await inNs(ns, 'sysctl', ['-n', key])).stdout.trim();
+const pinOf = (g: Guest, nat: boolean) => ({ tap: g.tap, mac: g.mac, ip: g.ip, nat });
 
-  await ops.applyNat('banger0', '10.77.0.0/24', ['10.77.0.2']);
-  assert.equal(await connectFromVm(), '198.51.100.1', 'upstream sees the host side address: masqueraded');
+test('NAT (nftables): masquerades NAT VMs by their TAP, drops the rest, idempotent, removable; forwarding on only while needed', { skip: nftSkip }, async () => {
+  const { host, ops, guests, connectFrom, seen } = await topology('banger0', 'nft', ['10.77.0.2']);
+  const [vm] = guests as [Guest];
+  const policy = (pins: ReturnType<typeof pinOf>[]) => ({ bridge: 'banger0', cidr: '10.77.0.0/24', pins });
+  assert.equal(await sysctl(host, 'net.ipv4.ip_forward'), '0', 'a fresh namespace starts without forwarding');
+
+  await ops.applyPolicy(policy([pinOf(vm, true)]));
+  assert.equal(await sysctl(host, 'net.ipv4.ip_forward'), '1', 'banger turned forwarding on for NAT');
+  assert.equal(await connectFrom(vm), '198.51.100.1', 'upstream sees the host side address: masqueraded');
   assert.deepEqual(seen, ['198.51.100.1']);
-  assert.deepEqual(await ops.currentNatIps(), ['10.77.0.2']);
+  assert.deepEqual(await ops.currentNatIps('banger0'), ['10.77.0.2']);
 
-  await ops.applyNat('banger0', '10.77.0.0/24', ['10.77.0.2']);
+  await ops.applyPolicy(policy([pinOf(vm, true)]));
   assert.equal(await masqueradeCount(host), 1);
   const tables = (await inNs(host, 'nft', ['list', 'tables'])).stdout;
-  assert.equal(tables.match(/table inet banger/g)?.length, 1);
+  assert.equal(tables.match(/table inet banger0\b/g)?.length, 1);
+  assert.equal(tables.match(/table bridge banger0\b/g)?.length, 1);
 
-  // NAT for another VM only: this VM's forwarded traffic is dropped.
-  await ops.applyNat('banger0', '10.77.0.0/24', ['10.77.0.3', '10.77.0.9']);
-  assert.deepEqual(await ops.currentNatIps(), ['10.77.0.3', '10.77.0.9']);
-  assert.equal(await connectFromVm(), undefined);
+  // NAT for another VM only (on another TAP): this VM's forwarded traffic is dropped.
+  await ops.applyPolicy(policy([pinOf(vm, false), { tap: 'bg0.7', mac: macForIp('10.77.0.9'), ip: '10.77.0.9', nat: true }]));
+  assert.deepEqual(await ops.currentNatIps('banger0'), ['10.77.0.9']);
+  assert.equal(await connectFrom(vm), undefined);
 
-  await ops.applyNat('banger0', '10.77.0.0/24', []);
-  assert.deepEqual(await ops.currentNatIps(), []);
-  assert.equal(await connectFromVm(), undefined);
+  await ops.applyPolicy(policy([pinOf(vm, false)]));
+  assert.deepEqual(await ops.currentNatIps('banger0'), []);
+  assert.equal(await sysctl(host, 'net.ipv4.ip_forward'), '0', 'no NAT VM left: forwarding restored to what it was');
+  assert.equal(await connectFrom(vm), undefined);
   assert.equal(await masqueradeCount(host), 1, 'the rule stays, its set is empty');
   assert.equal(seen.length, 1, 'upstream never saw the dropped attempts');
 
-  await ops.applyNat('banger0', '10.77.0.0/24', ['10.77.0.2']);
-  assert.equal(await connectFromVm(), '198.51.100.1');
+  await ops.applyPolicy(policy([pinOf(vm, true)]));
+  assert.equal(await connectFrom(vm), '198.51.100.1');
 
-  await ops.removeNat();
-  await ops.removeNat();
+  await ops.removePolicy('banger0');
+  await ops.removePolicy('banger0');
   assert.doesNotMatch((await inNs(host, 'nft', ['list', 'tables'])).stdout, /banger/);
-  assert.deepEqual(await ops.currentNatIps(), []);
-  assert.equal(await connectFromVm(), '10.77.0.2', 'with no banger table, plain routing: neither NAT nor drop');
+  assert.deepEqual(await ops.currentNatIps('banger0'), []);
+  assert.equal(await sysctl(host, 'net.ipv4.ip_forward'), '0');
+  // Control: with forwarding on and no banger table, plain routing (neither NAT nor drop).
+  await inNs(host, 'sysctl', ['-qw', 'net.ipv4.ip_forward=1']);
+  assert.equal(await connectFrom(vm), '10.77.0.2', 'with no banger table, plain routing: neither NAT nor drop');
 });
 
-test('NAT (iptables fallback): same behaviour with tagged rules in banger chains', { skip: iptSkip }, async () => {
-  const { host, ops: mk, connectFromVm } = await natTopology();
-  const ops = mk('iptables');
-  await ops.applyNat('banger0', '10.77.0.0/24', ['10.77.0.2']);
-  await ops.applyNat('banger0', '10.77.0.0/24', ['10.77.0.2']);
-  assert.equal(await connectFromVm(), '198.51.100.1');
-  assert.deepEqual(await ops.currentNatIps(), ['10.77.0.2']);
+test('NAT (iptables fallback): same behaviour with tagged rules in the bridge\'s own chains', { skip: iptSkip }, async () => {
+  const { host, ops, guests, connectFrom } = await topology('banger0', 'iptables', ['10.77.0.2']);
+  const [vm] = guests as [Guest];
+  const policy = (nat: boolean) => ({ bridge: 'banger0', cidr: '10.77.0.0/24', pins: [pinOf(vm, nat)] });
+  await ops.applyPolicy(policy(true));
+  await ops.applyPolicy(policy(true));
+  assert.equal(await connectFrom(vm), '198.51.100.1');
+  assert.deepEqual(await ops.currentNatIps('banger0'), ['10.77.0.2']);
   const nat = (await inNs(host, 'iptables', ['-w', '-t', 'nat', '-S'])).stdout;
   assert.equal(nat.match(/MASQUERADE/g)?.length, 1, nat);
-  assert.equal(nat.match(/-A POSTROUTING .*-j BANGER-POSTROUTING/g)?.length, 1, nat);
+  assert.equal(nat.match(/-A POSTROUTING .*-j BGNAT-banger0/g)?.length, 1, nat);
   const filter = (await inNs(host, 'iptables', ['-w', '-S'])).stdout;
-  assert.equal(filter.match(/-A FORWARD .*-j BANGER-FORWARD/g)?.length, 1, filter);
+  assert.equal(filter.match(/-A FORWARD .*-j BGFWD-banger0/g)?.length, 1, filter);
   for (const line of [...nat.split('\n'), ...filter.split('\n')].filter((l) => l.startsWith('-A'))) {
-    assert.match(line, /--comment banger/);
+    assert.match(line, /--comment "?banger:banger0/);
   }
 
-  await ops.applyNat('banger0', '10.77.0.0/24', []);
-  assert.equal(await connectFromVm(), undefined);
-  assert.deepEqual(await ops.currentNatIps(), []);
+  await ops.applyPolicy(policy(false));
+  assert.equal(await connectFrom(vm), undefined);
+  assert.deepEqual(await ops.currentNatIps('banger0'), []);
+  assert.equal(await sysctl(host, 'net.ipv4.ip_forward'), '0');
 
-  await ops.removeNat();
-  await ops.removeNat();
+  await ops.removePolicy('banger0');
+  await ops.removePolicy('banger0');
   const left = (await inNs(host, 'iptables', ['-w', '-t', 'nat', '-S'])).stdout + (await inNs(host, 'iptables', ['-w', '-S'])).stdout;
-  assert.doesNotMatch(left, /banger|BANGER/i);
-  assert.equal(await connectFromVm(), '10.77.0.2', 'with no banger rules, plain routing: neither NAT nor drop');
+  assert.doesNotMatch(left, /banger|BG(NAT|FWD)/i);
+  await inNs(host, 'sysctl', ['-qw', 'net.ipv4.ip_forward=1']);
+  assert.equal(await connectFrom(vm), '10.77.0.2', 'with no banger rules, plain routing: neither NAT nor drop');
 });
+
+for (const firewall of ['nft', 'iptables'] as const) {
+  const fwSkip = firewall === 'nft' ? nftSkip : iptSkip || (sbin('ebtables') ? false : 'requires ebtables (the fallback pins TAPs with it)');
+  test(`spoofing (${firewall}): a guest using another guest's IP or MAC gets nothing out, and cannot take its IP by ARP`, { skip: fwSkip || python }, async () => {
+    const t = await topology('banger0', firewall, ['10.77.0.2', '10.77.0.3']);
+    const [a, b] = t.guests as [Guest, Guest];
+    const upstream = await udpListener(t.up, '198.51.100.2', 9999);
+    const atHost = await udpListener(t.host, '10.77.0.1', 9998);
+    await inNs(t.host, 'sysctl', ['-qw', 'net.ipv4.neigh.banger0.locktime=0']);
+    let token = 0;
+    /** A's own datagram to upstream, sent after the frames under test and waited for (CPU-0 ordering). */
+    const upstreamBarrier = async () => {
+      const p = `barrier-${token++}`;
+      await t.send(a, [t.udp(a, { dstIp: '198.51.100.2', dport: 9999, payload: p })]);
+      await waitFor(`upstream to receive ${p}`, () => upstream.some((l) => l.endsWith(` ${p}`)));
+      return upstream.find((l) => l.endsWith(` ${p}`)) as string;
+    };
+    /** B's own datagram to the host, after B's frames under test. */
+    const hostBarrier = async () => {
+      const p = `barrier-${token++}`;
+      await t.send(b, [t.udp(b, { dstIp: '10.77.0.1', dport: 9998, payload: p })]);
+      await waitFor(`the host to receive ${p}`, () => atHost.some((l) => l === `10.77.0.3 ${p}`));
+    };
+    const hostNeighMac = async (ip: string) => {
+      const r = await ipn(t.host, '-j', 'neigh', 'show', ip, 'dev', 'banger0');
+      return (JSON.parse(r.stdout || '[]') as Array<{ lladdr?: string }>)[0]?.lladdr;
+    };
+    /** The host has a (non-permanent, so updatable) ARP entry for A, as after talking to it. */
+    const learnA = () => ipn(t.host, 'neigh', 'replace', a.ip, 'lladdr', a.mac, 'dev', 'banger0', 'nud', 'reachable');
+    /** B claims A's address: an ARP reply "A's IP is at B's MAC", sent to the host. */
+    const arpClaim = { kind: 'arp', op: 2, src_mac: b.mac, dst_mac: t.bridgeMac, sha: b.mac, spa: a.ip, tha: t.bridgeMac, tpa: '10.77.0.1' };
+
+    // Positive control, no banger tables: the hostile frames do what they are meant to.
+    await inNs(t.host, 'sysctl', ['-qw', 'net.ipv4.ip_forward=1']);
+    await t.send(b, [t.udp(b, { srcIp: a.ip, dstIp: '198.51.100.2', dport: 9999, payload: 'control-spoof' })]);
+    await upstreamBarrier();
+    assert.ok(upstream.includes('10.77.0.2 control-spoof'), `without pins B's spoofed datagram leaves: ${upstream.join(' | ')}`);
+    await learnA();
+    assert.equal(await hostNeighMac(a.ip), a.mac);
+    await t.send(b, [arpClaim]);
+    await hostBarrier();
+    assert.equal(await hostNeighMac(a.ip), b.mac, 'without pins B takes A\'s address in the host\'s ARP cache');
+    await inNs(t.host, 'sysctl', ['-qw', 'net.ipv4.ip_forward=0']);
+    await ipn(t.host, 'neigh', 'flush', 'dev', 'banger0');
+    upstream.length = 0;
+
+    // banger's policy: A has NAT, B has not.
+    await t.ops.applyPolicy({ bridge: 'banger0', cidr: '10.77.0.0/24', pins: [pinOf(a, true), pinOf(b, false)] });
+    await t.send(b, [
+      t.udp(b, { srcIp: a.ip, dstIp: '198.51.100.2', dport: 9999, payload: 'spoof-ip' }),
+      t.udp(b, { srcIp: a.ip, srcMac: a.mac, dstIp: '198.51.100.2', dport: 9999, payload: 'spoof-ip-and-mac' }),
+      t.udp(b, { srcMac: a.mac, dstIp: '10.77.0.1', dport: 9998, payload: 'spoof-mac-to-host' }),
+      t.udp(b, { srcIp: '10.77.0.99', dstIp: '10.77.0.1', dport: 9998, payload: 'spoof-free-ip-to-host' }),
+      t.udp(b, { dstIp: '198.51.100.2', dport: 9999, payload: 'b-own-address' }),
+    ]);
+    assert.equal(await upstreamBarrier(), `198.51.100.1 barrier-${token - 1}`, 'A, a NAT VM, still gets out, masqueraded');
+    await hostBarrier();
+    assert.deepEqual(upstream.filter((l) => !/ barrier-\d+$/.test(l)), [], 'nothing B sent reached upstream, spoofed or not');
+    assert.deepEqual(atHost.filter((l) => /spoof/.test(l)), [], 'the host received none of B\'s spoofed datagrams');
+    assert.ok(atHost.includes(`10.77.0.3 barrier-${token - 1}`), 'B still reaches the host with its own address');
+
+    await learnA();
+    assert.equal(await hostNeighMac(a.ip), a.mac);
+    await t.send(b, [arpClaim, { ...arpClaim, src_mac: a.mac }]);
+    await hostBarrier();
+    assert.equal(await hostNeighMac(a.ip), a.mac, 'B\'s ARP claim on A\'s address was dropped');
+    assert.equal(await t.connectFrom(a), '198.51.100.1', 'A\'s own stack still works through NAT');
+    assert.equal(await t.connectFrom(b), undefined, 'B has no NAT');
+  });
+}

@@ -3,6 +3,7 @@ import { test } from 'node:test';
 import { BangerError } from '../../src/api/errors.js';
 import {
   allocateIp,
+  buildEbtablesRules,
   buildIptablesRules,
   buildNftRuleset,
   cidrContains,
@@ -12,10 +13,16 @@ import {
   iptablesRestoreScript,
   macForIp,
   normaliseNat,
+  normalisePolicy,
   nthHost,
   parseCidr,
   parseIpv4,
+  parseMac,
+  tapName,
+  tapNameRe,
+  tapPrefix,
   validateBridgeName,
+  validateOwnTapName,
   validateTapName,
 } from '../../src/host/netplan.js';
 
@@ -85,13 +92,68 @@ test('macForIp: deterministic, locally administered, unique within a /8', () => 
   assert.equal(seen.size, 254);
 });
 
-test('name validation: only banger* bridges and bgtap<N> TAPs', () => {
+test('name validation: only banger* bridges, and each bridge its own TAP names', () => {
   for (const ok of ['banger', 'banger0', 'banger-test_1', 'bangerabcdefghi']) assert.equal(validateBridgeName(ok), ok);
   for (const bad of ['eth0', 'docker0', 'br0', 'Banger0', 'banger0123456789', 'banger 0', 'banger/0', '']) {
     assert.throws(() => validateBridgeName(bad), isCode('bad_request', /refusing bridge name/));
   }
-  for (const ok of ['bgtap0', 'bgtap123456']) assert.equal(validateTapName(ok), ok);
-  for (const bad of ['tap0', 'bgtap', 'bgtap1234567', 'bgtapx', 'eth0']) assert.throws(() => validateTapName(bad), isCode('bad_request'));
+  assert.equal(tapPrefix('banger0'), 'bg0.');
+  assert.equal(tapPrefix('banger'), 'bg.');
+  for (const ok of ['bg0.0', 'bg0.123456']) assert.equal(validateTapName(ok, 'banger0'), ok);
+  for (const bad of ['tap0', 'bg0.', 'bg0.1234567', 'bg0.x', 'bg0.01', 'bg1.0', 'bgtap0', 'eth0']) {
+    assert.throws(() => validateTapName(bad, 'banger0'), isCode('bad_request'), bad);
+  }
+  // A legacy bgtap<N> may be touched (PrivilegedOps then checks it is on this bridge), never created.
+  assert.equal(validateOwnTapName('bgtap3', 'banger0'), 'bgtap3');
+  assert.throws(() => validateOwnTapName('bg1.3', 'banger0'), isCode('bad_request'));
+  // Names fit IFNAMSIZ (15): a 9-character suffix leaves room for 3 digits, then no name is left.
+  assert.equal(tapName('bangerabcdefghi', 999), 'bgabcdefghi.999');
+  assert.equal(tapName('bangerabcdefghi', 999).length, 15);
+  assert.throws(() => tapName('bangerabcdefghi', 1000), isCode('conflict', /no TAP name left/));
+});
+
+test('TAP names of different bridges never collide, not even as wildcard prefixes', () => {
+  const bridges = ['banger', 'banger0', 'banger00', 'banger0t', 'banger0t1', 'banger1', 'bangerta', 'bangertap', 'banger-', 'banger_0'];
+  const names = new Map<string, string>();
+  for (const b of bridges) for (const n of [0, 1, 5, 12, 123]) names.set(tapName(b, n), b);
+  for (const [name, owner] of names) {
+    for (const b of bridges) {
+      assert.equal(tapNameRe(b).test(name), b === owner, `${name} (of ${owner}) against ${b}'s names`);
+      // nft's "prefix*" and ebtables' "prefix+" wildcards are prefix matches.
+      assert.equal(name.startsWith(tapPrefix(b)), b === owner, `${name} (of ${owner}) against ${b}'s wildcard`);
+    }
+    assert.doesNotMatch(name, /^bgtap[0-9]+$/);
+  }
+});
+
+test('parseMac: unicast only, lower case', () => {
+  assert.equal(parseMac('52:54:00:1E:00:02'), '52:54:00:1e:00:02');
+  for (const bad of ['ff:ff:ff:ff:ff:ff', '01:00:5e:00:00:01', '00:00:00:00:00:00', '52:54:00:1e:00', '52-54-00-1e-00-02', '52:54:00:1e:00:02 ']) {
+    assert.throws(() => parseMac(bad), isCode('bad_request'), bad);
+  }
+});
+
+test('normalisePolicy: pins sorted by IP, NAT IPs from NAT pins, duplicates and foreign names refused', () => {
+  const p = normalisePolicy({
+    bridge: 'banger0',
+    cidr: '172.30.0.1/24',
+    pins: [
+      { tap: 'bg0.1', mac: macForIp('172.30.0.9'), ip: '172.30.0.9', nat: true },
+      { tap: 'bgtap4', mac: macForIp('172.30.0.3'), ip: '172.30.0.3', nat: false },
+    ],
+  });
+  assert.equal(p.cidr, '172.30.0.0/24');
+  assert.deepEqual(p.pins.map((x) => x.tap), ['bgtap4', 'bg0.1']);
+  assert.deepEqual(p.natIps, ['172.30.0.9']);
+  const pin = (tap: string, ip: string, mac = macForIp(ip)) => ({ tap, mac, ip, nat: false });
+  const policy = (...pins: ReturnType<typeof pin>[]) => ({ bridge: 'banger0', cidr: '172.30.0.0/24', pins });
+  assert.throws(() => normalisePolicy(policy(pin('bg0.1', '172.30.0.2'), pin('bg0.2', '172.30.0.2'))), isCode('conflict'));
+  assert.throws(() => normalisePolicy(policy(pin('bg0.1', '172.30.0.2'), pin('bg0.1', '172.30.0.3'))), isCode('conflict'));
+  assert.throws(() => normalisePolicy(policy(pin('bg0.1', '172.30.0.2'), pin('bg0.2', '172.30.0.3', macForIp('172.30.0.2')))), isCode('conflict'));
+  assert.throws(() => normalisePolicy(policy(pin('bg1.1', '172.30.0.2'))), isCode('bad_request'));
+  assert.throws(() => normalisePolicy(policy(pin('bg0.1', '172.30.1.2'))), isCode('bad_request', /not a host address/));
+  assert.throws(() => normalisePolicy(policy(pin('bg0.1', '172.30.0.2', 'ff:ff:ff:ff:ff:ff'))), isCode('bad_request', /MAC/));
+  assert.throws(() => normalisePolicy(policy(pin('bg0.1"; flush ruleset; "', '172.30.0.2'))), isCode('bad_request'));
 });
 
 test('normaliseNat: network form, sorted unique IPs, all inside the network', () => {
@@ -106,11 +168,22 @@ test('normaliseNat: network form, sorted unique IPs, all inside the network', ()
   assert.throws(() => normaliseNat({ bridge: 'banger0', cidr: '172.30.0.0/24', natIps: ['1.2.3.4; drop'] }), isCode('bad_request'));
 });
 
-test('buildNftRuleset: one self-replacing table with masquerade, accept and drop', () => {
-  const text = buildNftRuleset({ bridge: 'banger0', cidr: '172.30.0.0/24', natIps: ['172.30.0.3', '172.30.0.2'] });
+const POLICY = {
+  bridge: 'banger0',
+  cidr: '172.30.0.0/24',
+  pins: [
+    { tap: 'bg0.1', mac: macForIp('172.30.0.3'), ip: '172.30.0.3', nat: true },
+    { tap: 'bg0.0', mac: macForIp('172.30.0.2'), ip: '172.30.0.2', nat: true },
+    { tap: 'bg0.2', mac: macForIp('172.30.0.4'), ip: '172.30.0.4', nat: false },
+  ],
+};
+
+test('buildNftRuleset: two self-replacing tables named after the bridge: masquerade/accept/drop, and the TAP pins', () => {
+  const text = buildNftRuleset(POLICY);
   const lines = text.split('\n').map((l) => l.trim());
-  // Replacement preamble: create-if-missing then delete, so the new table never merges with an old one.
-  assert.deepEqual(lines.slice(0, 3), ['table inet banger', 'delete table inet banger', 'table inet banger {']);
+  // Replacement preamble: create-if-missing then delete, so the new tables never merge with old ones.
+  assert.deepEqual(lines.slice(0, 5), ['table inet banger0', 'delete table inet banger0', 'table bridge banger0', 'delete table bridge banger0', 'table inet banger0 {']);
+  assert.doesNotMatch(text, /table (inet|bridge) banger[^0]/, 'no other bridge\'s table is named');
   assert.ok(lines.includes('elements = { 172.30.0.2, 172.30.0.3 }'), text);
   assert.ok(lines.includes('type nat hook postrouting priority srcnat; policy accept;'));
   assert.ok(lines.includes('ip saddr @nat_ips oifname != "banger0" masquerade'));
@@ -121,31 +194,55 @@ test('buildNftRuleset: one self-replacing table with masquerade, accept and drop
   const iDrop = fwd.indexOf('iifname "banger0" oifname != "banger0" drop');
   assert.ok(iEst > 0 && iEst < iAcc && iAcc < iDrop, text);
   assert.equal(text.match(/masquerade/g)?.length, 1);
+  // Pins: every TAP of the bridge goes through the guest chain, whose last word is drop.
+  assert.ok(lines.includes('iifname "bg0.*" jump guest'), text);
+  assert.ok(lines.includes('elements = { "bg0.0" . 52:54:00:1e:00:02 . 172.30.0.2, "bg0.1" . 52:54:00:1e:00:03 . 172.30.0.3, "bg0.2" . 52:54:00:1e:00:04 . 172.30.0.4 }'), text);
+  assert.ok(lines.includes('elements = { "bg0.0", "bg0.1" }'), 'NAT is decided by the TAP');
+  const guest = lines.slice(lines.indexOf('chain guest {'));
+  assert.equal(guest[1], 'iifname . ether saddr != @macs drop');
+  assert.equal(guest[6], 'drop');
+  assert.ok(guest.includes('ether type ip ip daddr { 172.30.0.0/24, 224.0.0.0/4, 255.255.255.255 } accept'));
 });
 
-test('buildNftRuleset: an empty NAT list has an empty set and still drops forwarding', () => {
-  const text = buildNftRuleset({ bridge: 'banger0', cidr: '172.30.0.0/24', natIps: [] });
+test('buildNftRuleset: no VMs: empty sets, forwarding from the bridge still dropped, every TAP still dropped', () => {
+  const text = buildNftRuleset({ bridge: 'banger0', cidr: '172.30.0.0/24', pins: [] });
   assert.doesNotMatch(text, /elements/);
   assert.match(text, /iifname "banger0" oifname != "banger0" drop/);
-  assert.equal(buildNftRuleset({ bridge: 'banger0', cidr: '172.30.0.0/24', natIps: [] }), text);
+  assert.match(text, /iifname \. ether saddr != @macs drop/);
+  assert.equal(buildNftRuleset({ bridge: 'banger0', cidr: '172.30.0.0/24', pins: [] }), text);
 });
 
-test('iptables rules: tagged, per-IP masquerade and accept, final drop; restore script flushes only banger chains', () => {
-  const rules = buildIptablesRules({ bridge: 'banger0', cidr: '172.30.0.0/24', natIps: ['172.30.0.2'] });
-  for (const r of [...rules, ...iptablesJumps()]) assert.ok(r.args.join(' ').includes('-m comment --comment banger'), r.args.join(' '));
+test('iptables rules: tagged per bridge, per-IP masquerade and accept, final drop; restore script flushes only this bridge\'s chains', () => {
+  const rules = buildIptablesRules({ bridge: 'banger0', cidr: '172.30.0.0/24', pins: [{ tap: 'bg0.0', mac: macForIp('172.30.0.2'), ip: '172.30.0.2', nat: true }] });
+  for (const r of [...rules, ...iptablesJumps('banger0')]) assert.ok(r.args.join(' ').includes('-m comment --comment banger:banger0'), r.args.join(' '));
   const nat = rules.filter((r) => r.table === 'nat');
-  assert.deepEqual(nat.map((r) => r.args.join(' ')), ['-s 172.30.0.2/32 ! -o banger0 -m comment --comment banger -j MASQUERADE']);
+  assert.deepEqual(nat.map((r) => `${r.chain} ${r.args.join(' ')}`), ['BGNAT-banger0 -s 172.30.0.2/32 ! -o banger0 -m comment --comment banger:banger0 -j MASQUERADE']);
   const fwd = rules.filter((r) => r.table === 'filter').map((r) => r.args.join(' '));
   assert.match(fwd[0] ?? '', /--ctstate RELATED,ESTABLISHED .* -j ACCEPT$/);
-  assert.equal(fwd[1], '-i banger0 ! -o banger0 -s 172.30.0.2/32 -m comment --comment banger -j ACCEPT');
-  assert.equal(fwd.at(-1), '-i banger0 ! -o banger0 -m comment --comment banger -j DROP');
-  const script = iptablesRestoreScript(rules);
-  assert.match(script, /^\*nat\n:BANGER-POSTROUTING - \[0:0\]\n-A BANGER-POSTROUTING -s 172\.30\.0\.2\/32 /);
-  assert.match(script, /\*filter\n:BANGER-FORWARD - \[0:0\]\n/);
+  assert.equal(fwd[1], '-i banger0 ! -o banger0 -s 172.30.0.2/32 -m comment --comment banger:banger0 -j ACCEPT');
+  assert.equal(fwd.at(-1), '-i banger0 ! -o banger0 -m comment --comment banger:banger0 -j DROP');
+  const script = iptablesRestoreScript('banger0', rules);
+  assert.match(script, /^\*nat\n:BGNAT-banger0 - \[0:0\]\n-A BGNAT-banger0 -s 172\.30\.0\.2\/32 /);
+  assert.match(script, /\*filter\n:BGFWD-banger0 - \[0:0\]\n/);
   assert.equal(script.match(/^COMMIT$/gm)?.length, 2);
   assert.doesNotMatch(script, /POSTROUTING ACCEPT|:FORWARD/);
   assert.deepEqual(
-    iptablesJumps().map((j) => `${j.table} ${j.chain}`),
+    iptablesJumps('banger0').map((j) => `${j.table} ${j.chain}`),
     ['nat POSTROUTING', 'filter FORWARD'],
   );
+});
+
+test('ebtables rules: the bridge\'s TAPs dispatched to a pin chain; non-NAT TAPs limited to the VM network', () => {
+  const { dispatch, pin } = buildEbtablesRules({ ...POLICY, pins: [...POLICY.pins, { tap: 'bgtap7', mac: macForIp('172.30.0.7'), ip: '172.30.0.7', nat: false }] });
+  assert.deepEqual(dispatch.map((r) => r.args.join(' ')), ['-i bg0.+ -j BGPIN-banger0', '-i bgtap7 -j BGPIN-banger0']);
+  const of = (tap: string) => pin.filter((r) => r.args[1] === tap).map((r) => r.args.join(' '));
+  assert.deepEqual(of('bg0.0'), [
+    '-i bg0.0 -s 52:54:00:1e:00:02 -p 0x0806 --arp-htype 1 --arp-ptype 0x0800 --arp-ip-src 172.30.0.2 --arp-mac-src 52:54:00:1e:00:02 -j ACCEPT',
+    '-i bg0.0 -s 52:54:00:1e:00:02 -p 0x0800 --ip-src 172.30.0.2 -j ACCEPT',
+  ]);
+  assert.deepEqual(of('bg0.2').slice(1), [
+    '-i bg0.2 -s 52:54:00:1e:00:04 -p 0x0800 --ip-src 172.30.0.4 --ip-dst 172.30.0.0/24 -j ACCEPT',
+    '-i bg0.2 -s 52:54:00:1e:00:04 -p 0x0800 --ip-src 172.30.0.4 --ip-dst 224.0.0.0/4 -j ACCEPT',
+    '-i bg0.2 -s 52:54:00:1e:00:04 -p 0x0800 --ip-src 172.30.0.4 --ip-dst 255.255.255.255 -j ACCEPT',
+  ]);
 });

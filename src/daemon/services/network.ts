@@ -1,7 +1,8 @@
 import { readFile } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import type { Config } from '../../config/config.js';
-import { parseCidr } from '../../host/netplan.js';
+import { BridgeLock } from '../../host/bridge-lock.js';
+import { cidrContains, parseCidr, validateOwnTapName } from '../../host/netplan.js';
 import type { PrivilegedOps } from '../../host/privileged.js';
 import { TapPool } from '../../host/tap-pool.js';
 import type { LeaseRepo } from '../../store/leases.js';
@@ -27,12 +28,15 @@ export interface DnsRecords {
 }
 
 /**
- * Host networking for VMs: the banger bridge (created lazily, idempotently), a warm TAP pool,
- * IP leases from the store, the NAT/forward policy and `<name>.vm` records. The guest side is
+ * Host networking for VMs: the banger bridge (created lazily, idempotently, claimed for this daemon
+ * alone), a warm TAP pool, IP leases from the store, the per-TAP pins and NAT/forward policy and
+ * `<name>.vm` records. The guest side is
  * configured at boot from what banger-init reads in the VM's payload (no DHCP).
  */
 export class NetworkService {
   private hostReady: Promise<void> | undefined;
+  private claimed: Promise<BridgeLock> | undefined;
+  private warnedPinning = false;
   private resolvedRouted = false;
   /** Runs once the bridge is up (the daemon starts the guests' DNS listener on its address). */
   onHostReady: (() => Promise<void>) | undefined;
@@ -59,11 +63,23 @@ export class NetworkService {
     });
   }
 
-  /** Bridge up, forwarding on, NAT policy in place (host-only for everyone by default). */
+  /**
+   * Claims the bridge for this daemon (a second daemon configured with the same bridge_name is
+   * refused) before anything on the host is touched. Idempotent; the claim lasts the process's life.
+   */
+  claim(): Promise<BridgeLock> {
+    this.claimed ??= BridgeLock.acquire(this.d.config.bridge_name, this.d.ops.namespace).catch((e) => {
+      this.claimed = undefined;
+      throw e;
+    });
+    return this.claimed;
+  }
+
+  /** Bridge up, policy in place (TAPs pinned; host-only for everyone by default; forwarding only while NAT is used). */
   ensureHost(): Promise<void> {
     this.hostReady ??= (async () => {
+      await this.claim();
       await this.d.ops.ensureBridge(this.d.config.bridge_name, `${this.d.config.bridge_ip}/${this.prefix}`);
-      await this.d.ops.enableForwarding();
       await this.applyNat();
       await this.onHostReady?.();
       this.resolvedRouted = await this.d.ops
@@ -97,23 +113,35 @@ export class NetworkService {
     this.d.leases.release(vmId);
   }
 
-  /** Gives a starting VM a TAP; its lease was taken at create. */
+  /**
+   * Gives a starting VM a TAP, pinned to its lease's MAC and IP before the VMM can send a frame on
+   * it (a TAP without a pin drops everything); its lease was taken at create.
+   */
   async attach(vm: VmRow): Promise<VmNetwork> {
     await this.ensureHost();
     const { ip, mac } = this.lease(vm.id);
     const tap = await this.pool.acquire();
     this.d.repos.vms.update(vm.id, { tap });
+    try {
+      await this.applyNat();
+    } catch (e) {
+      this.d.repos.vms.update(vm.id, { tap: null });
+      await this.pool.release(tap).catch((err) => this.d.log.warn({ err, tap }, 'TAP release failed'));
+      throw e;
+    }
     return { ip, mac, tap, prefix: this.prefix, gateway: this.d.config.bridge_ip, nameservers: await this.nameservers() };
   }
 
-  /** After the VM's VMM exited: free the TAP, drop its DNS record and NAT rule. */
+  /** After the VM's VMM exited: free the TAP, drop its DNS record, pin and NAT rule. */
   async detach(vm: VmRow): Promise<void> {
     this.d.dns.remove(vm.name);
     if (vm.tap) {
-      await this.pool.release(vm.tap).catch((e) => this.d.log.warn({ err: e, tap: vm.tap }, 'TAP release failed'));
       this.d.repos.vms.update(vm.id, { tap: null });
+      await this.applyNat().catch((e) => this.d.log.warn({ err: e }, 'policy rebuild after detach failed'));
+      await this.pool.release(vm.tap).catch((e) => this.d.log.warn({ err: e, tap: vm.tap }, 'TAP release failed'));
+    } else if (vm.nat) {
+      await this.applyNat();
     }
-    if (vm.nat) await this.applyNat();
   }
 
   /** A VM became running: publish its name, and its NAT rule if it asked for one. */
@@ -123,14 +151,33 @@ export class NetworkService {
     if (vm.nat) await this.applyNat();
   }
 
-  /** Rebuilds banger's whole NAT/forward policy from the store: idempotent, no duplicates, no leftovers. */
+  /**
+   * Rebuilds this bridge's whole policy from the store: every VM holding a TAP is pinned to its
+   * lease (MAC, IP) and NATed when it asked for NAT, decided by its TAP; idempotent, no duplicates,
+   * no leftovers. Forwarding is on only while a NAT VM exists. (Named applyNat for its callers.)
+   */
   async applyNat(): Promise<void> {
-    const natIps = this.d.repos.vms
-      .all()
-      .filter((v) => v.nat === 1 && (v.state === 'running' || v.state === 'starting'))
-      .map((v) => this.d.leases.byVm(v.id)?.ip)
-      .filter((ip): ip is string => !!ip);
-    await this.d.ops.applyNat(this.d.config.bridge_name, this.d.config.cidr, natIps);
+    await this.claim();
+    if (!this.warnedPinning && this.d.ops.pinning() === 'none') {
+      this.warnedPinning = true;
+      this.d.log.warn(
+        'TAPs are NOT pinned to their VM\'s MAC and IP (no nft, no ebtables): a guest can spoof another guest\'s address and its NAT; install nftables',
+      );
+    }
+    const pins = this.d.leases.pins().flatMap(({ vmId, tap, mac, ip, nat }) => {
+      // A VM left running across a change of bridge_name or cidr keeps a TAP/IP this bridge cannot pin.
+      const fits = (() => {
+        try {
+          validateOwnTapName(tap, this.d.config.bridge_name);
+          return cidrContains(this.d.config.cidr, ip);
+        } catch {
+          return false;
+        }
+      })();
+      if (!fits) this.d.log.warn({ vm: vmId, tap, ip }, 'VM TAP/IP does not belong to the configured bridge/cidr: left out of the pins (restart the VM)');
+      return fits ? [{ tap, mac, ip, nat }] : [];
+    });
+    await this.d.ops.applyPolicy({ bridge: this.d.config.bridge_name, cidr: this.d.config.cidr, pins });
   }
 
   /** At daemon start: bridge, TAPs in use kept, pool refilled, DNS and NAT rebuilt from running VMs. */
