@@ -1,11 +1,23 @@
-import { readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { constants } from 'node:fs';
+import { open, rename, rm } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import { setImmediate as yieldToLoop } from 'node:timers/promises';
+import { BangerError } from '../api/errors.js';
 
 /** LZ4 legacy frame magic (0x184C2102, little endian), what the kernel's LZ4 bzImage payload starts with. */
 const LZ4_LEGACY_MAGIC = Buffer.from([0x02, 0x21, 0x4c, 0x18]);
 /** Every legacy block but the last decompresses to exactly this. */
 const LEGACY_BLOCK = 8 * 1024 * 1024;
 const COMPRESS_BOUND = LEGACY_BLOCK + Math.floor(LEGACY_BLOCK / 255) + 16;
-const MAX_OUTPUT = 1024 * 1024 * 1024;
+/** A vmlinux is tens of MiB; a payload decoding past this is not a kernel. */
+const MAX_OUTPUT = 256 * 1024 * 1024;
+/** All candidate frames of one bzImage together (false magics decode a little, or not at all). */
+const MAX_TOTAL_DECODE = 512 * 1024 * 1024;
+/** Magic numbers tried per bzImage: a real one has its payload near the start and a false one or two. */
+const MAX_CANDIDATES = 64;
+/** A bzImage is ~10 MiB. */
+const MAX_INPUT = 128 * 1024 * 1024;
 
 /** Decodes one LZ4 block into `out`; returns the number of bytes written, or throws on malformed input. */
 export function lz4DecodeBlock(src: Buffer, out: Buffer): number {
@@ -42,31 +54,38 @@ export function lz4DecodeBlock(src: Buffer, out: Buffer): number {
       } while (b === 255);
     }
     if (o + len > out.length) throw new Error('match runs past the output');
-    let m = o - offset;
-    if (offset >= len) {
-      out.copy(out, o, m, m + len);
-      o += len;
-    } else {
-      // Overlapping copy (a repeating pattern): byte by byte.
-      for (let i = 0; i < len; i++) out[o++] = out[m++] as number;
+    const m = o - offset;
+    // An overlapping match repeats the last `offset` bytes: copy the pattern in chunks that double
+    // (each source range ends before its destination), not byte by byte.
+    for (let done = 0; done < len; ) {
+      const n = Math.min(len - done, offset + done);
+      out.copy(out, o + done, m, m + n);
+      done += n;
     }
+    o += len;
   }
   return o;
 }
 
+/** What one legacy frame decoded to: the data, nothing plausible, or more than allowed. */
+type LegacyResult = { kind: 'ok'; data: Buffer } | { kind: 'none' } | { kind: 'too-big' };
+
 /**
- * Decodes an LZ4 legacy frame starting at `start` (the magic). Stops after the first short block
- * (the last one), at the end of the data, or at anything that is not a plausible block (the
- * kernel appends the uncompressed size after the frame).
+ * Decodes an LZ4 legacy frame starting at `start` (the magic), one block per step: the generator
+ * yields after each block so an async caller can let the event loop turn (a block is at most
+ * 8 MiB out and COMPRESS_BOUND in). Stops after the first short block (the last one), at the end
+ * of the data, or at anything that is not a plausible block (the kernel appends the uncompressed
+ * size after the frame). `budget.left` is shared by every frame a caller tries and counts down.
  */
-export function lz4DecodeLegacy(buf: Buffer, start: number, maxOutput = MAX_OUTPUT): Buffer | undefined {
-  if (!buf.subarray(start, start + 4).equals(LZ4_LEGACY_MAGIC)) return undefined;
+function* legacySteps(buf: Buffer, start: number, maxOutput: number, budget: { left: number }): Generator<void, LegacyResult> {
+  if (!buf.subarray(start, start + 4).equals(LZ4_LEGACY_MAGIC)) return { kind: 'none' };
   let pos = start + 4;
   const blocks: Buffer[] = [];
   let total = 0;
   while (pos + 4 <= buf.length) {
     const size = buf.readUInt32LE(pos);
     if (size === 0 || size > COMPRESS_BOUND || pos + 4 + size > buf.length) break;
+    if (budget.left <= 0) return { kind: 'too-big' };
     const out = Buffer.allocUnsafe(LEGACY_BLOCK);
     let n: number;
     try {
@@ -75,12 +94,38 @@ export function lz4DecodeLegacy(buf: Buffer, start: number, maxOutput = MAX_OUTP
       break;
     }
     total += n;
-    if (total > maxOutput) return undefined;
+    budget.left -= n;
+    if (total > maxOutput) return { kind: 'too-big' };
     blocks.push(out.subarray(0, n));
     pos += 4 + size;
     if (n < LEGACY_BLOCK) break;
+    yield;
   }
-  return blocks.length ? Buffer.concat(blocks, total) : undefined;
+  return blocks.length ? { kind: 'ok', data: Buffer.concat(blocks, total) } : { kind: 'none' };
+}
+
+function runSync<T>(g: Generator<void, T>): T {
+  for (;;) {
+    const r = g.next();
+    if (r.done) return r.value;
+  }
+}
+
+async function runYielding<T>(g: Generator<void, T>): Promise<T> {
+  for (;;) {
+    const r = g.next();
+    if (r.done) return r.value;
+    await yieldToLoop();
+  }
+}
+
+/**
+ * Decodes an LZ4 legacy frame starting at `start` (the magic), synchronously; undefined when there
+ * is none or it decodes to more than `maxOutput`. Prefer `extractVmlinux`, which yields.
+ */
+export function lz4DecodeLegacy(buf: Buffer, start: number, maxOutput = MAX_OUTPUT): Buffer | undefined {
+  const r = runSync(legacySteps(buf, start, maxOutput, { left: maxOutput }));
+  return r.kind === 'ok' ? r.data : undefined;
 }
 
 /**
@@ -105,10 +150,10 @@ export function isElf64(b: Buffer): boolean {
   return true;
 }
 
-/** Offsets of every LZ4 legacy magic in the buffer. */
-function magicOffsets(buf: Buffer): number[] {
+/** Offsets of the LZ4 legacy magics in the buffer (at most `max`). */
+function magicOffsets(buf: Buffer, max = MAX_CANDIDATES): number[] {
   const offs: number[] = [];
-  for (let i = buf.indexOf(LZ4_LEGACY_MAGIC); i !== -1; i = buf.indexOf(LZ4_LEGACY_MAGIC, i + 1)) offs.push(i);
+  for (let i = buf.indexOf(LZ4_LEGACY_MAGIC); i !== -1 && offs.length < max; i = buf.indexOf(LZ4_LEGACY_MAGIC, i + 1)) offs.push(i);
   return offs;
 }
 
@@ -116,22 +161,78 @@ function magicOffsets(buf: Buffer): number[] {
  * The uncompressed ELF vmlinux inside an LZ4-compressed bzImage (what Debian ships): tries each
  * LZ4 legacy magic and keeps the first decode that is a whole ELF. Same approach as
  * scripts/guest-assets.sh extract_vmlinux and the kernel's extract-vmlinux, without the lz4 CLI.
+ * Synchronous (blocks the event loop while it decodes): the daemon uses `extractVmlinux`.
  */
 export function extractVmlinuxFrom(bzImage: Buffer): Buffer | undefined {
+  const budget = { left: MAX_TOTAL_DECODE };
   for (const off of magicOffsets(bzImage)) {
-    const out = lz4DecodeLegacy(bzImage, off);
-    if (out && isElf64(out)) return out;
+    const r = runSync(legacySteps(bzImage, off, MAX_OUTPUT, budget));
+    if (r.kind === 'ok' && isElf64(r.data)) return r.data;
+    if (budget.left <= 0) return undefined;
   }
   return undefined;
 }
 
-/** Writes `out` (atomically) when `bzImagePath` holds an LZ4 payload; false when it does not. */
+export interface DecodeLimits {
+  /** Largest vmlinux accepted. */
+  maxOutput: number;
+  /** Bytes decoded over every candidate frame of one bzImage. */
+  maxTotal: number;
+}
+
+const LIMITS: DecodeLimits = { maxOutput: MAX_OUTPUT, maxTotal: MAX_TOTAL_DECODE };
+
+function tooBig(what: string, limits: DecodeLimits): BangerError {
+  return new BangerError('rejected_content', `${what}: its LZ4 payload decodes to more than ${limits.maxOutput / 1048576} MiB (or its candidates to more than ${limits.maxTotal / 1048576} MiB in all); no kernel is that big`, {
+    fix: 'the kernel package is corrupt or hostile; use another kernel',
+  });
+}
+
+/**
+ * `extractVmlinuxFrom` that lets the event loop turn after every block (8 MiB of output at most),
+ * and fails with a clear error when a hostile payload decodes past the limits.
+ */
+export async function extractVmlinuxFromAsync(bzImage: Buffer, what = 'the kernel image', limits: DecodeLimits = LIMITS): Promise<Buffer | undefined> {
+  const budget = { left: limits.maxTotal };
+  for (const off of magicOffsets(bzImage)) {
+    await yieldToLoop();
+    const r = await runYielding(legacySteps(bzImage, off, limits.maxOutput, budget));
+    if (r.kind === 'too-big') throw tooBig(what, limits);
+    if (r.kind === 'ok' && isElf64(r.data)) return r.data;
+    if (budget.left <= 0) throw tooBig(what, limits);
+  }
+  return undefined;
+}
+
+/**
+ * Writes `out` (atomically) when `bzImagePath` holds an LZ4 payload; false when it does not. The
+ * bzImage is opened without following a link and must be a regular file of sane size; the
+ * temporary file is created new (O_EXCL, O_NOFOLLOW) under a random name, so nothing planted
+ * beside `out` (by the archive the kernel came from) is written through.
+ */
 export async function extractVmlinux(bzImagePath: string, out: string): Promise<boolean> {
-  const vmlinux = extractVmlinuxFrom(await readFile(bzImagePath));
-  if (!vmlinux) return false;
-  const tmp = `${out}.tmp`;
+  const fh = await open(bzImagePath, constants.O_RDONLY | constants.O_NOFOLLOW);
+  let bzImage: Buffer;
   try {
-    await writeFile(tmp, vmlinux, { mode: 0o644 });
+    const st = await fh.stat();
+    if (!st.isFile()) throw new BangerError('rejected_content', `${bzImagePath} is not a regular file`, { fix: 'the kernel package is corrupt or hostile' });
+    if (st.size > MAX_INPUT) throw new BangerError('rejected_content', `${bzImagePath} is ${st.size} bytes, more than any kernel image (${MAX_INPUT / 1048576} MiB)`, { fix: 'the kernel package is corrupt or hostile' });
+    bzImage = Buffer.alloc(st.size);
+    const { bytesRead } = await fh.read(bzImage, 0, st.size, 0);
+    bzImage = bzImage.subarray(0, bytesRead);
+  } finally {
+    await fh.close();
+  }
+  const vmlinux = await extractVmlinuxFromAsync(bzImage, basename(bzImagePath));
+  if (!vmlinux) return false;
+  const tmp = join(dirname(out), `.${basename(out)}.${randomBytes(6).toString('hex')}.tmp`);
+  try {
+    const w = await open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o644);
+    try {
+      await w.writeFile(vmlinux);
+    } finally {
+      await w.close();
+    }
     await rename(tmp, out);
   } finally {
     await rm(tmp, { force: true });
