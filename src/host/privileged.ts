@@ -433,11 +433,11 @@ export class PrivilegedOps {
     if (this.legacyChecked.has(bridge)) return;
     if (fw === 'nft') {
       if (bridge !== 'banger') {
-        const r = await this.exec('nft', ['-j', 'list', 'table', 'inet', 'banger'], { allowFailure: true });
-        if (r.code === 0) {
-          const doc = JSON.parse(r.stdout) as { nftables?: Array<{ table?: { comment?: string } }> };
-          const comment = doc.nftables?.find((x) => x.table)?.table?.comment ?? '';
-          if (comment.includes(`on ${bridge} (`)) await this.exec('nft', ['-f', '-'], { input: 'table inet banger\ndelete table inet banger\n' });
+        // Text, not JSON: nft 1.0.6 leaves table comments out of its JSON.
+        const r = await this.exec('nft', ['list', 'table', 'inet', 'banger'], { allowFailure: true });
+        const comment = /^\s*comment "([^"]*)"/m.exec(r.code === 0 ? r.stdout : '')?.[1] ?? '';
+        if (comment.startsWith('banger: NAT for VMs on ') && comment.includes(`on ${bridge} (`)) {
+          await this.exec('nft', ['-f', '-'], { input: 'table inet banger\ndelete table inet banger\n' });
         }
       }
     } else {

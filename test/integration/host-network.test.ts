@@ -4,10 +4,16 @@ import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { after, test } from 'node:test';
 import { BangerError } from '../../src/api/errors.js';
+import pino from 'pino';
+import { parseConfig } from '../../src/config/config.js';
+import { type DnsRecords, NetworkService } from '../../src/daemon/services/network.js';
+import { BridgeLock } from '../../src/host/bridge-lock.js';
 import { macForIp } from '../../src/host/netplan.js';
 import { OWNER_ALIAS, PrivilegedOps } from '../../src/host/privileged.js';
 import { type CommandRunner, ProcessRunner, type RunOptions, type RunResult } from '../../src/host/runner.js';
 import { TapPool } from '../../src/host/tap-pool.js';
+import type { LeaseRepo } from '../../src/store/leases.js';
+import type { Repos } from '../../src/store/repos.js';
 import { waitFor } from './harness.js';
 
 /*
@@ -608,3 +614,142 @@ for (const firewall of ['nft', 'iptables'] as const) {
     assert.equal(await t.connectFrom(b), undefined, 'B has no NAT');
   });
 }
+
+// ---- two daemons on one host ------------------------------------------------------------------
+
+test('two daemons on two bridges in one namespace keep their own TAPs, tables and NAT across restarts of either', { skip: nftSkip }, async () => {
+  const ns = await newNs('two');
+  const daemon = async (bridge: string, cidr: string, gw: string) => {
+    const ops = new PrivilegedOps({ runner, netns: ns, firewall: 'nft' });
+    await ops.ensureBridge(bridge, `${gw}/24`);
+    const pool = new TapPool({ ops, bridge, size: 2 });
+    return { ops, pool, bridge, cidr };
+  };
+  // A table left by banger before tables were per bridge, for banger1's VMs: only banger1's daemon may remove it.
+  await inNs(ns, 'nft', ['-f', '-'], { input: 'table inet banger {\n  comment "banger: NAT for VMs on banger1 (10.78.0.0/24); rebuilt by bangerd"\n}\n' });
+  const a = await daemon('banger0', '10.77.0.0/24', '10.77.0.1');
+  const b = await daemon('banger1', '10.78.0.0/24', '10.78.0.1');
+  await a.pool.reconcile(new Set());
+  await b.pool.reconcile(new Set());
+  const tapA = await a.pool.acquire();
+  const tapB = await b.pool.acquire();
+  await a.pool.settled();
+  await b.pool.settled();
+  const pinA = { tap: tapA, mac: macForIp('10.77.0.2'), ip: '10.77.0.2', nat: true };
+  const pinB = { tap: tapB, mac: macForIp('10.78.0.2'), ip: '10.78.0.2', nat: true };
+  await a.ops.applyPolicy({ bridge: 'banger0', cidr: a.cidr, pins: [pinA] });
+  assert.match((await inNs(ns, 'nft', ['list', 'tables'])).stdout, /table inet banger\n/, 'banger0\'s daemon left banger1\'s legacy table alone');
+  await b.ops.applyPolicy({ bridge: 'banger1', cidr: b.cidr, pins: [pinB] });
+  assert.doesNotMatch((await inNs(ns, 'nft', ['list', 'tables'])).stdout, /table inet banger\n/, 'banger1\'s daemon replaced its own legacy table');
+
+  const tapsOf = async (bridge: string) => (await runner.run('ip', ['-n', ns, '-j', 'link', 'show', 'master', bridge])).stdout;
+  const stateOf = async (bridge: string) => ({
+    inet: (await inNs(ns, 'nft', ['list', 'table', 'inet', bridge])).stdout,
+    bridge: (await inNs(ns, 'nft', ['list', 'table', 'bridge', bridge])).stdout,
+    taps: await tapsOf(bridge),
+    listed: await a.ops.listTaps(bridge),
+  });
+  const before = { a: await stateOf('banger0'), b: await stateOf('banger1') };
+  assert.equal(before.a.listed.length, 3);
+  assert.equal(before.b.listed.length, 3);
+  assert.ok(before.a.listed.every((t) => t.startsWith('bg0.')) && before.b.listed.every((t) => t.startsWith('bg1.')), JSON.stringify(before));
+  assert.match(before.a.bridge, new RegExp(`"${tapA.replace('.', '\\.')}" \\. 52:54:00:4d:00:02 \\. 10\\.77\\.0\\.2`));
+  assert.match(before.b.bridge, new RegExp(`"${tapB.replace('.', '\\.')}" \\. 52:54:00:4e:00:02 \\. 10\\.78\\.0\\.2`));
+  assert.equal(await sysctl(ns, 'net.ipv4.ip_forward'), '1');
+
+  // Restart A twice (fresh ops and pool adopting the host, as bangerd does at start), with NAT off: B is untouched.
+  for (let i = 0; i < 2; i++) {
+    const again = await daemon('banger0', '10.77.0.0/24', '10.77.0.1');
+    await again.pool.reconcile(new Set([tapA]));
+    await again.ops.applyPolicy({ bridge: 'banger0', cidr: again.cidr, pins: [{ ...pinA, nat: false }] });
+    await again.pool.settled();
+    assert.deepEqual(await stateOf('banger1'), before.b, 'banger1\'s daemon\'s TAPs and tables are untouched by a restart of banger0\'s');
+  }
+  assert.equal(await sysctl(ns, 'net.ipv4.ip_forward'), '1', 'B still has a NAT VM: forwarding stays on');
+  assert.deepEqual(await a.ops.currentNatIps('banger0'), []);
+  assert.deepEqual(await b.ops.currentNatIps('banger1'), ['10.78.0.2']);
+
+  // Restart B: A's state is untouched too.
+  const aState = await stateOf('banger0');
+  const b2 = await daemon('banger1', '10.78.0.0/24', '10.78.0.1');
+  await b2.pool.reconcile(new Set([tapB]));
+  await b2.ops.applyPolicy({ bridge: 'banger1', cidr: b2.cidr, pins: [pinB] });
+  await b2.pool.settled();
+  assert.deepEqual(await stateOf('banger0'), aState);
+  assert.deepEqual(await stateOf('banger1'), before.b);
+
+  // A's daemon cannot delete B's TAPs, and removing A's policy leaves B's.
+  await assert.rejects(a.ops.deleteTap(tapB, 'banger0'), rejectsWith('bad_request'));
+  await a.ops.removePolicy('banger0');
+  assert.deepEqual(await stateOf('banger1'), before.b);
+  assert.equal(await sysctl(ns, 'net.ipv4.ip_forward'), '1');
+  // The last NAT VM in the namespace goes: banger turned forwarding on here, so it restores 0.
+  await b.ops.applyPolicy({ bridge: 'banger1', cidr: b.cidr, pins: [{ ...pinB, nat: false }] });
+  assert.equal(await sysctl(ns, 'net.ipv4.ip_forward'), '0');
+  assert.doesNotMatch((await inNs(ns, 'nft', ['list', 'tables'])).stdout, /banger_ip_forward_was_0/);
+});
+
+test('ip_forward: a host that had forwarding on keeps it when the last NAT VM goes', { skip: nftSkip }, async () => {
+  const ns = await newNs('fwd');
+  const ops = new PrivilegedOps({ runner, netns: ns, firewall: 'nft' });
+  await inNs(ns, 'sysctl', ['-qw', 'net.ipv4.ip_forward=1']);
+  const pin = { tap: 'bg0.0', mac: macForIp('10.77.0.2'), ip: '10.77.0.2', nat: true };
+  await ops.applyPolicy({ bridge: 'banger0', cidr: '10.77.0.0/24', pins: [pin] });
+  assert.doesNotMatch((await inNs(ns, 'nft', ['list', 'tables'])).stdout, /banger_ip_forward_was_0/, 'no marker: banger did not turn it on');
+  await ops.applyPolicy({ bridge: 'banger0', cidr: '10.77.0.0/24', pins: [{ ...pin, nat: false }] });
+  await ops.removePolicy('banger0');
+  assert.equal(await sysctl(ns, 'net.ipv4.ip_forward'), '1');
+});
+
+test('a second daemon on the same bridge (same namespace) is refused before it touches the host', { skip: nftSkip }, async () => {
+  const ns = await newNs('lock');
+  // The "other daemon": a process holding banger0's claim for this namespace.
+  const holder = spawn(
+    process.execPath,
+    [
+      '--input-type=module',
+      '-e',
+      `const { BridgeLock } = await import(${JSON.stringify(new URL('../../src/host/bridge-lock.js', import.meta.url).href)});
+       await BridgeLock.acquire('banger0', ${JSON.stringify(ns)}); console.log('held'); setInterval(() => {}, 1 << 30);`,
+    ],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
+  children.push(holder);
+  await new Promise<void>((resolve, reject) => {
+    holder.stdout?.on('data', (b: Buffer) => b.toString().includes('held') && resolve());
+    holder.once('exit', (code) => reject(new Error(`lock holder exited with ${code}`)));
+  });
+  const config = parseConfig('bridge_name = "banger0"\ncidr = "10.77.0.0/24"\nbridge_ip = "10.77.0.1"\n', 'test-config.toml');
+  const ops = new PrivilegedOps({ runner, netns: ns, firewall: 'nft' });
+  const log = pino({ level: 'silent' });
+  const fakeDns: DnsRecords = { set: () => {}, remove: () => {}, replaceAll: () => {} };
+  // Fakes for the store: the claim must fail before any of them is read.
+  const fakeLeases = { pins: () => assert.fail('the store was read') } as unknown as LeaseRepo;
+  const fakeRepos = { vms: { all: () => assert.fail('the store was read') } } as unknown as Repos;
+  const clock = { now: () => new Date() };
+  const net = new NetworkService({ ops, leases: fakeLeases, repos: fakeRepos, config, clock, log, dns: fakeDns });
+  const refused = rejectsWith('conflict', new RegExp(`bridge banger0 is already used by another bangerd \\(pid ${holder.pid}\\)`));
+  await assert.rejects(net.ensureHost(), (e) => refused(e) && /bridge_name/.test((e as BangerError).fix ?? ''));
+  await assert.rejects(net.applyNat(), refused);
+  assert.equal(await linkJson(ns, 'banger0'), undefined, 'the refused daemon created no bridge');
+  assert.doesNotMatch((await inNs(ns, 'nft', ['list', 'tables'])).stdout, /banger/, 'and no table');
+
+  // Another bridge, or the same name in another namespace, is free.
+  const other = await BridgeLock.acquire('banger1', ns);
+  const elsewhere = await BridgeLock.acquire('banger0', `${ns}-elsewhere`);
+  other.release();
+  elsewhere.release();
+
+  // The holder dies: the kernel frees the claim, and this daemon proceeds.
+  const exited = new Promise((r) => holder.once('exit', r));
+  holder.kill('SIGKILL');
+  await exited;
+  const fakeReposEmpty = { vms: { all: () => [] } } as unknown as Repos;
+  const fakeLeasesEmpty = { pins: () => [] } as unknown as LeaseRepo;
+  const net2 = new NetworkService({ ops, leases: fakeLeasesEmpty, repos: fakeReposEmpty, config, clock, log, dns: fakeDns });
+  await net2.ensureHost();
+  assert.equal((await linkJson(ns, 'banger0'))?.ifalias, OWNER_ALIAS);
+  assert.match((await inNs(ns, 'nft', ['list', 'tables'])).stdout, /table bridge banger0/);
+  await net2.close();
+  (await net2.claim()).release();
+});
