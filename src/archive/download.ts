@@ -42,8 +42,42 @@ export function displayUrl(url: string): string {
   }
 }
 
+/** True for a host name or address that never leaves this machine (127.0.0.0/8, ::1, localhost). */
+export function isLoopbackHost(hostname: string): boolean {
+  const h = hostname.replace(/^\[|\]$/g, '').toLowerCase();
+  if (h === 'localhost' || h.endsWith('.localhost') || h === '::1' || h === '0:0:0:0:0:0:0:1') return true;
+  return /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h);
+}
+
+/**
+ * What a document that is not pinned by a checksum (a catalog) may be fetched over: https, or
+ * http to loopback (tests, local mirrors). Plain http across a network lets anyone on the path
+ * rewrite it. Returns the problem, or undefined when the URL is fine.
+ */
+export function insecureUrlProblem(url: string): string | undefined {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    return 'is not a valid URL';
+  }
+  if (u.protocol === 'https:') return undefined;
+  if (u.protocol === 'http:') return isLoopbackHost(u.hostname) ? undefined : 'uses plain http to a host that is not loopback';
+  return `uses the unsupported scheme ${u.protocol}`;
+}
+
+export interface OpenUrlOptions {
+  /**
+   * Checked against the URL and every redirect target before it is requested (redirects are then
+   * followed by hand); throws to refuse.
+   */
+  checkUrl?: (url: string) => void;
+}
+
+const MAX_REDIRECTS = 10;
+
 /** Opens a URL as a byte stream: http(s) through global fetch, file: from disk. */
-export async function openUrl(url: string, signal?: AbortSignal): Promise<{ body: Readable; total: number | undefined }> {
+export async function openUrl(url: string, signal?: AbortSignal, opts: OpenUrlOptions = {}): Promise<{ body: Readable; total: number | undefined }> {
   let u: URL;
   try {
     u = new URL(url);
@@ -65,8 +99,21 @@ export async function openUrl(url: string, signal?: AbortSignal): Promise<{ body
   }
   let res: Response;
   try {
-    res = await fetch(u, { redirect: 'follow', ...(signal ? { signal } : {}) });
+    if (!opts.checkUrl) res = await fetch(u, { redirect: 'follow', ...(signal ? { signal } : {}) });
+    else {
+      let hop = u;
+      for (let n = 0; ; n++) {
+        opts.checkUrl(hop.href);
+        res = await fetch(hop, { redirect: 'manual', ...(signal ? { signal } : {}) });
+        const location = res.headers.get('location');
+        if (res.status < 300 || res.status > 399 || location === null) break;
+        await res.body?.cancel().catch(() => {});
+        if (n >= MAX_REDIRECTS) throw new BangerError('upstream_failed', `${displayUrl(url)} redirects more than ${MAX_REDIRECTS} times`, { fix: 'check the URL' });
+        hop = new URL(location, hop);
+      }
+    }
   } catch (e) {
+    if (e instanceof BangerError) throw e;
     if (signal?.aborted) throw new BangerError('cancelled', `download of ${displayUrl(url)} was cancelled`);
     const cause = (e as { cause?: { message?: string; code?: string } }).cause;
     throw new BangerError('upstream_failed', `cannot fetch ${displayUrl(url)}: ${cause?.code ?? cause?.message ?? (e as Error).message}`, {
@@ -109,8 +156,8 @@ export async function downloadCached(
 }
 
 /** Reads a small document (a catalog, a Release file) whole; `tooBig` is thrown once it passes `maxBytes`. */
-export async function readUrl(url: string, maxBytes: number, tooBig: () => BangerError, signal?: AbortSignal): Promise<Buffer> {
-  const { body } = await openUrl(url, signal);
+export async function readUrl(url: string, maxBytes: number, tooBig: () => BangerError, signal?: AbortSignal, opts: OpenUrlOptions = {}): Promise<Buffer> {
+  const { body } = await openUrl(url, signal, opts);
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const c of body) {

@@ -28,14 +28,45 @@ export function parseReleaseSha256(text: string): Map<string, ReleaseEntry> {
   return out;
 }
 
+/** A top-level field of a Release file ("Valid-Until", "Date"), or undefined. */
+export function releaseField(text: string, field: string): string | undefined {
+  const lower = `${field.toLowerCase()}:`;
+  for (const line of text.split('\n')) {
+    if (/^\S/.test(line) && line.toLowerCase().startsWith(lower)) return line.slice(lower.length).trim();
+  }
+  return undefined;
+}
+
+/**
+ * Enforces a signed Release's `Valid-Until` (as apt does): past it, a mirror (or anyone on the
+ * path, the signature being intact) could be replaying an old index with since-fixed kernels.
+ * Releases without the field (bookworm's has none) pass; an unreadable date is refused.
+ */
+export function checkReleaseValidity(text: string, where: string, now: Date): void {
+  const until = releaseField(text, 'Valid-Until');
+  if (until === undefined) return;
+  const t = Date.parse(until);
+  if (Number.isNaN(t)) {
+    throw new BangerError('rejected_content', `${where} has a Valid-Until that is not a date: ${JSON.stringify(until.slice(0, 80))}`, {
+      fix: 'the mirror serves a broken Release file: use another mirror',
+    });
+  }
+  if (t < now.getTime()) {
+    throw new BangerError('rejected_content', `${where} expired: its Valid-Until is ${new Date(t).toUTCString()} (now ${now.toUTCString()})`, {
+      fix: 'the mirror serves a stale (or replayed) index: use an up-to-date mirror (debian_mirror or the entry\'s mirror), or check the host clock',
+    });
+  }
+}
+
 /**
  * Fetches `<mirror>/dists/<suite>/InRelease` and checks its signature with gpgv against
  * `keyring` (Debian's archive keyring by default), as apt does. Only the signed text is used:
- * anything around the signature is dropped by gpgv. Returns the SHA256 section, which then
+ * anything around the signature is dropped by gpgv. A signed `Valid-Until` in the past is refused.
+ * Returns the SHA256 section, which then
  * vouches for the Packages index (and the index for the .deb), so the download chain is anchored
  * in the keyring even over plain HTTP.
  */
-export async function fetchVerifiedRelease(mirror: string, suite: string, keyring: string, signal?: AbortSignal): Promise<Map<string, ReleaseEntry>> {
+export async function fetchVerifiedRelease(mirror: string, suite: string, keyring: string, signal?: AbortSignal, now: Date = new Date()): Promise<Map<string, ReleaseEntry>> {
   if (!(await stat(keyring).then((s) => s.isFile(), () => false))) {
     throw new BangerError('missing_dependency', `the keyring ${keyring} that verifies Debian's package index is missing`, {
       fix: 'install it (apt-get install debian-archive-keyring) or point debian_keyring (config) at the archive keyring of your mirror',
@@ -57,7 +88,10 @@ export async function fetchVerifiedRelease(mirror: string, suite: string, keyrin
         fix: 'the mirror served an unsigned or tampered index (or one signed by a key not in the keyring); use a trusted mirror or set debian_keyring',
       });
     }
-    return parseReleaseSha256(await readFile(join(dir, 'Release'), 'utf8'));
+    const release = await readFile(join(dir, 'Release'), 'utf8');
+    // Only the signed text counts: a Valid-Until outside the signature is dropped by gpgv.
+    checkReleaseValidity(release, displayUrl(url), now);
+    return parseReleaseSha256(release);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
