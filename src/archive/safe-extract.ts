@@ -18,6 +18,13 @@ export interface SafeExtractOptions {
   /** 'auto' (default) sniffs the magic bytes. */
   compression?: Compression | 'auto';
   signal?: AbortSignal | undefined;
+  /**
+   * Symlinks are kept by default: inside the tree they are guest paths (an absolute target means
+   * the guest's root), and host code must resolve them with realPathUnder / open with
+   * O_NOFOLLOW. `false` refuses every symlink entry, for archives the host consumes directly
+   * (bundles: a manifest and a rootfs file, no links needed).
+   */
+  symlinks?: boolean;
 }
 
 export interface ExtractStats {
@@ -191,6 +198,7 @@ async function extractInto(input: Readable, root: string, opts: SafeExtractOptio
         break;
       }
       case 'symlink': {
+        if (opts.symlinks === false) throw rejected(label, name, 'symlinks are not allowed in this archive');
         if (parts.length === 0) throw rejected(label, name, 'a symlink at the archive root');
         const target = h.linkname ?? '';
         if (!target) throw rejected(label, name, 'symlink without a target');

@@ -4,7 +4,9 @@ import { mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
-import { copyRegularNoFollow, readRegularNoFollow, realPathUnder } from '../../src/archive/safe-extract.js';
+import { Readable } from 'node:stream';
+import * as tar from 'tar-stream';
+import { copyRegularNoFollow, readRegularNoFollow, realPathUnder, safeExtract } from '../../src/archive/safe-extract.js';
 import { assertKernelVersion, discoverKernel } from '../../src/daemon/services/kernels.js';
 import { resolveModules } from '../../src/guest/kernel-modules.js';
 
@@ -164,4 +166,23 @@ test('copyRegularNoFollow refuses links, FIFOs and an existing destination', asy
   assert.equal(existsSync(join(d, 'victim')), false, 'nothing written through a planted link');
   assert.equal(await copyRegularNoFollow(join(d, 'real'), join(d, 'out')), 4);
   await assert.rejects(realPathUnder(d, join(d, 'link'), 'file'), /leads outside/);
+});
+
+test('safeExtract keeps an absolute link as a guest path, and refuses links altogether with symlinks: false', async () => {
+  const secret = await hostSecret();
+  const pack = tar.pack();
+  pack.entry({ name: 'manifest.json', mode: 0o644 }, '{}');
+  pack.entry({ name: 'rootfs.ext4', type: 'symlink', linkname: secret });
+  pack.finalize();
+  const chunks: Buffer[] = [];
+  for await (const c of pack) chunks.push(c as Buffer);
+  const archive = Buffer.concat(chunks);
+  const base = await tmp('sx-');
+  const limits = { label: 'test bundle', maxBytes: 1 << 20, maxEntries: 16 };
+  await assert.rejects(safeExtract(Readable.from([archive]), { ...limits, dest: join(base, 'strict'), symlinks: false }), /"rootfs\.ext4" rejected: symlinks are not allowed/);
+  assert.equal(existsSync(join(base, 'strict')), false, 'the partial tree is removed');
+  // Default: kept (it is the guest's /...), and host code that resolves it is stopped.
+  await safeExtract(Readable.from([archive]), { ...limits, dest: join(base, 'guest') });
+  await assert.rejects(realPathUnder(join(base, 'guest'), join(base, 'guest', 'rootfs.ext4'), 'rootfs'), /leads outside/);
+  await assert.rejects(readRegularNoFollow(join(base, 'guest', 'rootfs.ext4'), 1 << 20), /is a symlink/);
 });
