@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { BangerError } from '../../api/errors.js';
 import type { OperationEvent, Vm } from '../../api/schemas.js';
 import { BangerClient } from '../../client/client.js';
+import { checkVm } from '../../client/trust.js';
 import { addVmSpecOptions, type VmSpecOptions, vmCreateRequest } from '../args.js';
 import { followOperation, ProgressRenderer } from '../progress.js';
 import { sshIntoVm } from './ssh.js';
@@ -47,12 +48,13 @@ export function registerRunCommand(vm: Command): void {
       let name: string | undefined;
       const onEvent = (e: OperationEvent): void => {
         const lines = e.type === 'snapshot' ? (e.operation.log ?? []) : e.type === 'log' ? [e.line] : [];
-        for (const line of lines) name ??= /^spec: (\S+)/.exec(line)?.[1];
+        for (const line of lines) name ??= /^spec: ([a-z0-9-]{1,63})(?:\s|$)/.exec(line)?.[1];
         progress.onEvent(e);
       };
       let vm: Vm;
       try {
-        vm = await followOperation<Vm>(client, accepted, onEvent);
+        // The name goes to the terminal and to ssh's argv: checked like any VM from the daemon.
+        vm = checkVm(await followOperation<Vm>(client, accepted, onEvent));
       } catch (e) {
         // A guest that launched but never became ready is kept for a post-mortem, --rm or not.
         if (e instanceof BangerError && e.code === 'timeout' && name) {
