@@ -29,6 +29,9 @@
 #include <netinet/in.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/statfs.h>
+#include <sys/xattr.h>
+#include <linux/fs.h>
 #include <sys/socket.h>
 #include <sys/reboot.h>
 #include <sys/stat.h>
@@ -385,6 +388,195 @@ static void switch_root(void)
 		failed("chdir /");
 }
 
+/*
+ * The work disk arrives from the host as an empty ext4 (the host never copies a tree out of a
+ * filesystem someone else wrote). On its first boot it is seeded here, inside the guest, from the
+ * image's own /root; an xattr on its root directory records that, so a seed interrupted by a crash
+ * is redone and a seeded disk is never touched again. When the host has grown the disk file, the
+ * filesystem is grown online to fill it.
+ */
+#define SEED_XATTR "trusted.banger.seeded"
+#define SEED_MAX_DEPTH 128
+#ifndef EXT4_IOC_RESIZE_FS
+#define EXT4_IOC_RESIZE_FS _IOW('f', 16, unsigned long long)
+#endif
+
+static int seed_entry(int sdir, int ddir, const char *name, const struct stat *st, int depth, long *count);
+
+static void seed_attrs(int ddir, const char *name, const struct stat *st)
+{
+	/* chown clears set-id bits, so the mode comes after it; symlinks have no mode of their own. */
+	if (fchownat(ddir, name, st->st_uid, st->st_gid, AT_SYMLINK_NOFOLLOW) != 0)
+		failedf("seed: chown %s", name);
+	if (!S_ISLNK(st->st_mode) && fchmodat(ddir, name, st->st_mode & 07777, 0) != 0)
+		failedf("seed: chmod %s", name);
+	struct timespec times[2] = { st->st_atim, st->st_mtim };
+	utimensat(ddir, name, times, AT_SYMLINK_NOFOLLOW);
+}
+
+static int seed_dir(int sdir, int ddir, int depth, long *count)
+{
+	if (depth > SEED_MAX_DEPTH) {
+		say("seed: directories nested deeper than %d levels; the rest is not copied", SEED_MAX_DEPTH);
+		return -1;
+	}
+	int dup_fd = dup(sdir);
+	DIR *d = dup_fd >= 0 ? fdopendir(dup_fd) : NULL;
+	if (!d) {
+		failed("seed: open directory");
+		if (dup_fd >= 0)
+			close(dup_fd);
+		return -1;
+	}
+	int errors = 0;
+	struct dirent *e;
+	while ((e = readdir(d)) != NULL) {
+		struct stat st;
+		if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+			continue;
+		if (fstatat(sdir, e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
+			failedf("seed: stat %s", e->d_name);
+			errors++;
+			continue;
+		}
+		errors += seed_entry(sdir, ddir, e->d_name, &st, depth, count) != 0;
+	}
+	closedir(d);
+	return errors ? -1 : 0;
+}
+
+/* Idempotent: an entry already on the work disk (from a seed cut short) is replaced or merged. */
+static int seed_entry(int sdir, int ddir, const char *name, const struct stat *st, int depth, long *count)
+{
+	int rc = 0;
+	if (S_ISDIR(st->st_mode)) {
+		if (mkdirat(ddir, name, 0700) != 0 && errno != EEXIST) {
+			failedf("seed: mkdir %s", name);
+			return -1;
+		}
+		int ns = openat(sdir, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		int nd = openat(ddir, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		if (ns < 0 || nd < 0) {
+			failedf("seed: open directory %s", name);
+			rc = -1;
+		} else {
+			rc = seed_dir(ns, nd, depth + 1, count);
+		}
+		if (ns >= 0)
+			close(ns);
+		if (nd >= 0)
+			close(nd);
+	} else if (S_ISREG(st->st_mode)) {
+		int in = openat(sdir, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+		unlinkat(ddir, name, 0);
+		int out = openat(ddir, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+		if (in < 0 || out < 0) {
+			failedf("seed: copy %s", name);
+			rc = -1;
+		}
+		for (off_t left = st->st_size; rc == 0 && left > 0;) {
+			ssize_t n = sendfile(out, in, NULL, (size_t)(left > (1 << 30) ? (1 << 30) : left));
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n <= 0) {
+				failedf("seed: copy %s", name);
+				rc = -1;
+				break;
+			}
+			left -= n;
+		}
+		if (in >= 0)
+			close(in);
+		if (out >= 0 && close(out) != 0 && rc == 0) {
+			failedf("seed: write %s", name);
+			rc = -1;
+		}
+	} else if (S_ISLNK(st->st_mode)) {
+		char target[4096];
+		ssize_t n = readlinkat(sdir, name, target, sizeof target - 1);
+		if (n >= 0) {
+			target[n] = '\0';
+			unlinkat(ddir, name, 0);
+		}
+		if (n < 0 || symlinkat(target, ddir, name) != 0) {
+			failedf("seed: symlink %s", name);
+			rc = -1;
+		}
+	} else if (S_ISFIFO(st->st_mode) || S_ISCHR(st->st_mode) || S_ISBLK(st->st_mode) || S_ISSOCK(st->st_mode)) {
+		unlinkat(ddir, name, 0);
+		if (mknodat(ddir, name, st->st_mode, st->st_rdev) != 0) {
+			failedf("seed: mknod %s", name);
+			rc = -1;
+		}
+	}
+	if (rc == 0) {
+		seed_attrs(ddir, name, st);
+		(*count)++;
+	}
+	return rc;
+}
+
+/* The image's /root, opened before the work disk hides it; -1 when it is absent or not a directory. */
+static int open_seed_dir(void)
+{
+	int fd = open(cfg.work_mount, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0 && errno != ENOENT)
+		failedf("open the image's %s to seed the work disk (a symlink is not followed)", cfg.work_mount);
+	return fd;
+}
+
+static void seed_work_disk(int seed)
+{
+	char flag = 0;
+	if (getxattr(cfg.work_mount, SEED_XATTR, &flag, 1) == 1)
+		return;
+	int dest = open(cfg.work_mount, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (dest < 0) {
+		failedf("open work disk %s", cfg.work_mount);
+		return;
+	}
+	long count = 0;
+	int rc = 0;
+	if (seed >= 0) {
+		struct stat st;
+		rc = seed_dir(seed, dest, 0, &count);
+		if (fstat(seed, &st) == 0) {
+			if (fchown(dest, st.st_uid, st.st_gid) != 0 || fchmod(dest, st.st_mode & 07777) != 0)
+				failed("seed: set owner/mode of the work disk's root");
+		}
+	}
+	if (rc == 0 && setxattr(cfg.work_mount, SEED_XATTR, "1", 1, 0) != 0)
+		failed("seed: mark the work disk seeded");
+	close(dest);
+	say("seeded the work disk from the image's %s: %ld entries%s", cfg.work_mount, count, rc ? " (with errors; retried next boot)" : "");
+}
+
+static void grow_work_fs(void)
+{
+	int dev = open(cfg.work_disk, O_RDONLY | O_CLOEXEC);
+	unsigned long long bytes = 0;
+	if (dev < 0 || ioctl(dev, BLKGETSIZE64, &bytes) != 0) {
+		failedf("size of %s", cfg.work_disk);
+		if (dev >= 0)
+			close(dev);
+		return;
+	}
+	close(dev);
+	struct statfs sf;
+	int dir = open(cfg.work_mount, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dir < 0 || fstatfs(dir, &sf) != 0 || sf.f_bsize <= 0) {
+		failedf("statfs %s", cfg.work_mount);
+		if (dir >= 0)
+			close(dir);
+		return;
+	}
+	unsigned long long blocks = bytes / (unsigned long long)sf.f_bsize;
+	/* The kernel answers "nothing to do" at once when the filesystem already fills the disk. */
+	if (ioctl(dir, EXT4_IOC_RESIZE_FS, &blocks) != 0)
+		failedf("grow the work filesystem on %s", cfg.work_disk);
+	close(dir);
+}
+
 static void mount_work_disk(void)
 {
 	if (!cfg.work_disk[0])
@@ -395,11 +587,18 @@ static void mount_work_disk(void)
 	}
 	if (mkdir(cfg.work_mount, 0700) != 0 && errno != EEXIST)
 		failedf("mkdir %s", cfg.work_mount);
+	int seed = open_seed_dir();
 	if (mount(cfg.work_disk, cfg.work_mount, "ext4", MS_NOATIME, NULL) != 0) {
 		failedf("mount work disk %s", cfg.work_disk);
+		if (seed >= 0)
+			close(seed);
 		return;
 	}
 	say("mounted work disk %s on %s", cfg.work_disk, cfg.work_mount);
+	grow_work_fs();
+	seed_work_disk(seed);
+	if (seed >= 0)
+		close(seed);
 }
 
 static int copy_file(int sdir, int ddir, const char *name, const struct stat *st)

@@ -100,7 +100,6 @@ export const ImageSchema = z.object({
   rootfsPath: z.string(),
   kernelId: z.string(),
   kernelName: z.string(),
-  workSeedPath: z.string().nullable(),
   managed: z.boolean(),
   hasSystemd: z.boolean(),
   hasSshd: z.boolean(),

@@ -30,21 +30,18 @@ export class DiskTools {
     await this.runner.run('mkfs.ext4', args, { timeoutMs: 300_000 });
   }
 
-  /** Offline grow: the VM must be stopped. Shrinking is refused (it would lose data). */
-  async growExt4(path: string, newSizeBytes: number): Promise<void> {
+  /**
+   * Grows a stopped VM's disk file; the filesystem inside is grown by the guest at its next boot
+   * (banger-init), so no host tool parses a filesystem the guest wrote. Shrinking is refused.
+   */
+  async growFile(path: string, newSizeBytes: number): Promise<void> {
     const cur = (await stat(path)).size;
     if (newSizeBytes < cur) {
       throw new BangerError('bad_request', `disk can only grow: it is ${cur} bytes, asked for ${newSizeBytes}`, {
         fix: 'give a size at least as large as the current one',
       });
     }
-    if (newSizeBytes === cur) return;
-    await this.runner.run('e2fsck', ['-f', '-y', path], { timeoutMs: 300_000, allowFailure: true }).then((r) => {
-      // e2fsck: 0 clean, 1 errors fixed; anything else means the filesystem needs a human.
-      if (r.code > 1) throw new BangerError('host_command_failed', `e2fsck found errors it could not fix in ${path}: ${r.stdout}${r.stderr}`);
-    });
-    await truncate(path, newSizeBytes);
-    await this.runner.run('resize2fs', ['-f', path], { timeoutMs: 300_000 });
+    if (newSizeBytes > cur) await truncate(path, newSizeBytes);
   }
 
   /** Validates that a file is an ext4 filesystem and returns its size in bytes. */
@@ -57,14 +54,6 @@ export class DiskTools {
     }
     const get = (k: string) => Number(new RegExp(`^${k}:\\s+(\\d+)`, 'm').exec(r.stdout)?.[1] ?? Number.NaN);
     return { blockCount: get('Block count'), blockSize: get('Block size') };
-  }
-
-  /** Copies a directory out of an ext4 image without mounting. Missing source → false. */
-  async extractDir(imagePath: string, guestDir: string, outParent: string): Promise<boolean> {
-    const probe = await this.runner.run('debugfs', ['-R', `stat ${guestDir}`, imagePath], { timeoutMs: 30_000, allowFailure: true });
-    if (/File not found/.test(probe.stderr) || probe.code !== 0) return false;
-    await this.runner.run('debugfs', ['-R', `rdump ${guestDir} ${outParent}`, imagePath], { timeoutMs: 300_000 });
-    return true;
   }
 
   /** Runs a debugfs command file against an image (writable). debugfs exits 0 even when commands fail: its stderr tells. */

@@ -111,8 +111,9 @@ describe('image pull from a real loopback registry', () => {
     const dnull = inode(fs, '/dev/null');
     assert.equal(dnull.type, "character special");
     assert.match(dnull.raw, /Device major\/minor number: 01:03/);
-    // The work seed is the image's /root.
-    assert.ok(existsSync(join(img.workSeedPath as string, '.bashrc')));
+    // The image's /root stays in the rootfs (the guest seeds its work disk from it); nothing is copied out.
+    assert.equal(inode(fs, '/root/.bashrc').type, 'regular');
+    assert.ok(!existsSync(join(home.dir, 'state', 'images', img.id, 'root')), 'no host-side work seed');
   });
 
   test('a multi-arch index resolves to linux/amd64; a Docker manifest list too', async () => {

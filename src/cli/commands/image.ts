@@ -141,7 +141,6 @@ export function registerImageCommands(program: Command): void {
         ['id', i.id],
         ['rootfs', i.rootfsPath],
         ['kernel', i.kernelName],
-        ['work seed', i.workSeedPath],
         ['managed', i.managed ? 'yes' : 'no (used in place)'],
         ['systemd', i.hasSystemd ? 'yes' : 'no'],
         ['sshd', i.hasSshd ? 'yes' : 'no (installed at first boot in VMs with NAT)'],

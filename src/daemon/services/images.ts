@@ -19,6 +19,7 @@ import type { ScratchSpace } from '../../host/scratch.js';
 import type { Layout } from '../../config/layout.js';
 import type { DiskTools } from '../../host/disks.js';
 import { type ImageRow, type Repos, resolveRef } from '../../store/repos.js';
+import { crashPoint } from '../../util/crash-point.js';
 import { newId } from '../../util/ids.js';
 import type { KeyedMutex } from '../locks.js';
 import type { Clock, OpContext } from '../operations.js';
@@ -56,7 +57,6 @@ export interface ImageServiceOptions {
 interface Workspace {
   staging: string;
   rootfs: string;
-  seed: string;
 }
 
 async function readBundleManifest(path: string, name: string) {
@@ -122,19 +122,17 @@ export class ImageService {
   }
 
   /**
-   * Saves a stopped VM's disks as a new managed image: the root disk flattened to a raw ext4 (a
-   * qcow2 overlay is converted with its base folded in), the work disk's files as the work seed.
+   * Saves a stopped VM's root disk as a new managed image, flattened to a raw ext4 (a qcow2 overlay
+   * is converted with its base folded in). The guest has already copied its /root into it: the host
+   * never reads files out of a filesystem a guest wrote.
    */
-  async saveFromVm(name: string, from: string, disks: { root: string; format: 'qcow2' | 'raw'; work: string }, ctx: OpContext): Promise<Image> {
+  async saveFromVm(name: string, from: string, disks: { root: string; format: 'qcow2' | 'raw' }, ctx: OpContext): Promise<Image> {
     const base = this.row(from);
     return this.staged(name, ctx, async (w) => {
       ctx.stage('save image', name);
       if (disks.format === 'qcow2') await this.runner.run('qemu-img', ['convert', '-q', '-O', 'raw', disks.root, w.rootfs], { timeoutMs: 1_800_000 });
       else await this.disks.cloneRaw(disks.root, w.rootfs);
       await this.disks.inspectExt4(w.rootfs);
-      await mkdir(w.seed, { mode: 0o700 });
-      await this.disks.extractDir(disks.work, '/', w.seed);
-      await rm(join(w.seed, 'lost+found'), { recursive: true, force: true });
       return {
         kernel_id: base.kernel_id,
         has_systemd: (await this.disks.imageHasAny(w.rootfs, SYSTEMD_PATHS)) ? 1 : 0,
@@ -175,7 +173,7 @@ export class ImageService {
     return this.repos.images.byId(img.id);
   }
 
-  private async staged(name: string, ctx: OpContext, build: (w: Workspace) => Promise<Omit<ImageRow, 'id' | 'name' | 'rootfs_path' | 'work_seed_path' | 'managed' | 'created_at'>>): Promise<Image> {
+  private async staged(name: string, ctx: OpContext, build: (w: Workspace) => Promise<Omit<ImageRow, 'id' | 'name' | 'rootfs_path' | 'managed' | 'created_at'>>): Promise<Image> {
     return this.locks.run(`image-name:${name}`, async () => {
       this.assertNameFree(name);
       const id = newId();
@@ -183,15 +181,16 @@ export class ImageService {
       const finalDir = join(this.layout.imagesDir, id);
       try {
         await mkdir(staging, { recursive: true, mode: 0o700 });
-        const fields = await build({ staging, rootfs: join(staging, 'rootfs.ext4'), seed: join(staging, 'root') });
+        const fields = await build({ staging, rootfs: join(staging, 'rootfs.ext4') });
         ctx.checkCancelled();
         await rename(staging, finalDir);
+        // A daemon that dies here leaves images/<id> with no row: the next start removes it.
+        crashPoint('image:published');
         const row: ImageRow = {
           ...fields,
           id,
           name,
           rootfs_path: join(finalDir, 'rootfs.ext4'),
-          work_seed_path: join(finalDir, 'root'),
           managed: 1,
           created_at: this.clock.now().toISOString(),
         };
@@ -206,7 +205,7 @@ export class ImageService {
     });
   }
 
-  /** Turns a flattened tree into the workspace's rootfs.ext4 and work seed. */
+  /** Turns a flattened tree into the workspace's rootfs.ext4 (its /root seeds each VM's work disk in the guest). */
   private async finishTree(w: Workspace, tree: string, ledger: RootfsLedger, sizeReq: number | undefined, ownersOnDisk: boolean, ctx: OpContext) {
     const sizeBytes = imageSizeFor(ledger, sizeReq);
     ctx.stage('build rootfs', `ext4, ${Math.round(sizeBytes / 1048576)} MiB`);
@@ -214,10 +213,6 @@ export class ImageService {
     const hasSshd = await anyPresent(tree, SSHD_PATHS);
     const { skipped } = await buildRootfs(this.disks, { tree, out: w.rootfs, sizeBytes, ledger, ownersOnDisk, scriptPath: join(w.staging, 'fixup.debugfs') });
     for (const p of skipped) ctx.log(`warning: could not set owner or node type of /${p} (name debugfs cannot quote)`);
-    ctx.stage('extract work seed', '/root');
-    const rootSt = await lstat(join(tree, 'root')).catch(() => undefined);
-    if (rootSt?.isDirectory()) await this.runner.run('cp', ['-a', '--reflink=auto', join(tree, 'root'), w.seed], { timeoutMs: 600_000 });
-    else await mkdir(w.seed, { mode: 0o700 });
     await rm(tree, { recursive: true, force: true });
     await rm(join(w.staging, 'fixup.debugfs'), { force: true });
     return { sizeBytes, hasSystemd, hasSshd };
@@ -295,12 +290,6 @@ export class ImageService {
       // Bundled images carry long runs of zeros; give the space back.
       await this.runner.run('fallocate', ['--dig-holes', w.rootfs], { timeoutMs: 600_000, allowFailure: true });
       await this.disks.inspectExt4(w.rootfs);
-      ctx.stage('extract work seed', '/root');
-      const seedParent = join(w.staging, 'seed');
-      await mkdir(seedParent, { mode: 0o700 });
-      if (await this.disks.extractDir(w.rootfs, '/root', seedParent)) await rename(join(seedParent, 'root'), w.seed);
-      else await mkdir(w.seed, { mode: 0o700 });
-      await rm(seedParent, { recursive: true, force: true });
       await rm(unpacked, { recursive: true, force: true });
       return {
         kernel_id: kernelId,
@@ -348,7 +337,6 @@ export class ImageService {
       rootfsPath: r.rootfs_path,
       kernelId: r.kernel_id,
       kernelName: this.repos.kernels.byId(r.kernel_id)?.name ?? '?',
-      workSeedPath: r.work_seed_path,
       managed: !!r.managed,
       hasSystemd: !!r.has_systemd,
       hasSshd: !!r.has_sshd,
@@ -372,7 +360,8 @@ export class ImageService {
 
   /**
    * Registers an ext4 root filesystem in place (unmanaged: banger never writes to it; VMs get
-   * copy-on-write overlays). The image's /root becomes its work seed, copied out without mounting.
+   * copy-on-write overlays). Nothing is copied out of it: its /root seeds each VM's work disk
+   * inside the guest.
    */
   async register(req: RegisterImageRequest, ctx: OpContext): Promise<Image> {
     return this.locks.run(`image-name:${req.name}`, async () => {
@@ -414,22 +403,13 @@ export class ImageService {
         createdKernel = k.id;
       }
 
-      const id = newId();
-      const staging = join(this.layout.stagingDir, `image-${id}`);
-      const finalDir = join(this.layout.imagesDir, id);
       try {
-        ctx.stage('extract work seed', '/root');
-        await mkdir(staging, { recursive: true, mode: 0o700 });
-        const hasRoot = await this.disks.extractDir(rootfs, '/root', staging);
-        if (!hasRoot) await mkdir(join(staging, 'root'), { mode: 0o700 });
         ctx.checkCancelled();
-        await rename(staging, finalDir);
         const row: ImageRow = {
-          id,
+          id: newId(),
           name: req.name,
           rootfs_path: rootfs,
           kernel_id: kernelId,
-          work_seed_path: join(finalDir, 'root'),
           managed: 0,
           has_systemd: hasSystemd ? 1 : 0,
           has_sshd: (await this.disks.imageHasAny(rootfs, SSHD_PATHS)) ? 1 : 0,
@@ -441,11 +421,8 @@ export class ImageService {
         this.repos.images.insert(row);
         return this.toImage(row);
       } catch (e) {
-        await rm(finalDir, { recursive: true, force: true });
         if (createdKernel) await this.kernels.remove(createdKernel, false).catch(() => {});
         throw e;
-      } finally {
-        await rm(staging, { recursive: true, force: true });
       }
     });
   }

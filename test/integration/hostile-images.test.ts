@@ -1,0 +1,99 @@
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { existsSync, readdirSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import type { Vm } from '../../src/api/schemas.js';
+import { TestHome } from '../helpers/banger.js';
+import { duplicateNameExt4, rdumpTheOldWay } from '../helpers/hostile-ext4.js';
+
+/** Every path under `dir` (no links followed). */
+function walk(dir: string): string[] {
+  const out: string[] = [];
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name);
+    out.push(p);
+    if (e.isDirectory()) out.push(...walk(p));
+  }
+  return out;
+}
+
+function ls(image: string, dir: string): string {
+  return execFileSync('debugfs', ['-R', `ls -l ${dir}`, image], { stdio: ['ignore', 'pipe', 'ignore'] }).toString();
+}
+
+/**
+ * Images are hostile (actor I): a registered or bundled rootfs is a filesystem someone else wrote.
+ * The host must never copy a tree out of it; VMs seed their work disk from the image's /root inside
+ * the guest. Each test builds the hostile filesystem, shows that the old extraction (debugfs rdump,
+ * then mkfs.ext4 -d) does reach the host, then feeds it to banger and checks the host.
+ */
+describe('hostile image filesystems never reach the host', () => {
+  let home: TestHome;
+  let scratch: string;
+
+  before(async () => {
+    home = await TestHome.create('accel = "tcg"\n');
+    scratch = await mkdtemp('/tmp/banger-hostile-images-');
+    const kdir = join(scratch, 'kernel');
+    await mkdir(kdir);
+    await writeFile(join(kdir, 'vmlinux'), 'not really a kernel: nothing here boots');
+    await home.ok(['kernel', 'import', 'k', '--from', kdir]);
+  });
+  after(async () => {
+    await home?.destroy();
+    if (scratch) await rm(scratch, { recursive: true, force: true });
+  });
+
+  test('a rootfs whose /root is a symlink to a host directory: nothing of that directory reaches a VM', async () => {
+    const secrets = join(scratch, 'host-secrets');
+    await mkdir(secrets);
+    await writeFile(join(secrets, 'id_rsa'), 'HOST PRIVATE KEY\n');
+    const rootfs = join(scratch, 'root-link.ext4');
+    execFileSync('truncate', ['-s', '16M', rootfs]);
+    execFileSync('mkfs.ext4', ['-q', '-F', rootfs], { stdio: 'ignore' });
+    await writeFile(join(scratch, 'cmds'), `symlink root ${secrets}\n`);
+    execFileSync('debugfs', ['-w', '-f', join(scratch, 'cmds'), rootfs], { stdio: 'ignore' });
+
+    // Positive control: the old way (rdump /root, then mkfs.ext4 -d of it) puts the host's files in the work disk.
+    const old = join(scratch, 'old-way');
+    await mkdir(old);
+    rdumpTheOldWay(rootfs, '/root', old);
+    execFileSync('mkfs.ext4', ['-q', '-F', '-d', join(old, 'root'), join(scratch, 'old-work.ext4'), '16M'], { stdio: 'ignore' });
+    assert.match(ls(join(scratch, 'old-work.ext4'), '/'), /id_rsa/, 'control: the input is hostile to the old extraction');
+
+    await home.ok(['image', 'register', '--name', 'root-link', '--rootfs', rootfs, '--kernel-ref', 'k']);
+    const vm = await home.json<Vm>(['vm', 'create', '--name', 'rl', '--image', 'root-link', '--no-start', '--disk-size', '256M', '--json']);
+    const work = join(home.dir, 'state', 'vms', vm.id, 'work.ext4');
+    assert.ok(existsSync(work));
+    assert.doesNotMatch(ls(work, '/'), /id_rsa/, 'the work disk is created empty by the host');
+    for (const p of walk(join(home.dir, 'state'))) assert.ok(!p.endsWith('id_rsa'), `host secret copied into the state dir: ${p}`);
+    assert.deepEqual(readdirSync(secrets), ['id_rsa']);
+    await home.ok(['vm', 'delete', 'rl']);
+  });
+
+  test('a rootfs whose /root holds a symlink and a file of the same name: nothing is written through the link', async () => {
+    const canaryDir = join(scratch, 'canary');
+    await mkdir(canaryDir);
+    const rootfs = join(scratch, 'dup-names.ext4');
+    await duplicateNameExt4(rootfs, { dir: '/root', hostTarget: join(canaryDir, 'written-by-the-image'), payload: 'pwned\n', sizeMiB: 16 });
+
+    // Positive control, against another target path: the old extraction writes through the link.
+    const controlDir = join(scratch, 'control');
+    await mkdir(controlDir);
+    const control = join(scratch, 'control.ext4');
+    await duplicateNameExt4(control, { dir: '/root', hostTarget: join(controlDir, 'written-by-the-image'), payload: 'pwned\n', sizeMiB: 16 });
+    const old = join(scratch, 'old-dup');
+    await mkdir(old);
+    rdumpTheOldWay(control, '/root', old);
+    assert.equal(await readFile(join(controlDir, 'written-by-the-image'), 'utf8'), 'pwned\n', 'control: the input is hostile to the old extraction');
+
+    await home.ok(['image', 'register', '--name', 'dup-names', '--rootfs', rootfs, '--kernel-ref', 'k']);
+    await home.ok(['vm', 'create', '--name', 'dn', '--image', 'dup-names', '--no-start', '--disk-size', '256M']);
+    assert.deepEqual(readdirSync(canaryDir), [], 'nothing was written through the image’s symlink');
+    await home.ok(['vm', 'delete', 'dn']);
+    await home.ok(['image', 'delete', 'dup-names']);
+    assert.ok(existsSync(rootfs), 'a registered rootfs stays where it is');
+  });
+});
