@@ -1,13 +1,15 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { createReadStream, readFileSync } from 'node:fs';
+import { createReadStream, readdirSync, readFileSync } from 'node:fs';
 import { link, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { gzipSync } from 'node:zlib';
 import { after, before, describe, test } from 'node:test';
 import type { Image, Vm } from '../../src/api/schemas.js';
 import { BANGER, guestAssets, runProcess, TestHome } from '../helpers/banger.js';
+import { duplicateNameExt4, rdumpTheOldWay } from '../helpers/hostile-ext4.js';
 
 const assets = guestAssets();
 
@@ -108,5 +110,37 @@ describe('vm run', { skip: assets ? false : 'guest assets missing: run scripts/g
     const { images } = await home.json<{ images: Image[] }>(['image', 'list']);
     assert.deepEqual(images.map((i) => i.name).sort(), ['built', 'debian-bookworm']);
     assert.deepEqual((await home.json<{ vms: Vm[] }>(['vm', 'list'])).vms, [], 'build VMs are deleted');
+  });
+
+  test('a hostile build guest (crafted work disk, a 20 MB line) changes nothing outside the state dir; the daemon keeps answering', async () => {
+    const canaryDir = await mkdtemp(join(tmpdir(), 'bg-canary-'));
+    const evil = join(work, 'evil-work.ext4');
+    await duplicateNameExt4(evil, { hostTarget: join(canaryDir, 'written-by-the-guest'), payload: 'pwned\n' });
+    // Positive control, at another target: the old save path (debugfs rdump of the work disk) writes through the link.
+    const controlDir = await mkdtemp(join(tmpdir(), 'bg-control-'));
+    const control = join(work, 'control-work.ext4');
+    await duplicateNameExt4(control, { hostTarget: join(controlDir, 'written-by-the-guest'), payload: 'pwned\n' });
+    const out = await mkdtemp(join(tmpdir(), 'bg-rdump-'));
+    rdumpTheOldWay(control, '/', out);
+    assert.deepEqual(readdirSync(controlDir), ['written-by-the-guest'], 'control: the crafted disk is hostile to the old save path');
+
+    const image = gzipSync(readFileSync(evil)).toString('base64');
+    await writeFile(
+      join(work, 'evil.sh'),
+      `set -e\nhead -c 20000000 /dev/zero | tr '\\0' a\necho\nbase64 -d <<'EOF' | gunzip -c | dd of=/dev/vdb bs=1M conv=fsync status=none\n${image}\nEOF\necho wrote the crafted work disk\n`,
+    );
+    const b = await home.banger(['image', 'build', '--from', 'debian-bookworm', '--script', join(work, 'evil.sh'), '--name', 'evil-build', '--no-nat']);
+    // Saving the image or failing cleanly are both fine; the host is what is checked.
+    if (b.code !== 0) assert.match(b.stderr, /no image was saved/, b.stderr.slice(-2000));
+    assert.deepEqual(readdirSync(canaryDir), [], 'nothing was written through the guest’s symlink');
+    assert.deepEqual((await home.json<{ vms: Vm[] }>(['vm', 'list'])).vms, [], 'the build VM is deleted');
+    const logPath = /build log: (\S+)/.exec(b.stderr)?.[1] as string;
+    const log = readFileSync(logPath, 'utf8');
+    assert.match(log, /\[… \d+ more bytes of this line dropped\]/, 'the 20 MB line is cut');
+    assert.ok(log.length < 1024 * 1024, `build log is ${log.length} bytes`);
+    assert.equal((await home.banger(['daemon', 'status'])).code, 0, 'the daemon still answers');
+    await rm(canaryDir, { recursive: true, force: true });
+    await rm(controlDir, { recursive: true, force: true });
+    await rm(out, { recursive: true, force: true });
   });
 });

@@ -1,15 +1,35 @@
 import { spawn } from 'node:child_process';
-import { createWriteStream } from 'node:fs';
+import { createWriteStream, type WriteStream } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { BangerError } from '../../api/errors.js';
 import type { Image, ImageBuildRequest } from '../../api/schemas.js';
 import type { Layout } from '../../config/layout.js';
+import { boundedLines } from '../../util/bounded-lines.js';
 import { newId } from '../../util/ids.js';
 import type { OpContext } from '../operations.js';
 import type { ImageService } from './images.js';
 import type { VmService } from './vms.js';
+
+const MAX_LINE_BYTES = 16 * 1024;
+const MAX_LOG_BYTES = 64 * 1024 ** 2;
+
+/**
+ * Run in the build VM after the script: its /root is the work disk, which the new image does not
+ * keep; the guest copies it into the root filesystem's own /root (seen through a bind mount of /,
+ * which does not carry the work disk's mount). VMs of the new image seed their work disk from it.
+ * The host never reads files out of a filesystem the guest wrote. (/root itself cannot be removed:
+ * a directory something is mounted on is busy in every mount; only its contents are replaced.)
+ */
+const COMMIT_ROOT_SCRIPT = `set -e
+m=$(mktemp -d /run/banger-commit.XXXXXX)
+mount --bind / "$m"
+trap 'umount "$m"; rmdir "$m"' EXIT
+find "$m/root" -mindepth 1 -maxdepth 1 -exec rm -rf {} +
+cp -a /root/. "$m/root/"
+rm -rf "$m/root/lost+found"
+sync
+`;
 
 export interface ImageBuildDeps {
   images: ImageService;
@@ -21,9 +41,10 @@ export interface ImageBuildDeps {
 
 /**
  * `image build --from IMAGE --script FILE`: boots a transient VM from IMAGE, runs the script in it
- * over SSH (bash, stdin) with every line streamed into the operation log and a log file, stops the
- * VM cleanly, and saves its disks as a new managed image (root disk flattened to raw ext4, the work
- * disk as the work seed). The VM is always deleted; a failed script leaves its log and no image.
+ * over SSH (bash, stdin) with every line streamed into the operation log and a log file (both
+ * bounded), has the guest copy its /root into its root filesystem, stops the VM cleanly, and saves
+ * the root disk (flattened to raw ext4) as a new managed image. The VM is always deleted; a failed
+ * script leaves its log and no image.
  */
 export class ImageBuildService {
   constructor(private readonly d: ImageBuildDeps) {}
@@ -35,45 +56,94 @@ export class ImageBuildService {
     await mkdir(logDir, { recursive: true, mode: 0o700 });
     const logPath = join(logDir, `${req.name}-${new Date().toISOString().replace(/[:.]/g, '-')}.log`);
     ctx.log(`build log: ${logPath}`);
-    const vm = await this.d.vms.create({ name: vmName, image: req.from, nat: req.nat, start: true, ...(req.diskSizeBytes ? { diskSizeBytes: req.diskSizeBytes } : {}) }, ctx);
+    const vm = await this.d.vms.create({ name: vmName, image: req.from, nat: req.nat, start: true, transient: true, ...(req.diskSizeBytes ? { diskSizeBytes: req.diskSizeBytes } : {}) }, ctx);
+    const log = new BuildLog(logPath, ctx);
     try {
       ctx.stage('run script', `${vmName}.vm`);
-      const code = await this.runScript(vmName, req.script, logPath, ctx);
+      const code = await this.runInGuest(vmName, req.script, log, ctx.signal);
       if (code !== 0) {
         throw new BangerError('precondition_failed', `the build script exited with status ${code}; no image was saved`, { fix: `read the log: ${logPath}` });
+      }
+      ctx.stage('save /root', 'copied into the root filesystem by the guest');
+      const saved = await this.runInGuest(vmName, COMMIT_ROOT_SCRIPT, log, ctx.signal);
+      if (saved !== 0) {
+        throw new BangerError('precondition_failed', `the guest could not copy /root into its root filesystem (status ${saved}); no image was saved`, {
+          fix: `read the log (${logPath}); a /root larger than the free space of the image's root filesystem does not fit: keep big files elsewhere`,
+        });
       }
       ctx.stage('stop VM', 'flush the guest’s disks');
       const stopped = await this.d.vms.bulk('stop', [vm.id]);
       if (!stopped.results[0]?.ok) throw new BangerError('vmm_failed', `could not stop build VM ${vmName}: ${stopped.results[0]?.error?.message}`);
       return await this.d.images.saveFromVm(req.name, req.from, this.d.vms.diskPaths(vm.id), ctx);
     } finally {
+      await log.close();
       ctx.stage('delete build VM', vmName);
       await this.d.vms.bulk('delete', [vm.id]).catch(() => undefined);
     }
   }
 
-  private runScript(vmName: string, script: string, logPath: string, ctx: OpContext): Promise<number> {
+  /** Runs a bash script in the VM over SSH; every output line goes to the build log. Resolves to its exit status. */
+  private runInGuest(vmName: string, script: string, log: BuildLog, signal: AbortSignal): Promise<number> {
     return new Promise((resolve, reject) => {
-      const log = createWriteStream(logPath, { mode: 0o600 });
       const child = spawn(
         'ssh',
-        ['-F', this.d.sshConfigPath, '-o', 'ConnectTimeout=5', '-o', 'ConnectionAttempts=30', '-o', 'BatchMode=yes', `${vmName}.vm`, '--', 'bash -se'],
-        { stdio: ['pipe', 'pipe', 'pipe'], signal: ctx.signal },
+        // `--` before the host: nothing from outside is ever read as an ssh option.
+        ['-F', this.d.sshConfigPath, '-o', 'ConnectTimeout=5', '-o', 'ConnectionAttempts=30', '-o', 'BatchMode=yes', '--', `${vmName}.vm`, 'bash -se'],
+        { stdio: ['pipe', 'pipe', 'pipe'], signal },
       );
-      for (const stream of [child.stdout, child.stderr]) {
-        createInterface({ input: stream }).on('line', (line) => {
-          log.write(`${line}\n`);
-          ctx.log(line);
-        });
-      }
+      const done = Promise.all([child.stdout, child.stderr].map((s) => boundedLines(s, { maxLineBytes: MAX_LINE_BYTES, onLine: (l, cut) => log.line(l, cut) })));
+      child.stdin.on('error', () => undefined);
       child.stdin.end(script);
       child.on('error', (e: NodeJS.ErrnoException) => {
-        log.end();
         reject(e.code === 'ENOENT' ? new BangerError('missing_dependency', 'ssh is not installed', { fix: 'apt-get install openssh-client' }) : e);
       });
-      child.on('close', (code, signal) => {
-        log.end(() => resolve(code ?? (signal ? 128 + 9 : 255)));
+      child.on('close', (code, sig) => {
+        done.then(
+          () => resolve(code ?? (sig ? 128 + 9 : 255)),
+          (e) => reject(e),
+        );
       });
     });
+  }
+}
+
+/**
+ * The build's log file and the operation's log, both bounded: a guest can print without end, and
+ * without a newline. Lines are cut at MAX_LINE_BYTES; past MAX_LOG_BYTES only the count of dropped
+ * lines is kept.
+ */
+export class BuildLog {
+  private readonly file: WriteStream;
+  private written = 0;
+  private dropped = 0;
+
+  constructor(
+    path: string,
+    private readonly ctx: Pick<OpContext, 'log'>,
+    private readonly maxBytes = MAX_LOG_BYTES,
+  ) {
+    this.file = createWriteStream(path, { mode: 0o600, flags: 'wx' });
+    this.file.on('error', () => undefined);
+  }
+
+  line(text: string, cutBytes: number): void {
+    const line = cutBytes ? `${text} [… ${cutBytes} more bytes of this line dropped]` : text;
+    const bytes = Buffer.byteLength(line) + 1;
+    if (this.written + bytes > this.maxBytes) {
+      if (this.dropped++ === 0) this.emit(`[build output over ${this.maxBytes} bytes: further lines are dropped]`);
+      return;
+    }
+    this.written += bytes;
+    this.emit(line);
+  }
+
+  private emit(line: string): void {
+    this.file.write(`${line}\n`);
+    this.ctx.log(line);
+  }
+
+  close(): Promise<void> {
+    if (this.dropped > 1) this.emit(`[${this.dropped} lines dropped]`);
+    return new Promise((resolve) => this.file.end(() => resolve()));
   }
 }
