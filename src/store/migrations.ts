@@ -81,6 +81,24 @@ export const MIGRATIONS: readonly Migration[] = [
       ALTER TABLE images ADD COLUMN digest TEXT;
     `,
   },
+  {
+    version: 4,
+    // The host no longer copies a tree out of an image (a filesystem someone else wrote): the
+    // guest seeds its work disk from the image's own /root at first boot.
+    name: 'no host-side work seed',
+    sql: `
+      ALTER TABLE images DROP COLUMN work_seed_path;
+    `,
+  },
+  {
+    version: 5,
+    // A VM that only lives inside one operation (the VM of an image build): a daemon that died
+    // during that operation deletes it at its next start instead of adopting it.
+    name: 'transient VMs',
+    sql: `
+      ALTER TABLE vms ADD COLUMN transient INTEGER NOT NULL DEFAULT 0 CHECK (transient IN (0, 1));
+    `,
+  },
 ];
 
 export const LATEST_VERSION = MIGRATIONS.reduce((m, x) => Math.max(m, x.version), 0);

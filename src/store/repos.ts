@@ -20,7 +20,6 @@ export interface ImageRow {
   name: string;
   rootfs_path: string;
   kernel_id: string;
-  work_seed_path: string | null;
   managed: number;
   has_systemd: number;
   has_sshd: number;
@@ -51,6 +50,8 @@ export interface VmRow {
   nat: number;
   /** The TAP device while the VM runs. */
   tap: string | null;
+  /** 1 for a VM that lives only inside one operation (an image build's VM); deleted at daemon start. */
+  transient: number;
 }
 
 /** Thin typed access to the tables. All writes are single statements or explicit transactions. */
@@ -82,7 +83,7 @@ export class Repos {
     insert: (r: ImageRow) =>
       this.db
         .prepare(
-          'INSERT INTO images (id, name, rootfs_path, kernel_id, work_seed_path, managed, has_systemd, has_sshd, digest, size_bytes, source, created_at) VALUES (@id, @name, @rootfs_path, @kernel_id, @work_seed_path, @managed, @has_systemd, @has_sshd, @digest, @size_bytes, @source, @created_at)',
+          'INSERT INTO images (id, name, rootfs_path, kernel_id, managed, has_systemd, has_sshd, digest, size_bytes, source, created_at) VALUES (@id, @name, @rootfs_path, @kernel_id, @managed, @has_systemd, @has_sshd, @digest, @size_bytes, @source, @created_at)',
         )
         .run(r),
     delete: (id: string) => this.db.prepare('DELETE FROM images WHERE id = ?').run(id),
@@ -97,7 +98,7 @@ export class Repos {
     insert: (r: VmRow) =>
       this.db
         .prepare(
-          'INSERT INTO vms (id, name, image_id, kernel_id, vcpus, memory_mib, disk_size_bytes, vmm, accel, state, handle, last_error, dir, created_at, started_at, touched_at, nat, tap) VALUES (@id, @name, @image_id, @kernel_id, @vcpus, @memory_mib, @disk_size_bytes, @vmm, @accel, @state, @handle, @last_error, @dir, @created_at, @started_at, @touched_at, @nat, @tap)',
+          'INSERT INTO vms (id, name, image_id, kernel_id, vcpus, memory_mib, disk_size_bytes, vmm, accel, state, handle, last_error, dir, created_at, started_at, touched_at, nat, tap, transient) VALUES (@id, @name, @image_id, @kernel_id, @vcpus, @memory_mib, @disk_size_bytes, @vmm, @accel, @state, @handle, @last_error, @dir, @created_at, @started_at, @touched_at, @nat, @tap, @transient)',
         )
         .run(r),
     update: (id: string, fields: Partial<Omit<VmRow, 'id'>>) => {

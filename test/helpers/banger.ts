@@ -69,14 +69,16 @@ export class TestHome {
   }
 
   /** Runs a command inside this home's namespace (or directly when it has none). */
-  exec(cmd: string, args: string[], timeoutMs = 60_000): Promise<Result> {
+  exec(cmd: string, args: string[], timeoutMs = 60_000, extraEnv: NodeJS.ProcessEnv = {}): Promise<Result> {
+    const env = { ...this.env, ...extraEnv };
     return this.netns
-      ? runProcess('ip', ['netns', 'exec', this.netns, cmd, ...args], { env: this.env }, timeoutMs)
-      : runProcess(cmd, args, { env: this.env }, timeoutMs);
+      ? runProcess('ip', ['netns', 'exec', this.netns, cmd, ...args], { env }, timeoutMs)
+      : runProcess(cmd, args, { env }, timeoutMs);
   }
 
-  banger(args: string[], timeoutMs = 600_000): Promise<Result> {
-    return this.exec(process.execPath, [BANGER, ...args], timeoutMs);
+  /** The CLI; `extraEnv` also reaches a daemon this command auto-starts (e.g. BANGER_CRASH_AT). */
+  banger(args: string[], timeoutMs = 600_000, extraEnv: NodeJS.ProcessEnv = {}): Promise<Result> {
+    return this.exec(process.execPath, [BANGER, ...args], timeoutMs, extraEnv);
   }
 
   bangerd(args: string[], timeoutMs = 30_000): Promise<Result> {

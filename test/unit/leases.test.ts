@@ -48,7 +48,6 @@ function freshDb(): { path: string; db: Db; repos: Repos } {
     name: 'img',
     rootfs_path: join(dir, 'root.ext4'),
     kernel_id: 'k1',
-    work_seed_path: null,
     managed: 0,
     has_systemd: 1,
     has_sshd: 1,
@@ -80,6 +79,7 @@ function addVm(repos: Repos, id: string): void {
     touched_at: NOW,
     nat: 0,
     tap: null,
+    transient: 0,
   });
 }
 

@@ -51,7 +51,7 @@ export async function installServices(app: App, router: Router): Promise<void> {
     legacyDirs: hasShm ? [join('/dev/shm', `banger-${createHash('sha256').update(layout.stateDir).digest('hex').slice(0, 12)}`)] : [],
   });
   await scratch.sweep();
-  const leftovers = await sweepLeftovers(layout);
+  const leftovers = await sweepLeftovers(layout, repos);
   if (leftovers.length) log.info({ removed: leftovers }, 'removed work left by an earlier daemon');
   app.addCloser(async () => {
     await scratch.sweep();

@@ -1,4 +1,4 @@
-import { mkdir, readFile, rm } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { BangerError, notFound, toBangerError } from '../../api/errors.js';
@@ -10,9 +10,11 @@ import { firstBootFiles } from '../../guest/first-boot.js';
 import { buildVmInitrd, vmCmdline } from '../../guest/vm-boot.js';
 import { guestBinary } from '../../guest/binaries.js';
 import type { DiskTools } from '../../host/disks.js';
+import { killNow, processesNaming } from '../../host/orphans.js';
 import type { CommandRunner } from '../../host/runner.js';
 import { type GuestFile, generateHostKey, hostKeyFiles } from '../../host/ssh-keys.js';
 import { type Repos, resolveRef, type VmRow } from '../../store/repos.js';
+import { crashPoint } from '../../util/crash-point.js';
 import { parseDuration } from '../../util/duration.js';
 import { dnsLabelProblem, newId } from '../../util/ids.js';
 import type { Accelerator, VmLaunchSpec, VmmDriver, VmmHandle, VmmKind } from '../../vmm/driver.js';
@@ -59,6 +61,8 @@ export interface CreateVmInput {
   memoryMib?: number | undefined;
   diskSizeBytes?: number | undefined;
   start: boolean;
+  /** Lives only inside the calling operation (an image build): a daemon restart deletes it. */
+  transient?: boolean;
 }
 
 const GRACEFUL_STOP_MS = 30_000;
@@ -197,10 +201,14 @@ export class VmService {
         touched_at: now,
         nat: input.nat ? 1 : 0,
         tap: null,
+        transient: input.transient ? 1 : 0,
       };
+      // State 'created' until the create finishes: a daemon that dies before then leaves a row
+      // that the next start purges (row, lease, files).
       this.d.repos.vms.insert(r);
       return r;
     });
+    crashPoint('vm-create:row');
     let lease: { ip: string };
     try {
       lease = this.d.network.lease(row.id);
@@ -208,6 +216,7 @@ export class VmService {
       this.d.repos.vms.delete(row.id);
       throw e;
     }
+    crashPoint('vm-create:lease');
     ctx.log(
       `spec: ${name} vcpus=${size.vcpus} memory=${size.memoryMib}MiB disk=${Math.round(size.diskSizeBytes / 1024 ** 2)}MiB image=${image.name} vmm=${this.d.vmmKind} ip=${lease.ip} nat=${input.nat ? 'on' : 'off'}`,
     );
@@ -220,8 +229,9 @@ export class VmService {
         await generateHostKey(this.d.runner, p.ssh, `banger-${name}`);
         if (row.vmm === 'qemu') await this.d.disks.createOverlay(image.rootfs_path, p.root);
         else await this.d.disks.cloneRaw(image.rootfs_path, p.rootRaw);
-        ctx.stage('apply work seed', image.work_seed_path ?? 'empty');
-        await this.d.disks.mkfsFromDir(p.work, size.diskSizeBytes, image.work_seed_path ?? undefined, 'banger-work');
+        // Empty: the guest seeds it from the image's /root at first boot (see banger-init).
+        await this.d.disks.mkfsFromDir(p.work, size.diskSizeBytes, undefined, 'banger-work');
+        crashPoint('vm-create:disks');
         ctx.checkCancelled();
       } catch (e) {
         await this.purge(row);
@@ -311,6 +321,9 @@ export class VmService {
       await this.d.network.detach({ ...r, tap: net.tap });
       throw e;
     }
+    // A daemon that dies here leaves a VMM no row names: the next start finds it by the run
+    // directory in its argv and kills it (reconcile).
+    crashPoint('vm-start:launched');
     const now = this.d.clock.now().toISOString();
     this.d.repos.vms.update(r.id, { state: 'starting', handle: JSON.stringify(handle), accel, started_at: now, touched_at: now, last_error: null });
     ctx?.stage('wait for agent');
@@ -444,7 +457,8 @@ export class VmService {
         throw new BangerError('precondition_failed', `VM ${r.name} is running; vm set changes stopped VMs only`, { fix: `stop it first: banger vm stop ${r.name}` });
       }
       if (change.diskSizeBytes !== undefined && change.diskSizeBytes !== r.disk_size_bytes) {
-        await this.d.disks.growExt4(this.paths(r).work, change.diskSizeBytes);
+        // The guest grows the filesystem online at its next boot: no host tool parses a disk the guest wrote.
+        await this.d.disks.growFile(this.paths(r).work, change.diskSizeBytes);
       }
       const fields: Partial<VmRow> = { touched_at: this.d.clock.now().toISOString() };
       if (change.vcpus !== undefined) fields.vcpus = change.vcpus;
@@ -514,6 +528,7 @@ export class VmService {
    * and start time) and dead ones are marked stopped (clean power-off seen on the console) or error.
    */
   async reconcile(): Promise<void> {
+    await this.reconcileLeftovers();
     for (const r of this.d.repos.vms.all()) {
       if (!r.handle) {
         if (['starting', 'running', 'stopping'].includes(r.state)) this.d.repos.vms.update(r.id, { state: 'stopped' });
@@ -540,6 +555,44 @@ export class VmService {
     for (const v of this.d.repos.vms.all()) if (v.tap && v.state !== 'running') this.d.repos.vms.update(v.id, { tap: null });
     await this.d.network.reconcile(running);
     await this.d.network.applyNat().catch((e) => this.d.log.warn({ err: e }, 'NAT reconcile failed'));
+  }
+
+  /**
+   * What a daemon killed at any point leaves (each create, start and build records its intent
+   * first, so every leftover is recognisable):
+   * - a VMM process whose run directory is in its argv but whose pid no row records (launched, not
+   *   yet recorded; or its row is gone): killed;
+   * - rows still 'created' (a create that never finished) and transient rows (the VM of a build
+   *   whose operation died with the daemon): VMM killed, row, lease and files removed;
+   * - VM state and run directories that no row owns: removed.
+   */
+  private async reconcileLeftovers(): Promise<void> {
+    const rows = new Map(this.d.repos.vms.all().map((r) => [r.id, r]));
+    const recorded = new Set<number>();
+    for (const r of rows.values()) if (r.handle) recorded.add((JSON.parse(r.handle) as VmmHandle).pid);
+    for (const p of await processesNaming(this.d.layout.vmsRunDir)) {
+      if (recorded.has(p.pid)) continue;
+      this.d.log.warn({ pid: p.pid, argv: p.argv.slice(0, 3) }, 'killing a VMM that no VM records (left by a daemon that died while launching it)');
+      await killNow(p.pid);
+    }
+    for (const r of rows.values()) {
+      if (r.state !== 'created' && !r.transient) continue;
+      this.d.log.warn({ vm: r.name, state: r.state, transient: !!r.transient }, 'removing a VM left by an unfinished operation');
+      if (r.handle) {
+        const h = JSON.parse(r.handle) as VmmHandle;
+        if (await isProcessAlive(h.pid, h.pidStartTime)) await killNow(h.pid);
+      }
+      if (r.tap) await this.d.network.detach(r).catch((e) => this.d.log.warn({ err: e }, 'TAP cleanup failed'));
+      await this.purge(r);
+      rows.delete(r.id);
+    }
+    for (const dir of [this.d.layout.vmsStateDir, this.d.layout.vmsRunDir]) {
+      for (const name of await readdir(dir).catch(() => [] as string[])) {
+        if (rows.has(name)) continue;
+        this.d.log.warn({ dir: join(dir, name) }, 'removing a VM directory no VM owns');
+        await rm(join(dir, name), { recursive: true, force: true });
+      }
+    }
   }
 
   startStaleWatcher(): void {
