@@ -1,4 +1,3 @@
-import { createReadStream, existsSync, statSync, watch } from 'node:fs';
 import { z } from 'zod';
 import {
   GuestHealthSchema,
@@ -21,6 +20,7 @@ import {
 import type { App } from './app.js';
 import { operationRouteFor } from './route-helpers.js';
 import { OP_HEADER, type Route } from './http.js';
+import { streamLog } from './log-stream.js';
 import type { ImageBuildService } from './services/image-build.js';
 import type { ImageService } from './services/images.js';
 import type { KernelService } from './services/kernels.js';
@@ -33,47 +33,17 @@ export interface Services {
   vms: VmService;
 }
 
-/** Tails a file over HTTP: the last `lines` lines, then (with follow) new bytes until the client leaves. */
+/**
+ * Tails a guest-fed log over HTTP: the last `lines` lines, then (with follow) new bytes until the
+ * client leaves, at the pace the client reads (./log-stream.ts).
+ */
 function tailRoute(pathOf: (ref: string) => string): Route['handler'] {
   return ({ params, query, res, req, opId }) => {
     const path = pathOf(params.ref as string);
     const lines = Math.min(100_000, Math.max(0, Number(query.get('lines') ?? '200') || 0));
     const follow = query.get('follow') === 'true';
     res.writeHead(200, { 'content-type': 'text/plain; charset=utf-8', [OP_HEADER]: opId });
-    let offset = 0;
-    if (existsSync(path)) {
-      const size = statSync(path).size;
-      // Read at most the last 4 MiB to find the last N lines.
-      const start = Math.max(0, size - 4 * 1024 * 1024);
-      const chunks: Buffer[] = [];
-      const s = createReadStream(path, { start });
-      s.on('data', (c) => chunks.push(c as Buffer));
-      s.on('end', () => {
-        const text = Buffer.concat(chunks).toString('utf8');
-        const all = text.split('\n');
-        if (all.at(-1) === '') all.pop();
-        res.write(all.slice(-lines).join('\n') + (all.length ? '\n' : ''));
-        offset = size;
-        if (!follow) res.end();
-      });
-    } else if (!follow) {
-      res.end();
-    }
-    if (!follow) return undefined;
-    const pump = () => {
-      if (!existsSync(path)) return;
-      const size = statSync(path).size;
-      if (size < offset) offset = 0;
-      if (size <= offset) return;
-      createReadStream(path, { start: offset, end: size - 1 }).on('data', (c) => res.write(c));
-      offset = size;
-    };
-    const w = existsSync(path) ? watch(path, pump) : undefined;
-    const poll = setInterval(pump, 500);
-    req.on('close', () => {
-      w?.close();
-      clearInterval(poll);
-    });
+    void streamLog(path, { lines, follow }, req, res);
     return undefined;
   };
 }

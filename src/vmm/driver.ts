@@ -49,6 +49,12 @@ export interface VmmHandle {
   pid: number;
   /** Process start time (from /proc/<pid>/stat) so a recycled pid is never mistaken for ours. */
   pidStartTime: string;
+  /**
+   * /proc/sys/kernel/random/boot_id when the VMM was spawned: a handle from another boot is dead,
+   * whatever process holds its pid now. Absent in handles stored by older versions (and on hosts
+   * without the file): those are compared by pid and start time only.
+   */
+  bootId?: string;
   /** QMP socket (QEMU) or API socket (Firecracker). */
   controlSocket: string;
   agentSocket: string;

@@ -1,7 +1,21 @@
 import { spawn } from 'node:child_process';
-import { openSync, closeSync } from 'node:fs';
+import { closeSync, constants, openSync } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { readLogTail } from './console-log.js';
+
+/**
+ * This boot's id (/proc/sys/kernel/random/boot_id): a pid and start time recorded before a
+ * reboot can match an unrelated process after it, the boot id cannot. Undefined when unreadable.
+ */
+let bootIdCache: Promise<string | undefined> | undefined;
+export function currentBootId(): Promise<string | undefined> {
+  bootIdCache ??= readFile('/proc/sys/kernel/random/boot_id', 'utf8').then(
+    (t) => (/^[0-9a-f-]{36}$/.test(t.trim()) ? t.trim() : undefined),
+    () => undefined,
+  );
+  return bootIdCache;
+}
 
 /** Start time (clock ticks since boot, field 22 of /proc/<pid>/stat); identifies a process across pid reuse. */
 export async function processStartTime(pid: number): Promise<string | undefined> {
@@ -18,29 +32,43 @@ export async function processStartTime(pid: number): Promise<string | undefined>
   }
 }
 
-export async function isProcessAlive(pid: number, startTime: string): Promise<boolean> {
+/**
+ * Whether `pid` is still the process recorded as (start time, boot id). A record from another boot
+ * is dead whatever runs under that pid now. A record without a boot id (stored before boot ids
+ * were recorded), or a host whose boot id cannot be read, is compared by start time only.
+ */
+export async function isProcessAlive(pid: number, startTime: string, bootId?: string): Promise<boolean> {
   if (!Number.isInteger(pid) || pid <= 0) return false;
+  if (bootId !== undefined) {
+    const now = await currentBootId();
+    if (now !== undefined && now !== bootId) return false;
+  }
   return (await processStartTime(pid)) === startTime;
 }
 
+/** A stored VMM handle's identity: alive only if pid, start time and (when recorded) boot id match. */
+export function isHandleAlive(h: { pid: number; pidStartTime: string; bootId?: string | undefined }): Promise<boolean> {
+  return isProcessAlive(h.pid, h.pidStartTime, h.bootId);
+}
+
 /** Polls until the process is gone (or its pid was reused). */
-export async function waitForExit(pid: number, startTime: string, timeoutMs: number): Promise<boolean> {
+export async function waitForExit(pid: number, startTime: string, timeoutMs: number, bootId?: string): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    if (!(await isProcessAlive(pid, startTime))) return true;
+    if (!(await isProcessAlive(pid, startTime, bootId))) return true;
     if (Date.now() >= deadline) return false;
     await sleep(50);
   }
 }
 
-export async function killAndWait(pid: number, startTime: string, timeoutMs = 5000): Promise<void> {
-  if (!(await isProcessAlive(pid, startTime))) return;
+export async function killAndWait(pid: number, startTime: string, timeoutMs = 5000, bootId?: string): Promise<void> {
+  if (!(await isProcessAlive(pid, startTime, bootId))) return;
   try {
     process.kill(pid, 'SIGKILL');
   } catch {
     return;
   }
-  if (!(await waitForExit(pid, startTime, timeoutMs))) {
+  if (!(await waitForExit(pid, startTime, timeoutMs, bootId))) {
     throw new Error(`process ${pid} did not exit after SIGKILL within ${timeoutMs} ms`);
   }
 }
@@ -48,14 +76,17 @@ export async function killAndWait(pid: number, startTime: string, timeoutMs = 50
 /**
  * Spawns a VMM detached in its own session with stdio to a log file, so it outlives the daemon.
  * The daemon never holds a pipe to it: re-adoption after restart sees the same process.
+ * The log is opened O_APPEND (never through a symlink), so the daemon can cap it by copy-truncate
+ * (./console-log.ts) while the VMM keeps writing.
  */
 export async function spawnDetached(
   command: string,
   args: readonly string[],
   logPath: string,
   env: NodeJS.ProcessEnv = process.env,
-): Promise<{ pid: number; startTime: string }> {
-  const fd = openSync(logPath, 'a', 0o600);
+): Promise<{ pid: number; startTime: string; bootId?: string }> {
+  const bootId = await currentBootId();
+  const fd = openSync(logPath, constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_NOFOLLOW, 0o600);
   try {
     const child = spawn(command, args, { detached: true, stdio: ['ignore', fd, fd], env });
     const pid = await new Promise<number>((resolve, reject) => {
@@ -72,7 +103,7 @@ export async function spawnDetached(
     // A process that exits immediately may not have a /proc entry worth reading; retry briefly.
     for (let i = 0; i < 20; i++) {
       const st = await processStartTime(pid);
-      if (st) return { pid, startTime: st };
+      if (st) return { pid, startTime: st, ...(bootId ? { bootId } : {}) };
       await sleep(5);
     }
     throw new Error(`${command} exited immediately`);
@@ -99,10 +130,14 @@ export async function waitForSocket(
   }
 }
 
+/**
+ * The last `maxBytes` of a log as text (trimmed), read at an offset: the file's size does not
+ * matter. A log capped by copy-truncate continues from `<path>.1` when the live file is short, so a
+ * power-off message that was just rotated away is still seen. Never throws ('' when unreadable).
+ */
 export async function readTail(path: string, maxBytes = 4096): Promise<string> {
   try {
-    const buf = await readFile(path);
-    return buf.subarray(Math.max(0, buf.length - maxBytes)).toString('utf8').trim();
+    return (await readLogTail(path, maxBytes)).toString('utf8').trim();
   } catch {
     return '';
   }

@@ -1,7 +1,9 @@
-import { open, rm, stat, writeFile } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { open, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { type VmLaunchSpec, type VmmDriver, VmmError, type VmmHandle, type VmmRunState } from '../driver.js';
-import { isProcessAlive, killAndWait, readTail, spawnDetached, waitForExit, waitForSocket } from '../process.js';
+import { openLogFile } from '../console-log.js';
+import { isHandleAlive, isProcessAlive, killAndWait, readTail, spawnDetached, waitForExit, waitForSocket } from '../process.js';
 import { FirecrackerApiClient } from './api-client.js';
 import {
   buildBootRequests,
@@ -66,11 +68,11 @@ export class FirecrackerDriver implements VmmDriver {
 
     const consoleStart = await sizeOf(spec.serialLogPath);
     const args = ['--api-sock', apiSocket, '--id', instanceIdFor(spec.vmId)];
-    let proc: { pid: number; startTime: string };
+    let proc: { pid: number; startTime: string; bootId?: string };
     try {
       // Firecracker refuses to bind a path that exists; these are leftovers of an earlier run.
       await this.removeSockets(apiSocket, spec.agentSocketPath);
-      if (separateLog) await writeFile(spec.vmmLogPath, '', { mode: 0o600 });
+      if (separateLog) await emptyLog(spec.vmmLogPath);
       proc = await spawnDetached(this.opts.binaryPath, args, spec.serialLogPath);
     } catch (e) {
       await this.removeSockets(apiSocket, spec.agentSocketPath);
@@ -80,13 +82,14 @@ export class FirecrackerDriver implements VmmDriver {
       kind: 'firecracker',
       pid: proc.pid,
       pidStartTime: proc.startTime,
+      ...(proc.bootId ? { bootId: proc.bootId } : {}),
       controlSocket: apiSocket,
       agentSocket: spec.agentSocketPath,
       agentTransport: 'hybrid-vsock',
       accel: 'kvm',
     };
     try {
-      await waitForSocket(apiSocket, this.startTimeoutMs, () => isProcessAlive(proc.pid, proc.startTime));
+      await waitForSocket(apiSocket, this.startTimeoutMs, () => isProcessAlive(proc.pid, proc.startTime, proc.bootId));
       const api = this.api(handle);
       for (const r of requests) {
         signal?.throwIfAborted();
@@ -94,7 +97,7 @@ export class FirecrackerDriver implements VmmDriver {
       }
       return handle;
     } catch (e) {
-      await killAndWait(proc.pid, proc.startTime).catch(() => {});
+      await killAndWait(proc.pid, proc.startTime, undefined, proc.bootId).catch(() => {});
       await this.removeSockets(apiSocket, spec.agentSocketPath);
       const why = signal?.aborted ? 'launch was cancelled' : (e as Error).message;
       throw new VmmError(`Firecracker failed to start ${spec.name}: ${why}`, await this.launchTail(spec, consoleStart));
@@ -118,13 +121,13 @@ export class FirecrackerDriver implements VmmDriver {
     } catch {
       /* a dying Firecracker may not answer; the wait below decides */
     }
-    const exited = await waitForExit(handle.pid, handle.pidStartTime, Math.max(0, deadline - Date.now()));
+    const exited = await waitForExit(handle.pid, handle.pidStartTime, Math.max(0, deadline - Date.now()), handle.bootId);
     if (exited) await this.removeSockets(handle.controlSocket, handle.agentSocket);
     return exited;
   }
 
   async kill(handle: VmmHandle): Promise<void> {
-    await killAndWait(handle.pid, handle.pidStartTime);
+    await killAndWait(handle.pid, handle.pidStartTime, undefined, handle.bootId);
     await this.removeSockets(handle.controlSocket, handle.agentSocket);
   }
 
@@ -153,7 +156,7 @@ export class FirecrackerDriver implements VmmDriver {
   }
 
   private alive(handle: VmmHandle): Promise<boolean> {
-    return isProcessAlive(handle.pid, handle.pidStartTime);
+    return isHandleAlive(handle);
   }
 
   private async removeSockets(...paths: string[]): Promise<void> {
@@ -172,6 +175,17 @@ export class FirecrackerDriver implements VmmDriver {
   }
 }
 
+/** Creates or empties Firecracker's log file, refusing a symlink or anything but a regular file. */
+async function emptyLog(path: string): Promise<void> {
+  const fh = await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_NOFOLLOW | constants.O_NONBLOCK, 0o600);
+  try {
+    if (!(await fh.stat()).isFile()) throw new Error(`${path} is not a regular file`);
+    await fh.truncate(0);
+  } finally {
+    await fh.close();
+  }
+}
+
 async function sizeOf(path: string): Promise<number> {
   try {
     return (await stat(path)).size;
@@ -184,12 +198,13 @@ async function sizeOf(path: string): Promise<number> {
 async function readFrom(path: string, offset: number, maxBytes: number): Promise<string> {
   let fh: Awaited<ReturnType<typeof open>> | undefined;
   try {
-    fh = await open(path, 'r');
+    fh = await openLogFile(path);
+    if (!fh) return '';
     const { size } = await fh.stat();
     const start = Math.max(size < offset ? 0 : offset, size - maxBytes);
     const buf = Buffer.alloc(size - start);
-    await fh.read(buf, 0, buf.length, start);
-    return buf.toString('utf8').trim();
+    const { bytesRead } = await fh.read(buf, 0, buf.length, start);
+    return buf.subarray(0, bytesRead).toString('utf8').replace(/\0/g, '').trim();
   } catch {
     return '';
   } finally {

@@ -1,7 +1,7 @@
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { type VmLaunchSpec, type VmmDriver, VmmError, type VmmHandle, type VmmRunState } from '../driver.js';
-import { isProcessAlive, killAndWait, readTail, spawnDetached, waitForExit, waitForSocket } from '../process.js';
+import { isHandleAlive, isProcessAlive, killAndWait, readTail, spawnDetached, waitForExit, waitForSocket } from '../process.js';
 import { buildQemuArgs } from './args.js';
 import { QmpClient } from './qmp.js';
 
@@ -15,23 +15,24 @@ export class QemuDriver implements VmmDriver {
     await rm(qmpSocket, { force: true });
     await rm(spec.agentSocketPath, { force: true });
     const args = buildQemuArgs(spec, qmpSocket);
-    const { pid, startTime } = await spawnDetached(this.qemuBin, args, spec.vmmLogPath);
+    const { pid, startTime, bootId } = await spawnDetached(this.qemuBin, args, spec.vmmLogPath);
     const handle: VmmHandle = {
       kind: 'qemu',
       pid,
       pidStartTime: startTime,
+      ...(bootId ? { bootId } : {}),
       controlSocket: qmpSocket,
       agentSocket: spec.agentSocketPath,
       agentTransport: 'virtio-serial',
       accel: spec.accel,
     };
     try {
-      await waitForSocket(qmpSocket, 15_000, () => isProcessAlive(pid, startTime));
+      await waitForSocket(qmpSocket, 15_000, () => isProcessAlive(pid, startTime, bootId));
       const state = await this.status(handle);
       if (state === 'gone' || state === 'shutdown') throw new Error(`QEMU is ${state} right after launch`);
       return handle;
     } catch (e) {
-      await killAndWait(pid, startTime).catch(() => {});
+      await killAndWait(pid, startTime, undefined, bootId).catch(() => {});
       await this.cleanup(handle);
       // Give QEMU a moment to flush its error message.
       throw new VmmError(`QEMU failed to start: ${(e as Error).message}`, await readTail(spec.vmmLogPath, 2048));
@@ -39,19 +40,19 @@ export class QemuDriver implements VmmDriver {
   }
 
   async shutdown(handle: VmmHandle, timeoutMs: number): Promise<boolean> {
-    if (!(await isProcessAlive(handle.pid, handle.pidStartTime))) return true;
+    if (!(await isHandleAlive(handle))) return true;
     try {
       await this.qmp(handle, (q) => q.execute('system_powerdown'));
     } catch {
       /* a dying QEMU may not answer; the wait below decides */
     }
-    const exited = await waitForExit(handle.pid, handle.pidStartTime, timeoutMs);
+    const exited = await waitForExit(handle.pid, handle.pidStartTime, timeoutMs, handle.bootId);
     if (exited) await this.cleanup(handle);
     return exited;
   }
 
   async kill(handle: VmmHandle): Promise<void> {
-    await killAndWait(handle.pid, handle.pidStartTime);
+    await killAndWait(handle.pid, handle.pidStartTime, undefined, handle.bootId);
     await this.cleanup(handle);
   }
 
@@ -64,14 +65,14 @@ export class QemuDriver implements VmmDriver {
   }
 
   async status(handle: VmmHandle): Promise<VmmRunState> {
-    if (!(await isProcessAlive(handle.pid, handle.pidStartTime))) return 'gone';
+    if (!(await isHandleAlive(handle))) return 'gone';
     try {
       const r = await this.qmp(handle, (q) => q.execute<{ status: string; running: boolean }>('query-status'));
       if (r.running) return 'running';
       if (r.status === 'paused' || r.status === 'prelaunch') return 'paused';
       return 'shutdown';
     } catch {
-      return (await isProcessAlive(handle.pid, handle.pidStartTime)) ? 'running' : 'gone';
+      return (await isHandleAlive(handle)) ? 'running' : 'gone';
     }
   }
 

@@ -1,13 +1,17 @@
 import { constants } from 'node:fs';
-import { access, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { access, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { readHostTscKhz } from '../../guest/cmdline.js';
-import { isProcessAlive, killAndWait, spawnDetached } from '../process.js';
+import { openLogFile } from '../console-log.js';
+import { isProcessAlive, killAndWait, readTail, spawnDetached } from '../process.js';
 
 /** Printed by the kernel when it hands over to userspace, and by banger-init itself. */
 const MARKER = /Run \/init as init process|banger-init:/;
+/** The marker comes after ~100 KiB of boot messages; a console past this is a flood, not a boot. */
+const MAX_CONSOLE_BYTES = 16 * 1024 * 1024;
+const CHUNK = 64 * 1024;
 
 export interface KvmProbeOutcome {
   usable: boolean;
@@ -44,29 +48,66 @@ export async function bootProbe(opts: ProbeOptions, accel: 'kvm' | 'tcg'): Promi
   const args = [
     '-M', 'microvm,acpi=on', ...(accel === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg', '-cpu', 'max']), '-smp', '1', '-m', '256M',
     '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
-    '-chardev', `file,id=s0,path=${serial}`, '-serial', 'chardev:s0',
+    '-chardev', `file,id=s0,path=${serial.replace(/,/g, ',,')}`, '-serial', 'chardev:s0',
     '-kernel', opts.kernelPath,
     ...(opts.initrdPath ? ['-initrd', opts.initrdPath] : []),
     '-append', `console=ttyS0 panic=-1 loglevel=6 rdinit=/init banger.probe=1${khz ? ` tsc_early_khz=${khz}` : ''}`,
   ];
   const started = Date.now();
-  let proc: { pid: number; startTime: string } | undefined;
+  let proc: { pid: number; startTime: string; bootId?: string } | undefined;
   try {
     proc = await spawnDetached(opts.qemuBin, args, join(dir, 'qemu.log'));
-    while (Date.now() - started < deadline) {
-      const text = await readFile(serial, 'utf8').catch(() => '');
-      if (MARKER.test(text)) return { usable: true, detail: `guest reached userspace in ${((Date.now() - started) / 1000).toFixed(1)}s` };
-      if (!(await isProcessAlive(proc.pid, proc.startTime))) {
-        const log = await readFile(join(dir, 'qemu.log'), 'utf8').catch(() => '');
-        return { usable: false, detail: `QEMU exited under ${accel}: ${log.trim().split('\n').at(-1) ?? 'no output'}` };
+    const scan = new ConsoleScanner(serial);
+    try {
+      while (Date.now() - started < deadline) {
+        const seen = await scan.next();
+        if (seen === 'marker') return { usable: true, detail: `guest reached userspace in ${((Date.now() - started) / 1000).toFixed(1)}s` };
+        if (seen === 'flood') return { usable: false, detail: `the kernel wrote over ${MAX_CONSOLE_BYTES / 1024 ** 2} MiB to the console without reaching userspace under ${accel}` };
+        if (!(await isProcessAlive(proc.pid, proc.startTime, proc.bootId))) {
+          const log = await readTail(join(dir, 'qemu.log'), 4096);
+          return { usable: false, detail: `QEMU exited under ${accel}: ${log.split('\n').at(-1) || 'no output'}` };
+        }
+        await sleep(100);
       }
-      await sleep(100);
+    } finally {
+      await scan.close();
     }
     return { usable: false, detail: `guest did not reach userspace within ${deadline / 1000}s under ${accel}` };
   } catch (e) {
     return { usable: false, detail: (e as Error).message };
   } finally {
-    if (proc) await killAndWait(proc.pid, proc.startTime).catch(() => {});
+    if (proc) await killAndWait(proc.pid, proc.startTime, undefined, proc.bootId).catch(() => {});
     await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Reads a growing console file incrementally (never the whole file at once) and looks for MARKER,
+ * keeping a short overlap so a marker split across reads is still found.
+ */
+class ConsoleScanner {
+  private fh: Awaited<ReturnType<typeof openLogFile>>;
+  private offset = 0;
+  private carry = '';
+
+  constructor(private readonly path: string) {}
+
+  async next(): Promise<'marker' | 'flood' | undefined> {
+    this.fh ??= await openLogFile(this.path).catch(() => undefined);
+    if (!this.fh) return undefined;
+    const buf = Buffer.alloc(CHUNK);
+    for (;;) {
+      if (this.offset >= MAX_CONSOLE_BYTES) return 'flood';
+      const { bytesRead } = await this.fh.read(buf, 0, CHUNK, this.offset);
+      if (bytesRead === 0) return undefined;
+      this.offset += bytesRead;
+      const text = this.carry + buf.subarray(0, bytesRead).toString('latin1');
+      if (MARKER.test(text)) return 'marker';
+      this.carry = text.slice(-64);
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.fh?.close();
   }
 }
