@@ -106,6 +106,8 @@ test('launch sends the spec-valid configuration in order; status, pause, resume 
     agentSocket: e.spec.agentSocketPath,
     agentTransport: 'hybrid-vsock',
     accel: 'kvm',
+    // The boot id is recorded so a handle from an earlier boot is never taken for a live VMM.
+    bootId: (await readFile('/proc/sys/kernel/random/boot_id', 'utf8')).trim(),
   });
   assert.equal(handle.pid, await fakePid(e));
   assert.ok(await isProcessAlive(handle.pid, handle.pidStartTime));
