@@ -790,8 +790,16 @@ static void serve_vsock(int lfd, unsigned port, int watch_virtio) {
             if (r <= 0 || conn_feed(c, chunk, (size_t)r, c->fd)) drop_client(c);
         }
         if (pfd[0].revents & POLLIN) {
-            int cfd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+            struct sockaddr_vm peer;
+            socklen_t plen = sizeof peer;
+            int cfd = accept4(lfd, (struct sockaddr *)&peer, &plen, SOCK_CLOEXEC);
             if (cfd < 0) continue;
+            /* Only the host may drive the agent: not another VM, not a process in this guest. */
+            if (plen < sizeof peer || peer.svm_family != AF_VSOCK || peer.svm_cid != VMADDR_CID_HOST) {
+                logmsg("refused a vsock connection from cid %u (only the host, cid %u, is served)", (unsigned)peer.svm_cid, (unsigned)VMADDR_CID_HOST);
+                close(cfd);
+                continue;
+            }
             struct conn *victim = NULL;
             for (int i = 0; i < MAX_CLIENTS; i++) {
                 if (clients[i].fd < 0) {
