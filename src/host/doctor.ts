@@ -80,8 +80,6 @@ export async function runChecks(p: HostProbe): Promise<Check[]> {
     ['qemu-img', 'qemu-utils', 'FAIL'],
     ['mkfs.ext4', 'e2fsprogs', 'FAIL'],
     ['debugfs', 'e2fsprogs', 'FAIL'],
-    ['e2fsck', 'e2fsprogs', 'FAIL'],
-    ['resize2fs', 'e2fsprogs', 'FAIL'],
     ['ip', 'iproute2', 'WARN'],
     ['ssh', 'openssh-client', 'WARN'],
   ];
@@ -92,6 +90,13 @@ export async function runChecks(p: HostProbe): Promise<Check[]> {
   const nft = await p.which('nft');
   const ipt = await p.which('iptables');
   add(nft || ipt ? 'PASS' : 'WARN', 'iptables or nft', nft ?? ipt ?? 'neither found (needed for --nat)', `${APT} nftables`);
+  const ebt = nft ? undefined : await p.which('ebtables');
+  add(
+    nft || (ipt && ebt) ? 'PASS' : 'WARN',
+    'guest isolation',
+    nft ? 'TAPs pinned to their VM’s MAC and IP with nft bridge tables' : ipt && ebt ? 'TAPs pinned with ebtables' : 'no nft and no ebtables: guests can spoof each other’s MAC/IP and NAT',
+    `${APT} nftables`,
+  );
 
   if (p.uid === 0) add('PASS', 'privileges', 'running as root');
   else if (await p.passwordlessSudo()) add('PASS', 'privileges', 'passwordless sudo (sudo -n) available');
