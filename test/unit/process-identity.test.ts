@@ -9,8 +9,11 @@ async function withProcess(body: (pid: number, startTime: string) => Promise<voi
   const child = spawn('sleep', ['60'], { stdio: 'ignore' });
   try {
     const pid = child.pid as number;
-    let startTime: string | undefined;
-    while (!(startTime = await processStartTime(pid))) await new Promise((r) => setImmediate(r));
+    let startTime = await processStartTime(pid);
+    while (!startTime) {
+      await new Promise((r) => setImmediate(r));
+      startTime = await processStartTime(pid);
+    }
     await body(pid, startTime);
   } finally {
     child.kill('SIGKILL');
