@@ -101,6 +101,18 @@ const PAGE = 4096;
 const ENTRY_COST = 1024;
 
 const MAX_SYMLINK_HOPS = 40;
+/** Linux limits: a name component (NAME_MAX), a symlink target (PATH_MAX - 1); whole entry names get room for the root's own path. */
+const MAX_COMPONENT = 255;
+const MAX_LINK_TARGET = 4095;
+const MAX_NAME = 3072;
+
+/** Why a name cannot be made on the host, if it cannot. */
+function badName(name: string, comps: string[]): string | undefined {
+  if (name.includes('\0')) return 'has a NUL byte in its name';
+  if (Buffer.byteLength(name) > MAX_NAME) return `is longer than ${MAX_NAME} bytes`;
+  if (comps.some((c) => Buffer.byteLength(c) > MAX_COMPONENT)) return `has a component longer than ${MAX_COMPONENT} bytes`;
+  return undefined;
+}
 
 /** An entry name fit for a message: control characters escaped, length bounded. */
 function printable(name: string, max = 256): string {
@@ -155,6 +167,8 @@ export async function applyLayer(input: Readable, opts: ApplyOptions, ledger: Ro
     while (queue.length) {
       const c = queue.shift() as string;
       const candidate = [...real, c].join('/');
+      // Symlinks can name anything: what they lead to must still be a path the host can make.
+      if (Buffer.byteLength(c) > MAX_COMPONENT || Buffer.byteLength(candidate) > MAX_NAME) throw rejected(opts, entry, 'goes through a symlink to a name longer than the host allows');
       const st = lstatSync(abs(candidate), { throwIfNoEntry: false });
       if (!st) {
         charge(ENTRY_COST);
@@ -206,8 +220,17 @@ export async function applyLayer(input: Readable, opts: ApplyOptions, ledger: Ro
   const handle = async (h: tar.Header, body: Readable): Promise<void> => {
     const comps = entryComponents(h.name);
     if (comps === 'dotdot') throw rejected(opts, h.name, 'has a ".." component');
+    const bad = badName(h.name, comps);
+    if (bad) throw rejected(opts, h.name, bad);
+    if (h.linkname) {
+      const target = entryComponents(h.linkname);
+      if (h.type === 'symlink' ? h.linkname.includes('\0') || Buffer.byteLength(h.linkname) > MAX_LINK_TARGET : badName(h.linkname, target === 'dotdot' ? [] : target)) {
+        throw rejected(opts, h.name, 'links to a target the host cannot name (too long, or a NUL byte)');
+      }
+    }
     if (++ledger.entries > opts.maxEntries) throw rejected(opts, h.name, `exceeds the limit of ${opts.maxEntries} entries`);
-    charge(ENTRY_COST + (h.type === 'symlink' ? (h.linkname?.length ?? 0) : 0));
+    // A symlink's target takes a page on a tmpfs once it is not short.
+    charge(ENTRY_COST + (h.type === 'symlink' ? Math.ceil((h.linkname?.length ?? 0) / PAGE) * PAGE : 0));
     if (comps.length === 0) {
       // The root itself: only its metadata matters.
       if (h.type === 'directory') setMeta('', h, false);
