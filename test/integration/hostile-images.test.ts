@@ -96,4 +96,29 @@ describe('hostile image filesystems never reach the host', () => {
     await home.ok(['image', 'delete', 'dup-names']);
     assert.ok(existsSync(rootfs), 'a registered rootfs stays where it is');
   });
+
+  test('a bundle whose manifest.json is a symlink to a host file is refused; nothing is published', async () => {
+    const b = join(scratch, 'bundle-link');
+    await mkdir(b);
+    // The link points at a file that would pass as a manifest, so only the link itself can be refused.
+    const hostManifest = join(scratch, 'host-manifest.json');
+    await writeFile(hostManifest, JSON.stringify({ format: 1, rootfs: 'rootfs.ext4', kernel: 'k' }));
+    execFileSync('truncate', ['-s', '16M', join(b, 'rootfs.ext4')]);
+    execFileSync('mkfs.ext4', ['-q', '-F', join(b, 'rootfs.ext4')], { stdio: 'ignore' });
+    execFileSync('ln', ['-s', hostManifest, join(b, 'manifest.json')]);
+    execFileSync('sh', ['-c', 'cd "$1" && tar -cf - manifest.json rootfs.ext4 | zstd -q -1 -o ../bundle-link.tar.zst', 'sh', b]);
+    const sha = execFileSync('sha256sum', [join(scratch, 'bundle-link.tar.zst')]).toString().split(' ')[0];
+    await writeFile(
+      join(scratch, 'catalog.json'),
+      JSON.stringify({ images: [{ name: 'linked', kernel: 'k', description: 'hostile bundle', source: { kind: 'bundle', url: `file://${scratch}/bundle-link.tar.zst`, sha256: sha } }] }),
+    );
+    await writeFile(home.configFile, `accel = "tcg"\nimage_catalogs = ["${scratch}/catalog.json"]\n`);
+    await home.banger(['daemon', 'restart']);
+    const r = await home.banger(['image', 'pull', 'linked']);
+    assert.equal(r.code, 1, r.stdout);
+    assert.match(r.stderr, /link/i);
+    const { images } = await home.json<{ images: Array<{ name: string }> }>(['image', 'list']);
+    assert.ok(!images.some((i) => i.name === 'linked'));
+    assert.deepEqual(readdirSync(join(home.dir, 'state', 'staging')).filter((n) => n !== 'scratch'), []);
+  });
 });

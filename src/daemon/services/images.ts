@@ -1,9 +1,9 @@
 import { createReadStream } from 'node:fs';
-import { lstat, mkdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { lstat, mkdir, rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { displayUrl, downloadCached } from '../../archive/download.js';
-import { safeExtract } from '../../archive/safe-extract.js';
+import { readRegularNoFollow, safeExtract } from '../../archive/safe-extract.js';
 import { BundleManifestSchema, type ImageCatalogEntry, loadImageCatalog } from '../../images/catalog.js';
 import { RootfsLedger } from '../../images/layer-apply.js';
 import { runRecipe } from '../../images/recipe.js';
@@ -60,7 +60,8 @@ interface Workspace {
 }
 
 async function readBundleManifest(path: string, name: string) {
-  const text = await readFile(path, 'utf8').catch(() => undefined);
+  const present = await lstat(path).then(() => true, () => false);
+  const text = present ? (await readRegularNoFollow(path, 64 * 1024, `manifest.json of the ${name} bundle`)).toString('utf8') : undefined;
   if (text === undefined) throw new BangerError('rejected_content', `bundle of ${name} has no manifest.json`, { fix: 'a bundle is a .tar.zst of rootfs.ext4 and manifest.json' });
   let json: unknown;
   try {
@@ -282,7 +283,8 @@ export class ImageService {
       );
       ctx.stage('unpack bundle');
       const unpacked = join(w.staging, 'bundle');
-      await safeExtract(createReadStream(archive), { dest: unpacked, label: `bundle of ${entry.name}`, maxBytes: 256 * 1024 ** 3, maxEntries: 16, signal: ctx.signal });
+      // A bundle is two regular files: no link in it is ever created, so none can be followed.
+      await safeExtract(createReadStream(archive), { dest: unpacked, label: `bundle of ${entry.name}`, maxBytes: 256 * 1024 ** 3, maxEntries: 16, symlinks: false, signal: ctx.signal });
       const manifest = await readBundleManifest(join(unpacked, 'manifest.json'), entry.name);
       const rootfsSt = await lstat(join(unpacked, manifest.rootfs)).catch(() => undefined);
       if (!rootfsSt?.isFile()) throw new BangerError('rejected_content', `bundle of ${entry.name} has no regular file ${manifest.rootfs}`, { fix: 'the bundle is broken; check the catalog entry' });
