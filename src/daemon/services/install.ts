@@ -11,7 +11,7 @@ import { PrivilegedOps } from '../../host/privileged.js';
 import { bangerSshConfig, ensureSshKey, knownHostsLines, writeFileAtomic } from '../../host/ssh-config.js';
 import { LeaseRepo } from '../../store/leases.js';
 import { Repos } from '../../store/repos.js';
-import { readFile } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import type { Accelerator, VmmDriver, VmmKind } from '../../vmm/driver.js';
 import { FirecrackerDriver } from '../../vmm/firecracker/driver.js';
 import { probeKvm } from '../../vmm/qemu/kvm-probe.js';
@@ -24,7 +24,7 @@ import { kernelRoutes } from '../routes-kernels.js';
 import { resourceRoutes } from '../routes-resources.js';
 import { ImageBuildService } from './image-build.js';
 import { ImageService } from './images.js';
-import { sweepLeftovers } from './leftovers.js';
+import { probeDir, sweepLeftovers } from './leftovers.js';
 import { KernelService } from './kernels.js';
 import { type DnsRecords, NetworkService } from './network.js';
 import { VmService } from './vms.js';
@@ -67,7 +67,8 @@ export async function installServices(app: App, router: Router): Promise<void> {
     if (accel) return Promise.resolve(accel);
     onProbe?.();
     probing ??= (async () => {
-      const outcome = await probeKvm({ qemuBin: config.qemu_bin, kernelPath, ...(initrdPath ? { initrdPath } : {}) });
+      await mkdir(probeDir(layout), { recursive: true, mode: 0o700 });
+      const outcome = await probeKvm({ qemuBin: config.qemu_bin, kernelPath, workDir: probeDir(layout), ...(initrdPath ? { initrdPath } : {}) });
       writeKvmProbeCache(layout.cacheDir, { ...outcome, hostKernel, probedAt: clock.now().toISOString() });
       log.info(outcome, 'KVM boot probe');
       accel = outcome.usable ? 'kvm' : 'tcg';

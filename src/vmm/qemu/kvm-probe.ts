@@ -37,11 +37,17 @@ export interface ProbeOptions {
   kernelPath: string;
   initrdPath?: string;
   deadlineMs?: number;
+  /**
+   * Where the probe's files go (default: the system temp dir). The daemon gives a directory of its
+   * own: the probe's QEMU names it in its argv, so a daemon killed mid-probe finds it at its next
+   * start and kills it.
+   */
+  workDir?: string;
 }
 
 /** Boots the kernel under the given accelerator and reports whether it reached userspace in time. */
 export async function bootProbe(opts: ProbeOptions, accel: 'kvm' | 'tcg'): Promise<KvmProbeOutcome> {
-  const dir = await mkdtemp(join(tmpdir(), 'banger-boot-probe-'));
+  const dir = await mkdtemp(join(opts.workDir ?? tmpdir(), 'banger-boot-probe-'));
   const serial = join(dir, 'serial.log');
   const deadline = opts.deadlineMs ?? 10_000;
   const khz = await readHostTscKhz();
