@@ -17,6 +17,14 @@ export function memoryBudgetOf(tree: string): number | undefined {
   return budgets.get(tree);
 }
 
+/** Small images (whose tar headers compress to almost nothing) may use this much RAM whatever their estimate. */
+const MIN_BUDGET = 256 * 1024 * 1024;
+
+/** Twice the estimate (at least MIN_BUDGET), never more than half of what is free. */
+function defaultBudget(estimate: number, free: number): number {
+  return Math.min(Math.max(estimate * 2, MIN_BUDGET), Math.floor(free / 2));
+}
+
 /** How a memory-backed directory is named: unpredictable, so no other user can plant it first. */
 const MEM_NAME = /^banger-[0-9a-f]{32}$/;
 
@@ -83,7 +91,7 @@ export class ScratchSpace {
     if (this.opts.memParent && free > estimateBytes * 2) {
       const dir = await this.ensureMemDir();
       const tree = await mkdtemp(join(dir, `${prefix}-`));
-      const budget = this.opts.memBudget ? this.opts.memBudget(estimateBytes, free) : Math.min(estimateBytes * 2, Math.floor(free / 2));
+      const budget = this.opts.memBudget ? this.opts.memBudget(estimateBytes, free) : defaultBudget(estimateBytes, free);
       budgets.set(tree, budget);
       return tree;
     }
