@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { Duplex, Transform, type TransformCallback } from 'node:stream';
+import { Duplex, PassThrough, Transform, type TransformCallback } from 'node:stream';
 import * as zlib from 'node:zlib';
 import { BangerError } from '../api/errors.js';
 
@@ -23,6 +23,9 @@ export function compressionOf(mediaTypeOrName: string): Compression | undefined 
   return undefined;
 }
 
+/** RAM the xz CLI may use to decompress (a hostile header can ask for gigabytes). */
+export const XZ_MEMLIMIT_MIB = 256;
+
 /**
  * A decompressing stream. gzip is zlib's; zstd is zlib's where Node has it (22.15+) and the zstd
  * CLI otherwise; xz is the xz CLI. The CLIs run with an empty environment of their own: they only
@@ -39,7 +42,8 @@ export function decompressor(kind: Compression): Duplex {
       return native ? native() : cliFilter('zstd', ['-dcq']);
     }
     case 'xz':
-      return cliFilter('xz', ['-dcq']);
+      // xz honours any dictionary size a header asks for (up to 4 GiB of RAM); real packages use ≤ 64 MiB.
+      return cliFilter('xz', ['-dcq', `--memlimit-decompress=${XZ_MEMLIMIT_MIB}MiB`]);
   }
 }
 
@@ -50,7 +54,11 @@ function cliFilter(bin: string, args: string[]): Duplex {
   child.stderr.on('data', (d: string) => {
     if (stderr.length < 4096) stderr += d;
   });
-  const duplex = Duplex.from({ writable: child.stdin, readable: child.stdout });
+  // The output ends only once the CLI has exited 0: a failure after some output (a memory limit,
+  // corrupt data) must fail the stream, not end it early as if the data were whole.
+  const out = new PassThrough();
+  child.stdout.pipe(out, { end: false });
+  const duplex = Duplex.from({ writable: child.stdin, readable: out });
   child.on('error', (e: NodeJS.ErrnoException) => {
     duplex.destroy(
       e.code === 'ENOENT'
@@ -58,8 +66,10 @@ function cliFilter(bin: string, args: string[]): Duplex {
         : e,
     );
   });
-  child.on('close', (code) => {
-    if (code !== 0 && code !== null) duplex.destroy(new BangerError('rejected_content', `${bin} could not decompress the data: ${stderr.trim() || `exit ${code}`}`));
+  child.on('close', (code, signal) => {
+    if (code === 0) out.end();
+    else if (code !== null) duplex.destroy(new BangerError('rejected_content', `${bin} could not decompress the data: ${stderr.trim() || `exit ${code}`}`));
+    else if (!duplex.destroyed) duplex.destroy(new BangerError('rejected_content', `${bin} was killed (${signal}) while decompressing`));
   });
   duplex.on('close', () => {
     if (child.exitCode === null) child.kill('SIGKILL');
