@@ -13,8 +13,8 @@ const hasXz = spawnSync('xz', ['--version']).status === 0;
 
 async function inflate(data: Buffer): Promise<Buffer> {
   const chunks: Buffer[] = [];
-  await pipeline(Readable.from([data]), decompressor('xz'), async function* (src) {
-    for await (const c of src) chunks.push(c as Buffer);
+  await pipeline(Readable.from([data]), decompressor('xz'), async (src: AsyncIterable<Buffer>) => {
+    for await (const c of src) chunks.push(c);
   });
   return Buffer.concat(chunks);
 }
