@@ -6,9 +6,13 @@ import { BangerError } from '../api/errors.js';
 const ZONE = 'vm';
 /** Classic DNS-over-UDP limit; larger answers set TC so the client retries over TCP. */
 const UDP_MAX = 512;
-/** No legitimate query for this zone comes near this; anything larger is dropped unparsed. */
-const MAX_QUERY = 4096;
+/** No legitimate query for this zone comes near this (a name is ≤ 255 bytes); larger ones are dropped unparsed. */
+const MAX_QUERY = 1024;
+/** A query has no answer or authority records, and at most an EDNS OPT and a TSIG as additional. */
+const MAX_ADDITIONAL = 2;
 const TCP_MAX_CONNECTIONS = 64;
+/** One source cannot take every TCP slot. */
+const TCP_MAX_PER_SOURCE = 8;
 const TCP_IDLE_MS = 10_000;
 /** A client that stops reading is cut off instead of buffering replies without bound. */
 const TCP_MAX_PENDING_WRITE = 64 * 1024;
@@ -30,6 +34,81 @@ export interface DnsRecord {
 }
 
 /**
+ * Token buckets: `perSourceQps` (burst `perSourceBurst`) for each source address, and
+ * `globalQps` (burst `globalBurst`) for all of them together, so a flood of spoofed sources is
+ * bounded too. At most `maxSources` sources are tracked; when the table is full the least recently
+ * seen one is forgotten (it comes back with a full bucket, which only ever helps that source).
+ */
+export interface DnsRateLimit {
+  perSourceQps: number;
+  perSourceBurst: number;
+  globalQps: number;
+  globalBurst: number;
+  maxSources: number;
+}
+
+export const DEFAULT_DNS_RATE_LIMIT: DnsRateLimit = {
+  perSourceQps: 200,
+  perSourceBurst: 400,
+  globalQps: 2000,
+  globalBurst: 4000,
+  maxSources: 4096,
+};
+
+interface Bucket {
+  tokens: number;
+  at: number;
+}
+
+export class SourceRateLimiter {
+  private readonly sources = new Map<string, Bucket>();
+  private readonly global: Bucket;
+  /** Queries refused since the last report (the caller logs them at most once a minute). */
+  refused = 0;
+
+  constructor(
+    private readonly limit: DnsRateLimit = DEFAULT_DNS_RATE_LIMIT,
+    private readonly now: () => number = () => performance.now(),
+  ) {
+    this.global = { tokens: limit.globalBurst, at: now() };
+  }
+
+  /** Takes one token for `source` (and one globally); false when either bucket is empty. */
+  allow(source: string): boolean {
+    const t = this.now();
+    let b = this.sources.get(source);
+    if (b) {
+      this.sources.delete(source); // re-inserted below: Map order is least recently seen first
+    } else {
+      if (this.sources.size >= this.limit.maxSources) {
+        const oldest = this.sources.keys().next().value;
+        if (oldest !== undefined) this.sources.delete(oldest);
+      }
+      b = { tokens: this.limit.perSourceBurst, at: t };
+    }
+    this.sources.set(source, b);
+    refill(b, t, this.limit.perSourceQps, this.limit.perSourceBurst);
+    refill(this.global, t, this.limit.globalQps, this.limit.globalBurst);
+    if (b.tokens < 1 || this.global.tokens < 1) {
+      this.refused++;
+      return false;
+    }
+    b.tokens -= 1;
+    this.global.tokens -= 1;
+    return true;
+  }
+
+  get trackedSources(): number {
+    return this.sources.size;
+  }
+}
+
+function refill(b: Bucket, t: number, rate: number, burst: number): void {
+  if (t > b.at) b.tokens = Math.min(burst, b.tokens + ((t - b.at) / 1000) * rate);
+  b.at = Math.max(b.at, t);
+}
+
+/**
  * The authoritative `vm.` zone over UDP and TCP. It answers only what it owns: A records of VMs,
  * NODATA for other types of a known name, NXDOMAIN (with the SOA, so negatives are cached
  * briefly) for unknown names, and REFUSED outside the zone so stub resolvers move on to their next
@@ -46,15 +125,44 @@ export class VmDnsServer {
   private readonly port: number;
   private readonly ttl: number;
   private readonly log: DnsLog | undefined;
+  private readonly limiter: SourceRateLimiter;
+  private readonly decode: (msg: Buffer) => packet.DecodedPacket;
+  private readonly tcpPerSource = new Map<string, number>();
+  private lastLimitReport = 0;
   /** Bumped on every change so a secondary or a curious `dig SOA vm.` sees the zone move. */
   private serial = Math.floor(Date.now() / 1000) >>> 0;
 
-  constructor(o: { listenAddr: string; log?: DnsLog; ttl?: number }) {
+  /**
+   * `now` (milliseconds, monotonic) drives the rate limiter; `decode` is dns-packet's decoder
+   * (tests pass a counting wrapper to see which queries reach it).
+   */
+  constructor(o: {
+    listenAddr: string;
+    log?: DnsLog;
+    ttl?: number;
+    rateLimit?: Partial<DnsRateLimit>;
+    now?: () => number;
+    decode?: (msg: Buffer) => packet.DecodedPacket;
+  }) {
     const { host, port } = parseListenAddr(o.listenAddr);
     this.host = host;
     this.port = port;
     this.ttl = o.ttl ?? 5;
     this.log = o.log;
+    this.limiter = new SourceRateLimiter({ ...DEFAULT_DNS_RATE_LIMIT, ...o.rateLimit }, o.now);
+    this.decode = o.decode ?? ((msg) => packet.decode(msg));
+  }
+
+  /** Rate limiting comes before any parsing; refusals are reported at most once a minute. */
+  private admit(source: string): boolean {
+    if (this.limiter.allow(source)) return true;
+    const t = performance.now();
+    if (t - this.lastLimitReport >= 60_000) {
+      this.lastLimitReport = t;
+      this.log?.warn({ source, refused: this.limiter.refused }, 'DNS queries over the rate limit dropped');
+      this.limiter.refused = 0;
+    }
+    return false;
   }
 
   /** Binds UDP and TCP on the same address and port; a second call while bound is a no-op. */
@@ -148,16 +256,25 @@ export class VmDnsServer {
     if (flags & QR) return undefined;
     const rd = flags & RD;
     if (flags & OPCODE_MASK) return headerOnly(id, rd, 'NOTIMP');
-    if (msg.readUInt16BE(4) !== 1) return headerOnly(id, rd, 'FORMERR');
+    // The header's counts are the sender's word: dns-packet would loop over 65535 records of a
+    // 24-byte packet (~1.6 ms each time). A query has one question and no answers or authorities.
+    if (msg.readUInt16BE(4) !== 1 || msg.readUInt16BE(6) !== 0 || msg.readUInt16BE(8) !== 0 || msg.readUInt16BE(10) > MAX_ADDITIONAL) {
+      return headerOnly(id, rd, 'FORMERR');
+    }
+    const qEnd = questionEnd(msg);
+    if (qEnd === undefined) return headerOnly(id, rd, 'FORMERR');
+    // Only the header and the question are decoded (the additional section is not used), so the
+    // decoder's work is bounded by one plain name.
+    const head = Buffer.from(msg.subarray(0, qEnd));
+    head.writeUInt16BE(0, 10);
     let q: packet.DecodedPacket;
     try {
-      q = packet.decode(msg);
+      q = this.decode(head);
     } catch {
       return headerOnly(id, rd, 'FORMERR');
     }
     const question = q.questions?.[0];
-    const qEnd = questionEnd(msg);
-    if (!question || qEnd === undefined) return headerOnly(id, rd, 'FORMERR');
+    if (!question) return headerOnly(id, rd, 'FORMERR');
     // The question goes back byte for byte (case, class and all): dns-packet cannot re-encode
     // every class it decodes, and resolvers drop replies whose question differs from theirs.
     const encode = (flags: number, answers: packet.Answer[] = [], authorities: packet.Answer[] = []) =>
@@ -225,6 +342,7 @@ export class VmDnsServer {
         udp.off('error', onError);
         udp.on('error', (e) => this.log?.warn({ err: e }, 'DNS UDP socket error'));
         udp.on('message', (msg, rinfo) => {
+          if (!this.admit(rinfo.address)) return;
           const reply = this.answer(msg, UDP_MAX);
           if (reply) udp.send(reply, rinfo.port, rinfo.address, () => {});
         });
@@ -252,8 +370,17 @@ export class VmDnsServer {
 
   /** RFC 1035 §4.2.2 framing: each message behind a 2-byte length; several may share a segment. */
   private serveTcp(sock: Socket): void {
+    const source = sock.remoteAddress ?? '?';
+    const open = (this.tcpPerSource.get(source) ?? 0) + 1;
+    if (open > TCP_MAX_PER_SOURCE) return void sock.destroy();
+    this.tcpPerSource.set(source, open);
     this.connections.add(sock);
-    sock.on('close', () => this.connections.delete(sock));
+    sock.on('close', () => {
+      this.connections.delete(sock);
+      const left = (this.tcpPerSource.get(source) ?? 1) - 1;
+      if (left > 0) this.tcpPerSource.set(source, left);
+      else this.tcpPerSource.delete(source);
+    });
     sock.on('error', () => sock.destroy());
     sock.setTimeout(TCP_IDLE_MS, () => sock.destroy());
     let buf: Buffer = Buffer.alloc(0);
@@ -263,6 +390,8 @@ export class VmDnsServer {
         const len = buf.readUInt16BE(0);
         if (len > MAX_QUERY) return void sock.destroy();
         if (buf.length < 2 + len) break;
+        // Over the rate limit a TCP client is cut off (it would only queue more).
+        if (!this.admit(source)) return void sock.destroy();
         const reply = this.answer(buf.subarray(2, 2 + len), 65_535);
         buf = buf.subarray(2 + len);
         if (reply) {

@@ -5,7 +5,7 @@ import { connect, createServer } from 'node:net';
 import { after, before, test } from 'node:test';
 import * as packet from 'dns-packet';
 import { BangerError } from '../../src/api/errors.js';
-import { VmDnsServer } from '../../src/daemon/dns.js';
+import { SourceRateLimiter, VmDnsServer } from '../../src/daemon/dns.js';
 
 /** dns-packet's decoded shape (its typings omit rcode and the per-type data). */
 type Reply = {
@@ -347,4 +347,175 @@ test('listen addresses are validated; stop then start again works', async () => 
   assert.match(s.address(), /^127\.0\.0\.1:\d+$/);
   await s.stop();
   assert.equal(new VmDnsServer({ listenAddr: '[::1]:5353' }).address(), '[::1]:5353');
+});
+
+// ---- hostile input: attacker-chosen counts, floods -------------------------------------------
+
+/** The wire header of a query for dev.vm with the given section counts (nothing else changed). */
+function withCounts(qd: number, an: number, ns: number, ar: number, id = 77): Buffer {
+  const m = Buffer.from(packet.encode(q('dev.vm', 'A', id)));
+  m.writeUInt16BE(qd, 4);
+  m.writeUInt16BE(an, 6);
+  m.writeUInt16BE(ns, 8);
+  m.writeUInt16BE(ar, 10);
+  return m;
+}
+
+test('attacker-chosen record counts never reach the decoder: FORMERR from the header alone; legit queries still answered', async () => {
+  let decoded = 0;
+  const s = new VmDnsServer({
+    listenAddr: '127.0.0.1:0',
+    decode: (m) => {
+      decoded++;
+      return packet.decode(m);
+    },
+  });
+  await s.start();
+  try {
+    s.set('dev', '172.30.0.2');
+    const hostile = [
+      withCounts(65535, 0, 0, 0),
+      withCounts(1, 65535, 65535, 65535), // the ~1.6 ms-per-packet case: 24 bytes claiming 196605 records
+      withCounts(1, 65535, 0, 0),
+      withCounts(1, 0, 65535, 0),
+      withCounts(1, 0, 0, 65535),
+      withCounts(1, 0, 0, 3),
+    ];
+    for (const m of hostile) {
+      assert.equal(m.length, 24);
+      const r = s.answer(m);
+      assert.ok(r, 'a query header gets an answer');
+      assert.equal(r.length, 12, 'header only: nothing of the packet was decoded or echoed');
+      const d = packet.decode(r) as unknown as Reply;
+      assert.equal(d.rcode, 'FORMERR');
+      assert.equal(d.id, 77);
+    }
+    assert.equal(decoded, 0, 'the decoder never saw a hostile header');
+    // Legitimate queries (with an EDNS OPT record, as stub resolvers send) are decoded and answered.
+    const edns = packet.encode({ ...q('dev.vm'), additionals: [{ type: 'OPT', name: '.', udpPayloadSize: 1232, flags: 0, options: [] } as unknown as packet.Answer] });
+    const r = packet.decode(s.answer(edns) as Buffer) as unknown as Reply;
+    assert.equal(r.rcode, 'NOERROR');
+    assert.deepEqual(ips(r), ['172.30.0.2']);
+    assert.equal(decoded, 1);
+    // Over the wire too, after the hostile packets.
+    const port2 = Number(s.address().split(':')[1]);
+    for (const m of hostile) await udpRawTo(m, port2, '127.0.0.1');
+    const reply = await udpRawTo(query('dev.vm'), port2, '127.0.0.1');
+    assert.deepEqual(ips(packet.decode(reply as Buffer) as unknown as Reply), ['172.30.0.2']);
+  } finally {
+    await s.stop();
+  }
+});
+
+/** One UDP query from `from` (e.g. 127.0.0.2, a second source on loopback); undefined when no reply within `ms`. */
+function udpRawTo(msg: Buffer, toPort: number, from: string, ms = 2000): Promise<Buffer | undefined> {
+  return new Promise((resolve) => {
+    const s = createSocket('udp4');
+    const t = setTimeout(() => {
+      s.close();
+      resolve(undefined);
+    }, ms);
+    s.on('message', (m) => {
+      clearTimeout(t);
+      s.close();
+      resolve(m);
+    });
+    s.bind(0, from, () => s.send(msg, toPort, '127.0.0.1'));
+  });
+}
+
+test('a flood from one source is rate-limited while another source still gets answers (UDP, loopback)', async () => {
+  let now = 1_000_000;
+  const s = new VmDnsServer({
+    listenAddr: '127.0.0.1:0',
+    rateLimit: { perSourceQps: 10, perSourceBurst: 5 },
+    now: () => now, // frozen unless the test moves it: no refill while the flood runs
+  });
+  await s.start();
+  try {
+    s.set('dev', '172.30.0.2');
+    const sport = Number(s.address().split(':')[1]);
+    const flooder = createSocket('udp4');
+    await new Promise<void>((r) => flooder.bind(0, '127.0.0.1', () => r()));
+    const answered = new Set<number>();
+    flooder.on('message', (m) => answered.add(m.readUInt16BE(0)));
+    for (let id = 1; id <= 40; id++) flooder.send(packet.encode(q('dev.vm', 'A', id)), sport, '127.0.0.1');
+    // Another source (127.0.0.2) is answered at once, after the whole flood reached the server.
+    const other = await udpRawTo(packet.encode(q('dev.vm', 'A', 999)), sport, '127.0.0.2');
+    assert.ok(other, 'the second source got an answer');
+    assert.deepEqual(ips(packet.decode(other) as unknown as Reply), ['172.30.0.2']);
+    // Replies to the flooder were sent before that one; give its socket a moment to read them.
+    await new Promise((r) => setTimeout(r, 200));
+    assert.equal(answered.size, 5, `answered ${[...answered].join(',')}`);
+    assert.deepEqual([...answered].sort((a, b) => a - b), [1, 2, 3, 4, 5], 'the burst, then nothing');
+    // A second later the flooder's bucket has refilled (10 qps, burst 5): it is answered again.
+    now += 1000;
+    const again = await udpRawTo(packet.encode(q('dev.vm', 'A', 500)), sport, '127.0.0.1');
+    assert.ok(again);
+    flooder.close();
+  } finally {
+    await s.stop();
+  }
+});
+
+test('TCP: one source cannot hold every connection; a rate-limited TCP client is cut off; others are served', async () => {
+  const now = 0;
+  const s = new VmDnsServer({ listenAddr: '127.0.0.1:0', rateLimit: { perSourceQps: 1, perSourceBurst: 3 }, now: () => now });
+  await s.start();
+  s.set('dev', '172.30.0.2');
+  const sport = Number(s.address().split(':')[1]);
+  const open = (localAddress: string) =>
+    new Promise<import('node:net').Socket>((resolve, reject) => {
+      const c = connect({ port: sport, host: '127.0.0.1', localAddress }, () => resolve(c));
+      c.on('error', reject);
+    });
+  const closed = (c: import('node:net').Socket) => new Promise<void>((r) => (c.destroyed ? r() : c.once('close', () => r())));
+  const sockets: import('node:net').Socket[] = [];
+  try {
+    for (let i = 0; i < 8; i++) sockets.push(await open('127.0.0.1'));
+    const ninth = await open('127.0.0.1');
+    sockets.push(ninth);
+    ninth.resume();
+    await closed(ninth); // the server hangs up on the 9th connection of one source
+    // A different source still gets a connection and an answer.
+    const replies = await new Promise<Reply[]>((resolve, reject) => {
+      const c = connect({ port: sport, host: '127.0.0.1', localAddress: '127.0.0.2' }, () => c.write(packet.streamEncode(q('dev.vm'))));
+      c.on('data', (d) => {
+        c.end();
+        resolve([packet.streamDecode(d) as unknown as Reply]);
+      });
+      c.on('error', reject);
+    });
+    assert.deepEqual(ips(replies[0] as Reply), ['172.30.0.2']);
+    // Pipelining past the bucket (3 tokens) on one connection: 3 answers, then the server hangs up.
+    const flood = sockets[0] as import('node:net').Socket;
+    let got = Buffer.alloc(0);
+    flood.on('data', (d: Buffer) => (got = Buffer.concat([got, d])));
+    flood.write(Buffer.concat(Array.from({ length: 20 }, (_, i) => packet.streamEncode(q('dev.vm', 'A', i + 1)))));
+    await closed(flood);
+    let count = 0;
+    while (got.length >= 2) {
+      count++;
+      got = got.subarray(2 + got.readUInt16BE(0));
+    }
+    assert.equal(count, 3);
+  } finally {
+    for (const c of sockets) c.destroy();
+    await s.stop();
+  }
+});
+
+test('rate limiter: per-source and global buckets refill with time; the source table stays bounded', () => {
+  let now = 0;
+  const l = new SourceRateLimiter({ perSourceQps: 100, perSourceBurst: 2, globalQps: 1000, globalBurst: 5, maxSources: 3 }, () => now);
+  assert.deepEqual([l.allow('a'), l.allow('a'), l.allow('a')], [true, true, false]);
+  assert.deepEqual([l.allow('b'), l.allow('b')], [true, true]);
+  assert.equal(l.allow('c'), true); // the 5th token of the global burst
+  assert.equal(l.allow('d'), false, 'global bucket empty: spoofed sources cannot add up without bound');
+  assert.ok(l.trackedSources <= 3);
+  now += 10; // 10 ms: 1 token per source (100 qps), 10 global ('a' was forgotten for 'd')
+  assert.equal(l.allow('b'), true);
+  assert.equal(l.allow('b'), false);
+  for (let i = 0; i < 10_000; i++) l.allow(`spoofed-${i}`);
+  assert.equal(l.trackedSources, 3, 'the table of sources stays bounded');
 });
