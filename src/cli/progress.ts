@@ -1,5 +1,6 @@
 import type { Operation, OperationEvent } from '../api/schemas.js';
 import type { BangerClient } from '../client/client.js';
+import { sanitizeInline } from './render.js';
 
 /**
  * Renders an operation's events. On a TTY (stderr) the current stage is one live line with a
@@ -41,7 +42,7 @@ export class ProgressRenderer {
       }
       case 'log':
         this.clearLine();
-        this.out.write(`  | ${e.line}\n`);
+        this.out.write(`  | ${sanitizeInline(e.line)}\n`);
         this.draw();
         break;
       case 'done':
@@ -50,7 +51,10 @@ export class ProgressRenderer {
     }
   };
 
-  private begin(name: string, detail: string | undefined, started: number): void {
+  private begin(rawName: string, rawDetail: string | undefined, started: number): void {
+    // Stage names and details can carry catalog or guest text: one line, no escape sequences.
+    const name = sanitizeInline(rawName);
+    const detail = rawDetail === undefined ? undefined : sanitizeInline(rawDetail);
     this.current = detail === undefined ? { name, started } : { name, started, detail };
     this.progressText = '';
     if (this.tty) {
@@ -76,7 +80,9 @@ export class ProgressRenderer {
     }
   }
 
-  private finishLine(name: string, detail: string | undefined, ms: number, failed = false): void {
+  private finishLine(rawName: string, rawDetail: string | undefined, ms: number, failed = false): void {
+    const name = sanitizeInline(rawName);
+    const detail = rawDetail === undefined ? undefined : sanitizeInline(rawDetail);
     if (!this.tty) return void this.out.write(`- ${name}${detail ? ` (${detail})` : ''}\n`);
     this.out.write(`${failed ? '✗' : '✓'} ${name}${detail ? ` (${detail})` : ''} ${(ms / 1000).toFixed(1)}s\n`);
   }

@@ -1,12 +1,29 @@
 import { BangerError, toBangerError } from '../api/errors.js';
 
+const UNSAFE = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g;
+
+/**
+ * Text that came from a guest, an image or the daemon, made safe for a terminal: C0 controls
+ * (except \n and \t), DEL, C1 controls (U+0080–U+009F, 8-bit CSI/OSC included) and bidi
+ * overrides are removed, so no escape sequence (title change, screen clear, hyperlink, cursor
+ * move, reordered text) reaches the terminal.
+ */
+export function sanitizeForTerminal(text: string): string {
+  return text.replace(UNSAFE, '');
+}
+
+/** One table cell or value on one line: sanitized, and newlines/tabs become spaces. */
+export function sanitizeInline(text: string): string {
+  return sanitizeForTerminal(text).replace(/[\n\t]/g, ' ');
+}
+
 export function printJson(value: unknown): void {
   process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
 }
 
 /** Plain aligned columns (no borders): readable, greppable, stable for scripts that use awk. */
 export function printTable(headers: string[], rows: Array<Array<string | number | null | undefined>>): void {
-  const cells = rows.map((r) => r.map((c) => (c === null || c === undefined || c === '' ? '-' : String(c))));
+  const cells = rows.map((r) => r.map((c) => (c === null || c === undefined || c === '' ? '-' : sanitizeInline(String(c)))));
   const widths = headers.map((h, i) => Math.max(h.length, ...cells.map((r) => (r[i] ?? '').length)));
   const line = (r: string[]) =>
     r
@@ -19,7 +36,7 @@ export function printTable(headers: string[], rows: Array<Array<string | number 
 
 export function printKeyValues(pairs: Array<[string, string | number | null | undefined]>): void {
   const w = Math.max(...pairs.map(([k]) => k.length));
-  for (const [k, v] of pairs) process.stdout.write(`${`${k}:`.padEnd(w + 2)}${v === null || v === undefined ? '-' : v}\n`);
+  for (const [k, v] of pairs) process.stdout.write(`${`${k}:`.padEnd(w + 2)}${v === null || v === undefined ? '-' : sanitizeInline(String(v))}\n`);
 }
 
 export function ago(iso: string | null | undefined, now = Date.now()): string {
@@ -35,8 +52,9 @@ export function ago(iso: string | null | undefined, now = Date.now()): string {
 export function formatError(err: unknown): string {
   const e = toBangerError(err);
   const op = e.opId ? ` (${e.opId})` : '';
-  let text = `error: ${e.message}${op}\n`;
-  if (e.fix) text += `fix: ${e.fix}\n`;
+  // Messages can carry guest text (a serial console tail, a build's output).
+  let text = `error: ${sanitizeForTerminal(e.message)}${op}\n`;
+  if (e.fix) text += `fix: ${sanitizeForTerminal(e.fix)}\n`;
   return text;
 }
 

@@ -7,7 +7,7 @@ import { addVmSpecOptions, intArg, memoryArg, onOff, sizeArg, type VmSpecOptions
 import { followOperation, ProgressRenderer } from '../progress.js';
 import { registerRunCommand } from './run.js';
 import { registerSshCommands } from './ssh.js';
-import { ago, printJson, printKeyValues, printTable } from '../render.js';
+import { ago, printJson, printKeyValues, printTable, sanitizeForTerminal, sanitizeInline } from '../render.js';
 
 function printVm(vm: Vm): void {
   printKeyValues([
@@ -40,7 +40,10 @@ async function bulk(action: VmAction, refs: string[], json: boolean): Promise<vo
   else {
     for (const r of results) {
       if (r.ok) process.stdout.write(`${PAST[action]} ${r.name}\n`);
-      else process.stderr.write(`error: ${r.ref}: ${r.error?.message}${r.error?.opId ? ` (${r.error.opId})` : ''}\n${r.error?.fix ? `fix: ${r.error.fix}\n` : ''}`);
+      else
+        process.stderr.write(
+          sanitizeForTerminal(`error: ${r.ref}: ${r.error?.message}${r.error?.opId ? ` (${r.error.opId})` : ''}\n${r.error?.fix ? `fix: ${r.error.fix}\n` : ''}`),
+        );
     }
   }
   if (results.some((r) => !r.ok)) process.exitCode = 1;
@@ -62,7 +65,7 @@ export function registerVmCommands(program: Command): void {
           for (const line of e.operation.log ?? []) onEvent({ type: 'log', line });
           progress.onEvent({ ...e, operation: { ...e.operation, log: [] } });
         } else if (e.type === 'log' && e.line.startsWith('spec: ')) {
-          if (!o.json) process.stdout.write(`${e.line}\n`);
+          if (!o.json) process.stdout.write(`${sanitizeInline(e.line)}\n`);
         } else progress.onEvent(e);
       };
       const created = await followOperation<Vm>(client, accepted, onEvent);
@@ -131,7 +134,8 @@ export function registerVmCommands(program: Command): void {
     .action(async (ref: string, o: { follow?: boolean; lines: number }) => {
       const ac = new AbortController();
       process.once('SIGINT', () => ac.abort());
-      await new BangerClient().logs(ref, { lines: o.lines, follow: !!o.follow, signal: ac.signal }, (t) => process.stdout.write(t));
+      // The serial console is the guest's: its escape sequences never reach the terminal.
+      await new BangerClient().logs(ref, { lines: o.lines, follow: !!o.follow, signal: ac.signal }, (t) => process.stdout.write(sanitizeForTerminal(t)));
     });
 
   vm.command('stats')
