@@ -33,7 +33,7 @@ describe('VM networking', { skip: assets ? false : 'guest assets missing: run sc
   };
   const sh = (vm: string, cmd: string) => home.banger(['vm', 'ssh', vm, '--', 'sh', '-c', cmd], 120_000);
   const nftMasquerades = async () => {
-    const r = await home.exec('nft', ['list', 'table', 'inet', 'banger']);
+    const r = await home.exec('nft', ['list', 'table', 'inet', 'banger0']);
     return r.code === 0 ? (r.stdout.match(/masquerade/g) ?? []).length : -1;
   };
 
@@ -173,6 +173,46 @@ describe('VM networking', { skip: assets ? false : 'guest assets missing: run sc
     const vb = await home.json<Vm>(['vm', 'show', 'netb']);
     assert.deepEqual((await resolve('neta.vm')).answers, [va.ip]);
     assert.deepEqual((await resolve('netb.vm')).answers, [vb.ip]);
+  });
+
+  test('a second daemon (another home, another bridge) runs its VM beside this one; restarting either disturbs neither; a third on the same bridge is refused', async () => {
+    const a = assets as NonNullable<typeof assets>;
+    const other = await TestHome.create(
+      'accel = "tcg"\nbridge_name = "banger1"\nbridge_ip = "172.31.0.1"\ncidr = "172.31.0.0/24"\ndns_listen_addr = "127.0.0.1:42071"\n[vm_defaults]\nvcpu = 1\nmemory_mib = 512\ndisk_size = "512M"\n',
+      { sharedNetnsOf: home },
+    );
+    const same = await TestHome.create('accel = "tcg"\ndns_listen_addr = "127.0.0.1:42072"\n', { sharedNetnsOf: home });
+    try {
+      await other.ok(['kernel', 'import', 'k', '--from', a.kernelDir]);
+      await other.ok(['image', 'register', '--name', 'debian-bookworm', '--rootfs', a.rootfs, '--kernel-ref', 'k']);
+      const c = await other.banger(['vm', 'create', '--name', 'other', '--nat']);
+      assert.equal(c.code, 0, c.stderr);
+      const tables = async () => (await home.exec('nft', ['list', 'tables'])).stdout;
+      assert.match(await tables(), /inet banger0/);
+      assert.match(await tables(), /inet banger1/);
+      const ownRules = async (h: TestHome, bridge: string) => (await h.exec('nft', ['list', 'table', 'inet', bridge])).stdout;
+      const before0 = await ownRules(home, 'banger0');
+      const before1 = await ownRules(other, 'banger1');
+      for (const restarted of [home, other]) {
+        assert.equal((await restarted.banger(['daemon', 'restart'])).code, 0);
+        assert.equal(await ownRules(home, 'banger0'), before0, 'banger0 rules unchanged');
+        assert.equal(await ownRules(other, 'banger1'), before1, 'banger1 rules unchanged');
+        const mine = await sh('neta', 'hostname');
+        assert.equal(mine.stdout.trim(), 'neta', mine.stderr);
+        const theirs = await other.banger(['vm', 'ssh', 'other', '--', 'hostname'], 120_000);
+        assert.equal(theirs.stdout.trim(), 'other', theirs.stderr);
+      }
+      await same.ok(['kernel', 'import', 'k', '--from', a.kernelDir]);
+      await same.ok(['image', 'register', '--name', 'debian-bookworm', '--rootfs', a.rootfs, '--kernel-ref', 'k']);
+      const refused = await same.banger(['vm', 'create', '--name', 'third']);
+      assert.notEqual(refused.code, 0, 'a daemon on a bridge another daemon holds is refused');
+      assert.match(refused.stderr, /bridge_name/);
+      assert.equal(await ownRules(home, 'banger0'), before0, 'the refused daemon changed nothing');
+      assert.equal((await other.banger(['vm', 'delete', 'other'])).code, 0);
+    } finally {
+      await same.destroy();
+      await other.destroy();
+    }
   });
 
   test('delete frees the lease, the TAP and the DNS record', async () => {

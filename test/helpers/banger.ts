@@ -27,18 +27,21 @@ export class TestHome {
     readonly dir: string,
     /** When set, the CLI (and so the daemon it starts, and its VMs, bridges and TAPs) runs in this namespace. */
     readonly netns?: string,
+    /** False when the namespace is another home's (`sharedNetnsOf`): destroy leaves it. */
+    private readonly ownsNetns = true,
   ) {}
 
   /**
    * `netns: true` runs everything inside a fresh network namespace with only loopback, so bridges,
    * TAPs, NAT rules and the DNS listener never touch the host's own networking.
    */
-  static async create(config?: string, opts: { netns?: boolean } = {}): Promise<TestHome> {
+  static async create(config?: string, opts: { netns?: boolean; sharedNetnsOf?: TestHome } = {}): Promise<TestHome> {
     const dir = await mkdtemp('/tmp/bg-');
     if (config !== undefined) {
       await mkdir(join(dir, 'config'), { recursive: true });
       await writeFile(join(dir, 'config', 'config.toml'), config);
     }
+    if (opts.sharedNetnsOf) return new TestHome(dir, opts.sharedNetnsOf.netns, false);
     let netns: string | undefined;
     if (opts.netns) {
       netns = `bgt-${dir.slice(-6).toLowerCase()}`;
@@ -126,7 +129,7 @@ export class TestHome {
     while (pids.some(isAlive) && Date.now() < deadline) await sleep(25);
     for (const pid of [...pids, ...(await pidsMentioning(this.dir))]) if (isAlive(pid)) signal(pid, 'SIGKILL');
     await rm(this.dir, { recursive: true, force: true });
-    if (this.netns) await runProcess('ip', ['netns', 'del', this.netns], {}, 10_000).catch(() => {});
+    if (this.netns && this.ownsNetns) await runProcess('ip', ['netns', 'del', this.netns], {}, 10_000).catch(() => {});
   }
 }
 
