@@ -239,7 +239,7 @@ export class ImageService {
             },
             chownOnDisk: asRoot,
             platform: { os: 'linux', architecture: 'amd64' },
-            maxBytes: 256 * 1024 ** 3,
+            maxBytes: 64 * 1024 ** 3,
             maxEntries: 10_000_000,
           },
           ctx,
