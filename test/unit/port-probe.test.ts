@@ -7,7 +7,7 @@ import { type AddressInfo, createServer as createTcp, type Server, type Socket }
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { collapsePorts, enrichPorts, probeHttp, type RawPort } from '../../src/daemon/services/port-probe.js';
+import { collapsePorts, enrichPorts, enrichPortsWithin, probeHttp, type RawPort } from '../../src/daemon/services/port-probe.js';
 
 const servers: Server[] = [];
 const listen = async (s: Server) => {
@@ -132,4 +132,43 @@ test('enrichPorts: endpoints for all, urls for reachable TCP listeners that answ
     ],
   );
   assert.ok(!('url' in (enriched[2] ?? {})), 'no url key at all when nothing answered');
+});
+
+test('one overall deadline: a guest with many silent listeners gets an answer with what is known, and a note', async () => {
+  // 40 listeners that accept and never speak: probed one by one (8 at a time, 2 × 10 s each) this
+  // would take minutes. The answer comes at the deadline with the HTTP port found before it.
+  const silentPorts: number[] = [];
+  // (They read, so that they see the probe hang up.)
+  const mute: import('node:net').Server[] = [];
+  for (let i = 0; i < 40; i++) {
+    const srv = tcpServer((c) => c.resume());
+    mute.push(srv);
+    silentPorts.push(await listen(srv));
+  }
+  const result = await enrichPortsWithin(
+    'dev',
+    '127.0.0.1',
+    [p('tcp', '0.0.0.0', http, 1, 'web'), ...silentPorts.map((port, i) => p('tcp', '0.0.0.0', port, 100 + i, 'silent'))],
+    { timeoutMs: 10_000, deadlineMs: 2000 },
+  );
+  assert.equal(result.ports.length, 41);
+  assert.equal(result.ports.find((x) => x.port === http)?.url, `http://dev.vm:${http}/`, 'known before the deadline: kept');
+  assert.equal(result.unprobed, 40);
+  assert.ok(result.ports.filter((x) => x.command === 'silent').every((x) => x.url === undefined && x.endpoint === `dev.vm:${x.port}`));
+  assert.match(result.note ?? '', /40 of 41 TCP port\(s\) were not probed .* within 2s/);
+  // Every probe socket was closed at the deadline: the silent servers see their connections go.
+  const openConnections = async () =>
+    (await Promise.all(mute.map((s) => new Promise<number>((r) => s.getConnections((_e, n) => r(n)))))).reduce((a, b) => a + b, 0);
+  let open = await openConnections();
+  for (let i = 0; i < 100 && open > 0; i++) {
+    await new Promise((r) => setTimeout(r, 20));
+    open = await openConnections();
+  }
+  assert.equal(open, 0);
+});
+
+test('without a deadline hit there is no note', async () => {
+  const r = await enrichPortsWithin('dev', '127.0.0.1', [p('tcp', '0.0.0.0', http, 1, 'web')]);
+  assert.equal(r.unprobed, 0);
+  assert.equal(r.note, undefined);
 });

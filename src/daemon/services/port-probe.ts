@@ -24,6 +24,8 @@ const WILDCARD = new Set(['0.0.0.0', '::']);
 const PROTO_ORDER: Record<string, number> = { tcp: 0, tcp6: 1, udp: 2, udp6: 3 };
 const MAX_READ = 4096;
 const PROBE_CONCURRENCY = 8;
+/** `vm ports` answers within this, whatever the guest listens on: unprobed ports get no url. */
+export const PROBE_DEADLINE_MS = 10_000;
 
 /**
  * One entry per listener. A process that listens on both wildcards of one port (tcp 0.0.0.0 +
@@ -70,8 +72,10 @@ function exchange(
   request: string,
   decide: (got: Buffer, connected: boolean) => boolean,
   timeoutMs: number,
+  signal?: AbortSignal,
 ): Promise<boolean> {
   return new Promise((resolve) => {
+    if (signal?.aborted) return resolve(false);
     let sock: Socket;
     let connected = false;
     let got = Buffer.alloc(0);
@@ -80,15 +84,19 @@ function exchange(
       if (timer === undefined) return;
       clearTimeout(timer);
       timer = undefined;
+      signal?.removeEventListener('abort', finish);
       sock?.destroy();
       resolve(decide(got, connected));
     };
     timer = setTimeout(finish, timeoutMs);
+    signal?.addEventListener('abort', finish, { once: true });
     try {
       sock = open();
     } catch {
       // e.g. an out-of-range port: net.connect throws synchronously.
       clearTimeout(timer);
+      timer = undefined;
+      signal?.removeEventListener('abort', finish);
       return resolve(false);
     }
     sock.once(connectEvent, () => {
@@ -113,7 +121,7 @@ const isHttp = (got: Buffer) => got.subarray(0, 5).toString('latin1') === 'HTTP/
  * then HTTP. HTTPS means a completed TLS handshake, whatever follows; the HEAD is sent so the
  * server logs an ordinary request rather than a dropped connection. Never throws.
  */
-export async function probeHttp(host: string, port: number, timeoutMs = 1500): Promise<'https' | 'http' | undefined> {
+export async function probeHttp(host: string, port: number, timeoutMs = 1500, signal?: AbortSignal): Promise<'https' | 'http' | undefined> {
   const head = `HEAD / HTTP/1.0\r\nHost: ${host.includes(':') ? `[${host}]` : host}\r\n\r\n`;
   const tls = await exchange(
     // Certificates of dev servers are self-signed or issued for other names: the probe asks only
@@ -123,35 +131,76 @@ export async function probeHttp(host: string, port: number, timeoutMs = 1500): P
     head,
     (_got, connected) => connected,
     timeoutMs,
+    signal,
   );
   if (tls) return 'https';
-  const http = await exchange(() => netConnect({ host, port }), 'connect', head, (got) => isHttp(got), timeoutMs);
+  const http = await exchange(() => netConnect({ host, port }), 'connect', head, (got) => isHttp(got), timeoutMs, signal);
   return http ? 'http' : undefined;
 }
 
 /**
  * `endpoint` for every listener and `url` for the TCP ones that answered HTTP(S) on the VM's
- * address. Listeners bound to loopback are not probed: the host cannot reach them.
+ * address. Listeners bound to loopback are not probed: the host cannot reach them. All probing
+ * shares one deadline (`deadlineMs`): whatever is not known by then is returned without a url.
  */
 export async function enrichPorts(
   vmName: string,
   hostIp: string,
   ports: readonly RawPort[],
   timeoutMs = 1500,
+  deadlineMs = PROBE_DEADLINE_MS,
 ): Promise<EnrichedPort[]> {
+  return (await enrichPortsWithin(vmName, hostIp, ports, { timeoutMs, deadlineMs })).ports;
+}
+
+export interface EnrichResult {
+  ports: EnrichedPort[];
+  /** TCP ports not probed (or not finished) when the deadline came; 0 when every probe finished. */
+  unprobed: number;
+  /** Set when the deadline cut probing short: what to tell the user. */
+  note?: string;
+}
+
+export async function enrichPortsWithin(
+  vmName: string,
+  hostIp: string,
+  ports: readonly RawPort[],
+  o: { timeoutMs?: number; deadlineMs?: number } = {},
+): Promise<EnrichResult> {
+  const timeoutMs = o.timeoutMs ?? 1500;
+  const deadlineMs = o.deadlineMs ?? PROBE_DEADLINE_MS;
   const out: EnrichedPort[] = ports.map((p) => ({ ...p, endpoint: `${vmName}.vm:${p.port}` }));
   const reachable = out.filter((p) => p.proto.startsWith('tcp') && !isLoopback(p.address));
   // tcp and tcp6 entries of one port (different processes) share one probe.
   const unique = [...new Set(reachable.map((p) => p.port))];
   const schemes = new Map<number, 'https' | 'http' | undefined>();
-  await mapLimit(unique, PROBE_CONCURRENCY, async (port) => {
-    schemes.set(port, await probeHttp(hostIp, port, timeoutMs));
-  });
+  const deadline = new AbortController();
+  const timer = setTimeout(() => deadline.abort(), deadlineMs);
+  try {
+    await mapLimit(
+      unique,
+      PROBE_CONCURRENCY,
+      async (port) => {
+        const scheme = await probeHttp(hostIp, port, timeoutMs, deadline.signal);
+        // A probe cut by the deadline proves nothing: leave the port unknown.
+        if (!deadline.signal.aborted) schemes.set(port, scheme);
+      },
+      deadline.signal,
+    );
+  } finally {
+    clearTimeout(timer);
+  }
   for (const p of reachable) {
     const scheme = schemes.get(p.port);
     if (scheme) p.url = `${scheme}://${vmName}.vm:${p.port}/`;
   }
-  return out;
+  const unprobed = unique.length - schemes.size;
+  if (unprobed === 0) return { ports: out, unprobed };
+  return {
+    ports: out,
+    unprobed,
+    note: `${unprobed} of ${unique.length} TCP port(s) were not probed for HTTP(S) within ${deadlineMs / 1000}s; they are listed without a url`,
+  };
 }
 
 function isLoopback(address: string): boolean {
@@ -159,11 +208,14 @@ function isLoopback(address: string): boolean {
   return a === '::1' || (isIPv4(a) && a.startsWith('127.'));
 }
 
-/** Runs `fn` over `items` with at most `limit` in flight (a slow port does not hold back a batch). */
-async function mapLimit<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+/**
+ * Runs `fn` over `items` with at most `limit` in flight (a slow port does not hold back a batch);
+ * nothing new starts once `signal` is aborted.
+ */
+async function mapLimit<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>, signal?: AbortSignal): Promise<void> {
   let next = 0;
   const worker = async () => {
-    while (next < items.length) {
+    while (next < items.length && !signal?.aborted) {
       const item = items[next++] as T;
       await fn(item);
     }
