@@ -6,7 +6,8 @@ import type { CommandRunner } from '../host/runner.js';
 import type { Db } from '../store/db.js';
 import { buildInfo } from '../util/build-info.js';
 import type { Router } from './http.js';
-import { type Clock, OperationRegistry } from './operations.js';
+import { OperationRegistry } from './operations.js';
+import type { Clock } from '../util/op-context.js';
 
 export interface AppDeps {
   layout: Layout;

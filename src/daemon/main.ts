@@ -10,7 +10,7 @@ import { App } from './app.js';
 import { Router } from './http.js';
 import { DaemonLock } from './lock.js';
 import { createLogger } from './logger.js';
-import { systemClock } from './operations.js';
+import { systemClock } from '../util/op-context.js';
 import { installServices } from './services/install.js';
 
 const USAGE = `usage: bangerd [--version] [--check-migrations]

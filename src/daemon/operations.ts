@@ -1,24 +1,9 @@
 import { EventEmitter } from 'node:events';
 import { BangerError, toBangerError } from '../api/errors.js';
 import type { Operation, OperationEvent } from '../api/schemas.js';
+import { type Clock, type OpContext, systemClock } from '../util/op-context.js';
 
 const MAX_LOG_LINES = 200;
-
-export interface Clock {
-  now(): Date;
-}
-export const systemClock: Clock = { now: () => new Date() };
-
-/** What a running operation can report. Services receive this, never the registry. */
-export interface OpContext {
-  readonly id: string;
-  readonly signal: AbortSignal;
-  stage(name: string, detail?: string): void;
-  progress(current: number, total: number | undefined, unit: string): void;
-  log(line: string): void;
-  /** Throws BangerError('cancelled') when the operation was cancelled. */
-  checkCancelled(): void;
-}
 
 interface Entry {
   op: Operation;

@@ -4,7 +4,7 @@ import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { BangerError } from '../api/errors.js';
 import { decompressor } from '../archive/decompress.js';
-import type { OpContext } from '../daemon/operations.js';
+import type { OpContext } from '../util/op-context.js';
 import type { BlobCache } from '../oci/blob-cache.js';
 import { type ImageConfig, parseConfig, parseManifest, selectPlatform, type WantedPlatform } from '../oci/manifest.js';
 import { formatReference } from '../oci/reference.js';

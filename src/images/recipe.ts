@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { BangerError } from '../api/errors.js';
-import type { OpContext } from '../daemon/operations.js';
+import type { OpContext } from '../util/op-context.js';
 import type { RecipeSpec } from './catalog.js';
 import { applyLayer, type RootfsLedger } from './layer-apply.js';
 

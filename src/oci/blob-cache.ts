@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { BangerError } from '../api/errors.js';
-import { KeyedMutex } from '../daemon/locks.js';
+import { KeyedMutex } from '../util/keyed-mutex.js';
 import { DIGEST } from './reference.js';
 
 export interface PruneReport {

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { KeyedMutex } from '../../src/daemon/locks.js';
+import { KeyedMutex } from '../../src/util/keyed-mutex.js';
 
 test('same key runs one at a time in arrival order; other keys run in parallel', async () => {
   const m = new KeyedMutex();

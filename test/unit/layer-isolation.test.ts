@@ -9,7 +9,7 @@ import { after, before, describe, it } from 'node:test';
 import * as zlib from 'node:zlib';
 import * as tar from 'tar-stream';
 import { BangerError } from '../../src/api/errors.js';
-import type { OpContext } from '../../src/daemon/operations.js';
+import type { OpContext } from '../../src/util/op-context.js';
 import { memoryBudgetOf, ScratchSpace } from '../../src/host/scratch.js';
 import { applyLayer, RootfsLedger, TreeOverBudget } from '../../src/images/layer-apply.js';
 import { fetchAndFlatten } from '../../src/images/oci-pull.js';

@@ -3,7 +3,8 @@ import { test } from 'node:test';
 import { setImmediate as tick } from 'node:timers/promises';
 import { BangerError } from '../../src/api/errors.js';
 import type { OperationEvent } from '../../src/api/schemas.js';
-import { type Clock, type OpContext, OperationRegistry } from '../../src/daemon/operations.js';
+import { OperationRegistry } from '../../src/daemon/operations.js';
+import type { Clock, OpContext } from '../../src/util/op-context.js';
 
 /** Time moves only when the test says so, so every timestamp is exact. */
 class FakeClock implements Clock {

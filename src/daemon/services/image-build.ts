@@ -7,7 +7,7 @@ import type { Image, ImageBuildRequest } from '../../api/schemas.js';
 import type { Layout } from '../../config/layout.js';
 import { boundedLines } from '../../util/bounded-lines.js';
 import { newId } from '../../util/ids.js';
-import type { OpContext } from '../operations.js';
+import type { OpContext } from '../../util/op-context.js';
 import type { ImageService } from './images.js';
 import type { VmService } from './vms.js';
 

@@ -21,8 +21,8 @@ import type { DiskTools } from '../../host/disks.js';
 import { type ImageRow, type Repos, resolveRef } from '../../store/repos.js';
 import { crashPoint } from '../../util/crash-point.js';
 import { newId } from '../../util/ids.js';
-import type { KeyedMutex } from '../locks.js';
-import type { Clock, OpContext } from '../operations.js';
+import type { KeyedMutex } from '../../util/keyed-mutex.js';
+import type { Clock, OpContext } from '../../util/op-context.js';
 import type { KernelService } from './kernels.js';
 
 export interface RegisterImageRequest {

@@ -18,7 +18,7 @@ import { probeKvm } from '../../vmm/qemu/kvm-probe.js';
 import { QemuDriver } from '../../vmm/qemu/driver.js';
 import type { App } from '../app.js';
 import type { Router } from '../http.js';
-import { KeyedMutex } from '../locks.js';
+import { KeyedMutex } from '../../util/keyed-mutex.js';
 import { coreRoutes } from '../routes-core.js';
 import { kernelRoutes } from '../routes-kernels.js';
 import { resourceRoutes } from '../routes-resources.js';

@@ -17,8 +17,8 @@ import { fetchKernelStanzas, resolveKernelPackage } from '../../kernels/debian-i
 import { fetchVerifiedRelease } from '../../kernels/release.js';
 import { extractVmlinux } from '../../kernels/vmlinux.js';
 import { newId } from '../../util/ids.js';
-import type { KeyedMutex } from '../locks.js';
-import type { Clock, OpContext } from '../operations.js';
+import type { KeyedMutex } from '../../util/keyed-mutex.js';
+import type { Clock, OpContext } from '../../util/op-context.js';
 
 export interface KernelSource {
   kernel: string;

@@ -7,7 +7,7 @@ import type { PrivilegedOps } from '../../host/privileged.js';
 import { TapPool } from '../../host/tap-pool.js';
 import type { LeaseRepo } from '../../store/leases.js';
 import type { Repos, VmRow } from '../../store/repos.js';
-import type { Clock } from '../operations.js';
+import type { Clock } from '../../util/op-context.js';
 
 /** What a VM needs to boot on banger's network. */
 export interface VmNetwork {
