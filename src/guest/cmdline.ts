@@ -1,11 +1,9 @@
-import { readFile } from 'node:fs/promises';
-
 /** The kernel command line of a banger guest booted through banger's initramfs. */
 export interface CmdlineOptions {
   /** DNS label; systemd sets it before anything reads /etc/hostname. */
   hostname: string;
   /**
-   * Host TSC frequency in kHz (see hostTscKhz). microvm has no HPET or PM timer to calibrate the
+   * Host TSC frequency in kHz (host/cpu.ts). microvm has no HPET or PM timer to calibrate the
    * TSC against: without it about 1 boot in 7 hangs early under TCG.
    */
   tscKhz?: number;
@@ -50,25 +48,4 @@ export function buildCmdline(o: CmdlineOptions): string {
   args.push(`systemd.hostname=${o.hostname}`);
   for (const a of o.extra ?? []) args.push(checkArg(a, 'argument'));
   return args.join(' ');
-}
-
-/**
- * The host TSC frequency from /proc/cpuinfo ("cpu MHz" × 1000, rounded), or undefined when the
- * text has no usable value. On a VM host (and on hosts with an invariant TSC at nominal clock)
- * "cpu MHz" is the TSC rate, which is what the guest needs.
- */
-export function hostTscKhz(cpuinfo: string): number | undefined {
-  const m = /^cpu MHz\s*:\s*([0-9]+(?:\.[0-9]+)?)\s*$/m.exec(cpuinfo);
-  if (!m) return undefined;
-  const khz = Math.round(Number(m[1]) * 1000);
-  return khz > 0 ? khz : undefined;
-}
-
-/** hostTscKhz of this machine; undefined off x86 or when /proc is unreadable. */
-export async function readHostTscKhz(cpuinfoPath = '/proc/cpuinfo'): Promise<number | undefined> {
-  try {
-    return hostTscKhz(await readFile(cpuinfoPath, 'utf8'));
-  } catch {
-    return undefined;
-  }
 }

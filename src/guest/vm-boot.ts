@@ -1,4 +1,5 @@
-import { buildCmdline, readHostTscKhz } from './cmdline.js';
+import { readHostTscKhz } from '../host/cpu.js';
+import { buildCmdline } from './cmdline.js';
 import { FIRST_BOOT_SCRIPT } from './first-boot.js';
 import { buildPayloadCpio, type PayloadExtra, writeVmInitrd } from './initramfs.js';
 

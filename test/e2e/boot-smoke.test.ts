@@ -7,7 +7,8 @@ import { homedir, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { buildCmdline, readHostTscKhz } from '../../src/guest/cmdline.js';
+import { buildCmdline } from '../../src/guest/cmdline.js';
+import { readHostTscKhz } from '../../src/host/cpu.js';
 import { buildBaseInitramfs, buildPayloadCpio, type PayloadExtra, writeVmInitrd } from '../../src/guest/initramfs.js';
 import { ProcessRunner } from '../../src/host/runner.js';
 

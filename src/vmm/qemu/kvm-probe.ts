@@ -3,7 +3,7 @@ import { access, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { readHostTscKhz } from '../../guest/cmdline.js';
+import { readHostTscKhz } from '../../host/cpu.js';
 import { openLogFile } from '../console-log.js';
 import { isProcessAlive, killAndWait, readTail, spawnDetached } from '../process.js';
 
