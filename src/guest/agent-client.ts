@@ -111,6 +111,16 @@ export class AgentClient {
     }
   }
 
+  /** Bytes of a partial line held from the guest (at most AGENT_MAX_BUFFERED_BYTES). */
+  get bufferedBytes(): number {
+    return this.partialBytes;
+  }
+
+  /** Calls waiting for an answer (at most MAX_PENDING). */
+  get pendingCalls(): number {
+    return this.pending.size;
+  }
+
   /** Whether a connection is currently held. */
   get isConnected(): boolean {
     return this.socket !== null;
