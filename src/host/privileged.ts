@@ -5,15 +5,9 @@ import {
   buildEbtablesRules,
   buildIptablesRules,
   buildNftRuleset,
-  type Cidr,
-  cidrsOverlap,
-  formatCidr,
-  formatIpv4,
   IPT_COMMENT,
   IPT_FWD_MARKER,
   iptChains,
-  isHostAddress,
-  isIpv4,
   iptablesJumps,
   iptablesRestoreScript,
   LEGACY_TAP_RE,
@@ -22,14 +16,13 @@ import {
   nftDeleteScript,
   nftTableName,
   normalisePolicy,
-  parseCidr,
-  parseIpv4,
   tapNameRe,
   tapNumber,
   validateBridgeName,
   validateOwnTapName,
   validateTapName,
 } from './netplan.js';
+import { type Cidr, cidrsOverlap, formatCidr, formatIpv4, isHostAddress, isIpv4, parseCidr, parseIpv4 } from '../util/ipv4.js';
 import { CommandError, type CommandRunner, type RunOptions, type RunResult } from './runner.js';
 
 /**

@@ -1,5 +1,5 @@
 import { BangerError } from '../api/errors.js';
-import { allocateIp, cidrContains, macForIp, parseCidr, parseIpv4 } from '../host/netplan.js';
+import { allocateIp, cidrContains, macForIp, parseCidr, parseIpv4 } from '../util/ipv4.js';
 import type { Db } from './db.js';
 
 export interface LeaseRow {

@@ -8,7 +8,7 @@ import pino from 'pino';
 import { parseConfig } from '../../src/config/config.js';
 import { type DnsRecords, NetworkService } from '../../src/daemon/services/network.js';
 import { BridgeLock } from '../../src/host/bridge-lock.js';
-import { macForIp } from '../../src/host/netplan.js';
+import { macForIp } from '../../src/util/ipv4.js';
 import { OWNER_ALIAS, PrivilegedOps } from '../../src/host/privileged.js';
 import { type CommandRunner, ProcessRunner, type RunOptions, type RunResult } from '../../src/host/runner.js';
 import { TapPool } from '../../src/host/tap-pool.js';

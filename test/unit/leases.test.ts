@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { Worker } from 'node:worker_threads';
 import { BangerError } from '../../src/api/errors.js';
-import { macForIp } from '../../src/host/netplan.js';
+import { macForIp } from '../../src/util/ipv4.js';
 import { type Db, migrate, openDb } from '../../src/store/db.js';
 import { LeaseRepo } from '../../src/store/leases.js';
 import { LATEST_VERSION, MIGRATIONS } from '../../src/store/migrations.js';

@@ -2,21 +2,13 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { BangerError } from '../../src/api/errors.js';
 import {
-  allocateIp,
   buildEbtablesRules,
   buildIptablesRules,
   buildNftRuleset,
-  cidrContains,
-  cidrsOverlap,
-  formatIpv4,
   iptablesJumps,
   iptablesRestoreScript,
-  macForIp,
   normaliseNat,
   normalisePolicy,
-  nthHost,
-  parseCidr,
-  parseIpv4,
   parseMac,
   tapName,
   tapNameRe,
@@ -25,6 +17,7 @@ import {
   validateOwnTapName,
   validateTapName,
 } from '../../src/host/netplan.js';
+import { allocateIp, cidrContains, cidrsOverlap, formatIpv4, macForIp, nthHost, parseCidr, parseIpv4 } from '../../src/util/ipv4.js';
 
 const isCode = (code: string, re?: RegExp) => (e: unknown) => {
   assert.ok(e instanceof BangerError, String(e));
