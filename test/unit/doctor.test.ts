@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { type Check, type HostProbe, runChecks } from '../../src/host/doctor.js';
+import { type Check, type HostProbe, runChecks } from '../../src/doctor/checks.js';
 
 const GiB = 1024 ** 3;
 

@@ -22,8 +22,8 @@ export function registerMiscCommands(program: Command): void {
     .description('check that this host can run banger (changes nothing)')
     .option('--json', 'print as JSON')
     .action(async (opts: { json?: boolean }) => {
-      const { runChecks } = await import('../../host/doctor.js');
-      const { realHostProbe } = await import('../../host/doctor-probe.js');
+      const { runChecks } = await import('../../doctor/checks.js');
+      const { realHostProbe } = await import('../../doctor/probe.js');
       const checks = await runChecks(realHostProbe(resolveLayout()));
       const failed = checks.some((c) => c.status === 'FAIL');
       if (opts.json) printJson({ ok: !failed, checks });

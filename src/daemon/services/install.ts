@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { cpus, totalmem } from 'node:os';
 import { readFileSync } from 'node:fs';
-import { which } from '../../host/doctor-probe.js';
+import { which } from '../../host/which.js';
 import { DiskTools } from '../../host/disks.js';
 import { readKvmProbeCache, writeKvmProbeCache } from '../../host/kvm-cache.js';
 import { join } from 'node:path';

@@ -1,27 +1,15 @@
 import { constants, existsSync, readFileSync } from 'node:fs';
 import { access, statfs } from 'node:fs/promises';
-import { delimiter, dirname, isAbsolute, join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { loadConfig } from '../config/config.js';
 import type { Layout } from '../config/layout.js';
 import { checkMigrations } from '../store/db.js';
-import type { HostProbe } from './doctor.js';
-import { readKvmProbeCache } from './kvm-cache.js';
-import { ProcessRunner } from './runner.js';
-import { hasInclude } from './ssh-config.js';
+import { readKvmProbeCache } from '../host/kvm-cache.js';
+import { ProcessRunner } from '../host/runner.js';
+import { hasInclude } from '../host/ssh-config.js';
+import { which } from '../host/which.js';
+import type { HostProbe } from './checks.js';
 import { homedir } from 'node:os';
-
-export async function which(cmd: string): Promise<string | undefined> {
-  const candidates = isAbsolute(cmd) || cmd.includes('/') ? [cmd] : (process.env.PATH ?? '').split(delimiter).concat(['/usr/sbin', '/sbin']).map((d) => join(d, cmd));
-  for (const c of candidates) {
-    try {
-      await access(c, constants.X_OK);
-      return c;
-    } catch {
-      /* next */
-    }
-  }
-  return undefined;
-}
 
 export function realHostProbe(layout: Layout): HostProbe {
   const runner = new ProcessRunner();
