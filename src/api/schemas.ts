@@ -257,7 +257,8 @@ export const GuestPortSchema = z.object({
   /** Set for TCP listeners that answered HTTPS or HTTP from the host. */
   url: z.string().optional(),
 });
-export const GuestPortsSchema = z.object({ ports: z.array(GuestPortSchema) });
+/** `note`: set when probing stopped at its deadline and some ports were not probed. */
+export const GuestPortsSchema = z.object({ ports: z.array(GuestPortSchema), note: z.string().optional() });
 
 export const VmStatsSchema = z.object({
   vmm: z.object({ pid: z.number().int(), cpuPercent: z.number(), rssBytes: z.number() }).nullable(),

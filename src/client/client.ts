@@ -137,7 +137,7 @@ export class BangerClient {
   setVm = (ref: string, req: VmSetRequest) => this.request<Vm>('PATCH', `/v1/vms/${encodeURIComponent(ref)}`, req);
   health = (ref: string) => this.request<{ ready: boolean; uptimeSeconds: number; agentVersion: string; hostname: string; latencyMs: number }>('GET', `/v1/vms/${encodeURIComponent(ref)}/health`);
   ports = (ref: string) =>
-    this.request<{ ports: Array<{ proto: string; address: string; port: number; pid: number | null; command: string; endpoint?: string; url?: string }> }>('GET', `/v1/vms/${encodeURIComponent(ref)}/ports`);
+    this.request<{ ports: Array<{ proto: string; address: string; port: number; pid: number | null; command: string; endpoint?: string; url?: string }>; note?: string }>('GET', `/v1/vms/${encodeURIComponent(ref)}/ports`);
   stats = (ref: string) => this.request<{ vmm: { pid: number; cpuPercent: number; rssBytes: number } | null; guest: Record<string, number> | null }>('GET', `/v1/vms/${encodeURIComponent(ref)}/stats`);
   /** Serial console of a VM: the last `lines` lines, then new output while `follow` (until signal aborts). */
   async logs(ref: string, opts: { lines: number; follow: boolean; signal?: AbortSignal }, onChunk: (text: string) => void): Promise<void> {

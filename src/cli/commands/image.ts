@@ -4,7 +4,7 @@ import { BangerClient } from '../../client/client.js';
 import { formatBytes } from '../../util/duration.js';
 import { sizeArg } from '../args.js';
 import { followOperation, ProgressRenderer } from '../progress.js';
-import { ago, printJson, printKeyValues, printTable } from '../render.js';
+import { ago, printJson, printKeyValues, printTable, sanitizeInline } from '../render.js';
 import { readFileSync } from 'node:fs';
 import { basename, resolve } from 'node:path';
 import { BangerError } from '../../api/errors.js';
@@ -50,7 +50,7 @@ export function registerImageCommands(program: Command): void {
       const progress = new ProgressRenderer(process.stderr, !!o.json);
       const img = await followOperation<Image>(client, accepted, (e) => {
         // The script's output is the point of a build: show it as it comes.
-        if (e.type === 'log' && !o.json) process.stderr.write(`  | ${e.line}\n`);
+        if (e.type === 'log' && !o.json) process.stderr.write(`  | ${sanitizeInline(e.line)}\n`);
         else progress.onEvent(e);
       });
       o.json ? printJson(img) : process.stdout.write(`built image ${img.name} from ${o.from}\n`);

@@ -177,8 +177,9 @@ export function registerVmCommands(program: Command): void {
     .argument('<vm>', 'VM name or id prefix')
     .option('--json', 'print as JSON')
     .action(async (ref: string, o: { json?: boolean }) => {
-      const { ports } = await new BangerClient().ports(ref);
-      if (o.json) return printJson({ ports });
+      const { ports, note } = await new BangerClient().ports(ref);
+      if (o.json) return printJson(note ? { ports, note } : { ports });
+      if (note) process.stderr.write(`note: ${sanitizeInline(note)}\n`);
       printTable(
         ['PROTO', 'ENDPOINT', 'URL', 'PID', 'COMMAND'],
         ports.map((p) => [p.proto, p.endpoint ?? `${p.address}:${p.port}`, p.url, p.pid, p.command]),

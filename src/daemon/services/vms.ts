@@ -18,12 +18,13 @@ import { crashPoint } from '../../util/crash-point.js';
 import { parseDuration } from '../../util/duration.js';
 import { dnsLabelProblem, newId } from '../../util/ids.js';
 import type { Accelerator, VmLaunchSpec, VmmDriver, VmmHandle, VmmKind } from '../../vmm/driver.js';
-import { isProcessAlive, readTail } from '../../vmm/process.js';
+import { LogCapper } from '../../vmm/console-log.js';
+import { isHandleAlive, readTail } from '../../vmm/process.js';
 import type { KeyedMutex } from '../../util/keyed-mutex.js';
 import type { Clock, OpContext } from '../../util/op-context.js';
 import type { ImageService } from './images.js';
 import type { NetworkService, VmNetwork } from './network.js';
-import { collapsePorts, enrichPorts } from './port-probe.js';
+import { collapsePorts, enrichPortsWithin } from './port-probe.js';
 import { KernelService } from './kernels.js';
 import { randomVmName } from './names.js';
 import { type HostResources, resolveSize, type VmSize, validateSize } from './sizing.js';
@@ -70,6 +71,12 @@ const GRACEFUL_STOP_MS = 30_000;
 export class VmService {
   private readonly agents = new Map<string, AgentLink>();
   private staleTimer: NodeJS.Timeout | undefined;
+  /** Guest-fed logs of running VMs stay under their cap (copy-truncate to .1), checked every 2 s. */
+  private readonly logCapper = new LogCapper({
+    files: () => this.d.repos.vms.all().filter((r) => r.handle).flatMap((r) => [this.paths(r).serial, this.paths(r).vmmLog]),
+    onRotate: (path) => this.d.log.info({ path }, 'capped a VM log (copy-truncate to .1)'),
+    onError: (path, err) => this.d.log.warn({ err, path }, 'cannot cap a VM log'),
+  });
 
   constructor(private readonly d: VmServiceDeps) {}
 
@@ -333,7 +340,7 @@ export class VmService {
     try {
       await link.waitReady(timeoutMs, ctx?.signal);
     } catch (e) {
-      const alive = await isProcessAlive(handle.pid, handle.pidStartTime);
+      const alive = await isHandleAlive(handle);
       const serialTail = await readTail(p.serial, 1500);
       await this.stopLocked(r.id, true);
       const cancelled = ctx?.signal.aborted;
@@ -502,14 +509,17 @@ export class VmService {
     const { r, link } = await this.agentFor(ref);
     const ports = collapsePorts((await link.ports(5000)) as Parameters<typeof collapsePorts>[0]);
     const ip = this.d.network.ipOf(r.id);
-    return { ports: ip ? await enrichPorts(r.name, ip, ports) : ports };
+    if (!ip) return { ports };
+    // One deadline for all probes: what is known by then is returned, with a note.
+    const probed = await enrichPortsWithin(r.name, ip, ports);
+    return probed.note ? { ports: probed.ports, note: probed.note } : { ports: probed.ports };
   }
 
   async stats(ref: string) {
     const r = this.row(ref);
     this.touch(r.id);
     const handle = r.handle ? (JSON.parse(r.handle) as VmmHandle) : undefined;
-    const vmm = handle && (await isProcessAlive(handle.pid, handle.pidStartTime)) ? await processStats(handle.pid) : null;
+    const vmm = handle && (await isHandleAlive(handle)) ? await processStats(handle.pid) : null;
     let guest = null;
     if (r.state === 'running') {
       try {
@@ -528,6 +538,7 @@ export class VmService {
    * and start time) and dead ones are marked stopped (clean power-off seen on the console) or error.
    */
   async reconcile(): Promise<void> {
+    await this.logCapper.checkNow();
     await this.reconcileLeftovers();
     for (const r of this.d.repos.vms.all()) {
       if (!r.handle) {
@@ -535,7 +546,7 @@ export class VmService {
         continue;
       }
       const handle = JSON.parse(r.handle) as VmmHandle;
-      if (await isProcessAlive(handle.pid, handle.pidStartTime)) {
+      if (await isHandleAlive(handle)) {
         this.d.log.info({ vm: r.name, pid: handle.pid }, 're-adopted running VM');
         if (r.state !== 'running') this.d.repos.vms.update(r.id, { state: 'running' });
         this.agents.set(r.id, openAgentLink(handle));
@@ -555,6 +566,7 @@ export class VmService {
     for (const v of this.d.repos.vms.all()) if (v.tap && v.state !== 'running') this.d.repos.vms.update(v.id, { tap: null });
     await this.d.network.reconcile(running);
     await this.d.network.applyNat().catch((e) => this.d.log.warn({ err: e }, 'NAT reconcile failed'));
+    this.logCapper.start();
   }
 
   /**
@@ -580,7 +592,7 @@ export class VmService {
       this.d.log.warn({ vm: r.name, state: r.state, transient: !!r.transient }, 'removing a VM left by an unfinished operation');
       if (r.handle) {
         const h = JSON.parse(r.handle) as VmmHandle;
-        if (await isProcessAlive(h.pid, h.pidStartTime)) await killNow(h.pid);
+        if (await isHandleAlive(h)) await killNow(h.pid);
       }
       if (r.tap) await this.d.network.detach(r).catch((e) => this.d.log.warn({ err: e }, 'TAP cleanup failed'));
       await this.purge(r);
@@ -615,6 +627,7 @@ export class VmService {
 
   close(): void {
     if (this.staleTimer) clearInterval(this.staleTimer);
+    this.logCapper.stop();
     for (const link of this.agents.values()) link.close();
     this.agents.clear();
   }
@@ -628,7 +641,7 @@ export class VmService {
   private async handleAlive(r: VmRow): Promise<boolean> {
     if (!r.handle) return false;
     const h = JSON.parse(r.handle) as VmmHandle;
-    return isProcessAlive(h.pid, h.pidStartTime);
+    return isHandleAlive(h);
   }
 
   /** Removes every file, socket and the row of a VM whose VMM is not running. */
