@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { BangerError } from '../api/errors.js';
-import { readCatalogSource } from '../config/catalog-source.js';
+import { readCatalogSource } from '../catalog/source.js';
 import { ResourceName } from '../api/schemas.js';
 
 const RecipeSource = z

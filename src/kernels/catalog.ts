@@ -1,6 +1,6 @@
 import type { z } from 'zod';
 import { BangerError } from '../api/errors.js';
-import { readCatalogSource } from '../config/catalog-source.js';
+import { readCatalogSource } from '../catalog/source.js';
 import { type KernelCatalogEntry, KernelCatalogFileSchema } from '../api/kernel-schemas.js';
 
 export type { KernelCatalogEntry };

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { after, before, test } from 'node:test';
 import { insecureUrlProblem, isLoopbackHost } from '../../src/archive/download.js';
-import { readCatalogSource } from '../../src/config/catalog-source.js';
+import { readCatalogSource } from '../../src/catalog/source.js';
 import { serveOnLoopback } from '../helpers/http.js';
 
 /**
@@ -56,7 +56,7 @@ test('loopback http and file catalogs are read (control)', async () => {
 
 test('plain http to another host, directly or through a redirect, is refused before any request', async (t) => {
   if (spawnSync('unshare', ['-n', 'true']).status !== 0) return t.skip('cannot create a network namespace (unshare -n)');
-  const moduleUrl = new URL('../../src/config/catalog-source.js', import.meta.url).href;
+  const moduleUrl = new URL('../../src/catalog/source.js', import.meta.url).href;
   // Runs in a new network namespace: 192.0.2.1 (TEST-NET-1) is unreachable there by construction.
   const child = `
     import { createServer } from 'node:http';
