@@ -7,8 +7,9 @@ set -euo pipefail
 # gpgv + debian-archive-keyring verify Debian's signed package index before a kernel is pulled.
 pkgs=(qemu-system-x86 qemu-utils e2fsprogs kmod cpio zstd xz-utils lz4 iproute2 nftables openssh-client gcc make libc6-dev mmdebstrap gpgv debian-archive-keyring)
 # docker-registry serves test images on loopback; skopeo and umoci are the image-pull benchmark's baseline.
-# python3 crafts spoofed frames, iptables/ebtables run the NAT fallback's tests.
-[[ "${1:-}" == "--test" ]] && pkgs+=(busybox-static openssl docker-registry skopeo umoci gnupg dash zsh fish python3 iptables ebtables)
+# python3 crafts spoofed frames, iptables/ebtables run the NAT fallback's tests, file(1) checks the
+# agent binary is static and stripped. scripts/test.sh fails a test that misses any of them.
+[[ "${1:-}" == "--test" ]] && pkgs+=(busybox-static openssl docker-registry skopeo umoci gnupg dash zsh fish python3 iptables ebtables file)
 
 missing=()
 for p in "${pkgs[@]}"; do

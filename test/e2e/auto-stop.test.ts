@@ -2,10 +2,11 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import type { Vm } from '../../src/api/schemas.js';
 import { guestAssets, pidsMentioning, TestHome } from '../helpers/banger.js';
+import { requires } from '../helpers/prereq.js';
 
 const assets = guestAssets();
 
-describe('auto_stop_stale_after', { skip: assets ? false : 'guest assets missing: run scripts/guest-assets.sh' }, () => {
+describe('auto_stop_stale_after', { skip: requires(assets, 'guest assets missing: run scripts/guest-assets.sh') }, () => {
   let home: TestHome;
   before(async () => {
     home = await TestHome.create('accel = "tcg"\nauto_stop_stale_after = "4s"\n[vm_defaults]\nvcpu = 2\nmemory_mib = 512\ndisk_size = "512M"\n', { netns: true });

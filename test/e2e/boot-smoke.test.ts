@@ -11,6 +11,7 @@ import { buildCmdline } from '../../src/guest/cmdline.js';
 import { readHostTscKhz } from '../../src/host/cpu.js';
 import { buildBaseInitramfs, buildPayloadCpio, type PayloadExtra, writeVmInitrd } from '../../src/guest/initramfs.js';
 import { ProcessRunner } from '../../src/host/runner.js';
+import { requires } from '../helpers/prereq.js';
 
 /**
  * Boots the real Debian cloud kernel through banger's own initramfs (banger-init + virtio modules +
@@ -36,13 +37,10 @@ const manifest = ((): Manifest | undefined => {
 const bin = (name: string) => fileURLToPath(new URL(`../../../agent/build/${name}`, import.meta.url));
 const has = (cmd: string) => spawnSync(cmd, ['--version'], { stdio: 'ignore' }).status === 0;
 
-const skip = !manifest
-  ? 'guest assets missing: run scripts/guest-assets.sh'
-  : !existsSync(bin('banger-init')) || !existsSync(bin('banger-agent'))
-    ? 'agent/build/banger-init or banger-agent missing: run npm run build'
-    : !has('qemu-system-x86_64')
-      ? 'qemu-system-x86_64 not installed'
-      : false;
+const skip =
+  requires(manifest, 'guest assets missing: run scripts/guest-assets.sh') ||
+  requires(existsSync(bin('banger-init')) && existsSync(bin('banger-agent')), 'agent/build/banger-init or banger-agent missing: run npm run build') ||
+  requires(has('qemu-system-x86_64'), 'qemu-system-x86_64 not installed');
 
 const runner = new ProcessRunner();
 const BOOT_DEADLINE_MS = 120_000;
@@ -230,7 +228,7 @@ describe('guest boot through banger-init (real kernel, QEMU TCG)', { skip }, () 
   });
 
   const busybox = ['/bin/busybox', '/usr/bin/busybox'].find((p) => existsSync(p));
-  test('image without systemd or /sbin/init: banger-init starts the agent and stays PID 1', { skip: !busybox && 'busybox-static not installed' }, async (t) => {
+  test('image without systemd or /sbin/init: banger-init starts the agent and stays PID 1', { skip: requires(busybox, 'busybox-static not installed') }, async (t) => {
     const vm = new Vm(join(work, 'busybox'));
     await mkdir(vm.dir);
     try {

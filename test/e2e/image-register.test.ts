@@ -5,10 +5,11 @@ import { dirname, join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { Image, Kernel } from '../../src/api/schemas.js';
 import { guestAssets, TestHome } from '../helpers/banger.js';
+import { requires } from '../helpers/prereq.js';
 
 const assets = guestAssets();
 
-describe('image register with kernel files', { skip: assets ? false : 'guest assets missing: run scripts/guest-assets.sh' }, () => {
+describe('image register with kernel files', { skip: requires(assets, 'guest assets missing: run scripts/guest-assets.sh') }, () => {
   let home: TestHome;
   let links: string;
   before(async () => {

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { Vm } from '../../src/api/schemas.js';
 import { guestAssets, ROOT, runProcess, TestHome } from '../helpers/banger.js';
+import { requires } from '../helpers/prereq.js';
 
 /**
  * Networking on real VMs. Everything runs inside the test home's own network namespace (the
@@ -14,7 +15,7 @@ const assets = guestAssets();
 const UPSTREAM_NS_IP = '192.0.2.1';
 const HOST_UPLINK_IP = '192.0.2.2';
 
-describe('VM networking', { skip: assets ? false : 'guest assets missing: run scripts/guest-assets.sh' }, () => {
+describe('VM networking', { skip: requires(assets, 'guest assets missing: run scripts/guest-assets.sh') }, () => {
   let home: TestHome;
   let upstream: string;
   let server: Promise<unknown> | undefined;

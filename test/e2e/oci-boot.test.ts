@@ -5,6 +5,7 @@ import type { Image, Vm } from '../../src/api/schemas.js';
 import { guestAssets, TestHome } from '../helpers/banger.js';
 import { buildLayer, buildLayerFromTar, type FileLayer, pushImage } from '../helpers/oci-fixtures.js';
 import { type LocalRegistry, startRegistry } from '../helpers/oci-registry.js';
+import { requires } from '../helpers/prereq.js';
 
 const assets = guestAssets();
 
@@ -13,7 +14,7 @@ const assets = guestAssets();
  * registry is); the VMs boot in a second home inside a private network namespace, from the very
  * ext4 files the pull produced (registered in place).
  */
-describe('pulled OCI images boot', { skip: assets?.rootfsTar ? false : 'guest assets missing: run scripts/guest-assets.sh' }, () => {
+describe('pulled OCI images boot', { skip: requires(assets?.rootfsTar, 'guest assets missing: run scripts/guest-assets.sh') }, () => {
   let registry: LocalRegistry;
   let puller: TestHome;
   let booter: TestHome;

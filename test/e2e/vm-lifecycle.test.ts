@@ -6,6 +6,7 @@ import { after, before, describe, test } from 'node:test';
 import Database from 'better-sqlite3';
 import type { Vm } from '../../src/api/schemas.js';
 import { guestAssets, pidsMentioning, TestHome } from '../helpers/banger.js';
+import { requires } from '../helpers/prereq.js';
 
 /**
  * Real VMs under QEMU (TCG on hosts without usable KVM) from real Debian assets, driven through
@@ -13,7 +14,7 @@ import { guestAssets, pidsMentioning, TestHome } from '../helpers/banger.js';
  * nothing leaked.
  */
 const assets = guestAssets();
-const skip = assets ? false : 'guest assets missing: run scripts/guest-assets.sh';
+const skip = requires(assets, 'guest assets missing: run scripts/guest-assets.sh');
 
 describe('VM lifecycle on real QEMU', { skip }, () => {
   let home: TestHome;

@@ -10,6 +10,7 @@ import { after, before, describe, test } from 'node:test';
 import type { Image, Vm } from '../../src/api/schemas.js';
 import { BANGER, guestAssets, runProcess, TestHome } from '../helpers/banger.js';
 import { duplicateNameExt4, rdumpTheOldWay } from '../helpers/hostile-ext4.js';
+import { requires } from '../helpers/prereq.js';
 
 const assets = guestAssets();
 
@@ -24,7 +25,7 @@ async function sha256Of(path: string): Promise<string> {
  * debian-bookworm at a bundle (the test rootfs as .tar.zst, served from a file), so the first run
  * pulls it as a stage of the create.
  */
-describe('vm run', { skip: assets ? false : 'guest assets missing: run scripts/guest-assets.sh' }, () => {
+describe('vm run', { skip: requires(assets, 'guest assets missing: run scripts/guest-assets.sh') }, () => {
   let home: TestHome;
   let work: string;
 

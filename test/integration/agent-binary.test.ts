@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { type ChildProcessWithoutNullStreams, execFileSync, spawn } from 'node:child_process';
+import { type ChildProcessWithoutNullStreams, execFileSync, spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import dgram from 'node:dgram';
 import { existsSync, readFileSync, statSync } from 'node:fs';
@@ -21,6 +21,7 @@ import {
   type AgentResponse,
   AgentResponseSchema,
 } from '../../src/guest/agent-protocol.js';
+import { requires } from '../helpers/prereq.js';
 
 /** The package root: the first parent holding agent/Makefile (works from src and from dist). */
 function packageRoot(): string {
@@ -148,12 +149,11 @@ test('the binary is statically linked, stripped and small', () => {
   const types = Array.from({ length: phnum }, (_, i) => elf.readUInt32LE(phoff + i * phentsize));
   assert.ok(!types.includes(3), 'no PT_INTERP: no dynamic loader needed');
   assert.ok(statSync(binary).size < 2 * 1024 * 1024, `size ${statSync(binary).size}`);
-  let description = '';
-  try {
-    description = execFileSync('file', ['-b', binary]).toString();
-  } catch {
-    return; // file(1) is optional; the ELF check above is the real one
-  }
+});
+
+const hasFile = spawnSync('file', ['--version'], { stdio: 'ignore' }).status === 0;
+test('file(1) agrees: statically linked and stripped', { skip: requires(hasFile, 'file(1) is not installed') }, () => {
+  const description = execFileSync('file', ['-b', binary]).toString();
   assert.match(description, /statically linked/);
   assert.match(description, /stripped/);
   assert.doesNotMatch(description, /not stripped/);

@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { sshArgv } from '../../src/cli/commands/ssh.js';
 import { BANGER, runProcess } from '../helpers/banger.js';
+import { requires } from '../helpers/prereq.js';
 
 /**
  * Issue #9 hole 6: the CLI must not trust whatever listens on its socket path. A FAKE daemon (a
@@ -186,7 +187,7 @@ test('a well-formed name reaches the (fake) ssh with `--` before the host', asyn
   assert.equal(argv.filter((a) => a === '--').length, 1);
 });
 
-test('with the real ssh, `--` keeps a hostile host from being read as an option (positive control: without it, it runs)', { skip: spawnSync('ssh', ['-V']).status === 0 ? false : 'ssh is not installed' }, async (t) => {
+test('with the real ssh, `--` keeps a hostile host from being read as an option (positive control: without it, it runs)', { skip: requires(spawnSync('ssh', ['-V']).status === 0, 'ssh is not installed') }, async (t) => {
   if (spawnSync('unshare', ['-n', 'true']).status !== 0) return t.skip('cannot create a network namespace (unshare -n)');
   const cfg = join(fixtures, 'ssh_config');
   // Any host that gets as far as connecting goes through /bin/false: no DNS, no traffic.

@@ -14,6 +14,7 @@ import { type CommandRunner, ProcessRunner, type RunOptions, type RunResult } fr
 import { TapPool } from '../../src/host/tap-pool.js';
 import type { LeaseRepo } from '../../src/store/leases.js';
 import type { Repos } from '../../src/store/repos.js';
+import { requires } from '../helpers/prereq.js';
 import { waitFor } from './harness.js';
 
 /*
@@ -41,8 +42,8 @@ async function probe(): Promise<string | false> {
 }
 
 const skip = await probe();
-const nftSkip = skip || (sbin('nft') ? false : 'requires nftables (`nft`)');
-const iptSkip = skip || (sbin('iptables') && sbin('iptables-restore') ? false : 'requires iptables');
+const nftSkip = skip || requires(sbin('nft'), 'requires nftables (`nft`)');
+const iptSkip = skip || requires(sbin('iptables') && sbin('iptables-restore'), 'requires iptables');
 
 after(async () => {
   for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
@@ -331,7 +332,7 @@ for f in spec['frames']:
         s.send(eth + b'\x08\x06' + arp + b'\x00' * 18)
 `;
 
-const python = sbin('python3') ? false : 'requires python3 (crafts raw Ethernet frames)';
+const python = skip || requires(sbin('python3'), 'requires python3 (crafts raw Ethernet frames)');
 
 interface Guest {
   ns: string;
@@ -546,7 +547,7 @@ test('NAT (iptables fallback): same behaviour with tagged rules in the bridge\'s
 });
 
 for (const firewall of ['nft', 'iptables'] as const) {
-  const fwSkip = firewall === 'nft' ? nftSkip : iptSkip || (sbin('ebtables') ? false : 'requires ebtables (the fallback pins TAPs with it)');
+  const fwSkip = firewall === 'nft' ? nftSkip : iptSkip || requires(sbin('ebtables'), 'requires ebtables (the fallback pins TAPs with it)');
   test(`spoofing (${firewall}): a guest using another guest's IP or MAC gets nothing out, and cannot take its IP by ARP`, { skip: fwSkip || python }, async () => {
     const t = await topology('banger0', firewall, ['10.77.0.2', '10.77.0.3']);
     const [a, b] = t.guests as [Guest, Guest];

@@ -9,6 +9,7 @@ import { after, before, test } from 'node:test';
 import { gzipSync } from 'node:zlib';
 import { serveOnLoopback } from '../helpers/http.js';
 import { TestHome } from './harness.js';
+import { requires } from '../helpers/prereq.js';
 
 /**
  * Issue #9, 13: `kernel pull` from a Debian mirror whose signed InRelease is past its
@@ -75,7 +76,7 @@ after(async () => {
   if (fixtures) await rm(fixtures, { recursive: true, force: true });
 });
 
-test('an expired signed InRelease stops the pull before anything else is fetched', { skip: gpgOk ? false : 'gpg/gpgv are not installed' }, async () => {
+test('an expired signed InRelease stops the pull before anything else is fetched', { skip: requires(gpgOk, 'gpg/gpgv are not installed') }, async () => {
   const r = await home.banger(['kernel', 'pull', 'expired']);
   assert.equal(r.code, 1, r.stdout + r.stderr);
   assert.match(r.stderr, /InRelease expired: its Valid-Until is Sun, 02 Jan 2000 00:00:00 GMT/);

@@ -4,6 +4,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { BANGER } from '../helpers/banger.js';
+import { missing } from '../helpers/prereq.js';
 
 let dir: string;
 const scripts: Record<string, string> = {};
@@ -98,19 +99,19 @@ test('the bash completion function completes commands, subcommands and flags by 
 });
 
 test('the zsh script passes zsh -n', (t) => {
-  if (!hasShell('zsh')) return t.skip('zsh is not installed');
+  if (missing(t, hasShell('zsh'), 'zsh is not installed')) return;
   const r = spawnSync('zsh', ['-n', join(dir, 'banger.zsh')], { encoding: 'utf8' });
   assert.equal(r.status, 0, r.stderr);
 });
 
 test('the fish script passes fish -n', (t) => {
-  if (!hasShell('fish')) return t.skip('fish is not installed');
+  if (missing(t, hasShell('fish'), 'fish is not installed')) return;
   const r = spawnSync('fish', ['-n', join(dir, 'banger.fish')], { encoding: 'utf8' });
   assert.equal(r.status, 0, r.stderr);
 });
 
 test('the fish completions follow the command path', (t) => {
-  if (!hasShell('fish')) return t.skip('fish is not installed');
+  if (missing(t, hasShell('fish'), 'fish is not installed')) return;
   const suggest = (line: string) => {
     const r = spawnSync('fish', ['--no-config', '-c', `source ${JSON.stringify(join(dir, 'banger.fish'))}; complete -C ${JSON.stringify(line)}`], { encoding: 'utf8' });
     assert.equal(r.status, 0, r.stderr);

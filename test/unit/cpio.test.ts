@@ -7,10 +7,11 @@ import { after, describe, test } from 'node:test';
 import { gunzipSync } from 'node:zlib';
 import { buildCpioGz, type CpioEntry, completeTree, writeCpio } from '../../src/guest/cpio.js';
 import { ProcessRunner } from '../../src/host/runner.js';
+import { requires } from '../helpers/prereq.js';
 
 /** The archives are checked with GNU cpio itself: it is what "the format is right" means. */
 const hasCpio = spawnSync('cpio', ['--version']).status === 0;
-const skip = hasCpio ? false : 'host cpio is not installed (apt-get install cpio)';
+const skip = requires(hasCpio, 'host cpio is not installed (apt-get install cpio)');
 const runner = new ProcessRunner();
 const dirs: string[] = [];
 after(async () => {

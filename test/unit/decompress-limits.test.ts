@@ -8,6 +8,7 @@ import { test } from 'node:test';
 import * as zlib from 'node:zlib';
 import { BangerError } from '../../src/api/errors.js';
 import { decompressor } from '../../src/archive/decompress.js';
+import { requires } from '../helpers/prereq.js';
 
 const hasXz = spawnSync('xz', ['--version']).status === 0;
 
@@ -19,7 +20,7 @@ async function inflate(data: Buffer): Promise<Buffer> {
   return Buffer.concat(chunks);
 }
 
-test('xz: a header asking for a 4 GiB dictionary is refused; a normal stream decompresses', { skip: hasXz ? false : 'needs the xz CLI' }, async () => {
+test('xz: a header asking for a 4 GiB dictionary is refused; a normal stream decompresses', { skip: requires(hasXz, 'needs the xz CLI') }, async () => {
   const plain = Buffer.from('hello world\n'.repeat(100));
   const xz = spawnSync('xz', ['-c'], { input: plain }).stdout;
   assert.ok((await inflate(xz)).equals(plain));

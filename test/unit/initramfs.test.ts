@@ -13,8 +13,10 @@ import {
   renderPayloadConfig,
   writeVmInitrd,
 } from '../../src/guest/initramfs.js';
+import { requires } from '../helpers/prereq.js';
 
 const hasCpio = spawnSync('cpio', ['--version']).status === 0;
+const cpioSkip = requires(hasCpio, 'no host cpio');
 const dirs: string[] = [];
 after(async () => {
   for (const d of dirs) await rm(d, { recursive: true, force: true });
@@ -32,7 +34,7 @@ const listing = (gz: Buffer): string[] =>
     .split('\n')
     .map((l) => `${l.split(' ')[0]} ${l.replace(/^.*? 1970 /, '')}`);
 
-test('base initramfs: /init, mount points, /dev/console and the FAKE modules in load order', { skip: !hasCpio && 'no host cpio' }, async () => {
+test('base initramfs: /init, mount points, /dev/console and the FAKE modules in load order', { skip: cpioSkip }, async () => {
   const d = await tmp();
   const ver = '6.1.0-99-fake';
   const mods = join(d, 'lib/modules', ver, 'kernel');
@@ -70,7 +72,7 @@ test('a kernel without a modules directory gets banger-init alone', async () => 
   assert.equal(r.resolution, undefined);
 });
 
-test('payload: agent, enabled unit (a symlink), udev rule, hostname, config and extra files under /banger', { skip: !hasCpio && 'no host cpio' }, async () => {
+test('payload: agent, enabled unit (a symlink), udev rule, hostname, config and extra files under /banger', { skip: cpioSkip }, async () => {
   const gz = await buildPayloadCpio({
     agentBinary: Buffer.from('AGENT'),
     hostname: 'dev',

@@ -13,6 +13,7 @@ import { DiskTools } from '../../src/host/disks.js';
 import { ProcessRunner } from '../../src/host/runner.js';
 import { applyLayer, RootfsLedger } from '../../src/images/layer-apply.js';
 import { buildRootfs, debugfsQuote, fixupScript } from '../../src/images/rootfs-build.js';
+import { missing } from '../helpers/prereq.js';
 
 type Entry = Partial<tar.Header> & { name: string; body?: string };
 
@@ -59,7 +60,7 @@ describe('debugfs fixups of hostile names', () => {
   });
 
   it('quotes spaces, quotes, backslashes and tabs; a name with a newline is skipped, never run as a command', async (t) => {
-    if (!haveTools) return t.skip('mkfs.ext4 and debugfs are needed');
+    if (missing(t, haveTools, 'mkfs.ext4 and debugfs are needed')) return;
     const tree = join(dir, 'tree');
     const image = join(dir, 'root.ext4');
     await mkdir(tree);

@@ -16,6 +16,7 @@ import {
   writeFileAtomic,
 } from '../../src/host/ssh-config.js';
 import type { CommandRunner, RunOptions, RunResult } from '../../src/host/runner.js';
+import { missing } from '../helpers/prereq.js';
 
 test('ssh_config: one block per VM with every option, then a Host *.vm fallback; host keys always checked', () => {
   const text = bangerSshConfig({
@@ -61,11 +62,13 @@ test('ssh_config: paths are quoted and % escaped; unusable paths and names are r
 });
 
 test('the generated config parses with the real ssh (when installed) and resolves a VM to its block', async (t) => {
+  let hasSsh = true;
   try {
     execFileSync('ssh', ['-V'], { stdio: 'ignore' });
   } catch {
-    return t.skip('ssh not installed');
+    hasSsh = false;
   }
+  if (missing(t, hasSsh, 'ssh is not installed')) return;
   const dir = await mkdtemp(join(tmpdir(), 'banger-sshcfg-'));
   try {
     const config = join(dir, 'config');
@@ -234,11 +237,13 @@ test('ensureSshKey: generates once (0600 + .pub), reuses, derives a missing .pub
 });
 
 test('ensureSshKey with the real ssh-keygen (when installed)', async (t) => {
+  let hasKeygen = true;
   try {
     execFileSync('ssh-keygen', ['-?'], { stdio: 'ignore' });
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return t.skip('ssh-keygen not installed');
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') hasKeygen = false;
   }
+  if (missing(t, hasKeygen, 'ssh-keygen is not installed')) return;
   const { ProcessRunner } = await import('../../src/host/runner.js');
   const root = await mkdtemp(join(tmpdir(), 'banger-key-'));
   try {
