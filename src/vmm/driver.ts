@@ -11,7 +11,6 @@ export interface DiskSpec {
   id: string;
   path: string;
   format: 'raw' | 'qcow2';
-  readOnly?: boolean;
 }
 
 export interface NetSpec {
@@ -63,19 +62,14 @@ export interface VmmHandle {
   accel: Accelerator;
 }
 
-export type VmmRunState = 'running' | 'paused' | 'shutdown' | 'gone';
-
 export interface VmmDriver {
   readonly kind: VmmKind;
   /** Starts the VMM process and the guest; resolves once the VMM accepted the configuration. */
-  launch(spec: VmLaunchSpec, signal?: AbortSignal): Promise<VmmHandle>;
+  launch(spec: VmLaunchSpec): Promise<VmmHandle>;
   /** Asks the guest to power off (ACPI/CtrlAltDel); resolves when the process exited or timeout elapsed. Returns true if it exited. */
   shutdown(handle: VmmHandle, timeoutMs: number): Promise<boolean>;
   /** Kills the process (SIGKILL) and waits for it to disappear. */
   kill(handle: VmmHandle): Promise<void>;
-  pause(handle: VmmHandle): Promise<void>;
-  resume(handle: VmmHandle): Promise<void>;
-  status(handle: VmmHandle): Promise<VmmRunState>;
 }
 
 export class VmmError extends Error {

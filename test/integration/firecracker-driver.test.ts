@@ -139,31 +139,13 @@ test('launch sends the spec-valid configuration in order; status, pause, resume 
   assert.doesNotMatch(vmmLog, /stale/);
   assert.ok(await isSocket(e.spec.agentSocketPath), 'the vsock socket was created by the fake');
 
-  assert.equal(await driver.status(handle), 'running');
-  await driver.pause(handle);
-  assert.equal(await driver.status(handle), 'paused');
-  await driver.resume(handle);
-  assert.equal(await driver.status(handle), 'running');
-
   assert.equal(await driver.shutdown(handle, 5000), true);
   assert.equal(await isProcessAlive(handle.pid, handle.pidStartTime), false);
-  assert.equal(await driver.status(handle), 'gone');
   await assertNothingLeft(e, handle.pid);
 
   const after = e.records().slice(boot.length);
-  assert.deepEqual(lines(after), [
-    'GET / 200',
-    'PATCH /vm 204',
-    'GET / 200',
-    'PATCH /vm 204',
-    'GET / 200',
-    'GET / 200',
-    'PUT /actions 204',
-  ]);
-  assert.deepEqual(
-    after.filter((r) => r.method !== 'GET').map((r) => r.body),
-    [{ state: 'Paused' }, { state: 'Resumed' }, { action_type: 'SendCtrlAltDel' }],
-  );
+  assert.deepEqual(lines(after), ['GET / 200', 'PUT /actions 204']);
+  assert.deepEqual(after.at(-1)?.body, { action_type: 'SendCtrlAltDel' });
   for (const r of after) assert.deepEqual(validator.checkRequest(r.method, r.path, r.body).errors, []);
 });
 
@@ -171,7 +153,8 @@ test('shutdown resumes a paused guest first, since it could not react to Ctrl-Al
   const e = await setup(t);
   const driver = new FirecrackerDriver({ binaryPath: e.bin });
   const handle = await driver.launch(e.spec);
-  await driver.pause(handle);
+  // banger never pauses a VM; someone with the API socket could.
+  await new FirecrackerApiClient(handle.controlSocket).send({ method: 'PATCH', path: '/vm', body: { state: 'Paused' } });
   assert.equal(await driver.shutdown(handle, 5000), true);
   assert.deepEqual(lines(e.records().slice(-4)), ['PATCH /vm 204', 'GET / 200', 'PATCH /vm 204', 'PUT /actions 204']);
   assert.deepEqual(e.records().at(-2)?.body, { state: 'Resumed' });
@@ -185,11 +168,11 @@ test('shutdown gives up after the timeout when the guest ignores Ctrl-Alt-Del; k
   const started = Date.now();
   assert.equal(await driver.shutdown(handle, 300), false);
   assert.ok(Date.now() - started < 3000);
-  assert.equal(await driver.status(handle), 'running');
+  assert.equal(await isProcessAlive(handle.pid, handle.pidStartTime), true);
   assert.ok(await isSocket(handle.controlSocket), 'a running VMM keeps its API socket');
 
   await driver.kill(handle);
-  assert.equal(await driver.status(handle), 'gone');
+  assert.equal(await isProcessAlive(handle.pid, handle.pidStartTime), false);
   await assertNothingLeft(e, handle.pid);
   await driver.kill(handle); // already gone: nothing to do, no error
 });
@@ -200,7 +183,6 @@ test('kill ends a running VMM and removes its sockets', async (t) => {
   const handle = await driver.launch(e.spec);
   await driver.kill(handle);
   assert.equal(await isProcessAlive(handle.pid, handle.pidStartTime), false);
-  assert.equal(await driver.status(handle), 'gone');
   assert.equal(await driver.shutdown(handle, 100), true, 'shutting down a gone VMM succeeds at once');
   await assertNothingLeft(e, handle.pid);
 });
@@ -260,14 +242,12 @@ test('a binary that never opens its API socket is killed after the start timeout
   await assertNothingLeft(e, await fakePid(e));
 });
 
-test('bad input, a missing binary and a cancelled launch fail before or without leftovers', async (t) => {
+test('bad input and a missing binary fail before or without leftovers', async (t) => {
   const e = await setup(t);
   const driver = new FirecrackerDriver({ binaryPath: e.bin });
   const qcow = { ...e.spec, disks: [{ id: 'root', path: '/v/root.qcow2', format: 'qcow2' as const }] };
   await assert.rejects(driver.launch(qcow), (err: Error) => err instanceof VmmError && /only supports raw/.test(err.message));
   await assert.rejects(driver.launch({ ...e.spec, accel: 'tcg' }), /Firecracker needs KVM/);
-  const aborted = AbortSignal.abort();
-  await assert.rejects(driver.launch(e.spec, aborted), (err: Error) => err instanceof VmmError && /cancelled/.test(err.message));
   assert.equal(existsSync(e.pidFile), false, 'nothing was started');
 
   const missing = new FirecrackerDriver({ binaryPath: join(e.dir, 'no-such-firecracker') });

@@ -1,7 +1,7 @@
 import { constants } from 'node:fs';
 import { open, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { type VmLaunchSpec, type VmmDriver, VmmError, type VmmHandle, type VmmRunState } from '../driver.js';
+import { type VmLaunchSpec, type VmmDriver, VmmError, type VmmHandle } from '../driver.js';
 import { openLogFile } from '../console-log.js';
 import { isHandleAlive, isProcessAlive, killAndWait, readTail, spawnDetached, waitForExit, waitForSocket } from '../process.js';
 import { FirecrackerApiClient } from './api-client.js';
@@ -9,11 +9,9 @@ import {
   buildBootRequests,
   ctrlAltDelRequest,
   describeInstanceRequest,
-  type FcInstanceState,
   type FcRequest,
   instanceIdFor,
   instanceStateOf,
-  pauseRequest,
   resumeRequest,
 } from './requests.js';
 
@@ -51,7 +49,7 @@ export class FirecrackerDriver implements VmmDriver {
     this.apiTimeoutMs = opts.apiTimeoutMs ?? 10_000;
   }
 
-  async launch(spec: VmLaunchSpec, signal?: AbortSignal): Promise<VmmHandle> {
+  async launch(spec: VmLaunchSpec): Promise<VmmHandle> {
     const apiSocket = join(spec.runDir, 'fc.sock');
     const separateLog = spec.vmmLogPath !== spec.serialLogPath;
     let requests: FcRequest[];
@@ -64,7 +62,6 @@ export class FirecrackerDriver implements VmmDriver {
     } catch (e) {
       throw new VmmError(`cannot launch ${spec.name} with Firecracker: ${(e as Error).message}`);
     }
-    if (signal?.aborted) throw new VmmError(`launch of ${spec.name} was cancelled`);
 
     const consoleStart = await sizeOf(spec.serialLogPath);
     const args = ['--api-sock', apiSocket, '--id', instanceIdFor(spec.vmId)];
@@ -91,16 +88,12 @@ export class FirecrackerDriver implements VmmDriver {
     try {
       await waitForSocket(apiSocket, this.startTimeoutMs, () => isProcessAlive(proc.pid, proc.startTime, proc.bootId));
       const api = this.api(handle);
-      for (const r of requests) {
-        signal?.throwIfAborted();
-        await api.send(r, signal);
-      }
+      for (const r of requests) await api.send(r);
       return handle;
     } catch (e) {
       await killAndWait(proc.pid, proc.startTime, undefined, proc.bootId).catch(() => {});
       await this.removeSockets(apiSocket, spec.agentSocketPath);
-      const why = signal?.aborted ? 'launch was cancelled' : (e as Error).message;
-      throw new VmmError(`Firecracker failed to start ${spec.name}: ${why}`, await this.launchTail(spec, consoleStart));
+      throw new VmmError(`Firecracker failed to start ${spec.name}: ${(e as Error).message}`, await this.launchTail(spec, consoleStart));
     }
   }
 
@@ -129,26 +122,6 @@ export class FirecrackerDriver implements VmmDriver {
   async kill(handle: VmmHandle): Promise<void> {
     await killAndWait(handle.pid, handle.pidStartTime, undefined, handle.bootId);
     await this.removeSockets(handle.controlSocket, handle.agentSocket);
-  }
-
-  async pause(handle: VmmHandle): Promise<void> {
-    await this.api(handle).send(pauseRequest());
-  }
-
-  async resume(handle: VmmHandle): Promise<void> {
-    await this.api(handle).send(resumeRequest());
-  }
-
-  async status(handle: VmmHandle): Promise<VmmRunState> {
-    if (!(await this.alive(handle))) return 'gone';
-    let state: FcInstanceState;
-    try {
-      state = instanceStateOf(await this.api(handle).send(describeInstanceRequest()));
-    } catch {
-      return (await this.alive(handle)) ? 'running' : 'gone';
-    }
-    // 'Not started' only exists between spawn and InstanceStart: the guest is not executing.
-    return state === 'Running' ? 'running' : 'paused';
   }
 
   private api(handle: VmmHandle): FirecrackerApiClient {

@@ -84,7 +84,7 @@ export function buildBootRequests(spec: VmLaunchSpec, opts: BootOptions = {}): F
     requests.push({
       method: 'PUT',
       path: `/drives/${d.id}`,
-      body: { drive_id: d.id, path_on_host: d.path, is_root_device: i === 0, is_read_only: d.readOnly ?? false },
+      body: { drive_id: d.id, path_on_host: d.path, is_root_device: i === 0, is_read_only: false },
     });
   });
   for (const n of spec.nets) {
@@ -114,7 +114,6 @@ export const instanceStartRequest = (): FcRequest => ({
   body: { action_type: 'InstanceStart' },
 });
 
-export const pauseRequest = (): FcRequest => ({ method: 'PATCH', path: '/vm', body: { state: 'Paused' } });
 export const resumeRequest = (): FcRequest => ({ method: 'PATCH', path: '/vm', body: { state: 'Resumed' } });
 
 /** The guest sees Ctrl-Alt-Del on its i8042 keyboard; a Linux guest with `reboot=k` then powers off Firecracker. */

@@ -36,8 +36,7 @@ export function buildQemuArgs(spec: VmLaunchSpec, qmpSocket: string): string[] {
   if (spec.initrdPath) args.push('-initrd', spec.initrdPath);
   args.push('-append', spec.cmdline);
   for (const d of spec.disks) {
-    const ro = d.readOnly ? ',read-only=on' : '';
-    args.push('-drive', `id=${d.id},file=${esc(d.path)},format=${d.format},if=none,cache=writeback,discard=unmap${ro}`);
+    args.push('-drive', `id=${d.id},file=${esc(d.path)},format=${d.format},if=none,cache=writeback,discard=unmap`);
     args.push('-device', `virtio-blk-device,drive=${d.id}`);
   }
   for (const n of spec.nets) {

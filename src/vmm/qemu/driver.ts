@@ -1,6 +1,6 @@
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { type VmLaunchSpec, type VmmDriver, VmmError, type VmmHandle, type VmmRunState } from '../driver.js';
+import { type VmLaunchSpec, type VmmDriver, VmmError, type VmmHandle } from '../driver.js';
 import { isHandleAlive, isProcessAlive, killAndWait, readTail, spawnDetached, waitForExit, waitForSocket } from '../process.js';
 import { buildQemuArgs } from './args.js';
 import { QmpClient } from './qmp.js';
@@ -56,15 +56,7 @@ export class QemuDriver implements VmmDriver {
     await this.cleanup(handle);
   }
 
-  async pause(handle: VmmHandle): Promise<void> {
-    await this.qmp(handle, (q) => q.execute('stop'));
-  }
-
-  async resume(handle: VmmHandle): Promise<void> {
-    await this.qmp(handle, (q) => q.execute('cont'));
-  }
-
-  async status(handle: VmmHandle): Promise<VmmRunState> {
+  private async status(handle: VmmHandle): Promise<'running' | 'paused' | 'shutdown' | 'gone'> {
     if (!(await isHandleAlive(handle))) return 'gone';
     try {
       const r = await this.qmp(handle, (q) => q.execute<{ status: string; running: boolean }>('query-status'));
