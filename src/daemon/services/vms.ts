@@ -27,6 +27,7 @@ import type { NetworkService, VmNetwork } from './network.js';
 import { collapsePorts, enrichPortsWithin } from './port-probe.js';
 import { KernelService } from './kernels.js';
 import { randomVmName } from './names.js';
+import { canMove, decide, effectiveState } from './vm-states.js';
 import { type HostResources, resolveSize, type VmSize, validateSize } from './sizing.js';
 
 export interface VmServiceDeps {
@@ -36,9 +37,9 @@ export interface VmServiceDeps {
   clock: Clock;
   log: Logger;
   locks: KeyedMutex;
-  disks: DiskTools;
+  disks: Pick<DiskTools, 'createOverlay' | 'cloneRaw' | 'mkfsFromDir' | 'growFile'>;
   kernels: KernelService;
-  images: ImageService;
+  images: Pick<ImageService, 'row' | 'ensure'>;
   driver: (kind: VmmKind) => VmmDriver;
   /** The VMM for new VMs (vmm = auto|qemu|firecracker, resolved at daemon start). */
   vmmKind: VmmKind;
@@ -46,7 +47,9 @@ export interface VmServiceDeps {
   accel: (kernelPath: string, initrdPath: string | undefined, onProbe?: () => void) => Promise<Accelerator>;
   host: HostResources;
   runner: CommandRunner;
-  network: NetworkService;
+  network: Pick<NetworkService, 'lease' | 'ipOf' | 'attach' | 'detach' | 'published' | 'applyNat' | 'reconcile'>;
+  /** The agent connection of a launched VM (default: the real one over its socket). */
+  agentLink?: (handle: VmmHandle) => AgentLink;
   /** The managed SSH key's public half, authorized for root in every VM. */
   sshPublicKey: () => Promise<string>;
   /** Called after VMs change (created, deleted): regenerates banger's ssh_config and known_hosts. */
@@ -245,7 +248,7 @@ export class VmService {
         throw e;
       }
       if (!input.start) {
-        this.d.repos.vms.update(row.id, { state: 'stopped' });
+        this.move(row.id, 'stopped');
         await this.d.onVmsChanged?.();
         return this.toVm(this.d.repos.vms.byId(row.id) as VmRow);
       }
@@ -332,9 +335,9 @@ export class VmService {
     // directory in its argv and kills it (reconcile).
     crashPoint('vm-start:launched');
     const now = this.d.clock.now().toISOString();
-    this.d.repos.vms.update(r.id, { state: 'starting', handle: JSON.stringify(handle), accel, started_at: now, touched_at: now, last_error: null });
+    this.move(r.id, 'starting', { handle: JSON.stringify(handle), accel, started_at: now, touched_at: now, last_error: null });
     ctx?.stage('wait for agent');
-    const link = openAgentLink(handle);
+    const link = this.openAgent(handle);
     this.agents.set(r.id, link);
     const timeoutMs = this.d.agentReadyTimeoutMs ?? 180_000;
     try {
@@ -349,12 +352,12 @@ export class VmService {
         : alive
           ? `guest agent of ${r.name} did not become ready within ${timeoutMs / 1000}s (${(e as Error).message}); the VM was stopped and kept for inspection`
           : `the VMM of ${r.name} exited during boot; the VM was kept for inspection`;
-      this.d.repos.vms.update(r.id, { state: 'error', last_error: message });
+      this.move(r.id, 'error', { last_error: message });
       throw new BangerError(cancelled ? 'cancelled' : 'timeout', `${message}${serialTail ? `\n--- serial console tail ---\n${serialTail}` : ''}`, {
         fix: `inspect with \`banger vm logs ${r.name}\`, then \`banger vm delete ${r.name}\``,
       });
     }
-    this.d.repos.vms.update(r.id, { state: 'running' });
+    this.move(r.id, 'running');
     await this.d.network.published(this.d.repos.vms.byId(r.id) as VmRow);
   }
 
@@ -366,9 +369,9 @@ export class VmService {
     this.agents.delete(id);
     if (r.handle) {
       const handle = JSON.parse(r.handle) as VmmHandle;
-      if (!force) link ??= openAgentLink(handle);
+      if (!force) link ??= this.openAgent(handle);
       const driver = this.d.driver(handle.kind);
-      this.d.repos.vms.update(id, { state: 'stopping' });
+      this.move(id, 'stopping');
       let exited = false;
       if (!force) {
         // The agent asks init to power off (works without logind/acpid); the VMM's ACPI/CtrlAltDel
@@ -382,7 +385,7 @@ export class VmService {
       if (!exited) await driver.kill(handle);
     }
     link?.close();
-    this.d.repos.vms.update(id, { state: 'stopped', handle: null });
+    this.move(id, 'stopped', { handle: null });
     await this.d.network.detach(this.d.repos.vms.byId(id) as VmRow);
     await rm(this.paths(r).run, { recursive: true, force: true });
   }
@@ -392,9 +395,11 @@ export class VmService {
       const r = this.d.repos.vms.byId(id);
       if (!r) throw notFound('vm', id);
       this.touch(id);
+      const verdict = decide(action, effectiveState(r.state as VmState, await this.handleAlive(r)), r.name);
+      if (verdict.do === 'noop') return;
+      if (verdict.do === 'refuse') throw new BangerError('precondition_failed', verdict.why, { fix: verdict.fix });
       switch (action) {
         case 'start':
-          if (r.state === 'running' && (await this.handleAlive(r))) return;
           if (r.handle) await this.stopLocked(id, true);
           await this.startLocked(r);
           return;
@@ -453,16 +458,18 @@ export class VmService {
     validateSize(change, this.d.host);
     return this.d.locks.run(`vm:${r0.id}`, async () => {
       const r = this.d.repos.vms.byId(r0.id) as VmRow;
-      // NAT is host-side policy: it changes live, without touching the guest.
+      const { nat: _nat, ...sizes } = change;
+      // The whole request is checked before any part of it is applied.
+      const state = effectiveState(r.state as VmState, await this.handleAlive(r));
+      if (Object.keys(sizes).length > 0) {
+        const verdict = decide('resize', state, r.name);
+        if (verdict.do === 'refuse') throw new BangerError('precondition_failed', verdict.why, { fix: verdict.fix });
+      }
       if (change.nat !== undefined) {
         this.d.repos.vms.update(r.id, { nat: change.nat ? 1 : 0, touched_at: this.d.clock.now().toISOString() });
         await this.d.network.applyNat();
       }
-      const { nat: _nat, ...sizes } = change;
       if (Object.keys(sizes).length === 0) return this.toVm(this.d.repos.vms.byId(r.id) as VmRow);
-      if (r.handle && (await this.handleAlive(r))) {
-        throw new BangerError('precondition_failed', `VM ${r.name} is running; vm set changes stopped VMs only`, { fix: `stop it first: banger vm stop ${r.name}` });
-      }
       if (change.diskSizeBytes !== undefined && change.diskSizeBytes !== r.disk_size_bytes) {
         // The guest grows the filesystem online at its next boot: no host tool parses a disk the guest wrote.
         await this.d.disks.growFile(this.paths(r).work, change.diskSizeBytes);
@@ -477,7 +484,7 @@ export class VmService {
   }
 
   async prune(dryRun: boolean): Promise<Array<{ id: string; name: string }>> {
-    const victims = this.d.repos.vms.all().filter((r) => ['stopped', 'error', 'created'].includes(r.state));
+    const victims = this.d.repos.vms.all().filter((r) => decide('prune', r.state as VmState, r.name).do === 'run');
     if (!dryRun) await this.bulk('delete', victims.map((v) => v.id));
     return victims.map((v) => ({ id: v.id, name: v.name }));
   }
@@ -487,12 +494,13 @@ export class VmService {
   private async agentFor(ref: string): Promise<{ r: VmRow; link: AgentLink }> {
     const r = this.row(ref);
     this.touch(r.id);
-    if (r.state !== 'running' || !r.handle) {
-      throw new BangerError('precondition_failed', `VM ${r.name} is ${r.state}`, { fix: `start it: banger vm start ${r.name}` });
+    const verdict = decide('guest', r.handle ? (r.state as VmState) : 'stopped', r.name);
+    if (verdict.do === 'refuse' || !r.handle) {
+      throw new BangerError('precondition_failed', verdict.do === 'refuse' ? verdict.why : `VM ${r.name} is ${r.state}`, { fix: `start it: banger vm start ${r.name}` });
     }
     let link = this.agents.get(r.id);
     if (!link) {
-      link = openAgentLink(JSON.parse(r.handle) as VmmHandle);
+      link = this.openAgent(JSON.parse(r.handle) as VmmHandle);
       this.agents.set(r.id, link);
     }
     return { r, link };
@@ -542,20 +550,23 @@ export class VmService {
     await this.reconcileLeftovers();
     for (const r of this.d.repos.vms.all()) {
       if (!r.handle) {
-        if (['starting', 'running', 'stopping'].includes(r.state)) this.d.repos.vms.update(r.id, { state: 'stopped' });
+        if (['starting', 'running', 'stopping'].includes(r.state)) this.move(r.id, 'stopped');
         continue;
       }
       const handle = JSON.parse(r.handle) as VmmHandle;
       if (await isHandleAlive(handle)) {
         this.d.log.info({ vm: r.name, pid: handle.pid }, 're-adopted running VM');
-        if (r.state !== 'running') this.d.repos.vms.update(r.id, { state: 'running' });
-        this.agents.set(r.id, openAgentLink(handle));
+        if (r.state !== 'running') {
+          // starting/stopping cut short by the daemon's death; no other state keeps a live handle.
+          if (canMove(r.state as VmState, 'running')) this.move(r.id, 'running');
+          else this.d.log.warn({ vm: r.name, state: r.state }, 'a live VMM behind a VM recorded as not running: left as recorded');
+        }
+        this.agents.set(r.id, this.openAgent(handle));
         continue;
       }
       const tail = await readTail(this.paths(r).serial, 4096);
       const clean = /reboot: Power down|System halted/.test(tail);
-      this.d.repos.vms.update(r.id, {
-        state: clean ? 'stopped' : 'error',
+      this.move(r.id, clean ? 'stopped' : 'error', {
         handle: null,
         last_error: clean ? null : 'the VMM process exited while the daemon was not running',
       });
@@ -633,6 +644,17 @@ export class VmService {
   }
 
   // ---- helpers -------------------------------------------------------------------------
+
+  /** Every state change goes through here: a move the state table does not allow is a bug. */
+  private move(id: string, to: VmState, fields: Partial<VmRow> = {}): void {
+    const from = this.d.repos.vms.byId(id)?.state as VmState | undefined;
+    if (from && !canMove(from, to)) throw new BangerError('internal', `VM state ${from} → ${to} is not a legal transition`);
+    this.d.repos.vms.update(id, { ...fields, state: to });
+  }
+
+  private openAgent(handle: VmmHandle): AgentLink {
+    return (this.d.agentLink ?? openAgentLink)(handle);
+  }
 
   private touch(id: string): void {
     this.d.repos.vms.update(id, { touched_at: this.d.clock.now().toISOString() });

@@ -1,0 +1,225 @@
+import assert from 'node:assert/strict';
+import { type ChildProcess, spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { after, test } from 'node:test';
+import pino from 'pino';
+import { BangerError } from '../../src/api/errors.js';
+import { defaultConfig } from '../../src/config/config.js';
+import { ensureLayout, resolveLayout } from '../../src/config/layout.js';
+import { VmService, type VmServiceDeps } from '../../src/daemon/services/vms.js';
+import type { AgentLink } from '../../src/guest/agent-link.js';
+import { ProcessRunner } from '../../src/host/runner.js';
+import { migrate, openDb } from '../../src/store/db.js';
+import { LeaseRepo } from '../../src/store/leases.js';
+import { Repos } from '../../src/store/repos.js';
+import { KeyedMutex } from '../../src/util/keyed-mutex.js';
+import type { OpContext } from '../../src/util/op-context.js';
+import type { VmLaunchSpec, VmmDriver, VmmHandle } from '../../src/vmm/driver.js';
+import { currentBootId, processStartTime } from '../../src/vmm/process.js';
+
+/**
+ * VmService against FAKES: a FAKE VMM driver whose "VMM" is a real sleeping process (so liveness
+ * checks by pid, start time and boot id are the real ones), a FAKE agent link, FAKE disks and a
+ * FAKE network over the real lease table. The store is real SQLite. Nothing boots.
+ */
+const cleanups: Array<() => Promise<void> | void> = [];
+after(async () => {
+  for (const c of cleanups.reverse()) await c();
+});
+
+const NOW = new Date('2026-01-01T00:00:00Z');
+const ctx: OpContext = { stage: () => {}, log: () => {}, progress: () => {}, checkCancelled: () => {}, signal: new AbortController().signal } as unknown as OpContext;
+
+interface Knobs {
+  launchFails?: boolean;
+  agentNeverReady?: boolean;
+}
+
+interface World {
+  home: string;
+  repos: Repos;
+  leases: LeaseRepo;
+  svc: VmService;
+  calls: string[];
+  vmms: Map<number, ChildProcess>;
+  layout: ReturnType<typeof resolveLayout>;
+}
+
+async function world(knobs: Knobs = {}, shared?: World): Promise<World> {
+  const home = shared?.home ?? (await mkdtemp('/tmp/bg-vmsvc-'));
+  if (!shared) cleanups.push(() => rm(home, { recursive: true, force: true }));
+  const layout = resolveLayout({ BANGER_HOME: home });
+  ensureLayout(layout);
+  const db = openDb(layout.dbPath);
+  cleanups.push(() => void db.close());
+  migrate(db);
+  const repos = new Repos(db);
+  if (!shared) {
+    repos.kernels.insert({ id: 'k1', name: 'k', version: '6.1', dir: home, kernel_path: join(home, 'vmlinux'), initrd_path: null, modules_dir: null, source: 'test', managed: 1, size_bytes: 0, created_at: NOW.toISOString() });
+    repos.images.insert({ id: 'i1', name: 'img', rootfs_path: join(home, 'rootfs.ext4'), kernel_id: 'k1', managed: 1, has_systemd: 1, has_sshd: 1, digest: null, size_bytes: 0, source: 'test', created_at: NOW.toISOString() });
+  }
+  const leases = new LeaseRepo(db);
+  const calls: string[] = [];
+  const vmms = shared?.vmms ?? new Map<number, ChildProcess>();
+  const driver: VmmDriver = {
+    kind: 'qemu',
+    async launch(spec: VmLaunchSpec): Promise<VmmHandle> {
+      calls.push(`launch ${spec.name}`);
+      if (knobs.launchFails) throw new BangerError('vmm_failed', 'FAKE VMM refused to start');
+      const p = spawn('sleep', ['600'], { stdio: 'ignore', detached: true });
+      const pid = p.pid as number;
+      vmms.set(pid, p);
+      cleanups.push(() => void p.kill('SIGKILL'));
+      await writeFile(spec.serialLogPath, 'FAKE console\n');
+      const bootId = await currentBootId();
+      return {
+        kind: 'qemu',
+        pid,
+        pidStartTime: (await processStartTime(pid)) as string,
+        ...(bootId ? { bootId } : {}),
+        controlSocket: join(spec.runDir, 'qmp.sock'),
+        agentSocket: spec.agentSocketPath,
+        agentTransport: 'virtio-serial',
+        accel: 'tcg',
+      };
+    },
+    async shutdown(h) {
+      calls.push(`shutdown ${h.pid}`);
+      return this.kill(h).then(() => true);
+    },
+    async kill(h) {
+      calls.push(`kill ${h.pid}`);
+      const p = vmms.get(h.pid);
+      if (!p || p.exitCode !== null || p.signalCode) return;
+      const gone = new Promise((r) => p.once('exit', r));
+      p.kill('SIGKILL');
+      await gone;
+    },
+  };
+  const agent = (): AgentLink => ({
+    waitReady: async () => {
+      if (knobs.agentNeverReady) throw new Error('FAKE agent never answers');
+    },
+    health: async () => ({ ready: true }) as never,
+    ports: async () => [],
+    stats: async () => ({}) as never,
+    poweroff: async () => {},
+    close: () => {},
+  });
+  const network: VmServiceDeps['network'] = {
+    lease: (id) => leases.lease(id, '172.30.0.0/24', '172.30.0.1', NOW.toISOString()),
+    ipOf: (id) => leases.byVm(id)?.ip ?? null,
+    attach: async (vm) => {
+      calls.push(`attach ${vm.name}`);
+      const l = leases.byVm(vm.id);
+      return { ip: l?.ip as string, mac: l?.mac as string, tap: 'bg0.0', prefix: 24, gateway: '172.30.0.1', nameservers: ['172.30.0.1'] };
+    },
+    detach: async (vm) => void calls.push(`detach ${vm.name}`),
+    published: async () => {},
+    applyNat: async () => void calls.push('applyNat'),
+    reconcile: async () => {},
+  };
+  const touch = async (p: string) => void (await writeFile(p, ''));
+  const disks: VmServiceDeps['disks'] = {
+    createOverlay: async (_b, out) => touch(out),
+    cloneRaw: async (_b, out) => touch(out),
+    mkfsFromDir: async (out) => touch(out),
+    growFile: async () => {},
+  };
+  const svc = new VmService({
+    repos,
+    layout,
+    config: { ...defaultConfig(), accel: 'tcg' },
+    clock: { now: () => NOW },
+    log: pino({ level: 'silent' }),
+    locks: new KeyedMutex(),
+    disks,
+    kernels: undefined as never,
+    images: { row: () => repos.images.byId('i1') as never, ensure: async () => undefined },
+    driver: () => driver,
+    vmmKind: 'qemu',
+    accel: async () => 'tcg',
+    host: { cpus: 8, memoryBytes: 64 * 1024 ** 3 },
+    runner: new ProcessRunner(),
+    network,
+    sshPublicKey: async () => 'ssh-ed25519 AAAAFAKE test',
+    agentLink: agent,
+    agentReadyTimeoutMs: 1000,
+  });
+  cleanups.push(() => svc.close());
+  return { home, repos, leases, svc, calls, vmms, layout };
+}
+
+test('create → running; a running VM refuses a whole vm set that includes sizes, and nothing of it is applied', async () => {
+  const w = await world();
+  const vm = await w.svc.create({ name: 'dev', start: true }, ctx);
+  assert.equal(vm.state, 'running');
+  await assert.rejects(w.svc.set('dev', { nat: true, vcpus: 1 }), (e: BangerError) => e.code === 'precondition_failed' && /stop it first/.test(e.fix ?? ''));
+  assert.equal(w.repos.vms.byName('dev')?.nat, 0, 'NAT was not switched on by a refused request');
+  assert.ok(!w.calls.includes('applyNat'));
+  // NAT alone changes live.
+  assert.equal((await w.svc.set('dev', { nat: true })).nat, true);
+  // start of a running VM is a no-op: no second VMM.
+  await w.svc.bulk('start', ['dev']);
+  assert.equal(w.calls.filter((c) => c.startsWith('launch')).length, 1);
+});
+
+test('a VMM that fails to launch leaves no row, lease, files or TAP', async () => {
+  const w = await world({ launchFails: true });
+  await assert.rejects(w.svc.create({ name: 'broken', start: true }, ctx), /FAKE VMM refused/);
+  assert.equal(w.repos.vms.byName('broken'), undefined);
+  assert.deepEqual(w.leases.all(), []);
+  assert.ok(w.calls.includes('detach broken'), 'the TAP went back');
+  assert.ok(!existsSync(join(w.layout.vmsStateDir, 'broken')));
+});
+
+test('a guest that never becomes ready: the VMM is stopped, the VM kept in error for a post-mortem', async () => {
+  const w = await world({ agentNeverReady: true });
+  await assert.rejects(w.svc.create({ name: 'mute', start: true }, ctx), (e: BangerError) => e.code === 'timeout');
+  const row = w.repos.vms.byName('mute');
+  assert.equal(row?.state, 'error');
+  assert.equal(row?.handle, null);
+  assert.equal([...w.vmms.values()].filter((p) => p.exitCode === null && !p.signalCode).length, 0, 'no VMM left running');
+  assert.ok(w.leases.byVm(row?.id as string), 'the kept VM keeps its lease');
+});
+
+test('a restarted service re-adopts a live VMM and marks a dead one stopped or error', async () => {
+  const w = await world();
+  await w.svc.create({ name: 'alive', start: true }, ctx);
+  await w.svc.create({ name: 'dead', start: true }, ctx);
+  const dead = w.repos.vms.byName('dead');
+  const h = JSON.parse(dead?.handle as string) as VmmHandle;
+  const p = w.vmms.get(h.pid) as ChildProcess;
+  const gone = new Promise((r) => p.once('exit', r));
+  p.kill('SIGKILL');
+  await gone;
+  w.svc.close();
+  const again = await world({}, w);
+  await again.svc.reconcile();
+  assert.equal(again.repos.vms.byName('alive')?.state, 'running');
+  assert.equal(again.repos.vms.byName('dead')?.state, 'error', 'no clean power-off on the console');
+  assert.equal(again.repos.vms.byName('dead')?.handle, null);
+});
+
+test('bulk actions: refs resolved once, duplicates dropped, results in first-seen order, unknown refs reported', async () => {
+  const w = await world();
+  await w.svc.create({ name: 'a', start: true }, ctx);
+  await w.svc.create({ name: 'b', start: true }, ctx);
+  const r = await w.svc.bulk('stop', ['b', 'ghost', 'a', 'b']);
+  assert.deepEqual(
+    r.results.map((x) => [x.ref, x.ok]),
+    [
+      ['b', true],
+      ['ghost', false],
+      ['a', true],
+    ],
+  );
+  assert.equal(r.results[1]?.error?.code, 'not_found');
+  assert.equal(w.repos.vms.byName('a')?.state, 'stopped');
+  assert.deepEqual(
+    (await w.svc.prune(true)).map((v) => v.name),
+    ['a', 'b'],
+  );
+});
