@@ -26,6 +26,9 @@ const cidr = z.string().refine(
   { message: 'expected an IPv4 CIDR with a prefix between /8 and /30, e.g. "172.30.0.0/24"' },
 );
 
+/** The built-in image (images/catalog.ts) that `default_image_name` names unless configured. */
+export const DEFAULT_IMAGE_NAME = 'debian-bookworm';
+
 /** Every key is optional; documented in docs/config.md. Unknown keys are errors (typos must not pass silently). */
 export const ConfigSchema = z
   .object({
@@ -35,7 +38,7 @@ export const ConfigSchema = z
     qemu_bin: z.string().min(1).default('qemu-system-x86_64'),
     accel: z.enum(['auto', 'kvm', 'tcg']).default('auto'),
     ssh_key_path: z.string().min(1).optional(),
-    default_image_name: z.string().min(1).default('debian-bookworm'),
+    default_image_name: z.string().min(1).default(DEFAULT_IMAGE_NAME),
     /** Extra kernel catalog files (paths or http(s) URLs); their entries add to, and by name override, the built-in ones. */
     kernel_catalogs: z.array(z.string().min(1)).default([]),
     /** Extra image catalog files (paths or http(s) URLs), same rules as kernel_catalogs. */
@@ -45,7 +48,6 @@ export const ConfigSchema = z
     /** Keyring that must have signed the mirror's InRelease (the index chain is verified like apt does). */
     debian_keyring: z.string().min(1).default('/usr/share/keyrings/debian-archive-keyring.gpg'),
     auto_stop_stale_after: duration('auto_stop_stale_after').default('off'),
-    stats_poll_interval: duration('stats_poll_interval').default('10s'),
     bridge_name: z
       .string()
       .regex(/^banger[a-z0-9_-]{0,9}$/, 'expected a name starting with "banger" (at most 15 characters): banger only manages bridges it owns')

@@ -1,7 +1,7 @@
 import { constants, existsSync, readFileSync } from 'node:fs';
 import { access, statfs } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { loadConfig } from '../config/config.js';
+import { defaultConfig, loadConfig } from '../config/config.js';
 import type { Layout } from '../config/layout.js';
 import { checkMigrations } from '../store/db.js';
 import { readKvmProbeCache } from '../host/kvm-cache.js';
@@ -76,8 +76,8 @@ export function realHostProbe(layout: Layout): HostProbe {
         return false;
       }
     },
-    qemuBin: cfg?.qemu_bin ?? 'qemu-system-x86_64',
-    firecrackerBin: cfg?.firecracker_bin ?? 'firecracker',
+    qemuBin: (cfg ?? defaultConfig()).qemu_bin,
+    firecrackerBin: (cfg ?? defaultConfig()).firecracker_bin,
     stateDir: layout.stateDir,
   };
 }

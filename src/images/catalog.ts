@@ -2,6 +2,8 @@ import { z } from 'zod';
 import { BangerError } from '../api/errors.js';
 import { readCatalogSource } from '../catalog/source.js';
 import { ResourceName } from '../api/schemas.js';
+import { DEFAULT_IMAGE_NAME } from '../config/config.js';
+import { DEFAULT_KERNEL_NAME } from '../kernels/catalog.js';
 
 const RecipeSource = z
   .object({
@@ -71,9 +73,9 @@ export const DEV_PACKAGES = [
 
 export const BUILTIN_IMAGES: ImageCatalogEntry[] = [
   {
-    name: 'debian-bookworm',
+    name: DEFAULT_IMAGE_NAME,
     description: 'Debian 12 development image: systemd, sshd, git, curl, jq, tmux, build-essential, python3 (built from Debian’s mirror with mmdebstrap)',
-    kernel: 'debian-cloud',
+    kernel: DEFAULT_KERNEL_NAME,
     source: { kind: 'recipe', builder: 'mmdebstrap', suite: 'bookworm', variant: 'minbase', packages: DEV_PACKAGES },
   },
 ];

@@ -11,10 +11,13 @@ export interface CatalogEntry {
   origin: string;
 }
 
+/** The built-in kernel an image is pulled with when neither its catalog entry nor `--kernel-ref` names one. */
+export const DEFAULT_KERNEL_NAME = 'debian-cloud';
+
 /** The kernels banger knows without any configuration. */
 export const BUILTIN_KERNELS: KernelCatalogEntry[] = [
   {
-    name: 'debian-cloud',
+    name: DEFAULT_KERNEL_NAME,
     distro: 'debian-12',
     arch: 'x86_64',
     version: 'latest',

@@ -7,6 +7,7 @@ import { readRegularNoFollow, safeExtract } from '../../archive/safe-extract.js'
 import { BundleManifestSchema, type ImageCatalogEntry, loadImageCatalog } from '../../images/catalog.js';
 import { RootfsLedger } from '../../images/layer-apply.js';
 import { runRecipe } from '../../images/recipe.js';
+import { DEFAULT_KERNEL_NAME } from '../../kernels/catalog.js';
 import { BangerError, notFound } from '../../api/errors.js';
 import type { Image, ImageCatalogList, ImagePullRequest } from '../../api/schemas.js';
 import { fetchAndFlatten } from '../../images/oci-pull.js';
@@ -49,9 +50,8 @@ async function anyPresent(tree: string, paths: string[]): Promise<boolean> {
 export interface ImageServiceOptions {
   /** Config `image_catalogs`. */
   catalogs?: string[];
-  debianMirror?: string;
-  /** Kernel for pulled OCI images when none is named. */
-  defaultKernel?: string;
+  /** Config `debian_mirror`: where image recipes install from. */
+  debianMirror: string;
 }
 
 interface Workspace {
@@ -85,7 +85,7 @@ export class ImageService {
     private readonly blobs: BlobCache,
     private readonly runner: CommandRunner,
     private readonly scratch: ScratchSpace,
-    private readonly opts: ImageServiceOptions = {},
+    private readonly opts: ImageServiceOptions,
   ) {}
 
   /** The image catalog: built-in entries plus config `image_catalogs`. */
@@ -223,7 +223,7 @@ export class ImageService {
     const ref = parseReference(req.ref);
     const name = req.name ?? defaultImageName(ref);
     this.assertNameFree(name);
-    const kernelId = await this.kernelFor(req.kernelRef ?? this.opts.defaultKernel ?? 'debian-cloud', ctx);
+    const kernelId = await this.kernelFor(req.kernelRef ?? DEFAULT_KERNEL_NAME, ctx);
     return this.staged(name, ctx, async (w) => {
       const asRoot = process.getuid?.() === 0;
       const client = new RegistryClient(ref, { signal: ctx.signal });
@@ -264,7 +264,7 @@ export class ImageService {
           const asRoot = process.getuid?.() === 0;
           const ledger = new RootfsLedger();
           ctx.stage('build image', `mmdebstrap ${source.suite} (${source.variant}${source.packages.length ? ` + ${source.packages.length} packages` : ''})`);
-          await runRecipe(source, this.opts.debianMirror ?? 'http://deb.debian.org/debian', tree, ledger, asRoot, ctx);
+          await runRecipe(source, this.opts.debianMirror, tree, ledger, asRoot, ctx);
           const t = await this.finishTree(w, tree, ledger, req.sizeBytes, asRoot, ctx);
           return { kernel_id: kernelId, has_systemd: t.hasSystemd ? 1 : 0, has_sshd: t.hasSshd ? 1 : 0, digest: null, size_bytes: t.sizeBytes, source: `catalog:${entry.name} recipe` };
       } finally {

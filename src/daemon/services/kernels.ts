@@ -151,9 +151,9 @@ export interface KernelServiceOptions {
   /** Extra catalog files or URLs (config `kernel_catalogs`); relative paths are relative to the config file. */
   catalogs?: string[];
   /** Config `debian_mirror`. */
-  debianMirror?: string;
+  debianMirror: string;
   /** Config `debian_keyring`: verifies the mirror's signed InRelease. */
-  debianKeyring?: string;
+  debianKeyring: string;
 }
 
 /** Limits for what a pull downloads and unpacks (a kernel package is ~30 MB, its tree ~150 MB). */
@@ -183,11 +183,11 @@ export class KernelService {
     private readonly layout: Layout,
     private readonly clock: Clock,
     private readonly locks: KeyedMutex,
-    opts: KernelServiceOptions = {},
+    opts: KernelServiceOptions,
   ) {
     this.catalogRefs = opts.catalogs ?? [];
-    this.debianMirror = opts.debianMirror ?? 'http://deb.debian.org/debian';
-    this.debianKeyring = opts.debianKeyring ?? '/usr/share/keyrings/debian-archive-keyring.gpg';
+    this.debianMirror = opts.debianMirror;
+    this.debianKeyring = opts.debianKeyring;
   }
 
   list(): Kernel[] {
