@@ -59,6 +59,7 @@ npm run -s build
 
 step "lint"
 npx biome check src test bench scripts
+node scripts/check-imports.mjs
 step "typecheck"
 npx tsc -p tsconfig.json --noEmit
 
