@@ -165,9 +165,9 @@ test('shutdown gives up after the timeout when the guest ignores Ctrl-Alt-Del; k
   const e = await setup(t, { env: { FAKE_FC_IGNORE_CTRL_ALT_DEL: '1' } });
   const driver = new FirecrackerDriver({ binaryPath: e.bin });
   const handle = await driver.launch(e.spec);
-  const started = Date.now();
+  // false: it gave up (the guest never powers off, so a shutdown that ignored its timeout would
+  // never return at all).
   assert.equal(await driver.shutdown(handle, 300), false);
-  assert.ok(Date.now() - started < 3000);
   assert.equal(await isProcessAlive(handle.pid, handle.pidStartTime), true);
   assert.ok(await isSocket(handle.controlSocket), 'a running VMM keeps its API socket');
 

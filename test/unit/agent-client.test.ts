@@ -333,24 +333,30 @@ test('hybrid vsock: an unexpected answer to CONNECT fails the connection', async
   });
 });
 
-test('a call times out when the agent never answers', async () => {
+test('a call times out when the agent does not answer in time; its late answer is ignored', async () => {
   await withFake({}, async (fake, client) => {
-    fake.respond = () => {};
+    const held: Array<() => void> = [];
+    fake.respond = (req, conn) => {
+      held.push(() => answer(req, conn));
+    };
     await client.connect(1000);
-    const t0 = Date.now();
     await assert.rejects(client.ping(150), isCode('timeout', /did not answer ping within 150 ms/));
-    const elapsed = Date.now() - t0;
-    assert.ok(elapsed >= 140 && elapsed < 1000, `took ${elapsed} ms`);
     assert.equal(fake.requests.length, 1);
+    // The agent answers only after the caller gave up: the reply finds no call and is dropped,
+    // and the held connection keeps serving.
+    for (const release of held) release();
+    fake.respond = answer;
+    assert.equal((await client.health(5000)).hostname, 'fake');
+    assert.equal(fake.connections, 1);
   });
 });
 
 test('a dropped connection fails the call in flight at once and the next call reconnects', async () => {
   await withFake({}, async (fake, client) => {
     fake.respond = (req, conn) => (conn.n === 1 ? conn.socket.destroy() : answer(req, conn));
-    const t0 = Date.now();
-    await assert.rejects(client.health(5000), isCode('unavailable', /closed/));
-    assert.ok(Date.now() - t0 < 2000, 'did not wait for the call timeout');
+    // 'unavailable' (closed), not 'timeout': the call failed when the connection dropped, long
+    // before its own deadline.
+    await assert.rejects(client.health(60_000), isCode('unavailable', /closed/));
     assert.equal((await client.health(2000)).hostname, 'fake');
     assert.equal(fake.connections, 2);
   });
@@ -370,12 +376,10 @@ test('virtio-serial: a cut reply at the start of a reconnected port is skipped',
 
 test('connect waits for the socket to appear, and gives up at the deadline naming it', async () => {
   await withFake({ listen: false }, async (fake, client) => {
-    const t0 = Date.now();
     await assert.rejects(client.connect(300), isCode('timeout', new RegExp(`cannot connect to the guest agent on ${fake.path}`)));
-    const elapsed = Date.now() - t0;
-    assert.ok(elapsed >= 250 && elapsed < 1500, `took ${elapsed} ms`);
 
-    const connecting = client.connect(3000);
+    // The socket appears only after connect started retrying (its first attempts were refused).
+    const connecting = client.connect(60_000);
     await sleep(300);
     await fake.listen();
     await connecting;
@@ -401,23 +405,34 @@ test('waitReady resends health until the agent answers ready', async () => {
 
 test('waitReady rejects at the deadline with the socket path, and promptly when aborted', async () => {
   await withFake({ listen: false }, async (fake, client) => {
-    const t0 = Date.now();
     await assert.rejects(client.waitReady(400), isCode('timeout', new RegExp(`guest agent on ${fake.path} was not ready within 400 ms`)));
-    assert.ok(Date.now() - t0 < 2000);
 
+    // Aborted while it retries the missing socket: 'cancelled', not the 'timeout' its deadline gives.
     const ac = new AbortController();
     setTimeout(() => ac.abort(), 100);
-    const t1 = Date.now();
     await assert.rejects(client.waitReady(10_000, ac.signal), isCode('cancelled'));
-    assert.ok(Date.now() - t1 < 1000);
   });
+});
+
+test('an abort ends waitReady while a probe is in flight, without waiting for the probe', async (t) => {
   await withFake({}, async (fake, client) => {
-    fake.respond = () => {}; // connected, but never answers
+    await client.connect(5000);
+    // Timers stand still from here: the probe's own deadline can never end it, only the abort can.
+    t.mock.timers.enable({ apis: ['setTimeout'] });
     const ac = new AbortController();
-    setTimeout(() => ac.abort(), 150);
-    const t0 = Date.now();
-    await assert.rejects(client.waitReady(10_000, ac.signal), isCode('cancelled'));
-    assert.ok(Date.now() - t0 < 800, 'an in-flight probe does not delay the abort');
+    fake.respond = () => ac.abort(); // the agent got the probe and never answers
+    let outcome: unknown;
+    const waiting = client.waitReady(600_000, ac.signal).then(
+      () => 'resolved',
+      (e: unknown) => e,
+    );
+    void waiting.then((o) => {
+      outcome = o;
+    });
+    for (let turn = 0; turn < 100 && outcome === undefined; turn++) await new Promise((r) => setImmediate(r));
+    assert.ok(outcome !== undefined, 'waitReady still waits for its in-flight probe after the abort');
+    assert.ok(isCode('cancelled')(outcome));
+    assert.equal(fake.requests.length, 1);
   });
 });
 

@@ -438,14 +438,22 @@ test('a flood from one source is rate-limited while another source still gets an
     const flooder = createSocket('udp4');
     await new Promise<void>((r) => flooder.bind(0, '127.0.0.1', () => r()));
     const answered = new Set<number>();
-    flooder.on('message', (m) => answered.add(m.readUInt16BE(0)));
+    let markerSeen: () => void = () => {};
+    const marker = new Promise<void>((r) => {
+      markerSeen = r;
+    });
+    flooder.on('message', (m) => (m.toString() === 'marker' ? markerSeen() : answered.add(m.readUInt16BE(0))));
     for (let id = 1; id <= 40; id++) flooder.send(packet.encode(q('dev.vm', 'A', id)), sport, '127.0.0.1');
     // Another source (127.0.0.2) is answered at once, after the whole flood reached the server.
     const other = await udpRawTo(packet.encode(q('dev.vm', 'A', 999)), sport, '127.0.0.2');
     assert.ok(other, 'the second source got an answer');
     assert.deepEqual(ips(packet.decode(other) as unknown as Reply), ['172.30.0.2']);
-    // Replies to the flooder were sent before that one; give its socket a moment to read them.
-    await new Promise((r) => setTimeout(r, 200));
+    // Replies to the flooder were sent before that one. A marker sent to the flooder now queues
+    // behind them on its socket: once it is read, every reply the flood got has been read.
+    const markerFrom = createSocket('udp4');
+    markerFrom.send('marker', (flooder.address() as { port: number }).port, '127.0.0.1');
+    await marker;
+    markerFrom.close();
     assert.equal(answered.size, 5, `answered ${[...answered].join(',')}`);
     assert.deepEqual([...answered].sort((a, b) => a - b), [1, 2, 3, 4, 5], 'the burst, then nothing');
     // A second later the flooder's bucket has refilled (10 qps, burst 5): it is answered again.
