@@ -18,24 +18,30 @@ export interface AppDeps {
   clock: Clock;
 }
 
+export type StatusExtras = Pick<DaemonStatus, 'vmm' | 'accel' | 'dnsListenAddr' | 'webListenAddr'>;
+
+export interface AppHooks {
+  /** What the services know for `daemon status` (VMM, accelerator, listeners). */
+  status: () => StatusExtras;
+  /** After every closer ran: the process's own teardown (socket, store, lock, exit). */
+  onStopped?: (reason: string) => Promise<void>;
+}
+
 /**
- * The composition root: owns the shared mechanisms (store, runner, logger, operation registry)
- * and the services built on them. Services get narrow dependencies, never the App itself.
+ * The daemon's shared mechanisms (store, runner, logger, operation registry), its status and its
+ * shutdown sequence. Built by the composition root (compose.ts); services get narrow dependencies,
+ * never the App itself.
  */
 export class App {
   readonly ops: OperationRegistry;
   readonly startedAt: Date;
   private readonly closers: Array<() => Promise<void> | void> = [];
   private shuttingDown: Promise<void> | undefined;
-  onShutdown: ((reason: string) => Promise<void>) | undefined;
-  statusExtras: () => Pick<DaemonStatus, 'vmm' | 'accel' | 'dnsListenAddr' | 'webListenAddr'> = () => ({
-    vmm: this.deps.config.vmm,
-    accel: null,
-    dnsListenAddr: null,
-    webListenAddr: null,
-  });
 
-  constructor(readonly deps: AppDeps) {
+  constructor(
+    readonly deps: AppDeps,
+    private readonly hooks: AppHooks,
+  ) {
     this.ops = new OperationRegistry(deps.clock);
     this.startedAt = deps.clock.now();
   }
@@ -62,7 +68,7 @@ export class App {
       stateDir: this.deps.layout.stateDir,
       startedAt: this.startedAt.toISOString(),
       uptimeSeconds: Math.max(0, (now.getTime() - this.startedAt.getTime()) / 1000),
-      ...this.statusExtras(),
+      ...this.hooks.status(),
     };
   }
 
@@ -78,7 +84,7 @@ export class App {
           this.log.warn({ err: e }, 'error during shutdown');
         }
       }
-      await this.onShutdown?.(reason);
+      await this.hooks.onStopped?.(reason);
     })();
     return this.shuttingDown;
   }

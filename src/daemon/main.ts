@@ -6,12 +6,10 @@ import { ensureLayout, resolveLayout } from '../config/layout.js';
 import { ProcessRunner } from '../host/runner.js';
 import { checkMigrations, migrate, openDb } from '../store/db.js';
 import { versionText } from '../util/build-info.js';
-import { App } from './app.js';
-import { Router } from './http.js';
+import { composeDaemon } from './compose.js';
 import { DaemonLock } from './lock.js';
 import { createLogger } from './logger.js';
 import { systemClock } from '../util/op-context.js';
-import { installServices } from './services/install.js';
 
 const USAGE = `usage: bangerd [--version] [--check-migrations]
 
@@ -69,9 +67,20 @@ async function main(argv: string[]): Promise<void> {
     fail(e);
   }
 
-  const app = new App({ layout, config, db, log, runner: new ProcessRunner(), clock: systemClock });
-  const router = new Router(log);
-  await installServices(app, router);
+  // The process's own teardown, after every service closed (see App.shutdown).
+  const onStopped = async () => {
+    await new Promise<void>((resolve) => {
+      server.close(() => resolve());
+      server.closeAllConnections();
+    });
+    rmSync(layout.socketPath, { force: true });
+    rmSync(layout.pidPath, { force: true });
+    db.close();
+    lock.release();
+    log.info('bangerd stopped');
+    process.exit(0);
+  };
+  const { app, router } = await composeDaemon({ layout, config, db, log, runner: new ProcessRunner(), clock: systemClock }, { onStopped });
 
   // We hold the lock, so any socket left here belongs to a dead daemon: replace it.
   rmSync(layout.socketPath, { force: true });
@@ -86,18 +95,6 @@ async function main(argv: string[]): Promise<void> {
   writeFileSync(layout.pidPath, `${process.pid}\n`, { mode: 0o600 });
   log.info({ socket: layout.socketPath, pid: process.pid }, 'bangerd listening');
 
-  app.onShutdown = async () => {
-    await new Promise<void>((resolve) => {
-      server.close(() => resolve());
-      server.closeAllConnections();
-    });
-    rmSync(layout.socketPath, { force: true });
-    rmSync(layout.pidPath, { force: true });
-    db.close();
-    lock.release();
-    log.info('bangerd stopped');
-    process.exit(0);
-  };
   for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => void app.shutdown(sig));
   process.on('uncaughtException', (e) => {
     log.fatal({ err: e }, 'uncaught exception');

@@ -5,7 +5,7 @@ import type { Route } from './http.js';
 import { operationRouteFor } from './route-helpers.js';
 import { type KernelService, toKernel } from './services/kernels.js';
 
-export function kernelRoutes(app: App, kernels: KernelService): Route[] {
+export function kernelRoutes(app: App, kernels: KernelService, removeKernel: (ref: string, force: boolean) => Promise<string>): Route[] {
   const operationRoute = operationRouteFor(app);
   return [
     { method: 'GET', path: '/v1/kernels', response: KernelListSchema, handler: () => ({ kernels: kernels.list() }) },
@@ -16,7 +16,7 @@ export function kernelRoutes(app: App, kernels: KernelService): Route[] {
     {
       method: 'DELETE',
       path: '/v1/kernels/:ref',
-      handler: async ({ params, query }) => ({ deleted: await kernels.remove(params.ref as string, query.get('force') === 'true') }),
+      handler: async ({ params, query }) => ({ deleted: await removeKernel(params.ref as string, query.get('force') === 'true') }),
     },
   ];
 }

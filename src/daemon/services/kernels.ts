@@ -455,16 +455,14 @@ export class KernelService {
     }
   }
 
-  /**
-   * Removes a kernel: refused while images (or VMs) use it, naming them. `force` makes a missing
-   * kernel not an error (like `rm -f`); it never removes a kernel that is in use.
-   */
-  /** Set by the composition root: deletes the images booting this kernel (for `kernel rm --force`). */
-  removeImagesOf?: (kernelId: string) => Promise<string[]>;
+  /** Names of the VMs that boot the kernel. */
+  vmNames(kernelId: string): string[] {
+    return (this.repos.db.prepare('SELECT name FROM vms WHERE kernel_id = ? ORDER BY name').all(kernelId) as Array<{ name: string }>).map((r) => r.name);
+  }
 
   /**
-   * Removes a kernel. Refused while images or VMs use it; with `force`, the images that use it go
-   * too (never VMs: a VM cannot lose its disks), and a kernel that does not exist is not an error.
+   * Removes a kernel: refused while images or VMs use it, naming them. `force` makes a missing
+   * kernel not an error (like `rm -f`); removing its images first is `removeKernel`'s job.
    */
   async remove(ref: string, force: boolean): Promise<string> {
     let k: KernelRow;
@@ -477,10 +475,6 @@ export class KernelService {
     return this.locks.run(`kernel-name:${k.name}`, async () => {
       const current = this.repos.kernels.byId(k.id);
       if (!current) return k.name;
-      const vms = (this.repos.db.prepare('SELECT name FROM vms WHERE kernel_id = ? ORDER BY name').all(current.id) as Array<{ name: string }>).map((r) => r.name);
-      if (force && vms.length === 0 && this.repos.kernels.imageCount(current.id) > 0 && this.removeImagesOf) {
-        await this.removeImagesOf(current.id);
-      }
       this.assertUnused(current, 'remove');
       this.repos.kernels.delete(current.id);
       if (current.managed) await rm(current.dir, { recursive: true, force: true });

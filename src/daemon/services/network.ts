@@ -40,7 +40,6 @@ export class NetworkService {
   private warnedPinning = false;
   private resolvedRouted = false;
   /** Runs once the bridge is up (the daemon starts the guests' DNS listener on its address). */
-  onHostReady: (() => Promise<void>) | undefined;
   readonly pool: TapPool;
   private readonly prefix: number;
 
@@ -53,6 +52,8 @@ export class NetworkService {
       clock: Clock;
       log: Logger;
       dns: DnsRecords;
+      /** Once the bridge exists: the daemon starts the guests' DNS listener on its address. */
+      onHostReady?: () => Promise<void>;
     },
   ) {
     this.prefix = parseCidr(d.config.cidr).prefix;
@@ -82,7 +83,7 @@ export class NetworkService {
       await this.claim();
       await this.d.ops.ensureBridge(this.d.config.bridge_name, `${this.d.config.bridge_ip}/${this.prefix}`);
       await this.applyNat();
-      await this.onHostReady?.();
+      await this.d.onHostReady?.();
       this.resolvedRouted = await this.d.ops
         .routeVmDomain(this.d.config.bridge_name, this.d.config.bridge_ip)
         .catch((e) => {

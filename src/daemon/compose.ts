@@ -1,0 +1,135 @@
+import { readFileSync } from 'node:fs';
+import { cpus, totalmem } from 'node:os';
+import { join } from 'node:path';
+import { DiskTools } from '../host/disks.js';
+import { PrivilegedOps } from '../host/privileged.js';
+import { which } from '../host/which.js';
+import { BlobCache } from '../oci/blob-cache.js';
+import { LeaseRepo } from '../store/leases.js';
+import { Repos } from '../store/repos.js';
+import { KeyedMutex } from '../util/keyed-mutex.js';
+import type { VmmDriver, VmmKind } from '../vmm/driver.js';
+import { FirecrackerDriver } from '../vmm/firecracker/driver.js';
+import { QemuDriver } from '../vmm/qemu/driver.js';
+import { Accelerators, chooseVmm } from './accelerator.js';
+import { App, type AppDeps, type AppHooks } from './app.js';
+import { DnsFanout } from './dns-fanout.js';
+import { Router } from './http.js';
+import { coreRoutes } from './routes-core.js';
+import { kernelRoutes } from './routes-kernels.js';
+import { resourceRoutes } from './routes-resources.js';
+import { scratchSpaceFor } from './scratch.js';
+import { ImageBuildService } from './services/image-build.js';
+import { ImageService } from './services/images.js';
+import { removeKernel } from './services/kernel-removal.js';
+import { KernelService } from './services/kernels.js';
+import { sweepLeftovers } from './services/leftovers.js';
+import { NetworkService } from './services/network.js';
+import { SshAccess } from './services/ssh-access.js';
+import { VmService } from './services/vms.js';
+
+/**
+ * The composition root: constructs every service on the daemon's shared mechanisms, wires them
+ * through their constructors, runs the start-up reconcile, and mounts the routes. Nothing else
+ * happens here; each piece of behaviour lives in its own module.
+ */
+export async function composeDaemon(deps: AppDeps, hooks: Pick<AppHooks, 'onStopped'>): Promise<{ app: App; router: Router }> {
+  const { config, layout, db, clock, log, runner } = deps;
+  const env = process.env;
+  const repos = new Repos(db);
+  const leases = new LeaseRepo(db);
+  const locks = new KeyedMutex();
+  const disks = new DiskTools(runner);
+
+  // Leftovers of a daemon that died at any step go before anything new starts.
+  const scratch = scratchSpaceFor(layout);
+  await scratch.sweep();
+  const leftovers = await sweepLeftovers(layout, repos);
+  if (leftovers.length) log.info({ removed: leftovers }, 'removed work left by an earlier daemon');
+
+  const kernels = new KernelService(repos, layout, clock, locks, { catalogs: config.kernel_catalogs, debianMirror: config.debian_mirror, debianKeyring: config.debian_keyring });
+  const images = new ImageService(repos, layout, clock, locks, disks, kernels, new BlobCache(join(layout.cacheDir, 'blobs')), runner, scratch, {
+    catalogs: config.image_catalogs,
+    debianMirror: config.debian_mirror,
+  });
+
+  const accelerators = new Accelerators({ config, layout, clock, log, hostKernel: readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim() });
+  const vmmKind: VmmKind = chooseVmm(config, !!(await which(config.firecracker_bin)), accelerators.cachedProbe?.usable);
+  const drivers: Record<VmmKind, VmmDriver> = {
+    qemu: new QemuDriver(config.qemu_bin),
+    firecracker: new FirecrackerDriver({ binaryPath: config.firecracker_bin }),
+  };
+
+  const dns = new DnsFanout(log);
+  const hostDns = await dns.listen(config.dns_listen_addr).catch((e) => {
+    log.warn({ err: e }, 'DNS listener not started');
+    return undefined;
+  });
+  const network = new NetworkService({
+    ops: new PrivilegedOps({ runner, ...(env.BANGER_NETNS ? { netns: env.BANGER_NETNS } : {}) }),
+    leases,
+    repos,
+    config,
+    clock,
+    log,
+    dns,
+    onHostReady: () =>
+      dns.listen(`${config.bridge_ip}:53`).then(
+        () => undefined,
+        (e) => log.warn({ err: e }, 'guest DNS listener on the bridge not started'),
+      ),
+  });
+  const ssh = new SshAccess({ runner, repos, leases, layout, config });
+  const writeSshFiles = () => ssh.writeFiles().catch((e) => log.warn({ err: e }, 'writing ssh_config failed'));
+
+  const vms = new VmService({
+    repos,
+    layout,
+    config,
+    clock,
+    log,
+    locks,
+    disks,
+    kernels,
+    images,
+    driver: (k) => drivers[k],
+    vmmKind,
+    accel: (k, i, onProbe) => (vmmKind === 'firecracker' ? Promise.resolve('kvm') : accelerators.resolve(k, i, onProbe)),
+    host: { cpus: cpus().length, memoryBytes: totalmem() },
+    runner,
+    network,
+    sshPublicKey: () => ssh.publicKey(),
+    onVmsChanged: writeSshFiles,
+    ...(env.BANGER_AGENT_READY_TIMEOUT_MS ? { agentReadyTimeoutMs: Number(env.BANGER_AGENT_READY_TIMEOUT_MS) } : {}),
+  });
+  const builds = new ImageBuildService({ images, vms, layout, sshConfigPath: ssh.configPath });
+
+  const app = new App(deps, {
+    status: () => ({
+      vmm: vmmKind,
+      accel: vmmKind === 'firecracker' ? 'kvm' : (accelerators.current() ?? null),
+      dnsListenAddr: hostDns?.address() ?? null,
+      webListenAddr: null,
+    }),
+    ...hooks,
+  });
+  // Closers run in reverse: VMs' links, then networking, then DNS listeners, then scratch.
+  app.addCloser(async () => {
+    await scratch.sweep();
+  });
+  app.addCloser(() => dns.close());
+  app.addCloser(() => network.close());
+  app.addCloser(() => vms.close());
+
+  await vms.reconcile();
+  await writeSshFiles();
+  vms.startStaleWatcher();
+
+  const router = new Router(log);
+  router.add(
+    ...coreRoutes(app),
+    ...kernelRoutes(app, kernels, (ref, force) => removeKernel({ kernels, images }, ref, force)),
+    ...resourceRoutes(app, { kernels, images, vms, builds }),
+  );
+  return { app, router };
+}
