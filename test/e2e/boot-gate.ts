@@ -7,6 +7,9 @@
  *
  *   node dist/test/e2e/boot-gate.js     exit 0: a VM reached a healthy agent; 1: it did not
  */
+import { constants, readdirSync } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { join } from 'node:path';
 import { guestAssets, TestHome } from '../helpers/banger.js';
 
 /** The whole gate, boot included; a boot that needs longer is treated as a failure. */
@@ -21,6 +24,22 @@ function tail(text: string, lines: number): string {
     .slice(-lines)
     .map((l) => l.replace(/[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/g, '?').slice(0, 300))
     .join('\n');
+}
+
+/** The last `bytes` of a regular file (never through a link), or '' when there is none. */
+async function fileTail(path: string, bytes: number): Promise<string> {
+  const fh = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW).catch(() => undefined);
+  if (!fh) return '';
+  try {
+    const st = await fh.stat();
+    if (!st.isFile()) return '';
+    const start = Math.max(0, st.size - bytes);
+    const buf = Buffer.alloc(st.size - start);
+    await fh.read(buf, 0, buf.length, start);
+    return buf.toString('utf8');
+  } finally {
+    await fh.close();
+  }
 }
 
 async function gate(): Promise<boolean> {
@@ -52,6 +71,18 @@ async function gate(): Promise<boolean> {
     say(`vm create failed (exit ${create.code}):\n${tail(`${create.stdout}\n${create.stderr}`, 60)}`);
     const logs = await home.banger(['vm', 'logs', 'gate', '-n', '60'], 30_000).catch(() => undefined);
     if (logs?.code === 0 && logs.stdout.trim()) say(`serial console tail:\n${tail(logs.stdout, 60)}`);
+    // The VMM's own output (QEMU refusing the kernel, a missing accelerator…) when it died early.
+    const vmsDir = join(home.dir, 'state', 'vms');
+    for (const id of (() => {
+      try {
+        return readdirSync(vmsDir);
+      } catch {
+        return [];
+      }
+    })()) {
+      const vmm = await fileTail(join(vmsDir, id, 'vmm.log'), 4096);
+      if (vmm.trim()) say(`VMM log tail:\n${tail(vmm, 30)}`);
+    }
     const daemon = await home.banger(['daemon', 'logs', '-n', '30'], 30_000).catch(() => undefined);
     if (daemon?.code === 0 && daemon.stdout.trim()) say(`daemon log tail:\n${tail(daemon.stdout, 30)}`);
     return false;
