@@ -9,7 +9,7 @@ import { buildBaseInitramfs } from '../src/guest/initramfs.js';
 import { buildVmInitrd, vmCmdline } from '../src/guest/vm-boot.js';
 import { DiskTools } from '../src/host/disks.js';
 import { ProcessRunner } from '../src/host/runner.js';
-import { generateHostKey, hostKeyFiles } from '../src/host/ssh-keys.js';
+import { generateHostKey, } from '../src/host/ssh-keys.js';
 import { buildQemuArgs } from '../src/vmm/qemu/args.js';
 import { killAndWait, spawnDetached } from '../src/vmm/process.js';
 import { type Benchmark, run } from './lib.js';
@@ -71,8 +71,10 @@ export function vmCreateBenchmark(): Benchmark {
         outPath: join(dir, 'initrd.img'),
         hostname: 'baseline',
         agentBinary: guestBinary('banger-agent'),
-        files: await hostKeyFiles(join(dir, 'ssh')),
-        network: { ip: '10.99.0.2', prefix: 24, gateway: '10.99.0.1' },
+        hostKeyDir: join(dir, 'ssh'),
+        authorizedKey: (await generateHostKey(runner, join(dir, 'client'), 'bench-client')).publicKey,
+        network: { ip: '10.99.0.2', prefix: 24, gateway: '10.99.0.1', nameservers: ['10.99.0.1'] },
+        firstBoot: false,
       });
       await new DiskTools(runner).mkfsFromDir(join(dir, 'work.ext4'), 1024 ** 3, undefined, 'work');
     },

@@ -1,3 +1,4 @@
+import { BangerError } from '../api/errors.js';
 import type { Db } from './db.js';
 
 export interface KernelRow {
@@ -93,6 +94,12 @@ export class Repos {
   vms = {
     all: () => this.db.prepare('SELECT * FROM vms ORDER BY created_at, name').all() as VmRow[],
     byId: (id: string) => this.db.prepare('SELECT * FROM vms WHERE id = ?').get(id) as VmRow | undefined,
+    /** A row that must exist (the caller holds its lock): a missing one is an internal error. */
+    get: (id: string): VmRow => {
+      const r = this.db.prepare('SELECT * FROM vms WHERE id = ?').get(id) as VmRow | undefined;
+      if (!r) throw new BangerError('internal', `VM ${id} vanished from the store`);
+      return r;
+    },
     byName: (name: string) => this.db.prepare('SELECT * FROM vms WHERE name = ?').get(name) as VmRow | undefined,
     byIdPrefix: (p: string) => this.db.prepare("SELECT * FROM vms WHERE id LIKE ? || '%'").all(p) as VmRow[],
     insert: (r: VmRow) =>

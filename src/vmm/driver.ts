@@ -64,6 +64,8 @@ export interface VmmHandle {
 
 export interface VmmDriver {
   readonly kind: VmmKind;
+  /** The root disk this VMM takes: a qcow2 overlay on the image (QEMU), or a raw copy (Firecracker). */
+  readonly rootDiskFormat: 'qcow2' | 'raw';
   /** Starts the VMM process and the guest; resolves once the VMM accepted the configuration. */
   launch(spec: VmLaunchSpec): Promise<VmmHandle>;
   /** Asks the guest to power off (ACPI/CtrlAltDel); resolves when the process exited or timeout elapsed. Returns true if it exited. */

@@ -142,3 +142,23 @@ export async function readTail(path: string, maxBytes = 4096): Promise<string> {
     return '';
   }
 }
+
+/** CPU% (since process start, averaged) and RSS of the VMM from /proc. */
+export async function processStats(pid: number): Promise<{ pid: number; cpuPercent: number; rssBytes: number } | null> {
+  try {
+    const [statText, statusText, uptimeText] = await Promise.all([
+      readFile(`/proc/${pid}/stat`, 'utf8'),
+      readFile(`/proc/${pid}/status`, 'utf8'),
+      readFile('/proc/uptime', 'utf8'),
+    ]);
+    const f = statText.slice(statText.lastIndexOf(')') + 2).split(' ');
+    const ticks = 100;
+    const cpuSeconds = (Number(f[11]) + Number(f[12])) / ticks;
+    const startedSecondsAgo = Number(uptimeText.split(' ')[0]) - Number(f[19]) / ticks;
+    const rssKib = Number(/VmRSS:\s+(\d+)/.exec(statusText)?.[1] ?? 0);
+    return { pid, cpuPercent: startedSecondsAgo > 0 ? Math.round((1000 * cpuSeconds) / startedSecondsAgo) / 10 : 0, rssBytes: rssKib * 1024 };
+  } catch {
+    return null;
+  }
+}
+

@@ -65,6 +65,7 @@ async function world(knobs: Knobs = {}, shared?: World): Promise<World> {
   const vmms = shared?.vmms ?? new Map<number, ChildProcess>();
   const driver: VmmDriver = {
     kind: 'qemu',
+    rootDiskFormat: 'qcow2',
     async launch(spec: VmLaunchSpec): Promise<VmmHandle> {
       calls.push(`launch ${spec.name}`);
       if (knobs.launchFails) throw new BangerError('vmm_failed', 'FAKE VMM refused to start');

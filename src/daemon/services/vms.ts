@@ -1,4 +1,4 @@
-import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
+import { mkdir, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { BangerError, notFound, toBangerError } from '../../api/errors.js';
@@ -6,24 +6,23 @@ import type { Vm, VmAction, VmBulkResult, VmState } from '../../api/schemas.js';
 import type { Config } from '../../config/config.js';
 import type { Layout } from '../../config/layout.js';
 import { type AgentLink, openAgentLink } from '../../guest/agent-link.js';
-import { firstBootFiles } from '../../guest/first-boot.js';
 import { buildVmInitrd, vmCmdline } from '../../guest/vm-boot.js';
 import { guestBinary } from '../../guest/binaries.js';
 import type { DiskTools } from '../../host/disks.js';
 import { killNow, processesNaming } from '../../host/orphans.js';
 import type { CommandRunner } from '../../host/runner.js';
-import { type GuestFile, generateHostKey, hostKeyFiles } from '../../host/ssh-keys.js';
+import { generateHostKey, } from '../../host/ssh-keys.js';
 import { type Repos, resolveRef, type VmRow } from '../../store/repos.js';
 import { crashPoint } from '../../util/crash-point.js';
 import { parseDuration } from '../../util/duration.js';
 import { dnsLabelProblem, newId } from '../../util/ids.js';
 import type { Accelerator, VmLaunchSpec, VmmDriver, VmmHandle, VmmKind } from '../../vmm/driver.js';
 import { LogCapper } from '../../vmm/console-log.js';
-import { isHandleAlive, readTail } from '../../vmm/process.js';
+import { isHandleAlive, processStats, readTail } from '../../vmm/process.js';
 import type { KeyedMutex } from '../../util/keyed-mutex.js';
 import type { Clock, OpContext } from '../../util/op-context.js';
 import type { ImageService } from './images.js';
-import type { NetworkService, VmNetwork } from './network.js';
+import type { NetworkService, } from './network.js';
 import { collapsePorts, enrichPortsWithin } from './port-probe.js';
 import { KernelService } from './kernels.js';
 import { randomVmName } from './names.js';
@@ -88,7 +87,7 @@ export class VmService {
   toVm(r: VmRow): Vm {
     const image = this.d.repos.images.byId(r.image_id);
     const kernel = this.d.repos.kernels.byId(r.kernel_id);
-    const handle = r.handle ? (JSON.parse(r.handle) as VmmHandle) : undefined;
+    const handle = handleOf(r);
     return {
       id: r.id,
       name: r.name,
@@ -148,11 +147,18 @@ export class VmService {
     };
   }
 
+  /** The root disk in the format its VMM's driver takes: a qcow2 overlay, or a raw copy. */
+  private rootDisk(r: Pick<VmRow, 'id' | 'dir' | 'vmm'>): { path: string; format: 'qcow2' | 'raw' } {
+    const format = this.d.driver(r.vmm as VmmKind).rootDiskFormat;
+    return { path: join(r.dir, format === 'qcow2' ? 'root.qcow2' : 'root.ext4'), format };
+  }
+
   /** The disks of a (stopped) VM, for saving it as an image. */
   diskPaths(ref: string): { root: string; format: 'qcow2' | 'raw'; work: string } {
     const r = this.row(ref);
     const p = this.paths(r);
-    return r.vmm === 'qemu' ? { root: p.root, format: 'qcow2', work: p.work } : { root: p.rootRaw, format: 'raw', work: p.work };
+    const root = this.rootDisk(r);
+    return { root: root.path, format: root.format, work: p.work };
   }
 
   serialLogPath(ref: string): string {
@@ -237,8 +243,9 @@ export class VmService {
         ctx.stage('prepare disks');
         await mkdir(p.dir, { recursive: true, mode: 0o700 });
         await generateHostKey(this.d.runner, p.ssh, `banger-${name}`);
-        if (row.vmm === 'qemu') await this.d.disks.createOverlay(image.rootfs_path, p.root);
-        else await this.d.disks.cloneRaw(image.rootfs_path, p.rootRaw);
+        const root = this.rootDisk(row);
+        if (root.format === 'qcow2') await this.d.disks.createOverlay(image.rootfs_path, root.path);
+        else await this.d.disks.cloneRaw(image.rootfs_path, root.path);
         // Empty: the guest seeds it from the image's /root at first boot (see banger-init).
         await this.d.disks.mkfsFromDir(p.work, size.diskSizeBytes, undefined, 'banger-work');
         crashPoint('vm-create:disks');
@@ -250,7 +257,7 @@ export class VmService {
       if (!input.start) {
         this.move(row.id, 'stopped');
         await this.d.onVmsChanged?.();
-        return this.toVm(this.d.repos.vms.byId(row.id) as VmRow);
+        return this.toVm(this.d.repos.vms.get(row.id));
       }
       try {
         await this.startLocked(row, ctx);
@@ -264,7 +271,7 @@ export class VmService {
       }
       ctx.stage('ready');
       await this.d.onVmsChanged?.();
-      return this.toVm(this.d.repos.vms.byId(row.id) as VmRow);
+      return this.toVm(this.d.repos.vms.get(row.id));
     });
   }
 
@@ -290,12 +297,8 @@ export class VmService {
           outPath: p.initrd,
           hostname: r.name,
           agentBinary: guestBinary('banger-agent'),
-          files: [
-            ...(await hostKeyFiles(p.ssh)),
-            ...guestNetworkFiles(r.name, net),
-            ...authorizedKeyFiles(await this.d.sshPublicKey()),
-            ...(firstBoot ? firstBootFiles() : []),
-          ],
+          hostKeyDir: p.ssh,
+          authorizedKey: await this.d.sshPublicKey(),
           network: net,
           firstBoot,
         });
@@ -314,7 +317,7 @@ export class VmService {
       ...(initrd ? { initrdPath: initrd } : {}),
       cmdline: await vmCmdline({ hostname: r.name }),
       disks: [
-        r.vmm === 'qemu' ? { id: 'root', path: p.root, format: 'qcow2' } : { id: 'root', path: p.rootRaw, format: 'raw' },
+        { id: 'root', ...this.rootDisk(r) },
         { id: 'work', path: p.work, format: 'raw' },
       ],
       nets: [{ id: 'net0', tapName: net.tap, mac: net.mac }],
@@ -358,7 +361,7 @@ export class VmService {
       });
     }
     this.move(r.id, 'running');
-    await this.d.network.published(this.d.repos.vms.byId(r.id) as VmRow);
+    await this.d.network.published(this.d.repos.vms.get(r.id));
   }
 
   /** Graceful power-off with a deadline, then kill. Leaves the VM 'stopped' with no handle. */
@@ -368,7 +371,7 @@ export class VmService {
     let link = this.agents.get(id);
     this.agents.delete(id);
     if (r.handle) {
-      const handle = JSON.parse(r.handle) as VmmHandle;
+      const handle = handleOf(r) as VmmHandle;
       if (!force) link ??= this.openAgent(handle);
       const driver = this.d.driver(handle.kind);
       this.move(id, 'stopping');
@@ -386,7 +389,7 @@ export class VmService {
     }
     link?.close();
     this.move(id, 'stopped', { handle: null });
-    await this.d.network.detach(this.d.repos.vms.byId(id) as VmRow);
+    await this.d.network.detach(this.d.repos.vms.get(id));
     await rm(this.paths(r).run, { recursive: true, force: true });
   }
 
@@ -411,7 +414,7 @@ export class VmService {
           return;
         case 'restart':
           await this.stopLocked(id, false);
-          await this.startLocked(this.d.repos.vms.byId(id) as VmRow);
+          await this.startLocked(this.d.repos.vms.get(id));
           return;
         case 'delete':
           await this.stopLocked(id, true);
@@ -457,7 +460,7 @@ export class VmService {
     const r0 = this.row(ref);
     validateSize(change, this.d.host);
     return this.d.locks.run(`vm:${r0.id}`, async () => {
-      const r = this.d.repos.vms.byId(r0.id) as VmRow;
+      const r = this.d.repos.vms.get(r0.id);
       const { nat: _nat, ...sizes } = change;
       // The whole request is checked before any part of it is applied.
       const state = effectiveState(r.state as VmState, await this.handleAlive(r));
@@ -469,7 +472,7 @@ export class VmService {
         this.d.repos.vms.update(r.id, { nat: change.nat ? 1 : 0, touched_at: this.d.clock.now().toISOString() });
         await this.d.network.applyNat();
       }
-      if (Object.keys(sizes).length === 0) return this.toVm(this.d.repos.vms.byId(r.id) as VmRow);
+      if (Object.keys(sizes).length === 0) return this.toVm(this.d.repos.vms.get(r.id));
       if (change.diskSizeBytes !== undefined && change.diskSizeBytes !== r.disk_size_bytes) {
         // The guest grows the filesystem online at its next boot: no host tool parses a disk the guest wrote.
         await this.d.disks.growFile(this.paths(r).work, change.diskSizeBytes);
@@ -479,7 +482,7 @@ export class VmService {
       if (change.memoryMib !== undefined) fields.memory_mib = change.memoryMib;
       if (change.diskSizeBytes !== undefined) fields.disk_size_bytes = change.diskSizeBytes;
       this.d.repos.vms.update(r.id, fields);
-      return this.toVm(this.d.repos.vms.byId(r.id) as VmRow);
+      return this.toVm(this.d.repos.vms.get(r.id));
     });
   }
 
@@ -500,7 +503,7 @@ export class VmService {
     }
     let link = this.agents.get(r.id);
     if (!link) {
-      link = this.openAgent(JSON.parse(r.handle) as VmmHandle);
+      link = this.openAgent(handleOf(r) as VmmHandle);
       this.agents.set(r.id, link);
     }
     return { r, link };
@@ -526,7 +529,7 @@ export class VmService {
   async stats(ref: string) {
     const r = this.row(ref);
     this.touch(r.id);
-    const handle = r.handle ? (JSON.parse(r.handle) as VmmHandle) : undefined;
+    const handle = handleOf(r);
     const vmm = handle && (await isHandleAlive(handle)) ? await processStats(handle.pid) : null;
     let guest = null;
     if (r.state === 'running') {
@@ -553,7 +556,7 @@ export class VmService {
         if (['starting', 'running', 'stopping'].includes(r.state)) this.move(r.id, 'stopped');
         continue;
       }
-      const handle = JSON.parse(r.handle) as VmmHandle;
+      const handle = handleOf(r) as VmmHandle;
       if (await isHandleAlive(handle)) {
         this.d.log.info({ vm: r.name, pid: handle.pid }, 're-adopted running VM');
         if (r.state !== 'running') {
@@ -592,7 +595,10 @@ export class VmService {
   private async reconcileLeftovers(): Promise<void> {
     const rows = new Map(this.d.repos.vms.all().map((r) => [r.id, r]));
     const recorded = new Set<number>();
-    for (const r of rows.values()) if (r.handle) recorded.add((JSON.parse(r.handle) as VmmHandle).pid);
+    for (const r of rows.values()) {
+      const h = handleOf(r);
+      if (h) recorded.add(h.pid);
+    }
     for (const p of await processesNaming(this.d.layout.vmsRunDir)) {
       if (recorded.has(p.pid)) continue;
       this.d.log.warn({ pid: p.pid, argv: p.argv.slice(0, 3) }, 'killing a VMM that no VM records (left by a daemon that died while launching it)');
@@ -602,7 +608,7 @@ export class VmService {
       if (r.state !== 'created' && !r.transient) continue;
       this.d.log.warn({ vm: r.name, state: r.state, transient: !!r.transient }, 'removing a VM left by an unfinished operation');
       if (r.handle) {
-        const h = JSON.parse(r.handle) as VmmHandle;
+        const h = handleOf(r) as VmmHandle;
         if (await isHandleAlive(h)) await killNow(h.pid);
       }
       if (r.tap) await this.d.network.detach(r).catch((e) => this.d.log.warn({ err: e }, 'TAP cleanup failed'));
@@ -662,7 +668,7 @@ export class VmService {
 
   private async handleAlive(r: VmRow): Promise<boolean> {
     if (!r.handle) return false;
-    const h = JSON.parse(r.handle) as VmmHandle;
+    const h = handleOf(r) as VmmHandle;
     return isHandleAlive(h);
   }
 
@@ -677,49 +683,7 @@ export class VmService {
   }
 }
 
-/** The guest's resolver and hosts files (banger's DNS first; glibc tries the next server after REFUSED). */
-function guestNetworkFiles(name: string, net: VmNetwork): GuestFile[] {
-  return [
-    { path: '/etc/resolv.conf', mode: 0o644, content: `${net.nameservers.map((ns) => `nameserver ${ns}`).join('\n')}\noptions timeout:2 attempts:2\n` },
-    {
-      path: '/etc/hosts',
-      mode: 0o644,
-      content: `127.0.0.1 localhost\n${net.ip} ${name}.vm ${name}\n::1 localhost ip6-localhost ip6-loopback\n`,
-    },
-  ];
+/** The VMM handle a row records (parsed in one place). */
+function handleOf(r: Pick<VmRow, 'handle'>): VmmHandle | undefined {
+  return r.handle ? (JSON.parse(r.handle) as VmmHandle) : undefined;
 }
-
-/**
- * banger's key is authorized through sshd's own config, not the user's ~/.ssh/authorized_keys on
- * the work disk: nothing of the user's is overwritten, and removing the file revokes it.
- */
-function authorizedKeyFiles(publicKey: string): GuestFile[] {
-  return [
-    { path: '/etc/ssh/banger_authorized_keys', mode: 0o644, content: `${publicKey.trim()}\n` },
-    {
-      path: '/etc/ssh/sshd_config.d/50-banger.conf',
-      mode: 0o644,
-      content: 'AuthorizedKeysFile .ssh/authorized_keys .ssh/authorized_keys2 /etc/ssh/banger_authorized_keys\n',
-    },
-  ];
-}
-
-/** CPU% (since process start, averaged) and RSS of the VMM from /proc. */
-async function processStats(pid: number): Promise<{ pid: number; cpuPercent: number; rssBytes: number } | null> {
-  try {
-    const [statText, statusText, uptimeText] = await Promise.all([
-      readFile(`/proc/${pid}/stat`, 'utf8'),
-      readFile(`/proc/${pid}/status`, 'utf8'),
-      readFile('/proc/uptime', 'utf8'),
-    ]);
-    const f = statText.slice(statText.lastIndexOf(')') + 2).split(' ');
-    const ticks = 100;
-    const cpuSeconds = (Number(f[11]) + Number(f[12])) / ticks;
-    const startedSecondsAgo = Number(uptimeText.split(' ')[0]) - Number(f[19]) / ticks;
-    const rssKib = Number(/VmRSS:\s+(\d+)/.exec(statusText)?.[1] ?? 0);
-    return { pid, cpuPercent: startedSecondsAgo > 0 ? Math.round((1000 * cpuSeconds) / startedSecondsAgo) / 10 : 0, rssBytes: rssKib * 1024 };
-  } catch {
-    return null;
-  }
-}
-

@@ -41,6 +41,7 @@ const TAIL_BYTES = 2048;
  */
 export class FirecrackerDriver implements VmmDriver {
   readonly kind = 'firecracker' as const;
+  readonly rootDiskFormat = 'raw' as const;
   private readonly startTimeoutMs: number;
   private readonly apiTimeoutMs: number;
 

@@ -7,6 +7,7 @@ import { QmpClient } from './qmp.js';
 
 export class QemuDriver implements VmmDriver {
   readonly kind = 'qemu' as const;
+  readonly rootDiskFormat = 'qcow2' as const;
 
   constructor(private readonly qemuBin: string) {}
 
