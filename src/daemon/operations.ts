@@ -57,6 +57,9 @@ export class OperationRegistry {
         if (op.log.length > MAX_LOG_LINES) op.log.splice(0, op.log.length - MAX_LOG_LINES);
         emit({ type: 'log', line });
       },
+      setTarget: (target) => {
+        op.target = target;
+      },
       checkCancelled: () => {
         if (controller.signal.aborted) throw new BangerError('cancelled', `operation ${opId} was cancelled`);
       },

@@ -14,6 +14,8 @@ export interface OpContext {
   stage(name: string, detail?: string): void;
   progress(current: number, total: number | undefined, unit: string): void;
   log(line: string): void;
+  /** Names what the operation works on once it is known (e.g. a VM's generated name). */
+  setTarget(target: string): void;
   /** Throws BangerError('cancelled') when the operation was cancelled. */
   checkCancelled(): void;
 }

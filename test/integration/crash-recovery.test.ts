@@ -117,6 +117,19 @@ describe('a daemon killed mid-operation leaves nothing the next start does not c
     assert.deepEqual(images.map((i) => i.name), ['img']);
   });
 
+  test('vm run whose guest never gets ready says which VM it kept, a generated name too (from the operation, not its log)', async () => {
+    await home.banger(['daemon', 'stop']);
+    const r = await home.banger(['vm', 'run', '--image', 'img', '--disk-size', '256M', '--', 'true'], 120_000, { BANGER_AGENT_READY_TIMEOUT_MS: '2000' });
+    assert.equal(r.code, 1, r.stderr);
+    const name = /^([a-z0-9-]+) was kept for inspection/m.exec(r.stderr)?.[1];
+    assert.ok(name, r.stderr);
+    const vm = await home.json<Vm>(['vm', 'show', name]);
+    assert.equal(vm.state, 'error');
+    await home.ok(['vm', 'delete', name]);
+    await home.banger(['daemon', 'stop']);
+    assert.deepEqual(await leftovers(), clean);
+  });
+
   test('an image pull killed between publishing its directory and its row: the directory is removed; a retry works', async () => {
     await crashDuring('image:published', ['image', 'pull', 'tiny']);
     const { images } = await home.json<{ images: Image[] }>(['image', 'list']);

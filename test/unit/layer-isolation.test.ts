@@ -53,7 +53,7 @@ async function allocatedBytes(dir: string): Promise<number> {
 /** An OpContext that records what the operation logged (a named fake: no registry of operations behind it). */
 function fakeCtx(): OpContext & { logs: string[] } {
   const logs: string[] = [];
-  return { id: 'op-test', signal: new AbortController().signal, logs, stage() {}, progress() {}, log: (l) => void logs.push(l), checkCancelled() {} };
+  return { id: 'op-test', signal: new AbortController().signal, logs, stage() {}, progress() {}, log: (l) => void logs.push(l), setTarget() {}, checkCancelled() {} };
 }
 
 describe('hole 13a: whiteouts that name the root or its parent', () => {

@@ -3,6 +3,7 @@ import { BangerError } from '../../api/errors.js';
 import type { OperationEvent, Vm } from '../../api/schemas.js';
 import { BangerClient } from '../../client/client.js';
 import { checkVm } from '../../client/trust.js';
+import { dnsLabelProblem } from '../../util/ids.js';
 import { addVmSpecOptions, type VmSpecOptions, vmCreateRequest } from '../args.js';
 import { followOperation, ProgressRenderer } from '../progress.js';
 import { sshIntoVm } from './ssh.js';
@@ -47,8 +48,8 @@ export function registerRunCommand(vm: Command): void {
       const progress = new ProgressRenderer(process.stderr, false);
       let name: string | undefined;
       const onEvent = (e: OperationEvent): void => {
-        const lines = e.type === 'snapshot' ? (e.operation.log ?? []) : e.type === 'log' ? [e.line] : [];
-        for (const line of lines) name ??= /^spec: ([a-z0-9-]{1,63})(?:\s|$)/.exec(line)?.[1];
+        // The operation names its VM (a generated name too) as its target.
+        if ((e.type === 'snapshot' || e.type === 'done') && e.operation.target && !dnsLabelProblem(e.operation.target)) name = e.operation.target;
         progress.onEvent(e);
       };
       let vm: Vm;

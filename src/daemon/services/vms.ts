@@ -191,6 +191,7 @@ export class VmService {
     }
     let name = input.name ?? randomVmName();
     for (let i = 0; input.name === undefined && this.d.repos.vms.byName(name) && i < 20; i++) name = randomVmName();
+    ctx.setTarget(name);
 
     const row = await this.d.locks.run(`vm-name:${name}`, async () => {
       if (this.d.repos.vms.byName(name)) {
