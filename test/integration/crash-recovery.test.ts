@@ -117,6 +117,18 @@ describe('a daemon killed mid-operation leaves nothing the next start does not c
     assert.deepEqual(images.map((i) => i.name), ['img']);
   });
 
+  test('a kernel import killed between publishing its directory and its row: the directory is removed; a retry works', async () => {
+    const kernelDirs = () => readdirSync(join(home.dir, 'state', 'kernels'));
+    const before = kernelDirs();
+    await crashDuring('kernel:published', ['kernel', 'import', 'k2', '--from', join(scratch, 'kernel')]);
+    const { kernels } = await home.json<{ kernels: Array<{ name: string }> }>(['kernel', 'list']);
+    assert.deepEqual(kernels.map((k) => k.name), ['k']);
+    assert.deepEqual(kernelDirs(), before, 'no kernel directory without its row');
+    await home.ok(['kernel', 'import', 'k2', '--from', join(scratch, 'kernel')]);
+    await home.ok(['kernel', 'rm', 'k2']);
+    assert.deepEqual(kernelDirs(), before);
+  });
+
   test('vm run whose guest never gets ready says which VM it kept, a generated name too (from the operation, not its log)', async () => {
     await home.banger(['daemon', 'stop']);
     const r = await home.banger(['vm', 'run', '--image', 'img', '--disk-size', '256M', '--', 'true'], 120_000, { BANGER_AGENT_READY_TIMEOUT_MS: '2000' });

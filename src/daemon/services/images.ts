@@ -20,11 +20,11 @@ import type { ScratchSpace } from '../../host/scratch.js';
 import type { Layout } from '../../config/layout.js';
 import type { DiskTools } from '../../host/disks.js';
 import { type ImageRow, type Repos, resolveRef } from '../../store/repos.js';
-import { crashPoint } from '../../util/crash-point.js';
 import { newId } from '../../util/ids.js';
 import type { KeyedMutex } from '../../util/keyed-mutex.js';
 import type { Clock, OpContext } from '../../util/op-context.js';
 import type { KernelService } from './kernels.js';
+import { publishStaged } from './publish.js';
 
 export interface RegisterImageRequest {
   name: string;
@@ -184,9 +184,6 @@ export class ImageService {
         await mkdir(staging, { recursive: true, mode: 0o700 });
         const fields = await build({ staging, rootfs: join(staging, 'rootfs.ext4') });
         ctx.checkCancelled();
-        await rename(staging, finalDir);
-        // A daemon that dies here leaves images/<id> with no row: the next start removes it.
-        crashPoint('image:published');
         const row: ImageRow = {
           ...fields,
           id,
@@ -195,11 +192,8 @@ export class ImageService {
           managed: 1,
           created_at: this.clock.now().toISOString(),
         };
-        this.repos.images.insert(row);
+        await publishStaged({ staging, finalDir, insertRow: () => this.repos.images.insert(row), crashPointName: 'image:published' });
         return this.toImage(row);
-      } catch (e) {
-        await rm(finalDir, { recursive: true, force: true });
-        throw e;
       } finally {
         await rm(staging, { recursive: true, force: true });
       }

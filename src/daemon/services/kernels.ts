@@ -19,6 +19,7 @@ import { extractVmlinux } from '../../kernels/vmlinux.js';
 import { newId } from '../../util/ids.js';
 import type { KeyedMutex } from '../../util/keyed-mutex.js';
 import type { Clock, OpContext } from '../../util/op-context.js';
+import { publishStaged } from './publish.js';
 
 export interface KernelSource {
   kernel: string;
@@ -421,7 +422,6 @@ export class KernelService {
       }
       ctx.checkCancelled();
       const size = await treeSize(staging);
-      await rename(staging, finalDir);
       const row: KernelRow = {
         id,
         name,
@@ -435,19 +435,20 @@ export class KernelService {
         size_bytes: size,
         created_at: this.clock.now().toISOString(),
       };
-      try {
-        this.repos.db.transaction(() => {
-          if (opts.replace) {
-            // Re-checked inside the transaction: an image may have been registered meanwhile.
-            this.assertUnused(opts.replace, 'replace');
-            this.repos.kernels.delete(opts.replace.id);
-          }
-          this.repos.kernels.insert(row);
-        })();
-      } catch (e) {
-        await rm(finalDir, { recursive: true, force: true });
-        throw e;
-      }
+      await publishStaged({
+        staging,
+        finalDir,
+        crashPointName: 'kernel:published',
+        insertRow: () =>
+          this.repos.db.transaction(() => {
+            if (opts.replace) {
+              // Re-checked inside the transaction: an image may have been registered meanwhile.
+              this.assertUnused(opts.replace, 'replace');
+              this.repos.kernels.delete(opts.replace.id);
+            }
+            this.repos.kernels.insert(row);
+          })(),
+      });
       if (opts.replace?.managed) await rm(opts.replace.dir, { recursive: true, force: true });
       return toKernel(row);
     } finally {
