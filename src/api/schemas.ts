@@ -238,41 +238,51 @@ export const VmBulkResultSchema = z.object({
 });
 export type VmBulkResult = z.infer<typeof VmBulkResultSchema>;
 
-export const GuestHealthSchema = z.object({
+/** What the guest agent reports; the API adds the host's view (latency, endpoints, URLs). */
+export const AgentHealthSchema = z.object({
   ready: z.boolean(),
   uptimeSeconds: z.number(),
   agentVersion: z.string(),
   hostname: z.string(),
-  latencyMs: z.number(),
 });
+export type AgentHealth = z.infer<typeof AgentHealthSchema>;
+export const GuestHealthSchema = AgentHealthSchema.extend({ latencyMs: z.number() });
+export type GuestHealth = z.infer<typeof GuestHealthSchema>;
 
-export const GuestPortSchema = z.object({
+/** One listening socket as the agent reads it from /proc. */
+export const GuestListenerSchema = z.object({
   proto: z.string(),
   address: z.string(),
   port: z.number().int(),
   pid: z.number().int().nullable(),
   command: z.string(),
+});
+export type GuestListener = z.infer<typeof GuestListenerSchema>;
+export const GuestPortSchema = GuestListenerSchema.extend({
   /** `<name>.vm:<port>` */
   endpoint: z.string().optional(),
   /** Set for TCP listeners that answered HTTPS or HTTP from the host. */
   url: z.string().optional(),
 });
+export type GuestPort = z.infer<typeof GuestPortSchema>;
 /** `note`: set when probing stopped at its deadline and some ports were not probed. */
 export const GuestPortsSchema = z.object({ ports: z.array(GuestPortSchema), note: z.string().optional() });
+export type GuestPorts = z.infer<typeof GuestPortsSchema>;
 
+export const GuestStatsSchema = z.object({
+  memTotalKib: z.number(),
+  memAvailableKib: z.number(),
+  load1: z.number(),
+  load5: z.number(),
+  load15: z.number(),
+  uptimeSeconds: z.number(),
+});
+export type GuestStats = z.infer<typeof GuestStatsSchema>;
 export const VmStatsSchema = z.object({
   vmm: z.object({ pid: z.number().int(), cpuPercent: z.number(), rssBytes: z.number() }).nullable(),
-  guest: z
-    .object({
-      memTotalKib: z.number(),
-      memAvailableKib: z.number(),
-      load1: z.number(),
-      load5: z.number(),
-      load15: z.number(),
-      uptimeSeconds: z.number(),
-    })
-    .nullable(),
+  guest: GuestStatsSchema.nullable(),
 });
+export type VmStats = z.infer<typeof VmStatsSchema>;
 
 export const VmListSchema = z.object({ vms: z.array(VmSchema) });
 export const ImageListSchema = z.object({ images: z.array(ImageSchema) });

@@ -1,5 +1,8 @@
 import { BangerError } from '../api/errors.js';
 import type {
+  GuestHealth,
+  GuestPorts,
+  VmStats,
   DaemonStatus,
   Image,
   ImageCatalogList,
@@ -135,10 +138,9 @@ export class BangerClient {
   createVm = (req: VmCreateRequest) => this.request<{ operation: Operation }>('POST', '/v1/vms', req);
   bulk = (req: VmBulkRequest) => this.request<VmBulkResult>('POST', '/v1/vms/actions', req);
   setVm = (ref: string, req: VmSetRequest) => this.request<Vm>('PATCH', `/v1/vms/${encodeURIComponent(ref)}`, req);
-  health = (ref: string) => this.request<{ ready: boolean; uptimeSeconds: number; agentVersion: string; hostname: string; latencyMs: number }>('GET', `/v1/vms/${encodeURIComponent(ref)}/health`);
-  ports = (ref: string) =>
-    this.request<{ ports: Array<{ proto: string; address: string; port: number; pid: number | null; command: string; endpoint?: string; url?: string }>; note?: string }>('GET', `/v1/vms/${encodeURIComponent(ref)}/ports`);
-  stats = (ref: string) => this.request<{ vmm: { pid: number; cpuPercent: number; rssBytes: number } | null; guest: Record<string, number> | null }>('GET', `/v1/vms/${encodeURIComponent(ref)}/stats`);
+  health = (ref: string) => this.request<GuestHealth>('GET', `/v1/vms/${encodeURIComponent(ref)}/health`);
+  ports = (ref: string) => this.request<GuestPorts>('GET', `/v1/vms/${encodeURIComponent(ref)}/ports`);
+  stats = (ref: string) => this.request<VmStats>('GET', `/v1/vms/${encodeURIComponent(ref)}/stats`);
   /** Serial console of a VM: the last `lines` lines, then new output while `follow` (until signal aborts). */
   async logs(ref: string, opts: { lines: number; follow: boolean; signal?: AbortSignal }, onChunk: (text: string) => void): Promise<void> {
     await this.vm(ref); // resolves the ref (and starts the daemon) with a proper error first

@@ -1,33 +1,13 @@
+import type { AgentHealth, GuestListener, GuestStats } from '../api/schemas.js';
 import type { VmmHandle } from '../vmm/driver.js';
 import { AgentClient } from './agent-client.js';
 
-export interface GuestHealth {
-  ready: boolean;
-  uptimeSeconds: number;
-  agentVersion: string;
-  hostname: string;
-}
-export interface GuestPort {
-  proto: string;
-  address: string;
-  port: number;
-  pid: number | null;
-  command: string;
-}
-export interface GuestStats {
-  memTotalKib: number;
-  memAvailableKib: number;
-  load1: number;
-  load5: number;
-  load15: number;
-  uptimeSeconds: number;
-}
 
 /** The daemon's view of one VM's agent: one held connection, camelCase results. */
 export interface AgentLink {
   waitReady(timeoutMs: number, signal?: AbortSignal): Promise<void>;
-  health(timeoutMs: number): Promise<GuestHealth>;
-  ports(timeoutMs: number): Promise<GuestPort[]>;
+  health(timeoutMs: number): Promise<AgentHealth>;
+  ports(timeoutMs: number): Promise<GuestListener[]>;
   stats(timeoutMs: number): Promise<GuestStats>;
   poweroff(timeoutMs: number): Promise<void>;
   close(): void;

@@ -1,24 +1,15 @@
 import { isIPv4 } from 'node:net';
+import type { GuestListener, GuestPort } from '../../api/schemas.js';
 import { connect as netConnect, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 
 export type PortProto = 'tcp' | 'tcp6' | 'udp' | 'udp6';
 
-export interface RawPort {
-  /** PortProto from the agent; typed as string because the API schema passes it through as one. */
-  proto: string;
-  address: string;
-  port: number;
-  pid: number | null;
-  command: string;
-}
+/** A listener as the agent reports it (proto is a PortProto, passed through as a string). */
+export type RawPort = GuestListener;
 
-export interface EnrichedPort extends RawPort {
-  /** `<vm>.vm:<port>` */
-  endpoint: string;
-  /** Set for TCP listeners that answered HTTPS or HTTP from the host. */
-  url?: string;
-}
+/** A listener with the host's view: always its endpoint, a URL when it answered HTTP(S). */
+export type EnrichedPort = GuestPort & { endpoint: string };
 
 const WILDCARD = new Set(['0.0.0.0', '::']);
 const PROTO_ORDER: Record<string, number> = { tcp: 0, tcp6: 1, udp: 2, udp6: 3 };

@@ -519,7 +519,7 @@ export class VmService {
 
   async ports(ref: string) {
     const { r, link } = await this.agentFor(ref);
-    const ports = collapsePorts((await link.ports(5000)) as Parameters<typeof collapsePorts>[0]);
+    const ports = collapsePorts(await link.ports(5000));
     const ip = this.d.network.ipOf(r.id);
     if (!ip) return { ports };
     // One deadline for all probes: what is known by then is returned, with a note.
