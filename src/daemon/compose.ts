@@ -47,10 +47,18 @@ export async function composeDaemon(deps: AppDeps, hooks: Pick<AppHooks, 'onStop
   const leftovers = await sweepLeftovers(layout, repos);
   if (leftovers.length) log.info({ removed: leftovers }, 'removed work left by an earlier daemon');
 
-  const kernels = new KernelService(repos, layout, clock, locks, { catalogs: config.kernel_catalogs, debianMirror: config.debian_mirror, debianKeyring: config.debian_keyring });
-  const images = new ImageService(repos, layout, clock, locks, disks, kernels, new BlobCache(join(layout.cacheDir, 'blobs')), runner, scratch, {
-    catalogs: config.image_catalogs,
-    debianMirror: config.debian_mirror,
+  const kernels = new KernelService({ repos, layout, clock, locks, catalogs: config.kernel_catalogs, debianMirror: config.debian_mirror, debianKeyring: config.debian_keyring });
+  const images = new ImageService({
+    repos,
+    layout,
+    clock,
+    locks,
+    disks,
+    kernels,
+    blobs: new BlobCache(join(layout.cacheDir, 'blobs')),
+    runner,
+    scratch,
+    options: { catalogs: config.image_catalogs, debianMirror: config.debian_mirror },
   });
 
   const accelerators = new Accelerators({ config, layout, clock, log, hostKernel: readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim() });

@@ -74,19 +74,35 @@ async function readBundleManifest(path: string, name: string) {
   return r.data;
 }
 
+export interface ImageServiceDeps {
+  repos: Repos;
+  layout: Layout;
+  clock: Clock;
+  locks: KeyedMutex;
+  disks: DiskTools;
+  kernels: KernelService;
+  blobs: BlobCache;
+  runner: CommandRunner;
+  scratch: ScratchSpace;
+  options: ImageServiceOptions;
+}
+
 export class ImageService {
-  constructor(
-    private readonly repos: Repos,
-    private readonly layout: Layout,
-    private readonly clock: Clock,
-    private readonly locks: KeyedMutex,
-    private readonly disks: DiskTools,
-    private readonly kernels: KernelService,
-    private readonly blobs: BlobCache,
-    private readonly runner: CommandRunner,
-    private readonly scratch: ScratchSpace,
-    private readonly opts: ImageServiceOptions,
-  ) {}
+  private readonly repos: Repos;
+  private readonly layout: Layout;
+  private readonly clock: Clock;
+  private readonly locks: KeyedMutex;
+  private readonly disks: DiskTools;
+  private readonly kernels: KernelService;
+  private readonly blobs: BlobCache;
+  private readonly runner: CommandRunner;
+  private readonly scratch: ScratchSpace;
+  private readonly opts: ImageServiceOptions;
+
+  constructor(d: ImageServiceDeps) {
+    ({ repos: this.repos, layout: this.layout, clock: this.clock, locks: this.locks, disks: this.disks, kernels: this.kernels } = d);
+    ({ blobs: this.blobs, runner: this.runner, scratch: this.scratch, options: this.opts } = d);
+  }
 
   /** The image catalog: built-in entries plus config `image_catalogs`. */
   catalog(signal?: AbortSignal): Promise<ImageCatalogEntry[]> {

@@ -174,21 +174,25 @@ interface ResolvedDownload {
   format: 'deb' | 'tar.zst' | 'tar.gz' | 'tar.xz' | 'tar' | 'auto';
 }
 
+export interface KernelServiceDeps extends KernelServiceOptions {
+  repos: Repos;
+  layout: Layout;
+  clock: Clock;
+  locks: KeyedMutex;
+}
+
 export class KernelService {
+  private readonly repos: Repos;
+  private readonly layout: Layout;
+  private readonly clock: Clock;
+  private readonly locks: KeyedMutex;
   private readonly catalogRefs: string[];
   private readonly debianMirror: string;
   private readonly debianKeyring: string;
 
-  constructor(
-    private readonly repos: Repos,
-    private readonly layout: Layout,
-    private readonly clock: Clock,
-    private readonly locks: KeyedMutex,
-    opts: KernelServiceOptions,
-  ) {
-    this.catalogRefs = opts.catalogs ?? [];
-    this.debianMirror = opts.debianMirror;
-    this.debianKeyring = opts.debianKeyring;
+  constructor(d: KernelServiceDeps) {
+    ({ repos: this.repos, layout: this.layout, clock: this.clock, locks: this.locks, debianMirror: this.debianMirror, debianKeyring: this.debianKeyring } = d);
+    this.catalogRefs = d.catalogs ?? [];
   }
 
   list(): Kernel[] {
