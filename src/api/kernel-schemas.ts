@@ -51,9 +51,6 @@ export const KernelCatalogEntrySchema = z
   .strict();
 export type KernelCatalogEntry = z.infer<typeof KernelCatalogEntrySchema>;
 
-/** A catalog file: `{ "kernels": [entries] }`. */
-export const KernelCatalogFileSchema = z.object({ kernels: z.array(KernelCatalogEntrySchema) }).strict();
-
 export const KernelCatalogItemSchema = z.object({
   name: z.string(),
   distro: z.string(),

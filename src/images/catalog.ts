@@ -1,6 +1,5 @@
 import { z } from 'zod';
-import { BangerError } from '../api/errors.js';
-import { readCatalogSource } from '../catalog/source.js';
+import { type CatalogSpec, loadCatalogs, parseCatalogText } from '../catalog/load.js';
 import { ResourceName } from '../api/schemas.js';
 import { DEFAULT_IMAGE_NAME } from '../config/config.js';
 import { DEFAULT_KERNEL_NAME } from '../kernels/catalog.js';
@@ -80,29 +79,21 @@ export const BUILTIN_IMAGES: ImageCatalogEntry[] = [
   },
 ];
 
+const IMAGE_CATALOG: CatalogSpec<ImageCatalogEntry> = {
+  what: 'image catalog',
+  configKey: 'image_catalogs',
+  listKey: 'images',
+  entry: ImageCatalogEntrySchema,
+  builtin: BUILTIN_IMAGES,
+  formatDoc: 'docs/config.md, image catalog format',
+};
+
+/** Parses an image catalog file's text; errors name the file, the entry and the offending field. */
 export function parseImageCatalog(text: string, origin: string): ImageCatalogEntry[] {
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (e) {
-    throw new BangerError('invalid_config', `image catalog ${origin} is not valid JSON: ${(e as Error).message}`, { fix: 'fix the file named in image_catalogs' });
-  }
-  const r = z.object({ images: z.array(ImageCatalogEntrySchema) }).strict().safeParse(json);
-  if (!r.success) {
-    const issue = r.error.issues[0];
-    throw new BangerError('invalid_config', `image catalog ${origin}: ${issue?.path.join('.') || '(top level)'}: ${issue?.message}`, {
-      fix: 'each entry needs name, kernel and source {kind: "recipe" | "bundle" | "oci", ...}; see docs/config.md',
-    });
-  }
-  return r.data.images;
+  return parseCatalogText(IMAGE_CATALOG, text, origin);
 }
 
 /** Built-in entries, then each configured catalog in order; a later entry replaces an earlier one of the same name. */
 export async function loadImageCatalog(refs: string[], baseDir: string, signal?: AbortSignal): Promise<ImageCatalogEntry[]> {
-  const byName = new Map(BUILTIN_IMAGES.map((e) => [e.name, e]));
-  for (const ref of refs) {
-    const { origin, text } = await readCatalogSource(ref, baseDir, 'image_catalogs', signal);
-    for (const e of parseImageCatalog(text, origin)) byName.set(e.name, e);
-  }
-  return [...byName.values()];
+  return (await loadCatalogs(IMAGE_CATALOG, refs, baseDir, signal)).map((s) => s.entry);
 }

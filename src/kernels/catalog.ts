@@ -1,15 +1,10 @@
-import type { z } from 'zod';
-import { BangerError } from '../api/errors.js';
-import { readCatalogSource } from '../catalog/source.js';
-import { type KernelCatalogEntry, KernelCatalogFileSchema } from '../api/kernel-schemas.js';
+import { type KernelCatalogEntry, KernelCatalogEntrySchema } from '../api/kernel-schemas.js';
+import { type CatalogSpec, loadCatalogFile, loadCatalogs, mergeCatalogs, parseCatalogText, type Sourced } from '../catalog/load.js';
 
 export type { KernelCatalogEntry };
 
 /** A catalog entry and where it comes from ("builtin" or a catalog file / URL). */
-export interface CatalogEntry {
-  entry: KernelCatalogEntry;
-  origin: string;
-}
+export type CatalogEntry = Sourced<KernelCatalogEntry>;
 
 /** The built-in kernel an image is pulled with when neither its catalog entry nor `--kernel-ref` names one. */
 export const DEFAULT_KERNEL_NAME = 'debian-cloud';
@@ -28,64 +23,28 @@ export const BUILTIN_KERNELS: KernelCatalogEntry[] = [
   },
 ];
 
-function describeIssue(i: z.core.$ZodIssue, data: unknown): string {
-  const path = i.path;
-  // Name the entry by its name when there is one: "kernels[2] (my-kernel).source.sha256".
-  let where = '';
-  for (const [n, p] of path.entries()) {
-    if (typeof p === 'number') {
-      where += `[${p}]`;
-      if (n === 1 && path[0] === 'kernels') {
-        const name = (data as { kernels?: Array<{ name?: unknown }> })?.kernels?.[p]?.name;
-        if (typeof name === 'string') where += ` (${name})`;
-      }
-    } else where += where ? `.${String(p)}` : String(p);
-  }
-  if (i.code === 'unrecognized_keys') return `${where ? `${where}: ` : ''}unknown field ${(i as { keys: string[] }).keys.map((k) => `"${k}"`).join(', ')}`;
-  return `${where || '(top level)'}: ${i.message}`;
-}
+const KERNEL_CATALOG: CatalogSpec<KernelCatalogEntry> = {
+  what: 'kernel catalog',
+  configKey: 'kernel_catalogs',
+  listKey: 'kernels',
+  entry: KernelCatalogEntrySchema,
+  builtin: BUILTIN_KERNELS,
+  formatDoc: 'docs/config.md, "Kernels"',
+};
 
 /** Parses a catalog file's text; errors name the file and the offending field. */
 export function parseCatalog(text: string, origin: string): KernelCatalogEntry[] {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch (e) {
-    throw new BangerError('invalid_config', `kernel catalog ${origin}: invalid JSON: ${(e as Error).message}`, { fix: `fix the JSON in ${origin}` });
-  }
-  const res = KernelCatalogFileSchema.safeParse(raw);
-  if (!res.success) {
-    const issues = res.error.issues.map((i) => describeIssue(i, raw));
-    throw new BangerError('invalid_config', `kernel catalog ${origin}: ${issues[0]}`, {
-      fix: `fix ${origin} (format: docs/config.md, "Kernels"), or remove it from kernel_catalogs`,
-      details: issues,
-    });
-  }
-  const names = new Set<string>();
-  for (const e of res.data.kernels) {
-    if (names.has(e.name)) throw new BangerError('invalid_config', `kernel catalog ${origin}: the name "${e.name}" appears twice`, { fix: `rename or remove one in ${origin}` });
-    names.add(e.name);
-  }
-  return res.data.kernels;
+  return parseCatalogText(KERNEL_CATALOG, text, origin);
 }
 
-/** Reads one catalog: a file path (relative to `baseDir`) or an http(s) URL. */
-export async function loadCatalog(ref: string, baseDir: string, signal?: AbortSignal): Promise<{ origin: string; entries: KernelCatalogEntry[] }> {
-  const { origin, text } = await readCatalogSource(ref, baseDir, 'kernel_catalogs', signal);
-  return { origin, entries: parseCatalog(text, origin) };
+/** Reads one catalog: a file path (relative to `baseDir`) or an https URL. */
+export function loadCatalog(ref: string, baseDir: string, signal?: AbortSignal): Promise<{ origin: string; entries: KernelCatalogEntry[] }> {
+  return loadCatalogFile(KERNEL_CATALOG, ref, baseDir, signal);
 }
 
-/** Built-ins first, then each catalog in order; a later entry replaces an earlier one of the same name. */
-export function mergeCatalogs(builtin: KernelCatalogEntry[], catalogs: Array<{ origin: string; entries: KernelCatalogEntry[] }>): CatalogEntry[] {
-  const merged = new Map<string, CatalogEntry>();
-  for (const entry of builtin) merged.set(entry.name, { entry, origin: 'builtin' });
-  for (const c of catalogs) for (const entry of c.entries) merged.set(entry.name, { entry, origin: c.origin });
-  return [...merged.values()].sort((a, b) => a.entry.name.localeCompare(b.entry.name));
-}
+export { mergeCatalogs };
 
 /** The full catalog: built-ins plus the configured catalog files. */
-export async function loadKernelCatalog(refs: string[], baseDir: string, signal?: AbortSignal): Promise<CatalogEntry[]> {
-  const catalogs = [];
-  for (const ref of refs) catalogs.push(await loadCatalog(ref, baseDir, signal));
-  return mergeCatalogs(BUILTIN_KERNELS, catalogs);
+export function loadKernelCatalog(refs: string[], baseDir: string, signal?: AbortSignal): Promise<CatalogEntry[]> {
+  return loadCatalogs(KERNEL_CATALOG, refs, baseDir, signal);
 }
