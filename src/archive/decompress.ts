@@ -2,6 +2,7 @@ import { spawn } from 'node:child_process';
 import { Duplex, PassThrough, Transform, type TransformCallback } from 'node:stream';
 import * as zlib from 'node:zlib';
 import { BangerError } from '../api/errors.js';
+import { toolError } from '../host/runner.js';
 
 export type Compression = 'gzip' | 'zstd' | 'xz' | 'none';
 
@@ -60,11 +61,7 @@ function cliFilter(bin: string, args: string[]): Duplex {
   child.stdout.pipe(out, { end: false });
   const duplex = Duplex.from({ writable: child.stdin, readable: out });
   child.on('error', (e: NodeJS.ErrnoException) => {
-    duplex.destroy(
-      e.code === 'ENOENT'
-        ? new BangerError('missing_dependency', `${bin} is not installed (needed to decompress)`, { fix: `install it: apt-get install ${bin === 'xz' ? 'xz-utils' : bin}` })
-        : e,
-    );
+    duplex.destroy(toolError(e, bin, 'needed to decompress'));
   });
   child.on('close', (code, signal) => {
     if (code === 0) out.end();

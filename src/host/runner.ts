@@ -1,4 +1,40 @@
 import { spawn } from 'node:child_process';
+import { BangerError } from '../api/errors.js';
+
+/** The Debian package of each host tool banger runs, for the one "not installed" error. */
+const PACKAGE_OF: Record<string, string> = {
+  'qemu-system-x86_64': 'qemu-system-x86',
+  'qemu-img': 'qemu-utils',
+  'mkfs.ext4': 'e2fsprogs',
+  debugfs: 'e2fsprogs',
+  dumpe2fs: 'e2fsprogs',
+  ssh: 'openssh-client',
+  'ssh-keygen': 'openssh-client',
+  mmdebstrap: 'mmdebstrap',
+  gpgv: 'gpgv',
+  xz: 'xz-utils',
+  zstd: 'zstd',
+  lz4: 'lz4',
+  ip: 'iproute2',
+  nft: 'nftables',
+  iptables: 'iptables',
+  ebtables: 'ebtables',
+  fallocate: 'util-linux',
+  cp: 'coreutils',
+};
+
+/** The one error for a host tool that is not installed: names the tool and the package to install. */
+export function missingTool(command: string, neededFor?: string): BangerError {
+  const pkg = PACKAGE_OF[command] ?? command;
+  return new BangerError('missing_dependency', `${command} is not installed${neededFor ? ` (${neededFor})` : ''}`, {
+    fix: `apt-get install ${pkg} (or run scripts/install-deps.sh); \`banger doctor\` checks every tool`,
+  });
+}
+
+/** A spawn's 'error': ENOENT becomes missingTool, anything else stays as it is. */
+export function toolError(e: NodeJS.ErrnoException, command: string, neededFor?: string): Error {
+  return e.code === 'ENOENT' ? missingTool(command, neededFor) : e;
+}
 
 /** Every host tool banger shells out to goes through this interface so tests can swap it. */
 export interface RunOptions {
@@ -79,11 +115,7 @@ export class ProcessRunner implements CommandRunner {
       });
       child.on('error', (e) => {
         if (timer) clearTimeout(timer);
-        reject(
-          (e as NodeJS.ErrnoException).code === 'ENOENT'
-            ? new Error(`${command} not found on PATH; install it (see \`banger doctor\`)`)
-            : e,
-        );
+        reject(toolError(e as NodeJS.ErrnoException, command));
       });
       child.on('close', (code, signal) => {
         if (timer) clearTimeout(timer);

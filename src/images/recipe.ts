@@ -1,6 +1,7 @@
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { BangerError } from '../api/errors.js';
+import { toolError } from '../host/runner.js';
 import type { OpContext } from '../util/op-context.js';
 import type { RecipeSpec } from './catalog.js';
 import { applyLayer, type RootfsLedger } from './layer-apply.js';
@@ -96,7 +97,7 @@ export async function runRecipe(recipe: RecipeSpec, mirror: string, root: string
   });
   const exited = new Promise<number>((resolve, reject) => {
     child.on('error', (e: NodeJS.ErrnoException) =>
-      reject(e.code === 'ENOENT' ? new BangerError('missing_dependency', 'mmdebstrap is not installed (it builds Debian images)', { fix: 'apt-get install mmdebstrap' }) : e),
+      reject(toolError(e, 'mmdebstrap', 'it builds Debian images')),
     );
     child.on('close', (code) => resolve(code ?? 1));
   });

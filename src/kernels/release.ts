@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BangerError } from '../api/errors.js';
 import { displayUrl, readUrl } from '../archive/download.js';
+import { toolError } from '../host/runner.js';
 
 export interface ReleaseEntry {
   size: number;
@@ -105,7 +106,7 @@ function run(cmd: string, args: string[]): Promise<{ code: number; stderr: strin
       if (stderr.length < 8192) stderr += d;
     });
     child.on('error', (e: NodeJS.ErrnoException) =>
-      reject(e.code === 'ENOENT' ? new BangerError('missing_dependency', `${cmd} is not installed (it verifies Debian's signed package index)`, { fix: 'apt-get install gpgv' }) : e),
+      reject(toolError(e, cmd, "it verifies Debian's signed package index")),
     );
     child.on('close', (code) => resolve({ code: code ?? 1, stderr }));
   });

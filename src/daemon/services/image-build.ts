@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { BangerError } from '../../api/errors.js';
 import type { Image, ImageBuildRequest } from '../../api/schemas.js';
 import type { Layout } from '../../config/layout.js';
+import { toolError } from '../../host/runner.js';
 import { boundedLines } from '../../util/bounded-lines.js';
 import { newId } from '../../util/ids.js';
 import type { OpContext } from '../../util/op-context.js';
@@ -95,7 +96,7 @@ export class ImageBuildService {
       child.stdin.on('error', () => undefined);
       child.stdin.end(script);
       child.on('error', (e: NodeJS.ErrnoException) => {
-        reject(e.code === 'ENOENT' ? new BangerError('missing_dependency', 'ssh is not installed', { fix: 'apt-get install openssh-client' }) : e);
+        reject(toolError(e, 'ssh'));
       });
       child.on('close', (code, sig) => {
         done.then(
