@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { existsSync, statSync } from 'node:fs';
+import { appendFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import pino from 'pino';
@@ -17,6 +17,7 @@ import { Repos } from '../../src/store/repos.js';
 import { KeyedMutex } from '../../src/util/keyed-mutex.js';
 import type { OpContext } from '../../src/util/op-context.js';
 import type { VmLaunchSpec, VmmDriver, VmmHandle } from '../../src/vmm/driver.js';
+import { LOG_CAP_BYTES } from '../../src/vmm/console-log.js';
 import { currentBootId, processStartTime } from '../../src/vmm/process.js';
 
 /**
@@ -30,7 +31,7 @@ after(async () => {
 });
 
 const NOW = new Date('2026-01-01T00:00:00Z');
-const ctx: OpContext = { stage: () => {}, log: () => {}, progress: () => {}, checkCancelled: () => {}, signal: new AbortController().signal } as unknown as OpContext;
+const ctx: OpContext = { id: 'op-test', stage: () => {}, log: () => {}, progress: () => {}, setTarget: () => {}, checkCancelled: () => {}, signal: new AbortController().signal };
 
 interface Knobs {
   launchFails?: boolean;
@@ -223,4 +224,18 @@ test('bulk actions: refs resolved once, duplicates dropped, results in first-see
     (await w.svc.prune(true)).map((v) => v.name),
     ['a', 'b'],
   );
+});
+
+test('a guest flooding its console: the running VM’s serial.log is capped by the service (rotated to .1)', async () => {
+  const w = await world();
+  const vm = await w.svc.create({ name: 'loud', start: true }, ctx);
+  const serial = join(vm.dir, 'serial.log');
+  // What a guest writing without end leaves in its console log (written here, as QEMU would).
+  const chunk = Buffer.alloc(1024 * 1024, 0x78);
+  for (let i = 0; i < 20; i++) await appendFile(serial, chunk);
+  assert.ok(statSync(serial).size >= 20 * 1024 * 1024);
+  await w.svc.reconcile();
+  assert.ok(statSync(serial).size <= LOG_CAP_BYTES, `serial.log is ${statSync(serial).size} bytes`);
+  assert.ok(existsSync(`${serial}.1`), 'the tail was kept in serial.log.1');
+  assert.ok(statSync(`${serial}.1`).size <= LOG_CAP_BYTES);
 });
