@@ -20,14 +20,20 @@ describe('VM networking', { skip: requires(assets, 'guest assets missing: run sc
   let upstream: string;
   let server: Promise<unknown> | undefined;
 
-  /** Resolves `<name>` through banger's DNS listener inside the namespace (dns-packet over UDP). */
+  /**
+   * Resolves `<name>` through banger's DNS listener inside the namespace (dns-packet over UDP). Like
+   * a resolver, it resends the query every second while no answer came (a busy daemon is slow, not
+   * wrong); the 60 s bound only keeps a dead listener from hanging the test.
+   */
   const resolve = async (name: string, type = 'A') => {
     const script = `
       const dgram = require('node:dgram'); const pkt = require(${JSON.stringify(join(ROOT, 'node_modules', 'dns-packet'))});
       const s = dgram.createSocket('udp4');
       s.on('message', (m) => { const r = pkt.decode(m); console.log(JSON.stringify({ rcode: r.rcode, answers: r.answers.map((a) => a.data) })); process.exit(0); });
-      s.send(pkt.encode({ type: 'query', id: 7, flags: pkt.RECURSION_DESIRED, questions: [{ type: ${JSON.stringify(type)}, name: ${JSON.stringify(name)} }] }), 42069, '127.0.0.1');
-      setTimeout(() => process.exit(3), 3000);`;
+      const query = pkt.encode({ type: 'query', id: 7, flags: pkt.RECURSION_DESIRED, questions: [{ type: ${JSON.stringify(type)}, name: ${JSON.stringify(name)} }] });
+      let tries = 0;
+      const send = () => { if (++tries > 60) process.exit(3); s.send(query, 42069, '127.0.0.1'); setTimeout(send, 1000); };
+      send();`;
     const r = await home.exec(process.execPath, ['-e', script]);
     assert.equal(r.code, 0, r.stderr);
     return JSON.parse(r.stdout) as { rcode: string; answers: string[] };
@@ -100,6 +106,25 @@ describe('VM networking', { skip: requires(assets, 'guest assets missing: run sc
     assert.match(await import('node:fs/promises').then((f) => f.readFile(config, 'utf8')), /StrictHostKeyChecking yes/);
   });
 
+  test('each VM has its own SSH host key: the one banger recorded is the one its sshd serves', async () => {
+    const knownHosts = await import('node:fs/promises').then((f) => f.readFile(join(home.dir, 'state', 'ssh', 'known_hosts'), 'utf8'));
+    const recorded = (alias: string) => {
+      const line = knownHosts.split('\n').find((l) => l.startsWith(`${alias} `));
+      assert.ok(line, `${alias} is in known_hosts:\n${knownHosts}`);
+      const [, type, key] = line.split(' ');
+      return { type: type as string, key: key as string };
+    };
+    const a = recorded('neta.vm');
+    const b = recorded('netb.vm');
+    assert.notEqual(a.key, b.key, 'two VMs of one image got the same host key');
+    for (const [name, want] of [['neta', a], ['netb', b]] as const) {
+      const ip = (await home.json<Vm>(['vm', 'show', name])).ip as string;
+      const scan = await home.exec('ssh-keyscan', ['-T', '60', ip]);
+      const served = scan.stdout.split('\n').find((l) => l.startsWith(`${ip} ${want.type} `));
+      assert.equal(served?.split(' ')[2], want.key, `${name}'s sshd serves the key banger recorded for it (${scan.stderr})`);
+    }
+  });
+
   test('guests resolve each other by name', async () => {
     const r = await sh('neta', 'getent hosts netb.vm');
     assert.equal(r.code, 0, r.stderr);
@@ -114,12 +139,10 @@ describe('VM networking', { skip: requires(assets, 'guest assets missing: run sc
     assert.equal(cp.code, 0, cp.stderr);
     const start = await sh('netb', 'mkdir -p /tmp/www && echo hi > /tmp/www/index.html && /tmp/busybox httpd -p 8080 -h /tmp/www');
     assert.equal(start.code, 0, start.stderr);
-    let ports: Array<{ port: number; url?: string; endpoint?: string; proto: string }> = [];
-    for (let i = 0; i < 10; i++) {
-      ports = (await home.json<{ ports: typeof ports }>(['vm', 'ports', 'netb'])).ports;
-      if (ports.some((p) => p.port === 8080)) break;
-      await new Promise((r) => setTimeout(r, 500));
-    }
+    // httpd daemonizes: ask the guest itself when the socket listens (bounded only against a hang).
+    const listening = await sh('netb', "for i in $(seq 600); do ss -Hltn 'sport = :8080' | grep -q . && exit 0; sleep 0.1; done; exit 1");
+    assert.equal(listening.code, 0, `httpd never listened: ${listening.stderr}`);
+    const ports = (await home.json<{ ports: Array<{ port: number; url?: string; endpoint?: string; proto: string }> }>(['vm', 'ports', 'netb'])).ports;
     const web = ports.find((p) => p.port === 8080);
     assert.equal(web?.url, 'http://netb.vm:8080/');
     assert.equal(web?.endpoint, 'netb.vm:8080');
@@ -133,8 +156,12 @@ describe('VM networking', { skip: requires(assets, 'guest assets missing: run sc
       const net = require('node:net');
       const s = net.createServer((c) => { console.log(c.remoteAddress); c.end(); });
       s.listen(9000, '${UPSTREAM_NS_IP}', () => console.log('listening'));
-      setTimeout(() => process.exit(0), 60000);`;
+      setTimeout(() => process.exit(0), 600000);`;
     const seen: string[] = [];
+    let firstSeen: (() => void) | undefined;
+    const connectionSeen = new Promise<void>((r) => {
+      firstSeen = r;
+    });
     const { spawn } = await import('node:child_process');
     const child = spawn('ip', ['netns', 'exec', upstream, process.execPath, '-e', listen], { stdio: ['ignore', 'pipe', 'inherit'] });
     server = new Promise((r) => child.on('close', r));
@@ -142,22 +169,27 @@ describe('VM networking', { skip: requires(assets, 'guest assets missing: run sc
       child.stdout.on('data', (d: Buffer) => {
         for (const line of d.toString().split('\n').filter(Boolean)) {
           if (line === 'listening') resolve();
-          else seen.push(line);
+          else {
+            seen.push(line);
+            firstSeen?.();
+          }
         }
       }),
     );
     try {
-      const connect = `timeout 5 bash -c 'exec 3<>/dev/tcp/${UPSTREAM_NS_IP}/9000'`;
-      const ok = await sh('neta', connect);
+      // A reachable upstream answers at once however slow the guest is: the 60 s only bounds a hang.
+      // A blocked one never answers (its packets are dropped): 5 s of silence show that.
+      const connect = (seconds: number) => `timeout ${seconds} bash -c 'exec 3<>/dev/tcp/${UPSTREAM_NS_IP}/9000'`;
+      const ok = await sh('neta', connect(60));
       assert.equal(ok.code, 0, `NAT VM reaches upstream: ${ok.stderr}`);
-      await new Promise((r) => setTimeout(r, 200));
+      await connectionSeen; // the upstream's report of that connection (its stdout) arrives on its own time
       assert.deepEqual(seen, [HOST_UPLINK_IP], 'upstream saw the masqueraded source, not the VM address');
-      const blocked = await sh('netb', connect);
+      const blocked = await sh('netb', connect(5));
       assert.notEqual(blocked.code, 0, 'a VM without NAT cannot reach beyond the host');
       assert.equal(await nftMasquerades(), 1);
       const off = await home.banger(['vm', 'set', 'neta', '--nat', 'off']);
       assert.equal(off.code, 0, off.stderr);
-      const after = await sh('neta', connect);
+      const after = await sh('neta', connect(5));
       assert.notEqual(after.code, 0, 'after --nat off the VM is cut off');
       assert.equal(seen.length, 1);
       assert.equal((await home.banger(['vm', 'set', 'neta', '--nat', 'on'])).code, 0);
