@@ -31,7 +31,8 @@ if [[ ! -e "$cache/modules-$key/.done" ]]; then
 fi
 rm -rf "$work"
 mkdir -p "$work"
-cp -r "$root/bin" "$root/dist" "$root/agent" "$root/docs" "$root/package.json" "$work/"
+# src/ and scripts/ too: the import-graph test runs scripts/check-imports.mjs on the real src/.
+cp -r "$root/bin" "$root/dist" "$root/agent" "$root/docs" "$root/src" "$root/scripts" "$root/package.json" "$work/"
 ln -s "$cache/modules-$key/node_modules" "$work/node_modules"
 cd "$work"
 mapfile -t files < <(find dist/test/unit dist/test/integration -name '*.test.js' | sort)
