@@ -88,7 +88,7 @@ export class Repos {
         )
         .run(r),
     delete: (id: string) => this.db.prepare('DELETE FROM images WHERE id = ?').run(id),
-    vmCount: (id: string) => (this.db.prepare('SELECT count(*) AS n FROM vms WHERE image_id = ?').get(id) as { n: number }).n,
+    vmNames: (id: string) => (this.db.prepare('SELECT name FROM vms WHERE image_id = ? ORDER BY name').all(id) as Array<{ name: string }>).map((r) => r.name),
   };
 
   vms = {

@@ -92,7 +92,8 @@ describe('CLI verbs without a boot', { skip: requires(assets, 'guest assets miss
 
     const delImage = await home.banger(['image', 'delete', 'img']);
     assert.equal(delImage.code, 1, delImage.stdout);
-    assert.match(delImage.stderr, /image "img" is used by 1 VM/);
+    assert.match(delImage.stderr, /image "img" is used by 1 VM\(s\): \S+/);
+    assert.match(delImage.stderr, /fix: delete those VMs first: banger vm delete \S+/);
     assert.match(delImage.stderr, /fix: delete those VMs first/);
     assert.equal((await home.json<Image>(['image', 'show', 'img'])).name, 'img');
     assert.ok(existsSync(image.rootfsPath), 'the image file stays');

@@ -449,9 +449,9 @@ export class ImageService {
   async remove(ref: string): Promise<string> {
     const img = this.row(ref);
     return this.locks.run(`image:${img.id}`, async () => {
-      const users = this.repos.images.vmCount(img.id);
-      if (users > 0) {
-        throw new BangerError('conflict', `image "${img.name}" is used by ${users} VM(s)`, { fix: 'delete those VMs first (banger vm list)' });
+      const users = this.repos.images.vmNames(img.id);
+      if (users.length > 0) {
+        throw new BangerError('conflict', `image "${img.name}" is used by ${users.length} VM(s): ${users.join(', ')}`, { fix: `delete those VMs first: banger vm delete ${users.join(' ')}` });
       }
       this.repos.images.delete(img.id);
       await rm(join(this.layout.imagesDir, img.id), { recursive: true, force: true });
