@@ -17,7 +17,6 @@ import type {
 } from '../api/schemas.js';
 import { type Layout, resolveLayout } from '../config/layout.js';
 import { newOpId } from '../util/ids.js';
-import { startDaemon } from './autostart.js';
 import { errorFrom, isNotRunning, type RawResponse, requestJson, streamEvents, streamText } from './transport.js';
 import { checkVm } from './trust.js';
 
@@ -63,6 +62,8 @@ export class BangerClient {
       if (!this.autostart) {
         throw new BangerError('unavailable', 'bangerd is not running', { opId, fix: 'start it with `banger daemon start`' });
       }
+      // Loaded only when needed: most CLI runs find the daemon up (start-up time).
+      const { startDaemon } = await import('./autostart.js');
       await startDaemon(this.layout, () => this.ping());
       raw = await requestJson(this.layout.socketPath, method, path, body, opId, this.timeoutMs);
     }

@@ -3,7 +3,6 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Command } from 'commander';
 import { BangerError } from '../../api/errors.js';
 import type { Operation } from '../../api/schemas.js';
-import { startDaemon } from '../../client/autostart.js';
 import { BangerClient } from '../../client/client.js';
 import { formatDuration } from '../../util/duration.js';
 import { ago, printJson, printKeyValues, printTable } from '../render.js';
@@ -110,7 +109,7 @@ export function registerDaemonCommands(program: Command): void {
     .option('--json', 'print status as JSON')
     .action(async (opts: { json?: boolean }) => {
       const client = new BangerClient({ autostart: false });
-      if (!(await client.ping())) await startDaemon(client.layout, () => client.ping());
+      if (!(await client.ping())) await (await import('../../client/autostart.js')).startDaemon(client.layout, () => client.ping());
       const s = await client.status();
       opts.json ? printJson(s) : printStatus(s);
     });
@@ -131,7 +130,7 @@ export function registerDaemonCommands(program: Command): void {
     .action(async (opts: { json?: boolean }) => {
       const client = new BangerClient({ autostart: false });
       await stopDaemon(client);
-      await startDaemon(client.layout, () => client.ping());
+      await (await import('../../client/autostart.js')).startDaemon(client.layout, () => client.ping());
       const s = await client.status();
       opts.json ? printJson(s) : printStatus(s);
     });

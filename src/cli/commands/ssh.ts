@@ -67,7 +67,8 @@ export async function sshIntoVm(client: BangerClient, v: Vm, command: string[]):
   return runSsh(sshArgv({ config, attempts, tty: command.length === 0 && !!process.stdin.isTTY, host: `${name}.vm`, command }));
 }
 
-export function registerSshCommands(program: Command, vm: Command): void {
+/** `vm ssh`. */
+export function registerVmSshCommand(vm: Command): void {
   vm.command('ssh')
     .description('open a shell in a VM, or run a command there (its exit status is passed through)')
     .argument('<vm>', 'VM name or id prefix')
@@ -82,7 +83,10 @@ export function registerSshCommands(program: Command, vm: Command): void {
         if (after?.state === 'running') process.stderr.write(`${v.name} is still running; stop it with: banger vm stop ${v.name}\n`);
       }
     });
+}
 
+/** `ssh-config` (a top-level command; local-only for --install/--uninstall). */
+export function registerSshConfigCommand(program: Command): void {
   program
     .command('ssh-config')
     .description("print banger's ssh_config path; --install adds an Include to ~/.ssh/config so `ssh <name>.vm` works")

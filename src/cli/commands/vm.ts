@@ -6,7 +6,7 @@ import { formatBytes } from '../../util/duration.js';
 import { addVmSpecOptions, intArg, memoryArg, onOff, sizeArg, type VmSpecOptions, vmCreateRequest } from '../args.js';
 import { followOperation, ProgressRenderer } from '../progress.js';
 import { registerRunCommand } from './run.js';
-import { registerSshCommands } from './ssh.js';
+import { registerVmSshCommand } from './ssh.js';
 import { ago, printJson, printKeyValues, printTable, sanitizeForTerminal, sanitizeInline } from '../render.js';
 
 function printVm(vm: Vm): void {
@@ -186,7 +186,7 @@ export function registerVmCommands(program: Command): void {
       );
     });
 
-  registerSshCommands(program, vm);
+  registerVmSshCommand(vm);
   registerRunCommand(vm);
 
   vm.command('prune')
