@@ -49,6 +49,7 @@ export function imagePullBenchmark(): Benchmark {
   let n = 0;
   return {
     name: 'image-pull',
+    needsGuestAssets: true,
     description: '`banger image pull` of the Debian rootfs (1 gzip layer, local registry) vs skopeo copy + umoci unpack + mkfs.ext4 -d',
     target: 0.7,
     rounds: 5,

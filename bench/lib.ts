@@ -24,7 +24,42 @@ export interface Benchmark {
   /** Unmeasured, after each candidate/baseline pair (e.g. delete the VM a round created). */
   cleanup?(): Promise<void> | void;
   teardown?(): Promise<void> | void;
+  /** Boots or reads the guest assets: `npm run bench` builds them first (scripts/guest-assets.sh), as `npm test` does. */
+  needsGuestAssets?: boolean;
+  /** Extra lines printed under the result (e.g. where the time went); called after the last round, before teardown. */
+  notes?(): Promise<string[]> | string[];
 }
+
+/** One measured quantity with its bound, e.g. the daemon's idle RSS ≤ 80 MiB. */
+export interface Metric {
+  name: string;
+  value: number;
+  unit: string;
+  /** Upper bound; met when value ≤ target. Printed, never asserted. */
+  target?: number;
+  /** What the value is set against on the same machine, e.g. a bare node process's RSS. */
+  reference?: { label: string; value: number };
+  /** How it was measured (counts, samples). */
+  detail?: string;
+}
+
+/**
+ * A benchmark that measures quantities (memory, counts) instead of timing a candidate against a
+ * baseline. Its setup, measure and teardown run once; BENCH_ROUNDS does not apply.
+ */
+export interface MetricBenchmark {
+  kind: 'metrics';
+  name: string;
+  description: string;
+  needsGuestAssets?: boolean;
+  setup?(): Promise<void> | void;
+  measure(): Promise<Metric[]>;
+  teardown?(): Promise<void> | void;
+}
+
+export type AnyBenchmark = Benchmark | MetricBenchmark;
+
+export const isMetricBenchmark = (b: AnyBenchmark): b is MetricBenchmark => 'kind' in b && b.kind === 'metrics';
 
 export interface Stats {
   n: number;
@@ -47,6 +82,9 @@ export interface BenchResult {
   target?: number;
   met?: boolean;
   samples?: { candidate: number[]; baseline: number[] };
+  notes?: string[];
+  /** Metric benchmarks: each quantity, with `met` against its target. */
+  metrics?: Array<Metric & { met?: boolean }>;
   error?: string;
 }
 
@@ -76,8 +114,9 @@ export function stats(values: number[]): Stats {
 }
 
 /** BENCH_ROUNDS wins (so a quick run needs no code change), then the benchmark's own, then the default. */
-export function roundsFor(b: Benchmark, env: NodeJS.ProcessEnv = process.env): number {
+export function roundsFor(b: AnyBenchmark, env: NodeJS.ProcessEnv = process.env): number {
   const fromEnv = Number(env.BENCH_ROUNDS);
+  if (isMetricBenchmark(b)) return 1;
   if (env.BENCH_ROUNDS && Number.isInteger(fromEnv) && fromEnv > 0) return fromEnv;
   return b.rounds ?? DEFAULT_ROUNDS;
 }
@@ -121,6 +160,8 @@ export async function runBenchmark(
       base.push(s);
       opts.onRound?.(i + 1, c, s);
     }
+    const notes = await b.notes?.();
+    if (notes?.length) result.notes = notes;
   } catch (e) {
     result.error = e instanceof Error ? e.message : String(e);
   } finally {
@@ -139,10 +180,40 @@ export async function runBenchmark(
   return result;
 }
 
+/** Runs a metric benchmark once: setup, measure, teardown (always). A failure is reported in the result. */
+export async function runMetricBenchmark(b: MetricBenchmark): Promise<BenchResult> {
+  const result: BenchResult = { name: b.name, description: b.description, rounds: 1 };
+  try {
+    await b.setup?.();
+    result.metrics = (await b.measure()).map((m) => (m.target === undefined ? { ...m } : { ...m, met: m.value <= m.target }));
+  } catch (e) {
+    result.error = e instanceof Error ? e.message : String(e);
+  } finally {
+    try {
+      await b.teardown?.();
+    } catch (e) {
+      result.error ??= `teardown failed: ${e instanceof Error ? e.message : String(e)}`;
+    }
+  }
+  return result;
+}
+
 const ms = (v: number) => `${v.toFixed(1).padStart(7)} ms`;
+const num = (v: number) => (Math.abs(v) >= 100 ? v.toFixed(0) : v.toFixed(2));
+
+function formatMetrics(r: BenchResult, metrics: NonNullable<BenchResult['metrics']>): string[] {
+  const width = Math.max(...metrics.map((m) => m.name.length));
+  return metrics.flatMap((m) => {
+    const ref = m.reference ? `   ${m.reference.label}: ${num(m.reference.value)} ${m.unit}` : '';
+    const target = m.target === undefined ? '' : `   target ≤ ${num(m.target)} ${m.unit}: ${m.met ? 'met' : 'NOT met'}`;
+    const line = `  ${m.name.padEnd(width)}  ${num(m.value).padStart(8)} ${m.unit}${ref}${target}`;
+    return m.detail ? [line, `  ${' '.repeat(width)}  (${m.detail})`] : [line];
+  }).concat(r.notes?.map((n) => `  ${n}`) ?? []);
+}
 
 export function formatResult(r: BenchResult): string {
   const lines = [`${r.name}: ${r.description}`];
+  if (r.metrics && !r.error) return [...lines, ...formatMetrics(r, r.metrics)].join('\n');
   if (r.error || !r.candidate || !r.baseline || r.ratio === undefined) {
     lines.push(`  ERROR: ${r.error ?? 'no samples'}`);
     return lines.join('\n');
@@ -152,6 +223,7 @@ export function formatResult(r: BenchResult): string {
   lines.push(`  baseline   median ${ms(r.baseline.median)}   p90 ${ms(r.baseline.p90)}`);
   const target = r.target === undefined ? '' : `   target ≤ ${String(r.target)}×: ${r.met ? 'met' : 'NOT met'}`;
   lines.push(`  ratio ${r.ratio.toFixed(2)}×${target}`);
+  for (const n of r.notes ?? []) lines.push(`  ${n}`);
   return lines.join('\n');
 }
 

@@ -1,18 +1,19 @@
 import { BANGER, daemonHome } from './home.js';
 import { imagePullBenchmark } from './image-pull.js';
-import { type Benchmark, run } from './lib.js';
-import { rootCloneBenchmark, tapPoolBenchmark, vmCreateBenchmark } from './vm.js';
+import { type AnyBenchmark, run } from './lib.js';
+import { daemonMemoryBenchmark } from './daemon-memory.js';
+import { rootCloneBenchmark, tapPoolBenchmark, vmConcurrencyBenchmark, vmCreateBenchmark } from './vm.js';
 
 export { ROOT } from './home.js';
 
 const statusHome = daemonHome();
 
 /** Every benchmark `npm run bench` knows. Append new ones here; names must be unique. */
-export const benchmarks: Benchmark[] = [
+export const benchmarks: AnyBenchmark[] = [
   {
     name: 'cli-status',
     description: '`banger daemon status` against a running daemon vs `node -e 0` (CLI start-up + one API round trip)',
-    target: 2,
+    target: 1.3,
     rounds: 20,
     setup: statusHome.setup,
     candidate: async () => {
@@ -27,4 +28,6 @@ export const benchmarks: Benchmark[] = [
   vmCreateBenchmark(),
   tapPoolBenchmark(),
   imagePullBenchmark(),
+  daemonMemoryBenchmark(),
+  vmConcurrencyBenchmark(),
 ];

@@ -1,14 +1,16 @@
 // `npm run bench [-- name...]`: runs the registered benchmarks (all, or the named ones), prints
-// candidate vs baseline with the ratio and its target, and writes .bench/last.json.
+// candidate vs baseline with the ratio and its target (or, for metric benchmarks, each value and its
+// target), and writes .bench/last.json. Guest assets are built first when a selected benchmark boots.
 // Targets are reported, never enforced: the exit status is non-zero only when a benchmark broke.
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
-import { type BenchResult, formatResult, roundsFor, runBenchmark } from './lib.js';
+import { ensureGuestAssets } from './assets.js';
+import { type BenchResult, formatResult, isMetricBenchmark, roundsFor, runBenchmark, runMetricBenchmark } from './lib.js';
 import { benchmarks, ROOT } from './registry.js';
 
 function usage(): string {
-  return `usage: node dist/bench/run.js [--list] [name...]\n  BENCH_ROUNDS=N overrides every benchmark's round count\n\nbenchmarks:\n${benchmarks.map((b) => `  ${b.name.padEnd(16)} ${b.description}`).join('\n')}\n`;
+  return `usage: node dist/bench/run.js [--list] [name...]\n  BENCH_ROUNDS=N overrides every timed benchmark's round count\n  BENCH_ACCEL=tcg|kvm  accelerator of the VM benchmarks (default tcg)\n  BENCH_OPS=1000 BENCH_OPS_WARMUP=200 BENCH_VMS=3  daemon-memory's operations and running VMs\nThe VM benchmarks build the guest assets first (scripts/guest-assets.sh, cached), as npm test does.\n\nbenchmarks:\n${benchmarks.map((b) => `  ${b.name.padEnd(16)} ${b.description}`).join('\n')}\n`;
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -23,6 +25,15 @@ async function main(argv: string[]): Promise<number> {
   }
   const selected = argv.length ? benchmarks.filter((b) => argv.includes(b.name)) : benchmarks;
   const results: BenchResult[] = [];
+  // The VM benchmarks build what they boot, as `npm test` does (cached after the first run).
+  let assetsError: string | undefined;
+  if (selected.some((b) => b.needsGuestAssets)) {
+    process.stderr.write('guest assets: scripts/guest-assets.sh\n');
+    assetsError = await ensureGuestAssets().then(
+      () => undefined,
+      (e: Error) => e.message,
+    );
+  }
   let current: (typeof benchmarks)[number] | undefined;
   // Ctrl-C must not leave a benchmark's daemon or temp dir behind.
   process.once('SIGINT', () => {
@@ -31,13 +42,21 @@ async function main(argv: string[]): Promise<number> {
   for (const b of selected) {
     current = b;
     const rounds = roundsFor(b);
-    process.stderr.write(`running ${b.name} (${rounds} rounds)…`);
-    const r = await runBenchmark(b, {
-      rounds,
-      onRound: (i) => {
-        if (process.stderr.isTTY) process.stderr.write(`\rrunning ${b.name} (${i}/${rounds})…   `);
-      },
-    });
+    let r: BenchResult;
+    if (b.needsGuestAssets && assetsError) {
+      r = { name: b.name, description: b.description, rounds, error: assetsError };
+    } else if (isMetricBenchmark(b)) {
+      process.stderr.write(`running ${b.name}…`);
+      r = await runMetricBenchmark(b);
+    } else {
+      process.stderr.write(`running ${b.name} (${rounds} rounds)…`);
+      r = await runBenchmark(b, {
+        rounds,
+        onRound: (i) => {
+          if (process.stderr.isTTY) process.stderr.write(`\rrunning ${b.name} (${i}/${rounds})…   `);
+        },
+      });
+    }
     process.stderr.write('\n');
     process.stdout.write(`${formatResult(r)}\n\n`);
     results.push(r);

@@ -1,8 +1,9 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { homedir } from 'node:os';
+import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { Operation } from '../src/api/schemas.js';
 import { AgentClient } from '../src/guest/agent-client.js';
 import { guestBinary } from '../src/guest/binaries.js';
 import { buildBaseInitramfs } from '../src/guest/initramfs.js';
@@ -12,7 +13,8 @@ import { ProcessRunner } from '../src/host/runner.js';
 import { generateHostKey, } from '../src/host/ssh-keys.js';
 import { buildQemuArgs } from '../src/vmm/qemu/args.js';
 import { killAndWait, spawnDetached } from '../src/vmm/process.js';
-import { type Benchmark, run } from './lib.js';
+import { assetCache } from './assets.js';
+import { type Benchmark, percentile, run } from './lib.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const BANGER = join(ROOT, 'bin', 'banger.js');
@@ -24,8 +26,9 @@ interface Assets {
   rootfs: string;
 }
 
-function assets(): Assets {
-  const manifest = join(process.env.BANGER_ASSET_CACHE ?? join(homedir(), '.cache', 'banger-test-assets'), 'assets.json');
+export function assets(): Assets {
+  const manifest = join(assetCache(), 'assets.json');
+  // `npm run bench` builds them first; only a direct `node dist/bench/...` run can miss them.
   if (!existsSync(manifest)) throw new Error(`guest assets missing (${manifest}): run scripts/guest-assets.sh`);
   return JSON.parse(readFileSync(manifest, 'utf8')) as Assets;
 }
@@ -47,6 +50,7 @@ export function vmCreateBenchmark(): Benchmark {
   const accel = process.env.BENCH_ACCEL ?? 'tcg';
   return {
     name: 'vm-create',
+    needsGuestAssets: true,
     description: `\`banger vm create\` → agent ready vs bare qemu-system-x86_64 of the same kernel/initrd/rootfs → agent ready (${accel})`,
     target: 1.05,
     rounds: 5,
@@ -143,6 +147,7 @@ export function rootCloneBenchmark(): Benchmark {
   const disks = new DiskTools(new ProcessRunner());
   return {
     name: 'root-clone',
+    needsGuestAssets: true,
     description: 'root disk for a new VM from the 2 GiB test image: qcow2 overlay vs `cp --sparse=always` (target: overlay < 50 ms, size-independent)',
     rounds: 10,
     async setup() {
@@ -165,13 +170,14 @@ export function rootCloneBenchmark(): Benchmark {
 }
 
 /** An isolated banger home in its own network namespace, with the test image registered. */
-function nsHome(tag: string, config: string) {
+export function nsHome(tag: string, config: string) {
   const netns = `bgb-${tag}-${process.pid}`;
   let dir = '';
   const env = () => ({ ...process.env, BANGER_HOME: join(dir, 'home') });
   const banger = (...args: string[]) => run('ip', ['netns', 'exec', netns, process.execPath, BANGER, ...args], env(), 300_000);
   return {
     banger,
+    env,
     async setup() {
       const a = assets();
       dir = await mkdtemp(`/tmp/bg-b${tag}-`);
@@ -205,6 +211,7 @@ export function tapPoolBenchmark(): Benchmark {
   };
   return {
     name: 'tap-pool',
+    needsGuestAssets: true,
     description: `create → SSH-ready with a warm TAP pool (2) vs the pool disabled (0) (${accel})`,
     rounds: 3,
     warmup: 1,
@@ -223,5 +230,67 @@ export function tapPoolBenchmark(): Benchmark {
       await warm.teardown();
       await cold.teardown();
     },
+  };
+}
+
+/** Median of each stage's duration (ms) over the given operations, in first-seen stage order. */
+export function stageMedians(ops: Operation[]): Map<string, number> {
+  const by = new Map<string, number[]>();
+  for (const op of ops) {
+    for (const s of op.stages) {
+      if (!s.endedAt) continue;
+      const list = by.get(s.name) ?? [];
+      list.push(Date.parse(s.endedAt) - Date.parse(s.startedAt));
+      by.set(s.name, list);
+    }
+  }
+  return new Map([...by].map(([name, d]) => [name, percentile(d, 50)]));
+}
+
+/**
+ * Three `banger vm create` at once vs the same three one after another (each until its agent is
+ * ready). The notes split the time by the create operation's stages, which shows what bounds the
+ * concurrent case (on a 2-core machine under TCG: the guests' boots share two CPUs).
+ */
+export function vmConcurrencyBenchmark(): Benchmark {
+  const accel = process.env.BENCH_ACCEL ?? 'tcg';
+  const h = nsHome('conc', `accel = "${accel}"\n[vm_defaults]\nvcpu = 1\nmemory_mib = 512\ndisk_size = "256M"\n`);
+  const N = 3;
+  const WARMUP = 1;
+  let round = 0;
+  const names = (side: 'c' | 's') => Array.from({ length: N }, (_, i) => `${side}${round}-${i}`);
+  const create = (name: string) => h.banger('vm', 'create', '--name', name).then(() => undefined);
+  const remove = async (side: 'c' | 's') => {
+    await h.banger('vm', 'delete', ...names(side));
+  };
+  return {
+    name: 'vm-concurrency',
+    description: `${N} concurrent \`banger vm create\` (→ agent ready) vs the same ${N} one after another (${accel}, ${cpus().length} CPUs)`,
+    target: 0.7,
+    rounds: 2,
+    warmup: WARMUP,
+    needsGuestAssets: true,
+    setup: () => h.setup(),
+    async candidate() {
+      round++;
+      await Promise.all(names('c').map(create));
+    },
+    afterCandidate: () => remove('c'),
+    async baseline() {
+      for (const name of names('s')) await create(name);
+    },
+    afterBaseline: () => remove('s'),
+    async notes() {
+      // Targets are <side><round>-<i>; round 1 is the warm-up.
+      const ops = (JSON.parse(await h.banger('daemon', 'ops', '--json')) as { operations: Operation[] }).operations.filter(
+        (o) => o.kind === 'vm.create' && o.state === 'succeeded' && Number(/^[cs](\d+)-\d+$/.exec(o.target ?? '')?.[1] ?? 0) > WARMUP,
+      );
+      const conc = stageMedians(ops.filter((o) => o.target?.startsWith('c')));
+      const seq = stageMedians(ops.filter((o) => o.target?.startsWith('s')));
+      const lines = ['median stage time per VM, concurrent vs sequential (measured rounds):'];
+      for (const [stage, c] of conc) lines.push(`  ${stage.padEnd(16)} ${(c / 1000).toFixed(2).padStart(7)} s   ${((seq.get(stage) ?? Number.NaN) / 1000).toFixed(2).padStart(7)} s`);
+      return lines;
+    },
+    teardown: () => h.teardown(),
   };
 }

@@ -1,6 +1,9 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { type Benchmark, formatResult, percentile, roundsFor, runBenchmark, stats } from '../../bench/lib.js';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { rssBytes } from '../../bench/daemon-memory.js';
+import { type Benchmark, formatResult, type MetricBenchmark, percentile, roundsFor, runBenchmark, runMetricBenchmark, stats } from '../../bench/lib.js';
 import { benchmarks } from '../../bench/registry.js';
 
 test('percentile interpolates between ranks; stats summarise', () => {
@@ -104,6 +107,86 @@ test('the registry: unique names, descriptions, positive targets', () => {
   assert.ok(names.includes('cli-status'));
   for (const b of benchmarks) {
     assert.ok(b.description.length > 10, b.name);
-    if (b.target !== undefined) assert.ok(b.target > 0, b.name);
+    if ('target' in b && b.target !== undefined) assert.ok(b.target > 0, b.name);
+  }
+});
+
+test('notes are taken after the last round and printed under the ratio', async () => {
+  const { bench, order, now } = fakeBench([20], [10], {
+    notes: () => {
+      order.push('notes');
+      return ['where the time went'];
+    },
+  });
+  const r = await runBenchmark(bench, { rounds: 2, now });
+  assert.deepEqual(order.slice(-2), ['notes', 'teardown']);
+  assert.deepEqual(r.notes, ['where the time went']);
+  assert.match(formatResult(r), /ratio 2\.00×.*\n {2}where the time went$/);
+});
+
+test('a metric benchmark runs once: each value against its target (≤ meets it), printed with its reference', async () => {
+  const order: string[] = [];
+  const b: MetricBenchmark = {
+    kind: 'metrics',
+    name: 'mem',
+    description: 'fake memory',
+    setup: () => void order.push('setup'),
+    measure: async () => {
+      order.push('measure');
+      return [
+        { name: 'idle', value: 80, unit: 'MiB', target: 80, reference: { label: 'bare node', value: 40 } },
+        { name: 'per VM', value: 1.5, unit: 'MiB', target: 1, detail: '3 VMs' },
+        { name: 'info', value: 7, unit: 'MiB' },
+      ];
+    },
+    teardown: () => void order.push('teardown'),
+  };
+  assert.equal(roundsFor(b, { BENCH_ROUNDS: '9' }), 1);
+  const r = await runMetricBenchmark(b);
+  assert.deepEqual(order, ['setup', 'measure', 'teardown']);
+  assert.deepEqual(
+    r.metrics?.map((m) => [m.name, m.met]),
+    [
+      ['idle', true],
+      ['per VM', false],
+      ['info', undefined],
+    ],
+  );
+  const text = formatResult(r);
+  assert.match(text, /idle\s+80\.00 MiB\s+bare node: 40\.00 MiB\s+target ≤ 80\.00 MiB: met/);
+  assert.match(text, /per VM\s+1\.50 MiB\s+target ≤ 1\.00 MiB: NOT met\n\s+\(3 VMs\)/);
+  assert.doesNotMatch(text, /info.*target/);
+});
+
+test('a failing metric benchmark is an error result, and teardown still runs', async () => {
+  let tornDown = false;
+  const r = await runMetricBenchmark({
+    kind: 'metrics',
+    name: 'mem',
+    description: 'fake memory',
+    measure: async () => {
+      throw new Error('daemon died');
+    },
+    teardown: () => {
+      tornDown = true;
+    },
+  });
+  assert.equal(r.error, 'daemon died');
+  assert.equal(r.metrics, undefined);
+  assert.ok(tornDown);
+  assert.match(formatResult(r), /ERROR: daemon died/);
+});
+
+test('rssBytes reads a process resident set: 64 MiB written by a child show up in it', async () => {
+  const child = (code: string) => spawn(process.execPath, ['-e', `${code}; process.stdout.write('ready'); setInterval(() => {}, 1 << 30)`], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const bare = child('0');
+  const big = child('globalThis.b = Buffer.alloc(64 * 1024 * 1024, 1)');
+  try {
+    await Promise.all([once(bare.stdout, 'data'), once(big.stdout, 'data')]);
+    const diff = (await rssBytes(big.pid as number)) - (await rssBytes(bare.pid as number));
+    assert.ok(diff >= 60 * 1024 * 1024, `difference ${diff} bytes`);
+  } finally {
+    bare.kill('SIGKILL');
+    big.kill('SIGKILL');
   }
 });
