@@ -1,6 +1,7 @@
 import { appendFileSync, constants, existsSync, openSync, writeFileSync, writeSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { FakeFirecrackerApi, serveFakeFirecracker } from './fake-firecracker.js';
+import { firecrackerSpecAvailable, lenientFirecrackerSpec, SpecValidator } from './fake-firecracker-spec.js';
 
 /**
  * A FAKE `firecracker` executable (run with node) for the driver's integration tests: it takes
@@ -37,8 +38,12 @@ const record = process.env.FAKE_FC_RECORD;
 if (process.env.FAKE_FC_PIDFILE) writeFileSync(process.env.FAKE_FC_PIDFILE, String(process.pid));
 let logFd: number | undefined;
 
+// Without the official spec (a clone without ../shared) the fake is LENIENT: it routes banger's
+// paths and validates nothing. Only tests that do not test the API itself run it that way.
+const validator = firecrackerSpecAvailable() ? undefined : new SpecValidator(lenientFirecrackerSpec());
 const api = new FakeFirecrackerApi({
   instanceId: id,
+  ...(validator ? { validator } : {}),
   ...(process.env.FAKE_FC_FAIL ? { failOn: process.env.FAKE_FC_FAIL } : {}),
   hooks: {
     onLogger(logPath) {
