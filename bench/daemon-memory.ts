@@ -1,5 +1,6 @@
 import { spawn } from 'node:child_process';
-import { readFile } from 'node:fs/promises';
+import { mkdir, readFile, rm } from 'node:fs/promises';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BangerClient } from '../src/client/client.js';
 import { resolveLayout } from '../src/config/layout.js';
@@ -30,6 +31,39 @@ async function settledRss(pid: number, samples = 5): Promise<number> {
   return values[Math.floor(values.length / 2)] as number;
 }
 
+/**
+ * RSS right after a full garbage collection in the daemon (./gc-hook.ts, preloaded into it by this
+ * benchmark), with the JS heap in use and external memory (Buffers) the process reported then: live
+ * memory, what a leak would grow. The median (by RSS) of `samples` collections.
+ */
+interface Usage {
+  rss: number;
+  heapUsed: number;
+  external: number;
+}
+
+async function usageAfterGc(pid: number, doneFile: string, samples = 3): Promise<Usage> {
+  const values: Usage[] = [];
+  for (let i = 0; i < samples; i++) {
+    const before = await readFile(doneFile, 'utf8').catch(() => '');
+    process.kill(pid, 'SIGUSR2');
+    // Hang guard only: a collection of a ~100 MiB heap takes well under a second.
+    const deadline = Date.now() + 60_000;
+    while ((await readFile(doneFile, 'utf8').catch(() => '')) === before) {
+      if (Date.now() > deadline) throw new Error(`bangerd (pid ${pid}) did not answer the GC signal: is the gc hook loaded?`);
+      await sleep(20);
+    }
+    const u = JSON.parse(await readFile(doneFile, 'utf8')) as Usage;
+    values.push({ rss: await rssBytes(pid), heapUsed: u.heapUsed, external: u.external });
+  }
+  values.sort((a, b) => a.rss - b.rss);
+  return values[Math.floor(values.length / 2)] as Usage;
+}
+
+const mib = (b: number) => (b / MiB).toFixed(1);
+/** "rss (heap + external)" in MiB. */
+const fmt = (u: Usage) => `${mib(u.rss)} (${mib(u.heapUsed)}+${mib(u.external)})`;
+
 /** A bare `node` process doing nothing: what any Node daemon costs before its own code. */
 async function bareNodeRss(): Promise<number> {
   const child = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1 << 30)'], { stdio: 'ignore' });
@@ -55,7 +89,13 @@ function positiveInt(name: string, fallback: number): number {
  */
 export function daemonMemoryBenchmark(): MetricBenchmark {
   const accel = process.env.BENCH_ACCEL ?? 'tcg';
-  const home = nsHome('mem', `accel = "${accel}"\n[vm_defaults]\nvcpu = 1\nmemory_mib = 512\ndisk_size = "256M"\n`);
+  const gcDir = `/tmp/bg-bgc-${process.pid}`;
+  const gcDone = join(gcDir, 'done');
+  const hook = new URL('./gc-hook.js', import.meta.url).href;
+  const home = nsHome('mem', `accel = "${accel}"\n[vm_defaults]\nvcpu = 1\nmemory_mib = 512\ndisk_size = "256M"\n`, {
+    NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --expose-gc --import ${hook}`.trim(),
+    BENCH_GC_DONE: gcDone,
+  });
   let client: BangerClient | undefined;
   const vms: string[] = [];
   const daemonPid = async (): Promise<number> => (JSON.parse(await home.banger('daemon', 'status', '--json')) as { pid: number }).pid;
@@ -79,6 +119,7 @@ export function daemonMemoryBenchmark(): MetricBenchmark {
     description: `bangerd RSS: idle, per running VM, per 1,000 operations (vm create --no-start + delete) (${accel})`,
     needsGuestAssets: true,
     async setup() {
+      await mkdir(gcDir, { mode: 0o700 });
       await home.setup();
     },
     async measure(): Promise<Metric[]> {
@@ -87,13 +128,14 @@ export function daemonMemoryBenchmark(): MetricBenchmark {
       await home.banger('daemon', 'restart');
       let pid = await daemonPid();
       const idle = await settledRss(pid);
+      const idleLive = await usageAfterGc(pid, gcDone);
       metrics.push({
         name: 'idle RSS',
         value: idle / MiB,
         unit: 'MiB',
         target: 80,
         reference: { label: 'bare node', value: (await bareNodeRss()) / MiB },
-        detail: 'fresh daemon, one status request, median of 5 readings',
+        detail: `fresh daemon, one status request, median of 5 readings; after a full GC: ${fmt(idleLive)} MiB, rss (JS heap + external)`,
       });
 
       // The client talks to the namespaced daemon's socket directly; it must never start one itself.
@@ -102,22 +144,31 @@ export function daemonMemoryBenchmark(): MetricBenchmark {
       const ops = positiveInt('BENCH_OPS', 1000);
       const warm = positiveInt('BENCH_OPS_WARMUP', 200);
       for (let i = 0; i < warm; i++) await operation(c, `w${i}`);
-      const before = await settledRss(pid);
+      const before = await usageAfterGc(pid, gcDone);
       // Readings along the way tell a leak (steady climb) from the heap settling (a step, then flat).
       const checkpoints: string[] = [];
       for (let i = 0; i < ops; i++) {
         await operation(c, `o${i}`);
-        if ((i + 1) % Math.ceil(ops / 4) === 0 && i + 1 < ops) checkpoints.push(`${i + 1}: ${((await rssBytes(pid)) / MiB).toFixed(1)}`);
+        if ((i + 1) % Math.ceil(ops / 4) === 0 && i + 1 < ops) checkpoints.push(`${i + 1}: ${fmt(await usageAfterGc(pid, gcDone, 1))}`);
       }
-      const after = await settledRss(pid);
+      const after = await usageAfterGc(pid, gcDone);
       if ((await daemonPid()) !== pid) throw new Error('the daemon restarted during the operations');
       metrics.push({
         name: 'per 1,000 operations',
-        value: ((after - before) / MiB) * (1000 / ops),
+        value: ((after.rss - before.rss) / MiB) * (1000 / ops),
         unit: 'MiB',
         // "No growth": within what RSS readings resolve (1 KiB an operation).
         target: 1,
-        detail: `${ops} vm create --no-start + delete after ${warm} warm-up: ${(before / MiB).toFixed(1)} → ${[...checkpoints, `${ops}: ${(after / MiB).toFixed(1)}`].join(' → ')} MiB`,
+        detail: `after a full GC, rss (JS heap + external) MiB; ${ops} vm create --no-start + delete after ${warm} warm-up: ${fmt(before)} → ${[...checkpoints, `${ops}: ${fmt(after)}`].join(' → ')}`,
+      });
+      // The same window in live JS memory: what the daemon's own objects hold (RSS adds native
+      // allocations: malloc arenas, SQLite's page cache, V8's reserved heap pages).
+      metrics.push({
+        name: 'per 1,000 ops, JS heap',
+        value: ((after.heapUsed + after.external - before.heapUsed - before.external) / MiB) * (1000 / ops),
+        unit: 'MiB',
+        target: 1,
+        detail: 'heap used + external after a full GC, same window',
       });
 
       // Per running VM: one VM booted and deleted first (loads the boot path), then N kept running.
@@ -125,15 +176,15 @@ export function daemonMemoryBenchmark(): MetricBenchmark {
       await boot(c, 'vwarm');
       await deleteVms(c);
       pid = await daemonPid();
-      const idleVms = await settledRss(pid);
+      const idleVms = await usageAfterGc(pid, gcDone);
       for (let i = 0; i < n; i++) await boot(c, `v${i}`);
-      const running = await settledRss(pid);
+      const running = await usageAfterGc(pid, gcDone);
       metrics.push({
         name: 'per running VM',
-        value: (running - idleVms) / MiB / n,
+        value: (running.rss - idleVms.rss) / MiB / n,
         unit: 'MiB',
         target: 1,
-        detail: `${n} VMs booted and running: ${(idleVms / MiB).toFixed(1)} → ${(running / MiB).toFixed(1)} MiB`,
+        detail: `after a full GC, rss (JS heap + external) MiB; ${n} VMs booted and running: ${fmt(idleVms)} → ${fmt(running)}`,
       });
       await deleteVms(c);
       return metrics;
@@ -142,6 +193,7 @@ export function daemonMemoryBenchmark(): MetricBenchmark {
       if (client) await deleteVms(client).catch(() => {});
       client = undefined;
       await home.teardown();
+      await rm(gcDir, { recursive: true, force: true });
     },
   };
 }

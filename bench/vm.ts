@@ -170,10 +170,10 @@ export function rootCloneBenchmark(): Benchmark {
 }
 
 /** An isolated banger home in its own network namespace, with the test image registered. */
-export function nsHome(tag: string, config: string) {
+export function nsHome(tag: string, config: string, extraEnv: NodeJS.ProcessEnv = {}) {
   const netns = `bgb-${tag}-${process.pid}`;
   let dir = '';
-  const env = () => ({ ...process.env, BANGER_HOME: join(dir, 'home') });
+  const env = () => ({ ...process.env, ...extraEnv, BANGER_HOME: join(dir, 'home') });
   const banger = (...args: string[]) => run('ip', ['netns', 'exec', netns, process.execPath, BANGER, ...args], env(), 300_000);
   return {
     banger,
