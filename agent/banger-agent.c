@@ -41,15 +41,16 @@
 #include <sys/wait.h>
 
 #define AGENT_VERSION "0.1.0"
-#define MAX_LINE 65536          /* bytes per line, newline excluded; the host enforces the same */
+#define MAX_LINE 65536 /* bytes per line, newline excluded; the host enforces the same */
 #define MAX_PORTS 1024
-#define MAX_COMMAND 256         /* bytes of a process command line in `ports` */
-#define MAX_CLIENTS 8           /* simultaneous vsock connections */
+#define MAX_COMMAND 256 /* bytes of a process command line in `ports` */
+#define MAX_CLIENTS 8   /* simultaneous vsock connections */
 #define VIRTIO_PORT_NAME "org.banger.agent"
 #define DEFAULT_VSOCK_PORT 1024
 #define MAX_SAFE_ID 9007199254740991ULL /* 2^53-1: ids must survive a JavaScript number */
 
-static void logmsg(const char *fmt, ...) {
+static void logmsg(const char *fmt, ...)
+{
     va_list ap;
     va_start(ap, fmt);
     fputs("banger-agent: ", stderr);
@@ -58,13 +59,15 @@ static void logmsg(const char *fmt, ...) {
     va_end(ap);
 }
 
-static void nap_ms(long ms) {
+static void nap_ms(long ms)
+{
     struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
     nanosleep(&ts, NULL); /* an early wake-up by SIGCHLD is harmless */
 }
 
 /* Reads a small file whole (up to cap-1 bytes), NUL-terminated; /proc files need read(), not stat sizes. */
-static ssize_t read_file(const char *path, char *buf, size_t cap) {
+static ssize_t read_file(const char *path, char *buf, size_t cap)
+{
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return -1;
     size_t n = 0;
@@ -79,7 +82,8 @@ static ssize_t read_file(const char *path, char *buf, size_t cap) {
     return (ssize_t)n;
 }
 
-static void trim_right(char *s) {
+static void trim_right(char *s)
+{
     size_t n = strlen(s);
     while (n > 0 && isspace((unsigned char)s[n - 1])) s[--n] = 0;
 }
@@ -92,7 +96,8 @@ struct out {
     char buf[MAX_LINE + 1];
 };
 
-static void out_raw(struct out *o, const char *s, size_t n) {
+static void out_raw(struct out *o, const char *s, size_t n)
+{
     if (o->full || n > MAX_LINE - o->len) {
         o->full = 1;
         return;
@@ -101,24 +106,32 @@ static void out_raw(struct out *o, const char *s, size_t n) {
     o->len += n;
 }
 
-static void out_fmt(struct out *o, const char *fmt, ...) {
+static void out_fmt(struct out *o, const char *fmt, ...)
+{
     char tmp[256];
     va_list ap;
     va_start(ap, fmt);
     int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
     va_end(ap);
-    if (n < 0 || (size_t)n >= sizeof tmp) o->full = 1;
-    else out_raw(o, tmp, (size_t)n);
+    if (n < 0 || (size_t)n >= sizeof tmp)
+        o->full = 1;
+    else
+        out_raw(o, tmp, (size_t)n);
 }
 
 /* Length of the valid UTF-8 sequence at p, or 0: the host decodes strictly, so bad bytes become U+FFFD. */
-static size_t utf8_len(const unsigned char *p, size_t n) {
+static size_t utf8_len(const unsigned char *p, size_t n)
+{
     unsigned c = p[0], cp, min;
     size_t k;
-    if (c >= 0xc2 && c <= 0xdf) k = 2, cp = c & 0x1f, min = 0x80;
-    else if ((c & 0xf0) == 0xe0) k = 3, cp = c & 0x0f, min = 0x800;
-    else if (c >= 0xf0 && c <= 0xf4) k = 4, cp = c & 0x07, min = 0x10000;
-    else return 0;
+    if (c >= 0xc2 && c <= 0xdf)
+        k = 2, cp = c & 0x1f, min = 0x80;
+    else if ((c & 0xf0) == 0xe0)
+        k = 3, cp = c & 0x0f, min = 0x800;
+    else if (c >= 0xf0 && c <= 0xf4)
+        k = 4, cp = c & 0x07, min = 0x10000;
+    else
+        return 0;
     if (k > n) return 0;
     for (size_t i = 1; i < k; i++) {
         if ((p[i] & 0xc0) != 0x80) return 0;
@@ -128,7 +141,8 @@ static size_t utf8_len(const unsigned char *p, size_t n) {
     return k;
 }
 
-static void out_str(struct out *o, const char *str, size_t n) {
+static void out_str(struct out *o, const char *str, size_t n)
+{
     const unsigned char *s = (const unsigned char *)str;
     out_raw(o, "\"", 1);
     for (size_t i = 0; i < n;) {
@@ -147,15 +161,20 @@ static void out_str(struct out *o, const char *str, size_t n) {
             i++;
         } else {
             size_t k = utf8_len(s + i, n - i);
-            if (k) out_raw(o, (const char *)s + i, k);
-            else out_raw(o, "\\ufffd", 6);
+            if (k)
+                out_raw(o, (const char *)s + i, k);
+            else
+                out_raw(o, "\\ufffd", 6);
             i += k ? k : 1;
         }
     }
     out_raw(o, "\"", 1);
 }
 
-static void out_cstr(struct out *o, const char *s) { out_str(o, s, strlen(s)); }
+static void out_cstr(struct out *o, const char *s)
+{
+    out_str(o, s, strlen(s));
+}
 
 /* ---- request parsing: a strict JSON walker that keeps only "id" and "method" ---------------- */
 
@@ -171,13 +190,18 @@ struct parser {
     const unsigned char *p, *end;
 };
 
-static void ws(struct parser *ps) {
+static void ws(struct parser *ps)
+{
     while (ps->p < ps->end && (*ps->p == ' ' || *ps->p == '\t' || *ps->p == '\r' || *ps->p == '\n')) ps->p++;
 }
 
-static int peek(struct parser *ps) { return ps->p < ps->end ? *ps->p : -1; }
+static int peek(struct parser *ps)
+{
+    return ps->p < ps->end ? *ps->p : -1;
+}
 
-static int hexval(int c) {
+static int hexval(int c)
+{
     if (c >= '0' && c <= '9') return c - '0';
     if (c >= 'a' && c <= 'f') return c - 'a' + 10;
     if (c >= 'A' && c <= 'F') return c - 'A' + 10;
@@ -185,7 +209,8 @@ static int hexval(int c) {
 }
 
 /* Decodes a string into dst (cap bytes incl. NUL; dst may be NULL); *len = full decoded length. */
-static int parse_string(struct parser *ps, char *dst, size_t cap, size_t *len) {
+static int parse_string(struct parser *ps, char *dst, size_t cap, size_t *len)
+{
     size_t n = 0, kept = 0;
     if (peek(ps) != '"') return -1;
     ps->p++;
@@ -200,12 +225,25 @@ static int parse_string(struct parser *ps, char *dst, size_t cap, size_t *len) {
         if (c == '\\') {
             if (ps->p >= ps->end) return -1;
             switch (c = *ps->p++) {
-            case '"': case '\\': case '/': break;
-            case 'b': c = '\b'; break;
-            case 'f': c = '\f'; break;
-            case 'n': c = '\n'; break;
-            case 'r': c = '\r'; break;
-            case 't': c = '\t'; break;
+            case '"':
+            case '\\':
+            case '/':
+                break;
+            case 'b':
+                c = '\b';
+                break;
+            case 'f':
+                c = '\f';
+                break;
+            case 'n':
+                c = '\n';
+                break;
+            case 'r':
+                c = '\r';
+                break;
+            case 't':
+                c = '\t';
+                break;
             case 'u': {
                 unsigned v = 0;
                 if (ps->end - ps->p < 4) return -1;
@@ -217,7 +255,8 @@ static int parse_string(struct parser *ps, char *dst, size_t cap, size_t *len) {
                 c = v < 0x80 ? v : '?'; /* only ASCII names matter here */
                 break;
             }
-            default: return -1;
+            default:
+                return -1;
             }
         }
         if (dst && kept + 1 < cap) dst[kept++] = (char)c;
@@ -227,17 +266,21 @@ static int parse_string(struct parser *ps, char *dst, size_t cap, size_t *len) {
 }
 
 /* *uint_val is set when the number is an integer in 0..2^53-1. */
-static int parse_number(struct parser *ps, int *is_uint, unsigned long long *uint_val) {
+static int parse_number(struct parser *ps, int *is_uint, unsigned long long *uint_val)
+{
     int integer = 1, overflow = 0;
     unsigned long long v = 0;
     if (peek(ps) == '-') ps->p++, integer = 0;
     if (!isdigit(peek(ps))) return -1;
-    if (peek(ps) == '0') ps->p++;
+    if (peek(ps) == '0')
+        ps->p++;
     else
         while (isdigit(peek(ps))) {
             unsigned d = (unsigned)(*ps->p++ - '0');
-            if (v > (MAX_SAFE_ID - d) / 10) overflow = 1;
-            else v = v * 10 + d;
+            if (v > (MAX_SAFE_ID - d) / 10)
+                overflow = 1;
+            else
+                v = v * 10 + d;
         }
     if (peek(ps) == '.') {
         ps->p++, integer = 0;
@@ -258,7 +301,8 @@ static int parse_number(struct parser *ps, int *is_uint, unsigned long long *uin
 static int skip_value(struct parser *ps, int depth);
 
 /* rq is non-NULL only for the top-level object, whose "id" and "method" are kept. */
-static int parse_object(struct parser *ps, int depth, struct request *rq) {
+static int parse_object(struct parser *ps, int depth, struct request *rq)
+{
     ps->p++; /* '{' */
     ws(ps);
     if (peek(ps) == '}') return ps->p++, 0;
@@ -297,24 +341,31 @@ static int parse_object(struct parser *ps, int depth, struct request *rq) {
     }
 }
 
-static int literal(struct parser *ps, const char *word) {
+static int literal(struct parser *ps, const char *word)
+{
     size_t n = strlen(word);
     if ((size_t)(ps->end - ps->p) < n || memcmp(ps->p, word, n)) return -1;
     ps->p += n;
     return 0;
 }
 
-static int skip_value(struct parser *ps, int depth) {
+static int skip_value(struct parser *ps, int depth)
+{
     int is_uint;
     unsigned long long v;
     if (depth > 64) return -1; /* bounded recursion: a line of '[' must not blow the stack */
     ws(ps);
     switch (peek(ps)) {
-    case '{': return parse_object(ps, depth, NULL);
-    case '"': return parse_string(ps, NULL, 0, NULL);
-    case 't': return literal(ps, "true");
-    case 'f': return literal(ps, "false");
-    case 'n': return literal(ps, "null");
+    case '{':
+        return parse_object(ps, depth, NULL);
+    case '"':
+        return parse_string(ps, NULL, 0, NULL);
+    case 't':
+        return literal(ps, "true");
+    case 'f':
+        return literal(ps, "false");
+    case 'n':
+        return literal(ps, "null");
     case '[':
         ps->p++;
         ws(ps);
@@ -329,12 +380,14 @@ static int skip_value(struct parser *ps, int depth) {
             if (peek(ps) == ']') return ps->p++, 0;
             return -1;
         }
-    default: return parse_number(ps, &is_uint, &v);
+    default:
+        return parse_number(ps, &is_uint, &v);
     }
 }
 
 /* Returns NULL or an error message; rq->id is only meaningful when the JSON was valid. */
-static const char *parse_request(const char *line, size_t n, struct request *rq) {
+static const char *parse_request(const char *line, size_t n, struct request *rq)
+{
     struct parser ps = {(const unsigned char *)line, (const unsigned char *)line + n};
     memset(rq, 0, sizeof *rq);
     ws(&ps);
@@ -351,19 +404,22 @@ static const char *parse_request(const char *line, size_t n, struct request *rq)
 
 /* ---- methods --------------------------------------------------------------------------------- */
 
-static double uptime_s(void) {
+static double uptime_s(void)
+{
     char buf[128];
     if (read_file("/proc/uptime", buf, sizeof buf) <= 0) return 0;
     double up = strtod(buf, NULL);
     return up > 0 ? up : 0;
 }
 
-static const char *m_ping(struct out *o) {
+static const char *m_ping(struct out *o)
+{
     out_raw(o, "{}", 2);
     return NULL;
 }
 
-static const char *m_health(struct out *o) {
+static const char *m_health(struct out *o)
+{
     struct utsname u;
     char boot[64] = "";
     if (uname(&u) != 0) u.nodename[0] = 0;
@@ -376,14 +432,16 @@ static const char *m_health(struct out *o) {
     return NULL;
 }
 
-static int meminfo_field(const char *text, const char *name, unsigned long long *kib) {
+static int meminfo_field(const char *text, const char *name, unsigned long long *kib)
+{
     size_t n = strlen(name);
     for (const char *l = text; l && *l; l = strchr(l, '\n'), l = l ? l + 1 : NULL)
         if (!strncmp(l, name, n) && l[n] == ':') return sscanf(l + n + 1, "%llu", kib) == 1 ? 0 : -1;
     return -1;
 }
 
-static const char *m_stats(struct out *o) {
+static const char *m_stats(struct out *o)
+{
     char buf[8192];
     unsigned long long total, avail;
     double l1, l5, l15;
@@ -392,7 +450,9 @@ static const char *m_stats(struct out *o) {
     if (meminfo_field(buf, "MemAvailable", &avail) && meminfo_field(buf, "MemFree", &avail)) avail = 0;
     if (read_file("/proc/loadavg", buf, sizeof buf) <= 0 || sscanf(buf, "%lf %lf %lf", &l1, &l5, &l15) != 3)
         return "cannot read /proc/loadavg";
-    out_fmt(o, "{\"mem_total_kib\":%llu,\"mem_available_kib\":%llu,\"load1\":%.2f,\"load5\":%.2f,\"load15\":%.2f,\"uptime_s\":%.2f}",
+    out_fmt(o,
+            "{\"mem_total_kib\":%llu,\"mem_available_kib\":%llu,\"load1\":%.2f,\"load5\":%.2f,\"load15\":%.2f,\"uptime_"
+            "s\":%.2f}",
             total, avail, l1, l5, l15, uptime_s());
     return NULL;
 }
@@ -410,7 +470,8 @@ static struct sock_ent ents[MAX_PORTS];
 static int nents;
 
 /* /proc prints each 32-bit word of the address in host byte order, so a native copy restores it. */
-static int decode_addr(const char *hex, unsigned char *addr, size_t words) {
+static int decode_addr(const char *hex, unsigned char *addr, size_t words)
+{
     if (strlen(hex) != words * 8) return -1;
     for (size_t w = 0; w < words; w++) {
         char tmp[9];
@@ -422,7 +483,8 @@ static int decode_addr(const char *hex, unsigned char *addr, size_t words) {
     return 0;
 }
 
-static int scan_net(int proto) {
+static int scan_net(int proto)
+{
     static const char *const files[] = {"/proc/net/tcp", "/proc/net/tcp6", "/proc/net/udp", "/proc/net/udp6"};
     FILE *f = fopen(files[proto], "re");
     char line[512];
@@ -453,7 +515,8 @@ static int scan_net(int proto) {
 }
 
 /* Socket inodes → owning pids, the same walk ss -p does. */
-static void map_pids(void) {
+static void map_pids(void)
+{
     DIR *proc = opendir("/proc");
     struct dirent *d;
     if (!proc) return;
@@ -479,7 +542,8 @@ static void map_pids(void) {
     closedir(proc);
 }
 
-static void command_of(int pid, char *buf, size_t cap) {
+static void command_of(int pid, char *buf, size_t cap)
+{
     char path[64], raw[4096];
     ssize_t n;
     buf[0] = 0;
@@ -500,7 +564,8 @@ static void command_of(int pid, char *buf, size_t cap) {
     buf[cut] = 0;
 }
 
-static const char *m_ports(struct out *o) {
+static const char *m_ports(struct out *o)
+{
     int readable = 0, truncated = 0;
     nents = 0;
     for (int p = 0; p < 4; p++) readable += scan_net(p) == 0;
@@ -514,10 +579,12 @@ static const char *m_ports(struct out *o) {
         size_t mark = o->len;
         if (!inet_ntop(e->proto & 1 ? AF_INET6 : AF_INET, e->addr, addr, sizeof addr)) continue;
         if (e->pid > 0) command_of(e->pid, cmd, sizeof cmd);
-        out_fmt(o, "%s{\"proto\":\"%s\",\"address\":\"%s\",\"port\":%u,\"pid\":", mark > 0 && o->buf[mark - 1] != '[' ? "," : "",
-                proto_names[e->proto], addr, e->port);
-        if (e->pid > 0) out_fmt(o, "%d", e->pid);
-        else out_raw(o, "null", 4);
+        out_fmt(o, "%s{\"proto\":\"%s\",\"address\":\"%s\",\"port\":%u,\"pid\":",
+                mark > 0 && o->buf[mark - 1] != '[' ? "," : "", proto_names[e->proto], addr, e->port);
+        if (e->pid > 0)
+            out_fmt(o, "%d", e->pid);
+        else
+            out_raw(o, "null", 4);
         out_raw(o, ",\"command\":", 11);
         out_cstr(o, cmd);
         out_raw(o, "}", 1);
@@ -541,13 +608,15 @@ static const char *m_ports(struct out *o) {
  */
 static int poweroff_requested;
 
-static const char *m_poweroff(struct out *o) {
+static const char *m_poweroff(struct out *o)
+{
     poweroff_requested = 1;
     out_raw(o, "{}", 2);
     return NULL;
 }
 
-static void do_poweroff(void) {
+static void do_poweroff(void)
+{
     char comm[32] = "";
     int fd;
     if (getpid() == 1) {
@@ -567,11 +636,13 @@ static void do_poweroff(void) {
 static const struct {
     const char *name;
     const char *(*fn)(struct out *);
-} methods[] = {{"health", m_health}, {"ports", m_ports}, {"stats", m_stats}, {"ping", m_ping}, {"poweroff", m_poweroff}};
+} methods[] = {
+    {"health", m_health}, {"ports", m_ports}, {"stats", m_stats}, {"ping", m_ping}, {"poweroff", m_poweroff}};
 
 /* ---- framing ------------------------------------------------------------------------------- */
 
-static int write_all(int fd, const char *p, size_t n) {
+static int write_all(int fd, const char *p, size_t n)
+{
     while (n > 0) {
         ssize_t w = write(fd, p, n);
         if (w < 0 && errno == EINTR) continue;
@@ -582,12 +653,14 @@ static int write_all(int fd, const char *p, size_t n) {
     return 0;
 }
 
-static int reply(int fd, struct out *o) {
+static int reply(int fd, struct out *o)
+{
     o->buf[o->len++] = '\n';
     return write_all(fd, o->buf, o->len);
 }
 
-static int reply_error(int fd, unsigned long long id, const char *msg) {
+static int reply_error(int fd, unsigned long long id, const char *msg)
+{
     static struct out o;
     o.len = 0, o.full = 0;
     out_fmt(&o, "{\"id\":%llu,\"ok\":false,\"error\":", id);
@@ -596,7 +669,8 @@ static int reply_error(int fd, unsigned long long id, const char *msg) {
     return reply(fd, &o);
 }
 
-static int handle_line(int fd, const char *line, size_t n) {
+static int handle_line(int fd, const char *line, size_t n)
+{
     static struct out o;
     struct request rq;
     size_t i;
@@ -630,17 +704,22 @@ struct conn {
     char buf[MAX_LINE];
 };
 
-static void conn_reset(struct conn *c) { c->len = 0, c->overflow = 0; }
+static void conn_reset(struct conn *c)
+{
+    c->len = 0, c->overflow = 0;
+}
 
 /* Splits input into lines and answers each; -1 when the reply could not be written. */
-static int conn_feed(struct conn *c, const char *data, size_t n, int out_fd) {
+static int conn_feed(struct conn *c, const char *data, size_t n, int out_fd)
+{
     while (n > 0) {
         const char *nl = memchr(data, '\n', n);
         size_t chunk = nl ? (size_t)(nl - data) : n;
         if (!c->overflow && chunk > MAX_LINE - c->len) c->overflow = 1, c->len = 0;
         if (!c->overflow) memcpy(c->buf + c->len, data, chunk), c->len += chunk;
         if (!nl) break;
-        int rc = c->overflow ? reply_error(out_fd, 0, "line too long (max 65536 bytes)") : handle_line(out_fd, c->buf, c->len);
+        int rc = c->overflow ? reply_error(out_fd, 0, "line too long (max 65536 bytes)")
+                             : handle_line(out_fd, c->buf, c->len);
         conn_reset(c);
         if (rc) return -1;
         data = nl + 1;
@@ -653,7 +732,8 @@ static int conn_feed(struct conn *c, const char *data, size_t n, int out_fd) {
 
 static struct conn one; /* the single connection of stdio and device modes */
 
-static void serve_stdio(void) {
+static void serve_stdio(void)
+{
     char chunk[16384];
     conn_reset(&one);
     for (;;) {
@@ -664,7 +744,8 @@ static void serve_stdio(void) {
     }
 }
 
-static int open_channel(const char *path) {
+static int open_channel(const char *path)
+{
     struct stat st;
     int fd;
     if (stat(path, &st) != 0) return -1;
@@ -685,7 +766,8 @@ static int open_channel(const char *path) {
     return fd;
 }
 
-static void serve_device(const char *path) {
+static void serve_device(const char *path)
+{
     char chunk[16384];
     int failing = 0;
     for (;;) {
@@ -721,7 +803,8 @@ static void serve_device(const char *path) {
 }
 
 /* The port's /dev/virtio-ports symlink needs udev; /sys names the raw /dev/vportNpM node without it. */
-static int find_virtio_port(char *dev, size_t cap) {
+static int find_virtio_port(char *dev, size_t cap)
+{
     static const char *const link = "/dev/virtio-ports/" VIRTIO_PORT_NAME;
     DIR *d;
     struct dirent *e;
@@ -740,7 +823,8 @@ static int find_virtio_port(char *dev, size_t cap) {
     return -1;
 }
 
-static int vsock_listen(unsigned port) {
+static int vsock_listen(unsigned port)
+{
     struct sockaddr_vm a = {.svm_family = AF_VSOCK, .svm_port = port, .svm_cid = VMADDR_CID_ANY};
     int fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) return -1;
@@ -755,14 +839,16 @@ static int vsock_listen(unsigned port) {
 
 static struct conn clients[MAX_CLIENTS];
 
-static void drop_client(struct conn *c) {
+static void drop_client(struct conn *c)
+{
     close(c->fd);
     c->fd = -1;
 }
 
 /* Serves vsock connections; with watch_virtio it switches to the virtio port if one shows up
  * before any host connected (its driver may bind after we started). */
-static void serve_vsock(int lfd, unsigned port, int watch_virtio) {
+static void serve_vsock(int lfd, unsigned port, int watch_virtio)
+{
     unsigned long long seq = 0;
     char chunk[16384], dev[PATH_MAX];
     logmsg("listening on vsock port %u", port);
@@ -796,7 +882,8 @@ static void serve_vsock(int lfd, unsigned port, int watch_virtio) {
             if (cfd < 0) continue;
             /* Only the host may drive the agent: not another VM, not a process in this guest. */
             if (plen < sizeof peer || peer.svm_family != AF_VSOCK || peer.svm_cid != VMADDR_CID_HOST) {
-                logmsg("refused a vsock connection from cid %u (only the host, cid %u, is served)", (unsigned)peer.svm_cid, (unsigned)VMADDR_CID_HOST);
+                logmsg("refused a vsock connection from cid %u (only the host, cid %u, is served)",
+                       (unsigned)peer.svm_cid, (unsigned)VMADDR_CID_HOST);
                 close(cfd);
                 continue;
             }
@@ -819,7 +906,8 @@ static void serve_vsock(int lfd, unsigned port, int watch_virtio) {
     }
 }
 
-static void serve_default(void) {
+static void serve_default(void)
+{
     char dev[PATH_MAX];
     int warned = 0;
     for (;;) {
@@ -834,7 +922,8 @@ static void serve_default(void) {
 /* ---- process --------------------------------------------------------------------------------- */
 
 /* As PID 1 (an image without an init) every orphan becomes our child: reap them. */
-static void reap(int sig) {
+static void reap(int sig)
+{
     int saved = errno;
     (void)sig;
     while (waitpid(-1, NULL, WNOHANG) > 0) {
@@ -844,19 +933,22 @@ static void reap(int sig) {
 
 /* Started by an init with 0-2 closed, the channel would get fd 2 and our log lines would land in
  * the protocol stream. */
-static void ensure_std_fds(void) {
+static void ensure_std_fds(void)
+{
     int fd;
     while ((fd = open("/dev/null", O_RDWR | O_CLOEXEC)) >= 0 && fd <= 2) fcntl(fd, F_SETFD, 0);
     if (fd > 2) close(fd);
 }
 
-static void usage(FILE *f) {
+static void usage(FILE *f)
+{
     fputs("usage: banger-agent [--device PATH | --vsock-port N | --stdio | --version]\n"
           "  default: the virtio-serial port " VIRTIO_PORT_NAME ", else vsock port 1024\n",
           f);
 }
 
-int main(int argc, char **argv) {
+int main(int argc, char **argv)
+{
     const char *device = NULL;
     long vsock_port = -1;
     int stdio_mode = 0;

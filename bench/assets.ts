@@ -19,7 +19,9 @@ export function ensureGuestAssets(env: NodeJS.ProcessEnv = process.env): Promise
     const child = spawn(cmd as string, args as string[], { env, stdio: ['inherit', process.stderr, process.stderr] });
     child.on('error', reject);
     child.on('close', (code, signal) =>
-      code === 0 ? resolve() : reject(new Error(`scripts/guest-assets.sh exited ${code ?? signal}: the guest assets the VM benchmarks boot could not be built`)),
+      code === 0
+        ? resolve()
+        : reject(new Error(`scripts/guest-assets.sh exited ${code ?? signal}: the guest assets the VM benchmarks boot could not be built`)),
     );
   });
 }

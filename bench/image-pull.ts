@@ -81,7 +81,12 @@ export function imagePullBenchmark(): Benchmark {
     },
     async baseline() {
       baseDir = await mkdtemp('/tmp/bg-bpull-base-');
-      await run('skopeo', ['--insecure-policy', 'copy', '-q', '--src-tls-verify=false', `docker://${ref}`, `oci:${join(baseDir, 'layout')}:latest`], process.env, 900_000);
+      await run(
+        'skopeo',
+        ['--insecure-policy', 'copy', '-q', '--src-tls-verify=false', `docker://${ref}`, `oci:${join(baseDir, 'layout')}:latest`],
+        process.env,
+        900_000,
+      );
       await run('umoci', ['unpack', '--image', `${join(baseDir, 'layout')}:latest`, join(baseDir, 'bundle')], process.env, 900_000);
       const img = join(baseDir, 'rootfs.ext4');
       await writeFile(img, '');

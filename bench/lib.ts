@@ -203,12 +203,14 @@ const num = (v: number) => (Math.abs(v) >= 100 ? v.toFixed(0) : v.toFixed(2));
 
 function formatMetrics(r: BenchResult, metrics: NonNullable<BenchResult['metrics']>): string[] {
   const width = Math.max(...metrics.map((m) => m.name.length));
-  return metrics.flatMap((m) => {
-    const ref = m.reference ? `   ${m.reference.label}: ${num(m.reference.value)} ${m.unit}` : '';
-    const target = m.target === undefined ? '' : `   target ≤ ${num(m.target)} ${m.unit}: ${m.met ? 'met' : 'NOT met'}`;
-    const line = `  ${m.name.padEnd(width)}  ${num(m.value).padStart(8)} ${m.unit}${ref}${target}`;
-    return m.detail ? [line, `  ${' '.repeat(width)}  (${m.detail})`] : [line];
-  }).concat(r.notes?.map((n) => `  ${n}`) ?? []);
+  return metrics
+    .flatMap((m) => {
+      const ref = m.reference ? `   ${m.reference.label}: ${num(m.reference.value)} ${m.unit}` : '';
+      const target = m.target === undefined ? '' : `   target ≤ ${num(m.target)} ${m.unit}: ${m.met ? 'met' : 'NOT met'}`;
+      const line = `  ${m.name.padEnd(width)}  ${num(m.value).padStart(8)} ${m.unit}${ref}${target}`;
+      return m.detail ? [line, `  ${' '.repeat(width)}  (${m.detail})`] : [line];
+    })
+    .concat(r.notes?.map((n) => `  ${n}`) ?? []);
 }
 
 export function formatResult(r: BenchResult): string {

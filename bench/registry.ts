@@ -1,7 +1,7 @@
+import { daemonMemoryBenchmark } from './daemon-memory.js';
 import { BANGER, daemonHome } from './home.js';
 import { imagePullBenchmark } from './image-pull.js';
 import { type AnyBenchmark, run } from './lib.js';
-import { daemonMemoryBenchmark } from './daemon-memory.js';
 import { rootCloneBenchmark, tapPoolBenchmark, vmConcurrencyBenchmark, vmCreateBenchmark } from './vm.js';
 
 export { ROOT } from './home.js';

@@ -10,9 +10,9 @@ import { buildBaseInitramfs } from '../src/guest/initramfs.js';
 import { buildVmInitrd, vmCmdline } from '../src/guest/vm-boot.js';
 import { DiskTools } from '../src/host/disks.js';
 import { ProcessRunner } from '../src/host/runner.js';
-import { generateHostKey, } from '../src/host/ssh-keys.js';
-import { buildQemuArgs } from '../src/vmm/qemu/args.js';
+import { generateHostKey } from '../src/host/ssh-keys.js';
 import { killAndWait, spawnDetached } from '../src/vmm/process.js';
+import { buildQemuArgs } from '../src/vmm/qemu/args.js';
 import { assetCache } from './assets.js';
 import { type Benchmark, percentile, run } from './lib.js';
 
@@ -68,7 +68,12 @@ export function vmCreateBenchmark(): Benchmark {
       await banger('image', 'register', '--name', 'debian-bookworm', '--rootfs', a.rootfs, '--kernel-ref', 'k');
       // The baseline's inputs, prepared once: the same initrd banger builds, a work disk.
       const runner = new ProcessRunner();
-      await buildBaseInitramfs({ kernelTree: a.kernelDir, version: a.kernelVersion, initBinary: guestBinary('banger-init'), outPath: join(dir, 'base.cpio.gz') });
+      await buildBaseInitramfs({
+        kernelTree: a.kernelDir,
+        version: a.kernelVersion,
+        initBinary: guestBinary('banger-init'),
+        outPath: join(dir, 'base.cpio.gz'),
+      });
       await generateHostKey(runner, join(dir, 'ssh'), 'bench');
       await buildVmInitrd({
         baseInitramfs: join(dir, 'base.cpio.gz'),
@@ -288,7 +293,8 @@ export function vmConcurrencyBenchmark(): Benchmark {
       const conc = stageMedians(ops.filter((o) => o.target?.startsWith('c')));
       const seq = stageMedians(ops.filter((o) => o.target?.startsWith('s')));
       const lines = ['median stage time per VM, concurrent vs sequential (measured rounds):'];
-      for (const [stage, c] of conc) lines.push(`  ${stage.padEnd(16)} ${(c / 1000).toFixed(2).padStart(7)} s   ${((seq.get(stage) ?? Number.NaN) / 1000).toFixed(2).padStart(7)} s`);
+      for (const [stage, c] of conc)
+        lines.push(`  ${stage.padEnd(16)} ${(c / 1000).toFixed(2).padStart(7)} s   ${((seq.get(stage) ?? Number.NaN) / 1000).toFixed(2).padStart(7)} s`);
       return lines;
     },
     teardown: () => h.teardown(),

@@ -21,10 +21,7 @@ try {
   /* not a git checkout */
 }
 const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'));
-writeFileSync(
-  join(root, 'dist/build-info.json'),
-  `${JSON.stringify({ version: pkg.version, commit, buildTime: new Date().toISOString() }, null, 2)}\n`,
-);
+writeFileSync(join(root, 'dist/build-info.json'), `${JSON.stringify({ version: pkg.version, commit, buildTime: new Date().toISOString() }, null, 2)}\n`);
 
 // Static guest binaries: they must run in any distro (glibc or musl), so they are linked statically.
 if (existsSync(join(root, 'agent/Makefile'))) {

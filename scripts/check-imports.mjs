@@ -70,7 +70,10 @@ function walk(dir) {
 }
 
 /** The .ts files under srcDir, relative to it. */
-export const sourceFiles = (srcDir) => walk(srcDir).map((f) => relative(srcDir, f).split(sep).join('/')).sort();
+export const sourceFiles = (srcDir) =>
+  walk(srcDir)
+    .map((f) => relative(srcDir, f).split(sep).join('/'))
+    .sort();
 
 /** Every relative import of every .ts file under srcDir, as paths relative to srcDir. */
 export function importEdges(srcDir) {
@@ -80,7 +83,9 @@ export function importEdges(srcDir) {
     const info = ts.preProcessFile(readFileSync(file, 'utf8'), true, true);
     for (const { fileName } of info.importedFiles) {
       if (!fileName.startsWith('.')) continue; // node: builtins and packages
-      const target = relative(srcDir, resolve(dirname(file), fileName)).split(sep).join('/');
+      const target = relative(srcDir, resolve(dirname(file), fileName))
+        .split(sep)
+        .join('/');
       edges.push({ from, to: target.replace(/\.js$/, '.ts'), spec: fileName });
     }
   }
@@ -97,7 +102,12 @@ export function check(srcDir) {
   });
   const problems = [];
   for (const f of sourceFiles(srcDir)) {
-    if (!layerOf.has(moduleOf(f))) problems.push({ from: f, to: '', why: `${moduleOf(f) ? `module ${moduleOf(f)}/` : 'a file directly in src/'} is in no layer: add it to LAYERS in scripts/check-imports.mjs` });
+    if (!layerOf.has(moduleOf(f)))
+      problems.push({
+        from: f,
+        to: '',
+        why: `${moduleOf(f) ? `module ${moduleOf(f)}/` : 'a file directly in src/'} is in no layer: add it to LAYERS in scripts/check-imports.mjs`,
+      });
   }
   const used = new Set();
   for (const e of importEdges(srcDir)) {

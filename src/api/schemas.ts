@@ -143,7 +143,10 @@ export const ImageBuildRequestSchema = z
     from: z.string().min(1),
     name: ResourceName,
     /** The script's text; it runs as root under bash in the build VM. */
-    script: z.string().min(1).max(1024 * 1024),
+    script: z
+      .string()
+      .min(1)
+      .max(1024 * 1024),
     /** Builds usually install packages: NAT is on unless turned off. */
     nat: z.boolean().default(true),
     diskSizeBytes: z.number().int().positive().optional(),
@@ -232,9 +235,7 @@ export const VmBulkRequestSchema = z
 export type VmBulkRequest = z.input<typeof VmBulkRequestSchema>;
 
 export const VmBulkResultSchema = z.object({
-  results: z.array(
-    z.object({ ref: z.string(), id: z.string().optional(), name: z.string().optional(), ok: z.boolean(), error: ErrorBodySchema.optional() }),
-  ),
+  results: z.array(z.object({ ref: z.string(), id: z.string().optional(), name: z.string().optional(), ok: z.boolean(), error: ErrorBodySchema.optional() })),
 });
 export type VmBulkResult = z.infer<typeof VmBulkResultSchema>;
 

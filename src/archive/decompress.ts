@@ -81,7 +81,11 @@ export function byteLimit(max: number, what: string): Transform {
     transform(chunk: Buffer, _enc, cb: TransformCallback) {
       seen += chunk.length;
       if (seen > max) {
-        cb(new BangerError('rejected_content', `${what} is larger than the limit of ${max} bytes`, { fix: 'check the source; raise the limit only if the content is trusted' }));
+        cb(
+          new BangerError('rejected_content', `${what} is larger than the limit of ${max} bytes`, {
+            fix: 'check the source; raise the limit only if the content is trusted',
+          }),
+        );
         return;
       }
       cb(null, chunk);

@@ -108,7 +108,8 @@ export async function openUrl(url: string, signal?: AbortSignal, opts: OpenUrlOp
         const location = res.headers.get('location');
         if (res.status < 300 || res.status > 399 || location === null) break;
         await res.body?.cancel().catch(() => {});
-        if (n >= MAX_REDIRECTS) throw new BangerError('upstream_failed', `${displayUrl(url)} redirects more than ${MAX_REDIRECTS} times`, { fix: 'check the URL' });
+        if (n >= MAX_REDIRECTS)
+          throw new BangerError('upstream_failed', `${displayUrl(url)} redirects more than ${MAX_REDIRECTS} times`, { fix: 'check the URL' });
         hop = new URL(location, hop);
       }
     }
@@ -197,7 +198,11 @@ export async function downloadVerified(opts: DownloadOptions): Promise<DownloadR
       transform(chunk: Buffer, _enc, cb: TransformCallback) {
         bytes += chunk.length;
         if (bytes > opts.maxBytes) {
-          cb(new BangerError('rejected_content', `${displayUrl(opts.url)} is larger than the limit of ${opts.maxBytes} bytes`, { fix: 'check the URL and the source' }));
+          cb(
+            new BangerError('rejected_content', `${displayUrl(opts.url)} is larger than the limit of ${opts.maxBytes} bytes`, {
+              fix: 'check the URL and the source',
+            }),
+          );
           return;
         }
         hash.update(chunk);

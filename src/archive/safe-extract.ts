@@ -1,4 +1,4 @@
-import { constants as fsc, createWriteStream } from 'node:fs';
+import { createWriteStream, constants as fsc } from 'node:fs';
 import { chmod, type FileHandle, link, lstat, mkdir, open, readlink, realpath, rm, symlink, unlink } from 'node:fs/promises';
 import { dirname, join, relative, resolve, sep } from 'node:path';
 import { Readable } from 'node:stream';
@@ -142,7 +142,13 @@ async function extractInto(input: Readable, root: string, opts: SafeExtractOptio
   }
   const extract = tar.extract();
   // Decompressed bytes are bounded too: headers and padding are small next to the content limit.
-  const piping = pipeline(source, decompressor(kind), byteLimit(opts.maxBytes + (opts.maxEntries + 16) * 1024 + 1024 * 1024, label), extract, opts.signal ? { signal: opts.signal } : {});
+  const piping = pipeline(
+    source,
+    decompressor(kind),
+    byteLimit(opts.maxBytes + (opts.maxEntries + 16) * 1024 + 1024 * 1024, label),
+    extract,
+    opts.signal ? { signal: opts.signal } : {},
+  );
   piping.catch(() => {}); // the loop below sees the same error through the extract stream
   let entries = 0;
   let bytes = 0;
@@ -246,7 +252,8 @@ async function extractInto(input: Readable, root: string, opts: SafeExtractOptio
   await piping;
   // Re-check every symlink against the final tree: a later entry cannot have turned one into an escape.
   for (const s of symlinks) {
-    if (!(await resolveInRoot(root, s.parts.slice(0, -1), s.target))) throw rejected(label, s.parts.join('/'), `symlink target "${s.target}" leaves the archive root`);
+    if (!(await resolveInRoot(root, s.parts.slice(0, -1), s.target)))
+      throw rejected(label, s.parts.join('/'), `symlink target "${s.target}" leaves the archive root`);
   }
   // Directory modes last (deepest first), so a read-only directory did not block its own content.
   for (const [dir, mode] of [...dirModes].sort((a, b) => b[0].length - a[0].length)) await chmod(dir, mode);
@@ -314,7 +321,8 @@ export async function openRegularNoFollow(path: string, what = 'file'): Promise<
 export async function readRegularNoFollow(path: string, maxBytes: number, what = 'file'): Promise<Buffer> {
   const { fh, size } = await openRegularNoFollow(path, what);
   try {
-    if (size > maxBytes) throw new BangerError('rejected_content', `${what} ${path} is ${size} bytes, more than the limit of ${maxBytes}`, { fix: 'check the file' });
+    if (size > maxBytes)
+      throw new BangerError('rejected_content', `${what} ${path} is ${size} bytes, more than the limit of ${maxBytes}`, { fix: 'check the file' });
     const buf = Buffer.alloc(size);
     let off = 0;
     while (off < size) {

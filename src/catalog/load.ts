@@ -45,7 +45,10 @@ export function parseCatalogText<E extends { name: string }>(spec: CatalogSpec<E
   } catch (e) {
     throw new BangerError('invalid_config', `${spec.what} ${origin}: invalid JSON: ${(e as Error).message}`, { fix: `fix the JSON in ${origin}` });
   }
-  const res = z.object({ [spec.listKey]: z.array(spec.entry) }).strict().safeParse(raw);
+  const res = z
+    .object({ [spec.listKey]: z.array(spec.entry) })
+    .strict()
+    .safeParse(raw);
   if (!res.success) {
     const issues = res.error.issues.map((i) => describeIssue(spec.listKey, i, raw));
     throw new BangerError('invalid_config', `${spec.what} ${origin}: ${issues[0]}`, {
@@ -56,14 +59,20 @@ export function parseCatalogText<E extends { name: string }>(spec: CatalogSpec<E
   const entries = (res.data as Record<string, E[]>)[spec.listKey] as E[];
   const names = new Set<string>();
   for (const e of entries) {
-    if (names.has(e.name)) throw new BangerError('invalid_config', `${spec.what} ${origin}: the name "${e.name}" appears twice`, { fix: `rename or remove one in ${origin}` });
+    if (names.has(e.name))
+      throw new BangerError('invalid_config', `${spec.what} ${origin}: the name "${e.name}" appears twice`, { fix: `rename or remove one in ${origin}` });
     names.add(e.name);
   }
   return entries;
 }
 
 /** Reads one configured catalog: a file path (relative to `baseDir`), a file: URL, or an https URL. */
-export async function loadCatalogFile<E extends { name: string }>(spec: CatalogSpec<E>, ref: string, baseDir: string, signal?: AbortSignal): Promise<{ origin: string; entries: E[] }> {
+export async function loadCatalogFile<E extends { name: string }>(
+  spec: CatalogSpec<E>,
+  ref: string,
+  baseDir: string,
+  signal?: AbortSignal,
+): Promise<{ origin: string; entries: E[] }> {
   const { origin, text } = await readCatalogSource(ref, baseDir, spec.configKey, signal);
   return { origin, entries: parseCatalogText(spec, text, origin) };
 }
@@ -77,7 +86,12 @@ export function mergeCatalogs<E extends { name: string }>(builtin: readonly E[],
 }
 
 /** The whole catalog of one kind: its built-ins plus the configured catalogs. */
-export async function loadCatalogs<E extends { name: string }>(spec: CatalogSpec<E>, refs: readonly string[], baseDir: string, signal?: AbortSignal): Promise<Array<Sourced<E>>> {
+export async function loadCatalogs<E extends { name: string }>(
+  spec: CatalogSpec<E>,
+  refs: readonly string[],
+  baseDir: string,
+  signal?: AbortSignal,
+): Promise<Array<Sourced<E>>> {
   const catalogs = [];
   for (const ref of refs) catalogs.push(await loadCatalogFile(spec, ref, baseDir, signal));
   return mergeCatalogs(spec.builtin, catalogs);

@@ -17,9 +17,13 @@ export async function readCatalogSource(ref: string, baseDir: string, configKey:
   const checkUrl = (url: string) => {
     const problem = insecureUrlProblem(url);
     if (problem) {
-      throw new BangerError('invalid_config', `${what} ${displayUrl(url)}${url === ref ? '' : ` (a redirect from ${displayUrl(ref)})`} ${problem}: anyone on the network path could rewrite it`, {
-        fix: `serve the catalog over https (or from a file) and update ${configKey}; http is accepted only from 127.0.0.1, ::1 or localhost`,
-      });
+      throw new BangerError(
+        'invalid_config',
+        `${what} ${displayUrl(url)}${url === ref ? '' : ` (a redirect from ${displayUrl(ref)})`} ${problem}: anyone on the network path could rewrite it`,
+        {
+          fix: `serve the catalog over https (or from a file) and update ${configKey}; http is accepted only from 127.0.0.1, ::1 or localhost`,
+        },
+      );
     }
   };
   if (/^[a-z][a-z0-9+.-]*:\/\//i.test(ref) && !/^file:/i.test(ref)) {
@@ -40,7 +44,10 @@ export async function readCatalogSource(ref: string, baseDir: string, configKey:
   } catch (e) {
     throw new BangerError('invalid_config', `${what} ${ref}: ${(e as Error).message}`, { fix: `use file:///absolute/path or a plain path in ${configKey}` });
   }
-  const size = await stat(path).then((st) => st.size, () => 0);
+  const size = await stat(path).then(
+    (st) => st.size,
+    () => 0,
+  );
   if (size > MAX_CATALOG_BYTES) {
     throw new BangerError('invalid_config', `${what} ${path} is larger than ${MAX_CATALOG_BYTES} bytes`, { fix: `check the path in ${configKey}` });
   }

@@ -23,9 +23,7 @@ function collect(cmd: Command, path: string[] = [], out: Node[] = []): Node[] {
 }
 
 function bash(nodes: Node[]): string {
-  const cases = nodes
-    .map((n) => `    "${n.path.join(' ')}") words="${[...n.subcommands, ...n.flags].join(' ')}" ;;`)
-    .join('\n');
+  const cases = nodes.map((n) => `    "${n.path.join(' ')}") words="${[...n.subcommands, ...n.flags].join(' ')}" ;;`).join('\n');
   return `# banger bash completion
 _banger() {
   local cur path="" w i

@@ -1,9 +1,8 @@
 import { BangerError } from '../api/errors.js';
 import type {
+  DaemonStatus,
   GuestHealth,
   GuestPorts,
-  VmStats,
-  DaemonStatus,
   Image,
   ImageCatalogList,
   Kernel,
@@ -14,6 +13,7 @@ import type {
   VmBulkResult,
   VmCreateRequest,
   VmSetRequest,
+  VmStats,
 } from '../api/schemas.js';
 import { type Layout, resolveLayout } from '../config/layout.js';
 import { newOpId } from '../util/ids.js';
@@ -126,7 +126,8 @@ export class BangerClient {
   imageCatalog = () => this.request<ImageCatalogList>('GET', '/v1/image-catalog');
   buildImage = (req: { from: string; name: string; script: string; nat?: boolean; diskSizeBytes?: number }) =>
     this.request<{ operation: Operation }>('POST', '/v1/images/build', req);
-  pullImage = (req: { ref: string; name?: string; kernelRef?: string; sizeBytes?: number }) => this.request<{ operation: Operation }>('POST', '/v1/images/pull', req);
+  pullImage = (req: { ref: string; name?: string; kernelRef?: string; sizeBytes?: number }) =>
+    this.request<{ operation: Operation }>('POST', '/v1/images/pull', req);
   promoteImage = (ref: string) => this.request<{ operation: Operation }>('POST', `/v1/images/${encodeURIComponent(ref)}/promote`, {});
   pruneImageCache = (dryRun: boolean) =>
     this.request<{ removed: number; freedBytes: number; kept: number; dryRun: boolean }>('POST', '/v1/image-cache/prune', { dryRun });
@@ -145,7 +146,13 @@ export class BangerClient {
   /** Serial console of a VM: the last `lines` lines, then new output while `follow` (until signal aborts). */
   async logs(ref: string, opts: { lines: number; follow: boolean; signal?: AbortSignal }, onChunk: (text: string) => void): Promise<void> {
     await this.vm(ref); // resolves the ref (and starts the daemon) with a proper error first
-    await streamText(this.layout.socketPath, `/v1/vms/${encodeURIComponent(ref)}/logs?lines=${opts.lines}&follow=${opts.follow}`, this.nextOpId(), onChunk, opts.signal);
+    await streamText(
+      this.layout.socketPath,
+      `/v1/vms/${encodeURIComponent(ref)}/logs?lines=${opts.lines}&follow=${opts.follow}`,
+      this.nextOpId(),
+      onChunk,
+      opts.signal,
+    );
   }
   prune = (dryRun: boolean) => this.request<{ pruned: Array<{ id: string; name: string }> }>('POST', '/v1/vms/prune', { dryRun });
 }

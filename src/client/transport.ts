@@ -1,4 +1,4 @@
-import { type IncomingMessage, request as httpRequest } from 'node:http';
+import { request as httpRequest, type IncomingMessage } from 'node:http';
 import { BangerError, type ErrorBody } from '../api/errors.js';
 import { assertTrustedSocket } from './trust.js';
 
@@ -17,14 +17,7 @@ export function isNotRunning(err: unknown): boolean {
   return code === 'ENOENT' || code === 'ECONNREFUSED';
 }
 
-export function requestJson(
-  socketPath: string,
-  method: string,
-  path: string,
-  body: unknown,
-  opId: string,
-  timeoutMs: number,
-): Promise<RawResponse> {
+export function requestJson(socketPath: string, method: string, path: string, body: unknown, opId: string, timeoutMs: number): Promise<RawResponse> {
   return new Promise((resolve, reject) => {
     // Every connection: who owns the socket path is checked first (a squatted /tmp/banger-<uid>).
     assertTrustedSocket(socketPath);
@@ -65,7 +58,11 @@ export function requestJson(
         });
       },
     );
-    req.setTimeout(timeoutMs, () => req.destroy(new BangerError('timeout', `daemon did not answer ${method} ${path} within ${timeoutMs / 1000}s`, { opId, fix: 'check `banger daemon logs`' })));
+    req.setTimeout(timeoutMs, () =>
+      req.destroy(
+        new BangerError('timeout', `daemon did not answer ${method} ${path} within ${timeoutMs / 1000}s`, { opId, fix: 'check `banger daemon logs`' }),
+      ),
+    );
     req.on('error', (e) => reject(isNotRunning(e) || e instanceof BangerError ? e : midRequest(e, opId)));
     req.end(payload);
   });
@@ -104,12 +101,7 @@ function rejectWithErrorBody(res: IncomingMessage, opId: string, reject: (e: Err
 }
 
 /** Reads a server-sent-events stream and calls onEvent with each parsed `data:` payload. */
-export function streamEvents(
-  socketPath: string,
-  path: string,
-  opId: string,
-  onEvent: (data: unknown) => boolean | undefined,
-): Promise<void> {
+export function streamEvents(socketPath: string, path: string, opId: string, onEvent: (data: unknown) => boolean | undefined): Promise<void> {
   return new Promise((resolve, reject) => {
     assertTrustedSocket(socketPath);
     const req = httpRequest({ socketPath, method: 'GET', path, headers: { [OP_HEADER]: opId, accept: 'text/event-stream' } }, (res) => {

@@ -45,7 +45,11 @@ export function assertTrustedSocket(socketPath: string): void {
   if (!st.isDirectory()) throw untrusted(socketPath, `${dir} is not a directory`, fixDir);
   if (st.uid !== uid) throw untrusted(socketPath, `${dir} is owned by uid ${st.uid}, not by you (uid ${uid})`, fixDir);
   if ((st.mode & 0o077) !== 0) {
-    throw untrusted(socketPath, `${dir} has mode ${(st.mode & 0o7777).toString(8)}: others may use it`, `if ${dir} is yours, make it private: chmod 700 ${dir}; else remove it`);
+    throw untrusted(
+      socketPath,
+      `${dir} has mode ${(st.mode & 0o7777).toString(8)}: others may use it`,
+      `if ${dir} is yours, make it private: chmod 700 ${dir}; else remove it`,
+    );
   }
   for (let a = dirname(dir); ; a = dirname(a)) {
     const ast = lstatSync(a);

@@ -52,7 +52,10 @@ export const ConfigSchema = z
       .string()
       .regex(/^banger[a-z0-9_-]{0,9}$/, 'expected a name starting with "banger" (at most 15 characters): banger only manages bridges it owns')
       .default('banger0'),
-    bridge_ip: z.string().refine((v) => isIP(v) === 4, { message: 'expected an IPv4 address' }).default('172.30.0.1'),
+    bridge_ip: z
+      .string()
+      .refine((v) => isIP(v) === 4, { message: 'expected an IPv4 address' })
+      .default('172.30.0.1'),
     cidr: cidr.default('172.30.0.0/24'),
     tap_pool_size: z.number().int().min(0).max(64).default(2),
     default_dns: z.array(z.string().refine((v) => isIP(v) !== 0, { message: 'expected IP addresses' })).default([]),
@@ -61,7 +64,12 @@ export const ConfigSchema = z
     vm_defaults: z
       .object({
         vcpu: z.number().int().min(1).max(64).optional(),
-        memory_mib: z.number().int().min(128).max(1024 * 1024).optional(),
+        memory_mib: z
+          .number()
+          .int()
+          .min(128)
+          .max(1024 * 1024)
+          .optional(),
         disk_size: size.optional(),
       })
       .strict()

@@ -1,4 +1,4 @@
-import { lstatSync, mkdirSync, chmodSync } from 'node:fs';
+import { chmodSync, lstatSync, mkdirSync } from 'node:fs';
 import { homedir, userInfo } from 'node:os';
 import { join } from 'node:path';
 import { BangerError } from '../api/errors.js';
@@ -88,7 +88,17 @@ export function ensurePrivateDir(path: string): void {
 }
 
 export function ensureLayout(layout: Layout): void {
-  for (const dir of [layout.stateDir, layout.cacheDir, layout.runtimeDir, layout.logDir, layout.vmsStateDir, layout.vmsRunDir, layout.imagesDir, layout.kernelsDir, layout.stagingDir]) {
+  for (const dir of [
+    layout.stateDir,
+    layout.cacheDir,
+    layout.runtimeDir,
+    layout.logDir,
+    layout.vmsStateDir,
+    layout.vmsRunDir,
+    layout.imagesDir,
+    layout.kernelsDir,
+    layout.stagingDir,
+  ]) {
     ensurePrivateDir(dir);
   }
 }

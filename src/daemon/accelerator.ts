@@ -17,9 +17,7 @@ export class Accelerators {
   private accel: Accelerator | undefined;
   private probing: Promise<Accelerator> | undefined;
 
-  constructor(
-    private readonly d: { config: Config; layout: Layout; clock: Clock; log: Logger; hostKernel: string },
-  ) {
+  constructor(private readonly d: { config: Config; layout: Layout; clock: Clock; log: Logger; hostKernel: string }) {
     this.cachedProbe = readKvmProbeCache(d.layout.cacheDir, d.hostKernel);
     this.accel = d.config.accel !== 'auto' ? d.config.accel : this.cachedProbe ? (this.cachedProbe.usable ? 'kvm' : 'tcg') : undefined;
   }

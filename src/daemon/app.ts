@@ -5,9 +5,9 @@ import type { Layout } from '../config/layout.js';
 import type { CommandRunner } from '../host/runner.js';
 import type { Db } from '../store/db.js';
 import { buildInfo } from '../util/build-info.js';
+import type { Clock } from '../util/op-context.js';
 import type { Router } from './http.js';
 import { OperationRegistry } from './operations.js';
-import type { Clock } from '../util/op-context.js';
 
 export interface AppDeps {
   layout: Layout;

@@ -47,7 +47,15 @@ export async function composeDaemon(deps: AppDeps, hooks: Pick<AppHooks, 'onStop
   const leftovers = await sweepLeftovers(layout, repos);
   if (leftovers.length) log.info({ removed: leftovers }, 'removed work left by an earlier daemon');
 
-  const kernels = new KernelService({ repos, layout, clock, locks, catalogs: config.kernel_catalogs, debianMirror: config.debian_mirror, debianKeyring: config.debian_keyring });
+  const kernels = new KernelService({
+    repos,
+    layout,
+    clock,
+    locks,
+    catalogs: config.kernel_catalogs,
+    debianMirror: config.debian_mirror,
+    debianKeyring: config.debian_keyring,
+  });
   const images = new ImageService({
     repos,
     layout,

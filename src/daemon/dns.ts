@@ -198,10 +198,7 @@ export class VmDnsServer {
     this.tcp = undefined;
     for (const c of this.connections) c.destroy();
     this.connections.clear();
-    await Promise.all([
-      udp ? new Promise<void>((r) => udp.close(() => r())) : undefined,
-      tcp ? new Promise<void>((r) => tcp.close(() => r())) : undefined,
-    ]);
+    await Promise.all([udp ? new Promise<void>((r) => udp.close(() => r())) : undefined, tcp ? new Promise<void>((r) => tcp.close(() => r())) : undefined]);
   }
 
   /** The bound `host:port` (the real port when constructed with port 0); IPv6 hosts in brackets. */
@@ -410,7 +407,10 @@ export class VmDnsServer {
     const where = this.port === 0 ? this.host : `${this.host.includes(':') ? `[${this.host}]` : this.host}:${this.port}`;
     const [why, fix] =
       e.code === 'EADDRINUSE'
-        ? ['the port is already in use', `stop what listens there (\`ss -lntup 'sport = :${this.port}'\`) or set dns_listen_addr in config.toml to a free address`]
+        ? [
+            'the port is already in use',
+            `stop what listens there (\`ss -lntup 'sport = :${this.port}'\`) or set dns_listen_addr in config.toml to a free address`,
+          ]
         : e.code === 'EACCES'
           ? ['permission denied', 'ports below 1024 need root or CAP_NET_BIND_SERVICE; run bangerd as root or set dns_listen_addr to a port >= 1024']
           : e.code === 'EADDRNOTAVAIL'

@@ -48,7 +48,16 @@ export async function streamLog(path: string, o: StreamLogOptions, req: Incoming
     fh = await openLogFile(path).catch(() => undefined);
     let offset = fh ? (await fh.stat()).size : 0;
     const tail = await readLogLines(path, o.lines, TAIL_MAX_BYTES).catch(() => '');
-    if (tail && !(await write(res, tail, () => gone, (w) => (wakeDrain = w)))) return;
+    if (
+      tail &&
+      !(await write(
+        res,
+        tail,
+        () => gone,
+        (w) => (wakeDrain = w),
+      ))
+    )
+      return;
     if (!o.follow) return;
     // An empty log would otherwise hold back the headers until the guest writes something.
     res.flushHeaders();
@@ -83,7 +92,16 @@ export async function streamLog(path: string, o: StreamLogOptions, req: Incoming
         if (bytesRead === 0) break;
         offset += bytesRead;
         const chunk = Buffer.from(buf.subarray(0, bytesRead).filter((b) => b !== 0));
-        if (chunk.length && !(await write(res, chunk, () => gone, (w) => (wakeDrain = w)))) return;
+        if (
+          chunk.length &&
+          !(await write(
+            res,
+            chunk,
+            () => gone,
+            (w) => (wakeDrain = w),
+          ))
+        )
+          return;
         if (gone) return;
       }
     }

@@ -6,10 +6,10 @@ import { ensureLayout, resolveLayout } from '../config/layout.js';
 import { ProcessRunner } from '../host/runner.js';
 import { checkMigrations, migrate, openDb } from '../store/db.js';
 import { versionText } from '../util/build-info.js';
+import { systemClock } from '../util/op-context.js';
 import { composeDaemon } from './compose.js';
 import { DaemonLock } from './lock.js';
 import { createLogger } from './logger.js';
-import { systemClock } from '../util/op-context.js';
 
 const USAGE = `usage: bangerd [--version] [--check-migrations]
 

@@ -1,8 +1,8 @@
 import type { z } from 'zod';
 import { AcceptedOperationSchema } from '../api/schemas.js';
+import type { OpContext } from '../util/op-context.js';
 import type { App } from './app.js';
 import type { Route } from './http.js';
-import type { OpContext } from '../util/op-context.js';
 
 /** Builds POST routes that start an operation and answer 202 with it at once; the CLI then follows its events. */
 export function operationRouteFor(app: App) {

@@ -11,8 +11,20 @@ export function kernelRoutes(app: App, kernels: KernelService, removeKernel: (re
     { method: 'GET', path: '/v1/kernels', response: KernelListSchema, handler: () => ({ kernels: kernels.list() }) },
     { method: 'GET', path: '/v1/kernels/:ref', response: KernelSchema, handler: ({ params }) => toKernel(kernels.row(params.ref as string)) },
     { method: 'GET', path: '/v1/kernel-catalog', response: KernelCatalogListSchema, handler: async () => ({ kernels: await kernels.catalog() }) },
-    operationRoute('/v1/kernels', 'kernel.import', KernelImportRequestSchema, (b) => b.name, (b, ctx) => kernels.import(b.name, b.from, ctx)),
-    operationRoute('/v1/kernels/pull', 'kernel.pull', KernelPullRequestSchema, (b) => b.name, (b, ctx) => kernels.pull(b.name, { force: b.force }, ctx)),
+    operationRoute(
+      '/v1/kernels',
+      'kernel.import',
+      KernelImportRequestSchema,
+      (b) => b.name,
+      (b, ctx) => kernels.import(b.name, b.from, ctx),
+    ),
+    operationRoute(
+      '/v1/kernels/pull',
+      'kernel.pull',
+      KernelPullRequestSchema,
+      (b) => b.name,
+      (b, ctx) => kernels.pull(b.name, { force: b.force }, ctx),
+    ),
     {
       method: 'DELETE',
       path: '/v1/kernels/:ref',

@@ -1,13 +1,13 @@
 import { z } from 'zod';
 import {
+  CachePruneReportSchema,
   GuestHealthSchema,
   GuestPortsSchema,
-  ImageListSchema,
   ImageBuildRequestSchema,
+  ImageCatalogListSchema,
+  ImageListSchema,
   ImagePullRequestSchema,
   ImageRegisterRequestSchema,
-  CachePruneReportSchema,
-  ImageCatalogListSchema,
   ImageSchema,
   VmBulkRequestSchema,
   VmBulkResultSchema,
@@ -18,9 +18,9 @@ import {
   VmStatsSchema,
 } from '../api/schemas.js';
 import type { App } from './app.js';
-import { operationRouteFor } from './route-helpers.js';
 import { OP_HEADER, type Route } from './http.js';
 import { streamLog } from './log-stream.js';
+import { operationRouteFor } from './route-helpers.js';
 import type { ImageBuildService } from './services/image-build.js';
 import type { ImageService } from './services/images.js';
 import type { KernelService } from './services/kernels.js';
@@ -54,10 +54,34 @@ export function resourceRoutes(app: App, s: Services): Route[] {
     // ---- images
     { method: 'GET', path: '/v1/images', response: ImageListSchema, handler: () => ({ images: s.images.list() }) },
     { method: 'GET', path: '/v1/images/:ref', response: ImageSchema, handler: ({ params }) => s.images.toImage(s.images.row(params.ref as string)) },
-    operationRoute('/v1/images', 'image.register', ImageRegisterRequestSchema, (b) => b.name, (b, ctx) => s.images.register(b, ctx)),
-    operationRoute('/v1/images/build', 'image.build', ImageBuildRequestSchema, (b) => b.name, (b, ctx) => s.builds.build(b, ctx)),
-    operationRoute('/v1/images/pull', 'image.pull', ImagePullRequestSchema, (b) => b.name ?? b.ref, (b, ctx) => s.images.pull(b, ctx)),
-    operationRoute('/v1/images/:ref/promote', 'image.promote', z.object({}).strict(), (_b, p) => p.ref, (_b, ctx, p) => s.images.promote(p.ref as string, ctx)),
+    operationRoute(
+      '/v1/images',
+      'image.register',
+      ImageRegisterRequestSchema,
+      (b) => b.name,
+      (b, ctx) => s.images.register(b, ctx),
+    ),
+    operationRoute(
+      '/v1/images/build',
+      'image.build',
+      ImageBuildRequestSchema,
+      (b) => b.name,
+      (b, ctx) => s.builds.build(b, ctx),
+    ),
+    operationRoute(
+      '/v1/images/pull',
+      'image.pull',
+      ImagePullRequestSchema,
+      (b) => b.name ?? b.ref,
+      (b, ctx) => s.images.pull(b, ctx),
+    ),
+    operationRoute(
+      '/v1/images/:ref/promote',
+      'image.promote',
+      z.object({}).strict(),
+      (_b, p) => p.ref,
+      (_b, ctx, p) => s.images.promote(p.ref as string, ctx),
+    ),
     { method: 'GET', path: '/v1/image-catalog', response: ImageCatalogListSchema, handler: () => s.images.catalogList() },
     {
       method: 'POST',
@@ -69,7 +93,13 @@ export function resourceRoutes(app: App, s: Services): Route[] {
     { method: 'DELETE', path: '/v1/images/:ref', handler: async ({ params }) => ({ deleted: await s.images.remove(params.ref as string) }) },
     // ---- VMs
     { method: 'GET', path: '/v1/vms', response: VmListSchema, handler: () => ({ vms: s.vms.list() }) },
-    operationRoute('/v1/vms', 'vm.create', VmCreateRequestSchema, (b) => b.name, (b, ctx) => s.vms.create(b, ctx)),
+    operationRoute(
+      '/v1/vms',
+      'vm.create',
+      VmCreateRequestSchema,
+      (b) => b.name,
+      (b, ctx) => s.vms.create(b, ctx),
+    ),
     {
       method: 'POST',
       path: '/v1/vms/actions',

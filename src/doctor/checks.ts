@@ -51,12 +51,7 @@ export async function runChecks(p: HostProbe): Promise<Check[]> {
     checks.push(fix && status !== 'PASS' ? { status, name, detail, fix } : { status, name, detail });
 
   add(p.arch === 'x64' ? 'PASS' : 'FAIL', 'cpu architecture', p.arch === 'x64' ? 'x86_64' : `${p.arch} is not supported yet`, 'run banger on an x86_64 host');
-  add(
-    nodeAtLeast(p.nodeVersion, 20, 19) ? 'PASS' : 'FAIL',
-    'node version',
-    p.nodeVersion,
-    'install Node.js 20.19 or newer (Node 24 LTS recommended)',
-  );
+  add(nodeAtLeast(p.nodeVersion, 20, 19) ? 'PASS' : 'FAIL', 'node version', p.nodeVersion, 'install Node.js 20.19 or newer (Node 24 LTS recommended)');
 
   const cfg = p.config();
   if (cfg.ok) add('PASS', 'config', cfg.exists ? cfg.path : `${cfg.path} (absent: all defaults)`);
@@ -64,9 +59,22 @@ export async function runChecks(p: HostProbe): Promise<Check[]> {
 
   const kvm = await p.deviceAccess('/dev/kvm');
   const probe = p.kvmProbe();
-  if (kvm === 'missing') add('WARN', '/dev/kvm', 'absent: VMs run under QEMU TCG (software emulation, much slower)', 'enable virtualization in firmware and load kvm_intel or kvm_amd (modprobe kvm_intel)');
-  else if (kvm === 'no-access') add('WARN', '/dev/kvm', 'present but not read-write for this user', 'add yourself to the kvm group: sudo usermod -aG kvm $USER, then log in again');
-  else if (probe && !probe.usable) add('WARN', '/dev/kvm', `present, but a real boot probe failed (${probe.detail}): using TCG`, 'nothing to do for correctness; for speed run banger on a host with working nested/bare-metal KVM');
+  if (kvm === 'missing')
+    add(
+      'WARN',
+      '/dev/kvm',
+      'absent: VMs run under QEMU TCG (software emulation, much slower)',
+      'enable virtualization in firmware and load kvm_intel or kvm_amd (modprobe kvm_intel)',
+    );
+  else if (kvm === 'no-access')
+    add('WARN', '/dev/kvm', 'present but not read-write for this user', 'add yourself to the kvm group: sudo usermod -aG kvm $USER, then log in again');
+  else if (probe && !probe.usable)
+    add(
+      'WARN',
+      '/dev/kvm',
+      `present, but a real boot probe failed (${probe.detail}): using TCG`,
+      'nothing to do for correctness; for speed run banger on a host with working nested/bare-metal KVM',
+    );
   else add('PASS', '/dev/kvm', probe ? `usable (${probe.detail})` : 'present and accessible (the boot probe runs at first VM start)');
 
   const qemu = await p.which(p.qemuBin);
@@ -74,7 +82,13 @@ export async function runChecks(p: HostProbe): Promise<Check[]> {
   if (qemu) add('PASS', 'qemu', `${qemu} (${(await p.versionOf(qemu, ['--version'])) ?? 'version unknown'})`);
   else add(fc ? 'WARN' : 'FAIL', 'qemu', `${p.qemuBin} not found`, `${APT} qemu-system-x86 qemu-utils`);
   if (fc) add('PASS', 'firecracker', `${fc} (${(await p.versionOf(fc, ['--version'])) ?? 'version unknown'})`);
-  else add('WARN', 'firecracker', `${p.firecrackerBin} not found: QEMU is used`, 'install a Firecracker release binary and set firecracker_bin in config.toml (optional)');
+  else
+    add(
+      'WARN',
+      'firecracker',
+      `${p.firecrackerBin} not found: QEMU is used`,
+      'install a Firecracker release binary and set firecracker_bin in config.toml (optional)',
+    );
 
   const required: Array<[string, string, CheckStatus]> = [
     ['qemu-img', 'qemu-utils', 'FAIL'],
@@ -94,16 +108,32 @@ export async function runChecks(p: HostProbe): Promise<Check[]> {
   add(
     nft || (ipt && ebt) ? 'PASS' : 'WARN',
     'guest isolation',
-    nft ? 'TAPs pinned to their VM’s MAC and IP with nft bridge tables' : ipt && ebt ? 'TAPs pinned with ebtables' : 'no nft and no ebtables: guests can spoof each other’s MAC/IP and NAT',
+    nft
+      ? 'TAPs pinned to their VM’s MAC and IP with nft bridge tables'
+      : ipt && ebt
+        ? 'TAPs pinned with ebtables'
+        : 'no nft and no ebtables: guests can spoof each other’s MAC/IP and NAT',
     `${APT} nftables`,
   );
 
   if (p.uid === 0) add('PASS', 'privileges', 'running as root');
   else if (await p.passwordlessSudo()) add('PASS', 'privileges', 'passwordless sudo (sudo -n) available');
-  else add('WARN', 'privileges', 'not root and no passwordless sudo: bridge, TAP and NAT setup will fail', 'run banger as root, or allow passwordless sudo for ip/iptables/nft');
+  else
+    add(
+      'WARN',
+      'privileges',
+      'not root and no passwordless sudo: bridge, TAP and NAT setup will fail',
+      'run banger as root, or allow passwordless sudo for ip/iptables/nft',
+    );
 
-  if (p.sshInclude()) add('PASS', 'ssh config', '~/.ssh/config includes banger\'s ssh_config');
-  else add('WARN', 'ssh config', '~/.ssh/config does not include banger\'s ssh_config: `ssh <name>.vm` and editors\' Remote-SSH will not find VMs', 'banger ssh-config --install');
+  if (p.sshInclude()) add('PASS', 'ssh config', "~/.ssh/config includes banger's ssh_config");
+  else
+    add(
+      'WARN',
+      'ssh config',
+      "~/.ssh/config does not include banger's ssh_config: `ssh <name>.vm` and editors' Remote-SSH will not find VMs",
+      'banger ssh-config --install',
+    );
 
   const free = await p.freeBytes(p.stateDir);
   if (free === undefined) add('WARN', 'free disk', `cannot read free space of ${p.stateDir}`, `check that ${p.stateDir} or a parent exists`);
@@ -115,7 +145,13 @@ export async function runChecks(p: HostProbe): Promise<Check[]> {
   const m = p.migrations();
   if ('error' in m) add('FAIL', 'store', m.error, 'move the damaged store aside; banger creates a new one');
   else if (m.status === 'current') add('PASS', 'store', `schema ${m.current} is current`);
-  else if (m.status === 'needed') add('WARN', 'store', m.current === 0 ? 'not created yet' : `schema ${m.current} < ${m.latest}: migrations pending`, 'start the daemon (`banger daemon start`); it migrates the store');
+  else if (m.status === 'needed')
+    add(
+      'WARN',
+      'store',
+      m.current === 0 ? 'not created yet' : `schema ${m.current} < ${m.latest}: migrations pending`,
+      'start the daemon (`banger daemon start`); it migrates the store',
+    );
   else add('FAIL', 'store', `schema ${m.current} is newer than this banger (${m.latest})`, 'upgrade banger');
   return checks;
 }

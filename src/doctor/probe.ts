@@ -1,15 +1,15 @@
 import { constants, existsSync, readFileSync } from 'node:fs';
 import { access, statfs } from 'node:fs/promises';
+import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { defaultConfig, loadConfig } from '../config/config.js';
 import type { Layout } from '../config/layout.js';
-import { checkMigrations } from '../store/db.js';
 import { readKvmProbeCache } from '../host/kvm-cache.js';
 import { ProcessRunner } from '../host/runner.js';
 import { hasInclude } from '../host/ssh-config.js';
 import { which } from '../host/which.js';
+import { checkMigrations } from '../store/db.js';
 import type { HostProbe } from './checks.js';
-import { homedir } from 'node:os';
 
 export function realHostProbe(layout: Layout): HostProbe {
   const runner = new ProcessRunner();

@@ -17,8 +17,8 @@ import {
   type AgentHealth,
   type AgentMethod,
   type AgentPorts,
-  type AgentResult,
   AgentResponseSchema,
+  type AgentResult,
   type AgentStats,
   HYBRID_VSOCK_OK,
 } from './agent-protocol.js';
@@ -276,8 +276,7 @@ export class AgentClient {
         resolve({ socket, rest });
       };
       const onError = (e: Error) => fail(e);
-      const onClose = () =>
-        fail(new Error(this.transport === 'hybrid-vsock' ? `closed during CONNECT ${this.vsockPort} (is the agent listening?)` : 'closed'));
+      const onClose = () => fail(new Error(this.transport === 'hybrid-vsock' ? `closed during CONNECT ${this.vsockPort} (is the agent listening?)` : 'closed'));
       const onData = (chunk: Buffer) => {
         answer = Buffer.concat([answer, chunk]);
         const nl = answer.indexOf(0x0a);
@@ -285,7 +284,10 @@ export class AgentClient {
           if (answer.length > AGENT_MAX_HANDSHAKE_BYTES) fail(new Error('over-long answer to CONNECT'));
           return;
         }
-        const line = answer.subarray(0, Math.min(nl, AGENT_MAX_HANDSHAKE_BYTES + 1)).toString('latin1').replace(/\r$/, '');
+        const line = answer
+          .subarray(0, Math.min(nl, AGENT_MAX_HANDSHAKE_BYTES + 1))
+          .toString('latin1')
+          .replace(/\r$/, '');
         if (!HYBRID_VSOCK_OK.test(line)) return fail(new Error(`unexpected answer to CONNECT ${this.vsockPort}: ${JSON.stringify(line)}`));
         succeed(answer.subarray(nl + 1));
       };

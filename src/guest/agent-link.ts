@@ -2,7 +2,6 @@ import type { AgentHealth, GuestListener, GuestStats } from '../api/schemas.js';
 import type { VmmHandle } from '../vmm/driver.js';
 import { AgentClient } from './agent-client.js';
 
-
 /** The daemon's view of one VM's agent: one held connection, camelCase results. */
 export interface AgentLink {
   waitReady(timeoutMs: number, signal?: AbortSignal): Promise<void>;

@@ -34,15 +34,7 @@ const hex8 = (n: number): string => {
 
 const pad4 = (n: number): number => (4 - (n % 4)) % 4;
 
-function header(fields: {
-  ino: number;
-  mode: number;
-  nlink: number;
-  size: number;
-  rdevMajor?: number;
-  rdevMinor?: number;
-  nameSize: number;
-}): string {
+function header(fields: { ino: number; mode: number; nlink: number; size: number; rdevMajor?: number; rdevMinor?: number; nameSize: number }): string {
   return [
     '070701',
     hex8(fields.ino),

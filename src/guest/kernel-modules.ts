@@ -12,16 +12,7 @@ import type { CommandRunner } from '../host/runner.js';
  */
 
 /** What banger-init must load to see its disks, NIC and agent port, in load order. */
-export const BOOT_MODULES = [
-  'virtio_ring',
-  'virtio',
-  'virtio_mmio',
-  'virtio_blk',
-  'failover',
-  'net_failover',
-  'virtio_net',
-  'virtio_console',
-] as const;
+export const BOOT_MODULES = ['virtio_ring', 'virtio', 'virtio_mmio', 'virtio_blk', 'failover', 'net_failover', 'virtio_net', 'virtio_console'] as const;
 
 /** The vsock agent channel (Firecracker); loaded when the kernel has them. */
 export const VSOCK_MODULES = ['vsock', 'vmw_vsock_virtio_transport_common', 'vmw_vsock_virtio_transport'] as const;

@@ -49,9 +49,13 @@ export class BridgeLock {
       server.close();
       if ((e as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw e;
       const holder = await BridgeLock.holderPid(key);
-      throw new BangerError('conflict', `bridge ${bridge} is already used by another bangerd${holder ? ` (pid ${holder})` : ''}${netns ? ` in network namespace ${netns}` : ''}`, {
-        fix: 'each bangerd needs its own bridge: set a different `bridge_name` (and a non-overlapping `cidr`/`bridge_ip`) in this BANGER_HOME\'s config.toml, or stop the other daemon',
-      });
+      throw new BangerError(
+        'conflict',
+        `bridge ${bridge} is already used by another bangerd${holder ? ` (pid ${holder})` : ''}${netns ? ` in network namespace ${netns}` : ''}`,
+        {
+          fix: "each bangerd needs its own bridge: set a different `bridge_name` (and a non-overlapping `cidr`/`bridge_ip`) in this BANGER_HOME's config.toml, or stop the other daemon",
+        },
+      );
     }
     server.unref();
     const lock = new BridgeLock(key, server);

@@ -59,9 +59,7 @@ export class DiskTools {
   /** Runs a debugfs command file against an image (writable). debugfs exits 0 even when commands fail: its stderr tells. */
   async debugfsScript(imagePath: string, scriptPath: string): Promise<void> {
     const r = await this.runner.run('debugfs', ['-w', '-f', scriptPath, imagePath], { timeoutMs: 600_000, allowFailure: true });
-    const errors = r.stderr
-      .split('\n')
-      .filter((l) => l.trim() && !/^debugfs \d/.test(l));
+    const errors = r.stderr.split('\n').filter((l) => l.trim() && !/^debugfs \d/.test(l));
     if (r.code !== 0 || errors.length) {
       throw new BangerError('host_command_failed', `debugfs could not finish ${imagePath}: ${errors.slice(0, 5).join('; ') || `exit ${r.code}`}`);
     }

@@ -1,18 +1,19 @@
 import { accessSync, constants } from 'node:fs';
 import { delimiter, join } from 'node:path';
 import { BangerError } from '../api/errors.js';
+import { type Cidr, cidrsOverlap, formatCidr, formatIpv4, isHostAddress, isIpv4, parseCidr, parseIpv4 } from '../util/ipv4.js';
 import {
   buildEbtablesRules,
   buildIptablesRules,
   buildNftRuleset,
   IPT_COMMENT,
   IPT_FWD_MARKER,
-  iptChains,
   iptablesJumps,
   iptablesRestoreScript,
+  iptChains,
   LEGACY_TAP_RE,
-  NFT_FWD_MARKER,
   type NetPolicy,
+  NFT_FWD_MARKER,
   nftDeleteScript,
   nftTableName,
   normalisePolicy,
@@ -22,7 +23,6 @@ import {
   validateOwnTapName,
   validateTapName,
 } from './netplan.js';
-import { type Cidr, cidrsOverlap, formatCidr, formatIpv4, isHostAddress, isIpv4, parseCidr, parseIpv4 } from '../util/ipv4.js';
 import { CommandError, type CommandRunner, type RunOptions, type RunResult } from './runner.js';
 
 /**

@@ -66,9 +66,7 @@ export class CommandError extends Error {
     readonly result: RunResult,
   ) {
     const tail = (result.stderr || result.stdout).trim().split('\n').slice(-5).join('\n');
-    super(
-      `${command} ${args.join(' ')} exited with ${result.signal ?? result.code}${tail ? `: ${tail}` : ''}`,
-    );
+    super(`${command} ${args.join(' ')} exited with ${result.signal ?? result.code}${tail ? `: ${tail}` : ''}`);
     this.name = 'CommandError';
   }
 }

@@ -134,7 +134,9 @@ export class ScratchSpace {
       this.memDir = dir;
       return dir;
     }
-    throw new BangerError('precondition_failed', `could not make a private directory in ${parent}`, { fix: `check ${parent} (another user may be filling it with names)` });
+    throw new BangerError('precondition_failed', `could not make a private directory in ${parent}`, {
+      fix: `check ${parent} (another user may be filling it with names)`,
+    });
   }
 
   private async writeRecord(dir: string): Promise<void> {

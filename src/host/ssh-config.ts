@@ -123,7 +123,8 @@ export async function ensureSshKey(runner: CommandRunner, path: string): Promise
     throw new BangerError('precondition_failed', `cannot read SSH key ${path}: ${e.code ?? e.message}`, { cause: e });
   });
   if (st) {
-    if (!st.isFile()) throw new BangerError('precondition_failed', `SSH key ${path} is not a regular file`, { fix: `remove it or set ssh_key_path in config.toml` });
+    if (!st.isFile())
+      throw new BangerError('precondition_failed', `SSH key ${path} is not a regular file`, { fix: `remove it or set ssh_key_path in config.toml` });
     if ((st.mode & 0o177) !== 0) {
       throw new BangerError('precondition_failed', `SSH key ${path} has mode ${(st.mode & 0o777).toString(8)}; it must be 600 (owner read/write only)`, {
         fix: `chmod 600 ${path}`,

@@ -1,6 +1,6 @@
 import { z } from 'zod';
-import { type CatalogSpec, loadCatalogs, parseCatalogText } from '../catalog/load.js';
 import { ResourceName } from '../api/schemas.js';
+import { type CatalogSpec, loadCatalogs, parseCatalogText } from '../catalog/load.js';
 import { DEFAULT_IMAGE_NAME } from '../config/config.js';
 import { DEFAULT_KERNEL_NAME } from '../kernels/catalog.js';
 

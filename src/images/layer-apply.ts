@@ -168,7 +168,8 @@ export async function applyLayer(input: Readable, opts: ApplyOptions, ledger: Ro
       const c = queue.shift() as string;
       const candidate = [...real, c].join('/');
       // Symlinks can name anything: what they lead to must still be a path the host can make.
-      if (Buffer.byteLength(c) > MAX_COMPONENT || Buffer.byteLength(candidate) > MAX_NAME) throw rejected(opts, entry, 'goes through a symlink to a name longer than the host allows');
+      if (Buffer.byteLength(c) > MAX_COMPONENT || Buffer.byteLength(candidate) > MAX_NAME)
+        throw rejected(opts, entry, 'goes through a symlink to a name longer than the host allows');
       const st = lstatSync(abs(candidate), { throwIfNoEntry: false });
       if (!st) {
         charge(ENTRY_COST);
@@ -183,7 +184,8 @@ export async function applyLayer(input: Readable, opts: ApplyOptions, ledger: Ro
         const target = readlinkSync(abs(candidate));
         if (target.startsWith('/')) throw rejected(opts, entry, `is written through "${candidate}", a symlink to the absolute path ${target}`);
         const joined = posix.normalize(posix.join(real.join('/'), target));
-        if (joined === '..' || joined.startsWith('../')) throw rejected(opts, entry, `is written through "${candidate}", a symlink that leaves the image root (${target})`);
+        if (joined === '..' || joined.startsWith('../'))
+          throw rejected(opts, entry, `is written through "${candidate}", a symlink that leaves the image root (${target})`);
         real = [];
         queue.unshift(...joined.split('/').filter((p) => p && p !== '.'));
       } else {
@@ -224,7 +226,11 @@ export async function applyLayer(input: Readable, opts: ApplyOptions, ledger: Ro
     if (bad) throw rejected(opts, h.name, bad);
     if (h.linkname) {
       const target = entryComponents(h.linkname);
-      if (h.type === 'symlink' ? h.linkname.includes('\0') || Buffer.byteLength(h.linkname) > MAX_LINK_TARGET : badName(h.linkname, target === 'dotdot' ? [] : target)) {
+      if (
+        h.type === 'symlink'
+          ? h.linkname.includes('\0') || Buffer.byteLength(h.linkname) > MAX_LINK_TARGET
+          : badName(h.linkname, target === 'dotdot' ? [] : target)
+      ) {
         throw rejected(opts, h.name, 'links to a target the host cannot name (too long, or a NUL byte)');
       }
     }
@@ -250,7 +256,8 @@ export async function applyLayer(input: Readable, opts: ApplyOptions, ledger: Ro
     if (base.startsWith('.wh.')) {
       const target = base.slice(4);
       // `.wh.`, `.wh..` and `.wh...` would name the directory itself or its parent (the tree's root or above).
-      if (target === '' || target === '.' || target === '..') throw rejected(opts, h.name, `is a whiteout of "${target}", which is not a name inside the image`);
+      if (target === '' || target === '.' || target === '..')
+        throw rejected(opts, h.name, `is a whiteout of "${target}", which is not a name inside the image`);
       const rel = join(target);
       if (!createdHere.has(rel)) remove(rel);
       return;

@@ -4,13 +4,13 @@ import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { BangerError } from '../api/errors.js';
 import { decompressor } from '../archive/decompress.js';
-import type { OpContext } from '../util/op-context.js';
+import { memoryBudgetOf } from '../host/scratch.js';
 import type { BlobCache } from '../oci/blob-cache.js';
 import { type ImageConfig, parseConfig, parseManifest, selectPlatform, type WantedPlatform } from '../oci/manifest.js';
 import { formatReference } from '../oci/reference.js';
 import type { RegistryClient } from '../oci/registry.js';
 import { concurrencyLimit } from '../util/limit.js';
-import { memoryBudgetOf } from '../host/scratch.js';
+import type { OpContext } from '../util/op-context.js';
 import { applyLayer, RootfsLedger, TreeOverBudget } from './layer-apply.js';
 
 export interface FlattenOptions {
@@ -65,9 +65,13 @@ export async function fetchAndFlatten(client: RegistryClient, cache: BlobCache, 
     const configPath = await ensureBlob(client, cache, manifest.config.digest, manifest.config.size);
     const config = parseConfig(await readFile(configPath), `config of ${what}`);
     if ((config.os && config.os !== opts.platform.os) || (config.architecture && config.architecture !== opts.platform.architecture)) {
-      throw new BangerError('rejected_content', `${what} is a ${config.os}/${config.architecture} image; banger runs ${opts.platform.os}/${opts.platform.architecture} guests`, {
-        fix: `pick a tag built for ${opts.platform.os}/${opts.platform.architecture}`,
-      });
+      throw new BangerError(
+        'rejected_content',
+        `${what} is a ${config.os}/${config.architecture} image; banger runs ${opts.platform.os}/${opts.platform.architecture} guests`,
+        {
+          fix: `pick a tag built for ${opts.platform.os}/${opts.platform.architecture}`,
+        },
+      );
     }
     const diffIds = config.rootfs.diff_ids;
     if (diffIds.length !== manifest.layers.length) {
@@ -145,10 +149,15 @@ async function ensureBlob(client: RegistryClient, cache: BlobCache, digest: stri
   for (let attempt = 1; ; attempt++) {
     let counted = 0;
     try {
-      return await cache.ensure(digest, size, () => client.blob(digest), (n) => {
-        counted += n;
-        onBytes?.(n);
-      });
+      return await cache.ensure(
+        digest,
+        size,
+        () => client.blob(digest),
+        (n) => {
+          counted += n;
+          onBytes?.(n);
+        },
+      );
     } catch (e) {
       // Only transport failures are retried; bad content is final.
       onBytes?.(-counted);

@@ -96,12 +96,14 @@ export async function runRecipe(recipe: RecipeSpec, mirror: string, root: string
     if (tail.length > 20) tail.shift();
   });
   const exited = new Promise<number>((resolve, reject) => {
-    child.on('error', (e: NodeJS.ErrnoException) =>
-      reject(toolError(e, 'mmdebstrap', 'it builds Debian images')),
-    );
+    child.on('error', (e: NodeJS.ErrnoException) => reject(toolError(e, 'mmdebstrap', 'it builds Debian images')));
     child.on('close', (code) => resolve(code ?? 1));
   });
-  const unpacked = applyLayer(child.stdout, { root, chownOnDisk, label: `mmdebstrap ${recipe.suite}`, maxBytes: 64 * 1024 ** 3, maxEntries: 5_000_000 }, ledger);
+  const unpacked = applyLayer(
+    child.stdout,
+    { root, chownOnDisk, label: `mmdebstrap ${recipe.suite}`, maxBytes: 64 * 1024 ** 3, maxEntries: 5_000_000 },
+    ledger,
+  );
   const [code, applied] = await Promise.allSettled([exited, unpacked]);
   if (code.status === 'rejected') throw code.reason;
   if (code.value !== 0) {

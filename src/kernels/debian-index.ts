@@ -126,9 +126,13 @@ export function resolveKernelPackage(stanzas: Stanza[], pkg: string, mirror: str
     if (!dep) break;
     const next = pick(dep.name, dep.version);
     if (!next) {
-      throw new BangerError('upstream_failed', `${current.Package} depends on ${dep.name}${dep.version ? ` (= ${dep.version})` : ''}, which is not in ${where}`, {
-        fix: 'the mirror may be mid-sync: retry later or use another mirror',
-      });
+      throw new BangerError(
+        'upstream_failed',
+        `${current.Package} depends on ${dep.name}${dep.version ? ` (= ${dep.version})` : ''}, which is not in ${where}`,
+        {
+          fix: 'the mirror may be mid-sync: retry later or use another mirror',
+        },
+      );
     }
     seen.add(dep.name);
     stanza = next;
@@ -194,9 +198,13 @@ export async function fetchKernelStanzas(
     if (expected) {
       const actual = hash.digest('hex');
       if (actual !== expected.sha256 || bytes !== expected.size) {
-        throw new BangerError('rejected_content', `${displayUrl(url)} does not match the signed Release (sha256 ${actual}, ${bytes} bytes; expected ${expected.sha256}, ${expected.size} bytes)`, {
-          fix: 'the mirror is mid-sync or serving tampered files: retry later or use another mirror',
-        });
+        throw new BangerError(
+          'rejected_content',
+          `${displayUrl(url)} does not match the signed Release (sha256 ${actual}, ${bytes} bytes; expected ${expected.sha256}, ${expected.size} bytes)`,
+          {
+            fix: 'the mirror is mid-sync or serving tampered files: retry later or use another mirror',
+          },
+        );
       }
     }
     return { stanzas, url };

@@ -54,7 +54,7 @@ export function checkReleaseValidity(text: string, where: string, now: Date): vo
   }
   if (t < now.getTime()) {
     throw new BangerError('rejected_content', `${where} expired: its Valid-Until is ${new Date(t).toUTCString()} (now ${now.toUTCString()})`, {
-      fix: 'the mirror serves a stale (or replayed) index: use an up-to-date mirror (debian_mirror or the entry\'s mirror), or check the host clock',
+      fix: "the mirror serves a stale (or replayed) index: use an up-to-date mirror (debian_mirror or the entry's mirror), or check the host clock",
     });
   }
 }
@@ -67,8 +67,19 @@ export function checkReleaseValidity(text: string, where: string, now: Date): vo
  * vouches for the Packages index (and the index for the .deb), so the download chain is anchored
  * in the keyring even over plain HTTP.
  */
-export async function fetchVerifiedRelease(mirror: string, suite: string, keyring: string, signal?: AbortSignal, now: Date = new Date()): Promise<Map<string, ReleaseEntry>> {
-  if (!(await stat(keyring).then((s) => s.isFile(), () => false))) {
+export async function fetchVerifiedRelease(
+  mirror: string,
+  suite: string,
+  keyring: string,
+  signal?: AbortSignal,
+  now: Date = new Date(),
+): Promise<Map<string, ReleaseEntry>> {
+  if (
+    !(await stat(keyring).then(
+      (s) => s.isFile(),
+      () => false,
+    ))
+  ) {
     throw new BangerError('missing_dependency', `the keyring ${keyring} that verifies Debian's package index is missing`, {
       fix: 'install it (apt-get install debian-archive-keyring) or point debian_keyring (config) at the archive keyring of your mirror',
     });
@@ -85,9 +96,13 @@ export async function fetchVerifiedRelease(mirror: string, suite: string, keyrin
     await writeFile(join(dir, 'InRelease'), signed);
     const { code, stderr } = await run('gpgv', ['--quiet', '--keyring', keyring, '--output', join(dir, 'Release'), join(dir, 'InRelease')]);
     if (code !== 0) {
-      throw new BangerError('rejected_content', `the signature of ${displayUrl(url)} does not verify against ${keyring}: ${stderr.trim().split('\n').slice(-2).join('; ')}`, {
-        fix: 'the mirror served an unsigned or tampered index (or one signed by a key not in the keyring); use a trusted mirror or set debian_keyring',
-      });
+      throw new BangerError(
+        'rejected_content',
+        `the signature of ${displayUrl(url)} does not verify against ${keyring}: ${stderr.trim().split('\n').slice(-2).join('; ')}`,
+        {
+          fix: 'the mirror served an unsigned or tampered index (or one signed by a key not in the keyring); use a trusted mirror or set debian_keyring',
+        },
+      );
     }
     const release = await readFile(join(dir, 'Release'), 'utf8');
     // Only the signed text counts: a Valid-Until outside the signature is dropped by gpgv.
@@ -105,9 +120,7 @@ function run(cmd: string, args: string[]): Promise<{ code: number; stderr: strin
     child.stderr.setEncoding('utf8').on('data', (d: string) => {
       if (stderr.length < 8192) stderr += d;
     });
-    child.on('error', (e: NodeJS.ErrnoException) =>
-      reject(toolError(e, cmd, "it verifies Debian's signed package index")),
-    );
+    child.on('error', (e: NodeJS.ErrnoException) => reject(toolError(e, cmd, "it verifies Debian's signed package index")));
     child.on('close', (code) => resolve({ code: code ?? 1, stderr }));
   });
 }

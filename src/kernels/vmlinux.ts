@@ -183,9 +183,13 @@ export interface DecodeLimits {
 const LIMITS: DecodeLimits = { maxOutput: MAX_OUTPUT, maxTotal: MAX_TOTAL_DECODE };
 
 function tooBig(what: string, limits: DecodeLimits): BangerError {
-  return new BangerError('rejected_content', `${what}: its LZ4 payload decodes to more than ${limits.maxOutput / 1048576} MiB (or its candidates to more than ${limits.maxTotal / 1048576} MiB in all); no kernel is that big`, {
-    fix: 'the kernel package is corrupt or hostile; use another kernel',
-  });
+  return new BangerError(
+    'rejected_content',
+    `${what}: its LZ4 payload decodes to more than ${limits.maxOutput / 1048576} MiB (or its candidates to more than ${limits.maxTotal / 1048576} MiB in all); no kernel is that big`,
+    {
+      fix: 'the kernel package is corrupt or hostile; use another kernel',
+    },
+  );
 }
 
 /**
@@ -216,7 +220,10 @@ export async function extractVmlinux(bzImagePath: string, out: string): Promise<
   try {
     const st = await fh.stat();
     if (!st.isFile()) throw new BangerError('rejected_content', `${bzImagePath} is not a regular file`, { fix: 'the kernel package is corrupt or hostile' });
-    if (st.size > MAX_INPUT) throw new BangerError('rejected_content', `${bzImagePath} is ${st.size} bytes, more than any kernel image (${MAX_INPUT / 1048576} MiB)`, { fix: 'the kernel package is corrupt or hostile' });
+    if (st.size > MAX_INPUT)
+      throw new BangerError('rejected_content', `${bzImagePath} is ${st.size} bytes, more than any kernel image (${MAX_INPUT / 1048576} MiB)`, {
+        fix: 'the kernel package is corrupt or hostile',
+      });
     bzImage = Buffer.alloc(st.size);
     const { bytesRead } = await fh.read(bzImage, 0, st.size, 0);
     bzImage = bzImage.subarray(0, bytesRead);

@@ -43,7 +43,10 @@ export async function dockerCredentials(registry: string, env: NodeJS.ProcessEnv
     return undefined;
   }
   const auths = json.auths ?? {};
-  const keys = registry === 'registry-1.docker.io' ? HUB_KEYS : [registry, `https://${registry}`, `http://${registry}`, `https://${registry}/v1/`, `https://${registry}/v2/`];
+  const keys =
+    registry === 'registry-1.docker.io'
+      ? HUB_KEYS
+      : [registry, `https://${registry}`, `http://${registry}`, `https://${registry}/v1/`, `https://${registry}/v2/`];
   for (const k of keys) {
     const entry = auths[k];
     if (!entry) continue;

@@ -2,7 +2,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Transform, type Readable } from 'node:stream';
+import { type Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { BangerError } from '../api/errors.js';
 import { KeyedMutex } from '../util/keyed-mutex.js';
@@ -65,7 +65,11 @@ export class BlobCache {
         transform(chunk: Buffer, _e, cb) {
           seen += chunk.length;
           if (seen > size) {
-            cb(new BangerError('rejected_content', `blob ${digest} is larger than the ${size} bytes its descriptor declares`, { fix: 'the registry served the wrong content; try again or report it to the registry owner' }));
+            cb(
+              new BangerError('rejected_content', `blob ${digest} is larger than the ${size} bytes its descriptor declares`, {
+                fix: 'the registry served the wrong content; try again or report it to the registry owner',
+              }),
+            );
             return;
           }
           hash.update(chunk);
@@ -76,11 +80,15 @@ export class BlobCache {
       try {
         await pipeline(await open(), meter, createWriteStream(partial, { mode: 0o600 }));
         if (seen !== size) {
-          throw new BangerError('rejected_content', `blob ${digest} is truncated: got ${seen} of ${size} bytes`, { fix: 'the download was cut short; pull again' });
+          throw new BangerError('rejected_content', `blob ${digest} is truncated: got ${seen} of ${size} bytes`, {
+            fix: 'the download was cut short; pull again',
+          });
         }
         const actual = `sha256:${hash.digest('hex')}`;
         if (actual !== digest) {
-          throw new BangerError('rejected_content', `blob digest mismatch: expected ${digest}, got ${actual}`, { fix: 'the registry served corrupt or tampered content; nothing was kept' });
+          throw new BangerError('rejected_content', `blob digest mismatch: expected ${digest}, got ${actual}`, {
+            fix: 'the registry served corrupt or tampered content; nothing was kept',
+          });
         }
         await rename(partial, path);
         return path;
@@ -88,7 +96,9 @@ export class BlobCache {
         await rm(partial, { force: true });
         if (e instanceof BangerError) throw e;
         const msg = e instanceof Error ? e.message : String(e);
-        throw new BangerError('upstream_failed', `download of blob ${digest} failed after ${seen} of ${size} bytes: ${msg}`, { fix: 'check the registry is reachable and pull again (finished blobs are kept)' });
+        throw new BangerError('upstream_failed', `download of blob ${digest} failed after ${seen} of ${size} bytes: ${msg}`, {
+          fix: 'check the registry is reachable and pull again (finished blobs are kept)',
+        });
       }
     });
   }

@@ -101,7 +101,8 @@ export function parseManifest(bytes: Uint8Array, contentType: string | undefined
   if (!r.success) throw rejected(what, `not a valid image manifest (${r.error.issues[0]?.path.join('.')}: ${r.error.issues[0]?.message})`);
   const layers = r.data.layers.map((l) => {
     const compression = LAYER_MEDIA[l.mediaType];
-    if (!compression) throw rejected(what, `layer ${l.digest} has unsupported media type ${l.mediaType}`, 'banger unpacks tar layers that are uncompressed, gzip or zstd');
+    if (!compression)
+      throw rejected(what, `layer ${l.digest} has unsupported media type ${l.mediaType}`, 'banger unpacks tar layers that are uncompressed, gzip or zstd');
     return { ...l, compression };
   });
   return { kind: 'manifest', config: r.data.config, layers };

@@ -98,9 +98,15 @@ export class RegistryClient {
     });
     const text = await readLimited(tokenRes, 64 * 1024, 'token response');
     if (!tokenRes.ok) {
-      throw new BangerError('upstream_failed', `the token service of ${this.ref.registry} refused ${creds ? `user ${creds.username}` : 'anonymous access'} (HTTP ${tokenRes.status})`, {
-        fix: creds ? 'check the credentials in ~/.docker/config.json' : 'log in first (docker login writes ~/.docker/config.json) if the repository is private',
-      });
+      throw new BangerError(
+        'upstream_failed',
+        `the token service of ${this.ref.registry} refused ${creds ? `user ${creds.username}` : 'anonymous access'} (HTTP ${tokenRes.status})`,
+        {
+          fix: creds
+            ? 'check the credentials in ~/.docker/config.json'
+            : 'log in first (docker login writes ~/.docker/config.json) if the repository is private',
+        },
+      );
     }
     let token: unknown;
     try {
@@ -124,7 +130,10 @@ export class RegistryClient {
       });
     }
     if (res.status === 404) return new BangerError('not_found', `${what} of ${who} not found in the registry`, { fix: 'check the repository name and tag' });
-    if (res.status === 429) return new BangerError('upstream_failed', `registry ${this.ref.registry} is rate limiting pulls (HTTP 429)`, { fix: 'wait and retry, or log in to raise the limit' });
+    if (res.status === 429)
+      return new BangerError('upstream_failed', `registry ${this.ref.registry} is rate limiting pulls (HTTP 429)`, {
+        fix: 'wait and retry, or log in to raise the limit',
+      });
     return new BangerError('upstream_failed', `registry ${this.ref.registry} answered HTTP ${res.status} for ${what} of ${who}`);
   }
 
@@ -161,7 +170,9 @@ export async function readLimited(res: Response, max: number, what: string): Pro
   const declared = Number(res.headers.get('content-length') ?? Number.NaN);
   if (declared > max) {
     await res.body?.cancel();
-    throw new BangerError('rejected_content', `${what} is ${declared} bytes, over the limit of ${max}`, { fix: 'this is not a normal image manifest; check the reference' });
+    throw new BangerError('rejected_content', `${what} is ${declared} bytes, over the limit of ${max}`, {
+      fix: 'this is not a normal image manifest; check the reference',
+    });
   }
   const chunks: Buffer[] = [];
   let total = 0;
@@ -170,7 +181,9 @@ export async function readLimited(res: Response, max: number, what: string): Pro
       total += c.length;
       if (total > max) {
         await res.body.cancel().catch(() => {});
-        throw new BangerError('rejected_content', `${what} is over the limit of ${max} bytes`, { fix: 'this is not a normal image manifest; check the reference' });
+        throw new BangerError('rejected_content', `${what} is over the limit of ${max} bytes`, {
+          fix: 'this is not a normal image manifest; check the reference',
+        });
       }
       chunks.push(Buffer.from(c));
     }

@@ -23,11 +23,9 @@ export function schemaVersion(db: Db): number {
 export function migrate(db: Db): { from: number; to: number } {
   const from = schemaVersion(db);
   if (from > LATEST_VERSION) {
-    throw new BangerError(
-      'precondition_failed',
-      `the store is at schema version ${from}, newer than this banger (${LATEST_VERSION})`,
-      { fix: 'upgrade banger to the version that last wrote this store' },
-    );
+    throw new BangerError('precondition_failed', `the store is at schema version ${from}, newer than this banger (${LATEST_VERSION})`, {
+      fix: 'upgrade banger to the version that last wrote this store',
+    });
   }
   for (const m of MIGRATIONS) {
     if (m.version <= from) continue;

@@ -61,7 +61,9 @@ export class LeaseRepo {
    */
   pins(): Array<{ vmId: string; tap: string; mac: string; ip: string; nat: boolean }> {
     const rows = this.db
-      .prepare('SELECT v.id AS vmId, v.tap AS tap, l.mac AS mac, l.ip AS ip, v.nat AS nat FROM vms v JOIN ip_leases l ON l.vm_id = v.id WHERE v.tap IS NOT NULL ORDER BY v.id')
+      .prepare(
+        'SELECT v.id AS vmId, v.tap AS tap, l.mac AS mac, l.ip AS ip, v.nat AS nat FROM vms v JOIN ip_leases l ON l.vm_id = v.id WHERE v.tap IS NOT NULL ORDER BY v.id',
+      )
       .all() as Array<{ vmId: string; tap: string; mac: string; ip: string; nat: number }>;
     return rows.map((r) => ({ ...r, nat: r.nat === 1 }));
   }

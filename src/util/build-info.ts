@@ -21,5 +21,11 @@ export function buildInfo(): BuildInfo {
 
 export function versionText(program: string): string {
   const b = buildInfo();
-  return [`${program} ${b.version}`, `commit:     ${b.commit}`, `built:      ${b.buildTime}`, `node:       ${process.version}`, `platform:   ${process.platform}/${process.arch}`].join('\n');
+  return [
+    `${program} ${b.version}`,
+    `commit:     ${b.commit}`,
+    `built:      ${b.buildTime}`,
+    `node:       ${process.version}`,
+    `platform:   ${process.platform}/${process.arch}`,
+  ].join('\n');
 }

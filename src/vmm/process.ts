@@ -112,11 +112,7 @@ export async function spawnDetached(
   }
 }
 
-export async function waitForSocket(
-  path: string,
-  timeoutMs: number,
-  alive: () => Promise<boolean>,
-): Promise<void> {
+export async function waitForSocket(path: string, timeoutMs: number, alive: () => Promise<boolean>): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     try {
@@ -161,4 +157,3 @@ export async function processStats(pid: number): Promise<{ pid: number; cpuPerce
     return null;
   }
 }
-

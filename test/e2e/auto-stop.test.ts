@@ -9,7 +9,9 @@ const assets = guestAssets();
 describe('auto_stop_stale_after', { skip: requires(assets, 'guest assets missing: run scripts/guest-assets.sh') }, () => {
   let home: TestHome;
   before(async () => {
-    home = await TestHome.create('accel = "tcg"\nauto_stop_stale_after = "4s"\n[vm_defaults]\nvcpu = 2\nmemory_mib = 512\ndisk_size = "512M"\n', { netns: true });
+    home = await TestHome.create('accel = "tcg"\nauto_stop_stale_after = "4s"\n[vm_defaults]\nvcpu = 2\nmemory_mib = 512\ndisk_size = "512M"\n', {
+      netns: true,
+    });
     const a = assets as NonNullable<typeof assets>;
     assert.equal((await home.banger(['kernel', 'import', 'k', '--from', a.kernelDir])).code, 0);
     assert.equal((await home.banger(['image', 'register', '--name', 'debian-bookworm', '--rootfs', a.rootfs, '--kernel-ref', 'k'])).code, 0);

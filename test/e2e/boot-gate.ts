@@ -63,7 +63,9 @@ async function gate(): Promise<boolean> {
       }
     }
     const started = Date.now();
-    const create = await home.banger(['vm', 'create', '--name', 'gate', '--image', 'gate-image'], left()).catch((e: Error) => ({ code: -1, stdout: '', stderr: e.message }));
+    const create = await home
+      .banger(['vm', 'create', '--name', 'gate', '--image', 'gate-image'], left())
+      .catch((e: Error) => ({ code: -1, stdout: '', stderr: e.message }));
     if (create.code === 0) {
       say(`a VM booted to a healthy agent in ${((Date.now() - started) / 1000).toFixed(1)} s`);
       return true;

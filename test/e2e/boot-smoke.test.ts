@@ -8,8 +8,8 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { buildCmdline } from '../../src/guest/cmdline.js';
-import { readHostTscKhz } from '../../src/host/cpu.js';
 import { buildBaseInitramfs, buildPayloadCpio, type PayloadExtra, writeVmInitrd } from '../../src/guest/initramfs.js';
+import { readHostTscKhz } from '../../src/host/cpu.js';
 import { ProcessRunner } from '../../src/host/runner.js';
 import { requires } from '../helpers/prereq.js';
 
@@ -76,13 +76,43 @@ class Vm {
     const sock = join(this.dir, 'agent.sock');
     // The command line of docs guest-boot.md (no NIC: nothing here needs one).
     const args = [
-      '-M', 'microvm,acpi=on', '-accel', 'tcg,thread=multi', '-cpu', 'max', '-smp', '2', '-m', '512',
-      '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot', '-serial', `file:${serialLog}`,
-      '-kernel', o.kernel, '-initrd', initrd, '-append', cmdline,
-      '-drive', `id=root,file=${o.rootfs},format=${o.rootFormat},if=none,cache=unsafe`, '-device', 'virtio-blk-device,drive=root',
-      '-drive', `id=work,file=${join(this.dir, 'work.ext4')},format=raw,if=none,cache=unsafe`, '-device', 'virtio-blk-device,drive=work',
-      '-chardev', `socket,id=agent0,path=${sock},server=on,wait=off`,
-      '-device', 'virtio-serial-device', '-device', 'virtserialport,chardev=agent0,name=org.banger.agent',
+      '-M',
+      'microvm,acpi=on',
+      '-accel',
+      'tcg,thread=multi',
+      '-cpu',
+      'max',
+      '-smp',
+      '2',
+      '-m',
+      '512',
+      '-nodefaults',
+      '-no-user-config',
+      '-display',
+      'none',
+      '-no-reboot',
+      '-serial',
+      `file:${serialLog}`,
+      '-kernel',
+      o.kernel,
+      '-initrd',
+      initrd,
+      '-append',
+      cmdline,
+      '-drive',
+      `id=root,file=${o.rootfs},format=${o.rootFormat},if=none,cache=unsafe`,
+      '-device',
+      'virtio-blk-device,drive=root',
+      '-drive',
+      `id=work,file=${join(this.dir, 'work.ext4')},format=raw,if=none,cache=unsafe`,
+      '-device',
+      'virtio-blk-device,drive=work',
+      '-chardev',
+      `socket,id=agent0,path=${sock},server=on,wait=off`,
+      '-device',
+      'virtio-serial-device',
+      '-device',
+      'virtserialport,chardev=agent0,name=org.banger.agent',
     ];
     const startedAt = Date.now();
     const qemu = spawn('qemu-system-x86_64', args, { stdio: ['ignore', 'ignore', 'pipe'] });
@@ -201,7 +231,8 @@ describe('guest boot through banger-init (real kernel, QEMU TCG)', { skip }, () 
           {
             path: '/etc/systemd/system/banger-smoke.service',
             mode: 0o644,
-            content: '[Unit]\nAfter=banger-agent.service\n[Service]\nType=oneshot\nExecStartPre=/bin/udevadm settle\nExecStart=/usr/local/sbin/banger-smoke\n[Install]\nWantedBy=multi-user.target\n',
+            content:
+              '[Unit]\nAfter=banger-agent.service\n[Service]\nType=oneshot\nExecStartPre=/bin/udevadm settle\nExecStart=/usr/local/sbin/banger-smoke\n[Install]\nWantedBy=multi-user.target\n',
           },
           { path: '/etc/systemd/system/multi-user.target.wants/banger-smoke.service', target: '/etc/systemd/system/banger-smoke.service' },
         ],
@@ -228,7 +259,9 @@ describe('guest boot through banger-init (real kernel, QEMU TCG)', { skip }, () 
   });
 
   const busybox = ['/bin/busybox', '/usr/bin/busybox'].find((p) => existsSync(p));
-  test('image without systemd or /sbin/init: banger-init starts the agent and stays PID 1', { skip: requires(busybox, 'busybox-static not installed') }, async (t) => {
+  test('image without systemd or /sbin/init: banger-init starts the agent and stays PID 1', {
+    skip: requires(busybox, 'busybox-static not installed'),
+  }, async (t) => {
     const vm = new Vm(join(work, 'busybox'));
     await mkdir(vm.dir);
     try {

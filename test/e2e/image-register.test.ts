@@ -25,7 +25,18 @@ describe('image register with kernel files', { skip: requires(assets, 'guest ass
     const a = assets as NonNullable<typeof assets>;
     await symlink(a.kernel, join(links, 'vmlinux'));
     await symlink(join(a.kernelDir, 'lib', 'modules', a.kernelVersion), join(links, a.kernelVersion));
-    const r = await home.banger(['image', 'register', '--name', 'direct', '--rootfs', a.rootfs, '--kernel', join(links, 'vmlinux'), '--modules', join(links, a.kernelVersion)]);
+    const r = await home.banger([
+      'image',
+      'register',
+      '--name',
+      'direct',
+      '--rootfs',
+      a.rootfs,
+      '--kernel',
+      join(links, 'vmlinux'),
+      '--modules',
+      join(links, a.kernelVersion),
+    ]);
     assert.equal(r.code, 0, r.stderr);
     const img = await home.json<Image>(['image', 'show', 'direct']);
     const k = await home.json<Kernel>(['kernel', 'show', img.kernelName]);

@@ -117,7 +117,10 @@ describe('VM networking', { skip: requires(assets, 'guest assets missing: run sc
     const a = recorded('neta.vm');
     const b = recorded('netb.vm');
     assert.notEqual(a.key, b.key, 'two VMs of one image got the same host key');
-    for (const [name, want] of [['neta', a], ['netb', b]] as const) {
+    for (const [name, want] of [
+      ['neta', a],
+      ['netb', b],
+    ] as const) {
       const ip = (await home.json<Vm>(['vm', 'show', name])).ip as string;
       const scan = await home.exec('ssh-keyscan', ['-T', '60', ip]);
       const served = scan.stdout.split('\n').find((l) => l.startsWith(`${ip} ${want.type} `));

@@ -88,7 +88,20 @@ describe('pulled OCI images boot', { skip: requires(assets?.rootfsTar, 'guest as
     await booter.ok(['image', 'register', '--name', 'debian', '--rootfs', img.rootfsPath, '--kernel-ref', 'k']);
     const vm = await booter.json<Vm>(['vm', 'create', '--name', 'pulled', '--image', 'debian']);
     assert.equal(vm.state, 'running');
-    const r = await booter.banger(['vm', 'ssh', 'pulled', '--', 'stat', '-c', '%a %u %g %n', '/usr/local/bin/suid-probe', '/home/dev', '/home/dev/notes', '/etc/shadow', '/usr/bin/su']);
+    const r = await booter.banger([
+      'vm',
+      'ssh',
+      'pulled',
+      '--',
+      'stat',
+      '-c',
+      '%a %u %g %n',
+      '/usr/local/bin/suid-probe',
+      '/home/dev',
+      '/home/dev/notes',
+      '/etc/shadow',
+      '/usr/bin/su',
+    ]);
     assert.equal(r.code, 0, r.stderr);
     assert.deepEqual(r.stdout.trim().split('\n'), [
       '4755 0 0 /usr/local/bin/suid-probe',

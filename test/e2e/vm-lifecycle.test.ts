@@ -41,7 +41,11 @@ describe('VM lifecycle on real QEMU', { skip }, () => {
     assert.deepEqual(await qemuPids(vm.name), [], `no QEMU left for ${vm.name}`);
     assert.equal(existsSync(join(home.dir, 'state', 'vms', vm.id)), false, 'state dir removed');
     assert.equal(existsSync(join(home.dir, 'run', 'vms', vm.id)), false, 'run dir (sockets) removed');
-    assert.equal(rows().some((r) => r.id === vm.id), false, 'row removed');
+    assert.equal(
+      rows().some((r) => r.id === vm.id),
+      false,
+      'row removed',
+    );
   };
 
   before(async () => {
@@ -160,11 +164,20 @@ describe('VM lifecycle on real QEMU', { skip }, () => {
     assert.equal(b.code, 0, b.stderr);
     assert.equal(c.code, 0, c.stderr);
     const list = await home.json<{ vms: Vm[] }>(['vm', 'list']);
-    const running = list.vms.filter((v) => v.state === 'running').map((v) => v.name).sort();
+    const running = list.vms
+      .filter((v) => v.state === 'running')
+      .map((v) => v.name)
+      .sort();
     assert.deepEqual(running, ['beta', 'gamma']);
     for (const n of ['beta', 'gamma']) assert.equal((await home.json<{ hostname: string }>(['vm', 'health', n])).hostname, n);
     const del = await home.json<{ results: Array<{ ref: string; ok: boolean }> }>(['vm', 'delete', 'gamma', 'beta', 'gamma']);
-    assert.deepEqual(del.results.map((r) => [r.ref, r.ok]), [['gamma', true], ['beta', true]]);
+    assert.deepEqual(
+      del.results.map((r) => [r.ref, r.ok]),
+      [
+        ['gamma', true],
+        ['beta', true],
+      ],
+    );
     for (const v of list.vms) await assertNoTraceOf(v);
   });
 
@@ -174,7 +187,11 @@ describe('VM lifecycle on real QEMU', { skip }, () => {
       [['vm', 'create', '--name', 'Bad_Name'], /VM name "Bad_Name"/, 1],
       [['vm', 'create', '--name', 'x2', '--vcpus', '0'], /--vcpus must be an integer from 1 to 64/, 1],
       [['vm', 'create', '--name', 'x3', '--vcpus', 'two'], /--vcpus must be an integer/, 2],
-      [['image', 'register', '--name', 'broken', '--rootfs', (assets as NonNullable<typeof assets>).rootfs, '--kernel', '/nonexistent/vmlinuz'], /kernel \/nonexistent\/vmlinuz is not a file/, 1],
+      [
+        ['image', 'register', '--name', 'broken', '--rootfs', (assets as NonNullable<typeof assets>).rootfs, '--kernel', '/nonexistent/vmlinuz'],
+        /kernel \/nonexistent\/vmlinuz is not a file/,
+        1,
+      ],
     ];
     for (const [args, re, code] of cases) {
       const r = await home.banger(args);
@@ -187,8 +204,14 @@ describe('VM lifecycle on real QEMU', { skip }, () => {
     const dupB = await home.banger(['vm', 'create', '--name', 'dup', '--no-start']);
     assert.equal(dupB.code, 1);
     assert.match(dupB.stderr, /a VM named "dup" already exists/);
-    assert.deepEqual(rows().map((r) => r.name), ['dup']);
-    assert.deepEqual((await home.json<{ images: Array<{ name: string }> }>(['image', 'list'])).images.map((i) => i.name), ['debian-bookworm']);
+    assert.deepEqual(
+      rows().map((r) => r.name),
+      ['dup'],
+    );
+    assert.deepEqual(
+      (await home.json<{ images: Array<{ name: string }> }>(['image', 'list'])).images.map((i) => i.name),
+      ['debian-bookworm'],
+    );
     const unknown = await home.banger(['vm', 'stop', 'ghost', 'dup']);
     assert.equal(unknown.code, 1);
     assert.match(unknown.stderr, /ghost/);
@@ -198,7 +221,10 @@ describe('VM lifecycle on real QEMU', { skip }, () => {
   test('prune deletes VMs that are not running', async () => {
     const dup = await home.json<Vm>(['vm', 'show', 'dup']);
     const dry = await home.json<{ pruned: Array<{ name: string }> }>(['vm', 'prune', '--dry-run']);
-    assert.deepEqual(dry.pruned.map((v) => v.name), ['dup']);
+    assert.deepEqual(
+      dry.pruned.map((v) => v.name),
+      ['dup'],
+    );
     assert.equal(rows().length, 1);
     const r = await home.banger(['vm', 'prune', '-f']);
     assert.equal(r.code, 0, r.stderr);

@@ -5,8 +5,8 @@ import { createReadStream, readdirSync, readFileSync } from 'node:fs';
 import { link, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { gzipSync } from 'node:zlib';
 import { after, before, describe, test } from 'node:test';
+import { gzipSync } from 'node:zlib';
 import type { Image, Vm } from '../../src/api/schemas.js';
 import { BANGER, guestAssets, runProcess, TestHome } from '../helpers/banger.js';
 import { duplicateNameExt4, rdumpTheOldWay } from '../helpers/hostile-ext4.js';
@@ -36,7 +36,14 @@ describe('vm run', { skip: requires(assets, 'guest assets missing: run scripts/g
     await writeFile(join(work, 'manifest.json'), JSON.stringify({ format: 1, rootfs: 'rootfs.ext4', kernel: 'debian-cloud' }));
     execFileSync('sh', ['-c', 'tar -C "$1" -cf - manifest.json rootfs.ext4 | zstd -q -1 -T0 -o "$1/bundle.tar.zst"', 'sh', work]);
     const catalog = {
-      images: [{ name: 'debian-bookworm', kernel: 'debian-cloud', description: 'test bundle', source: { kind: 'bundle', url: `file://${work}/bundle.tar.zst`, sha256: await sha256Of(join(work, 'bundle.tar.zst')) } }],
+      images: [
+        {
+          name: 'debian-bookworm',
+          kernel: 'debian-cloud',
+          description: 'test bundle',
+          source: { kind: 'bundle', url: `file://${work}/bundle.tar.zst`, sha256: await sha256Of(join(work, 'bundle.tar.zst')) },
+        },
+      ],
     };
     await writeFile(join(work, 'catalog.json'), JSON.stringify(catalog));
     home = await TestHome.create(`accel = "tcg"\nimage_catalogs = ["${work}/catalog.json"]\n`, { netns: true });
@@ -73,7 +80,13 @@ describe('vm run', { skip: requires(assets, 'guest assets missing: run scripts/g
 
   test('bare vm run opens a shell (fed from stdin here, no TTY) and exits with its status', async () => {
     const a = assets as NonNullable<typeof assets>;
-    const r = await runProcess('ip', ['netns', 'exec', home.netns as string, process.execPath, BANGER, 'vm', 'run', '--rm', '--name', 'shell'], { env: home.env }, 600_000, 'uname -r\nexit 3\n');
+    const r = await runProcess(
+      'ip',
+      ['netns', 'exec', home.netns as string, process.execPath, BANGER, 'vm', 'run', '--rm', '--name', 'shell'],
+      { env: home.env },
+      600_000,
+      'uname -r\nexit 3\n',
+    );
     assert.equal(r.code, 3, r.stderr);
     assert.equal(r.stdout.trim(), a.kernelVersion);
     assert.match(r.stderr, /deleted shell/);
@@ -91,7 +104,10 @@ describe('vm run', { skip: requires(assets, 'guest assets missing: run scripts/g
   });
 
   test('image build runs a script in a VM and saves root disk and /root as a new image; a failing script saves nothing', async () => {
-    await writeFile(join(work, 'ok.sh'), 'set -e\necho building\nprintf "#!/bin/sh\\necho hello from the build\\n" > /usr/local/bin/hello\nchmod 755 /usr/local/bin/hello\necho seed > /root/marker\n');
+    await writeFile(
+      join(work, 'ok.sh'),
+      'set -e\necho building\nprintf "#!/bin/sh\\necho hello from the build\\n" > /usr/local/bin/hello\nchmod 755 /usr/local/bin/hello\necho seed > /root/marker\n',
+    );
     const b = await home.banger(['image', 'build', '--from', 'debian-bookworm', '--script', join(work, 'ok.sh'), '--name', 'built', '--no-nat']);
     assert.equal(b.code, 0, b.stderr);
     assert.match(b.stderr, /\| building/, 'the script output is streamed');

@@ -74,9 +74,7 @@ export class TestHome {
   /** Runs a command inside this home's namespace (or directly when it has none). */
   exec(cmd: string, args: string[], timeoutMs = 60_000, extraEnv: NodeJS.ProcessEnv = {}): Promise<Result> {
     const env = { ...this.env, ...extraEnv };
-    return this.netns
-      ? runProcess('ip', ['netns', 'exec', this.netns, cmd, ...args], { env }, timeoutMs)
-      : runProcess(cmd, args, { env }, timeoutMs);
+    return this.netns ? runProcess('ip', ['netns', 'exec', this.netns, cmd, ...args], { env }, timeoutMs) : runProcess(cmd, args, { env }, timeoutMs);
   }
 
   /** The CLI; `extraEnv` also reaches a daemon this command auto-starts (e.g. BANGER_CRASH_AT). */

@@ -38,7 +38,7 @@ export class Rng {
     return this.next() < p;
   }
   pick<T>(items: readonly T[]): T {
-    if (items.length === 0) throw new Error("pick from an empty list");
+    if (items.length === 0) throw new Error('pick from an empty list');
     return items[this.int(items.length)] as T;
   }
   bytes(n: number): Buffer {
@@ -48,10 +48,10 @@ export class Rng {
   }
   /** Random-length string over `alphabet` (default: printable ASCII plus a few controls). */
   string(maxLen: number, alphabet?: string): string {
-    const chars = alphabet ?? " !\"#$%&'()*+,-./0123456789:;<=>?@ABCXYZabcxyz[\\]^_`{|}~\n\t\r\x00\x1b\x7f\u00e9\u{1f600}";
+    const chars = alphabet ?? ' !"#$%&\'()*+,-./0123456789:;<=>?@ABCXYZabcxyz[\\]^_`{|}~\n\t\r\x00\x1b\x7f\u00e9\u{1f600}';
     const len = this.int(maxLen + 1);
     const cps = Array.from(chars);
-    let s = "";
+    let s = '';
     for (let i = 0; i < len; i++) s += this.pick(cps);
     return s;
   }

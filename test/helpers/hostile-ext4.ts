@@ -21,12 +21,7 @@ export async function duplicateNameExt4(out: string, o: { hostTarget: string; pa
     await writeFile(join(work, 'payload'), o.payload);
     execFileSync('truncate', ['-s', `${o.sizeMiB ?? 8}M`, out]);
     execFileSync('mkfs.ext4', ['-q', '-F', '-O', '^metadata_csum', out], { stdio: 'ignore' });
-    const cmds = [
-      ...(dir === '/' ? [] : [`mkdir ${dir}`]),
-      `cd ${dir}`,
-      `symlink ${a} ${o.hostTarget}`,
-      `write ${join(work, 'payload')} ${b}`,
-    ];
+    const cmds = [...(dir === '/' ? [] : [`mkdir ${dir}`]), `cd ${dir}`, `symlink ${a} ${o.hostTarget}`, `write ${join(work, 'payload')} ${b}`];
     await writeFile(join(work, 'cmds'), `${cmds.join('\n')}\n`);
     execFileSync('debugfs', ['-w', '-f', join(work, 'cmds'), out], { stdio: 'ignore' });
     const image = readFileSync(out);

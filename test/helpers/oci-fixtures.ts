@@ -5,7 +5,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { createHash, type Hash } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdtemp, rm, stat } from 'node:fs/promises';
-import { request as httpRequest, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse, createServer } from 'node:http';
+import { createServer, request as httpRequest, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse } from 'node:http';
 import { join } from 'node:path';
 import { PassThrough, type Readable, Transform, type TransformCallback, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -208,7 +208,11 @@ function compressor(compression: Compression, gzipLevel: number): { input: Writa
  * A layer from an existing (big) tarball, streamed: compressed (gzip level 1 by default, or zstd)
  * to a temp file while both digests are computed. Call `cleanup()` when done.
  */
-export async function buildLayerFromTar(tarPath: string, compression: Compression, opts: LayerOptions & { gzipLevel?: number; tmpDir?: string } = {}): Promise<FileLayer> {
+export async function buildLayerFromTar(
+  tarPath: string,
+  compression: Compression,
+  opts: LayerOptions & { gzipLevel?: number; tmpDir?: string } = {},
+): Promise<FileLayer> {
   const dir = await mkdtemp(join(opts.tmpDir ?? '/tmp', 'bg-layer-'));
   const out = join(dir, 'blob');
   const raw = new Tap();
@@ -295,9 +299,18 @@ export interface Platform {
 }
 
 /** An index (OCI) or manifest list (Docker) body. */
-export function buildIndex(entries: Array<{ digest: string; size: number; mediaType: string; platform: Platform }>, format: ManifestFormat): { body: Buffer; digest: string; mediaType: string } {
+export function buildIndex(
+  entries: Array<{ digest: string; size: number; mediaType: string; platform: Platform }>,
+  format: ManifestFormat,
+): { body: Buffer; digest: string; mediaType: string } {
   const mediaType = format === 'docker' ? MEDIA.dockerList : MEDIA.ociIndex;
-  const body = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType, manifests: entries.map((e) => ({ mediaType: e.mediaType, digest: e.digest, size: e.size, platform: e.platform })) }));
+  const body = Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType,
+      manifests: entries.map((e) => ({ mediaType: e.mediaType, digest: e.digest, size: e.size, platform: e.platform })),
+    }),
+  );
   return { body, digest: sha256(body), mediaType };
 }
 
@@ -318,12 +331,16 @@ function baseUrl(registry: string): string {
 export async function http(method: string, url: string, headers: Record<string, string> = {}, body?: Buffer | { path: string }): Promise<HttpResult> {
   const length = body === undefined ? 0 : Buffer.isBuffer(body) ? body.length : (await stat(body.path)).size;
   return new Promise((resolve, reject) => {
-    const req = httpRequest(url, { method, headers: { ...headers, ...(body !== undefined || method === 'PUT' || method === 'POST' ? { 'Content-Length': String(length) } : {}) } }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('error', reject);
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }));
-    });
+    const req = httpRequest(
+      url,
+      { method, headers: { ...headers, ...(body !== undefined || method === 'PUT' || method === 'POST' ? { 'Content-Length': String(length) } : {}) } },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('error', reject);
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }));
+      },
+    );
     req.on('error', reject);
     if (body === undefined) req.end();
     else if (Buffer.isBuffer(body)) req.end(body);
@@ -353,7 +370,13 @@ export async function pushBlob(registryUrl: string, repo: string, blob: Buffer |
 }
 
 /** PUTs any manifest body; never throws on an HTTP error status (hostile manifests may be refused). */
-export async function pushRaw(registryUrl: string, repo: string, ref: string, body: Buffer | string, contentType: string): Promise<HttpResult & { digest?: string }> {
+export async function pushRaw(
+  registryUrl: string,
+  repo: string,
+  ref: string,
+  body: Buffer | string,
+  contentType: string,
+): Promise<HttpResult & { digest?: string }> {
   const r = await http('PUT', `${baseUrl(registryUrl)}/v2/${repo}/manifests/${ref}`, { 'Content-Type': contentType }, Buffer.from(body));
   const digest = r.headers['docker-content-digest'];
   return typeof digest === 'string' ? { ...r, digest } : r;
@@ -521,19 +544,45 @@ export async function startFakeRegistry(opts: FakeRegistryOptions): Promise<Fake
     if (auth && fr.path === '/token') {
       if (auth.basic) {
         const want = `Basic ${Buffer.from(`${auth.basic.username}:${auth.basic.password}`).toString('base64')}`;
-        if (req.headers.authorization !== want) return send(res, { ...registryError(401, 'UNAUTHORIZED', 'bad credentials'), headers: { 'Content-Type': 'application/json', 'WWW-Authenticate': 'Basic realm="fake"' } }, head);
+        if (req.headers.authorization !== want)
+          return send(
+            res,
+            {
+              ...registryError(401, 'UNAUTHORIZED', 'bad credentials'),
+              headers: { 'Content-Type': 'application/json', 'WWW-Authenticate': 'Basic realm="fake"' },
+            },
+            head,
+          );
       }
-      return send(res, { status: 200, headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ [auth.tokenField ?? 'token']: auth.token, expires_in: 300 }) }, head);
+      return send(
+        res,
+        { status: 200, headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ [auth.tokenField ?? 'token']: auth.token, expires_in: 300 }) },
+        head,
+      );
     }
     if (auth && fr.path.startsWith('/v2/') && req.headers.authorization !== `Bearer ${auth.token}`) {
       const repo = repoOf(fr.path);
       const scope = repo ? `,scope="repository:${repo}:pull"` : '';
       const challenge = `Bearer realm="${url}/token",service="${auth.service ?? 'fake'}"${scope}`;
-      return send(res, { ...registryError(401, 'UNAUTHORIZED', 'authentication required'), headers: { 'Content-Type': 'application/json', 'WWW-Authenticate': challenge } }, head);
+      return send(
+        res,
+        { ...registryError(401, 'UNAUTHORIZED', 'authentication required'), headers: { 'Content-Type': 'application/json', 'WWW-Authenticate': challenge } },
+        head,
+      );
     }
     const route =
-      opts.routes[`${fr.method} ${fr.path}`] ?? (head ? opts.routes[`GET ${fr.path}`] : undefined) ?? opts.routes[fr.path] ?? (fr.path === '/v2/' ? { status: 200, body: '{}' } : undefined);
-    const r = route === undefined ? (opts.fallback ? await opts.fallback(fr) : registryError(404, 'NOT_FOUND', `no route for ${fr.method} ${fr.path}`)) : typeof route === 'function' ? await route(fr) : route;
+      opts.routes[`${fr.method} ${fr.path}`] ??
+      (head ? opts.routes[`GET ${fr.path}`] : undefined) ??
+      opts.routes[fr.path] ??
+      (fr.path === '/v2/' ? { status: 200, body: '{}' } : undefined);
+    const r =
+      route === undefined
+        ? opts.fallback
+          ? await opts.fallback(fr)
+          : registryError(404, 'NOT_FOUND', `no route for ${fr.method} ${fr.path}`)
+        : typeof route === 'function'
+          ? await route(fr)
+          : route;
     return send(res, r, head);
   };
   const server = createServer((req, res) => {

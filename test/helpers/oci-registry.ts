@@ -1,5 +1,5 @@
 import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync, openSync, closeSync } from 'node:fs';
+import { closeSync, existsSync, openSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
@@ -53,7 +53,9 @@ async function killChild(child: ChildProcess): Promise<void> {
  */
 export async function startRegistry(): Promise<LocalRegistry> {
   if (!existsSync(REGISTRY_BIN)) {
-    throw new Error(`${REGISTRY_BIN} not found: the OCI tests need the distribution registry (apt-get install docker-registry, or bash scripts/install-deps.sh --test)`);
+    throw new Error(
+      `${REGISTRY_BIN} not found: the OCI tests need the distribution registry (apt-get install docker-registry, or bash scripts/install-deps.sh --test)`,
+    );
   }
   let lastError = '';
   for (let attempt = 0; attempt < 3; attempt++) {

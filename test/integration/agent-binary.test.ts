@@ -161,8 +161,14 @@ test('file(1) agrees: statically linked and stripped', { skip: requires(hasFile,
 
 test('--version and bad flags', () => {
   assert.equal(execFileSync(binary, ['--version']).toString().trim(), 'banger-agent 0.1.0');
-  assert.throws(() => execFileSync(binary, ['--bogus'], { stdio: 'pipe' }), (e: { status?: number }) => e.status === 2);
-  assert.throws(() => execFileSync(binary, ['--stdio', '--vsock-port', '5'], { stdio: 'pipe' }), (e: { status?: number }) => e.status === 2);
+  assert.throws(
+    () => execFileSync(binary, ['--bogus'], { stdio: 'pipe' }),
+    (e: { status?: number }) => e.status === 2,
+  );
+  assert.throws(
+    () => execFileSync(binary, ['--stdio', '--vsock-port', '5'], { stdio: 'pipe' }),
+    (e: { status?: number }) => e.status === 2,
+  );
 });
 
 test('health: ready, uptime, version, hostname and boot id of this machine', async () => {

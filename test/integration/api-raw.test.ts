@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import Database from 'better-sqlite3';
-import { TestHome, raw } from './harness.js';
+import { raw, TestHome } from './harness.js';
 
 let home: TestHome;
 

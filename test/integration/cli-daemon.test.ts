@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { buildInfoFile, TestHome, isAlive, ROOT, waitFor } from './harness.js';
+import { buildInfoFile, isAlive, ROOT, TestHome, waitFor } from './harness.js';
 
 interface Status {
   pid: number;

@@ -68,7 +68,14 @@ function vmRecord(name: string) {
 /** A FAKE bangerd: answers the routes `vm ssh` and `vm run` use, with `vmName` as the VM's name. */
 async function fakeDaemon(socketPath: string, vmName: string): Promise<{ requests: string[] }> {
   const requests: string[] = [];
-  const op = (state: string, result?: unknown) => ({ id: 'op-000001', kind: 'vm.create', state, stages: [], createdAt: new Date(0).toISOString(), ...(result ? { result } : {}) });
+  const op = (state: string, result?: unknown) => ({
+    id: 'op-000001',
+    kind: 'vm.create',
+    state,
+    stages: [],
+    createdAt: new Date(0).toISOString(),
+    ...(result ? { result } : {}),
+  });
   const server = createServer((req, res) => {
     requests.push(`${req.method} ${req.url}`);
     const json = (status: number, body: unknown) => res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body));
@@ -187,7 +194,9 @@ test('a well-formed name reaches the (fake) ssh with `--` before the host', asyn
   assert.equal(argv.filter((a) => a === '--').length, 1);
 });
 
-test('with the real ssh, `--` keeps a hostile host from being read as an option (positive control: without it, it runs)', { skip: requires(spawnSync('ssh', ['-V']).status === 0, 'ssh is not installed') }, async (t) => {
+test('with the real ssh, `--` keeps a hostile host from being read as an option (positive control: without it, it runs)', {
+  skip: requires(spawnSync('ssh', ['-V']).status === 0, 'ssh is not installed'),
+}, async (t) => {
   if (spawnSync('unshare', ['-n', 'true']).status !== 0) return t.skip('cannot create a network namespace (unshare -n)');
   const cfg = join(fixtures, 'ssh_config');
   // Any host that gets as far as connecting goes through /bin/false: no DNS, no traffic.

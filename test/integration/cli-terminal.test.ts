@@ -76,7 +76,14 @@ const cli = (...args: string[]) => {
   return runProcess(process.execPath, [BANGER, ...args], { env }, 30_000);
 };
 
-for (const args of [['vm', 'ports', 'evil'], ['vm', 'health', 'evil'], ['vm', 'show', 'evil'], ['vm', 'logs', 'evil'], ['vm', 'stop', 'evil'], ['vm', 'stats', 'evil']]) {
+for (const args of [
+  ['vm', 'ports', 'evil'],
+  ['vm', 'health', 'evil'],
+  ['vm', 'show', 'evil'],
+  ['vm', 'logs', 'evil'],
+  ['vm', 'stop', 'evil'],
+  ['vm', 'stats', 'evil'],
+]) {
   test(`banger ${args.join(' ')}: guest escape sequences never reach the terminal`, async () => {
     const r = await cli(...args);
     const out = r.stdout + r.stderr;

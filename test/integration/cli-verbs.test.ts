@@ -48,7 +48,7 @@ describe('CLI verbs without a boot', { skip: requires(assets, 'guest assets miss
     if (userHome) await rm(userHome, { recursive: true, force: true });
   });
 
-  test('ssh-config --install/--uninstall edit only $HOME/.ssh/config: the block once, the user\'s lines kept, uninstall restores the file', async () => {
+  test("ssh-config --install/--uninstall edit only $HOME/.ssh/config: the block once, the user's lines kept, uninstall restores the file", async () => {
     const realConfig = join(homedir(), '.ssh', 'config');
     const realBefore = existsSync(realConfig) ? readFileSync(realConfig) : undefined;
     await mkdir(join(userHome, '.ssh'), { mode: 0o700 });
@@ -63,7 +63,7 @@ describe('CLI verbs without a boot', { skip: requires(assets, 'guest assets miss
     const installed = readFileSync(config, 'utf8');
     const bangerConfig = join(home.dir, 'state', 'ssh', 'config');
     assert.ok(installed.includes(`Include "${bangerConfig}"`) || installed.includes(`Include ${bangerConfig}`), installed);
-    assert.ok(installed.includes(original), 'the user\'s own lines are kept');
+    assert.ok(installed.includes(original), "the user's own lines are kept");
     assert.equal(statSync(config).mode & 0o777, 0o600);
     assert.ok(existsSync(bangerConfig), 'the daemon wrote the file the Include names');
 
@@ -117,7 +117,9 @@ describe('CLI verbs without a boot', { skip: requires(assets, 'guest assets miss
     assert.match(text, new RegExp(`^${id}\\s+vm\\.create\\s+holder\\s+succeeded`, 'm'));
   });
 
-  test('vm prune asks first: refused without a terminal, "n" keeps every VM, "y" deletes the stopped ones', { skip: requires(hasScript, 'script(1) (util-linux) is not installed') }, async () => {
+  test('vm prune asks first: refused without a terminal, "n" keeps every VM, "y" deletes the stopped ones', {
+    skip: requires(hasScript, 'script(1) (util-linux) is not installed'),
+  }, async () => {
     await home.ok(['vm', 'create', '--name', 'spare', '--image', 'img', '--no-start']);
     const names = async () => (await home.json<{ vms: Vm[] }>(['vm', 'list'])).vms.map((v) => v.name).sort();
     assert.deepEqual(await names(), ['holder', 'spare']);

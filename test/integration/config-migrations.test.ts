@@ -47,7 +47,10 @@ test('a malformed config.toml: the error is ONE line naming the file and key (pl
   assert.ok(lines[0]?.startsWith('error: '), r.stderr);
   assert.ok(lines[0]?.includes(home.configFile), r.stderr);
   assert.match(lines[0] ?? '', /"vm_defaults\.vcpus"/);
-  assert.ok(lines.slice(1).every((l) => l.startsWith('fix: ')), r.stderr);
+  assert.ok(
+    lines.slice(1).every((l) => l.startsWith('fix: ')),
+    r.stderr,
+  );
 });
 
 test('invalid TOML: the error names the line', async () => {

@@ -67,11 +67,20 @@ describe('a daemon killed mid-operation leaves nothing the next start does not c
     execFileSync('mkfs.ext4', ['-q', '-F', rootfs], { stdio: 'ignore' });
     await home.ok(['image', 'register', '--name', 'img', '--rootfs', rootfs, '--kernel-ref', 'k']);
     // A bundle catalog entry, for a pull to crash in.
-    execFileSync('sh', ['-c', `cd "$1" && printf '{"format":1,"rootfs":"rootfs.ext4","kernel":"k"}' > manifest.json && tar -cf - manifest.json rootfs.ext4 | zstd -q -1 -o bundle.tar.zst`, 'sh', scratch]);
-    const sha = execFileSync('sha256sum', [join(scratch, 'bundle.tar.zst')]).toString().split(' ')[0];
+    execFileSync('sh', [
+      '-c',
+      `cd "$1" && printf '{"format":1,"rootfs":"rootfs.ext4","kernel":"k"}' > manifest.json && tar -cf - manifest.json rootfs.ext4 | zstd -q -1 -o bundle.tar.zst`,
+      'sh',
+      scratch,
+    ]);
+    const sha = execFileSync('sha256sum', [join(scratch, 'bundle.tar.zst')])
+      .toString()
+      .split(' ')[0];
     await writeFile(
       join(scratch, 'catalog.json'),
-      JSON.stringify({ images: [{ name: 'tiny', kernel: 'k', description: 'crash test', source: { kind: 'bundle', url: `file://${scratch}/bundle.tar.zst`, sha256: sha } }] }),
+      JSON.stringify({
+        images: [{ name: 'tiny', kernel: 'k', description: 'crash test', source: { kind: 'bundle', url: `file://${scratch}/bundle.tar.zst`, sha256: sha } }],
+      }),
     );
     await writeFile(home.configFile, `vmm = "firecracker"\nfirecracker_bin = "${fc}"\nimage_catalogs = ["${scratch}/catalog.json"]\n`);
   });
@@ -114,7 +123,10 @@ describe('a daemon killed mid-operation leaves nothing the next start does not c
     assert.deepEqual(vms, []);
     assert.deepEqual(await leftovers(), clean);
     const { images } = await home.json<{ images: Image[] }>(['image', 'list']);
-    assert.deepEqual(images.map((i) => i.name), ['img']);
+    assert.deepEqual(
+      images.map((i) => i.name),
+      ['img'],
+    );
   });
 
   test('a kernel import killed between publishing its directory and its row: the directory is removed; a retry works', async () => {
@@ -122,7 +134,10 @@ describe('a daemon killed mid-operation leaves nothing the next start does not c
     const before = kernelDirs();
     await crashDuring('kernel:published', ['kernel', 'import', 'k2', '--from', join(scratch, 'kernel')]);
     const { kernels } = await home.json<{ kernels: Array<{ name: string }> }>(['kernel', 'list']);
-    assert.deepEqual(kernels.map((k) => k.name), ['k']);
+    assert.deepEqual(
+      kernels.map((k) => k.name),
+      ['k'],
+    );
     assert.deepEqual(kernelDirs(), before, 'no kernel directory without its row');
     await home.ok(['kernel', 'import', 'k2', '--from', join(scratch, 'kernel')]);
     await home.ok(['kernel', 'rm', 'k2']);
@@ -145,7 +160,10 @@ describe('a daemon killed mid-operation leaves nothing the next start does not c
   test('an image pull killed between publishing its directory and its row: the directory is removed; a retry works', async () => {
     await crashDuring('image:published', ['image', 'pull', 'tiny']);
     const { images } = await home.json<{ images: Image[] }>(['image', 'list']);
-    assert.deepEqual(images.map((i) => i.name), ['img']);
+    assert.deepEqual(
+      images.map((i) => i.name),
+      ['img'],
+    );
     assert.deepEqual(await leftovers(), clean);
     await home.ok(['image', 'pull', 'tiny']);
     const after = await home.json<{ images: Image[] }>(['image', 'list']);

@@ -46,8 +46,7 @@ async function setup(t: TestContext, opts: SetupOptions = {}): Promise<Env> {
   const pidFile = join(dir, 'fake.pid');
   const env = { FAKE_FC_RECORD: recordFile, FAKE_FC_PIDFILE: pidFile, ...opts.env };
   const exports = Object.entries(env).map(([k, v]) => `export ${k}=${sh(v)}`);
-  const script =
-    opts.script?.({ pidFile }) ?? ['#!/bin/sh', ...exports, `exec ${sh(process.execPath)} ${sh(FAKE_BIN)} "$@"`, ''].join('\n');
+  const script = opts.script?.({ pidFile }) ?? ['#!/bin/sh', ...exports, `exec ${sh(process.execPath)} ${sh(FAKE_BIN)} "$@"`, ''].join('\n');
   const bin = join(dir, 'firecracker');
   await writeFile(bin, script, { mode: 0o755 });
   t.after(async () => {
@@ -101,17 +100,20 @@ test('launch sends the spec-valid configuration in order; status, pause, resume 
   const driver = new FirecrackerDriver({ binaryPath: e.bin });
 
   const handle = await driver.launch(e.spec);
-  assert.deepEqual({ ...handle, pid: 0, pidStartTime: '' }, {
-    kind: 'firecracker',
-    pid: 0,
-    pidStartTime: '',
-    controlSocket: join(e.spec.runDir, 'fc.sock'),
-    agentSocket: e.spec.agentSocketPath,
-    agentTransport: 'hybrid-vsock',
-    accel: 'kvm',
-    // The boot id is recorded so a handle from an earlier boot is never taken for a live VMM.
-    bootId: (await readFile('/proc/sys/kernel/random/boot_id', 'utf8')).trim(),
-  });
+  assert.deepEqual(
+    { ...handle, pid: 0, pidStartTime: '' },
+    {
+      kind: 'firecracker',
+      pid: 0,
+      pidStartTime: '',
+      controlSocket: join(e.spec.runDir, 'fc.sock'),
+      agentSocket: e.spec.agentSocketPath,
+      agentTransport: 'hybrid-vsock',
+      accel: 'kvm',
+      // The boot id is recorded so a handle from an earlier boot is never taken for a live VMM.
+      bootId: (await readFile('/proc/sys/kernel/random/boot_id', 'utf8')).trim(),
+    },
+  );
   assert.equal(handle.pid, await fakePid(e));
   assert.ok(await isProcessAlive(handle.pid, handle.pidStartTime));
 
@@ -205,12 +207,7 @@ test('with one log file for both, no logger is configured and everything appends
 test('a binary that exits at once fails the launch with its output in the VmmError', { skip }, async (t) => {
   const e = await setup(t, {
     script: ({ pidFile }) =>
-      [
-        '#!/bin/sh',
-        `echo $$ > ${sh(pidFile)}`,
-        'echo "Error creating the Kvm object: No such file or directory (os error 2)" >&2',
-        'exit 1',
-      ].join('\n'),
+      ['#!/bin/sh', `echo $$ > ${sh(pidFile)}`, 'echo "Error creating the Kvm object: No such file or directory (os error 2)" >&2', 'exit 1'].join('\n'),
   });
   await writeFile(e.spec.serialLogPath, 'an older boot said something else\n');
   const driver = new FirecrackerDriver({ binaryPath: e.bin });
@@ -292,7 +289,10 @@ test('api client: 204, 200 with JSON, and faults as FirecrackerApiError', { skip
     assert.equal(err.faultMessage, '$: unknown field x');
     return true;
   });
-  assert.deepEqual(fake.requests.map((r) => r.status), [204, 200, 400]);
+  assert.deepEqual(
+    fake.requests.map((r) => r.status),
+    [204, 200, 400],
+  );
 });
 
 test('api client: a non-JSON error body, a timeout, an oversized answer and a missing socket', { skip }, async (t) => {

@@ -3,17 +3,17 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { after, test } from 'node:test';
-import { BangerError } from '../../src/api/errors.js';
 import pino from 'pino';
+import { BangerError } from '../../src/api/errors.js';
 import { parseConfig } from '../../src/config/config.js';
 import { type DnsRecords, NetworkService } from '../../src/daemon/services/network.js';
 import { BridgeLock } from '../../src/host/bridge-lock.js';
-import { macForIp } from '../../src/util/ipv4.js';
 import { OWNER_ALIAS, PrivilegedOps } from '../../src/host/privileged.js';
 import { type CommandRunner, ProcessRunner, type RunOptions, type RunResult } from '../../src/host/runner.js';
 import { TapPool } from '../../src/host/tap-pool.js';
 import type { LeaseRepo } from '../../src/store/leases.js';
 import type { Repos } from '../../src/store/repos.js';
+import { macForIp } from '../../src/util/ipv4.js';
 import { requires } from '../helpers/prereq.js';
 import { waitFor } from './harness.js';
 
@@ -60,8 +60,7 @@ async function newNs(tag: string): Promise<string> {
 }
 
 const ipn = (ns: string, ...args: string[]) => runner.run('ip', ['-n', ns, ...args]);
-const inNs = (ns: string, cmd: string, args: string[], options?: RunOptions) =>
-  runner.run('ip', ['netns', 'exec', ns, cmd, ...args], options);
+const inNs = (ns: string, cmd: string, args: string[], options?: RunOptions) => runner.run('ip', ['netns', 'exec', ns, cmd, ...args], options);
 
 /** A plain non-banger link: a dummy where the kernel has it, else one end of a veth pair. */
 async function plainLink(ns: string, name: string): Promise<void> {
@@ -162,7 +161,10 @@ test('bad names and arguments are refused before any command runs', async () => 
   await assert.rejects(ops.deleteTap('bg1.0', 'banger0'), rejectsWith('bad_request'));
   await assert.rejects(ops.createTap('bgtap0', 'banger0'), rejectsWith('bad_request'));
   const pin = (tap: string, ip: string) => ({ tap, mac: '52:54:00:4d:00:02', ip, nat: true });
-  await assert.rejects(ops.applyPolicy({ bridge: 'banger0', cidr: '10.77.0.0/24', pins: [pin('bg0.0', '10.78.0.2')] }), rejectsWith('bad_request', /not a host address/));
+  await assert.rejects(
+    ops.applyPolicy({ bridge: 'banger0', cidr: '10.77.0.0/24', pins: [pin('bg0.0', '10.78.0.2')] }),
+    rejectsWith('bad_request', /not a host address/),
+  );
   await assert.rejects(ops.applyPolicy({ bridge: 'banger0', cidr: '10.77.0.0/24', pins: [pin('bg0.0', '10.77.0.2/32')] }), rejectsWith('bad_request'));
   await assert.rejects(ops.applyPolicy({ bridge: 'banger0', cidr: '10.77.0.0/24', pins: [pin('bg1.0', '10.77.0.2')] }), rejectsWith('bad_request'));
   await assert.rejects(ops.applyPolicy({ bridge: 'eth0', cidr: '10.77.0.0/24', pins: [] }), rejectsWith('bad_request'));
@@ -175,12 +177,15 @@ test('bad names and arguments are refused before any command runs', async () => 
   await viaSudo.applyPolicy({ bridge: 'banger0', cidr: '10.77.0.0/24', pins: [] });
   assert.ok(calls.length > 0);
   for (const c of calls) assert.deepEqual(c.slice(0, 6), ['sudo', '-n', 'ip', 'netns', 'exec', 'banger-t-x']);
-  assert.ok(calls.some((c) => c.slice(6, 8).join(' ') === 'nft -f'), JSON.stringify(calls));
+  assert.ok(
+    calls.some((c) => c.slice(6, 8).join(' ') === 'nft -f'),
+    JSON.stringify(calls),
+  );
   assert.equal((await viaSudo.doctorInfo()).mode, 'sudo');
   assert.equal((await new PrivilegedOps({ runner: recorder, sudo: 'never' }).doctorInfo()).mode, process.getuid?.() === 0 ? 'root' : 'unavailable');
 });
 
-test('createTap/listTaps/deleteTap: the bridge\'s own TAP names on its own bridge only', { skip }, async () => {
+test("createTap/listTaps/deleteTap: the bridge's own TAP names on its own bridge only", { skip }, async () => {
   const ns = await newNs('tap');
   const ops = new PrivilegedOps({ runner, netns: ns });
   await ops.ensureBridge('banger0', '10.77.0.1/24');
@@ -473,7 +478,9 @@ const masqueradeCount = async (host: string, bridge = 'banger0') =>
 const sysctl = async (ns: string, key: string) => (await inNs(ns, 'sysctl', ['-n', key])).stdout.trim();
 const pinOf = (g: Guest, nat: boolean) => ({ tap: g.tap, mac: g.mac, ip: g.ip, nat });
 
-test('NAT (nftables): masquerades NAT VMs by their TAP, drops the rest, idempotent, removable; forwarding on only while needed', { skip: nftSkip }, async () => {
+test('NAT (nftables): masquerades NAT VMs by their TAP, drops the rest, idempotent, removable; forwarding on only while needed', {
+  skip: nftSkip,
+}, async () => {
   const { host, ops, guests, connectFrom, seen } = await topology('banger0', 'nft', ['10.77.0.2']);
   const [vm] = guests as [Guest];
   const policy = (pins: ReturnType<typeof pinOf>[]) => ({ bridge: 'banger0', cidr: '10.77.0.0/24', pins });
@@ -516,7 +523,7 @@ test('NAT (nftables): masquerades NAT VMs by their TAP, drops the rest, idempote
   assert.equal(await connectFrom(vm), '10.77.0.2', 'with no banger table, plain routing: neither NAT nor drop');
 });
 
-test('NAT (iptables fallback): same behaviour with tagged rules in the bridge\'s own chains', { skip: iptSkip }, async () => {
+test("NAT (iptables fallback): same behaviour with tagged rules in the bridge's own chains", { skip: iptSkip }, async () => {
   const { host, ops, guests, connectFrom } = await topology('banger0', 'iptables', ['10.77.0.2']);
   const [vm] = guests as [Guest];
   const policy = (nat: boolean) => ({ bridge: 'banger0', cidr: '10.77.0.0/24', pins: [pinOf(vm, nat)] });
@@ -548,7 +555,9 @@ test('NAT (iptables fallback): same behaviour with tagged rules in the bridge\'s
 
 for (const firewall of ['nft', 'iptables'] as const) {
   const fwSkip = firewall === 'nft' ? nftSkip : iptSkip || requires(sbin('ebtables'), 'requires ebtables (the fallback pins TAPs with it)');
-  test(`spoofing (${firewall}): a guest using another guest's IP or MAC gets nothing out, and cannot take its IP by ARP`, { skip: fwSkip || python }, async () => {
+  test(`spoofing (${firewall}): a guest using another guest's IP or MAC gets nothing out, and cannot take its IP by ARP`, {
+    skip: fwSkip || python,
+  }, async () => {
     const t = await topology('banger0', firewall, ['10.77.0.2', '10.77.0.3']);
     const [a, b] = t.guests as [Guest, Guest];
     const upstream = await udpListener(t.up, '198.51.100.2', 9999);
@@ -586,7 +595,7 @@ for (const firewall of ['nft', 'iptables'] as const) {
     assert.equal(await hostNeighMac(a.ip), a.mac);
     await t.send(b, [arpClaim]);
     await hostBarrier();
-    assert.equal(await hostNeighMac(a.ip), b.mac, 'without pins B takes A\'s address in the host\'s ARP cache');
+    assert.equal(await hostNeighMac(a.ip), b.mac, "without pins B takes A's address in the host's ARP cache");
     await inNs(t.host, 'sysctl', ['-qw', 'net.ipv4.ip_forward=0']);
     await ipn(t.host, 'neigh', 'flush', 'dev', 'banger0');
     upstream.length = 0;
@@ -602,16 +611,24 @@ for (const firewall of ['nft', 'iptables'] as const) {
     ]);
     assert.equal(await upstreamBarrier(), `198.51.100.1 barrier-${token - 1}`, 'A, a NAT VM, still gets out, masqueraded');
     await hostBarrier();
-    assert.deepEqual(upstream.filter((l) => !/ barrier-\d+$/.test(l)), [], 'nothing B sent reached upstream, spoofed or not');
-    assert.deepEqual(atHost.filter((l) => /spoof/.test(l)), [], 'the host received none of B\'s spoofed datagrams');
+    assert.deepEqual(
+      upstream.filter((l) => !/ barrier-\d+$/.test(l)),
+      [],
+      'nothing B sent reached upstream, spoofed or not',
+    );
+    assert.deepEqual(
+      atHost.filter((l) => /spoof/.test(l)),
+      [],
+      "the host received none of B's spoofed datagrams",
+    );
     assert.ok(atHost.includes(`10.77.0.3 barrier-${token - 1}`), 'B still reaches the host with its own address');
 
     await learnA();
     assert.equal(await hostNeighMac(a.ip), a.mac);
     await t.send(b, [arpClaim, { ...arpClaim, src_mac: a.mac }]);
     await hostBarrier();
-    assert.equal(await hostNeighMac(a.ip), a.mac, 'B\'s ARP claim on A\'s address was dropped');
-    assert.equal(await t.connectFrom(a), '198.51.100.1', 'A\'s own stack still works through NAT');
+    assert.equal(await hostNeighMac(a.ip), a.mac, "B's ARP claim on A's address was dropped");
+    assert.equal(await t.connectFrom(a), '198.51.100.1', "A's own stack still works through NAT");
     assert.equal(await t.connectFrom(b), undefined, 'B has no NAT');
   });
 }
@@ -639,9 +656,9 @@ test('two daemons on two bridges in one namespace keep their own TAPs, tables an
   const pinA = { tap: tapA, mac: macForIp('10.77.0.2'), ip: '10.77.0.2', nat: true };
   const pinB = { tap: tapB, mac: macForIp('10.78.0.2'), ip: '10.78.0.2', nat: true };
   await a.ops.applyPolicy({ bridge: 'banger0', cidr: a.cidr, pins: [pinA] });
-  assert.match((await inNs(ns, 'nft', ['list', 'tables'])).stdout, /table inet banger\n/, 'banger0\'s daemon left banger1\'s legacy table alone');
+  assert.match((await inNs(ns, 'nft', ['list', 'tables'])).stdout, /table inet banger\n/, "banger0's daemon left banger1's legacy table alone");
   await b.ops.applyPolicy({ bridge: 'banger1', cidr: b.cidr, pins: [pinB] });
-  assert.doesNotMatch((await inNs(ns, 'nft', ['list', 'tables'])).stdout, /table inet banger\n/, 'banger1\'s daemon replaced its own legacy table');
+  assert.doesNotMatch((await inNs(ns, 'nft', ['list', 'tables'])).stdout, /table inet banger\n/, "banger1's daemon replaced its own legacy table");
 
   const tapsOf = async (bridge: string) => (await runner.run('ip', ['-n', ns, '-j', 'link', 'show', 'master', bridge])).stdout;
   const stateOf = async (bridge: string) => ({
@@ -664,7 +681,7 @@ test('two daemons on two bridges in one namespace keep their own TAPs, tables an
     await again.pool.reconcile(new Set([tapA]));
     await again.ops.applyPolicy({ bridge: 'banger0', cidr: again.cidr, pins: [{ ...pinA, nat: false }] });
     await again.pool.settled();
-    assert.deepEqual(await stateOf('banger1'), before.b, 'banger1\'s daemon\'s TAPs and tables are untouched by a restart of banger0\'s');
+    assert.deepEqual(await stateOf('banger1'), before.b, "banger1's daemon's TAPs and tables are untouched by a restart of banger0's");
   }
   assert.equal(await sysctl(ns, 'net.ipv4.ip_forward'), '1', 'B still has a NAT VM: forwarding stays on');
   assert.deepEqual(await a.ops.currentNatIps('banger0'), []);

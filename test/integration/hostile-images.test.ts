@@ -107,10 +107,16 @@ describe('hostile image filesystems never reach the host', () => {
     execFileSync('mkfs.ext4', ['-q', '-F', join(b, 'rootfs.ext4')], { stdio: 'ignore' });
     execFileSync('ln', ['-s', hostManifest, join(b, 'manifest.json')]);
     execFileSync('sh', ['-c', 'cd "$1" && tar -cf - manifest.json rootfs.ext4 | zstd -q -1 -o ../bundle-link.tar.zst', 'sh', b]);
-    const sha = execFileSync('sha256sum', [join(scratch, 'bundle-link.tar.zst')]).toString().split(' ')[0];
+    const sha = execFileSync('sha256sum', [join(scratch, 'bundle-link.tar.zst')])
+      .toString()
+      .split(' ')[0];
     await writeFile(
       join(scratch, 'catalog.json'),
-      JSON.stringify({ images: [{ name: 'linked', kernel: 'k', description: 'hostile bundle', source: { kind: 'bundle', url: `file://${scratch}/bundle-link.tar.zst`, sha256: sha } }] }),
+      JSON.stringify({
+        images: [
+          { name: 'linked', kernel: 'k', description: 'hostile bundle', source: { kind: 'bundle', url: `file://${scratch}/bundle-link.tar.zst`, sha256: sha } },
+        ],
+      }),
     );
     await writeFile(home.configFile, `accel = "tcg"\nimage_catalogs = ["${scratch}/catalog.json"]\n`);
     await home.banger(['daemon', 'restart']);
@@ -119,6 +125,9 @@ describe('hostile image filesystems never reach the host', () => {
     assert.match(r.stderr, /link/i);
     const { images } = await home.json<{ images: Array<{ name: string }> }>(['image', 'list']);
     assert.ok(!images.some((i) => i.name === 'linked'));
-    assert.deepEqual(readdirSync(join(home.dir, 'state', 'staging')).filter((n) => n !== 'scratch'), []);
+    assert.deepEqual(
+      readdirSync(join(home.dir, 'state', 'staging')).filter((n) => n !== 'scratch'),
+      [],
+    );
   });
 });

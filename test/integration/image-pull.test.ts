@@ -5,8 +5,8 @@ import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { Image } from '../../src/api/schemas.js';
-import { buildImage, buildIndex, buildLayer, imageRoutes, manifestResponse, pushImage, pushIndex, startFakeRegistry } from '../helpers/oci-fixtures.js';
 import { BANGER, runProcess } from '../helpers/banger.js';
+import { buildImage, buildIndex, buildLayer, imageRoutes, manifestResponse, pushImage, pushIndex, startFakeRegistry } from '../helpers/oci-fixtures.js';
 import { type LocalRegistry, startRegistry } from '../helpers/oci-registry.js';
 import { TestHome } from './harness.js';
 
@@ -109,7 +109,7 @@ describe('image pull from a real loopback registry', () => {
     const profile = inode(fs, '/home/dev/.profile');
     assert.deepEqual([profile.uid, profile.gid, profile.mode & 0o777], [1000, 1000, 0o640]);
     const dnull = inode(fs, '/dev/null');
-    assert.equal(dnull.type, "character special");
+    assert.equal(dnull.type, 'character special');
     assert.match(dnull.raw, /Device major\/minor number: 01:03/);
     // The image's /root stays in the rootfs (the guest seeds its work disk from it); nothing is copied out.
     assert.equal(inode(fs, '/root/.bashrc').type, 'regular');
@@ -270,7 +270,10 @@ describe('image pull refuses hostile registries and content, leaving nothing beh
 
   test('manifest for another platform only', async () => {
     const arm = buildImage({ layers: [await buildLayer([{ type: 'file', path: 'a', content: 'arm' }], 'gzip')], architecture: 'arm64' });
-    const idx = buildIndex([{ digest: arm.manifestDigest, size: arm.manifest.length, mediaType: arm.manifestMediaType, platform: { os: 'linux', architecture: 'arm64' } }], 'oci');
+    const idx = buildIndex(
+      [{ digest: arm.manifestDigest, size: arm.manifest.length, mediaType: arm.manifestMediaType, platform: { os: 'linux', architecture: 'arm64' } }],
+      'oci',
+    );
     const routes = { ...imageRoutes('x/y', 'arm-only-manifest', arm), '/v2/x/y/manifests/t': manifestResponse(idx.body, idx.mediaType) };
     await expectRefused(routes, 'x/y:t', /has no linux\/amd64 image \(it offers: linux\/arm64\)/);
     // A bare manifest whose config says arm64 is refused too.
@@ -291,7 +294,10 @@ describe('image pull refuses hostile registries and content, leaving nothing beh
 
   test('bearer token flow with credentials from ~/.docker/config.json', async () => {
     const img = await simple();
-    const fake = await startFakeRegistry({ routes: imageRoutes('team/app', 'v1', img), auth: { token: 'tok-123', basic: { username: 'alice', password: 's3cret' } } });
+    const fake = await startFakeRegistry({
+      routes: imageRoutes('team/app', 'v1', img),
+      auth: { token: 'tok-123', basic: { username: 'alice', password: 's3cret' } },
+    });
     const dockerDir = join(home.dir, 'docker');
     try {
       // Without credentials the token service refuses.
@@ -303,11 +309,19 @@ describe('image pull refuses hostile registries and content, leaving nothing beh
       // The daemon reads the credentials; restart it with DOCKER_CONFIG pointing there.
       await home.ok(['daemon', 'stop']);
       const env = { ...home.env, DOCKER_CONFIG: dockerDir };
-      const r = await runProcess(process.execPath, [BANGER, 'image', 'pull', `${fake.host}/team/app:v1`, '--kernel-ref', 'k', '--name', 'app', '--json'], { env }, 120_000);
+      const r = await runProcess(
+        process.execPath,
+        [BANGER, 'image', 'pull', `${fake.host}/team/app:v1`, '--kernel-ref', 'k', '--name', 'app', '--json'],
+        { env },
+        120_000,
+      );
       assert.equal(r.code, 0, r.stderr);
       const tokenRequest = fake.requests.find((q) => q.path === '/token' && q.headers.authorization);
       assert.ok(tokenRequest, 'token endpoint got Basic credentials');
-      assert.ok(fake.requests.some((q) => q.headers.authorization === 'Bearer tok-123'), 'registry got the bearer token');
+      assert.ok(
+        fake.requests.some((q) => q.headers.authorization === 'Bearer tok-123'),
+        'registry got the bearer token',
+      );
       await home.ok(['image', 'delete', 'app']);
     } finally {
       await fake.stop();

@@ -90,7 +90,14 @@ before(async () => {
   for (const [name, entries] of Object.entries(archives)) {
     const body = await tarOf(entries);
     routes.set(`/${name}.tar`, body);
-    kernels.push({ name, distro: 'none', arch: 'x86_64', version: '1', description: name, source: { kind: 'archive', url: '', sha256: sha256(body), format: 'tar' } });
+    kernels.push({
+      name,
+      distro: 'none',
+      arch: 'x86_64',
+      version: '1',
+      description: name,
+      source: { kind: 'archive', url: '', sha256: sha256(body), format: 'tar' },
+    });
   }
   http = await serveOnLoopback((req, res) => {
     const body = routes.get(req.url ?? '');

@@ -9,9 +9,9 @@ import { after, before, test } from 'node:test';
 import { gzipSync } from 'node:zlib';
 import * as tar from 'tar-stream';
 import { guestAssets } from '../helpers/banger.js';
-import { TestHome } from './harness.js';
 import { serveOnLoopback } from '../helpers/http.js';
 import { requires } from '../helpers/prereq.js';
+import { TestHome } from './harness.js';
 
 /**
  * `banger kernel pull` against a loopback Debian mirror (and a loopback archive URL): the real
@@ -133,7 +133,10 @@ before(async () => {
     routes.set('/debian/dists/bookworm/InRelease', inRelease(archive, { 'main/binary-amd64/Packages.gz': indexes.debian }));
     // A signed Release that vouches for a different index than the one served.
     routes.set('/tampered/dists/bookworm/main/binary-amd64/Packages.gz', indexes.debian);
-    routes.set('/tampered/dists/bookworm/InRelease', inRelease(archive, { 'main/binary-amd64/Packages.gz': Buffer.concat([indexes.debian, Buffer.from('x')]) }));
+    routes.set(
+      '/tampered/dists/bookworm/InRelease',
+      inRelease(archive, { 'main/binary-amd64/Packages.gz': Buffer.concat([indexes.debian, Buffer.from('x')]) }),
+    );
     // The right index, signed by a key banger was not told to trust.
     routes.set('/stranger/dists/bookworm/main/binary-amd64/Packages.gz', indexes.debian);
     routes.set('/stranger/dists/bookworm/InRelease', inRelease(stranger, { 'main/binary-amd64/Packages.gz': indexes.debian }));
@@ -241,7 +244,10 @@ test('`kernel pull debian-cloud` through the loopback Debian index: vmlinux extr
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stdout, /^pulled kernel debian-cloud \(/);
   assert.ok(hits.includes(`/debian/pool/main/l/linux-signed-amd64/${debName}`));
-  assert.ok(hits.every((h) => !h.includes('linux-headers')), 'only the kernel package was fetched');
+  assert.ok(
+    hits.every((h) => !h.includes('linux-headers')),
+    'only the kernel package was fetched',
+  );
 
   const k = await home.json<KernelJson>(['kernel', 'show', 'debian-cloud']);
   assert.equal(`linux-image-${k.version}`, debPkg, 'the kernel version is the package’s');

@@ -8,8 +8,8 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { gzipSync } from 'node:zlib';
 import { serveOnLoopback } from '../helpers/http.js';
-import { TestHome } from './harness.js';
 import { requires } from '../helpers/prereq.js';
+import { TestHome } from './harness.js';
 
 /**
  * Issue #9, 13: `kernel pull` from a Debian mirror whose signed InRelease is past its
@@ -40,11 +40,13 @@ before(async () => {
   gpg(keyHome, ['--quick-gen-key', 'banger test archive <archive@test.invalid>', 'ed25519', 'sign', 'never']);
   writeFileSync(join(fixtures, 'keyring.gpg'), gpg(keyHome, ['--export']));
   // An index whose package has a bogus checksum: the control pull fails later, at the download.
-  const index = gzipSync(
-    `Package: linux-image-cloud-amd64\nVersion: 1\nFilename: pool/k.deb\nSize: 4\nSHA256: ${'a'.repeat(64)}\n`,
-  );
+  const index = gzipSync(`Package: linux-image-cloud-amd64\nVersion: 1\nFilename: pool/k.deb\nSize: 4\nSHA256: ${'a'.repeat(64)}\n`);
   const inRelease = (validUntil: string) =>
-    gpg(keyHome, ['--clearsign', '--output', '-'], `Origin: Debian\nSuite: unstable\nCodename: sid\nDate: Sat, 01 Jan 2000 00:00:00 UTC\nValid-Until: ${validUntil}\nSHA256:\n ${sha256(index)} ${index.length} main/binary-amd64/Packages.gz\n`);
+    gpg(
+      keyHome,
+      ['--clearsign', '--output', '-'],
+      `Origin: Debian\nSuite: unstable\nCodename: sid\nDate: Sat, 01 Jan 2000 00:00:00 UTC\nValid-Until: ${validUntil}\nSHA256:\n ${sha256(index)} ${index.length} main/binary-amd64/Packages.gz\n`,
+    );
   const routes = new Map<string, Buffer>([
     ['/expired/dists/sid/InRelease', inRelease('Sun, 02 Jan 2000 00:00:00 UTC')],
     ['/expired/dists/sid/main/binary-amd64/Packages.gz', index],

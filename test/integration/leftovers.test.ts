@@ -25,11 +25,17 @@ test('a KVM probe VMM left by a killed daemon is found by its directory and kill
   const bystander = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)', join(home, 'elsewhere')], { detached: true, stdio: 'ignore' });
   t.after(() => bystander.kill('SIGKILL'));
   await new Promise((r) => setTimeout(r, 200));
-  assert.deepEqual((await processesNaming(probeDir(layout))).map((p) => p.pid), [orphan.pid]);
+  assert.deepEqual(
+    (await processesNaming(probeDir(layout))).map((p) => p.pid),
+    [orphan.pid],
+  );
 
   const removed = await sweepLeftovers(layout, noRows);
   await exited;
-  assert.ok(removed.some((r) => r.includes(`KVM probe process ${orphan.pid}`)), removed.join('\n'));
+  assert.ok(
+    removed.some((r) => r.includes(`KVM probe process ${orphan.pid}`)),
+    removed.join('\n'),
+  );
   assert.equal(existsSync(probeDir(layout)), false);
   assert.equal(bystander.exitCode, null, 'a process naming another path is not touched');
 });
@@ -39,7 +45,9 @@ test('image and kernel directories without a row are removed; those with one sta
   t.after(() => rm(home, { recursive: true, force: true }));
   const layout = resolveLayout({ BANGER_HOME: home });
   for (const d of [join(layout.imagesDir, 'kept'), join(layout.imagesDir, 'orphan'), join(layout.kernelsDir, 'orphan-k')]) await mkdir(d, { recursive: true });
-  const repos = { images: { byId: (id: string) => (id === 'kept' ? {} : undefined) }, kernels: { byId: () => undefined } } as unknown as Parameters<typeof sweepLeftovers>[1];
+  const repos = { images: { byId: (id: string) => (id === 'kept' ? {} : undefined) }, kernels: { byId: () => undefined } } as unknown as Parameters<
+    typeof sweepLeftovers
+  >[1];
   const removed = await sweepLeftovers(layout, repos);
   assert.ok(existsSync(join(layout.imagesDir, 'kept')));
   assert.ok(!existsSync(join(layout.imagesDir, 'orphan')));

@@ -4,8 +4,8 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { gunzipSync } from 'node:zlib';
 import { after, before, describe, test } from 'node:test';
+import { gunzipSync } from 'node:zlib';
 import * as tar from 'tar-stream';
 import {
   blobResponse,
@@ -25,7 +25,9 @@ import { type LocalRegistry, startRegistry } from '../helpers/oci-registry.js';
 
 const ACCEPT_ALL = [MEDIA.ociIndex, MEDIA.ociManifest, MEDIA.dockerList, MEDIA.dockerManifest].join(', ');
 
-async function tarEntries(raw: Buffer): Promise<Array<{ name: string; type: string; linkname: string | null; size: number; uid: number; mode: number; devmajor: number }>> {
+async function tarEntries(
+  raw: Buffer,
+): Promise<Array<{ name: string; type: string; linkname: string | null; size: number; uid: number; mode: number; devmajor: number }>> {
   const ex = tar.extract();
   const out: Array<{ name: string; type: string; linkname: string | null; size: number; uid: number; mode: number; devmajor: number }> = [];
   const done = (async () => {
@@ -139,7 +141,13 @@ describe('against docker-registry', () => {
 
   test('a 2-layer gzip+zstd OCI image round-trips', async () => {
     const l1 = await buildLayer([{ type: 'file', path: 'a.txt', content: 'layer one' }], 'gzip');
-    const l2 = await buildLayer([{ type: 'file', path: 'b.txt', content: 'layer two' }, { type: 'whiteout', path: 'a.txt' }], 'zstd');
+    const l2 = await buildLayer(
+      [
+        { type: 'file', path: 'b.txt', content: 'layer two' },
+        { type: 'whiteout', path: 'a.txt' },
+      ],
+      'zstd',
+    );
     const pushed = await pushImage(reg.url, 'test/two', 'v1', {
       layers: [l1, l2],
       config: { Env: ['PATH=/usr/bin:/bin', 'FOO=bar'], Cmd: ['/bin/sh'], Entrypoint: ['/init'], WorkingDir: '/srv', User: '1000:1000' },
@@ -153,7 +161,10 @@ describe('against docker-registry', () => {
     assert.equal(m.headers.get('docker-content-digest'), pushed.manifestDigest);
     const body = Buffer.from(await m.arrayBuffer());
     assert.equal(sha256(body), pushed.manifestDigest);
-    const manifest = JSON.parse(body.toString()) as { config: { digest: string; mediaType: string }; layers: Array<{ digest: string; mediaType: string; size: number }> };
+    const manifest = JSON.parse(body.toString()) as {
+      config: { digest: string; mediaType: string };
+      layers: Array<{ digest: string; mediaType: string; size: number }>;
+    };
     assert.equal(manifest.config.digest, pushed.configDigest);
     assert.equal(manifest.config.mediaType, MEDIA.ociConfig);
     assert.deepEqual(
@@ -170,7 +181,12 @@ describe('against docker-registry', () => {
     const cfg = await fetch(`${reg.url}/v2/test/two/blobs/${pushed.configDigest}`);
     const cfgBytes = Buffer.from(await cfg.arrayBuffer());
     assert.equal(sha256(cfgBytes), pushed.configDigest);
-    const config = JSON.parse(cfgBytes.toString()) as { architecture: string; os: string; config: { Env: string[]; User: string }; rootfs: { diff_ids: string[] } };
+    const config = JSON.parse(cfgBytes.toString()) as {
+      architecture: string;
+      os: string;
+      config: { Env: string[]; User: string };
+      rootfs: { diff_ids: string[] };
+    };
     assert.equal(config.architecture, 'amd64');
     assert.equal(config.os, 'linux');
     assert.deepEqual(config.config.Env, ['PATH=/usr/bin:/bin', 'FOO=bar']);
@@ -188,7 +204,15 @@ describe('against docker-registry', () => {
       assert.equal(h.headers.get('content-length'), String(l.size));
     }
     // Pushing again skips existing blobs (HEAD) and yields the same digest.
-    assert.equal((await pushImage(reg.url, 'test/two', 'v1', { layers: [l1, l2], config: { Env: ['PATH=/usr/bin:/bin', 'FOO=bar'], Cmd: ['/bin/sh'], Entrypoint: ['/init'], WorkingDir: '/srv', User: '1000:1000' } })).manifestDigest, pushed.manifestDigest);
+    assert.equal(
+      (
+        await pushImage(reg.url, 'test/two', 'v1', {
+          layers: [l1, l2],
+          config: { Env: ['PATH=/usr/bin:/bin', 'FOO=bar'], Cmd: ['/bin/sh'], Entrypoint: ['/init'], WorkingDir: '/srv', User: '1000:1000' },
+        })
+      ).manifestDigest,
+      pushed.manifestDigest,
+    );
     const missing = await fetch(`${reg.url}/v2/test/two/blobs/sha256:${'0'.repeat(64)}`);
     assert.equal(missing.status, 404);
   });

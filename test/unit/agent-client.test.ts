@@ -103,10 +103,7 @@ class FakeAgent {
   }
 }
 
-async function withFake(
-  opts: { vsock?: boolean; listen?: boolean },
-  body: (fake: FakeAgent, client: AgentClient) => Promise<void>,
-): Promise<void> {
+async function withFake(opts: { vsock?: boolean; listen?: boolean }, body: (fake: FakeAgent, client: AgentClient) => Promise<void>): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'banger-agent-client-'));
   const fake = new FakeAgent(join(dir, 'agent.sock'), opts.vsock);
   if (opts.listen !== false) await fake.listen();

@@ -75,9 +75,18 @@ test('not an ar archive, truncated member, no data.tar: rejected_content', async
     await assert.rejects(debDataStream(p, 'x.deb'), (e: unknown) => e instanceof BangerError && e.code === 'rejected_content' && re.test(e.message));
   };
   await bad(Buffer.from('PK\x03\x04 zip file'), /!<arch> magic/);
-  const good = makeAr([['debian-binary', Buffer.from('2.0\n')], ['data.tar.xz', Buffer.alloc(100)]]);
+  const good = makeAr([
+    ['debian-binary', Buffer.from('2.0\n')],
+    ['data.tar.xz', Buffer.alloc(100)],
+  ]);
   await bad(good.subarray(0, good.length - 50), /runs past the end/);
-  await bad(makeAr([['debian-binary', Buffer.from('2.0\n')], ['control.tar.gz', Buffer.alloc(10)]]), /no data\.tar member/);
+  await bad(
+    makeAr([
+      ['debian-binary', Buffer.from('2.0\n')],
+      ['control.tar.gz', Buffer.alloc(10)],
+    ]),
+    /no data\.tar member/,
+  );
   await bad(makeAr([['data.tar.gz', Buffer.alloc(10)]]), /first member is not debian-binary/);
   const corrupt = Buffer.from(good);
   corrupt[8 + 58] = 0x41;

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
+import { test } from 'node:test';
 import { rssBytes } from '../../bench/daemon-memory.js';
 import { type Benchmark, formatResult, type MetricBenchmark, percentile, roundsFor, runBenchmark, runMetricBenchmark, stats } from '../../bench/lib.js';
 import { benchmarks } from '../../bench/registry.js';
@@ -178,7 +178,8 @@ test('a failing metric benchmark is an error result, and teardown still runs', a
 });
 
 test('rssBytes reads a process resident set: 64 MiB written by a child show up in it', async () => {
-  const child = (code: string) => spawn(process.execPath, ['-e', `${code}; process.stdout.write('ready'); setInterval(() => {}, 1 << 30)`], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = (code: string) =>
+    spawn(process.execPath, ['-e', `${code}; process.stdout.write('ready'); setInterval(() => {}, 1 << 30)`], { stdio: ['ignore', 'pipe', 'inherit'] });
   const bare = child('0');
   const big = child('globalThis.b = Buffer.alloc(64 * 1024 * 1024, 1)');
   try {

@@ -3,8 +3,8 @@ import { spawnSync } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { pathToFileURL } from 'node:url';
 import { after, before, test } from 'node:test';
+import { pathToFileURL } from 'node:url';
 import { insecureUrlProblem, isLoopbackHost } from '../../src/archive/download.js';
 import { readCatalogSource } from '../../src/catalog/source.js';
 import { serveOnLoopback } from '../helpers/http.js';
@@ -39,7 +39,14 @@ test('which URLs a catalog may come from', () => {
   for (const ok of ['https://example.org/c.json', 'http://127.0.0.1:8080/c.json', 'http://127.1.2.3/c', 'http://localhost/c', 'http://[::1]:9/c']) {
     assert.equal(insecureUrlProblem(ok), undefined, ok);
   }
-  for (const bad of ['http://example.org/c.json', 'http://10.0.0.1/c', 'http://127.0.0.1.evil.example/c', 'http://[::ffff:7f00:1]/c', 'ftp://example.org/c', 'gopher://x/']) {
+  for (const bad of [
+    'http://example.org/c.json',
+    'http://10.0.0.1/c',
+    'http://127.0.0.1.evil.example/c',
+    'http://[::ffff:7f00:1]/c',
+    'ftp://example.org/c',
+    'gopher://x/',
+  ]) {
     assert.ok(insecureUrlProblem(bad), bad);
   }
   assert.equal(isLoopbackHost('LOCALHOST'), true);
@@ -78,7 +85,10 @@ test('plain http to another host, directly or through a redirect, is refused bef
     server.close();
     process.stdout.write(JSON.stringify(out));
   `;
-  const r = spawnSync('unshare', ['-n', 'sh', '-c', 'ip link set lo up && exec "$0" --input-type=module -e "$1"', process.execPath, child], { encoding: 'utf8', timeout: 60_000 });
+  const r = spawnSync('unshare', ['-n', 'sh', '-c', 'ip link set lo up && exec "$0" --input-type=module -e "$1"', process.execPath, child], {
+    encoding: 'utf8',
+    timeout: 60_000,
+  });
   assert.equal(r.status, 0, r.stderr);
   const out = JSON.parse(r.stdout);
   assert.equal(out.direct.code, 'invalid_config', JSON.stringify(out.direct));

@@ -27,15 +27,17 @@ function run(srcDir: string): { code: number | null; out: string } {
 const BASE: Record<string, string> = {
   'api/errors.ts': 'export class BangerError extends Error {}\n',
   'util/ids.ts': "import { BangerError } from '../api/errors.js';\nexport const id = () => new BangerError('x');\n",
-  'host/ssh-config.ts': "export const hasInclude = () => true;\n",
-  'host/cpu.ts': "export const khz = 1;\n",
+  'host/ssh-config.ts': 'export const hasInclude = () => true;\n',
+  'host/cpu.ts': 'export const khz = 1;\n',
   'store/db.ts': "import { id } from '../util/ids.js';\nexport const db = id;\n",
   'vmm/driver.ts': "import { khz } from '../host/cpu.js';\nexport const k = khz;\n",
   'doctor/checks.ts': "import { db } from '../store/db.js';\nexport const c = db;\n",
   'config/layout.ts': 'export const layout = 1;\n',
-  'client/client.ts': "import type { BangerError } from '../api/errors.js';\nimport { layout } from '../config/layout.js';\nexport type E = BangerError;\nexport const l = layout;\n",
+  'client/client.ts':
+    "import type { BangerError } from '../api/errors.js';\nimport { layout } from '../config/layout.js';\nexport type E = BangerError;\nexport const l = layout;\n",
   'cli/commands/misc.ts': "export async function doctor() {\n  const { c } = await import('../../doctor/checks.js');\n  return c;\n}\n",
-  'cli/commands/ssh.ts': "import { hasInclude } from '../../host/ssh-config.js';\nimport { l } from '../../client/client.js';\nexport const x = [hasInclude, l];\n",
+  'cli/commands/ssh.ts':
+    "import { hasInclude } from '../../host/ssh-config.js';\nimport { l } from '../../client/client.js';\nexport const x = [hasInclude, l];\n",
   'daemon/main.ts': "import { k } from '../vmm/driver.js';\nimport { c } from '../doctor/checks.js';\nexport const m = [k, c];\n",
 };
 
@@ -58,9 +60,10 @@ test('upward, sideways and layer-skipping imports fail with each edge named; com
     // the client reaching into the daemon's layers, through a dynamic import
     'client/client.ts': "export const l = 1;\nexport const v = () => import('../vmm/driver.js');\n",
     // text that only looks like imports
-    'util/ids.ts': "// import { x } from '../daemon/main.js';\n/* import '../cli/commands/ssh.js'; */\nexport const id = \"import { y } from '../daemon/main.js'\";\n",
+    'util/ids.ts':
+      "// import { x } from '../daemon/main.js';\n/* import '../cli/commands/ssh.js'; */\nexport const id = \"import { y } from '../daemon/main.js'\";\n",
     // a module no layer names
-    'web/server.ts': "export const s = 1;\n",
+    'web/server.ts': 'export const s = 1;\n',
   });
   t.after(() => rm(dir, { recursive: true, force: true }));
   const r = run(dir);

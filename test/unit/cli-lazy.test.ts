@@ -2,8 +2,8 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { pathToFileURL } from 'node:url';
 import { after, before, test } from 'node:test';
+import { pathToFileURL } from 'node:url';
 import type { Command } from 'commander';
 import { buildProgram, entriesFor, TOP_LEVEL } from '../../src/cli/program.js';
 import { BANGER, ROOT } from '../helpers/banger.js';
@@ -35,7 +35,11 @@ test('each lazily loaded entry builds its commands exactly as the whole tree has
       assert.deepEqual(shape(mine), shape(theirs), `${name}: differs from the whole tree`);
       // Every other command it registered belongs to the same module in the whole tree, in the same order.
       const others = partial.commands.map((c) => c.name());
-      assert.deepEqual(others, fullNames.filter((n) => others.includes(n)), `${name}: order differs from the whole tree`);
+      assert.deepEqual(
+        others,
+        fullNames.filter((n) => others.includes(n)),
+        `${name}: order differs from the whole tree`,
+      );
     }
   }
   // Every top-level command is reachable through exactly one entry, except completion (it needs the whole tree).
@@ -68,7 +72,10 @@ before(async () => {
     join(dir, 'hooks.mjs'),
     "import { appendFileSync } from 'node:fs';\nexport async function load(url, context, next) {\n  appendFileSync(process.env.BG_LOAD_LOG, url + '\\n');\n  return next(url, context);\n}\n",
   );
-  await writeFile(join(dir, 'register.mjs'), `import { register } from 'node:module';\nregister(${JSON.stringify(pathToFileURL(join(dir, 'hooks.mjs')).href)});\n`);
+  await writeFile(
+    join(dir, 'register.mjs'),
+    `import { register } from 'node:module';\nregister(${JSON.stringify(pathToFileURL(join(dir, 'hooks.mjs')).href)});\n`,
+  );
 });
 after(async () => {
   await rm(dir, { recursive: true, force: true });

@@ -40,7 +40,8 @@ after(async () => {
 });
 
 test('the help output lists the expected top-level commands', () => {
-  for (const c of ['vm', 'image', 'daemon', 'version', 'doctor', 'completion']) assert.ok(topLevel.includes(c), `${c} missing from banger --help: ${topLevel.join(' ')}`);
+  for (const c of ['vm', 'image', 'daemon', 'version', 'doctor', 'completion'])
+    assert.ok(topLevel.includes(c), `${c} missing from banger --help: ${topLevel.join(' ')}`);
 });
 
 for (const shell of ['bash', 'zsh', 'fish']) {
@@ -113,9 +114,14 @@ test('the fish script passes fish -n', (t) => {
 test('the fish completions follow the command path', (t) => {
   if (missing(t, hasShell('fish'), 'fish is not installed')) return;
   const suggest = (line: string) => {
-    const r = spawnSync('fish', ['--no-config', '-c', `source ${JSON.stringify(join(dir, 'banger.fish'))}; complete -C ${JSON.stringify(line)}`], { encoding: 'utf8' });
+    const r = spawnSync('fish', ['--no-config', '-c', `source ${JSON.stringify(join(dir, 'banger.fish'))}; complete -C ${JSON.stringify(line)}`], {
+      encoding: 'utf8',
+    });
     assert.equal(r.status, 0, r.stderr);
-    return r.stdout.split('\n').map((l) => l.split('\t')[0] as string).filter(Boolean);
+    return r.stdout
+      .split('\n')
+      .map((l) => l.split('\t')[0] as string)
+      .filter(Boolean);
   };
   const top = suggest('banger ');
   for (const c of topLevel) assert.ok(top.includes(c), `banger <TAB> lacks ${c}`);

@@ -212,7 +212,10 @@ test('loadConfig: BANGER_CONFIG picks the file, an absent file means defaults, e
     // A config path that is a directory is unreadable: the error still names it.
     await rm(layout.configFile);
     await mkdir(layout.configFile);
-    assert.throws(() => loadConfig(layout), (e: unknown) => e instanceof BangerError && e.code === 'invalid_config' && e.message.includes(layout.configFile));
+    assert.throws(
+      () => loadConfig(layout),
+      (e: unknown) => e instanceof BangerError && e.code === 'invalid_config' && e.message.includes(layout.configFile),
+    );
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

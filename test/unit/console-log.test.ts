@@ -40,7 +40,7 @@ async function peakRssGrowth(fn: () => Promise<unknown>): Promise<number | undef
 /** Appends with O_APPEND, as QEMU's `file` chardev with append=on and our VMM stdout do. */
 function appender(path: string) {
   const fd = openSync(path, 'a', 0o600);
-  return { write: (s: string | Buffer) => writeSync(fd, typeof s === "string" ? Buffer.from(s) : s), close: () => closeSync(fd) };
+  return { write: (s: string | Buffer) => writeSync(fd, typeof s === 'string' ? Buffer.from(s) : s), close: () => closeSync(fd) };
 }
 
 test('a 600 MB (sparse) serial.log: the tail is read at an offset, bounded, and memory stays small', async (t) => {

@@ -54,7 +54,12 @@ describe('cpio newc writer', { skip }, () => {
     assert.match(entry('dev/console'), /^crw-------\s+1 root\s+root\s+5,\s+1 /);
     assert.match(entry('init'), / Jan {1,2}1 {2}1970 /, 'mtime 0');
     // Parents precede children (the kernel does not create missing directories).
-    const names = lines.map((l) => l.replace(/ -> .*$/, '').split(' ').pop());
+    const names = lines.map((l) =>
+      l
+        .replace(/ -> .*$/, '')
+        .split(' ')
+        .pop(),
+    );
     for (const [i, n] of names.entries()) {
       const parent = n?.split('/').slice(0, -1).join('/');
       if (parent) assert.ok(names.indexOf(parent) < i, `${parent} before ${n}`);
@@ -69,7 +74,12 @@ describe('cpio newc writer', { skip }, () => {
     assert.equal(await readFile(join(dir, 'init'), 'utf8'), '#!/bin/sh\necho hi\n');
     assert.deepEqual([...(await readFile(join(dir, 'etc/ssh/ssh_host_ed25519_key')))], [0, 1, 2, 3, 255]);
     assert.equal(await readFile(join(dir, 'empty'), 'utf8'), '');
-    for (const [n, body] of [['a', '1'], ['ab', '12'], ['abc', '123'], ['abcd', '1234']]) {
+    for (const [n, body] of [
+      ['a', '1'],
+      ['ab', '12'],
+      ['abc', '123'],
+      ['abcd', '1234'],
+    ]) {
       assert.equal(await readFile(join(dir, 'p', n as string), 'utf8'), body);
     }
     const mode = async (p: string) => (await lstat(join(dir, p))).mode & 0o7777;

@@ -82,9 +82,15 @@ Version: 6.1.115-1
 Depends: linux-image-6.1.0-27-cloud-amd64 (= 6.1.115-1)
 `;
   assert.equal(resolveKernelPackage(parseStanzas(twoMetas), 'linux-image-cloud-amd64', 'http://m').package, 'linux-image-6.1.0-28-cloud-amd64');
-  assert.throws(() => resolveKernelPackage(parseStanzas(INDEX), 'linux-image-nope', 'http://m'), (e: unknown) => e instanceof BangerError && e.code === 'not_found' && /linux-image-nope/.test(e.message));
+  assert.throws(
+    () => resolveKernelPackage(parseStanzas(INDEX), 'linux-image-nope', 'http://m'),
+    (e: unknown) => e instanceof BangerError && e.code === 'not_found' && /linux-image-nope/.test(e.message),
+  );
   const dangling = INDEX.replace('Depends: linux-image-6.1.0-28-cloud-amd64 (= 6.1.119-1)', 'Depends: linux-image-6.1.0-99-cloud-amd64 (= 6.1.200-1)');
-  assert.throws(() => resolveKernelPackage(parseStanzas(dangling), 'linux-image-cloud-amd64', 'http://m'), /depends on linux-image-6\.1\.0-99-cloud-amd64 \(= 6\.1\.200-1\), which is not in/);
+  assert.throws(
+    () => resolveKernelPackage(parseStanzas(dangling), 'linux-image-cloud-amd64', 'http://m'),
+    /depends on linux-image-6\.1\.0-99-cloud-amd64 \(= 6\.1\.200-1\), which is not in/,
+  );
   const noSha = INDEX.replace(`SHA256: ${SHA_A}`, 'MD5sum: 00');
   assert.throws(() => resolveKernelPackage(parseStanzas(noSha), 'linux-image-cloud-amd64', 'http://m'), /lacks Version, Filename, Size or SHA256/);
   const sneaky = INDEX.replace('Filename: pool/main/l/linux-signed-amd64/linux-image-6.1.0-28', 'Filename: pool/../../etc/linux-image-6.1.0-28');
@@ -120,5 +126,9 @@ test('fetchKernelStanzas: Packages.xz missing → Packages.gz, keeps only linux-
 });
 
 test('fetchKernelStanzas: no index at all → upstream_failed naming the URL and status', async () => {
-  await assert.rejects(fetchKernelStanzas(mirror, 'trixie', 'main'), (e: unknown) => e instanceof BangerError && e.code === 'upstream_failed' && /dists\/trixie\/main\/binary-amd64\/Packages/.test(e.message) && /404/.test(e.message));
+  await assert.rejects(
+    fetchKernelStanzas(mirror, 'trixie', 'main'),
+    (e: unknown) =>
+      e instanceof BangerError && e.code === 'upstream_failed' && /dists\/trixie\/main\/binary-amd64\/Packages/.test(e.message) && /404/.test(e.message),
+  );
 });

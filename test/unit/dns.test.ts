@@ -238,11 +238,23 @@ test('malformed input never crashes the server: garbage and responses are droppe
   }
 
   // Valid header, two questions / none / truncated question / compression-pointer loop: FORMERR.
-  const two = packet.encode({ type: 'query', id: 7, questions: [{ type: 'A', name: 'dev.vm' }, { type: 'A', name: 'api.vm' }] });
+  const two = packet.encode({
+    type: 'query',
+    id: 7,
+    questions: [
+      { type: 'A', name: 'dev.vm' },
+      { type: 'A', name: 'api.vm' },
+    ],
+  });
   const none = packet.encode({ type: 'query', id: 8, questions: [] });
   const truncated = query('dev.vm').subarray(0, 16);
   const loop = Buffer.concat([Buffer.from([0, 9, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0]), Buffer.from([0xc0, 12, 0, 1, 0, 1])]);
-  for (const [msg, id] of [[two, 7], [none, 8], [truncated, 42], [loop, 9]] as const) {
+  for (const [msg, id] of [
+    [two, 7],
+    [none, 8],
+    [truncated, 42],
+    [loop, 9],
+  ] as const) {
     const r = await udp(msg);
     assert.equal(r.rcode, 'FORMERR');
     assert.equal(r.id, id);
@@ -261,7 +273,11 @@ test('malformed input never crashes the server: garbage and responses are droppe
 });
 
 test('TCP: length-framed, several pipelined queries in one segment, each answered', async () => {
-  const replies = await tcp([packet.streamEncode(q('dev.vm', 'A', 1)), packet.streamEncode(q('ghost.vm', 'A', 2)), packet.streamEncode(q('example.com', 'A', 3))]);
+  const replies = await tcp([
+    packet.streamEncode(q('dev.vm', 'A', 1)),
+    packet.streamEncode(q('ghost.vm', 'A', 2)),
+    packet.streamEncode(q('example.com', 'A', 3)),
+  ]);
   assert.deepEqual(
     replies.map((r) => [r.id, r.rcode]),
     [
@@ -336,7 +352,11 @@ test('a port already in use is a clear unavailable error naming the address and 
 
 test('listen addresses are validated; stop then start again works', async () => {
   for (const bad of ['localhost:53', '127.0.0.1', '127.0.0.1:99999', ':53', 'x']) {
-    assert.throws(() => new VmDnsServer({ listenAddr: bad }), (e: unknown) => e instanceof BangerError && e.code === 'invalid_config', bad);
+    assert.throws(
+      () => new VmDnsServer({ listenAddr: bad }),
+      (e: unknown) => e instanceof BangerError && e.code === 'invalid_config',
+      bad,
+    );
   }
   const s = new VmDnsServer({ listenAddr: '127.0.0.1:0' });
   await s.stop(); // stopping a server that never started is harmless
@@ -392,7 +412,10 @@ test('attacker-chosen record counts never reach the decoder: FORMERR from the he
     }
     assert.equal(decoded, 0, 'the decoder never saw a hostile header');
     // Legitimate queries (with an EDNS OPT record, as stub resolvers send) are decoded and answered.
-    const edns = packet.encode({ ...q('dev.vm'), additionals: [{ type: 'OPT', name: '.', udpPayloadSize: 1232, flags: 0, options: [] } as unknown as packet.Answer] });
+    const edns = packet.encode({
+      ...q('dev.vm'),
+      additionals: [{ type: 'OPT', name: '.', udpPayloadSize: 1232, flags: 0, options: [] } as unknown as packet.Answer],
+    });
     const r = packet.decode(s.answer(edns) as Buffer) as unknown as Reply;
     assert.equal(r.rcode, 'NOERROR');
     assert.deepEqual(ips(r), ['172.30.0.2']);
@@ -455,7 +478,11 @@ test('a flood from one source is rate-limited while another source still gets an
     await marker;
     markerFrom.close();
     assert.equal(answered.size, 5, `answered ${[...answered].join(',')}`);
-    assert.deepEqual([...answered].sort((a, b) => a - b), [1, 2, 3, 4, 5], 'the burst, then nothing');
+    assert.deepEqual(
+      [...answered].sort((a, b) => a - b),
+      [1, 2, 3, 4, 5],
+      'the burst, then nothing',
+    );
     // A second later the flooder's bucket has refilled (10 qps, burst 5): it is answered again.
     now += 1000;
     const again = await udpRawTo(packet.encode(q('dev.vm', 'A', 500)), sport, '127.0.0.1');

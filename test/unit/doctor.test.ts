@@ -47,7 +47,20 @@ test('a fully equipped host: every check passes', async () => {
     [],
   );
   // The checks that matter most are all present.
-  for (const name of ['cpu architecture', 'node version', 'config', '/dev/kvm', 'qemu', 'firecracker', 'qemu-img', 'mkfs.ext4', 'debugfs', 'privileges', 'free disk', 'store']) {
+  for (const name of [
+    'cpu architecture',
+    'node version',
+    'config',
+    '/dev/kvm',
+    'qemu',
+    'firecracker',
+    'qemu-img',
+    'mkfs.ext4',
+    'debugfs',
+    'privileges',
+    'free disk',
+    'store',
+  ]) {
     byName(checks, name);
   }
   assert.match(byName(checks, 'qemu').detail, /^\/usr\/bin\/qemu-system-x86_64 \(\/usr\/bin\/qemu-system-x86_64 version 1\.0\)$/);

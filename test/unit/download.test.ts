@@ -31,11 +31,20 @@ after(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-const noPartials = async () => assert.deepEqual((await readdir(dir)).filter((f) => f.includes('partial')), []);
+const noPartials = async () =>
+  assert.deepEqual(
+    (await readdir(dir)).filter((f) => f.includes('partial')),
+    [],
+  );
 
 test('verified download: content, hash, progress, atomic publish', async () => {
   const seen: number[] = [];
-  const r = await downloadVerified({ url: `${base}/ok`, sha256: SHA.toUpperCase(), maxBytes: 1 << 20, dest: join(dir, 'ok'), onProgress: (b, t) => {
+  const r = await downloadVerified({
+    url: `${base}/ok`,
+    sha256: SHA.toUpperCase(),
+    maxBytes: 1 << 20,
+    dest: join(dir, 'ok'),
+    onProgress: (b, t) => {
       assert.equal(t, BODY.length);
       seen.push(b);
     },
@@ -60,11 +69,23 @@ test('sha256 mismatch: rejected_content naming both hashes; nothing left', async
 });
 
 test('HTTP errors: upstream_failed with URL and status; size limit (announced or streamed)', async () => {
-  await assert.rejects(downloadVerified({ url: `${base}/boom`, maxBytes: 1 << 20, dest: join(dir, 'boom') }), (e: unknown) => e instanceof BangerError && e.code === 'upstream_failed' && e.message.includes(`${base}/boom`) && /HTTP 500/.test(e.message));
+  await assert.rejects(
+    downloadVerified({ url: `${base}/boom`, maxBytes: 1 << 20, dest: join(dir, 'boom') }),
+    (e: unknown) => e instanceof BangerError && e.code === 'upstream_failed' && e.message.includes(`${base}/boom`) && /HTTP 500/.test(e.message),
+  );
   await assert.rejects(downloadVerified({ url: `${base}/missing`, maxBytes: 1 << 20, dest: join(dir, 'm') }), /HTTP 404/);
-  await assert.rejects(downloadVerified({ url: `${base}/ok`, maxBytes: 1000, dest: join(dir, 'big') }), (e: unknown) => e instanceof BangerError && e.code === 'rejected_content' && /limit of 1000/.test(e.message));
-  await assert.rejects(downloadVerified({ url: `${base}/chunked`, maxBytes: 60_000, dest: join(dir, 'big2') }), (e: unknown) => e instanceof BangerError && e.code === 'rejected_content' && /limit of 60000/.test(e.message));
-  await assert.rejects(downloadVerified({ url: 'http://127.0.0.1:1/x', maxBytes: 10, dest: join(dir, 'refused') }), (e: unknown) => e instanceof BangerError && e.code === 'upstream_failed');
+  await assert.rejects(
+    downloadVerified({ url: `${base}/ok`, maxBytes: 1000, dest: join(dir, 'big') }),
+    (e: unknown) => e instanceof BangerError && e.code === 'rejected_content' && /limit of 1000/.test(e.message),
+  );
+  await assert.rejects(
+    downloadVerified({ url: `${base}/chunked`, maxBytes: 60_000, dest: join(dir, 'big2') }),
+    (e: unknown) => e instanceof BangerError && e.code === 'rejected_content' && /limit of 60000/.test(e.message),
+  );
+  await assert.rejects(
+    downloadVerified({ url: 'http://127.0.0.1:1/x', maxBytes: 10, dest: join(dir, 'refused') }),
+    (e: unknown) => e instanceof BangerError && e.code === 'upstream_failed',
+  );
   await assert.rejects(downloadVerified({ url: 'ftp://127.0.0.1/x', maxBytes: 10, dest: join(dir, 'ftp') }), /unsupported URL scheme/);
   assert.deepEqual((await readdir(dir)).sort(), ['chunked', 'ok']);
 });
@@ -72,6 +93,9 @@ test('HTTP errors: upstream_failed with URL and status; size limit (announced or
 test('cancellation: cancelled, nothing left', async () => {
   const ac = new AbortController();
   ac.abort();
-  await assert.rejects(downloadVerified({ url: `${base}/ok`, maxBytes: 1 << 20, dest: join(dir, 'c'), signal: ac.signal }), (e: unknown) => e instanceof BangerError && e.code === 'cancelled');
+  await assert.rejects(
+    downloadVerified({ url: `${base}/ok`, maxBytes: 1 << 20, dest: join(dir, 'c'), signal: ac.signal }),
+    (e: unknown) => e instanceof BangerError && e.code === 'cancelled',
+  );
   await noPartials();
 });

@@ -6,8 +6,8 @@ import {
   buildBootRequests,
   ctrlAltDelRequest,
   describeInstanceRequest,
-  FirecrackerConfigError,
   type FcRequest,
+  FirecrackerConfigError,
   instanceIdFor,
   instanceStateOf,
   resumeRequest,
@@ -82,13 +82,7 @@ for (const [name, s] of Object.entries(SPECS)) {
 
     test(`contract: the fake Firecracker accepts "${name}" (${optName}) in order, then the post-boot requests`, () => {
       const fake = new FakeFirecrackerApi({ validator });
-      const sequence = [
-        ...buildBootRequests(s, opts),
-        describeInstanceRequest(),
-        PAUSE,
-        resumeRequest(),
-        ctrlAltDelRequest(),
-      ];
+      const sequence = [...buildBootRequests(s, opts), describeInstanceRequest(), PAUSE, resumeRequest(), ctrlAltDelRequest()];
       for (const r of sequence) {
         const res = fake.handle(r.method, r.path, r.body && JSON.stringify(r.body));
         assert.ok(res.status === 204 || res.status === 200, `${line(r)} -> ${JSON.stringify(res)}`);
@@ -200,10 +194,7 @@ test('a qcow2 disk is rejected: Firecracker only reads raw images', { skip }, ()
         }),
       ),
     (e: Error) =>
-      e instanceof FirecrackerConfigError &&
-      e.message.includes('"work"') &&
-      e.message.includes('/v/work.qcow2') &&
-      /qcow2.*only supports raw/.test(e.message),
+      e instanceof FirecrackerConfigError && e.message.includes('"work"') && e.message.includes('/v/work.qcow2') && /qcow2.*only supports raw/.test(e.message),
   );
 });
 

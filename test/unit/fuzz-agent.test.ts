@@ -32,7 +32,9 @@ function randomValue(rng: Rng, depth = 0): unknown {
     case 4:
       return Array.from({ length: rng.int(5) }, () => randomValue(rng, depth + 1));
     default:
-      return Object.fromEntries(Array.from({ length: rng.int(5) }, () => [rng.pick(['id', 'ok', 'result', 'error', 'ports', '__proto__', 'x']), randomValue(rng, depth + 1)]));
+      return Object.fromEntries(
+        Array.from({ length: rng.int(5) }, () => [rng.pick(['id', 'ok', 'result', 'error', 'ports', '__proto__', 'x']), randomValue(rng, depth + 1)]),
+      );
   }
 }
 
@@ -43,7 +45,9 @@ function hostileFrame(rng: Rng, id: number, method: AgentMethod): Buffer {
     case 0:
       return rng.mutate(valid, 1 + rng.int(6));
     case 1:
-      return Buffer.from(JSON.stringify({ id: rng.pick([id, 0, id + 1, -1, 'x']), ok: rng.pick([true, false, 'yes']), result: randomValue(rng), error: rng.string(2000) }));
+      return Buffer.from(
+        JSON.stringify({ id: rng.pick([id, 0, id + 1, -1, 'x']), ok: rng.pick([true, false, 'yes']), result: randomValue(rng), error: rng.string(2000) }),
+      );
     case 2:
       // Deep nesting inside a line.
       return Buffer.from(`{"id":${id},"ok":true,"result":${'['.repeat(rng.int(20_000))}`);

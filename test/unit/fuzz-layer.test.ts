@@ -69,7 +69,28 @@ after(async () => {
 });
 
 function name(rng: Rng): string {
-  const comps = ['a', 'b', 'etc', 'usr', 'x y', 'q"', '..', '.', '', '.wh..wh..opq', '.wh.a', '.wh.b', '.wh.', '.wh..', '.wh...', 'l', 'up', 'canary', '\x1b[31m', 'é'];
+  const comps = [
+    'a',
+    'b',
+    'etc',
+    'usr',
+    'x y',
+    'q"',
+    '..',
+    '.',
+    '',
+    '.wh..wh..opq',
+    '.wh.a',
+    '.wh.b',
+    '.wh.',
+    '.wh..',
+    '.wh...',
+    'l',
+    'up',
+    'canary',
+    '\x1b[31m',
+    'é',
+  ];
   const n = 1 + rng.int(4);
   const parts: string[] = [];
   for (let i = 0; i < n; i++) parts.push(rng.bool(0.1) ? rng.string(12, 'abc./\\ "') : rng.pick(comps));
@@ -81,13 +102,42 @@ function name(rng: Rng): string {
 }
 
 function linkTarget(rng: Rng): string {
-  return rng.pick(['a', 'etc', '../canary', '../../canary', '..', '.', '', 'a/../..', canary, join(canary, 'keep'), '/etc', 'l', 'up/..', name(rng), 'x'.repeat(rng.range(1, 5000))]);
+  return rng.pick([
+    'a',
+    'etc',
+    '../canary',
+    '../../canary',
+    '..',
+    '.',
+    '',
+    'a/../..',
+    canary,
+    join(canary, 'keep'),
+    '/etc',
+    'l',
+    'up/..',
+    name(rng),
+    'x'.repeat(rng.range(1, 5000)),
+  ]);
 }
 
 type Header = Partial<tar.Header> & { name: string };
 
 function entry(rng: Rng): { header: Header; body: Buffer } {
-  const type = rng.pick(['file', 'file', 'file', 'directory', 'directory', 'symlink', 'symlink', 'link', 'character-device', 'block-device', 'fifo', 'contiguous-file'] as const);
+  const type = rng.pick([
+    'file',
+    'file',
+    'file',
+    'directory',
+    'directory',
+    'symlink',
+    'symlink',
+    'link',
+    'character-device',
+    'block-device',
+    'fifo',
+    'contiguous-file',
+  ] as const);
   const header: Header = {
     name: name(rng),
     type,
@@ -145,11 +195,18 @@ test('fuzz: random and mutated layers never escape the tree, throw uncaught, or 
         p += n;
       }
       try {
-        await applyLayer(Readable.from(chunks), { root, chownOnDisk, maxBytes: 1 << 20, maxEntries: 200, maxTreeBytes: BUDGET, label: `fuzz layer ${l}` }, ledger);
+        await applyLayer(
+          Readable.from(chunks),
+          { root, chownOnDisk, maxBytes: 1 << 20, maxEntries: 200, maxTreeBytes: BUDGET, label: `fuzz layer ${l}` },
+          ledger,
+        );
         outcomes.applied++;
       } catch (e) {
         // Bad input is refused with a clear BangerError, never a raw fs error or a crash.
-        assert.ok(e instanceof BangerError, `not a BangerError: ${e instanceof Error ? `${(e as NodeJS.ErrnoException).code ?? e.name}: ${e.message.slice(0, 300)}` : String(e)}`);
+        assert.ok(
+          e instanceof BangerError,
+          `not a BangerError: ${e instanceof Error ? `${(e as NodeJS.ErrnoException).code ?? e.name}: ${e.message.slice(0, 300)}` : String(e)}`,
+        );
         assert.equal(e.code, 'rejected_content');
         assert.doesNotMatch(e.message, /[\x00-\x1f]/, 'control characters reach the message');
         outcomes.rejected++;

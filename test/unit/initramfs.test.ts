@@ -5,14 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { gunzipSync } from 'node:zlib';
-import {
-  AGENT_UNIT,
-  buildBaseInitramfs,
-  buildPayloadCpio,
-  payloadEntries,
-  renderPayloadConfig,
-  writeVmInitrd,
-} from '../../src/guest/initramfs.js';
+import { AGENT_UNIT, buildBaseInitramfs, buildPayloadCpio, payloadEntries, renderPayloadConfig, writeVmInitrd } from '../../src/guest/initramfs.js';
 import { requires } from '../helpers/prereq.js';
 
 const hasCpio = spawnSync('cpio', ['--version']).status === 0;

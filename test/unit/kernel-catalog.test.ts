@@ -60,7 +60,13 @@ test('parseCatalog: valid entries; sha256 lower-cased; description defaults to "
     JSON.stringify({
       kernels: [
         archiveEntry,
-        { name: 'debian-trixie', distro: 'debian-13', arch: 'x86_64', version: 'latest', source: { kind: 'debian-index', suite: 'trixie', component: 'main', package: 'linux-image-cloud-amd64', mirror: 'http://127.0.0.1:9/debian' } },
+        {
+          name: 'debian-trixie',
+          distro: 'debian-13',
+          arch: 'x86_64',
+          version: 'latest',
+          source: { kind: 'debian-index', suite: 'trixie', component: 'main', package: 'linux-image-cloud-amd64', mirror: 'http://127.0.0.1:9/debian' },
+        },
       ],
     }),
     '/x/cat.json',
@@ -72,12 +78,20 @@ test('parseCatalog: valid entries; sha256 lower-cased; description defaults to "
 
 test('parseCatalog: errors name the file and the bad field', () => {
   invalid(() => parseCatalog('{ nope', '/x/cat.json'), /\/x\/cat\.json/, /invalid JSON/);
-  invalid(() => parseCatalog(JSON.stringify({ kernels: [{ ...archiveEntry, source: { ...archiveEntry.source, sha256: 'abc' } }] }), '/x/cat.json'), /\/x\/cat\.json/, /kernels\[0\] \(fc-6\.1\)\.source\.sha256/, /64 hex/);
+  invalid(
+    () => parseCatalog(JSON.stringify({ kernels: [{ ...archiveEntry, source: { ...archiveEntry.source, sha256: 'abc' } }] }), '/x/cat.json'),
+    /\/x\/cat\.json/,
+    /kernels\[0\] \(fc-6\.1\)\.source\.sha256/,
+    /64 hex/,
+  );
   invalid(() => parseCatalog(JSON.stringify({ kernels: [{ ...archiveEntry, arch: 'aarch64' }] }), '/x/c.json'), /kernels\[0\] \(fc-6\.1\)\.arch/);
   invalid(() => parseCatalog(JSON.stringify({ kernels: [{ ...archiveEntry, name: 'Bad Name' }] }), '/x/c.json'), /\.name/);
   invalid(() => parseCatalog(JSON.stringify({ kernels: [{ ...archiveEntry, source: { kind: 'rsync' } }] }), '/x/c.json'), /\.source/);
   invalid(() => parseCatalog(JSON.stringify({ kernels: [{ ...archiveEntry, sizee: 1 }] }), '/x/c.json'), /unknown field "sizee"/);
-  invalid(() => parseCatalog(JSON.stringify({ kernels: [{ ...archiveEntry, source: { ...archiveEntry.source, url: 'ftp://x/y' } }] }), '/x/c.json'), /source\.url/);
+  invalid(
+    () => parseCatalog(JSON.stringify({ kernels: [{ ...archiveEntry, source: { ...archiveEntry.source, url: 'ftp://x/y' } }] }), '/x/c.json'),
+    /source\.url/,
+  );
   invalid(() => parseCatalog(JSON.stringify({ images: [] }), '/x/c.json'), /kernels/);
   invalid(() => parseCatalog(JSON.stringify({ kernels: [archiveEntry, archiveEntry] }), '/x/c.json'), /"fc-6\.1" appears twice/);
 });
@@ -109,6 +123,12 @@ test('loadKernelCatalog: relative paths from the config dir, URLs over http; unr
       ['local-one', join(dir, 'cfg', 'mine.json')],
     ],
   );
-  await assert.rejects(loadCatalog('missing.json', dir), (e: unknown) => e instanceof BangerError && e.code === 'invalid_config' && e.message.includes(join(dir, 'missing.json')));
-  await assert.rejects(loadCatalog(`${base}/nope.json`, dir), (e: unknown) => e instanceof BangerError && e.code === 'upstream_failed' && /nope\.json/.test(e.message) && /404/.test(e.message));
+  await assert.rejects(
+    loadCatalog('missing.json', dir),
+    (e: unknown) => e instanceof BangerError && e.code === 'invalid_config' && e.message.includes(join(dir, 'missing.json')),
+  );
+  await assert.rejects(
+    loadCatalog(`${base}/nope.json`, dir),
+    (e: unknown) => e instanceof BangerError && e.code === 'upstream_failed' && /nope\.json/.test(e.message) && /404/.test(e.message),
+  );
 });

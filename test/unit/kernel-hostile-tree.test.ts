@@ -3,8 +3,8 @@ import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, test } from 'node:test';
 import { Readable } from 'node:stream';
+import { after, test } from 'node:test';
 import * as tar from 'tar-stream';
 import { copyRegularNoFollow, readRegularNoFollow, realPathUnder, safeExtract } from '../../src/archive/safe-extract.js';
 import { assertKernelVersion, discoverKernel } from '../../src/daemon/services/kernels.js';
@@ -179,7 +179,10 @@ test('safeExtract keeps an absolute link as a guest path, and refuses links alto
   const archive = Buffer.concat(chunks);
   const base = await tmp('sx-');
   const limits = { label: 'test bundle', maxBytes: 1 << 20, maxEntries: 16 };
-  await assert.rejects(safeExtract(Readable.from([archive]), { ...limits, dest: join(base, 'strict'), symlinks: false }), /"rootfs\.ext4" rejected: symlinks are not allowed/);
+  await assert.rejects(
+    safeExtract(Readable.from([archive]), { ...limits, dest: join(base, 'strict'), symlinks: false }),
+    /"rootfs\.ext4" rejected: symlinks are not allowed/,
+  );
   assert.equal(existsSync(join(base, 'strict')), false, 'the partial tree is removed');
   // Default: kept (it is the guest's /...), and host code that resolves it is stopped.
   await safeExtract(Readable.from([archive]), { ...limits, dest: join(base, 'guest') });

@@ -150,7 +150,10 @@ test('compressed modules (.ko.gz in-process, .ko.xz and .ko.zst with the host to
     assert.equal(modinfoField(m.data, 'name'), m.name);
   }
   if (tools.length > 0) {
-    await assert.rejects(resolveModules({ modulesDir, version: VERSION, required: ['top'], optional: [] }), /compressed; decompressing it needs a CommandRunner/);
+    await assert.rejects(
+      resolveModules({ modulesDir, version: VERSION, required: ['top'], optional: [] }),
+      /compressed; decompressing it needs a CommandRunner/,
+    );
   }
 });
 

@@ -19,6 +19,9 @@ test('same key runs one at a time in arrival order; other keys run in parallel',
 
 test('a failing holder releases the lock', async () => {
   const m = new KeyedMutex();
-  await assert.rejects(m.run('k', async () => Promise.reject(new Error('boom'))), /boom/);
+  await assert.rejects(
+    m.run('k', async () => Promise.reject(new Error('boom'))),
+    /boom/,
+  );
   assert.equal(await m.run('k', async () => 42), 42);
 });

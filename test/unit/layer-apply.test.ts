@@ -14,7 +14,9 @@ type Entry = Partial<tar.Header> & { name: string; body?: string };
 async function tarOf(entries: Entry[]): Promise<Buffer> {
   const pack = tar.pack();
   for (const { body, ...h } of entries) {
-    await new Promise<void>((res, rej) => pack.entry({ uid: 0, gid: 0, mode: h.type === 'directory' ? 0o755 : 0o644, ...h }, body ?? '', (e) => (e ? rej(e) : res())));
+    await new Promise<void>((res, rej) =>
+      pack.entry({ uid: 0, gid: 0, mode: h.type === 'directory' ? 0o755 : 0o644, ...h }, body ?? '', (e) => (e ? rej(e) : res())),
+    );
   }
   pack.finalize();
   const chunks: Buffer[] = [];
@@ -45,27 +47,35 @@ describe('applyLayer', () => {
   it('stacks layers: whiteouts, opaque dirs, setuid, ownership, symlinks and hardlinks', async () => {
     const root = await fresh('stack');
     const ledger = new RootfsLedger();
-    await apply(root, [
-      { name: 'etc/', type: 'directory' },
-      { name: 'etc/a', body: 'a' },
-      { name: 'etc/b', body: 'b' },
-      { name: 'usr/bin/su', body: 'su', mode: 0o4755 },
-      { name: 'usr/bin/newgrp', body: 'ng', mode: 0o2755, gid: 42 },
-      { name: 'usr/bin/su2', type: 'link', linkname: 'usr/bin/su' },
-      { name: 'bin', type: 'symlink', linkname: 'usr/bin' },
-      { name: 'opt/x/keep-not', body: 'lower' },
-      { name: 'opt/x/sub/deep', body: 'lower' },
-      { name: 'home/u/', type: 'directory', uid: 1000, gid: 1000, mode: 0o700 },
-      { name: 'home/u/notes', body: 'n', uid: 1000, gid: 1000, mode: 0o600 },
-      { name: 'dev/null', type: 'character-device', devmajor: 1, devminor: 3, mode: 0o666 },
-    ], ledger);
-    await apply(root, [
-      { name: 'etc/.wh.a', body: '' },
-      { name: 'opt/x/new', body: 'upper' },
-      { name: 'opt/x/.wh..wh..opq', body: '' },
-      { name: 'bin/tool', body: 'through a relative symlink', mode: 0o755 },
-      { name: 'etc/b', body: 'replaced' },
-    ], ledger);
+    await apply(
+      root,
+      [
+        { name: 'etc/', type: 'directory' },
+        { name: 'etc/a', body: 'a' },
+        { name: 'etc/b', body: 'b' },
+        { name: 'usr/bin/su', body: 'su', mode: 0o4755 },
+        { name: 'usr/bin/newgrp', body: 'ng', mode: 0o2755, gid: 42 },
+        { name: 'usr/bin/su2', type: 'link', linkname: 'usr/bin/su' },
+        { name: 'bin', type: 'symlink', linkname: 'usr/bin' },
+        { name: 'opt/x/keep-not', body: 'lower' },
+        { name: 'opt/x/sub/deep', body: 'lower' },
+        { name: 'home/u/', type: 'directory', uid: 1000, gid: 1000, mode: 0o700 },
+        { name: 'home/u/notes', body: 'n', uid: 1000, gid: 1000, mode: 0o600 },
+        { name: 'dev/null', type: 'character-device', devmajor: 1, devminor: 3, mode: 0o666 },
+      ],
+      ledger,
+    );
+    await apply(
+      root,
+      [
+        { name: 'etc/.wh.a', body: '' },
+        { name: 'opt/x/new', body: 'upper' },
+        { name: 'opt/x/.wh..wh..opq', body: '' },
+        { name: 'bin/tool', body: 'through a relative symlink', mode: 0o755 },
+        { name: 'etc/b', body: 'replaced' },
+      ],
+      ledger,
+    );
 
     await assert.rejects(lstat(join(root, 'etc/a')), { code: 'ENOENT' });
     assert.equal(await readFile(join(root, 'etc/b'), 'utf8'), 'replaced');
@@ -113,8 +123,22 @@ describe('applyLayer', () => {
     const cases: Array<[string, Entry[], RegExp]> = [
       ['a ../ path', [{ name: '../outside-sentinel/pwned', body: 'x' }], /has a "\.\." component/],
       ['a nested ../ path', [{ name: 'a/../../outside-sentinel/pwned', body: 'x' }], /has a "\.\." component/],
-      ['a write through an absolute symlink', [{ name: 'esc', type: 'symlink', linkname: `${'/'}tmp` }, { name: 'esc/pwned', body: 'x' }], /symlink to the absolute path/],
-      ['a write through a symlink that climbs out', [{ name: 'a/up', type: 'symlink', linkname: '../../outside-sentinel' }, { name: 'a/up/pwned', body: 'x' }], /leaves the image root/],
+      [
+        'a write through an absolute symlink',
+        [
+          { name: 'esc', type: 'symlink', linkname: `${'/'}tmp` },
+          { name: 'esc/pwned', body: 'x' },
+        ],
+        /symlink to the absolute path/,
+      ],
+      [
+        'a write through a symlink that climbs out',
+        [
+          { name: 'a/up', type: 'symlink', linkname: '../../outside-sentinel' },
+          { name: 'a/up/pwned', body: 'x' },
+        ],
+        /leaves the image root/,
+      ],
       ['a hardlink out of the root', [{ name: 'h', type: 'link', linkname: '../outside-sentinel/victim' }], /outside the image root/],
       ['a hardlink to a missing file', [{ name: 'h', type: 'link', linkname: 'etc/shadow' }], /not in the image/],
     ];
@@ -139,17 +163,24 @@ describe('applyLayer', () => {
     it('refuses a truncated tar', async () => {
       const root = await fresh('truncated');
       const whole = await tarOf([{ name: 'big', body: 'y'.repeat(5000) }]);
-      await assert.rejects(applyLayer(Readable.from(whole.subarray(0, 2048)), { root, chownOnDisk: false, label: 'cut layer', ...LIMITS }, new RootfsLedger()), (e: unknown) => {
-        assert.ok(e instanceof BangerError, String(e));
-        assert.match(e.message, /cut layer/);
-        return true;
-      });
+      await assert.rejects(
+        applyLayer(Readable.from(whole.subarray(0, 2048)), { root, chownOnDisk: false, label: 'cut layer', ...LIMITS }, new RootfsLedger()),
+        (e: unknown) => {
+          assert.ok(e instanceof BangerError, String(e));
+          assert.match(e.message, /cut layer/);
+          return true;
+        },
+      );
     });
 
     it('enforces the size limit', async () => {
       const root = await fresh('limit');
       await assert.rejects(
-        applyLayer(Readable.from(await tarOf([{ name: 'a', body: 'z'.repeat(100) }])), { root, chownOnDisk: false, label: 'l', maxBytes: 10, maxEntries: 10 }, new RootfsLedger()),
+        applyLayer(
+          Readable.from(await tarOf([{ name: 'a', body: 'z'.repeat(100) }])),
+          { root, chownOnDisk: false, label: 'l', maxBytes: 10, maxEntries: 10 },
+          new RootfsLedger(),
+        ),
         /over the limit of 10 bytes/,
       );
     });

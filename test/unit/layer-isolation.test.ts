@@ -9,13 +9,13 @@ import { after, before, describe, it } from 'node:test';
 import * as zlib from 'node:zlib';
 import * as tar from 'tar-stream';
 import { BangerError } from '../../src/api/errors.js';
-import type { OpContext } from '../../src/util/op-context.js';
 import { memoryBudgetOf, ScratchSpace } from '../../src/host/scratch.js';
 import { applyLayer, RootfsLedger, TreeOverBudget } from '../../src/images/layer-apply.js';
 import { fetchAndFlatten } from '../../src/images/oci-pull.js';
 import { BlobCache } from '../../src/oci/blob-cache.js';
 import { parseReference } from '../../src/oci/reference.js';
 import { RegistryClient } from '../../src/oci/registry.js';
+import type { OpContext } from '../../src/util/op-context.js';
 import { buildImage, buildLayer, imageRoutes, startFakeRegistry } from '../helpers/oci-fixtures.js';
 
 type Entry = Partial<tar.Header> & { name: string; body?: string | Buffer };
@@ -28,7 +28,9 @@ async function tarOf(entries: Entry[]): Promise<Buffer> {
     for await (const c of pack) chunks.push(c as Buffer);
   })();
   for (const { body, ...h } of entries) {
-    await new Promise<void>((res, rej) => pack.entry({ uid: 0, gid: 0, mode: h.type === 'directory' ? 0o755 : 0o644, ...h }, body ?? '', (e) => (e ? rej(e) : res())));
+    await new Promise<void>((res, rej) =>
+      pack.entry({ uid: 0, gid: 0, mode: h.type === 'directory' ? 0o755 : 0o644, ...h }, body ?? '', (e) => (e ? rej(e) : res())),
+    );
   }
   pack.finalize();
   await read;
@@ -53,7 +55,16 @@ async function allocatedBytes(dir: string): Promise<number> {
 /** An OpContext that records what the operation logged (a named fake: no registry of operations behind it). */
 function fakeCtx(): OpContext & { logs: string[] } {
   const logs: string[] = [];
-  return { id: 'op-test', signal: new AbortController().signal, logs, stage() {}, progress() {}, log: (l) => void logs.push(l), setTarget() {}, checkCancelled() {} };
+  return {
+    id: 'op-test',
+    signal: new AbortController().signal,
+    logs,
+    stage() {},
+    progress() {},
+    log: (l) => void logs.push(l),
+    setTarget() {},
+    checkCancelled() {},
+  };
 }
 
 describe('hole 13a: whiteouts that name the root or its parent', () => {
@@ -74,13 +85,25 @@ describe('hole 13a: whiteouts that name the root or its parent', () => {
       await mkdir(canary);
       await writeFile(join(canary, 'keep'), 'precious');
       const ledger = new RootfsLedger();
-      await applyLayer(Readable.from(await tarOf([{ name: 'a/b/', type: 'directory' }, { name: 'a/b/f', body: 'lower' }])), { root, chownOnDisk: isRoot, label: 'lower', ...LIMITS }, ledger);
-      await assert.rejects(applyLayer(Readable.from(await tarOf([{ name, body: '' }])), { root, chownOnDisk: isRoot, label: 'upper', ...LIMITS }, ledger), (e: unknown) => {
-        assert.ok(e instanceof BangerError, String(e));
-        assert.equal(e.code, 'rejected_content');
-        assert.match(e.message, /whiteout of/);
-        return true;
-      });
+      await applyLayer(
+        Readable.from(
+          await tarOf([
+            { name: 'a/b/', type: 'directory' },
+            { name: 'a/b/f', body: 'lower' },
+          ]),
+        ),
+        { root, chownOnDisk: isRoot, label: 'lower', ...LIMITS },
+        ledger,
+      );
+      await assert.rejects(
+        applyLayer(Readable.from(await tarOf([{ name, body: '' }])), { root, chownOnDisk: isRoot, label: 'upper', ...LIMITS }, ledger),
+        (e: unknown) => {
+          assert.ok(e instanceof BangerError, String(e));
+          assert.equal(e.code, 'rejected_content');
+          assert.match(e.message, /whiteout of/);
+          return true;
+        },
+      );
       assert.equal(await readFile(join(canary, 'keep'), 'utf8'), 'precious');
       assert.equal(await readFile(join(root, 'a/b/f'), 'utf8'), 'lower');
     });
@@ -89,19 +112,35 @@ describe('hole 13a: whiteouts that name the root or its parent', () => {
   it('still applies an ordinary whiteout', async () => {
     const root = await mkdtemp(join(base, 'ok-'));
     const ledger = new RootfsLedger();
-    await applyLayer(Readable.from(await tarOf([{ name: 'etc/a', body: 'a' }, { name: 'etc/b', body: 'b' }])), { root, chownOnDisk: isRoot, label: 'l1', ...LIMITS }, ledger);
+    await applyLayer(
+      Readable.from(
+        await tarOf([
+          { name: 'etc/a', body: 'a' },
+          { name: 'etc/b', body: 'b' },
+        ]),
+      ),
+      { root, chownOnDisk: isRoot, label: 'l1', ...LIMITS },
+      ledger,
+    );
     await applyLayer(Readable.from(await tarOf([{ name: 'etc/.wh.a', body: '' }])), { root, chownOnDisk: isRoot, label: 'l2', ...LIMITS }, ledger);
     assert.deepEqual(await readdir(join(root, 'etc')), ['b']);
   });
 
   it('escapes control characters of hostile names in its messages', async () => {
     const root = await mkdtemp(join(base, 'ctl-'));
-    await assert.rejects(applyLayer(Readable.from(await tarOf([{ name: '\x1b]0;pwned\x07/../x', body: '' }])), { root, chownOnDisk: isRoot, label: 'l', ...LIMITS }, new RootfsLedger()), (e: unknown) => {
-      assert.ok(e instanceof BangerError);
-      assert.doesNotMatch(e.message, /[\x00-\x1f]/);
-      assert.match(e.message, /\\x1b\]0;pwned\\x07/);
-      return true;
-    });
+    await assert.rejects(
+      applyLayer(
+        Readable.from(await tarOf([{ name: '\x1b]0;pwned\x07/../x', body: '' }])),
+        { root, chownOnDisk: isRoot, label: 'l', ...LIMITS },
+        new RootfsLedger(),
+      ),
+      (e: unknown) => {
+        assert.ok(e instanceof BangerError);
+        assert.doesNotMatch(e.message, /[\x00-\x1f]/);
+        assert.match(e.message, /\\x1b\]0;pwned\\x07/);
+        return true;
+      },
+    );
   });
 });
 
@@ -126,17 +165,34 @@ describe('hole 11: decompression bombs on tmpfs', () => {
 
   it('stops a layer that inflates past a memory tree’s budget before writing past it', async (t) => {
     if (!shm) return t.skip('no /dev/shm on this host');
-    const s = new ScratchSpace({ diskDir: join(state, 'direct', 'scratch'), memParent: shm, recordFile: join(state, 'direct', 'scratch-mem'), memBudget: () => BUDGET });
+    const s = new ScratchSpace({
+      diskDir: join(state, 'direct', 'scratch'),
+      memParent: shm,
+      recordFile: join(state, 'direct', 'scratch-mem'),
+      memBudget: () => BUDGET,
+    });
     const tree = await s.make('image-tree', 64 << 10);
     assert.equal(memoryBudgetOf(tree), BUDGET);
-    const layer = zlib.gzipSync(await tarOf([{ name: 'small', body: 'x'.repeat(1000) }, { name: 'bomb', body: Buffer.alloc(BOMB) }]));
+    const layer = zlib.gzipSync(
+      await tarOf([
+        { name: 'small', body: 'x'.repeat(1000) },
+        { name: 'bomb', body: Buffer.alloc(BOMB) },
+      ]),
+    );
     assert.ok(layer.length < BUDGET / 8, `the compressed layer (${layer.length} B) is far under the budget`);
-    await assert.rejects(applyLayer(Readable.from(layer).pipe(zlib.createGunzip()), { root: tree, chownOnDisk: isRoot, label: 'bomb layer', ...LIMITS, maxBytes: 1 << 30 }, new RootfsLedger()), (e: unknown) => {
-      assert.ok(e instanceof TreeOverBudget, String(e));
-      assert.equal(e.code, 'rejected_content');
-      assert.ok(e.fix);
-      return true;
-    });
+    await assert.rejects(
+      applyLayer(
+        Readable.from(layer).pipe(zlib.createGunzip()),
+        { root: tree, chownOnDisk: isRoot, label: 'bomb layer', ...LIMITS, maxBytes: 1 << 30 },
+        new RootfsLedger(),
+      ),
+      (e: unknown) => {
+        assert.ok(e instanceof TreeOverBudget, String(e));
+        assert.equal(e.code, 'rejected_content');
+        assert.ok(e.fix);
+        return true;
+      },
+    );
     const used = await allocatedBytes(tree);
     assert.ok(used <= BUDGET, `the tree holds ${used} bytes on the tmpfs, over the ${BUDGET} budget`);
     assert.equal(existsSync(join(tree, 'bomb')), false, 'the bomb entry was not started');
@@ -146,11 +202,19 @@ describe('hole 11: decompression bombs on tmpfs', () => {
 
   it('many small entries count too (per-entry cost), not only content bytes', async (t) => {
     if (!shm) return t.skip('no /dev/shm on this host');
-    const s = new ScratchSpace({ diskDir: join(state, 'entries', 'scratch'), memParent: shm, recordFile: join(state, 'entries', 'scratch-mem'), memBudget: () => 256 << 10 });
+    const s = new ScratchSpace({
+      diskDir: join(state, 'entries', 'scratch'),
+      memParent: shm,
+      recordFile: join(state, 'entries', 'scratch-mem'),
+      memBudget: () => 256 << 10,
+    });
     const tree = await s.make('image-tree', 4096);
     const entries: Entry[] = [];
     for (let i = 0; i < 2000; i++) entries.push({ name: `d${i}/`, type: 'directory' });
-    await assert.rejects(applyLayer(Readable.from(await tarOf(entries)), { root: tree, chownOnDisk: isRoot, label: 'many', ...LIMITS }, new RootfsLedger()), TreeOverBudget);
+    await assert.rejects(
+      applyLayer(Readable.from(await tarOf(entries)), { root: tree, chownOnDisk: isRoot, label: 'many', ...LIMITS }, new RootfsLedger()),
+      TreeOverBudget,
+    );
     assert.ok((await readdir(tree)).length < 2000);
     await s.sweep();
     assert.deepEqual(await readdir(shm), []);
@@ -158,12 +222,23 @@ describe('hole 11: decompression bombs on tmpfs', () => {
 
   it('a pull whose layer inflates past the memory budget unpacks again on disk; nothing stays on the tmpfs', async (t) => {
     if (!shm) return t.skip('no /dev/shm on this host');
-    const bomb = await buildLayer([{ type: 'file', path: 'etc/os-release', content: 'ID=bomb\n' }, { type: 'file', path: 'bomb', content: Buffer.alloc(BOMB) }], 'gzip');
+    const bomb = await buildLayer(
+      [
+        { type: 'file', path: 'etc/os-release', content: 'ID=bomb\n' },
+        { type: 'file', path: 'bomb', content: Buffer.alloc(BOMB) },
+      ],
+      'gzip',
+    );
     const second = await buildLayer([{ type: 'file', path: 'etc/after', content: 'upper\n' }], 'gzip');
     const img = buildImage({ layers: [bomb, second] });
     const registry = await startFakeRegistry({ routes: imageRoutes('test/bomb', 'latest', img) });
     try {
-      const s = new ScratchSpace({ diskDir: join(state, 'pull', 'scratch'), memParent: shm, recordFile: join(state, 'pull', 'scratch-mem'), memBudget: () => BUDGET });
+      const s = new ScratchSpace({
+        diskDir: join(state, 'pull', 'scratch'),
+        memParent: shm,
+        recordFile: join(state, 'pull', 'scratch-mem'),
+        memBudget: () => BUDGET,
+      });
       const cache = new BlobCache(join(state, 'pull', 'blobs'));
       const client = new RegistryClient(parseReference(`${registry.host}/test/bomb:latest`), {});
       const trees: string[] = [];

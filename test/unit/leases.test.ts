@@ -5,11 +5,11 @@ import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { Worker } from 'node:worker_threads';
 import { BangerError } from '../../src/api/errors.js';
-import { macForIp } from '../../src/util/ipv4.js';
 import { type Db, migrate, openDb } from '../../src/store/db.js';
 import { LeaseRepo } from '../../src/store/leases.js';
 import { LATEST_VERSION, MIGRATIONS } from '../../src/store/migrations.js';
 import { Repos } from '../../src/store/repos.js';
+import { macForIp } from '../../src/util/ipv4.js';
 
 const dirs: string[] = [];
 const dbs: Db[] = [];
@@ -169,7 +169,10 @@ test('exhaustion is a clear conflict error; an unknown VM is not_found', () => {
     () => leases.lease('ghost', CIDR, GW, NOW),
     (e: unknown) => e instanceof BangerError && e.code === 'not_found',
   );
-  assert.throws(() => leases.lease('extra', '10.0.0.0/33', GW, NOW), (e: unknown) => e instanceof BangerError && e.code === 'bad_request');
+  assert.throws(
+    () => leases.lease('extra', '10.0.0.0/33', GW, NOW),
+    (e: unknown) => e instanceof BangerError && e.code === 'bad_request',
+  );
 });
 
 test('a lease outside a changed cidr is replaced; MACs never collide with leftovers', () => {

@@ -40,7 +40,7 @@ async function serve(path: string, lines: number, follow: boolean): Promise<Serv
 
 const appendTo = (path: string, data: string | Buffer) => {
   const fd = openSync(path, 'a');
-  writeSync(fd, typeof data === "string" ? Buffer.from(data) : data);
+  writeSync(fd, typeof data === 'string' ? Buffer.from(data) : data);
   closeSync(fd);
 };
 

@@ -136,7 +136,10 @@ test('normalisePolicy: pins sorted by IP, NAT IPs from NAT pins, duplicates and 
     ],
   });
   assert.equal(p.cidr, '172.30.0.0/24');
-  assert.deepEqual(p.pins.map((x) => x.tap), ['bgtap4', 'bg0.1']);
+  assert.deepEqual(
+    p.pins.map((x) => x.tap),
+    ['bgtap4', 'bg0.1'],
+  );
   assert.deepEqual(p.natIps, ['172.30.0.9']);
   const pin = (tap: string, ip: string, mac = macForIp(ip)) => ({ tap, mac, ip, nat: false });
   const policy = (...pins: ReturnType<typeof pin>[]) => ({ bridge: 'banger0', cidr: '172.30.0.0/24', pins });
@@ -175,8 +178,14 @@ test('buildNftRuleset: two self-replacing tables named after the bridge: masquer
   const text = buildNftRuleset(POLICY);
   const lines = text.split('\n').map((l) => l.trim());
   // Replacement preamble: create-if-missing then delete, so the new tables never merge with old ones.
-  assert.deepEqual(lines.slice(0, 5), ['table inet banger0', 'delete table inet banger0', 'table bridge banger0', 'delete table bridge banger0', 'table inet banger0 {']);
-  assert.doesNotMatch(text, /table (inet|bridge) banger[^0]/, 'no other bridge\'s table is named');
+  assert.deepEqual(lines.slice(0, 5), [
+    'table inet banger0',
+    'delete table inet banger0',
+    'table bridge banger0',
+    'delete table bridge banger0',
+    'table inet banger0 {',
+  ]);
+  assert.doesNotMatch(text, /table (inet|bridge) banger[^0]/, "no other bridge's table is named");
   assert.ok(lines.includes('elements = { 172.30.0.2, 172.30.0.3 }'), text);
   assert.ok(lines.includes('type nat hook postrouting priority srcnat; policy accept;'));
   assert.ok(lines.includes('ip saddr @nat_ips oifname != "banger0" masquerade'));
@@ -189,7 +198,12 @@ test('buildNftRuleset: two self-replacing tables named after the bridge: masquer
   assert.equal(text.match(/masquerade/g)?.length, 1);
   // Pins: every TAP of the bridge goes through the guest chain, whose last word is drop.
   assert.ok(lines.includes('iifname "bg0.*" jump guest'), text);
-  assert.ok(lines.includes('elements = { "bg0.0" . 52:54:00:1e:00:02 . 172.30.0.2, "bg0.1" . 52:54:00:1e:00:03 . 172.30.0.3, "bg0.2" . 52:54:00:1e:00:04 . 172.30.0.4 }'), text);
+  assert.ok(
+    lines.includes(
+      'elements = { "bg0.0" . 52:54:00:1e:00:02 . 172.30.0.2, "bg0.1" . 52:54:00:1e:00:03 . 172.30.0.3, "bg0.2" . 52:54:00:1e:00:04 . 172.30.0.4 }',
+    ),
+    text,
+  );
   assert.ok(lines.includes('elements = { "bg0.0", "bg0.1" }'), 'NAT is decided by the TAP');
   const guest = lines.slice(lines.indexOf('chain guest {'));
   assert.equal(guest[1], 'iifname . ether saddr != @macs drop');
@@ -205,11 +219,18 @@ test('buildNftRuleset: no VMs: empty sets, forwarding from the bridge still drop
   assert.equal(buildNftRuleset({ bridge: 'banger0', cidr: '172.30.0.0/24', pins: [] }), text);
 });
 
-test('iptables rules: tagged per bridge, per-IP masquerade and accept, final drop; restore script flushes only this bridge\'s chains', () => {
-  const rules = buildIptablesRules({ bridge: 'banger0', cidr: '172.30.0.0/24', pins: [{ tap: 'bg0.0', mac: macForIp('172.30.0.2'), ip: '172.30.0.2', nat: true }] });
+test("iptables rules: tagged per bridge, per-IP masquerade and accept, final drop; restore script flushes only this bridge's chains", () => {
+  const rules = buildIptablesRules({
+    bridge: 'banger0',
+    cidr: '172.30.0.0/24',
+    pins: [{ tap: 'bg0.0', mac: macForIp('172.30.0.2'), ip: '172.30.0.2', nat: true }],
+  });
   for (const r of [...rules, ...iptablesJumps('banger0')]) assert.ok(r.args.join(' ').includes('-m comment --comment banger:banger0'), r.args.join(' '));
   const nat = rules.filter((r) => r.table === 'nat');
-  assert.deepEqual(nat.map((r) => `${r.chain} ${r.args.join(' ')}`), ['BGNAT-banger0 -s 172.30.0.2/32 ! -o banger0 -m comment --comment banger:banger0 -j MASQUERADE']);
+  assert.deepEqual(
+    nat.map((r) => `${r.chain} ${r.args.join(' ')}`),
+    ['BGNAT-banger0 -s 172.30.0.2/32 ! -o banger0 -m comment --comment banger:banger0 -j MASQUERADE'],
+  );
   const fwd = rules.filter((r) => r.table === 'filter').map((r) => r.args.join(' '));
   assert.match(fwd[0] ?? '', /--ctstate RELATED,ESTABLISHED .* -j ACCEPT$/);
   assert.equal(fwd[1], '-i banger0 ! -o banger0 -s 172.30.0.2/32 -m comment --comment banger:banger0 -j ACCEPT');
@@ -225,9 +246,15 @@ test('iptables rules: tagged per bridge, per-IP masquerade and accept, final dro
   );
 });
 
-test('ebtables rules: the bridge\'s TAPs dispatched to a pin chain; non-NAT TAPs limited to the VM network', () => {
-  const { dispatch, pin } = buildEbtablesRules({ ...POLICY, pins: [...POLICY.pins, { tap: 'bgtap7', mac: macForIp('172.30.0.7'), ip: '172.30.0.7', nat: false }] });
-  assert.deepEqual(dispatch.map((r) => r.args.join(' ')), ['-i bg0.+ -j BGPIN-banger0', '-i bgtap7 -j BGPIN-banger0']);
+test("ebtables rules: the bridge's TAPs dispatched to a pin chain; non-NAT TAPs limited to the VM network", () => {
+  const { dispatch, pin } = buildEbtablesRules({
+    ...POLICY,
+    pins: [...POLICY.pins, { tap: 'bgtap7', mac: macForIp('172.30.0.7'), ip: '172.30.0.7', nat: false }],
+  });
+  assert.deepEqual(
+    dispatch.map((r) => r.args.join(' ')),
+    ['-i bg0.+ -j BGPIN-banger0', '-i bgtap7 -j BGPIN-banger0'],
+  );
   const of = (tap: string) => pin.filter((r) => r.args[1] === tap).map((r) => r.args.join(' '));
   assert.deepEqual(of('bg0.0'), [
     '-i bg0.0 -s 52:54:00:1e:00:02 -p 0x0806 --arp-htype 1 --arp-ptype 0x0800 --arp-ip-src 172.30.0.2 --arp-mac-src 52:54:00:1e:00:02 -j ACCEPT',

@@ -136,7 +136,10 @@ test('cancel: the signal aborts, the state becomes cancelled, cancelling again i
   assert.doesNotThrow(() => ctx.checkCancelled());
   assert.equal(reg.cancel('op-cace11'), true);
   assert.equal(ctx.signal.aborted, true);
-  assert.throws(() => ctx.checkCancelled(), (e: unknown) => e instanceof BangerError && e.code === 'cancelled');
+  assert.throws(
+    () => ctx.checkCancelled(),
+    (e: unknown) => e instanceof BangerError && e.code === 'cancelled',
+  );
   const op = await reg.wait('op-cace11');
   assert.equal(op.state, 'cancelled');
   assert.equal(op.error?.code, 'cancelled');
@@ -199,7 +202,11 @@ test('subscribe: snapshot first, then live events in order, then done; unsubscri
   const done = events[4];
   assert.equal(done?.type === 'done' && done.operation.state, 'succeeded');
   assert.equal(done?.type === 'done' && done.operation.result, 42);
-  assert.deepEqual(other.map((e) => e.type), ['snapshot'], 'an unsubscribed listener gets nothing more');
+  assert.deepEqual(
+    other.map((e) => e.type),
+    ['snapshot'],
+    'an unsubscribed listener gets nothing more',
+  );
   unsub();
 });
 
@@ -213,7 +220,10 @@ test('subscribe to a finished operation: snapshot and done at once; unknown id: 
     events.map((e) => e.type),
     ['snapshot', 'done'],
   );
-  assert.equal(reg.subscribe('op-eeeeee', () => {}), undefined);
+  assert.equal(
+    reg.subscribe('op-eeeeee', () => {}),
+    undefined,
+  );
   await assert.rejects(reg.wait('op-eeeeee'), (e: unknown) => e instanceof BangerError && e.code === 'not_found');
 });
 

@@ -50,7 +50,15 @@ test('collapse: different processes, specific addresses and lone families stay s
     p('tcp', '0.0.0.0', 9000, 4),
     p('udp', '0.0.0.0', 9000, 4), // tcp and udp of one port are different services
   ]);
-  assert.deepEqual(show(out), ['tcp 127.0.0.1:5432', 'tcp 0.0.0.0:8080', 'tcp 0.0.0.0:9000', 'tcp6 :::3000', 'tcp6 ::1:5432', 'tcp6 :::8080', 'udp 0.0.0.0:9000']);
+  assert.deepEqual(show(out), [
+    'tcp 127.0.0.1:5432',
+    'tcp 0.0.0.0:8080',
+    'tcp 0.0.0.0:9000',
+    'tcp6 :::3000',
+    'tcp6 ::1:5432',
+    'tcp6 :::8080',
+    'udp 0.0.0.0:9000',
+  ]);
 });
 
 test('collapse: sorted by protocol then port; exact duplicates dropped; input untouched', () => {
@@ -76,7 +84,23 @@ before(async () => {
   try {
     execFileSync(
       'openssl',
-      ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-subj', '/CN=x', '-days', '1', '-keyout', join(dir, 'k'), '-out', join(dir, 'c')],
+      [
+        'req',
+        '-x509',
+        '-newkey',
+        'ec',
+        '-pkeyopt',
+        'ec_paramgen_curve:prime256v1',
+        '-nodes',
+        '-subj',
+        '/CN=x',
+        '-days',
+        '1',
+        '-keyout',
+        join(dir, 'k'),
+        '-out',
+        join(dir, 'c'),
+      ],
       { stdio: 'ignore' },
     );
     https = await listen(createHttps({ key: readFileSync(join(dir, 'k')), cert: readFileSync(join(dir, 'c')) }, (_, res) => res.end('ok')));

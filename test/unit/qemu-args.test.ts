@@ -45,7 +45,10 @@ test('disks keep their order (root = vda, work = vdb) and formats', () => {
   assert.equal(drives.length, 2);
   assert.match(drives[0] as string, /^id=root,file=\/v\/root\.qcow2,format=qcow2,/);
   assert.match(drives[1] as string, /^id=work,file=\/v\/work\.ext4,format=raw,/);
-  assert.deepEqual(after(a, '-device').filter((d) => d.startsWith('virtio-blk')), ['virtio-blk-device,drive=root', 'virtio-blk-device,drive=work']);
+  assert.deepEqual(
+    after(a, '-device').filter((d) => d.startsWith('virtio-blk')),
+    ['virtio-blk-device,drive=root', 'virtio-blk-device,drive=work'],
+  );
 });
 
 test('commas in paths are escaped so they cannot inject options', () => {

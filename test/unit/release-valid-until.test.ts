@@ -11,7 +11,9 @@ test('Valid-Until in the past is refused, naming the date', () => {
   assert.throws(
     () => checkReleaseValidity(release('Valid-Until: Sat, 07 Feb 2026 08:00:00 UTC\n'), 'http://127.0.0.1/debian/dists/sid/InRelease', NOW),
     (e: Error & { code?: string; fix?: string }) =>
-      e.code === 'rejected_content' && /InRelease expired: its Valid-Until is Sat, 07 Feb 2026 08:00:00 GMT/.test(e.message) && /up-to-date mirror/.test(e.fix ?? ''),
+      e.code === 'rejected_content' &&
+      /InRelease expired: its Valid-Until is Sat, 07 Feb 2026 08:00:00 GMT/.test(e.message) &&
+      /up-to-date mirror/.test(e.fix ?? ''),
   );
 });
 

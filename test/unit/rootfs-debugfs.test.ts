@@ -24,7 +24,9 @@ async function tarOf(entries: Entry[]): Promise<Buffer> {
     for await (const c of pack) chunks.push(c as Buffer);
   })();
   for (const { body, ...h } of entries) {
-    await new Promise<void>((res, rej) => pack.entry({ uid: 0, gid: 0, mode: h.type === 'directory' ? 0o755 : 0o644, ...h }, body ?? '', (e) => (e ? rej(e) : res())));
+    await new Promise<void>((res, rej) =>
+      pack.entry({ uid: 0, gid: 0, mode: h.type === 'directory' ? 0o755 : 0o644, ...h }, body ?? '', (e) => (e ? rej(e) : res())),
+    );
   }
   pack.finalize();
   await read;
@@ -82,7 +84,14 @@ describe('debugfs fixups of hostile names', () => {
       ledger,
     );
     const disks = new DiskTools(new ProcessRunner());
-    const { skipped } = await buildRootfs(disks, { tree, out: image, sizeBytes: 16 << 20, ledger, ownersOnDisk: false, scriptPath: join(dir, 'fixup.debugfs') });
+    const { skipped } = await buildRootfs(disks, {
+      tree,
+      out: image,
+      sizeBytes: 16 << 20,
+      ledger,
+      ownersOnDisk: false,
+      scriptPath: join(dir, 'fixup.debugfs'),
+    });
 
     assert.deepEqual(statOf(image, '/a b'), { type: 'regular', mode: 0o644, uid: 1234, gid: 1235 });
     assert.deepEqual(statOf(image, '/d e'), { type: 'directory', mode: 0o755, uid: 7, gid: 8 });
@@ -92,7 +101,10 @@ describe('debugfs fixups of hostile names', () => {
     assert.deepEqual(statOf(image, '/b\\c\td'), { type: 'regular', mode: 0o644, uid: 42, gid: 43 });
     // The name with newlines cannot be written to debugfs: reported, and nothing of it ran.
     assert.ok(skipped.includes(injected), JSON.stringify(skipped));
-    assert.ok(skipped.every((p) => p.startsWith('x\nwrite ')), 'only the newline name and its parent directories are skipped');
+    assert.ok(
+      skipped.every((p) => p.startsWith('x\nwrite ')),
+      'only the newline name and its parent directories are skipped',
+    );
     assert.equal(statOf(image, '/leaked'), undefined, 'no host file was copied into the image');
     assert.doesNotMatch(debugfs(image, 'ls -l /'), /leaked/);
   });

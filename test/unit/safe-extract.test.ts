@@ -95,12 +95,24 @@ test('a good archive (gzip) extracts with modes, symlinks and hardlinks intact',
 });
 
 test('uncompressed and xz/zstd-free plain tar works too; the root entry "." is fine', async () => {
-  const { dest } = await extract(await makeTar([{ name: '.', type: 'directory', mode: 0o755 }, { name: './a', body: 'x', mode: 0o644 }]));
+  const { dest } = await extract(
+    await makeTar([
+      { name: '.', type: 'directory', mode: 0o755 },
+      { name: './a', body: 'x', mode: 0o644 },
+    ]),
+  );
   assert.equal(await readFile(join(dest, 'a'), 'utf8'), 'x');
 });
 
 test('"../" path is rejected', async () => {
-  await assertRejected(await makeTar([{ name: 'ok', body: 'x' }, { name: '../../sentinel/evil', body: 'x' }]), '../../sentinel/evil', /"\.\." path component/);
+  await assertRejected(
+    await makeTar([
+      { name: 'ok', body: 'x' },
+      { name: '../../sentinel/evil', body: 'x' },
+    ]),
+    '../../sentinel/evil',
+    /"\.\." path component/,
+  );
   await assertRejected(await makeTar([{ name: 'a/../../x', body: 'x' }]), 'a/../../x', /"\.\."/);
 });
 
@@ -109,26 +121,55 @@ test('absolute path is rejected', async () => {
 });
 
 test('a symlink leaving the root is rejected, and so is a file written through a symlink', async () => {
-  await assertRejected(await makeTar([{ name: 'esc', type: 'symlink', linkname: '../../sentinel' }, { name: 'esc/evil', body: 'x' }]), 'esc', /leaves the archive root/);
+  await assertRejected(
+    await makeTar([
+      { name: 'esc', type: 'symlink', linkname: '../../sentinel' },
+      { name: 'esc/evil', body: 'x' },
+    ]),
+    'esc',
+    /leaves the archive root/,
+  );
   await assertRejected(await makeTar([{ name: 'esc', type: 'symlink', linkname: '/../../sentinel' }]), 'esc', /leaves the archive root/);
   // An in-root symlink is fine, but nothing is ever written through it.
-  await assertRejected(await makeTar([{ name: 'dir/', type: 'directory' }, { name: 'here', type: 'symlink', linkname: 'dir' }, { name: 'here/evil', body: 'x' }]), 'here/evil', /through the symlink "here"/);
+  await assertRejected(
+    await makeTar([
+      { name: 'dir/', type: 'directory' },
+      { name: 'here', type: 'symlink', linkname: 'dir' },
+      { name: 'here/evil', body: 'x' },
+    ]),
+    'here/evil',
+    /through the symlink "here"/,
+  );
   // A chain of individually harmless links that climbs out.
   await assertRejected(
-    await makeTar([{ name: 'sub/', type: 'directory' }, { name: 'sub/up', type: 'symlink', linkname: '..' }, { name: 'esc', type: 'symlink', linkname: 'sub/up/..' }]),
+    await makeTar([
+      { name: 'sub/', type: 'directory' },
+      { name: 'sub/up', type: 'symlink', linkname: '..' },
+      { name: 'esc', type: 'symlink', linkname: 'sub/up/..' },
+    ]),
     'esc',
     /leaves the archive root/,
   );
   // The same chain with the links in the other order: caught by the final check.
   await assertRejected(
-    await makeTar([{ name: 'sub/', type: 'directory' }, { name: 'esc', type: 'symlink', linkname: 'sub/up/..' }, { name: 'sub/up', type: 'symlink', linkname: '..' }]),
+    await makeTar([
+      { name: 'sub/', type: 'directory' },
+      { name: 'esc', type: 'symlink', linkname: 'sub/up/..' },
+      { name: 'sub/up', type: 'symlink', linkname: '..' },
+    ]),
     'esc',
     /leaves the archive root/,
   );
 });
 
 test('a file replacing a symlink does not write through it', async () => {
-  const { dest } = await extract(await makeTar([{ name: 'f', type: 'symlink', linkname: 'g' }, { name: 'g', body: 'target' }, { name: 'f', body: 'new' }]));
+  const { dest } = await extract(
+    await makeTar([
+      { name: 'f', type: 'symlink', linkname: 'g' },
+      { name: 'g', body: 'target' },
+      { name: 'f', body: 'new' },
+    ]),
+  );
   assert.ok((await lstat(join(dest, 'f'))).isFile());
   assert.equal(await readFile(join(dest, 'g'), 'utf8'), 'target');
 });
@@ -137,7 +178,16 @@ test('hardlinks to outside, absolute or missing targets are rejected', async () 
   await assertRejected(await makeTar([{ name: 'h', type: 'link', linkname: '../../sentinel/keep' }]), 'h', /outside the archive/);
   await assertRejected(await makeTar([{ name: 'h', type: 'link', linkname: join(sentinel, 'keep') }]), 'h', /outside the archive/);
   await assertRejected(await makeTar([{ name: 'h', type: 'link', linkname: 'nothere' }]), 'h', /does not exist/);
-  await assertRejected(await makeTar([{ name: 'd/', type: 'directory' }, { name: 's', type: 'symlink', linkname: 'd' }, { name: 'd/f', body: 'x' }, { name: 'h', type: 'link', linkname: 's/f' }]), 'h', /through a symlink/);
+  await assertRejected(
+    await makeTar([
+      { name: 'd/', type: 'directory' },
+      { name: 's', type: 'symlink', linkname: 'd' },
+      { name: 'd/f', body: 'x' },
+      { name: 'h', type: 'link', linkname: 's/f' },
+    ]),
+    'h',
+    /through a symlink/,
+  );
 });
 
 test('device nodes and FIFOs are rejected', async () => {
@@ -147,8 +197,25 @@ test('device nodes and FIFOs are rejected', async () => {
 });
 
 test('size and entry-count limits', async () => {
-  await assertRejected(await makeTar([{ name: 'a', body: 'x'.repeat(600) }, { name: 'b', body: 'y'.repeat(600) }]), 'b', /exceeds the limit of 1000 bytes/, { maxBytes: 1000 });
-  await assertRejected(await makeTar([{ name: 'a', body: '' }, { name: 'b', body: '' }, { name: 'c', body: '' }]), 'c', /more than 2 entries/, { maxEntries: 2 });
+  await assertRejected(
+    await makeTar([
+      { name: 'a', body: 'x'.repeat(600) },
+      { name: 'b', body: 'y'.repeat(600) },
+    ]),
+    'b',
+    /exceeds the limit of 1000 bytes/,
+    { maxBytes: 1000 },
+  );
+  await assertRejected(
+    await makeTar([
+      { name: 'a', body: '' },
+      { name: 'b', body: '' },
+      { name: 'c', body: '' },
+    ]),
+    'c',
+    /more than 2 entries/,
+    { maxEntries: 2 },
+  );
 });
 
 test('garbage input fails cleanly; the target must be new', async () => {

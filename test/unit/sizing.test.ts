@@ -28,6 +28,9 @@ test('invalid sizes are refused with the flag named', () => {
     [{ diskSizeBytes: 1024 }, /--disk-size must be at least 256M/],
   ];
   for (const [req, re] of cases) {
-    assert.throws(() => resolveSize(req, defaultConfig(), host), (e: unknown) => e instanceof BangerError && e.code === 'bad_request' && re.test(e.message));
+    assert.throws(
+      () => resolveSize(req, defaultConfig(), host),
+      (e: unknown) => e instanceof BangerError && e.code === 'bad_request' && re.test(e.message),
+    );
   }
 });

@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { BangerError } from '../../src/api/errors.js';
+import type { CommandRunner, RunOptions, RunResult } from '../../src/host/runner.js';
 import {
   bangerSshConfig,
   ensureSshKey,
@@ -15,7 +16,6 @@ import {
   uninstallInclude,
   writeFileAtomic,
 } from '../../src/host/ssh-config.js';
-import type { CommandRunner, RunOptions, RunResult } from '../../src/host/runner.js';
 import { missing } from '../helpers/prereq.js';
 
 test('ssh_config: one block per VM with every option, then a Host *.vm fallback; host keys always checked', () => {
@@ -32,7 +32,10 @@ test('ssh_config: one block per VM with every option, then a Host *.vm fallback;
     blocks.map((b) => b.split('\n')[0]),
     ['Host dev.vm', 'Host api.vm', 'Host *.vm'],
   );
-  const dev = blocks[0]?.split('\n').map((l) => l.trim()).filter(Boolean);
+  const dev = blocks[0]
+    ?.split('\n')
+    .map((l) => l.trim())
+    .filter(Boolean);
   assert.deepEqual(dev, [
     'Host dev.vm',
     'HostName 172.30.0.2',
@@ -141,9 +144,36 @@ test('Include: added at the very top once, replaced not duplicated, removed exac
 });
 
 test('shellQuote round-trips tricky argv through a real sh -c', () => {
-  const argv = ['a b', "it's", '$HOME', '`id`', '$(id)', '', 'line\nbreak', '*', '"q"', '\\', 'tab\there', '~', 'A=b', ';', '&&', '|', '>x', '!', '#', '{a,b}', "''", 'plain-arg', 'ü'];
+  const argv = [
+    'a b',
+    "it's",
+    '$HOME',
+    '`id`',
+    '$(id)',
+    '',
+    'line\nbreak',
+    '*',
+    '"q"',
+    '\\',
+    'tab\there',
+    '~',
+    'A=b',
+    ';',
+    '&&',
+    '|',
+    '>x',
+    '!',
+    '#',
+    '{a,b}',
+    "''",
+    'plain-arg',
+    'ü',
+  ];
   const out = execFileSync('sh', ['-c', `printf '%s\\n' ${shellQuote(argv)}`]).toString();
-  assert.deepEqual(out.split('\n').slice(0, -1), argv.flatMap((a) => a.split('\n')));
+  assert.deepEqual(
+    out.split('\n').slice(0, -1),
+    argv.flatMap((a) => a.split('\n')),
+  );
   // NUL-separated, so the newline argument is checked as one argument too.
   const nul = execFileSync('sh', ['-c', `printf '%s\\0' ${shellQuote(argv)}`]).toString();
   assert.deepEqual(nul.split('\0').slice(0, -1), argv);

@@ -16,8 +16,8 @@ import { LeaseRepo } from '../../src/store/leases.js';
 import { Repos } from '../../src/store/repos.js';
 import { KeyedMutex } from '../../src/util/keyed-mutex.js';
 import type { OpContext } from '../../src/util/op-context.js';
-import type { VmLaunchSpec, VmmDriver, VmmHandle } from '../../src/vmm/driver.js';
 import { LOG_CAP_BYTES } from '../../src/vmm/console-log.js';
+import type { VmLaunchSpec, VmmDriver, VmmHandle } from '../../src/vmm/driver.js';
 import { currentBootId, processStartTime } from '../../src/vmm/process.js';
 
 /**
@@ -31,7 +31,15 @@ after(async () => {
 });
 
 const NOW = new Date('2026-01-01T00:00:00Z');
-const ctx: OpContext = { id: 'op-test', stage: () => {}, log: () => {}, progress: () => {}, setTarget: () => {}, checkCancelled: () => {}, signal: new AbortController().signal };
+const ctx: OpContext = {
+  id: 'op-test',
+  stage: () => {},
+  log: () => {},
+  progress: () => {},
+  setTarget: () => {},
+  checkCancelled: () => {},
+  signal: new AbortController().signal,
+};
 
 interface Knobs {
   launchFails?: boolean;
@@ -58,8 +66,32 @@ async function world(knobs: Knobs = {}, shared?: World): Promise<World> {
   migrate(db);
   const repos = new Repos(db);
   if (!shared) {
-    repos.kernels.insert({ id: 'k1', name: 'k', version: '6.1', dir: home, kernel_path: join(home, 'vmlinux'), initrd_path: null, modules_dir: null, source: 'test', managed: 1, size_bytes: 0, created_at: NOW.toISOString() });
-    repos.images.insert({ id: 'i1', name: 'img', rootfs_path: join(home, 'rootfs.ext4'), kernel_id: 'k1', managed: 1, has_systemd: 1, has_sshd: 1, digest: null, size_bytes: 0, source: 'test', created_at: NOW.toISOString() });
+    repos.kernels.insert({
+      id: 'k1',
+      name: 'k',
+      version: '6.1',
+      dir: home,
+      kernel_path: join(home, 'vmlinux'),
+      initrd_path: null,
+      modules_dir: null,
+      source: 'test',
+      managed: 1,
+      size_bytes: 0,
+      created_at: NOW.toISOString(),
+    });
+    repos.images.insert({
+      id: 'i1',
+      name: 'img',
+      rootfs_path: join(home, 'rootfs.ext4'),
+      kernel_id: 'k1',
+      managed: 1,
+      has_systemd: 1,
+      has_sshd: 1,
+      digest: null,
+      size_bytes: 0,
+      source: 'test',
+      created_at: NOW.toISOString(),
+    });
   }
   const leases = new LeaseRepo(db);
   const calls: string[] = [];

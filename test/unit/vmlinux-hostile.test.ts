@@ -120,7 +120,10 @@ describe('LZ4 kernels built to blow up', () => {
   it('a real-looking kernel still extracts, and nothing planted beside the output is written through', async () => {
     const elf = fakeElf(BLOCK + 4096);
     const bz = join(dir, 'vmlinuz');
-    await writeFile(bz, Buffer.concat([Buffer.alloc(512, 1), frame([literalBlock(elf.subarray(0, BLOCK)), literalBlock(elf.subarray(BLOCK))]), Buffer.alloc(64, 2)]));
+    await writeFile(
+      bz,
+      Buffer.concat([Buffer.alloc(512, 1), frame([literalBlock(elf.subarray(0, BLOCK)), literalBlock(elf.subarray(BLOCK))]), Buffer.alloc(64, 2)]),
+    );
     const canary = join(dir, 'canary');
     await writeFile(canary, 'precious');
     const out = join(dir, 'vmlinux');

@@ -2,8 +2,8 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { test } from 'node:test';
-import { guestAssets } from '../helpers/banger.js';
 import { extractVmlinuxFrom, isElf64, lz4DecodeBlock, lz4DecodeLegacy } from '../../src/kernels/vmlinux.js';
+import { guestAssets } from '../helpers/banger.js';
 import { requires } from '../helpers/prereq.js';
 
 const hasLz4 = spawnSync('lz4', ['--version']).status === 0;
@@ -43,7 +43,9 @@ test('isElf64 accepts a whole x86-64 ELF64 header and refuses the rest', () => {
   assert.equal(isElf64(truncated), false);
 });
 
-test('a bzImage-like blob: LZ4 legacy payload (lz4 -l) after junk, size trailer after it', { skip: requires(hasLz4, 'needs the lz4 CLI to build the fixture') }, () => {
+test('a bzImage-like blob: LZ4 legacy payload (lz4 -l) after junk, size trailer after it', {
+  skip: requires(hasLz4, 'needs the lz4 CLI to build the fixture'),
+}, () => {
   const elf = Buffer.concat([fakeElf(), Buffer.alloc(9 * 1024 * 1024, 7)]); // > one 8 MiB legacy block
   const lz = spawnSync('lz4', ['-l', '-c', '-q'], { input: elf, maxBuffer: 64 << 20 });
   assert.equal(lz.status, 0);
@@ -62,10 +64,14 @@ const assets = guestAssets();
 const real = (() => {
   if (!assets) return undefined;
   const m = JSON.parse(readFileSync(`${assets.kernelDir}/../../assets.json`, 'utf8')) as { vmlinuz?: string };
-  return m.vmlinuz && existsSync(m.vmlinuz) && existsSync(`${assets.kernelDir}/vmlinux`) ? { vmlinuz: m.vmlinuz, vmlinux: `${assets.kernelDir}/vmlinux` } : undefined;
+  return m.vmlinuz && existsSync(m.vmlinuz) && existsSync(`${assets.kernelDir}/vmlinux`)
+    ? { vmlinuz: m.vmlinuz, vmlinux: `${assets.kernelDir}/vmlinux` }
+    : undefined;
 })();
 
-test('the real Debian bzImage: same vmlinux as scripts/guest-assets.sh (lz4 CLI) extracts', { skip: requires(real, 'guest assets missing: run scripts/guest-assets.sh') }, () => {
+test('the real Debian bzImage: same vmlinux as scripts/guest-assets.sh (lz4 CLI) extracts', {
+  skip: requires(real, 'guest assets missing: run scripts/guest-assets.sh'),
+}, () => {
   const r = real as { vmlinuz: string; vmlinux: string };
   const out = extractVmlinuxFrom(readFileSync(r.vmlinuz));
   assert.ok(out && isElf64(out));

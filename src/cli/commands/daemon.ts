@@ -152,7 +152,8 @@ export function registerDaemonCommands(program: Command): void {
     .option('--raw', 'print the JSON lines as written')
     .action(async (opts: { follow?: boolean; lines: string; raw?: boolean }) => {
       const n = Number(opts.lines);
-      if (!Number.isInteger(n) || n < 0) throw new BangerError('bad_request', `--lines must be a non-negative integer, got "${opts.lines}"`, { details: 'usage' });
+      if (!Number.isInteger(n) || n < 0)
+        throw new BangerError('bad_request', `--lines must be a non-negative integer, got "${opts.lines}"`, { details: 'usage' });
       const client = new BangerClient({ autostart: false });
       await printLog(client.layout.logPath, n, !!opts.raw, !!opts.follow);
     });

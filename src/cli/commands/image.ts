@@ -1,13 +1,13 @@
+import { readFileSync } from 'node:fs';
+import { basename, resolve } from 'node:path';
 import type { Command } from 'commander';
+import { BangerError } from '../../api/errors.js';
 import type { Image } from '../../api/schemas.js';
 import { BangerClient } from '../../client/client.js';
 import { formatBytes } from '../../util/duration.js';
 import { sizeArg } from '../args.js';
 import { followOperation, ProgressRenderer } from '../progress.js';
 import { ago, printJson, printKeyValues, printTable, sanitizeInline } from '../render.js';
-import { readFileSync } from 'node:fs';
-import { basename, resolve } from 'node:path';
-import { BangerError } from '../../api/errors.js';
 
 export function registerImageCommands(program: Command): void {
   const image = program.command('image').description('manage root filesystem images');
@@ -23,7 +23,12 @@ export function registerImageCommands(program: Command): void {
     .action(async (ref: string, o: { name?: string; kernelRef?: string; size?: number; json?: boolean }) => {
       const sizeBytes = o.size;
       const client = new BangerClient({ timeoutMs: 60 * 60_000 });
-      const accepted = await client.pullImage({ ref, ...(o.name ? { name: o.name } : {}), ...(o.kernelRef ? { kernelRef: o.kernelRef } : {}), ...(sizeBytes ? { sizeBytes } : {}) });
+      const accepted = await client.pullImage({
+        ref,
+        ...(o.name ? { name: o.name } : {}),
+        ...(o.kernelRef ? { kernelRef: o.kernelRef } : {}),
+        ...(sizeBytes ? { sizeBytes } : {}),
+      });
       const img = await followOperation<Image>(client, accepted, new ProgressRenderer(process.stderr, !!o.json).onEvent);
       o.json ? printJson(img) : process.stdout.write(`pulled ${ref} as image ${img.name} (${formatBytes(img.sizeBytes)} ext4, kernel ${img.kernelName})\n`);
     });
@@ -42,9 +47,16 @@ export function registerImageCommands(program: Command): void {
       try {
         script = readFileSync(resolve(o.script), 'utf8');
       } catch (e) {
-        throw new BangerError('bad_request', `cannot read --script ${o.script}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, { fix: 'give the path of a shell script' });
+        throw new BangerError('bad_request', `cannot read --script ${o.script}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, {
+          fix: 'give the path of a shell script',
+        });
       }
-      const name = o.name ?? `${o.from}-${basename(o.script).replace(/\.[^.]*$/, '').toLowerCase().replace(/[^a-z0-9._-]/g, '-')}`;
+      const name =
+        o.name ??
+        `${o.from}-${basename(o.script)
+          .replace(/\.[^.]*$/, '')
+          .toLowerCase()
+          .replace(/[^a-z0-9._-]/g, '-')}`;
       const client = new BangerClient({ timeoutMs: 4 * 60 * 60_000 });
       const accepted = await client.buildImage({ from: o.from, name, script, nat: o.nat, ...(o.diskSize ? { diskSizeBytes: o.diskSize } : {}) });
       const progress = new ProgressRenderer(process.stderr, !!o.json);
@@ -77,7 +89,9 @@ export function registerImageCommands(program: Command): void {
     .action(async (o: { dryRun?: boolean; json?: boolean }) => {
       const r = await new BangerClient().pruneImageCache(!!o.dryRun);
       if (o.json) return printJson(r);
-      process.stdout.write(`${r.dryRun ? 'would free' : 'freed'} ${formatBytes(r.freedBytes)} in ${r.removed} blob(s)${r.kept ? `; ${r.kept} in use by a running pull kept` : ''}\n`);
+      process.stdout.write(
+        `${r.dryRun ? 'would free' : 'freed'} ${formatBytes(r.freedBytes)} in ${r.removed} blob(s)${r.kept ? `; ${r.kept} in use by a running pull kept` : ''}\n`,
+      );
     });
 
   image
@@ -124,7 +138,15 @@ export function registerImageCommands(program: Command): void {
       if (o.json) return printJson({ images });
       printTable(
         ['NAME', 'ID', 'KERNEL', 'SIZE', 'MANAGED', 'SYSTEMD', 'CREATED'],
-        images.map((i) => [i.name, i.id.slice(0, 12), i.kernelName, formatBytes(i.sizeBytes), i.managed ? 'yes' : 'no', i.hasSystemd ? 'yes' : 'no', ago(i.createdAt)]),
+        images.map((i) => [
+          i.name,
+          i.id.slice(0, 12),
+          i.kernelName,
+          formatBytes(i.sizeBytes),
+          i.managed ? 'yes' : 'no',
+          i.hasSystemd ? 'yes' : 'no',
+          ago(i.createdAt),
+        ]),
       );
     });
 

@@ -9,7 +9,9 @@ import { followOperation, ProgressRenderer } from '../progress.js';
 import { ago, printJson, printKeyValues, printTable } from '../render.js';
 
 function describeSource(s: KernelCatalogItem['source']): string {
-  return s.kind === 'debian-index' ? `debian ${s.suite}/${s.component} ${s.package}${s.mirror ? ` (${s.mirror})` : ''}` : `${s.url}${s.format ? ` (${s.format})` : ''}`;
+  return s.kind === 'debian-index'
+    ? `debian ${s.suite}/${s.component} ${s.package}${s.mirror ? ` (${s.mirror})` : ''}`
+    : `${s.url}${s.format ? ` (${s.format})` : ''}`;
 }
 
 export function registerKernelCommands(program: Command): void {
@@ -54,7 +56,14 @@ export function registerKernelCommands(program: Command): void {
         if (o.json) return printJson({ kernels: catalog });
         printTable(
           ['NAME', 'STATE', 'DISTRO', 'VERSION', 'SIZE', 'DESCRIPTION'],
-          catalog.map((c) => [c.name, c.state, c.distro, c.kernel ? c.kernel.version : c.version, c.size !== undefined ? formatBytes(c.size) : '', c.description]),
+          catalog.map((c) => [
+            c.name,
+            c.state,
+            c.distro,
+            c.kernel ? c.kernel.version : c.version,
+            c.size !== undefined ? formatBytes(c.size) : '',
+            c.description,
+          ]),
         );
         return;
       }
@@ -86,7 +95,9 @@ export function registerKernelCommands(program: Command): void {
       });
       const entry = catalog.find((c) => c.name === (k?.name ?? ref));
       if (!k && !entry) {
-        throw new BangerError('not_found', `kernel "${ref}" not found, locally or in the catalog`, { fix: 'list them with `banger kernel list` and `banger kernel list --available`' });
+        throw new BangerError('not_found', `kernel "${ref}" not found, locally or in the catalog`, {
+          fix: 'list them with `banger kernel list` and `banger kernel list --available`',
+        });
       }
       if (o.json) return printJson(k ?? entry);
       if (k) {

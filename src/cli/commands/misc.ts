@@ -42,7 +42,10 @@ export function registerMiscCommands(program: Command): void {
     .command('completion')
     .description('print a shell completion script (bash, zsh or fish)')
     .argument('<shell>', 'bash | zsh | fish')
-    .addHelpText('after', '\nExamples:\n  banger completion bash > /etc/bash_completion.d/banger\n  banger completion fish > ~/.config/fish/completions/banger.fish')
+    .addHelpText(
+      'after',
+      '\nExamples:\n  banger completion bash > /etc/bash_completion.d/banger\n  banger completion fish > ~/.config/fish/completions/banger.fish',
+    )
     .action((shell: string) => {
       if (!['bash', 'zsh', 'fish'].includes(shell)) {
         program.error(`error: unsupported shell "${shell}": use bash, zsh or fish`, { exitCode: 2, code: 'banger.usage' });

@@ -42,7 +42,8 @@ export function registerRunCommand(vm: Command): void {
     )
     .action(async (command: string[], o: RunOptions) => {
       if (o.detach && o.rm) throw new BangerError('bad_request', '--rm and --detach contradict each other', { fix: 'drop one of them', details: 'usage' });
-      if (o.detach && command.length) throw new BangerError('bad_request', '--detach does not run a command', { fix: 'run it later with banger vm ssh NAME -- CMD', details: 'usage' });
+      if (o.detach && command.length)
+        throw new BangerError('bad_request', '--detach does not run a command', { fix: 'run it later with banger vm ssh NAME -- CMD', details: 'usage' });
       const client = new BangerClient({ timeoutMs: 60 * 60_000 });
       const accepted = await client.createVm(vmCreateRequest(o, true));
       const progress = new ProgressRenderer(process.stderr, false);

@@ -5,9 +5,9 @@ import { BangerClient } from '../../client/client.js';
 import { formatBytes } from '../../util/duration.js';
 import { addVmSpecOptions, intArg, memoryArg, onOff, sizeArg, type VmSpecOptions, vmCreateRequest } from '../args.js';
 import { followOperation, ProgressRenderer } from '../progress.js';
+import { ago, printJson, printKeyValues, printTable, sanitizeForTerminal, sanitizeInline } from '../render.js';
 import { registerRunCommand } from './run.js';
 import { registerVmSshCommand } from './ssh.js';
-import { ago, printJson, printKeyValues, printTable, sanitizeForTerminal, sanitizeInline } from '../render.js';
 
 function printVm(vm: Vm): void {
   printKeyValues([
@@ -42,7 +42,9 @@ async function bulk(action: VmAction, refs: string[], json: boolean): Promise<vo
       if (r.ok) process.stdout.write(`${PAST[action]} ${r.name}\n`);
       else
         process.stderr.write(
-          sanitizeForTerminal(`error: ${r.ref}: ${r.error?.message}${r.error?.opId ? ` (${r.error.opId})` : ''}\n${r.error?.fix ? `fix: ${r.error.fix}\n` : ''}`),
+          sanitizeForTerminal(
+            `error: ${r.ref}: ${r.error?.message}${r.error?.opId ? ` (${r.error.opId})` : ''}\n${r.error?.fix ? `fix: ${r.error.fix}\n` : ''}`,
+          ),
         );
     }
   }
@@ -52,7 +54,10 @@ async function bulk(action: VmAction, refs: string[], json: boolean): Promise<vo
 export function registerVmCommands(program: Command): void {
   const vm = program.command('vm').description('create and manage VMs');
 
-  addVmSpecOptions(vm.command('create').description('create a VM and start it (an operation with live stages)'), 'image name or id (default: default_image_name)')
+  addVmSpecOptions(
+    vm.command('create').description('create a VM and start it (an operation with live stages)'),
+    'image name or id (default: default_image_name)',
+  )
     .option('--no-start', 'create the disks but do not boot')
     .option('--json', 'print the VM as JSON')
     .action(async (o: VmSpecOptions & { start: boolean; json?: boolean }) => {
@@ -70,7 +75,10 @@ export function registerVmCommands(program: Command): void {
       };
       const created = await followOperation<Vm>(client, accepted, onEvent);
       if (o.json) printJson(created);
-      else process.stdout.write(`${created.name} is ${created.state} (id ${created.id.slice(0, 12)}, ${created.vmm}${created.accel ? `/${created.accel}` : ''})\n`);
+      else
+        process.stdout.write(
+          `${created.name} is ${created.state} (id ${created.id.slice(0, 12)}, ${created.vmm}${created.accel ? `/${created.accel}` : ''})\n`,
+        );
     });
 
   for (const action of ['start', 'stop', 'restart', 'kill', 'delete'] as const) {
@@ -92,7 +100,19 @@ export function registerVmCommands(program: Command): void {
       if (o.json) return printJson({ vms });
       printTable(
         ['NAME', 'ID', 'STATE', 'IP', 'NAT', 'IMAGE', 'VCPUS', 'MEMORY', 'DISK', 'VMM', 'CREATED'],
-        vms.map((v) => [v.name, v.id.slice(0, 12), v.state, v.ip, v.nat ? 'on' : 'off', v.imageName, v.vcpus, `${v.memoryMib}M`, formatBytes(v.diskSizeBytes), `${v.vmm}${v.accel ? `/${v.accel}` : ''}`, ago(v.createdAt)]),
+        vms.map((v) => [
+          v.name,
+          v.id.slice(0, 12),
+          v.state,
+          v.ip,
+          v.nat ? 'on' : 'off',
+          v.imageName,
+          v.vcpus,
+          `${v.memoryMib}M`,
+          formatBytes(v.diskSizeBytes),
+          `${v.vmm}${v.accel ? `/${v.accel}` : ''}`,
+          ago(v.createdAt),
+        ]),
       );
     });
 
@@ -149,7 +169,12 @@ export function registerVmCommands(program: Command): void {
         ['vmm pid', s.vmm?.pid],
         ['vmm cpu', s.vmm ? `${s.vmm.cpuPercent}%` : null],
         ['vmm rss', s.vmm ? formatBytes(s.vmm.rssBytes) : null],
-        ['guest memory', s.guest ? `${formatBytes(((s.guest.memTotalKib ?? 0) - (s.guest.memAvailableKib ?? 0)) * 1024)} used of ${formatBytes((s.guest.memTotalKib ?? 0) * 1024)}` : null],
+        [
+          'guest memory',
+          s.guest
+            ? `${formatBytes(((s.guest.memTotalKib ?? 0) - (s.guest.memAvailableKib ?? 0)) * 1024)} used of ${formatBytes((s.guest.memTotalKib ?? 0) * 1024)}`
+            : null,
+        ],
         ['guest load', s.guest ? `${s.guest.load1} ${s.guest.load5} ${s.guest.load15}` : null],
         ['guest uptime', s.guest ? `${Math.round(s.guest.uptimeSeconds ?? 0)}s` : null],
       ]);
@@ -209,7 +234,10 @@ export function registerVmCommands(program: Command): void {
       }
       if (!o.force) {
         if (!process.stdin.isTTY) {
-          throw new BangerError('bad_request', `prune would delete ${preview.length} VM(s) and needs confirmation`, { fix: 'rerun with -f to confirm', details: 'usage' });
+          throw new BangerError('bad_request', `prune would delete ${preview.length} VM(s) and needs confirmation`, {
+            fix: 'rerun with -f to confirm',
+            details: 'usage',
+          });
         }
         const { createInterface } = await import('node:readline/promises');
         const rl = createInterface({ input: process.stdin, output: process.stderr });

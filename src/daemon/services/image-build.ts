@@ -57,7 +57,10 @@ export class ImageBuildService {
     await mkdir(logDir, { recursive: true, mode: 0o700 });
     const logPath = join(logDir, `${req.name}-${new Date().toISOString().replace(/[:.]/g, '-')}.log`);
     ctx.log(`build log: ${logPath}`);
-    const vm = await this.d.vms.create({ name: vmName, image: req.from, nat: req.nat, start: true, transient: true, ...(req.diskSizeBytes ? { diskSizeBytes: req.diskSizeBytes } : {}) }, ctx);
+    const vm = await this.d.vms.create(
+      { name: vmName, image: req.from, nat: req.nat, start: true, transient: true, ...(req.diskSizeBytes ? { diskSizeBytes: req.diskSizeBytes } : {}) },
+      ctx,
+    );
     const log = new BuildLog(logPath, ctx);
     try {
       ctx.stage('run script', `${vmName}.vm`);
@@ -92,7 +95,9 @@ export class ImageBuildService {
         ['-F', this.d.sshConfigPath, '-o', 'ConnectTimeout=5', '-o', 'ConnectionAttempts=30', '-o', 'BatchMode=yes', '--', `${vmName}.vm`, 'bash -se'],
         { stdio: ['pipe', 'pipe', 'pipe'], signal },
       );
-      const done = Promise.all([child.stdout, child.stderr].map((s) => boundedLines(s, { maxLineBytes: MAX_LINE_BYTES, onLine: (l, cut) => log.line(l, cut) })));
+      const done = Promise.all(
+        [child.stdout, child.stderr].map((s) => boundedLines(s, { maxLineBytes: MAX_LINE_BYTES, onLine: (l, cut) => log.line(l, cut) })),
+      );
       child.stdin.on('error', () => undefined);
       child.stdin.end(script);
       child.on('error', (e: NodeJS.ErrnoException) => {

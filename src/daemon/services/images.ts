@@ -2,23 +2,23 @@ import { createReadStream } from 'node:fs';
 import { lstat, mkdir, rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { displayUrl, downloadCached } from '../../archive/download.js';
-import { readRegularNoFollow, safeExtract } from '../../archive/safe-extract.js';
-import { BundleManifestSchema, type ImageCatalogEntry, loadImageCatalog } from '../../images/catalog.js';
-import { RootfsLedger } from '../../images/layer-apply.js';
-import { runRecipe } from '../../images/recipe.js';
-import { DEFAULT_KERNEL_NAME } from '../../kernels/catalog.js';
 import { BangerError, notFound } from '../../api/errors.js';
 import type { Image, ImageCatalogList, ImagePullRequest } from '../../api/schemas.js';
+import { displayUrl, downloadCached } from '../../archive/download.js';
+import { readRegularNoFollow, safeExtract } from '../../archive/safe-extract.js';
+import type { Layout } from '../../config/layout.js';
+import type { DiskTools } from '../../host/disks.js';
+import type { CommandRunner } from '../../host/runner.js';
+import type { ScratchSpace } from '../../host/scratch.js';
+import { BundleManifestSchema, type ImageCatalogEntry, loadImageCatalog } from '../../images/catalog.js';
+import { RootfsLedger } from '../../images/layer-apply.js';
 import { fetchAndFlatten } from '../../images/oci-pull.js';
+import { runRecipe } from '../../images/recipe.js';
 import { buildRootfs, imageSizeFor } from '../../images/rootfs-build.js';
+import { DEFAULT_KERNEL_NAME } from '../../kernels/catalog.js';
 import type { BlobCache, PruneReport } from '../../oci/blob-cache.js';
 import { defaultImageName, formatReference, parseReference } from '../../oci/reference.js';
 import { RegistryClient } from '../../oci/registry.js';
-import type { CommandRunner } from '../../host/runner.js';
-import type { ScratchSpace } from '../../host/scratch.js';
-import type { Layout } from '../../config/layout.js';
-import type { DiskTools } from '../../host/disks.js';
 import { type ImageRow, type Repos, resolveRef } from '../../store/repos.js';
 import { newId } from '../../util/ids.js';
 import type { KeyedMutex } from '../../util/keyed-mutex.js';
@@ -42,7 +42,13 @@ const SSHD_PATHS = ['/usr/sbin/sshd', '/sbin/sshd'];
 async function anyPresent(tree: string, paths: string[]): Promise<boolean> {
   for (const p of paths) {
     // /lib and /sbin are usually links into /usr: check the /usr spelling too rather than follow them.
-    if (await lstat(join(tree, p)).then(() => true, () => false)) return true;
+    if (
+      await lstat(join(tree, p)).then(
+        () => true,
+        () => false,
+      )
+    )
+      return true;
   }
   return false;
 }
@@ -60,9 +66,13 @@ interface Workspace {
 }
 
 async function readBundleManifest(path: string, name: string) {
-  const present = await lstat(path).then(() => true, () => false);
+  const present = await lstat(path).then(
+    () => true,
+    () => false,
+  );
   const text = present ? (await readRegularNoFollow(path, 64 * 1024, `manifest.json of the ${name} bundle`)).toString('utf8') : undefined;
-  if (text === undefined) throw new BangerError('rejected_content', `bundle of ${name} has no manifest.json`, { fix: 'a bundle is a .tar.zst of rootfs.ext4 and manifest.json' });
+  if (text === undefined)
+    throw new BangerError('rejected_content', `bundle of ${name} has no manifest.json`, { fix: 'a bundle is a .tar.zst of rootfs.ext4 and manifest.json' });
   let json: unknown;
   try {
     json = JSON.parse(text);
@@ -70,7 +80,8 @@ async function readBundleManifest(path: string, name: string) {
     throw new BangerError('rejected_content', `manifest.json of the ${name} bundle is not valid JSON`);
   }
   const r = BundleManifestSchema.safeParse(json);
-  if (!r.success) throw new BangerError('rejected_content', `manifest.json of the ${name} bundle: ${r.error.issues[0]?.path.join('.')}: ${r.error.issues[0]?.message}`);
+  if (!r.success)
+    throw new BangerError('rejected_content', `manifest.json of the ${name} bundle: ${r.error.issues[0]?.path.join('.')}: ${r.error.issues[0]?.message}`);
   return r.data;
 }
 
@@ -174,7 +185,8 @@ export class ImageService {
    */
   async pull(req: ImagePullRequest, ctx: OpContext): Promise<Image> {
     const entry = (await this.catalog(ctx.signal)).find((e) => e.name === req.ref);
-    if (entry?.source.kind === 'oci') return this.pullOci({ ...req, ref: entry.source.ref, name: req.name ?? entry.name, kernelRef: req.kernelRef ?? entry.kernel }, ctx);
+    if (entry?.source.kind === 'oci')
+      return this.pullOci({ ...req, ref: entry.source.ref, name: req.name ?? entry.name, kernelRef: req.kernelRef ?? entry.kernel }, ctx);
     if (entry) return this.pullEntry(entry, req, ctx);
     return this.pullOci(req, ctx);
   }
@@ -190,7 +202,11 @@ export class ImageService {
     return this.repos.images.byId(img.id);
   }
 
-  private async staged(name: string, ctx: OpContext, build: (w: Workspace) => Promise<Omit<ImageRow, 'id' | 'name' | 'rootfs_path' | 'managed' | 'created_at'>>): Promise<Image> {
+  private async staged(
+    name: string,
+    ctx: OpContext,
+    build: (w: Workspace) => Promise<Omit<ImageRow, 'id' | 'name' | 'rootfs_path' | 'managed' | 'created_at'>>,
+  ): Promise<Image> {
     return this.locks.run(`image-name:${name}`, async () => {
       this.assertNameFree(name);
       const id = newId();
@@ -255,7 +271,14 @@ export class ImageService {
           ctx,
         );
         const t = await this.finishTree(w, flat.root, flat.ledger, req.sizeBytes, asRoot, ctx);
-        return { kernel_id: kernelId, has_systemd: t.hasSystemd ? 1 : 0, has_sshd: t.hasSshd ? 1 : 0, digest: flat.manifestDigest, size_bytes: t.sizeBytes, source: `oci:${formatReference(ref)}` };
+        return {
+          kernel_id: kernelId,
+          has_systemd: t.hasSystemd ? 1 : 0,
+          has_sshd: t.hasSshd ? 1 : 0,
+          digest: flat.manifestDigest,
+          size_bytes: t.sizeBytes,
+          source: `oci:${formatReference(ref)}`,
+        };
       } finally {
         if (tree) await rm(tree, { recursive: true, force: true });
       }
@@ -276,8 +299,15 @@ export class ImageService {
           ctx.stage('build image', `mmdebstrap ${source.suite} (${source.variant}${source.packages.length ? ` + ${source.packages.length} packages` : ''})`);
           await runRecipe(source, this.opts.debianMirror, tree, ledger, asRoot, ctx);
           const t = await this.finishTree(w, tree, ledger, req.sizeBytes, asRoot, ctx);
-          return { kernel_id: kernelId, has_systemd: t.hasSystemd ? 1 : 0, has_sshd: t.hasSshd ? 1 : 0, digest: null, size_bytes: t.sizeBytes, source: `catalog:${entry.name} recipe` };
-      } finally {
+          return {
+            kernel_id: kernelId,
+            has_systemd: t.hasSystemd ? 1 : 0,
+            has_sshd: t.hasSshd ? 1 : 0,
+            digest: null,
+            size_bytes: t.sizeBytes,
+            source: `catalog:${entry.name} recipe`,
+          };
+        } finally {
           await rm(tree, { recursive: true, force: true });
         }
       });
@@ -294,10 +324,20 @@ export class ImageService {
       ctx.stage('unpack bundle');
       const unpacked = join(w.staging, 'bundle');
       // A bundle is two regular files: no link in it is ever created, so none can be followed.
-      await safeExtract(createReadStream(archive), { dest: unpacked, label: `bundle of ${entry.name}`, maxBytes: 256 * 1024 ** 3, maxEntries: 16, symlinks: false, signal: ctx.signal });
+      await safeExtract(createReadStream(archive), {
+        dest: unpacked,
+        label: `bundle of ${entry.name}`,
+        maxBytes: 256 * 1024 ** 3,
+        maxEntries: 16,
+        symlinks: false,
+        signal: ctx.signal,
+      });
       const manifest = await readBundleManifest(join(unpacked, 'manifest.json'), entry.name);
       const rootfsSt = await lstat(join(unpacked, manifest.rootfs)).catch(() => undefined);
-      if (!rootfsSt?.isFile()) throw new BangerError('rejected_content', `bundle of ${entry.name} has no regular file ${manifest.rootfs}`, { fix: 'the bundle is broken; check the catalog entry' });
+      if (!rootfsSt?.isFile())
+        throw new BangerError('rejected_content', `bundle of ${entry.name} has no regular file ${manifest.rootfs}`, {
+          fix: 'the bundle is broken; check the catalog entry',
+        });
       await rename(join(unpacked, manifest.rootfs), w.rootfs);
       // Bundled images carry long runs of zeros; give the space back.
       await this.runner.run('fallocate', ['--dig-holes', w.rootfs], { timeoutMs: 600_000, allowFailure: true });
@@ -451,7 +491,9 @@ export class ImageService {
     return this.locks.run(`image:${img.id}`, async () => {
       const users = this.repos.images.vmNames(img.id);
       if (users.length > 0) {
-        throw new BangerError('conflict', `image "${img.name}" is used by ${users.length} VM(s): ${users.join(', ')}`, { fix: `delete those VMs first: banger vm delete ${users.join(' ')}` });
+        throw new BangerError('conflict', `image "${img.name}" is used by ${users.length} VM(s): ${users.join(', ')}`, {
+          fix: `delete those VMs first: banger vm delete ${users.join(' ')}`,
+        });
       }
       this.repos.images.delete(img.id);
       await rm(join(this.layout.imagesDir, img.id), { recursive: true, force: true });

@@ -7,7 +7,11 @@ import type { KernelService } from './kernels.js';
  * first (never VMs: a VM cannot lose its disks, so a kernel a VM uses is refused either way), and
  * a kernel that does not exist is not an error.
  */
-export async function removeKernel(d: { kernels: KernelService; images: Pick<ImageService, 'removeAllForKernel'> }, ref: string, force: boolean): Promise<string> {
+export async function removeKernel(
+  d: { kernels: KernelService; images: Pick<ImageService, 'removeAllForKernel'> },
+  ref: string,
+  force: boolean,
+): Promise<string> {
   let id: string;
   try {
     id = d.kernels.row(ref).id;

@@ -3,19 +3,19 @@ import { cp, lstat, mkdir, open, readdir, realpath, rename, rm, stat } from 'nod
 import { basename, dirname, join, resolve } from 'node:path';
 import { BangerError, notFound } from '../../api/errors.js';
 import type { KernelCatalogEntry, KernelCatalogItem } from '../../api/kernel-schemas.js';
+import type { Kernel } from '../../api/schemas.js';
 import { debDataStream } from '../../archive/ar.js';
 import { compressionOf } from '../../archive/decompress.js';
 import { displayUrl, downloadCached } from '../../archive/download.js';
 import { copyRegularNoFollow, isUnder, readRegularNoFollow, realPathUnder, safeExtract } from '../../archive/safe-extract.js';
-import type { Kernel } from '../../api/schemas.js';
 import type { Layout } from '../../config/layout.js';
 import { guestBinary } from '../../guest/binaries.js';
 import { buildBaseInitramfs } from '../../guest/initramfs.js';
-import { type KernelRow, type Repos, resolveRef } from '../../store/repos.js';
 import { type CatalogEntry, loadKernelCatalog } from '../../kernels/catalog.js';
 import { fetchKernelStanzas, resolveKernelPackage } from '../../kernels/debian-index.js';
 import { fetchVerifiedRelease } from '../../kernels/release.js';
 import { extractVmlinux } from '../../kernels/vmlinux.js';
+import { type KernelRow, type Repos, resolveRef } from '../../store/repos.js';
 import { newId } from '../../util/ids.js';
 import type { KeyedMutex } from '../../util/keyed-mutex.js';
 import type { Clock, OpContext } from '../../util/op-context.js';
@@ -111,7 +111,15 @@ export async function discoverKernel(dir: string): Promise<KernelSource> {
   }
   const fromName = vmlinuz?.replace(/^vmlinuz-?/, '') || vmlinux?.replace(/^vmlinux-?/, '') || '';
   const version = versions.includes(fromName) ? fromName : (versions[0] ?? (fromName || 'unknown'));
-  const kernelFile = vmlinux ? (top.includes(vmlinux) ? join(root, vmlinux) : join(root, 'boot', vmlinux)) : vmlinuz ? (boot.includes(vmlinuz) ? join(root, 'boot', vmlinuz) : join(root, vmlinuz)) : undefined;
+  const kernelFile = vmlinux
+    ? top.includes(vmlinux)
+      ? join(root, vmlinux)
+      : join(root, 'boot', vmlinux)
+    : vmlinuz
+      ? boot.includes(vmlinuz)
+        ? join(root, 'boot', vmlinuz)
+        : join(root, vmlinuz)
+      : undefined;
   if (!kernelFile) {
     throw new BangerError('bad_request', `no kernel found in ${root}`, {
       fix: 'expected boot/vmlinuz-<version>, a vmlinux file, or a kernel.json manifest naming the kernel file',
@@ -129,7 +137,8 @@ export async function discoverKernel(dir: string): Promise<KernelSource> {
 
 async function realDir(path: string): Promise<string> {
   const st = await lstat(path);
-  if (!st.isDirectory()) throw new BangerError('rejected_content', `kernel modules ${path} is not a directory`, { fix: 'lib/modules/<version> must be a directory' });
+  if (!st.isDirectory())
+    throw new BangerError('rejected_content', `kernel modules ${path} is not a directory`, { fix: 'lib/modules/<version> must be a directory' });
   return path;
 }
 
@@ -331,8 +340,7 @@ export class KernelService {
           ctx.progress(bytes, t, 'B');
         },
       },
-      (cached) =>
-        ctx.stage('download', cached ? `cached (${r.package}=${r.version})` : `${displayUrl(r.url)}${r.size ? ` (${formatSize(r.size)})` : ''}`),
+      (cached) => ctx.stage('download', cached ? `cached (${r.package}=${r.version})` : `${displayUrl(r.url)}${r.size ? ` (${formatSize(r.size)})` : ''}`),
     );
   }
 
@@ -365,7 +373,13 @@ export class KernelService {
    * Assembles the kernel dir in staging, then publishes it with one rename and one row (in one
    * transaction with the removal of `replace`, when replacing). Called under the kernel-name lock.
    */
-  private async publish(name: string, src: KernelSource, ctx: OpContext, sourceLabel: string, opts: { replace?: KernelRow | undefined; moveModules?: boolean }): Promise<Kernel> {
+  private async publish(
+    name: string,
+    src: KernelSource,
+    ctx: OpContext,
+    sourceLabel: string,
+    opts: { replace?: KernelRow | undefined; moveModules?: boolean },
+  ): Promise<Kernel> {
     const existing = this.repos.kernels.byName(name);
     if (existing && existing.id !== opts.replace?.id) {
       throw new BangerError('conflict', `a kernel named "${name}" already exists`, { fix: `pick another name or remove it: banger kernel rm ${name}` });

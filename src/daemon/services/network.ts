@@ -3,11 +3,11 @@ import type { Logger } from 'pino';
 import type { Config } from '../../config/config.js';
 import { BridgeLock } from '../../host/bridge-lock.js';
 import { validateOwnTapName } from '../../host/netplan.js';
-import { cidrContains, parseCidr } from '../../util/ipv4.js';
 import type { PrivilegedOps } from '../../host/privileged.js';
 import { TapPool } from '../../host/tap-pool.js';
 import type { LeaseRepo } from '../../store/leases.js';
 import type { Repos, VmRow } from '../../store/repos.js';
+import { cidrContains, parseCidr } from '../../util/ipv4.js';
 import type { Clock } from '../../util/op-context.js';
 
 /** What a VM needs to boot on banger's network. */
@@ -84,12 +84,10 @@ export class NetworkService {
       await this.d.ops.ensureBridge(this.d.config.bridge_name, `${this.d.config.bridge_ip}/${this.prefix}`);
       await this.applyNat();
       await this.d.onHostReady?.();
-      this.resolvedRouted = await this.d.ops
-        .routeVmDomain(this.d.config.bridge_name, this.d.config.bridge_ip)
-        .catch((e) => {
-          this.d.log.warn({ err: e }, 'routing ~vm through systemd-resolved failed');
-          return false;
-        });
+      this.resolvedRouted = await this.d.ops.routeVmDomain(this.d.config.bridge_name, this.d.config.bridge_ip).catch((e) => {
+        this.d.log.warn({ err: e }, 'routing ~vm through systemd-resolved failed');
+        return false;
+      });
     })().catch((e) => {
       this.hostReady = undefined;
       throw e;
@@ -163,7 +161,7 @@ export class NetworkService {
     if (!this.warnedPinning && this.d.ops.pinning() === 'none') {
       this.warnedPinning = true;
       this.d.log.warn(
-        'TAPs are NOT pinned to their VM\'s MAC and IP (no nft, no ebtables): a guest can spoof another guest\'s address and its NAT; install nftables',
+        "TAPs are NOT pinned to their VM's MAC and IP (no nft, no ebtables): a guest can spoof another guest's address and its NAT; install nftables",
       );
     }
     const pins = this.d.leases.pins().flatMap(({ vmId, tap, mac, ip, nat }) => {

@@ -1,7 +1,6 @@
-import { isIPv4 } from 'node:net';
-import type { GuestListener, GuestPort } from '../../api/schemas.js';
-import { connect as netConnect, type Socket } from 'node:net';
+import { isIPv4, connect as netConnect, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
+import type { GuestListener, GuestPort } from '../../api/schemas.js';
 
 export type PortProto = 'tcp' | 'tcp6' | 'udp' | 'udp6';
 
@@ -46,10 +45,7 @@ export function collapsePorts<T extends RawPort>(ports: readonly T[]): T[] {
   }
   return out.sort(
     (a, b) =>
-      (PROTO_ORDER[a.proto] ?? 9) - (PROTO_ORDER[b.proto] ?? 9) ||
-      a.proto.localeCompare(b.proto) ||
-      a.port - b.port ||
-      a.address.localeCompare(b.address),
+      (PROTO_ORDER[a.proto] ?? 9) - (PROTO_ORDER[b.proto] ?? 9) || a.proto.localeCompare(b.proto) || a.port - b.port || a.address.localeCompare(b.address),
   );
 }
 
@@ -125,7 +121,14 @@ export async function probeHttp(host: string, port: number, timeoutMs = 1500, si
     signal,
   );
   if (tls) return 'https';
-  const http = await exchange(() => netConnect({ host, port }), 'connect', head, (got) => isHttp(got), timeoutMs, signal);
+  const http = await exchange(
+    () => netConnect({ host, port }),
+    'connect',
+    head,
+    (got) => isHttp(got),
+    timeoutMs,
+    signal,
+  );
   return http ? 'http' : undefined;
 }
 

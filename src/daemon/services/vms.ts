@@ -6,28 +6,28 @@ import type { Vm, VmAction, VmBulkResult, VmState } from '../../api/schemas.js';
 import type { Config } from '../../config/config.js';
 import type { Layout } from '../../config/layout.js';
 import { type AgentLink, openAgentLink } from '../../guest/agent-link.js';
-import { buildVmInitrd, vmCmdline } from '../../guest/vm-boot.js';
 import { guestBinary } from '../../guest/binaries.js';
+import { buildVmInitrd, vmCmdline } from '../../guest/vm-boot.js';
 import type { DiskTools } from '../../host/disks.js';
 import { killNow, processesNaming } from '../../host/orphans.js';
 import type { CommandRunner } from '../../host/runner.js';
-import { generateHostKey, } from '../../host/ssh-keys.js';
+import { generateHostKey } from '../../host/ssh-keys.js';
 import { type Repos, resolveRef, type VmRow } from '../../store/repos.js';
 import { crashPoint } from '../../util/crash-point.js';
 import { parseDuration } from '../../util/duration.js';
 import { dnsLabelProblem, newId } from '../../util/ids.js';
-import type { Accelerator, VmLaunchSpec, VmmDriver, VmmHandle, VmmKind } from '../../vmm/driver.js';
-import { LogCapper } from '../../vmm/console-log.js';
-import { isHandleAlive, processStats, readTail } from '../../vmm/process.js';
 import type { KeyedMutex } from '../../util/keyed-mutex.js';
 import type { Clock, OpContext } from '../../util/op-context.js';
+import { LogCapper } from '../../vmm/console-log.js';
+import type { Accelerator, VmLaunchSpec, VmmDriver, VmmHandle, VmmKind } from '../../vmm/driver.js';
+import { isHandleAlive, processStats, readTail } from '../../vmm/process.js';
 import type { ImageService } from './images.js';
-import type { NetworkService, } from './network.js';
-import { collapsePorts, enrichPortsWithin } from './port-probe.js';
 import { KernelService } from './kernels.js';
 import { randomVmName } from './names.js';
-import { canMove, decide, effectiveState } from './vm-states.js';
+import type { NetworkService } from './network.js';
+import { collapsePorts, enrichPortsWithin } from './port-probe.js';
 import { type HostResources, resolveSize, type VmSize, validateSize } from './sizing.js';
+import { canMove, decide, effectiveState } from './vm-states.js';
 
 export interface VmServiceDeps {
   repos: Repos;
@@ -75,7 +75,11 @@ export class VmService {
   private staleTimer: NodeJS.Timeout | undefined;
   /** Guest-fed logs of running VMs stay under their cap (copy-truncate to .1), checked every 2 s. */
   private readonly logCapper = new LogCapper({
-    files: () => this.d.repos.vms.all().filter((r) => r.handle).flatMap((r) => [this.paths(r).serial, this.paths(r).vmmLog]),
+    files: () =>
+      this.d.repos.vms
+        .all()
+        .filter((r) => r.handle)
+        .flatMap((r) => [this.paths(r).serial, this.paths(r).vmmLog]),
     onRotate: (path) => this.d.log.info({ path }, 'capped a VM log (copy-truncate to .1)'),
     onError: (path, err) => this.d.log.warn({ err, path }, 'cannot cap a VM log'),
   });
@@ -187,7 +191,8 @@ export class VmService {
     const size: VmSize = resolveSize({ vcpus: input.vcpus, memoryMib: input.memoryMib, diskSizeBytes: input.diskSizeBytes }, this.d.config, this.d.host);
     if (input.name !== undefined) {
       const problem = dnsLabelProblem(input.name);
-      if (problem) throw new BangerError('bad_request', `VM name "${input.name}" ${problem}`, { fix: 'use a DNS label such as "dev" or "api-1" (it becomes <name>.vm)' });
+      if (problem)
+        throw new BangerError('bad_request', `VM name "${input.name}" ${problem}`, { fix: 'use a DNS label such as "dev" or "api-1" (it becomes <name>.vm)' });
     }
     let name = input.name ?? randomVmName();
     for (let i = 0; input.name === undefined && this.d.repos.vms.byName(name) && i < 20; i++) name = randomVmName();
@@ -489,7 +494,11 @@ export class VmService {
 
   async prune(dryRun: boolean): Promise<Array<{ id: string; name: string }>> {
     const victims = this.d.repos.vms.all().filter((r) => decide('prune', r.state as VmState, r.name).do === 'run');
-    if (!dryRun) await this.bulk('delete', victims.map((v) => v.id));
+    if (!dryRun)
+      await this.bulk(
+        'delete',
+        victims.map((v) => v.id),
+      );
     return victims.map((v) => ({ id: v.id, name: v.name }));
   }
 
@@ -500,7 +509,9 @@ export class VmService {
     this.touch(r.id);
     const verdict = decide('guest', r.handle ? (r.state as VmState) : 'stopped', r.name);
     if (verdict.do === 'refuse' || !r.handle) {
-      throw new BangerError('precondition_failed', verdict.do === 'refuse' ? verdict.why : `VM ${r.name} is ${r.state}`, { fix: `start it: banger vm start ${r.name}` });
+      throw new BangerError('precondition_failed', verdict.do === 'refuse' ? verdict.why : `VM ${r.name} is ${r.state}`, {
+        fix: `start it: banger vm start ${r.name}`,
+      });
     }
     let link = this.agents.get(r.id);
     if (!link) {

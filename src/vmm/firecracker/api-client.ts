@@ -58,8 +58,7 @@ export class FirecrackerApiClient {
         if (err) reject(err);
         else resolve(value);
       };
-      const transportError = (e: Error) =>
-        settle(new VmmError(`Firecracker API ${what} via ${this.socketPath} failed: ${e.message}`));
+      const transportError = (e: Error) => settle(new VmmError(`Firecracker API ${what} via ${this.socketPath} failed: ${e.message}`));
 
       const r = request({ socketPath: this.socketPath, path: req.path, method: req.method, headers, agent: false });
       const timer = setTimeout(() => r.destroy(new Error(`no answer within ${this.timeoutMs} ms`)), this.timeoutMs);

@@ -1,19 +1,11 @@
 import { constants } from 'node:fs';
 import { open, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { type VmLaunchSpec, type VmmDriver, VmmError, type VmmHandle } from '../driver.js';
 import { openLogFile } from '../console-log.js';
+import { type VmLaunchSpec, type VmmDriver, VmmError, type VmmHandle } from '../driver.js';
 import { isHandleAlive, isProcessAlive, killAndWait, readTail, spawnDetached, waitForExit, waitForSocket } from '../process.js';
 import { FirecrackerApiClient } from './api-client.js';
-import {
-  buildBootRequests,
-  ctrlAltDelRequest,
-  describeInstanceRequest,
-  type FcRequest,
-  instanceIdFor,
-  instanceStateOf,
-  resumeRequest,
-} from './requests.js';
+import { buildBootRequests, ctrlAltDelRequest, describeInstanceRequest, type FcRequest, instanceIdFor, instanceStateOf, resumeRequest } from './requests.js';
 
 export interface FirecrackerDriverOptions {
   binaryPath: string;

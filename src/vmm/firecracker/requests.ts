@@ -35,9 +35,7 @@ export const GUEST_CID = 3;
 
 export function assertResourceId(kind: string, id: string): void {
   if (!RESOURCE_ID.test(id)) {
-    throw new FirecrackerConfigError(
-      `invalid Firecracker ${kind} id ${JSON.stringify(id)}: use only letters, digits and underscores (A-Z a-z 0-9 _)`,
-    );
+    throw new FirecrackerConfigError(`invalid Firecracker ${kind} id ${JSON.stringify(id)}: use only letters, digits and underscores (A-Z a-z 0-9 _)`);
   }
 }
 

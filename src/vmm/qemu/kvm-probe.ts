@@ -52,12 +52,27 @@ export async function bootProbe(opts: ProbeOptions, accel: 'kvm' | 'tcg'): Promi
   const deadline = opts.deadlineMs ?? 10_000;
   const khz = await readHostTscKhz();
   const args = [
-    '-M', 'microvm,acpi=on', ...(accel === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg', '-cpu', 'max']), '-smp', '1', '-m', '256M',
-    '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
-    '-chardev', `file,id=s0,path=${serial.replace(/,/g, ',,')}`, '-serial', 'chardev:s0',
-    '-kernel', opts.kernelPath,
+    '-M',
+    'microvm,acpi=on',
+    ...(accel === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg', '-cpu', 'max']),
+    '-smp',
+    '1',
+    '-m',
+    '256M',
+    '-nodefaults',
+    '-no-user-config',
+    '-display',
+    'none',
+    '-no-reboot',
+    '-chardev',
+    `file,id=s0,path=${serial.replace(/,/g, ',,')}`,
+    '-serial',
+    'chardev:s0',
+    '-kernel',
+    opts.kernelPath,
     ...(opts.initrdPath ? ['-initrd', opts.initrdPath] : []),
-    '-append', `console=ttyS0 panic=-1 loglevel=6 rdinit=/init banger.probe=1${khz ? ` tsc_early_khz=${khz}` : ''}`,
+    '-append',
+    `console=ttyS0 panic=-1 loglevel=6 rdinit=/init banger.probe=1${khz ? ` tsc_early_khz=${khz}` : ''}`,
   ];
   const started = Date.now();
   let proc: { pid: number; startTime: string; bootId?: string } | undefined;
@@ -68,7 +83,11 @@ export async function bootProbe(opts: ProbeOptions, accel: 'kvm' | 'tcg'): Promi
       while (Date.now() - started < deadline) {
         const seen = await scan.next();
         if (seen === 'marker') return { usable: true, detail: `guest reached userspace in ${((Date.now() - started) / 1000).toFixed(1)}s` };
-        if (seen === 'flood') return { usable: false, detail: `the kernel wrote over ${MAX_CONSOLE_BYTES / 1024 ** 2} MiB to the console without reaching userspace under ${accel}` };
+        if (seen === 'flood')
+          return {
+            usable: false,
+            detail: `the kernel wrote over ${MAX_CONSOLE_BYTES / 1024 ** 2} MiB to the console without reaching userspace under ${accel}`,
+          };
         if (!(await isProcessAlive(proc.pid, proc.startTime, proc.bootId))) {
           const log = await readTail(join(dir, 'qemu.log'), 4096);
           return { usable: false, detail: `QEMU exited under ${accel}: ${log.split('\n').at(-1) || 'no output'}` };
