@@ -386,6 +386,8 @@ static void switch_root(void)
  * filesystem is grown online to fill it.
  */
 #define SEED_XATTR "trusted.banger.seeded"
+/* Must match WORK_LABEL_UNSEEDED in src/guest/vm-boot.ts. */
+#define WORK_LABEL_UNSEEDED "banger-unseeded"
 #define SEED_MAX_DEPTH 128
 #ifndef EXT4_IOC_RESIZE_FS
 #define EXT4_IOC_RESIZE_FS _IOW('f', 16, unsigned long long)
@@ -507,10 +509,25 @@ static int open_seed_dir(void)
     return fd;
 }
 
+/*
+ * Only a work disk the host made empty for this purpose is seeded: its ext4 label says so. A disk
+ * from before guest-side seeding (label banger-work) already holds the user's files and is left
+ * alone, whatever it lacks.
+ */
+static int work_disk_wants_seed(void)
+{
+    char label[17] = {0};
+    int fd = open(cfg.work_disk, O_RDONLY | O_CLOEXEC);
+    /* The ext4 superblock starts at byte 1024; s_volume_name is 16 bytes at offset 120 in it. */
+    ssize_t n = fd >= 0 ? pread(fd, label, 16, 1024 + 120) : -1;
+    if (fd >= 0) close(fd);
+    return n == 16 && strcmp(label, WORK_LABEL_UNSEEDED) == 0;
+}
+
 static void seed_work_disk(int seed)
 {
     char flag = 0;
-    if (getxattr(cfg.work_mount, SEED_XATTR, &flag, 1) == 1) return;
+    if (getxattr(cfg.work_mount, SEED_XATTR, &flag, 1) == 1 || !work_disk_wants_seed()) return;
     int dest = open(cfg.work_mount, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (dest < 0) {
         failedf("open work disk %s", cfg.work_mount);

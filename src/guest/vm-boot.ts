@@ -4,6 +4,13 @@ import { buildCmdline } from './cmdline.js';
 import { FIRST_BOOT_SCRIPT, firstBootFiles } from './first-boot.js';
 import { buildPayloadCpio, type PayloadExtra, writeVmInitrd } from './initramfs.js';
 
+/**
+ * The ext4 label of a work disk made empty for banger-init to seed from the image's /root at first
+ * boot (agent/banger-init.c has the same string). Disks of older versions are labelled
+ * banger-work and already hold their files: they are never seeded.
+ */
+export const WORK_LABEL_UNSEEDED = 'banger-unseeded';
+
 /** The work disk is the VM's second virtio-blk device; banger-init mounts it at /root. */
 export const WORK_DISK_DEVICE = '/dev/vdb';
 

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { chmodSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -216,6 +217,22 @@ describe('VM lifecycle on real QEMU', { skip }, () => {
     assert.equal(unknown.code, 1);
     assert.match(unknown.stderr, /ghost/);
     assert.match(unknown.stdout, /stopped dup/);
+  });
+
+  test('a work disk from before guest-side seeding (label banger-work) keeps its files: it is never seeded over', async () => {
+    await home.ok(['vm', 'create', '--name', 'legacy', '--no-start', '--disk-size', '1G']);
+    const vm = await home.json<Vm>(['vm', 'show', 'legacy']);
+    // What an older banger left: its own files in a disk labelled banger-work.
+    const work = join(vm.dir, 'work.ext4');
+    writeFileSync(join(vm.dir, 'mine.txt'), 'the user’s\n');
+    execFileSync('e2label', [work, 'banger-work']);
+    execFileSync('debugfs', ['-w', '-R', `write ${join(vm.dir, 'mine.txt')} mine.txt`, work], { stdio: 'ignore' });
+    await home.ok(['vm', 'start', 'legacy']);
+    const r = await home.banger(['vm', 'ssh', 'legacy', '--', 'sh', '-c', 'cat /root/mine.txt; test ! -e /root/.bashrc']);
+    assert.equal(r.code, 0, `${r.stdout}${r.stderr}`);
+    assert.equal(r.stdout, 'the user’s\n');
+    assert.doesNotMatch((await home.banger(['vm', 'logs', 'legacy', '-n', '400'])).stdout, /seeded the work disk/);
+    await home.ok(['vm', 'delete', 'legacy']);
   });
 
   test('prune deletes VMs that are not running', async () => {

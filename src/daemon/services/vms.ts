@@ -7,7 +7,7 @@ import type { Config } from '../../config/config.js';
 import type { Layout } from '../../config/layout.js';
 import { type AgentLink, openAgentLink } from '../../guest/agent-link.js';
 import { guestBinary } from '../../guest/binaries.js';
-import { buildVmInitrd, vmCmdline } from '../../guest/vm-boot.js';
+import { buildVmInitrd, vmCmdline, WORK_LABEL_UNSEEDED } from '../../guest/vm-boot.js';
 import type { DiskTools } from '../../host/disks.js';
 import { killNow, processesNaming } from '../../host/orphans.js';
 import type { CommandRunner } from '../../host/runner.js';
@@ -253,7 +253,7 @@ export class VmService {
         if (root.format === 'qcow2') await this.d.disks.createOverlay(image.rootfs_path, root.path);
         else await this.d.disks.cloneRaw(image.rootfs_path, root.path);
         // Empty: the guest seeds it from the image's /root at first boot (see banger-init).
-        await this.d.disks.mkfsFromDir(p.work, size.diskSizeBytes, undefined, 'banger-work');
+        await this.d.disks.mkfsFromDir(p.work, size.diskSizeBytes, undefined, WORK_LABEL_UNSEEDED);
         crashPoint('vm-create:disks');
         ctx.checkCancelled();
       } catch (e) {
