@@ -7,7 +7,6 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import * as zlib from 'node:zlib';
-import * as tar from 'tar-stream';
 import { BangerError } from '../../src/api/errors.js';
 import { memoryBudgetOf, ScratchSpace } from '../../src/host/scratch.js';
 import { applyLayer, RootfsLedger, TreeOverBudget } from '../../src/images/layer-apply.js';
@@ -17,25 +16,9 @@ import { parseReference } from '../../src/oci/reference.js';
 import { RegistryClient } from '../../src/oci/registry.js';
 import type { OpContext } from '../../src/util/op-context.js';
 import { buildImage, buildLayer, imageRoutes, startFakeRegistry } from '../helpers/oci-fixtures.js';
+import { type TarEntry, tarOf } from '../helpers/tar.js';
 
-type Entry = Partial<tar.Header> & { name: string; body?: string | Buffer };
-
-async function tarOf(entries: Entry[]): Promise<Buffer> {
-  const pack = tar.pack();
-  // Read while packing: a big entry waits for its bytes to be consumed.
-  const chunks: Buffer[] = [];
-  const read = (async () => {
-    for await (const c of pack) chunks.push(c as Buffer);
-  })();
-  for (const { body, ...h } of entries) {
-    await new Promise<void>((res, rej) =>
-      pack.entry({ uid: 0, gid: 0, mode: h.type === 'directory' ? 0o755 : 0o644, ...h }, body ?? '', (e) => (e ? rej(e) : res())),
-    );
-  }
-  pack.finalize();
-  await read;
-  return Buffer.concat(chunks);
-}
+type Entry = TarEntry;
 
 const LIMITS = { maxBytes: 1 << 30, maxEntries: 100_000 };
 const isRoot = process.getuid?.() === 0;

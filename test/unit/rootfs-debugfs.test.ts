@@ -8,30 +8,12 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
-import * as tar from 'tar-stream';
 import { DiskTools } from '../../src/host/disks.js';
 import { ProcessRunner } from '../../src/host/runner.js';
 import { applyLayer, RootfsLedger } from '../../src/images/layer-apply.js';
 import { buildRootfs, debugfsQuote, fixupScript } from '../../src/images/rootfs-build.js';
 import { missing } from '../helpers/prereq.js';
-
-type Entry = Partial<tar.Header> & { name: string; body?: string };
-
-async function tarOf(entries: Entry[]): Promise<Buffer> {
-  const pack = tar.pack();
-  const chunks: Buffer[] = [];
-  const read = (async () => {
-    for await (const c of pack) chunks.push(c as Buffer);
-  })();
-  for (const { body, ...h } of entries) {
-    await new Promise<void>((res, rej) =>
-      pack.entry({ uid: 0, gid: 0, mode: h.type === 'directory' ? 0o755 : 0o644, ...h }, body ?? '', (e) => (e ? rej(e) : res())),
-    );
-  }
-  pack.finalize();
-  await read;
-  return Buffer.concat(chunks);
-}
+import { tarOf } from '../helpers/tar.js';
 
 const haveTools = ['mkfs.ext4', 'debugfs'].every((t) => spawnSync('sh', ['-c', `command -v ${t}`]).status === 0);
 

@@ -5,28 +5,13 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { after, before, test } from 'node:test';
 import { gzipSync } from 'node:zlib';
-import * as tar from 'tar-stream';
 import { BangerError } from '../../src/api/errors.js';
 import { safeComponents, safeExtract } from '../../src/archive/safe-extract.js';
+import { type TarEntry, tarOf } from '../helpers/tar.js';
 
-type E = Partial<tar.Header> & { name: string; body?: string };
-
-/** Builds a tar in memory from headers (+ bodies). */
-async function makeTar(entries: E[]): Promise<Buffer> {
-  const pack = tar.pack();
-  const chunks: Buffer[] = [];
-  const done = (async () => {
-    for await (const c of pack) chunks.push(c as Buffer);
-  })();
-  for (const { body, ...h } of entries) {
-    const cb = (res: () => void, rej: (e: Error) => void) => (err?: Error | null) => (err ? rej(err) : res());
-    const isFile = h.type === undefined || h.type === 'file';
-    await new Promise<void>((res, rej) => (isFile ? pack.entry(h, body ?? '', cb(res, rej)) : pack.entry(h, cb(res, rej))));
-  }
-  pack.finalize();
-  await done;
-  return Buffer.concat(chunks);
-}
+type E = TarEntry;
+/** Builds a tar in memory from headers (+ bodies); safe-extract's tests give every mode and owner themselves. */
+const makeTar = (entries: E[]) => tarOf(entries.map((e) => ({ mode: e.type === 'directory' ? 0o755 : 0o644, ...e })));
 
 let base: string;
 let sentinel: string;

@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { BangerError } from '../../src/api/errors.js';
 import { extractVmlinux, extractVmlinuxFromAsync, isElf64 } from '../../src/kernels/vmlinux.js';
+import { fakeElf } from '../helpers/elf.js';
 
 const MAGIC = Buffer.from([0x02, 0x21, 0x4c, 0x18]);
 const BLOCK = 8 * 1024 * 1024;
@@ -40,20 +41,6 @@ function frame(blocks: Buffer[]): Buffer {
     parts.push(size, b);
   }
   return Buffer.concat(parts);
-}
-
-/** A minimal ELF64 x86-64 image of `size` bytes. */
-function fakeElf(size: number): Buffer {
-  const b = Buffer.alloc(size, 0x90);
-  b.set([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1], 0);
-  b.writeUInt16LE(2, 16);
-  b.writeUInt16LE(0x3e, 18);
-  b.writeBigUInt64LE(64n, 32);
-  b.writeBigUInt64LE(0n, 40);
-  b.writeUInt16LE(64, 52);
-  b.writeUInt16LE(56, 54);
-  b.writeUInt16LE(1, 56);
-  return b;
 }
 
 /** Counts event-loop turns until stopped: a decode that never yields leaves it at 0. */

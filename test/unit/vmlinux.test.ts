@@ -4,23 +4,10 @@ import { existsSync, readFileSync } from 'node:fs';
 import { test } from 'node:test';
 import { extractVmlinuxFrom, isElf64, lz4DecodeBlock, lz4DecodeLegacy } from '../../src/kernels/vmlinux.js';
 import { guestAssets } from '../helpers/banger.js';
+import { fakeElf } from '../helpers/elf.js';
 import { requires } from '../helpers/prereq.js';
 
 const hasLz4 = spawnSync('lz4', ['--version']).status === 0;
-
-/** A minimal ELF64 x86-64 header with one program header, padded. */
-function fakeElf(extra = 1000): Buffer {
-  const b = Buffer.alloc(64 + 56 + extra, 0x90);
-  b.set([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1], 0);
-  b.writeUInt16LE(2, 16);
-  b.writeUInt16LE(0x3e, 18);
-  b.writeBigUInt64LE(64n, 32);
-  b.writeBigUInt64LE(0n, 40);
-  b.writeUInt16LE(64, 52);
-  b.writeUInt16LE(56, 54);
-  b.writeUInt16LE(1, 56);
-  return b;
-}
 
 test('lz4DecodeBlock: literals-only block and an overlapping match', () => {
   const out = Buffer.alloc(64);
@@ -39,7 +26,7 @@ test('isElf64 accepts a whole x86-64 ELF64 header and refuses the rest', () => {
   elf32[4] = 1;
   assert.equal(isElf64(elf32), false);
   assert.equal(isElf64(Buffer.from('MZ not elf')), false);
-  const truncated = fakeElf(0).subarray(0, 100);
+  const truncated = fakeElf(64 + 56).subarray(0, 100);
   assert.equal(isElf64(truncated), false);
 });
 
