@@ -347,6 +347,28 @@ interface Guest {
 }
 
 /** A UDP listener in `ns` that records "source-address payload" lines. */
+/**
+ * Waits until a helper process prints "listening", then keeps collecting the lines it prints after
+ * that (what it received) into the returned array.
+ */
+async function linesAfterListening(child: ChildProcess, what: string): Promise<string[]> {
+  const seen: string[] = [];
+  await new Promise<void>((resolve, reject) => {
+    let buf = '';
+    child.stdout?.on('data', (b: Buffer) => {
+      buf += b.toString();
+      const lines = buf.split('\n');
+      buf = lines.pop() ?? '';
+      for (const l of lines) {
+        if (l === 'listening') resolve();
+        else seen.push(l);
+      }
+    });
+    child.once('exit', (code) => reject(new Error(`${what} exited with ${code}`)));
+  });
+  return seen;
+}
+
 async function udpListener(ns: string, addr: string, port: number): Promise<string[]> {
   const child = spawn(
     'ip',
@@ -363,20 +385,7 @@ async function udpListener(ns: string, addr: string, port: number): Promise<stri
     { stdio: ['ignore', 'pipe', 'inherit'] },
   );
   children.push(child);
-  const seen: string[] = [];
-  await new Promise<void>((resolve, reject) => {
-    let buf = '';
-    child.stdout?.on('data', (b: Buffer) => {
-      buf += b.toString();
-      const lines = buf.split('\n');
-      buf = lines.pop() ?? '';
-      for (const l of lines) {
-        if (l === 'listening') resolve();
-        else seen.push(l);
-      }
-    });
-    child.once('exit', (code) => reject(new Error(`UDP listener exited with ${code}`)));
-  });
+  const seen = await linesAfterListening(child, 'UDP listener');
   return seen;
 }
 
@@ -427,20 +436,7 @@ async function topology(bridge: string, firewall: 'nft' | 'iptables', guestIps: 
     { stdio: ['ignore', 'pipe', 'inherit'] },
   );
   children.push(server);
-  const seen: string[] = [];
-  await new Promise<void>((resolve, reject) => {
-    let buf = '';
-    server.stdout?.on('data', (b: Buffer) => {
-      buf += b.toString();
-      const lines = buf.split('\n');
-      buf = lines.pop() ?? '';
-      for (const l of lines) {
-        if (l === 'listening') resolve();
-        else seen.push(l);
-      }
-    });
-    server.once('exit', (code) => reject(new Error(`upstream server exited with ${code}`)));
-  });
+  const seen = await linesAfterListening(server, 'upstream server');
 
   /** Connects from a guest with its kernel's stack; resolves to the address upstream saw, or undefined when it cannot connect. */
   const connectFrom = async (g: Guest): Promise<string | undefined> => {
