@@ -33,21 +33,9 @@ before(async () => {
 });
 after(() => server.stop());
 
-/** Sends raw bytes over UDP; resolves with the raw reply, or undefined when none came within `ms`. */
+/** Sends raw bytes over UDP to the shared server; resolves with the raw reply, or undefined when none came within `ms`. */
 function udpRaw(msg: Buffer, ms = 2000): Promise<Buffer | undefined> {
-  return new Promise((resolve) => {
-    const s = createSocket('udp4');
-    const t = setTimeout(() => {
-      s.close();
-      resolve(undefined);
-    }, ms);
-    s.on('message', (m) => {
-      clearTimeout(t);
-      s.close();
-      resolve(m);
-    });
-    s.send(msg, port, '127.0.0.1');
-  });
+  return udpRawTo(msg, port, '127.0.0.1', ms);
 }
 
 async function udp(msg: Buffer): Promise<Reply> {
