@@ -6,35 +6,43 @@ export const AGENT_PORT_NAME = 'org.banger.agent';
 const esc = (v: string) => v.replace(/,/g, ',,');
 
 /**
- * Pure: the qemu-system-x86_64 argv for a microvm guest. Every device sits on virtio-mmio,
- * which `microvm,acpi=on` describes in ACPI (how Debian's cloud kernel finds them).
+ * Pure: the machine every banger guest boots on (VMs and the KVM boot probe alike): microvm with
+ * no default devices, the serial console appended to a file, a kernel, an optional initrd and a
+ * command line.
  */
-export function buildQemuArgs(spec: VmLaunchSpec, qmpSocket: string): string[] {
-  const accel = spec.accel === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg,thread=multi', '-cpu', 'max'];
-  const args = [
-    '-name',
-    `banger-${spec.name},debug-threads=off`,
+export function microvmArgs(o: Pick<VmLaunchSpec, 'accel' | 'vcpus' | 'memoryMib' | 'serialLogPath' | 'kernelPath' | 'initrdPath' | 'cmdline'>): string[] {
+  const accel = o.accel === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg,thread=multi', '-cpu', 'max'];
+  return [
     '-M',
     'microvm,acpi=on,pcie=off',
     ...accel,
     '-smp',
-    String(spec.vcpus),
+    String(o.vcpus),
     '-m',
-    `${spec.memoryMib}M`,
+    `${o.memoryMib}M`,
     '-nodefaults',
     '-no-user-config',
     '-display',
     'none',
     '-no-reboot',
     '-chardev',
-    `file,id=serial0,path=${esc(spec.serialLogPath)},append=on`,
+    `file,id=serial0,path=${esc(o.serialLogPath)},append=on`,
     '-serial',
     'chardev:serial0',
     '-kernel',
-    spec.kernelPath,
+    o.kernelPath,
+    ...(o.initrdPath ? ['-initrd', o.initrdPath] : []),
+    '-append',
+    o.cmdline,
   ];
-  if (spec.initrdPath) args.push('-initrd', spec.initrdPath);
-  args.push('-append', spec.cmdline);
+}
+
+/**
+ * Pure: the qemu-system-x86_64 argv for a microvm guest. Every device sits on virtio-mmio,
+ * which `microvm,acpi=on` describes in ACPI (how Debian's cloud kernel finds them).
+ */
+export function buildQemuArgs(spec: VmLaunchSpec, qmpSocket: string): string[] {
+  const args = ['-name', `banger-${spec.name},debug-threads=off`, ...microvmArgs(spec)];
   for (const d of spec.disks) {
     args.push('-drive', `id=${d.id},file=${esc(d.path)},format=${d.format},if=none,cache=writeback,discard=unmap`);
     args.push('-device', `virtio-blk-device,drive=${d.id}`);

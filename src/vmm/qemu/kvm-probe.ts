@@ -6,6 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { readHostTscKhz } from '../../host/cpu.js';
 import { openLogFile } from '../console-log.js';
 import { isProcessAlive, killAndWait, readTail, spawnDetached } from '../process.js';
+import { microvmArgs } from './args.js';
 
 /** Printed by the kernel when it hands over to userspace, and by banger-init itself. */
 const MARKER = /Run \/init as init process|banger-init:/;
@@ -51,29 +52,15 @@ export async function bootProbe(opts: ProbeOptions, accel: 'kvm' | 'tcg'): Promi
   const serial = join(dir, 'serial.log');
   const deadline = opts.deadlineMs ?? 10_000;
   const khz = await readHostTscKhz();
-  const args = [
-    '-M',
-    'microvm,acpi=on',
-    ...(accel === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg', '-cpu', 'max']),
-    '-smp',
-    '1',
-    '-m',
-    '256M',
-    '-nodefaults',
-    '-no-user-config',
-    '-display',
-    'none',
-    '-no-reboot',
-    '-chardev',
-    `file,id=s0,path=${serial.replace(/,/g, ',,')}`,
-    '-serial',
-    'chardev:s0',
-    '-kernel',
-    opts.kernelPath,
-    ...(opts.initrdPath ? ['-initrd', opts.initrdPath] : []),
-    '-append',
-    `console=ttyS0 panic=-1 loglevel=6 rdinit=/init banger.probe=1${khz ? ` tsc_early_khz=${khz}` : ''}`,
-  ];
+  const args = microvmArgs({
+    accel,
+    vcpus: 1,
+    memoryMib: 256,
+    serialLogPath: serial,
+    kernelPath: opts.kernelPath,
+    ...(opts.initrdPath ? { initrdPath: opts.initrdPath } : {}),
+    cmdline: `console=ttyS0 panic=-1 loglevel=6 rdinit=/init banger.probe=1${khz ? ` tsc_early_khz=${khz}` : ''}`,
+  });
   const started = Date.now();
   let proc: { pid: number; startTime: string; bootId?: string } | undefined;
   try {
