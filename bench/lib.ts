@@ -131,6 +131,21 @@ async function timed(fn: () => Promise<void> | void, now: () => number): Promise
  * Runs candidate and baseline interleaved (A, B, A, B, …) so drift in machine load hits both
  * sides alike. Teardown always runs; a failure is reported in the result, not thrown.
  */
+/** Runs a benchmark's body, then always its teardown; either failure ends up in `result.error` (the body's first). */
+async function guarded(result: BenchResult, teardown: (() => void | Promise<void>) | undefined, body: () => Promise<void>): Promise<void> {
+  try {
+    await body();
+  } catch (e) {
+    result.error = e instanceof Error ? e.message : String(e);
+  } finally {
+    try {
+      await teardown?.();
+    } catch (e) {
+      result.error ??= `teardown failed: ${e instanceof Error ? e.message : String(e)}`;
+    }
+  }
+}
+
 export async function runBenchmark(
   b: Benchmark,
   opts: { rounds?: number; now?: () => number; onRound?: (round: number, candidateMs: number, baselineMs: number) => void } = {},
@@ -141,7 +156,7 @@ export async function runBenchmark(
   if (b.target !== undefined) result.target = b.target;
   const cand: number[] = [];
   const base: number[] = [];
-  try {
+  await guarded(result, b.teardown, async () => {
     await b.setup?.();
     for (let i = 0; i < (b.warmup ?? 1); i++) {
       await b.candidate();
@@ -162,15 +177,7 @@ export async function runBenchmark(
     }
     const notes = await b.notes?.();
     if (notes?.length) result.notes = notes;
-  } catch (e) {
-    result.error = e instanceof Error ? e.message : String(e);
-  } finally {
-    try {
-      await b.teardown?.();
-    } catch (e) {
-      result.error ??= `teardown failed: ${e instanceof Error ? e.message : String(e)}`;
-    }
-  }
+  });
   if (result.error || cand.length === 0) return result;
   result.candidate = stats(cand);
   result.baseline = stats(base);
@@ -183,18 +190,10 @@ export async function runBenchmark(
 /** Runs a metric benchmark once: setup, measure, teardown (always). A failure is reported in the result. */
 export async function runMetricBenchmark(b: MetricBenchmark): Promise<BenchResult> {
   const result: BenchResult = { name: b.name, description: b.description, rounds: 1 };
-  try {
+  await guarded(result, b.teardown, async () => {
     await b.setup?.();
     result.metrics = (await b.measure()).map((m) => (m.target === undefined ? { ...m } : { ...m, met: m.value <= m.target }));
-  } catch (e) {
-    result.error = e instanceof Error ? e.message : String(e);
-  } finally {
-    try {
-      await b.teardown?.();
-    } catch (e) {
-      result.error ??= `teardown failed: ${e instanceof Error ? e.message : String(e)}`;
-    }
-  }
+  });
   return result;
 }
 
