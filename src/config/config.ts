@@ -60,6 +60,7 @@ export const ConfigSchema = z
     tap_pool_size: z.number().int().min(0).max(64).default(2),
     default_dns: z.array(z.string().refine((v) => isIP(v) !== 0, { message: 'expected IP addresses' })).default([]),
     dns_listen_addr: hostPort.default('127.0.0.1:42069'),
+    bridge_dns_port: z.number().int().min(1024).max(65_535).default(42053),
     web_listen_addr: hostPort.default('127.0.0.1:42070'),
     vm_defaults: z
       .object({

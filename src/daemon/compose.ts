@@ -90,7 +90,8 @@ export async function composeDaemon(deps: AppDeps, hooks: Pick<AppHooks, 'onStop
     log,
     dns,
     onHostReady: () =>
-      dns.listen(`${config.bridge_ip}:53`).then(
+      // Port 53 on the bridge address is redirected here by the bridge's policy (see NetPolicy.dns).
+      dns.listen(`${config.bridge_ip}:${config.bridge_dns_port}`).then(
         () => undefined,
         (e) => log.warn({ err: e }, 'guest DNS listener on the bridge not started'),
       ),
