@@ -388,6 +388,7 @@ export class PrivilegedOps implements HostNetOps {
   async routeVmDomain(bridge: string, dnsIp: string): Promise<boolean> {
     validateBridgeName(bridge);
     parseIpv4(dnsIp, 'DNS address');
+    await this.ownedBridge(bridge);
     const active = await this.exec('systemctl', ['is-active', '--quiet', 'systemd-resolved'], { allowFailure: true }).catch(() => undefined);
     if (active?.code !== 0) return false;
     await this.exec('resolvectl', ['dns', bridge, dnsIp]);
@@ -395,9 +396,11 @@ export class PrivilegedOps implements HostNetOps {
     return true;
   }
 
-  /** Undoes routeVmDomain (daemon shutdown). */
+  /** Undoes routeVmDomain (daemon shutdown); a bridge that is gone has nothing to undo, a foreign one is refused. */
   async unrouteVmDomain(bridge: string): Promise<void> {
     validateBridgeName(bridge);
+    if (!(await this.link(bridge))) return;
+    await this.ownedBridge(bridge);
     await this.exec('resolvectl', ['revert', bridge], { allowFailure: true }).catch(() => undefined);
   }
 
@@ -497,11 +500,13 @@ export class PrivilegedOps implements HostNetOps {
    * Replaces banger's whole policy for one bridge: each TAP pinned to its VM's MAC and IP, the
    * NAT TAPs' VMs masqueraded, every other forwarded packet from the bridge dropped; then IPv4
    * forwarding on while a NAT VM exists (restored when none is left). Only this bridge's tables or
-   * chains are named, so another daemon's (another bridge's) policy is never touched.
+   * chains are named, so another daemon's (another bridge's) policy is never touched. The bridge
+   * must be banger's own: no rules are written for a foreign bridge that has a banger-like name.
    */
   async applyPolicy(spec: NetPolicy): Promise<void> {
     const policy = normalisePolicy(spec);
     const fw = this.requireFirewall();
+    await this.ownedBridge(policy.bridge);
     await this.removeLegacy(policy.bridge, fw);
     if (fw === 'nft') {
       await this.exec('nft', ['-f', '-'], { input: buildNftRuleset(policy) });
