@@ -4,7 +4,7 @@ import { BangerError } from '../api/errors.js';
 import { HELPER_SOCKET_DEFAULT } from '../host/helper-wire.js';
 import { validateBridgeName } from '../host/netplan.js';
 
-export const USAGE = `usage: bangerd-root --owner USER|UID [--socket PATH] [--bridge NAME]... [--socket-mode MODE]
+export const USAGE = `usage: bangerd-root --owner USER|UID [--socket PATH] [--bridge NAME]...
 
 banger's privileged helper: runs as root and performs the closed list of host-network
 operations (banger's bridge, its TAPs, its firewall tables, *.vm resolver routing) for
@@ -14,15 +14,12 @@ the one unprivileged user bangerd runs as. See docs/privileges.md.
                      of the TAPs created (its QEMU opens them). Never root.
   --socket PATH      the socket (default ${HELPER_SOCKET_DEFAULT}); its directory is
                      created root-owned 0755, the socket is the owner's, mode 0600.
-  --bridge NAME      only manage this bridge (repeatable); default: any banger* bridge.
-  --socket-mode MODE the socket's mode in octal (default 0600). Only for tests: the
-                     peer check (SO_PEERCRED) refuses every other uid anyway.`;
+  --bridge NAME      only manage this bridge (repeatable); default: any banger* bridge.`;
 
 export interface HelperArgs {
   owner: string;
   socket: string;
   bridges: string[];
-  socketMode: number;
 }
 
 export const USAGE_FIX = 'bangerd-root --help';
@@ -31,7 +28,6 @@ const usage = (message: string) => new BangerError('bad_request', message, { fix
 export function parseArgs(argv: readonly string[]): HelperArgs | 'help' | 'version' {
   let owner: string | undefined;
   let socket = HELPER_SOCKET_DEFAULT;
-  let socketMode = 0o600;
   const bridges: string[] = [];
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i] as string;
@@ -46,15 +42,11 @@ export function parseArgs(argv: readonly string[]): HelperArgs | 'help' | 'versi
     if (flag === '--owner') owner = value();
     else if (flag === '--socket') socket = value();
     else if (flag === '--bridge') bridges.push(validateBridgeName(value()));
-    else if (flag === '--socket-mode') {
-      const v = value();
-      if (!/^0?[0-7]{3}$/.test(v)) throw usage(`--socket-mode ${JSON.stringify(v)} is not an octal mode such as 0600`);
-      socketMode = Number.parseInt(v, 8);
-    } else throw usage(`unknown argument ${JSON.stringify(a)}`);
+    else throw usage(`unknown argument ${JSON.stringify(a)}`);
   }
   if (owner === undefined) throw usage('--owner is required: the user bangerd runs as');
   if (!isAbsolute(socket)) throw usage(`--socket ${JSON.stringify(socket)} must be an absolute path`);
-  return { owner, socket, bridges, socketMode };
+  return { owner, socket, bridges };
 }
 
 const USER_RE = /^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$/;

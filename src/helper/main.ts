@@ -36,7 +36,6 @@ async function main(argv: string[]): Promise<void> {
     scope: args.bridges.length ? { bridges: new Set(args.bridges) } : {},
     peerCred: (sock) => peerCred(sock),
     log,
-    socketMode: args.socketMode,
   });
   await server.listen();
   log(

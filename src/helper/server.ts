@@ -17,8 +17,6 @@ export interface HelperServerOptions {
   peerCred: (sock: Socket) => Promise<PeerCred>;
   /** One line per request or refusal (stderr). */
   log: (line: string) => void;
-  /** The socket's mode; 0600 (owner only). Tests open it wider to reach the SO_PEERCRED check. */
-  socketMode?: number;
   /** Connections served at once; more are closed at accept. */
   maxConnections?: number;
 }
@@ -69,7 +67,7 @@ export class HelperServer {
     }
     server.on('error', (e) => this.o.log(`server error: ${clean(e.message)}`));
     chownSync(path, this.o.ownerUid, -1);
-    chmodSync(path, this.o.socketMode ?? 0o600);
+    chmodSync(path, 0o600);
     this.socketIno = lstatSync(path).ino;
     this.server = server;
   }
