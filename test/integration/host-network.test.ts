@@ -117,6 +117,11 @@ test('ensureBridge/deleteBridge refuse a pre-existing bridge banger does not own
   await assert.rejects(ops.ensureBridge('bangerx', '10.77.0.1/24'), rejectsWith('conflict', /not a banger-managed bridge/));
   await assert.rejects(ops.deleteBridge('bangerx'), rejectsWith('conflict'));
   await assert.rejects(ops.createTap('bgx.0', 'bangerx'), rejectsWith('conflict'));
+  // No policy or resolver routing for it either: its traffic and DNS are not banger's to change.
+  await assert.rejects(ops.applyPolicy({ bridge: 'bangerx', cidr: '10.77.0.0/24', pins: [] }), rejectsWith('conflict'));
+  await assert.rejects(ops.routeVmDomain('bangerx', '10.77.0.1'), rejectsWith('conflict'));
+  await assert.rejects(ops.unrouteVmDomain('bangerx'), rejectsWith('conflict'));
+  if (sbin('nft')) assert.doesNotMatch((await inNs(ns, 'nft', ['list', 'tables'])).stdout, /bangerx/);
   const l = await linkJson(ns, 'bangerx');
   assert.ok(l, 'the foreign bridge is left alone');
   assert.equal(l.ifalias, undefined);
@@ -143,7 +148,10 @@ test('bad names and arguments are refused before any command runs', async () => 
   const recorder: CommandRunner = {
     run: async (cmd: string, args: readonly string[]): Promise<RunResult> => {
       calls.push([cmd, ...args]);
-      return { code: 0, signal: null, stdout: '[]', stderr: '' };
+      // `ip -j -d link show dev banger0` finds banger's own bridge (applyPolicy checks it); everything else answers [].
+      const bridge = args.includes('link') && args.at(-1) === 'banger0';
+      const stdout = bridge ? JSON.stringify([{ ifname: 'banger0', ifalias: OWNER_ALIAS, linkinfo: { info_kind: 'bridge' } }]) : '[]';
+      return { code: 0, signal: null, stdout, stderr: '' };
     },
   };
   const ops = new PrivilegedOps({ runner: recorder, netns: 'banger-t-never-created', sudo: 'never', firewall: 'nft' });
@@ -707,6 +715,7 @@ test('ip_forward: a host that had forwarding on keeps it when the last NAT VM go
   const ns = await newNs('fwd');
   const ops = new PrivilegedOps({ runner, netns: ns, firewall: 'nft' });
   await inNs(ns, 'sysctl', ['-qw', 'net.ipv4.ip_forward=1']);
+  await ops.ensureBridge('banger0', '10.77.0.1/24');
   const pin = { tap: 'bg0.0', mac: macForIp('10.77.0.2'), ip: '10.77.0.2', nat: true };
   await ops.applyPolicy({ bridge: 'banger0', cidr: '10.77.0.0/24', pins: [pin] });
   assert.doesNotMatch((await inNs(ns, 'nft', ['list', 'tables'])).stdout, /banger_ip_forward_was_0/, 'no marker: banger did not turn it on');
