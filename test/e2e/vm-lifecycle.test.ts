@@ -73,6 +73,8 @@ describe('VM lifecycle on real QEMU', { skip }, () => {
     assert.equal(vm.state, 'running');
     assert.equal(vm.accel, 'tcg');
     assert.ok(vm.pid && (await qemuPids('alpha')).includes(vm.pid));
+    // Every QEMU runs under the seccomp sandbox (filter mode), seen from the host.
+    assert.match(readFileSync(`/proc/${vm.pid}/status`, 'utf8'), /^Seccomp:\t2$/m);
     const h = await home.json<{ ready: boolean; hostname: string; uptimeSeconds: number }>(['vm', 'health', 'alpha']);
     assert.equal(h.ready, true);
     assert.equal(h.hostname, 'alpha');
