@@ -69,3 +69,14 @@ test('vmm users resolve from passwd text or uid:gid; unknown ones do not', () =>
   assert.equal(lookupUserIn(passwd, 'broken'), undefined);
   assert.equal(lookupUserIn(passwd, 'banger'), undefined);
 });
+
+test('a QEMU that fails the check for another reason is not blamed on seccomp', async () => {
+  const qemu = new FakeQemu(() => ({ code: 1, stderr: 'qemu-system-x86_64: -no-such-option: invalid option\n' }));
+  await assert.rejects(new QemuConfinementCheck(qemu).check('qemu'), (e: unknown) => {
+    assert.ok(e instanceof BangerError);
+    assert.equal(e.code, 'vmm_failed');
+    assert.match(e.message, /QEMU failed to start: .*-no-such-option: invalid option/);
+    assert.doesNotMatch(e.message, /seccomp/);
+    return true;
+  });
+});

@@ -95,6 +95,11 @@ export class QemuConfinementCheck {
         fix: `create the user (useradd --system --no-create-home --shell /usr/sbin/nologin ${c.runAs}) or change vmm_user in config.toml`,
       });
     }
+    if (!/sandbox|seccomp/i.test(said)) {
+      throw new BangerError('vmm_failed', `QEMU failed to start: ${qemuBin} ${args.join(' ')} failed: ${said}`, {
+        fix: `check qemu_bin in config.toml (run \`banger doctor\`)`,
+      });
+    }
     throw new BangerError('missing_dependency', `${qemuBin} cannot run under banger's seccomp sandbox (-sandbox ${qemuSandboxPolicy(c)}): ${said}`, {
       fix: 'install a QEMU built with seccomp support (Debian/Ubuntu: apt-get install qemu-system-x86, which links libseccomp; from source: ./configure --enable-seccomp); banger does not run QEMU unsandboxed',
     });
