@@ -360,3 +360,46 @@ test('restarting the helper leaves bridges, TAPs and rules as they are', { skip 
   assert.equal(await hostState(), before, 'starting touched nothing');
   assert.deepEqual((await owner(['listTaps', 'banger0']))[0]?.value, ['bg0.0']);
 });
+
+test('bangerd-root refuses to start as a user other than root, and without --owner', { skip }, async (t) => {
+  // The helper's own modules (zod) are read from the checkout's node_modules, as the uid.
+  const readable = await runner.run(
+    'setpriv',
+    [`--reuid=${OWNER}`, `--regid=${OWNER}`, '--clear-groups', 'test', '-r', join(ROOT, 'node_modules/zod/package.json')],
+    {
+      allowFailure: true,
+    },
+  );
+  if (readable.code !== 0) {
+    t.skip(`uid ${OWNER} cannot read ${ROOT}/node_modules`);
+    return;
+  }
+  const dir = join(tmp, 'not-root');
+  const asOwner = await runner.run(
+    'setpriv',
+    [
+      `--reuid=${OWNER}`,
+      `--regid=${OWNER}`,
+      '--clear-groups',
+      process.execPath,
+      join(ROOT, 'bin/bangerd-root.js'),
+      '--owner',
+      String(OWNER),
+      '--socket',
+      join(dir, 'h.sock'),
+    ],
+    { allowFailure: true, cwd: tmp },
+  );
+  assert.equal(asOwner.code, 1);
+  assert.match(asOwner.stderr, /bangerd-root must run as root/);
+  assert.equal(existsSync(dir), false, 'nothing was created');
+  const noOwner = await runner.run(process.execPath, [join(ROOT, 'bin/bangerd-root.js'), '--socket', join(dir, 'h.sock')], { allowFailure: true });
+  assert.equal(noOwner.code, 2);
+  assert.match(noOwner.stderr, /--owner is required/);
+  const rootOwner = await runner.run(process.execPath, [join(ROOT, 'bin/bangerd-root.js'), '--owner', 'root', '--socket', join(dir, 'h.sock')], {
+    allowFailure: true,
+  });
+  assert.equal(rootOwner.code, 1);
+  assert.match(rootOwner.stderr, /the owner cannot be root/);
+  assert.equal(existsSync(dir), false, 'nothing was created');
+});
