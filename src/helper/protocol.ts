@@ -17,7 +17,8 @@ const text = z.string().max(64);
 
 const tapPinSchema = z.strictObject({ tap: text, mac: text, ip: text, nat: z.boolean() });
 /** NetPolicy, whole: a field added to NetPolicy fails the typecheck below until it is named here. */
-const netPolicySchema = z.strictObject({ bridge: text, cidr: text, pins: z.array(tapPinSchema).max(MAX_PINS) });
+const dnsRedirectSchema = z.strictObject({ ip: text, port: z.number().int().min(1).max(65_535) });
+const netPolicySchema = z.strictObject({ bridge: text, cidr: text, pins: z.array(tapPinSchema).max(MAX_PINS), dns: dnsRedirectSchema.optional() });
 
 type SameKeys<A, B> = [keyof A] extends [keyof B] ? ([keyof B] extends [keyof A] ? true : false) : false;
 const policyKeysMatch: SameKeys<NetPolicy, z.infer<typeof netPolicySchema>> = true;

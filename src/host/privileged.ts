@@ -11,6 +11,7 @@ import {
   iptablesJumps,
   iptablesRestoreScript,
   iptChains,
+  iptOwnChains,
   LEGACY_TAP_RE,
   type NetPolicy,
   NFT_FWD_MARKER,
@@ -547,10 +548,7 @@ export class PrivilegedOps implements HostNetOps {
           if (r.code !== 0) break;
         }
       }
-      for (const [table, chain] of [
-        ['nat', ch.nat],
-        ['filter', ch.fwd],
-      ] as const) {
+      for (const [table, chain] of iptOwnChains(bridge)) {
         await this.exec('iptables', ['-w', '-t', table, '-F', chain], { allowFailure: true });
         await this.exec('iptables', ['-w', '-t', table, '-X', chain], { allowFailure: true });
       }

@@ -776,3 +776,41 @@ test('a second daemon on the same bridge (same namespace) is refused before it t
   await net2.close();
   (await net2.claim()).release();
 });
+
+/** Sends one UDP datagram from inside `ns` with its kernel's stack (the real routing and nat hooks). */
+const udpSend = (ns: string, ip: string, port: number, payload: string) =>
+  inNs(ns, process.execPath, [
+    '-e',
+    `const s = require('node:dgram').createSocket('udp4'); s.send(${JSON.stringify(payload)}, ${port}, '${ip}', (e) => { s.close(); process.exit(e ? 1 : 0); });`,
+  ]);
+
+const until = async (what: string, cond: () => boolean) => {
+  for (let i = 0; i < 200 && !cond(); i++) await new Promise((r) => setTimeout(r, 25));
+  assert.ok(cond(), what);
+};
+
+for (const firewall of ['nft', 'iptables'] as const) {
+  test(`DNS redirect (${firewall}): bridge_ip:53 from a guest and from the host reaches the daemon's unprivileged port; gone with the policy`, {
+    skip: firewall === 'nft' ? nftSkip : iptSkip,
+  }, async () => {
+    const { host, ops, guests } = await topology('banger0', firewall, ['10.77.0.2']);
+    const [vm] = guests as [Guest];
+    const seen = await udpListener(host, '10.77.0.1', 42053);
+    await ops.applyPolicy({ bridge: 'banger0', cidr: '10.77.0.0/24', pins: [pinOf(vm, false)], dns: { ip: '10.77.0.1', port: 42053 } });
+    await ops.applyPolicy({ bridge: 'banger0', cidr: '10.77.0.0/24', pins: [pinOf(vm, false)], dns: { ip: '10.77.0.1', port: 42053 } });
+
+    await udpSend(vm.ns, '10.77.0.1', 53, 'from-guest');
+    await until('the guest query to :53 reached port 42053', () => seen.includes('10.77.0.2 from-guest'));
+    await udpSend(host, '10.77.0.1', 53, 'from-host');
+    await until('the host query to :53 reached port 42053', () => seen.some((l) => l.endsWith(' from-host')));
+
+    await ops.removePolicy('banger0');
+    await udpSend(vm.ns, '10.77.0.1', 53, 'after-removal');
+    // A datagram sent straight to the port afterwards orders the two: once it is seen, the first was not redirected.
+    await udpSend(vm.ns, '10.77.0.1', 42053, 'marker');
+    await until('the marker arrived', () => seen.includes('10.77.0.2 marker'));
+    assert.ok(!seen.some((l) => l.endsWith(' after-removal')), `no redirect once the policy is removed: ${seen.join(', ')}`);
+    const left = firewall === 'nft' ? (await inNs(host, 'nft', ['list', 'ruleset'])).stdout : (await inNs(host, 'iptables', ['-w', '-t', 'nat', '-S'])).stdout;
+    assert.doesNotMatch(left, /BGDNS|dnat/i, left);
+  });
+}

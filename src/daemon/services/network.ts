@@ -177,7 +177,12 @@ export class NetworkService {
       if (!fits) this.d.log.warn({ vm: vmId, tap, ip }, 'VM TAP/IP does not belong to the configured bridge/cidr: left out of the pins (restart the VM)');
       return fits ? [{ tap, mac, ip, nat }] : [];
     });
-    await this.d.ops.applyPolicy({ bridge: this.d.config.bridge_name, cidr: this.d.config.cidr, pins });
+    await this.d.ops.applyPolicy({
+      bridge: this.d.config.bridge_name,
+      cidr: this.d.config.cidr,
+      pins,
+      dns: { ip: this.d.config.bridge_ip, port: this.d.config.bridge_dns_port },
+    });
   }
 
   /** At daemon start: bridge, TAPs in use kept, pool refilled, DNS and NAT rebuilt from running VMs. */
