@@ -47,6 +47,8 @@ const ns = `banger-t-${RUN_ID}-helper`;
 let tmp = '';
 let sock = '';
 let clientJs = '';
+/** A node the callers' uids can execute: this one, or a copy when it lives under a private home (Node 24 run). */
+let clientNode = process.execPath;
 let helper: ChildProcess | undefined;
 let helperLog = '';
 
@@ -82,6 +84,14 @@ before(async () => {
   chmodSync(tmp, 0o755);
   // The callers run as OWNER/OTHER: they import this copy, readable by every uid.
   cpSync(join(ROOT, 'dist/src'), join(tmp, 'dist/src'), { recursive: true });
+  const canExec = await runner.run('setpriv', [`--reuid=${OWNER}`, `--regid=${OWNER}`, '--clear-groups', 'test', '-x', process.execPath], {
+    allowFailure: true,
+  });
+  if (canExec.code !== 0) {
+    clientNode = join(tmp, 'node');
+    cpSync(process.execPath, clientNode);
+    chmodSync(clientNode, 0o755);
+  }
   clientJs = join(tmp, 'client.mjs');
   writeFileSync(clientJs, CLIENT);
   chmodSync(clientJs, 0o644);
@@ -137,7 +147,7 @@ interface CallResult {
 }
 
 async function as(uid: number, spec: object): Promise<unknown> {
-  const r = await runner.run('setpriv', [`--reuid=${uid}`, `--regid=${uid}`, '--clear-groups', process.execPath, clientJs], {
+  const r = await runner.run('setpriv', [`--reuid=${uid}`, `--regid=${uid}`, '--clear-groups', clientNode, clientJs], {
     input: JSON.stringify({ socket: sock, ...spec }),
     cwd: tmp,
     timeoutMs: 60_000,
@@ -371,7 +381,7 @@ test('bangerd-root refuses to start as a user other than root, and without --own
     },
   );
   if (readable.code !== 0) {
-    t.skip(`uid ${OWNER} cannot read ${ROOT}/node_modules`);
+    t.skip(`uid ${OWNER} cannot read the checkout (${ROOT}): the helper must be started from it`);
     return;
   }
   const dir = join(tmp, 'not-root');
@@ -381,7 +391,7 @@ test('bangerd-root refuses to start as a user other than root, and without --own
       `--reuid=${OWNER}`,
       `--regid=${OWNER}`,
       '--clear-groups',
-      process.execPath,
+      clientNode,
       join(ROOT, 'bin/bangerd-root.js'),
       '--owner',
       String(OWNER),
