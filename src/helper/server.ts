@@ -19,6 +19,8 @@ export interface HelperServerOptions {
   log: (line: string) => void;
   /** Connections served at once; more are closed at accept. */
   maxConnections?: number;
+  /** Time from accept to the whole request (peer check included); default REQUEST_RECEIVE_MS. */
+  receiveMs?: number;
 }
 
 /** Control characters (C0, DEL, C1) out of anything a caller sent before it reaches the log. */
@@ -38,6 +40,11 @@ export class HelperServer {
   private socketIno: number | undefined;
 
   constructor(private readonly o: HelperServerOptions) {}
+
+  /** Connections being served (authenticating, receiving or executing). */
+  get inFlight(): number {
+    return this.active;
+  }
 
   /** Creates the socket directory (root, 0755) or checks it, then listens; the socket ends up owner-owned, 0600. */
   async listen(): Promise<void> {
@@ -120,7 +127,7 @@ export class HelperServer {
     const receiving = setTimeout(() => {
       this.o.log('refused a connection: no complete request in time');
       sock.destroy();
-    }, REQUEST_RECEIVE_MS);
+    }, this.o.receiveMs ?? REQUEST_RECEIVE_MS);
     try {
       let peer: PeerCred;
       try {
@@ -130,6 +137,7 @@ export class HelperServer {
         sock.destroy();
         return;
       }
+      if (sock.destroyed) return; // the receive deadline passed while the peer was being identified
       const who = `peer uid=${peer.uid} pid=${peer.pid}`;
       if (peer.uid !== this.o.ownerUid) {
         this.o.log(`refused ${who}: only uid ${this.o.ownerUid} may use this helper`);
@@ -172,6 +180,7 @@ export class HelperServer {
 /** Everything the client sent until it shut down its write side; past the bound, the rest is read and dropped. */
 function readRequest(sock: Socket): Promise<{ text: string; tooBig: boolean } | undefined> {
   return new Promise((resolve) => {
+    if (sock.destroyed) return resolve(undefined);
     const chunks: Buffer[] = [];
     let size = 0;
     let tooBig = false;

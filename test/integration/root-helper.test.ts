@@ -47,6 +47,8 @@ const ns = `banger-t-${RUN_ID}-helper`;
 let tmp = '';
 let sock = '';
 let clientJs = '';
+/** A node the callers' uids can execute: this one, or a copy when it lives under a private home (Node 24 run). */
+let clientNode = process.execPath;
 let helper: ChildProcess | undefined;
 let helperLog = '';
 
@@ -82,6 +84,14 @@ before(async () => {
   chmodSync(tmp, 0o755);
   // The callers run as OWNER/OTHER: they import this copy, readable by every uid.
   cpSync(join(ROOT, 'dist/src'), join(tmp, 'dist/src'), { recursive: true });
+  const canExec = await runner.run('setpriv', [`--reuid=${OWNER}`, `--regid=${OWNER}`, '--clear-groups', 'test', '-x', process.execPath], {
+    allowFailure: true,
+  });
+  if (canExec.code !== 0) {
+    clientNode = join(tmp, 'node');
+    cpSync(process.execPath, clientNode);
+    chmodSync(clientNode, 0o755);
+  }
   clientJs = join(tmp, 'client.mjs');
   writeFileSync(clientJs, CLIENT);
   chmodSync(clientJs, 0o644);
@@ -137,7 +147,7 @@ interface CallResult {
 }
 
 async function as(uid: number, spec: object): Promise<unknown> {
-  const r = await runner.run('setpriv', [`--reuid=${uid}`, `--regid=${uid}`, '--clear-groups', process.execPath, clientJs], {
+  const r = await runner.run('setpriv', [`--reuid=${uid}`, `--regid=${uid}`, '--clear-groups', clientNode, clientJs], {
     input: JSON.stringify({ socket: sock, ...spec }),
     cwd: tmp,
     timeoutMs: 60_000,
@@ -359,4 +369,47 @@ test('restarting the helper leaves bridges, TAPs and rules as they are', { skip 
   await startHelper();
   assert.equal(await hostState(), before, 'starting touched nothing');
   assert.deepEqual((await owner(['listTaps', 'banger0']))[0]?.value, ['bg0.0']);
+});
+
+test('bangerd-root refuses to start as a user other than root, and without --owner', { skip }, async (t) => {
+  // The helper's own modules (zod) are read from the checkout's node_modules, as the uid.
+  const readable = await runner.run(
+    'setpriv',
+    [`--reuid=${OWNER}`, `--regid=${OWNER}`, '--clear-groups', 'test', '-r', join(ROOT, 'node_modules/zod/package.json')],
+    {
+      allowFailure: true,
+    },
+  );
+  if (readable.code !== 0) {
+    t.skip(`uid ${OWNER} cannot read the checkout (${ROOT}): the helper must be started from it`);
+    return;
+  }
+  const dir = join(tmp, 'not-root');
+  const asOwner = await runner.run(
+    'setpriv',
+    [
+      `--reuid=${OWNER}`,
+      `--regid=${OWNER}`,
+      '--clear-groups',
+      clientNode,
+      join(ROOT, 'bin/bangerd-root.js'),
+      '--owner',
+      String(OWNER),
+      '--socket',
+      join(dir, 'h.sock'),
+    ],
+    { allowFailure: true, cwd: tmp },
+  );
+  assert.equal(asOwner.code, 1);
+  assert.match(asOwner.stderr, /bangerd-root must run as root/);
+  assert.equal(existsSync(dir), false, 'nothing was created');
+  const noOwner = await runner.run(process.execPath, [join(ROOT, 'bin/bangerd-root.js'), '--socket', join(dir, 'h.sock')], { allowFailure: true });
+  assert.equal(noOwner.code, 2);
+  assert.match(noOwner.stderr, /--owner is required/);
+  const rootOwner = await runner.run(process.execPath, [join(ROOT, 'bin/bangerd-root.js'), '--owner', 'root', '--socket', join(dir, 'h.sock')], {
+    allowFailure: true,
+  });
+  assert.equal(rootOwner.code, 1);
+  assert.match(rootOwner.stderr, /the owner cannot be root/);
+  assert.equal(existsSync(dir), false, 'nothing was created');
 });

@@ -177,3 +177,16 @@ test('clean strips control characters (C0, DEL, C1) and bounds the length of log
   assert.equal(clean('op\n\u001b[31mred\u0007\u007f\u009b'), 'op??[31mred???');
   assert.equal(clean('x'.repeat(300)).length, 201);
 });
+
+test("applyPolicy carries NetPolicy's optional DNS redirect, strictly, and in scope", () => {
+  const withDns = { policy: { ...policy, dns: { ip: '172.30.0.1', port: 5353 } } };
+  const req = parseRequest(line('applyPolicy', withDns));
+  assert.deepEqual(req.args, withDns);
+  checkScope(req, {});
+  const extra = { policy: { ...policy, dns: { ip: '172.30.0.1', port: 5353, to: '8.8.8.8' } } };
+  assert.throws(() => parseRequest(line('applyPolicy', extra)), isCode('bad_request', /invalid arguments/));
+  const badPort = { policy: { ...policy, dns: { ip: '172.30.0.1', port: 70000 } } };
+  assert.throws(() => parseRequest(line('applyPolicy', badPort)), isCode('bad_request', /invalid arguments/));
+  const outside = { policy: { ...policy, dns: { ip: '10.9.9.9', port: 5353 } } };
+  assert.throws(() => checkScope(parseRequest(line('applyPolicy', outside)), {}), isCode('bad_request', /DNS address/));
+});

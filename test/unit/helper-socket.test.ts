@@ -10,6 +10,7 @@ import type { PeerCred } from '../../src/helper/peercred.js';
 import { HelperServer } from '../../src/helper/server.js';
 import { HelperOps } from '../../src/host/helper-client.js';
 import { RecordingOps } from '../helpers/fake-host-net-ops.js';
+import { waitFor } from '../integration/harness.js';
 
 /*
  * The helper's socket handling without root's host changes: HelperOps against fake helpers (plain
@@ -159,11 +160,20 @@ function rawRequest(path: string, bytes: string | Buffer): Promise<string> {
   });
 }
 
-async function helperWith(peer: PeerCred | Error, ownerUid = process.getuid?.() as number) {
+async function helperWith(peer: PeerCred | Error | (() => Promise<PeerCred>), ownerUid = process.getuid?.() as number, receiveMs?: number) {
   const dir = join(freshDir(), 'run');
   const ops = new RecordingOps();
   const logs: string[] = [];
-  const server = new HelperServer({ socketPath: join(dir, 'helper.sock'), ownerUid, ops, scope: {}, peerCred: fakePeer(peer), log: (l) => logs.push(l) });
+  const peerCred = typeof peer === 'function' ? peer : fakePeer(peer);
+  const server = new HelperServer({
+    socketPath: join(dir, 'helper.sock'),
+    ownerUid,
+    ops,
+    scope: {},
+    peerCred,
+    log: (l) => logs.push(l),
+    ...(receiveMs ? { receiveMs } : {}),
+  });
   await server.listen();
   return { server, ops, logs, path: join(dir, 'helper.sock'), dir };
 }
@@ -244,4 +254,32 @@ test('HelperServer.listen: socket dir created root 0755, socket 0600 for the own
   });
   await assert.rejects(bad.listen(), isCode('precondition_failed'));
   assert.throws(() => statSync(join(open, 'h.sock')), /ENOENT/);
+});
+
+test('HelperServer: a request not complete within the receive deadline is dropped, nothing executed', { skip }, async () => {
+  const me = process.getuid?.() as number;
+  // The peer sends a valid request but never shuts down its write side.
+  const h = await helperWith({ pid: 7, uid: me, gid: 0 }, me, 200);
+  const answer = await new Promise<string>((resolve) => {
+    const s = connect(h.path);
+    let out = '';
+    s.on('connect', () => s.write('{"op":"listTaps","args":{"bridge":"banger0"}}\n'));
+    s.on('data', (c) => {
+      out += c.toString();
+    });
+    s.on('error', () => resolve(out));
+    s.on('close', () => resolve(out));
+  });
+  assert.equal(answer, '');
+  assert.deepEqual(h.ops.calls, []);
+  assert.match(h.logs.join('\n'), /no complete request in time/);
+  // Identifying the peer outlasts the deadline: the connection is gone when it answers, and nothing runs.
+  let release: (c: PeerCred) => void = () => {};
+  const slow = await helperWith(() => new Promise<PeerCred>((r) => (release = r)), me, 200);
+  assert.equal(await rawRequest(slow.path, '{"op":"listTaps","args":{"bridge":"banger0"}}\n'), '');
+  release({ pid: 7, uid: me, gid: 0 });
+  await waitFor('the late-identified connection to be dropped', () => slow.server.inFlight === 0);
+  assert.deepEqual(slow.ops.calls, []);
+  await slow.server.close();
+  await h.server.close();
 });
