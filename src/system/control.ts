@@ -32,10 +32,14 @@ const DAEMON_SOCKET = join(SERVICE_RUNTIME_DIR, 'bangerd.sock');
 const PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 const LOG_ROTATE_BYTES = 10 * 1024 * 1024;
 
+/** Alive and not a zombie; a process of another user (EPERM, e.g. `system status` as the owner) counts. */
 function isAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    // A zombie is not alive.
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'EPERM') return false;
+  }
+  try {
     return !/^\d+ \(.*\) Z /s.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
   } catch {
     return false;
