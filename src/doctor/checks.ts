@@ -162,7 +162,10 @@ export async function runChecks(p: HostProbe): Promise<Check[]> {
     `${APT} nftables`,
   );
 
-  if (p.uid === 0) add('PASS', 'privileges', 'running as root');
+  const runMode = await p.runMode();
+  if (runMode.mode === 'systemd' || runMode.mode === 'supervisor')
+    add('PASS', 'privileges', 'split service: bangerd-root (root, CAP_NET_ADMIN only) does the host networking; bangerd needs no privilege');
+  else if (p.uid === 0) add('PASS', 'privileges', 'running as root');
   else if (await p.passwordlessSudo()) add('PASS', 'privileges', 'passwordless sudo (sudo -n) available');
   else
     add(
@@ -188,7 +191,7 @@ export async function runChecks(p: HostProbe): Promise<Check[]> {
     add(free < 2 * GiB ? 'FAIL' : free < 10 * GiB ? 'WARN' : 'PASS', 'free disk', text, 'free space or move state with XDG_STATE_HOME / BANGER_HOME');
   }
 
-  runModeChecks(await p.runMode(), add);
+  runModeChecks(runMode, add);
 
   const m = p.migrations();
   if ('error' in m) add('FAIL', 'store', m.error, 'move the damaged store aside; banger creates a new one');

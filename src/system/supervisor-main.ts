@@ -1,5 +1,6 @@
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { writeFileAtomic } from './owner.js';
 import { SUPERVISOR } from './paths.js';
 import { Supervisor, type SupervisorSpec } from './supervisor.js';
 
@@ -14,7 +15,8 @@ const log = (line: string) => process.stdout.write(`${new Date().toISOString()} 
 async function main(statePath: string): Promise<void> {
   const spec = JSON.parse(readFileSync(statePath, 'utf8')) as SupervisorSpec;
   writeFileSync(SUPERVISOR.pidFile, `${process.pid}\n`, { flag: 'wx', mode: 0o644 });
-  const save = () => writeFileSync(statePath, `${JSON.stringify(spec, null, 2)}\n`, { mode: 0o644 });
+  // Replaced atomically: `banger system status` (any user) reads it at any time.
+  const save = () => writeFileAtomic(statePath, `${JSON.stringify(spec, null, 2)}\n`, 0o644);
   spec.pid = process.pid;
   spec.pids = {};
   save();

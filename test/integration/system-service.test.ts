@@ -183,13 +183,13 @@ test('system start --owner runs bangerd-root as root and bangerd as the owner; t
       `#!${process.execPath}
 // FAKE HELPER for system-service.test.ts: listens on --socket, answers nothing useful.
 import { spawn } from 'node:child_process';
-import { rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 const sock = process.argv[process.argv.indexOf('--socket') + 1];
 rmSync(sock, { force: true });
 // A child in the supervisor's process group: it must survive the supervisor's stop.
 const child = spawn('sleep', ['3600'], { stdio: 'ignore' });
-writeFileSync(${JSON.stringify(leftover)}, String(child.pid));
+appendFileSync(${JSON.stringify(leftover)}, child.pid + '\\n');
 const server = createServer((c) => c.end('fake helper\\n')).listen(sock);
 process.on('SIGTERM', () => { server.close(); rmSync(sock, { force: true }); process.exit(0); });
 `,
@@ -198,11 +198,11 @@ process.on('SIGTERM', () => { server.close(); rmSync(sock, { force: true }); pro
     helper = ['--helper', fake];
   }
   const hadLogDir = existsSync('/var/log/banger');
-  const leftoverPid = () => (existsSync(leftover) ? Number(read(leftover)) : undefined);
+  /** The fake helper's children (one per start of the helper). */
+  const leftoverPids = () => (existsSync(leftover) ? read(leftover).split('\n').filter(Boolean).map(Number) : []);
   t.after(async () => {
     await banger(['system', 'stop']);
-    const p = leftoverPid();
-    if (p && isAlive(p)) process.kill(p, 'SIGKILL');
+    for (const p of leftoverPids()) if (isAlive(p)) process.kill(p, 'SIGKILL');
     rmSync('/run/banger', { recursive: true, force: true });
     rmSync('/run/banger-root', { recursive: true, force: true });
     if (!hadLogDir) rmSync('/var/log/banger', { recursive: true, force: true });
@@ -268,6 +268,18 @@ process.on('SIGTERM', () => { server.close(); rmSync(sock, { force: true }); pro
   assert.equal((JSON.parse(afterCrash.stdout) as { pid: number }).pid, restarted);
   assert.deepEqual(uidsOf(restarted), [o.uid, o.uid, o.uid, o.uid]);
 
+  // restart: a new supervisor with the same owner (and helper); the owner's socket answers again.
+  const re = await banger(['system', 'restart']);
+  assert.equal(re.code, 0, `${re.stdout}${re.stderr}`);
+  const state2 = JSON.parse(read('/run/banger-root/supervisor.json')) as typeof state;
+  assert.notEqual(state2.pid, state.pid);
+  assert.equal(isAlive(state.pid), false, 'the old supervisor is gone');
+  assert.equal(isAlive(restarted), false, 'the old daemon is gone');
+  assert.deepEqual(uidsOf(state2.pids.bangerd), [o.uid, o.uid, o.uid, o.uid]);
+  const afterRestart = await asOwner(['daemon', 'status', '--json']);
+  assert.equal(afterRestart.code, 0, afterRestart.stderr);
+  assert.equal((JSON.parse(afterRestart.stdout) as { pid: number }).pid, state2.pids.bangerd);
+
   // `banger daemon stop` does not manage the service's daemon.
   const dstop = await asOwner(['daemon', 'stop']);
   assert.equal(dstop.code, 1);
@@ -275,10 +287,10 @@ process.on('SIGTERM', () => { server.close(); rmSync(sock, { force: true }); pro
 
   const stop = await banger(['system', 'stop']);
   assert.equal(stop.code, 0, stop.stderr);
-  for (const p of [state.pid, restarted, helperPid]) assert.equal(isAlive(p), false, `pid ${p} is gone`);
+  for (const p of [state2.pid, state2.pids.bangerd, state2.pids['bangerd-root'], helperPid]) assert.equal(isAlive(p), false, `pid ${p} is gone`);
   assert.equal(existsSync('/run/banger-root/supervisor.pid'), false);
-  const child = leftoverPid();
-  if (child) assert.equal(isAlive(child), true, "the helper's child, in the supervisor's process group, survives: no group was signalled");
+  for (const child of leftoverPids())
+    assert.equal(isAlive(child), true, "the helper's child, in the supervisor's process group, survives: no group was signalled");
   assert.ok(existsSync('/run/banger/vms'), '/run/banger stays (VM sockets live there)');
 
   // The service is down: the owner's CLI says so and does not start a private daemon.

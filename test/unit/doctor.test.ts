@@ -201,3 +201,10 @@ test('installed units are checked: owner exists, both present, the programs they
   assert.match(missing.detail, /missing: \/opt\/banger\/bin\/bangerd\.js/);
   assert.match(byName(await run({ ...good, complete: false }), 'service units').detail, /is missing/);
 });
+
+test('under the split service a non-root caller without sudo is fine: the helper does host networking', async () => {
+  const c = byName(await runChecks(fakeHost({ uid: 1000, runMode: async () => ({ mode: 'supervisor', owner: 'alice', pid: 9 }) })), 'privileges');
+  assert.equal(c.status, 'PASS');
+  assert.match(c.detail, /bangerd-root/);
+  assert.equal(byName(await runChecks(fakeHost({ uid: 1000 })), 'privileges').status, 'WARN', 'no service, no root, no sudo: still a WARN');
+});

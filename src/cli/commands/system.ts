@@ -1,3 +1,4 @@
+import { resolve } from 'node:path';
 import { type Command, Option } from 'commander';
 import { restartService, type ServiceStatus, serviceStatus, serviceVmmPids, startSupervisor, stopSupervisor } from '../../system/control.js';
 import { installService, uninstallService } from '../../system/install.js';
@@ -66,7 +67,7 @@ export function registerSystemCommands(program: Command): void {
     .requiredOption('--owner <user>', 'the unprivileged user bangerd runs as')
     .addOption(helperOption())
     .action(async (o: { owner: string; helper?: string }) => {
-      await startSupervisor({ owner: o.owner, runner: hostRunner(), say, ...(o.helper ? { helper: [o.helper] } : {}) });
+      await startSupervisor({ owner: o.owner, runner: hostRunner(), say, ...(o.helper ? { helper: [resolve(o.helper)] } : {}) });
     });
 
   system
