@@ -117,6 +117,10 @@ export function renderHelperUnit(spec: UnitSpec): string {
     'LockPersonality=yes',
     'SystemCallArchitectures=native',
     'RestrictAddressFamilies=AF_UNIX AF_NETLINK AF_INET AF_INET6',
+    // It talks netlink and its Unix socket, never IP: no packet in or out (ioctls on an AF_INET socket still work).
+    'IPAddressDeny=any',
+    'ProtectProc=invisible',
+    'PrivateMounts=yes',
     '',
     '[Install]',
     'WantedBy=multi-user.target',
@@ -168,6 +172,9 @@ export function renderDaemonUnit(spec: UnitSpec): string {
     'RestrictRealtime=yes',
     'LockPersonality=yes',
     'RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK AF_VSOCK',
+    // Other users' processes are hidden; its own (QEMU, the orphan sweep's /proc scan) stay visible.
+    'ProtectProc=invisible',
+    'ProtectHostname=yes',
     '',
     '[Install]',
     'WantedBy=multi-user.target',

@@ -36,6 +36,7 @@ test('the helper unit: root, CAP_NET_ADMIN only, hardened, on the fixed socket',
     ['Restart', 'on-failure'],
     ['DevicePolicy', 'closed'],
     ['DeviceAllow', '/dev/net/tun rw'],
+    ['IPAddressDeny', 'any'],
   ])
     assert.equal(unitValue(u, k as string), v, k);
   // /proc/sys must stay writable for net.ipv4.ip_forward.
