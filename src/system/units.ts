@@ -174,7 +174,8 @@ export function renderDaemonUnit(spec: UnitSpec): string {
     'RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK AF_VSOCK',
     // Other users' processes are hidden; its own (QEMU, the orphan sweep's /proc scan) stay visible.
     'ProtectProc=invisible',
-    'ProtectHostname=yes',
+    // Not ProtectHostname: its seccomp filter refuses sethostname even inside the UTS namespaces
+    // that image builds (mmdebstrap unshare, the build VM tooling) may create.
     '',
     '[Install]',
     'WantedBy=multi-user.target',
