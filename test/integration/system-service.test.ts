@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { BANGER, runProcess } from '../helpers/banger.js';
@@ -300,4 +300,23 @@ process.on('SIGTERM', () => { server.close(); rmSync(sock, { force: true }); pro
   assert.match(down.stderr, /banger system status/);
   const owned = (await runProcess('pgrep', ['-u', String(o.uid), '-f', 'bangerd'], {}, 10_000)).stdout.trim();
   assert.equal(owned, '', 'no bangerd of the owner runs');
+});
+
+test('system start refuses a /run/banger that is a link, and chowns nothing through it', async (t) => {
+  if (!isRoot) return t.skip('needs root');
+  if (setupProblem || !owner) return t.skip(setupProblem ?? 'no owner');
+  if (existsSync('/run/banger') || existsSync('/run/banger-root')) return t.skip('/run/banger or /run/banger-root exists: a banger service runs on this host');
+  const target = tmpRoot();
+  const hadLogDir = existsSync('/var/log/banger');
+  symlinkSync(target, '/run/banger');
+  t.after(() => {
+    rmSync('/run/banger', { force: true });
+    rmSync('/run/banger-root', { recursive: true, force: true });
+    if (!hadLogDir) rmSync('/var/log/banger', { recursive: true, force: true });
+  });
+  const r = await banger(['system', 'start', '--owner', USER, '--helper', '/bin/true']);
+  assert.equal(r.code, 1, r.stdout);
+  assert.match(r.stderr, /\/run\/banger is not a directory/);
+  assert.equal(lstatSync(target).uid, 0, 'the link target still belongs to root');
+  assert.equal(existsSync('/run/banger-root/supervisor.pid'), false, 'no supervisor started');
 });
