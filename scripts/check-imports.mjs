@@ -17,6 +17,10 @@ import ts from 'typescript';
  * (module names, or file paths relative to src/).
  */
 export const LAYERS = [
+  // bangerd-root, the privileged helper: its own entry point and process, kept small (no commander,
+  // pino or SQLite). It serves PrivilegedOps over a socket, so it reaches down to host/ and nothing
+  // above it; nothing imports it (the daemon speaks to it through host/helper-client.ts).
+  { name: 'helper', modules: ['helper'], only: ['host', 'util', 'api'] },
   // The command line. Talks to the daemon through the client only (plus the local-only commands below).
   { name: 'cli', modules: ['cli'], only: ['client', 'api', 'util', 'config/layout.ts'] },
   // The SDK: typed HTTP over the daemon's socket, auto-start. Never the daemon's internals.

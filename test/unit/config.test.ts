@@ -33,6 +33,8 @@ test('defaults: an empty file equals defaultConfig() and holds the documented va
     vmm: 'auto',
     firecracker_bin: 'firecracker',
     qemu_bin: 'qemu-system-x86_64',
+    vmm_user: '',
+    jailer_bin: 'jailer',
     accel: 'auto',
     default_image_name: 'debian-bookworm',
     kernel_catalogs: [],
@@ -60,6 +62,8 @@ log_level = "debug"
 vmm = "qemu"
 firecracker_bin = "/opt/fc/firecracker"
 qemu_bin = "/usr/local/bin/qemu-system-x86_64"
+vmm_user = "banger-vmm"
+jailer_bin = "/opt/fc/jailer"
 accel = "tcg"
 kernel_catalogs = ["kernels.json", "https://example.org/kernels.json"]
 image_catalogs = ["/etc/banger/images.json"]
@@ -98,6 +102,8 @@ test('every documented key parses, with its value kept', () => {
     vmm: 'qemu',
     firecracker_bin: '/opt/fc/firecracker',
     qemu_bin: '/usr/local/bin/qemu-system-x86_64',
+    vmm_user: 'banger-vmm',
+    jailer_bin: '/opt/fc/jailer',
     accel: 'tcg',
     ssh_key_path: '~/.ssh/id_ed25519',
     default_image_name: 'alpine',
@@ -266,4 +272,13 @@ test('parseSize', () => {
     ['', undefined],
   ];
   for (const [text, want] of cases) assert.equal(parseSize(text), want, `parseSize(${JSON.stringify(text)})`);
+});
+
+test('vmm_user is a plain user name or uid:gid, never something that could become an option', () => {
+  assert.equal(parseConfig('vmm_user = "1000:1000"', FILE).vmm_user, '1000:1000');
+  assert.equal(parseConfig('', FILE).vmm_user, '');
+  assert.equal(parseConfig('', FILE).jailer_bin, 'jailer');
+  for (const bad of ['root,x=y', '-daemonize', 'a b', 'Root']) {
+    assert.throws(() => parseConfig(`vmm_user = ${JSON.stringify(bad)}`, FILE), /vmm_user/, bad);
+  }
 });
