@@ -164,7 +164,7 @@ export async function runChecks(p: HostProbe): Promise<Check[]> {
 
   const runMode = await p.runMode();
   if (runMode.mode === 'systemd' || runMode.mode === 'supervisor')
-    add('PASS', 'privileges', 'split service: bangerd-root (root, CAP_NET_ADMIN only) does the host networking; bangerd needs no privilege');
+    add('PASS', 'privileges', 'split service: bangerd-root (root, network capabilities only) does the host networking; bangerd needs no privilege');
   else if (p.uid === 0) add('PASS', 'privileges', 'running as root');
   else if (await p.passwordlessSudo()) add('PASS', 'privileges', 'passwordless sudo (sudo -n) available');
   else

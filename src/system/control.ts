@@ -24,7 +24,7 @@ import { requireRoot } from './install.js';
 import { lookupOwner, writeFileAtomic } from './owner.js';
 import { installedPaths, installTargets, SUPERVISOR, systemdIsInit } from './paths.js';
 import type { ChildSpec, SupervisorSpec } from './supervisor.js';
-import { DAEMON_UNIT, HELPER_UNIT, type ServiceOwner, unitValue } from './units.js';
+import { DAEMON_UNIT, HELPER_CAPABILITIES, HELPER_UNIT, type ServiceOwner, unitValue } from './units.js';
 
 /** `banger system start|stop|restart|status`: banger's supervisor, or systemd when it runs the units. */
 
@@ -114,7 +114,20 @@ export function childSpecs(owner: ServiceOwner, opts: { nodePath: string; daemon
   return [
     {
       name: 'bangerd-root',
-      argv: [...opts.helper, '--owner', owner.name, '--socket', SERVICE_HELPER_SOCKET],
+      // The unit's sandbox, as far as setpriv goes: the same capability bounding set, no new
+      // privileges, no inheritable capabilities.
+      argv: [
+        opts.setpriv,
+        `--bounding-set=-all,${HELPER_CAPABILITIES.map((c) => `+${c.slice(4).toLowerCase()}`).join(',')}`,
+        '--inh-caps=-all',
+        '--no-new-privs',
+        '--',
+        ...opts.helper,
+        '--owner',
+        owner.name,
+        '--socket',
+        SERVICE_HELPER_SOCKET,
+      ],
       env: { PATH, HOME: '/root', LANG: 'C.UTF-8' },
       cwd: '/',
     },
@@ -199,6 +212,7 @@ export async function startSupervisor(o: StartOptions): Promise<SupervisorSpec> 
   const spec: SupervisorSpec = {
     owner,
     helperSocket: SERVICE_HELPER_SOCKET,
+    helper,
     daemonSocket: DAEMON_SOCKET,
     children: childSpecs(owner, { nodePath: paths.nodePath, daemonScript: paths.daemonScript, helper, setpriv }),
   };
@@ -336,7 +350,7 @@ export async function restartService(o: { runner: CommandRunner; say: (line: str
   if (!s.supervisor || !st) {
     throw new BangerError('unavailable', 'the banger service is not running', { fix: 'banger system start --owner USER' });
   }
-  const helper = o.helper ?? st.children.find((c) => c.name === 'bangerd-root')?.argv.slice(0, -4);
+  const helper = o.helper ?? st.helper;
   await stopSupervisor();
   await startSupervisor({ owner: st.owner.name, runner: o.runner, say: o.say, ...(helper ? { helper } : {}) });
 }

@@ -20,6 +20,8 @@ export interface ChildSpec {
 export interface SupervisorSpec {
   owner: ServiceOwner;
   helperSocket: string;
+  /** The helper program and its leading arguments (restart reuses it). */
+  helper: string[];
   daemonSocket: string;
   children: ChildSpec[];
   /** Filled by the supervisor: its pid and its children's current pids. */

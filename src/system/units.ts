@@ -9,6 +9,16 @@ import { SERVICE_HELPER_SOCKET, SERVICE_RUNTIME_DIR } from '../config/layout.js'
  */
 
 export const HELPER_UNIT = 'bangerd-root.service';
+
+/**
+ * All the root helper may hold (its unit's bounding set; the supervisor applies the same one).
+ * CAP_NET_ADMIN: ip link/addr/route, ip tuntap (TUNSETIFF, TUNSETOWNER, TUNSETPERSIST), nft,
+ * iptables/ebtables and `sysctl -w net.ipv4.ip_forward` need it and nothing more (checked: as root
+ * with only it in the bounding set each works, with an empty set each fails EPERM).
+ * CAP_CHOWN + CAP_FOWNER: the helper creates its socket root-owned and hands it to the owner
+ * (chown, then chmod 0600 of a file it no longer owns); without them it exits EPERM at start.
+ */
+export const HELPER_CAPABILITIES = ['CAP_NET_ADMIN', 'CAP_CHOWN', 'CAP_FOWNER'] as const;
 export const DAEMON_UNIT = 'bangerd.service';
 
 export interface ServiceOwner {
@@ -92,10 +102,8 @@ export function renderHelperUnit(spec: UnitSpec): string {
     'RuntimeDirectory=banger-root',
     'RuntimeDirectoryMode=0755',
     'UMask=0022',
-    // ip link/addr/route, ip tuntap (TUNSETIFF/TUNSETOWNER/TUNSETPERSIST), nft, iptables/ebtables and
-    // `sysctl -w net.ipv4.ip_forward` all need CAP_NET_ADMIN and nothing more (tested: as root with
-    // only this capability in the bounding set each of them works, with none each fails EPERM).
-    'CapabilityBoundingSet=CAP_NET_ADMIN',
+    // See HELPER_CAPABILITIES.
+    `CapabilityBoundingSet=${HELPER_CAPABILITIES.join(' ')}`,
     'NoNewPrivileges=yes',
     'ProtectSystem=strict',
     // Legacy iptables takes this lock file; '-': a host without it (nft, iptables-nft) still starts.

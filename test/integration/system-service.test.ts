@@ -95,7 +95,7 @@ test('system install --root writes both units, prepares subordinate ids once, an
   assert.match(daemonUnit, new RegExp(`^User=${USER}$`, 'm'));
   assert.match(daemonUnit, /^KillMode=process$/m);
   assert.ok(daemonUnit.includes(`\nExecStart=${realpathSync(process.execPath)} ${realpathSync(ROOT)}/bin/bangerd.js --foreground\n`), daemonUnit);
-  assert.match(helperUnit, /^CapabilityBoundingSet=CAP_NET_ADMIN$/m);
+  assert.match(helperUnit, /^CapabilityBoundingSet=CAP_NET_ADMIN CAP_CHOWN CAP_FOWNER$/m);
   assert.match(helperUnit, new RegExp(`--owner ${USER} --socket /run/banger-root/helper\\.sock$`, 'm'));
   assert.equal(read(join(etc, 'subuid')), `someone:100000:65536\n${USER}:165536:65536\n`);
   assert.equal(read(join(etc, 'subgid')), `${USER}:100000:65536\n`);
@@ -161,6 +161,40 @@ test('system install refuses owners that are not valid user names, do not exist,
   assert.equal(existsSync(join(root, 'etc')), false, 'nothing written');
 });
 
+/**
+ * A FAKE HELPER (stands in for bin/bangerd-root.js): listens on --socket and answers nothing
+ * useful; each start leaves a `sleep` child in the supervisor's process group, its pid appended to
+ * `leftover`, which must survive the supervisor's stop (no group is ever signalled).
+ */
+function writeFakeHelper(dir: string, leftover: string): string {
+  const fake = join(dir, 'fake-bangerd-root.mjs');
+  writeFileSync(
+    fake,
+    `#!${process.execPath}
+// FAKE HELPER for system-service.test.ts: listens on --socket, answers nothing useful.
+import { spawn } from 'node:child_process';
+import { appendFileSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+const sock = process.argv[process.argv.indexOf('--socket') + 1];
+rmSync(sock, { force: true });
+// A child in the supervisor's process group: it must survive the supervisor's stop.
+const child = spawn('sleep', ['3600'], { stdio: 'ignore' });
+appendFileSync(${JSON.stringify(leftover)}, child.pid + '\\n');
+const server = createServer((c) => c.end('fake helper\\n')).listen(sock);
+process.on('SIGTERM', () => { server.close(); rmSync(sock, { force: true }); process.exit(0); });
+`,
+    { mode: 0o755 },
+  );
+  return fake;
+}
+
+const pgidOf = (pid: number): number =>
+  Number(
+    read(`/proc/${pid}/stat`)
+      .replace(/^.*\) /s, '')
+      .split(' ')[2],
+  );
+
 /** Live process's real/effective/saved/fs uids from /proc. */
 const uidsOf = (pid: number): number[] => (/^Uid:\s+(.*)$/m.exec(read(`/proc/${pid}/status`))?.[1] ?? '').split(/\s+/).map(Number);
 
@@ -177,25 +211,7 @@ test('system start --owner runs bangerd-root as root and bangerd as the owner; t
   if (existsSync(realHelper)) t.diagnostic('using the real bin/bangerd-root.js');
   else {
     t.diagnostic('bin/bangerd-root.js is absent on this branch: using a FAKE HELPER that only listens on the socket');
-    const fake = join(dir, 'fake-bangerd-root.mjs');
-    writeFileSync(
-      fake,
-      `#!${process.execPath}
-// FAKE HELPER for system-service.test.ts: listens on --socket, answers nothing useful.
-import { spawn } from 'node:child_process';
-import { appendFileSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
-const sock = process.argv[process.argv.indexOf('--socket') + 1];
-rmSync(sock, { force: true });
-// A child in the supervisor's process group: it must survive the supervisor's stop.
-const child = spawn('sleep', ['3600'], { stdio: 'ignore' });
-appendFileSync(${JSON.stringify(leftover)}, child.pid + '\\n');
-const server = createServer((c) => c.end('fake helper\\n')).listen(sock);
-process.on('SIGTERM', () => { server.close(); rmSync(sock, { force: true }); process.exit(0); });
-`,
-      { mode: 0o755 },
-    );
-    helper = ['--helper', fake];
+    helper = ['--helper', writeFakeHelper(dir, leftover)];
   }
   const hadLogDir = existsSync('/var/log/banger');
   /** The fake helper's children (one per start of the helper). */
@@ -221,6 +237,10 @@ process.on('SIGTERM', () => { server.close(); rmSync(sock, { force: true }); pro
   assert.deepEqual(uidsOf(daemonPid), [o.uid, o.uid, o.uid, o.uid], 'bangerd runs as the owner (real, effective, saved, fs)');
   assert.match(read(`/proc/${daemonPid}/cmdline`), /bin\/bangerd\.js/);
   assert.deepEqual(uidsOf(helperPid), [0, 0, 0, 0], 'the helper runs as root');
+  // ...with the unit's bounding set: CAP_CHOWN (0), CAP_FOWNER (3), CAP_NET_ADMIN (12) and nothing else.
+  const capBnd = /^CapBnd:\s+(\S+)$/m.exec(read(`/proc/${helperPid}/status`))?.[1];
+  assert.equal(BigInt(`0x${capBnd}`), (1n << 0n) | (1n << 3n) | (1n << 12n));
+  assert.match(read(`/proc/${helperPid}/status`), /^NoNewPrivs:\s+1$/m);
   const capEff = /^CapEff:\s+(\S+)$/m.exec(read(`/proc/${daemonPid}/status`))?.[1];
   assert.equal(BigInt(`0x${capEff}`), 0n, 'bangerd holds no capability');
   const env = read(`/proc/${daemonPid}/environ`).split('\0');
@@ -319,4 +339,33 @@ test('system start refuses a /run/banger that is a link, and chowns nothing thro
   assert.match(r.stderr, /\/run\/banger is not a directory/);
   assert.equal(lstatSync(target).uid, 0, 'the link target still belongs to root');
   assert.equal(existsSync('/run/banger-root/supervisor.pid'), false, 'no supervisor started');
+});
+
+test("system stop signals the supervisor's children only, never a process group (a FAKE HELPER leaves a child in the group)", async (t) => {
+  if (!isRoot) return t.skip('needs root');
+  if (setupProblem || !owner) return t.skip(setupProblem ?? 'no owner');
+  if (existsSync('/run/banger') || existsSync('/run/banger-root')) return t.skip('/run/banger or /run/banger-root exists: a banger service runs on this host');
+  const dir = tmpRoot();
+  chmodSync(dir, 0o755);
+  const leftover = join(dir, 'helper-child.pid');
+  const fake = writeFakeHelper(dir, leftover);
+  const hadLogDir = existsSync('/var/log/banger');
+  const children = () => (existsSync(leftover) ? read(leftover).split('\n').filter(Boolean).map(Number) : []);
+  t.after(async () => {
+    await banger(['system', 'stop']);
+    for (const p of children()) if (isAlive(p)) process.kill(p, 'SIGKILL');
+    rmSync('/run/banger', { recursive: true, force: true });
+    rmSync('/run/banger-root', { recursive: true, force: true });
+    if (!hadLogDir) rmSync('/var/log/banger', { recursive: true, force: true });
+  });
+  const start = await banger(['system', 'start', '--owner', USER, '--helper', fake]);
+  assert.equal(start.code, 0, `${start.stdout}${start.stderr}`);
+  const supervisor = (JSON.parse(read('/run/banger-root/supervisor.json')) as { pid: number }).pid;
+  const [child] = children();
+  assert.ok(child, 'the fake helper started its child');
+  assert.equal(pgidOf(child), pgidOf(supervisor), "the child is in the supervisor's process group");
+  const stop = await banger(['system', 'stop']);
+  assert.equal(stop.code, 0, stop.stderr);
+  assert.equal(isAlive(supervisor), false);
+  assert.equal(isAlive(child), true, 'the child survived: no group was signalled (as QEMU, in its own session, survives)');
 });

@@ -3,7 +3,8 @@ import { chownSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, w
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { resolveClientLayout, resolveLayout } from '../../src/config/layout.js';
+import { resolveClientLayout, resolveLayout, SERVICE_HELPER_SOCKET } from '../../src/config/layout.js';
+import { HELPER_SOCKET_DEFAULT } from '../../src/host/helper-wire.js';
 import { ensureSubordinateIds, parsePasswdLine, planSubordinateIds, removeSubordinateIds } from '../../src/system/owner.js';
 import { backoffMs } from '../../src/system/supervisor.js';
 import { renderDaemonUnit, renderHelperUnit, type UnitSpec, unitValue } from '../../src/system/units.js';
@@ -23,10 +24,10 @@ const assignments = (text: string) =>
     .filter((l) => /^[A-Za-z]+=/.test(l))
     .map((l) => l.slice(0, l.indexOf('=')));
 
-test('the helper unit: root, CAP_NET_ADMIN only, hardened, on the fixed socket', () => {
+test('the helper unit: root, CAP_NET_ADMIN (+ CHOWN, FOWNER for its socket) only, hardened, on the fixed socket', () => {
   const u = renderHelperUnit(spec);
   assert.equal(unitValue(u, 'User'), undefined, 'the helper runs as root');
-  assert.equal(unitValue(u, 'CapabilityBoundingSet'), 'CAP_NET_ADMIN');
+  assert.equal(unitValue(u, 'CapabilityBoundingSet'), 'CAP_NET_ADMIN CAP_CHOWN CAP_FOWNER');
   for (const [k, v] of [
     ['NoNewPrivileges', 'yes'],
     ['ProtectSystem', 'strict'],
@@ -111,6 +112,10 @@ test('getent passwd lines parse strictly', () => {
   assert.equal(parsePasswdLine('alice:x:1000:1001:/home/alice:/bin/bash'), undefined, 'six fields');
   assert.equal(parsePasswdLine('alice:x:-1:1001::/home/alice:/bin/bash'), undefined);
   assert.equal(parsePasswdLine('alice:x:1000:1001::relative:/bin/bash'), undefined);
+});
+
+test("the service's helper socket is the one the daemon and bangerd-root default to", () => {
+  assert.equal(SERVICE_HELPER_SOCKET, HELPER_SOCKET_DEFAULT);
 });
 
 test('supervisor backoff doubles from 1 s to at most 30 s', () => {
