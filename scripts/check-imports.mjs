@@ -29,6 +29,8 @@ export const LAYERS = [
   { name: 'daemon', modules: ['daemon'] },
   // `banger doctor`'s checks and the real host probe (reads host, store and config, changes nothing).
   { name: 'doctor', modules: ['doctor'] },
+  // `banger system …`: systemd unit renderers, the owner's preparation, the supervisor (reads/writes host files, runs systemctl).
+  { name: 'system', modules: ['system'] },
   // Image pipeline (OCI pull, recipe, bundle, rootfs build, image catalog); an image names its kernel.
   { name: 'images', modules: ['images'] },
   // Kernel catalog, Debian index resolution, vmlinux extraction.
@@ -53,6 +55,11 @@ export const EXCEPTIONS = [
     from: 'cli/commands/misc.ts',
     to: 'doctor',
     why: 'local-only command: `banger doctor` checks this host without a daemon (it must work when bangerd cannot start)',
+  },
+  {
+    from: 'cli/commands/system.ts',
+    to: 'system',
+    why: 'local-only command: `banger system install|start|stop|status` sets up and supervises the daemon itself (it must work when no daemon runs)',
   },
   {
     from: 'cli/commands/ssh.ts',
