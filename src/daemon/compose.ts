@@ -12,6 +12,7 @@ import { Repos } from '../store/repos.js';
 import { KeyedMutex } from '../util/keyed-mutex.js';
 import type { VmmDriver, VmmKind } from '../vmm/driver.js';
 import { FirecrackerDriver } from '../vmm/firecracker/driver.js';
+import { jailerOptionsFor } from '../vmm/firecracker/jailer.js';
 import { QemuDriver } from '../vmm/qemu/driver.js';
 import { Accelerators, chooseVmm } from './accelerator.js';
 import { App, type AppDeps, type AppHooks } from './app.js';
@@ -86,9 +87,18 @@ export async function composeDaemon(deps: AppDeps, hooks: Pick<AppHooks, 'onStop
 
   const accelerators = new Accelerators({ config, layout, clock, log, hostKernel: readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim() });
   const vmmKind: VmmKind = chooseVmm(config, !!(await which(config.firecracker_bin)), accelerators.cachedProbe?.usable);
+  const jailer = await jailerOptionsFor({
+    jailerBin: config.jailer_bin,
+    firecrackerBin: config.firecracker_bin,
+    vmmUser: config.vmm_user,
+    chrootBaseDir: join(layout.stateDir, 'jail'),
+  }).catch((e) => {
+    log.warn({ err: e }, 'Firecracker jailer not used');
+    return undefined;
+  });
   const drivers: Record<VmmKind, VmmDriver> = {
-    qemu: new QemuDriver(config.qemu_bin),
-    firecracker: new FirecrackerDriver({ binaryPath: config.firecracker_bin }),
+    qemu: new QemuDriver(config.qemu_bin, { vmmUser: config.vmm_user }),
+    firecracker: new FirecrackerDriver({ binaryPath: config.firecracker_bin, ...(jailer ? { jailer } : {}) }),
   };
 
   const dns = new DnsFanout(log);

@@ -21,7 +21,7 @@ import { SERVICE_HELPER_DIR, SERVICE_HELPER_SOCKET, SERVICE_RUNTIME_DIR } from '
 import type { CommandRunner } from '../host/runner.js';
 import { which } from '../host/which.js';
 import { requireRoot } from './install.js';
-import { lookupOwner, writeFileAtomic } from './owner.js';
+import { ensureTunAccessible, lookupOwner, writeFileAtomic } from './owner.js';
 import { installedPaths, installTargets, SUPERVISOR, systemdIsInit } from './paths.js';
 import type { ChildSpec, SupervisorSpec } from './supervisor.js';
 import { DAEMON_UNIT, HELPER_CAPABILITIES, HELPER_UNIT, type ServiceOwner, unitValue } from './units.js';
@@ -199,6 +199,7 @@ export async function startSupervisor(o: StartOptions): Promise<SupervisorSpec> 
     });
   }
 
+  ensureTunAccessible(o.say);
   ensureDir(SERVICE_HELPER_DIR, 0, 0, 0o755);
   ensureDir(SERVICE_RUNTIME_DIR, owner.uid, owner.gid, 0o700);
   ensureDir(SUPERVISOR.logDir, 0, 0, 0o700);

@@ -3,7 +3,7 @@ import { dirname, join } from 'node:path';
 import { BangerError } from '../api/errors.js';
 import { SERVICE_HELPER_DIR, SERVICE_RUNTIME_DIR } from '../config/layout.js';
 import type { CommandRunner } from '../host/runner.js';
-import { ensureSubordinateIds, lookupGroup, lookupOwner, removeSubordinateIds, writeFileAtomic } from './owner.js';
+import { ensureSubordinateIds, ensureTunAccessible, lookupGroup, lookupOwner, removeSubordinateIds, writeFileAtomic } from './owner.js';
 import { installedPaths, installTargets, systemdIsInit } from './paths.js';
 import { DAEMON_UNIT, HELPER_UNIT, renderDaemonUnit, renderHelperUnit, type UnitSpec } from './units.js';
 
@@ -77,6 +77,7 @@ export async function installService(o: InstallOptions): Promise<InstallManifest
     o.say(`wrote ${path}`);
   }
 
+  if (real) ensureTunAccessible(o.say);
   const subuid = ensureSubordinateIds(t.subuid, owner);
   const subgid = ensureSubordinateIds(t.subgid, owner);
   o.say(subuid ? `added ${subuid} to ${t.subuid}` : `${owner.name} already has subordinate uids in ${t.subuid}`);

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { closeSync, fchmodSync, fsyncSync, openSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { chmodSync, closeSync, fchmodSync, fsyncSync, lstatSync, openSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { BangerError } from '../api/errors.js';
 import type { CommandRunner } from '../host/runner.js';
@@ -116,4 +116,31 @@ export function removeSubordinateIds(path: string, line: string): boolean {
   if (kept.length === lines.length) return false;
   writeFileAtomic(path, kept.join('\n'), 0o644);
   return true;
+}
+
+export const TUN_DEVICE = '/dev/net/tun';
+
+/**
+ * The owner's QEMU attaches to its TAP (created for it by bangerd-root, `ip tuntap add … user
+ * <owner>`) by opening /dev/net/tun, which udev makes 0666 on every mainstream distribution — the
+ * kernel, not the file mode, decides which TAP an unprivileged opener may attach to. Hosts without
+ * udev (containers) leave it 0600 root; this restores udev's mode and says so. Returns what it did.
+ */
+export function ensureTunAccessible(say: (line: string) => void, device = TUN_DEVICE): 'ok' | 'fixed' | 'missing' {
+  let mode: number;
+  try {
+    const st = lstatSync(device);
+    if (!st.isCharacterDevice()) throw new BangerError('precondition_failed', `${device} is not a character device`, { fix: `modprobe tun; check ${device}` });
+    mode = st.mode & 0o777;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') {
+      say(`${device} is missing: VMs cannot get a network (fix: modprobe tun)`);
+      return 'missing';
+    }
+    throw e;
+  }
+  if ((mode & 0o666) === 0o666) return 'ok';
+  chmodSync(device, 0o666);
+  say(`${device} was ${mode.toString(8).padStart(4, '0')}: set to 0666, udev's default, so the owner's QEMU can open its TAP`);
+  return 'fixed';
 }
