@@ -1,5 +1,5 @@
-import { Command } from 'commander';
 import { versionText } from '../util/build-info.js';
+import { Command } from './commander.js';
 
 type Register = (program: Command) => void;
 

@@ -4,24 +4,8 @@ import type { Command } from 'commander';
 import { BangerError } from '../../api/errors.js';
 import type { Operation } from '../../api/schemas.js';
 import { BangerClient, serviceNotRunning } from '../../client/client.js';
-import { formatDuration } from '../../util/duration.js';
-import { ago, printJson, printKeyValues, printTable } from '../render.js';
-
-function printStatus(s: Awaited<ReturnType<BangerClient['status']>>): void {
-  printKeyValues([
-    ['state', 'running'],
-    ['pid', s.pid],
-    ['version', `${s.version} (commit ${s.commit}, built ${s.buildTime})`],
-    ['node', s.nodeVersion],
-    ['socket', s.socketPath],
-    ['log', s.logPath],
-    ['state dir', s.stateDir],
-    ['uptime', formatDuration(s.uptimeSeconds * 1000)],
-    ['vmm', `${s.vmm}${s.accel ? ` (${s.accel})` : ''}`],
-    ['dns', s.dnsListenAddr ?? 'not serving'],
-    ['web', s.webListenAddr ?? 'not serving'],
-  ]);
-}
+import { ago, printJson, printTable } from '../render.js';
+import { printStatus, showDaemonStatus } from './daemon-status.js';
 
 async function stopDaemon(client: BangerClient, timeoutMs = 30_000): Promise<boolean> {
   if (!(await client.ping())) return false;
@@ -152,14 +136,7 @@ export function registerDaemonCommands(program: Command): void {
       opts.json ? printJson(s) : printStatus(s);
     });
 
-  daemon
-    .command('status')
-    .description('show daemon status (starts the daemon when needed)')
-    .option('--json', 'print as JSON')
-    .action(async (opts: { json?: boolean }) => {
-      const s = await new BangerClient().status();
-      opts.json ? printJson(s) : printStatus(s);
-    });
+  daemon.command('status').description('show daemon status (starts the daemon when needed)').option('--json', 'print as JSON').action(showDaemonStatus);
 
   daemon
     .command('logs')
