@@ -1,5 +1,5 @@
 // Issue 11: every host tool goes through CommandRunner, streamed ones (xz/zstd, gpgv, mmdebstrap,
-// ssh) included, so a fake runner can stand in for each; and ProcessRunner.spawn keeps the one
+// the build VM's ssh) included, so a fake runner can stand in for each; and ProcessRunner.spawn keeps the one
 // "not installed" error.
 import assert from 'node:assert/strict';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -10,7 +10,12 @@ import { pipeline } from 'node:stream/promises';
 import { after, before, test } from 'node:test';
 import { pathToFileURL } from 'node:url';
 import { BangerError } from '../../src/api/errors.js';
+import type { Image, Vm } from '../../src/api/schemas.js';
 import { decompressor } from '../../src/archive/decompress.js';
+import type { Layout } from '../../src/config/layout.js';
+import { ImageBuildService } from '../../src/daemon/services/image-build.js';
+import type { ImageService } from '../../src/daemon/services/images.js';
+import type { VmService } from '../../src/daemon/services/vms.js';
 import { CommandError, type CommandRunner, ProcessRunner } from '../../src/host/runner.js';
 import { RootfsLedger } from '../../src/images/layer-apply.js';
 import { runRecipe } from '../../src/images/recipe.js';
@@ -196,4 +201,63 @@ test('FakeRunner.run: a non-zero exit rejects with CommandError unless allowFail
   const runner = new FakeRunner(() => ({ code: 4, stderr: 'nope' }));
   await assert.rejects(runner.run('ip', ['link']), CommandError);
   assert.equal((await runner.run('ip', ['link'], { allowFailure: true })).code, 4);
+});
+
+// ---- ssh into the build VM -----------------------------------------------------------------------
+
+/** ImageService and VmService stand-ins that record what the build asked of them. */
+function fakeBuildDeps(runner: CommandRunner, logDir: string) {
+  const events: string[] = [];
+  const images = {
+    assertNameFree: () => undefined,
+    saveFromVm: async (name: string) => {
+      events.push(`save ${name}`);
+      return { name } as unknown as Image;
+    },
+  } as unknown as ImageService;
+  const vms = {
+    create: async () => {
+      events.push('create');
+      return { id: 'vm-1' } as Vm;
+    },
+    bulk: async (action: string, ids: string[]) => {
+      events.push(`${action} ${ids.join(',')}`);
+      return { results: [{ ok: true }] };
+    },
+    diskPaths: () => ({ root: '/nonexistent/root', format: 'raw' as const, work: '/nonexistent/work' }),
+  } as unknown as VmService;
+  return { events, deps: { images, vms, layout: { logDir } as Layout, sshConfigPath: '/banger/ssh_config', runner } };
+}
+
+const buildReq = { from: 'debian-bookworm', name: 'built', script: 'echo building\n', nat: false };
+
+test('image build: the script goes to ssh’s stdin and its lines to the log; a failing script saves nothing; the VM is always deleted', async () => {
+  const scripts: string[] = [];
+  const ok = new FakeRunner((_c, _a, stdin) => {
+    scripts.push(stdin.toString());
+    return scripts.length === 1 ? { stdout: 'building\n', stderr: 'a warning\n' } : {};
+  });
+  const good = fakeBuildDeps(ok, join(base, 'logs-ok'));
+  const ctx = fakeCtx();
+  await new ImageBuildService(good.deps).build(buildReq, ctx);
+  assert.deepEqual(good.events, ['create', 'stop vm-1', 'save built', 'delete vm-1']);
+  assert.equal(scripts[0], 'echo building\n');
+  assert.match(scripts[1] ?? '', /cp -a \/root\/\. /, 'then the commit script');
+  const ssh = ok.calls[0] ?? [];
+  assert.equal(ssh[0], 'ssh');
+  assert.deepEqual(ssh.slice(1, 3), ['-F', '/banger/ssh_config']);
+  assert.equal(ssh.at(-3), '--', 'nothing after it is read as an ssh option');
+  assert.match(ssh.at(-2) ?? '', /^build-\S+\.vm$/);
+  assert.equal(ssh.at(-1), 'bash -se');
+  assert.ok(ctx.logs.includes('building') && ctx.logs.includes('a warning'), JSON.stringify(ctx.logs));
+
+  const failing = fakeBuildDeps(new FakeRunner(() => ({ code: 3 })), join(base, 'logs-failed'));
+  await assert.rejects(new ImageBuildService(failing.deps).build(buildReq, fakeCtx()), /the build script exited with status 3; no image was saved/);
+  assert.deepEqual(failing.events, ['create', 'delete vm-1']);
+});
+
+test('image build: no ssh on the host → missing_dependency naming openssh-client, and the build VM is deleted', async () => {
+  const noSsh = fakeBuildDeps(new FakeRunner(() => 'missing'), join(base, 'logs-nossh'));
+  await assert.rejects(new ImageBuildService(noSsh.deps).build(buildReq, fakeCtx()), isMissing('ssh', 'openssh-client'));
+  assert.deepEqual(noSsh.events, ['create', 'delete vm-1']);
 });
