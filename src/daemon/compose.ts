@@ -2,7 +2,9 @@ import { readFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { DiskTools } from '../host/disks.js';
-import { PrivilegedOps } from '../host/privileged.js';
+import { HelperOps } from '../host/helper-client.js';
+import { HELPER_SOCKET_DEFAULT } from '../host/helper-wire.js';
+import { type HostNetOps, PrivilegedOps } from '../host/privileged.js';
 import { which } from '../host/which.js';
 import { BlobCache } from '../oci/blob-cache.js';
 import { LeaseRepo } from '../store/leases.js';
@@ -27,6 +29,19 @@ import { sweepLeftovers } from './services/leftovers.js';
 import { NetworkService } from './services/network.js';
 import { SshAccess } from './services/ssh-access.js';
 import { VmService } from './services/vms.js';
+
+/**
+ * Who changes host networking: a root daemon itself; a daemon running as its owner asks the
+ * `bangerd-root` helper (BANGER_ROOT_HELPER names its socket, or the default one is there); with
+ * neither, `sudo -n` (PrivilegedOps' fallback, for development). See docs/privileges.md.
+ */
+function hostNetOps(env: NodeJS.ProcessEnv, runner: AppDeps['runner']): HostNetOps {
+  const netns = env.BANGER_NETNS ? { netns: env.BANGER_NETNS } : {};
+  if (process.getuid?.() !== 0 && (env.BANGER_ROOT_HELPER || HelperOps.available(HELPER_SOCKET_DEFAULT))) {
+    return new HelperOps({ socketPath: env.BANGER_ROOT_HELPER || HELPER_SOCKET_DEFAULT });
+  }
+  return new PrivilegedOps({ runner, ...netns });
+}
 
 /**
  * The composition root: constructs every service on the daemon's shared mechanisms, wires them
@@ -83,7 +98,7 @@ export async function composeDaemon(deps: AppDeps, hooks: Pick<AppHooks, 'onStop
     return undefined;
   });
   const network = new NetworkService({
-    ops: new PrivilegedOps({ runner, ...(env.BANGER_NETNS ? { netns: env.BANGER_NETNS } : {}) }),
+    ops: hostNetOps(env, runner),
     leases,
     repos,
     config,
@@ -91,7 +106,8 @@ export async function composeDaemon(deps: AppDeps, hooks: Pick<AppHooks, 'onStop
     log,
     dns,
     onHostReady: () =>
-      dns.listen(`${config.bridge_ip}:53`).then(
+      // Port 53 on the bridge address is redirected here by the bridge's policy (see NetPolicy.dns).
+      dns.listen(`${config.bridge_ip}:${config.bridge_dns_port}`).then(
         () => undefined,
         (e) => log.warn({ err: e }, 'guest DNS listener on the bridge not started'),
       ),
