@@ -64,6 +64,7 @@ export async function composeDaemon(deps: AppDeps, hooks: Pick<AppHooks, 'onStop
   if (leftovers.length) log.info({ removed: leftovers }, 'removed work left by an earlier daemon');
 
   const kernels = new KernelService({
+    runner,
     repos,
     layout,
     clock,
@@ -144,7 +145,7 @@ export async function composeDaemon(deps: AppDeps, hooks: Pick<AppHooks, 'onStop
     onVmsChanged: writeSshFiles,
     ...(env.BANGER_AGENT_READY_TIMEOUT_MS ? { agentReadyTimeoutMs: Number(env.BANGER_AGENT_READY_TIMEOUT_MS) } : {}),
   });
-  const builds = new ImageBuildService({ images, vms, layout, sshConfigPath: ssh.configPath });
+  const builds = new ImageBuildService({ images, vms, layout, sshConfigPath: ssh.configPath, runner });
 
   const app = new App(deps, {
     status: () => ({

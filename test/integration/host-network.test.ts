@@ -9,11 +9,12 @@ import { parseConfig } from '../../src/config/config.js';
 import { type DnsRecords, NetworkService } from '../../src/daemon/services/network.js';
 import { BridgeLock } from '../../src/host/bridge-lock.js';
 import { OWNER_ALIAS, PrivilegedOps } from '../../src/host/privileged.js';
-import { type CommandRunner, ProcessRunner, type RunOptions, type RunResult } from '../../src/host/runner.js';
+import { ProcessRunner, type RunOptions } from '../../src/host/runner.js';
 import { TapPool } from '../../src/host/tap-pool.js';
 import type { LeaseRepo } from '../../src/store/leases.js';
 import type { Repos } from '../../src/store/repos.js';
 import { macForIp } from '../../src/util/ipv4.js';
+import { FakeRunner } from '../helpers/fake-runner.js';
 import { requires } from '../helpers/prereq.js';
 import { waitFor } from './harness.js';
 
@@ -144,16 +145,12 @@ test('ensureBridge refuses a CIDR overlapping an address or route on another lin
 });
 
 test('bad names and arguments are refused before any command runs', async () => {
-  const calls: string[][] = [];
-  const recorder: CommandRunner = {
-    run: async (cmd: string, args: readonly string[]): Promise<RunResult> => {
-      calls.push([cmd, ...args]);
-      // `ip -j -d link show dev banger0` finds banger's own bridge (applyPolicy checks it); everything else answers [].
-      const bridge = args.includes('link') && args.at(-1) === 'banger0';
-      const stdout = bridge ? JSON.stringify([{ ifname: 'banger0', ifalias: OWNER_ALIAS, linkinfo: { info_kind: 'bridge' } }]) : '[]';
-      return { code: 0, signal: null, stdout, stderr: '' };
-    },
-  };
+  // `ip -j -d link show dev banger0` finds banger's own bridge (applyPolicy checks it); everything else answers [].
+  const recorder = new FakeRunner((_cmd, args) => {
+    const bridge = args.includes('link') && args.at(-1) === 'banger0';
+    return { stdout: bridge ? JSON.stringify([{ ifname: 'banger0', ifalias: OWNER_ALIAS, linkinfo: { info_kind: 'bridge' } }]) : '[]' };
+  });
+  const calls = recorder.calls;
   const ops = new PrivilegedOps({ runner: recorder, netns: 'banger-t-never-created', sudo: 'never', firewall: 'nft' });
   await assert.rejects(ops.ensureBridge('eth0', '10.77.0.1/24'), rejectsWith('bad_request', /eth0/));
   await assert.rejects(ops.ensureBridge('docker0', '10.77.0.1/24'), rejectsWith('bad_request', /docker0/));

@@ -1,17 +1,17 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { BangerError } from '../../src/api/errors.js';
-import type { CommandRunner, RunOptions, RunResult } from '../../src/host/runner.js';
 import { lookupUserIn } from '../../src/host/users.js';
 import { QEMU_SANDBOX_POLICY, QemuConfinementCheck } from '../../src/vmm/qemu/sandbox.js';
+import { type FakeOutcome, FakeRunner } from '../helpers/fake-runner.js';
 
-/** A FAKE runner standing in for qemu-system-x86_64: answers by argv, records every call. */
-class FakeQemu implements CommandRunner {
-  readonly calls: string[][] = [];
-  constructor(private readonly answer: (args: readonly string[]) => Partial<RunResult>) {}
-  async run(_command: string, args: readonly string[], _o?: RunOptions): Promise<RunResult> {
-    this.calls.push([...args]);
-    return { code: 0, signal: null, stdout: '', stderr: '', ...this.answer(args) };
+/** A FAKE runner standing in for qemu-system-x86_64: answers by argv, records every call (argv only). */
+class FakeQemu extends FakeRunner {
+  constructor(answer: (args: readonly string[]) => Exclude<FakeOutcome, 'missing'>) {
+    super((_command, args) => answer(args));
+  }
+  get argvs(): string[][] {
+    return this.calls.map((c) => c.slice(1));
   }
 }
 
@@ -20,7 +20,7 @@ test('the sandbox check runs QEMU with the exact policy and -version, once per b
   const check = new QemuConfinementCheck(qemu);
   assert.equal(await check.check('qemu-system-x86_64'), 'runas');
   await check.check('qemu-system-x86_64');
-  assert.deepEqual(qemu.calls, [['-sandbox', QEMU_SANDBOX_POLICY, '-version']]);
+  assert.deepEqual(qemu.argvs, [['-sandbox', QEMU_SANDBOX_POLICY, '-version']]);
 });
 
 test('a QEMU without seccomp support is refused with a BangerError naming the fix, and re-checked next time', async () => {
@@ -36,7 +36,7 @@ test('a QEMU without seccomp support is refused with a BangerError naming the fi
   });
   supported = true;
   assert.equal(await check.check('/opt/qemu'), 'runas');
-  assert.equal(qemu.calls.length, 2);
+  assert.equal(qemu.argvs.length, 2);
 });
 
 test('a vmm user QEMU cannot find is an invalid_config error naming the user', async () => {
@@ -52,13 +52,13 @@ test('a vmm user QEMU cannot find is an invalid_config error naming the user', a
     assert.match(e.fix ?? '', /useradd/);
     return true;
   });
-  assert.deepEqual(qemu.calls[1], ['-sandbox', 'on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny', '-runas', 'banger-vmm', '-version']);
+  assert.deepEqual(qemu.argvs[1], ['-sandbox', 'on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny', '-runas', 'banger-vmm', '-version']);
 });
 
 test('a newer QEMU that only offers -run-with gets user= there', async () => {
   const qemu = new FakeQemu((args) => (args.includes('-help') ? { stdout: '-run-with [async-teardown=on|off][,chroot=dir][user=username|uid:gid]\n' } : {}));
   assert.equal(await new QemuConfinementCheck(qemu).check('qemu', { runAs: 'nobody' }), 'run-with');
-  assert.deepEqual(qemu.calls[1]?.slice(2), ['-run-with', 'user=nobody', '-version']);
+  assert.deepEqual(qemu.argvs[1]?.slice(2), ['-run-with', 'user=nobody', '-version']);
 });
 
 test('vmm users resolve from passwd text or uid:gid; unknown ones do not', () => {
