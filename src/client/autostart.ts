@@ -4,17 +4,9 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { BangerError } from '../api/errors.js';
 import type { Layout } from '../config/layout.js';
+import { BANGERD_NODE_FLAGS } from '../util/daemon-flags.js';
 
 export const BANGERD_ENTRY = fileURLToPath(new URL('../daemon/main.js', import.meta.url));
-
-/**
- * Node flags bangerd runs with (a service unit starting bin/bangerd.js should pass them too).
- * `--max-semi-space-size=2` (MiB): V8's young generation otherwise grows its semi-spaces up to
- * 16 MiB each under the allocation bursts of operations and keeps them committed; for a daemon
- * that is idle most of the time that was ~20 MiB of RSS (idle 71 instead of 79 MiB, and ~85
- * instead of ~120 MiB after operations: docs/performance.md), at no measurable cost per operation.
- */
-export const BANGERD_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=2'];
 
 /** What this start attempt wrote to the daemon's stderr log (the file is shared across starts). */
 function writtenSince(path: string, offset: number): string {

@@ -20,6 +20,7 @@ import { BangerError } from '../api/errors.js';
 import { SERVICE_HELPER_DIR, SERVICE_HELPER_SOCKET, SERVICE_RUNTIME_DIR } from '../config/layout.js';
 import type { CommandRunner } from '../host/runner.js';
 import { which } from '../host/which.js';
+import { BANGERD_NODE_FLAGS } from '../util/daemon-flags.js';
 import { requireRoot } from './install.js';
 import { ensureTunAccessible, lookupOwner, writeFileAtomic } from './owner.js';
 import { installedPaths, installTargets, SUPERVISOR, systemdIsInit } from './paths.js';
@@ -144,6 +145,7 @@ export function childSpecs(owner: ServiceOwner, opts: { nodePath: string; daemon
         '--inh-caps=-all',
         '--',
         opts.nodePath,
+        ...BANGERD_NODE_FLAGS,
         opts.daemonScript,
         '--foreground',
       ],

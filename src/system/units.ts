@@ -1,5 +1,6 @@
 import { BangerError } from '../api/errors.js';
 import { SERVICE_HELPER_SOCKET, SERVICE_RUNTIME_DIR } from '../config/layout.js';
+import { BANGERD_NODE_FLAGS } from '../util/daemon-flags.js';
 
 /**
  * The two systemd units of the split layout, rendered as strings from a typed spec (pure: no
@@ -152,7 +153,7 @@ export function renderDaemonUnit(spec: UnitSpec): string {
     spec.kvmGroup && 'SupplementaryGroups=kvm',
     `Environment=HOME=${owner.home} BANGER_RUNTIME_DIR=${SERVICE_RUNTIME_DIR} BANGER_ROOT_HELPER=${SERVICE_HELPER_SOCKET}`,
     `WorkingDirectory=${owner.home}`,
-    `ExecStart=${spec.nodePath} ${spec.daemonScript} --foreground`,
+    `ExecStart=${spec.nodePath} ${BANGERD_NODE_FLAGS.join(' ')} ${spec.daemonScript} --foreground`,
     'Restart=on-failure',
     'RestartSec=2',
     // /run/banger (0700, owned by the owner): the API socket, the pid file and each running VM's
