@@ -11,11 +11,20 @@ export interface HelperOpsOptions {
   socketPath?: string;
   /** Per request, connect to response; default 120 s (applyPolicy runs several host commands). */
   timeoutMs?: number;
+  /** How long a helper that is not listening (being restarted) is waited for; default 10 s. */
+  restartGraceMs?: number;
   /**
    * The network namespace the helper works in, when it is not the daemon's own (tests start the
    * helper under `ip netns exec`): only a label for the bridge claim's key, the helper is not told.
    */
   namespace?: string;
+}
+
+/** The helper was not listening (no socket, or nobody accepting): the request never left. */
+class NotListening extends Error {
+  constructor(readonly error: BangerError) {
+    super(error.message);
+  }
 }
 
 const PINNING = new Set(['nft', 'ebtables', 'none']);
@@ -35,11 +44,13 @@ export class HelperOps implements HostNetOps {
   readonly socketPath: string;
   readonly namespace: string | undefined;
   private readonly timeoutMs: number;
+  private readonly restartGraceMs: number;
 
   constructor(options: HelperOpsOptions = {}) {
     this.socketPath = options.socketPath ?? HELPER_SOCKET_DEFAULT;
     this.namespace = options.namespace;
     this.timeoutMs = options.timeoutMs ?? 120_000;
+    this.restartGraceMs = options.restartGraceMs ?? 10_000;
   }
 
   /** Whether a helper socket this user may trust is there (compose.ts picks HelperOps on it); never throws. */
@@ -66,17 +77,33 @@ export class HelperOps implements HostNetOps {
       }
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') {
-        throw new BangerError('unavailable', `the privileged helper is not running (${socketPath} does not exist)`, { fix: HELPER_FIX });
+        throw new NotListening(new BangerError('unavailable', `the privileged helper is not running (${socketPath} does not exist)`, { fix: HELPER_FIX }));
       }
       throw e;
     }
   }
 
-  /** One request, one response; `{ok:false}` becomes the helper's BangerError. */
+  /**
+   * One request, one response; `{ok:false}` becomes the helper's BangerError. While the helper is
+   * not there (its supervisor or systemd restarts it within seconds) the connection is retried for
+   * `restartGraceMs`: nothing was sent, so a retry cannot run an operation twice.
+   */
   async call(op: HelperOp, args: Record<string, unknown>): Promise<unknown> {
-    HelperOps.checkSocket(this.socketPath);
     const line = `${JSON.stringify({ op, args })}\n`;
-    const raw = await new Promise<string>((resolve, reject) => {
+    const deadline = Date.now() + this.restartGraceMs;
+    for (;;) {
+      try {
+        HelperOps.checkSocket(this.socketPath);
+        return this.answer(op, await this.exchange(op, line));
+      } catch (e) {
+        if (!(e instanceof NotListening) || Date.now() >= deadline) throw e instanceof NotListening ? e.error : e;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+  }
+
+  private exchange(op: HelperOp, line: string): Promise<string> {
+    return new Promise<string>((resolve, reject) => {
       const chunks: Buffer[] = [];
       let size = 0;
       let settled = false;
@@ -105,7 +132,7 @@ export class HelperOps implements HostNetOps {
       sock.on('end', () => finish(undefined, Buffer.concat(chunks).toString('utf8')));
       sock.on('error', (e: NodeJS.ErrnoException) => {
         if (e.code === 'ECONNREFUSED' || e.code === 'ENOENT') {
-          finish(new BangerError('unavailable', `the privileged helper is not running (${this.socketPath}: ${e.code})`, { fix: HELPER_FIX }));
+          finish(new NotListening(new BangerError('unavailable', `the privileged helper is not running (${this.socketPath}: ${e.code})`, { fix: HELPER_FIX })));
         } else if (e.code === 'EPIPE' || e.code === 'ECONNRESET') {
           finish(
             new BangerError('unavailable', `the privileged helper closed the connection during ${op} (it refuses callers other than its owner)`, {
@@ -117,6 +144,9 @@ export class HelperOps implements HostNetOps {
         }
       });
     });
+  }
+
+  private answer(op: HelperOp, raw: string): unknown {
     if (!raw) {
       throw new BangerError('unavailable', `the privileged helper closed the connection without answering ${op} (it refuses callers other than its owner)`, {
         fix: `check bangerd-root's log; it must run with --owner ${process.getuid?.()}`,

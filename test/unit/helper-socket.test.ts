@@ -63,7 +63,7 @@ async function fakeHelper(path: string, answer: string | Buffer | 'close' | 'han
 }
 
 test('HelperOps: no socket → unavailable, with the fix naming bangerd-root', { skip }, async () => {
-  const h = new HelperOps({ socketPath: join(freshDir(), 'helper.sock') });
+  const h = new HelperOps({ socketPath: join(freshDir(), 'helper.sock'), restartGraceMs: 0 });
   await assert.rejects(h.listTaps('banger0'), (e) => isCode('unavailable', /not running/)(e) && /bangerd-root/.test((e as BangerError).fix ?? ''));
   assert.equal(HelperOps.available(join(freshDir(), 'helper.sock')), false);
 });
@@ -76,7 +76,19 @@ function staleSocket(path: string): void {
 test('HelperOps: a socket nobody listens on (stale) → unavailable', { skip }, async () => {
   const path = join(freshDir(), 'helper.sock');
   staleSocket(path);
-  await assert.rejects(new HelperOps({ socketPath: path }).pinning(), isCode('unavailable', /ECONNREFUSED/));
+  await assert.rejects(new HelperOps({ socketPath: path, restartGraceMs: 0 }).pinning(), isCode('unavailable', /ECONNREFUSED/));
+});
+
+test('HelperOps waits out a helper restart: a request made while nothing listens is sent once the helper is back', { skip }, async () => {
+  const path = join(freshDir(), 'helper.sock');
+  staleSocket(path);
+  const pending = new HelperOps({ socketPath: path, restartGraceMs: 30_000 }).pinning();
+  // The helper comes back (its supervisor restarted it): the stale socket is replaced by a listening one.
+  await new Promise((r) => setTimeout(r, 300));
+  rmSync(path);
+  const fake = await fakeHelper(path, '{"ok":true,"result":"nft"}\n');
+  assert.equal(await pending, 'nft');
+  assert.deepEqual(fake.received, ['{"op":"pinning","args":{}}\n'], 'sent exactly once');
 });
 
 test('HelperOps refuses socket paths it cannot trust, without connecting', { skip }, async () => {
