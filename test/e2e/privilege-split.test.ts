@@ -22,11 +22,13 @@ const assets = guestAssets();
 const isRoot = process.getuid?.() === 0;
 // The split service uses fixed paths (/run/banger, /run/banger-root): one per host. A service the
 // machine really runs is never touched.
-const serviceRuns = supervisorPid() !== undefined || existsSync('/etc/systemd/system/bangerd.service');
+const serviceRuns =
+  supervisorPid() !== undefined || existsSync('/etc/systemd/system/bangerd.service') || existsSync('/run/banger') || existsSync('/run/banger-root');
+const hadLogDir = existsSync('/var/log/banger');
 const skip = !isRoot
   ? 'needs root: it creates a user and starts the root helper'
   : serviceRuns
-    ? 'a banger system service already runs on this host (its fixed paths are taken)'
+    ? 'a banger system service is installed or runs on this host (/run/banger, /run/banger-root: its fixed paths are taken)'
     : requires(assets, 'guest assets missing: run scripts/guest-assets.sh');
 
 /** What /proc says about a process: real uid and seccomp mode (2 = filter). */
@@ -61,6 +63,7 @@ describe('privilege split: root helper + unprivileged daemon and QEMU on a real 
   let gid: number;
   let tree: string;
   let home: string;
+  let startedHere = false;
 
   const ns = (cmd: string, args: string[], timeoutMs = 30_000) => runProcess('ip', ['netns', 'exec', netns, cmd, ...args], {}, timeoutMs);
 
@@ -163,6 +166,7 @@ describe('privilege split: root helper + unprivileged daemon and QEMU on a real 
       ['accel = "tcg"', '[vm_defaults]', 'vcpu = 1', 'memory_mib = 512', 'disk_size = "1G"', ''].join('\n'),
     );
     await runProcess('chown', ['-R', `${uid}:${gid}`, join(home, '.config')], {}, 10_000);
+    startedHere = true;
     const started = await systemCtl(['start', '--owner', user]);
     assert.equal(started.code, 0, `system start: ${started.stdout}${started.stderr}`);
     await ok(['kernel', 'import', 'debian-cloud', '--from', join(assetDir, 'kernel')]);
@@ -181,7 +185,10 @@ describe('privilege split: root helper + unprivileged daemon and QEMU on a real 
         }
       }
     }
-    await rm('/run/banger', { recursive: true, force: true });
+    // Both runtime dirs were created by this test's `system start` (none existed: see `skip`); later
+    // suites (the Node 24 pass) must find the host as it was.
+    if (startedHere)
+      for (const d of ['/run/banger', '/run/banger-root', ...(hadLogDir ? [] : ['/var/log/banger'])]) await rm(d, { recursive: true, force: true });
     await runProcess('ip', ['netns', 'del', netns], {}, 10_000).catch(() => undefined);
     await runProcess('userdel', [user], {}, 30_000).catch(() => undefined);
     if (dir) await rm(dir, { recursive: true, force: true });

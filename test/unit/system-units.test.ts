@@ -60,7 +60,7 @@ test('the daemon unit: User=owner, KillMode=process, preserved 0700 runtime dir,
   assert.equal(unitValue(u, 'Environment'), 'HOME=/home/alice BANGER_RUNTIME_DIR=/run/banger BANGER_ROOT_HELPER=/run/banger-root/helper.sock');
   assert.equal(unitValue(u, 'After'), 'network.target bangerd-root.service');
   assert.equal(unitValue(u, 'Wants'), 'bangerd-root.service');
-  assert.equal(unitValue(u, 'ExecStart'), '/usr/bin/node /opt/banger/bin/bangerd.js --foreground');
+  assert.equal(unitValue(u, 'ExecStart'), '/usr/bin/node --max-semi-space-size=2 /opt/banger/bin/bangerd.js --foreground');
   // mmdebstrap's unshare mode runs the setuid newuidmap: no NoNewPrivileges, no bounding set.
   assert.equal(unitValue(u, 'NoNewPrivileges'), undefined);
   assert.equal(unitValue(u, 'CapabilityBoundingSet'), undefined);
