@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
 import { after, test } from 'node:test';
 import pino from 'pino';
 import { BangerError } from '../../src/api/errors.js';
@@ -15,6 +14,7 @@ import type { LeaseRepo } from '../../src/store/leases.js';
 import type { Repos } from '../../src/store/repos.js';
 import { macForIp } from '../../src/util/ipv4.js';
 import { FakeRunner } from '../helpers/fake-runner.js';
+import { netnsUnavailable, sbin } from '../helpers/netns.js';
 import { requires } from '../helpers/prereq.js';
 import { waitFor } from './harness.js';
 
@@ -29,20 +29,7 @@ const namespaces: string[] = [];
 const children: ChildProcess[] = [];
 const RUN_ID = randomBytes(3).toString('hex');
 
-const sbin = (cmd: string) => ['/usr/sbin', '/sbin', '/usr/bin', '/bin'].some((d) => existsSync(`${d}/${cmd}`));
-
-async function probe(): Promise<string | false> {
-  if (process.platform !== 'linux') return 'Linux only';
-  if (process.getuid?.() !== 0) return 'requires root: the test creates network namespaces (run as root, e.g. in the CI VM)';
-  if (!sbin('ip')) return 'requires iproute2 (`ip`)';
-  const name = `banger-t-${RUN_ID}-probe`;
-  const r = await runner.run('ip', ['netns', 'add', name], { allowFailure: true });
-  if (r.code !== 0) return `cannot create network namespaces here: ${r.stderr.trim()}`;
-  await runner.run('ip', ['netns', 'del', name], { allowFailure: true });
-  return false;
-}
-
-const skip = await probe();
+const skip = await netnsUnavailable('the test creates network namespaces (run as root, e.g. in the CI VM)', `banger-t-${RUN_ID}-probe`);
 const nftSkip = skip || requires(sbin('nft'), 'requires nftables (`nft`)');
 const iptSkip = skip || requires(sbin('iptables') && sbin('iptables-restore'), 'requires iptables');
 

@@ -7,6 +7,7 @@ import { after, before, test } from 'node:test';
 import { OWNER_ALIAS } from '../../src/host/privileged.js';
 import { ProcessRunner } from '../../src/host/runner.js';
 import { ROOT } from '../helpers/banger.js';
+import { netnsUnavailable, sbin } from '../helpers/netns.js';
 import { requires } from '../helpers/prereq.js';
 import { waitFor } from './harness.js';
 
@@ -24,21 +25,9 @@ const runner = new ProcessRunner();
 const RUN_ID = randomBytes(3).toString('hex');
 const OWNER = 65534;
 const OTHER = 65533;
-const sbin = (cmd: string) => ['/usr/sbin', '/sbin', '/usr/bin', '/bin'].some((d) => existsSync(`${d}/${cmd}`));
-
-async function probe(): Promise<string | false> {
-  if (process.platform !== 'linux') return 'Linux only';
-  if (process.getuid?.() !== 0) return 'requires root: the helper runs as root and the test creates network namespaces';
-  if (!sbin('ip')) return 'requires iproute2 (`ip`)';
-  const name = `banger-t-${RUN_ID}-probe`;
-  const r = await runner.run('ip', ['netns', 'add', name], { allowFailure: true });
-  if (r.code !== 0) return `cannot create network namespaces here: ${r.stderr.trim()}`;
-  await runner.run('ip', ['netns', 'del', name], { allowFailure: true });
-  return false;
-}
 
 const skip =
-  (await probe()) ||
+  (await netnsUnavailable('the helper runs as root and the test creates network namespaces', `banger-t-${RUN_ID}-probe`)) ||
   requires(sbin('nft'), 'requires nftables (`nft`)') ||
   requires(sbin('setpriv'), 'requires setpriv (util-linux)') ||
   requires(existsSync(join(ROOT, 'native/build/banger-peercred')), 'requires native/build/banger-peercred (npm run build)');

@@ -94,7 +94,10 @@ test('system install --root writes both units, prepares subordinate ids once, an
   const helperUnit = read(join(unitDir, 'bangerd-root.service'));
   assert.match(daemonUnit, new RegExp(`^User=${USER}$`, 'm'));
   assert.match(daemonUnit, /^KillMode=process$/m);
-  assert.ok(daemonUnit.includes(`\nExecStart=${realpathSync(process.execPath)} --max-semi-space-size=2 ${realpathSync(ROOT)}/bin/bangerd.js --foreground\n`), daemonUnit);
+  assert.ok(
+    daemonUnit.includes(`\nExecStart=${realpathSync(process.execPath)} --max-semi-space-size=2 ${realpathSync(ROOT)}/bin/bangerd.js --foreground\n`),
+    daemonUnit,
+  );
   assert.match(helperUnit, /^CapabilityBoundingSet=CAP_NET_ADMIN CAP_CHOWN CAP_FOWNER$/m);
   assert.match(helperUnit, new RegExp(`--owner ${USER} --socket /run/banger-root/helper\\.sock$`, 'm'));
   assert.equal(read(join(etc, 'subuid')), `someone:100000:65536\n${USER}:165536:65536\n`);

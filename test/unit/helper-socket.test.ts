@@ -228,27 +228,23 @@ test('HelperServer.listen: socket dir created root 0755, socket 0600 for the own
   assert.ok(s.isSocket());
   assert.equal(s.uid, 65534);
   assert.equal(s.mode & 0o777, 0o600);
-  const second = new HelperServer({
-    socketPath: h.path,
-    ownerUid: 65534,
-    ops: new RecordingOps(),
-    scope: {},
-    peerCred: fakePeer(new Error('x')),
-    log: () => {},
-  });
+  // A server that would never authenticate anyone: only its listen() is under test.
+  const idleServer = () =>
+    new HelperServer({
+      socketPath: h.path,
+      ownerUid: 65534,
+      ops: new RecordingOps(),
+      scope: {},
+      peerCred: fakePeer(new Error('x')),
+      log: () => {},
+    });
+  const second = idleServer();
   await assert.rejects(second.listen(), isCode('conflict', /already listening/));
   await h.server.close();
   assert.throws(() => statSync(h.path), /ENOENT/, 'close removes its socket');
   // A socket a killed helper left behind is replaced.
   staleSocket(h.path);
-  const again = new HelperServer({
-    socketPath: h.path,
-    ownerUid: 65534,
-    ops: new RecordingOps(),
-    scope: {},
-    peerCred: fakePeer(new Error('x')),
-    log: () => {},
-  });
+  const again = idleServer();
   await again.listen();
   assert.equal(statSync(h.path).uid, 65534);
   await again.close();
