@@ -194,8 +194,9 @@ describe('privilege split: root helper + unprivileged daemon and QEMU on a real 
     if (dir) await rm(dir, { recursive: true, force: true });
   });
 
-  test('vm create with NAT: the daemon and QEMU run as the user, QEMU under seccomp, the TAP is the user’s, NAT and DNS work', async () => {
-    await ok(['vm', 'create', '--name', 'split1', '--nat']);
+  test('vm run -d with NAT: the daemon and QEMU run as the user, QEMU under seccomp, the TAP is the user’s, NAT and DNS work', async () => {
+    const run = await ok(['vm', 'run', '-d', '--name', 'split1', '--nat']);
+    assert.match(run, /split1/, 'vm run -d names the VM it left running');
     const vm = await showVm('split1');
     assert.equal(vm.state, 'running');
 
