@@ -40,6 +40,8 @@
 #include <sys/utsname.h>
 #include <sys/wait.h>
 
+#include "common.h"
+
 #define AGENT_VERSION "0.1.0"
 #define MAX_LINE 65536 /* bytes per line, newline excluded; the host enforces the same */
 #define MAX_PORTS 1024
@@ -49,38 +51,7 @@
 #define DEFAULT_VSOCK_PORT 1024
 #define MAX_SAFE_ID 9007199254740991ULL /* 2^53-1: ids must survive a JavaScript number */
 
-static void logmsg(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("banger-agent: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-}
-
-static void nap_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL); /* an early wake-up by SIGCHLD is harmless */
-}
-
-/* Reads a small file whole (up to cap-1 bytes), NUL-terminated; /proc files need read(), not stat sizes. */
-static ssize_t read_file(const char *path, char *buf, size_t cap)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return -1;
-    size_t n = 0;
-    while (n + 1 < cap) {
-        ssize_t r = read(fd, buf + n, cap - 1 - n);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) break;
-        n += (size_t)r;
-    }
-    close(fd);
-    buf[n] = 0;
-    return (ssize_t)n;
-}
+const char log_name[] = "banger-agent";
 
 static void trim_right(char *s)
 {
@@ -404,14 +375,6 @@ static const char *parse_request(const char *line, size_t n, struct request *rq)
 
 /* ---- methods --------------------------------------------------------------------------------- */
 
-static double uptime_s(void)
-{
-    char buf[128];
-    if (read_file("/proc/uptime", buf, sizeof buf) <= 0) return 0;
-    double up = strtod(buf, NULL);
-    return up > 0 ? up : 0;
-}
-
 static const char *m_ping(struct out *o)
 {
     out_raw(o, "{}", 2);
@@ -618,17 +581,11 @@ static const char *m_poweroff(struct out *o)
 static void do_poweroff(void)
 {
     char comm[32] = "";
-    int fd;
     if (getpid() == 1) {
-        sync();
-        reboot(RB_POWER_OFF);
+        power_off();
         return;
     }
-    if ((fd = open("/proc/1/comm", O_RDONLY | O_CLOEXEC)) >= 0) {
-        ssize_t n = read(fd, comm, sizeof comm - 1);
-        if (n > 0) comm[n] = 0;
-        close(fd);
-    }
+    read_file("/proc/1/comm", comm, sizeof comm);
     /* systemd starts poweroff.target on SIGRTMIN+4; banger-init powers off on SIGPWR. */
     kill(1, strncmp(comm, "systemd", 7) == 0 ? SIGRTMIN + 4 : SIGPWR);
 }
@@ -754,7 +711,7 @@ static int open_channel(const char *path)
         if (strlen(path) >= sizeof a.sun_path) return errno = ENAMETOOLONG, -1;
         strcpy(a.sun_path, path);
         if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0) return -1;
-        if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) return close(fd), -1;
+        if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) return close_keep_errno(fd), -1;
         return fd;
     }
     if ((fd = open(path, O_RDWR | O_NOCTTY | O_CLOEXEC)) < 0) return -1;
@@ -774,11 +731,11 @@ static void serve_device(const char *path)
         int fd = open_channel(path);
         struct stat st;
         if (fd < 0) {
-            if (!failing++) logmsg("cannot open %s: %s (retrying)", path, strerror(errno));
-            nap_ms(failing < 50 ? 100 : 1000);
+            if (!failing++) say("cannot open %s: %s (retrying)", path, strerror(errno));
+            sleep_ms(failing < 50 ? 100 : 1000);
             continue;
         }
-        logmsg("serving on %s", path);
+        say("serving on %s", path);
         failing = 0;
         int is_chr = fstat(fd, &st) == 0 && S_ISCHR(st.st_mode);
         conn_reset(&one);
@@ -792,13 +749,13 @@ static void serve_device(const char *path)
             /* virtio-serial reads return 0 while no host is connected: wait for one, keep the port */
             if (r == 0 && is_chr) {
                 conn_reset(&one);
-                nap_ms(100);
+                sleep_ms(100);
                 continue;
             }
             break; /* an error, or EOF of a socket or file: reopen */
         }
         close(fd);
-        nap_ms(100);
+        sleep_ms(100);
     }
 }
 
@@ -828,12 +785,7 @@ static int vsock_listen(unsigned port)
     struct sockaddr_vm a = {.svm_family = AF_VSOCK, .svm_port = port, .svm_cid = VMADDR_CID_ANY};
     int fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) return -1;
-    if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || listen(fd, MAX_CLIENTS) != 0) {
-        int e = errno;
-        close(fd);
-        errno = e;
-        return -1;
-    }
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || listen(fd, MAX_CLIENTS) != 0) return close_keep_errno(fd), -1;
     return fd;
 }
 
@@ -851,7 +803,7 @@ static void serve_vsock(int lfd, unsigned port, int watch_virtio)
 {
     unsigned long long seq = 0;
     char chunk[16384], dev[PATH_MAX];
-    logmsg("listening on vsock port %u", port);
+    say("listening on vsock port %u", port);
     for (int i = 0; i < MAX_CLIENTS; i++) clients[i].fd = -1;
     for (;;) {
         struct pollfd pfd[MAX_CLIENTS + 1];
@@ -861,7 +813,7 @@ static void serve_vsock(int lfd, unsigned port, int watch_virtio)
             if (clients[i].fd >= 0) slot[n] = i, pfd[n++] = (struct pollfd){.fd = clients[i].fd, .events = POLLIN};
         int rc = poll(pfd, (nfds_t)n, watch_virtio && !seq ? 500 : -1);
         if (rc < 0) {
-            if (errno != EINTR) nap_ms(100);
+            if (errno != EINTR) sleep_ms(100);
             continue;
         }
         if (rc == 0 && find_virtio_port(dev, sizeof dev) == 0) {
@@ -882,8 +834,8 @@ static void serve_vsock(int lfd, unsigned port, int watch_virtio)
             if (cfd < 0) continue;
             /* Only the host may drive the agent: not another VM, not a process in this guest. */
             if (plen < sizeof peer || peer.svm_family != AF_VSOCK || peer.svm_cid != VMADDR_CID_HOST) {
-                logmsg("refused a vsock connection from cid %u (only the host, cid %u, is served)",
-                       (unsigned)peer.svm_cid, (unsigned)VMADDR_CID_HOST);
+                say("refused a vsock connection from cid %u (only the host, cid %u, is served)", (unsigned)peer.svm_cid,
+                    (unsigned)VMADDR_CID_HOST);
                 close(cfd);
                 continue;
             }
@@ -914,8 +866,8 @@ static void serve_default(void)
         if (find_virtio_port(dev, sizeof dev) == 0) serve_device(dev);
         int lfd = vsock_listen(DEFAULT_VSOCK_PORT);
         if (lfd >= 0) serve_vsock(lfd, DEFAULT_VSOCK_PORT, 1);
-        if (!warned++) logmsg("no virtio port %s and no vsock (%s) yet; retrying", VIRTIO_PORT_NAME, strerror(errno));
-        nap_ms(500);
+        if (!warned++) say("no virtio port %s and no vsock (%s) yet; retrying", VIRTIO_PORT_NAME, strerror(errno));
+        sleep_ms(500);
     }
 }
 
@@ -929,15 +881,6 @@ static void reap(int sig)
     while (waitpid(-1, NULL, WNOHANG) > 0) {
     }
     errno = saved;
-}
-
-/* Started by an init with 0-2 closed, the channel would get fd 2 and our log lines would land in
- * the protocol stream. */
-static void ensure_std_fds(void)
-{
-    int fd;
-    while ((fd = open("/dev/null", O_RDWR | O_CLOEXEC)) >= 0 && fd <= 2) fcntl(fd, F_SETFD, 0);
-    if (fd > 2) close(fd);
 }
 
 static void usage(FILE *f)
@@ -968,7 +911,7 @@ int main(int argc, char **argv)
             char *end;
             vsock_port = strtol(argv[++i], &end, 10);
             if (*end || vsock_port < 0 || vsock_port > 0xffffffffL) {
-                fprintf(stderr, "banger-agent: bad vsock port %s\n", argv[i]);
+                say("bad vsock port %s", argv[i]);
                 return 2;
             }
         } else {
@@ -977,11 +920,13 @@ int main(int argc, char **argv)
         }
     }
     if (stdio_mode + (device != NULL) + (vsock_port >= 0) > 1) {
-        fputs("banger-agent: --stdio, --device and --vsock-port exclude each other\n", stderr);
+        say("--stdio, --device and --vsock-port exclude each other");
         return 2;
     }
 
-    ensure_std_fds();
+    /* Started by an init with 0-2 closed, the channel would get fd 2 and our log lines would land in
+     * the protocol stream. */
+    ensure_std_fds("/dev/null");
     signal(SIGPIPE, SIG_IGN); /* a host hanging up must be a write error, not our death */
     if (getpid() == 1) {
         struct sigaction sa = {0};
@@ -996,8 +941,8 @@ int main(int argc, char **argv)
     if (vsock_port >= 0) {
         int lfd, warned = 0;
         while ((lfd = vsock_listen((unsigned)vsock_port)) < 0) {
-            if (!warned++) logmsg("cannot listen on vsock port %ld: %s (retrying)", vsock_port, strerror(errno));
-            nap_ms(500);
+            if (!warned++) say("cannot listen on vsock port %ld: %s (retrying)", vsock_port, strerror(errno));
+            sleep_ms(500);
         }
         serve_vsock(lfd, (unsigned)vsock_port, 0);
     }

@@ -42,6 +42,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common.h"
+
 #define NEWROOT "/newroot"
 #define LOAD_ORDER "/lib/modules/load-order"
 #define PAYLOAD_ROOT "/banger/root"
@@ -52,6 +54,8 @@
 #define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 extern char **environ;
+
+const char log_name[] = "banger-init";
 
 static struct {
     char root[256];
@@ -73,29 +77,6 @@ static struct {
     .net_dev = "eth0",
 };
 
-static double uptime(void)
-{
-    struct timespec ts;
-    if (clock_gettime(CLOCK_BOOTTIME, &ts) != 0) return 0;
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-/* One write per line so lines from the kernel and from children never interleave mid-line. */
-static void say(const char *fmt, ...)
-{
-    char buf[1024];
-    int n = snprintf(buf, sizeof buf, "banger-init: ");
-    va_list ap;
-    va_start(ap, fmt);
-    n += vsnprintf(buf + n, sizeof buf - (size_t)n, fmt, ap);
-    va_end(ap);
-    if (n > (int)sizeof buf - 2) n = (int)sizeof buf - 2;
-    buf[n++] = '\n';
-    if (write(2, buf, (size_t)n) < 0) {
-        /* nowhere left to report to */
-    }
-}
-
 /* Must be called right after the failing call: it reads errno. */
 static void failed(const char *what)
 {
@@ -115,28 +96,8 @@ static void failedf(const char *fmt, const char *arg)
 static void __attribute__((noreturn)) die(const char *why)
 {
     say("FATAL: %s; powering off", why);
-    sync();
-    reboot(RB_POWER_OFF);
-    failed("reboot(POWER_OFF)");
+    power_off();
     for (;;) pause();
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
-
-/* The kernel opens /dev/console for fds 0-2 only if the node exists in the archive; make sure. */
-static void ensure_console(void)
-{
-    if (fcntl(2, F_GETFD) != -1) return;
-    int fd = open("/dev/console", O_RDWR | O_NOCTTY);
-    if (fd < 0) return;
-    for (int i = 0; i < 3; i++)
-        if (fd != i) dup2(fd, i);
-    if (fd > 2) close(fd);
 }
 
 static void mount_api(const char *src, const char *dir, const char *type, unsigned long flags)
@@ -156,18 +117,10 @@ static void copy_value(char *dst, size_t size, const char *src, size_t len)
 static void read_cmdline(void)
 {
     char buf[4096];
-    int fd = open("/proc/cmdline", O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        failed("open /proc/cmdline");
-        return;
-    }
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n < 0) {
+    if (read_file("/proc/cmdline", buf, sizeof buf) < 0) {
         failed("read /proc/cmdline");
         return;
     }
-    buf[n] = '\0';
     for (char *tok = strtok(buf, " \t\n"); tok; tok = strtok(NULL, " \t\n")) {
         const char *v;
         if (strncmp(tok, "root=", 5) == 0) {
@@ -285,9 +238,7 @@ static int load_module(const char *path)
             rc = (int)syscall(SYS_init_module, image, (unsigned long)st.st_size, "");
         free(image);
     }
-    int e = errno;
-    close(fd);
-    errno = e;
+    close_keep_errno(fd);
     if (rc != 0 && errno != EEXIST) {
         failedf("load module %s", path);
         return -1;
@@ -316,17 +267,17 @@ static void load_modules(void)
             errors++;
     }
     fclose(f);
-    say("loaded %d modules%s at %.2f s", loaded, errors ? " (with errors)" : "", uptime());
+    say("loaded %d modules%s at %.2f s", loaded, errors ? " (with errors)" : "", uptime_s());
 }
 
 /* Against the clock, not a count of sleeps: under TCG a 5 ms sleep can take far longer. */
 static int wait_for_block(const char *path, long timeout_ms)
 {
     struct stat st;
-    double deadline = uptime() + (double)timeout_ms / 1000.0;
+    double deadline = uptime_s() + (double)timeout_ms / 1000.0;
     for (;;) {
         if (stat(path, &st) == 0 && S_ISBLK(st.st_mode)) return 0;
-        if (uptime() >= deadline) return -1;
+        if (uptime_s() >= deadline) return -1;
         sleep_ms(5);
     }
 }
@@ -346,7 +297,7 @@ static void mount_root(void)
         failedf("mount root %s", cfg.root);
         die("cannot mount the root filesystem");
     }
-    say("mounted %s (%s) at %.2f s", cfg.root, cfg.rootfstype, uptime());
+    say("mounted %s (%s) at %.2f s", cfg.root, cfg.rootfstype, uptime_s());
 }
 
 /* Moves the API filesystems into the new root and makes it "/", as switch_root does. */
@@ -855,9 +806,7 @@ static void __attribute__((noreturn)) supervise(pid_t agent)
             kill(-1, SIGTERM);
             sleep_ms(1000);
             kill(-1, SIGKILL);
-            sync();
-            reboot(RB_POWER_OFF);
-            failed("reboot(POWER_OFF)");
+            power_off();
             stop_requested = 0;
         }
         int status;
@@ -955,12 +904,13 @@ static void configure_network(void)
 int main(int argc, char **argv)
 {
     (void)argc;
-    ensure_console();
+    /* The kernel opens /dev/console for fds 0-2 only if the node exists in the archive; make sure. */
+    ensure_std_fds("/dev/console");
     mount_api("devtmpfs", "/dev", "devtmpfs", MS_NOSUID);
-    ensure_console();
+    ensure_std_fds("/dev/console");
     mount_api("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC);
     mount_api("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC);
-    say("started at %.2f s", uptime());
+    say("started at %.2f s", uptime_s());
 
     read_cmdline();
     read_config();
@@ -1002,7 +952,7 @@ int main(int argc, char **argv)
     static const char *const systemd[] = {"/lib/systemd/systemd", "/usr/lib/systemd/systemd"};
     for (size_t i = 0; i < sizeof systemd / sizeof systemd[0]; i++) {
         if (!is_executable(systemd[i])) continue;
-        say("starting systemd at %.2f s", uptime());
+        say("starting systemd at %.2f s", uptime_s());
         argv[0] = (char *)"/sbin/init";
         execve(systemd[i], argv, environ);
         failedf("exec %s", systemd[i]);

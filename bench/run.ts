@@ -10,7 +10,7 @@ import { type BenchResult, formatResult, isMetricBenchmark, roundsFor, runBenchm
 import { benchmarks, ROOT } from './registry.js';
 
 function usage(): string {
-  return `usage: node dist/bench/run.js [--list] [name...]\n  BENCH_ROUNDS=N overrides every timed benchmark's round count\n  BENCH_ACCEL=tcg|kvm  accelerator of the VM benchmarks (default tcg)\n  BENCH_OPS=1000 BENCH_OPS_WARMUP=200 BENCH_VMS=3  daemon-memory's operations and running VMs\nThe VM benchmarks build the guest assets first (scripts/guest-assets.sh, cached), as npm test does.\n\nbenchmarks:\n${benchmarks.map((b) => `  ${b.name.padEnd(16)} ${b.description}`).join('\n')}\n`;
+  return `usage: node dist/bench/run.js [--list] [name...]\n  BENCH_ROUNDS=N overrides every timed benchmark's round count\n  BENCH_ACCEL=tcg|kvm  accelerator of the VM benchmarks (default tcg)\n  BENCH_OPS=1000 BENCH_OPS_WARMUP=500 BENCH_VMS=3  daemon-memory's operations and running VMs\nThe VM benchmarks build the guest assets first (scripts/guest-assets.sh, cached), as npm test does.\n\nbenchmarks:\n${benchmarks.map((b) => `  ${b.name.padEnd(16)} ${b.description}`).join('\n')}\n`;
 }
 
 async function main(argv: string[]): Promise<number> {

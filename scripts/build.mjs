@@ -1,5 +1,5 @@
 // Builds everything banger ships: TypeScript → dist/, the static guest binaries → agent/build/,
-// and the build stamp (version, commit, time) that `banger version` prints.
+// the root helper's host tools → native/build/, and the build stamp (version, commit, time) that `banger version` prints.
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -27,4 +27,10 @@ writeFileSync(join(root, 'dist/build-info.json'), `${JSON.stringify({ version: p
 if (existsSync(join(root, 'agent/Makefile'))) {
   mkdirSync(join(root, 'agent/build'), { recursive: true });
   run('make', ['-s', '-C', 'agent']);
+}
+
+// Host tools of the root helper (bangerd-root): banger-peercred reads SO_PEERCRED, which Node cannot.
+if (existsSync(join(root, 'native/Makefile'))) {
+  mkdirSync(join(root, 'native/build'), { recursive: true });
+  run('make', ['-s', '-C', 'native']);
 }

@@ -17,6 +17,10 @@ import ts from 'typescript';
  * (module names, or file paths relative to src/).
  */
 export const LAYERS = [
+  // bangerd-root, the privileged helper: its own entry point and process, kept small (no commander,
+  // pino or SQLite). It serves PrivilegedOps over a socket, so it reaches down to host/ and nothing
+  // above it; nothing imports it (the daemon speaks to it through host/helper-client.ts).
+  { name: 'helper', modules: ['helper'], only: ['host', 'util', 'api'] },
   // The command line. Talks to the daemon through the client only (plus the local-only commands below).
   { name: 'cli', modules: ['cli'], only: ['client', 'api', 'util', 'config/layout.ts'] },
   // The SDK: typed HTTP over the daemon's socket, auto-start. Never the daemon's internals.
@@ -25,6 +29,8 @@ export const LAYERS = [
   { name: 'daemon', modules: ['daemon'] },
   // `banger doctor`'s checks and the real host probe (reads host, store and config, changes nothing).
   { name: 'doctor', modules: ['doctor'] },
+  // `banger system …`: systemd unit renderers, the owner's preparation, the supervisor (reads/writes host files, runs systemctl).
+  { name: 'system', modules: ['system'] },
   // Image pipeline (OCI pull, recipe, bundle, rootfs build, image catalog); an image names its kernel.
   { name: 'images', modules: ['images'] },
   // Kernel catalog, Debian index resolution, vmlinux extraction.
@@ -49,6 +55,11 @@ export const EXCEPTIONS = [
     from: 'cli/commands/misc.ts',
     to: 'doctor',
     why: 'local-only command: `banger doctor` checks this host without a daemon (it must work when bangerd cannot start)',
+  },
+  {
+    from: 'cli/commands/system.ts',
+    to: 'system',
+    why: 'local-only command: `banger system install|start|stop|status` sets up and supervises the daemon itself (it must work when no daemon runs)',
   },
   {
     from: 'cli/commands/ssh.ts',

@@ -32,7 +32,7 @@ fi
 rm -rf "$work"
 mkdir -p "$work"
 # src/ and scripts/ too: the import-graph test runs scripts/check-imports.mjs on the real src/.
-cp -r "$root/bin" "$root/dist" "$root/agent" "$root/docs" "$root/src" "$root/scripts" "$root/package.json" "$work/"
+cp -r "$root/bin" "$root/dist" "$root/agent" "$root/native" "$root/docs" "$root/src" "$root/scripts" "$root/package.json" "$work/"
 ln -s "$cache/modules-$key/node_modules" "$work/node_modules"
 cd "$work"
 mapfile -t files < <(find dist/test/unit dist/test/integration -name '*.test.js' | sort)

@@ -60,7 +60,7 @@ npm run -s build
 step "lint"
 npx biome check src test bench scripts
 node scripts/check-imports.mjs
-clang-format --dry-run --Werror agent/*.c
+clang-format --dry-run --Werror agent/*.c agent/*.h native/*.c
 step "typecheck"
 npx tsc -p tsconfig.json --noEmit
 

@@ -1,8 +1,7 @@
-import { spawn } from 'node:child_process';
 import { Duplex, PassThrough, Transform, type TransformCallback } from 'node:stream';
 import * as zlib from 'node:zlib';
 import { BangerError } from '../api/errors.js';
-import { toolError } from '../host/runner.js';
+import type { CommandRunner } from '../host/runner.js';
 
 export type Compression = 'gzip' | 'zstd' | 'xz' | 'none';
 
@@ -29,10 +28,10 @@ export const XZ_MEMLIMIT_MIB = 256;
 
 /**
  * A decompressing stream. gzip is zlib's; zstd is zlib's where Node has it (22.15+) and the zstd
- * CLI otherwise; xz is the xz CLI. The CLIs run with an empty environment of their own: they only
- * ever see bytes on stdin.
+ * CLI otherwise; xz is the xz CLI. The CLIs run (through `runner`) with an empty environment of
+ * their own: they only ever see bytes on stdin.
  */
-export function decompressor(kind: Compression): Duplex {
+export function decompressor(kind: Compression, runner: CommandRunner): Duplex {
   switch (kind) {
     case 'none':
       return new Transform({ transform: (c, _e, cb) => cb(null, c) });
@@ -40,16 +39,17 @@ export function decompressor(kind: Compression): Duplex {
       return zlib.createGunzip();
     case 'zstd': {
       const native = (zlib as unknown as { createZstdDecompress?: () => Duplex }).createZstdDecompress;
-      return native ? native() : cliFilter('zstd', ['-dcq']);
+      return native ? native() : cliFilter(runner, 'zstd', ['-dcq']);
     }
     case 'xz':
       // xz honours any dictionary size a header asks for (up to 4 GiB of RAM); real packages use ≤ 64 MiB.
-      return cliFilter('xz', ['-dcq', `--memlimit-decompress=${XZ_MEMLIMIT_MIB}MiB`]);
+      return cliFilter(runner, 'xz', ['-dcq', `--memlimit-decompress=${XZ_MEMLIMIT_MIB}MiB`]);
   }
 }
 
-function cliFilter(bin: string, args: string[]): Duplex {
-  const child = spawn(bin, args, { stdio: ['pipe', 'pipe', 'pipe'], env: { PATH: process.env.PATH ?? '/usr/bin:/bin' } });
+/** A CLI decompressor (reads stdin, writes stdout) as a stream. */
+function cliFilter(runner: CommandRunner, bin: string, args: string[]): Duplex {
+  const child = runner.spawn(bin, args, { env: { PATH: process.env.PATH ?? '/usr/bin:/bin' }, neededFor: 'needed to decompress' });
   let stderr = '';
   child.stderr.setEncoding('utf8');
   child.stderr.on('data', (d: string) => {
@@ -60,16 +60,21 @@ function cliFilter(bin: string, args: string[]): Duplex {
   const out = new PassThrough();
   child.stdout.pipe(out, { end: false });
   const duplex = Duplex.from({ writable: child.stdin, readable: out });
-  child.on('error', (e: NodeJS.ErrnoException) => {
-    duplex.destroy(toolError(e, bin, 'needed to decompress'));
-  });
-  child.on('close', (code, signal) => {
-    if (code === 0) out.end();
-    else if (code !== null) duplex.destroy(new BangerError('rejected_content', `${bin} could not decompress the data: ${stderr.trim() || `exit ${code}`}`));
-    else if (!duplex.destroyed) duplex.destroy(new BangerError('rejected_content', `${bin} was killed (${signal}) while decompressing`));
-  });
+  let exited = false;
+  child.done.then(
+    ({ code, signal }) => {
+      exited = true;
+      if (code === 0) out.end();
+      else if (code !== null) duplex.destroy(new BangerError('rejected_content', `${bin} could not decompress the data: ${stderr.trim() || `exit ${code}`}`));
+      else if (!duplex.destroyed) duplex.destroy(new BangerError('rejected_content', `${bin} was killed (${signal}) while decompressing`));
+    },
+    (e: unknown) => {
+      exited = true;
+      duplex.destroy(e as Error);
+    },
+  );
   duplex.on('close', () => {
-    if (child.exitCode === null) child.kill('SIGKILL');
+    if (!exited) child.kill('SIGKILL');
   });
   return duplex;
 }

@@ -5,11 +5,14 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import * as tar from 'tar-stream';
 import { BangerError } from '../api/errors.js';
+import type { CommandRunner } from '../host/runner.js';
 import { byteLimit, type Compression, decompressor, sniffCompression } from './decompress.js';
 
 export interface SafeExtractOptions {
   /** A directory that must not exist yet; created here, removed again on any failure. */
   dest: string;
+  /** Runs the xz (and, on older Nodes, zstd) decompressor. */
+  runner: CommandRunner;
   /** What the archive is, for messages ("linux-image-….deb data.tar.xz"). */
   label: string;
   /** Sum of the entries' sizes. */
@@ -144,7 +147,7 @@ async function extractInto(input: Readable, root: string, opts: SafeExtractOptio
   // Decompressed bytes are bounded too: headers and padding are small next to the content limit.
   const piping = pipeline(
     source,
-    decompressor(kind),
+    decompressor(kind, opts.runner),
     byteLimit(opts.maxBytes + (opts.maxEntries + 16) * 1024 + 1024 * 1024, label),
     extract,
     opts.signal ? { signal: opts.signal } : {},

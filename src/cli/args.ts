@@ -1,5 +1,6 @@
-import { type Command, InvalidArgumentError } from 'commander';
+import type { Command } from 'commander';
 import { parseSize } from '../util/duration.js';
+import { InvalidArgumentError } from './commander.js';
 
 /** Option parsers: a malformed value is a usage error (exit 2) with the expected form. */
 export function intArg(name: string) {

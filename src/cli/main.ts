@@ -1,6 +1,5 @@
-import { CommanderError } from 'commander';
 import { BangerError } from '../api/errors.js';
-import { buildProgram } from './program.js';
+import { fastPathFor } from './fast-path.js';
 import { exitCodeFor, formatError } from './render.js';
 
 async function main(): Promise<void> {
@@ -11,16 +10,21 @@ async function main(): Promise<void> {
       throw e;
     });
   }
+  const args = process.argv.slice(2);
+  const fast = fastPathFor(args);
   try {
-    const program = await buildProgram(process.argv.slice(2));
-    if (process.argv.length <= 2) {
+    if (fast) return await fast.run();
+    const { buildProgram } = await import('./program.js');
+    const program = await buildProgram(args);
+    if (args.length === 0) {
       program.outputHelp();
       process.exitCode = 2;
       return;
     }
     await program.parseAsync(process.argv);
   } catch (e) {
-    if (e instanceof CommanderError) {
+    // A fast path never builds commander, so it has no commander errors (and must not load it for them).
+    if (!fast && e instanceof (await import('./commander.js')).CommanderError) {
       // Help and --version exit 0; every usage error exits 2 (commander already printed it).
       process.exitCode = ['commander.helpDisplayed', 'commander.version', 'commander.help'].includes(e.code) ? 0 : 2;
       return;

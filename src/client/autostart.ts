@@ -4,6 +4,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { BangerError } from '../api/errors.js';
 import type { Layout } from '../config/layout.js';
+import { BANGERD_NODE_FLAGS } from '../util/daemon-flags.js';
 
 export const BANGERD_ENTRY = fileURLToPath(new URL('../daemon/main.js', import.meta.url));
 
@@ -28,7 +29,7 @@ export async function startDaemon(layout: Layout, probe: () => Promise<boolean>,
   const started = Date.now();
   let exitCode: number | null | undefined;
   try {
-    const child = spawn(process.execPath, [BANGERD_ENTRY], { detached: true, stdio: ['ignore', fd, fd], env: process.env });
+    const child = spawn(process.execPath, [...BANGERD_NODE_FLAGS, BANGERD_ENTRY], { detached: true, stdio: ['ignore', fd, fd], env: process.env });
     child.on('exit', (code) => {
       exitCode = code;
     });

@@ -15,10 +15,22 @@ import type {
   VmSetRequest,
   VmStats,
 } from '../api/schemas.js';
-import { type Layout, resolveLayout } from '../config/layout.js';
+import { type Layout, resolveClientLayout } from '../config/layout.js';
 import { newOpId } from '../util/ids.js';
 import { errorFrom, isNotRunning, type RawResponse, requestJson, streamEvents, streamText } from './transport.js';
 import { checkVm } from './trust.js';
+
+/**
+ * The system service's socket is there but nothing answers: the service is down. Starting a private
+ * daemon instead would put a second daemon on the owner's state dir beside the service's (and
+ * without its root helper), so the client says so and stops.
+ */
+export function serviceNotRunning(layout: Layout, opId?: string): BangerError {
+  return new BangerError('unavailable', `the banger service is not running (nothing answers on ${layout.socketPath})`, {
+    ...(opId ? { opId } : {}),
+    fix: 'banger system status (as root: banger system start, or systemctl start bangerd)',
+  });
+}
 
 export interface ClientOptions {
   layout?: Layout;
@@ -41,7 +53,7 @@ export class BangerClient {
   lastOpId: string | undefined;
 
   constructor(options: ClientOptions = {}) {
-    this.layout = options.layout ?? resolveLayout();
+    this.layout = options.layout ?? resolveClientLayout();
     this.autostart = options.autostart ?? true;
     this.timeoutMs = options.timeoutMs ?? 120_000;
     this.fixedOpId = options.opId;
@@ -59,6 +71,7 @@ export class BangerClient {
       raw = await requestJson(this.layout.socketPath, method, path, body, opId, this.timeoutMs);
     } catch (e) {
       if (!isNotRunning(e)) throw e;
+      if (this.layout.service) throw serviceNotRunning(this.layout, opId);
       if (!this.autostart) {
         throw new BangerError('unavailable', 'bangerd is not running', { opId, fix: 'start it with `banger daemon start`' });
       }

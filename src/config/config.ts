@@ -26,6 +26,12 @@ const cidr = z.string().refine(
   { message: 'expected an IPv4 CIDR with a prefix between /8 and /30, e.g. "172.30.0.0/24"' },
 );
 
+/**
+ * A `vmm_user`: a user name as useradd accepts it, or numeric `uid:gid` (both forms QEMU's -runas
+ * and banger's jailer set-up take). Checked before it reaches any argv.
+ */
+export const VMM_USER_PATTERN = /^(?:[a-z_][a-z0-9_-]{0,30}\$?|\d{1,10}:\d{1,10})$/;
+
 /** The built-in image (images/catalog.ts) that `default_image_name` names unless configured. */
 export const DEFAULT_IMAGE_NAME = 'debian-bookworm';
 
@@ -36,6 +42,10 @@ export const ConfigSchema = z
     vmm: z.enum(['auto', 'firecracker', 'qemu']).default('auto'),
     firecracker_bin: z.string().min(1).default('firecracker'),
     qemu_bin: z.string().min(1).default('qemu-system-x86_64'),
+    /** Root daemon only: the user QEMU (-runas) and a jailed Firecracker (--uid/--gid) run as. Empty: the daemon's own user. */
+    vmm_user: z.string().regex(VMM_USER_PATTERN, 'expected a user name (e.g. "banger-vmm") or "uid:gid"').or(z.literal('')).default(''),
+    /** Firecracker's jailer (a name on PATH or a path); used when found and the daemon is root. Empty: never. */
+    jailer_bin: z.string().default('jailer'),
     accel: z.enum(['auto', 'kvm', 'tcg']).default('auto'),
     ssh_key_path: z.string().min(1).optional(),
     default_image_name: z.string().min(1).default(DEFAULT_IMAGE_NAME),
@@ -60,6 +70,7 @@ export const ConfigSchema = z
     tap_pool_size: z.number().int().min(0).max(64).default(2),
     default_dns: z.array(z.string().refine((v) => isIP(v) !== 0, { message: 'expected IP addresses' })).default([]),
     dns_listen_addr: hostPort.default('127.0.0.1:42069'),
+    bridge_dns_port: z.number().int().min(1024).max(65_535).default(42053),
     web_listen_addr: hostPort.default('127.0.0.1:42070'),
     vm_defaults: z
       .object({

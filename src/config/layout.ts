@@ -1,6 +1,6 @@
 import { chmodSync, lstatSync, mkdirSync } from 'node:fs';
 import { homedir, userInfo } from 'node:os';
-import { join } from 'node:path';
+import { isAbsolute, join, normalize } from 'node:path';
 import { BangerError } from '../api/errors.js';
 
 /**
@@ -25,8 +25,24 @@ export interface Layout {
   imagesDir: string;
   kernelsDir: string;
   stagingDir: string;
+  /**
+   * Set when this is the system service's fixed runtime dir (`/run/banger`, see
+   * resolveClientLayout): a client must not start a private daemon for it.
+   */
+  service?: true;
 }
 
+/** The system service's fixed paths (`banger system install|start`, docs/privileges.md). */
+export const SERVICE_RUNTIME_DIR = '/run/banger';
+export const SERVICE_HELPER_DIR = '/run/banger-root';
+export const SERVICE_HELPER_SOCKET = '/run/banger-root/helper.sock';
+
+/**
+ * The daemon's layout. BANGER_HOME puts everything under one directory (and wins over everything
+ * else: tests rely on it); otherwise XDG dirs, with the runtime dir (socket, pid file, VM sockets)
+ * from BANGER_RUNTIME_DIR (absolute; the system service sets `/run/banger`), else
+ * `$XDG_RUNTIME_DIR/banger`, else `/tmp/banger-<uid>`.
+ */
 export function resolveLayout(env: NodeJS.ProcessEnv = process.env): Layout {
   const home = env.BANGER_HOME;
   let configDir: string;
@@ -43,7 +59,11 @@ export function resolveLayout(env: NodeJS.ProcessEnv = process.env): Layout {
     configDir = join(env.XDG_CONFIG_HOME || join(h, '.config'), 'banger');
     stateDir = join(env.XDG_STATE_HOME || join(h, '.local', 'state'), 'banger');
     cacheDir = join(env.XDG_CACHE_HOME || join(h, '.cache'), 'banger');
-    runtimeDir = env.XDG_RUNTIME_DIR ? join(env.XDG_RUNTIME_DIR, 'banger') : `/tmp/banger-${userInfo().uid}`;
+    runtimeDir = env.BANGER_RUNTIME_DIR
+      ? absoluteRuntimeDir(env.BANGER_RUNTIME_DIR)
+      : env.XDG_RUNTIME_DIR
+        ? join(env.XDG_RUNTIME_DIR, 'banger')
+        : `/tmp/banger-${userInfo().uid}`;
   }
   const logDir = join(stateDir, 'logs');
   return {
@@ -65,6 +85,42 @@ export function resolveLayout(env: NodeJS.ProcessEnv = process.env): Layout {
     kernelsDir: join(stateDir, 'kernels'),
     stagingDir: join(stateDir, 'staging'),
   };
+}
+
+function absoluteRuntimeDir(dir: string): string {
+  if (!isAbsolute(dir) || dir.split('/').includes('..')) {
+    throw new BangerError('bad_request', `BANGER_RUNTIME_DIR must be an absolute path without "..", got ${JSON.stringify(dir.slice(0, 200))}`, {
+      fix: 'set BANGER_RUNTIME_DIR to an absolute directory such as /run/banger, or unset it',
+    });
+  }
+  return normalize(dir).replace(/(.)\/+$/, '$1');
+}
+
+/**
+ * True when `dir` is a real directory (not a link) owned by `uid`: the system service's runtime
+ * dir is chowned to its owner, so for anyone else it is not "theirs" and they keep their own.
+ */
+export function isOwnedDir(dir: string, uid: number | undefined): boolean {
+  if (uid === undefined) return false;
+  try {
+    const st = lstatSync(dir);
+    return st.isDirectory() && !st.isSymbolicLink() && st.uid === uid;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The layout a client (CLI, SDK) talks to. In order: BANGER_HOME or BANGER_RUNTIME_DIR name it
+ * explicitly; else the system service's socket under `/run/banger` when that directory exists and
+ * is owned by the caller (the service's owner; XDG_RUNTIME_DIR plays no part, so it works from
+ * cron, sudo -u or a login without a systemd session); else the per-user layout (today's default,
+ * where the client may start a private daemon). The state, config and cache dirs stay the caller's
+ * XDG dirs either way (the service's daemon uses the same ones: it runs as the owner, HOME=owner's).
+ */
+export function resolveClientLayout(env: NodeJS.ProcessEnv = process.env, serviceDir = SERVICE_RUNTIME_DIR): Layout {
+  if (env.BANGER_HOME || env.BANGER_RUNTIME_DIR || !isOwnedDir(serviceDir, process.getuid?.())) return resolveLayout(env);
+  return { ...resolveLayout({ ...env, BANGER_RUNTIME_DIR: serviceDir }), service: true };
 }
 
 /**

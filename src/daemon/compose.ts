@@ -2,7 +2,9 @@ import { readFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { DiskTools } from '../host/disks.js';
-import { PrivilegedOps } from '../host/privileged.js';
+import { HelperOps } from '../host/helper-client.js';
+import { HELPER_SOCKET_DEFAULT } from '../host/helper-wire.js';
+import { type HostNetOps, PrivilegedOps } from '../host/privileged.js';
 import { which } from '../host/which.js';
 import { BlobCache } from '../oci/blob-cache.js';
 import { LeaseRepo } from '../store/leases.js';
@@ -10,6 +12,7 @@ import { Repos } from '../store/repos.js';
 import { KeyedMutex } from '../util/keyed-mutex.js';
 import type { VmmDriver, VmmKind } from '../vmm/driver.js';
 import { FirecrackerDriver } from '../vmm/firecracker/driver.js';
+import { jailerOptionsFor } from '../vmm/firecracker/jailer.js';
 import { QemuDriver } from '../vmm/qemu/driver.js';
 import { Accelerators, chooseVmm } from './accelerator.js';
 import { App, type AppDeps, type AppHooks } from './app.js';
@@ -27,6 +30,19 @@ import { sweepLeftovers } from './services/leftovers.js';
 import { NetworkService } from './services/network.js';
 import { SshAccess } from './services/ssh-access.js';
 import { VmService } from './services/vms.js';
+
+/**
+ * Who changes host networking: a root daemon itself; a daemon running as its owner asks the
+ * `bangerd-root` helper (BANGER_ROOT_HELPER names its socket, or the default one is there); with
+ * neither, `sudo -n` (PrivilegedOps' fallback, for development). See docs/privileges.md.
+ */
+function hostNetOps(env: NodeJS.ProcessEnv, runner: AppDeps['runner']): HostNetOps {
+  const netns = env.BANGER_NETNS ? { netns: env.BANGER_NETNS } : {};
+  if (process.getuid?.() !== 0 && (env.BANGER_ROOT_HELPER || HelperOps.available(HELPER_SOCKET_DEFAULT))) {
+    return new HelperOps({ socketPath: env.BANGER_ROOT_HELPER || HELPER_SOCKET_DEFAULT });
+  }
+  return new PrivilegedOps({ runner, ...netns });
+}
 
 /**
  * The composition root: constructs every service on the daemon's shared mechanisms, wires them
@@ -48,6 +64,7 @@ export async function composeDaemon(deps: AppDeps, hooks: Pick<AppHooks, 'onStop
   if (leftovers.length) log.info({ removed: leftovers }, 'removed work left by an earlier daemon');
 
   const kernels = new KernelService({
+    runner,
     repos,
     layout,
     clock,
@@ -71,9 +88,18 @@ export async function composeDaemon(deps: AppDeps, hooks: Pick<AppHooks, 'onStop
 
   const accelerators = new Accelerators({ config, layout, clock, log, hostKernel: readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim() });
   const vmmKind: VmmKind = chooseVmm(config, !!(await which(config.firecracker_bin)), accelerators.cachedProbe?.usable);
+  const jailer = await jailerOptionsFor({
+    jailerBin: config.jailer_bin,
+    firecrackerBin: config.firecracker_bin,
+    vmmUser: config.vmm_user,
+    chrootBaseDir: join(layout.stateDir, 'jail'),
+  }).catch((e) => {
+    log.warn({ err: e }, 'Firecracker jailer not used');
+    return undefined;
+  });
   const drivers: Record<VmmKind, VmmDriver> = {
-    qemu: new QemuDriver(config.qemu_bin),
-    firecracker: new FirecrackerDriver({ binaryPath: config.firecracker_bin }),
+    qemu: new QemuDriver(config.qemu_bin, { vmmUser: config.vmm_user }),
+    firecracker: new FirecrackerDriver({ binaryPath: config.firecracker_bin, ...(jailer ? { jailer } : {}) }),
   };
 
   const dns = new DnsFanout(log);
@@ -82,7 +108,7 @@ export async function composeDaemon(deps: AppDeps, hooks: Pick<AppHooks, 'onStop
     return undefined;
   });
   const network = new NetworkService({
-    ops: new PrivilegedOps({ runner, ...(env.BANGER_NETNS ? { netns: env.BANGER_NETNS } : {}) }),
+    ops: hostNetOps(env, runner),
     leases,
     repos,
     config,
@@ -90,7 +116,8 @@ export async function composeDaemon(deps: AppDeps, hooks: Pick<AppHooks, 'onStop
     log,
     dns,
     onHostReady: () =>
-      dns.listen(`${config.bridge_ip}:53`).then(
+      // Port 53 on the bridge address is redirected here by the bridge's policy (see NetPolicy.dns).
+      dns.listen(`${config.bridge_ip}:${config.bridge_dns_port}`).then(
         () => undefined,
         (e) => log.warn({ err: e }, 'guest DNS listener on the bridge not started'),
       ),
@@ -118,7 +145,7 @@ export async function composeDaemon(deps: AppDeps, hooks: Pick<AppHooks, 'onStop
     onVmsChanged: writeSshFiles,
     ...(env.BANGER_AGENT_READY_TIMEOUT_MS ? { agentReadyTimeoutMs: Number(env.BANGER_AGENT_READY_TIMEOUT_MS) } : {}),
   });
-  const builds = new ImageBuildService({ images, vms, layout, sshConfigPath: ssh.configPath });
+  const builds = new ImageBuildService({ images, vms, layout, sshConfigPath: ssh.configPath, runner });
 
   const app = new App(deps, {
     status: () => ({

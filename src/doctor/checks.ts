@@ -11,6 +11,18 @@ export interface Check {
   fix?: string;
 }
 
+/** How banger runs on this host (see `banger system status`). */
+export interface RunMode {
+  mode: 'systemd' | 'supervisor' | 'dev' | 'none';
+  owner?: string;
+  /** The daemon's (dev) or supervisor's pid. */
+  pid?: number;
+  /** uid the dev daemon runs as. */
+  uid?: number;
+  /** Installed units, when there are any. */
+  units?: { owner?: string; ownerExists: boolean; complete: boolean; missingPaths: string[] };
+}
+
 export interface HostProbe {
   arch: string;
   nodeVersion: string;
@@ -30,9 +42,43 @@ export interface HostProbe {
   kvmProbe(): { usable: boolean; detail: string } | undefined;
   /** Whether ~/.ssh/config includes banger's ssh_config (so `ssh <name>.vm` works). */
   sshInclude(): boolean;
+  /** Which mode runs: split under systemd or the supervisor, a development daemon, or nothing. */
+  runMode(): Promise<RunMode>;
   qemuBin: string;
   firecrackerBin: string;
   stateDir: string;
+}
+
+function runModeChecks(m: RunMode, add: (status: CheckStatus, name: string, detail: string, fix?: string) => void): void {
+  const detail =
+    m.mode === 'systemd'
+      ? `split: bangerd-root as root, bangerd as ${m.owner ?? '?'}, under systemd`
+      : m.mode === 'supervisor'
+        ? `split: bangerd-root as root, bangerd as ${m.owner ?? '?'}, under banger's supervisor (pid ${m.pid})`
+        : m.mode === 'dev'
+          ? m.uid === 0
+            ? `all-root development daemon (pid ${m.pid}, \`banger daemon start\`)`
+            : `development daemon as uid ${m.uid} (pid ${m.pid}; host networking through sudo -n)`
+          : 'no daemon running (the CLI starts a development daemon on first use; `banger system` runs the split service)';
+  const u = m.units;
+  if (u && (m.mode === 'none' || m.mode === 'dev'))
+    add(
+      'WARN',
+      'run mode',
+      `${detail}; the service units are installed but the service does not run`,
+      `systemctl enable --now bangerd-root.service bangerd.service (without systemd: banger system start --owner ${u.owner ?? 'USER'})`,
+    );
+  else add('PASS', 'run mode', detail);
+  if (!u) return;
+  const problems = [
+    !u.complete && 'one of bangerd.service / bangerd-root.service is missing',
+    !u.owner && 'bangerd.service names no User=',
+    u.owner && !u.ownerExists && `its owner ${u.owner} does not exist`,
+    u.missingPaths.length > 0 && `missing: ${u.missingPaths.join(', ')}`,
+  ].filter(Boolean);
+  if (problems.length)
+    add('FAIL', 'service units', problems.join('; '), `reinstall: banger system install --owner ${u.owner ?? 'USER'} (or banger system uninstall)`);
+  else add('PASS', 'service units', `installed for ${u.owner}; the programs they run exist`);
 }
 
 const GiB = 1024 ** 3;
@@ -116,7 +162,10 @@ export async function runChecks(p: HostProbe): Promise<Check[]> {
     `${APT} nftables`,
   );
 
-  if (p.uid === 0) add('PASS', 'privileges', 'running as root');
+  const runMode = await p.runMode();
+  if (runMode.mode === 'systemd' || runMode.mode === 'supervisor')
+    add('PASS', 'privileges', 'split service: bangerd-root (root, network capabilities only) does the host networking; bangerd needs no privilege');
+  else if (p.uid === 0) add('PASS', 'privileges', 'running as root');
   else if (await p.passwordlessSudo()) add('PASS', 'privileges', 'passwordless sudo (sudo -n) available');
   else
     add(
@@ -141,6 +190,8 @@ export async function runChecks(p: HostProbe): Promise<Check[]> {
     const text = `${(free / GiB).toFixed(1)} GiB free in ${p.stateDir}`;
     add(free < 2 * GiB ? 'FAIL' : free < 10 * GiB ? 'WARN' : 'PASS', 'free disk', text, 'free space or move state with XDG_STATE_HOME / BANGER_HOME');
   }
+
+  runModeChecks(runMode, add);
 
   const m = p.migrations();
   if ('error' in m) add('FAIL', 'store', m.error, 'move the damaged store aside; banger creates a new one');

@@ -9,7 +9,20 @@ import { ProcessRunner } from '../host/runner.js';
 import { hasInclude } from '../host/ssh-config.js';
 import { which } from '../host/which.js';
 import { checkMigrations } from '../store/db.js';
-import type { HostProbe } from './checks.js';
+import { inspectUnits, serviceStatus } from '../system/control.js';
+import type { HostProbe, RunMode } from './checks.js';
+
+/** The development daemon of this layout: the pid its pid file names, when that process lives (and its uid). */
+function devDaemon(pidPath: string): { pid: number; uid: number } | undefined {
+  try {
+    const pid = Number(readFileSync(pidPath, 'utf8').trim());
+    if (!Number.isInteger(pid) || pid <= 1) return undefined;
+    const uid = /^Uid:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1];
+    return uid === undefined ? undefined : { pid, uid: Number(uid) };
+  } catch {
+    return undefined;
+  }
+}
 
 export function realHostProbe(layout: Layout): HostProbe {
   const runner = new ProcessRunner();
@@ -75,6 +88,15 @@ export function realHostProbe(layout: Layout): HostProbe {
       } catch {
         return false;
       }
+    },
+    runMode: async () => {
+      const units = await inspectUnits(runner);
+      const s = await serviceStatus(runner);
+      const base: RunMode = { mode: 'none', ...(units ? { units } : {}) };
+      if (s.mode === 'systemd') return { ...base, mode: 'systemd', ...(s.owner ? { owner: s.owner } : {}) };
+      if (s.mode === 'supervisor') return { ...base, mode: 'supervisor', pid: s.supervisor?.pid as number, ...(s.owner ? { owner: s.owner } : {}) };
+      const dev = devDaemon(layout.pidPath);
+      return dev ? { ...base, mode: 'dev', ...dev } : base;
     },
     qemuBin: (cfg ?? defaultConfig()).qemu_bin,
     firecrackerBin: (cfg ?? defaultConfig()).firecracker_bin,

@@ -1,5 +1,5 @@
 import { BangerError } from '../api/errors.js';
-import { formatCidr, formatIpv4, isHostAddress, parseCidr, parseIpv4 } from '../util/ipv4.js';
+import { type Cidr, formatCidr, formatIpv4, isHostAddress, parseCidr, parseIpv4 } from '../util/ipv4.js';
 
 /**
  * Pure planning of banger's host network: bridge and TAP names and the firewall rulesets (address
@@ -23,11 +23,23 @@ export interface TapPin {
   nat: boolean;
 }
 
-/** banger's whole policy for one bridge: what each TAP may send, and which TAPs are NATed. */
+/**
+ * Where guests' DNS queries to the bridge address (port 53) are redirected: the daemon's resolver
+ * listens on an unprivileged port of the bridge address, so bangerd needs no root to serve it.
+ */
+export interface DnsRedirect {
+  /** The bridge address guests (and the host's resolver route) send queries to. */
+  ip: string;
+  /** The daemon's unprivileged port on that address. */
+  port: number;
+}
+
+/** banger's whole policy for one bridge: what each TAP may send, which TAPs are NATed, where DNS goes. */
 export interface NetPolicy {
   bridge: string;
   cidr: string;
   pins: readonly TapPin[];
+  dns?: DnsRedirect;
 }
 
 export const BRIDGE_NAME_RE = /^banger[a-z0-9_-]{0,9}$/;
@@ -109,9 +121,16 @@ export function nftTableName(bridge: string): string {
 }
 
 /** iptables chains of one bridge (≤ 28 characters: "BGNAT-" + 15). */
-export function iptChains(bridge: string): { nat: string; fwd: string; pin: string; dispatch: string; comment: string } {
+export function iptChains(bridge: string): { nat: string; fwd: string; dns: string; pin: string; dispatch: string; comment: string } {
   validateBridgeName(bridge);
-  return { nat: `BGNAT-${bridge}`, fwd: `BGFWD-${bridge}`, pin: `BGPIN-${bridge}`, dispatch: `BGDSP-${bridge}`, comment: `${IPT_COMMENT}:${bridge}` };
+  return {
+    nat: `BGNAT-${bridge}`,
+    fwd: `BGFWD-${bridge}`,
+    dns: `BGDNS-${bridge}`,
+    pin: `BGPIN-${bridge}`,
+    dispatch: `BGDSP-${bridge}`,
+    comment: `${IPT_COMMENT}:${bridge}`,
+  };
 }
 
 const MAC_RE = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
@@ -148,6 +167,7 @@ export interface NormalPolicy {
   cidr: string;
   pins: TapPin[];
   natIps: string[];
+  dns: DnsRedirect | undefined;
 }
 
 /**
@@ -185,7 +205,15 @@ export function normalisePolicy(spec: NetPolicy): NormalPolicy {
     cidr: formatCidr(c),
     pins: pins.map(({ n: _n, ...p }) => p),
     natIps: pins.filter((p) => p.nat).map((p) => p.ip),
+    dns: spec.dns === undefined ? undefined : normaliseDns(spec.dns, c),
   };
+}
+
+function normaliseDns(dns: DnsRedirect, c: Cidr): DnsRedirect {
+  const n = parseIpv4(dns?.ip, 'DNS address');
+  if (!isHostAddress(c, n)) throw bad(`DNS address ${dns.ip} is not a host address of ${formatCidr(c)}`);
+  if (!Number.isInteger(dns.port) || dns.port < 1 || dns.port > 65_535) throw bad(`DNS port ${dns.port} is not a port number`);
+  return { ip: formatIpv4(n), port: dns.port };
 }
 
 const elems = (items: readonly string[]) => (items.length ? `\n    elements = { ${items.join(', ')} }` : '');
@@ -204,8 +232,22 @@ const elems = (items: readonly string[]) => (items.length ? `\n    elements = { 
  *   bridge (a second, address-based layer: with the pins a source address proves the TAP).
  */
 export function buildNftRuleset(spec: NetPolicy): string {
-  const { bridge, cidr, pins, natIps } = normalisePolicy(spec);
+  const { bridge, cidr, pins, natIps, dns } = normalisePolicy(spec);
   const t = nftTableName(bridge);
+  // Queries to the bridge address on port 53, from guests (prerouting) and from the host itself (output:
+  // the resolver route), go to the daemon's unprivileged port on the same address. dnat, not redirect:
+  // redirect sends locally generated packets to 127.0.0.1, where the daemon does not listen.
+  const redirect = dns
+    ? `  chain dns_prerouting {
+    type nat hook prerouting priority dstnat; policy accept;
+    ip daddr ${dns.ip} meta l4proto { udp, tcp } th dport 53 dnat ip to ${dns.ip}:${dns.port}
+  }
+  chain dns_output {
+    type nat hook output priority -100; policy accept;
+    ip daddr ${dns.ip} meta l4proto { udp, tcp } th dport 53 dnat ip to ${dns.ip}:${dns.port}
+  }
+`
+    : '';
   const br = `"${bridge}"`;
   const legacy = pins.filter((p) => LEGACY_TAP_RE.test(p.tap)).map((p) => `"${p.tap}"`);
   return `table inet ${t}
@@ -227,7 +269,7 @@ table inet ${t} {
     iifname ${br} oifname != ${br} ip saddr @nat_ips accept
     iifname ${br} oifname != ${br} drop
   }
-}
+${redirect}}
 table bridge ${t} {
   comment "banger: TAP pins for VMs on ${bridge} (${cidr}); rebuilt by bangerd"
   set macs {
@@ -276,10 +318,18 @@ const tagOf = (bridge: string) => ['-m', 'comment', '--comment', iptChains(bridg
 
 /** Rules of banger's own chains for one bridge, the iptables equivalent of the `inet` table. */
 export function buildIptablesRules(spec: NetPolicy): IptablesRule[] {
-  const { bridge, natIps } = normalisePolicy(spec);
+  const { bridge, natIps, dns } = normalisePolicy(spec);
   const ch = iptChains(bridge);
   const tag = tagOf(bridge);
   const rules: IptablesRule[] = [];
+  for (const proto of dns ? ['udp', 'tcp'] : []) {
+    const to = String(dns?.port);
+    rules.push({
+      table: 'nat',
+      chain: ch.dns,
+      args: ['-d', `${dns?.ip}/32`, '-p', proto, '--dport', '53', ...tag, '-j', 'DNAT', '--to-destination', `${dns?.ip}:${to}`],
+    });
+  }
   for (const ip of natIps) {
     rules.push({ table: 'nat', chain: ch.nat, args: ['-s', `${ip}/32`, '!', '-o', bridge, ...tag, '-j', 'MASQUERADE'] });
   }
@@ -301,7 +351,19 @@ export function iptablesJumps(bridge: string): IptablesRule[] {
   const tag = tagOf(bridge);
   return [
     { table: 'nat', chain: 'POSTROUTING', args: [...tag, '-j', ch.nat] },
+    { table: 'nat', chain: 'PREROUTING', args: [...tag, '-j', ch.dns] },
+    { table: 'nat', chain: 'OUTPUT', args: [...tag, '-j', ch.dns] },
     { table: 'filter', chain: 'FORWARD', args: [...tag, '-j', ch.fwd] },
+  ];
+}
+
+/** The bridge's own iptables chains, by table: declared (flushed) by the restore script, deleted with the policy. */
+export function iptOwnChains(bridge: string): Array<[IptablesRule['table'], string]> {
+  const ch = iptChains(bridge);
+  return [
+    ['nat', ch.nat],
+    ['nat', ch.dns],
+    ['filter', ch.fwd],
   ];
 }
 
@@ -310,15 +372,12 @@ export function iptablesJumps(bridge: string): IptablesRule[] {
  * table commits atomically, so re-applying replaces the rules rather than appending duplicates.
  */
 export function iptablesRestoreScript(bridge: string, rules: readonly IptablesRule[]): string {
-  const ch = iptChains(bridge);
-  const tables: Array<[IptablesRule['table'], string]> = [
-    ['nat', ch.nat],
-    ['filter', ch.fwd],
-  ];
+  const chains = iptOwnChains(bridge);
   const quote = (a: string) => (/^[A-Za-z0-9_.:/,!-]+$/.test(a) ? a : `"${a}"`);
   let out = '';
-  for (const [table, chain] of tables) {
-    out += `*${table}\n:${chain} - [0:0]\n`;
+  for (const table of ['nat', 'filter'] as const) {
+    out += `*${table}\n`;
+    for (const [, chain] of chains.filter(([t]) => t === table)) out += `:${chain} - [0:0]\n`;
     for (const r of rules.filter((x) => x.table === table)) out += `-A ${r.chain} ${r.args.map(quote).join(' ')}\n`;
     out += 'COMMIT\n';
   }

@@ -11,6 +11,7 @@ import {
   iptablesJumps,
   iptablesRestoreScript,
   iptChains,
+  iptOwnChains,
   LEGACY_TAP_RE,
   type NetPolicy,
   NFT_FWD_MARKER,
@@ -33,6 +34,31 @@ import { CommandError, type CommandRunner, type RunOptions, type RunResult } fro
 
 export const OWNER_ALIAS = 'banger-managed';
 
+export type Pinning = 'nft' | 'ebtables' | 'none';
+
+/**
+ * Every privileged host-network operation the daemon needs: the closed list. Two implementations:
+ * PrivilegedOps runs the commands in-process (root, or `sudo -n`); HelperOps (helper-client.ts)
+ * asks the `bangerd-root` helper over its Unix socket, one validated request per operation.
+ */
+export interface HostNetOps {
+  /** The network namespace host commands run in (tests, BANGER_NETNS); part of the bridge claim's key. */
+  readonly namespace: string | undefined;
+  doctorInfo(): Promise<DoctorInfo>;
+  /** How TAPs are pinned to their VM's MAC and IP; 'none' means guests can spoof each other. */
+  pinning(): Promise<Pinning>;
+  ensureBridge(name: string, addressCidr: string): Promise<void>;
+  deleteBridge(name: string): Promise<void>;
+  createTap(name: string, bridge: string): Promise<void>;
+  deleteTap(name: string, bridge: string): Promise<void>;
+  listTaps(bridge: string): Promise<string[]>;
+  routeVmDomain(bridge: string, dnsIp: string): Promise<boolean>;
+  unrouteVmDomain(bridge: string): Promise<void>;
+  applyPolicy(spec: NetPolicy): Promise<void>;
+  removePolicy(bridge: string): Promise<void>;
+  currentNatIps(bridge: string): Promise<string[]>;
+}
+
 export interface PrivilegedOpsOptions {
   runner: CommandRunner;
   /** Run everything inside this network namespace (tests); production leaves it unset. */
@@ -42,14 +68,21 @@ export interface PrivilegedOpsOptions {
   /** auto: nftables when `nft` is installed, else iptables. */
   firewall?: 'auto' | 'nft' | 'iptables';
   timeoutMs?: number;
+  /**
+   * Who owns the TAPs created (`ip tuntap add ... user <uid>`), so the VMM of that user can open
+   * them. Default: this process's uid when it is not root, else none (root's VMM opens any TAP).
+   * The root helper sets the owner user's uid.
+   */
+  tapOwnerUid?: number;
 }
 
 export interface DoctorInfo {
-  mode: 'root' | 'sudo' | 'unavailable';
+  /** helper: the operations go through the `bangerd-root` helper (HelperOps). */
+  mode: 'root' | 'sudo' | 'helper' | 'unavailable';
   detail: string;
   firewall: 'nft' | 'iptables' | 'none';
   /** How TAPs are pinned to their VM's MAC and IP; 'none' means guests can spoof each other (warn). */
-  pinning: 'nft' | 'ebtables' | 'none';
+  pinning: Pinning;
 }
 
 interface LinkInfo {
@@ -91,12 +124,13 @@ function parseJson<T>(text: string): T[] {
   return t ? (JSON.parse(t) as T[]) : [];
 }
 
-export class PrivilegedOps {
+export class PrivilegedOps implements HostNetOps {
   private readonly runner: CommandRunner;
   private readonly netns: string | undefined;
   private readonly sudo: 'auto' | 'never' | 'always';
   private readonly firewallPref: 'auto' | 'nft' | 'iptables';
   private readonly timeoutMs: number;
+  private readonly tapOwnerUid: number | undefined;
 
   constructor(options: PrivilegedOpsOptions) {
     if (options.netns !== undefined && !NETNS_RE.test(options.netns)) {
@@ -107,6 +141,11 @@ export class PrivilegedOps {
     this.sudo = options.sudo ?? 'auto';
     this.firewallPref = options.firewall ?? 'auto';
     this.timeoutMs = options.timeoutMs ?? 30_000;
+    if (options.tapOwnerUid !== undefined && !(Number.isInteger(options.tapOwnerUid) && options.tapOwnerUid >= 0 && options.tapOwnerUid < 2 ** 32 - 1)) {
+      throw new BangerError('bad_request', `invalid TAP owner uid ${JSON.stringify(options.tapOwnerUid)}`);
+    }
+    const uid = process.getuid?.();
+    this.tapOwnerUid = options.tapOwnerUid ?? (uid !== undefined && uid !== 0 ? uid : undefined);
   }
 
   /** The network namespace host commands run in (tests), or undefined for the daemon's own. */
@@ -119,7 +158,11 @@ export class PrivilegedOps {
   }
 
   /** How TAPs are pinned: nft's bridge family, else ebtables beside iptables, else not at all. */
-  pinning(): 'nft' | 'ebtables' | 'none' {
+  async pinning(): Promise<Pinning> {
+    return this.pinningNow();
+  }
+
+  private pinningNow(): Pinning {
     const fw = this.firewall();
     if (fw === 'nft') return 'nft';
     return onPath('ebtables') && onPath('ebtables-restore') ? 'ebtables' : 'none';
@@ -152,7 +195,7 @@ export class PrivilegedOps {
 
   async doctorInfo(): Promise<DoctorInfo> {
     const firewall = this.firewall();
-    const pinning = this.pinning();
+    const pinning = this.pinningNow();
     if (!this.useSudo) {
       const root = process.getuid?.() === 0;
       return {
@@ -298,9 +341,8 @@ export class PrivilegedOps {
     if (existing) {
       this.assertTap(existing, bridge);
     } else {
-      // The VMM runs as the daemon's user, so a non-root daemon must own the TAP to open it.
-      const uid = process.getuid?.();
-      const owner = uid !== undefined && uid !== 0 ? ['user', String(uid)] : [];
+      // The VMM runs as the daemon's user, so a non-root daemon (or the helper's owner) must own the TAP to open it.
+      const owner = this.tapOwnerUid !== undefined ? ['user', String(this.tapOwnerUid)] : [];
       await this.exec('ip', ['tuntap', 'add', 'dev', name, 'mode', 'tap', ...owner]);
       await this.exec('ip', ['link', 'set', 'dev', name, 'alias', OWNER_ALIAS]);
     }
@@ -347,6 +389,7 @@ export class PrivilegedOps {
   async routeVmDomain(bridge: string, dnsIp: string): Promise<boolean> {
     validateBridgeName(bridge);
     parseIpv4(dnsIp, 'DNS address');
+    await this.ownedBridge(bridge);
     const active = await this.exec('systemctl', ['is-active', '--quiet', 'systemd-resolved'], { allowFailure: true }).catch(() => undefined);
     if (active?.code !== 0) return false;
     await this.exec('resolvectl', ['dns', bridge, dnsIp]);
@@ -354,9 +397,11 @@ export class PrivilegedOps {
     return true;
   }
 
-  /** Undoes routeVmDomain (daemon shutdown). */
+  /** Undoes routeVmDomain (daemon shutdown); a bridge that is gone has nothing to undo, a foreign one is refused. */
   async unrouteVmDomain(bridge: string): Promise<void> {
     validateBridgeName(bridge);
+    if (!(await this.link(bridge))) return;
+    await this.ownedBridge(bridge);
     await this.exec('resolvectl', ['revert', bridge], { allowFailure: true }).catch(() => undefined);
   }
 
@@ -456,16 +501,18 @@ export class PrivilegedOps {
    * Replaces banger's whole policy for one bridge: each TAP pinned to its VM's MAC and IP, the
    * NAT TAPs' VMs masqueraded, every other forwarded packet from the bridge dropped; then IPv4
    * forwarding on while a NAT VM exists (restored when none is left). Only this bridge's tables or
-   * chains are named, so another daemon's (another bridge's) policy is never touched.
+   * chains are named, so another daemon's (another bridge's) policy is never touched. The bridge
+   * must be banger's own: no rules are written for a foreign bridge that has a banger-like name.
    */
   async applyPolicy(spec: NetPolicy): Promise<void> {
     const policy = normalisePolicy(spec);
     const fw = this.requireFirewall();
+    await this.ownedBridge(policy.bridge);
     await this.removeLegacy(policy.bridge, fw);
     if (fw === 'nft') {
       await this.exec('nft', ['-f', '-'], { input: buildNftRuleset(policy) });
     } else {
-      if (this.pinning() === 'ebtables') await this.applyEbtables(policy);
+      if (this.pinningNow() === 'ebtables') await this.applyEbtables(policy);
       await this.exec('iptables-restore', ['-w', '--noflush'], { input: iptablesRestoreScript(policy.bridge, buildIptablesRules(policy)) });
       for (const j of iptablesJumps(policy.bridge)) {
         const check = await this.exec('iptables', ['-w', '-t', j.table, '-C', j.chain, ...j.args], { allowFailure: true });
@@ -501,14 +548,11 @@ export class PrivilegedOps {
           if (r.code !== 0) break;
         }
       }
-      for (const [table, chain] of [
-        ['nat', ch.nat],
-        ['filter', ch.fwd],
-      ] as const) {
+      for (const [table, chain] of iptOwnChains(bridge)) {
         await this.exec('iptables', ['-w', '-t', table, '-F', chain], { allowFailure: true });
         await this.exec('iptables', ['-w', '-t', table, '-X', chain], { allowFailure: true });
       }
-      if (this.pinning() === 'ebtables') {
+      if (this.pinningNow() === 'ebtables') {
         for (let i = 0; i < 16; i++) {
           if ((await this.exec('ebtables', ['-t', 'nat', '-D', 'PREROUTING', '-j', ch.dispatch], { allowFailure: true })).code !== 0) break;
         }

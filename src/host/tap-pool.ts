@@ -1,8 +1,8 @@
 import { tapName, tapNameRe, validateOwnTapName } from './netplan.js';
-import type { PrivilegedOps } from './privileged.js';
+import type { HostNetOps } from './privileged.js';
 
 export interface TapPoolOptions {
-  ops: PrivilegedOps;
+  ops: HostNetOps;
   bridge: string;
   /** Idle TAPs kept ready so `vm start` does not wait for device creation. */
   size: number;
@@ -16,7 +16,7 @@ export interface TapPoolOptions {
  * deleted and the pool refilled with fresh devices, so a VM never inherits another VM's TAP state.
  */
 export class TapPool {
-  private readonly ops: PrivilegedOps;
+  private readonly ops: HostNetOps;
   private readonly bridge: string;
   private readonly size: number;
   private readonly onError: (err: unknown) => void;

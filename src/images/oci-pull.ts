@@ -4,6 +4,7 @@ import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { BangerError } from '../api/errors.js';
 import { decompressor } from '../archive/decompress.js';
+import type { CommandRunner } from '../host/runner.js';
 import { memoryBudgetOf } from '../host/scratch.js';
 import type { BlobCache } from '../oci/blob-cache.js';
 import { type ImageConfig, parseConfig, parseManifest, selectPlatform, type WantedPlatform } from '../oci/manifest.js';
@@ -21,6 +22,8 @@ export interface FlattenOptions {
    * is removed here.
    */
   placeTree: (estimateBytes: number) => Promise<string>;
+  /** Runs the CLI decompressors (zstd layers on Nodes without native zstd). */
+  runner: CommandRunner;
   chownOnDisk: boolean;
   platform: WantedPlatform;
   /** Limits on the unpacked image: content bytes and entries. */
@@ -113,7 +116,7 @@ export async function fetchAndFlatten(client: RegistryClient, cache: BlobCache, 
         },
       });
       const label = `layer ${i + 1} (${l.digest.slice(0, 19)}) of ${what}`;
-      const feeding = pipeline(cache.open(l.digest), decompressor(l.compression), tap);
+      const feeding = pipeline(cache.open(l.digest), decompressor(l.compression, opts.runner), tap);
       const applying = applyLayer(tap, { root, chownOnDisk: opts.chownOnDisk, maxBytes: opts.maxBytes, maxEntries: opts.maxEntries, label }, ledger);
       // The unpacker's error is the meaningful one; the feeder then only reports a premature close.
       const [fed, applied] = await Promise.allSettled([feeding, applying]);

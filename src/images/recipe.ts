@@ -1,7 +1,6 @@
-import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { BangerError } from '../api/errors.js';
-import { toolError } from '../host/runner.js';
+import type { CommandRunner } from '../host/runner.js';
 import type { OpContext } from '../util/op-context.js';
 import type { RecipeSpec } from './catalog.js';
 import { applyLayer, type RootfsLedger } from './layer-apply.js';
@@ -86,19 +85,24 @@ export function mmdebstrapArgs(recipe: RecipeSpec, mirror: string): string[] {
  * Builds a recipe's tree with mmdebstrap and unpacks its tar output into `root` through the same
  * unpacker as image layers (so ownership is handled the same way with or without root).
  */
-export async function runRecipe(recipe: RecipeSpec, mirror: string, root: string, ledger: RootfsLedger, chownOnDisk: boolean, ctx: OpContext): Promise<void> {
+export async function runRecipe(
+  runner: CommandRunner,
+  recipe: RecipeSpec,
+  mirror: string,
+  root: string,
+  ledger: RootfsLedger,
+  chownOnDisk: boolean,
+  ctx: OpContext,
+): Promise<void> {
   const args = mmdebstrapArgs(recipe, mirror);
-  const child = spawn('mmdebstrap', args, { stdio: ['ignore', 'pipe', 'pipe'], signal: ctx.signal });
+  const child = runner.spawn('mmdebstrap', args, { stdin: 'ignore', signal: ctx.signal, neededFor: 'it builds Debian images' });
   const tail: string[] = [];
   createInterface({ input: child.stderr }).on('line', (line) => {
     ctx.log(line);
     tail.push(line);
     if (tail.length > 20) tail.shift();
   });
-  const exited = new Promise<number>((resolve, reject) => {
-    child.on('error', (e: NodeJS.ErrnoException) => reject(toolError(e, 'mmdebstrap', 'it builds Debian images')));
-    child.on('close', (code) => resolve(code ?? 1));
-  });
+  const exited = child.done.then(({ code }) => code ?? 1);
   const unpacked = applyLayer(
     child.stdout,
     { root, chownOnDisk, label: `mmdebstrap ${recipe.suite}`, maxBytes: 64 * 1024 ** 3, maxEntries: 5_000_000 },

@@ -4,6 +4,7 @@ import { pipeline } from 'node:stream/promises';
 import { BangerError } from '../api/errors.js';
 import { byteLimit, type Compression, decompressor } from '../archive/decompress.js';
 import { displayUrl, openUrl } from '../archive/download.js';
+import type { CommandRunner } from '../host/runner.js';
 import type { ReleaseEntry } from './release.js';
 
 /** One stanza of a Packages file, keys as written ("Package", "Depends", "SHA256", ...). */
@@ -160,6 +161,7 @@ const INDEX_VARIANTS: Array<{ suffix: string; compression: Compression }> = [
  * exists) and keeps the linux-image-* stanzas.
  */
 export async function fetchKernelStanzas(
+  runner: CommandRunner,
   mirror: string,
   suite: string,
   component: string,
@@ -191,7 +193,7 @@ export async function fetchKernelStanzas(
       },
     });
     const text = byteLimit(INDEX_MAX_BYTES, displayUrl(url));
-    const flowing = pipeline(body, meter, decompressor(v.compression), text, signal ? { signal } : {});
+    const flowing = pipeline(body, meter, decompressor(v.compression, runner), text, signal ? { signal } : {});
     flowing.catch(() => {}); // the same error ends the iteration below
     const stanzas = await collectStanzas(text, (p) => p.startsWith('linux-image-'));
     await flowing;

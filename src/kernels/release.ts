@@ -1,10 +1,9 @@
-import { spawn } from 'node:child_process';
 import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BangerError } from '../api/errors.js';
 import { displayUrl, readUrl } from '../archive/download.js';
-import { toolError } from '../host/runner.js';
+import type { CommandRunner } from '../host/runner.js';
 
 export interface ReleaseEntry {
   size: number;
@@ -68,6 +67,7 @@ export function checkReleaseValidity(text: string, where: string, now: Date): vo
  * in the keyring even over plain HTTP.
  */
 export async function fetchVerifiedRelease(
+  runner: CommandRunner,
   mirror: string,
   suite: string,
   keyring: string,
@@ -94,7 +94,11 @@ export async function fetchVerifiedRelease(
   const dir = await mkdtemp(join(tmpdir(), 'banger-release-'));
   try {
     await writeFile(join(dir, 'InRelease'), signed);
-    const { code, stderr } = await run('gpgv', ['--quiet', '--keyring', keyring, '--output', join(dir, 'Release'), join(dir, 'InRelease')]);
+    const { code, stderr } = await runner.run('gpgv', ['--quiet', '--keyring', keyring, '--output', join(dir, 'Release'), join(dir, 'InRelease')], {
+      allowFailure: true,
+      maxOutputBytes: 8192,
+      neededFor: "it verifies Debian's signed package index",
+    });
     if (code !== 0) {
       throw new BangerError(
         'rejected_content',
@@ -111,16 +115,4 @@ export async function fetchVerifiedRelease(
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
-}
-
-function run(cmd: string, args: string[]): Promise<{ code: number; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
-    let stderr = '';
-    child.stderr.setEncoding('utf8').on('data', (d: string) => {
-      if (stderr.length < 8192) stderr += d;
-    });
-    child.on('error', (e: NodeJS.ErrnoException) => reject(toolError(e, cmd, "it verifies Debian's signed package index")));
-    child.on('close', (code) => resolve({ code: code ?? 1, stderr }));
-  });
 }

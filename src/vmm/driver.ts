@@ -54,8 +54,10 @@ export interface VmmHandle {
    * without the file): those are compared by pid and start time only.
    */
   bootId?: string;
-  /** QMP socket (QEMU) or API socket (Firecracker). */
+  /** QMP socket (QEMU) or API socket (Firecracker; under the jailer, its host path inside the jail). */
   controlSocket: string;
+  /** Firecracker under the jailer: the jail directory, removed once the process is gone. */
+  jailDir?: string;
   agentSocket: string;
   /** How the agent channel is reached over agentSocket. */
   agentTransport: 'virtio-serial' | 'hybrid-vsock';

@@ -74,6 +74,8 @@ describe('VM lifecycle on real QEMU', { skip }, () => {
     assert.equal(vm.state, 'running');
     assert.equal(vm.accel, 'tcg');
     assert.ok(vm.pid && (await qemuPids('alpha')).includes(vm.pid));
+    // Every QEMU runs under the seccomp sandbox (filter mode), seen from the host.
+    assert.match(readFileSync(`/proc/${vm.pid}/status`, 'utf8'), /^Seccomp:\t2$/m);
     const h = await home.json<{ ready: boolean; hostname: string; uptimeSeconds: number }>(['vm', 'health', 'alpha']);
     assert.equal(h.ready, true);
     assert.equal(h.hostname, 'alpha');
@@ -350,8 +352,9 @@ describe('VM lifecycle on real QEMU', { skip }, () => {
 
   test('a VMM that exits at once fails create with its log tail and leaks nothing', async () => {
     const fakeQemu = join(home.dir, 'qemu-exits');
-    // Real QEMU, handed an option it rejects: it exits immediately with its own message.
-    writeFileSync(fakeQemu, '#!/bin/sh\nexec qemu-system-x86_64 -no-such-option "$@"\n');
+    // Real QEMU, handed an option it rejects: it exits immediately with its own message. The
+    // driver's sandbox check (`-sandbox … -version`) still reaches the real QEMU unchanged.
+    writeFileSync(fakeQemu, '#!/bin/sh\ncase " $* " in *" -version "*) exec qemu-system-x86_64 "$@";; esac\nexec qemu-system-x86_64 -no-such-option "$@"\n');
     chmodSync(fakeQemu, 0o755);
     const other = await TestHome.create(`accel = "tcg"\nqemu_bin = "${fakeQemu}"\n[vm_defaults]\ndisk_size = "512M"\n`, { netns: true });
     try {

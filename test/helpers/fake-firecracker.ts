@@ -27,6 +27,9 @@ export interface FakeHooks {
   /** Return a string to fail the request with that fault message. */
   onLogger?(logPath: string): string | undefined;
   onVsock?(udsPath: string): string | undefined;
+  /** Firecracker opens the kernel and initrd at PUT /boot-source, and a drive's file at PUT /drives. */
+  onBootSource?(kernelPath: string, initrdPath: string | undefined): string | undefined;
+  onDrive?(pathOnHost: string): string | undefined;
   onInstanceStart?(): void;
   onCtrlAltDel?(): void;
   onRequest?(r: RecordedRequest): void;
@@ -131,10 +134,16 @@ export class FakeFirecrackerApi {
         this.config.machine = b;
         return ok();
       case 'PUT /boot-source':
-        this.config.bootSource = b;
-        return ok();
-      case 'PUT /drives/{drive_id}':
-        return this.putDrive(b);
+        return this.hooked(
+          this.opts.hooks?.onBootSource?.(String(b.kernel_image_path), b.initrd_path === undefined ? undefined : String(b.initrd_path)),
+          () => {
+            this.config.bootSource = b;
+          },
+        );
+      case 'PUT /drives/{drive_id}': {
+        const error = this.opts.hooks?.onDrive?.(String(b.path_on_host));
+        return error ? fault(error) : this.putDrive(b);
+      }
       case 'PUT /network-interfaces/{iface_id}':
         return this.putNet(b);
       case 'PUT /vsock':

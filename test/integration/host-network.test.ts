@@ -9,11 +9,12 @@ import { parseConfig } from '../../src/config/config.js';
 import { type DnsRecords, NetworkService } from '../../src/daemon/services/network.js';
 import { BridgeLock } from '../../src/host/bridge-lock.js';
 import { OWNER_ALIAS, PrivilegedOps } from '../../src/host/privileged.js';
-import { type CommandRunner, ProcessRunner, type RunOptions, type RunResult } from '../../src/host/runner.js';
+import { ProcessRunner, type RunOptions } from '../../src/host/runner.js';
 import { TapPool } from '../../src/host/tap-pool.js';
 import type { LeaseRepo } from '../../src/store/leases.js';
 import type { Repos } from '../../src/store/repos.js';
 import { macForIp } from '../../src/util/ipv4.js';
+import { FakeRunner } from '../helpers/fake-runner.js';
 import { requires } from '../helpers/prereq.js';
 import { waitFor } from './harness.js';
 
@@ -117,6 +118,11 @@ test('ensureBridge/deleteBridge refuse a pre-existing bridge banger does not own
   await assert.rejects(ops.ensureBridge('bangerx', '10.77.0.1/24'), rejectsWith('conflict', /not a banger-managed bridge/));
   await assert.rejects(ops.deleteBridge('bangerx'), rejectsWith('conflict'));
   await assert.rejects(ops.createTap('bgx.0', 'bangerx'), rejectsWith('conflict'));
+  // No policy or resolver routing for it either: its traffic and DNS are not banger's to change.
+  await assert.rejects(ops.applyPolicy({ bridge: 'bangerx', cidr: '10.77.0.0/24', pins: [] }), rejectsWith('conflict'));
+  await assert.rejects(ops.routeVmDomain('bangerx', '10.77.0.1'), rejectsWith('conflict'));
+  await assert.rejects(ops.unrouteVmDomain('bangerx'), rejectsWith('conflict'));
+  if (sbin('nft')) assert.doesNotMatch((await inNs(ns, 'nft', ['list', 'tables'])).stdout, /bangerx/);
   const l = await linkJson(ns, 'bangerx');
   assert.ok(l, 'the foreign bridge is left alone');
   assert.equal(l.ifalias, undefined);
@@ -139,13 +145,12 @@ test('ensureBridge refuses a CIDR overlapping an address or route on another lin
 });
 
 test('bad names and arguments are refused before any command runs', async () => {
-  const calls: string[][] = [];
-  const recorder: CommandRunner = {
-    run: async (cmd: string, args: readonly string[]): Promise<RunResult> => {
-      calls.push([cmd, ...args]);
-      return { code: 0, signal: null, stdout: '[]', stderr: '' };
-    },
-  };
+  // `ip -j -d link show dev banger0` finds banger's own bridge (applyPolicy checks it); everything else answers [].
+  const recorder = new FakeRunner((_cmd, args) => {
+    const bridge = args.includes('link') && args.at(-1) === 'banger0';
+    return { stdout: bridge ? JSON.stringify([{ ifname: 'banger0', ifalias: OWNER_ALIAS, linkinfo: { info_kind: 'bridge' } }]) : '[]' };
+  });
+  const calls = recorder.calls;
   const ops = new PrivilegedOps({ runner: recorder, netns: 'banger-t-never-created', sudo: 'never', firewall: 'nft' });
   await assert.rejects(ops.ensureBridge('eth0', '10.77.0.1/24'), rejectsWith('bad_request', /eth0/));
   await assert.rejects(ops.ensureBridge('docker0', '10.77.0.1/24'), rejectsWith('bad_request', /docker0/));
@@ -707,6 +712,7 @@ test('ip_forward: a host that had forwarding on keeps it when the last NAT VM go
   const ns = await newNs('fwd');
   const ops = new PrivilegedOps({ runner, netns: ns, firewall: 'nft' });
   await inNs(ns, 'sysctl', ['-qw', 'net.ipv4.ip_forward=1']);
+  await ops.ensureBridge('banger0', '10.77.0.1/24');
   const pin = { tap: 'bg0.0', mac: macForIp('10.77.0.2'), ip: '10.77.0.2', nat: true };
   await ops.applyPolicy({ bridge: 'banger0', cidr: '10.77.0.0/24', pins: [pin] });
   assert.doesNotMatch((await inNs(ns, 'nft', ['list', 'tables'])).stdout, /banger_ip_forward_was_0/, 'no marker: banger did not turn it on');
@@ -767,3 +773,41 @@ test('a second daemon on the same bridge (same namespace) is refused before it t
   await net2.close();
   (await net2.claim()).release();
 });
+
+/** Sends one UDP datagram from inside `ns` with its kernel's stack (the real routing and nat hooks). */
+const udpSend = (ns: string, ip: string, port: number, payload: string) =>
+  inNs(ns, process.execPath, [
+    '-e',
+    `const s = require('node:dgram').createSocket('udp4'); s.send(${JSON.stringify(payload)}, ${port}, '${ip}', (e) => { s.close(); process.exit(e ? 1 : 0); });`,
+  ]);
+
+const until = async (what: string, cond: () => boolean) => {
+  for (let i = 0; i < 200 && !cond(); i++) await new Promise((r) => setTimeout(r, 25));
+  assert.ok(cond(), what);
+};
+
+for (const firewall of ['nft', 'iptables'] as const) {
+  test(`DNS redirect (${firewall}): bridge_ip:53 from a guest and from the host reaches the daemon's unprivileged port; gone with the policy`, {
+    skip: firewall === 'nft' ? nftSkip : iptSkip,
+  }, async () => {
+    const { host, ops, guests } = await topology('banger0', firewall, ['10.77.0.2']);
+    const [vm] = guests as [Guest];
+    const seen = await udpListener(host, '10.77.0.1', 42053);
+    await ops.applyPolicy({ bridge: 'banger0', cidr: '10.77.0.0/24', pins: [pinOf(vm, false)], dns: { ip: '10.77.0.1', port: 42053 } });
+    await ops.applyPolicy({ bridge: 'banger0', cidr: '10.77.0.0/24', pins: [pinOf(vm, false)], dns: { ip: '10.77.0.1', port: 42053 } });
+
+    await udpSend(vm.ns, '10.77.0.1', 53, 'from-guest');
+    await until('the guest query to :53 reached port 42053', () => seen.includes('10.77.0.2 from-guest'));
+    await udpSend(host, '10.77.0.1', 53, 'from-host');
+    await until('the host query to :53 reached port 42053', () => seen.some((l) => l.endsWith(' from-host')));
+
+    await ops.removePolicy('banger0');
+    await udpSend(vm.ns, '10.77.0.1', 53, 'after-removal');
+    // A datagram sent straight to the port afterwards orders the two: once it is seen, the first was not redirected.
+    await udpSend(vm.ns, '10.77.0.1', 42053, 'marker');
+    await until('the marker arrived', () => seen.includes('10.77.0.2 marker'));
+    assert.ok(!seen.some((l) => l.endsWith(' after-removal')), `no redirect once the policy is removed: ${seen.join(', ')}`);
+    const left = firewall === 'nft' ? (await inNs(host, 'nft', ['list', 'ruleset'])).stdout : (await inNs(host, 'iptables', ['-w', '-t', 'nat', '-S'])).stdout;
+    assert.doesNotMatch(left, /BGDNS|dnat/i, left);
+  });
+}

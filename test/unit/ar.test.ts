@@ -8,6 +8,7 @@ import * as tar from 'tar-stream';
 import { BangerError } from '../../src/api/errors.js';
 import { debDataStream, parseArHeaders, readArMembers } from '../../src/archive/ar.js';
 import { safeExtract } from '../../src/archive/safe-extract.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 
 async function makeTar(files: Record<string, string>): Promise<Buffer> {
   const pack = tar.pack();
@@ -63,7 +64,7 @@ test('a .deb: members parsed (odd sizes padded), data.tar.gz extracted through s
   const d = await debDataStream(path);
   assert.equal(d.compression, 'gzip');
   const dest = join(dir, 'tree');
-  await safeExtract(d.stream, { dest, label: 'k.deb', maxBytes: 1 << 20, maxEntries: 10, compression: d.compression });
+  await safeExtract(d.stream, { dest, runner: new ProcessRunner(), label: 'k.deb', maxBytes: 1 << 20, maxEntries: 10, compression: d.compression });
   assert.equal(await readFile(join(dest, 'boot/vmlinuz-6.1'), 'utf8'), 'kernel');
   assert.ok((await stat(join(dest, 'lib/modules/6.1/modules.dep'))).isFile());
 });

@@ -33,6 +33,8 @@ test('defaults: an empty file equals defaultConfig() and holds the documented va
     vmm: 'auto',
     firecracker_bin: 'firecracker',
     qemu_bin: 'qemu-system-x86_64',
+    vmm_user: '',
+    jailer_bin: 'jailer',
     accel: 'auto',
     default_image_name: 'debian-bookworm',
     kernel_catalogs: [],
@@ -46,6 +48,7 @@ test('defaults: an empty file equals defaultConfig() and holds the documented va
     tap_pool_size: 2,
     default_dns: [],
     dns_listen_addr: '127.0.0.1:42069',
+    bridge_dns_port: 42053,
     web_listen_addr: '127.0.0.1:42070',
     vm_defaults: {},
     file_sync: [],
@@ -60,6 +63,8 @@ log_level = "debug"
 vmm = "qemu"
 firecracker_bin = "/opt/fc/firecracker"
 qemu_bin = "/usr/local/bin/qemu-system-x86_64"
+vmm_user = "banger-vmm"
+jailer_bin = "/opt/fc/jailer"
 accel = "tcg"
 kernel_catalogs = ["kernels.json", "https://example.org/kernels.json"]
 image_catalogs = ["/etc/banger/images.json"]
@@ -74,6 +79,7 @@ cidr = "10.77.0.0/16"
 tap_pool_size = 4
 default_dns = ["1.1.1.1", "2606:4700:4700::1111"]
 dns_listen_addr = "127.0.0.1:5353"
+bridge_dns_port = 10053
 web_listen_addr = "[::1]:8080"
 
 [vm_defaults]
@@ -98,6 +104,8 @@ test('every documented key parses, with its value kept', () => {
     vmm: 'qemu',
     firecracker_bin: '/opt/fc/firecracker',
     qemu_bin: '/usr/local/bin/qemu-system-x86_64',
+    vmm_user: 'banger-vmm',
+    jailer_bin: '/opt/fc/jailer',
     accel: 'tcg',
     ssh_key_path: '~/.ssh/id_ed25519',
     default_image_name: 'alpine',
@@ -112,6 +120,7 @@ test('every documented key parses, with its value kept', () => {
     tap_pool_size: 4,
     default_dns: ['1.1.1.1', '2606:4700:4700::1111'],
     dns_listen_addr: '127.0.0.1:5353',
+    bridge_dns_port: 10053,
     web_listen_addr: '[::1]:8080',
     vm_defaults: { vcpu: 2, memory_mib: 2048, disk_size: '16G' },
     file_sync: [
@@ -158,6 +167,7 @@ test('a value of the wrong type names the key and what was expected', () => {
   refuses('[vm_defaults]\nmemory_mib = 64\n', /key "vm_defaults\.memory_mib"/);
   refuses('tap_pool_size = 65\n', /key "tap_pool_size"/);
   refuses('default_dns = ["1.1.1.1", "dns.google"]\n', /key "default_dns\.1"/, /expected IP/);
+  refuses('bridge_dns_port = 53\n', /key "bridge_dns_port"/, />=1024|1024/);
   refuses('dns_listen_addr = "localhost:53"\n', /key "dns_listen_addr"/, /expected "IP:PORT"/);
   refuses('web_listen_addr = "127.0.0.1:70000"\n', /key "web_listen_addr"/);
   refuses('bridge_ip = "172.30.0.300"\n', /key "bridge_ip"/, /expected an IPv4 address/);
@@ -266,4 +276,13 @@ test('parseSize', () => {
     ['', undefined],
   ];
   for (const [text, want] of cases) assert.equal(parseSize(text), want, `parseSize(${JSON.stringify(text)})`);
+});
+
+test('vmm_user is a plain user name or uid:gid, never something that could become an option', () => {
+  assert.equal(parseConfig('vmm_user = "1000:1000"', FILE).vmm_user, '1000:1000');
+  assert.equal(parseConfig('', FILE).vmm_user, '');
+  assert.equal(parseConfig('', FILE).jailer_bin, 'jailer');
+  for (const bad of ['root,x=y', '-daemonize', 'a b', 'Root']) {
+    assert.throws(() => parseConfig(`vmm_user = ${JSON.stringify(bad)}`, FILE), /vmm_user/, bad);
+  }
 });

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { gzipSync } from 'node:zlib';
 import { BangerError } from '../../src/api/errors.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { compareDebianVersions, fetchKernelStanzas, parseDepends, parseStanzas, resolveKernelPackage } from '../../src/kernels/debian-index.js';
 import { serveOnLoopback } from '../helpers/http.js';
 
@@ -118,7 +119,7 @@ before(async () => {
 after(() => http.close());
 
 test('fetchKernelStanzas: Packages.xz missing → Packages.gz, keeps only linux-image-* stanzas', async () => {
-  const { stanzas, url } = await fetchKernelStanzas(mirror, 'bookworm', 'main');
+  const { stanzas, url } = await fetchKernelStanzas(new ProcessRunner(), mirror, 'bookworm', 'main');
   assert.equal(url, `${mirror}/dists/bookworm/main/binary-amd64/Packages.gz`);
   assert.deepEqual(hits.slice(0, 2), ['/debian/dists/bookworm/main/binary-amd64/Packages.xz', '/debian/dists/bookworm/main/binary-amd64/Packages.gz']);
   assert.equal(stanzas.length, 3);
@@ -127,7 +128,7 @@ test('fetchKernelStanzas: Packages.xz missing → Packages.gz, keeps only linux-
 
 test('fetchKernelStanzas: no index at all → upstream_failed naming the URL and status', async () => {
   await assert.rejects(
-    fetchKernelStanzas(mirror, 'trixie', 'main'),
+    fetchKernelStanzas(new ProcessRunner(), mirror, 'trixie', 'main'),
     (e: unknown) =>
       e instanceof BangerError && e.code === 'upstream_failed' && /dists\/trixie\/main\/binary-amd64\/Packages/.test(e.message) && /404/.test(e.message),
   );

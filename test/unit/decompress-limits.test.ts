@@ -8,13 +8,14 @@ import { test } from 'node:test';
 import * as zlib from 'node:zlib';
 import { BangerError } from '../../src/api/errors.js';
 import { decompressor } from '../../src/archive/decompress.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { requires } from '../helpers/prereq.js';
 
 const hasXz = spawnSync('xz', ['--version']).status === 0;
 
 async function inflate(data: Buffer): Promise<Buffer> {
   const chunks: Buffer[] = [];
-  await pipeline(Readable.from([data]), decompressor('xz'), async (src: AsyncIterable<Buffer>) => {
+  await pipeline(Readable.from([data]), decompressor('xz', new ProcessRunner()), async (src: AsyncIterable<Buffer>) => {
     for await (const c of src) chunks.push(c);
   });
   return Buffer.concat(chunks);

@@ -23,6 +23,7 @@ function fakeHost(overrides: Partial<HostProbe> & { missing?: string[] } = {}): 
     qemuBin: 'qemu-system-x86_64',
     firecrackerBin: 'firecracker',
     stateDir: '/home/u/.local/state/banger',
+    runMode: async () => ({ mode: 'none' }),
     ...rest,
   };
 }
@@ -151,6 +152,7 @@ test('every WARN and FAIL carries a fix, even on a host where everything is wron
     freeBytes: async () => 0,
     migrations: () => ({ status: 'newer', current: 5, latest: 1 }),
     config: () => ({ ok: false, error: 'bad' }),
+    runMode: async () => ({ mode: 'none', units: { owner: 'gone', ownerExists: false, complete: false, missingPaths: ['/opt/banger/bin/bangerd.js'] } }),
   });
   const checks = await runChecks(broken);
   assert.equal(checks.filter((c) => c.status === 'PASS').length, 0, checks.map((c) => `${c.status} ${c.name}`).join('\n'));
@@ -166,4 +168,43 @@ test('a missing ssh Include is a WARN whose fix installs it', async () => {
   assert.equal(c.status, 'WARN');
   assert.equal(c.fix, 'banger ssh-config --install');
   assert.equal(byName(await runChecks(fakeHost({})), 'ssh config').status, 'PASS');
+});
+
+test('doctor names the run mode: split under systemd or the supervisor, a dev daemon, or none', async () => {
+  const mode = async (m: Parameters<typeof fakeHost>[0]) => byName(await runChecks(fakeHost(m)), 'run mode');
+  assert.match((await mode({ runMode: async () => ({ mode: 'systemd', owner: 'alice' }) })).detail, /^split: .*bangerd as alice, under systemd$/);
+  assert.match((await mode({ runMode: async () => ({ mode: 'supervisor', owner: 'alice', pid: 42 }) })).detail, /under banger's supervisor \(pid 42\)/);
+  assert.match((await mode({ runMode: async () => ({ mode: 'dev', pid: 7, uid: 0 }) })).detail, /^all-root development daemon \(pid 7/);
+  assert.match((await mode({ runMode: async () => ({ mode: 'dev', pid: 7, uid: 1000 }) })).detail, /^development daemon as uid 1000/);
+  assert.match((await mode({})).detail, /^no daemon running/);
+  // No units: no unit check at all.
+  assert.equal(
+    (await runChecks(fakeHost({}))).find((c) => c.name === 'service units'),
+    undefined,
+  );
+});
+
+test('installed units are checked: owner exists, both present, the programs they run exist', async () => {
+  const good = { owner: 'alice', ownerExists: true, complete: true, missingPaths: [] as string[] };
+  const run = async (units: typeof good, mode: 'systemd' | 'none' = 'systemd') =>
+    runChecks(fakeHost({ runMode: async () => ({ mode, owner: 'alice', units }) }));
+  assert.equal(byName(await run(good), 'service units').status, 'PASS');
+  assert.equal(byName(await run(good), 'run mode').status, 'PASS');
+  const notRunning = byName(await run(good, 'none'), 'run mode');
+  assert.equal(notRunning.status, 'WARN');
+  assert.match(notRunning.fix ?? '', /banger system start --owner alice/);
+  const gone = byName(await run({ ...good, ownerExists: false }), 'service units');
+  assert.equal(gone.status, 'FAIL');
+  assert.match(gone.detail, /owner alice does not exist/);
+  const missing = byName(await run({ ...good, missingPaths: ['/opt/banger/bin/bangerd.js'] }), 'service units');
+  assert.equal(missing.status, 'FAIL');
+  assert.match(missing.detail, /missing: \/opt\/banger\/bin\/bangerd\.js/);
+  assert.match(byName(await run({ ...good, complete: false }), 'service units').detail, /is missing/);
+});
+
+test('under the split service a non-root caller without sudo is fine: the helper does host networking', async () => {
+  const c = byName(await runChecks(fakeHost({ uid: 1000, runMode: async () => ({ mode: 'supervisor', owner: 'alice', pid: 9 }) })), 'privileges');
+  assert.equal(c.status, 'PASS');
+  assert.match(c.detail, /bangerd-root/);
+  assert.equal(byName(await runChecks(fakeHost({ uid: 1000 })), 'privileges').status, 'WARN', 'no service, no root, no sudo: still a WARN');
 });

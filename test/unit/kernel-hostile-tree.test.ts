@@ -9,6 +9,7 @@ import * as tar from 'tar-stream';
 import { copyRegularNoFollow, readRegularNoFollow, realPathUnder, safeExtract } from '../../src/archive/safe-extract.js';
 import { assertKernelVersion, discoverKernel } from '../../src/daemon/services/kernels.js';
 import { resolveModules } from '../../src/guest/kernel-modules.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 
 /**
  * Issue #9 holes 3 and 5 at the level of the code that consumes a kernel tree: the trees below are
@@ -178,7 +179,7 @@ test('safeExtract keeps an absolute link as a guest path, and refuses links alto
   for await (const c of pack) chunks.push(c as Buffer);
   const archive = Buffer.concat(chunks);
   const base = await tmp('sx-');
-  const limits = { label: 'test bundle', maxBytes: 1 << 20, maxEntries: 16 };
+  const limits = { label: 'test bundle', runner: new ProcessRunner(), maxBytes: 1 << 20, maxEntries: 16 };
   await assert.rejects(
     safeExtract(Readable.from([archive]), { ...limits, dest: join(base, 'strict'), symlinks: false }),
     /"rootfs\.ext4" rejected: symlinks are not allowed/,

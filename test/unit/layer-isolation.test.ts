@@ -8,6 +8,7 @@ import { Readable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import * as zlib from 'node:zlib';
 import { BangerError } from '../../src/api/errors.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { memoryBudgetOf, ScratchSpace } from '../../src/host/scratch.js';
 import { applyLayer, RootfsLedger, TreeOverBudget } from '../../src/images/layer-apply.js';
 import { fetchAndFlatten } from '../../src/images/oci-pull.js';
@@ -238,6 +239,7 @@ describe('hole 11: decompression bombs on tmpfs', () => {
             trees.push(tree);
             return tree;
           },
+          runner: new ProcessRunner(),
           chownOnDisk: isRoot,
           platform: { os: 'linux', architecture: 'amd64' },
           maxBytes: 1 << 30,

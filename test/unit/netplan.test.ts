@@ -236,13 +236,13 @@ test("iptables rules: tagged per bridge, per-IP masquerade and accept, final dro
   assert.equal(fwd[1], '-i banger0 ! -o banger0 -s 172.30.0.2/32 -m comment --comment banger:banger0 -j ACCEPT');
   assert.equal(fwd.at(-1), '-i banger0 ! -o banger0 -m comment --comment banger:banger0 -j DROP');
   const script = iptablesRestoreScript('banger0', rules);
-  assert.match(script, /^\*nat\n:BGNAT-banger0 - \[0:0\]\n-A BGNAT-banger0 -s 172\.30\.0\.2\/32 /);
+  assert.match(script, /^\*nat\n:BGNAT-banger0 - \[0:0\]\n:BGDNS-banger0 - \[0:0\]\n-A BGNAT-banger0 -s 172\.30\.0\.2\/32 /);
   assert.match(script, /\*filter\n:BGFWD-banger0 - \[0:0\]\n/);
   assert.equal(script.match(/^COMMIT$/gm)?.length, 2);
   assert.doesNotMatch(script, /POSTROUTING ACCEPT|:FORWARD/);
   assert.deepEqual(
     iptablesJumps('banger0').map((j) => `${j.table} ${j.chain}`),
-    ['nat POSTROUTING', 'filter FORWARD'],
+    ['nat POSTROUTING', 'nat PREROUTING', 'nat OUTPUT', 'filter FORWARD'],
   );
 });
 
@@ -265,4 +265,30 @@ test("ebtables rules: the bridge's TAPs dispatched to a pin chain; non-NAT TAPs 
     '-i bg0.2 -s 52:54:00:1e:00:04 -p 0x0800 --ip-src 172.30.0.4 --ip-dst 224.0.0.0/4 -j ACCEPT',
     '-i bg0.2 -s 52:54:00:1e:00:04 -p 0x0800 --ip-src 172.30.0.4 --ip-dst 255.255.255.255 -j ACCEPT',
   ]);
+});
+
+test('DNS redirect: port 53 on the bridge address to the unprivileged port (nft prerouting + output, iptables chain); bad values refused', () => {
+  const base = { bridge: 'banger0', cidr: '172.30.0.0/24', pins: [] };
+  const nft = buildNftRuleset({ ...base, dns: { ip: '172.30.0.1', port: 42053 } });
+  assert.equal(nft.match(/ip daddr 172\.30\.0\.1 meta l4proto \{ udp, tcp \} th dport 53 dnat ip to 172\.30\.0\.1:42053/g)?.length, 2, nft);
+  assert.match(nft, /type nat hook prerouting priority dstnat/);
+  assert.match(nft, /type nat hook output priority -100/);
+  assert.doesNotMatch(buildNftRuleset(base), /dnat/, 'no redirect without a DNS spec');
+
+  const rules = buildIptablesRules({ ...base, dns: { ip: '172.30.0.1', port: 42053 } }).filter((r) => r.chain === 'BGDNS-banger0');
+  assert.deepEqual(
+    rules.map((r) => [r.table, r.args.join(' ')]),
+    ['udp', 'tcp'].map((p) => ['nat', `-d 172.30.0.1/32 -p ${p} --dport 53 -m comment --comment banger:banger0 -j DNAT --to-destination 172.30.0.1:42053`]),
+  );
+  assert.match(iptablesRestoreScript('banger0', rules), /^\*nat\n:BGNAT-banger0 - \[0:0\]\n:BGDNS-banger0 - \[0:0\]\n/);
+
+  for (const dns of [
+    { ip: '10.0.0.1', port: 42053 },
+    { ip: '172.30.0.255', port: 42053 },
+    { ip: '172.30.0.1', port: 0 },
+    { ip: '172.30.0.1', port: 70_000 },
+    { ip: '172.30.0.1; flush ruleset', port: 42053 },
+  ]) {
+    assert.throws(() => buildNftRuleset({ ...base, dns }), /DNS (address|port)|IPv4|not a/, JSON.stringify(dns));
+  }
 });

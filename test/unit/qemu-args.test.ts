@@ -1,7 +1,9 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { BangerError } from '../../src/api/errors.js';
 import type { VmLaunchSpec } from '../../src/vmm/driver.js';
-import { AGENT_PORT_NAME, buildQemuArgs } from '../../src/vmm/qemu/args.js';
+import { AGENT_PORT_NAME, buildQemuArgs, microvmArgs } from '../../src/vmm/qemu/args.js';
+import { QEMU_SANDBOX_POLICY, qemuSandboxPolicy, runAsSpellingOf } from '../../src/vmm/qemu/sandbox.js';
 
 const spec = (over: Partial<VmLaunchSpec> = {}): VmLaunchSpec => ({
   vmId: 'abc',
@@ -77,4 +79,43 @@ test('TAP networks become virtio-net devices', () => {
   const a = buildQemuArgs(spec({ nets: [{ id: 'net0', tapName: 'bgtap0', mac: '52:54:00:00:00:01' }] }), '/r/qmp.sock');
   assert.deepEqual(after(a, '-netdev'), ['tap,id=net0,ifname=bgtap0,script=no,downscript=no']);
   assert.ok(after(a, '-device').includes('virtio-net-device,netdev=net0,mac=52:54:00:00:00:01'));
+});
+
+test('every QEMU runs under the strict seccomp sandbox; no privilege drop unless configured', () => {
+  for (const accel of ['tcg', 'kvm'] as const) {
+    const a = buildQemuArgs(spec({ accel }), '/r/qmp.sock');
+    assert.deepEqual(after(a, '-sandbox'), [QEMU_SANDBOX_POLICY]);
+    assert.equal(QEMU_SANDBOX_POLICY, 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny');
+    assert.deepEqual(after(a, '-runas'), []);
+    assert.equal(a.includes('-run-with'), false);
+  }
+  // The KVM boot probe boots on the same machine arguments, so it is sandboxed too.
+  const probe = microvmArgs({ accel: 'kvm', vcpus: 1, memoryMib: 256, serialLogPath: '/p/s.log', kernelPath: '/k', cmdline: 'x' });
+  assert.deepEqual(after(probe, '-sandbox'), [QEMU_SANDBOX_POLICY]);
+});
+
+test('with a vmm user QEMU drops to it (-runas on 7.2, -run-with user= on newer QEMU); set*id is then allowed for that one drop', () => {
+  const a = buildQemuArgs(spec(), '/r/qmp.sock', { runAs: 'banger-vmm' });
+  assert.deepEqual(after(a, '-runas'), ['banger-vmm']);
+  assert.deepEqual(after(a, '-sandbox'), ['on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny']);
+  assert.equal(qemuSandboxPolicy({ runAs: 'x' }), after(a, '-sandbox')[0]);
+  const newer = buildQemuArgs(spec(), '/r/qmp.sock', { runAs: '123:456', runAsSpelling: 'run-with' });
+  assert.deepEqual(after(newer, '-run-with'), ['user=123:456']);
+  assert.deepEqual(after(newer, '-runas'), []);
+});
+
+test('a vmm user that is not a plain user name or uid:gid never reaches the argv', () => {
+  for (const bad of ['root,foo=bar', '-daemonize', 'a b', '../x', '', 'x:y']) {
+    assert.throws(
+      () => buildQemuArgs(spec(), '/r/qmp.sock', { runAs: bad }),
+      (e: unknown) => e instanceof BangerError && e.code === 'invalid_config',
+      bad,
+    );
+  }
+});
+
+test('the privilege-drop spelling is read from QEMU -help', () => {
+  assert.equal(runAsSpellingOf('-runas user     change to user id user just before starting the VM\n'), 'runas');
+  assert.equal(runAsSpellingOf('-run-with [async-teardown=on|off][,chroot=dir][user=username|uid:gid]\n'), 'run-with');
+  assert.equal(runAsSpellingOf(''), 'runas');
 });

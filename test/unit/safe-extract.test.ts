@@ -7,6 +7,7 @@ import { after, before, test } from 'node:test';
 import { gzipSync } from 'node:zlib';
 import { BangerError } from '../../src/api/errors.js';
 import { safeComponents, safeExtract } from '../../src/archive/safe-extract.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { type TarEntry, tarOf } from '../helpers/tar.js';
 
 type E = TarEntry;
@@ -27,18 +28,19 @@ after(async () => {
 });
 
 const limits = { maxBytes: 1024 * 1024, maxEntries: 100 };
+const runner = new ProcessRunner();
 
 async function extract(buf: Buffer, over: Partial<typeof limits> = {}) {
   // dest is base/stage-N/root: a `..` from the root lands in stage-N, two in base (the sentinel's dir).
   const dest = join(base, `stage-${++n}`, 'root');
-  const stats = await safeExtract(Readable.from([buf]), { dest, label: 'test.tar', ...limits, ...over });
+  const stats = await safeExtract(Readable.from([buf]), { dest, runner, label: 'test.tar', ...limits, ...over });
   return { dest, stats };
 }
 
 /** Extraction must fail with rejected_content naming the entry, leave no staging dir and not touch the sentinel. */
 async function assertRejected(buf: Buffer, entry: string, reason: RegExp, over: Partial<typeof limits> = {}) {
   const dest = join(base, `stage-${++n}`, 'root');
-  await assert.rejects(safeExtract(Readable.from([buf]), { dest, label: 'test.tar', ...limits, ...over }), (e: unknown) => {
+  await assert.rejects(safeExtract(Readable.from([buf]), { dest, runner, label: 'test.tar', ...limits, ...over }), (e: unknown) => {
     assert.ok(e instanceof BangerError, String(e));
     assert.equal(e.code, 'rejected_content');
     assert.ok(e.message.includes(`"${entry}"`), e.message);
@@ -205,10 +207,13 @@ test('size and entry-count limits', async () => {
 
 test('garbage input fails cleanly; the target must be new', async () => {
   const dest = join(base, 'garbage', 'root');
-  await assert.rejects(safeExtract(Readable.from([gzipSync(Buffer.from('not a tar at all'.repeat(100)))]), { dest, label: 'g', ...limits }), BangerError);
+  await assert.rejects(
+    safeExtract(Readable.from([gzipSync(Buffer.from('not a tar at all'.repeat(100)))]), { dest, runner, label: 'g', ...limits }),
+    BangerError,
+  );
   await assert.rejects(stat(dest));
   const { dest: existing } = await extract(await makeTar([{ name: 'a', body: 'x' }]));
-  await assert.rejects(safeExtract(Readable.from([await makeTar([])]), { dest: existing, label: 'again', ...limits }), /already exists/);
+  await assert.rejects(safeExtract(Readable.from([await makeTar([])]), { dest: existing, runner, label: 'again', ...limits }), /already exists/);
   assert.equal(await readFile(join(existing, 'a'), 'utf8'), 'x', 'an existing directory is left alone');
 });
 

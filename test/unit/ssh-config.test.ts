@@ -5,7 +5,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { BangerError } from '../../src/api/errors.js';
-import type { CommandRunner, RunOptions, RunResult } from '../../src/host/runner.js';
 import {
   bangerSshConfig,
   ensureSshKey,
@@ -16,6 +15,7 @@ import {
   uninstallInclude,
   writeFileAtomic,
 } from '../../src/host/ssh-config.js';
+import { FakeRunner } from '../helpers/fake-runner.js';
 import { missing } from '../helpers/prereq.js';
 
 test('ssh_config: one block per VM with every option, then a Host *.vm fallback; host keys always checked', () => {
@@ -219,16 +219,16 @@ test('writeFileAtomic: creates the directory 0700, sets the mode, replaces whole
   }
 });
 
-/** Runs ssh-keygen for real when present, else fakes its two files; records the calls either way. */
-class KeygenRunner implements CommandRunner {
-  calls: string[][] = [];
-  async run(command: string, args: readonly string[], _o?: RunOptions): Promise<RunResult> {
-    this.calls.push([command, ...args]);
-    const f = args[args.indexOf('-f') + 1] as string;
-    if (args.includes('-y')) return { code: 0, signal: null, stdout: 'ssh-ed25519 AAAAderived banger\n', stderr: '' };
-    await writeFile(f, 'PRIVATE\n', { mode: 0o600 });
-    await writeFile(`${f}.pub`, 'ssh-ed25519 AAAAfake banger\n', { mode: 0o644 });
-    return { code: 0, signal: null, stdout: '', stderr: '' };
+/** Fakes ssh-keygen: writes its two files, or derives a public key (-y); records the calls. */
+class KeygenRunner extends FakeRunner {
+  constructor() {
+    super(async (_command, args) => {
+      const f = args[args.indexOf('-f') + 1] as string;
+      if (args.includes('-y')) return { stdout: 'ssh-ed25519 AAAAderived banger\n' };
+      await writeFile(f, 'PRIVATE\n', { mode: 0o600 });
+      await writeFile(`${f}.pub`, 'ssh-ed25519 AAAAfake banger\n', { mode: 0o644 });
+      return {};
+    });
   }
 }
 

@@ -3,25 +3,9 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Command } from 'commander';
 import { BangerError } from '../../api/errors.js';
 import type { Operation } from '../../api/schemas.js';
-import { BangerClient } from '../../client/client.js';
-import { formatDuration } from '../../util/duration.js';
-import { ago, printJson, printKeyValues, printTable } from '../render.js';
-
-function printStatus(s: Awaited<ReturnType<BangerClient['status']>>): void {
-  printKeyValues([
-    ['state', 'running'],
-    ['pid', s.pid],
-    ['version', `${s.version} (commit ${s.commit}, built ${s.buildTime})`],
-    ['node', s.nodeVersion],
-    ['socket', s.socketPath],
-    ['log', s.logPath],
-    ['state dir', s.stateDir],
-    ['uptime', formatDuration(s.uptimeSeconds * 1000)],
-    ['vmm', `${s.vmm}${s.accel ? ` (${s.accel})` : ''}`],
-    ['dns', s.dnsListenAddr ?? 'not serving'],
-    ['web', s.webListenAddr ?? 'not serving'],
-  ]);
-}
+import { BangerClient, serviceNotRunning } from '../../client/client.js';
+import { ago, printJson, printTable } from '../render.js';
+import { printStatus, showDaemonStatus } from './daemon-status.js';
 
 async function stopDaemon(client: BangerClient, timeoutMs = 30_000): Promise<boolean> {
   if (!(await client.ping())) return false;
@@ -37,6 +21,18 @@ async function stopDaemon(client: BangerClient, timeoutMs = 30_000): Promise<boo
     await sleep(50);
   }
   throw new BangerError('timeout', `bangerd (pid ${pid}) did not stop within ${timeoutMs / 1000}s`, { fix: `kill ${pid}` });
+}
+
+/** The service's daemon is managed by systemd or banger's supervisor, not by `banger daemon`. */
+function refuseForService(client: BangerClient, verb: 'stop' | 'restart'): void {
+  if (!client.layout.service) return;
+  throw new BangerError(
+    'precondition_failed',
+    `bangerd runs as the banger system service (${client.layout.socketPath}): \`banger daemon ${verb}\` manages only a private daemon`,
+    {
+      fix: `as root: banger system ${verb}`,
+    },
+  );
 }
 
 function currentStage(op: Operation): string {
@@ -109,7 +105,10 @@ export function registerDaemonCommands(program: Command): void {
     .option('--json', 'print status as JSON')
     .action(async (opts: { json?: boolean }) => {
       const client = new BangerClient({ autostart: false });
-      if (!(await client.ping())) await (await import('../../client/autostart.js')).startDaemon(client.layout, () => client.ping());
+      if (!(await client.ping())) {
+        if (client.layout.service) throw serviceNotRunning(client.layout);
+        await (await import('../../client/autostart.js')).startDaemon(client.layout, () => client.ping());
+      }
       const s = await client.status();
       opts.json ? printJson(s) : printStatus(s);
     });
@@ -119,6 +118,7 @@ export function registerDaemonCommands(program: Command): void {
     .description('stop bangerd gracefully (running VMs keep running)')
     .action(async () => {
       const client = new BangerClient({ autostart: false });
+      refuseForService(client, 'stop');
       const stopped = await stopDaemon(client);
       process.stdout.write(stopped ? 'bangerd stopped\n' : 'bangerd is not running\n');
     });
@@ -129,20 +129,14 @@ export function registerDaemonCommands(program: Command): void {
     .option('--json', 'print status as JSON')
     .action(async (opts: { json?: boolean }) => {
       const client = new BangerClient({ autostart: false });
+      refuseForService(client, 'restart');
       await stopDaemon(client);
       await (await import('../../client/autostart.js')).startDaemon(client.layout, () => client.ping());
       const s = await client.status();
       opts.json ? printJson(s) : printStatus(s);
     });
 
-  daemon
-    .command('status')
-    .description('show daemon status (starts the daemon when needed)')
-    .option('--json', 'print as JSON')
-    .action(async (opts: { json?: boolean }) => {
-      const s = await new BangerClient().status();
-      opts.json ? printJson(s) : printStatus(s);
-    });
+  daemon.command('status').description('show daemon status (starts the daemon when needed)').option('--json', 'print as JSON').action(showDaemonStatus);
 
   daemon
     .command('logs')

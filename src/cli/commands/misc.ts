@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { resolveLayout } from '../../config/layout.js';
+import { resolveClientLayout } from '../../config/layout.js';
 import { versionText } from '../../util/build-info.js';
 import { completionScript, type Shell } from '../completion.js';
 import { printJson } from '../render.js';
@@ -24,7 +24,7 @@ export function registerMiscCommands(program: Command): void {
     .action(async (opts: { json?: boolean }) => {
       const { runChecks } = await import('../../doctor/checks.js');
       const { realHostProbe } = await import('../../doctor/probe.js');
-      const checks = await runChecks(realHostProbe(resolveLayout()));
+      const checks = await runChecks(realHostProbe(resolveClientLayout()));
       const failed = checks.some((c) => c.status === 'FAIL');
       if (opts.json) printJson({ ok: !failed, checks });
       else {

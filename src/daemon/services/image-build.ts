@@ -1,11 +1,10 @@
-import { spawn } from 'node:child_process';
 import { createWriteStream, type WriteStream } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BangerError } from '../../api/errors.js';
 import type { Image, ImageBuildRequest } from '../../api/schemas.js';
 import type { Layout } from '../../config/layout.js';
-import { toolError } from '../../host/runner.js';
+import type { CommandRunner } from '../../host/runner.js';
 import { boundedLines } from '../../util/bounded-lines.js';
 import { newId } from '../../util/ids.js';
 import type { OpContext } from '../../util/op-context.js';
@@ -38,6 +37,8 @@ export interface ImageBuildDeps {
   layout: Layout;
   /** banger's ssh_config (Host <name>.vm blocks, managed key, known_hosts). */
   sshConfigPath: string;
+  /** Runs ssh into the build VM. */
+  runner: CommandRunner;
 }
 
 /**
@@ -87,29 +88,19 @@ export class ImageBuildService {
   }
 
   /** Runs a bash script in the VM over SSH; every output line goes to the build log. Resolves to its exit status. */
-  private runInGuest(vmName: string, script: string, log: BuildLog, signal: AbortSignal): Promise<number> {
-    return new Promise((resolve, reject) => {
-      const child = spawn(
-        'ssh',
-        // `--` before the host: nothing from outside is ever read as an ssh option.
-        ['-F', this.d.sshConfigPath, '-o', 'ConnectTimeout=5', '-o', 'ConnectionAttempts=30', '-o', 'BatchMode=yes', '--', `${vmName}.vm`, 'bash -se'],
-        { stdio: ['pipe', 'pipe', 'pipe'], signal },
-      );
-      const done = Promise.all(
-        [child.stdout, child.stderr].map((s) => boundedLines(s, { maxLineBytes: MAX_LINE_BYTES, onLine: (l, cut) => log.line(l, cut) })),
-      );
-      child.stdin.on('error', () => undefined);
-      child.stdin.end(script);
-      child.on('error', (e: NodeJS.ErrnoException) => {
-        reject(toolError(e, 'ssh'));
-      });
-      child.on('close', (code, sig) => {
-        done.then(
-          () => resolve(code ?? (sig ? 128 + 9 : 255)),
-          (e) => reject(e),
-        );
-      });
-    });
+  private async runInGuest(vmName: string, script: string, log: BuildLog, signal: AbortSignal): Promise<number> {
+    const child = this.d.runner.spawn(
+      'ssh',
+      // `--` before the host: nothing from outside is ever read as an ssh option.
+      ['-F', this.d.sshConfigPath, '-o', 'ConnectTimeout=5', '-o', 'ConnectionAttempts=30', '-o', 'BatchMode=yes', '--', `${vmName}.vm`, 'bash -se'],
+      { signal },
+    );
+    const lines = Promise.all([child.stdout, child.stderr].map((s) => boundedLines(s, { maxLineBytes: MAX_LINE_BYTES, onLine: (l, cut) => log.line(l, cut) })));
+    lines.catch(() => undefined); // awaited below, once the exit is known (a spawn error comes first)
+    child.stdin.end(script);
+    const { code, signal: sig } = await child.done;
+    await lines;
+    return code ?? (sig ? 128 + 9 : 255);
   }
 }
 

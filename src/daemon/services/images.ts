@@ -263,6 +263,7 @@ export class ImageService {
               tree = await this.scratch.make('image-tree', estimate);
               return tree;
             },
+            runner: this.runner,
             chownOnDisk: asRoot,
             platform: { os: 'linux', architecture: 'amd64' },
             maxBytes: 64 * 1024 ** 3,
@@ -297,7 +298,7 @@ export class ImageService {
           const asRoot = process.getuid?.() === 0;
           const ledger = new RootfsLedger();
           ctx.stage('build image', `mmdebstrap ${source.suite} (${source.variant}${source.packages.length ? ` + ${source.packages.length} packages` : ''})`);
-          await runRecipe(source, this.opts.debianMirror, tree, ledger, asRoot, ctx);
+          await runRecipe(this.runner, source, this.opts.debianMirror, tree, ledger, asRoot, ctx);
           const t = await this.finishTree(w, tree, ledger, req.sizeBytes, asRoot, ctx);
           return {
             kernel_id: kernelId,
@@ -326,6 +327,7 @@ export class ImageService {
       // A bundle is two regular files: no link in it is ever created, so none can be followed.
       await safeExtract(createReadStream(archive), {
         dest: unpacked,
+        runner: this.runner,
         label: `bundle of ${entry.name}`,
         maxBytes: 256 * 1024 ** 3,
         maxEntries: 16,

@@ -11,6 +11,7 @@ import { copyRegularNoFollow, isUnder, readRegularNoFollow, realPathUnder, safeE
 import type { Layout } from '../../config/layout.js';
 import { guestBinary } from '../../guest/binaries.js';
 import { buildBaseInitramfs } from '../../guest/initramfs.js';
+import type { CommandRunner } from '../../host/runner.js';
 import { type CatalogEntry, loadKernelCatalog } from '../../kernels/catalog.js';
 import { fetchKernelStanzas, resolveKernelPackage } from '../../kernels/debian-index.js';
 import { fetchVerifiedRelease } from '../../kernels/release.js';
@@ -184,6 +185,8 @@ interface ResolvedDownload {
 }
 
 export interface KernelServiceDeps extends KernelServiceOptions {
+  /** Runs gpgv (the signed Release) and the xz/zstd decompressors. */
+  runner: CommandRunner;
   repos: Repos;
   layout: Layout;
   clock: Clock;
@@ -191,6 +194,7 @@ export interface KernelServiceDeps extends KernelServiceOptions {
 }
 
 export class KernelService {
+  private readonly runner: CommandRunner;
   private readonly repos: Repos;
   private readonly layout: Layout;
   private readonly clock: Clock;
@@ -200,7 +204,15 @@ export class KernelService {
   private readonly debianKeyring: string;
 
   constructor(d: KernelServiceDeps) {
-    ({ repos: this.repos, layout: this.layout, clock: this.clock, locks: this.locks, debianMirror: this.debianMirror, debianKeyring: this.debianKeyring } = d);
+    ({
+      runner: this.runner,
+      repos: this.repos,
+      layout: this.layout,
+      clock: this.clock,
+      locks: this.locks,
+      debianMirror: this.debianMirror,
+      debianKeyring: this.debianKeyring,
+    } = d);
     this.catalogRefs = d.catalogs ?? [];
   }
 
@@ -313,9 +325,9 @@ export class KernelService {
     const mirror = s.mirror ?? this.debianMirror;
     ctx.stage('resolve', `${s.package} in ${displayUrl(mirror)} ${s.suite}/${s.component}`);
     const keyring = s.keyring ?? this.debianKeyring;
-    const release = await fetchVerifiedRelease(mirror, s.suite, keyring, ctx.signal);
+    const release = await fetchVerifiedRelease(this.runner, mirror, s.suite, keyring, ctx.signal);
     ctx.log(`InRelease of ${s.suite} verified with ${keyring}`);
-    const { stanzas, url } = await fetchKernelStanzas(mirror, s.suite, s.component, ctx.signal, release);
+    const { stanzas, url } = await fetchKernelStanzas(this.runner, mirror, s.suite, s.component, ctx.signal, release);
     const p = resolveKernelPackage(stanzas, s.package, mirror, displayUrl(url));
     ctx.log(`${s.package} → ${p.package}=${p.version} (${p.size} bytes, sha256 ${p.sha256})`);
     return { url: p.url, sha256: p.sha256, size: p.size, exactSize: true, package: p.package, version: p.version, format: 'deb' };
@@ -345,7 +357,7 @@ export class KernelService {
   }
 
   private async extract(file: string, r: ResolvedDownload, tree: string, ctx: OpContext): Promise<void> {
-    const limits = { dest: tree, maxBytes: PULL_MAX_TREE, maxEntries: PULL_MAX_ENTRIES, signal: ctx.signal };
+    const limits = { dest: tree, runner: this.runner, maxBytes: PULL_MAX_TREE, maxEntries: PULL_MAX_ENTRIES, signal: ctx.signal };
     const isDeb = r.format === 'deb' || (r.format === 'auto' && (await isArFile(file)));
     if (isDeb) {
       const data = await debDataStream(file, `${r.package}_${r.version}.deb`);

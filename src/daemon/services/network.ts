@@ -3,7 +3,7 @@ import type { Logger } from 'pino';
 import type { Config } from '../../config/config.js';
 import { BridgeLock } from '../../host/bridge-lock.js';
 import { validateOwnTapName } from '../../host/netplan.js';
-import type { PrivilegedOps } from '../../host/privileged.js';
+import type { HostNetOps } from '../../host/privileged.js';
 import { TapPool } from '../../host/tap-pool.js';
 import type { LeaseRepo } from '../../store/leases.js';
 import type { Repos, VmRow } from '../../store/repos.js';
@@ -45,7 +45,7 @@ export class NetworkService {
 
   constructor(
     private readonly d: {
-      ops: PrivilegedOps;
+      ops: HostNetOps;
       leases: LeaseRepo;
       repos: Repos;
       config: Config;
@@ -158,7 +158,7 @@ export class NetworkService {
    */
   async applyNat(): Promise<void> {
     await this.claim();
-    if (!this.warnedPinning && this.d.ops.pinning() === 'none') {
+    if (!this.warnedPinning && (await this.d.ops.pinning()) === 'none') {
       this.warnedPinning = true;
       this.d.log.warn(
         "TAPs are NOT pinned to their VM's MAC and IP (no nft, no ebtables): a guest can spoof another guest's address and its NAT; install nftables",
@@ -177,7 +177,12 @@ export class NetworkService {
       if (!fits) this.d.log.warn({ vm: vmId, tap, ip }, 'VM TAP/IP does not belong to the configured bridge/cidr: left out of the pins (restart the VM)');
       return fits ? [{ tap, mac, ip, nat }] : [];
     });
-    await this.d.ops.applyPolicy({ bridge: this.d.config.bridge_name, cidr: this.d.config.cidr, pins });
+    await this.d.ops.applyPolicy({
+      bridge: this.d.config.bridge_name,
+      cidr: this.d.config.cidr,
+      pins,
+      dns: { ip: this.d.config.bridge_ip, port: this.d.config.bridge_dns_port },
+    });
   }
 
   /** At daemon start: bridge, TAPs in use kept, pool refilled, DNS and NAT rebuilt from running VMs. */

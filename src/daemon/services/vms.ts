@@ -12,6 +12,7 @@ import type { DiskTools } from '../../host/disks.js';
 import { killNow, processesNaming } from '../../host/orphans.js';
 import type { CommandRunner } from '../../host/runner.js';
 import { generateHostKey } from '../../host/ssh-keys.js';
+import { lookupUser } from '../../host/users.js';
 import { type Repos, resolveRef, type VmRow } from '../../store/repos.js';
 import { crashPoint } from '../../util/crash-point.js';
 import { parseDuration } from '../../util/duration.js';
@@ -629,7 +630,9 @@ export class VmService {
       const h = handleOf(r);
       if (h) recorded.add(h.pid);
     }
-    for (const p of await processesNaming(this.d.layout.vmsRunDir)) {
+    // A QEMU that dropped to vmm_user (-runas) belongs to that user in /proc.
+    const vmmUser = this.d.config.vmm_user ? lookupUser(this.d.config.vmm_user) : undefined;
+    for (const p of await processesNaming(this.d.layout.vmsRunDir, vmmUser ? { vmmUids: [vmmUser.uid] } : {})) {
       if (recorded.has(p.pid)) continue;
       this.d.log.warn({ pid: p.pid, argv: p.argv.slice(0, 3) }, 'killing a VMM that no VM records (left by a daemon that died while launching it)');
       await killNow(p.pid);

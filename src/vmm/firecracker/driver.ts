@@ -5,6 +5,7 @@ import { openLogFile } from '../console-log.js';
 import { type VmLaunchSpec, type VmmDriver, VmmError, type VmmHandle } from '../driver.js';
 import { isHandleAlive, isProcessAlive, killAndWait, readTail, spawnDetached, waitForExit, waitForSocket } from '../process.js';
 import { FirecrackerApiClient } from './api-client.js';
+import { buildJail, buildJailerArgs, hostPathOf, JAIL_PATHS, type JailerOptions, jailedSpec, jailIdFor, jailLayout, removeJail } from './jailer.js';
 import { buildBootRequests, ctrlAltDelRequest, describeInstanceRequest, type FcRequest, instanceIdFor, instanceStateOf, resumeRequest } from './requests.js';
 
 export interface FirecrackerDriverOptions {
@@ -13,6 +14,8 @@ export interface FirecrackerDriverOptions {
   startTimeoutMs?: number;
   /** Deadline of each API call. */
   apiTimeoutMs?: number;
+  /** Start Firecracker through its jailer (./jailer.ts); absent: run it directly. */
+  jailer?: JailerOptions;
 }
 
 /** sun_path is 108 bytes including the NUL. */
@@ -43,29 +46,49 @@ export class FirecrackerDriver implements VmmDriver {
   }
 
   async launch(spec: VmLaunchSpec): Promise<VmmHandle> {
-    const apiSocket = join(spec.runDir, 'fc.sock');
+    const jailer = this.opts.jailer;
     const separateLog = spec.vmmLogPath !== spec.serialLogPath;
     let requests: FcRequest[];
+    let apiSocket: string;
+    let agentSocket: string;
+    let layout: ReturnType<typeof jailLayout> | undefined;
+    let argv: { command: string; args: string[] };
     try {
       if (spec.accel !== 'kvm') throw new Error(`Firecracker needs KVM, but this VM asks for ${spec.accel}`);
-      for (const p of [apiSocket, spec.agentSocketPath]) {
+      if (jailer) {
+        // Firecracker sees only the jail: every path it is given is inside it.
+        layout = jailLayout(jailer, jailIdFor(spec.vmId));
+        apiSocket = hostPathOf(layout, JAIL_PATHS.apiSocket);
+        agentSocket = hostPathOf(layout, JAIL_PATHS.agentSocket);
+        requests = buildBootRequests(jailedSpec(spec), separateLog ? { logger: { logPath: JAIL_PATHS.log } } : {});
+        argv = { command: jailer.jailerBin, args: buildJailerArgs(jailer, jailIdFor(spec.vmId), ['--api-sock', JAIL_PATHS.apiSocket]) };
+      } else {
+        apiSocket = join(spec.runDir, 'fc.sock');
+        agentSocket = spec.agentSocketPath;
+        requests = buildBootRequests(spec, separateLog ? { logger: { logPath: spec.vmmLogPath } } : {});
+        argv = { command: this.opts.binaryPath, args: ['--api-sock', apiSocket, '--id', instanceIdFor(spec.vmId)] };
+      }
+      for (const p of [apiSocket, agentSocket]) {
         if (Buffer.byteLength(p) > MAX_SOCKET_PATH) throw new Error(`socket path ${p} is longer than ${MAX_SOCKET_PATH} bytes`);
       }
-      requests = buildBootRequests(spec, separateLog ? { logger: { logPath: spec.vmmLogPath } } : {});
     } catch (e) {
       throw new VmmError(`cannot launch ${spec.name} with Firecracker: ${(e as Error).message}`);
     }
 
     const consoleStart = await sizeOf(spec.serialLogPath);
-    const args = ['--api-sock', apiSocket, '--id', instanceIdFor(spec.vmId)];
     let proc: { pid: number; startTime: string; bootId?: string };
+    const cleanup = async () => {
+      await this.removeSockets(apiSocket, agentSocket);
+      if (jailer && layout) await removeJail(jailer, layout);
+    };
     try {
       // Firecracker refuses to bind a path that exists; these are leftovers of an earlier run.
-      await this.removeSockets(apiSocket, spec.agentSocketPath);
+      await this.removeSockets(apiSocket, agentSocket);
       if (separateLog) await emptyLog(spec.vmmLogPath);
-      proc = await spawnDetached(this.opts.binaryPath, args, spec.serialLogPath);
+      if (jailer && layout) await buildJail(jailer, spec, layout, separateLog ? spec.vmmLogPath : undefined);
+      proc = await spawnDetached(argv.command, argv.args, spec.serialLogPath);
     } catch (e) {
-      await this.removeSockets(apiSocket, spec.agentSocketPath);
+      await cleanup().catch(() => {});
       throw new VmmError(`Firecracker failed to start ${spec.name}: ${(e as Error).message}`, await this.launchTail(spec, consoleStart));
     }
     const handle: VmmHandle = {
@@ -74,7 +97,8 @@ export class FirecrackerDriver implements VmmDriver {
       pidStartTime: proc.startTime,
       ...(proc.bootId ? { bootId: proc.bootId } : {}),
       controlSocket: apiSocket,
-      agentSocket: spec.agentSocketPath,
+      ...(layout ? { jailDir: layout.jailDir } : {}),
+      agentSocket,
       agentTransport: 'hybrid-vsock',
       accel: 'kvm',
     };
@@ -85,14 +109,14 @@ export class FirecrackerDriver implements VmmDriver {
       return handle;
     } catch (e) {
       await killAndWait(proc.pid, proc.startTime, undefined, proc.bootId).catch(() => {});
-      await this.removeSockets(apiSocket, spec.agentSocketPath);
+      await cleanup().catch(() => {});
       throw new VmmError(`Firecracker failed to start ${spec.name}: ${(e as Error).message}`, await this.launchTail(spec, consoleStart));
     }
   }
 
   async shutdown(handle: VmmHandle, timeoutMs: number): Promise<boolean> {
     if (!(await this.alive(handle))) {
-      await this.removeSockets(handle.controlSocket, handle.agentSocket);
+      await this.release(handle);
       return true;
     }
     const deadline = Date.now() + timeoutMs;
@@ -108,13 +132,19 @@ export class FirecrackerDriver implements VmmDriver {
       /* a dying Firecracker may not answer; the wait below decides */
     }
     const exited = await waitForExit(handle.pid, handle.pidStartTime, Math.max(0, deadline - Date.now()), handle.bootId);
-    if (exited) await this.removeSockets(handle.controlSocket, handle.agentSocket);
+    if (exited) await this.release(handle);
     return exited;
   }
 
   async kill(handle: VmmHandle): Promise<void> {
     await killAndWait(handle.pid, handle.pidStartTime, undefined, handle.bootId);
+    await this.release(handle);
+  }
+
+  /** After the process is gone: its sockets, and its jail (only one under this driver's jail base). */
+  private async release(handle: VmmHandle): Promise<void> {
     await this.removeSockets(handle.controlSocket, handle.agentSocket);
+    if (handle.jailDir && this.opts.jailer) await removeJail(this.opts.jailer, { jailDir: handle.jailDir });
   }
 
   private api(handle: VmmHandle): FirecrackerApiClient {

@@ -1,16 +1,25 @@
 import type { VmLaunchSpec } from '../driver.js';
+import { confinementArgs, type QemuConfinement, type RunAsSpelling } from './sandbox.js';
 
 export const AGENT_PORT_NAME = 'org.banger.agent';
 
 /** QEMU's option syntax uses ',' as separator; a literal comma in a value is written ',,'. */
 const esc = (v: string) => v.replace(/,/g, ',,');
 
+/** How a QEMU is confined (./sandbox.ts): the seccomp sandbox always, the privilege drop when configured. */
+export interface ConfinementSpec extends QemuConfinement {
+  runAsSpelling?: RunAsSpelling;
+}
+
 /**
  * Pure: the machine every banger guest boots on (VMs and the KVM boot probe alike): microvm with
- * no default devices, the serial console appended to a file, a kernel, an optional initrd and a
- * command line.
+ * no default devices, under the seccomp sandbox (and dropping to `runAs` when given), the serial
+ * console appended to a file, a kernel, an optional initrd and a command line.
  */
-export function microvmArgs(o: Pick<VmLaunchSpec, 'accel' | 'vcpus' | 'memoryMib' | 'serialLogPath' | 'kernelPath' | 'initrdPath' | 'cmdline'>): string[] {
+export function microvmArgs(
+  o: Pick<VmLaunchSpec, 'accel' | 'vcpus' | 'memoryMib' | 'serialLogPath' | 'kernelPath' | 'initrdPath' | 'cmdline'>,
+  confinement: ConfinementSpec = {},
+): string[] {
   const accel = o.accel === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg,thread=multi', '-cpu', 'max'];
   return [
     '-M',
@@ -25,6 +34,7 @@ export function microvmArgs(o: Pick<VmLaunchSpec, 'accel' | 'vcpus' | 'memoryMib
     '-display',
     'none',
     '-no-reboot',
+    ...confinementArgs(confinement, confinement.runAsSpelling),
     '-chardev',
     `file,id=serial0,path=${esc(o.serialLogPath)},append=on`,
     '-serial',
@@ -41,8 +51,8 @@ export function microvmArgs(o: Pick<VmLaunchSpec, 'accel' | 'vcpus' | 'memoryMib
  * Pure: the qemu-system-x86_64 argv for a microvm guest. Every device sits on virtio-mmio,
  * which `microvm,acpi=on` describes in ACPI (how Debian's cloud kernel finds them).
  */
-export function buildQemuArgs(spec: VmLaunchSpec, qmpSocket: string): string[] {
-  const args = ['-name', `banger-${spec.name},debug-threads=off`, ...microvmArgs(spec)];
+export function buildQemuArgs(spec: VmLaunchSpec, qmpSocket: string, confinement: ConfinementSpec = {}): string[] {
+  const args = ['-name', `banger-${spec.name},debug-threads=off`, ...microvmArgs(spec, confinement)];
   for (const d of spec.disks) {
     args.push('-drive', `id=${d.id},file=${esc(d.path)},format=${d.format},if=none,cache=writeback,discard=unmap`);
     args.push('-device', `virtio-blk-device,drive=${d.id}`);

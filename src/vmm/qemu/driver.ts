@@ -4,18 +4,54 @@ import { type VmLaunchSpec, type VmmDriver, VmmError, type VmmHandle } from '../
 import { isHandleAlive, isProcessAlive, killAndWait, readTail, spawnDetached, waitForExit, waitForSocket } from '../process.js';
 import { buildQemuArgs } from './args.js';
 import { QmpClient } from './qmp.js';
+import { type QemuConfinement, QemuConfinementCheck } from './sandbox.js';
 
+export interface QemuDriverOptions {
+  /**
+   * `vmm_user`: when the daemon runs as root, QEMU drops to this user (`-runas`) once it has opened
+   * its disks, TAP, sockets and console. Ignored when the daemon is not root: QEMU then already
+   * runs as the daemon's own unprivileged user, and only root may change uid.
+   */
+  vmmUser?: string;
+  /** Checks (once) that this QEMU accepts the sandbox and the user; injectable for tests. */
+  confinementCheck?: QemuConfinementCheck;
+  /** Whether the daemon runs as root (default: its effective uid is 0). */
+  isRoot?: () => boolean;
+}
+
+/**
+ * Every QEMU runs under the seccomp sandbox of ./sandbox.ts (a QEMU without seccomp support is
+ * refused with a BangerError, never run unsandboxed). Under `-runas` QEMU's uid changes after
+ * start-up; everything the daemon does with it still works as root: liveness reads the
+ * world-readable /proc/<pid>/stat, kill is SIGKILL from root, and QMP and the agent socket were
+ * created (as root-owned sockets) before the drop.
+ */
 export class QemuDriver implements VmmDriver {
   readonly kind = 'qemu' as const;
   readonly rootDiskFormat = 'qcow2' as const;
+  private readonly check: QemuConfinementCheck;
 
-  constructor(private readonly qemuBin: string) {}
+  constructor(
+    private readonly qemuBin: string,
+    private readonly opts: QemuDriverOptions = {},
+  ) {
+    this.check = opts.confinementCheck ?? new QemuConfinementCheck();
+  }
+
+  /** How this daemon's QEMUs are confined: the sandbox always, the privilege drop only as root with vmm_user set. */
+  confinement(): QemuConfinement {
+    const isRoot = this.opts.isRoot?.() ?? process.geteuid?.() === 0;
+    return this.opts.vmmUser && isRoot ? { runAs: this.opts.vmmUser } : {};
+  }
 
   async launch(spec: VmLaunchSpec): Promise<VmmHandle> {
+    const confinement = this.confinement();
+    // Before anything is started: a QEMU that cannot be sandboxed fails here, naming the fix.
+    const runAsSpelling = await this.check.check(this.qemuBin, confinement);
     const qmpSocket = join(spec.runDir, 'qmp.sock');
     await rm(qmpSocket, { force: true });
     await rm(spec.agentSocketPath, { force: true });
-    const args = buildQemuArgs(spec, qmpSocket);
+    const args = buildQemuArgs(spec, qmpSocket, { ...confinement, runAsSpelling });
     const { pid, startTime, bootId } = await spawnDetached(this.qemuBin, args, spec.vmmLogPath);
     const handle: VmmHandle = {
       kind: 'qemu',

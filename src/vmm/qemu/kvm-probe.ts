@@ -7,6 +7,10 @@ import { readHostTscKhz } from '../../host/cpu.js';
 import { openLogFile } from '../console-log.js';
 import { isProcessAlive, killAndWait, readTail, spawnDetached } from '../process.js';
 import { microvmArgs } from './args.js';
+import { QemuConfinementCheck } from './sandbox.js';
+
+/** One check per process: the probe's QEMU runs under the same sandbox as every VM. */
+const sharedCheck = new QemuConfinementCheck();
 
 /** Printed by the kernel when it hands over to userspace, and by banger-init itself. */
 const MARKER = /Run \/init as init process|banger-init:/;
@@ -44,10 +48,15 @@ export interface ProbeOptions {
    * start and kills it.
    */
   workDir?: string;
+  /** Checks that QEMU accepts the sandbox (default: one shared check per process). */
+  confinementCheck?: QemuConfinementCheck;
 }
 
 /** Boots the kernel under the given accelerator and reports whether it reached userspace in time. */
 export async function bootProbe(opts: ProbeOptions, accel: 'kvm' | 'tcg'): Promise<KvmProbeOutcome> {
+  // Thrown, not an outcome: a QEMU without seccomp says nothing about KVM, and must not be cached
+  // as "KVM unusable".
+  await (opts.confinementCheck ?? sharedCheck).check(opts.qemuBin);
   const dir = await mkdtemp(join(opts.workDir ?? tmpdir(), 'banger-boot-probe-'));
   const serial = join(dir, 'serial.log');
   const deadline = opts.deadlineMs ?? 10_000;
