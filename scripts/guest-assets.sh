@@ -21,7 +21,7 @@ die() { log "error: $*"; exit 1; }
 as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 
 ensure_host_packages() {
-  local pkgs=(qemu-system-x86 qemu-utils mmdebstrap e2fsprogs kmod zstd lz4 xz-utils cpio dpkg binutils) missing=() p
+  local pkgs=(qemu-system-x86 qemu-utils mmdebstrap e2fsprogs kmod zstd lz4 xz-utils cpio dpkg binutils apt-utils) missing=() p
   for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
@@ -209,6 +209,90 @@ rootfs_asset() {
   rootfs="$dir/rootfs.ext4"
 }
 
+# --- an image without sshd, and a local apt repository that has one -----------------------------
+
+# The first-boot test (test/e2e/oci-boot.test.ts) boots an image without sshd whose real apt-get
+# installs openssh-server at first boot from a repository the test serves on the VM bridge, inside
+# its network namespace. The image: the rootfs above with openssh-server purged and no apt sources
+# (the test writes the one it serves). The repository: openssh-server and its whole dependency
+# closure as .debs with a flat index (apt-ftparchive), so whatever the image lacks or has older is
+# there; nothing in the guest ever reaches Debian's mirror.
+
+build_rootfs_nosshd() {
+  local src=$1 stage=$2
+  mkdir "$stage/tree"
+  tar --numeric-owner --xattrs -xf "$src" -C "$stage/tree"
+  # No services run in the chroot: policy-rc.d keeps the maintainer scripts from trying to stop any.
+  printf '#!/bin/sh\nexit 101\n' >"$stage/tree/usr/sbin/policy-rc.d"
+  chmod 755 "$stage/tree/usr/sbin/policy-rc.d"
+  chroot "$stage/tree" dpkg --purge openssh-server openssh-sftp-server >&2
+  rm -f "$stage/tree/usr/sbin/policy-rc.d"
+  [[ ! -e "$stage/tree/usr/sbin/sshd" ]] || die "sshd is still in the purged tree"
+  rm -f "$stage/tree/etc/apt/sources.list"
+  rm -rf "$stage/tree/etc/apt/sources.list.d"/* "$stage/tree"/var/lib/apt/lists/* "$stage/tree"/var/cache/apt/* \
+    "$stage/tree"/var/log/apt/* "$stage/tree"/var/log/*.log
+  mkfs.ext4 -q -F -d "$stage/tree" -L banger-root "$stage/rootfs.ext4" 2G >&2
+  rm -rf "$stage/tree"
+}
+
+rootfs_nosshd_asset() {
+  local key dir stage
+  key=$( { declare -f build_rootfs_nosshd; echo "$rootfs"; } | short_hash)
+  dir="$cache/nosshd-rootfs-$key"
+  if [[ -n "${BANGER_ASSET_REBUILD:-}" || ! -e "$dir/rootfs.ext4" ]]; then
+    [[ $(id -u) -eq 0 ]] || die "building the rootfs needs root (run: sudo $0)"
+    log "building rootfs without sshd (from $rootfs) → $dir"
+    stage=$(mktemp -d "$cache/.stage-nosshd-rootfs-XXXXXX")
+    build_rootfs_nosshd "${rootfs%.ext4}.tar" "$stage"
+    chmod 755 "$stage"
+    rm -rf "$dir"
+    mv -T "$stage" "$dir"
+  fi
+  prune_old nosshd-rootfs "$dir"
+  rootfs_nosshd="$dir/rootfs.ext4"
+}
+
+# openssh-server and everything it needs, recursively (Depends and Pre-Depends; virtual packages
+# and alternatives without a candidate drop out below).
+sshd_closure() {
+  apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts --no-breaks --no-replaces --no-enhances openssh-server |
+    grep -E '^[a-z0-9]' | sort -u
+}
+
+build_sshd_repo() {
+  local stage=$1
+  shift
+  mkdir -p "$stage/repo"
+  (cd "$stage/repo" && apt-get download -q "$@" >/dev/null)
+  # Release is written beside the repository first: it must not list itself.
+  (cd "$stage/repo" && apt-ftparchive packages . >Packages && apt-ftparchive release . >../Release)
+  mv "$stage/Release" "$stage/repo/Release"
+}
+
+sshd_repo_asset() {
+  local names pins=() p v key dir stage
+  mapfile -t names < <(sshd_closure)
+  ((${#names[@]})) || die "apt-cache knows no dependencies of openssh-server"
+  load_candidates "${names[@]}"
+  for p in "${names[@]}"; do
+    v=$(candidate_version "$p")
+    [[ -n "$v" && "$v" != "(none)" ]] && pins+=("$p=$v")
+  done
+  key=$( { declare -f build_sshd_repo sshd_closure; printf '%s\n' "${pins[@]}"; } | short_hash)
+  dir="$cache/sshd-repo-$key"
+  if [[ -n "${BANGER_ASSET_REBUILD:-}" || ! -e "$dir/repo/Release" ]]; then
+    log "downloading openssh-server and ${#pins[@]} packages it needs → $dir"
+    stage=$(mktemp -d "$cache/.stage-sshd-repo-XXXXXX")
+    build_sshd_repo "$stage" "${pins[@]}"
+    printf '%s\n' "${pins[@]}" >"$stage/packages"
+    chmod -R a+rX "$stage"
+    rm -rf "$dir"
+    mv -T "$stage" "$dir"
+  fi
+  prune_old sshd-repo "$dir"
+  sshd_repo="$dir/repo"
+}
+
 # --- main ---------------------------------------------------------------------------------------
 
 mkdir -p "$cache"
@@ -226,6 +310,8 @@ load_candidates "$kernel_pkg" "${rootfs_version_packages[@]}"
 start=$SECONDS
 kernel_asset
 rootfs_asset
+rootfs_nosshd_asset
+sshd_repo_asset
 
 kernel_file="$kernel_dir/vmlinux"
 [[ -e "$kernel_file" ]] || kernel_file="$kernel_dir/boot/vmlinuz-$kernel_version"
@@ -238,6 +324,8 @@ manifest=$(cat <<EOF
   "modulesDir": "$kernel_dir/lib/modules/$kernel_version",
   "rootfs": "$rootfs",
   "rootfsTar": "${rootfs%.ext4}.tar",
+  "rootfsNoSshd": "$rootfs_nosshd",
+  "sshdRepo": "$sshd_repo",
   "kernelDeb": "$(ls "$kernel_dir"/../deb/*.deb | head -n1)"
 }
 EOF
@@ -252,5 +340,7 @@ KERNEL_VERSION=$kernel_version
 KERNEL=$kernel_file
 VMLINUZ=$kernel_dir/boot/vmlinuz-$kernel_version
 ROOTFS=$rootfs
+ROOTFS_NOSSHD=$rootfs_nosshd
+SSHD_REPO=$sshd_repo
 MANIFEST=$cache/assets.json
 EOF

@@ -11,8 +11,9 @@ pkgs=(qemu-system-x86 qemu-utils e2fsprogs kmod cpio zstd xz-utils lz4 iproute2 
 # docker-registry serves test images on loopback; skopeo and umoci are the image-pull benchmark's baseline.
 # python3 crafts spoofed frames, iptables/ebtables run the NAT fallback's tests, file(1) checks the
 # agent binary is static and stripped, clang-format checks the C style (lint). scripts/test.sh fails
-# a test that misses any of them.
-[[ "${1:-}" == "--test" ]] && pkgs+=(busybox-static openssl docker-registry skopeo umoci gnupg dash zsh fish python3 iptables ebtables file clang-format)
+# a test that misses any of them. apt-utils (apt-ftparchive) indexes the local apt repository the
+# first-boot test serves to a guest (scripts/guest-assets.sh builds it).
+[[ "${1:-}" == "--test" ]] && pkgs+=(busybox-static openssl docker-registry skopeo umoci gnupg dash zsh fish python3 iptables ebtables file clang-format apt-utils)
 
 missing=()
 for p in "${pkgs[@]}"; do

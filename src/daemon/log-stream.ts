@@ -6,6 +6,8 @@
  * at a time and waits for 'drain' whenever the response's buffer is full (a client that stops
  * reading stops the reading here), and everything stops when the client goes. A copy-truncate
  * rotation (../vmm/console-log.ts) is seen as the file shrinking: following restarts at its start.
+ * Following also ends when the writer is done for good (`ended`: the VM's boot is over), after the
+ * bytes it wrote last: `vm logs -f` of a VM that stops, restarts or is deleted returns.
  */
 import { watch } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
@@ -21,6 +23,11 @@ export interface StreamLogOptions {
   lines: number;
   follow: boolean;
   pollMs?: number;
+  /**
+   * While following, asked at the start and at every poll: true once nothing more will be
+   * appended (the VM's boot ended). What was written up to then is sent, then the stream ends.
+   */
+  ended?: () => Promise<boolean>;
 }
 
 /** Writes the log to `res` and ends it; resolves when done (or the client left). Never rejects. */
@@ -63,6 +70,8 @@ export async function streamLog(path: string, o: StreamLogOptions, req: Incoming
     res.flushHeaders();
 
     let changed = true;
+    /** A poll tick is due: time to ask `ended` again (not on every write the watcher reports). */
+    let due = true;
     const poke = () => {
       changed = true;
       wake();
@@ -73,15 +82,27 @@ export async function streamLog(path: string, o: StreamLogOptions, req: Incoming
     } catch {
       /* not there yet: the poll below finds it */
     }
-    timer = setInterval(poke, o.pollMs ?? POLL_MS);
+    timer = setInterval(() => {
+      due = true;
+      poke();
+    }, o.pollMs ?? POLL_MS);
     const buf = Buffer.alloc(CHUNK_BYTES);
     while (!gone) {
       if (!changed) await new Promise<void>((r) => (wake = r));
       changed = false;
       if (gone) break;
+      // Asked before the read: once the writer is done, one more read to the end has it all.
+      let last = false;
+      if (due && o.ended) {
+        due = false;
+        last = await o.ended().catch(() => false);
+      }
       if (!fh) {
         fh = await openLogFile(path).catch(() => undefined);
-        if (!fh) continue;
+        if (!fh) {
+          if (last) return;
+          continue;
+        }
         offset = 0;
       }
       for (;;) {
@@ -104,6 +125,7 @@ export async function streamLog(path: string, o: StreamLogOptions, req: Incoming
           return;
         if (gone) return;
       }
+      if (last) return;
     }
   } catch {
     /* the log vanished or the client went away mid-write: nothing more to send */

@@ -35,15 +35,16 @@ export interface Services {
 
 /**
  * Tails a guest-fed log over HTTP: the last `lines` lines, then (with follow) new bytes until the
- * client leaves, at the pace the client reads (./log-stream.ts).
+ * client leaves or `endedOf` says the writer is done, at the pace the client reads (./log-stream.ts).
  */
-function tailRoute(pathOf: (ref: string) => string): Route['handler'] {
+function tailRoute(pathOf: (ref: string) => string, endedOf?: (ref: string) => () => Promise<boolean>): Route['handler'] {
   return ({ params, query, res, req, opId }) => {
     const path = pathOf(params.ref as string);
     const lines = Math.min(100_000, Math.max(0, Number(query.get('lines') ?? '200') || 0));
     const follow = query.get('follow') === 'true';
+    const ended = follow && endedOf ? endedOf(params.ref as string) : undefined;
     res.writeHead(200, { 'content-type': 'text/plain; charset=utf-8', [OP_HEADER]: opId });
-    void streamLog(path, { lines, follow }, req, res);
+    void streamLog(path, { lines, follow, ...(ended ? { ended } : {}) }, req, res);
     return undefined;
   };
 }
@@ -127,6 +128,14 @@ export function resourceRoutes(app: App, s: Services): Route[] {
     { method: 'GET', path: '/v1/vms/:ref/health', response: GuestHealthSchema, handler: ({ params }) => s.vms.health(params.ref as string) },
     { method: 'GET', path: '/v1/vms/:ref/ports', response: GuestPortsSchema, handler: ({ params }) => s.vms.ports(params.ref as string) },
     { method: 'GET', path: '/v1/vms/:ref/stats', response: VmStatsSchema, handler: ({ params }) => s.vms.stats(params.ref as string) },
-    { method: 'GET', path: '/v1/vms/:ref/logs', stream: true, handler: tailRoute((ref) => s.vms.serialLogPath(ref)) },
+    {
+      method: 'GET',
+      path: '/v1/vms/:ref/logs',
+      stream: true,
+      handler: tailRoute(
+        (ref) => s.vms.serialLogPath(ref),
+        (ref) => s.vms.bootEnded(ref),
+      ),
+    },
   ];
 }

@@ -1,8 +1,10 @@
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { Image, Vm } from '../../src/api/schemas.js';
-import { guestAssets, TestHome } from '../helpers/banger.js';
+import { guestAssets, Running, TestHome } from '../helpers/banger.js';
 import { buildLayer, buildLayerFromTar, type FileLayer, pushImage } from '../helpers/oci-fixtures.js';
 import { type LocalRegistry, startRegistry } from '../helpers/oci-registry.js';
 import { requires } from '../helpers/prereq.js';
@@ -12,7 +14,8 @@ const assets = guestAssets();
 /**
  * Images pulled from a real registry boot. The pull runs in one home (on loopback, where the
  * registry is); the VMs boot in a second home inside a private network namespace, from the very
- * ext4 files the pull produced (registered in place).
+ * ext4 files the pull produced (registered in place). The first-boot install of an sshd runs here
+ * too: against a fake package manager, and against Debian's real apt-get and a local repository.
  */
 describe('pulled OCI images boot', { skip: requires(assets?.rootfsTar, 'guest assets missing: run scripts/guest-assets.sh') }, () => {
   let registry: LocalRegistry;
@@ -149,5 +152,86 @@ describe('pulled OCI images boot', { skip: requires(assets?.rootfsTar, 'guest as
     assert.match(logs, /banger-first-boot: no sshd in the image: installing one/);
     assert.match(logs, /fake apt-get install -y -q --no-install-recommends openssh-server/);
     await booter.ok(['vm', 'delete', 'tiny-nat']);
+  });
+
+  test('with NAT, the first boot installs Debian’s openssh-server with the real apt-get from a repository on the bridge; SSH then works with the VM’s own host key', {
+    skip: requires(assets?.rootfsNoSshd && assets?.sshdRepo, 'guest assets missing (rootfsNoSshd, sshdRepo): run scripts/guest-assets.sh'),
+  }, async (t) => {
+    const a = assets as NonNullable<typeof assets>;
+    // The booter home's bridge address (config default) and a port of this test's choosing: the
+    // namespace has only loopback and the bridge, so nothing else can answer there.
+    const bridgeIp = '172.30.0.1';
+    const port = 8080;
+    // The image: the rootfs without sshd (a sparse copy), whose only apt source is that repository.
+    const rootfs = join(booter.dir, 'nosshd.ext4');
+    execFileSync('cp', ['--sparse=always', a.rootfsNoSshd as string, rootfs]);
+    const sources = `deb [trusted=yes] http://${bridgeIp}:${port}/ ./\n`;
+    writeFileSync(join(booter.dir, 'sources.list'), sources, { mode: 0o644 });
+    writeFileSync(join(booter.dir, 'debugfs.cmd'), `cd /etc/apt\nwrite ${join(booter.dir, 'sources.list')} sources.list\n`);
+    execFileSync('debugfs', ['-w', '-f', join(booter.dir, 'debugfs.cmd'), rootfs], { stdio: 'ignore' });
+    assert.equal(execFileSync('debugfs', ['-R', 'cat /etc/apt/sources.list', rootfs], { stdio: ['ignore', 'pipe', 'ignore'] }).toString(), sources);
+    await booter.ok(['image', 'register', '--name', 'nosshd', '--rootfs', rootfs, '--kernel-ref', 'k']);
+    assert.equal((await booter.json<Image>(['image', 'show', 'nosshd'])).hasSshd, false);
+
+    // The repository, served in the booter's namespace on the bridge address. The bridge appears
+    // with the first VM of the daemon: bind before it (a per-namespace sysctl), so the server is
+    // up before any guest asks. Each request is printed.
+    const serve = `
+      const http = require('node:http'), fs = require('node:fs'), path = require('node:path');
+      const root = process.env.REPO, files = new Set(fs.readdirSync(root));
+      http.createServer((req, res) => {
+        const raw = new URL(req.url, 'http://x').pathname.replace(/^\\/(\\.\\/)?/, '');
+        const name = files.has(raw) ? raw : decodeURIComponent(raw);
+        console.log(req.method + ' ' + name);
+        if (!files.has(name)) { res.writeHead(404); res.end(); return; }
+        res.writeHead(200, { 'content-length': fs.statSync(path.join(root, name)).size });
+        if (req.method === 'HEAD') res.end(); else fs.createReadStream(path.join(root, name)).pipe(res);
+      }).listen(${port}, '${bridgeIp}', () => console.log('listening'));`;
+    assert.equal((await booter.exec('sysctl', ['-q', '-w', 'net.ipv4.ip_nonlocal_bind=1'])).code, 0);
+    const repo = new Running(
+      spawn('ip', ['netns', 'exec', booter.netns as string, process.execPath, '-e', serve], {
+        env: { ...process.env, REPO: a.sshdRepo },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      }),
+    );
+    let console_: Running | undefined;
+    try {
+      assert.ok(await repo.waitFor(/^listening$/m), repo.stderr);
+      const t0 = Date.now();
+      const vm = await booter.json<Vm>(['vm', 'create', '--name', 'apt-sshd', '--image', 'nosshd', '--disk-size', '512M', '--nat']);
+      assert.equal(vm.state, 'running');
+      const created = Date.now();
+      // The first boot's outcome, as it reaches the console.
+      console_ = booter.start(['vm', 'logs', '-f', 'apt-sshd', '-n', '100000']);
+      const outcome = /banger-first-boot: (sshd running|the package manager ran but no sshd appeared|no known package manager)/;
+      assert.ok(await console_.waitFor(outcome, 900_000), `the first boot ended: ${console_.stdout.slice(-3000)}`);
+      assert.match(console_.stdout, /banger-first-boot: sshd running \(ssh\.service\)/, console_.stdout.slice(-3000));
+      t.diagnostic(`vm create ${((created - t0) / 1000).toFixed(1)} s, then the first-boot install ${((Date.now() - created) / 1000).toFixed(1)} s`);
+      assert.match(repo.stdout, /^GET openssh-server_[^ ]+_amd64\.deb$/m, 'the guest fetched openssh-server from the local repository');
+
+      // The real sshd logs in, with host-key checking on against the key banger recorded for this VM…
+      // biome-ignore lint/suspicious/noTemplateCurlyInString: a dpkg-query format, not a template
+      const r = await booter.banger(['vm', 'ssh', 'apt-sshd', '--', 'dpkg-query', '-W', '--showformat=${db:Status-Status} ${Package}\\n', 'openssh-server']);
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(r.stdout, 'installed openssh-server\n');
+      // …and the key it serves is that VM's own.
+      const knownHosts = readFileSync(join(booter.dir, 'state', 'ssh', 'known_hosts'), 'utf8');
+      const recorded = knownHosts.split('\n').find((l) => l.startsWith('apt-sshd.vm '));
+      assert.ok(recorded, knownHosts);
+      const [, type, key] = recorded.split(' ');
+      const scan = await booter.exec('ssh-keyscan', ['-T', '60', '-t', type as string, vm.ip as string]);
+      assert.equal(
+        scan.stdout
+          .split('\n')
+          .find((l) => l.startsWith(`${vm.ip} ${type} `))
+          ?.split(' ')[2],
+        key,
+        scan.stderr,
+      );
+      await booter.ok(['vm', 'delete', 'apt-sshd']);
+    } finally {
+      await console_?.stop();
+      await repo.stop();
+    }
   });
 });

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { chmodSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { randomUUID } from 'node:crypto';
+import { chmodSync, existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -114,6 +115,86 @@ describe('VM lifecycle on real QEMU', { skip }, () => {
     assert.equal(h.ready, true);
   });
 
+  /** Runs a shell command in alpha over SSH; its stdout. */
+  const inAlpha = async (cmd: string) => {
+    const r = await home.banger(['vm', 'ssh', 'alpha', '--', 'sh', '-c', cmd]);
+    assert.equal(r.code, 0, `${cmd}: ${r.stderr}`);
+    return r.stdout;
+  };
+  /**
+   * `vm start`/`restart` return once the agent answers; sshd comes up a moment later (seconds
+   * under TCG, more on a busy host than `vm ssh`'s own retries cover). Polled through the agent;
+   * the bound only keeps a hang from lasting forever.
+   */
+  const waitForSshd = async (vm: string) => {
+    for (let i = 0; i < 180; i++) {
+      const { ports } = await home.json<{ ports: Array<{ port: number }> }>(['vm', 'ports', vm]);
+      if (ports.some((p) => p.port === 22)) return;
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+    assert.fail(`sshd never listened in ${vm}`);
+  };
+  const bootId = async () => (await inAlpha('cat /proc/sys/kernel/random/boot_id')).trim();
+  /** A line only this call writes, on the guest's console (the serial log). */
+  const markConsole = async () => {
+    const mark = `e2e-mark-${randomUUID()}`;
+    await inAlpha(`echo ${mark} > /dev/console`);
+    return mark;
+  };
+  /** `vm logs -f alpha`, once its tail has arrived: from then on it is following. */
+  const followAlpha = async () => {
+    const f = home.start(['vm', 'logs', '-f', 'alpha', '-n', '5']);
+    assert.ok(await f.waitFor(/\n/), `vm logs -f printed its tail: ${f.stderr}`);
+    return f;
+  };
+
+  test('vm logs -f follows the console live and ends cleanly on Ctrl-C', async () => {
+    const f = await followAlpha();
+    try {
+      const mark = await markConsole();
+      assert.ok(await f.waitFor(new RegExp(mark)), `the mark arrived while following: ${f.stderr}`);
+      assert.equal(f.running, true, 'still following after the mark');
+      f.child.kill('SIGINT');
+      assert.deepEqual(await f.exit(), { code: 0, signal: null }, f.stderr);
+      assert.equal(f.stderr, '');
+    } finally {
+      await f.stop();
+    }
+  });
+
+  test('restart reboots the VM with its name, address and disks; a file on the work disk survives; a follow of the old boot ends with it', async () => {
+    const before = await home.json<Vm>(['vm', 'show', 'alpha']);
+    const workInode = statSync(join(before.dir, 'work.ext4')).ino;
+    const oldBoot = await bootId();
+    assert.match(oldBoot, /^[0-9a-f-]{36}$/);
+    const token = randomUUID();
+    await inAlpha(`echo ${token} > /root/kept-across-restart && sync`);
+    const f = await followAlpha();
+    try {
+      const r = await home.banger(['vm', 'restart', 'alpha']);
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stdout, /restarted alpha/);
+      // The follow ends on its own once the boot it followed is over, with that boot's last words.
+      assert.deepEqual(await f.exit(), { code: 0, signal: null }, f.stderr);
+      assert.match(f.stdout, /reboot: Power down/);
+    } finally {
+      await f.stop();
+    }
+    const after = await home.json<Vm>(['vm', 'show', 'alpha']);
+    assert.equal(after.state, 'running');
+    assert.notEqual(after.pid, before.pid, 'a new VMM process');
+    await waitForSshd('alpha');
+    for (const k of ['id', 'name', 'ip', 'dir', 'imageName', 'vcpus', 'memoryMib', 'diskSizeBytes', 'nat'] as const) {
+      assert.deepEqual(after[k], before[k], `${k} kept across the restart`);
+    }
+    assert.equal(statSync(join(after.dir, 'work.ext4')).ino, workInode, 'the same work disk file');
+    assert.equal((await home.json<{ ready: boolean; hostname: string }>(['vm', 'health', 'alpha'])).hostname, 'alpha');
+    const newBoot = await bootId();
+    assert.match(newBoot, /^[0-9a-f-]{36}$/);
+    assert.notEqual(newBoot, oldBoot, 'the guest booted again');
+    assert.equal((await inAlpha('cat /root/kept-across-restart')).trim(), token);
+  });
+
   test('stop powers off gracefully; set changes the stopped VM; start boots it again', async () => {
     const vm = await home.json<Vm>(['vm', 'show', 'alpha']);
     const stop = await home.banger(['vm', 'stop', 'alpha']);
@@ -124,8 +205,9 @@ describe('VM lifecycle on real QEMU', { skip }, () => {
     const logs = await home.banger(['vm', 'logs', 'alpha', '-n', '50']);
     assert.match(logs.stdout, /reboot: Power down|Power down/);
 
-    const set = await home.json<Vm>(['vm', 'set', 'alpha', '--vcpus', '1', '--disk-size', '2G']);
+    const set = await home.json<Vm>(['vm', 'set', 'alpha', '--vcpus', '1', '--memory', '768', '--disk-size', '2G']);
     assert.equal(set.vcpus, 1);
+    assert.equal(set.memoryMib, 768);
     assert.equal(set.diskSizeBytes, 2 * 1024 ** 3);
     const shrink = await home.banger(['vm', 'set', 'alpha', '--disk-size', '1G']);
     assert.equal(shrink.code, 1);
@@ -136,8 +218,12 @@ describe('VM lifecycle on real QEMU', { skip }, () => {
     const again = await home.json<Vm>(['vm', 'show', 'alpha']);
     assert.equal(again.state, 'running');
     assert.notEqual(again.pid, vm.pid);
-    const s = await home.json<{ guest: { memTotalKib: number } | null }>(['vm', 'stats', 'alpha']);
-    assert.ok(s.guest);
+    await waitForSshd('alpha');
+    // The guest sees the new size: its MemTotal (a little under what it was given) is nearer
+    // 768 MiB than the 512 MiB it had.
+    const memTotalMib = Number(/^MemTotal:\s+(\d+) kB$/m.exec(await inAlpha('cat /proc/meminfo'))?.[1]) / 1024;
+    assert.ok(Math.abs(memTotalMib - 768) < Math.abs(memTotalMib - 512), `MemTotal ${memTotalMib} MiB after --memory 768`);
+    assert.equal((await inAlpha('nproc')).trim(), '1');
     // The guest grew its work filesystem online to the new 2 GiB disk, and the seed (done on the
     // first boot, from the image's own /root) is not redone.
     const df = await home.banger(['vm', 'ssh', 'alpha', '--', 'df', '-B1', '--output=size', '/root']);
@@ -151,10 +237,12 @@ describe('VM lifecycle on real QEMU', { skip }, () => {
     assert.equal(count(/seeded the work disk/g), count(/mounted work disk/g) >= 2 ? 1 : 0, log.slice(-3000));
   });
 
-  test('kill stops at once; delete leaves nothing behind', async () => {
+  test('kill stops at once (a follow of its console ends too); delete leaves nothing behind', async () => {
     const vm = await home.json<Vm>(['vm', 'show', 'alpha']);
+    const f = await followAlpha();
     const k = await home.banger(['vm', 'kill', 'alpha']);
     assert.equal(k.code, 0, k.stderr);
+    assert.deepEqual(await f.exit(), { code: 0, signal: null }, f.stderr);
     assert.equal((await home.json<Vm>(['vm', 'show', 'alpha'])).state, 'stopped');
     assert.deepEqual(await qemuPids('alpha'), []);
     const d = await home.banger(['vm', 'delete', 'alpha']);
@@ -163,9 +251,19 @@ describe('VM lifecycle on real QEMU', { skip }, () => {
   });
 
   test('two VMs boot concurrently and a bulk delete removes both', async () => {
-    const [b, c] = await Promise.all([home.banger(['vm', 'create', '--name', 'beta']), home.banger(['vm', 'create', '--name', 'gamma'])]);
+    const [b, c] = await Promise.all([home.banger(['vm', 'create', '--name', 'beta']), home.banger(['vm', 'create', '--name', 'gamma', '--memory', '384M'])]);
     assert.equal(b.code, 0, b.stderr);
     assert.equal(c.code, 0, c.stderr);
+    assert.match(c.stdout, /^spec: gamma vcpus=2 memory=384MiB /m);
+    // Each guest sees its own size: MemTotal (a little under what it was given) nearer the size asked for.
+    for (const [name, mib, other] of [
+      ['gamma', 384, 512],
+      ['beta', 512, 384],
+    ] as const) {
+      const s = await home.json<{ guest: { memTotalKib: number } | null }>(['vm', 'stats', name]);
+      const seen = (s.guest?.memTotalKib ?? 0) / 1024;
+      assert.ok(Math.abs(seen - mib) < Math.abs(seen - other), `${name}: MemTotal ${seen} MiB for --memory ${mib}`);
+    }
     const list = await home.json<{ vms: Vm[] }>(['vm', 'list']);
     const running = list.vms
       .filter((v) => v.state === 'running')

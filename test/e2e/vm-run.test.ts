@@ -71,9 +71,25 @@ describe('vm run', { skip: requires(assets, 'guest assets missing: run scripts/g
     assert.equal(catalog.images.find((e) => e.name === 'debian-bookworm')?.pulled, true);
   });
 
-  test('the command’s exit status is the exit status of vm run; the image is not pulled again', async () => {
-    const r = await home.banger(['vm', 'run', '--rm', '--name', 'seven', '--', 'sh', '-c', 'exit 7']);
+  test('the command’s exit status is the exit status of vm run; the image is not pulled again; --memory sizes the guest', async () => {
+    const r = await home.banger([
+      'vm',
+      'run',
+      '--rm',
+      '--name',
+      'seven',
+      '--memory',
+      '384M',
+      '--',
+      'sh',
+      '-c',
+      "awk '/^MemTotal:/ { print $2 }' /proc/meminfo; exit 7",
+    ]);
     assert.equal(r.code, 7, r.stderr);
+    // The default is at least 512 MiB (RAM/8, [vm_defaults] unset): MemTotal, a little under what
+    // the guest was given, is nearer the 384 MiB asked for than any default.
+    const memTotalMib = Number(r.stdout.trim()) / 1024;
+    assert.ok(Math.abs(memTotalMib - 384) < Math.abs(memTotalMib - 512), `MemTotal ${memTotalMib} MiB after --memory 384M`);
     assert.doesNotMatch(r.stderr, /pull image/);
     assert.match(r.stderr, /deleted seven/);
   });

@@ -1,4 +1,4 @@
-import { type SpawnOptions, spawn } from 'node:child_process';
+import { type ChildProcess, type SpawnOptions, spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
@@ -82,6 +82,13 @@ export class TestHome {
     return this.exec(process.execPath, [BANGER, ...args], timeoutMs, extraEnv);
   }
 
+  /** The CLI as a child that keeps running (e.g. `vm logs -f`): its output as it comes, its end. */
+  start(args: string[]): Running {
+    const full = [process.execPath, BANGER, ...args];
+    const [cmd, ...rest] = this.netns ? ['ip', 'netns', 'exec', this.netns, ...full] : full;
+    return new Running(spawn(cmd as string, rest, { env: this.env, stdio: ['ignore', 'pipe', 'pipe'] }));
+  }
+
   bangerd(args: string[], timeoutMs = 30_000): Promise<Result> {
     return this.exec(process.execPath, [BANGERD, ...args], timeoutMs);
   }
@@ -128,6 +135,85 @@ export class TestHome {
     for (const pid of [...pids, ...(await pidsMentioning(this.dir))]) if (isAlive(pid)) signal(pid, 'SIGKILL');
     await rm(this.dir, { recursive: true, force: true });
     if (this.netns && this.ownsNetns) await runProcess('ip', ['netns', 'del', this.netns], {}, 10_000).catch(() => {});
+  }
+}
+
+/**
+ * A child process whose output is watched while it runs. `ip netns exec` execs the command, so a
+ * signal sent to the child reaches the CLI itself.
+ */
+export class Running {
+  stdout = '';
+  stderr = '';
+  /** Resolves when the process has exited and its output is all read. */
+  readonly ended: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  private waiters: Array<() => void> = [];
+  private done = false;
+
+  constructor(readonly child: ChildProcess) {
+    const changed = () => {
+      for (const w of this.waiters.splice(0)) w();
+    };
+    child.stdout?.on('data', (c: Buffer) => {
+      this.stdout += c.toString();
+      changed();
+    });
+    child.stderr?.on('data', (c: Buffer) => {
+      this.stderr += c.toString();
+    });
+    this.ended = new Promise((resolve) =>
+      child.on('close', (code, sig) => {
+        this.done = true;
+        changed();
+        resolve({ code, signal: sig });
+      }),
+    );
+  }
+
+  get running(): boolean {
+    return !this.done;
+  }
+
+  /**
+   * Waits until stdout matches `re` (true) or the process ended without it (false). `timeoutMs`
+   * only bounds a hang: it throws, naming what was awaited and what arrived.
+   */
+  async waitFor(re: RegExp, timeoutMs = 120_000): Promise<boolean> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      if (re.test(this.stdout)) return true;
+      if (this.done) return false;
+      if (Date.now() > deadline) throw new Error(`${re} never arrived within ${timeoutMs} ms; stdout:\n${this.stdout.slice(-2000)}\nstderr: ${this.stderr}`);
+      await new Promise<void>((r) => {
+        const t = setTimeout(r, 1000);
+        this.waiters.push(() => {
+          clearTimeout(t);
+          r();
+        });
+      });
+    }
+  }
+
+  /** Its exit; `timeoutMs` only bounds a hang: it throws, naming what the child printed. */
+  async exit(timeoutMs = 120_000): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+    let timer: NodeJS.Timeout | undefined;
+    const hang = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new Error(`still running after ${timeoutMs} ms; stdout:\n${this.stdout.slice(-2000)}\nstderr: ${this.stderr}`)),
+        timeoutMs,
+      );
+    });
+    try {
+      return await Promise.race([this.ended, hang]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Ends the child (SIGKILL) if it still runs; for cleanup. */
+  async stop(): Promise<void> {
+    if (!this.done) this.child.kill('SIGKILL');
+    await this.ended;
   }
 }
 
@@ -204,6 +290,10 @@ export interface GuestAssets {
   kernelDeb?: string | undefined;
   /** The rootfs tree as a tarball (pushed to test registries as an OCI layer). */
   rootfsTar?: string | undefined;
+  /** The rootfs with openssh-server purged and no apt sources. */
+  rootfsNoSshd?: string | undefined;
+  /** A flat apt repository (Packages, Release, .debs) with openssh-server and its whole dependency closure. */
+  sshdRepo?: string | undefined;
 }
 
 /** Real guest assets built by scripts/guest-assets.sh, or undefined (tests then skip with the reason). */
@@ -217,5 +307,7 @@ export function guestAssets(): GuestAssets | undefined {
   if (![kernelDir, kernel, rootfs].every((p) => existsSync(p))) return undefined;
   const kernelDeb = m.kernelDeb && existsSync(m.kernelDeb) ? m.kernelDeb : undefined;
   const rootfsTar = m.rootfsTar && existsSync(m.rootfsTar) ? m.rootfsTar : undefined;
-  return { kernelDir, kernelVersion, kernel, rootfs, kernelDeb, rootfsTar };
+  const rootfsNoSshd = m.rootfsNoSshd && existsSync(m.rootfsNoSshd) ? m.rootfsNoSshd : undefined;
+  const sshdRepo = m.sshdRepo && existsSync(join(m.sshdRepo, 'Release')) ? m.sshdRepo : undefined;
+  return { kernelDir, kernelVersion, kernel, rootfs, kernelDeb, rootfsTar, rootfsNoSshd, sshdRepo };
 }

@@ -27,12 +27,12 @@ interface Served {
 }
 
 /** A loopback HTTP server whose one route is streamLog over `path`, as the logs route uses it. */
-async function serve(path: string, lines: number, follow: boolean): Promise<Served> {
+async function serve(path: string, lines: number, follow: boolean, ended?: () => Promise<boolean>): Promise<Served> {
   let resolveServed!: (v: { res: ServerResponse; done: Promise<void> }) => void;
   const served = new Promise<{ res: ServerResponse; done: Promise<void> }>((r) => (resolveServed = r));
   const server = createServer((req, res) => {
     res.writeHead(200, { 'content-type': 'text/plain' });
-    resolveServed({ res, done: streamLog(path, { lines, follow, pollMs: 50 }, req, res) });
+    resolveServed({ res, done: streamLog(path, { lines, follow, pollMs: 50, ...(ended ? { ended } : {}) }, req, res) });
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   return { url: { port: (server.address() as AddressInfo).port }, served, server };
@@ -131,6 +131,63 @@ test('follow across a copy-truncate rotation: the new content after the truncate
     appendTo(path, 'after rotation\n');
     while (!text.endsWith('after rotation\n')) await sleep(20);
     client.destroy();
+    await (await served).done;
+  } finally {
+    server.close();
+  }
+});
+
+/** The whole body of one GET, and whether the server ended it (rather than the client leaving). */
+function fetchAll(port: number, onData?: (text: string) => void): Promise<string> {
+  return new Promise<string>((resolve, reject) => {
+    request({ host: '127.0.0.1', port, path: '/' }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => {
+        text += c;
+        onData?.(text);
+      });
+      res.on('end', () => resolve(text));
+    })
+      .on('error', reject)
+      .end();
+  });
+}
+
+test('follow ends once the writer is done (the VM stopped), after the bytes it wrote last', async () => {
+  const path = fresh();
+  await writeFile(path, 'boot\n');
+  let over = false;
+  let asked = 0;
+  const { url, served, server } = await serve(path, 10, true, async () => {
+    asked++;
+    return over;
+  });
+  try {
+    let seen = '';
+    const body = fetchAll(url.port, (t) => (seen = t));
+    while (!seen.includes('boot\n')) await sleep(10);
+    appendTo(path, 'running\n');
+    while (!seen.includes('running\n')) await sleep(10);
+    // Still following: the writer is not done, however many polls pass.
+    const polls = asked;
+    while (asked < polls + 3) await sleep(10);
+    // The last words, then the end.
+    appendTo(path, 'reboot: Power down\n');
+    over = true;
+    assert.equal(await body, 'boot\nrunning\nreboot: Power down\n');
+    await (await served).done;
+  } finally {
+    server.close();
+  }
+});
+
+test('follow of a log whose writer is already done sends the tail and ends', async () => {
+  const path = fresh();
+  await writeFile(path, 'one\ntwo\n');
+  const { url, served, server } = await serve(path, 1, true, async () => true);
+  try {
+    assert.equal(await fetchAll(url.port), 'two\n');
     await (await served).done;
   } finally {
     server.close();

@@ -149,7 +149,7 @@ export function registerVmCommands(program: Command): void {
   vm.command('logs')
     .description("show a VM's serial console")
     .argument('<vm>', 'VM name or id prefix')
-    .option('-f, --follow', 'keep printing new output')
+    .option('-f, --follow', 'keep printing new output until the VM stops (or restarts)')
     .option('-n, --lines <n>', 'lines to show', intArg('--lines'), 200)
     .action(async (ref: string, o: { follow?: boolean; lines: number }) => {
       const ac = new AbortController();

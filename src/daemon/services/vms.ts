@@ -170,6 +170,24 @@ export class VmService {
     return this.paths(this.row(ref)).serial;
   }
 
+  /**
+   * For `vm logs -f`: a check that turns true once the boot the VM is running now is over (it
+   * stopped, was restarted or deleted, or its VMM died), so the follow can end. A VM that is not
+   * starting, running or stopping has no boot to follow: true at once. A restart always changes
+   * the handle (it is set with `starting`), so it ends the follow however briefly the VM was down
+   * between two polls.
+   */
+  bootEnded(ref: string): () => Promise<boolean> {
+    const r0 = this.row(ref);
+    const live = (state: string) => state === 'starting' || state === 'running' || state === 'stopping';
+    if (!live(r0.state)) return async () => true;
+    return async () => {
+      const r = this.d.repos.vms.byId(r0.id);
+      if (!r || !live(r.state) || r.handle !== r0.handle) return true;
+      return !(await this.handleAlive(r));
+    };
+  }
+
   // ---- create --------------------------------------------------------------------------
 
   async create(input: CreateVmInput, ctx: OpContext): Promise<Vm> {
