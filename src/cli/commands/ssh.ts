@@ -52,7 +52,9 @@ export async function sshIntoVm(client: BangerClient, v: Vm, command: string[]):
     throw new BangerError('precondition_failed', `VM ${v.name} is ${v.state}`, { fix: `start it: banger vm start ${v.name}` });
   }
   const image = await client.image(v.imageName).catch(() => undefined);
-  let attempts = 20;
+  // One connection attempt a second: sshd answers 4–7 s after the agent under TCG, and far later on
+  // a busy 2-core host (20 attempts were seen to run out there).
+  let attempts = 60;
   if (image && !image.hasSshd) {
     if (!v.nat) {
       throw new BangerError('precondition_failed', `image ${image.name} has no sshd, and ${v.name} has no NAT to install one at first boot`, {
