@@ -1,6 +1,7 @@
 import { spawn } from 'node:child_process';
 import { closeSync, constants, openSync } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
+import { connect } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { readLogTail } from './console-log.js';
 
@@ -122,6 +123,30 @@ export async function waitForSocket(path: string, timeoutMs: number, alive: () =
     }
     if (!(await alive())) throw new Error(`process exited before creating ${path}`);
     if (Date.now() >= deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${path}`);
+    await sleep(20);
+  }
+}
+
+/**
+ * waitForSocket, then until something accepts on it: a socket file exists from bind(), a moment
+ * before listen(), and a connect in between is refused. For servers a bare connect-and-close does
+ * not disturb (Firecracker's HTTP API), not for single-client ones.
+ */
+export async function waitForListener(path: string, timeoutMs: number, alive: () => Promise<boolean>): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  await waitForSocket(path, timeoutMs, alive);
+  for (;;) {
+    const accepted = await new Promise<boolean>((resolve) => {
+      const sock = connect({ path });
+      sock.once('connect', () => {
+        sock.destroy();
+        resolve(true);
+      });
+      sock.once('error', () => resolve(false));
+    });
+    if (accepted) return;
+    if (!(await alive())) throw new Error(`process exited before listening on ${path}`);
+    if (Date.now() >= deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for a listener on ${path}`);
     await sleep(20);
   }
 }

@@ -3,7 +3,7 @@ import { open, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { openLogFile } from '../console-log.js';
 import { type VmLaunchSpec, type VmmDriver, VmmError, type VmmHandle } from '../driver.js';
-import { isHandleAlive, isProcessAlive, killAndWait, readTail, spawnDetached, waitForExit, waitForSocket } from '../process.js';
+import { isHandleAlive, isProcessAlive, killAndWait, readTail, spawnDetached, waitForExit, waitForListener } from '../process.js';
 import { FirecrackerApiClient } from './api-client.js';
 import { buildJail, buildJailerArgs, hostPathOf, JAIL_PATHS, type JailerOptions, jailedSpec, jailIdFor, jailLayout, removeJail } from './jailer.js';
 import { buildBootRequests, ctrlAltDelRequest, describeInstanceRequest, type FcRequest, instanceIdFor, instanceStateOf, resumeRequest } from './requests.js';
@@ -103,7 +103,7 @@ export class FirecrackerDriver implements VmmDriver {
       accel: 'kvm',
     };
     try {
-      await waitForSocket(apiSocket, this.startTimeoutMs, () => isProcessAlive(proc.pid, proc.startTime, proc.bootId));
+      await waitForListener(apiSocket, this.startTimeoutMs, () => isProcessAlive(proc.pid, proc.startTime, proc.bootId));
       const api = this.api(handle);
       for (const r of requests) await api.send(r);
       return handle;
