@@ -1,8 +1,11 @@
-import { lstatSync, type Stats } from 'node:fs';
+import type { Stats } from 'node:fs';
 import { dirname } from 'node:path';
 import { BangerError } from '../api/errors.js';
 import type { Vm } from '../api/schemas.js';
 import { DNS_LABEL, dnsLabelProblem } from '../util/ids.js';
+
+// Through getBuiltinModule, not `import`: on the CLI's start-up path (see config/layout.ts).
+const { lstatSync } = process.getBuiltinModule('node:fs');
 
 /**
  * What the client checks before it believes anything on the other end of the socket path. The

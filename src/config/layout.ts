@@ -1,7 +1,11 @@
-import { chmodSync, lstatSync, mkdirSync } from 'node:fs';
-import { homedir, userInfo } from 'node:os';
 import { isAbsolute, join, normalize } from 'node:path';
 import { BangerError } from '../api/errors.js';
+
+// node:fs and node:os through getBuiltinModule, not `import`: this module is on every CLI start,
+// and on Node 24 an ESM import of node:fs reads all its exports, loading fs/promises and more
+// (docs/performance.md).
+const { chmodSync, lstatSync, mkdirSync } = process.getBuiltinModule('node:fs');
+const { homedir, userInfo } = process.getBuiltinModule('node:os');
 
 /**
  * Where banger keeps everything. XDG by default; BANGER_HOME relocates all of it under one
