@@ -123,6 +123,20 @@ export async function runChecks(p: HostProbe): Promise<Check[]> {
     );
   else add('PASS', '/dev/kvm', probe ? `usable (${probe.detail})` : 'present and accessible (the boot probe runs at first VM start)');
 
+  // An unprivileged daemon's QEMU attaches to the TAP made for its user by opening /dev/net/tun.
+  if (p.uid !== 0) {
+    const tun = await p.deviceAccess('/dev/net/tun');
+    if (tun === 'missing') add('FAIL', '/dev/net/tun', 'absent: VMs cannot get a network device', 'sudo modprobe tun');
+    else if (tun === 'no-access')
+      add(
+        'FAIL',
+        '/dev/net/tun',
+        'not read-write for this user: QEMU cannot attach to its TAP (udev makes it 0666; this host has no such rule)',
+        'sudo chmod 0666 /dev/net/tun (`sudo banger system start|install` does it)',
+      );
+    else add('PASS', '/dev/net/tun', 'read-write: QEMU attaches to the TAPs made for this user');
+  }
+
   const qemu = await p.which(p.qemuBin);
   const fc = await p.which(p.firecrackerBin);
   if (qemu) add('PASS', 'qemu', `${qemu} (${(await p.versionOf(qemu, ['--version'])) ?? 'version unknown'})`);

@@ -208,3 +208,19 @@ test('under the split service a non-root caller without sudo is fine: the helper
   assert.match(c.detail, /bangerd-root/);
   assert.equal(byName(await runChecks(fakeHost({ uid: 1000 })), 'privileges').status, 'WARN', 'no service, no root, no sudo: still a WARN');
 });
+
+test('/dev/net/tun: checked for an unprivileged caller (its QEMU opens it), FAIL with the fix when it cannot; not for root', async () => {
+  const access = (tun: 'missing' | 'no-access' | 'ok') => async (path: string) => (path === '/dev/net/tun' ? tun : 'ok');
+  const asUser = async (tun: 'missing' | 'no-access' | 'ok') => byName(await runChecks(fakeHost({ uid: 1000, deviceAccess: access(tun) })), '/dev/net/tun');
+  assert.equal((await asUser('ok')).status, 'PASS');
+  const denied = await asUser('no-access');
+  assert.equal(denied.status, 'FAIL');
+  assert.match(denied.fix ?? '', /chmod 0666 \/dev\/net\/tun/);
+  assert.match((await asUser('missing')).fix ?? '', /modprobe tun/);
+  const asRoot = await runChecks(fakeHost({ uid: 0, deviceAccess: access('no-access') }));
+  assert.equal(
+    asRoot.some((c) => c.name === '/dev/net/tun'),
+    false,
+    'root opens it whatever its mode',
+  );
+});
