@@ -33,7 +33,13 @@ export class Accelerators {
     this.probing ??= (async () => {
       const { config, layout, clock, log, hostKernel } = this.d;
       await mkdir(probeDir(layout), { recursive: true, mode: 0o700 });
-      const outcome = await probeKvm({ qemuBin: config.qemu_bin, kernelPath, workDir: probeDir(layout), ...(initrdPath ? { initrdPath } : {}) });
+      const outcome = await probeKvm({
+        qemuBin: config.qemu_bin,
+        kernelPath,
+        workDir: probeDir(layout),
+        ...(initrdPath ? { initrdPath } : {}),
+        ...(config.vmm_user ? { vmmUser: config.vmm_user } : {}),
+      });
       writeKvmProbeCache(layout.cacheDir, { ...outcome, hostKernel, probedAt: clock.now().toISOString() });
       log.info(outcome, 'KVM boot probe');
       this.accel = outcome.usable ? 'kvm' : 'tcg';

@@ -50,26 +50,32 @@ export interface ProbeOptions {
   workDir?: string;
   /** Checks that QEMU accepts the sandbox (default: one shared check per process). */
   confinementCheck?: QemuConfinementCheck;
+  /** vmm_user: a root daemon's probe QEMU drops to it like every VM's (ignored when not root). */
+  vmmUser?: string;
 }
 
 /** Boots the kernel under the given accelerator and reports whether it reached userspace in time. */
 export async function bootProbe(opts: ProbeOptions, accel: 'kvm' | 'tcg'): Promise<KvmProbeOutcome> {
   // Thrown, not an outcome: a QEMU without seccomp says nothing about KVM, and must not be cached
   // as "KVM unusable".
-  await (opts.confinementCheck ?? sharedCheck).check(opts.qemuBin);
+  const confinement = opts.vmmUser && process.getuid?.() === 0 ? { runAs: opts.vmmUser } : {};
+  const runAsSpelling = await (opts.confinementCheck ?? sharedCheck).check(opts.qemuBin, confinement);
   const dir = await mkdtemp(join(opts.workDir ?? tmpdir(), 'banger-boot-probe-'));
   const serial = join(dir, 'serial.log');
   const deadline = opts.deadlineMs ?? 10_000;
   const khz = await readHostTscKhz();
-  const args = microvmArgs({
-    accel,
-    vcpus: 1,
-    memoryMib: 256,
-    serialLogPath: serial,
-    kernelPath: opts.kernelPath,
-    ...(opts.initrdPath ? { initrdPath: opts.initrdPath } : {}),
-    cmdline: `console=ttyS0 panic=-1 loglevel=6 rdinit=/init banger.probe=1${khz ? ` tsc_early_khz=${khz}` : ''}`,
-  });
+  const args = microvmArgs(
+    {
+      accel,
+      vcpus: 1,
+      memoryMib: 256,
+      serialLogPath: serial,
+      kernelPath: opts.kernelPath,
+      ...(opts.initrdPath ? { initrdPath: opts.initrdPath } : {}),
+      cmdline: `console=ttyS0 panic=-1 loglevel=6 rdinit=/init banger.probe=1${khz ? ` tsc_early_khz=${khz}` : ''}`,
+    },
+    { ...confinement, runAsSpelling },
+  );
   const started = Date.now();
   let proc: { pid: number; startTime: string; bootId?: string } | undefined;
   try {
