@@ -31,8 +31,9 @@ if [[ -z "$owner" ]]; then
 else
   [[ $(id -u) -eq 0 ]] || { echo "--owner sets up system services: run it with sudo" >&2; exit 1; }
   # The owner runs this tree's CLI and the service runs its daemon: the owner must be able to read it.
+  # Root runs the helper from it: only root may be able to change it (system start/install check).
   if ! setpriv --reuid="$owner" --regid="$(id -g "$owner")" --init-groups test -r "$root/dist/src/cli/main.js"; then
-    echo "$owner cannot read $root: clone banger where $owner can read it (e.g. in $owner's home) and rerun" >&2
+    echo "$owner cannot read $root: clone banger as root where $owner can read it (e.g. sudo git clone … /opt/banger) and rerun" >&2
     exit 1
   fi
   if [[ -d /run/systemd/system ]]; then

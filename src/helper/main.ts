@@ -1,6 +1,8 @@
 // bangerd-root: the privileged helper (docs/privileges.md). Runs as root, serves one owner uid.
+import { fileURLToPath } from 'node:url';
 import { BangerError, toBangerError } from '../api/errors.js';
 import { PrivilegedOps } from '../host/privileged.js';
+import { assertRootCode } from '../host/root-code.js';
 import { ProcessRunner } from '../host/runner.js';
 import { versionText } from '../util/build-info.js';
 import { parseArgs, resolveOwner, USAGE, USAGE_FIX } from './args.js';
@@ -27,6 +29,8 @@ async function main(argv: string[]): Promise<void> {
     });
   }
   const ownerUid = resolveOwner(args.owner);
+  // This process's own code, node and banger-peercred (run per connection) must be root's alone.
+  assertRootCode(fileURLToPath(new URL('../../..', import.meta.url)), process.execPath, 'bangerd-root');
   assertPeercredBinary();
   const ops = new PrivilegedOps({ runner: new ProcessRunner(), sudo: 'never', tapOwnerUid: ownerUid });
   const server = new HelperServer({

@@ -18,6 +18,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BangerError } from '../api/errors.js';
 import { SERVICE_HELPER_DIR, SERVICE_HELPER_SOCKET, SERVICE_RUNTIME_DIR } from '../config/layout.js';
+import { assertRootCode } from '../host/root-code.js';
 import type { CommandRunner } from '../host/runner.js';
 import { which } from '../host/which.js';
 import { BANGERD_NODE_FLAGS } from '../util/daemon-flags.js';
@@ -194,6 +195,8 @@ export async function startSupervisor(o: StartOptions): Promise<SupervisorSpec> 
   const setpriv = await which('setpriv');
   if (!setpriv) throw new BangerError('missing_dependency', 'setpriv is not installed (it starts bangerd as the owner)', { fix: 'apt-get install util-linux' });
   const paths = installedPaths();
+  // The supervisor and the helper run this tree's code as root.
+  assertRootCode(paths.root, paths.nodePath, 'banger system start');
   const helper = o.helper ?? [paths.nodePath, paths.helperScript];
   if (!existsSync(helper[0] as string) || (o.helper === undefined && !existsSync(paths.helperScript))) {
     throw new BangerError('missing_dependency', `the root helper ${helper.join(' ')} is not installed`, {

@@ -2,6 +2,7 @@ import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { BangerError } from '../api/errors.js';
 import { SERVICE_HELPER_DIR, SERVICE_RUNTIME_DIR } from '../config/layout.js';
+import { assertRootCode } from '../host/root-code.js';
 import type { CommandRunner } from '../host/runner.js';
 import { ensureSubordinateIds, ensureTunAccessible, lookupGroup, lookupOwner, removeSubordinateIds, writeFileAtomic } from './owner.js';
 import { installedPaths, installTargets, systemdIsInit } from './paths.js';
@@ -57,6 +58,21 @@ export async function installService(o: InstallOptions): Promise<InstallManifest
   const owner = await lookupOwner(o.owner, o.runner);
   const kvm = await lookupGroup('kvm', o.runner);
   const paths = installedPaths();
+  if (real) {
+    // The helper unit runs this tree's code as root, under ProtectHome=yes (no /home, /root, /run/user).
+    assertRootCode(paths.root, paths.nodePath, 'banger system install');
+    for (const p of [paths.root, paths.nodePath]) {
+      if (/^\/(home|root|run\/user)(\/|$)/.test(p)) {
+        throw new BangerError(
+          'precondition_failed',
+          `refusing to install units that run ${p}: the helper unit has ProtectHome=yes, so it cannot see /home, /root or /run/user`,
+          {
+            fix: 'install banger (and node) outside home directories, e.g. /opt/banger, root-owned and readable by the owner',
+          },
+        );
+      }
+    }
+  }
   const spec: UnitSpec = { owner, nodePath: paths.nodePath, daemonScript: paths.daemonScript, helperScript: paths.helperScript, kvmGroup: !!kvm };
   const units = { [HELPER_UNIT]: renderHelperUnit(spec), [DAEMON_UNIT]: renderDaemonUnit(spec) };
   const t = installTargets(root);
