@@ -93,13 +93,15 @@ export async function composeDaemon(deps: AppDeps, hooks: Pick<AppHooks, 'onStop
     firecrackerBin: config.firecracker_bin,
     vmmUser: config.vmm_user,
     chrootBaseDir: join(layout.stateDir, 'jail'),
-  }).catch((e) => {
-    log.warn({ err: e }, 'Firecracker jailer not used');
-    return undefined;
-  });
+  }).catch((e: Error) => e);
+  // A jail that was asked for but cannot be set up fails every Firecracker launch; it never silently becomes no jail.
+  if (jailer instanceof Error) log.error({ err: jailer }, 'Firecracker jailer configured but unusable: Firecracker VMs will not start');
   const drivers: Record<VmmKind, VmmDriver> = {
     qemu: new QemuDriver(config.qemu_bin, { vmmUser: config.vmm_user }),
-    firecracker: new FirecrackerDriver({ binaryPath: config.firecracker_bin, ...(jailer ? { jailer } : {}) }),
+    firecracker: new FirecrackerDriver({
+      binaryPath: config.firecracker_bin,
+      ...(jailer instanceof Error ? { jailerError: jailer } : jailer ? { jailer } : {}),
+    }),
   };
 
   const dns = new DnsFanout(log);

@@ -1,7 +1,16 @@
 import { z } from 'zod';
 import { BangerError } from '../api/errors.js';
 import { HELPER_OPS, type HelperOp } from '../host/helper-wire.js';
-import { MAX_PINS, type NetPolicy, normalisePolicy, type TapPin, validateBridgeName, validateOwnTapName, validateTapName } from '../host/netplan.js';
+import {
+  LEGACY_TAP_RE,
+  MAX_PINS,
+  type NetPolicy,
+  normalisePolicy,
+  type TapPin,
+  validateBridgeName,
+  validateOwnTapName,
+  validateTapName,
+} from '../host/netplan.js';
 import type { HostNetOps } from '../host/privileged.js';
 import { type Cidr, formatCidr, parseCidr, parseIpv4 } from '../util/ipv4.js';
 
@@ -135,6 +144,14 @@ export function checkScope(req: HelperRequest, scope: Scope): void {
       checkBridge(req.args.policy.bridge, scope);
       const p = normalisePolicy(req.args.policy);
       assertPrivate(parseCidr(p.cidr), 'the VM network');
+      // Legacy bgtap<N> names carry no bridge in them, and nft's bridge table matches them on any
+      // bridge: through the helper only the bridge's own TAP names are pinned.
+      const legacy = p.pins.find((pin) => LEGACY_TAP_RE.test(pin.tap));
+      if (legacy) {
+        throw new BangerError('bad_request', `refusing legacy TAP name ${legacy.tap} through the helper: its name does not say which bridge it is on`, {
+          fix: 'restart the VM so it gets a TAP named after its bridge',
+        });
+      }
       return;
     }
     case 'listTaps':

@@ -68,6 +68,11 @@ export class HelperOps implements HostNetOps {
       assertTrustedDir(dirname(socketPath));
       const st = lstatSync(socketPath);
       const me = process.getuid?.();
+      if (st.isSocket() && st.uid === 0 && me !== 0) {
+        // The helper creates its socket root-owned and hands it to the owner right after listen():
+        // a restarting helper, not yet ours to use (the directory is root's, so nobody else made it).
+        throw new NotListening(new BangerError('unavailable', `the privileged helper is starting (${socketPath} is not handed over yet)`, { fix: HELPER_FIX }));
+      }
       if (!st.isSocket() || st.uid !== me) {
         throw new BangerError(
           'precondition_failed',

@@ -204,3 +204,12 @@ test('a VM id that cannot name a jail is refused before anything is created', { 
   assert.equal(e.jailerArgv(), undefined);
   assert.equal(existsSync(e.jailer.chrootBaseDir), false);
 });
+
+test('a jail that was asked for but cannot be set up fails the launch: Firecracker never runs unjailed', { skip }, async (t) => {
+  const e = await setup(t);
+  const why = new Error('vmm_user "banger-vmm" does not exist');
+  const driver = new FirecrackerDriver({ binaryPath: '/unused/firecracker', jailerError: why });
+  await assert.rejects(driver.launch(e.spec), (err: Error) => err === why);
+  assert.equal(e.jailerArgv(), undefined, 'no jailer ran');
+  assert.deepEqual(await readdir(e.spec.runDir), [], 'nothing was created for the VM');
+});

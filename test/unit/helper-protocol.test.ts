@@ -87,6 +87,11 @@ test("checkScope refuses names and networks that are not banger's, before anythi
   assert.throws(scope('routeVmDomain', { bridge: 'banger0', dnsIp: '1.1.1.1' }), isCode('bad_request', /private/));
   assert.throws(scope('routeVmDomain', { bridge: 'banger0', dnsIp: '172.30.0.01' }), isCode('bad_request'));
   assert.throws(scope('applyPolicy', { policy: { ...policy, cidr: '9.9.9.0/24', pins: [] } }), isCode('bad_request', /private/));
+  assert.throws(
+    scope('applyPolicy', { policy: { ...policy, pins: [{ ...policy.pins[0], tap: 'bgtap3' }] } }),
+    isCode('bad_request', /legacy TAP name bgtap3/),
+    "a legacy name says no bridge: nft would pin it on any bridge's port",
+  );
   const foreignTap = { policy: { ...policy, pins: [{ ...policy.pins[0], tap: 'eth0' }] } };
   assert.throws(scope('applyPolicy', foreignTap), isCode('bad_request', /TAP name/));
   const badMac = { policy: { ...policy, pins: [{ ...policy.pins[0], mac: 'ff:ff:ff:ff:ff:ff' }] } };

@@ -16,6 +16,8 @@ export interface FirecrackerDriverOptions {
   apiTimeoutMs?: number;
   /** Start Firecracker through its jailer (./jailer.ts); absent: run it directly. */
   jailer?: JailerOptions;
+  /** The jail was asked for but cannot be set up (e.g. vmm_user unknown): every launch fails with this, never unjailed. */
+  jailerError?: Error;
 }
 
 /** sun_path is 108 bytes including the NUL. */
@@ -46,6 +48,7 @@ export class FirecrackerDriver implements VmmDriver {
   }
 
   async launch(spec: VmLaunchSpec): Promise<VmmHandle> {
+    if (this.opts.jailerError) throw this.opts.jailerError;
     const jailer = this.opts.jailer;
     const separateLog = spec.vmmLogPath !== spec.serialLogPath;
     let requests: FcRequest[];
