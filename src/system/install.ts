@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, readFileSync, rmdirSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { BangerError } from '../api/errors.js';
 import { SERVICE_HELPER_DIR, SERVICE_RUNTIME_DIR } from '../config/layout.js';
@@ -196,11 +196,38 @@ export async function uninstallService(o: UninstallOptions): Promise<void> {
   if (real) {
     if (await o.stopSupervisor?.()) o.say('stopped the banger supervisor');
     for (const dir of [SERVICE_RUNTIME_DIR, SERVICE_HELPER_DIR]) {
-      if (existsSync(dir)) {
-        rmSync(dir, { recursive: true, force: true });
-        o.say(`removed ${dir}`);
-      }
+      if (await removeAsItsOwner(dir, o.runner)) o.say(`removed ${dir}`);
     }
   }
   if (manifest) o.say(`kept: ${manifest.owner}'s banger state, config and cache (VM disks, images) in their home; remove them as that user if unwanted`);
+}
+
+/**
+ * Removes a runtime dir. /run/banger belongs to the owner, who could swap a directory inside it for
+ * a link while a recursive delete walks it: its contents are removed AS its owner, and root only
+ * removes the (then empty) directory entry itself, which sits in root's /run. A link in its place
+ * is unlinked, never followed.
+ */
+export async function removeAsItsOwner(dir: string, runner: CommandRunner): Promise<boolean> {
+  let st: ReturnType<typeof lstatSync>;
+  try {
+    st = lstatSync(dir);
+  } catch {
+    return false;
+  }
+  if (!st.isDirectory()) {
+    rmSync(dir, { force: true });
+    return true;
+  }
+  if (st.uid === 0) {
+    rmSync(dir, { recursive: true, force: true });
+    return true;
+  }
+  // rm cannot remove `dir` itself as the owner (/run is root's): that part fails, by design.
+  await runner.run('setpriv', [`--reuid=${st.uid}`, `--regid=${st.gid}`, '--clear-groups', 'rm', '-rf', '--one-file-system', '--', dir], {
+    timeoutMs: 120_000,
+    allowFailure: true,
+  });
+  rmdirSync(dir);
+  return true;
 }
