@@ -18,6 +18,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BangerError } from '../api/errors.js';
 import { SERVICE_HELPER_DIR, SERVICE_HELPER_SOCKET, SERVICE_RUNTIME_DIR } from '../config/layout.js';
+import { validateBridgeName } from '../host/netplan.js';
 import { assertRootCode } from '../host/root-code.js';
 import type { CommandRunner } from '../host/runner.js';
 import { which } from '../host/which.js';
@@ -26,7 +27,7 @@ import { requireRoot } from './install.js';
 import { ensureTunAccessible, lookupOwner, writeFileAtomic } from './owner.js';
 import { installedPaths, installTargets, SUPERVISOR, systemdIsInit } from './paths.js';
 import type { ChildSpec, SupervisorSpec } from './supervisor.js';
-import { DAEMON_UNIT, HELPER_CAPABILITIES, HELPER_UNIT, type ServiceOwner, unitValue } from './units.js';
+import { DAEMON_UNIT, DEFAULT_BRIDGE, HELPER_CAPABILITIES, HELPER_UNIT, type ServiceOwner, unitValue } from './units.js';
 
 /** `banger system start|stop|restart|status`: banger's supervisor, or systemd when it runs the units. */
 
@@ -112,7 +113,10 @@ function ensureDir(path: string, uid: number, gid: number, mode: number): void {
 }
 
 /** The two children, with the same layout and environment as the systemd units. */
-export function childSpecs(owner: ServiceOwner, opts: { nodePath: string; daemonScript: string; helper: string[]; setpriv: string }): ChildSpec[] {
+export function childSpecs(
+  owner: ServiceOwner,
+  opts: { nodePath: string; daemonScript: string; helper: string[]; setpriv: string; bridge: string },
+): ChildSpec[] {
   return [
     {
       name: 'bangerd-root',
@@ -125,6 +129,8 @@ export function childSpecs(owner: ServiceOwner, opts: { nodePath: string; daemon
         '--no-new-privs',
         '--',
         ...opts.helper,
+        '--bridge',
+        validateBridgeName(opts.bridge),
         '--owner',
         owner.name,
         '--socket',
@@ -166,6 +172,8 @@ export function childSpecs(owner: ServiceOwner, opts: { nodePath: string; daemon
 
 export interface StartOptions {
   owner: string;
+  /** The one bridge the helper may act on (default banger0, the default `bridge_name`). */
+  bridge?: string;
   /** The helper's program and leading arguments (default: node bin/bangerd-root.js). Tests pass a fake. */
   helper?: string[];
   runner: CommandRunner;
@@ -220,7 +228,7 @@ export async function startSupervisor(o: StartOptions): Promise<SupervisorSpec> 
     helperSocket: SERVICE_HELPER_SOCKET,
     helper,
     daemonSocket: DAEMON_SOCKET,
-    children: childSpecs(owner, { nodePath: paths.nodePath, daemonScript: paths.daemonScript, helper, setpriv }),
+    children: childSpecs(owner, { nodePath: paths.nodePath, daemonScript: paths.daemonScript, helper, setpriv, bridge: o.bridge ?? DEFAULT_BRIDGE }),
   };
   writeFileAtomic(SUPERVISOR.stateFile, `${JSON.stringify(spec, null, 2)}\n`, 0o644);
 

@@ -6,7 +6,7 @@ import { assertRootCode } from '../host/root-code.js';
 import type { CommandRunner } from '../host/runner.js';
 import { ensureSubordinateIds, ensureTunAccessible, lookupGroup, lookupOwner, removeSubordinateIds, writeFileAtomic } from './owner.js';
 import { installedPaths, installTargets, systemdIsInit } from './paths.js';
-import { DAEMON_UNIT, HELPER_UNIT, renderDaemonUnit, renderHelperUnit, type UnitSpec } from './units.js';
+import { DAEMON_UNIT, DEFAULT_BRIDGE, HELPER_UNIT, renderDaemonUnit, renderHelperUnit, type UnitSpec } from './units.js';
 
 /**
  * `banger system install|uninstall`: the two units, and the owner's preparation. Everything goes
@@ -26,6 +26,8 @@ export interface InstallManifest {
 
 export interface InstallOptions {
   owner: string;
+  /** The one bridge the helper may act on (default banger0). */
+  bridge?: string;
   root?: string;
   noStart?: boolean;
   runner: CommandRunner;
@@ -73,7 +75,14 @@ export async function installService(o: InstallOptions): Promise<InstallManifest
       }
     }
   }
-  const spec: UnitSpec = { owner, nodePath: paths.nodePath, daemonScript: paths.daemonScript, helperScript: paths.helperScript, kvmGroup: !!kvm };
+  const spec: UnitSpec = {
+    owner,
+    nodePath: paths.nodePath,
+    daemonScript: paths.daemonScript,
+    helperScript: paths.helperScript,
+    kvmGroup: !!kvm,
+    bridge: o.bridge ?? DEFAULT_BRIDGE,
+  };
   const units = { [HELPER_UNIT]: renderHelperUnit(spec), [DAEMON_UNIT]: renderDaemonUnit(spec) };
   const t = installTargets(root);
   const previous = readManifest(t.manifest);

@@ -1,5 +1,6 @@
 import { BangerError } from '../api/errors.js';
 import { SERVICE_HELPER_SOCKET, SERVICE_RUNTIME_DIR } from '../config/layout.js';
+import { validateBridgeName } from '../host/netplan.js';
 import { BANGERD_NODE_FLAGS } from '../util/daemon-flags.js';
 
 /**
@@ -29,6 +30,9 @@ export interface ServiceOwner {
   home: string;
 }
 
+/** The default `bridge_name`: the helper's allowlist unless --bridge says otherwise. */
+export const DEFAULT_BRIDGE = 'banger0';
+
 export interface UnitSpec {
   owner: ServiceOwner;
   /** Absolute path of the node binary the units run. */
@@ -38,6 +42,8 @@ export interface UnitSpec {
   helperScript: string;
   /** Whether a `kvm` group exists on the host (then the daemon gets it as a supplementary group). */
   kvmGroup: boolean;
+  /** The one bridge the helper may act on (its --bridge allowlist): the owner's `bridge_name`. */
+  bridge: string;
 }
 
 /**
@@ -96,7 +102,7 @@ export function renderHelperUnit(spec: UnitSpec): string {
     '',
     '[Service]',
     'Type=simple',
-    `ExecStart=${spec.nodePath} ${spec.helperScript} --owner ${spec.owner.name} --socket ${SERVICE_HELPER_SOCKET}`,
+    `ExecStart=${spec.nodePath} ${spec.helperScript} --bridge ${validateBridgeName(spec.bridge)} --owner ${spec.owner.name} --socket ${SERVICE_HELPER_SOCKET}`,
     'Restart=on-failure',
     'RestartSec=2',
     // /run/banger-root (the socket's directory): created at start, removed at stop.

@@ -15,6 +15,7 @@ const spec: UnitSpec = {
   daemonScript: '/opt/banger/bin/bangerd.js',
   helperScript: '/opt/banger/bin/bangerd-root.js',
   kvmGroup: true,
+  bridge: 'banger0',
 };
 
 /** Every `Key=value` line of a unit, in order (comments and section headers left out). */
@@ -42,7 +43,9 @@ test('the helper unit: root, CAP_NET_ADMIN (+ CHOWN, FOWNER for its socket) only
     assert.equal(unitValue(u, k as string), v, k);
   // /proc/sys must stay writable for net.ipv4.ip_forward.
   assert.equal(unitValue(u, 'ProtectKernelTunables'), undefined);
-  assert.equal(unitValue(u, 'ExecStart'), '/usr/bin/node /opt/banger/bin/bangerd-root.js --owner alice --socket /run/banger-root/helper.sock');
+  assert.equal(unitValue(u, 'ExecStart'), '/usr/bin/node /opt/banger/bin/bangerd-root.js --bridge banger0 --owner alice --socket /run/banger-root/helper.sock');
+  // The helper may act on the owner's bridge only; a name banger does not own never reaches the unit.
+  assert.throws(() => renderHelperUnit({ ...spec, bridge: 'docker0' }), /banger only manages bridges/);
   assert.match(u, /^\[Unit\]$/m);
   assert.match(u, /^\[Install\]\nWantedBy=multi-user.target$/m);
   const keys = assignments(u);

@@ -41,8 +41,9 @@ export function registerSystemCommands(program: Command): void {
     .requiredOption('--owner <user>', 'the unprivileged user bangerd runs as (owns the VMs and the state)')
     .option('--root <dir>', 'write below DIR instead of / (no systemctl, no group change)')
     .option('--no-start', 'install only; do not enable or start the units')
-    .action(async (o: { owner: string; root?: string; start: boolean }) => {
-      await installService({ owner: o.owner, ...(o.root ? { root: o.root } : {}), noStart: !o.start, runner: hostRunner(), say });
+    .option('--bridge <name>', "the one bridge the root helper may act on: the owner's bridge_name", 'banger0')
+    .action(async (o: { owner: string; root?: string; start: boolean; bridge: string }) => {
+      await installService({ owner: o.owner, bridge: o.bridge, ...(o.root ? { root: o.root } : {}), noStart: !o.start, runner: hostRunner(), say });
     });
 
   system
@@ -65,9 +66,10 @@ export function registerSystemCommands(program: Command): void {
     .command('start')
     .description('start banger without systemd: a supervisor runs bangerd-root as root and bangerd as OWNER')
     .requiredOption('--owner <user>', 'the unprivileged user bangerd runs as')
+    .option('--bridge <name>', "the one bridge the root helper may act on: the owner's bridge_name", 'banger0')
     .addOption(helperOption())
-    .action(async (o: { owner: string; helper?: string }) => {
-      await startSupervisor({ owner: o.owner, runner: hostRunner(), say, ...(o.helper ? { helper: [resolve(o.helper)] } : {}) });
+    .action(async (o: { owner: string; bridge: string; helper?: string }) => {
+      await startSupervisor({ owner: o.owner, bridge: o.bridge, runner: hostRunner(), say, ...(o.helper ? { helper: [resolve(o.helper)] } : {}) });
     });
 
   system
