@@ -76,9 +76,13 @@ export class Supervisor {
     if (this.stopping) return;
     const [cmd, ...args] = r.spec.argv as [string, ...string[]];
     r.startedAt = Date.now();
-    // stdio: the supervisor's own (its log file). Not detached: the children stay in the
-    // supervisor's session, but nothing here ever signals the group.
-    const proc = spawn(cmd, args, { stdio: ['ignore', 'inherit', 'inherit'], env: r.spec.env, cwd: r.spec.cwd });
+    // The helper (root) writes to the supervisor's own log file. bangerd runs as the owner: it gets
+    // pipes, never a descriptor of root's log (which it could truncate, forge helper lines in, or
+    // fill), and what it prints is relayed line by line, cleaned, prefixed and capped.
+    // Not detached: the children stay in the supervisor's session, but nothing signals the group.
+    const trusted = r.spec.name === 'bangerd-root';
+    const proc = spawn(cmd, args, { stdio: ['ignore', trusted ? 'inherit' : 'pipe', trusted ? 'inherit' : 'pipe'], env: r.spec.env, cwd: r.spec.cwd });
+    if (!trusted) relayLines(proc, r.spec.name, this.log);
     r.proc = proc;
     r.exited = new Promise((resolve) => proc.once('close', () => resolve()));
     proc.once('spawn', () => {
@@ -114,5 +118,25 @@ export class Supervisor {
       await r.exited;
       clearTimeout(killer);
     }
+  }
+}
+
+/** Per launch of an untrusted child: what its output may add to the supervisor's log. */
+export const RELAY_MAX_BYTES = 8 * 1024 * 1024;
+const RELAY_LINE_MAX = 2000;
+
+/** Relays a child's stdout/stderr into `log` as `<name>: <line>`: control characters replaced, lines cut, total capped. */
+export function relayLines(proc: ChildProcess, name: string, log: (line: string) => void, maxBytes = RELAY_MAX_BYTES): void {
+  let budget = maxBytes;
+  for (const stream of [proc.stdout, proc.stderr]) {
+    let carry = '';
+    stream?.setEncoding('utf8').on('data', (chunk: string) => {
+      if (budget <= 0) return;
+      budget -= chunk.length;
+      const lines = (carry + chunk).split('\n');
+      carry = (lines.pop() ?? '').slice(0, RELAY_LINE_MAX);
+      for (const l of lines) log(`${name}: ${l.slice(0, RELAY_LINE_MAX).replace(/[\u0000-\u001f\u007f-\u009f]/g, '?')}`);
+      if (budget <= 0) log(`${name}: more than ${maxBytes} bytes of output since its start: the rest is dropped`);
+    });
   }
 }

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { chownSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -6,7 +7,7 @@ import { test } from 'node:test';
 import { resolveClientLayout, resolveLayout, SERVICE_HELPER_SOCKET } from '../../src/config/layout.js';
 import { HELPER_SOCKET_DEFAULT } from '../../src/host/helper-wire.js';
 import { ensureSubordinateIds, parsePasswdLine, planSubordinateIds, removeSubordinateIds } from '../../src/system/owner.js';
-import { backoffMs } from '../../src/system/supervisor.js';
+import { backoffMs, relayLines } from '../../src/system/supervisor.js';
 import { renderDaemonUnit, renderHelperUnit, type UnitSpec, unitValue } from '../../src/system/units.js';
 
 const spec: UnitSpec = {
@@ -170,4 +171,30 @@ test("the client finds the service's socket only in a directory the caller owns,
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test("the supervisor relays bangerd's output cleaned, cut and capped, never through root's log descriptor", async () => {
+  const relay = async (script: string, cap: number) => {
+    const child = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const lines: string[] = [];
+    relayLines(child, 'bangerd', (l) => lines.push(l), cap);
+    await new Promise((r) => child.once('close', r));
+    return lines;
+  };
+  let lines = await relay(
+    `process.stdout.write('fine\\n'); process.stderr.write('bangerd-root: forged \\u001b[2Jline\\n'); process.stdout.write('x'.repeat(5000) + '\\n');`,
+    1_000_000,
+  );
+  assert.ok(lines.includes('bangerd: fine'), lines.join('\n').slice(0, 300));
+  assert.ok(lines.includes('bangerd: bangerd-root: forged ?[2Jline'), 'control characters replaced, and every line says who wrote it');
+  assert.ok(
+    lines.every((l) => l.startsWith('bangerd: ') && l.length <= 'bangerd: '.length + 2000),
+    'lines cut at 2000',
+  );
+  lines = await relay(`for (let i = 0; i < 100; i++) process.stdout.write('y'.repeat(999) + '\\n');`, 10_000);
+  assert.ok(
+    lines.some((l) => /more than 10000 bytes/.test(l)),
+    'the cap is said once reached',
+  );
+  assert.ok(lines.filter((l) => l.includes('yyy')).length < 30, `output stops at the cap (${lines.length} lines)`);
 });
