@@ -118,10 +118,13 @@ export async function composeDaemon(deps: AppDeps, hooks: Pick<AppHooks, 'onStop
     log,
     dns,
     onHostReady: () =>
-      // Port 53 on the bridge address is redirected here by the bridge's policy (see NetPolicy.dns).
+      // Port 53 on the bridge address is redirected here by the bridge's policy (see NetPolicy.dns), only once bound.
       dns.listen(`${config.bridge_ip}:${config.bridge_dns_port}`).then(
-        () => undefined,
-        (e) => log.warn({ err: e }, 'guest DNS listener on the bridge not started'),
+        () => true,
+        (e) => {
+          log.error({ err: e }, 'guest DNS listener on the bridge not started');
+          return false;
+        },
       ),
   });
   const ssh = new SshAccess({ runner, repos, leases, layout, config });

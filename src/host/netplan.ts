@@ -237,10 +237,12 @@ export function buildNftRuleset(spec: NetPolicy): string {
   // Queries to the bridge address on port 53, from guests (prerouting) and from the host itself (output:
   // the resolver route), go to the daemon's unprivileged port on the same address. dnat, not redirect:
   // redirect sends locally generated packets to 127.0.0.1, where the daemon does not listen.
+  // Prerouting matches only packets arriving on the bridge: the rules can never capture port 53 of
+  // traffic from another interface (PrivilegedOps also checks dns.ip is the bridge's own address).
   const redirect = dns
     ? `  chain dns_prerouting {
     type nat hook prerouting priority dstnat; policy accept;
-    ip daddr ${dns.ip} meta l4proto { udp, tcp } th dport 53 dnat ip to ${dns.ip}:${dns.port}
+    iifname "${bridge}" ip daddr ${dns.ip} meta l4proto { udp, tcp } th dport 53 dnat ip to ${dns.ip}:${dns.port}
   }
   chain dns_output {
     type nat hook output priority -100; policy accept;
@@ -345,16 +347,26 @@ export function buildIptablesRules(spec: NetPolicy): IptablesRule[] {
   return rules;
 }
 
-/** The jumps from the built-in chains into one bridge's chains (inserted once, first). */
+/**
+ * The jumps from the built-in chains into one bridge's chains (inserted once, first). PREROUTING
+ * jumps to the DNS chain only for packets arriving on the bridge; OUTPUT cannot match an input
+ * interface, there the DNS rules' destination (checked to be the bridge's own address) limits them.
+ */
 export function iptablesJumps(bridge: string): IptablesRule[] {
   const ch = iptChains(bridge);
   const tag = tagOf(bridge);
   return [
     { table: 'nat', chain: 'POSTROUTING', args: [...tag, '-j', ch.nat] },
-    { table: 'nat', chain: 'PREROUTING', args: [...tag, '-j', ch.dns] },
+    { table: 'nat', chain: 'PREROUTING', args: ['-i', bridge, ...tag, '-j', ch.dns] },
     { table: 'nat', chain: 'OUTPUT', args: [...tag, '-j', ch.dns] },
     { table: 'filter', chain: 'FORWARD', args: [...tag, '-j', ch.fwd] },
   ];
+}
+
+/** Jumps older bangerd versions inserted and the current ones do not (an unrestricted PREROUTING → DNS jump): removed on apply and remove. */
+export function iptablesStaleJumps(bridge: string): IptablesRule[] {
+  const ch = iptChains(bridge);
+  return [{ table: 'nat', chain: 'PREROUTING', args: [...tagOf(bridge), '-j', ch.dns] }];
 }
 
 /** The bridge's own iptables chains, by table: declared (flushed) by the restore script, deleted with the policy. */
@@ -412,4 +424,75 @@ export function buildEbtablesRules(spec: NetPolicy): { dispatch: EbtablesRule[];
     }
   }
   return { dispatch, pin };
+}
+
+/** One IPv4 socket of /proc/net/udp or /proc/net/tcp: its local address and port, state and owner uid. */
+export interface ProcNetSocket {
+  ip: string;
+  port: number;
+  /** The kernel's socket state (TCP: 0x0A is LISTEN; a bound UDP socket shows 0x07). */
+  state: number;
+  uid: number;
+}
+
+/** Lines of a /proc/net/{udp,tcp} file read at most (one per socket; far beyond a real host's count). */
+export const PROC_NET_MAX_LINES = 262_144;
+const PROC_NET_LINE_RE =
+  /^\s*\d+: ([0-9A-F]{8}):([0-9A-F]{4}) [0-9A-F]{8}:[0-9A-F]{4} ([0-9A-F]{2}) [0-9A-F]{8}:[0-9A-F]{8} [0-9A-F]{2}:[0-9A-F]{8} [0-9A-F]{8}\s+(\d{1,10})\s/;
+
+/**
+ * Parses /proc/net/udp or /proc/net/tcp (IPv4). The kernel prints the address as the 32-bit value
+ * in host byte order (little-endian hosts: 0100007F is 127.0.0.1) and the port in network order.
+ * Lines that do not have exactly that shape (the header, anything garbled) are skipped; at most
+ * PROC_NET_MAX_LINES lines are read.
+ */
+export function parseProcNetIpv4(text: string, littleEndian = true): ProcNetSocket[] {
+  const out: ProcNetSocket[] = [];
+  const lines = String(text).split('\n', PROC_NET_MAX_LINES);
+  for (const line of lines) {
+    const m = PROC_NET_LINE_RE.exec(line);
+    if (!m) continue;
+    const raw = Number.parseInt(m[1] as string, 16) >>> 0;
+    const n = littleEndian ? (((raw & 0xff) << 24) | (((raw >>> 8) & 0xff) << 16) | (((raw >>> 16) & 0xff) << 8) | (raw >>> 24)) >>> 0 : raw;
+    const uid = Number(m[4]);
+    if (uid > 0xffff_ffff) continue;
+    out.push({ ip: formatIpv4(n), port: Number.parseInt(m[2] as string, 16), state: Number.parseInt(m[3] as string, 16), uid });
+  }
+  return out;
+}
+
+const TCP_LISTEN = 0x0a;
+
+/**
+ * Before port 53 of the bridge address is redirected to `dns.port`, that port must be held by the
+ * daemon's user (`expectedUid`) and by nobody else: else another local user who bound it first (or
+ * while the daemon restarts) would answer every guest's lookup. A UDP socket of `expectedUid` on
+ * the address (or the wildcard) must exist; no UDP socket or TCP listener of any other uid may be
+ * bound there. IPv6 sockets (/proc/net/udp6) are not read: a v4-specific bind beats a v6 wildcard
+ * for the kernel's choice of socket, and while one is held the daemon's own bind fails.
+ */
+export function assertDnsPortHeld(dns: DnsRedirect, expectedUid: number, udp: readonly ProcNetSocket[], tcp: readonly ProcNetSocket[]): void {
+  const here = (s: ProcNetSocket) => s.port === dns.port && (s.ip === dns.ip || s.ip === '0.0.0.0');
+  const foreign = [
+    ...udp.filter((s) => here(s) && s.uid !== expectedUid).map((s) => ({ proto: 'udp', ...s })),
+    ...tcp.filter((s) => here(s) && s.state === TCP_LISTEN && s.uid !== expectedUid).map((s) => ({ proto: 'tcp', ...s })),
+  ];
+  const fix = `stop the process of uid ${foreign[0]?.uid} holding port ${dns.port}, or choose another bridge_dns_port in config.toml, then restart bangerd`;
+  const [f] = foreign;
+  if (f) {
+    throw new BangerError(
+      'conflict',
+      `refusing to redirect DNS (${dns.ip}:53) to port ${dns.port}: ${f.proto} ${f.ip}:${f.port} is held by uid ${f.uid}, not by bangerd's user (uid ${expectedUid})`,
+      { fix },
+    );
+  }
+  if (!udp.some((s) => here(s) && s.uid === expectedUid)) {
+    throw new BangerError(
+      'precondition_failed',
+      `refusing to redirect DNS (${dns.ip}:53) to port ${dns.port}: no UDP socket of uid ${expectedUid} is bound to ${dns.ip}:${dns.port}`,
+      {
+        fix: 'bangerd binds its guest DNS listener before the redirect is installed: check the daemon log for why the bind failed, then restart bangerd',
+      },
+    );
+  }
 }

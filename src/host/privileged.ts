@@ -1,8 +1,11 @@
 import { accessSync, constants } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { endianness } from 'node:os';
 import { delimiter, join } from 'node:path';
 import { BangerError } from '../api/errors.js';
 import { type Cidr, cidrsOverlap, formatCidr, formatIpv4, isHostAddress, isIpv4, parseCidr, parseIpv4 } from '../util/ipv4.js';
 import {
+  assertDnsPortHeld,
   buildEbtablesRules,
   buildIptablesRules,
   buildNftRuleset,
@@ -10,14 +13,18 @@ import {
   IPT_FWD_MARKER,
   iptablesJumps,
   iptablesRestoreScript,
+  iptablesStaleJumps,
   iptChains,
   iptOwnChains,
   LEGACY_TAP_RE,
   type NetPolicy,
   NFT_FWD_MARKER,
+  type NormalPolicy,
   nftDeleteScript,
   nftTableName,
   normalisePolicy,
+  PROC_NET_MAX_LINES,
+  parseProcNetIpv4,
   tapNameRe,
   tapNumber,
   validateBridgeName,
@@ -508,18 +515,67 @@ export class PrivilegedOps implements HostNetOps {
     const policy = normalisePolicy(spec);
     const fw = this.requireFirewall();
     await this.ownedBridge(policy.bridge);
+    await this.assertPolicyFitsBridge(policy);
+    if (policy.dns) assertDnsPortHeld(policy.dns, this.dnsOwnerUid(), await this.procNet('udp'), await this.procNet('tcp'));
     await this.removeLegacy(policy.bridge, fw);
     if (fw === 'nft') {
       await this.exec('nft', ['-f', '-'], { input: buildNftRuleset(policy) });
     } else {
       if (this.pinningNow() === 'ebtables') await this.applyEbtables(policy);
       await this.exec('iptables-restore', ['-w', '--noflush'], { input: iptablesRestoreScript(policy.bridge, buildIptablesRules(policy)) });
+      await this.deleteJumps(iptablesStaleJumps(policy.bridge));
       for (const j of iptablesJumps(policy.bridge)) {
         const check = await this.exec('iptables', ['-w', '-t', j.table, '-C', j.chain, ...j.args], { allowFailure: true });
         if (check.code !== 0) await this.exec('iptables', ['-w', '-t', j.table, '-I', j.chain, '1', ...j.args]);
       }
     }
     await this.setForwarding(policy.natIps.length > 0);
+  }
+
+  /**
+   * The policy must be for the bridge's own network, and its DNS redirect for the bridge's own
+   * address: else the caller (the unprivileged owner, through the helper) could redirect port 53
+   * of another private address of the host (another bridge's resolver, a LAN one) to her port.
+   */
+  private async assertPolicyFitsBridge(policy: NormalPolicy): Promise<void> {
+    const addrs = parseJson<AddrInfo>((await this.exec('ip', ['-j', '-4', 'addr', 'show', 'dev', policy.bridge])).stdout);
+    const own = (addrs[0]?.addr_info ?? []).filter((i) => i.family === 'inet' && i.local && isIpv4(i.local) && i.prefixlen !== undefined);
+    const shown = own.map((i) => `${i.local}/${i.prefixlen}`).join(', ') || 'none';
+    const match = own.find((i) => formatCidr(parseCidr(`${i.local}/${i.prefixlen}`, { min: 0, max: 32 })) === policy.cidr);
+    if (!match) {
+      throw new BangerError('conflict', `refusing the policy of ${policy.bridge}: ${policy.cidr} is not the network of the bridge's address (${shown})`, {
+        fix: `set cidr and bridge_ip in config.toml to the bridge's network, or restart bangerd so it re-addresses ${policy.bridge}`,
+      });
+    }
+    if (policy.dns && policy.dns.ip !== match.local) {
+      throw new BangerError('conflict', `refusing to redirect DNS of ${policy.dns.ip}: it is not ${policy.bridge}'s address (${match.local})`, {
+        fix: `set bridge_ip in config.toml to ${policy.bridge}'s address, or restart bangerd so it re-addresses the bridge`,
+      });
+    }
+  }
+
+  /** Who must hold the DNS port: the owner the helper serves (tapOwnerUid), else this process's user. */
+  private dnsOwnerUid(): number {
+    return this.tapOwnerUid ?? process.getuid?.() ?? 0;
+  }
+
+  /**
+   * The IPv4 sockets of /proc/net/{udp,tcp} in the namespace the commands run in: through
+   * `ip netns exec` when one is set, else this process's own (the helper runs inside its namespace).
+   */
+  private async procNet(proto: 'udp' | 'tcp'): Promise<ReturnType<typeof parseProcNetIpv4>> {
+    const path = `/proc/net/${proto}`;
+    const text = this.netns ? (await this.exec('cat', [path])).stdout : await readFile(path, 'utf8');
+    return parseProcNetIpv4(text.length > PROC_NET_MAX_LINES * 200 ? text.slice(0, PROC_NET_MAX_LINES * 200) : text, endianness() === 'LE');
+  }
+
+  private async deleteJumps(jumps: readonly { table: string; chain: string; args: string[] }[]): Promise<void> {
+    for (const j of jumps) {
+      for (let i = 0; i < 16; i++) {
+        const r = await this.exec('iptables', ['-w', '-t', j.table, '-D', j.chain, ...j.args], { allowFailure: true });
+        if (r.code !== 0) break;
+      }
+    }
   }
 
   private async applyEbtables(policy: NetPolicy): Promise<void> {
@@ -542,12 +598,7 @@ export class PrivilegedOps implements HostNetOps {
       await this.exec('nft', ['-f', '-'], { input: nftDeleteScript(bridge) });
     } else {
       const ch = iptChains(bridge);
-      for (const j of iptablesJumps(bridge)) {
-        for (let i = 0; i < 16; i++) {
-          const r = await this.exec('iptables', ['-w', '-t', j.table, '-D', j.chain, ...j.args], { allowFailure: true });
-          if (r.code !== 0) break;
-        }
-      }
+      await this.deleteJumps([...iptablesJumps(bridge), ...iptablesStaleJumps(bridge)]);
       for (const [table, chain] of iptOwnChains(bridge)) {
         await this.exec('iptables', ['-w', '-t', table, '-F', chain], { allowFailure: true });
         await this.exec('iptables', ['-w', '-t', table, '-X', chain], { allowFailure: true });

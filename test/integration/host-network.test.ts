@@ -133,8 +133,12 @@ test('ensureBridge refuses a CIDR overlapping an address or route on another lin
 
 test('bad names and arguments are refused before any command runs', async () => {
   // `ip -j -d link show dev banger0` finds banger's own bridge (applyPolicy checks it); everything else answers [].
+  // `ip -j -4 addr show dev banger0` answers the bridge's address (applyPolicy checks the policy is for its network).
   const recorder = new FakeRunner((_cmd, args) => {
     const bridge = args.includes('link') && args.at(-1) === 'banger0';
+    if (args.includes('addr') && args.at(-1) === 'banger0') {
+      return { stdout: JSON.stringify([{ ifname: 'banger0', addr_info: [{ family: 'inet', local: '10.77.0.1', prefixlen: 24 }] }]) };
+    }
     return { stdout: bridge ? JSON.stringify([{ ifname: 'banger0', ifalias: OWNER_ALIAS, linkinfo: { info_kind: 'bridge' } }]) : '[]' };
   });
   const calls = recorder.calls;
@@ -798,3 +802,118 @@ for (const firewall of ['nft', 'iptables'] as const) {
     assert.doesNotMatch(left, /BGDNS|dnat/i, left);
   });
 }
+
+/** The namespace's NAT rules as text, to compare before and after a refused policy. */
+const natRules = async (ns: string, firewall: 'nft' | 'iptables') =>
+  firewall === 'nft' ? (await inNs(ns, 'nft', ['list', 'ruleset'])).stdout : (await inNs(ns, 'iptables', ['-w', '-t', 'nat', '-S'])).stdout;
+
+for (const firewall of ['nft', 'iptables'] as const) {
+  test(`DNS redirect (${firewall}): only of the bridge's own address, only for packets arriving on the bridge; any other network or address is refused`, {
+    skip: firewall === 'nft' ? nftSkip : iptSkip,
+  }, async () => {
+    const { host, ops, guests } = await topology('banger0', firewall, ['10.77.0.2']);
+    const [vm] = guests as [Guest];
+    const atDaemonPort = await udpListener(host, '10.77.0.1', 42053);
+    // Another private network on the host with a resolver banger must never capture (libvirt's, a LAN one).
+    await plainLink(host, 'virbr9');
+    await ipn(host, 'addr', 'add', '192.168.122.1/24', 'dev', 'virbr9');
+    await ipn(host, 'link', 'set', 'virbr9', 'up');
+    if (firewall === 'iptables') {
+      // The jump an earlier bangerd inserted: into the DNS chain from every interface.
+      await inNs(host, 'iptables', ['-w', '-t', 'nat', '-N', 'BGDNS-banger0']);
+      await inNs(host, 'iptables', ['-w', '-t', 'nat', '-I', 'PREROUTING', '1', '-m', 'comment', '--comment', 'banger:banger0', '-j', 'BGDNS-banger0']);
+    }
+    await ops.applyPolicy({ bridge: 'banger0', cidr: '10.77.0.0/24', pins: [pinOf(vm, false)], dns: { ip: '10.77.0.1', port: 42053 } });
+    const before = await natRules(host, firewall);
+    if (firewall === 'nft') {
+      assert.match(before, /chain dns_prerouting \{[^}]*iifname "banger0" ip daddr 10\.77\.0\.1 /, before);
+    } else {
+      assert.match(before, /^-A PREROUTING -i banger0 -m comment --comment "?banger:banger0"? -j BGDNS-banger0$/m, before);
+      assert.doesNotMatch(before, /^-A PREROUTING -m comment --comment "?banger:banger0"? -j BGDNS/m, "an earlier version's unrestricted jump is gone");
+    }
+
+    const refusals: Array<[object, RegExp]> = [
+      [
+        { cidr: '192.168.122.0/24', pins: [], dns: { ip: '192.168.122.1', port: 42053 } },
+        /192\.168\.122\.0\/24 is not the network of the bridge's address \(10\.77\.0\.1\/24\)/,
+      ],
+      [{ cidr: '192.168.122.0/24', pins: [] }, /not the network of the bridge's address/],
+      [{ cidr: '10.77.0.0/16', pins: [], dns: { ip: '10.77.0.1', port: 42053 } }, /10\.77\.0\.0\/16 is not the network/],
+      [
+        { cidr: '10.77.0.0/24', pins: [pinOf(vm, false)], dns: { ip: '10.77.0.2', port: 42053 } },
+        /DNS of 10\.77\.0\.2: it is not banger0's address \(10\.77\.0\.1\)/,
+      ],
+    ];
+    for (const [p, re] of refusals) {
+      await assert.rejects(ops.applyPolicy({ bridge: 'banger0', ...(p as { cidr: string; pins: [] }) }), rejectsWith('conflict', re), JSON.stringify(p));
+      assert.equal(await natRules(host, firewall), before, `the ruleset is unchanged after ${JSON.stringify(p)}`);
+    }
+
+    // A packet to port 53 of the bridge address arriving on another interface is not redirected.
+    const up = await newNs('up2');
+    await ipn(host, 'link', 'add', 'uplink9', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', up);
+    await ipn(host, 'addr', 'add', '203.0.113.1/24', 'dev', 'uplink9');
+    await ipn(host, 'link', 'set', 'uplink9', 'up');
+    await ipn(up, 'addr', 'add', '203.0.113.2/24', 'dev', 'eth0');
+    await ipn(up, 'link', 'set', 'eth0', 'up');
+    await ipn(up, 'route', 'add', '10.77.0.0/24', 'via', '203.0.113.1');
+    const fromOutside = await udpListener(host, '10.77.0.1', 53);
+    await udpSend(up, '10.77.0.1', 53, 'from-outside');
+    await until('the outside query reached port 53 itself, not the redirect', () => fromOutside.includes('203.0.113.2 from-outside'));
+    assert.ok(!atDaemonPort.some((l) => l.endsWith(' from-outside')), atDaemonPort.join(', '));
+  });
+}
+
+test('DNS redirect: refused while another uid holds the DNS port (no DNAT installed); accepted once the expected uid holds it', {
+  skip: nftSkip || requires(sbin('setpriv'), 'requires setpriv (util-linux) to start the squatter as another uid'),
+}, async () => {
+  const { host, ops, guests } = await topology('banger0', 'nft', ['10.77.0.2']);
+  const [vm] = guests as [Guest];
+  const policy = { bridge: 'banger0', cidr: '10.77.0.0/24', pins: [pinOf(vm, false)], dns: { ip: '10.77.0.1', port: 42053 } };
+  // Nobody listens yet: refused, the policy is not installed with a redirect.
+  await assert.rejects(ops.applyPolicy(policy), rejectsWith('precondition_failed', /no UDP socket of uid 0 is bound to 10\.77\.0\.1:42053/));
+  assert.doesNotMatch(await natRules(host, 'nft'), /dnat/);
+
+  // Another local user (nobody, 65534) squats the port before the daemon.
+  const squatter = spawn(
+    'ip',
+    [
+      'netns',
+      'exec',
+      host,
+      'setpriv',
+      '--reuid=65534',
+      '--regid=65534',
+      '--clear-groups',
+      process.execPath,
+      '-e',
+      `const s = require('node:dgram').createSocket('udp4');
+       s.on('message', (m, r) => console.log(r.address + ' ' + m.toString()));
+       s.bind(42053, '10.77.0.1', () => console.log('listening'));`,
+    ],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
+  children.push(squatter);
+  const squatted = await linesAfterListening(squatter, 'squatter');
+  await assert.rejects(ops.applyPolicy(policy), (e) => {
+    rejectsWith('conflict', /port 42053: udp 10\.77\.0\.1:42053 is held by uid 65534, not by bangerd's user \(uid 0\)/)(e);
+    assert.match((e as BangerError).fix ?? '', /bridge_dns_port/);
+    return true;
+  });
+  assert.doesNotMatch(await natRules(host, 'nft'), /dnat/, 'no DNAT rule was installed');
+  // The squatter gets nothing: a guest query to :53 is not redirected to it (the marker to 42053 orders the two).
+  await udpSend(vm.ns, '10.77.0.1', 53, 'guest-query');
+  await udpSend(vm.ns, '10.77.0.1', 42053, 'marker');
+  await until('the marker reached the squatter', () => squatted.includes('10.77.0.2 marker'));
+  assert.ok(!squatted.some((l) => l.endsWith(' guest-query')), squatted.join(', '));
+
+  // The squatter goes; the expected uid (root, this process's) binds the port: accepted, and redirected.
+  const gone = new Promise((r) => squatter.once('exit', r));
+  squatter.kill('SIGKILL');
+  await gone;
+  const seen = await udpListener(host, '10.77.0.1', 42053);
+  await ops.applyPolicy(policy);
+  assert.match(await natRules(host, 'nft'), /dnat ip to 10\.77\.0\.1:42053/);
+  await udpSend(vm.ns, '10.77.0.1', 53, 'redirected');
+  await until('the guest query reached the daemon port', () => seen.includes('10.77.0.2 redirected'));
+});

@@ -341,6 +341,86 @@ test('malformed JSON, unknown ops, extra fields, oversized and second requests e
   await owner(['deleteBridge', 'banger4']);
 });
 
+/** A UDP socket bound to `addr:port` in the namespace by `uid`; resolves once bound, with the process to kill. */
+async function udpHolder(uid: number, addr: string, port: number): Promise<ChildProcess> {
+  const child = spawn(
+    'ip',
+    [
+      'netns',
+      'exec',
+      ns,
+      'setpriv',
+      `--reuid=${uid}`,
+      `--regid=${uid}`,
+      '--clear-groups',
+      clientNode,
+      '-e',
+      `require('node:dgram').createSocket('udp4').bind(${port}, '${addr}', () => console.log('listening'));`,
+    ],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
+  await new Promise<void>((resolve, reject) => {
+    child.stdout?.on('data', (b: Buffer) => b.toString().includes('listening') && resolve());
+    child.once('exit', (code) => reject(new Error(`UDP holder exited with ${code}`)));
+  });
+  return child;
+}
+
+const stop = async (child: ChildProcess) => {
+  const exited = new Promise((r) => child.once('exit', r));
+  child.kill('SIGKILL');
+  await exited;
+};
+
+test("the owner's DNS redirect: only to the bridge's address, only to a port the owner holds; refusals leave the host unchanged", { skip }, async () => {
+  const r = await owner(['ensureBridge', 'banger0', '10.77.0.1/24'], ['createTap', 'bg0.0', 'banger0'], ['applyPolicy', POLICY]);
+  assert.deepEqual(
+    r.map((x) => x.ok),
+    [true, true, true],
+    JSON.stringify(r),
+  );
+  const dns = { ip: '10.77.0.1', port: 42053 };
+  const before = await hostState();
+  // Root (the helper's own uid, not the owner) holds the port: the owner may not redirect guests' DNS to it.
+  const rootHeld = await udpHolder(0, '10.77.0.1', 42053);
+  try {
+    const refused = await owner(
+      ['applyPolicy', { ...POLICY, dns }],
+      ['applyPolicy', { ...POLICY, cidr: '10.66.0.0/24', pins: [], dns: { ip: '10.66.0.1', port: 42053 } }],
+      ['applyPolicy', { ...POLICY, dns: { ip: '10.77.0.9', port: 42053 } }],
+    );
+    assert.deepEqual(
+      refused.map((x) => [x.ok, x.code]),
+      [
+        [false, 'conflict'],
+        [false, 'conflict'],
+        [false, 'conflict'],
+      ],
+      JSON.stringify(refused),
+    );
+    assert.match(refused[0]?.message ?? '', new RegExp(`held by uid 0, not by bangerd's user \\(uid ${OWNER}\\)`));
+    assert.match(refused[1]?.message ?? '', /10\.66\.0\.0\/24 is not the network of the bridge's address/);
+    assert.match(refused[2]?.message ?? '', /10\.77\.0\.9: it is not banger0's address/);
+    assert.equal(await hostState(), before, 'no refused policy changed the host');
+  } finally {
+    await stop(rootHeld);
+  }
+  // The owner holds it: accepted.
+  const ownerHeld = await udpHolder(OWNER, '10.77.0.1', 42053);
+  try {
+    const ok = await owner(['applyPolicy', { ...POLICY, dns }]);
+    assert.equal(ok[0]?.ok, true, JSON.stringify(ok));
+    assert.match((await inNs('nft', ['list', 'table', 'inet', 'banger0'])).stdout, /iifname "banger0" ip daddr 10\.77\.0\.1 .*dnat ip to 10\.77\.0\.1:42053/);
+  } finally {
+    await stop(ownerHeld);
+  }
+  const d = await owner(['removePolicy', 'banger0'], ['deleteTap', 'bg0.0', 'banger0'], ['deleteBridge', 'banger0']);
+  assert.ok(
+    d.every((x) => x.ok),
+    JSON.stringify(d),
+  );
+});
+
 test('restarting the helper leaves bridges, TAPs and rules as they are', { skip }, async () => {
   const r = await owner(['ensureBridge', 'banger0', '10.77.0.1/24'], ['createTap', 'bg0.0', 'banger0'], ['applyPolicy', POLICY]);
   assert.deepEqual(

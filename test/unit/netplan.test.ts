@@ -2,14 +2,17 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { BangerError } from '../../src/api/errors.js';
 import {
+  assertDnsPortHeld,
   buildEbtablesRules,
   buildIptablesRules,
   buildNftRuleset,
   iptablesJumps,
   iptablesRestoreScript,
+  iptablesStaleJumps,
   normaliseNat,
   normalisePolicy,
   parseMac,
+  parseProcNetIpv4,
   tapName,
   tapNameRe,
   tapPrefix,
@@ -244,6 +247,15 @@ test("iptables rules: tagged per bridge, per-IP masquerade and accept, final dro
     iptablesJumps('banger0').map((j) => `${j.table} ${j.chain}`),
     ['nat POSTROUTING', 'nat PREROUTING', 'nat OUTPUT', 'filter FORWARD'],
   );
+  // Only packets arriving on the bridge enter its DNS chain from PREROUTING; OUTPUT has no input interface.
+  const jumps = iptablesJumps('banger0').map((j) => `${j.chain} ${j.args.join(' ')}`);
+  assert.ok(jumps.includes('PREROUTING -i banger0 -m comment --comment banger:banger0 -j BGDNS-banger0'), jumps.join('\n'));
+  assert.ok(jumps.includes('OUTPUT -m comment --comment banger:banger0 -j BGDNS-banger0'), jumps.join('\n'));
+  // The unrestricted PREROUTING jump of earlier versions is deleted on apply/remove, and is not a current jump.
+  assert.deepEqual(
+    iptablesStaleJumps('banger0').map((j) => `${j.chain} ${j.args.join(' ')}`),
+    ['PREROUTING -m comment --comment banger:banger0 -j BGDNS-banger0'],
+  );
 });
 
 test("ebtables rules: the bridge's TAPs dispatched to a pin chain; non-NAT TAPs limited to the VM network", () => {
@@ -271,6 +283,9 @@ test('DNS redirect: port 53 on the bridge address to the unprivileged port (nft 
   const base = { bridge: 'banger0', cidr: '172.30.0.0/24', pins: [] };
   const nft = buildNftRuleset({ ...base, dns: { ip: '172.30.0.1', port: 42053 } });
   assert.equal(nft.match(/ip daddr 172\.30\.0\.1 meta l4proto \{ udp, tcp \} th dport 53 dnat ip to 172\.30\.0\.1:42053/g)?.length, 2, nft);
+  // Prerouting only redirects what arrives on the bridge.
+  assert.match(nft, /chain dns_prerouting \{\n.*\n\s+iifname "banger0" ip daddr 172\.30\.0\.1 meta l4proto/);
+  assert.match(nft, /chain dns_output \{\n.*\n\s+ip daddr 172\.30\.0\.1 meta l4proto/);
   assert.match(nft, /type nat hook prerouting priority dstnat/);
   assert.match(nft, /type nat hook output priority -100/);
   assert.doesNotMatch(buildNftRuleset(base), /dnat/, 'no redirect without a DNS spec');
@@ -291,4 +306,64 @@ test('DNS redirect: port 53 on the bridge address to the unprivileged port (nft 
   ]) {
     assert.throws(() => buildNftRuleset({ ...base, dns }), /DNS (address|port)|IPv4|not a/, JSON.stringify(dns));
   }
+});
+
+// A real /proc/net/udp (little-endian host): 10.77.0.1:42053 of uid 1000, 127.0.0.53:53 of uid 101, 0.0.0.0:68 of root.
+const PROC_UDP = `   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+  123: 01004D0A:A445 00000000:0000 07 00000000:00000000 00:00000000 00000000  1000        0 55512 2 0000000000000000 0
+  456: 3500007F:0035 00000000:0000 07 00000000:00000000 00:00000000 00000000   101        0 20001 2 0000000000000000 0
+  789: 00000000:0044 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 20002 2 0000000000000000 0
+`;
+
+test('parseProcNetIpv4: address (host byte order), port, state and uid of each socket; garbled lines skipped', () => {
+  assert.deepEqual(parseProcNetIpv4(PROC_UDP), [
+    { ip: '10.77.0.1', port: 42053, state: 7, uid: 1000 },
+    { ip: '127.0.0.53', port: 53, state: 7, uid: 101 },
+    { ip: '0.0.0.0', port: 68, state: 7, uid: 0 },
+  ]);
+  // A big-endian host prints the address in network order.
+  assert.equal(parseProcNetIpv4('  0: 0A4D0001:A445 00000000:0000 07 00000000:00000000 00:00000000 00000000  1000 0 1\n', false)[0]?.ip, '10.77.0.1');
+  const hostile = [
+    '',
+    'garbage',
+    '  1: 01004D0A:A445 00000000:0000 07 00000000:00000000 00:00000000 00000000  -5        0 1',
+    '  1: 01004D0A:A445 00000000:0000 07 00000000:00000000 00:00000000 00000000  99999999999 0 1',
+    '  1: 01004D0A:A445 00000000:0000 07 00000000:00000000 00:00000000 00000000  1000',
+    '  1: 01004d0a:a445 00000000:0000 07 00000000:00000000 00:00000000 00000000  1000 0 1',
+    '  1: 1004D0A:A445 00000000:0000 07 00000000:00000000 00:00000000 00000000  1000 0 1',
+    '  1: 01004D0A:A4450 00000000:0000 07 00000000:00000000 00:00000000 00000000  1000 0 1',
+    '  1: 00000000000000000000000001004D0A:A445 00000000000000000000000000000000:0000 07 00000000:00000000 00:00000000 00000000  1000 0 1',
+    '  1: 01004D0A:A445 00000000:0000 07 00000000:00000000 00:00000000 00000000  4294967296 0 1',
+  ];
+  assert.deepEqual(parseProcNetIpv4(hostile.join('\n')), [], 'negative, oversized, truncated, lower-case, IPv6-shaped lines are skipped');
+  assert.deepEqual(parseProcNetIpv4(undefined as unknown as string), []);
+});
+
+test('assertDnsPortHeld: the DNS port must be bound by the expected uid, and by nobody else', () => {
+  const dns = { ip: '10.77.0.1', port: 42053 };
+  const sock = (ip: string, uid: number, state = 7) => ({ ip, port: 42053, state, uid });
+  assert.doesNotThrow(() => assertDnsPortHeld(dns, 1000, parseProcNetIpv4(PROC_UDP), []));
+  assert.doesNotThrow(() => assertDnsPortHeld(dns, 1000, [sock('0.0.0.0', 1000)], []), 'the wildcard of the right uid');
+  assert.doesNotThrow(() => assertDnsPortHeld(dns, 1000, [sock('10.77.0.1', 1000), sock('10.77.0.9', 4242), { ...sock('10.77.0.1', 4242), port: 42054 }], []));
+  // Another uid holds the port: on the address, on the wildcard, or as a TCP listener.
+  for (const [udp, tcp] of [
+    [[sock('10.77.0.1', 4242)], []],
+    [[sock('10.77.0.1', 1000), sock('0.0.0.0', 4242)], []],
+    [[sock('10.77.0.1', 1000)], [sock('10.77.0.1', 4242, 0x0a)]],
+  ] as const) {
+    assert.throws(
+      () => assertDnsPortHeld(dns, 1000, udp, tcp),
+      (e) =>
+        isCode('conflict', /port 42053: (udp|tcp) (10\.77\.0\.1|0\.0\.0\.0):42053 is held by uid 4242, not by bangerd's user \(uid 1000\)/)(e) &&
+        /bridge_dns_port/.test((e as BangerError).fix ?? ''),
+      JSON.stringify({ udp, tcp }),
+    );
+  }
+  // A TCP connection (not a listener) of another uid does not hold the port.
+  assert.doesNotThrow(() => assertDnsPortHeld(dns, 1000, [sock('10.77.0.1', 1000)], [sock('10.77.0.1', 4242, 1)]));
+  // Nobody holds it: refused too (the redirect would go to whoever binds it next).
+  assert.throws(() => assertDnsPortHeld(dns, 0, parseProcNetIpv4(PROC_UDP), []), isCode('conflict', /held by uid 1000, not by bangerd's user \(uid 0\)/));
+  const others = parseProcNetIpv4(PROC_UDP).filter((x) => x.port !== 42053);
+  assert.throws(() => assertDnsPortHeld(dns, 0, others, []), isCode('precondition_failed', /no UDP socket of uid 0 is bound to 10\.77\.0\.1:42053/));
+  assert.throws(() => assertDnsPortHeld(dns, 1000, [], []), isCode('precondition_failed'));
 });

@@ -2,7 +2,7 @@ import { readFile } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import type { Config } from '../../config/config.js';
 import { BridgeLock } from '../../host/bridge-lock.js';
-import { validateOwnTapName } from '../../host/netplan.js';
+import { type DnsRedirect, validateOwnTapName } from '../../host/netplan.js';
 import type { HostNetOps } from '../../host/privileged.js';
 import { TapPool } from '../../host/tap-pool.js';
 import type { LeaseRepo } from '../../store/leases.js';
@@ -39,7 +39,11 @@ export class NetworkService {
   private claimed: Promise<BridgeLock> | undefined;
   private warnedPinning = false;
   private resolvedRouted = false;
-  /** Runs once the bridge is up (the daemon starts the guests' DNS listener on its address). */
+  /**
+   * The bridge policy's DNS redirect (bridge_ip:53 → bridge_dns_port): set only once the daemon's
+   * guest DNS listener holds that port, cleared at shutdown. Every policy applied takes it from here.
+   */
+  private dnsRedirect: DnsRedirect | undefined;
   readonly pool: TapPool;
   private readonly prefix: number;
 
@@ -52,8 +56,11 @@ export class NetworkService {
       clock: Clock;
       log: Logger;
       dns: DnsRecords;
-      /** Once the bridge exists: the daemon starts the guests' DNS listener on its address. */
-      onHostReady?: () => Promise<void>;
+      /**
+       * Once the bridge exists: the daemon binds the guests' DNS listener (bridge_ip:bridge_dns_port).
+       * Resolves true when it is bound; only then is port 53 redirected to it.
+       */
+      onHostReady?: () => Promise<boolean>;
     },
   ) {
     this.prefix = parseCidr(d.config.cidr).prefix;
@@ -77,13 +84,26 @@ export class NetworkService {
     return this.claimed;
   }
 
-  /** Bridge up, policy in place (TAPs pinned; host-only for everyone by default; forwarding only while NAT is used). */
+  /**
+   * Bridge up, guest DNS listener bound, then the policy (TAPs pinned; host-only for everyone by
+   * default; forwarding only while NAT is used; port 53 redirected to the listener only if it is
+   * bound, so it is never redirected to a port another local user holds).
+   */
   ensureHost(): Promise<void> {
     this.hostReady ??= (async () => {
       await this.claim();
       await this.d.ops.ensureBridge(this.d.config.bridge_name, `${this.d.config.bridge_ip}/${this.prefix}`);
+      if (!this.dnsRedirect && this.d.onHostReady) {
+        if (await this.d.onHostReady()) {
+          this.dnsRedirect = { ip: this.d.config.bridge_ip, port: this.d.config.bridge_dns_port };
+        } else {
+          this.d.log.error(
+            { port: this.d.config.bridge_dns_port },
+            `guest DNS listener not bound on ${this.d.config.bridge_ip}:${this.d.config.bridge_dns_port}: port 53 of the bridge is not redirected, guests' *.vm lookups fail (free the port or choose another bridge_dns_port, then restart bangerd)`,
+          );
+        }
+      }
       await this.applyNat();
-      await this.d.onHostReady?.();
       this.resolvedRouted = await this.d.ops.routeVmDomain(this.d.config.bridge_name, this.d.config.bridge_ip).catch((e) => {
         this.d.log.warn({ err: e }, 'routing ~vm through systemd-resolved failed');
         return false;
@@ -95,8 +115,18 @@ export class NetworkService {
     return this.hostReady;
   }
 
-  /** Daemon shutdown: the bridge, TAPs and NAT stay (VMs keep running); the resolver route goes. */
+  /**
+   * Daemon shutdown: the bridge, TAPs and NAT stay (VMs keep running); the resolver route and the
+   * DNS redirect go. With no daemon nobody answers guests' DNS anyway, and a redirect left in place
+   * would send their queries to whoever binds bridge_dns_port next (another local user, during a
+   * restart). A crash skips this: until the restarted daemon binds the port again and re-applies the
+   * policy, a squatter of the port gets the redirected queries (docs/privileges.md).
+   */
   async close(): Promise<void> {
+    if (this.dnsRedirect) {
+      this.dnsRedirect = undefined;
+      await this.applyNat().catch((e) => this.d.log.warn({ err: e }, 'removing the DNS redirect at shutdown failed'));
+    }
     if (this.resolvedRouted) await this.d.ops.unrouteVmDomain(this.d.config.bridge_name);
     await this.pool.settled().catch(() => {});
   }
@@ -177,12 +207,20 @@ export class NetworkService {
       if (!fits) this.d.log.warn({ vm: vmId, tap, ip }, 'VM TAP/IP does not belong to the configured bridge/cidr: left out of the pins (restart the VM)');
       return fits ? [{ tap, mac, ip, nat }] : [];
     });
-    await this.d.ops.applyPolicy({
-      bridge: this.d.config.bridge_name,
-      cidr: this.d.config.cidr,
-      pins,
-      dns: { ip: this.d.config.bridge_ip, port: this.d.config.bridge_dns_port },
-    });
+    const policy = { bridge: this.d.config.bridge_name, cidr: this.d.config.cidr, pins };
+    const dns = this.dnsRedirect;
+    if (!dns) return this.d.ops.applyPolicy(policy);
+    try {
+      await this.d.ops.applyPolicy({ ...policy, dns });
+    } catch (e) {
+      // The redirect may be what was refused (the port is not held by this daemon's user alone): the
+      // policy goes on without it, so VMs still get their pins and NAT, and port 53 goes nowhere.
+      await this.d.ops.applyPolicy(policy).catch(() => {
+        throw e;
+      });
+      if (this.dnsRedirect === dns) this.dnsRedirect = undefined;
+      this.d.log.error({ err: e }, 'the DNS redirect of the bridge was refused: guests cannot resolve *.vm names until bangerd is restarted');
+    }
   }
 
   /** At daemon start: bridge, TAPs in use kept, pool refilled, DNS and NAT rebuilt from running VMs. */
