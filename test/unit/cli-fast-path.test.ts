@@ -7,10 +7,10 @@ import { after, before, test } from 'node:test';
 import { pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import type { Command } from 'commander';
-import type { DaemonStatus } from '../../src/api/schemas.js';
 import { FAST_PATHS, fastPathFor } from '../../src/cli/fast-path.js';
 import { buildProgram } from '../../src/cli/program.js';
 import { ROOT } from '../helpers/banger.js';
+import { FAKE_STATUS } from '../helpers/fake-status.js';
 
 const execFileAsync = promisify(execFile);
 
@@ -58,22 +58,7 @@ test('fastPathFor takes the exact spellings only: help, other options and other 
 
 // A FAKE daemon (an HTTP server on the socket path, nothing of banger's) answering the status route,
 // so both paths print the same answer and their output can be compared byte for byte.
-const STATUS: DaemonStatus = {
-  pid: 4242,
-  version: '9.9.9',
-  commit: 'abcdef123456',
-  buildTime: '2026-01-01T00:00:00.000Z',
-  nodeVersion: 'v0.0.0',
-  socketPath: '/fake/bangerd.sock',
-  logPath: '/fake/bangerd.log',
-  stateDir: '/fake/state',
-  startedAt: '2026-01-01T00:00:00.000Z',
-  uptimeSeconds: 3725,
-  dnsListenAddr: null,
-  webListenAddr: '127.0.0.1:1',
-  vmm: 'qemu',
-  accel: 'tcg',
-};
+const STATUS = FAKE_STATUS;
 let home: string;
 let server: Server;
 

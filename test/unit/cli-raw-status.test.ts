@@ -6,29 +6,14 @@ import { join } from 'node:path';
 import { after, afterEach, before, test } from 'node:test';
 import { pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
-import type { DaemonStatus } from '../../src/api/schemas.js';
 import { parseRawStatus, RAW_OP_HEADER, RAW_STATUS_MAX_BYTES } from '../../src/cli/raw-status.js';
 import { OP_HEADER } from '../../src/client/transport.js';
 import { ROOT } from '../helpers/banger.js';
+import { FAKE_STATUS } from '../helpers/fake-status.js';
 
 const execFileAsync = promisify(execFile);
 
-const STATUS: DaemonStatus = {
-  pid: 4242,
-  version: '9.9.9',
-  commit: 'abcdef123456',
-  buildTime: '2026-01-01T00:00:00.000Z',
-  nodeVersion: 'v0.0.0',
-  socketPath: '/fake/bangerd.sock',
-  logPath: '/fake/bangerd.log',
-  stateDir: '/fake/state',
-  startedAt: '2026-01-01T00:00:00.000Z',
-  uptimeSeconds: 3725,
-  dnsListenAddr: null,
-  webListenAddr: '127.0.0.1:1',
-  vmm: 'qemu',
-  accel: 'tcg',
-};
+const STATUS = FAKE_STATUS;
 
 /** An HTTP/1.1 response as bytes: `head` lines (status line first), then the body. */
 function response(head: string[], body: string | Buffer): Buffer {
