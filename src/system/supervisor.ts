@@ -128,15 +128,22 @@ const RELAY_LINE_MAX = 2000;
 /** Relays a child's stdout/stderr into `log` as `<name>: <line>`: control characters replaced, lines cut, total capped. */
 export function relayLines(proc: ChildProcess, name: string, log: (line: string) => void, maxBytes = RELAY_MAX_BYTES): void {
   let budget = maxBytes;
+  let said = false;
   for (const stream of [proc.stdout, proc.stderr]) {
     let carry = '';
     stream?.setEncoding('utf8').on('data', (chunk: string) => {
-      if (budget <= 0) return;
-      budget -= chunk.length;
       const lines = (carry + chunk).split('\n');
       carry = (lines.pop() ?? '').slice(0, RELAY_LINE_MAX);
-      for (const l of lines) log(`${name}: ${l.slice(0, RELAY_LINE_MAX).replace(/[\u0000-\u001f\u007f-\u009f]/g, '?')}`);
-      if (budget <= 0) log(`${name}: more than ${maxBytes} bytes of output since its start: the rest is dropped`);
+      for (const l of lines) {
+        // Counted per line, so one large chunk cannot overshoot the cap.
+        budget -= l.length + 1;
+        if (budget < 0) {
+          if (!said) log(`${name}: more than ${maxBytes} bytes of output since its start: the rest is dropped`);
+          said = true;
+          return;
+        }
+        log(`${name}: ${l.slice(0, RELAY_LINE_MAX).replace(/[\u0000-\u001f\u007f-\u009f]/g, '?')}`);
+      }
     });
   }
 }

@@ -7,7 +7,7 @@ import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Vm } from '../../src/api/schemas.js';
 import { supervisorPid } from '../../src/system/control.js';
-import { guestAssets, isAlive, type Result, ROOT, runProcess } from '../helpers/banger.js';
+import { guestAssets, isAlive, type Result, runProcess, treeReadableBy } from '../helpers/banger.js';
 import { requires } from '../helpers/prereq.js';
 
 /**
@@ -127,24 +127,7 @@ describe('privilege split: root helper + unprivileged daemon and QEMU on a real 
     chownSync(home, uid, gid);
 
     // The user must read the built tree; a clone under a 0700 home (root's) is copied.
-    const readable = await runProcess(
-      'setpriv',
-      [`--reuid=${uid}`, `--regid=${gid}`, '--clear-groups', 'test', '-r', join(ROOT, 'dist', 'src', 'daemon', 'main.js')],
-      {},
-      5000,
-    );
-    tree = ROOT;
-    if (readable.code !== 0) {
-      tree = join(dir, 'tree');
-      mkdirSync(tree);
-      for (const p of ['bin', 'dist', 'package.json', 'node_modules', 'agent', 'native']) {
-        if (existsSync(join(ROOT, p))) {
-          const r = await runProcess('cp', ['-a', join(ROOT, p), join(tree, p)], {}, 120_000);
-          assert.equal(r.code, 0, r.stderr);
-        }
-      }
-      await runProcess('chmod', ['-R', 'a+rX', tree], {}, 60_000);
-    }
+    tree = await treeReadableBy(uid, gid, dir);
     // Guest assets the daemon (as the user) imports: a copy it can read.
     const assetDir = join(dir, 'assets');
     mkdirSync(assetDir, { mode: 0o755 });

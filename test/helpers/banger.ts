@@ -311,3 +311,28 @@ export function guestAssets(): GuestAssets | undefined {
   const sshdRepo = m.sshdRepo && existsSync(join(m.sshdRepo, 'Release')) ? m.sshdRepo : undefined;
   return { kernelDir, kernelVersion, kernel, rootfs, kernelDeb, rootfsTar, rootfsNoSshd, sshdRepo };
 }
+
+/**
+ * A built banger tree the given user can read: the project itself when it can (e.g. a clone in
+ * /opt or /work), else a root-owned copy under `dir` (a clone under root's 0700 home is not
+ * readable by anyone else). The copy keeps root as owner: the helper and the supervisor run only
+ * root's code.
+ */
+export async function treeReadableBy(uid: number, gid: number, dir: string): Promise<string> {
+  const probe = await runProcess(
+    'setpriv',
+    [`--reuid=${uid}`, `--regid=${gid}`, '--clear-groups', 'test', '-r', join(ROOT, 'dist', 'src', 'daemon', 'main.js')],
+    {},
+    10_000,
+  );
+  if (probe.code === 0) return ROOT;
+  const tree = join(dir, 'tree');
+  await mkdir(tree, { recursive: true, mode: 0o755 });
+  for (const p of ['bin', 'dist', 'package.json', 'node_modules', 'agent', 'native']) {
+    if (!existsSync(join(ROOT, p))) continue;
+    const r = await runProcess('cp', ['-a', join(ROOT, p), join(tree, p)], {}, 300_000);
+    if (r.code !== 0) throw new Error(`copying ${p} for uid ${uid} failed: ${r.stderr}`);
+  }
+  await runProcess('chmod', ['-R', 'a+rX', tree], {}, 120_000);
+  return tree;
+}

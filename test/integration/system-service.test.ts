@@ -1,9 +1,10 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { BANGER, runProcess } from '../helpers/banger.js';
+import { runProcess, treeReadableBy } from '../helpers/banger.js';
 import { isAlive, ROOT, waitFor } from './harness.js';
 
 /**
@@ -22,7 +23,10 @@ const scratch: string[] = [];
 let owner: { uid: number; gid: number; home: string } | undefined;
 let setupProblem: string | undefined;
 
-const banger = (args: string[], env: NodeJS.ProcessEnv = process.env) => runProcess(process.execPath, [BANGER, ...args], { env }, 120_000);
+/** The built tree the tests run: the project, or a copy the owner can read (set in before()). */
+let tree = ROOT;
+const bangerJs = () => join(tree, 'bin', 'banger.js');
+const banger = (args: string[], env: NodeJS.ProcessEnv = process.env) => runProcess(process.execPath, [bangerJs(), ...args], { env }, 120_000);
 
 /** The CLI as the owner: its uid, gid and groups, a clean environment (no XDG_RUNTIME_DIR, no BANGER_HOME). */
 function asOwner(args: string[]) {
@@ -38,7 +42,7 @@ function asOwner(args: string[]) {
       `HOME=${owner.home}`,
       'PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin',
       process.execPath,
-      BANGER,
+      bangerJs(),
       ...args,
     ],
     { cwd: '/' },
@@ -55,14 +59,11 @@ before(async () => {
   }
   const line = (await runProcess('getent', ['passwd', USER], {}, 10_000)).stdout.split(':');
   owner = { uid: Number(line[2]), gid: Number(line[3]), home: line[5] as string };
-  // The owner runs this tree: it must be able to read it (a tree under a 0700 home would not be).
-  const readable = await runProcess(
-    'setpriv',
-    [`--reuid=${owner.uid}`, `--regid=${owner.gid}`, '--init-groups', 'test', '-r', join(ROOT, 'dist', 'src', 'daemon', 'main.js')],
-    {},
-    10_000,
-  );
-  if (readable.code !== 0) setupProblem = `${ROOT} is not readable by an unprivileged user: copy the tree to a readable place to run this test`;
+  // The owner runs this tree: it must be able to read it (a tree under a 0700 home is copied).
+  const dir = mkdtempSync(join(tmpdir(), 'bgsvc-tree-'));
+  chmodSync(dir, 0o755);
+  scratch.push(dir);
+  tree = await treeReadableBy(owner.uid, owner.gid, dir);
 });
 
 after(async () => {
@@ -95,7 +96,7 @@ test('system install --root writes both units, prepares subordinate ids once, an
   assert.match(daemonUnit, new RegExp(`^User=${USER}$`, 'm'));
   assert.match(daemonUnit, /^KillMode=process$/m);
   assert.ok(
-    daemonUnit.includes(`\nExecStart=${realpathSync(process.execPath)} --max-semi-space-size=2 ${realpathSync(ROOT)}/bin/bangerd.js --foreground\n`),
+    daemonUnit.includes(`\nExecStart=${realpathSync(process.execPath)} --max-semi-space-size=2 ${realpathSync(tree)}/bin/bangerd.js --foreground\n`),
     daemonUnit,
   );
   assert.match(helperUnit, /^CapabilityBoundingSet=CAP_NET_ADMIN CAP_CHOWN CAP_FOWNER$/m);
@@ -209,7 +210,7 @@ test('system start --owner runs bangerd-root as root and bangerd as the owner; t
   const dir = tmpRoot();
   chmodSync(dir, 0o755);
   let helper: string[] = [];
-  const realHelper = join(ROOT, 'bin', 'bangerd-root.js');
+  const realHelper = join(tree, 'bin', 'bangerd-root.js');
   const leftover = join(dir, 'helper-child.pid');
   if (existsSync(realHelper)) t.diagnostic('using the real bin/bangerd-root.js');
   else {
