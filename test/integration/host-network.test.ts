@@ -385,6 +385,16 @@ async function udpListener(ns: string, addr: string, port: number): Promise<stri
   return seen;
 }
 
+/** A veth between the host ns (`<net>.1` on `ifname`) and `up` (`<net>.2`), which routes the VM network back via the host. */
+async function uplink(host: string, up: string, ifname: string, net: string): Promise<void> {
+  await ipn(host, 'link', 'add', ifname, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', up);
+  await ipn(host, 'addr', 'add', `${net}.1/24`, 'dev', ifname);
+  await ipn(host, 'link', 'set', ifname, 'up');
+  await ipn(up, 'addr', 'add', `${net}.2/24`, 'dev', 'eth0');
+  await ipn(up, 'link', 'set', 'eth0', 'up');
+  await ipn(up, 'route', 'add', '10.77.0.0/24', 'via', `${net}.1`);
+}
+
 /**
  * host ns (banger's bridge, policy) between "guest" namespaces on the bridge and an "upstream" ns.
  * Each guest is a veth pair: its bridge end carries the guest's TAP name (the pins key on the
@@ -410,12 +420,7 @@ async function topology(bridge: string, firewall: 'nft' | 'iptables', guestIps: 
     await ipn(ns, 'route', 'add', 'default', 'via', '10.77.0.1');
     guests.push({ ns, tap, ip, mac });
   }
-  await ipn(host, 'link', 'add', 'uplink0', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', up);
-  await ipn(host, 'addr', 'add', '198.51.100.1/24', 'dev', 'uplink0');
-  await ipn(host, 'link', 'set', 'uplink0', 'up');
-  await ipn(up, 'addr', 'add', '198.51.100.2/24', 'dev', 'eth0');
-  await ipn(up, 'link', 'set', 'eth0', 'up');
-  await ipn(up, 'route', 'add', '10.77.0.0/24', 'via', '198.51.100.1');
+  await uplink(host, up, 'uplink0', '198.51.100');
   const bridgeMac = (JSON.parse((await ipn(host, '-j', 'link', 'show', 'dev', bridge)).stdout) as Array<{ address: string }>)[0]?.address as string;
 
   const server = spawn(
@@ -851,12 +856,7 @@ for (const firewall of ['nft', 'iptables'] as const) {
 
     // A packet to port 53 of the bridge address arriving on another interface is not redirected.
     const up = await newNs('up2');
-    await ipn(host, 'link', 'add', 'uplink9', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', up);
-    await ipn(host, 'addr', 'add', '203.0.113.1/24', 'dev', 'uplink9');
-    await ipn(host, 'link', 'set', 'uplink9', 'up');
-    await ipn(up, 'addr', 'add', '203.0.113.2/24', 'dev', 'eth0');
-    await ipn(up, 'link', 'set', 'eth0', 'up');
-    await ipn(up, 'route', 'add', '10.77.0.0/24', 'via', '203.0.113.1');
+    await uplink(host, up, 'uplink9', '203.0.113');
     const fromOutside = await udpListener(host, '10.77.0.1', 53);
     await udpSend(up, '10.77.0.1', 53, 'from-outside');
     await until('the outside query reached port 53 itself, not the redirect', () => fromOutside.includes('203.0.113.2 from-outside'));
