@@ -31,6 +31,9 @@ Before=shutdown.target
 
 [Service]
 ExecStart=${AGENT_GUEST_PATH}
+# Supervised guest processes (docs/processes.md) are the agent's descendants and must outlive a
+# restart of the agent: stop only the agent itself.
+KillMode=process
 Restart=always
 RestartSec=1
 

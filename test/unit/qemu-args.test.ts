@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { BangerError } from '../../src/api/errors.js';
 import type { VmLaunchSpec } from '../../src/vmm/driver.js';
-import { AGENT_PORT_NAME, buildQemuArgs, microvmArgs } from '../../src/vmm/qemu/args.js';
+import { AGENT_DATA_PORTS, AGENT_PORT_NAME, buildQemuArgs, microvmArgs } from '../../src/vmm/qemu/args.js';
 import { QEMU_SANDBOX_POLICY, qemuSandboxPolicy, runAsSpellingOf } from '../../src/vmm/qemu/sandbox.js';
 
 const spec = (over: Partial<VmLaunchSpec> = {}): VmLaunchSpec => ({
@@ -64,6 +64,15 @@ test('the agent channel is a virtio-serial port backed by a host socket server',
   const a = buildQemuArgs(spec(), '/r/qmp.sock');
   assert.ok(after(a, '-chardev').includes('socket,id=agent0,path=/r/agent.sock,server=on,wait=off'));
   assert.ok(after(a, '-device').includes(`virtserialport,chardev=agent0,name=${AGENT_PORT_NAME}`));
+});
+
+test('bulk data gets its own virtio-serial ports, one host socket each, beside the control socket', () => {
+  const a = buildQemuArgs(spec(), '/r/qmp.sock');
+  for (let k = 0; k < AGENT_DATA_PORTS; k++) {
+    assert.ok(after(a, '-chardev').includes(`socket,id=agentdata${k},path=/r/agent-data-${k}.sock,server=on,wait=off`));
+    assert.ok(after(a, '-device').includes(`virtserialport,chardev=agentdata${k},name=org.banger.data.${k}`));
+  }
+  assert.equal(after(a, '-chardev').filter((c) => c.includes('agent-data-')).length, AGENT_DATA_PORTS);
 });
 
 test('initrd is optional; kernel, append, smp and memory are passed through', () => {

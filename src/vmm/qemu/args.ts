@@ -2,6 +2,11 @@ import type { VmLaunchSpec } from '../driver.js';
 import { confinementArgs, type QemuConfinement, type RunAsSpelling } from './sandbox.js';
 
 export const AGENT_PORT_NAME = 'org.banger.agent';
+/** Virtio-serial ports for bulk sessions (docs/processes.md, data channels). */
+export const AGENT_DATA_PORTS = 4;
+export const agentDataPortName = (k: number) => `org.banger.data.${k}`;
+/** Host socket of data port k: beside the control socket, `agent-data-<k>.sock`. */
+export const agentDataSocketPath = (agentSocketPath: string, k: number) => agentSocketPath.replace(/[^/]*$/, `agent-data-${k}.sock`);
 
 /** QEMU's option syntax uses ',' as separator; a literal comma in a value is written ',,'. */
 const esc = (v: string) => v.replace(/,/g, ',,');
@@ -68,8 +73,15 @@ export function buildQemuArgs(spec: VmLaunchSpec, qmpSocket: string, confinement
     'virtio-serial-device',
     '-device',
     `virtserialport,chardev=agent0,name=${AGENT_PORT_NAME}`,
-    '-qmp',
-    `unix:${esc(qmpSocket)},server=on,wait=off`,
   );
+  for (let k = 0; k < AGENT_DATA_PORTS; k++) {
+    args.push(
+      '-chardev',
+      `socket,id=agentdata${k},path=${esc(agentDataSocketPath(spec.agentSocketPath, k))},server=on,wait=off`,
+      '-device',
+      `virtserialport,chardev=agentdata${k},name=${agentDataPortName(k)}`,
+    );
+  }
+  args.push('-qmp', `unix:${esc(qmpSocket)},server=on,wait=off`);
   return args;
 }

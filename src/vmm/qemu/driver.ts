@@ -2,7 +2,7 @@ import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { type VmLaunchSpec, type VmmDriver, VmmError, type VmmHandle } from '../driver.js';
 import { isHandleAlive, isProcessAlive, killAndWait, readTail, spawnDetached, waitForExit, waitForSocket } from '../process.js';
-import { buildQemuArgs } from './args.js';
+import { AGENT_DATA_PORTS, agentDataSocketPath, buildQemuArgs } from './args.js';
 import { QmpClient } from './qmp.js';
 import { type QemuConfinement, QemuConfinementCheck } from './sandbox.js';
 
@@ -50,7 +50,7 @@ export class QemuDriver implements VmmDriver {
     const runAsSpelling = await this.check.check(this.qemuBin, confinement);
     const qmpSocket = join(spec.runDir, 'qmp.sock');
     await rm(qmpSocket, { force: true });
-    await rm(spec.agentSocketPath, { force: true });
+    for (const path of agentSockets(spec.agentSocketPath)) await rm(path, { force: true });
     const args = buildQemuArgs(spec, qmpSocket, { ...confinement, runAsSpelling });
     const { pid, startTime, bootId } = await spawnDetached(this.qemuBin, args, spec.vmmLogPath);
     const handle: VmmHandle = {
@@ -116,6 +116,11 @@ export class QemuDriver implements VmmDriver {
 
   private async cleanup(handle: VmmHandle): Promise<void> {
     await rm(handle.controlSocket, { force: true });
-    await rm(handle.agentSocket, { force: true });
+    for (const path of agentSockets(handle.agentSocket)) await rm(path, { force: true });
   }
+}
+
+/** The control socket and every data port's socket. */
+function agentSockets(agentSocketPath: string): string[] {
+  return [agentSocketPath, ...Array.from({ length: AGENT_DATA_PORTS }, (_, k) => agentDataSocketPath(agentSocketPath, k))];
 }
