@@ -13,7 +13,7 @@ set -euo pipefail
 cache="${BANGER_ASSET_CACHE:-$HOME/.cache/banger-test-assets}"
 suite=bookworm
 kernel_meta=linux-image-cloud-amd64
-rootfs_packages=systemd-sysv,openssh-server,iproute2,ca-certificates,procps,udev,kmod
+rootfs_packages=systemd-sysv,openssh-server,iproute2,ca-certificates,procps,udev,kmod,git
 
 log() { printf 'guest-assets: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }

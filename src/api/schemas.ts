@@ -213,6 +213,12 @@ export const VmCreateRequestSchema = z
     diskSizeBytes: z.number().int().optional(),
     nat: z.boolean().default(false),
     start: z.boolean().default(true),
+    /**
+     * What "ready" waits for: `ssh` (default) — the agent and, where the image has sshd, a
+     * listener on port 22, so `ssh <name>.vm` works at once; `agent` — the agent only (commands run
+     * through the agent's process API, e.g. `vm run -- CMD`, need no sshd).
+     */
+    waitFor: z.enum(['ssh', 'agent']).default('ssh'),
   })
   .strict();
 export type VmCreateRequest = z.input<typeof VmCreateRequestSchema>;

@@ -44,6 +44,8 @@ const ctx: OpContext = {
 interface Knobs {
   launchFails?: boolean;
   agentNeverReady?: boolean;
+  /** The FAKE agent reports sshd listening from this many `ports` polls on (default: at once). */
+  sshdAfterPolls?: number;
 }
 
 interface World {
@@ -53,6 +55,7 @@ interface World {
   svc: VmService;
   calls: string[];
   vmms: Map<number, ChildProcess>;
+  portPolls: () => number;
   layout: ReturnType<typeof resolveLayout>;
 }
 
@@ -132,12 +135,13 @@ async function world(knobs: Knobs = {}, shared?: World): Promise<World> {
       await gone;
     },
   };
+  let portPolls = 0;
   const agent = (): AgentLink => ({
     waitReady: async () => {
       if (knobs.agentNeverReady) throw new Error('FAKE agent never answers');
     },
     health: async () => ({ ready: true }) as never,
-    ports: async () => [],
+    ports: async () => (portPolls++ >= (knobs.sshdAfterPolls ?? 0) ? [{ proto: 'tcp' as const, address: '0.0.0.0', port: 22, pid: 7, command: 'sshd' }] : []),
     stats: async () => ({}) as never,
     poweroff: async () => {},
     close: () => {},
@@ -183,7 +187,7 @@ async function world(knobs: Knobs = {}, shared?: World): Promise<World> {
     agentReadyTimeoutMs: 1000,
   });
   cleanups.push(() => svc.close());
-  return { home, repos, leases, svc, calls, vmms, layout };
+  return { home, repos, leases, svc, calls, vmms, layout, portPolls: () => portPolls };
 }
 
 test('create → running; a running VM refuses a whole vm set that includes sizes, and nothing of it is applied', async () => {
@@ -198,6 +202,20 @@ test('create → running; a running VM refuses a whole vm set that includes size
   // start of a running VM is a no-op: no second VMM.
   await w.svc.bulk('start', ['dev']);
   assert.equal(w.calls.filter((c) => c.startsWith('launch')).length, 1);
+});
+
+test('ready waits for the guest sshd by default (so `ssh <name>.vm` works at once), and only for the agent with waitFor=agent', async () => {
+  const w = await world({ sshdAfterPolls: 3 });
+  const stages: string[] = [];
+  await w.svc.create({ name: 'sshy', start: true }, { ...ctx, stage: (s) => stages.push(s) });
+  assert.equal(w.portPolls(), 4, 'polled until port 22 listened');
+  assert.ok(stages.includes('wait for sshd'));
+  const before = w.portPolls();
+  stages.length = 0;
+  await w.svc.create({ name: 'agenty', start: true, waitFor: 'agent' }, { ...ctx, stage: (s) => stages.push(s) });
+  assert.equal(w.portPolls(), before, 'no sshd wait');
+  assert.ok(!stages.includes('wait for sshd'));
+  assert.equal(w.repos.vms.byName('agenty')?.state, 'running');
 });
 
 test('a VMM that fails to launch leaves no row, lease, files or TAP', async () => {

@@ -67,9 +67,14 @@ export interface CreateVmInput {
   start: boolean;
   /** Lives only inside the calling operation (an image build): a daemon restart deletes it. */
   transient?: boolean;
+  /** What "ready" waits for (see VmCreateRequestSchema.waitFor). */
+  waitFor?: 'ssh' | 'agent' | undefined;
 }
 
 const GRACEFUL_STOP_MS = 30_000;
+/** How long "ready" waits for the guest's sshd to listen (it starts early; see earlySshdFiles). */
+const SSHD_READY_TIMEOUT_MS = 60_000;
+const SSHD_POLL_MS = 100;
 
 export class VmService {
   private readonly agents = new Map<string, AgentLink>();
@@ -285,7 +290,7 @@ export class VmService {
         return this.toVm(this.d.repos.vms.get(row.id));
       }
       try {
-        await this.startLocked(row, ctx);
+        await this.startLocked(row, ctx, input.waitFor ?? 'ssh');
       } catch (e) {
         // A VMM that never launched leaves nothing worth keeping; a guest that launched but never
         // became ready is kept (stopped, with its logs) for a post-mortem.
@@ -302,7 +307,7 @@ export class VmService {
 
   // ---- start / stop --------------------------------------------------------------------
 
-  private async startLocked(r: VmRow, ctx?: OpContext): Promise<void> {
+  private async startLocked(r: VmRow, ctx?: OpContext, waitFor: 'ssh' | 'agent' = 'ssh'): Promise<void> {
     const kernel = this.d.repos.kernels.byId(r.kernel_id);
     const image = this.d.repos.images.byId(r.image_id);
     if (!kernel || !image) throw new BangerError('internal', `VM ${r.name} refers to a missing image or kernel`);
@@ -314,7 +319,7 @@ export class VmService {
     const net = await this.d.network.attach(r);
     let initrd = kernel.initrd_path ?? undefined;
     // An image without sshd gets one installed at first boot, which needs the package mirror: NAT.
-    const firstBoot = !!r.nat && this.d.repos.images.byId(r.image_id)?.has_sshd === 0;
+    const firstBoot = !!r.nat && image.has_sshd === 0;
     try {
       if (KernelService.hasBangerInitramfs(kernel)) {
         await buildVmInitrd({
@@ -387,6 +392,22 @@ export class VmService {
     }
     this.move(r.id, 'running');
     await this.d.network.published(this.d.repos.vms.get(r.id));
+    // Ready means `ssh <name>.vm` works at once where the image has sshd (it starts early: see
+    // earlySshdFiles). A first-boot install needs the network and minutes: not waited for.
+    if (waitFor === 'ssh' && image.has_sshd === 1) await this.waitForSshd(r.name, link, ctx);
+  }
+
+  /** Polls the guest's listeners until one is on port 22; a guest without one is still usable. */
+  private async waitForSshd(name: string, link: AgentLink, ctx?: OpContext): Promise<void> {
+    ctx?.stage('wait for sshd');
+    // Counted in polls, not clock time: each poll takes at least SSHD_POLL_MS.
+    for (let poll = 0; poll < SSHD_READY_TIMEOUT_MS / SSHD_POLL_MS; poll++) {
+      ctx?.checkCancelled();
+      const ports = await link.ports(2000).catch(() => []);
+      if (ports.some((p) => p.port === 22 && p.proto.startsWith('tcp'))) return;
+      await new Promise((resolve) => setTimeout(resolve, SSHD_POLL_MS));
+    }
+    ctx?.log(`sshd of ${name} is not listening after ${SSHD_READY_TIMEOUT_MS / 1000}s: \`vm ssh\` may fail; \`vm exec\` works through the agent`);
   }
 
   /** Graceful power-off with a deadline, then kill. Leaves the VM 'stopped' with no handle. */
