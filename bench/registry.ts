@@ -3,6 +3,7 @@ import { BANGER, daemonHome } from './home.js';
 import { imagePullBenchmark } from './image-pull.js';
 import { type AnyBenchmark, run } from './lib.js';
 import { rootCloneBenchmark, tapPoolBenchmark, vmConcurrencyBenchmark, vmCreateBenchmark } from './vm.js';
+import { cpBenchmark, execRoundTripBenchmark, firstCommandBenchmark, workspaceBenchmark } from './workflows.js';
 
 export { ROOT } from './home.js';
 
@@ -30,4 +31,8 @@ export const benchmarks: AnyBenchmark[] = [
   imagePullBenchmark(),
   daemonMemoryBenchmark(),
   vmConcurrencyBenchmark(),
+  firstCommandBenchmark(),
+  execRoundTripBenchmark(),
+  cpBenchmark(),
+  workspaceBenchmark(),
 ];

@@ -34,39 +34,26 @@ export function assets(): Assets {
 }
 
 /**
- * `banger vm create` until the agent answers, against QEMU started by hand with the same kernel,
- * initrd (banger-init + the same payload), rootfs and work disk, until the same agent answers.
- * The difference is banger's own cost: API, operation, disks, store, process management.
+ * A bare QEMU of the test kernel, initrd (banger-init + the same per-VM payload banger builds),
+ * rootfs (a qcow2 overlay, as banger gives a VM) and work disk, in the given network namespace
+ * (which setup creates, with a TAP), until the same agent answers: the baseline of banger's
+ * VM benchmarks.
  */
-export function vmCreateBenchmark(): Benchmark {
+export function bareQemuBoot(netns: string) {
   let dir = '';
-  let n = 0;
-  let baselinePid: { pid: number; startTime: string } | undefined;
-  // Both sides run in a private network namespace: banger's bridge, TAPs and NAT never touch the host.
-  const netns = `bgb-${process.pid}`;
+  let pid: { pid: number; startTime: string } | undefined;
   const inNs = (cmd: string, args: string[]) => ['netns', 'exec', netns, cmd, ...args];
-  const env = () => ({ ...process.env, BANGER_HOME: join(dir, 'home') });
-  const banger = (...args: string[]) => run('ip', inNs(process.execPath, [BANGER, ...args]), env(), 300_000);
   const accel = process.env.BENCH_ACCEL ?? 'tcg';
   return {
-    name: 'vm-create',
-    needsGuestAssets: true,
-    description: `\`banger vm create\` → agent ready vs bare qemu-system-x86_64 of the same kernel/initrd/rootfs → agent ready (${accel})`,
-    target: 1.05,
-    rounds: 5,
-    warmup: 1,
+    inNs,
+    dir: () => dir,
     async setup() {
       const a = assets();
-      dir = await mkdtemp('/tmp/bg-bvm-');
-      await run('ip', ['netns', 'add', netns]);
+      dir = await mkdtemp('/tmp/bg-bare-');
+      await run('ip', ['netns', 'add', netns]).catch(() => '');
       await run('ip', inNs('ip', ['link', 'set', 'lo', 'up']));
       await run('ip', inNs('ip', ['tuntap', 'add', 'dev', 'bgbase0', 'mode', 'tap']));
       await run('ip', inNs('ip', ['link', 'set', 'bgbase0', 'up']));
-      await mkdir(join(dir, 'home', 'config'), { recursive: true });
-      await writeFile(join(dir, 'home', 'config', 'config.toml'), `accel = "${accel}"\n[vm_defaults]\nvcpu = 2\nmemory_mib = 512\ndisk_size = "1G"\n`);
-      await banger('kernel', 'import', 'k', '--from', a.kernelDir);
-      await banger('image', 'register', '--name', 'debian-bookworm', '--rootfs', a.rootfs, '--kernel-ref', 'k');
-      // The baseline's inputs, prepared once: the same initrd banger builds, a work disk.
       const runner = new ProcessRunner();
       await buildBaseInitramfs({
         kernelTree: a.kernelDir,
@@ -87,11 +74,7 @@ export function vmCreateBenchmark(): Benchmark {
       });
       await new DiskTools(runner).mkfsFromDir(join(dir, 'work.ext4'), 1024 ** 3, undefined, 'work');
     },
-    async candidate() {
-      n++;
-      await banger('vm', 'create', '--name', `bench-${n}`);
-    },
-    async baseline() {
+    async boot() {
       const a = assets();
       const runDir = join(dir, 'bare');
       await rm(runDir, { recursive: true, force: true });
@@ -121,7 +104,7 @@ export function vmCreateBenchmark(): Benchmark {
       // The same copy-on-write root banger gives a VM: a qcow2 overlay over the shared rootfs.
       await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', a.rootfs, '-F', 'raw', join(runDir, 'root.qcow2')]);
       // `ip netns exec` execs QEMU in place, so the pid is QEMU's.
-      baselinePid = await spawnDetached('ip', inNs('qemu-system-x86_64', args), join(runDir, 'vmm.log'));
+      pid = await spawnDetached('ip', inNs('qemu-system-x86_64', args), join(runDir, 'vmm.log'));
       const agent = new AgentClient({ socketPath: join(runDir, 'agent.sock'), transport: 'virtio-serial' });
       try {
         await agent.waitReady(300_000);
@@ -129,18 +112,60 @@ export function vmCreateBenchmark(): Benchmark {
         agent.close();
       }
     },
-    afterCandidate: () => banger('vm', 'delete', `bench-${n}`).then(() => undefined),
-    async afterBaseline() {
-      if (baselinePid) await killAndWait(baselinePid.pid, baselinePid.startTime);
-      baselinePid = undefined;
+    async stop() {
+      if (pid) await killAndWait(pid.pid, pid.startTime);
+      pid = undefined;
     },
     async teardown() {
-      if (baselinePid) await killAndWait(baselinePid.pid, baselinePid.startTime).catch(() => {});
-      if (dir) {
-        await banger('daemon', 'stop').catch(() => '');
-        await rm(dir, { recursive: true, force: true });
-      }
+      if (pid) await killAndWait(pid.pid, pid.startTime).catch(() => {});
+      pid = undefined;
+      if (dir) await rm(dir, { recursive: true, force: true });
       await run('ip', ['netns', 'del', netns]).catch(() => '');
+    },
+  };
+}
+
+/**
+ * `banger vm create` until the agent answers, against QEMU started by hand with the same kernel,
+ * initrd (banger-init + the same payload), rootfs and work disk, until the same agent answers.
+ * The difference is banger's own cost: API, operation, disks, store, process management.
+ */
+export function vmCreateBenchmark(): Benchmark {
+  let home = '';
+  let n = 0;
+  // Both sides run in a private network namespace: banger's bridge, TAPs and NAT never touch the host.
+  const netns = `bgb-${process.pid}`;
+  const bare = bareQemuBoot(netns);
+  const env = () => ({ ...process.env, BANGER_HOME: home });
+  const banger = (...args: string[]) => run('ip', bare.inNs(process.execPath, [BANGER, ...args]), env(), 300_000);
+  const accel = process.env.BENCH_ACCEL ?? 'tcg';
+  return {
+    name: 'vm-create',
+    needsGuestAssets: true,
+    description: `\`banger vm create\` → agent ready vs bare qemu-system-x86_64 of the same kernel/initrd/rootfs → agent ready (${accel})`,
+    target: 1.05,
+    rounds: 5,
+    warmup: 1,
+    async setup() {
+      const a = assets();
+      await bare.setup();
+      home = join(bare.dir(), 'home');
+      await mkdir(join(home, 'config'), { recursive: true });
+      await writeFile(join(home, 'config', 'config.toml'), `accel = "${accel}"\n[vm_defaults]\nvcpu = 2\nmemory_mib = 512\ndisk_size = "1G"\n`);
+      await banger('kernel', 'import', 'k', '--from', a.kernelDir);
+      await banger('image', 'register', '--name', 'debian-bookworm', '--rootfs', a.rootfs, '--kernel-ref', 'k');
+    },
+    async candidate() {
+      n++;
+      // Until the agent answers, as the baseline: sshd is not part of this comparison.
+      await banger('vm', 'create', '--name', `bench-${n}`, '--wait-for', 'agent');
+    },
+    baseline: () => bare.boot(),
+    afterCandidate: () => banger('vm', 'delete', `bench-${n}`).then(() => undefined),
+    afterBaseline: () => bare.stop(),
+    async teardown() {
+      if (home) await banger('daemon', 'stop').catch(() => '');
+      await bare.teardown();
     },
   };
 }
@@ -180,8 +205,11 @@ export function nsHome(tag: string, config: string, extraEnv: NodeJS.ProcessEnv 
   let dir = '';
   const env = () => ({ ...process.env, ...extraEnv, BANGER_HOME: join(dir, 'home') });
   const banger = (...args: string[]) => run('ip', ['netns', 'exec', netns, process.execPath, BANGER, ...args], env(), 300_000);
+  /** Any command in the home's network namespace with its environment. */
+  const inNs = (cmd: string, args: string[]) => run('ip', ['netns', 'exec', netns, cmd, ...args], env(), 300_000);
   return {
     banger,
+    inNs,
     env,
     async setup() {
       const a = assets();

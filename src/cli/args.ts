@@ -38,6 +38,7 @@ export interface VmSpecOptions {
   memory?: number;
   diskSize?: number;
   nat?: boolean;
+  waitFor?: 'ssh' | 'agent';
 }
 
 export function addVmSpecOptions(cmd: Command, imageHelp: string): Command {
@@ -47,7 +48,13 @@ export function addVmSpecOptions(cmd: Command, imageHelp: string): Command {
     .option('--vcpus <n>', 'virtual CPUs', intArg('--vcpus'))
     .option('--memory <size>', 'memory in MiB, or a size like 2G', memoryArg)
     .option('--disk-size <size>', 'work disk size (mounted at /root), e.g. 8G', sizeArg)
-    .option('--nat', 'let the VM reach beyond the host (outbound NAT)');
+    .option('--nat', 'let the VM reach beyond the host (outbound NAT)')
+    .option('--wait-for <what>', 'ready when "ssh" works (default, where the image has sshd) or when the "agent" answers', waitForArg);
+}
+
+function waitForArg(v: string): 'ssh' | 'agent' {
+  if (v === 'ssh' || v === 'agent') return v;
+  throw new InvalidArgumentError(`expected "ssh" or "agent", got "${v}"`);
 }
 
 /** The create request for those flags (absent flags stay absent: the daemon applies its defaults). */
@@ -60,5 +67,6 @@ export function vmCreateRequest(o: VmSpecOptions, start: boolean) {
     ...(o.diskSize !== undefined ? { diskSizeBytes: o.diskSize } : {}),
     nat: !!o.nat,
     start,
+    ...(o.waitFor !== undefined ? { waitFor: o.waitFor } : {}),
   };
 }
