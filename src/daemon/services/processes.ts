@@ -134,8 +134,12 @@ export class ProcessService {
         return opts.onOutput?.(stream, data, offset);
       },
     );
-    // A follow ends only after the exit; a guest that answers otherwise is asked once more.
-    if (proc.state === 'running') proc = await t.channel.showProcess(t.proc.id);
+    if (proc.state === 'running') {
+      // A cancelled follow (the caller left, or a wait's timeout) ends with the process still running.
+      if (opts.signal?.aborted) throw new BangerError('cancelled', `stopped waiting for process ${t.proc.id}; it keeps running`);
+      proc = await t.channel.showProcess(t.proc.id);
+      if (proc.state === 'running') throw new BangerError('internal', `the guest ended the output of ${t.proc.id} before the process ended`);
+    }
     return { proc, result: assembleResult(proc, out, err) };
   }
 
