@@ -285,6 +285,55 @@ describe('the daemon process API over the real agent', () => {
     assert.equal(out.join(''), 'ping\n');
   });
 
+  test('follow, stop, resume from the offsets several times: the joined output is exact', async () => {
+    const p = await client.startProcess('dev', { argv: ['seq', '1', '300000'] });
+    const parts: Buffer[] = [];
+    let offset = 0;
+    let final: Proc | undefined;
+    for (let round = 0; round < 20 && !final; round++) {
+      const ac = new AbortController();
+      let got = 0;
+      final = await client.processOutput('dev', p.id, { stdoutFrom: offset, follow: true, signal: ac.signal }, (e) => {
+        if (e.type !== 'stdout') return;
+        assert.equal(e.offset, offset, 'each event starts where the last ended');
+        const b = Buffer.from(e.data, 'base64');
+        parts.push(b);
+        offset += b.length;
+        got += b.length;
+        if (got > 64 * 1024 && round < 5) ac.abort(); // leave mid-stream a few times
+      });
+    }
+    assert.equal(final?.state, 'exited');
+    assert.equal(Buffer.concat(parts).toString(), `${Array.from({ length: 300000 }, (_, i) => i + 1).join('\n')}\n`);
+  });
+
+  test('PTY: the process has a terminal, resize reaches it', async () => {
+    const p = await client.startProcess('dev', { shell: 'tty; stty size; read x; stty size', pty: { rows: 24, cols: 80 }, stdin: 'pipe' });
+    assert.equal(p.pty, true);
+    // Resize only once the first `stty size` answered (it would otherwise see the new size).
+    let early = '';
+    for (let i = 0; i < 200 && !early.includes('24 80'); i++) {
+      early = '';
+      await client.processOutput('dev', p.id, {}, (e) => {
+        if (e.type === 'stdout') early += Buffer.from(e.data, 'base64').toString();
+      });
+      if (!early.includes('24 80')) await new Promise((r) => setTimeout(r, 25));
+    }
+    assert.match(early, /\/dev\/pts\/[0-9]+\r?\n24 80\r?\n/);
+    await client.resizeProcess('dev', p.id, 30, 100);
+    await client.writeProcessStdin('dev', p.id, 0, Buffer.from('\n'));
+    const r = await client.waitProcess('dev', p.id);
+    assert.match(r.result?.stdout ?? '', /24 80\r?\n(\r?\n)?30 100\r?\n$/);
+    const plain = await client.startProcess('dev', { argv: ['true'] });
+    await assert.rejects(client.resizeProcess('dev', plain.id, 10, 10), isCode('conflict'));
+  });
+
+  test('attach to an unknown process: the daemon answers its JSON error instead of upgrading', async () => {
+    const { upgrade } = await import('../../src/client/transport.js');
+    await assert.rejects(upgrade(join(dir, 'bangerd.sock'), '/v1/vms/dev/procs/p-nothere/attach', 'banger-attach', 'op-abcdef'), isCode('not_found'));
+    await assert.rejects(upgrade(join(dir, 'bangerd.sock'), '/v1/vms/dev/procs/..%2Fx/attach', 'banger-attach', 'op-abcdef'), isCode('bad_request'));
+  });
+
   test('attach then detach: the process keeps running', async () => {
     const p = await client.startProcess('dev', { shell: 'echo ready; sleep 600' });
     const h = await client.attachProcess('dev', p.id);
