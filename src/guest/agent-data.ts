@@ -313,9 +313,10 @@ export class AgentDataPool {
     const settle = (outcome: { ok: SessionResult } | { err: Error }, dropConnection = false) => {
       if (settled) return;
       settled = true;
-      if ('err' in outcome) {
-        acceptedReject(outcome.err);
-        resultReject(outcome.err);
+      if ('err' in outcome || consumerError) {
+        const err = consumerError ?? (outcome as { err: Error }).err;
+        acceptedReject(err);
+        resultReject(err);
       } else {
         acceptedResolve(); // an R before A cannot happen (frames before A are dropped), but never leave it pending
         resultResolve(outcome.ok);
@@ -338,6 +339,23 @@ export class AgentDataPool {
     };
     if (signal?.aborted) settle({ err: new BangerError('cancelled', 'cancelled') });
     else signal?.addEventListener('abort', onAbort, { once: true });
+
+    // A consumer that fails ends the session: the guest is asked to stop, the result is that failure.
+    let consumerError: Error | undefined;
+    const consumerFailed = (e: unknown) => {
+      consumerError ??= e instanceof Error ? e : new Error(String(e));
+      doCancel();
+    };
+    const deliver = (stream: FrameStream, data: Buffer): Promise<void> | undefined => {
+      if (consumerError) return undefined;
+      try {
+        const r = onData(stream, data);
+        return r ? Promise.resolve(r).catch(consumerFailed) : undefined;
+      } catch (e) {
+        consumerFailed(e);
+        return undefined;
+      }
+    };
 
     const start = async (s: Slot) => {
       slot = s;
@@ -381,7 +399,7 @@ export class AgentDataPool {
           acceptedResolve();
           return;
         }
-        if (frame.type === 'D') return onData(frame.stream, frame.payload);
+        if (frame.type === 'D') return deliver(frame.stream, frame.payload);
         if (frame.type === 'R') {
           const r = parseJson(frame.payload, SessionResultSchema);
           if (!r) return settle({ err: new BangerError('internal', `the guest agent sent an invalid ${request.op} result`) });

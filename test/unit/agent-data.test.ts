@@ -325,6 +325,30 @@ test('a cancelled session whose guest never answers drops the connection', async
   assert.equal(t.fake.connections, 2);
 });
 
+test('a consumer that fails ends the session with its error (the guest is told to stop)', async () => {
+  await using t = await setup(1);
+  let cancelled = false;
+  t.fake.onSession = (s) => {
+    s.accept();
+    s.send('D', 'one', 1);
+    s.send('D', 'two', 1);
+    s.onFrame = (f) => {
+      if (f.type === 'C') {
+        cancelled = true;
+        s.result({ ok: true });
+      }
+    };
+  };
+  const seen: string[] = [];
+  const session = t.pool.session({ op: 'output' }, async (_s, d) => {
+    seen.push(d.toString());
+    throw new Error('the client went away');
+  });
+  await assert.rejects(session.result, /the client went away/);
+  assert.equal(cancelled, true);
+  assert.deepEqual(seen, ['one'], 'nothing more is delivered after the failure');
+});
+
 test('the queue is bounded', async () => {
   await using t = await setup(1, { maxQueued: 1 });
   t.fake.onSession = (s) => s.accept();
