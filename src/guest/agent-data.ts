@@ -73,9 +73,11 @@ export function sessionError(op: string, r: { error?: string | undefined; code?:
         ? 'conflict'
         : r.code === 'cancelled' || /^cancel/.test(text)
           ? 'cancelled'
-          : r.code === 'bad_request' || /EISDIR|ENOTDIR|ELOOP|not a regular file|^invalid|^bad /i.test(text)
-            ? 'bad_request'
-            : 'internal';
+          : r.code === 'unavailable'
+            ? 'unavailable'
+            : r.code === 'bad_request' || /EISDIR|ENOTDIR|ELOOP|not a regular file|^invalid|^bad /i.test(text)
+              ? 'bad_request'
+              : 'internal';
   return new BangerError(code, `the guest agent failed ${op}: ${text}`);
 }
 

@@ -349,6 +349,23 @@ test('a consumer that fails ends the session with its error (the guest is told t
   assert.deepEqual(seen, ['one'], 'nothing more is delivered after the failure');
 });
 
+test('a restarted agent’s announcement: dropped before our A, fails the session after it', async () => {
+  await using t = await setup(1);
+  const restarted = { ok: false, code: 'unavailable', error: 'agent restarted' };
+  t.fake.onSession = (s) => {
+    s.result(restarted); // the worker reopened its port just before our S
+    s.accept();
+    s.result({ ok: true, fine: true });
+  };
+  assert.equal((await t.pool.session({ op: 'output' }, () => undefined).result).fine, true);
+  t.fake.onSession = (s) => {
+    s.accept();
+    s.send('D', 'partial', 1);
+    s.result(restarted); // the agent died mid-session and a new worker opened the port
+  };
+  await assert.rejects(t.pool.session({ op: 'output' }, () => undefined).result, isCode('unavailable'));
+});
+
 test('the queue is bounded', async () => {
   await using t = await setup(1, { maxQueued: 1 });
   t.fake.onSession = (s) => s.accept();
