@@ -286,6 +286,11 @@ export class AgentDataPool {
     });
     accepted.catch(() => {});
     result.catch(() => {});
+    // A held port must not wait for the consumer of a session that already ended (or was cancelled).
+    let markEnded!: () => void;
+    const ended = new Promise<void>((resolve) => {
+      markEnded = resolve;
+    });
 
     let conn: FrameConnection | null = null;
     let slot: Slot | null = null;
@@ -315,6 +320,7 @@ export class AgentDataPool {
     const settle = (outcome: { ok: SessionResult } | { err: Error }, dropConnection = false) => {
       if (settled) return;
       settled = true;
+      markEnded();
       if ('err' in outcome || consumerError) {
         const err = consumerError ?? (outcome as { err: Error }).err;
         acceptedReject(err);
@@ -332,6 +338,8 @@ export class AgentDataPool {
     const doCancel = () => {
       if (cancelled || settled || !conn) return;
       cancelled = true;
+      // Data after a cancel is not wanted: stop waiting for the consumer, so the guest's R gets through.
+      markEnded();
       conn.write(encodeFrame('C')).catch(() => {});
       // A guest that does not answer a cancel loses the connection (a held port is then redialled).
       cancelTimer = setTimeout(
@@ -349,10 +357,10 @@ export class AgentDataPool {
       doCancel();
     };
     const deliver = (stream: FrameStream, data: Buffer): Promise<void> | undefined => {
-      if (consumerError) return undefined;
+      if (consumerError || cancelled) return undefined;
       try {
         const r = onData(stream, data);
-        return r ? Promise.resolve(r).catch(consumerFailed) : undefined;
+        return r ? Promise.race([Promise.resolve(r).catch(consumerFailed), ended]) : undefined;
       } catch (e) {
         consumerFailed(e);
         return undefined;

@@ -366,6 +366,27 @@ test('a restarted agent’s announcement: dropped before our A, fails the sessio
   await assert.rejects(t.pool.session({ op: 'output' }, () => undefined).result, isCode('unavailable'));
 });
 
+test('a consumer stuck past its session’s end does not hold the port for the next session', async () => {
+  await using t = await setup(1);
+  t.fake.onSession = (s) => {
+    s.accept();
+    s.send('D', `data of ${s.request.op}`, 1);
+    if (s.request.op === 'first') {
+      s.onFrame = (f) => {
+        if (f.type === 'C') s.result({ ok: true });
+      };
+    } else s.result({ ok: true });
+  };
+  const ac = new AbortController();
+  const first = t.pool.session({ op: 'first' }, () => new Promise<void>(() => {}), ac.signal);
+  await first.accepted;
+  ac.abort();
+  await first.result;
+  const got: string[] = [];
+  await t.pool.session({ op: 'second' }, (_s, d) => void got.push(d.toString())).result;
+  assert.deepEqual(got, ['data of second']);
+});
+
 test('the queue is bounded', async () => {
   await using t = await setup(1, { maxQueued: 1 });
   t.fake.onSession = (s) => s.accept();
