@@ -18,7 +18,7 @@ import type {
 } from '../api/schemas.js';
 import { type Layout, resolveClientLayout } from '../config/layout.js';
 import { newOpId } from '../util/ids.js';
-import type { AttachHandle } from './attach.js';
+import { type AttachHandle, openAttach } from './attach.js';
 import { errorFrom, isNotRunning, type RawResponse, requestJson, streamEvents, streamText, upgrade } from './transport.js';
 import { checkVm } from './trust.js';
 
@@ -235,7 +235,6 @@ export class BangerClient {
     await this.process(vm, proc); // resolves the refs (and starts the daemon) with a proper error first
     const path = this.procsPath(vm, proc, `/attach?stdoutFrom=${opts.stdoutFrom ?? 0}&stderrFrom=${opts.stderrFrom ?? 0}`);
     const { socket, head } = await upgrade(this.layout.socketPath, path, 'banger-attach', this.nextOpId());
-    const { openAttach } = await import('./attach.js'); // only attach needs the frame codec (CLI start-up)
     return openAttach(socket, head);
   }
 
