@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
@@ -217,6 +217,24 @@ describe('GuestChannel over the real agent', () => {
     const { proc, stdout } = await collect(link.guest, t.proc.id);
     assert.equal(stdout.toString(), 'before\nafter\n');
     assert.equal(proc.exitCode, 0);
+  });
+
+  test('an exit while no channel was open (the daemon down) is reported by the next one', async () => {
+    const first = linkTo(agent);
+    const p = await first.guest.startProcess({ id: 'p-whiledown', shell: 'read x; echo bye; exit 5', stdin: 'pipe' });
+    await first.guest.closeStdin(p.id);
+    first.close();
+    // The process ends with nobody connected: wait for the agent's status file.
+    for (let i = 0; i < 400 && !existsSync(join(agent.procsDir, p.id, 'status')); i++) await new Promise((r) => setTimeout(r, 25));
+    const second = linkTo(agent);
+    try {
+      const shown = await second.guest.showProcess(p.id);
+      assert.equal(shown.state, 'exited');
+      assert.equal(shown.exitCode, 5);
+      assert.equal((await collect(second.guest, p.id)).stdout.toString(), 'bye\n');
+    } finally {
+      second.close();
+    }
   });
 
   test('signal, forget, and the errors of unknown processes', async () => {
