@@ -296,6 +296,7 @@ export class AgentDataPool {
     let slot: Slot | null = null;
     let settled = false;
     let cancelled = false;
+    let consumerError: Error | undefined;
     let cancelTimer: NodeJS.Timeout | undefined;
     let acceptTimer: NodeJS.Timeout | undefined;
 
@@ -351,7 +352,6 @@ export class AgentDataPool {
     else signal?.addEventListener('abort', onAbort, { once: true });
 
     // A consumer that fails ends the session: the guest is asked to stop, the result is that failure.
-    let consumerError: Error | undefined;
     const consumerFailed = (e: unknown) => {
       consumerError ??= e instanceof Error ? e : new Error(String(e));
       doCancel();

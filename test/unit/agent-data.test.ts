@@ -387,6 +387,18 @@ test('a consumer stuck past its session’s end does not hold the port for the n
   assert.deepEqual(got, ['data of second']);
 });
 
+test('a session whose signal is already aborted never reaches the guest', async () => {
+  await using t = await setup(1);
+  const s = t.pool.session({ op: 'output' }, () => undefined, AbortSignal.abort());
+  await assert.rejects(s.result, isCode('cancelled'));
+  await assert.rejects(s.accepted, isCode('cancelled'));
+  await t.pool.session({ op: 'next' }, () => undefined).result;
+  assert.deepEqual(
+    t.fake.sessions.map((x) => x.request.op),
+    ['next'],
+  );
+});
+
 test('the queue is bounded', async () => {
   await using t = await setup(1, { maxQueued: 1 });
   t.fake.onSession = (s) => s.accept();
