@@ -448,7 +448,8 @@ static void result_tar(struct port *p, pid_t pid, int errfd, char *errtext, size
     rout.len = 0, rout.full = 0;
     out_fmt(&rout, "{\"ok\":%s,\"exit_code\":%d,\"stderr\":", code == 0 ? "true" : "false", code);
     out_str(&rout, errtext, errlen);
-    if (code) out_raw(&rout, ",\"error\":\"tar failed\",\"code\":\"tar_failed\"", 40);
+    static const char failed[] = ",\"error\":\"tar failed\",\"code\":\"tar_failed\"";
+    if (code) out_raw(&rout, failed, sizeof failed - 1);
     out_raw(&rout, "}", 1);
     send_result(p);
 }

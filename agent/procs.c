@@ -698,9 +698,10 @@ static void write_status(struct sup *x, const char *code)
 static void finish(struct sup *x, const char *code)
 {
     kill_all(x, SIGKILL); /* what is left of the cgroup/group */
-    write_status(x, code);
+    /* the cgroup is removable once empty: then nothing of the process is left when status appears */
     if (x->cgroup[0])
-        for (int i = 0; i < 100 && rmdir(x->cgroup) != 0 && errno == EBUSY; i++) sleep_ms(20);
+        for (int i = 0; i < 250 && rmdir(x->cgroup) != 0 && errno == EBUSY; i++) sleep_ms(20);
+    write_status(x, code);
     _exit(0);
 }
 
