@@ -375,6 +375,7 @@ static const char *parse_spec(const struct jval *p, struct spec *s)
             return err;
         s->pty = 1;
         s->rows = rows ? (unsigned)rows : 24, s->cols = cols ? (unsigned)cols : 80;
+        s->stdin_pipe = 1; /* a terminal always takes input: the attach writes to it */
     }
     s->output_limit = DEFAULT_OUTPUT_LIMIT;
     if ((err = uint_param(p, "timeout_ms", 0, 1ULL << 40, &s->timeout_ms)) ||

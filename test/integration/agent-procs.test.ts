@@ -210,6 +210,19 @@ test('output from offsets, with and without follow', { skip }, async () => {
   assert.equal(later.stderr.toString(), 'XY');
 });
 
+test('user: looked up in /etc/passwd; uid, gid, HOME and USER follow; cwd falls back to /', { skip }, async () => {
+  const entry = readFileSync('/etc/passwd', 'utf8')
+    .split('\n')
+    .map((l) => l.split(':'))
+    .find((f) => f[0] === 'nobody');
+  if (!entry) return assert.fail('this host has no user nobody in /etc/passwd');
+  const { info, stdout } = await run({ shell: 'id -u; id -g; echo "$HOME $USER"; pwd', user: 'nobody' });
+  assert.equal(info.exit_code, 0);
+  const home = existsSync(entry[5] ?? '') ? entry[5] : '/';
+  assert.equal(stdout.toString(), `${entry[2]}\n${entry[3]}\n${entry[5]} nobody\n${home}\n`);
+  await assert.rejects(h.call('proc.start', { id: nextId('nouser'), argv: ['true'], user: 'banger-no-such-user' }), /unknown user/);
+});
+
 test('stdin is idempotent by offset; a gap is refused', { skip }, async () => {
   const id = nextId('idem');
   await h.call('proc.start', { id, argv: ['cat'], stdin: 'pipe' });
@@ -339,6 +352,26 @@ test('a cancelled or abandoned write leaves no temp file and the target untouche
   assert.deepEqual(readdirSync(dir), ['target']);
 });
 
+test('a host that disconnects mid-write leaves no temp file; the port serves again', { skip }, async () => {
+  const dir = join(scratch, 'disconnect');
+  mkdirSync(dir);
+  const socket = await h.portSocket(1);
+  socket.write(encodeFrame('S', JSON.stringify({ nonce: 'n1', op: 'write', path: join(dir, 'f'), mode: 0o600 })));
+  socket.write(encodeFrame('D', randomBytes(5000)));
+  for (let i = 0; readdirSync(dir).length === 0; i++) {
+    assert.ok(i < 500, 'the write never started');
+    await sleep(10);
+  }
+  assert.match(readdirSync(dir)[0] ?? '', /^\.f\.banger-/);
+  socket.destroy();
+  for (let i = 0; readdirSync(dir).length > 0; i++) {
+    assert.ok(i < 500, `the temp file stayed: ${readdirSync(dir)}`);
+    await sleep(10);
+  }
+  const again = await h.session({ op: 'read', path: '/proc/self/status' }, { port: 1 });
+  assert.equal(again.result.ok, true);
+});
+
 test('tar-out and tar-in round trip with modes', { skip }, async () => {
   const src = join(scratch, 'tree');
   mkdirSync(join(src, 'sub'), { recursive: true });
@@ -431,6 +464,16 @@ test('the control channel never waits for bulk data: health during an 8 MiB outp
   t.diagnostic(
     `health round trip idle: median ${median(idle)} ms over ${idle.length}; during the 8 MiB stream: median ${median(busy)} ms, max ${Math.max(...busy).toFixed(2)} ms over ${busy.length}`,
   );
+});
+
+test('process directories of an earlier boot are wiped when the agent starts', { skip }, async () => {
+  const stale = join(h.procsDir, 'from-another-boot');
+  mkdirSync(stale);
+  writeFileSync(join(stale, 'spec'), '{}');
+  writeFileSync(join(h.procsDir, 'boot_id'), 'not-this-boot\n');
+  await h.restartAgent();
+  assert.equal(existsSync(stale), false);
+  assert.equal(readFileSync(join(h.procsDir, 'boot_id'), 'utf8').trim(), readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim());
 });
 
 test('the agent stays up after hostile control requests', { skip }, async () => {
