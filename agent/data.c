@@ -625,10 +625,21 @@ static void serve_port(struct port *p)
 
 static struct port the_port;
 
+/* A virtio-serial host cannot see the guest side reopen its port: a host mid-session would wait forever
+ * for the R of a worker that died with a restarted agent. Every (re)opened port says so first; a host
+ * without a session, or before its A, drops it (docs/processes.md). */
+static void announce_reopen(struct port *p)
+{
+    static const char msg[] = "{\"ok\":false,\"code\":\"unavailable\",\"error\":\"agent restarted\"}";
+    send_frame(p, 'R', 0, msg, sizeof msg - 1);
+    p->gone = 0; /* a virtio port with no host yet: the sessions start when one comes */
+}
+
 static void serve_fd(int fd, int is_chr)
 {
     memset(&the_port, 0, sizeof the_port);
     the_port.fd = fd, the_port.is_chr = is_chr;
+    announce_reopen(&the_port);
     serve_port(&the_port);
 }
 

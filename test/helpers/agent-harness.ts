@@ -155,8 +155,10 @@ export interface SessionOptions {
 }
 
 /** One data port: the agent's worker connects to it (and reconnects when it drops). */
-class DataPort {
+export class DataPort {
   socket: net.Socket | null = null;
+  /** The last frames that arrived outside any session (at most 16), e.g. the reopen announcement. */
+  readonly idleFrames: Frame[] = [];
   private waiters: Array<() => void> = [];
   private onFrame: ((frame: Frame) => void) | null = null;
   private decoder = new FrameDecoder();
@@ -168,7 +170,10 @@ class DataPort {
       this.socket = socket;
       this.decoder = new FrameDecoder();
       socket.on('data', (chunk: Buffer) => {
-        for (const frame of this.decoder.push(chunk)) this.onFrame?.(frame);
+        for (const frame of this.decoder.push(chunk)) {
+          if (this.onFrame) this.onFrame(frame);
+          else if (this.idleFrames.push(frame) > 16) this.idleFrames.shift();
+        }
       });
       socket.on('error', () => {});
       socket.on('close', () => {
@@ -180,7 +185,7 @@ class DataPort {
 
   async connected(timeoutMs: number): Promise<net.Socket> {
     const deadline = Date.now() + timeoutMs;
-    while (!this.socket) {
+    while (!this.socket || this.socket.destroyed) {
       if (Date.now() > deadline) throw new Error(`the agent did not connect to data port ${this.path}`);
       await Promise.race([new Promise<void>((r) => this.waiters.push(r)), sleep(100)]);
     }

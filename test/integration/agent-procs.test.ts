@@ -282,6 +282,20 @@ test('a process keeps running and writing across an agent restart', { skip }, as
   assert.equal((await h.waitExit(id)).signal, 9);
 });
 
+test('a restarted agent announces each reopened data port with R unavailable', { skip }, async () => {
+  const port = h.ports[0]!;
+  port.idleFrames.length = 0;
+  await h.restartAgent();
+  await port.connected(10_000);
+  for (let i = 0; port.idleFrames.length === 0; i++) {
+    assert.ok(i < 500, 'no announcement');
+    await sleep(10);
+  }
+  const frame = port.idleFrames[0]!;
+  assert.equal(frame.type, 'R');
+  assert.deepEqual(JSON.parse(frame.payload.toString()), { ok: false, code: 'unavailable', error: 'agent restarted' });
+});
+
 test('an exit while the agent was down is reported afterwards', { skip }, async () => {
   const id = nextId('down');
   await h.call('proc.start', { id, shell: 'sleep 0.3; exit 7' });
