@@ -63,7 +63,12 @@ const MAX_SKIPPED_BYTES = 64 * 1024 * 1024;
 const unavailable = (what: string) =>
   new BangerError('unavailable', what, { fix: 'check the VM with `banger vm health` (the guest agent may be restarting or too old)' });
 
-/** Error from an `R {ok:false}`: the agent's words, and a code the daemon maps to HTTP. */
+/**
+ * Error from an `R {ok:false}`: the agent's words, and a code the daemon maps to HTTP (the agent's
+ * session codes, docs/processes.md "As built": not_found; invalid, symlink, not_a_file and
+ * permission_denied → bad_request; cancelled; unavailable (a restarted agent); io_error and
+ * tar_failed → internal).
+ */
 export function sessionError(op: string, r: { error?: string | undefined; code?: string | undefined; stderr?: string | undefined }): BangerError {
   const text = r.error ?? (r.stderr ? r.stderr.trim() : 'failed');
   const code =
@@ -75,7 +80,8 @@ export function sessionError(op: string, r: { error?: string | undefined; code?:
           ? 'cancelled'
           : r.code === 'unavailable'
             ? 'unavailable'
-            : r.code === 'bad_request' || /EISDIR|ENOTDIR|ELOOP|not a regular file|^invalid|^bad /i.test(text)
+            : ['bad_request', 'invalid', 'symlink', 'not_a_file', 'permission_denied'].includes(r.code ?? '') ||
+                /EISDIR|ENOTDIR|ELOOP|EACCES|not a regular file|^invalid|^bad /i.test(text)
               ? 'bad_request'
               : 'internal';
   return new BangerError(code, `the guest agent failed ${op}: ${text}`);

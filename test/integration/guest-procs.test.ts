@@ -219,6 +219,27 @@ describe('GuestChannel over the real agent', () => {
     assert.equal(proc.exitCode, 0);
   });
 
+  test('the agent restarting mid-follow: the follow fails unavailable, a new follow from its offset finishes it', async () => {
+    const t = await procs.start('dev', { shell: 'echo one; read x; echo two', stdin: 'pipe' });
+    let got = '';
+    let sawOne!: () => void;
+    const one = new Promise<void>((r) => {
+      sawOne = r;
+    });
+    const following = link.guest.output(t.proc.id, { stdoutFrom: 0, stderrFrom: 0, follow: true }, (_s, d) => {
+      got += d.toString();
+      if (got === 'one\n') sawOne();
+    });
+    following.catch(() => {});
+    await one;
+    await agent.restartAgent();
+    await assert.rejects(following, isCode('unavailable'));
+    await link.waitReady(20_000);
+    await link.guest.writeStdin(t.proc.id, 0, Buffer.from('\n'));
+    const rest = await collect(link.guest, t.proc.id, { stdout: Buffer.byteLength(got), stderr: 0 });
+    assert.equal(got + rest.stdout.toString(), 'one\ntwo\n');
+  });
+
   test('an exit while no channel was open (the daemon down) is reported by the next one', async () => {
     const first = linkTo(agent);
     const p = await first.guest.startProcess({ id: 'p-whiledown', shell: 'read x; echo bye; exit 5', stdin: 'pipe' });

@@ -143,5 +143,8 @@ test('the agent’s error texts map to API codes (control channel and data sessi
   for (const [text, code] of cases) assert.equal(agentError('proc.x', text).code, code, text);
   assert.equal(sessionError('output', { error: 'no such process: p-2' }).code, 'not_found');
   assert.equal(sessionError('output', { code: 'unavailable', error: 'agent restarted' }).code, 'unavailable');
+  assert.equal(sessionError('read', { code: 'symlink', error: 'ELOOP: /l' }).code, 'bad_request');
+  assert.equal(sessionError('read', { code: 'not_a_file', error: '/dev is not a regular file' }).code, 'bad_request');
+  assert.equal(sessionError('write', { code: 'io_error', error: 'ENOSPC: No space left on device: /x' }).code, 'internal');
   assert.equal(sessionError('tar-in', { stderr: 'tar: not a tar archive\n' }).message, 'the guest agent failed tar-in: tar: not a tar archive');
 });
