@@ -65,6 +65,8 @@ export function downloadRaw(socketPath: string, path: string, opId: string, what
       const done = new Promise<Extract<RawResult, { ok: true }>>((ok, fail) => {
         res.on('error', (e) => fail(cut(what, opId, e.message)));
         res.on('aborted', () => fail(cut(what, opId, 'the daemon closed the connection')));
+        // Destroyed before its end (by the reader, or the connection): settles instead of hanging.
+        res.on('close', () => fail(cut(what, opId, 'the body was not read to its end')));
         res.on('end', () => {
           const raw = res.trailers[RESULT_TRAILER];
           if (!res.complete || typeof raw !== 'string') return fail(cut(what, opId, 'no final status from the daemon'));
