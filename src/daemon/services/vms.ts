@@ -55,6 +55,11 @@ export interface VmServiceDeps {
   /** Called after VMs change (created, deleted): regenerates banger's ssh_config and known_hosts. */
   onVmsChanged?: () => Promise<void>;
   agentReadyTimeoutMs?: number;
+  /**
+   * Runs at every start once the agent answers and the VM is `running` (the `sync files` step:
+   * file-sync.ts). A failure stops the VM, leaves it in `error` and fails the start.
+   */
+  afterGuestReady?: (vm: { id: string; name: string }, ctx?: OpContext) => Promise<void>;
 }
 
 export interface CreateVmInput {
@@ -387,6 +392,15 @@ export class VmService {
     }
     this.move(r.id, 'running');
     await this.d.network.published(this.d.repos.vms.get(r.id));
+    try {
+      await this.d.afterGuestReady?.({ id: r.id, name: r.name }, ctx);
+    } catch (e) {
+      const err = toBangerError(e);
+      await this.stopLocked(r.id, true);
+      const message = `${err.message} (${r.name} was stopped)`;
+      this.move(r.id, 'error', { last_error: message });
+      throw new BangerError(err.code === 'timeout' ? 'internal' : err.code, message, { ...(err.fix ? { fix: err.fix } : {}), cause: e });
+    }
   }
 
   /** Graceful power-off with a deadline, then kill. Leaves the VM 'stopped' with no handle. */
