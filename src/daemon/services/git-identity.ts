@@ -16,7 +16,6 @@ const ANY_HEADER = /^\s*\[/;
 
 /** Why a value cannot go into a git config file, or undefined. */
 export function identityValueProblem(v: string): string | undefined {
-  // biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what is refused
   if (/[\u0000-\u0008\u000a-\u001f\u007f]/.test(v)) return 'contains a newline or control character';
   if (v.length > 1024) return 'is longer than 1024 characters';
   return undefined;
