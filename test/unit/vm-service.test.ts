@@ -19,6 +19,7 @@ import type { OpContext } from '../../src/util/op-context.js';
 import { LOG_CAP_BYTES } from '../../src/vmm/console-log.js';
 import type { VmLaunchSpec, VmmDriver, VmmHandle } from '../../src/vmm/driver.js';
 import { currentBootId, processStartTime } from '../../src/vmm/process.js';
+import { HostFakeGuest } from '../helpers/fake-guest.js';
 
 /**
  * VmService against FAKES: a FAKE VMM driver whose "VMM" is a real sleeping process (so liveness
@@ -141,6 +142,7 @@ async function world(knobs: Knobs = {}, shared?: World): Promise<World> {
     ports: async () => [],
     stats: async () => ({}) as never,
     poweroff: async () => {},
+    guest: new HostFakeGuest(),
     close: () => {},
   });
   const network: VmServiceDeps['network'] = {
@@ -248,6 +250,11 @@ test('the step after agent-ready (file sync) runs at every start of a running VM
   // A create whose step fails leaves nothing, like every failed create.
   await assert.rejects(w.svc.create({ name: 'dev2', start: true }, ctx), /FAKE/);
   assert.equal(w.repos.vms.byName('dev2'), undefined);
+
+  // An image build's VM (transient) never gets synced files: its /root is saved into the image.
+  await w.svc.create({ name: 'builder', start: true, transient: true }, ctx);
+  assert.equal(w.repos.vms.byName('builder')?.state, 'running');
+  assert.ok(!seen.some((s) => s.startsWith('builder')));
 });
 
 test('a restarted service re-adopts a live VMM and marks a dead one stopped or error', async () => {

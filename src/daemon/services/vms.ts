@@ -7,6 +7,7 @@ import type { Config } from '../../config/config.js';
 import type { Layout } from '../../config/layout.js';
 import { type AgentLink, openAgentLink } from '../../guest/agent-link.js';
 import { guestBinary } from '../../guest/binaries.js';
+import type { GuestChannel } from '../../guest/guest-channel.js';
 import { buildVmInitrd, vmCmdline, WORK_LABEL_UNSEEDED } from '../../guest/vm-boot.js';
 import type { DiskTools } from '../../host/disks.js';
 import { killNow, processesNaming } from '../../host/orphans.js';
@@ -57,7 +58,8 @@ export interface VmServiceDeps {
   agentReadyTimeoutMs?: number;
   /**
    * Runs at every start once the agent answers and the VM is `running` (the `sync files` step:
-   * file-sync.ts). A failure stops the VM, leaves it in `error` and fails the start.
+   * file-sync.ts). A failure stops the VM, leaves it in `error` and fails the start. Not run for
+   * transient VMs (an image build's: what lands in its /root is saved into the image).
    */
   afterGuestReady?: (vm: { id: string; name: string }, ctx?: OpContext) => Promise<void>;
 }
@@ -393,7 +395,8 @@ export class VmService {
     this.move(r.id, 'running');
     await this.d.network.published(this.d.repos.vms.get(r.id));
     try {
-      await this.d.afterGuestReady?.({ id: r.id, name: r.name }, ctx);
+      // Never into an image build's VM: its /root becomes the image's, and synced files are the user's secrets.
+      if (!r.transient) await this.d.afterGuestReady?.({ id: r.id, name: r.name }, ctx);
     } catch (e) {
       const err = toBangerError(e);
       await this.stopLocked(r.id, true);
@@ -552,6 +555,19 @@ export class VmService {
       this.agents.set(r.id, link);
     }
     return { r, link };
+  }
+
+  /**
+   * The guest of a running VM (processes, files): `conflict` naming `banger vm start` when it is not
+   * running. The channel is the VM's held agent link (opened on first use, e.g. after a restart).
+   */
+  async guest(ref: string): Promise<{ vm: { id: string; name: string }; channel: GuestChannel }> {
+    const r = this.row(ref);
+    if (r.state !== 'running' || !r.handle) {
+      throw new BangerError('conflict', `VM ${r.name} is ${r.state}, not running`, { fix: `start it: banger vm start ${r.name}` });
+    }
+    const { link } = await this.agentFor(ref);
+    return { vm: { id: r.id, name: r.name }, channel: link.guest };
   }
 
   async health(ref: string) {
