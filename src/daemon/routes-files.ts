@@ -4,6 +4,7 @@
  * of the slower side (never buffered whole); a download's verdict comes last, in the
  * RESULT_TRAILER trailer, because the guest gives it only after its last byte.
  */
+import { once } from 'node:events';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { pipeline } from 'node:stream/promises';
 import type { z } from 'zod';
@@ -41,6 +42,9 @@ function abortOnClientGone(req: IncomingMessage, res: ServerResponse): AbortSign
 /** Streams a download, then its verdict as a trailer. Errors before the first byte are ordinary JSON errors (the router's). */
 async function sendRaw<T>(res: ServerResponse, opId: string, contentType: string, dl: RawDownload<T>, verdict: (result: T) => RawResult): Promise<void> {
   dl.done.catch(() => {}); // awaited below; never an unhandled rejection when the pipe fails first
+  // Headers wait for the first byte (or the end): a guest that refuses at once (no such file) gets
+  // its proper status and JSON error from the router, not a 200 with the error in the trailer.
+  await Promise.race([once(dl.stream, 'readable'), dl.done]);
   res.writeHead(200, { 'content-type': contentType, trailer: RESULT_TRAILER, 'cache-control': 'no-store', [OP_HEADER]: opId });
   let result: RawResult;
   try {

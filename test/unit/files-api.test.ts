@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
+import { once } from 'node:events';
 import { mkdir, readFile, stat, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
@@ -19,7 +20,9 @@ class DyingGuest extends HostFakeGuest {
   override async readFile() {
     const stream = new PassThrough();
     stream.end(Buffer.alloc(100_000, 7));
-    return { stream: stream as Readable, done: Promise.reject(new Error('agent: read: EIO: input/output error')) };
+    // The guest's verdict comes after its last byte, as the real channel's does.
+    const done = once(stream, 'end').then(() => Promise.reject(new Error('agent: read: EIO: input/output error')));
+    return { stream: stream as Readable, done };
   }
 }
 
