@@ -1,3 +1,4 @@
+import { vmCpBenchmark } from './cp.js';
 import { daemonMemoryBenchmark } from './daemon-memory.js';
 import { BANGER, daemonHome } from './home.js';
 import { imagePullBenchmark } from './image-pull.js';
@@ -30,4 +31,6 @@ export const benchmarks: AnyBenchmark[] = [
   imagePullBenchmark(),
   daemonMemoryBenchmark(),
   vmConcurrencyBenchmark(),
+  vmCpBenchmark('in'),
+  vmCpBenchmark('out'),
 ];

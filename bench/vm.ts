@@ -183,6 +183,7 @@ export function nsHome(tag: string, config: string, extraEnv: NodeJS.ProcessEnv 
   return {
     banger,
     env,
+    netns,
     async setup() {
       const a = assets();
       dir = await mkdtemp(`/tmp/bg-b${tag}-`);
