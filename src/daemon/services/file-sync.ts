@@ -74,7 +74,9 @@ export class FileSyncService {
     const identity = await (this.d.gitIdentity ?? (() => hostGitIdentity(this.d.runner, this.d.log)))();
     const hasIdentity = identity.name !== undefined || identity.email !== undefined;
     if (this.d.entries.length === 0 && !hasIdentity) return;
-    ctx?.stage('sync files', `${this.d.entries.length} file_sync entr${this.d.entries.length === 1 ? 'y' : 'ies'}${hasIdentity ? ' + git identity' : ''}`);
+    const n = this.d.entries.length;
+    const what = [n ? `${n} file_sync entr${n === 1 ? 'y' : 'ies'}` : '', hasIdentity ? 'git identity' : ''].filter(Boolean);
+    ctx?.stage('sync files', what.join(', '));
     const warn = (msg: string) => {
       ctx?.log(`warning: ${msg}`);
       this.d.log.warn({ vm: vm.name }, msg);
