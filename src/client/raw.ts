@@ -102,7 +102,11 @@ export function uploadRaw(socketPath: string, path: string, opId: string, data: 
       (res) => {
         answered = true;
         data.unpipe(req);
-        if (res.statusCode !== 200) return void failure(res, opId).then(reject, reject);
+        if (res.statusCode !== 200) {
+          // Refused: whatever is still producing the body (a tree being packed) stops here.
+          data.destroy();
+          return void failure(res, opId).then(reject, reject);
+        }
         readJson(res, opId).then(resolve, reject);
       },
     );
@@ -111,6 +115,7 @@ export function uploadRaw(socketPath: string, path: string, opId: string, data: 
       reject(isNotRunning(e) || e instanceof BangerError ? e : cut(what, opId, e.message));
     });
     data.on('error', (e) => {
+      if (answered) return;
       req.destroy();
       reject(e instanceof BangerError ? e : new BangerError('internal', `${what}: reading the local data failed: ${e.message}`, { opId }));
     });

@@ -149,3 +149,21 @@ test('archiveOut streams the guest tar of a path; archiveIn unpacks a tar into a
   assert.equal((await stat(join(g, 'unpacked/x/run.sh'))).mode & 0o777, 0o755);
   assert.equal((await stat(join(g, 'unpacked/x'))).mode & 0o777, 0o700);
 });
+
+test('an upload the daemon refuses before reading it (unknown VM) fails at once and stops the producer', async () => {
+  let produced = 0;
+  let stopped = false;
+  const endless = new Readable({
+    read() {
+      produced += 65_536;
+      this.push(Buffer.alloc(65_536));
+    },
+    destroy(err, cb) {
+      stopped = true;
+      cb(err);
+    },
+  });
+  await rejects(d.client.writeFile('nope', '/root/x', endless), 'not_found', /nope/);
+  assert.ok(stopped, 'the endless body was destroyed');
+  assert.ok(produced < 1024 ** 3, 'and never read whole');
+});
