@@ -1,9 +1,10 @@
+import { vmCpBenchmark } from './cp.js';
 import { daemonMemoryBenchmark } from './daemon-memory.js';
 import { BANGER, daemonHome } from './home.js';
 import { imagePullBenchmark } from './image-pull.js';
 import { type AnyBenchmark, run } from './lib.js';
 import { rootCloneBenchmark, tapPoolBenchmark, vmConcurrencyBenchmark, vmCreateBenchmark } from './vm.js';
-import { cpBenchmark, execRoundTripBenchmark, firstCommandBenchmark, workspaceBenchmark } from './workflows.js';
+import { execRoundTripBenchmark, firstCommandBenchmark, workspaceBenchmark } from './workflows.js';
 
 export { ROOT } from './home.js';
 
@@ -33,6 +34,7 @@ export const benchmarks: AnyBenchmark[] = [
   vmConcurrencyBenchmark(),
   firstCommandBenchmark(),
   execRoundTripBenchmark(),
-  cpBenchmark(),
   workspaceBenchmark(),
+  vmCpBenchmark('in'),
+  vmCpBenchmark('out'),
 ];

@@ -211,6 +211,7 @@ export function nsHome(tag: string, config: string, extraEnv: NodeJS.ProcessEnv 
     banger,
     inNs,
     env,
+    netns,
     async setup() {
       const a = assets();
       dir = await mkdtemp(`/tmp/bg-b${tag}-`);

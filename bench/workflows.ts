@@ -1,5 +1,5 @@
-// Agent-workflow benchmarks (issue 12): time to first command, exec round trip, vm cp and
-// workspace prepare, each against the plain-SSH or bare-QEMU way of doing the same thing.
+// Agent-workflow benchmarks (issue 12): time to first command, exec round trip and workspace
+// prepare (vm cp: cp.ts), each against the plain-SSH or bare-QEMU way of doing the same thing.
 import { execFileSync } from 'node:child_process';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -75,42 +75,6 @@ async function makeTree(dir: string, files: number, bytes: number): Promise<void
     if (i % 100 === 0) await mkdir(sub, { recursive: true });
     await writeFile(join(sub, `f${i}.bin`), execFileSync('head', ['-c', String(per), '/dev/urandom']));
   }
-}
-
-/** `vm cp` of a 200 MB tree host → guest vs `scp -r` of the same tree. */
-export function cpBenchmark(): Benchmark {
-  const h = nsHome('cp', config());
-  let src = '';
-  let n = 0;
-  return {
-    name: 'vm-cp',
-    needsGuestAssets: true,
-    description: `\`banger vm cp\` of a 200 MB, 200-file tree host → guest vs \`scp -r\` of it (${accel()})`,
-    target: 1.0,
-    rounds: 3,
-    warmup: 1,
-    setup: async () => {
-      await h.setup();
-      await h.banger('vm', 'create', '--name', 'b');
-      src = await mkdtemp('/tmp/bg-bcp-');
-      await makeTree(join(src, 'tree'), 200, 200 * 1024 * 1024);
-    },
-    candidate: async () => {
-      n++;
-      await h.banger('vm', 'cp', join(src, 'tree'), `b:/root/cp-${n}`);
-    },
-    baseline: async () => {
-      const cfg = join(resolveLayout(h.env()).stateDir, 'ssh', 'config');
-      await h.inNs('scp', ['-F', cfg, '-q', '-r', join(src, 'tree'), `b.vm:/root/scp-${n}`]);
-    },
-    cleanup: async () => {
-      await h.banger('vm', 'exec', 'b', '--', 'rm', '-rf', `/root/cp-${n}`, `/root/scp-${n}`);
-    },
-    teardown: async () => {
-      if (src) await rm(src, { recursive: true, force: true });
-      await h.teardown();
-    },
-  };
 }
 
 /** Peak resident set of a process (VmHWM), bytes. */

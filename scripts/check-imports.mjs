@@ -66,6 +66,11 @@ export const EXCEPTIONS = [
     to: 'host/ssh-config.ts',
     why: "local-only command: `banger ssh-config --install/--uninstall` edits the user's own ~/.ssh/config, which the daemon never touches",
   },
+  {
+    from: 'cli/cp-host.ts',
+    to: 'archive',
+    why: "`banger vm cp` reads and writes host files as the calling user (the daemon may be another user, and only a root CLI can keep owners): it packs host trees (archive/pack-tree.ts) and unpacks the guest's hostile tar only with archive/safe-extract.ts, in its own process",
+  },
 ];
 
 const moduleOf = (rel) => (rel.includes('/') ? rel.slice(0, rel.indexOf('/')) : '');

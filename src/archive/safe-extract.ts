@@ -1,5 +1,5 @@
 import { createWriteStream, constants as fsc } from 'node:fs';
-import { chmod, type FileHandle, link, lstat, mkdir, open, readlink, realpath, rm, symlink, unlink } from 'node:fs/promises';
+import { chmod, type FileHandle, lchown, link, lstat, mkdir, open, readlink, realpath, rm, symlink, unlink } from 'node:fs/promises';
 import { dirname, join, relative, resolve, sep } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -28,6 +28,12 @@ export interface SafeExtractOptions {
    * (bundles: a manifest and a rootfs file, no links needed).
    */
   symlinks?: boolean;
+  /**
+   * Give every entry the uid/gid its header names (lchown: a link's own owner). Only a root
+   * caller can; the default leaves everything to the extracting user. Setuid/setgid bits are
+   * dropped either way.
+   */
+  owners?: boolean;
 }
 
 export interface ExtractStats {
@@ -61,7 +67,7 @@ const MAX_LINK_HOPS = 40;
  * of individually harmless links cannot climb out). Returns the components, or undefined when
  * the target leaves the root.
  */
-async function resolveInRoot(root: string, fromDir: string[], target: string, hops = { n: 0 }): Promise<string[] | undefined> {
+export async function resolveInRoot(root: string, fromDir: string[], target: string, hops = { n: 0 }): Promise<string[] | undefined> {
   const stack = target.startsWith('/') ? [] : [...fromDir];
   for (const part of target.split('/')) {
     if (part === '' || part === '.') continue;
@@ -194,6 +200,7 @@ async function extractInto(input: Readable, root: string, opts: SafeExtractOptio
         // O_EXCL: never follows a symlink placed there in between.
         await pipeline(entry, createWriteStream(abs, { flags: 'wx', mode: 0o600 }));
         await chmod(abs, (h.mode ?? 0o644) & 0o777);
+        if (opts.owners) await lchown(abs, h.uid ?? 0, h.gid ?? 0);
         continue;
       }
       case 'directory': {
@@ -203,6 +210,7 @@ async function extractInto(input: Readable, root: string, opts: SafeExtractOptio
           if (!st) await mkdir(abs, { mode: 0o700 });
           else if (!st.isDirectory()) throw rejected(label, name, 'a directory over an existing file or symlink');
           dirModes.set(abs, ((h.mode ?? 0o755) & 0o777) | 0o700);
+          if (opts.owners) await lchown(abs, h.uid ?? 0, h.gid ?? 0);
         }
         break;
       }
@@ -215,6 +223,7 @@ async function extractInto(input: Readable, root: string, opts: SafeExtractOptio
         await ensureParents(name, parts);
         await clearTarget(name, abs);
         await symlink(target, abs);
+        if (opts.owners) await lchown(abs, h.uid ?? 0, h.gid ?? 0);
         symlinks.push({ parts, target });
         break;
       }

@@ -1,4 +1,5 @@
 import { BangerError } from '../api/errors.js';
+import type { GuestDirList, GuestFileStat, MkdirRequest, MoveRequest } from '../api/file-schemas.js';
 import type { Proc, ProcEvent, ProcStartRequest, ProcWaitResult } from '../api/proc-schemas.js';
 import type {
   DaemonStatus,
@@ -19,6 +20,7 @@ import type {
 import { type Layout, resolveClientLayout } from '../config/layout.js';
 import { newOpId } from '../util/ids.js';
 import { type AttachHandle, openAttach } from './attach.js';
+import { downloadRaw, type RawDownload, uploadRaw } from './raw.js';
 import { errorFrom, isNotRunning, type RawResponse, requestJson, streamEvents, streamText, upgrade } from './transport.js';
 import { checkVm } from './trust.js';
 
@@ -285,5 +287,43 @@ export class BangerClient {
       });
     }
     return final;
+  }
+
+  // ---- files of a running VM (docs/processes.md, "Daemon API") ------------------------------
+  private filesPath(ref: string, sub: string, query: Record<string, string | number | boolean | undefined>): string {
+    const q = new URLSearchParams();
+    for (const [k, v] of Object.entries(query)) if (v !== undefined && v !== false) q.set(k, v === true ? '1' : String(v));
+    return `/v1/vms/${encodeURIComponent(ref)}/${sub}?${q}`;
+  }
+  /** Raw requests carry no retry: the daemon is started (when needed) by a small request first. */
+  private async ensureDaemon(): Promise<void> {
+    if (!(await this.ping())) await this.status();
+  }
+  /** A guest file's bytes as a stream; `done` gives its size and mode once the last byte came. */
+  async readFile(ref: string, path: string): Promise<RawDownload<{ size?: number; mode?: number }>> {
+    await this.ensureDaemon();
+    return downloadRaw(this.layout.socketPath, this.filesPath(ref, 'files', { path }), this.nextOpId(), `reading ${path}`);
+  }
+  /** Writes `data` to a guest file (atomically: a temporary file renamed over it). */
+  async writeFile(ref: string, path: string, data: import('node:stream').Readable, opts: { mode?: number; mkdirs?: boolean } = {}): Promise<{ size: number }> {
+    await this.ensureDaemon();
+    const q = this.filesPath(ref, 'files', { path, mode: opts.mode?.toString(8), mkdirs: opts.mkdirs });
+    return (await uploadRaw(this.layout.socketPath, q, this.nextOpId(), data, `writing ${path}`)) as { size: number };
+  }
+  statFile = (ref: string, path: string) => this.request<GuestFileStat>('GET', this.filesPath(ref, 'files/stat', { path }));
+  listFiles = (ref: string, path: string) => this.request<GuestDirList>('GET', this.filesPath(ref, 'files/list', { path }));
+  makeDir = (ref: string, req: MkdirRequest) => this.request<object>('POST', `/v1/vms/${encodeURIComponent(ref)}/files/mkdir`, req);
+  moveFile = (ref: string, req: MoveRequest) => this.request<object>('POST', `/v1/vms/${encodeURIComponent(ref)}/files/move`, req);
+  removeFile = (ref: string, path: string, opts: { recursive?: boolean } = {}) =>
+    this.request<object>('DELETE', this.filesPath(ref, 'files', { path, recursive: opts.recursive }));
+  /** The guest's tar of `path`: HOSTILE bytes, unpack them only with src/archive/safe-extract.ts. */
+  async archiveOut(ref: string, path: string): Promise<RawDownload<object>> {
+    await this.ensureDaemon();
+    return downloadRaw(this.layout.socketPath, this.filesPath(ref, 'archive', { path }), this.nextOpId(), `archive of ${path}`);
+  }
+  /** Unpacks a tar stream into the guest directory `path` (created when missing); `sameOwner` keeps the tar's owners. */
+  async archiveIn(ref: string, path: string, tar: import('node:stream').Readable, opts: { sameOwner?: boolean } = {}): Promise<void> {
+    await this.ensureDaemon();
+    await uploadRaw(this.layout.socketPath, this.filesPath(ref, 'archive', { path, sameOwner: opts.sameOwner }), this.nextOpId(), tar, `archive into ${path}`);
   }
 }

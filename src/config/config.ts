@@ -3,6 +3,7 @@ import { isIP } from 'node:net';
 import { parse as parseToml, TomlError } from 'smol-toml';
 import { z } from 'zod';
 import { BangerError } from '../api/errors.js';
+import { guestPathUnderProblem } from '../api/files-wire.js';
 import { parseDuration, parseSize } from '../util/duration.js';
 import type { Layout } from './layout.js';
 
@@ -31,6 +32,38 @@ const cidr = z.string().refine(
  * and banger's jailer set-up take). Checked before it reaches any argv.
  */
 export const VMM_USER_PATTERN = /^(?:[a-z_][a-z0-9_-]{0,30}\$?|\d{1,10}:\d{1,10})$/;
+
+/** Where `[[file_sync]]` entries may write in the guest: root's home, which banger's work disk holds. */
+export const FILE_SYNC_GUEST_ROOT = '/root';
+
+/**
+ * One `[[file_sync]]` entry. `mode` is the files' permission bits as octal digits in a string
+ * ("0600"): a TOML integer cannot tell 600 from 0o600. It once meant "copy"|"sync", which was
+ * never built: those values are refused with a message saying what mode is now.
+ */
+export const FileSyncEntrySchema = z
+  .object({
+    host: z.string().refine((v) => v.startsWith('/') || v.startsWith('~/'), { message: 'expected an absolute host path or one starting with "~/"' }),
+    guest: z.string().superRefine((v, ctx) => {
+      const problem = guestPathUnderProblem(v, FILE_SYNC_GUEST_ROOT);
+      if (problem) ctx.addIssue({ code: 'custom', message: `expected a guest path under ${FILE_SYNC_GUEST_ROOT}/ (this one ${problem})` });
+    }),
+    mode: z
+      .string()
+      .superRefine((v, ctx) => {
+        if (v === 'copy' || v === 'sync')
+          ctx.addIssue({
+            code: 'custom',
+            message: `"${v}" is no longer a value of mode: every entry is copied at each VM start; mode is now the files' permissions, e.g. "0600"`,
+          });
+        else if (!/^0?[0-7]{3}$/.test(v))
+          ctx.addIssue({ code: 'custom', message: 'expected permission bits as octal digits in a string, e.g. "0600" or "644"' });
+      })
+      .transform((v) => Number.parseInt(v, 8))
+      .optional(),
+  })
+  .strict();
+export type FileSyncEntry = z.infer<typeof FileSyncEntrySchema>;
 
 /** The built-in image (images/catalog.ts) that `default_image_name` names unless configured. */
 export const DEFAULT_IMAGE_NAME = 'debian-bookworm';
@@ -85,17 +118,8 @@ export const ConfigSchema = z
       })
       .strict()
       .default({}),
-    file_sync: z
-      .array(
-        z
-          .object({
-            host: z.string().min(1),
-            guest: z.string().min(1),
-            mode: z.enum(['copy', 'sync']).default('copy'),
-          })
-          .strict(),
-      )
-      .default([]),
+    /** Host files and directories copied into every VM at each start (file-sync.ts). */
+    file_sync: z.array(FileSyncEntrySchema).default([]),
   })
   .strict();
 

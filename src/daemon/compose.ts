@@ -19,10 +19,13 @@ import { App, type AppDeps, type AppHooks } from './app.js';
 import { DnsFanout } from './dns-fanout.js';
 import { Router } from './http.js';
 import { coreRoutes } from './routes-core.js';
+import { fileRoutes } from './routes-files.js';
 import { kernelRoutes } from './routes-kernels.js';
 import { procRoutes } from './routes-procs.js';
 import { resourceRoutes } from './routes-resources.js';
 import { scratchSpaceFor } from './scratch.js';
+import { FileSyncService } from './services/file-sync.js';
+import { FilesService } from './services/files.js';
 import { ImageBuildService } from './services/image-build.js';
 import { ImageService } from './services/images.js';
 import { removeKernel } from './services/kernel-removal.js';
@@ -151,8 +154,12 @@ export async function composeDaemon(deps: AppDeps, hooks: Pick<AppHooks, 'onStop
     sshPublicKey: () => ssh.publicKey(),
     onVmsChanged: writeSshFiles,
     ...(env.BANGER_AGENT_READY_TIMEOUT_MS ? { agentReadyTimeoutMs: Number(env.BANGER_AGENT_READY_TIMEOUT_MS) } : {}),
+    // The `sync files` step of every start ([[file_sync]], git identity); runs once the VM is running.
+    afterGuestReady: (vm, ctx): Promise<void> => fileSync.run(vm, ctx),
   });
   const procs = new ProcessService({ vmGuest: (ref) => vms.guest(ref), log });
+  const fileSync = new FileSyncService({ entries: config.file_sync, guest: (ref) => procs.guest(ref), runner, log });
+  const files = new FilesService({ guest: (ref) => procs.guest(ref) });
   const builds = new ImageBuildService({ images, vms, layout, sshConfigPath: ssh.configPath, runner });
 
   const app = new App(deps, {
@@ -182,6 +189,7 @@ export async function composeDaemon(deps: AppDeps, hooks: Pick<AppHooks, 'onStop
     ...kernelRoutes(app, kernels, (ref, force) => removeKernel({ kernels, images }, ref, force)),
     ...resourceRoutes(app, { kernels, images, vms, builds }),
     ...procRoutes(procs),
+    ...fileRoutes(files),
   );
   return { app, router };
 }

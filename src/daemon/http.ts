@@ -39,6 +39,8 @@ export interface Route {
   status?: number;
   /** Streaming handlers write the response themselves and return undefined. */
   stream?: boolean;
+  /** The request body is raw bytes the handler reads itself from `req` (uploads): never parsed or buffered here. */
+  rawBody?: boolean;
   handler(ctx: RequestContext): Promise<unknown> | unknown;
   /**
    * HTTP Upgrade to this protocol (e.g. `banger-attach`): requests carrying `Upgrade: <protocol>`
@@ -168,7 +170,7 @@ export class Router {
           throw new BangerError('bad_request', `malformed percent-encoding in ${url.pathname}`);
         }
       });
-      let body = await readBody(req);
+      let body = route.rawBody ? undefined : await readBody(req);
       if (route.body) {
         const parsed = route.body.safeParse(body ?? {});
         if (!parsed.success) {

@@ -87,6 +87,9 @@ async function main(argv: string[]): Promise<void> {
   const server = createServer((req, res) => void router.handle(req, res));
   server.on('upgrade', (req, socket, head) => void router.handleUpgrade(req, socket, head));
   server.keepAliveTimeout = 5000;
+  // Uploads (`vm cp` into a guest, PUT /files, /archive) last as long as the data: Node's default
+  // 5-minute limit on receiving a whole request would cut a large copy (the socket is the owner's alone).
+  server.requestTimeout = 0;
   const oldUmask = process.umask(0o177);
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);

@@ -40,6 +40,8 @@ const BASE: Record<string, string> = {
     "import { hasInclude } from '../../host/ssh-config.js';\nimport { l } from '../../client/client.js';\nexport const x = [hasInclude, l];\n",
   'system/control.ts': "import { db } from '../store/db.js';\nexport const s = db;\n",
   'cli/commands/system.ts': "import { s } from '../../system/control.js';\nexport const y = s;\n",
+  'archive/safe-extract.ts': "import { khz } from '../host/cpu.js';\nexport const safeExtract = khz;\n",
+  'cli/cp-host.ts': "import { safeExtract } from '../archive/safe-extract.js';\nexport const cp = safeExtract;\n",
   'daemon/main.ts': "import { k } from '../vmm/driver.js';\nimport { c } from '../doctor/checks.js';\nexport const m = [k, c];\n",
 };
 

@@ -92,9 +92,9 @@ host = "~/.gitconfig"
 guest = "/root/.gitconfig"
 
 [[file_sync]]
-host = "~/src/app"
-guest = "/root/app"
-mode = "sync"
+host = "/home/me/.config/agent"
+guest = "/root/.config/agent"
+mode = "0600"
 `;
 
 test('every documented key parses, with its value kept', () => {
@@ -124,8 +124,8 @@ test('every documented key parses, with its value kept', () => {
     web_listen_addr: '[::1]:8080',
     vm_defaults: { vcpu: 2, memory_mib: 2048, disk_size: '16G' },
     file_sync: [
-      { host: '~/.gitconfig', guest: '/root/.gitconfig', mode: 'copy' },
-      { host: '~/src/app', guest: '/root/app', mode: 'sync' },
+      { host: '~/.gitconfig', guest: '/root/.gitconfig' },
+      { host: '/home/me/.config/agent', guest: '/root/.config/agent', mode: 0o600 },
     ],
   });
   assert.deepEqual(Object.keys(cfg).sort(), Object.keys(ConfigSchema.shape).sort(), 'FULL must set every ConfigSchema key');
@@ -154,7 +154,7 @@ test('an unknown key is refused, naming the key and the file', () => {
   // removed: nothing collected VM stats on a timer (issue 11)
   refuses('stats_poll_interval = "10s"\n', /unknown key "stats_poll_interval"/);
   refuses('[vm_defaults]\nvcpus = 2\n', /unknown key "vm_defaults\.vcpus"/);
-  refuses('[[file_sync]]\nhost = "a"\nguest = "b"\ndirection = "up"\n', /unknown key "file_sync\.0\.direction"/);
+  refuses('[[file_sync]]\nhost = "/a"\nguest = "/root/b"\ndirection = "up"\n', /unknown key "file_sync\.0\.direction"/);
 });
 
 test('a value of the wrong type names the key and what was expected', () => {
@@ -173,7 +173,22 @@ test('a value of the wrong type names the key and what was expected', () => {
   refuses('bridge_ip = "172.30.0.300"\n', /key "bridge_ip"/, /expected an IPv4 address/);
   refuses('cidr = "10.0.0.0/31"\n', /key "cidr"/, /between \/8 and \/30/);
   refuses('[[file_sync]]\nhost = "~/.gitconfig"\n', /key "file_sync\.0\.guest"/);
-  refuses('[[file_sync]]\nhost = "a"\nguest = "b"\nmode = "mirror"\n', /key "file_sync\.0\.mode"/, /"copy"\|"sync"/);
+  refuses('[[file_sync]]\nhost = "/a"\nguest = "/root/b"\nmode = "mirror"\n', /key "file_sync\.0\.mode"/, /octal digits/);
+});
+
+test('[[file_sync]]: host paths absolute or ~/, guest paths strictly under /root/ without "..", mode as octal digits', () => {
+  const ok = parseConfig('[[file_sync]]\nhost = "/etc/x"\nguest = "/root/a/b"\nmode = "644"\n', FILE).file_sync[0];
+  assert.deepEqual(ok, { host: '/etc/x', guest: '/root/a/b', mode: 0o644 });
+  refuses('[[file_sync]]\nhost = "relative"\nguest = "/root/x"\n', /key "file_sync\.0\.host"/, /absolute/);
+  refuses('[[file_sync]]\nhost = "/a"\nguest = "/etc/passwd"\n', /key "file_sync\.0\.guest"/, /under \/root\//);
+  refuses('[[file_sync]]\nhost = "/a"\nguest = "/root"\n', /key "file_sync\.0\.guest"/, /under \/root\//);
+  refuses('[[file_sync]]\nhost = "/a"\nguest = "/root/../etc/x"\n', /key "file_sync\.0\.guest"/, /"\.\."/);
+  refuses('[[file_sync]]\nhost = "/a"\nguest = "root/x"\n', /key "file_sync\.0\.guest"/, /not absolute/);
+  // A TOML integer cannot say whether 600 is octal: only strings are taken.
+  refuses('[[file_sync]]\nhost = "/a"\nguest = "/root/x"\nmode = 0o600\n', /key "file_sync\.0\.mode"/);
+  refuses('[[file_sync]]\nhost = "/a"\nguest = "/root/x"\nmode = "0800"\n', /key "file_sync\.0\.mode"/, /octal/);
+  // The old copy|sync values (never built) say what mode means now.
+  refuses('[[file_sync]]\nhost = "/a"\nguest = "/root/x"\nmode = "sync"\n', /key "file_sync\.0\.mode"/, /copied at each VM start/);
 });
 
 test('every problem is listed in details, not only the first', () => {

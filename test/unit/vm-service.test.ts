@@ -47,6 +47,7 @@ interface Knobs {
   agentNeverReady?: boolean;
   /** The FAKE agent reports sshd listening from this many `ports` polls on (default: at once). */
   sshdAfterPolls?: number;
+  afterGuestReady?: VmServiceDeps['afterGuestReady'];
 }
 
 interface World {
@@ -187,6 +188,7 @@ async function world(knobs: Knobs = {}, shared?: World): Promise<World> {
     sshPublicKey: async () => 'ssh-ed25519 AAAAFAKE test',
     agentLink: agent,
     agentReadyTimeoutMs: 1000,
+    ...(knobs.afterGuestReady ? { afterGuestReady: knobs.afterGuestReady } : {}),
   });
   cleanups.push(() => svc.close());
   return { home, repos, leases, svc, calls, vmms, layout, portPolls: () => portPolls };
@@ -237,6 +239,40 @@ test('a guest that never becomes ready: the VMM is stopped, the VM kept in error
   assert.equal(row?.handle, null);
   assert.equal([...w.vmms.values()].filter((p) => p.exitCode === null && !p.signalCode).length, 0, 'no VMM left running');
   assert.ok(w.leases.byVm(row?.id as string), 'the kept VM keeps its lease');
+});
+
+test('the step after agent-ready (file sync) runs at every start of a running VM; its failure stops the VM, leaves it in error, and fails the start', async () => {
+  const seen: string[] = [];
+  let fail = false;
+  const w = await world({
+    afterGuestReady: async (vm) => {
+      seen.push(`${vm.name}:${w.repos.vms.byId(vm.id)?.state}`);
+      if (fail) throw new BangerError('precondition_failed', 'file_sync /nope → dev:/root/x failed: FAKE', { fix: 'fix the entry' });
+    },
+  });
+  await w.svc.create({ name: 'dev', start: true }, ctx);
+  await w.svc.bulk('restart', ['dev']);
+  assert.deepEqual(seen, ['dev:running', 'dev:running']);
+
+  fail = true;
+  const r = await w.svc.bulk('restart', ['dev']);
+  assert.equal(r.results[0]?.ok, false);
+  assert.match(r.results[0]?.error?.message ?? '', /file_sync .* failed: FAKE \(dev was stopped\)/);
+  assert.equal(r.results[0]?.error?.fix, 'fix the entry');
+  const row = w.repos.vms.byName('dev');
+  assert.equal(row?.state, 'error');
+  assert.equal(row?.handle, null);
+  assert.match(row?.last_error ?? '', /FAKE/);
+  assert.equal([...w.vmms.values()].filter((p) => p.exitCode === null && !p.signalCode).length, 0, 'no VMM left running');
+
+  // A create whose step fails leaves nothing, like every failed create.
+  await assert.rejects(w.svc.create({ name: 'dev2', start: true }, ctx), /FAKE/);
+  assert.equal(w.repos.vms.byName('dev2'), undefined);
+
+  // An image build's VM (transient) never gets synced files: its /root is saved into the image.
+  await w.svc.create({ name: 'builder', start: true, transient: true }, ctx);
+  assert.equal(w.repos.vms.byName('builder')?.state, 'running');
+  assert.ok(!seen.some((s) => s.startsWith('builder')));
 });
 
 test('a restarted service re-adopts a live VMM and marks a dead one stopped or error', async () => {

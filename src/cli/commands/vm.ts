@@ -6,6 +6,7 @@ import { formatBytes } from '../../util/duration.js';
 import { addVmSpecOptions, intArg, memoryArg, onOff, sizeArg, type VmSpecOptions, vmCreateRequest } from '../args.js';
 import { followOperation, ProgressRenderer } from '../progress.js';
 import { ago, printJson, printKeyValues, printTable, sanitizeForTerminal, sanitizeInline } from '../render.js';
+import { registerVmCpCommand } from './cp.js';
 import { registerRunCommand } from './run.js';
 import { registerVmSshCommand } from './ssh.js';
 
@@ -212,6 +213,7 @@ export function registerVmCommands(program: Command): void {
     });
 
   registerVmSshCommand(vm);
+  registerVmCpCommand(vm);
   registerRunCommand(vm);
 
   vm.command('prune')

@@ -56,6 +56,12 @@ export interface VmServiceDeps {
   /** Called after VMs change (created, deleted): regenerates banger's ssh_config and known_hosts. */
   onVmsChanged?: () => Promise<void>;
   agentReadyTimeoutMs?: number;
+  /**
+   * Runs at every start once the agent answers and the VM is `running` (the `sync files` step:
+   * file-sync.ts). A failure stops the VM, leaves it in `error` and fails the start. Not run for
+   * transient VMs (an image build's: what lands in its /root is saved into the image).
+   */
+  afterGuestReady?: (vm: { id: string; name: string }, ctx?: OpContext) => Promise<void>;
 }
 
 export interface CreateVmInput {
@@ -393,6 +399,16 @@ export class VmService {
     }
     this.move(r.id, 'running');
     await this.d.network.published(this.d.repos.vms.get(r.id));
+    try {
+      // Never into an image build's VM: its /root becomes the image's, and synced files are the user's secrets.
+      if (!r.transient) await this.d.afterGuestReady?.({ id: r.id, name: r.name }, ctx);
+    } catch (e) {
+      const err = toBangerError(e);
+      await this.stopLocked(r.id, true);
+      const message = `${err.message} (${r.name} was stopped)`;
+      this.move(r.id, 'error', { last_error: message });
+      throw new BangerError(err.code === 'timeout' ? 'internal' : err.code, message, { ...(err.fix ? { fix: err.fix } : {}), cause: e });
+    }
     // Ready means `ssh <name>.vm` works at once where the image has sshd (it starts early: see
     // earlySshdFiles). A first-boot install needs the network and minutes: not waited for.
     if (waitFor === 'ssh' && image.has_sshd === 1) await this.waitForSshd(r.name, link, ctx);
