@@ -8,6 +8,7 @@ import { followOperation, ProgressRenderer } from '../progress.js';
 import { ago, printJson, printKeyValues, printTable, sanitizeForTerminal, sanitizeInline } from '../render.js';
 import { registerRunCommand } from './run.js';
 import { registerVmSshCommand } from './ssh.js';
+import { registerWorkspaceCommands } from './workspace.js';
 
 function printVm(vm: Vm): void {
   printKeyValues([
@@ -213,6 +214,7 @@ export function registerVmCommands(program: Command): void {
 
   registerVmSshCommand(vm);
   registerRunCommand(vm);
+  registerWorkspaceCommands(vm);
 
   vm.command('prune')
     .description('delete every VM that is not running')
