@@ -202,7 +202,7 @@ export class BangerClient {
     const path = `/v1/vms/${encodeURIComponent(vm)}/workspace/export`;
     if (format === 'branch') return { format, ...(await this.request<WorkspaceBranchExport>('POST', path, body)) };
     if (!out) throw new BangerError('bad_request', `a ${format} export needs somewhere to write it`);
-    await this.vm(vm); // resolves the ref (and starts the daemon) with a proper error first
+    await this.status(); // starts the daemon when it is not running (the raw request below does not)
     const { headers } = await postForBytes(this.layout.socketPath, path, body, this.nextOpId(), out);
     const commit = String(headers['x-banger-commit'] ?? '');
     return { format, commit: /^[0-9a-f]{40,64}$/.test(commit) ? commit : '' };

@@ -17,7 +17,7 @@ import type { WorkspaceService } from './services/workspaces.js';
 export const EXPORT_COMMIT_HEADER = 'x-banger-commit';
 
 /** Workspaces (docs/workspaces.md): plan, prepare (an operation), status, export. */
-export function workspaceRoutes(app: App, ws: WorkspaceService): Route[] {
+export function workspaceRoutes(app: Pick<App, 'ops'>, ws: WorkspaceService): Route[] {
   const operationRoute = operationRouteFor(app);
   return [
     {

@@ -10,11 +10,22 @@ import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
-import { mkdtemp, readdir } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readdir } from 'node:fs/promises';
+import { createServer } from 'node:http';
 import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
+import pino from 'pino';
 import { BangerError } from '../../src/api/errors.js';
+import type { OperationEvent } from '../../src/api/schemas.js';
 import { WorkspaceExportRequestSchema, WorkspacePrepareRequestSchema } from '../../src/api/workspace-schemas.js';
+import { BangerClient } from '../../src/client/client.js';
+import { resolveLayout } from '../../src/config/layout.js';
+import type { App } from '../../src/daemon/app.js';
+import { Router } from '../../src/daemon/http.js';
+import { OperationRegistry } from '../../src/daemon/operations.js';
+import { coreRoutes } from '../../src/daemon/routes-core.js';
+import { workspaceRoutes } from '../../src/daemon/routes-workspace.js';
 import { type GuestExec, WorkspaceService } from '../../src/daemon/services/workspaces.js';
 import { ProcessRunner } from '../../src/host/runner.js';
 import { migrate, openDb } from '../../src/store/db.js';
@@ -197,6 +208,7 @@ describe('workspaces over the fake guest channel', { skip }, () => {
       ['v1', 'full', 'running'],
       ['v2', 'shallow', 'running'],
       ['v3', 'stopped', 'stopped'],
+      ['v4', 'api', 'running'],
     ] as const) {
       repos.vms.insert({
         id,
@@ -454,6 +466,66 @@ describe('workspaces over the fake guest channel', { skip }, () => {
     assert.equal(git(host, 'for-each-ref', '--format=%(refname) %(objectname)'), refsBefore);
     for (const guestPath of ['relative', '/a/../b', '/', '/a/']) {
       assert.equal(WorkspacePrepareRequestSchema.safeParse({ hostPath: host, guestPath }).success, false, guestPath);
+    }
+  });
+
+  test('over the API: plan, prepare as an operation, status, streamed patch export, branch export, errors as JSON', async () => {
+    const layout = resolveLayout({ BANGER_HOME: join(tmp, 'api-home') });
+    await mkdir(layout.runtimeDir, { recursive: true });
+    await chmod(layout.runtimeDir, 0o700);
+    const router = new Router(pino({ level: 'silent' }));
+    // A FAKE App: only the operation registry is real (the operation and event routes use nothing else); /v1/daemon answers a stub.
+    const fakeApp = { ops: new OperationRegistry(), status: () => ({}) } as unknown as App;
+    router.add(
+      { method: 'GET', path: '/v1/daemon', handler: () => ({ ok: true }) },
+      ...coreRoutes(fakeApp).filter((r) => r.path.startsWith('/v1/operations')),
+      ...workspaceRoutes(fakeApp, svc),
+    );
+    const server = createServer((req, res) => void router.handle(req, res));
+    await new Promise<void>((r) => server.listen(layout.socketPath, r));
+    try {
+      const client = new BangerClient({ layout, autostart: false });
+      const plan = await client.planWorkspace({ hostPath: host });
+      assert.equal(plan.head, git(host, 'rev-parse', 'HEAD'));
+      assert.equal(plan.untrackedSkipped, 1);
+      const events: OperationEvent[] = [];
+      const g = guestPath('api');
+      const res = await client.prepareWorkspace('api', { hostPath: host, guestPath: g }, (e) => events.push(e));
+      assert.equal(res.workspace.guestPath, g);
+      assert.equal(res.files, plan.files);
+      assert.ok(events.some((e) => e.type === 'done' && e.operation.stages.some((st) => st.name === 'ship history')));
+      writeFileSync(join(g, 'api.txt'), 'from the api test\n');
+      const guestTree = worktreeTree(g, tmp);
+      const status = await client.workspace('api');
+      // The host's uncommitted state is the guest's too (a.txt staged and further edited: MM), plus the guest's new file.
+      const byPath = Object.fromEntries(status.changes.map((c) => [c.path, c.status]));
+      assert.equal(byPath['api.txt'], '??');
+      assert.equal(byPath['a.txt'], 'MM');
+      assert.equal(byPath['staged-del.txt'], 'D ');
+      assert.equal(byPath['del.txt'], ' D');
+      assert.equal(byPath['staged-new.txt'], 'A ');
+      assert.equal(status.guestCommits, 0);
+      const sink = new PassThrough();
+      const parts: Buffer[] = [];
+      sink.on('data', (b: Buffer) => parts.push(b));
+      const exported = await client.exportWorkspace('api', { format: 'patch' }, sink);
+      assert.equal(exported.format, 'patch');
+      const p = join(tmp, 'api-apply');
+      git(tmp, 'clone', '-q', '--no-local', host, p);
+      git(p, 'checkout', '-q', '--detach', res.workspace.baseCommit);
+      writeFileSync(join(tmp, 'api.patch'), Buffer.concat(parts));
+      git(p, 'apply', '--binary', '--index', join(tmp, 'api.patch'));
+      assert.equal(git(p, 'write-tree'), guestTree);
+      assert.equal(git(g, 'rev-parse', `${exported.format === 'patch' ? exported.commit : ''}^{tree}`), guestTree);
+      const branch = await client.exportWorkspace('api', { format: 'branch', name: 'from-api' });
+      assert.equal(branch.format === 'branch' && branch.ref, 'refs/banger/api/from-api');
+      assert.equal(git(host, 'rev-parse', 'refs/banger/api/from-api^{tree}'), guestTree);
+      await assert.rejects(client.exportWorkspace('stopped', { format: 'patch' }, new PassThrough()), (e: BangerError) => e.code === 'conflict');
+      await assert.rejects(client.workspace('shallow-nope'), (e: BangerError) => e.code === 'not_found');
+      await assert.rejects(client.exportWorkspace('api', { format: 'branch', name: '../main' }), (e: BangerError) => e.code === 'bad_request');
+    } finally {
+      server.closeAllConnections();
+      await new Promise<void>((r) => server.close(() => r()));
     }
   });
 });
