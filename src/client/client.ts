@@ -1,4 +1,5 @@
 import { BangerError } from '../api/errors.js';
+import type { Proc, ProcEvent, ProcStartRequest, ProcWaitResult } from '../api/proc-schemas.js';
 import type {
   DaemonStatus,
   GuestHealth,
@@ -26,7 +27,8 @@ import type {
 } from '../api/workspace-schemas.js';
 import { type Layout, resolveClientLayout } from '../config/layout.js';
 import { newOpId } from '../util/ids.js';
-import { errorFrom, isNotRunning, postForBytes, type RawResponse, requestJson, streamEvents, streamText } from './transport.js';
+import { type AttachHandle, openAttach } from './attach.js';
+import { errorFrom, isNotRunning, postForBytes, type RawResponse, requestJson, streamEvents, streamText, upgrade } from './transport.js';
 import { checkVm } from './trust.js';
 
 /**
@@ -73,11 +75,12 @@ export class BangerClient {
     return this.lastOpId;
   }
 
-  async request<T>(method: string, path: string, body?: unknown): Promise<T> {
+  /** timeoutMs: how long the daemon may stay silent (default the client's; 0 = no limit, for waits). */
+  async request<T>(method: string, path: string, body?: unknown, timeoutMs = this.timeoutMs): Promise<T> {
     const opId = this.nextOpId();
     let raw: RawResponse;
     try {
-      raw = await requestJson(this.layout.socketPath, method, path, body, opId, this.timeoutMs);
+      raw = await requestJson(this.layout.socketPath, method, path, body, opId, timeoutMs);
     } catch (e) {
       if (!isNotRunning(e)) throw e;
       if (this.layout.service) throw serviceNotRunning(this.layout, opId);
@@ -87,7 +90,7 @@ export class BangerClient {
       // Loaded only when needed: most CLI runs find the daemon up (start-up time).
       const { startDaemon } = await import('./autostart.js');
       await startDaemon(this.layout, () => this.ping());
-      raw = await requestJson(this.layout.socketPath, method, path, body, opId, this.timeoutMs);
+      raw = await requestJson(this.layout.socketPath, method, path, body, opId, timeoutMs);
     }
     if (raw.status >= 400) throw errorFrom(raw);
     return raw.body as T;
@@ -206,5 +209,120 @@ export class BangerClient {
     const { headers } = await postForBytes(this.layout.socketPath, path, body, this.nextOpId(), out);
     const commit = String(headers['x-banger-commit'] ?? '');
     return { format, commit: /^[0-9a-f]{40,64}$/.test(commit) ? commit : '' };
+  }
+
+  // ---- guest processes (docs/processes.md, "Daemon API") ----------------------------------
+  private procsPath(vm: string, proc?: string, tail = ''): string {
+    return `/v1/vms/${encodeURIComponent(vm)}/procs${proc === undefined ? '' : `/${encodeURIComponent(proc)}`}${tail}`;
+  }
+
+  /** Starts a process and answers at once (it keeps running in the guest). */
+  startProcess = (vm: string, body: Omit<ProcStartRequest, 'mode'>) => this.request<Proc>('POST', this.procsPath(vm), { ...body, mode: 'detach' });
+  /** Runs a process to its end and answers its buffered result (exit code, output). */
+  execProcess = (vm: string, body: Omit<ProcStartRequest, 'mode'>) =>
+    this.request<ProcWaitResult & { result: NonNullable<ProcWaitResult['result']> }>('POST', this.procsPath(vm), { ...body, mode: 'wait' }, 0);
+
+  /**
+   * Runs a process and delivers its events as they happen (`start`, `stdout`/`stderr` with base64
+   * data, then `exit`). Resolves with the process at its exit; an `error` event rejects; aborting
+   * `signal` stops following (the process keeps running) and resolves with undefined.
+   */
+  async streamProcess(vm: string, body: Omit<ProcStartRequest, 'mode'>, onEvent: (e: ProcEvent) => void, signal?: AbortSignal): Promise<Proc | undefined> {
+    return this.followProcEvents('POST', this.procsPath(vm), { ...body, mode: 'stream' }, onEvent, signal);
+  }
+
+  processes = async (vm: string) => (await this.request<{ procs: Proc[] }>('GET', this.procsPath(vm))).procs;
+  process = (vm: string, proc: string) => this.request<Proc>('GET', this.procsPath(vm, proc));
+
+  /** Output from the offsets (and with follow, until the process ended and all was sent); resolves with the process, or undefined when aborted. */
+  processOutput(
+    vm: string,
+    proc: string,
+    opts: { stdoutFrom?: number; stderrFrom?: number; follow?: boolean; signal?: AbortSignal },
+    onEvent: (e: ProcEvent) => void,
+  ): Promise<Proc | undefined> {
+    const q = `?stdoutFrom=${opts.stdoutFrom ?? 0}&stderrFrom=${opts.stderrFrom ?? 0}${opts.follow ? '&follow=1' : ''}`;
+    return this.followProcEvents('GET', this.procsPath(vm, proc, `/output${q}`), undefined, onEvent, opts.signal);
+  }
+
+  /** Appends data at offset of the process's stdin (bytes the guest already has are skipped); eof closes it after them. */
+  writeProcessStdin = (vm: string, proc: string, offset: number, data: Buffer, eof?: boolean) =>
+    this.request<{ offset: number }>('POST', this.procsPath(vm, proc, '/stdin'), { offset, data: data.toString('base64'), ...(eof ? { eof: true } : {}) });
+  signalProcess = (vm: string, proc: string, signal: string | number) => this.request<Proc>('POST', this.procsPath(vm, proc, '/signal'), { signal });
+  resizeProcess = async (vm: string, proc: string, rows: number, cols: number): Promise<void> => {
+    await this.request('POST', this.procsPath(vm, proc, '/resize'), { rows, cols });
+  };
+  /** Waits for the end (at most timeoutMs when given: then `result` is null and the process still runs). */
+  waitProcess = (vm: string, proc: string, timeoutMs?: number, maxBuffer?: number) =>
+    this.request<ProcWaitResult>(
+      'POST',
+      this.procsPath(vm, proc, '/wait'),
+      { ...(timeoutMs !== undefined ? { timeoutMs } : {}), ...(maxBuffer !== undefined ? { maxBuffer } : {}) },
+      0,
+    );
+  /** Removes a finished process and its output from the guest; `kill` ends a running one first. */
+  forgetProcess = async (vm: string, proc: string, opts: { kill?: boolean } = {}): Promise<void> => {
+    await this.request('DELETE', this.procsPath(vm, proc, opts.kill ? '?kill=1' : ''));
+  };
+
+  /**
+   * Attaches to a process: output from the offsets arrives through the handle, `write` feeds its
+   * stdin (PTY or pipe), `end` sends EOF, `close` detaches (the process keeps running). One writer
+   * at a time: a second attach may read, and its writes end it with a `conflict` error.
+   */
+  async attachProcess(vm: string, proc: string, opts: { stdoutFrom?: number; stderrFrom?: number } = {}): Promise<AttachHandle> {
+    await this.process(vm, proc); // resolves the refs (and starts the daemon) with a proper error first
+    const path = this.procsPath(vm, proc, `/attach?stdoutFrom=${opts.stdoutFrom ?? 0}&stderrFrom=${opts.stderrFrom ?? 0}`);
+    const { socket, head } = await upgrade(this.layout.socketPath, path, 'banger-attach', this.nextOpId());
+    return openAttach(socket, head);
+  }
+
+  private async followProcEvents(
+    method: 'GET' | 'POST',
+    path: string,
+    body: unknown,
+    onEvent: (e: ProcEvent) => void,
+    signal?: AbortSignal,
+  ): Promise<Proc | undefined> {
+    let final: Proc | undefined;
+    let failure: BangerError | undefined;
+    const opId = this.nextOpId();
+    const follow = () =>
+      streamEvents(
+        this.layout.socketPath,
+        path,
+        opId,
+        (data) => {
+          const e = data as ProcEvent;
+          onEvent(e);
+          if (e.type === 'exit') {
+            final = e.proc;
+            return false;
+          }
+          if (e.type === 'error') {
+            failure = BangerError.fromBody(e.error);
+            failure.opId ??= opId;
+            return false;
+          }
+          return undefined;
+        },
+        { method, body, ...(signal ? { signal } : {}) },
+      );
+    try {
+      await follow();
+    } catch (e) {
+      if (!isNotRunning(e) || this.layout.service || !this.autostart) throw e;
+      const { startDaemon } = await import('./autostart.js');
+      await startDaemon(this.layout, () => this.ping());
+      await follow();
+    }
+    if (failure) throw failure;
+    if (!final && !signal?.aborted) {
+      throw new BangerError('unavailable', 'the daemon ended the process stream before the process exited', {
+        opId,
+        fix: 'follow it again with `banger vm proc logs -f`',
+      });
+    }
+    return final;
   }
 }

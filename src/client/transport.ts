@@ -113,11 +113,38 @@ function rejectWithErrorBody(res: IncomingMessage, opId: string, reject: (e: Err
   });
 }
 
+export interface StreamOptions {
+  method?: 'GET' | 'POST';
+  /** JSON request body (POST). */
+  body?: unknown;
+  /** Aborting ends the stream (the promise resolves). */
+  signal?: AbortSignal;
+}
+
 /** Reads a server-sent-events stream and calls onEvent with each parsed `data:` payload. */
-export function streamEvents(socketPath: string, path: string, opId: string, onEvent: (data: unknown) => boolean | undefined): Promise<void> {
+export function streamEvents(
+  socketPath: string,
+  path: string,
+  opId: string,
+  onEvent: (data: unknown) => boolean | undefined,
+  options: StreamOptions = {},
+): Promise<void> {
   return new Promise((resolve, reject) => {
     assertTrustedSocket(socketPath);
-    const req = httpRequest({ socketPath, method: 'GET', path, headers: { [OP_HEADER]: opId, accept: 'text/event-stream' } }, (res) => {
+    const { signal } = options;
+    if (signal?.aborted) return resolve();
+    const payload = options.body === undefined ? undefined : JSON.stringify(options.body);
+    const headers = {
+      [OP_HEADER]: opId,
+      accept: 'text/event-stream',
+      ...(payload !== undefined ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } : {}),
+    };
+    const onAbort = () => {
+      req.destroy();
+      resolve();
+    };
+    signal?.addEventListener('abort', onAbort, { once: true });
+    const req = httpRequest({ socketPath, method: options.method ?? 'GET', path, headers }, (res) => {
       if (res.statusCode !== 200) return void rejectWithErrorBody(res, opId, reject);
       res.setEncoding('utf8');
       let buf = '';
@@ -156,7 +183,30 @@ export function streamEvents(socketPath: string, path: string, opId: string, onE
         }
       });
       res.on('end', () => resolve());
-      res.on('error', (e) => (stopped ? resolve() : reject(midRequest(e, opId))));
+      res.on('error', (e) => (stopped || signal?.aborted ? resolve() : reject(midRequest(e, opId))));
+    });
+    req.on('error', (e) => (signal?.aborted ? resolve() : reject(e instanceof BangerError ? e : isNotRunning(e) ? e : midRequest(e, opId))));
+    req.on('close', () => signal?.removeEventListener('abort', onAbort));
+    req.end(payload);
+  });
+}
+
+/**
+ * An HTTP Upgrade over the daemon's socket (`/procs/:proc/attach`): resolves with the raw duplex
+ * once the daemon answered 101, or rejects with the daemon's JSON error.
+ */
+export function upgrade(socketPath: string, path: string, protocol: string, opId: string): Promise<{ socket: import('node:net').Socket; head: Buffer }> {
+  return new Promise((resolve, reject) => {
+    assertTrustedSocket(socketPath);
+    const req = httpRequest({ socketPath, method: 'GET', path, headers: { [OP_HEADER]: opId, connection: 'Upgrade', upgrade: protocol } }, (res) => {
+      rejectWithErrorBody(res, opId, reject);
+    });
+    req.on('upgrade', (res, socket, head) => {
+      if (String(res.headers.upgrade ?? '').toLowerCase() !== protocol) {
+        socket.destroy();
+        return reject(new BangerError('internal', `daemon upgraded ${path} to ${JSON.stringify(res.headers.upgrade)}, not ${protocol}`, { opId }));
+      }
+      resolve({ socket, head });
     });
     req.on('error', (e) => reject(e instanceof BangerError ? e : isNotRunning(e) ? e : midRequest(e, opId)));
     req.end();

@@ -19,6 +19,7 @@ import type { OpContext } from '../../src/util/op-context.js';
 import { LOG_CAP_BYTES } from '../../src/vmm/console-log.js';
 import type { VmLaunchSpec, VmmDriver, VmmHandle } from '../../src/vmm/driver.js';
 import { currentBootId, processStartTime } from '../../src/vmm/process.js';
+import { HostFakeGuest } from '../helpers/fake-guest.js';
 
 /**
  * VmService against FAKES: a FAKE VMM driver whose "VMM" is a real sleeping process (so liveness
@@ -140,6 +141,7 @@ async function world(knobs: Knobs = {}, shared?: World): Promise<World> {
     ports: async () => [],
     stats: async () => ({}) as never,
     poweroff: async () => {},
+    guest: new HostFakeGuest(),
     close: () => {},
   });
   const network: VmServiceDeps['network'] = {
