@@ -112,7 +112,14 @@ function execOver(guest: HostFakeGuest): GuestExec {
     const err: Buffer[] = [];
     const proc = await guest.output(id, { stdoutFrom: 0, stderrFrom: 0, follow: true }, (s, d) => void (s === 'stdout' ? out : err).push(d));
     return {
-      result: { exitCode: proc.exitCode, signal: proc.signal, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString(), truncated: false },
+      proc: { id },
+      result: {
+        exitCode: proc.exitCode,
+        signal: proc.signal === null ? null : `signal ${proc.signal}`,
+        stdout: Buffer.concat(out).toString(),
+        stderr: Buffer.concat(err).toString(),
+        truncated: false,
+      },
     };
   };
 }

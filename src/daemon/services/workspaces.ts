@@ -25,7 +25,8 @@ import { gitArgs, type HostRepoPlan, hostGit, PORTABLE_DIFF, planRepo, SAFE_GIT_
 /** What a guest command answered (the shape of ProcessService.exec's result). */
 export interface GuestExecResult {
   exitCode: number | null;
-  signal: number | null;
+  /** Name of the signal that ended the command. */
+  signal: string | null;
   stdout: string;
   stderr: string;
   truncated: boolean;
@@ -35,7 +36,7 @@ export type GuestExec = (
   ref: string,
   spec: { argv: string[]; cwd?: string; env?: string[] },
   opts?: { maxBuffer?: number; signal?: AbortSignal },
-) => Promise<{ result: GuestExecResult }>;
+) => Promise<{ proc: { id: string }; result: GuestExecResult }>;
 
 export interface WorkspaceServiceDeps {
   repos: Repos;
@@ -172,11 +173,13 @@ export class WorkspaceService {
     argv: string[],
     opts: { cwd?: string; allowFailure?: boolean; what?: string; signal?: AbortSignal } = {},
   ): Promise<GuestExecResult> {
-    const { result } = await this.d.exec(
+    const { proc, result } = await this.d.exec(
       ref,
       { argv, ...(opts.cwd ? { cwd: opts.cwd } : {}) },
       { maxBuffer: 8 * 1024 * 1024, ...(opts.signal ? { signal: opts.signal } : {}) },
     );
+    // The guest keeps at most 256 process directories: a prepare's dozens of git steps leave none behind.
+    await (await this.d.guest(ref)).forgetProcess(proc.id).catch(() => undefined);
     if (!opts.allowFailure && result.exitCode !== 0) {
       const what = opts.what ?? argv.filter((a) => !a.includes('\n')).join(' ');
       throw new BangerError(
