@@ -7,9 +7,9 @@
  * index or working tree; a hostile guest cannot write a ref outside refs/banger/<vm>/.
  */
 import assert from 'node:assert/strict';
-import { execFileSync, spawnSync } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
-import { chmodSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { chmodSync, existsSync, lstatSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { chmod, mkdir, mkdtemp, readdir } from 'node:fs/promises';
 import { createServer } from 'node:http';
 import { join } from 'node:path';
@@ -28,79 +28,14 @@ import { coreRoutes } from '../../src/daemon/routes-core.js';
 import { workspaceRoutes } from '../../src/daemon/routes-workspace.js';
 import { type GuestExec, WorkspaceService } from '../../src/daemon/services/workspaces.js';
 import { ProcessRunner } from '../../src/host/runner.js';
-import { migrate, openDb } from '../../src/store/db.js';
-import { Repos } from '../../src/store/repos.js';
+import type { Repos } from '../../src/store/repos.js';
 import { KeyedMutex } from '../../src/util/keyed-mutex.js';
-import type { OpContext } from '../../src/util/op-context.js';
 import { HostFakeGuest } from '../helpers/fake-guest.js';
 import { requires } from '../helpers/prereq.js';
+import { ctx, git, makeHostRepo, snapshot, storeWithVms, worktreeTree } from '../helpers/workspace-fixture.js';
 
 const hasGit = spawnSync('git', ['--version']).status === 0;
 const skip = requires(hasGit, 'git on the host');
-
-// Tests see neither the machine's global git config nor its system config.
-const GIT_ENV = {
-  ...process.env,
-  GIT_CONFIG_GLOBAL: '/dev/null',
-  GIT_CONFIG_NOSYSTEM: '1',
-  GIT_AUTHOR_DATE: '2026-01-01T00:00:00Z',
-  GIT_COMMITTER_DATE: '2026-01-01T00:00:00Z',
-};
-const ID = ['-c', 'user.name=Test', '-c', 'user.email=test@example.com', '-c', 'protocol.file.allow=always', '-c', 'init.defaultBranch=main'];
-
-function git(cwd: string, ...args: string[]): string {
-  return execFileSync('git', [...ID, ...args], { cwd, env: GIT_ENV, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim();
-}
-function gitEnv(cwd: string, env: Record<string, string>, ...args: string[]): string {
-  return execFileSync('git', [...ID, ...args], { cwd, env: { ...GIT_ENV, ...env }, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim();
-}
-
-/** The tree of a working tree as `git add -A` would record it, computed in a throwaway index (the way the issue says to compare). */
-function worktreeTree(repo: string, scratch: string): string {
-  const idx = join(scratch, `idx-${randomBytes(4).toString('hex')}`);
-  const real = join(repo, '.git', 'index');
-  if (existsSync(real)) writeFileSync(idx, readFileSync(real));
-  else gitEnv(repo, { GIT_INDEX_FILE: idx }, 'read-tree', 'HEAD');
-  gitEnv(repo, { GIT_INDEX_FILE: idx }, 'add', '-A');
-  const tree = gitEnv(repo, { GIT_INDEX_FILE: idx }, 'write-tree');
-  rmSync(idx, { force: true });
-  return tree;
-}
-
-/** Every path of a working tree (not .git) with its type, mode and content hash: what "unchanged" is checked against. */
-function snapshot(dir: string, rel = ''): string[] {
-  const out: string[] = [];
-  for (const name of readdirSync(join(dir, rel)).sort()) {
-    if (name === '.git') continue;
-    const p = join(rel, name);
-    const s = lstatSync(join(dir, p));
-    if (s.isDirectory()) out.push(`d ${p} ${s.mode.toString(8)}`, ...snapshot(dir, p));
-    else if (s.isSymbolicLink()) out.push(`l ${p} -> ${readlinkSync(join(dir, p))}`);
-    else
-      out.push(
-        `f ${p} ${s.mode.toString(8)} ${createHash('sha256')
-          .update(readFileSync(join(dir, p)))
-          .digest('hex')}`,
-      );
-  }
-  return out;
-}
-
-function ctx(): OpContext & { stages: string[]; logs: string[] } {
-  const stages: string[] = [];
-  const logs: string[] = [];
-  return {
-    id: 'test-op',
-    signal: new AbortController().signal,
-    stages,
-    logs,
-    stage: (name) => void stages.push(name),
-    progress: () => undefined,
-    log: (l) => void logs.push(l),
-    setTarget: () => undefined,
-    checkCancelled: () => undefined,
-  };
-}
 
 /** ProcessService.exec's shape over the FAKE channel: start, follow to the end, collect. */
 function execOver(guest: HostFakeGuest): GuestExec {
@@ -127,7 +62,6 @@ function execOver(guest: HostFakeGuest): GuestExec {
 describe('workspaces over the fake guest channel', { skip }, () => {
   let tmp: string;
   let host: string;
-  let sub: string;
   let svc: WorkspaceService;
   let repos: Repos;
   let guest: HostFakeGuest;
@@ -141,104 +75,13 @@ describe('workspaces over the fake guest channel', { skip }, () => {
     tmp = await mkdtemp('/tmp/bg-ws-');
     process.env.GIT_CONFIG_GLOBAL = '/dev/null';
     process.env.GIT_CONFIG_NOSYSTEM = '1';
-    // The submodule's own repository.
-    sub = join(tmp, 'subsrc');
-    mkdirSync(sub);
-    git(sub, 'init', '-q');
-    writeFileSync(join(sub, 'lib.txt'), 'library\n');
-    git(sub, 'add', '.');
-    git(sub, 'commit', '-qm', 'sub 1');
-    // The host repository.
-    host = join(tmp, 'host');
-    mkdirSync(host);
-    git(host, 'init', '-q');
-    git(host, 'config', 'user.name', 'Host Person');
-    git(host, 'config', 'user.email', 'host@example.com');
-    writeFileSync(join(host, 'a.txt'), 'one\ntwo\n');
-    writeFileSync(join(host, 'del.txt'), 'to be deleted\n');
-    writeFileSync(join(host, 'staged-del.txt'), 'to be git rm-ed\n');
-    writeFileSync(join(host, 'bin.dat'), Buffer.concat([Buffer.from([0, 1, 2, 255, 0]), randomBytes(4096)]));
-    writeFileSync(join(host, 'run.sh'), '#!/bin/sh\necho hi\n', { mode: 0o755 });
-    writeFileSync(join(host, 'mode.txt'), 'becomes executable\n');
-    symlinkSync('a.txt', join(host, 'link'));
-    writeFileSync(join(host, '.gitignore'), 'ignored.log\n');
-    mkdirSync(join(host, 'dir'));
-    writeFileSync(join(host, 'dir', 'nested.txt'), 'nested\n');
-    git(host, 'add', '.');
-    git(host, 'submodule', 'add', '-q', sub, 'sub');
-    git(host, 'commit', '-qm', 'base 1');
-    writeFileSync(join(host, 'a.txt'), 'one\ntwo\nthree\n');
-    git(host, 'commit', '-qam', 'base 2');
-    // Uncommitted state: staged and unstaged edits, a staged new file, deletions, a mode change; an ignored and an untracked file.
-    writeFileSync(join(host, 'a.txt'), 'one\ntwo\nthree\nstaged\n');
-    writeFileSync(join(host, 'staged-new.txt'), 'new and staged\n');
-    git(host, 'add', 'a.txt', 'staged-new.txt');
-    git(host, 'rm', '-q', 'staged-del.txt');
-    writeFileSync(join(host, 'a.txt'), 'one\ntwo\nthree\nstaged\nunstaged\n');
-    unlinkSync(join(host, 'del.txt'));
-    chmodSync(join(host, 'mode.txt'), 0o755);
-    writeFileSync(join(host, 'bin.dat'), Buffer.concat([Buffer.from([9, 0, 9]), randomBytes(2048)]));
-    writeFileSync(join(host, 'ignored.log'), 'never shipped\n');
-    writeFileSync(join(host, 'untracked.txt'), 'only with --include-untracked\n');
-
-    const db = openDb(':memory:');
-    migrate(db);
-    repos = new Repos(db);
-    const now = new Date('2026-01-01T00:00:00Z').toISOString();
-    repos.kernels.insert({
-      id: 'k1',
-      name: 'k',
-      version: '6.1',
-      dir: tmp,
-      kernel_path: 'x',
-      initrd_path: null,
-      modules_dir: null,
-      source: 't',
-      managed: 1,
-      size_bytes: 0,
-      created_at: now,
-    });
-    repos.images.insert({
-      id: 'i1',
-      name: 'img',
-      rootfs_path: 'x',
-      kernel_id: 'k1',
-      managed: 1,
-      has_systemd: 1,
-      has_sshd: 0,
-      digest: null,
-      size_bytes: 0,
-      source: 't',
-      created_at: now,
-    });
-    for (const [id, name, state] of [
+    ({ host } = makeHostRepo(tmp));
+    repos = storeWithVms(tmp, [
       ['v1', 'full', 'running'],
       ['v2', 'shallow', 'running'],
       ['v3', 'stopped', 'stopped'],
       ['v4', 'api', 'running'],
-    ] as const) {
-      repos.vms.insert({
-        id,
-        name,
-        image_id: 'i1',
-        kernel_id: 'k1',
-        vcpus: 1,
-        memory_mib: 256,
-        disk_size_bytes: 1,
-        vmm: 'qemu',
-        accel: null,
-        state,
-        handle: null,
-        last_error: null,
-        dir: tmp,
-        created_at: now,
-        started_at: null,
-        touched_at: now,
-        nat: 0,
-        tap: null,
-        transient: 0,
-      });
-    }
+    ]);
     guest = new HostFakeGuest();
     const plainExec = execOver(guest);
     exec = (ref, spec, opts) => {
