@@ -314,6 +314,9 @@ describe('workspaces over the fake guest channel', { skip }, () => {
     }
     await assert.rejects(svc.exportBranch('full', '../../heads/main'), (e: BangerError) => e.code === 'bad_request');
     assert.equal(git(host, 'for-each-ref', '--format=%(refname) %(objectname)'), refsBefore);
+    assert.equal(WorkspacePrepareRequestSchema.safeParse({ hostPath: 'relative/repo' }).success, false);
+    assert.equal(WorkspacePrepareRequestSchema.safeParse({ hostPath: host, branch: 'b', from: '--output=/tmp/x' }).success, false);
+    assert.equal(WorkspacePrepareRequestSchema.safeParse({ hostPath: host, from: 'HEAD' }).success, false, '--from needs --branch');
     for (const guestPath of ['relative', '/a/../b', '/', '/a/']) {
       assert.equal(WorkspacePrepareRequestSchema.safeParse({ hostPath: host, guestPath }).success, false, guestPath);
     }
