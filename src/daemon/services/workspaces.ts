@@ -314,10 +314,28 @@ export class WorkspaceService {
         ch.writeFile(bundlePath, bundle.stdout.pipe(counter(onBytes)), { mode: 0o600, mkdirs: false, signal: ctx.signal }),
         finished(bundle, 'git bundle create', err),
       ]);
-      await this.g(vm, ['git', 'fetch', '-q', '--update-head-ok', '--no-tags', bundlePath, '+refs/heads/*:refs/heads/*', '+refs/tags/*:refs/tags/*', 'HEAD'], {
-        cwd: dir,
-        signal: ctx.signal,
-      });
+      await this.g(
+        vm,
+        [
+          'git',
+          '-c',
+          'gc.auto=0',
+          '-c',
+          'maintenance.auto=false',
+          'fetch',
+          '-q',
+          '--update-head-ok',
+          '--no-tags',
+          bundlePath,
+          '+refs/heads/*:refs/heads/*',
+          '+refs/tags/*:refs/tags/*',
+          'HEAD',
+        ],
+        {
+          cwd: dir,
+          signal: ctx.signal,
+        },
+      );
       await this.g(vm, ['rm', '-f', '--', bundlePath, `${gitDir}/FETCH_HEAD`], { signal: ctx.signal });
     } else {
       // Depth 1: HEAD's commit and its tree as one pack, and .git/shallow naming the commit (its parents are not there).
@@ -508,6 +526,11 @@ export class WorkspaceService {
             'transfer.fsckObjects=true',
             '-c',
             'fetch.fsckObjects=true',
+            // No background gc or maintenance left running in the user's repository after the daemon's fetch.
+            '-c',
+            'gc.auto=0',
+            '-c',
+            'maintenance.auto=false',
             'fetch',
             '-q',
             '--no-tags',
