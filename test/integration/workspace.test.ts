@@ -9,7 +9,7 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chmodSync, existsSync, lstatSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { chmod, mkdir, mkdtemp, readdir } from 'node:fs/promises';
 import { createServer } from 'node:http';
 import { join } from 'node:path';
@@ -288,6 +288,55 @@ describe('workspaces over the fake guest channel', { skip }, () => {
     await assert.rejects(svc.prepare('api', { hostPath: host, guestPath: g }, c), (e: BangerError) => e.code === 'cancelled' || e.name === 'AbortError');
     assert.deepEqual(readdirSync(join(tmp, 'guest-cancel', 'root')), []);
     assert.equal(repos.workspaces.byVm('v4'), undefined);
+  });
+
+  test('a guest that stops reading fails the prepare and leaves no host git or tar process behind', { timeout: 120_000 }, async () => {
+    // A repository whose bundle is larger than a pipe's buffer: the host's git would block writing it.
+    const bigRepo = join(tmp, 'big-host');
+    mkdirSync(bigRepo);
+    git(bigRepo, 'init', '-q');
+    writeFileSync(join(bigRepo, 'noise.bin'), randomBytes(4 * 1024 * 1024));
+    git(bigRepo, 'add', '.');
+    git(bigRepo, 'commit', '-qm', 'noise');
+    /** A FAKE guest whose writeFile refuses at once without reading a byte. */
+    class RefusingWrites extends HostFakeGuest {
+      override async writeFile(): Promise<{ size: number }> {
+        throw new BangerError('unavailable', 'FAKE: the guest stopped reading');
+      }
+    }
+    const refusing = new RefusingWrites();
+    const exec = execOver(refusing);
+    const broken = new WorkspaceService({
+      repos,
+      runner: new ProcessRunner(),
+      clock: { now: () => new Date() },
+      locks: new KeyedMutex(),
+      vmRow: (ref) => repos.vms.byName(ref) as NonNullable<ReturnType<Repos['vms']['byName']>>,
+      guest: async () => refusing,
+      exec,
+      stagingDir,
+    });
+    for (const mode of ['full', 'shallow'] as const) {
+      await assert.rejects(broken.prepare('api', { hostPath: bigRepo, guestPath: join(tmp, 'guest-refusing', mode), mode }, ctx()), /stopped reading/);
+    }
+    // Killed children are reaped a moment after the kill: wait for their exit, not for a time.
+    const children = () =>
+      readdirSync('/proc')
+        .filter((e) => /^\d+$/.test(e))
+        .filter((pid) => {
+          try {
+            const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+            return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === process.pid && /\((git|tar)\)/.test(stat);
+          } catch {
+            return false;
+          }
+        });
+    while (children().length > 0) await new Promise((r) => setTimeout(r, 20));
+    assert.deepEqual(children(), []);
+    assert.deepEqual(
+      readdirSync(join(tmp, 'guest-refusing')).filter((n) => n.includes('banger')),
+      [],
+    );
   });
 
   test('a hostile guest cannot write a ref outside refs/banger/<vm>/ nor make git read another repository', async () => {

@@ -135,6 +135,22 @@ async function finished(cmd: SpawnedCommand<'pipe' | 'ignore', 'pipe', 'pipe'>, 
 }
 
 /**
+ * Waits for a host→guest stream to finish; when any side fails, the host commands still running
+ * are killed (one blocked writing into a pipe nobody reads any more would otherwise stay forever).
+ */
+async function streamed<T extends unknown[]>(
+  commands: Array<{ kill(signal?: NodeJS.Signals): void }>,
+  work: [...{ [K in keyof T]: Promise<T[K]> }],
+): Promise<T> {
+  try {
+    return (await Promise.all(work)) as T;
+  } catch (e) {
+    for (const c of commands) c.kill('SIGKILL');
+    throw e;
+  }
+}
+
+/**
  * Git workspaces: a host repository shipped into a running guest (history as a git bundle or a
  * depth-1 pack, the uncommitted state on top, streamed through the guest channel), its status,
  * and the guest's work brought back as a patch, a patch series or a branch (docs/workspaces.md).
@@ -246,7 +262,7 @@ export class WorkspaceService {
         await this.shipRepo(row.name, ch, plan, staging, req.mode, ctx, onBytes, '');
         ctx.stage('finish');
         const identity = await this.identity(top);
-        for (const [k, v] of identity) await this.g(row.name, ['git', 'config', k, v], { cwd: staging });
+        for (const [k, v] of identity) await this.g(row.name, ['git', 'config', '--', k, v], { cwd: staging });
         if (req.branch !== undefined) await this.g(row.name, ['git', 'checkout', '-q', '-b', req.branch, base], { cwd: staging });
         ctx.checkCancelled();
         await ch.move(staging, req.guestPath);
@@ -310,10 +326,13 @@ export class WorkspaceService {
       });
       const err = capture(bundle.stderr);
       const bundlePath = `${gitDir}/banger-import.bundle`;
-      await Promise.all([
-        ch.writeFile(bundlePath, bundle.stdout.pipe(counter(onBytes)), { mode: 0o600, mkdirs: false, signal: ctx.signal }),
-        finished(bundle, 'git bundle create', err),
-      ]);
+      await streamed(
+        [bundle],
+        [
+          ch.writeFile(bundlePath, bundle.stdout.pipe(counter(onBytes)), { mode: 0o600, mkdirs: false, signal: ctx.signal }),
+          finished(bundle, 'git bundle create', err),
+        ],
+      );
       await this.g(
         vm,
         [
@@ -344,12 +363,15 @@ export class WorkspaceService {
       const revErr = capture(revs.stderr);
       const packErr = capture(pack.stderr);
       const packPath = `${gitDir}/banger-import.pack`;
-      await Promise.all([
-        pipeline(revs.stdout, pack.stdin),
-        ch.writeFile(packPath, pack.stdout.pipe(counter(onBytes)), { mode: 0o600, mkdirs: false, signal: ctx.signal }),
-        finished(revs, 'git rev-list', revErr),
-        finished(pack, 'git pack-objects', packErr),
-      ]);
+      await streamed(
+        [revs, pack],
+        [
+          pipeline(revs.stdout, pack.stdin),
+          ch.writeFile(packPath, pack.stdout.pipe(counter(onBytes)), { mode: 0o600, mkdirs: false, signal: ctx.signal }),
+          finished(revs, 'git rev-list', revErr),
+          finished(pack, 'git pack-objects', packErr),
+        ],
+      );
       await this.g(vm, shellArgv(INDEX_PACK_SCRIPT, packPath), { cwd: dir, what: 'git index-pack', signal: ctx.signal });
       await ch.writeFile(`${gitDir}/shallow`, Readable.from([Buffer.from(`${head}\n`)]), { mode: 0o644, mkdirs: false });
       await this.g(vm, ['rm', '-f', '--', packPath], { signal: ctx.signal });
@@ -369,10 +391,13 @@ export class WorkspaceService {
     });
     const stagedErr = capture(staged.stderr);
     const patchPath = `${gitDir}/banger-staged.patch`;
-    const [written] = await Promise.all([
-      ch.writeFile(patchPath, staged.stdout.pipe(counter(onBytes)), { mode: 0o600, mkdirs: false, signal: ctx.signal }),
-      finished(staged, 'git diff --cached', stagedErr),
-    ]);
+    const [written] = await streamed(
+      [staged],
+      [
+        ch.writeFile(patchPath, staged.stdout.pipe(counter(onBytes)), { mode: 0o600, mkdirs: false, signal: ctx.signal }),
+        finished(staged, 'git diff --cached', stagedErr),
+      ],
+    );
     if (written.size > 0) await this.g(vm, ['git', 'apply', '--cached', '--binary', patchPath], { cwd: dir, signal: ctx.signal });
     await this.g(vm, ['rm', '-f', '--', patchPath]);
     // The working tree: every path that differs from HEAD (and chosen untracked files) as one tar stream.
@@ -383,7 +408,7 @@ export class WorkspaceService {
       });
       const tarErr = capture(tar.stderr);
       tar.stdin.end(Buffer.from(plan.overlay.map((p) => `${p}\0`).join('')));
-      await Promise.all([ch.tarIn(dir, tar.stdout.pipe(counter(onBytes)), { signal: ctx.signal }), finished(tar, 'tar of the working tree', tarErr)]);
+      await streamed([tar], [ch.tarIn(dir, tar.stdout.pipe(counter(onBytes)), { signal: ctx.signal }), finished(tar, 'tar of the working tree', tarErr)]);
     }
     if (plan.plan.deleted.length > 0) {
       const listPath = `${gitDir}/banger-deleted`;
