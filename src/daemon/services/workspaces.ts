@@ -136,7 +136,8 @@ async function finished(cmd: SpawnedCommand<'pipe' | 'ignore', 'pipe', 'pipe'>, 
 
 /**
  * Waits for a host→guest stream to finish; when any side fails, the host commands still running
- * are killed (one blocked writing into a pipe nobody reads any more would otherwise stay forever).
+ * are killed (one blocked writing into a pipe nobody reads any more would otherwise stay forever)
+ * and every side is let settle before the error goes up (to the cleanup).
  */
 async function streamed<T extends unknown[]>(
   commands: Array<{ kill(signal?: NodeJS.Signals): void }>,
@@ -146,6 +147,9 @@ async function streamed<T extends unknown[]>(
     return (await Promise.all(work)) as T;
   } catch (e) {
     for (const c of commands) c.kill('SIGKILL');
+    // The guest side ends too once the killed command's output closes (or the operation's signal
+    // aborts it): wait, so no write lands in the staging directory after it was removed.
+    await Promise.allSettled(work);
     throw e;
   }
 }
