@@ -48,17 +48,23 @@ const cancelled = () => new BangerError('cancelled', 'cancelled');
 
 /**
  * The agent's error text mapped to a code (docs/processes.md): `no such process`/`no such file` →
- * not_found, `already exists`/`running` → conflict, `stdin gap`/`unknown param`/`invalid` → bad_request.
+ * not_found; `already exists`, `is running`, `has ended`, stdin `not a pipe`/`closed` → conflict;
+ * `too many processes` → busy; `stdin gap`, `unknown param|user`, `… must be …`, path errnos →
+ * bad_request; anything else internal.
  */
 export function agentError(method: string, error: string, code?: string): BangerError {
   const mapped =
     code === 'not_found' || /^no such (process|file)|ENOENT|No such file/i.test(error)
       ? 'not_found'
-      : code === 'conflict' || /already exists|^running|is running|EEXIST|ENOTEMPTY|busy/i.test(error)
-        ? 'conflict'
-        : /^stdin gap|^unknown param|^invalid|^bad |^not a |EISDIR|ENOTDIR|ELOOP|EINVAL|too (long|many|large)/i.test(error)
-          ? 'bad_request'
-          : 'internal';
+      : /^too many processes/.test(error)
+        ? 'busy'
+        : code === 'conflict' || /already exists|^running|is running|has ended|is not a pipe|is closed|EEXIST|ENOTEMPTY|EBUSY/.test(error)
+          ? 'conflict'
+          : /^stdin gap|^unknown (param|user|op)|^invalid|^missing|^bad |^not a |must (be|not|hold)|^env entry|EISDIR|ENOTDIR|ELOOP|EINVAL|ENAMETOOLONG|too (long|large)/i.test(
+                error,
+              )
+            ? 'bad_request'
+            : 'internal';
   return new BangerError(mapped, `the guest agent failed ${method}: ${error}`);
 }
 const message = (e: unknown) => (e instanceof Error ? e.message : String(e));

@@ -3,6 +3,8 @@ import { test } from 'node:test';
 import { BangerError } from '../../src/api/errors.js';
 import { PROC_ID, ProcStartRequestSchema, ProcStdinRequestSchema } from '../../src/api/proc-schemas.js';
 import { assembleResult, BoundedBuffer, checkProcRef, findProc, newProcId, parseSignal, signalName, toApiProc } from '../../src/daemon/services/proc-logic.js';
+import { agentError } from '../../src/guest/agent-client.js';
+import { sessionError } from '../../src/guest/agent-data.js';
 import type { GuestProc } from '../../src/guest/guest-channel.js';
 
 const proc = (over: Partial<GuestProc> = {}): GuestProc => ({
@@ -120,4 +122,29 @@ test('request schemas: exactly one of argv and shell; env entries are K=V; stdin
   assert.equal(ProcStdinRequestSchema.safeParse({ offset: 0, data: 'not base64!' }).success, false);
   assert.equal(ProcStdinRequestSchema.safeParse({ offset: -1, data: '' }).success, false);
   assert.equal(ProcStdinRequestSchema.safeParse({ offset: 0, data: 'A'.repeat(800_000) }).success, false);
+});
+
+test('the agent’s error texts map to API codes (control channel and data sessions)', () => {
+  const cases: Array<[string, string]> = [
+    ['no such process: p-1', 'not_found'],
+    ['ENOENT: No such file or directory: /x', 'not_found'],
+    ['already exists: p-1 (with another spec)', 'conflict'],
+    ['process is running: p-1 (signal it first)', 'conflict'],
+    ['process has ended: p-1', 'conflict'],
+    ['stdin of p-1 is not a pipe (start it with stdin: "pipe")', 'conflict'],
+    ['too many processes (max 256): forget some', 'busy'],
+    ['stdin gap: have 10', 'bad_request'],
+    ['unknown param colour', 'bad_request'],
+    ['unknown user nobody2', 'bad_request'],
+    ['timeout_ms must be an integer from 1 to 100', 'bad_request'],
+    ['ELOOP: Too many levels of symbolic links: /l', 'bad_request'],
+    ['fork failed', 'internal'],
+  ];
+  for (const [text, code] of cases) assert.equal(agentError('proc.x', text).code, code, text);
+  assert.equal(sessionError('output', { error: 'no such process: p-2' }).code, 'not_found');
+  assert.equal(sessionError('output', { code: 'unavailable', error: 'agent restarted' }).code, 'unavailable');
+  assert.equal(sessionError('read', { code: 'symlink', error: 'ELOOP: /l' }).code, 'bad_request');
+  assert.equal(sessionError('read', { code: 'not_a_file', error: '/dev is not a regular file' }).code, 'bad_request');
+  assert.equal(sessionError('write', { code: 'io_error', error: 'ENOSPC: No space left on device: /x' }).code, 'internal');
+  assert.equal(sessionError('tar-in', { stderr: 'tar: not a tar archive\n' }).message, 'the guest agent failed tar-in: tar: not a tar archive');
 });

@@ -273,3 +273,14 @@ test('a guest flooding its console: the running VM’s serial.log is capped by t
   assert.ok(existsSync(`${serial}.1`), 'the tail was kept in serial.log.1');
   assert.ok(statSync(`${serial}.1`).size <= LOG_CAP_BYTES);
 });
+
+test('guest(): a running VM answers its agent link’s channel; a stopped one is a conflict naming banger vm start', async () => {
+  const w = await world();
+  await w.svc.create({ name: 'dev', start: true }, ctx);
+  const g = await w.svc.guest('dev');
+  assert.equal(g.vm.name, 'dev');
+  assert.ok(g.channel instanceof HostFakeGuest, 'the channel of the VM’s agent link');
+  await w.svc.create({ name: 'idle', start: false }, ctx);
+  await assert.rejects(w.svc.guest('idle'), (e: BangerError) => e.code === 'conflict' && /banger vm start idle/.test(e.fix ?? ''));
+  await assert.rejects(w.svc.guest('nope'), (e: BangerError) => e.code === 'not_found');
+});
