@@ -23,6 +23,7 @@ import { fileRoutes } from './routes-files.js';
 import { kernelRoutes } from './routes-kernels.js';
 import { procRoutes } from './routes-procs.js';
 import { resourceRoutes } from './routes-resources.js';
+import { workspaceRoutes } from './routes-workspace.js';
 import { scratchSpaceFor } from './scratch.js';
 import { FileSyncService } from './services/file-sync.js';
 import { FilesService } from './services/files.js';
@@ -35,6 +36,7 @@ import { NetworkService } from './services/network.js';
 import { ProcessService } from './services/processes.js';
 import { SshAccess } from './services/ssh-access.js';
 import { VmService } from './services/vms.js';
+import { WorkspaceService } from './services/workspaces.js';
 
 /**
  * Who changes host networking: a root daemon itself; a daemon running as its owner asks the
@@ -160,6 +162,16 @@ export async function composeDaemon(deps: AppDeps, hooks: Pick<AppHooks, 'onStop
   const procs = new ProcessService({ vmGuest: (ref) => vms.guest(ref), log });
   const fileSync = new FileSyncService({ entries: config.file_sync, guest: (ref) => procs.guest(ref), runner, log });
   const files = new FilesService({ guest: (ref) => procs.guest(ref) });
+  const workspaces = new WorkspaceService({
+    repos,
+    runner,
+    clock,
+    locks,
+    vmRow: (ref) => vms.row(ref),
+    guest: (ref) => procs.guest(ref),
+    exec: (ref, spec, opts) => procs.exec(ref, spec, opts),
+    stagingDir: join(layout.stagingDir, 'workspace-export'),
+  });
   const builds = new ImageBuildService({ images, vms, layout, sshConfigPath: ssh.configPath, runner });
 
   const app = new App(deps, {
@@ -190,6 +202,7 @@ export async function composeDaemon(deps: AppDeps, hooks: Pick<AppHooks, 'onStop
     ...resourceRoutes(app, { kernels, images, vms, builds }),
     ...procRoutes(procs),
     ...fileRoutes(files),
+    ...workspaceRoutes(app, workspaces),
   );
   return { app, router };
 }

@@ -9,6 +9,7 @@ import { ago, printJson, printKeyValues, printTable, sanitizeForTerminal, saniti
 import { registerVmCpCommand } from './cp.js';
 import { registerRunCommand } from './run.js';
 import { registerVmSshCommand } from './ssh.js';
+import { registerWorkspaceCommands } from './workspace.js';
 
 function printVm(vm: Vm): void {
   printKeyValues([
@@ -28,6 +29,10 @@ function printVm(vm: Vm): void {
     ['started', vm.startedAt],
     ['last used', ago(vm.touchedAt)],
     ['dir', vm.dir],
+    [
+      'workspace',
+      vm.workspace ? `${vm.workspace.guestPath} from ${vm.workspace.hostPath} at ${vm.workspace.baseCommit.slice(0, 12)} (${vm.workspace.mode})` : null,
+    ],
     ['last error', vm.lastError],
   ]);
 }
@@ -215,6 +220,7 @@ export function registerVmCommands(program: Command): void {
   registerVmSshCommand(vm);
   registerVmCpCommand(vm);
   registerRunCommand(vm);
+  registerWorkspaceCommands(vm);
 
   vm.command('prune')
     .description('delete every VM that is not running')
