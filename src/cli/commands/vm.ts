@@ -6,6 +6,7 @@ import { formatBytes } from '../../util/duration.js';
 import { addVmSpecOptions, intArg, memoryArg, onOff, sizeArg, type VmSpecOptions, vmCreateRequest } from '../args.js';
 import { followOperation, ProgressRenderer } from '../progress.js';
 import { ago, printJson, printKeyValues, printTable, sanitizeForTerminal, sanitizeInline } from '../render.js';
+import { registerExecCommand, registerProcCommands } from './proc.js';
 import { registerRunCommand } from './run.js';
 import { registerVmSshCommand } from './ssh.js';
 
@@ -213,6 +214,8 @@ export function registerVmCommands(program: Command): void {
 
   registerVmSshCommand(vm);
   registerRunCommand(vm);
+  registerExecCommand(vm);
+  registerProcCommands(vm);
 
   vm.command('prune')
     .description('delete every VM that is not running')
