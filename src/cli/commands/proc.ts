@@ -287,6 +287,7 @@ export function registerExecCommand(vm: Command): void {
       ].join('\n'),
     )
     .action(async (ref: string, command: string[], o: ExecOptions) => {
+      detachKeysArg(o.detachKeys); // a usage error before any request
       const c = await client();
       const v = await runningVm(c, ref);
       const ws = workspaceOf(v);
@@ -390,6 +391,7 @@ function registerProcVerbs(group: Command, noun: 'process' | 'session'): void {
     )
       .requiredOption('--name <name>', 'the session name', procNameArg)
       .action(async (ref: string, command: string[], o: ExecOptions) => {
+        detachKeysArg(o.detachKeys);
         const c = await client();
         const v = await runningVm(c, ref);
         await execInVm(c, v, command, { ...o, interactive: true, detach: true });
