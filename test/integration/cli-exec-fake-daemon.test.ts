@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { Socket } from 'node:net';
@@ -8,6 +9,7 @@ import { after, before, beforeEach, describe, test } from 'node:test';
 import type { Proc } from '../../src/api/proc-schemas.js';
 import { encodeFrame, FrameDecoder } from '../../src/util/frames.js';
 import { BANGER } from '../helpers/banger.js';
+import { requires } from '../helpers/prereq.js';
 
 /**
  * The process CLI against a FAKE bangerd (a small HTTP server on the home's socket, nothing of
@@ -106,11 +108,13 @@ function attach(socket: Socket, url: string): void {
   socket.write('HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: banger-attach\r\n\r\n');
   const procId = /\/procs\/([^/?]+)\/attach/.exec(url)?.[1] ?? '?';
   const end = (over: Partial<Proc>) => socket.end(encodeFrame('R', JSON.stringify({ ok: true, proc: baseProc({ id: procId, ...over }) })));
-  if (procId === 'ptyproc') {
+  if (procId === 'pty-tty') {
     socket.write(encodeFrame('D', '/dev/pts/0\r\n', 1));
     end({ pty: true });
     return;
   }
+  // An interactive PTY process: says it is there, then echoes.
+  if (procId.startsWith('pty-')) socket.write(encodeFrame('D', 'ready\r\n', 1));
   const decoder = new FrameDecoder();
   socket.on('data', (chunk: Buffer) => {
     for (const f of decoder.push(chunk)) {
@@ -143,7 +147,7 @@ before(async () => {
       const b = body as { argv: string[]; mode: string; name?: string; pty?: unknown };
       const argv0 = b.argv[0] as string;
       if (b.mode === 'detach')
-        return json(201, baseProc({ id: b.pty ? 'ptyproc' : 'p9', name: b.name ?? null, state: 'running', exitCode: null, argv: b.argv }));
+        return json(201, baseProc({ id: b.pty ? `pty-${argv0}` : 'p9', name: b.name ?? null, state: 'running', exitCode: null, argv: b.argv }));
       const start = baseProc({ state: 'running', exitCode: null, argv: b.argv });
       const events: unknown[] = [{ type: 'start', proc: start }];
       if (argv0 === 'greet') events.push({ type: 'stdout', offset: 0, data: b64('out\n') }, { type: 'stderr', offset: 0, data: b64('err\n') });
@@ -170,7 +174,7 @@ before(async () => {
         ]),
       );
     }
-    if (req.method === 'GET' && (url === `${procs}/p9` || url === `${procs}/ptyproc`)) {
+    if (req.method === 'GET' && (url === `${procs}/p9` || url.startsWith(`${procs}/pty-`))) {
       return json(200, baseProc({ id: url.slice(procs.length + 1), state: 'running', exitCode: null, stdin: 'open' }));
     }
     if (req.method === 'GET' && url === `${procs}/cat`) return json(200, baseProc({ id: 'p7', name: 'cat', state: 'running', stdin: 'open', stdinBytes: 5 }));
@@ -384,5 +388,48 @@ describe('vm proc against a fake daemon', () => {
     const w = await cli(['vm', 'proc', 'wait', 'dev', 'p1']);
     assert.equal(w.code, 4, w.stderr);
     assert.deepEqual(seen.find((s) => s.url.endsWith('/procs/p1/wait'))?.body, { maxBuffer: 0 });
+  });
+});
+
+describe('vm exec -it on a real terminal (script(1)) against a fake daemon', {
+  skip: requires(existsSync('/usr/bin/script'), 'script(1) (util-linux) is not installed'),
+}, () => {
+  test('raw mode while attached, Ctrl-P Ctrl-Q detaches (the keys never reach the process), the terminal is restored', { timeout: 120_000 }, async (t) => {
+    const q = (w: string) => `'${w.replace(/'/g, "'\\''")}'`;
+    const before = join(dir, 'stty-before');
+    const afterFile = join(dir, 'stty-after');
+    const inner = [
+      `stty -g > ${q(before)}`,
+      `${[process.execPath, BANGER, 'vm', 'exec', '-it', 'dev', '--', 'cat'].map(q).join(' ')}`,
+      'echo "rc=$?"',
+      `stty -g > ${q(afterFile)}`,
+    ].join('; ');
+    const env: NodeJS.ProcessEnv = { ...process.env, BANGER_HOME: home };
+    delete env.BANGER_CONFIG;
+    const child = spawn('script', ['-qec', inner, '/dev/null'], { env, stdio: ['pipe', 'pipe', 'pipe'] });
+    // Without raw mode the keys would sit in the line buffer and the CLI would never end.
+    t.after(() => child.kill('SIGKILL'));
+    let out = '';
+    const ended = new Promise<number | null>((resolve) => child.on('close', resolve));
+    let sent = false;
+    child.stdout.on('data', (c: Buffer) => {
+      out += c.toString('latin1');
+      // The fake says "ready" once attached: the CLI set raw mode before it could print that.
+      if (!sent && out.includes('ready')) {
+        sent = true;
+        child.stdin.write('hello\x10\x11more');
+      }
+    });
+    const code = await ended;
+    assert.equal(code, 0, out);
+    assert.ok(sent, out);
+    assert.match(out, /hello/, 'typed bytes reached the process (echoed by the fake)');
+    assert.doesNotMatch(out, /more/, 'nothing after the detach keys was sent');
+    assert.doesNotMatch(out.slice(out.indexOf('ready')), /\x10|\x11/, 'the detach keys themselves were not forwarded');
+    assert.match(out, /detached from pty-cat \(still running\); again: banger vm proc attach dev pty-cat/);
+    assert.match(out, /rc=0/);
+    assert.equal(readFileSync(afterFile, 'utf8'), readFileSync(before, 'utf8'), 'the terminal settings are as before');
+    const upgrades = seen.filter((s) => s.method === 'UPGRADE');
+    assert.equal(upgrades.length, 1);
   });
 });

@@ -94,7 +94,6 @@ interface AttachOptions {
  * restored on every way out (exit, detach, error, signal).
  */
 async function attachTerminal(c: BangerClient, vm: string, procId: string, o: AttachOptions): Promise<Proc | undefined> {
-  const handle = await c.attachProcess(vm, procId, { stdoutFrom: o.stdoutFrom, stderrFrom: o.stderrFrom });
   const stdin = process.stdin;
   const rawMode = o.pty && o.stdin && stdin.isTTY;
   const restore = () => {
@@ -105,6 +104,11 @@ async function attachTerminal(c: BangerClient, vm: string, procId: string, o: At
   const cleanups: Array<() => void> = [() => process.off('exit', restore), restore];
   let detached = false;
   try {
+    // Raw mode before the first byte of output: whatever the process shows (a prompt) may be
+    // answered at once, and keys typed in cooked mode would wait for a newline (Ctrl-Q even be
+    // eaten by flow control).
+    if (rawMode) stdin.setRawMode(true);
+    const handle = await c.attachProcess(vm, procId, { stdoutFrom: o.stdoutFrom, stderrFrom: o.stderrFrom });
     handle.onOutput((out) => writeOutput(out.stream, out.data));
     if (o.pty && process.stdout.isTTY) {
       const resize = () => {
@@ -125,7 +129,6 @@ async function attachTerminal(c: BangerClient, vm: string, procId: string, o: At
       );
     }
     if (o.stdin) {
-      if (rawMode) stdin.setRawMode(true);
       // Detach keys only from a terminal: piped bytes are data, never a command to the CLI.
       const scanner = new DetachKeyScanner(stdin.isTTY ? o.detachKeys : Buffer.alloc(0));
       const onData = (chunk: Buffer) => {
