@@ -37,13 +37,14 @@
 #include <sys/time.h>
 #include <sys/un.h>
 #include <sys/reboot.h>
+#include <sys/resource.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
 
+#include "agent.h"
 #include "common.h"
 
 #define AGENT_VERSION "0.1.0"
-#define MAX_LINE 65536 /* bytes per line, newline excluded; the host enforces the same */
 #define MAX_PORTS 1024
 #define MAX_COMMAND 256 /* bytes of a process command line in `ports` */
 #define MAX_CLIENTS 8   /* simultaneous vsock connections */
@@ -53,7 +54,7 @@
 
 const char log_name[] = "banger-agent";
 
-static void trim_right(char *s)
+void trim_right(char *s)
 {
     size_t n = strlen(s);
     while (n > 0 && isspace((unsigned char)s[n - 1])) s[--n] = 0;
@@ -61,13 +62,7 @@ static void trim_right(char *s)
 
 /* ---- reply buffer: one line, never longer than MAX_LINE ------------------------------------ */
 
-struct out {
-    size_t len;
-    int full; /* something did not fit: the reply must not be sent as is */
-    char buf[MAX_LINE + 1];
-};
-
-static void out_raw(struct out *o, const char *s, size_t n)
+void out_raw(struct out *o, const char *s, size_t n)
 {
     if (o->full || n > MAX_LINE - o->len) {
         o->full = 1;
@@ -77,7 +72,7 @@ static void out_raw(struct out *o, const char *s, size_t n)
     o->len += n;
 }
 
-static void out_fmt(struct out *o, const char *fmt, ...)
+void out_fmt(struct out *o, const char *fmt, ...)
 {
     char tmp[256];
     va_list ap;
@@ -112,7 +107,7 @@ static size_t utf8_len(const unsigned char *p, size_t n)
     return k;
 }
 
-static void out_str(struct out *o, const char *str, size_t n)
+void out_str(struct out *o, const char *str, size_t n)
 {
     const unsigned char *s = (const unsigned char *)str;
     out_raw(o, "\"", 1);
@@ -142,247 +137,73 @@ static void out_str(struct out *o, const char *str, size_t n)
     out_raw(o, "\"", 1);
 }
 
-static void out_cstr(struct out *o, const char *s)
+void out_cstr(struct out *o, const char *s)
 {
     out_str(o, s, strlen(s));
 }
 
-/* ---- request parsing: a strict JSON walker that keeps only "id" and "method" ---------------- */
+/* ---- requests ------------------------------------------------------------------------------ */
 
 struct request {
     unsigned long long id;
-    int bad_id;
-    int has_method;
-    size_t method_len; /* decoded length; may exceed what fits in method[] */
-    char method[32];
+    const char *method; /* NULL when missing or not a string */
+    size_t method_len;
+    const struct jval *params; /* NULL when absent */
 };
-
-struct parser {
-    const unsigned char *p, *end;
-};
-
-static void ws(struct parser *ps)
-{
-    while (ps->p < ps->end && (*ps->p == ' ' || *ps->p == '\t' || *ps->p == '\r' || *ps->p == '\n')) ps->p++;
-}
-
-static int peek(struct parser *ps)
-{
-    return ps->p < ps->end ? *ps->p : -1;
-}
-
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
-
-/* Decodes a string into dst (cap bytes incl. NUL; dst may be NULL); *len = full decoded length. */
-static int parse_string(struct parser *ps, char *dst, size_t cap, size_t *len)
-{
-    size_t n = 0, kept = 0;
-    if (peek(ps) != '"') return -1;
-    ps->p++;
-    while (ps->p < ps->end) {
-        unsigned c = *ps->p++;
-        if (c == '"') {
-            if (dst && cap) dst[kept] = 0;
-            if (len) *len = n;
-            return 0;
-        }
-        if (c < 0x20) return -1;
-        if (c == '\\') {
-            if (ps->p >= ps->end) return -1;
-            switch (c = *ps->p++) {
-            case '"':
-            case '\\':
-            case '/':
-                break;
-            case 'b':
-                c = '\b';
-                break;
-            case 'f':
-                c = '\f';
-                break;
-            case 'n':
-                c = '\n';
-                break;
-            case 'r':
-                c = '\r';
-                break;
-            case 't':
-                c = '\t';
-                break;
-            case 'u': {
-                unsigned v = 0;
-                if (ps->end - ps->p < 4) return -1;
-                for (int i = 0; i < 4; i++) {
-                    int h = hexval(*ps->p++);
-                    if (h < 0) return -1;
-                    v = v << 4 | (unsigned)h;
-                }
-                c = v < 0x80 ? v : '?'; /* only ASCII names matter here */
-                break;
-            }
-            default:
-                return -1;
-            }
-        }
-        if (dst && kept + 1 < cap) dst[kept++] = (char)c;
-        n++;
-    }
-    return -1;
-}
-
-/* *uint_val is set when the number is an integer in 0..2^53-1. */
-static int parse_number(struct parser *ps, int *is_uint, unsigned long long *uint_val)
-{
-    int integer = 1, overflow = 0;
-    unsigned long long v = 0;
-    if (peek(ps) == '-') ps->p++, integer = 0;
-    if (!isdigit(peek(ps))) return -1;
-    if (peek(ps) == '0')
-        ps->p++;
-    else
-        while (isdigit(peek(ps))) {
-            unsigned d = (unsigned)(*ps->p++ - '0');
-            if (v > (MAX_SAFE_ID - d) / 10)
-                overflow = 1;
-            else
-                v = v * 10 + d;
-        }
-    if (peek(ps) == '.') {
-        ps->p++, integer = 0;
-        if (!isdigit(peek(ps))) return -1;
-        while (isdigit(peek(ps))) ps->p++;
-    }
-    if (peek(ps) == 'e' || peek(ps) == 'E') {
-        ps->p++, integer = 0;
-        if (peek(ps) == '+' || peek(ps) == '-') ps->p++;
-        if (!isdigit(peek(ps))) return -1;
-        while (isdigit(peek(ps))) ps->p++;
-    }
-    *is_uint = integer && !overflow;
-    *uint_val = v;
-    return 0;
-}
-
-static int skip_value(struct parser *ps, int depth);
-
-/* rq is non-NULL only for the top-level object, whose "id" and "method" are kept. */
-static int parse_object(struct parser *ps, int depth, struct request *rq)
-{
-    ps->p++; /* '{' */
-    ws(ps);
-    if (peek(ps) == '}') return ps->p++, 0;
-    for (;;) {
-        char key[8];
-        size_t klen;
-        ws(ps);
-        if (parse_string(ps, key, sizeof key, &klen)) return -1;
-        ws(ps);
-        if (peek(ps) != ':') return -1;
-        ps->p++;
-        ws(ps);
-        if (rq && klen == 2 && !memcmp(key, "id", 2) && peek(ps) != 'n') {
-            int is_uint = 0;
-            unsigned long long v = 0;
-            if (peek(ps) == '-' || isdigit(peek(ps))) {
-                if (parse_number(ps, &is_uint, &v)) return -1;
-            } else if (skip_value(ps, depth + 1)) {
-                return -1;
-            }
-            rq->bad_id = !is_uint;
-            rq->id = is_uint ? v : 0;
-        } else if (rq && klen == 6 && !memcmp(key, "method", 6) && peek(ps) == '"') {
-            if (parse_string(ps, rq->method, sizeof rq->method, &rq->method_len)) return -1;
-            rq->has_method = 1;
-        } else if (skip_value(ps, depth + 1)) {
-            return -1;
-        }
-        ws(ps);
-        if (peek(ps) == ',') {
-            ps->p++;
-            continue;
-        }
-        if (peek(ps) == '}') return ps->p++, 0;
-        return -1;
-    }
-}
-
-static int literal(struct parser *ps, const char *word)
-{
-    size_t n = strlen(word);
-    if ((size_t)(ps->end - ps->p) < n || memcmp(ps->p, word, n)) return -1;
-    ps->p += n;
-    return 0;
-}
-
-static int skip_value(struct parser *ps, int depth)
-{
-    int is_uint;
-    unsigned long long v;
-    if (depth > 64) return -1; /* bounded recursion: a line of '[' must not blow the stack */
-    ws(ps);
-    switch (peek(ps)) {
-    case '{':
-        return parse_object(ps, depth, NULL);
-    case '"':
-        return parse_string(ps, NULL, 0, NULL);
-    case 't':
-        return literal(ps, "true");
-    case 'f':
-        return literal(ps, "false");
-    case 'n':
-        return literal(ps, "null");
-    case '[':
-        ps->p++;
-        ws(ps);
-        if (peek(ps) == ']') return ps->p++, 0;
-        for (;;) {
-            if (skip_value(ps, depth + 1)) return -1;
-            ws(ps);
-            if (peek(ps) == ',') {
-                ps->p++;
-                continue;
-            }
-            if (peek(ps) == ']') return ps->p++, 0;
-            return -1;
-        }
-    default:
-        return parse_number(ps, &is_uint, &v);
-    }
-}
 
 /* Returns NULL or an error message; rq->id is only meaningful when the JSON was valid. */
-static const char *parse_request(const char *line, size_t n, struct request *rq)
+static const char *parse_request(struct jdoc *d, struct request *rq)
 {
-    struct parser ps = {(const unsigned char *)line, (const unsigned char *)line + n};
+    const struct jval *root = json_root(d), *id, *method;
     memset(rq, 0, sizeof *rq);
-    ws(&ps);
-    if (peek(&ps) != '{') {
-        if (skip_value(&ps, 0) == 0 && (ws(&ps), ps.p == ps.end)) return "request must be a JSON object";
-        return "invalid JSON";
+    if (root->type != J_OBJ) return "request must be a JSON object";
+    id = json_get(root, "id");
+    if (id && id->type != J_NULL) {
+        if (id->type != J_NUM || !id->is_uint) return "invalid id: must be an integer from 0 to 2^53-1";
+        rq->id = id->uint;
     }
-    if (parse_object(&ps, 0, rq)) return "invalid JSON";
-    ws(&ps);
-    if (ps.p != ps.end) return "invalid JSON";
-    if (rq->bad_id) return "invalid id: must be an integer from 0 to 2^53-1";
+    method = json_get(root, "method");
+    if (method && method->type == J_STR) rq->method = method->str, rq->method_len = method->len;
+    rq->params = json_get(root, "params");
+    return NULL;
+}
+
+static char errbuf[1024];
+
+const char *fail(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(errbuf, sizeof errbuf, fmt, ap);
+    va_end(ap);
+    return errbuf;
+}
+
+const char *check_params(const struct jval *params, const char *const *allowed)
+{
+    if (!params || params->type == J_NULL) return NULL;
+    if (params->type != J_OBJ) return "params must be an object";
+    for (const struct jval *e = params->first; e; e = e->next) {
+        int known = 0;
+        for (const char *const *a = allowed; *a && !known; a++)
+            known = strlen(*a) == e->key_len && !memcmp(*a, e->key, e->key_len);
+        if (!known) return fail("unknown param %.64s", e->key);
+    }
     return NULL;
 }
 
 /* ---- methods --------------------------------------------------------------------------------- */
 
-static const char *m_ping(struct out *o)
+static const char *m_ping(struct out *o, const struct jval *p)
 {
+    (void)p; /* these methods take no params; unknown fields are ignored as before */
     out_raw(o, "{}", 2);
     return NULL;
 }
 
-static const char *m_health(struct out *o)
+static const char *m_health(struct out *o, const struct jval *p)
 {
+    (void)p; /* these methods take no params; unknown fields are ignored as before */
     struct utsname u;
     char boot[64] = "";
     if (uname(&u) != 0) u.nodename[0] = 0;
@@ -403,8 +224,9 @@ static int meminfo_field(const char *text, const char *name, unsigned long long 
     return -1;
 }
 
-static const char *m_stats(struct out *o)
+static const char *m_stats(struct out *o, const struct jval *p)
 {
+    (void)p; /* these methods take no params; unknown fields are ignored as before */
     char buf[8192];
     unsigned long long total, avail;
     double l1, l5, l15;
@@ -527,8 +349,9 @@ static void command_of(int pid, char *buf, size_t cap)
     buf[cut] = 0;
 }
 
-static const char *m_ports(struct out *o)
+static const char *m_ports(struct out *o, const struct jval *p)
 {
+    (void)p; /* these methods take no params; unknown fields are ignored as before */
     int readable = 0, truncated = 0;
     nents = 0;
     for (int p = 0; p < 4; p++) readable += scan_net(p) == 0;
@@ -571,8 +394,9 @@ static const char *m_ports(struct out *o)
  */
 static int poweroff_requested;
 
-static const char *m_poweroff(struct out *o)
+static const char *m_poweroff(struct out *o, const struct jval *p)
 {
+    (void)p; /* these methods take no params; unknown fields are ignored as before */
     poweroff_requested = 1;
     out_raw(o, "{}", 2);
     return NULL;
@@ -592,13 +416,31 @@ static void do_poweroff(void)
 
 static const struct {
     const char *name;
-    const char *(*fn)(struct out *);
+    const char *(*fn)(struct out *, const struct jval *params);
 } methods[] = {
-    {"health", m_health}, {"ports", m_ports}, {"stats", m_stats}, {"ping", m_ping}, {"poweroff", m_poweroff}};
+    {"health", m_health},
+    {"ports", m_ports},
+    {"stats", m_stats},
+    {"ping", m_ping},
+    {"poweroff", m_poweroff},
+    {"proc.start", m_proc_start},
+    {"proc.list", m_proc_list},
+    {"proc.show", m_proc_show},
+    {"proc.signal", m_proc_signal},
+    {"proc.resize", m_proc_resize},
+    {"proc.stdin", m_proc_stdin},
+    {"proc.eof", m_proc_eof},
+    {"proc.forget", m_proc_forget},
+    {"fs.stat", m_fs_stat},
+    {"fs.list", m_fs_list},
+    {"fs.mkdir", m_fs_mkdir},
+    {"fs.move", m_fs_move},
+    {"fs.remove", m_fs_remove},
+};
 
 /* ---- framing ------------------------------------------------------------------------------- */
 
-static int write_all(int fd, const char *p, size_t n)
+int write_all(int fd, const char *p, size_t n)
 {
     while (n > 0) {
         ssize_t w = write(fd, p, n);
@@ -631,18 +473,31 @@ static int handle_line(int fd, const char *line, size_t n)
     static struct out o;
     struct request rq;
     size_t i;
-    const char *err;
-    struct parser blank = {(const unsigned char *)line, (const unsigned char *)line + n};
-    ws(&blank);
-    if (blank.p == blank.end) return 0; /* blank lines let the host resynchronise; no reply */
-    if ((err = parse_request(line, n, &rq))) return reply_error(fd, 0, err);
-    if (!rq.has_method) return reply_error(fd, rq.id, "missing method");
+    const char *err = NULL;
+    const unsigned char *q = (const unsigned char *)line, *end = q + n;
+    while (q < end && (*q == ' ' || *q == '\t' || *q == '\r' || *q == '\n')) q++;
+    if (q == end) return 0; /* blank lines let the host resynchronise; no reply */
+    struct jdoc *doc = json_parse(line, n, &err);
+    if (!doc) return reply_error(fd, 0, err);
+    if ((err = parse_request(doc, &rq))) {
+        json_free(doc);
+        return reply_error(fd, 0, err);
+    }
+    if (!rq.method) {
+        json_free(doc);
+        return reply_error(fd, rq.id, "missing method");
+    }
     for (i = 0; i < sizeof methods / sizeof methods[0]; i++)
         if (rq.method_len == strlen(methods[i].name) && !memcmp(rq.method, methods[i].name, rq.method_len)) break;
-    if (i == sizeof methods / sizeof methods[0]) return reply_error(fd, rq.id, "unknown method");
+    if (i == sizeof methods / sizeof methods[0]) {
+        json_free(doc);
+        return reply_error(fd, rq.id, "unknown method");
+    }
     o.len = 0, o.full = 0;
     out_fmt(&o, "{\"id\":%llu,\"ok\":true,\"result\":", rq.id);
-    if ((err = methods[i].fn(&o))) return reply_error(fd, rq.id, err);
+    err = methods[i].fn(&o, rq.params);
+    json_free(doc);
+    if (err) return reply_error(fd, rq.id, err);
     out_raw(&o, "}", 1);
     if (o.full) return reply_error(fd, rq.id, "reply too large");
     int rc = reply(fd, &o);
@@ -701,7 +556,7 @@ static void serve_stdio(void)
     }
 }
 
-static int open_channel(const char *path)
+int open_channel(const char *path)
 {
     struct stat st;
     int fd;
@@ -760,11 +615,12 @@ static void serve_device(const char *path)
 }
 
 /* The port's /dev/virtio-ports symlink needs udev; /sys names the raw /dev/vportNpM node without it. */
-static int find_virtio_port(char *dev, size_t cap)
+int find_virtio_port_named(const char *port, char *dev, size_t cap)
 {
-    static const char *const link = "/dev/virtio-ports/" VIRTIO_PORT_NAME;
+    char link[128];
     DIR *d;
     struct dirent *e;
+    snprintf(link, sizeof link, "/dev/virtio-ports/%s", port);
     if (access(link, F_OK) == 0) return snprintf(dev, cap, "%s", link), 0;
     if (!(d = opendir("/sys/class/virtio-ports"))) return -1;
     while ((e = readdir(d))) {
@@ -774,10 +630,15 @@ static int find_virtio_port(char *dev, size_t cap)
         if (read_file(path, name, sizeof name) <= 0) continue;
         trim_right(name);
         snprintf(dev, cap, "/dev/%s", e->d_name);
-        if (!strcmp(name, VIRTIO_PORT_NAME) && access(dev, F_OK) == 0) return closedir(d), 0;
+        if (!strcmp(name, port) && access(dev, F_OK) == 0) return closedir(d), 0;
     }
     closedir(d);
     return -1;
+}
+
+static int find_virtio_port(char *dev, size_t cap)
+{
+    return find_virtio_port_named(VIRTIO_PORT_NAME, dev, cap);
 }
 
 static int vsock_listen(unsigned port)
@@ -871,6 +732,31 @@ static void serve_default(void)
     }
 }
 
+/* ---- small shared helpers ----------------------------------------------------------------- */
+
+long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+long long mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A forked helper keeps only the descriptors it needs (the agent's channels stay the agent's). */
+void close_fds_from(int lowest, int keep1, int keep2)
+{
+    struct rlimit rl;
+    int max = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 65536 ? (int)rl.rlim_cur : 65536;
+    for (int fd = lowest; fd < max; fd++)
+        if (fd != keep1 && fd != keep2) close(fd);
+}
+
 /* ---- process --------------------------------------------------------------------------------- */
 
 /* As PID 1 (an image without an init) every orphan becomes our child: reap them. */
@@ -885,8 +771,11 @@ static void reap(int sig)
 
 static void usage(FILE *f)
 {
-    fputs("usage: banger-agent [--device PATH | --vsock-port N | --stdio | --version]\n"
-          "  default: the virtio-serial port " VIRTIO_PORT_NAME ", else vsock port 1024\n",
+    fputs("usage: banger-agent [--device PATH | --vsock-port N | --stdio | --version] [--data PATH]...\n"
+          "                    [--procs-dir DIR] [--cgroup-root DIR|none]\n"
+          "  default: the virtio-serial port " VIRTIO_PORT_NAME ", else vsock port 1024; data channels on\n"
+          "  the virtio-serial ports org.banger.data.0..3 and vsock port 1025 (--data: a Unix socket to\n"
+          "  connect to instead, repeatable)\n",
           f);
 }
 
@@ -894,7 +783,8 @@ int main(int argc, char **argv)
 {
     const char *device = NULL;
     long vsock_port = -1;
-    int stdio_mode = 0;
+    int stdio_mode = 0, ndata = 0;
+    const char *data_paths[8];
 
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--version")) {
@@ -905,6 +795,17 @@ int main(int argc, char **argv)
             return 0;
         } else if (!strcmp(argv[i], "--stdio")) {
             stdio_mode = 1;
+        } else if (!strcmp(argv[i], "--data") && i + 1 < argc) {
+            if (ndata == (int)(sizeof data_paths / sizeof data_paths[0])) {
+                say("at most %d --data paths", ndata);
+                return 2;
+            }
+            data_paths[ndata++] = argv[++i];
+        } else if (!strcmp(argv[i], "--procs-dir") && i + 1 < argc) {
+            procs_dir = argv[++i];
+        } else if (!strcmp(argv[i], "--cgroup-root") && i + 1 < argc) {
+            cgroup_root = strcmp(argv[i + 1], "none") ? argv[i + 1] : NULL;
+            i++;
         } else if (!strcmp(argv[i], "--device") && i + 1 < argc) {
             device = argv[++i];
         } else if (!strcmp(argv[i], "--vsock-port") && i + 1 < argc) {
@@ -928,14 +829,16 @@ int main(int argc, char **argv)
      * the protocol stream. */
     ensure_std_fds("/dev/null");
     signal(SIGPIPE, SIG_IGN); /* a host hanging up must be a write error, not our death */
-    if (getpid() == 1) {
-        struct sigaction sa = {0};
-        sa.sa_handler = reap;
-        sa.sa_flags = SA_RESTART | SA_NOCLDSTOP;
-        sigaction(SIGCHLD, &sa, NULL);
-        reap(0); /* orphans that exited before the handler was in place */
-    }
+    /* As PID 1 orphans are ours; otherwise the children are the data-channel workers and the short-lived
+     * first fork of a process supervisor: reap them all as they end. */
+    struct sigaction sa = {0};
+    sa.sa_handler = reap;
+    sa.sa_flags = SA_RESTART | SA_NOCLDSTOP;
+    sigaction(SIGCHLD, &sa, NULL);
+    reap(0); /* orphans that exited before the handler was in place */
 
+    procs_init();
+    if (!stdio_mode) data_start(data_paths, ndata);
     if (stdio_mode) serve_stdio();
     if (device) serve_device(device);
     if (vsock_port >= 0) {

@@ -20,6 +20,7 @@ import { DnsFanout } from './dns-fanout.js';
 import { Router } from './http.js';
 import { coreRoutes } from './routes-core.js';
 import { kernelRoutes } from './routes-kernels.js';
+import { procRoutes } from './routes-procs.js';
 import { resourceRoutes } from './routes-resources.js';
 import { scratchSpaceFor } from './scratch.js';
 import { ImageBuildService } from './services/image-build.js';
@@ -28,6 +29,7 @@ import { removeKernel } from './services/kernel-removal.js';
 import { KernelService } from './services/kernels.js';
 import { sweepLeftovers } from './services/leftovers.js';
 import { NetworkService } from './services/network.js';
+import { ProcessService } from './services/processes.js';
 import { SshAccess } from './services/ssh-access.js';
 import { VmService } from './services/vms.js';
 
@@ -150,6 +152,7 @@ export async function composeDaemon(deps: AppDeps, hooks: Pick<AppHooks, 'onStop
     onVmsChanged: writeSshFiles,
     ...(env.BANGER_AGENT_READY_TIMEOUT_MS ? { agentReadyTimeoutMs: Number(env.BANGER_AGENT_READY_TIMEOUT_MS) } : {}),
   });
+  const procs = new ProcessService({ vmGuest: (ref) => vms.guest(ref), log });
   const builds = new ImageBuildService({ images, vms, layout, sshConfigPath: ssh.configPath, runner });
 
   const app = new App(deps, {
@@ -178,6 +181,7 @@ export async function composeDaemon(deps: AppDeps, hooks: Pick<AppHooks, 'onStop
     ...coreRoutes(app),
     ...kernelRoutes(app, kernels, (ref, force) => removeKernel({ kernels, images }, ref, force)),
     ...resourceRoutes(app, { kernels, images, vms, builds }),
+    ...procRoutes(procs),
   );
   return { app, router };
 }

@@ -1,4 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import type { z } from 'zod';
 import { BangerError, toBangerError } from '../api/errors.js';
@@ -18,6 +19,17 @@ export interface RequestContext {
   log: Logger;
 }
 
+export interface UpgradeContext {
+  opId: string;
+  params: Record<string, string>;
+  query: URLSearchParams;
+  req: IncomingMessage;
+  socket: Duplex;
+  /** Bytes the client sent after its request head. */
+  head: Buffer;
+  log: Logger;
+}
+
 export interface Route {
   method: 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
   path: string;
@@ -28,6 +40,11 @@ export interface Route {
   /** Streaming handlers write the response themselves and return undefined. */
   stream?: boolean;
   handler(ctx: RequestContext): Promise<unknown> | unknown;
+  /**
+   * HTTP Upgrade to this protocol (e.g. `banger-attach`): requests carrying `Upgrade: <protocol>`
+   * go to `upgrade` (which answers 101 itself, or throws before it did); plain requests to handler.
+   */
+  upgrade?: { protocol: string; handler(ctx: UpgradeContext): Promise<void> };
 }
 
 interface CompiledRoute extends Route {
@@ -88,6 +105,41 @@ export class Router {
 
   add(...routes: Route[]): void {
     for (const r of routes) this.routes.push(compile(r));
+  }
+
+  /** The server's 'upgrade' event: a route with a matching `upgrade` takes the socket; anything else gets a JSON error. */
+  async handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    const header = req.headers[OP_HEADER];
+    const opId = typeof header === 'string' && OP_ID_RE.test(header) ? header : newOpId();
+    const url = new URL(req.url ?? '/', 'http://bangerd');
+    const log = this.log.child({ op: opId });
+    socket.on('error', () => {});
+    try {
+      const wanted = String(req.headers.upgrade ?? '').toLowerCase();
+      const route = this.routes.find((r) => r.regex.test(url.pathname) && r.method === req.method && r.upgrade?.protocol === wanted);
+      if (!route?.upgrade) throw new BangerError('bad_request', `no upgrade to ${JSON.stringify(wanted)} on ${req.method} ${url.pathname}`);
+      const m = route.regex.exec(url.pathname) as RegExpExecArray;
+      const params: Record<string, string> = {};
+      route.keys.forEach((k, i) => {
+        try {
+          params[k] = decodeURIComponent(m[i + 1] as string);
+        } catch {
+          throw new BangerError('bad_request', `malformed percent-encoding in ${url.pathname}`);
+        }
+      });
+      await route.upgrade.handler({ opId, params, query: url.searchParams, req, socket, head, log });
+    } catch (e) {
+      const err = toBangerError(e);
+      err.opId ??= opId;
+      if (err.code === 'internal') log.error({ err: e }, 'upgrade failed');
+      else log.info({ method: req.method, path: url.pathname, code: err.code, msg: err.message }, 'upgrade refused');
+      if (socket.writable) {
+        const text = JSON.stringify({ error: err.toBody() });
+        socket.end(
+          `HTTP/1.1 ${err.status} ${err.code}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(text)}\r\n${OP_HEADER}: ${opId}\r\nconnection: close\r\n\r\n${text}`,
+        );
+      }
+    }
   }
 
   async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {

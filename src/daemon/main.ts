@@ -85,6 +85,7 @@ async function main(argv: string[]): Promise<void> {
   // We hold the lock, so any socket left here belongs to a dead daemon: replace it.
   rmSync(layout.socketPath, { force: true });
   const server = createServer((req, res) => void router.handle(req, res));
+  server.on('upgrade', (req, socket, head) => void router.handleUpgrade(req, socket, head));
   server.keepAliveTimeout = 5000;
   const oldUmask = process.umask(0o177);
   await new Promise<void>((resolve, reject) => {

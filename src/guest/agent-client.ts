@@ -45,6 +45,22 @@ interface Pending {
 }
 
 const cancelled = () => new BangerError('cancelled', 'cancelled');
+
+/**
+ * The agent's error text mapped to a code (docs/processes.md): `no such process`/`no such file` →
+ * not_found, `already exists`/`running` → conflict, `stdin gap`/`unknown param`/`invalid` → bad_request.
+ */
+export function agentError(method: string, error: string, code?: string): BangerError {
+  const mapped =
+    code === 'not_found' || /^no such (process|file)|ENOENT|No such file/i.test(error)
+      ? 'not_found'
+      : code === 'conflict' || /already exists|^running|is running|EEXIST|ENOTEMPTY|busy/i.test(error)
+        ? 'conflict'
+        : /^stdin gap|^unknown param|^invalid|^bad |^not a |EISDIR|ENOTDIR|ELOOP|EINVAL|too (long|many|large)/i.test(error)
+          ? 'bad_request'
+          : 'internal';
+  return new BangerError(mapped, `the guest agent failed ${method}: ${error}`);
+}
 const message = (e: unknown) => (e instanceof Error ? e.message : String(e));
 
 /** Waits for p, but no longer than the deadline and not past an abort. */
@@ -131,7 +147,35 @@ export class AgentClient {
     await this.ensureConnected(Date.now() + timeoutMs, signal);
   }
 
-  async call<M extends AgentMethod>(method: M, timeoutMs: number, signal?: AbortSignal): Promise<AgentResult<M>> {
+  /**
+   * One request: `call(method, timeoutMs, signal?)`, or with params `call(method, params, {timeoutMs, signal})`.
+   * A request line over AGENT_MAX_LINE_BYTES is refused here (`bad_request`), before anything is sent.
+   */
+  call<M extends AgentMethod>(method: M, timeoutMs: number, signal?: AbortSignal): Promise<AgentResult<M>>;
+  call<M extends AgentMethod>(method: M, params: Record<string, unknown>, opts?: { timeoutMs?: number; signal?: AbortSignal }): Promise<AgentResult<M>>;
+  call<M extends AgentMethod>(
+    method: M,
+    a: number | Record<string, unknown>,
+    b?: AbortSignal | { timeoutMs?: number; signal?: AbortSignal },
+  ): Promise<AgentResult<M>> {
+    if (typeof a === 'number') return this.send(method, undefined, a, b as AbortSignal | undefined);
+    const opts = (b ?? {}) as { timeoutMs?: number; signal?: AbortSignal };
+    return this.send(method, a, opts.timeoutMs ?? DEFAULT_CALL_MS, opts.signal);
+  }
+
+  private async send<M extends AgentMethod>(
+    method: M,
+    params: Record<string, unknown> | undefined,
+    timeoutMs: number,
+    signal?: AbortSignal,
+  ): Promise<AgentResult<M>> {
+    const line = `${JSON.stringify(params === undefined ? { id: 0, method } : { id: 0, method, params })}`;
+    // The id is at most 16 digits: check the line's size before taking one.
+    if (Buffer.byteLength(line) + 16 > AGENT_MAX_LINE_BYTES) {
+      throw new BangerError('bad_request', `the ${method} request is over ${AGENT_MAX_LINE_BYTES} bytes`, {
+        fix: 'shorten the command line, environment or path (or pass long input through stdin)',
+      });
+    }
     const deadline = Date.now() + timeoutMs;
     const socket = await this.ensureConnected(deadline, signal);
     if (socket !== this.socket) throw new BangerError('unavailable', `the connection to the guest agent on ${this.socketPath} closed`);
@@ -142,7 +186,7 @@ export class AgentClient {
     const answer = new Promise<unknown>((resolve, reject) => {
       this.pending.set(id, { method, resolve, reject });
     });
-    socket.write(`${JSON.stringify({ id, method })}\n`);
+    socket.write(`${JSON.stringify(params === undefined ? { id, method } : { id, method, params })}\n`);
     try {
       return (await bounded(
         answer,
@@ -382,7 +426,7 @@ export class AgentClient {
     if (!p) return; // a late reply to a call that timed out, or id 0 (a request the agent could not read)
     this.pending.delete(reply.id);
     if (!reply.ok) {
-      p.reject(new BangerError('internal', `the guest agent failed ${p.method}: ${reply.error}`));
+      p.reject(agentError(p.method, reply.error));
       return;
     }
     const result = AGENT_METHODS[p.method].safeParse(reply.result);

@@ -1,6 +1,11 @@
 import type { AgentHealth, GuestListener, GuestStats } from '../api/schemas.js';
 import type { VmmHandle } from '../vmm/driver.js';
+import { AGENT_DATA_PORTS, agentDataSocketPath } from '../vmm/qemu/args.js';
 import { AgentClient } from './agent-client.js';
+import { AgentDataPool } from './agent-data.js';
+import { AGENT_DATA_VSOCK_PORT } from './agent-protocol.js';
+import type { GuestChannel } from './guest-channel.js';
+import { AgentGuestChannel } from './guest-channel-agent.js';
 
 /** The daemon's view of one VM's agent: one held connection, camelCase results. */
 export interface AgentLink {
@@ -9,6 +14,8 @@ export interface AgentLink {
   ports(timeoutMs: number): Promise<GuestListener[]>;
   stats(timeoutMs: number): Promise<GuestStats>;
   poweroff(timeoutMs: number): Promise<void>;
+  /** Processes and files in the guest (control channel + data channels). */
+  readonly guest: GuestChannel;
   close(): void;
 }
 
@@ -20,7 +27,14 @@ export function openAgentLink(handle: VmmHandle): AgentLink {
     transport: handle.agentTransport,
     vsockPort: VSOCK_AGENT_PORT,
   });
+  const data = new AgentDataPool(
+    handle.agentTransport === 'virtio-serial'
+      ? { transport: 'virtio-serial', sockets: Array.from({ length: AGENT_DATA_PORTS }, (_, k) => agentDataSocketPath(handle.agentSocket, k)) }
+      : { transport: 'hybrid-vsock', socketPath: handle.agentSocket, port: AGENT_DATA_VSOCK_PORT },
+  );
+  const guest = new AgentGuestChannel(client, data);
   return {
+    guest,
     waitReady: (timeoutMs, signal) => client.waitReady(timeoutMs, signal),
     health: async (timeoutMs) => {
       const h = await client.health(timeoutMs);
@@ -42,6 +56,9 @@ export function openAgentLink(handle: VmmHandle): AgentLink {
       };
     },
     poweroff: (timeoutMs) => client.poweroff(timeoutMs),
-    close: () => client.close(),
+    close: () => {
+      data.close();
+      client.close();
+    },
   };
 }

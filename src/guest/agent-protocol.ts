@@ -86,6 +86,79 @@ export const StatsResultSchema = z.object({
 
 export const PingResultSchema = z.object({});
 
+// ---- processes and files (docs/processes.md) ------------------------------------------------
+
+/** Ids are host-chosen; the guest must answer with one of that form. */
+export const PROC_ID_RE = /^[a-z0-9][a-z0-9-]{0,39}$/;
+/** Strings the guest echoes back (argv entries, shell, name): the agent's param limit. */
+const MAX_ECHO_CHARS = 64 * 1024;
+const BYTES = Number.MAX_SAFE_INTEGER;
+const MS = 2 ** 48;
+
+/** The agent's proc info (the host's camelCase GuestProc is made from it in guest-channel-agent.ts). */
+export const ProcInfoSchema = z.object({
+  id: z.string().regex(PROC_ID_RE),
+  name: z.string().max(256).nullable(),
+  argv: z.array(z.string().max(MAX_ECHO_CHARS)).max(4096).nullable(),
+  shell: z.string().max(MAX_ECHO_CHARS).nullable(),
+  pid: count(MAX_PID).nullable(),
+  pty: z.boolean(),
+  state: z.enum(['running', 'exited', 'lost']),
+  exit_code: z.number().int().min(0).max(255).nullable(),
+  signal: z.number().int().min(1).max(64).nullable(),
+  timed_out: z.boolean(),
+  code: z
+    .string()
+    .max(64)
+    .regex(/^[a-z_]*$/)
+    .nullable(),
+  started_ms: count(MS),
+  ended_ms: count(MS).nullable(),
+  stdout_bytes: count(BYTES),
+  stderr_bytes: count(BYTES),
+  truncated: z.boolean(),
+  stdin: z.enum(['null', 'open', 'closed']),
+  stdin_bytes: count(BYTES),
+});
+export type AgentProcInfo = z.infer<typeof ProcInfoSchema>;
+
+/** The agent caps its process directories at 256. */
+export const AGENT_MAX_PROCS = 256;
+export const ProcListResultSchema = z.object({ procs: z.array(ProcInfoSchema).max(AGENT_MAX_PROCS) });
+export const ProcOffsetResultSchema = z.object({ offset: count(BYTES) });
+
+const FileTypeSchema = z.enum(['file', 'dir', 'symlink', 'other']);
+const NAME_MAX = 255;
+const PATH_MAX = 4096;
+export const FsStatResultSchema = z.object({
+  type: FileTypeSchema,
+  mode: count(0o7777),
+  size: count(BYTES),
+  mtime_ms: z.number().int().min(-MS).max(MS),
+  uid: count(0xffffffff),
+  gid: count(0xffffffff),
+  link_target: z.string().max(PATH_MAX).nullable().optional(),
+});
+export const AGENT_MAX_LIST_ENTRIES = 10_000;
+export const FsListResultSchema = z.object({
+  entries: z
+    .array(
+      z.object({
+        name: z
+          .string()
+          .min(1)
+          .max(NAME_MAX)
+          .refine((n) => n !== '.' && n !== '..' && !n.includes('/') && !n.includes('\0'), 'not a file name'),
+        type: FileTypeSchema,
+        mode: count(0o7777),
+        size: count(BYTES),
+        mtime_ms: z.number().int().min(-MS).max(MS),
+      }),
+    )
+    .max(AGENT_MAX_LIST_ENTRIES),
+  truncated: z.boolean(),
+});
+
 /** Each method's result schema; the method names are the protocol's. */
 export const AGENT_METHODS = {
   health: HealthResultSchema,
@@ -94,6 +167,19 @@ export const AGENT_METHODS = {
   ping: PingResultSchema,
   /** Asks the guest's init for a clean power-off; the reply comes before the shutdown starts. */
   poweroff: PingResultSchema,
+  'proc.start': ProcInfoSchema,
+  'proc.list': ProcListResultSchema,
+  'proc.show': ProcInfoSchema,
+  'proc.signal': ProcInfoSchema,
+  'proc.resize': PingResultSchema,
+  'proc.stdin': ProcOffsetResultSchema,
+  'proc.eof': ProcOffsetResultSchema,
+  'proc.forget': PingResultSchema,
+  'fs.stat': FsStatResultSchema,
+  'fs.list': FsListResultSchema,
+  'fs.mkdir': PingResultSchema,
+  'fs.move': PingResultSchema,
+  'fs.remove': PingResultSchema,
 } as const;
 
 export type AgentMethod = keyof typeof AGENT_METHODS;
@@ -102,6 +188,36 @@ export type AgentHealth = AgentResult<'health'>;
 export type AgentPorts = AgentResult<'ports'>;
 export type AgentPortEntry = AgentPorts['ports'][number];
 export type AgentStats = AgentResult<'stats'>;
+
+// ---- data channels (docs/processes.md, "Data channels") ------------------------------------
+
+/** Guest vsock port of the data channels under Firecracker (one connection per session). */
+export const AGENT_DATA_VSOCK_PORT = 1025;
+/** QEMU's data ports (virtio-serial `org.banger.data.K`). */
+export const AGENT_DATA_PORTS = 4;
+
+export const AcceptedSchema = z.object({ nonce: z.string().max(64) });
+
+/** The terminal R frame of a session; what `ok: true` carries depends on the op. */
+export const SessionResultSchema = z.discriminatedUnion('ok', [
+  z.object({ ok: z.literal(true) }).passthrough(),
+  z.object({
+    ok: z.literal(false),
+    error: z.string().max(AGENT_MAX_ERROR_CHARS).optional(),
+    code: z.string().max(64).optional(),
+    /** tar-in / tar-out: tar's status and its (capped) stderr. */
+    exit_code: z.number().int().min(0).max(255).nullable().optional(),
+    stderr: z.string().max(8192).optional(),
+  }),
+]);
+export const OutputResultSchema = z.object({ ok: z.literal(true), proc: ProcInfoSchema });
+export const ReadResultSchema = z.object({ ok: z.literal(true), size: count(BYTES), mode: count(0o7777) });
+export const WriteResultSchema = z.object({ ok: z.literal(true), size: count(BYTES) });
+export const TarResultSchema = z.object({
+  ok: z.literal(true),
+  exit_code: z.number().int().min(0).max(255).nullable().optional(),
+  stderr: z.string().max(8192).optional(),
+});
 
 /** `OK <host port>` answer of Firecracker's hybrid-vsock `CONNECT <port>`. */
 export const HYBRID_VSOCK_OK = /^OK [0-9]{1,10}$/;

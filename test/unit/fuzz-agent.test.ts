@@ -9,12 +9,45 @@ import { AgentClient } from '../../src/guest/agent-client.js';
 import { AGENT_MAX_BUFFERED_BYTES, AGENT_METHODS, type AgentMethod } from '../../src/guest/agent-protocol.js';
 import { fuzzCases, type Rng } from '../helpers/fuzz.js';
 
+const PROC = {
+  id: 'p-1',
+  name: null,
+  argv: ['true'],
+  shell: null,
+  pid: 42,
+  pty: false,
+  state: 'running',
+  exit_code: null,
+  signal: null,
+  timed_out: false,
+  code: null,
+  started_ms: 1700000000000,
+  ended_ms: null,
+  stdout_bytes: 0,
+  stderr_bytes: 0,
+  truncated: false,
+  stdin: 'null',
+  stdin_bytes: 0,
+};
 const VALID: Record<AgentMethod, unknown> = {
   health: { ready: true, uptime_s: 12.5, agent_version: '0.1.0', hostname: 'fake', boot_id: 'b-1' },
   ports: { ports: [{ proto: 'tcp', address: '0.0.0.0', port: 22, pid: 321, command: 'sshd' }] },
   stats: { mem_total_kib: 1000, mem_available_kib: 500, load1: 0.5, load5: 0.25, load15: 0, uptime_s: 1 },
   ping: {},
   poweroff: {},
+  'proc.start': PROC,
+  'proc.list': { procs: [PROC, { ...PROC, id: 'p-2', state: 'exited', exit_code: 0, ended_ms: 1700000001000 }] },
+  'proc.show': PROC,
+  'proc.signal': PROC,
+  'proc.resize': {},
+  'proc.stdin': { offset: 10 },
+  'proc.eof': { offset: 10 },
+  'proc.forget': {},
+  'fs.stat': { type: 'file', mode: 0o644, size: 3, mtime_ms: 1700000000000, uid: 0, gid: 0 },
+  'fs.list': { entries: [{ name: 'a', type: 'dir', mode: 0o755, size: 4096, mtime_ms: 1 }], truncated: false },
+  'fs.mkdir': {},
+  'fs.move': {},
+  'fs.remove': {},
 };
 const METHODS = Object.keys(AGENT_METHODS) as AgentMethod[];
 

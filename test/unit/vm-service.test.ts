@@ -19,6 +19,7 @@ import type { OpContext } from '../../src/util/op-context.js';
 import { LOG_CAP_BYTES } from '../../src/vmm/console-log.js';
 import type { VmLaunchSpec, VmmDriver, VmmHandle } from '../../src/vmm/driver.js';
 import { currentBootId, processStartTime } from '../../src/vmm/process.js';
+import { HostFakeGuest } from '../helpers/fake-guest.js';
 
 /**
  * VmService against FAKES: a FAKE VMM driver whose "VMM" is a real sleeping process (so liveness
@@ -140,6 +141,7 @@ async function world(knobs: Knobs = {}, shared?: World): Promise<World> {
     ports: async () => [],
     stats: async () => ({}) as never,
     poweroff: async () => {},
+    guest: new HostFakeGuest(),
     close: () => {},
   });
   const network: VmServiceDeps['network'] = {
@@ -270,4 +272,15 @@ test('a guest flooding its console: the running VM’s serial.log is capped by t
   assert.ok(statSync(serial).size <= LOG_CAP_BYTES, `serial.log is ${statSync(serial).size} bytes`);
   assert.ok(existsSync(`${serial}.1`), 'the tail was kept in serial.log.1');
   assert.ok(statSync(`${serial}.1`).size <= LOG_CAP_BYTES);
+});
+
+test('guest(): a running VM answers its agent link’s channel; a stopped one is a conflict naming banger vm start', async () => {
+  const w = await world();
+  await w.svc.create({ name: 'dev', start: true }, ctx);
+  const g = await w.svc.guest('dev');
+  assert.equal(g.vm.name, 'dev');
+  assert.ok(g.channel instanceof HostFakeGuest, 'the channel of the VM’s agent link');
+  await w.svc.create({ name: 'idle', start: false }, ctx);
+  await assert.rejects(w.svc.guest('idle'), (e: BangerError) => e.code === 'conflict' && /banger vm start idle/.test(e.fix ?? ''));
+  await assert.rejects(w.svc.guest('nope'), (e: BangerError) => e.code === 'not_found');
 });

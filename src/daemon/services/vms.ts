@@ -7,6 +7,7 @@ import type { Config } from '../../config/config.js';
 import type { Layout } from '../../config/layout.js';
 import { type AgentLink, openAgentLink } from '../../guest/agent-link.js';
 import { guestBinary } from '../../guest/binaries.js';
+import type { GuestChannel } from '../../guest/guest-channel.js';
 import { buildVmInitrd, vmCmdline, WORK_LABEL_UNSEEDED } from '../../guest/vm-boot.js';
 import type { DiskTools } from '../../host/disks.js';
 import { killNow, processesNaming } from '../../host/orphans.js';
@@ -538,6 +539,19 @@ export class VmService {
       this.agents.set(r.id, link);
     }
     return { r, link };
+  }
+
+  /**
+   * The guest of a running VM (processes, files): `conflict` naming `banger vm start` when it is not
+   * running. The channel is the VM's held agent link (opened on first use, e.g. after a restart).
+   */
+  async guest(ref: string): Promise<{ vm: { id: string; name: string }; channel: GuestChannel }> {
+    const r = this.row(ref);
+    if (r.state !== 'running' || !r.handle) {
+      throw new BangerError('conflict', `VM ${r.name} is ${r.state}, not running`, { fix: `start it: banger vm start ${r.name}` });
+    }
+    const { link } = await this.agentFor(ref);
+    return { vm: { id: r.id, name: r.name }, channel: link.guest };
   }
 
   async health(ref: string) {

@@ -1,0 +1,478 @@
+/**
+ * Host side of the agent's data channels (docs/processes.md, "Data channels"): a pool of
+ * sessions, each an exchange of frames (./agent-frames.ts) on a connection of its own.
+ *
+ * - QEMU: four virtio-serial ports, one Unix socket each (`agent-data-K.sock`). A port outlives
+ *   host connections and replies written while no host is connected are lost, so connections are
+ *   held and reused; sessions beyond four wait in a queue.
+ * - Firecracker: one hybrid-vsock connection per session (`CONNECT 1025`), closed at its end.
+ *
+ * Every session starts with `S {nonce, op, …}` and the host discards everything until `A` with
+ * that nonce: bytes of an aborted earlier session may still be in flight on a held port.
+ *
+ * Backpressure both ways: the socket is paused while the consumer's onData promise is pending (so
+ * virtio-serial/vsock flow control stalls the guest's writer), and write() resolves only once the
+ * socket took the bytes.
+ *
+ * The guest is hostile: frame lengths are checked before allocation (FrameDecoder), the `A` wait
+ * and the wait for `R` after a cancel are bounded, results are parsed with zod by the caller.
+ */
+import net from 'node:net';
+import { BangerError } from '../api/errors.js';
+import { encodeData, encodeFrame, type Frame, FrameDecoder, FrameError, type FrameStream } from './agent-frames.js';
+import { AcceptedSchema, AGENT_MAX_HANDSHAKE_BYTES, HYBRID_VSOCK_OK, SessionResultSchema } from './agent-protocol.js';
+
+export type DataChannelTarget =
+  | { transport: 'virtio-serial'; sockets: string[] }
+  | { transport: 'hybrid-vsock'; socketPath: string; port: number; maxSessions?: number };
+
+export interface DataPoolOptions {
+  /** How long the guest may take to accept a session (`A`). */
+  acceptTimeoutMs?: number;
+  /** How long the guest may take to end a cancelled session (`R`) before the connection is dropped. */
+  cancelTimeoutMs?: number;
+  /** Sessions waiting for a free channel at most. */
+  maxQueued?: number;
+}
+
+export type SessionData = (stream: FrameStream, data: Buffer) => Promise<void> | void;
+
+/** The terminal `R` of a session, `ok: true` (anything else rejects `result`). */
+export type SessionResult = { ok: true } & Record<string, unknown>;
+
+export interface DataSession {
+  /** Resolves once the guest accepted the session (its `A`). */
+  readonly accepted: Promise<void>;
+  /** Sends host data (`D` frames, stream 0); resolves when the socket took it. */
+  write(data: Buffer): Promise<void>;
+  /** End of host data (`E`). */
+  end(): Promise<void>;
+  /** Asks the guest to end the session (`C`); `result` still settles with its answer. */
+  cancel(): void;
+  /** The session's `R`: ok:true resolves, ok:false rejects with a BangerError. */
+  readonly result: Promise<SessionResult>;
+}
+
+const DEFAULT_ACCEPT_MS = 10_000;
+const DEFAULT_CANCEL_MS = 5_000;
+const DEFAULT_MAX_QUEUED = 1024;
+const DEFAULT_VSOCK_SESSIONS = 16;
+/** Bytes skipped as garbage on one connection before it is dropped (a guest sending only noise). */
+const MAX_SKIPPED_BYTES = 64 * 1024 * 1024;
+
+const unavailable = (what: string) =>
+  new BangerError('unavailable', what, { fix: 'check the VM with `banger vm health` (the guest agent may be restarting or too old)' });
+
+/** Error from an `R {ok:false}`: the agent's words, and a code the daemon maps to HTTP. */
+export function sessionError(op: string, r: { error?: string | undefined; code?: string | undefined; stderr?: string | undefined }): BangerError {
+  const text = r.error ?? (r.stderr ? r.stderr.trim() : 'failed');
+  const code =
+    r.code === 'not_found' || /^no such (process|file)|ENOENT|No such file/i.test(text)
+      ? 'not_found'
+      : r.code === 'conflict' || /already exists|EEXIST|is running/.test(text)
+        ? 'conflict'
+        : r.code === 'cancelled' || /^cancel/.test(text)
+          ? 'cancelled'
+          : r.code === 'bad_request' || /EISDIR|ENOTDIR|ELOOP|not a regular file|^invalid|^bad /i.test(text)
+            ? 'bad_request'
+            : 'internal';
+  return new BangerError(code, `the guest agent failed ${op}: ${text}`);
+}
+
+/**
+ * One connection with frame delivery at the consumer's pace: frames are handed to `sink` one at a
+ * time, the socket paused while a sink's promise is pending.
+ */
+class FrameConnection {
+  private readonly decoder = new FrameDecoder();
+  private readonly queue: Frame[] = [];
+  private pumping = false;
+  sink: ((frame: Frame) => Promise<void> | void) | null = null;
+  onClose: ((err: Error) => void) | null = null;
+  closed = false;
+
+  constructor(
+    readonly socket: net.Socket,
+    rest: Buffer,
+  ) {
+    socket.on('data', (chunk: Buffer) => this.onChunk(chunk));
+    socket.on('error', () => {});
+    socket.on('close', () => this.fail(unavailable('the guest agent data channel closed')));
+    if (rest.length) this.onChunk(rest);
+    socket.resume();
+  }
+
+  private onChunk(chunk: Buffer): void {
+    let frames: Frame[];
+    try {
+      frames = this.decoder.push(chunk);
+    } catch (e) {
+      this.fail(new BangerError('internal', e instanceof FrameError ? e.message : String(e)));
+      return;
+    }
+    if (this.decoder.skippedBytes > MAX_SKIPPED_BYTES) {
+      this.fail(new BangerError('internal', `the guest sent over ${MAX_SKIPPED_BYTES} bytes that are not frames on a data channel`));
+      return;
+    }
+    this.queue.push(...frames);
+    void this.pump();
+  }
+
+  private async pump(): Promise<void> {
+    if (this.pumping) return;
+    this.pumping = true;
+    try {
+      while (this.queue.length && !this.closed) {
+        const frame = this.queue.shift() as Frame;
+        const r = this.sink?.(frame);
+        if (r && typeof (r as Promise<void>).then === 'function') {
+          this.socket.pause();
+          try {
+            await r;
+          } catch {
+            // the sink's owner handles its own failures
+          }
+        }
+      }
+    } finally {
+      this.pumping = false;
+      if (!this.closed) this.socket.resume();
+    }
+  }
+
+  write(buf: Buffer): Promise<void> {
+    if (this.closed) return Promise.reject(unavailable('the guest agent data channel closed'));
+    return new Promise<void>((resolve, reject) => {
+      this.socket.write(buf, (err) => (err ? reject(unavailable(`writing to the guest agent data channel failed: ${err.message}`)) : resolve()));
+    });
+  }
+
+  /** Drops frames still queued (a new session on a held connection must not see the old one's). */
+  clearQueue(): void {
+    this.queue.length = 0;
+  }
+
+  fail(err: Error): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.queue.length = 0;
+    this.socket.destroy();
+    this.onClose?.(err);
+  }
+}
+
+function connectUnix(path: string, timeoutMs: number): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = net.createConnection(path);
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(unavailable(`no connection to the guest agent data channel ${path} within ${timeoutMs} ms`));
+    }, timeoutMs);
+    socket.once('error', (e) => {
+      clearTimeout(timer);
+      reject(unavailable(`cannot connect to the guest agent data channel ${path}: ${e.message}`));
+    });
+    socket.once('connect', () => {
+      clearTimeout(timer);
+      socket.removeAllListeners('error');
+      socket.pause();
+      resolve(socket);
+    });
+  });
+}
+
+/** Firecracker's hybrid vsock: `CONNECT <port>\n`, then `OK <host port>\n`; answers the bytes after it. */
+async function connectVsock(path: string, port: number, timeoutMs: number): Promise<{ socket: net.Socket; rest: Buffer }> {
+  const socket = await connectUnix(path, timeoutMs);
+  return new Promise((resolve, reject) => {
+    let answer = Buffer.alloc(0);
+    const fail = (why: string) => {
+      cleanup();
+      socket.destroy();
+      reject(unavailable(`the guest agent data channel (vsock port ${port}) ${why}`));
+    };
+    const cleanup = () => {
+      clearTimeout(timer);
+      socket.off('data', onData);
+      socket.off('close', onClose);
+    };
+    const onClose = () => fail('closed during CONNECT (is the agent listening?)');
+    const onData = (chunk: Buffer) => {
+      answer = Buffer.concat([answer, chunk]);
+      const nl = answer.indexOf(0x0a);
+      if (nl === -1) {
+        if (answer.length > AGENT_MAX_HANDSHAKE_BYTES) fail('sent an over-long answer to CONNECT');
+        return;
+      }
+      const line = answer.subarray(0, nl).toString('latin1').replace(/\r$/, '');
+      if (!HYBRID_VSOCK_OK.test(line)) return fail(`answered CONNECT with ${JSON.stringify(line.slice(0, AGENT_MAX_HANDSHAKE_BYTES))}`);
+      cleanup();
+      socket.pause();
+      resolve({ socket, rest: answer.subarray(nl + 1) });
+    };
+    const timer = setTimeout(() => fail(`did not answer CONNECT within ${timeoutMs} ms`), timeoutMs);
+    socket.on('error', () => {});
+    socket.on('data', onData);
+    socket.on('close', onClose);
+    socket.resume();
+    socket.write(`CONNECT ${port}\n`);
+  });
+}
+
+interface Slot {
+  /** virtio-serial: the port's socket path; vsock: unused. */
+  path: string;
+  conn: FrameConnection | null;
+  busy: boolean;
+}
+
+interface Waiter {
+  run: (slot: Slot) => void;
+  reject: (err: Error) => void;
+}
+
+export class AgentDataPool {
+  private readonly slots: Slot[];
+  private readonly queue: Waiter[] = [];
+  private readonly acceptTimeoutMs: number;
+  private readonly cancelTimeoutMs: number;
+  private readonly maxQueued: number;
+  private closed = false;
+  /** Sessions run so far (tests: reuse of held connections). */
+  sessionsStarted = 0;
+  connectionsOpened = 0;
+
+  constructor(
+    private readonly target: DataChannelTarget,
+    opts: DataPoolOptions = {},
+  ) {
+    this.acceptTimeoutMs = opts.acceptTimeoutMs ?? DEFAULT_ACCEPT_MS;
+    this.cancelTimeoutMs = opts.cancelTimeoutMs ?? DEFAULT_CANCEL_MS;
+    this.maxQueued = opts.maxQueued ?? DEFAULT_MAX_QUEUED;
+    this.slots =
+      target.transport === 'virtio-serial'
+        ? target.sockets.map((path) => ({ path, conn: null, busy: false }))
+        : Array.from({ length: target.maxSessions ?? DEFAULT_VSOCK_SESSIONS }, () => ({ path: target.socketPath, conn: null, busy: false }));
+    if (this.slots.length === 0) throw new BangerError('internal', 'a data channel pool needs at least one channel');
+  }
+
+  /** Sessions waiting for a free channel. */
+  get queued(): number {
+    return this.queue.length;
+  }
+
+  get busy(): number {
+    return this.slots.filter((s) => s.busy).length;
+  }
+
+  /**
+   * Starts a session: `request` is the `S` frame's JSON (a nonce is added). Guest data frames go to
+   * onData, one at a time, at its pace. An abort cancels the session.
+   */
+  session(request: Record<string, unknown> & { op: string }, onData: SessionData, signal?: AbortSignal): DataSession {
+    let acceptedResolve!: () => void;
+    let acceptedReject!: (e: Error) => void;
+    const accepted = new Promise<void>((resolve, reject) => {
+      acceptedResolve = resolve;
+      acceptedReject = reject;
+    });
+    let resultResolve!: (r: SessionResult) => void;
+    let resultReject!: (e: Error) => void;
+    const result = new Promise<SessionResult>((resolve, reject) => {
+      resultResolve = resolve;
+      resultReject = reject;
+    });
+    accepted.catch(() => {});
+    result.catch(() => {});
+
+    let conn: FrameConnection | null = null;
+    let slot: Slot | null = null;
+    let settled = false;
+    let cancelled = false;
+    let cancelTimer: NodeJS.Timeout | undefined;
+    let acceptTimer: NodeJS.Timeout | undefined;
+
+    const release = (dropConnection: boolean) => {
+      clearTimeout(cancelTimer);
+      clearTimeout(acceptTimer);
+      signal?.removeEventListener('abort', onAbort);
+      if (!slot) return;
+      const s = slot;
+      slot = null;
+      if (s.conn) {
+        s.conn.sink = null;
+        s.conn.onClose = null;
+        if (dropConnection || this.target.transport === 'hybrid-vsock') {
+          s.conn.fail(unavailable('session ended'));
+          s.conn = null;
+        }
+      }
+      s.busy = false;
+      this.next();
+    };
+    const settle = (outcome: { ok: SessionResult } | { err: Error }, dropConnection = false) => {
+      if (settled) return;
+      settled = true;
+      if ('err' in outcome) {
+        acceptedReject(outcome.err);
+        resultReject(outcome.err);
+      } else {
+        acceptedResolve(); // an R before A cannot happen (frames before A are dropped), but never leave it pending
+        resultResolve(outcome.ok);
+      }
+      release(dropConnection);
+    };
+    const onAbort = () => {
+      if (!conn) return settle({ err: new BangerError('cancelled', 'cancelled') });
+      doCancel();
+    };
+    const doCancel = () => {
+      if (cancelled || settled || !conn) return;
+      cancelled = true;
+      conn.write(encodeFrame('C')).catch(() => {});
+      // A guest that does not answer a cancel loses the connection (a held port is then redialled).
+      cancelTimer = setTimeout(
+        () => settle({ err: new BangerError('cancelled', `the guest did not end a cancelled ${request.op} session within ${this.cancelTimeoutMs} ms`) }, true),
+        this.cancelTimeoutMs,
+      );
+    };
+    if (signal?.aborted) settle({ err: new BangerError('cancelled', 'cancelled') });
+    else signal?.addEventListener('abort', onAbort, { once: true });
+
+    const start = async (s: Slot) => {
+      slot = s;
+      if (settled) return release(false);
+      try {
+        if (!s.conn || s.conn.closed) {
+          s.conn = null;
+          const { socket, rest } =
+            this.target.transport === 'virtio-serial'
+              ? { socket: await connectUnix(s.path, this.acceptTimeoutMs), rest: Buffer.alloc(0) }
+              : await connectVsock(this.target.socketPath, this.target.port, this.acceptTimeoutMs);
+          this.connectionsOpened++;
+          if (settled || this.closed) {
+            socket.destroy();
+            return release(false);
+          }
+          s.conn = new FrameConnection(socket, rest);
+        }
+      } catch (e) {
+        return settle({ err: e as Error });
+      }
+      const c = s.conn;
+      conn = c;
+      this.sessionsStarted++;
+      c.clearQueue();
+      const nonce = process.getBuiltinModule('node:crypto').randomBytes(12).toString('hex');
+      let isAccepted = false;
+      c.onClose = (err) => {
+        if (slot === s) s.conn = null;
+        settle({ err });
+      };
+      c.sink = (frame) => {
+        if (settled) return;
+        if (!isAccepted) {
+          // Everything before our A is a leftover of an earlier session.
+          if (frame.type !== 'A') return;
+          const a = parseJson(frame.payload, AcceptedSchema);
+          if (!a || a.nonce !== nonce) return;
+          isAccepted = true;
+          clearTimeout(acceptTimer);
+          acceptedResolve();
+          return;
+        }
+        if (frame.type === 'D') return onData(frame.stream, frame.payload);
+        if (frame.type === 'R') {
+          const r = parseJson(frame.payload, SessionResultSchema);
+          if (!r) return settle({ err: new BangerError('internal', `the guest agent sent an invalid ${request.op} result`) });
+          if (r.ok) return settle({ ok: r as SessionResult });
+          return settle({ err: sessionError(request.op, r) });
+        }
+        // A, S, E, C from the guest mid-session: ignored (a confused guest cannot hurt the host here).
+        return undefined;
+      };
+      acceptTimer = setTimeout(
+        () => settle({ err: unavailable(`the guest agent did not accept a ${request.op} session within ${this.acceptTimeoutMs} ms`) }, true),
+        this.acceptTimeoutMs,
+      );
+      let start: Buffer;
+      try {
+        start = encodeFrame('S', JSON.stringify({ ...request, nonce }));
+      } catch (e) {
+        return settle({ err: new BangerError('bad_request', `the ${request.op} request is too large: ${(e as Error).message}`) });
+      }
+      c.write(start).catch((e: Error) => settle({ err: e }, true));
+    };
+
+    if (!settled) {
+      if (this.closed) settle({ err: unavailable('the guest agent channel is closed') });
+      else {
+        const free = this.slots.find((s) => !s.busy);
+        if (free) {
+          free.busy = true;
+          void start(free);
+        } else if (this.queue.length >= this.maxQueued) {
+          settle({ err: new BangerError('busy', `${this.maxQueued} guest data sessions are already waiting`, { fix: 'retry later' }) });
+        } else {
+          const waiter: Waiter = { run: (s) => void start(s), reject: (e) => settle({ err: e }) };
+          this.queue.push(waiter);
+          // A queued session that is cancelled leaves the queue.
+          signal?.addEventListener(
+            'abort',
+            () => {
+              const at = this.queue.indexOf(waiter);
+              if (at >= 0) this.queue.splice(at, 1);
+            },
+            { once: true },
+          );
+        }
+      }
+    }
+
+    const sendWhenAccepted = async (buf: Buffer[]) => {
+      await accepted;
+      if (settled || !conn) throw new BangerError('cancelled', `the ${request.op} session ended`);
+      for (const b of buf) await conn.write(b);
+    };
+    return {
+      accepted,
+      result,
+      write: (data) => (data.length ? sendWhenAccepted(encodeData(data, 0)) : Promise.resolve()),
+      end: () => sendWhenAccepted([encodeFrame('E')]),
+      cancel: () => {
+        if (!conn) settle({ err: new BangerError('cancelled', 'cancelled') });
+        else if (!settled) doCancel();
+      },
+    };
+  }
+
+  private next(): void {
+    while (this.queue.length) {
+      const free = this.slots.find((s) => !s.busy);
+      if (!free) return;
+      const waiter = this.queue.shift() as Waiter;
+      free.busy = true;
+      waiter.run(free);
+    }
+  }
+
+  close(): void {
+    this.closed = true;
+    for (const w of this.queue.splice(0)) w.reject(unavailable('the guest agent channel is closed'));
+    for (const s of this.slots) {
+      s.conn?.fail(unavailable('the guest agent channel is closed'));
+      s.conn = null;
+    }
+  }
+}
+
+function parseJson<T>(payload: Buffer, schema: { safeParse(v: unknown): { success: true; data: T } | { success: false } }): T | null {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(payload.toString('utf8'));
+  } catch {
+    return null;
+  }
+  const r = schema.safeParse(raw);
+  return r.success ? r.data : null;
+}
