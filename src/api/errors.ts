@@ -17,6 +17,8 @@ export const ERROR_CODES = {
   internal: 500,
   vmm_failed: 500,
   host_command_failed: 500,
+  /** A command banger ran in a guest (through the agent) failed. */
+  guest_command_failed: 500,
   /** A registry or download server failed or answered with something unusable. */
   upstream_failed: 502,
   missing_dependency: 503,

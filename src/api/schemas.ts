@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { ERROR_CODES } from './errors.js';
+import { WorkspaceRecordSchema } from './workspace-schemas.js';
 
 /**
  * The wire contract of /v1. The daemon validates every request body against these and every
@@ -201,6 +202,8 @@ export const VmSchema = z.object({
   createdAt: z.string(),
   startedAt: z.string().nullable(),
   touchedAt: z.string(),
+  /** The git workspace prepared in the VM (docs/workspaces.md), null when none. */
+  workspace: WorkspaceRecordSchema.nullable(),
 });
 export type Vm = z.infer<typeof VmSchema>;
 

@@ -16,10 +16,19 @@ import type {
   VmSetRequest,
   VmStats,
 } from '../api/schemas.js';
+import type {
+  WorkspaceBranchExport,
+  WorkspaceExportRequest,
+  WorkspacePlan,
+  WorkspacePlanRequest,
+  WorkspacePrepareRequest,
+  WorkspacePrepareResult,
+  WorkspaceStatus,
+} from '../api/workspace-schemas.js';
 import { type Layout, resolveClientLayout } from '../config/layout.js';
 import { newOpId } from '../util/ids.js';
 import { type AttachHandle, openAttach } from './attach.js';
-import { errorFrom, isNotRunning, type RawResponse, requestJson, streamEvents, streamText, upgrade } from './transport.js';
+import { errorFrom, isNotRunning, postForBytes, type RawResponse, requestJson, streamEvents, streamText, upgrade } from './transport.js';
 import { checkVm } from './trust.js';
 
 /**
@@ -171,6 +180,36 @@ export class BangerClient {
     );
   }
   prune = (dryRun: boolean) => this.request<{ pruned: Array<{ id: string; name: string }> }>('POST', '/v1/vms/prune', { dryRun });
+
+  // ---- workspaces (docs/workspaces.md) ---------------------------------------------------
+  /** What a prepare would ship from a host repository (no VM involved). */
+  planWorkspace = (body: WorkspacePlanRequest) => this.request<WorkspacePlan>('POST', '/v1/workspace/plan', body);
+  /** Ships a host repository into a running VM (an operation: onEvent sees its stages and progress). */
+  async prepareWorkspace(vm: string, body: WorkspacePrepareRequest, onEvent?: (e: OperationEvent) => void): Promise<WorkspacePrepareResult> {
+    const accepted = await this.request<{ operation: Operation }>('POST', `/v1/vms/${encodeURIComponent(vm)}/workspace`, body);
+    return this.finish<WorkspacePrepareResult>(accepted, onEvent);
+  }
+  /** Base commit, the guest's changes and the host's drift. */
+  workspace = (vm: string) => this.request<WorkspaceStatus>('GET', `/v1/vms/${encodeURIComponent(vm)}/workspace`);
+  /**
+   * The guest's work since the base. patch/commits: the text is written to `out` as it streams
+   * (never whole in memory) and the answer names the commit it was computed from; branch: the host
+   * repository gets refs/banger/<vm>/<name> and the answer names it.
+   */
+  async exportWorkspace(
+    vm: string,
+    body: WorkspaceExportRequest,
+    out?: NodeJS.WritableStream,
+  ): Promise<{ format: 'patch' | 'commits'; commit: string } | ({ format: 'branch' } & WorkspaceBranchExport)> {
+    const format = body.format ?? 'patch';
+    const path = `/v1/vms/${encodeURIComponent(vm)}/workspace/export`;
+    if (format === 'branch') return { format, ...(await this.request<WorkspaceBranchExport>('POST', path, body)) };
+    if (!out) throw new BangerError('bad_request', `a ${format} export needs somewhere to write it`);
+    await this.status(); // starts the daemon when it is not running (the raw request below does not)
+    const { headers } = await postForBytes(this.layout.socketPath, path, body, this.nextOpId(), out);
+    const commit = String(headers['x-banger-commit'] ?? '');
+    return { format, commit: /^[0-9a-f]{40,64}$/.test(commit) ? commit : '' };
+  }
 
   // ---- guest processes (docs/processes.md, "Daemon API") ----------------------------------
   private procsPath(vm: string, proc?: string, tail = ''): string {

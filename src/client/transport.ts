@@ -232,3 +232,51 @@ export function streamText(socketPath: string, path: string, opId: string, onChu
     req.end();
   });
 }
+
+/**
+ * A POST whose answer is raw bytes (a workspace patch): piped into `out` at the pace `out` takes
+ * them. Resolves with the response headers once every byte was written; a daemon that cut the
+ * stream short (it aborts the response on a failure mid-way) rejects, so a partial patch is never
+ * taken for a whole one. A JSON answer (content-type application/json) resolves with its body instead.
+ */
+export function postForBytes(
+  socketPath: string,
+  path: string,
+  body: unknown,
+  opId: string,
+  out: NodeJS.WritableStream,
+): Promise<{ headers: IncomingMessage['headers']; json?: unknown }> {
+  return new Promise((resolve, reject) => {
+    assertTrustedSocket(socketPath);
+    const payload = JSON.stringify(body);
+    const req = httpRequest(
+      { socketPath, method: 'POST', path, headers: { [OP_HEADER]: opId, 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } },
+      (res) => {
+        if ((res.statusCode ?? 0) >= 400) return void rejectWithErrorBody(res, opId, reject);
+        if (String(res.headers['content-type'] ?? '').startsWith('application/json')) {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.on('end', () => {
+            try {
+              resolve({ headers: res.headers, json: JSON.parse(Buffer.concat(chunks).toString('utf8')) });
+            } catch (e) {
+              reject(midRequest(e as Error, opId));
+            }
+          });
+          return;
+        }
+        res.on('data', (c: Buffer) => {
+          if (!out.write(c)) {
+            res.pause();
+            out.once('drain', () => res.resume());
+          }
+        });
+        res.on('aborted', () => reject(midRequest(new Error('the stream was cut short'), opId)));
+        res.on('error', (e) => reject(midRequest(e, opId)));
+        res.on('end', () => (res.complete ? resolve({ headers: res.headers }) : reject(midRequest(new Error('the stream was cut short'), opId))));
+      },
+    );
+    req.on('error', (e) => reject(e instanceof BangerError ? e : isNotRunning(e) ? e : midRequest(e, opId)));
+    req.end(payload);
+  });
+}

@@ -22,6 +22,7 @@ import { coreRoutes } from './routes-core.js';
 import { kernelRoutes } from './routes-kernels.js';
 import { procRoutes } from './routes-procs.js';
 import { resourceRoutes } from './routes-resources.js';
+import { workspaceRoutes } from './routes-workspace.js';
 import { scratchSpaceFor } from './scratch.js';
 import { ImageBuildService } from './services/image-build.js';
 import { ImageService } from './services/images.js';
@@ -32,6 +33,7 @@ import { NetworkService } from './services/network.js';
 import { ProcessService } from './services/processes.js';
 import { SshAccess } from './services/ssh-access.js';
 import { VmService } from './services/vms.js';
+import { WorkspaceService } from './services/workspaces.js';
 
 /**
  * Who changes host networking: a root daemon itself; a daemon running as its owner asks the
@@ -153,6 +155,16 @@ export async function composeDaemon(deps: AppDeps, hooks: Pick<AppHooks, 'onStop
     ...(env.BANGER_AGENT_READY_TIMEOUT_MS ? { agentReadyTimeoutMs: Number(env.BANGER_AGENT_READY_TIMEOUT_MS) } : {}),
   });
   const procs = new ProcessService({ vmGuest: (ref) => vms.guest(ref), log });
+  const workspaces = new WorkspaceService({
+    repos,
+    runner,
+    clock,
+    locks,
+    vmRow: (ref) => vms.row(ref),
+    guest: (ref) => procs.guest(ref),
+    exec: (ref, spec, opts) => procs.exec(ref, spec, opts),
+    stagingDir: join(layout.stagingDir, 'workspace-export'),
+  });
   const builds = new ImageBuildService({ images, vms, layout, sshConfigPath: ssh.configPath, runner });
 
   const app = new App(deps, {
@@ -182,6 +194,7 @@ export async function composeDaemon(deps: AppDeps, hooks: Pick<AppHooks, 'onStop
     ...kernelRoutes(app, kernels, (ref, force) => removeKernel({ kernels, images }, ref, force)),
     ...resourceRoutes(app, { kernels, images, vms, builds }),
     ...procRoutes(procs),
+    ...workspaceRoutes(app, workspaces),
   );
   return { app, router };
 }

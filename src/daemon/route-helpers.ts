@@ -5,7 +5,7 @@ import type { App } from './app.js';
 import type { Route } from './http.js';
 
 /** Builds POST routes that start an operation and answer 202 with it at once; the CLI then follows its events. */
-export function operationRouteFor(app: App) {
+export function operationRouteFor(app: Pick<App, 'ops'>) {
   return <S extends z.ZodType>(
     path: string,
     kind: string,

@@ -99,6 +99,23 @@ export const MIGRATIONS: readonly Migration[] = [
       ALTER TABLE vms ADD COLUMN transient INTEGER NOT NULL DEFAULT 0 CHECK (transient IN (0, 1));
     `,
   },
+  {
+    version: 6,
+    // The git workspace prepared in a VM (docs/workspaces.md): where it came from and the commit
+    // the guest's work is measured from. One per VM; gone with the VM.
+    name: 'workspaces',
+    sql: `
+      CREATE TABLE workspaces (
+        vm_id TEXT PRIMARY KEY REFERENCES vms(id) ON DELETE CASCADE,
+        host_path TEXT NOT NULL,
+        guest_path TEXT NOT NULL,
+        base_commit TEXT NOT NULL,
+        mode TEXT NOT NULL CHECK (mode IN ('full', 'shallow')),
+        branch TEXT,
+        prepared_at TEXT NOT NULL
+      );
+    `,
+  },
 ];
 
 export const LATEST_VERSION = MIGRATIONS.reduce((m, x) => Math.max(m, x.version), 0);

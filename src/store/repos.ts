@@ -55,6 +55,16 @@ export interface VmRow {
   transient: number;
 }
 
+export interface WorkspaceRow {
+  vm_id: string;
+  host_path: string;
+  guest_path: string;
+  base_commit: string;
+  mode: string;
+  branch: string | null;
+  prepared_at: string;
+}
+
 /** Thin typed access to the tables. All writes are single statements or explicit transactions. */
 export class Repos {
   constructor(readonly db: Db) {}
@@ -114,6 +124,18 @@ export class Repos {
       this.db.prepare(`UPDATE vms SET ${keys.map((k) => `${k} = @${k}`).join(', ')} WHERE id = @id`).run({ ...fields, id });
     },
     delete: (id: string) => this.db.prepare('DELETE FROM vms WHERE id = ?').run(id),
+  };
+
+  workspaces = {
+    byVm: (vmId: string) => this.db.prepare('SELECT * FROM workspaces WHERE vm_id = ?').get(vmId) as WorkspaceRow | undefined,
+    /** A new prepare replaces the VM's record. */
+    upsert: (r: WorkspaceRow) =>
+      this.db
+        .prepare(
+          'INSERT OR REPLACE INTO workspaces (vm_id, host_path, guest_path, base_commit, mode, branch, prepared_at) VALUES (@vm_id, @host_path, @guest_path, @base_commit, @mode, @branch, @prepared_at)',
+        )
+        .run(r),
+    delete: (vmId: string) => this.db.prepare('DELETE FROM workspaces WHERE vm_id = ?').run(vmId),
   };
 }
 

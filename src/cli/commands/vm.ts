@@ -9,6 +9,7 @@ import { ago, printJson, printKeyValues, printTable, sanitizeForTerminal, saniti
 import { registerExecCommand, registerProcCommands } from './proc.js';
 import { registerRunCommand } from './run.js';
 import { registerVmSshCommand } from './ssh.js';
+import { registerWorkspaceCommands } from './workspace.js';
 
 function printVm(vm: Vm): void {
   printKeyValues([
@@ -216,6 +217,7 @@ export function registerVmCommands(program: Command): void {
   registerRunCommand(vm);
   registerExecCommand(vm);
   registerProcCommands(vm);
+  registerWorkspaceCommands(vm);
 
   vm.command('prune')
     .description('delete every VM that is not running')

@@ -30,6 +30,7 @@ import type { NetworkService } from './network.js';
 import { collapsePorts, enrichPortsWithin } from './port-probe.js';
 import { type HostResources, resolveSize, type VmSize, validateSize } from './sizing.js';
 import { canMove, decide, effectiveState } from './vm-states.js';
+import { workspaceRecordOf } from './workspaces.js';
 
 export interface VmServiceDeps {
   repos: Repos;
@@ -115,6 +116,7 @@ export class VmService {
       createdAt: r.created_at,
       startedAt: r.started_at,
       touchedAt: r.touched_at,
+      workspace: workspaceRecordOf(this.d.repos.workspaces.byVm(r.id)),
     };
   }
 
