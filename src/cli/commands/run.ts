@@ -11,7 +11,6 @@ import { DEFAULT_DETACH_KEYS } from '../detach-keys.js';
 import { followOperation, ProgressRenderer } from '../progress.js';
 import { sanitizeInline } from '../render.js';
 import { classifyRunArgs, countAfterDashDash } from '../run-args.js';
-import type { WorkspaceRef } from '../workspace-drift.js';
 import { execInVm } from './proc.js';
 import { sshIntoVm } from './ssh.js';
 
@@ -48,15 +47,6 @@ function rawArgsOf(cmd: Command): readonly string[] {
   while (root.parent) root = root.parent;
   return (root as unknown as { rawArgs?: string[] }).rawArgs ?? process.argv;
 }
-
-/** The workspace part of the client (from the workspaces service). */
-interface PrepareResult {
-  workspace: WorkspaceRef;
-  untrackedSkipped: number;
-  files: number;
-  bytes: number;
-}
-type WorkspaceClient = { prepareWorkspace(vm: string, body: { hostPath: string }, onEvent?: (e: OperationEvent) => void): Promise<PrepareResult> };
 
 export function registerRunCommand(vm: Command): void {
   addVmSpecOptions(
@@ -118,16 +108,12 @@ export function registerRunCommand(vm: Command): void {
         }
         throw e;
       }
-      let workspace: WorkspaceRef | undefined;
+      let workspace: Vm['workspace'] = null;
       try {
         if (repo !== undefined) {
-          const prepared = await (client as unknown as WorkspaceClient).prepareWorkspace(
-            vm.id,
-            { hostPath: repo },
-            new ProgressRenderer(process.stderr, false).onEvent,
-          );
+          const prepared = await client.prepareWorkspace(vm.id, { hostPath: repo }, new ProgressRenderer(process.stderr, false).onEvent);
           workspace = prepared.workspace;
-          process.stderr.write(`workspace: ${sanitizeInline(repo)} → ${vm.name}:${sanitizeInline(workspace.guestPath)} (${prepared.files} files)\n`);
+          process.stderr.write(`workspace: ${sanitizeInline(repo)} → ${vm.name}:${sanitizeInline(prepared.workspace.guestPath)} (${prepared.files} files)\n`);
           if (prepared.untrackedSkipped > 0) {
             process.stderr.write(
               `note: ${prepared.untrackedSkipped} untracked file(s) were not copied (banger vm workspace prepare ${vm.name} --include-untracked copies them)\n`,
@@ -140,7 +126,7 @@ export function registerRunCommand(vm: Command): void {
         }
         if (command.length) {
           // Through the agent's process API: no wait for sshd, exit status and streams kept apart.
-          await execInVm(client, workspace ? ({ ...vm, workspace } as Vm) : vm, command, { detachKeys: DEFAULT_DETACH_KEYS });
+          await execInVm(client, { ...vm, workspace }, command, { detachKeys: DEFAULT_DETACH_KEYS });
         } else {
           process.exitCode = await sshIntoVm(client, vm, [], workspace ? { cwd: workspace.guestPath } : {});
         }
