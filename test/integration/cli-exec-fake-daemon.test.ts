@@ -180,6 +180,7 @@ before(async () => {
     if (req.method === 'GET' && url === `${procs}/cat`) return json(200, baseProc({ id: 'p7', name: 'cat', state: 'running', stdin: 'open', stdinBytes: 5 }));
     if (req.method === 'GET' && url === `${procs}/done`) return json(200, baseProc({ id: 'p8', stdin: 'closed' }));
     if (req.method === 'POST' && url === `${procs}/p7/stdin`) return json(200, { offset: 5 + Buffer.from((body as { data: string }).data, 'base64').length });
+    if (req.method === 'POST' && url.endsWith('/resize')) return json(200, {});
     if (req.method === 'POST' && url.endsWith('/signal')) return json(200, baseProc({ id: 'p1', name: 'web', state: 'running' }));
     if (req.method === 'POST' && url === `${procs}/p1/wait`) return json(200, { proc: baseProc({ exitCode: 4 }), result: { exitCode: 4 } });
     json(404, { error: { code: 'not_found', message: `fake daemon: no ${req.method} ${url}` } });
@@ -399,6 +400,7 @@ describe('vm exec -it on a real terminal (script(1)) against a fake daemon', {
     const before = join(dir, 'stty-before');
     const afterFile = join(dir, 'stty-after');
     const inner = [
+      'stty rows 33 cols 101',
       `stty -g > ${q(before)}`,
       `${[process.execPath, BANGER, 'vm', 'exec', '-it', 'dev', '--', 'cat'].map(q).join(' ')}`,
       'echo "rc=$?"',
@@ -431,5 +433,41 @@ describe('vm exec -it on a real terminal (script(1)) against a fake daemon', {
     assert.equal(readFileSync(afterFile, 'utf8'), readFileSync(before, 'utf8'), 'the terminal settings are as before');
     const upgrades = seen.filter((s) => s.method === 'UPGRADE');
     assert.equal(upgrades.length, 1);
+    assert.deepEqual((started() as { pty?: unknown }).pty, { rows: 33, cols: 101 }, "the PTY starts at the local terminal's size");
+    assert.deepEqual(seen.find((s) => s.url.endsWith('/procs/pty-cat/resize'))?.body, { rows: 33, cols: 101 }, 'and is sized again once attached');
+  });
+
+  test('a SIGTERM to the CLI in raw mode detaches (exit 143) and restores the terminal; the process is not signalled', { timeout: 120_000 }, async (t) => {
+    const q = (w: string) => `'${w.replace(/'/g, "'\\''")}'`;
+    const before = join(dir, 'stty-before-2');
+    const afterFile = join(dir, 'stty-after-2');
+    // `exec` keeps the pid the shell printed: the test signals exactly the CLI.
+    const cli = [process.execPath, BANGER, 'vm', 'exec', '-it', 'dev', '--', 'cat'].map(q).join(' ');
+    const inner = [`stty -g > ${q(before)}`, `sh -c ${q(`echo PID=$$; exec ${cli}`)}`, 'echo "rc=$?"', `stty -g > ${q(afterFile)}`].join('; ');
+    const env: NodeJS.ProcessEnv = { ...process.env, BANGER_HOME: home };
+    delete env.BANGER_CONFIG;
+    const child = spawn('script', ['-qec', inner, '/dev/null'], { env, stdio: ['pipe', 'pipe', 'pipe'] });
+    t.after(() => child.kill('SIGKILL'));
+    let out = '';
+    let signalled = false;
+    const ended = new Promise<number | null>((resolve) => child.on('close', resolve));
+    child.stdout.on('data', (c: Buffer) => {
+      out += c.toString('latin1');
+      const pid = Number(/PID=(\d+)/.exec(out)?.[1]);
+      if (!signalled && pid && out.includes('ready')) {
+        signalled = true;
+        process.kill(pid, 'SIGTERM');
+      }
+    });
+    assert.equal(await ended, 0, out);
+    assert.ok(signalled, out);
+    assert.match(out, /detached from pty-cat/);
+    assert.match(out, /rc=143/);
+    assert.equal(readFileSync(afterFile, 'utf8'), readFileSync(before, 'utf8'), 'the terminal settings are as before');
+    assert.equal(
+      seen.some((s) => s.url.endsWith('/signal')),
+      false,
+      'the process was left alone',
+    );
   });
 });

@@ -2,10 +2,11 @@ import type { Command } from 'commander';
 import { BangerError } from '../../api/errors.js';
 import type { Proc, ProcEvent, ProcStartRequest } from '../../api/proc-schemas.js';
 import type { Vm } from '../../api/schemas.js';
+import type { AttachHandle } from '../../client/attach.js';
 import { BangerClient } from '../../client/client.js';
 import { formatDuration } from '../../util/duration.js';
 import { DEFAULT_DETACH_KEYS, DetachKeyScanner, parseDetachKeys } from '../detach-keys.js';
-import { endNotice, exitStatusOf, signalName } from '../exit-status.js';
+import { endNotice, exitStatusOf, signalName, signalNumber } from '../exit-status.js';
 import { envArg, offsetArg, procNameArg, signalArg, timeoutArg } from '../proc-args.js';
 import { ago, formatError, printJson, printKeyValues, printTable, sanitizeInline } from '../render.js';
 import { driftWarning, workspaceOf } from '../workspace-drift.js';
@@ -86,6 +87,12 @@ interface AttachOptions {
   stdoutFrom: number;
   stderrFrom: number;
   detachKeys: Buffer;
+  /**
+   * What SIGINT, SIGTERM and SIGHUP to the CLI do: `forward` them to the process (a command we
+   * run), or `detach` (watching someone's process). On a terminal in raw mode Ctrl-C is a byte
+   * for the process; a signal then only comes from outside and detaches.
+   */
+  signals: 'forward' | 'detach';
 }
 
 /**
@@ -104,12 +111,35 @@ async function attachTerminal(c: BangerClient, vm: string, procId: string, o: At
   const cleanups: Array<() => void> = [() => process.off('exit', restore), restore];
   let detached = false;
   try {
+    // Signals first: a default SIGTERM would end the CLI on the spot, with the terminal raw.
+    let handle: AttachHandle | undefined;
+    let stopRequested = false;
+    const stop = () => {
+      stopRequested = true;
+      handle?.close();
+    };
+    if (!rawMode && o.signals === 'forward') {
+      // Without a local PTY in raw mode, Ctrl-C reaches us as a signal: pass it on.
+      cleanups.push(forwardSignals(() => ({ vm, proc: procId }), c, stop));
+    } else {
+      // Detach (the process keeps running); the terminal is restored by the cleanups below.
+      const onSignal = (sig: NodeJS.Signals) => {
+        process.exitCode = 128 + (signalNumber(sig.slice(3)) ?? 15);
+        stop();
+      };
+      for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(sig, onSignal);
+      cleanups.push(() => {
+        for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.off(sig, onSignal);
+      });
+    }
     // Raw mode before the first byte of output: whatever the process shows (a prompt) may be
     // answered at once, and keys typed in cooked mode would wait for a newline (Ctrl-Q even be
     // eaten by flow control).
     if (rawMode) stdin.setRawMode(true);
-    const handle = await c.attachProcess(vm, procId, { stdoutFrom: o.stdoutFrom, stderrFrom: o.stderrFrom });
-    handle.onOutput((out) => writeOutput(out.stream, out.data));
+    const attached = await c.attachProcess(vm, procId, { stdoutFrom: o.stdoutFrom, stderrFrom: o.stderrFrom });
+    handle = attached;
+    if (stopRequested) attached.close();
+    attached.onOutput((out) => writeOutput(out.stream, out.data));
     if (o.pty && process.stdout.isTTY) {
       const resize = () => {
         c.resizeProcess(vm, procId, process.stdout.rows || 24, process.stdout.columns || 80).catch(() => {});
@@ -118,35 +148,25 @@ async function attachTerminal(c: BangerClient, vm: string, procId: string, o: At
       process.stdout.on('resize', resize);
       cleanups.push(() => process.stdout.off('resize', resize));
     }
-    if (!rawMode) {
-      // Without a local PTY in raw mode, Ctrl-C reaches us as a signal: pass it on.
-      cleanups.push(
-        forwardSignals(
-          () => ({ vm, proc: procId }),
-          c,
-          () => handle.close(),
-        ),
-      );
-    }
     if (o.stdin) {
       // Detach keys only from a terminal: piped bytes are data, never a command to the CLI.
       const scanner = new DetachKeyScanner(stdin.isTTY ? o.detachKeys : Buffer.alloc(0));
       const onData = (chunk: Buffer) => {
         const forward = scanner.push(chunk);
-        if (forward.length && !handle.write(forward)) {
+        if (forward.length && !attached.write(forward)) {
           stdin.pause();
-          handle.drain().then(() => stdin.resume());
+          attached.drain().then(() => stdin.resume());
         }
         if (scanner.detached) {
           detached = true;
           stdin.pause();
-          handle.close();
+          attached.close();
         }
       };
       const onEnd = () => {
         const rest = scanner.flush();
-        if (rest.length) handle.write(rest);
-        if (o.eofOnEnd) handle.end();
+        if (rest.length) attached.write(rest);
+        if (o.eofOnEnd) attached.end();
       };
       stdin.on('data', onData);
       stdin.once('end', onEnd);
@@ -158,7 +178,7 @@ async function attachTerminal(c: BangerClient, vm: string, procId: string, o: At
         stdin.destroy();
       });
     }
-    const final = await handle.done;
+    const final = await attached.done;
     return detached ? undefined : final;
   } finally {
     for (const f of cleanups.reverse()) f();
@@ -215,7 +235,15 @@ export async function execInVm(c: BangerClient, v: Vm, command: string[], o: Exe
   if (o.interactive || o.tty) {
     const keys = detachKeysArg(o.detachKeys);
     const p = await c.startProcess(v.id, body);
-    const final = await attachTerminal(c, v.id, p.id, { stdin: !!o.interactive, eofOnEnd: true, pty: !!o.tty, stdoutFrom: 0, stderrFrom: 0, detachKeys: keys });
+    const final = await attachTerminal(c, v.id, p.id, {
+      stdin: !!o.interactive,
+      eofOnEnd: true,
+      pty: !!o.tty,
+      stdoutFrom: 0,
+      stderrFrom: 0,
+      detachKeys: keys,
+      signals: 'forward',
+    });
     if (!final) {
       process.stderr.write(`\r\ndetached from ${label(p)} (still running); again: banger vm proc attach ${v.name} ${p.id}\r\n`);
       return;
@@ -454,7 +482,14 @@ function registerProcVerbs(group: Command, noun: 'process' | 'session'): void {
     .option('--detach-keys <keys>', 'keys that detach (comma-separated, ctrl-<letter> or one character; "" disables)', DEFAULT_DETACH_KEYS)
     .addHelpText(
       'after',
-      '\nThe process keeps running when you detach (Ctrl-P Ctrl-Q, as in docker) or the connection drops.\nAttach never closes its stdin: banger vm proc send VM PROC --eof does. One attach at a time may type;\nothers only watch.\n',
+      [
+        '',
+        'The process keeps running when you detach (Ctrl-P Ctrl-Q, as in docker) or the connection drops.',
+        'Ctrl-C goes to the process while you type into it; when only watching (--no-stdin, or a process',
+        'without input) it detaches. Attach never closes its stdin: banger vm proc send VM PROC --eof does.',
+        'One attach at a time may type; others only watch.',
+        '',
+      ].join('\n'),
     )
     .action(async (ref: string, procRef: string, o: { stdin: boolean; from?: number; stderrFrom?: number; detachKeys: string }) => {
       const keys = detachKeysArg(o.detachKeys);
@@ -475,6 +510,8 @@ function registerProcVerbs(group: Command, noun: 'process' | 'session'): void {
         stdoutFrom: o.from ?? p.stdoutBytes,
         stderrFrom: o.stderrFrom ?? p.stderrBytes,
         detachKeys: keys,
+        // Typing into it: Ctrl-C is for it (docker's sig-proxy); only watching: Ctrl-C detaches.
+        signals: forwardStdin ? 'forward' : 'detach',
       });
       if (!final) process.stderr.write(`\r\ndetached from ${label(p)} (still running)\r\n`);
       else finishWith(final);
