@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { Socket } from 'node:net';
 import { join } from 'node:path';
@@ -136,6 +136,10 @@ before(async () => {
   git('add', 'f');
   git('commit', '-qm', 'one');
 
+  // The FAKE ssh `vm run` starts for a shell: records its argv, exits 5.
+  await mkdir(join(dir, 'bin'));
+  await writeFile(join(dir, 'bin', 'ssh'), `#!/bin/sh\nfor a in "$@"; do printf '%s\\n' "$a" >> '${join(dir, 'ssh-argv')}'; done\nexit 5\n`, { mode: 0o755 });
+
   server = createServer(async (req, res) => {
     const body = await readBody(req);
     const url = req.url ?? '';
@@ -143,6 +147,31 @@ before(async () => {
     const json = (status: number, b: unknown) => res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(b));
     const procs = `/v1/vms/${'f'.repeat(32)}/procs`;
     if (req.method === 'GET' && url === '/v1/vms/dev') return json(200, vmRecord());
+    // vm run: create (an operation), prepare (another), the image (for ssh), delete.
+    const op = (id: string, kind: string, result?: unknown) => ({
+      id,
+      kind,
+      target: 'dev',
+      state: result ? 'succeeded' : 'running',
+      stages: [],
+      createdAt: new Date(0).toISOString(),
+      ...(result ? { result } : {}),
+    });
+    const prepared = {
+      workspace: { hostPath: repo, guestPath: '/root/repo', baseCommit: '0'.repeat(40), mode: 'full', branch: null, preparedAt: new Date(0).toISOString() },
+      untrackedSkipped: 2,
+      files: 3,
+      bytes: 10,
+    };
+    if (req.method === 'POST' && url === '/v1/vms') return json(202, { operation: op('op-create', 'vm.create') });
+    if (req.method === 'POST' && url === `/v1/vms/${'f'.repeat(32)}/workspace`) return json(202, { operation: op('op-prepare', 'vm.workspace') });
+    if (req.method === 'GET' && url.startsWith('/v1/operations/op-')) {
+      const id = url.includes('op-create') ? 'op-create' : 'op-prepare';
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      return res.end(sse([{ type: 'done', operation: op(id, id, id === 'op-create' ? vmRecord() : prepared) }]));
+    }
+    if (req.method === 'GET' && url === '/v1/images/img') return json(200, { name: 'img', hasSshd: true });
+    if (req.method === 'POST' && url === '/v1/vms/actions') return json(200, { results: [{ ref: 'dev', ok: true, name: 'dev' }] });
     if (req.method === 'POST' && url === procs) {
       const b = body as { argv: string[]; mode: string; name?: string; pty?: unknown };
       const argv0 = b.argv[0] as string;
@@ -203,11 +232,11 @@ beforeEach(() => {
 });
 
 /** The CLI with raw stdout/stderr bytes (and optional stdin). */
-function cli(args: string[], input?: string): Promise<{ code: number | null; stdout: Buffer; stderr: string }> {
+function cli(args: string[], input?: string, cwd?: string): Promise<{ code: number | null; stdout: Buffer; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const env: NodeJS.ProcessEnv = { ...process.env, BANGER_HOME: home };
+    const env: NodeJS.ProcessEnv = { ...process.env, BANGER_HOME: home, PATH: `${join(dir, 'bin')}:${process.env.PATH ?? '/usr/bin:/bin'}` };
     delete env.BANGER_CONFIG;
-    const child = spawn(process.execPath, [BANGER, ...args], { env, stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [BANGER, ...args], { env, stdio: ['pipe', 'pipe', 'pipe'], ...(cwd ? { cwd } : {}) });
     const out: Buffer[] = [];
     const err: Buffer[] = [];
     child.stdout.on('data', (c: Buffer) => out.push(c));
@@ -469,5 +498,42 @@ describe('vm exec -it on a real terminal (script(1)) against a fake daemon', {
       false,
       'the process was left alone',
     );
+  });
+});
+
+describe('vm run with a repository against a fake daemon', () => {
+  const posted = (suffix: string) => seen.filter((x) => x.method === 'POST' && x.url.endsWith(suffix)).map((x) => x.body);
+
+  test('./repo -- CMD: create, prepare (a note for skipped untracked files), the command through the agent in the workspace, --rm', async () => {
+    const r = await cli(['vm', 'run', '--rm', '--image', 'img', './repo', '--', 'exit3', '-x'], undefined, dir);
+    assert.equal(r.code, 3, r.stderr);
+    assert.deepEqual(posted('/workspace'), [{ hostPath: repo }]);
+    assert.deepEqual(started(), { argv: ['exit3', '-x'], cwd: '/root/repo', stdin: 'null', mode: 'stream' }, 'through the process API, no ssh');
+    assert.match(r.stderr, /note: 2 untracked file\(s\) were not copied/);
+    assert.match(r.stderr, /deleted dev/);
+    assert.deepEqual(posted('/v1/vms/actions'), [{ action: 'delete', refs: ['f'.repeat(32)] }]);
+  });
+
+  test('./repo alone: an ssh shell started in the workspace, its status passed through', async () => {
+    await rm(join(dir, 'ssh-argv'), { force: true });
+    const r = await cli(['vm', 'run', '--rm', '--image', 'img', '--repo', repo]);
+    assert.equal(r.code, 5, r.stderr);
+    const argv = (await readFile(join(dir, 'ssh-argv'), 'utf8')).trimEnd().split('\n');
+    assert.deepEqual(argv.slice(-3), ['--', 'dev.vm', `cd /root/repo && exec "\${SHELL:-/bin/sh}" -l`]);
+    assert.equal(started(), undefined, 'a shell is ssh, not a guest process');
+  });
+
+  test('after -- a directory is the command; without a repository nothing is prepared; -d names the workspace', async () => {
+    const r = await cli(['vm', 'run', '--rm', '--image', 'img', '--', repo]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(posted('/workspace'), []);
+    assert.deepEqual(started()?.argv, [repo]);
+    assert.equal(started()?.cwd, undefined);
+    seen = [];
+    const d = await cli(['vm', 'run', '-d', '--image', 'img', repo]);
+    assert.equal(d.code, 0, d.stderr);
+    assert.match(d.stdout.toString(), /dev is running with the workspace in \/root\/repo/);
+    assert.match(d.stdout.toString(), /banger vm exec dev -- make test/);
+    assert.deepEqual(posted('/v1/vms/actions'), [], '-d keeps the VM');
   });
 });
