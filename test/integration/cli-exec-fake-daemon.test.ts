@@ -175,8 +175,9 @@ before(async () => {
     if (req.method === 'POST' && url === procs) {
       const b = body as { argv: string[]; mode: string; name?: string; pty?: unknown };
       const argv0 = b.argv[0] as string;
-      if (b.mode === 'detach')
-        return json(201, baseProc({ id: b.pty ? `pty-${argv0}` : 'p9', name: b.name ?? null, state: 'running', exitCode: null, argv: b.argv }));
+      // A name with escape sequences (as a hostile guest might answer): the CLI must print it inert.
+      const name = b.name === 'evil' ? `evil${HOSTILE}` : (b.name ?? null);
+      if (b.mode === 'detach') return json(201, baseProc({ id: b.pty ? `pty-${argv0}` : 'p9', name, state: 'running', exitCode: null, argv: b.argv }));
       const start = baseProc({ state: 'running', exitCode: null, argv: b.argv });
       const events: unknown[] = [{ type: 'start', proc: start }];
       if (argv0 === 'greet') events.push({ type: 'stdout', offset: 0, data: b64('out\n') }, { type: 'stderr', offset: 0, data: b64('err\n') });
@@ -358,6 +359,10 @@ describe('vm exec against a fake daemon', () => {
     assert.equal(r.code, 0, r.stderr);
     assert.equal(r.stdout.toString(), 'srv\n');
     assert.match(r.stderr, /banger vm proc logs -f dev srv/);
+    const evil = await cli(['vm', 'exec', 'dev', '-d', '--name', 'evil', '--', 'sleep', '99']);
+    assert.equal(evil.code, 0, evil.stderr);
+    assert.equal(evil.stdout.toString(), 'evil]0;pwned[2J\n', 'control characters removed from the printed name');
+    assert.doesNotMatch(evil.stderr, /[\x1b\x07]/);
     seen = [];
     const s = await cli(['vm', 'session', 'start', 'dev', '--name', 'repl', '--', 'python3']);
     assert.equal(s.code, 0, s.stderr);

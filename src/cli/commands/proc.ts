@@ -37,6 +37,8 @@ function usage(message: string, fix?: string): BangerError {
 
 /** How the CLI names a process in its own messages. */
 const label = (p: { id: string; name: string | null }) => sanitizeInline(p.name ?? p.id);
+/** A process id for a command line the user may copy (the daemon's answer, printed sanitised like every field). */
+const idOf = (p: { id: string }) => sanitizeInline(p.id);
 const commandText = (p: Pick<Proc, 'argv' | 'shell'>) => p.shell ?? (p.argv ?? []).join(' ');
 
 /** Raw program output to the matching local stream (blocking writes on Linux pipes, files and TTYs). */
@@ -228,7 +230,7 @@ export async function execInVm(c: BangerClient, v: Vm, command: string[], o: Exe
   const body = startRequest(command, o, workspaceOf(v)?.guestPath);
   if (o.detach) {
     const p = await c.startProcess(v.id, body);
-    process.stdout.write(`${p.name ?? p.id}\n`);
+    process.stdout.write(`${label(p)}\n`);
     process.stderr.write(`started ${label(p)} in ${v.name}; follow it: banger vm proc logs -f ${v.name} ${label(p)}\n`);
     return;
   }
@@ -245,7 +247,7 @@ export async function execInVm(c: BangerClient, v: Vm, command: string[], o: Exe
       signals: 'forward',
     });
     if (!final) {
-      process.stderr.write(`\r\ndetached from ${label(p)} (still running); again: banger vm proc attach ${v.name} ${p.id}\r\n`);
+      process.stderr.write(`\r\ndetached from ${label(p)} (still running); again: banger vm proc attach ${v.name} ${idOf(p)}\r\n`);
       return;
     }
     return finishWith(final, o.timeout);
@@ -272,7 +274,9 @@ export async function execInVm(c: BangerClient, v: Vm, command: string[], o: Exe
     removeHandlers();
   }
   if (!final) {
-    process.stderr.write(`stopped following${procId ? ` ${procId}; it may still run: banger vm proc show ${v.name} ${procId}` : ''}\n`);
+    process.stderr.write(
+      `stopped following${procId ? ` ${idOf({ id: procId })}; it may still run: banger vm proc show ${v.name} ${idOf({ id: procId })}` : ''}\n`,
+    );
     process.exitCode = 130;
     return;
   }
@@ -497,12 +501,12 @@ function registerProcVerbs(group: Command, noun: 'process' | 'session'): void {
       const v = await runningVm(c, ref);
       const p = await c.process(v.id, procRef);
       if (p.state !== 'running') {
-        process.stderr.write(`${label(p)} is not running (${stateText(p)}); its output: banger vm proc logs ${v.name} ${p.id}\n`);
+        process.stderr.write(`${label(p)} is not running (${stateText(p)}); its output: banger vm proc logs ${v.name} ${idOf(p)}\n`);
         process.exitCode = 1;
         return;
       }
       const forwardStdin = o.stdin && p.stdin === 'open';
-      if (o.stdin && p.stdin !== 'open') process.stderr.write(`${label(p)} takes no input (stdin ${p.stdin}): watching only\n`);
+      if (o.stdin && p.stdin !== 'open') process.stderr.write(`${label(p)} takes no input (stdin ${sanitizeInline(p.stdin)}): watching only\n`);
       const final = await attachTerminal(c, v.id, p.id, {
         stdin: forwardStdin,
         eofOnEnd: false,
@@ -566,7 +570,7 @@ function registerProcVerbs(group: Command, noun: 'process' | 'session'): void {
       if (o.json) printJson(p);
       if (!result || p.state === 'running') {
         throw new BangerError('timeout', `${label(p)} is still running after ${formatDuration(o.timeout ?? 0)}`, {
-          fix: `wait longer, or stop it: banger vm proc kill ${v.name} ${p.id}`,
+          fix: `wait longer, or stop it: banger vm proc kill ${v.name} ${idOf(p)}`,
         });
       }
       if (o.json) process.exitCode = exitStatusOf(p);

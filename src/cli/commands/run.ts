@@ -23,7 +23,7 @@ interface RunOptions extends VmSpecOptions {
 /** What to type next for a detached VM. */
 export function nextSteps(name: string, workspace?: string): string {
   return [
-    `${name} is running${workspace ? ` with the workspace in ${workspace}` : ''}. Next:`,
+    `${name} is running${workspace ? ` with the workspace in ${sanitizeInline(workspace)}` : ''}. Next:`,
     `  banger vm exec ${name} -- make test   # run a command${workspace ? ' (in the workspace)' : ''}`,
     `  banger vm ssh ${name}                 # a shell`,
     `  banger vm ports ${name}               # what it listens on (${name}.vm)`,
@@ -137,7 +137,7 @@ export function registerRunCommand(vm: Command): void {
         if (o.rm) {
           const { results } = await client.bulk({ action: 'delete', refs: [vm.id] });
           if (results[0]?.ok) process.stderr.write(`deleted ${vm.name}\n`);
-          else process.stderr.write(`could not delete ${vm.name}: ${results[0]?.error?.message}\n`);
+          else process.stderr.write(`could not delete ${vm.name}: ${sanitizeInline(results[0]?.error?.message ?? 'unknown error')}\n`);
         }
       }
       if (!o.rm && command.length === 0) process.stderr.write(`${vm.name} is still running; stop it with: banger vm stop ${vm.name}\n`);
