@@ -61,15 +61,18 @@ async function streamOutput(
 ): Promise<void> {
   const gone = new AbortController();
   res.on('close', () => gone.abort());
+  // Nothing is written to a response the client closed (a write after its end would be an error event).
+  const send = (event: unknown) => {
+    if (!res.destroyed && !res.writableEnded) events.send(event);
+  };
   try {
     const proc = await procs.follow(t, { ...opts, signal: gone.signal }, (stream, data, offset) => {
-      if (res.destroyed) return undefined;
-      events.send({ type: stream, offset, data: data.toString('base64') });
-      return drained(res);
+      send({ type: stream, offset, data: data.toString('base64') });
+      return res.destroyed ? undefined : drained(res);
     });
-    events.send({ type: 'exit', proc: toApiProc(proc) });
+    send({ type: 'exit', proc: toApiProc(proc) });
   } catch (e) {
-    if (!gone.signal.aborted) events.send({ type: 'error', error: toBangerError(e).toBody() });
+    if (!gone.signal.aborted) send({ type: 'error', error: toBangerError(e).toBody() });
   } finally {
     events.close();
   }

@@ -73,9 +73,11 @@ export function sessionError(op: string, r: { error?: string | undefined; code?:
         ? 'conflict'
         : r.code === 'cancelled' || /^cancel/.test(text)
           ? 'cancelled'
-          : r.code === 'bad_request' || /EISDIR|ENOTDIR|ELOOP|not a regular file|^invalid|^bad /i.test(text)
-            ? 'bad_request'
-            : 'internal';
+          : r.code === 'unavailable'
+            ? 'unavailable'
+            : r.code === 'bad_request' || /EISDIR|ENOTDIR|ELOOP|not a regular file|^invalid|^bad /i.test(text)
+              ? 'bad_request'
+              : 'internal';
   return new BangerError(code, `the guest agent failed ${op}: ${text}`);
 }
 
@@ -284,11 +286,17 @@ export class AgentDataPool {
     });
     accepted.catch(() => {});
     result.catch(() => {});
+    // A held port must not wait for the consumer of a session that already ended (or was cancelled).
+    let markEnded!: () => void;
+    const ended = new Promise<void>((resolve) => {
+      markEnded = resolve;
+    });
 
     let conn: FrameConnection | null = null;
     let slot: Slot | null = null;
     let settled = false;
     let cancelled = false;
+    let consumerError: Error | undefined;
     let cancelTimer: NodeJS.Timeout | undefined;
     let acceptTimer: NodeJS.Timeout | undefined;
 
@@ -313,9 +321,11 @@ export class AgentDataPool {
     const settle = (outcome: { ok: SessionResult } | { err: Error }, dropConnection = false) => {
       if (settled) return;
       settled = true;
-      if ('err' in outcome) {
-        acceptedReject(outcome.err);
-        resultReject(outcome.err);
+      markEnded();
+      if ('err' in outcome || consumerError) {
+        const err = consumerError ?? (outcome as { err: Error }).err;
+        acceptedReject(err);
+        resultReject(err);
       } else {
         acceptedResolve(); // an R before A cannot happen (frames before A are dropped), but never leave it pending
         resultResolve(outcome.ok);
@@ -329,6 +339,8 @@ export class AgentDataPool {
     const doCancel = () => {
       if (cancelled || settled || !conn) return;
       cancelled = true;
+      // Data after a cancel is not wanted: stop waiting for the consumer, so the guest's R gets through.
+      markEnded();
       conn.write(encodeFrame('C')).catch(() => {});
       // A guest that does not answer a cancel loses the connection (a held port is then redialled).
       cancelTimer = setTimeout(
@@ -338,6 +350,22 @@ export class AgentDataPool {
     };
     if (signal?.aborted) settle({ err: new BangerError('cancelled', 'cancelled') });
     else signal?.addEventListener('abort', onAbort, { once: true });
+
+    // A consumer that fails ends the session: the guest is asked to stop, the result is that failure.
+    const consumerFailed = (e: unknown) => {
+      consumerError ??= e instanceof Error ? e : new Error(String(e));
+      doCancel();
+    };
+    const deliver = (stream: FrameStream, data: Buffer): Promise<void> | undefined => {
+      if (consumerError || cancelled) return undefined;
+      try {
+        const r = onData(stream, data);
+        return r ? Promise.race([Promise.resolve(r).catch(consumerFailed), ended]) : undefined;
+      } catch (e) {
+        consumerFailed(e);
+        return undefined;
+      }
+    };
 
     const start = async (s: Slot) => {
       slot = s;
@@ -381,7 +409,7 @@ export class AgentDataPool {
           acceptedResolve();
           return;
         }
-        if (frame.type === 'D') return onData(frame.stream, frame.payload);
+        if (frame.type === 'D') return deliver(frame.stream, frame.payload);
         if (frame.type === 'R') {
           const r = parseJson(frame.payload, SessionResultSchema);
           if (!r) return settle({ err: new BangerError('internal', `the guest agent sent an invalid ${request.op} result`) });

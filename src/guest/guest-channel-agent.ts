@@ -84,6 +84,8 @@ function sessionReadable(): { stream: Readable; push: (data: Buffer) => Promise<
       w?.();
     },
   });
+  // The guest's failure also rejects `done`: a stream nobody listens to yet must not crash the daemon.
+  stream.on('error', () => {});
   return {
     stream,
     push: (data) => {

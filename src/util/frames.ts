@@ -1,6 +1,4 @@
 /**
- * (Lives in util because the client speaks it too: `/procs/:proc/attach` carries these frames.)
- *
  * Frames of the agent's data channels (docs/processes.md, "Data channels"): an 8-byte header —
  * magic 0xBA 0x6E, type, stream, payload length (u32 little-endian, at most
  * MAX_FRAME_PAYLOAD) — then the payload. Pure: no I/O.
@@ -8,6 +6,8 @@
  * The guest is hostile: a length over the limit is refused before anything is allocated, and
  * bytes that do not start a frame are skipped up to the next magic (counted, so a caller can
  * give up on a channel that sends only garbage).
+ *
+ * It lives in util because the client speaks it too: `/procs/:proc/attach` carries these frames.
  */
 
 export const FRAME_MAGIC_0 = 0xba;

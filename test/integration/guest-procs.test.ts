@@ -5,12 +5,14 @@
  * daemon's process routes serve it to the product's client over a real HTTP socket.
  */
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Readable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
 import { pino } from 'pino';
 import { BangerError } from '../../src/api/errors.js';
@@ -144,6 +146,92 @@ describe('GuestChannel over the real agent', () => {
       const joined = Buffer.concat([...part, rest.stdout]).toString();
       assert.equal(joined, `${Array.from({ length: 2000 }, (_, i) => i + 1).join('\n')}\n`);
       assert.equal(rest.proc.exitCode, 0);
+    } finally {
+      second.close();
+    }
+  });
+
+  test('files: write (mode, mkdirs), read, stat, list, move, remove; symlinks are not followed', async () => {
+    const g = link.guest;
+    const base = join(scratch, 'files');
+    const content = randomBytes(3 * 1024 * 1024 + 17);
+    const w = await g.writeFile(join(base, 'deep', 'a.bin'), Readable.from([content.subarray(0, 1000), content.subarray(1000)]), { mode: 0o640, mkdirs: true });
+    assert.equal(w.size, content.length);
+    assert.equal(statSync(join(base, 'deep', 'a.bin')).mode & 0o777, 0o640);
+    const r = await g.readFile(join(base, 'deep', 'a.bin'));
+    const chunks: Buffer[] = [];
+    for await (const c of r.stream) chunks.push(c as Buffer);
+    assert.deepEqual(await r.done, { size: content.length, mode: 0o640 });
+    assert.equal(sha(Buffer.concat(chunks)), sha(content));
+    const st = await g.stat(join(base, 'deep', 'a.bin'));
+    assert.equal(st.type, 'file');
+    assert.equal(st.size, content.length);
+    symlinkSync('/etc/hostname', join(base, 'link'));
+    assert.equal((await g.stat(join(base, 'link'))).linkTarget, '/etc/hostname');
+    await assert.rejects(
+      (async () => {
+        const x = await g.readFile(join(base, 'link'));
+        x.stream.resume();
+        await x.done;
+      })(),
+      (e) => e instanceof BangerError,
+      'reading through a symlink is refused',
+    );
+    await g.mkdir(join(base, 'sub'), { mode: 0o700 });
+    await g.move(join(base, 'deep', 'a.bin'), join(base, 'sub', 'b.bin'));
+    const names = (await g.list(base)).entries.map((e) => `${e.name}:${e.type}`).sort();
+    assert.deepEqual(names, ['deep:dir', 'link:symlink', 'sub:dir']);
+    await g.remove(join(base, 'sub'), { recursive: true });
+    await assert.rejects(g.stat(join(base, 'sub')), isCode('not_found'));
+  });
+
+  test('tar out and tar in through the data channel', async () => {
+    const g = link.guest;
+    const src = join(scratch, 'tree');
+    mkdirSync(join(src, 'd'), { recursive: true });
+    writeFileSync(join(src, 'd', 'x.txt'), 'x');
+    writeFileSync(join(src, 'y.sh'), '#!/bin/sh\n', { mode: 0o755 });
+    const out = await g.tarOut(src);
+    const chunks: Buffer[] = [];
+    for await (const c of out.stream) chunks.push(c as Buffer);
+    await out.done;
+    const tarball = Buffer.concat(chunks);
+    const listing = execFileSync('tar', ['-tf', '-'], { input: tarball }).toString().split('\n').filter(Boolean).sort();
+    assert.deepEqual(listing, ['tree/', 'tree/d/', 'tree/d/x.txt', 'tree/y.sh']);
+    const dest = join(scratch, 'unpacked');
+    await g.tarIn(dest, Readable.from([tarball]));
+    assert.equal(readFileSync(join(dest, 'tree', 'd', 'x.txt'), 'utf8'), 'x');
+    assert.equal(statSync(join(dest, 'tree', 'y.sh')).mode & 0o777, 0o755);
+    await assert.rejects(
+      g.tarIn(join(scratch, 'bad'), Readable.from([Buffer.from('this is not a tar archive at all'.repeat(40))])),
+      (e) => e instanceof BangerError,
+    );
+  });
+
+  test('the agent restarting (SIGKILL): the same channel reaches the new agent, the process and its output live on', async () => {
+    const t = await procs.start('dev', { shell: 'echo before; read x; echo after', stdin: 'pipe' });
+    await agent.restartAgent();
+    await link.waitReady(20_000);
+    assert.equal((await link.guest.showProcess(t.proc.id)).state, 'running');
+    await link.guest.writeStdin(t.proc.id, 0, Buffer.from('\n'));
+    const { proc, stdout } = await collect(link.guest, t.proc.id);
+    assert.equal(stdout.toString(), 'before\nafter\n');
+    assert.equal(proc.exitCode, 0);
+  });
+
+  test('an exit while no channel was open (the daemon down) is reported by the next one', async () => {
+    const first = linkTo(agent);
+    const p = await first.guest.startProcess({ id: 'p-whiledown', shell: 'read x; echo bye; exit 5', stdin: 'pipe' });
+    await first.guest.closeStdin(p.id);
+    first.close();
+    // The process ends with nobody connected: wait for the agent's status file.
+    for (let i = 0; i < 400 && !existsSync(join(agent.procsDir, p.id, 'status')); i++) await new Promise((r) => setTimeout(r, 25));
+    const second = linkTo(agent);
+    try {
+      const shown = await second.guest.showProcess(p.id);
+      assert.equal(shown.state, 'exited');
+      assert.equal(shown.exitCode, 5);
+      assert.equal((await collect(second.guest, p.id)).stdout.toString(), 'bye\n');
     } finally {
       second.close();
     }

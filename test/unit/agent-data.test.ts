@@ -325,6 +325,80 @@ test('a cancelled session whose guest never answers drops the connection', async
   assert.equal(t.fake.connections, 2);
 });
 
+test('a consumer that fails ends the session with its error (the guest is told to stop)', async () => {
+  await using t = await setup(1);
+  let cancelled = false;
+  t.fake.onSession = (s) => {
+    s.accept();
+    s.send('D', 'one', 1);
+    s.send('D', 'two', 1);
+    s.onFrame = (f) => {
+      if (f.type === 'C') {
+        cancelled = true;
+        s.result({ ok: true });
+      }
+    };
+  };
+  const seen: string[] = [];
+  const session = t.pool.session({ op: 'output' }, async (_s, d) => {
+    seen.push(d.toString());
+    throw new Error('the client went away');
+  });
+  await assert.rejects(session.result, /the client went away/);
+  assert.equal(cancelled, true);
+  assert.deepEqual(seen, ['one'], 'nothing more is delivered after the failure');
+});
+
+test('a restarted agent’s announcement: dropped before our A, fails the session after it', async () => {
+  await using t = await setup(1);
+  const restarted = { ok: false, code: 'unavailable', error: 'agent restarted' };
+  t.fake.onSession = (s) => {
+    s.result(restarted); // the worker reopened its port just before our S
+    s.accept();
+    s.result({ ok: true, fine: true });
+  };
+  assert.equal((await t.pool.session({ op: 'output' }, () => undefined).result).fine, true);
+  t.fake.onSession = (s) => {
+    s.accept();
+    s.send('D', 'partial', 1);
+    s.result(restarted); // the agent died mid-session and a new worker opened the port
+  };
+  await assert.rejects(t.pool.session({ op: 'output' }, () => undefined).result, isCode('unavailable'));
+});
+
+test('a consumer stuck past its session’s end does not hold the port for the next session', async () => {
+  await using t = await setup(1);
+  t.fake.onSession = (s) => {
+    s.accept();
+    s.send('D', `data of ${s.request.op}`, 1);
+    if (s.request.op === 'first') {
+      s.onFrame = (f) => {
+        if (f.type === 'C') s.result({ ok: true });
+      };
+    } else s.result({ ok: true });
+  };
+  const ac = new AbortController();
+  const first = t.pool.session({ op: 'first' }, () => new Promise<void>(() => {}), ac.signal);
+  await first.accepted;
+  ac.abort();
+  await first.result;
+  const got: string[] = [];
+  await t.pool.session({ op: 'second' }, (_s, d) => void got.push(d.toString())).result;
+  assert.deepEqual(got, ['data of second']);
+});
+
+test('a session whose signal is already aborted never reaches the guest', async () => {
+  await using t = await setup(1);
+  const s = t.pool.session({ op: 'output' }, () => undefined, AbortSignal.abort());
+  await assert.rejects(s.result, isCode('cancelled'));
+  await assert.rejects(s.accepted, isCode('cancelled'));
+  await t.pool.session({ op: 'next' }, () => undefined).result;
+  assert.deepEqual(
+    t.fake.sessions.map((x) => x.request.op),
+    ['next'],
+  );
+});
+
 test('the queue is bounded', async () => {
   await using t = await setup(1, { maxQueued: 1 });
   t.fake.onSession = (s) => s.accept();
