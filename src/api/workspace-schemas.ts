@@ -21,7 +21,12 @@ export const WorkspaceRecordSchema = z.object({
 });
 export type WorkspaceRecord = z.infer<typeof WorkspaceRecordSchema>;
 
-const HostPath = z.string().min(1).max(4096);
+/** Absolute: the daemon reads it, and its working directory is not the client's. */
+const HostPath = z
+  .string()
+  .min(1)
+  .max(4096)
+  .refine((p) => p.startsWith('/') && !p.includes('\0'), { message: 'an absolute host path' });
 /** Absolute, normalised, not `/`: where the repository goes in the guest. */
 export const GuestRepoPath = z
   .string()
@@ -94,7 +99,12 @@ export const WorkspacePrepareRequestSchema = z
     includeUntracked: z.boolean().default(false),
     branch: BranchName.optional(),
     /** A revision of the host repository the new branch starts from (default HEAD). */
-    from: z.string().min(1).max(256).optional(),
+    from: z
+      .string()
+      .min(1)
+      .max(256)
+      .refine((r) => !r.startsWith('-'), { message: 'a revision, not an option' })
+      .optional(),
   })
   .strict()
   .refine((r) => r.from === undefined || r.branch !== undefined, { message: '--from goes with --branch' });

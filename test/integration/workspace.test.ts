@@ -272,6 +272,24 @@ describe('workspaces over the fake guest channel', { skip }, () => {
     );
   });
 
+  test('a cancelled prepare leaves nothing in the guest and records nothing', async () => {
+    const g = join(tmp, 'guest-cancel', 'root', 'repo');
+    const c = ctx();
+    const controller = new AbortController();
+    // Cancelled while checking out: the steps under way finish or fail, the staging directory goes.
+    c.stage = (name) => {
+      c.stages.push(name);
+      if (name === 'check out') controller.abort();
+    };
+    Object.assign(c, { signal: controller.signal });
+    c.checkCancelled = () => {
+      if (controller.signal.aborted) throw new BangerError('cancelled', 'cancelled');
+    };
+    await assert.rejects(svc.prepare('api', { hostPath: host, guestPath: g }, c), (e: BangerError) => e.code === 'cancelled' || e.name === 'AbortError');
+    assert.deepEqual(readdirSync(join(tmp, 'guest-cancel', 'root')), []);
+    assert.equal(repos.workspaces.byVm('v4'), undefined);
+  });
+
   test('a hostile guest cannot write a ref outside refs/banger/<vm>/ nor make git read another repository', async () => {
     const refsBefore = git(host, 'for-each-ref', '--format=%(refname) %(objectname)');
     const evil = join(tmp, 'evil');
@@ -314,6 +332,9 @@ describe('workspaces over the fake guest channel', { skip }, () => {
     }
     await assert.rejects(svc.exportBranch('full', '../../heads/main'), (e: BangerError) => e.code === 'bad_request');
     assert.equal(git(host, 'for-each-ref', '--format=%(refname) %(objectname)'), refsBefore);
+    assert.equal(WorkspacePrepareRequestSchema.safeParse({ hostPath: 'relative/repo' }).success, false);
+    assert.equal(WorkspacePrepareRequestSchema.safeParse({ hostPath: host, branch: 'b', from: '--output=/tmp/x' }).success, false);
+    assert.equal(WorkspacePrepareRequestSchema.safeParse({ hostPath: host, from: 'HEAD' }).success, false, '--from needs --branch');
     for (const guestPath of ['relative', '/a/../b', '/', '/a/']) {
       assert.equal(WorkspacePrepareRequestSchema.safeParse({ hostPath: host, guestPath }).success, false, guestPath);
     }
@@ -373,6 +394,12 @@ describe('workspaces over the fake guest channel', { skip }, () => {
       await assert.rejects(client.exportWorkspace('stopped', { format: 'patch' }, new PassThrough()), (e: BangerError) => e.code === 'conflict');
       await assert.rejects(client.workspace('shallow-nope'), (e: BangerError) => e.code === 'not_found');
       await assert.rejects(client.exportWorkspace('api', { format: 'branch', name: '../main' }), (e: BangerError) => e.code === 'bad_request');
+      // The host moves on: status reports the drift against the base.
+      git(host, 'commit', '-qm', 'host moved on');
+      const drift = await client.workspace('api');
+      assert.equal(drift.hostMoved, true);
+      assert.equal(drift.hostHead, git(host, 'rev-parse', 'HEAD'));
+      assert.equal(drift.hostCommitsSinceBase, 1);
     } finally {
       server.closeAllConnections();
       await new Promise<void>((r) => server.close(() => r()));

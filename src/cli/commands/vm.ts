@@ -29,6 +29,10 @@ function printVm(vm: Vm): void {
     ['started', vm.startedAt],
     ['last used', ago(vm.touchedAt)],
     ['dir', vm.dir],
+    [
+      'workspace',
+      vm.workspace ? `${vm.workspace.guestPath} from ${vm.workspace.hostPath} at ${vm.workspace.baseCommit.slice(0, 12)} (${vm.workspace.mode})` : null,
+    ],
     ['last error', vm.lastError],
   ]);
 }

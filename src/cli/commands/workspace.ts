@@ -1,6 +1,8 @@
 import { createWriteStream } from 'node:fs';
 import { rename, rm } from 'node:fs/promises';
 import { resolve } from 'node:path';
+import { Writable } from 'node:stream';
+import { StringDecoder } from 'node:string_decoder';
 import type { Command } from 'commander';
 import { BangerError } from '../../api/errors.js';
 import type { OperationEvent } from '../../api/schemas.js';
@@ -8,7 +10,7 @@ import type { WorkspaceExportFormat, WorkspaceMode, WorkspacePlan } from '../../
 import { BangerClient } from '../../client/client.js';
 import { formatBytes } from '../../util/duration.js';
 import { ProgressRenderer } from '../progress.js';
-import { ago, printJson, printKeyValues, sanitizeInline } from '../render.js';
+import { ago, printJson, printKeyValues, sanitizeForTerminal, sanitizeInline } from '../render.js';
 
 interface PrepareOptions {
   guestPath?: string;
@@ -40,6 +42,22 @@ function printPlan(plan: WorkspacePlan, prefix = ''): void {
     if (s.plan) printPlan(s.plan, `${prefix}${s.path}/`);
     else process.stdout.write(`${'submodule'.padEnd(10)} ${'(not initialised: skipped)'}  ${sanitizeInline(prefix + s.path)}\n`);
   }
+}
+
+/**
+ * The guest wrote the patch: on a terminal it is read, not applied, so escape sequences in it are
+ * removed (piped or written to a file it stays byte-exact, for git apply).
+ */
+function terminalSink(out: NodeJS.WriteStream): Writable {
+  const decoder = new StringDecoder('utf8');
+  return new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      out.write(sanitizeForTerminal(decoder.write(chunk)), () => cb());
+    },
+    final(cb) {
+      out.write(sanitizeForTerminal(decoder.end()), () => cb());
+    },
+  });
 }
 
 export function registerWorkspaceCommands(vm: Command): void {
@@ -158,7 +176,13 @@ export function registerWorkspaceCommands(vm: Command): void {
         return;
       }
       if (!o.output) {
-        await client.exportWorkspace(vmRef, { format, name: o.name }, process.stdout);
+        if (!process.stdout.isTTY) {
+          await client.exportWorkspace(vmRef, { format, name: o.name }, process.stdout);
+          return;
+        }
+        const sink = terminalSink(process.stdout);
+        await client.exportWorkspace(vmRef, { format, name: o.name }, sink);
+        await new Promise<void>((ok) => sink.end(ok));
         return;
       }
       // Into a temporary file beside FILE, renamed once whole: a cut stream never leaves a partial patch under FILE's name.

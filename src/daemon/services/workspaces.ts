@@ -206,7 +206,8 @@ export class WorkspaceService {
         if (ok.code !== 0) throw new BangerError('bad_request', `"${req.branch}" is not a valid branch name`, { fix: 'see git check-ref-format' });
       }
       if (req.from !== undefined) {
-        const from = await hostGit(this.d.runner, top, ['rev-parse', '--verify', '-q', '--end-of-options', `${req.from}^{commit}`], true);
+        if (req.from.startsWith('-')) throw new BangerError('bad_request', `--from ${req.from} is not a revision`);
+        const from = await hostGit(this.d.runner, top, ['rev-parse', '--verify', '-q', `${req.from}^{commit}`], true);
         if (from.code !== 0) throw new BangerError('bad_request', `--from ${req.from} is not a commit of ${top}`);
         base = from.stdout.trim();
         if (req.mode === 'shallow' && base !== plan.plan.head) {
@@ -313,10 +314,28 @@ export class WorkspaceService {
         ch.writeFile(bundlePath, bundle.stdout.pipe(counter(onBytes)), { mode: 0o600, mkdirs: false, signal: ctx.signal }),
         finished(bundle, 'git bundle create', err),
       ]);
-      await this.g(vm, ['git', 'fetch', '-q', '--update-head-ok', '--no-tags', bundlePath, '+refs/heads/*:refs/heads/*', '+refs/tags/*:refs/tags/*', 'HEAD'], {
-        cwd: dir,
-        signal: ctx.signal,
-      });
+      await this.g(
+        vm,
+        [
+          'git',
+          '-c',
+          'gc.auto=0',
+          '-c',
+          'maintenance.auto=false',
+          'fetch',
+          '-q',
+          '--update-head-ok',
+          '--no-tags',
+          bundlePath,
+          '+refs/heads/*:refs/heads/*',
+          '+refs/tags/*:refs/tags/*',
+          'HEAD',
+        ],
+        {
+          cwd: dir,
+          signal: ctx.signal,
+        },
+      );
       await this.g(vm, ['rm', '-f', '--', bundlePath, `${gitDir}/FETCH_HEAD`], { signal: ctx.signal });
     } else {
       // Depth 1: HEAD's commit and its tree as one pack, and .git/shallow naming the commit (its parents are not there).
@@ -339,7 +358,8 @@ export class WorkspaceService {
     if (plan.plan.branch) await this.g(vm, ['git', 'symbolic-ref', 'HEAD', `refs/heads/${plan.plan.branch}`], { cwd: dir });
     else await this.g(vm, ['git', 'update-ref', '--no-deref', 'HEAD', head], { cwd: dir });
     ctx.stage(`check out${label}`, head.slice(0, 12));
-    await this.g(vm, ['git', 'reset', '-q', '--hard', 'HEAD'], { cwd: dir, signal: ctx.signal });
+    // Parallel checkout (git >= 2.32, one worker per CPU; older git ignores the key): the checkout is most of a large prepare.
+    await this.g(vm, ['git', '-c', 'checkout.workers=0', 'reset', '-q', '--hard', 'HEAD'], { cwd: dir, signal: ctx.signal });
 
     ctx.stage(`ship changes${label}`, `${plan.overlay.length} changed, ${plan.plan.deleted.length} deleted`);
     // Staged changes: the host's index against HEAD as a binary patch, applied to the guest's index only.
@@ -506,6 +526,11 @@ export class WorkspaceService {
             'transfer.fsckObjects=true',
             '-c',
             'fetch.fsckObjects=true',
+            // No background gc or maintenance left running in the user's repository after the daemon's fetch.
+            '-c',
+            'gc.auto=0',
+            '-c',
+            'maintenance.auto=false',
             'fetch',
             '-q',
             '--no-tags',
