@@ -784,7 +784,7 @@ int main(int argc, char **argv)
     const char *device = NULL;
     long vsock_port = -1;
     int stdio_mode = 0, ndata = 0;
-    const char *data_paths[8];
+    const char *data_paths[4];
 
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--version")) {

@@ -448,7 +448,8 @@ static void result_tar(struct port *p, pid_t pid, int errfd, char *errtext, size
     rout.len = 0, rout.full = 0;
     out_fmt(&rout, "{\"ok\":%s,\"exit_code\":%d,\"stderr\":", code == 0 ? "true" : "false", code);
     out_str(&rout, errtext, errlen);
-    if (code) out_raw(&rout, ",\"error\":\"tar failed\",\"code\":\"tar_failed\"", 40);
+    static const char failed[] = ",\"error\":\"tar failed\",\"code\":\"tar_failed\"";
+    if (code) out_raw(&rout, failed, sizeof failed - 1);
     out_raw(&rout, "}", 1);
     send_result(p);
 }
@@ -624,10 +625,21 @@ static void serve_port(struct port *p)
 
 static struct port the_port;
 
+/* A virtio-serial host cannot see the guest side reopen its port: a host mid-session would wait forever
+ * for the R of a worker that died with a restarted agent. Every (re)opened port says so first; a host
+ * without a session, or before its A, drops it (docs/processes.md). */
+static void announce_reopen(struct port *p)
+{
+    static const char msg[] = "{\"ok\":false,\"code\":\"unavailable\",\"error\":\"agent restarted\"}";
+    send_frame(p, 'R', 0, msg, sizeof msg - 1);
+    p->gone = 0; /* a virtio port with no host yet: the sessions start when one comes */
+}
+
 static void serve_fd(int fd, int is_chr)
 {
     memset(&the_port, 0, sizeof the_port);
     the_port.fd = fd, the_port.is_chr = is_chr;
+    announce_reopen(&the_port);
     serve_port(&the_port);
 }
 
@@ -674,12 +686,14 @@ static int data_vsock_listen(void)
     return fd;
 }
 
-/* Finds the virtio data ports (their driver may bind late) and accepts vsock sessions. */
-static void manager(void)
+/* Keeps one worker per data port: the --data paths when given, else the virtio ports
+ * org.banger.data.0..3 (their driver may bind late) and vsock sessions on port 1025. A worker that
+ * dies (whatever the host sent) is started again. */
+static void manager(const char *const *paths, int npaths)
 {
     pid_t port_pid[DATA_PORTS] = {0};
     pid_t vsock_pid[MAX_VSOCK_SESSIONS] = {0};
-    int lfd = -1;
+    int lfd = -1, nports = npaths ? npaths : DATA_PORTS;
     long long next_try = 0;
     close_fds_from(3, -1, -1);
     for (;;) {
@@ -691,18 +705,23 @@ static void manager(void)
                 if (vsock_pid[k] == dead) vsock_pid[k] = 0;
         }
         if (mono_ms() >= next_try) {
-            next_try = mono_ms() + 1000;
-            for (int k = 0; k < DATA_PORTS; k++) {
+            next_try = mono_ms() + (npaths ? 100 : 1000);
+            for (int k = 0; k < nports; k++) {
                 char name[64], dev[PATH_MAX];
-                snprintf(name, sizeof name, "org.banger.data.%d", k);
-                if (port_pid[k] || find_virtio_port_named(name, dev, sizeof dev)) continue;
+                if (port_pid[k]) continue;
+                if (npaths) {
+                    snprintf(dev, sizeof dev, "%s", paths[k]);
+                } else {
+                    snprintf(name, sizeof name, "org.banger.data.%d", k);
+                    if (find_virtio_port_named(name, dev, sizeof dev)) continue;
+                }
                 if ((port_pid[k] = fork_worker()) == 0) worker_path(dev);
                 if (port_pid[k] < 0) port_pid[k] = 0;
             }
-            if (lfd < 0) lfd = data_vsock_listen();
+            if (lfd < 0 && !npaths) lfd = data_vsock_listen();
         }
         struct pollfd pfd = {.fd = lfd, .events = POLLIN};
-        if (poll(&pfd, 1, 1000) <= 0 || lfd < 0) continue;
+        if (poll(&pfd, 1, npaths ? 100 : 1000) <= 0 || lfd < 0) continue;
         struct sockaddr_vm peer;
         socklen_t plen = sizeof peer;
         int cfd = accept4(lfd, (struct sockaddr *)&peer, &plen, SOCK_CLOEXEC);
@@ -727,7 +746,6 @@ static void manager(void)
 
 void data_start(const char *const *paths, int npaths)
 {
-    for (int i = 0; i < npaths; i++)
-        if (fork_worker() == 0) worker_path(paths[i]);
-    if (npaths == 0 && fork_worker() == 0) manager();
+    if (npaths > DATA_PORTS) npaths = DATA_PORTS;
+    if (fork_worker() == 0) manager(paths, npaths);
 }

@@ -375,6 +375,7 @@ static const char *parse_spec(const struct jval *p, struct spec *s)
             return err;
         s->pty = 1;
         s->rows = rows ? (unsigned)rows : 24, s->cols = cols ? (unsigned)cols : 80;
+        s->stdin_pipe = 1; /* a terminal always takes input: the attach writes to it */
     }
     s->output_limit = DEFAULT_OUTPUT_LIMIT;
     if ((err = uint_param(p, "timeout_ms", 0, 1ULL << 40, &s->timeout_ms)) ||
@@ -698,9 +699,10 @@ static void write_status(struct sup *x, const char *code)
 static void finish(struct sup *x, const char *code)
 {
     kill_all(x, SIGKILL); /* what is left of the cgroup/group */
-    write_status(x, code);
+    /* the cgroup is removable once empty: then nothing of the process is left when status appears */
     if (x->cgroup[0])
-        for (int i = 0; i < 100 && rmdir(x->cgroup) != 0 && errno == EBUSY; i++) sleep_ms(20);
+        for (int i = 0; i < 250 && rmdir(x->cgroup) != 0 && errno == EBUSY; i++) sleep_ms(20);
+    write_status(x, code);
     _exit(0);
 }
 

@@ -88,6 +88,7 @@ class ControlLink {
   private buffer = '';
   private nextId = 1;
   private readonly pending = new Map<number, (reply: Record<string, unknown>) => void>();
+  readonly badLines: string[] = [];
 
   constructor(readonly socket: net.Socket) {
     socket.on('data', (chunk: Buffer) => {
@@ -95,7 +96,13 @@ class ControlLink {
       for (let nl = this.buffer.indexOf('\n'); nl >= 0; nl = this.buffer.indexOf('\n')) {
         const line = this.buffer.slice(0, nl);
         this.buffer = this.buffer.slice(nl + 1);
-        const reply = JSON.parse(line) as Record<string, unknown>;
+        let reply: Record<string, unknown>;
+        try {
+          reply = JSON.parse(line) as Record<string, unknown>;
+        } catch {
+          this.badLines.push(line.slice(0, 200)); // not JSON: kept for the failure message of the call that waits
+          continue;
+        }
         const done = this.pending.get(reply.id as number);
         this.pending.delete(reply.id as number);
         done?.(reply);
@@ -148,8 +155,10 @@ export interface SessionOptions {
 }
 
 /** One data port: the agent's worker connects to it (and reconnects when it drops). */
-class DataPort {
+export class DataPort {
   socket: net.Socket | null = null;
+  /** The last frames that arrived outside any session (at most 16), e.g. the reopen announcement. */
+  readonly idleFrames: Frame[] = [];
   private waiters: Array<() => void> = [];
   private onFrame: ((frame: Frame) => void) | null = null;
   private decoder = new FrameDecoder();
@@ -161,7 +170,10 @@ class DataPort {
       this.socket = socket;
       this.decoder = new FrameDecoder();
       socket.on('data', (chunk: Buffer) => {
-        for (const frame of this.decoder.push(chunk)) this.onFrame?.(frame);
+        for (const frame of this.decoder.push(chunk)) {
+          if (this.onFrame) this.onFrame(frame);
+          else if (this.idleFrames.push(frame) > 16) this.idleFrames.shift();
+        }
       });
       socket.on('error', () => {});
       socket.on('close', () => {
@@ -173,7 +185,7 @@ class DataPort {
 
   async connected(timeoutMs: number): Promise<net.Socket> {
     const deadline = Date.now() + timeoutMs;
-    while (!this.socket) {
+    while (!this.socket || this.socket.destroyed) {
       if (Date.now() > deadline) throw new Error(`the agent did not connect to data port ${this.path}`);
       await Promise.race([new Promise<void>((r) => this.waiters.push(r)), sleep(100)]);
     }
@@ -191,38 +203,52 @@ class DataPort {
     };
     return new Promise<SessionResult>((resolve, reject) => {
       let accepted = false;
-      const timer = setTimeout(() => {
-        this.onFrame = null;
-        reject(new Error(`session ${JSON.stringify(request)} did not end within ${opts.timeoutMs ?? 30_000} ms`));
-      }, opts.timeoutMs ?? 30_000);
-      socket.once('close', () => {
+      const finish = (error: Error | null, value?: SessionResult) => {
         clearTimeout(timer);
-        reject(new Error('the agent closed the data port mid-session'));
-      });
-      this.onFrame = (frame) => {
-        if (!accepted) {
-          if (frame.type === 'A' && (JSON.parse(frame.payload.toString()) as { nonce?: string }).nonce === nonce) {
-            accepted = true;
-            opts.onAccepted?.(ctl);
-            if (opts.stdin) for (const f of encodeData(opts.stdin, 0)) socket.write(f);
-            if (opts.stdin && !opts.noEof) socket.write(encodeFrame('E'));
-          }
-          return; // anything before our A belongs to an older session
+        socket.off('close', onClose);
+        this.onFrame = null;
+        if (error) reject(error);
+        else resolve(value as SessionResult);
+      };
+      const timer = setTimeout(
+        () => finish(new Error(`session ${JSON.stringify(request)} did not end within ${opts.timeoutMs ?? 30_000} ms`)),
+        opts.timeoutMs ?? 30_000,
+      );
+      const onClose = () => finish(new Error('the agent closed the data port mid-session'));
+      socket.once('close', onClose);
+      const json = (frame: Frame): Record<string, unknown> => {
+        try {
+          return JSON.parse(frame.payload.toString()) as Record<string, unknown>;
+        } catch {
+          throw new Error(`the agent sent a ${frame.type} frame that is not JSON: ${frame.payload.toString().slice(0, 200)}`);
         }
-        if (frame.type === 'D') {
-          const key = frame.stream === 1 ? 'stdout' : frame.stream === 2 ? 'stderr' : 'data';
-          out[key].push(frame.payload);
-          ctl.received[key] += frame.payload.length;
-          opts.onData?.(frame.stream, frame.payload, ctl);
-        } else if (frame.type === 'R') {
-          clearTimeout(timer);
-          this.onFrame = null;
-          resolve({
-            result: JSON.parse(frame.payload.toString()) as Record<string, unknown>,
-            stdout: Buffer.concat(out.stdout),
-            stderr: Buffer.concat(out.stderr),
-            data: Buffer.concat(out.data),
-          });
+      };
+      this.onFrame = (frame) => {
+        try {
+          if (!accepted) {
+            if (frame.type === 'A' && json(frame).nonce === nonce) {
+              accepted = true;
+              opts.onAccepted?.(ctl);
+              if (opts.stdin) for (const f of encodeData(opts.stdin, 0)) socket.write(f);
+              if (opts.stdin && !opts.noEof) socket.write(encodeFrame('E'));
+            }
+            return; // anything before our A belongs to an older session
+          }
+          if (frame.type === 'D') {
+            const key = frame.stream === 1 ? 'stdout' : frame.stream === 2 ? 'stderr' : 'data';
+            out[key].push(frame.payload);
+            ctl.received[key] += frame.payload.length;
+            opts.onData?.(frame.stream, frame.payload, ctl);
+          } else if (frame.type === 'R') {
+            finish(null, {
+              result: json(frame),
+              stdout: Buffer.concat(out.stdout),
+              stderr: Buffer.concat(out.stderr),
+              data: Buffer.concat(out.data),
+            });
+          }
+        } catch (error) {
+          finish(error as Error);
         }
       };
       if (opts.before) socket.write(opts.before);
@@ -290,6 +316,10 @@ export class AgentHarness {
 
   private spawnAgent(): void {
     const child = spawn(AGENT_BINARY, this.args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    // a test runner that exits without close() must not leave an agent behind (its workers die with it)
+    const reap = () => child.kill('SIGKILL');
+    process.once('exit', reap);
+    child.once('exit', () => process.off('exit', reap));
     child.stderr!.on('data', (d: Buffer) => {
       this.log += d.toString();
       if (this.log.length > 64 * 1024) this.log = this.log.slice(-32 * 1024);
