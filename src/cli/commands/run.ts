@@ -1,3 +1,5 @@
+import { statSync } from 'node:fs';
+import { homedir } from 'node:os';
 import type { Command } from 'commander';
 import { BangerError } from '../../api/errors.js';
 import type { OperationEvent, Vm } from '../../api/schemas.js';
@@ -5,20 +7,25 @@ import { BangerClient } from '../../client/client.js';
 import { checkVm } from '../../client/trust.js';
 import { dnsLabelProblem } from '../../util/ids.js';
 import { addVmSpecOptions, type VmSpecOptions, vmCreateRequest } from '../args.js';
+import { DEFAULT_DETACH_KEYS } from '../detach-keys.js';
 import { followOperation, ProgressRenderer } from '../progress.js';
+import { sanitizeInline } from '../render.js';
+import { classifyRunArgs, countAfterDashDash } from '../run-args.js';
+import { execInVm } from './proc.js';
 import { sshIntoVm } from './ssh.js';
 
 interface RunOptions extends VmSpecOptions {
   rm?: boolean;
   detach?: boolean;
+  repo?: string;
 }
 
 /** What to type next for a detached VM. */
-export function nextSteps(name: string): string {
+export function nextSteps(name: string, workspace?: string): string {
   return [
-    `${name} is running. Next:`,
+    `${name} is running${workspace ? ` with the workspace in ${sanitizeInline(workspace)}` : ''}. Next:`,
+    `  banger vm exec ${name} -- make test   # run a command${workspace ? ' (in the workspace)' : ''}`,
     `  banger vm ssh ${name}                 # a shell`,
-    `  banger vm ssh ${name} -- make test    # run a command`,
     `  banger vm ports ${name}               # what it listens on (${name}.vm)`,
     `  banger vm stop ${name}`,
     `  banger vm delete ${name}`,
@@ -26,24 +33,61 @@ export function nextSteps(name: string): string {
   ].join('\n');
 }
 
+const isDirectory = (path: string): boolean => {
+  try {
+    return statSync(path).isDirectory();
+  } catch {
+    return false;
+  }
+};
+
+/** The command line's words as commander received them (the root program keeps them). */
+function rawArgsOf(cmd: Command): readonly string[] {
+  let root: Command = cmd;
+  while (root.parent) root = root.parent;
+  return (root as unknown as { rawArgs?: string[] }).rawArgs ?? process.argv;
+}
+
 export function registerRunCommand(vm: Command): void {
   addVmSpecOptions(
     vm
       .command('run')
-      .description('create a VM (default image, pulled on first use) and open a shell in it, or run a command and exit with its status')
-      .argument('[command...]', 'command to run (put it after --)'),
+      .description(
+        'create a VM (default image, pulled on first use), optionally prepare a host repository in it, then open a shell there or run a command and exit with its status',
+      )
+      .argument('[args...]', 'an optional repository directory (., ./dir, ../dir, /dir, ~/dir), then the command (put it after --)'),
     'image name (default: default_image_name; catalog images are pulled on first use)',
   )
+    .option('--repo <path>', 'prepare this host git repository as the workspace (same as a first argument like ./repo)')
     .option('--rm', 'delete the VM when the shell or command ends')
     .option('-d, --detach', 'leave the VM running and print how to reach it')
     .addHelpText(
       'after',
-      '\nExamples:\n  banger vm run                          # a shell in a fresh VM\n  banger vm run --rm -- uname -r         # run, print, delete\n  banger vm run -d --name api --nat      # keep it running\n',
+      [
+        '',
+        'A command runs through the guest agent (no ssh), in the workspace when there is one; a shell uses ssh.',
+        '',
+        'Examples:',
+        '  banger vm run                          # a shell in a fresh VM',
+        '  banger vm run --rm -- uname -r         # run, print, delete',
+        '  banger vm run --rm . -- make test      # this repository in the VM, its tests, delete',
+        '  banger vm run ~/src/app                # a shell in /root/repo, a copy of ~/src/app',
+        '  banger vm run -d --name api --nat      # keep it running',
+        '',
+      ].join('\n'),
     )
-    .action(async (command: string[], o: RunOptions) => {
+    .action(async (operands: string[], o: RunOptions, cmd: Command) => {
+      const args = classifyRunArgs(operands, countAfterDashDash(rawArgsOf(cmd), operands.length), {
+        ...(o.repo !== undefined ? { repo: o.repo } : {}),
+        cwd: process.cwd(),
+        home: process.env.HOME || homedir(),
+        isDirectory,
+      });
+      if ('error' in args) throw new BangerError('bad_request', args.error, { fix: 'give the directory of a git repository', details: 'usage' });
+      const { repo, command } = args;
       if (o.detach && o.rm) throw new BangerError('bad_request', '--rm and --detach contradict each other', { fix: 'drop one of them', details: 'usage' });
       if (o.detach && command.length)
-        throw new BangerError('bad_request', '--detach does not run a command', { fix: 'run it later with banger vm ssh NAME -- CMD', details: 'usage' });
+        throw new BangerError('bad_request', '--detach does not run a command', { fix: 'run it later with banger vm exec NAME -- CMD', details: 'usage' });
       const client = new BangerClient({ timeoutMs: 60 * 60_000 });
       const accepted = await client.createVm(vmCreateRequest(o, true));
       const progress = new ProgressRenderer(process.stderr, false);
@@ -64,21 +108,38 @@ export function registerRunCommand(vm: Command): void {
         }
         throw e;
       }
-      if (o.detach) {
-        process.stdout.write(nextSteps(vm.name));
-        return;
-      }
-      let code: number;
+      let workspace: Vm['workspace'] = null;
       try {
-        code = await sshIntoVm(client, vm, command);
+        if (repo !== undefined) {
+          const prepared = await client.prepareWorkspace(vm.id, { hostPath: repo }, new ProgressRenderer(process.stderr, false).onEvent);
+          workspace = prepared.workspace;
+          process.stderr.write(`workspace: ${sanitizeInline(repo)} → ${vm.name}:${sanitizeInline(prepared.workspace.guestPath)} (${prepared.files} files)\n`);
+          if (prepared.untrackedSkipped > 0) {
+            process.stderr.write(
+              `note: ${prepared.untrackedSkipped} untracked file(s) were not copied (banger vm workspace prepare ${vm.name} --include-untracked copies them)\n`,
+            );
+          }
+        }
+        if (o.detach) {
+          process.stdout.write(nextSteps(vm.name, workspace?.guestPath));
+          return;
+        }
+        if (command.length) {
+          // Through the agent's process API: no wait for sshd, exit status and streams kept apart.
+          await execInVm(client, { ...vm, workspace }, command, { detachKeys: DEFAULT_DETACH_KEYS });
+        } else {
+          process.exitCode = await sshIntoVm(client, vm, [], workspace ? { cwd: workspace.guestPath } : {});
+        }
+      } catch (e) {
+        if (!o.rm) process.stderr.write(`${vm.name} is still running; stop it with: banger vm stop ${vm.name}\n`);
+        throw e;
       } finally {
         if (o.rm) {
           const { results } = await client.bulk({ action: 'delete', refs: [vm.id] });
           if (results[0]?.ok) process.stderr.write(`deleted ${vm.name}\n`);
-          else process.stderr.write(`could not delete ${vm.name}: ${results[0]?.error?.message}\n`);
+          else process.stderr.write(`could not delete ${vm.name}: ${sanitizeInline(results[0]?.error?.message ?? 'unknown error')}\n`);
         }
       }
       if (!o.rm && command.length === 0) process.stderr.write(`${vm.name} is still running; stop it with: banger vm stop ${vm.name}\n`);
-      process.exitCode = code;
     });
 }

@@ -33,11 +33,13 @@ function runSsh(args: string[]): Promise<number> {
  * word). Nothing after `--` is parsed as an option, so a host name can never become one
  * (`-oProxyCommand=…` would run a command on the host).
  */
-export function sshArgv(o: { config: string; attempts: number; tty: boolean; host: string; command: string[] }): string[] {
+export function sshArgv(o: { config: string; attempts: number; tty: boolean; host: string; command: string[]; cwd?: string }): string[] {
   const args = ['-F', o.config, '-o', 'ConnectTimeout=5', '-o', `ConnectionAttempts=${o.attempts}`];
   if (o.tty) args.push('-t');
   args.push('--', o.host);
   if (o.command.length) args.push(shellQuote(o.command));
+  // A login shell in the workspace: the directory quoted as one word for the guest's shell.
+  else if (o.cwd !== undefined) args.push(`cd ${shellQuote([o.cwd])} && exec "\${SHELL:-/bin/sh}" -l`);
   return args;
 }
 
@@ -45,7 +47,7 @@ export function sshArgv(o: { config: string; attempts: number; tty: boolean; hos
  * Opens a shell in a running VM, or runs a command there; resolves to ssh's exit status (the
  * remote command's, or 255 for ssh's own failures).
  */
-export async function sshIntoVm(client: BangerClient, v: Vm, command: string[]): Promise<number> {
+export async function sshIntoVm(client: BangerClient, v: Vm, command: string[], opts: { cwd?: string } = {}): Promise<number> {
   // The name comes from the daemon's answer: it must be a DNS label before it goes near argv.
   const name = checkVmName(v.name);
   if (v.state !== 'running') {
@@ -66,7 +68,16 @@ export async function sshIntoVm(client: BangerClient, v: Vm, command: string[]):
   }
   const config = bangerSshConfigPath(client.layout);
   // sshd starts a moment after the agent reports ready: retry the connection briefly.
-  return runSsh(sshArgv({ config, attempts, tty: command.length === 0 && !!process.stdin.isTTY, host: `${name}.vm`, command }));
+  return runSsh(
+    sshArgv({
+      config,
+      attempts,
+      tty: command.length === 0 && !!process.stdin.isTTY,
+      host: `${name}.vm`,
+      command,
+      ...(opts.cwd !== undefined ? { cwd: opts.cwd } : {}),
+    }),
+  );
 }
 
 /** `vm ssh`. */

@@ -7,6 +7,7 @@ import { addVmSpecOptions, intArg, memoryArg, onOff, sizeArg, type VmSpecOptions
 import { followOperation, ProgressRenderer } from '../progress.js';
 import { ago, printJson, printKeyValues, printTable, sanitizeForTerminal, sanitizeInline } from '../render.js';
 import { registerVmCpCommand } from './cp.js';
+import { registerExecCommand, registerProcCommands } from './proc.js';
 import { registerRunCommand } from './run.js';
 import { registerVmSshCommand } from './ssh.js';
 import { registerWorkspaceCommands } from './workspace.js';
@@ -220,6 +221,8 @@ export function registerVmCommands(program: Command): void {
   registerVmSshCommand(vm);
   registerVmCpCommand(vm);
   registerRunCommand(vm);
+  registerExecCommand(vm);
+  registerProcCommands(vm);
   registerWorkspaceCommands(vm);
 
   vm.command('prune')
