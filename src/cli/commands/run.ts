@@ -18,6 +18,8 @@ interface RunOptions extends VmSpecOptions {
   rm?: boolean;
   detach?: boolean;
   repo?: string;
+  interactive?: boolean;
+  tty?: boolean;
 }
 
 /** What to type next for a detached VM. */
@@ -60,6 +62,8 @@ export function registerRunCommand(vm: Command): void {
   )
     .option('--repo <path>', 'prepare this host git repository as the workspace (same as a first argument like ./repo)')
     .option('--rm', 'delete the VM when the shell or command ends')
+    .option('-i, --interactive', "feed this terminal's stdin to the command (as `vm exec -i`)")
+    .option('-t, --tty', 'run the command under a terminal (as `vm exec -t`)')
     .option('-d, --detach', 'leave the VM running and print how to reach it')
     .addHelpText(
       'after',
@@ -89,7 +93,8 @@ export function registerRunCommand(vm: Command): void {
       if (o.detach && command.length)
         throw new BangerError('bad_request', '--detach does not run a command', { fix: 'run it later with banger vm exec NAME -- CMD', details: 'usage' });
       const client = new BangerClient({ timeoutMs: 60 * 60_000 });
-      const accepted = await client.createVm(vmCreateRequest(o, true));
+      // A command runs through the agent: ready needs no sshd unless the user asked for it.
+      const accepted = await client.createVm(vmCreateRequest({ ...(command.length ? { waitFor: 'agent' as const } : {}), ...o }, true));
       const progress = new ProgressRenderer(process.stderr, false);
       let name: string | undefined;
       const onEvent = (e: OperationEvent): void => {
@@ -126,7 +131,11 @@ export function registerRunCommand(vm: Command): void {
         }
         if (command.length) {
           // Through the agent's process API: no wait for sshd, exit status and streams kept apart.
-          await execInVm(client, { ...vm, workspace }, command, { detachKeys: DEFAULT_DETACH_KEYS });
+          await execInVm(client, { ...vm, workspace }, command, {
+            detachKeys: DEFAULT_DETACH_KEYS,
+            ...(o.interactive ? { interactive: true } : {}),
+            ...(o.tty ? { tty: true } : {}),
+          });
         } else {
           process.exitCode = await sshIntoVm(client, vm, [], workspace ? { cwd: workspace.guestPath } : {});
         }
