@@ -878,21 +878,12 @@ static void supervise(const struct spec *s, int ready_fd)
             if (got > 0) {
                 keep_output(&x, k + 1, buf, (size_t)got);
             } else if (got == 0 || (errno != EINTR && errno != EAGAIN)) {
-                if (master >= 0 && x.child_done == 0) {
-                    /* EIO: every slave closed; the child's exit follows */
-                }
+                /* a PTY master reads EIO once every slave closed: its output is over, the exit follows */
                 close(fds_out[k]);
-                if (fds_out[k] == master) master = -2, stdin_w = -1;
+                if (fds_out[k] == master) master = -1, stdin_w = -1;
                 fds_out[k] = -1;
                 out_open--;
             }
-        }
-        if (master == -2) { /* hung up: the PTY's end is the process's end */
-            if (!x.child_done) {
-                waitpid(x.child, &x.wstatus, 0);
-                x.child_done = 1;
-            }
-            finish(&x, NULL);
         }
         int can_write = (i_in >= 0 && (pfd[i_in].revents & POLLOUT)) ||
                         (master >= 0 && i_out[0] >= 0 && (pfd[i_out[0]].revents & POLLOUT));

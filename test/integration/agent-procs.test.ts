@@ -14,6 +14,7 @@ import { after, before, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { encodeFrame } from '../../src/guest/agent-frames.js';
 import { AgentCallError, AgentHarness } from '../helpers/agent-harness.js';
+import { Rng } from '../helpers/fuzz.js';
 
 const isRoot = process.getuid?.() === 0;
 const skip = isRoot ? false : 'needs root: the agent makes cgroups and switches users, as it does in a guest';
@@ -178,6 +179,28 @@ test('a timeout kills the whole group, also a grandchild that called setsid', { 
   assert.equal(info.timed_out, true);
   assert.equal(info.signal, 9);
   assert.deepEqual(processesWith(marker), [], 'no process of the group is left');
+});
+
+test('without cgroups (--cgroup-root none) a timeout still kills the process group', { skip }, async () => {
+  const plain = await AgentHarness.start({ dataPorts: 1, cgroups: false });
+  try {
+    assert.equal(plain.cgroupRoot, null);
+    const marker = `banger-marker-${randomBytes(6).toString('hex')}`;
+    await plain.call('proc.start', { id: 'nocg', shell: `sh -c "sleep 1000; : ${marker}" & sleep 1000; : ${marker}`, timeout_ms: 1000 });
+    for (let i = 0; processesWith(marker).length < 2; i++) {
+      assert.ok(i < 100, 'the marked processes never showed up');
+      await sleep(10);
+    }
+    const info = await plain.waitExit('nocg');
+    assert.equal(info.timed_out, true);
+    for (let i = 0; processesWith(marker).length > 0; i++) {
+      // killpg is asynchronous (no cgroup to wait for): the processes go within moments
+      assert.ok(i < 200, `left: ${processesWith(marker)}`);
+      await sleep(10);
+    }
+  } finally {
+    await plain.close();
+  }
 });
 
 test('PTY: a terminal, and stty size follows proc.resize', { skip }, async () => {
@@ -450,6 +473,34 @@ test('garbage before S on a data port is skipped', { skip }, async () => {
   const r = await h.session({ op: 'read', path: '/proc/self/status' }, { before: junk });
   assert.equal(r.result.ok, true);
   assert.match(r.data.toString(), /^Name:/);
+});
+
+test('hostile frames on a data port: the worker survives and serves the next session', { skip }, async () => {
+  const seed = Number(process.env.BANGER_FUZZ_SEED ?? Date.now() % 1_000_000);
+  const rng = new Rng(seed);
+  const socket = await h.portSocket(0);
+  const hostile = [
+    encodeFrame('S', 'not json'),
+    encodeFrame('S', '{"nonce":"x"}'),
+    encodeFrame('S', `{"nonce":"y","op":"read","path":${'['.repeat(50)}${']'.repeat(50)}}`),
+    encodeFrame('S', JSON.stringify({ nonce: 'z', op: 'output', id: '../../etc' })),
+    encodeFrame('S', JSON.stringify({ nonce: 'w', op: 'write', path: '/' })),
+    encodeFrame('D', randomBytes(100)),
+    encodeFrame('E'),
+    encodeFrame('C'),
+    // a header that claims more than the 256 KiB limit: skipped, never allocated
+    Buffer.from([0xba, 0x6e, 0x44, 0, 0xff, 0xff, 0xff, 0x7f]),
+  ];
+  for (let i = 0; i < 200; i++) {
+    const f = rng.pick(hostile);
+    socket.write(rng.bool(0.3) ? f.subarray(0, rng.int(f.length + 1)) : f);
+    if (rng.bool(0.2)) socket.write(randomBytes(rng.int(300)));
+  }
+  // a frame cut short waits for its payload: one maximal payload of zeros completes it (zeros outside a frame are skipped)
+  socket.write(Buffer.alloc(8 + 256 * 1024));
+  const r = await h.session({ op: 'read', path: '/proc/self/status' }, { port: 0, timeoutMs: 10_000 });
+  assert.equal(r.result.ok, true, `seed ${seed}`);
+  assert.equal((await h.call<{ ready: boolean }>('health')).ready, true);
 });
 
 test('the control channel never waits for bulk data: health during an 8 MiB output session', { skip }, async (t) => {
