@@ -509,7 +509,7 @@ const char *m_proc_start(struct out *o, const struct jval *p)
     waitpid(first, NULL, 0); /* or the SIGCHLD handler got it first */
     /* The supervisor closes its end once `sup` (and, when exec failed, `status`) is written. */
     struct pollfd pfd = {.fd = ready[0], .events = POLLIN};
-    long long deadline = mono_ms() + 5000;
+    long long deadline = mono_ms() + 30000; /* a slow (TCG) guest still answers with the started process */
     char junk[16];
     while (mono_ms() < deadline) {
         int rc = poll(&pfd, 1, (int)(deadline - mono_ms()));
