@@ -483,9 +483,10 @@ static int handle_line(int fd, const char *line, size_t n)
         json_free(doc);
         return reply_error(fd, 0, err);
     }
-    if (!rq.method) {
+    if ((err = json_limit_error(doc)) || !rq.method) {
+        int rc = reply_error(fd, rq.id, err ? err : "missing method");
         json_free(doc);
-        return reply_error(fd, rq.id, "missing method");
+        return rc;
     }
     for (i = 0; i < sizeof methods / sizeof methods[0]; i++)
         if (rq.method_len == strlen(methods[i].name) && !memcmp(rq.method, methods[i].name, rq.method_len)) break;

@@ -102,6 +102,13 @@ test('a signal death reports the signal number', { skip }, async () => {
   assert.equal(info.exit_code, null);
 });
 
+test('argv travels as UTF-8, escapes and surrogate pairs included', { skip }, async () => {
+  const word = 'é😀\t"q"\\';
+  const { info, stdout } = await run({ argv: ['printf', '%s', word] });
+  assert.equal(stdout.toString(), word);
+  assert.deepEqual((info as Info & { argv: string[] }).argv, ['printf', '%s', word]);
+});
+
 test('cat with the default stdin (null) returns at once', { skip }, async () => {
   const { info, stdout } = await run({ argv: ['cat'] });
   assert.equal(info.exit_code, 0);
@@ -553,6 +560,11 @@ test('the agent stays up after hostile control requests', { skip }, async () => 
     ['proc.signal', { id: 'nope', signal: 99 }],
     ['fs.remove', { path: '/' }],
   ];
+  // the bounded params parser: 4096 entries per array, 8 levels of params
+  await assert.rejects(h.call('proc.start', { id: nextId('wide'), argv: Array(4097).fill('a') }), /too many entries/);
+  let deep: unknown = 1;
+  for (let i = 0; i < 9; i++) deep = [deep];
+  await assert.rejects(h.call('proc.start', { id: nextId('deep'), argv: ['true'], env: deep }), /nested too deep/);
   for (const [method, params] of hostile) {
     await assert.rejects(h.call(method, params), AgentCallError, `${method} ${JSON.stringify(params)}`);
   }
