@@ -155,7 +155,13 @@ static int supervisor_alive(int pid)
     snprintf(path, sizeof path, "/proc/%d/comm", pid);
     if (read_file(path, comm, sizeof comm) <= 0) return 0;
     trim_right(comm);
-    return !strcmp(comm, SUPERVISOR_NAME); /* not a recycled pid */
+    if (strcmp(comm, SUPERVISOR_NAME)) return 0; /* a recycled pid */
+    /* a zombie nobody reaped yet is gone too: the state follows the ")" that ends the comm */
+    char stat[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    if (read_file(path, stat, sizeof stat) <= 0) return 0;
+    const char *paren = strrchr(stat, ')');
+    return paren && paren[1] == ' ' && paren[2] != 'Z' && paren[2] != 'X';
 }
 
 int proc_running(const char *id)

@@ -538,6 +538,39 @@ test('the control channel never waits for bulk data: health during an 8 MiB outp
   );
 });
 
+test('a supervisor killed from inside the guest leaves its process lost, and a follow ends', { skip }, async () => {
+  const id = nextId('lost');
+  await h.call('proc.start', { id, argv: ['sleep', '1000'] });
+  const [sup, child] = readFileSync(join(h.procsDir, id, 'sup'), 'utf8')
+    .split(' ')
+    .map(Number);
+  assert.equal(readFileSync(`/proc/${sup}/comm`, 'utf8').trim(), 'banger-sup');
+  process.kill(sup as number, 'SIGKILL');
+  for (let i = 0; existsSync(`/proc/${sup}/comm`) && readFileSync(`/proc/${sup}/stat`, 'utf8').split(' ')[2] !== 'Z'; i++) {
+    assert.ok(i < 500, 'the supervisor did not die');
+    await sleep(10);
+  }
+  const s = await h.session({ op: 'output', id, stdout_from: 0, stderr_from: 0, follow: true });
+  assert.equal((s.result.proc as Info).state, 'lost');
+  process.kill(child as number, 'SIGKILL');
+});
+
+test('at most 256 process directories; forget makes room', { skip }, async () => {
+  const many = await AgentHarness.start({ dataPorts: 1, cgroups: false });
+  try {
+    for (let i = 0; i < 256; i++) await many.call('proc.start', { id: `p${i}`, argv: ['true'] });
+    await assert.rejects(many.call('proc.start', { id: 'p256', argv: ['true'] }), /too many processes \(max 256\)/);
+    await many.waitExit('p0');
+    await many.call('proc.forget', { id: 'p0' });
+    await many.call('proc.start', { id: 'p256', argv: ['true'] });
+    const { procs, truncated } = await many.call<{ procs: Info[]; truncated?: boolean }>('proc.list');
+    assert.ok(procs.length > 0 && procs.length <= 256);
+    if (procs.length < 256) assert.equal(truncated, true, 'a shortened list says so');
+  } finally {
+    await many.close();
+  }
+});
+
 test('process directories of an earlier boot are wiped when the agent starts', { skip }, async () => {
   const stale = join(h.procsDir, 'from-another-boot');
   mkdirSync(stale);
