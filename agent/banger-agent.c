@@ -38,6 +38,7 @@
 #include <sys/un.h>
 #include <sys/reboot.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
 
@@ -749,9 +750,27 @@ long long mono_ms(void)
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* close_range(2) (Linux 5.9+) closes a range in one call; older kernels get the loop below. */
+static int close_span(unsigned lo, unsigned hi)
+{
+#ifdef SYS_close_range
+    if (lo > hi) return 0;
+    return (int)syscall(SYS_close_range, lo, hi, 0);
+#else
+    (void)lo, (void)hi;
+    return -1;
+#endif
+}
+
 /* A forked helper keeps only the descriptors it needs (the agent's channels stay the agent's). */
 void close_fds_from(int lowest, int keep1, int keep2)
 {
+    int a = keep1 < keep2 ? keep1 : keep2, b = keep1 < keep2 ? keep2 : keep1;
+    unsigned lo = (unsigned)lowest;
+    int ok = 1;
+    if (a >= lowest) ok &= close_span(lo, (unsigned)a - 1) == 0, lo = (unsigned)a + 1;
+    if (b >= lowest && b != a) ok &= close_span(lo, (unsigned)b - 1) == 0, lo = (unsigned)b + 1;
+    if (ok && close_span(lo, ~0U) == 0) return;
     struct rlimit rl;
     int max = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 65536 ? (int)rl.rlim_cur : 65536;
     for (int fd = lowest; fd < max; fd++)

@@ -84,14 +84,15 @@ int valid_proc_id(const char *id)
     return 0;
 }
 
-/* Writes a small file atomically: a temp file beside it, then rename. */
+/* Writes a small file atomically: a temp file beside it, then rename. No fsync: these files matter
+ * only within one boot (a new boot wipes them), and a rename is atomic for every reader of this boot. */
 static int write_atomic(const char *path, const char *data, size_t n)
 {
     char tmp[PATH_MAX];
     if (snprintf(tmp, sizeof tmp, "%s.tmp%d", path, (int)getpid()) >= (int)sizeof tmp) return errno = ENAMETOOLONG, -1;
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0) return -1;
-    if (write_all(fd, data, n) || fsync(fd)) {
+    if (write_all(fd, data, n)) {
         close_keep_errno(fd);
         unlink(tmp);
         return -1;
@@ -707,7 +708,7 @@ static void finish(struct sup *x, const char *code)
     kill_all(x, SIGKILL); /* what is left of the cgroup/group */
     /* the cgroup is removable once empty: then nothing of the process is left when status appears */
     if (x->cgroup[0])
-        for (int i = 0; i < 250 && rmdir(x->cgroup) != 0 && errno == EBUSY; i++) sleep_ms(20);
+        for (int i = 0; i < 300 && rmdir(x->cgroup) != 0 && errno == EBUSY; i++) sleep_ms(i < 50 ? 1 : 20);
     write_status(x, code);
     _exit(0);
 }
