@@ -53,9 +53,12 @@ struct jval {
 
 struct jdoc; /* owns every jval of one parse */
 
-/* Parses a whole text; NULL with *err set ("invalid JSON" ...) on failure. */
+/* Parses a whole text; NULL with *err set ("invalid JSON" ...) when it is not JSON. */
 struct jdoc *json_parse(const char *text, size_t n, const char **err);
 struct jval *json_root(struct jdoc *d);
+/* Set when the text was valid JSON but broke a bound (depth, entries, string length): the caller
+ * refuses the request, answering with its id. */
+const char *json_limit_error(struct jdoc *d);
 void json_free(struct jdoc *d);
 
 struct jval *json_get(const struct jval *obj, const char *key); /* NULL when missing (or obj not an object) */

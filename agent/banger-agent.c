@@ -38,6 +38,7 @@
 #include <sys/un.h>
 #include <sys/reboot.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
 
@@ -483,9 +484,10 @@ static int handle_line(int fd, const char *line, size_t n)
         json_free(doc);
         return reply_error(fd, 0, err);
     }
-    if (!rq.method) {
+    if ((err = json_limit_error(doc)) || !rq.method) {
+        int rc = reply_error(fd, rq.id, err ? err : "missing method");
         json_free(doc);
-        return reply_error(fd, rq.id, "missing method");
+        return rc;
     }
     for (i = 0; i < sizeof methods / sizeof methods[0]; i++)
         if (rq.method_len == strlen(methods[i].name) && !memcmp(rq.method, methods[i].name, rq.method_len)) break;
@@ -748,9 +750,27 @@ long long mono_ms(void)
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* close_range(2) (Linux 5.9+) closes a range in one call; older kernels get the loop below. */
+static int close_span(unsigned lo, unsigned hi)
+{
+#ifdef SYS_close_range
+    if (lo > hi) return 0;
+    return (int)syscall(SYS_close_range, lo, hi, 0);
+#else
+    (void)lo, (void)hi;
+    return -1;
+#endif
+}
+
 /* A forked helper keeps only the descriptors it needs (the agent's channels stay the agent's). */
 void close_fds_from(int lowest, int keep1, int keep2)
 {
+    int a = keep1 < keep2 ? keep1 : keep2, b = keep1 < keep2 ? keep2 : keep1;
+    unsigned lo = (unsigned)lowest;
+    int ok = 1;
+    if (a >= lowest) ok &= close_span(lo, (unsigned)a - 1) == 0, lo = (unsigned)a + 1;
+    if (b >= lowest && b != a) ok &= close_span(lo, (unsigned)b - 1) == 0, lo = (unsigned)b + 1;
+    if (ok && close_span(lo, ~0U) == 0) return;
     struct rlimit rl;
     int max = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 65536 ? (int)rl.rlim_cur : 65536;
     for (int fd = lowest; fd < max; fd++)

@@ -584,6 +584,8 @@ static void run_session(struct port *p, const struct frame *s)
     if (send_frame(p, 'A', 0, rout.buf, rout.len) == 0) {
         if (!req || req->type != J_OBJ)
             result_error(p, "invalid", err ? err : "the request must be a JSON object");
+        else if (json_limit_error(doc))
+            result_error(p, "invalid", json_limit_error(doc));
         else if (!op)
             result_error(p, "invalid", "missing op");
         else if (!strcmp(op, "output"))

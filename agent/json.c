@@ -22,6 +22,7 @@ struct block {
 struct jdoc {
     struct block *blocks;
     struct jval *root;
+    const char *limit_err; /* valid JSON beyond a bound: the request is refused, but with its id */
 };
 
 static void *arena_alloc(struct jdoc *d, size_t n)
@@ -101,7 +102,7 @@ static int parse_string(struct parser *ps, char **out, size_t *len)
     while (ps->p < ps->end) {
         unsigned c = *ps->p++;
         if (c == '"') {
-            if (n > JSON_MAX_STRING) return ps->err = "string too long (max 65536 bytes)", -1;
+            if (n > JSON_MAX_STRING) ps->doc->limit_err = "string too long (max 65536 bytes)";
             dst[n] = 0;
             *out = dst, *len = n;
             return 0;
@@ -220,9 +221,13 @@ static int parse_container(struct parser *ps, struct jval *v, int depth)
         }
         struct jval *e = parse_value(ps, depth + 1);
         if (!e) return -1;
-        if (++v->len > JSON_MAX_ARRAY) return ps->err = "too many entries (max 4096)", -1;
         e->key = key, e->key_len = key_len;
-        *tail = e, tail = &e->next;
+        if (v->len < JSON_MAX_ARRAY) {
+            v->len++;
+            *tail = e, tail = &e->next;
+        } else {
+            ps->doc->limit_err = "too many entries (max 4096 per array or object)";
+        }
         ws(ps);
         if (peek(ps) == ',') {
             ps->p++;
@@ -233,9 +238,27 @@ static int parse_container(struct parser *ps, struct jval *v, int depth)
     }
 }
 
+/* Skips a container nested beyond the bound without recursion (strings may hold brackets). */
+static int skip_container(struct parser *ps)
+{
+    int depth = 0;
+    while (ps->p < ps->end) {
+        unsigned c = *ps->p++;
+        if (c == '"') {
+            while (ps->p < ps->end && *ps->p != '"') ps->p += *ps->p == '\\' ? 2 : 1;
+            if (ps->p >= ps->end) return -1;
+            ps->p++;
+        } else if (c == '[' || c == '{') {
+            depth++;
+        } else if ((c == ']' || c == '}') && --depth == 0) {
+            return 0;
+        }
+    }
+    return -1;
+}
+
 static struct jval *parse_value(struct parser *ps, int depth)
 {
-    if (depth >= JSON_MAX_DEPTH) return ps->err = "invalid JSON: nested too deep (max 8 levels of params)", NULL;
     ws(ps);
     struct jval *v = arena_alloc(ps->doc, sizeof *v);
     if (!v) return ps->err = "out of memory", NULL;
@@ -243,6 +266,12 @@ static struct jval *parse_value(struct parser *ps, int depth)
     switch (peek(ps)) {
     case '{':
     case '[':
+        if (depth >= JSON_MAX_DEPTH) {
+            ps->doc->limit_err = "nested too deep (max 8 levels of params)";
+            v->type = J_NULL;
+            rc = skip_container(ps);
+            break;
+        }
         rc = parse_container(ps, v, depth);
         break;
     case '"':
@@ -285,6 +314,11 @@ struct jdoc *json_parse(const char *text, size_t n, const char **err)
 struct jval *json_root(struct jdoc *d)
 {
     return d->root;
+}
+
+const char *json_limit_error(struct jdoc *d)
+{
+    return d->limit_err;
 }
 
 void json_free(struct jdoc *d)

@@ -84,14 +84,15 @@ int valid_proc_id(const char *id)
     return 0;
 }
 
-/* Writes a small file atomically: a temp file beside it, then rename. */
+/* Writes a small file atomically: a temp file beside it, then rename. No fsync: these files matter
+ * only within one boot (a new boot wipes them), and a rename is atomic for every reader of this boot. */
 static int write_atomic(const char *path, const char *data, size_t n)
 {
     char tmp[PATH_MAX];
     if (snprintf(tmp, sizeof tmp, "%s.tmp%d", path, (int)getpid()) >= (int)sizeof tmp) return errno = ENAMETOOLONG, -1;
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0) return -1;
-    if (write_all(fd, data, n) || fsync(fd)) {
+    if (write_all(fd, data, n)) {
         close_keep_errno(fd);
         unlink(tmp);
         return -1;
@@ -155,7 +156,13 @@ static int supervisor_alive(int pid)
     snprintf(path, sizeof path, "/proc/%d/comm", pid);
     if (read_file(path, comm, sizeof comm) <= 0) return 0;
     trim_right(comm);
-    return !strcmp(comm, SUPERVISOR_NAME); /* not a recycled pid */
+    if (strcmp(comm, SUPERVISOR_NAME)) return 0; /* a recycled pid */
+    /* a zombie nobody reaped yet is gone too: the state follows the ")" that ends the comm */
+    char stat[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    if (read_file(path, stat, sizeof stat) <= 0) return 0;
+    const char *paren = strrchr(stat, ')');
+    return paren && paren[1] == ' ' && paren[2] != 'Z' && paren[2] != 'X';
 }
 
 int proc_running(const char *id)
@@ -509,7 +516,7 @@ const char *m_proc_start(struct out *o, const struct jval *p)
     waitpid(first, NULL, 0); /* or the SIGCHLD handler got it first */
     /* The supervisor closes its end once `sup` (and, when exec failed, `status`) is written. */
     struct pollfd pfd = {.fd = ready[0], .events = POLLIN};
-    long long deadline = mono_ms() + 5000;
+    long long deadline = mono_ms() + 30000; /* a slow (TCG) guest still answers with the started process */
     char junk[16];
     while (mono_ms() < deadline) {
         int rc = poll(&pfd, 1, (int)(deadline - mono_ms()));
@@ -701,7 +708,7 @@ static void finish(struct sup *x, const char *code)
     kill_all(x, SIGKILL); /* what is left of the cgroup/group */
     /* the cgroup is removable once empty: then nothing of the process is left when status appears */
     if (x->cgroup[0])
-        for (int i = 0; i < 250 && rmdir(x->cgroup) != 0 && errno == EBUSY; i++) sleep_ms(20);
+        for (int i = 0; i < 300 && rmdir(x->cgroup) != 0 && errno == EBUSY; i++) sleep_ms(i < 50 ? 1 : 20);
     write_status(x, code);
     _exit(0);
 }
@@ -878,21 +885,12 @@ static void supervise(const struct spec *s, int ready_fd)
             if (got > 0) {
                 keep_output(&x, k + 1, buf, (size_t)got);
             } else if (got == 0 || (errno != EINTR && errno != EAGAIN)) {
-                if (master >= 0 && x.child_done == 0) {
-                    /* EIO: every slave closed; the child's exit follows */
-                }
+                /* a PTY master reads EIO once every slave closed: its output is over, the exit follows */
                 close(fds_out[k]);
-                if (fds_out[k] == master) master = -2, stdin_w = -1;
+                if (fds_out[k] == master) master = -1, stdin_w = -1;
                 fds_out[k] = -1;
                 out_open--;
             }
-        }
-        if (master == -2) { /* hung up: the PTY's end is the process's end */
-            if (!x.child_done) {
-                waitpid(x.child, &x.wstatus, 0);
-                x.child_done = 1;
-            }
-            finish(&x, NULL);
         }
         int can_write = (i_in >= 0 && (pfd[i_in].revents & POLLOUT)) ||
                         (master >= 0 && i_out[0] >= 0 && (pfd[i_out[0]].revents & POLLOUT));

@@ -292,7 +292,9 @@ test('malformed requests get an error reply and the agent keeps answering', asyn
       ['{"id":15}', 15, /missing method/],
       ['{"id":16,"method":5}', 16, /missing method/],
       [`${'['.repeat(10_000)}${']'.repeat(10_000)}`, 0, /must be a JSON object|invalid JSON/],
-      [`{"id":17,"method":"ping","x":${'['.repeat(10_000)}${']'.repeat(10_000)}}`, 0, /invalid JSON/],
+      // valid JSON beyond the parser's bounds is refused with the request's id (the host's call fails at once)
+      [`{"id":17,"method":"ping","x":${'['.repeat(10_000)}${']'.repeat(10_000)}}`, 17, /nested too deep/],
+      [`{"id":18,"method":"ping","x":[${Array(5000).fill(0).join(',')}]}`, 18, /too many entries/],
     ];
     for (const [line, id, error] of cases) {
       const reply = await request(agent, line);

@@ -14,6 +14,7 @@ import { after, before, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { encodeFrame } from '../../src/guest/agent-frames.js';
 import { AgentCallError, AgentHarness } from '../helpers/agent-harness.js';
+import { Rng } from '../helpers/fuzz.js';
 
 const isRoot = process.getuid?.() === 0;
 const skip = isRoot ? false : 'needs root: the agent makes cgroups and switches users, as it does in a guest';
@@ -101,6 +102,13 @@ test('a signal death reports the signal number', { skip }, async () => {
   assert.equal(info.exit_code, null);
 });
 
+test('argv travels as UTF-8, escapes and surrogate pairs included', { skip }, async () => {
+  const word = 'é😀\t"q"\\';
+  const { info, stdout } = await run({ argv: ['printf', '%s', word] });
+  assert.equal(stdout.toString(), word);
+  assert.deepEqual((info as Info & { argv: string[] }).argv, ['printf', '%s', word]);
+});
+
 test('cat with the default stdin (null) returns at once', { skip }, async () => {
   const { info, stdout } = await run({ argv: ['cat'] });
   assert.equal(info.exit_code, 0);
@@ -178,6 +186,28 @@ test('a timeout kills the whole group, also a grandchild that called setsid', { 
   assert.equal(info.timed_out, true);
   assert.equal(info.signal, 9);
   assert.deepEqual(processesWith(marker), [], 'no process of the group is left');
+});
+
+test('without cgroups (--cgroup-root none) a timeout still kills the process group', { skip }, async () => {
+  const plain = await AgentHarness.start({ dataPorts: 1, cgroups: false });
+  try {
+    assert.equal(plain.cgroupRoot, null);
+    const marker = `banger-marker-${randomBytes(6).toString('hex')}`;
+    await plain.call('proc.start', { id: 'nocg', shell: `sh -c "sleep 1000; : ${marker}" & sleep 1000; : ${marker}`, timeout_ms: 1000 });
+    for (let i = 0; processesWith(marker).length < 2; i++) {
+      assert.ok(i < 100, 'the marked processes never showed up');
+      await sleep(10);
+    }
+    const info = await plain.waitExit('nocg');
+    assert.equal(info.timed_out, true);
+    for (let i = 0; processesWith(marker).length > 0; i++) {
+      // killpg is asynchronous (no cgroup to wait for): the processes go within moments
+      assert.ok(i < 200, `left: ${processesWith(marker)}`);
+      await sleep(10);
+    }
+  } finally {
+    await plain.close();
+  }
 });
 
 test('PTY: a terminal, and stty size follows proc.resize', { skip }, async () => {
@@ -452,6 +482,34 @@ test('garbage before S on a data port is skipped', { skip }, async () => {
   assert.match(r.data.toString(), /^Name:/);
 });
 
+test('hostile frames on a data port: the worker survives and serves the next session', { skip }, async () => {
+  const seed = Number(process.env.BANGER_FUZZ_SEED ?? Date.now() % 1_000_000);
+  const rng = new Rng(seed);
+  const socket = await h.portSocket(0);
+  const hostile = [
+    encodeFrame('S', 'not json'),
+    encodeFrame('S', '{"nonce":"x"}'),
+    encodeFrame('S', `{"nonce":"y","op":"read","path":${'['.repeat(50)}${']'.repeat(50)}}`),
+    encodeFrame('S', JSON.stringify({ nonce: 'z', op: 'output', id: '../../etc' })),
+    encodeFrame('S', JSON.stringify({ nonce: 'w', op: 'write', path: '/' })),
+    encodeFrame('D', randomBytes(100)),
+    encodeFrame('E'),
+    encodeFrame('C'),
+    // a header that claims more than the 256 KiB limit: skipped, never allocated
+    Buffer.from([0xba, 0x6e, 0x44, 0, 0xff, 0xff, 0xff, 0x7f]),
+  ];
+  for (let i = 0; i < 200; i++) {
+    const f = rng.pick(hostile);
+    socket.write(rng.bool(0.3) ? f.subarray(0, rng.int(f.length + 1)) : f);
+    if (rng.bool(0.2)) socket.write(randomBytes(rng.int(300)));
+  }
+  // a frame cut short waits for its payload: one maximal payload of zeros completes it (zeros outside a frame are skipped)
+  socket.write(Buffer.alloc(8 + 256 * 1024));
+  const r = await h.session({ op: 'read', path: '/proc/self/status' }, { port: 0, timeoutMs: 10_000 });
+  assert.equal(r.result.ok, true, `seed ${seed}`);
+  assert.equal((await h.call<{ ready: boolean }>('health')).ready, true);
+});
+
 test('the control channel never waits for bulk data: health during an 8 MiB output session', { skip }, async (t) => {
   const rtt = async () => {
     const t0 = process.hrtime.bigint();
@@ -480,6 +538,39 @@ test('the control channel never waits for bulk data: health during an 8 MiB outp
   );
 });
 
+test('a supervisor killed from inside the guest leaves its process lost, and a follow ends', { skip }, async () => {
+  const id = nextId('lost');
+  await h.call('proc.start', { id, argv: ['sleep', '1000'] });
+  const [sup, child] = readFileSync(join(h.procsDir, id, 'sup'), 'utf8')
+    .split(' ')
+    .map(Number);
+  assert.equal(readFileSync(`/proc/${sup}/comm`, 'utf8').trim(), 'banger-sup');
+  process.kill(sup as number, 'SIGKILL');
+  for (let i = 0; existsSync(`/proc/${sup}/comm`) && readFileSync(`/proc/${sup}/stat`, 'utf8').split(' ')[2] !== 'Z'; i++) {
+    assert.ok(i < 500, 'the supervisor did not die');
+    await sleep(10);
+  }
+  const s = await h.session({ op: 'output', id, stdout_from: 0, stderr_from: 0, follow: true });
+  assert.equal((s.result.proc as Info).state, 'lost');
+  process.kill(child as number, 'SIGKILL');
+});
+
+test('at most 256 process directories; forget makes room', { skip }, async () => {
+  const many = await AgentHarness.start({ dataPorts: 1, cgroups: false });
+  try {
+    for (let i = 0; i < 256; i++) await many.call('proc.start', { id: `p${i}`, argv: ['true'] });
+    await assert.rejects(many.call('proc.start', { id: 'p256', argv: ['true'] }), /too many processes \(max 256\)/);
+    await many.waitExit('p0');
+    await many.call('proc.forget', { id: 'p0' });
+    await many.call('proc.start', { id: 'p256', argv: ['true'] });
+    const { procs, truncated } = await many.call<{ procs: Info[]; truncated?: boolean }>('proc.list');
+    assert.ok(procs.length > 0 && procs.length <= 256);
+    if (procs.length < 256) assert.equal(truncated, true, 'a shortened list says so');
+  } finally {
+    await many.close();
+  }
+});
+
 test('process directories of an earlier boot are wiped when the agent starts', { skip }, async () => {
   const stale = join(h.procsDir, 'from-another-boot');
   mkdirSync(stale);
@@ -502,6 +593,11 @@ test('the agent stays up after hostile control requests', { skip }, async () => 
     ['proc.signal', { id: 'nope', signal: 99 }],
     ['fs.remove', { path: '/' }],
   ];
+  // the bounded params parser: 4096 entries per array, 8 levels of params
+  await assert.rejects(h.call('proc.start', { id: nextId('wide'), argv: Array(4097).fill('a') }), /too many entries/);
+  let deep: unknown = 1;
+  for (let i = 0; i < 9; i++) deep = [deep];
+  await assert.rejects(h.call('proc.start', { id: nextId('deep'), argv: ['true'], env: deep }), /nested too deep/);
   for (const [method, params] of hostile) {
     await assert.rejects(h.call(method, params), AgentCallError, `${method} ${JSON.stringify(params)}`);
   }
