@@ -513,6 +513,7 @@ describe('vm run with a repository against a fake daemon', () => {
     const r = await cli(['vm', 'run', '--rm', '--image', 'img', './repo', '--', 'exit3', '-x'], undefined, dir);
     assert.equal(r.code, 3, r.stderr);
     assert.deepEqual(posted('/workspace'), [{ hostPath: repo }]);
+    assert.equal((posted('/v1/vms')[0] as { waitFor?: string }).waitFor, 'agent', 'a command needs no sshd: ready is the agent');
     assert.deepEqual(started(), { argv: ['exit3', '-x'], cwd: '/root/repo', stdin: 'null', mode: 'stream' }, 'through the process API, no ssh');
     assert.match(r.stderr, /note: 2 untracked file\(s\) were not copied/);
     assert.match(r.stderr, /deleted dev/);
@@ -525,6 +526,7 @@ describe('vm run with a repository against a fake daemon', () => {
     assert.equal(r.code, 5, r.stderr);
     const argv = (await readFile(join(dir, 'ssh-argv'), 'utf8')).trimEnd().split('\n');
     assert.deepEqual(argv.slice(-3), ['--', 'dev.vm', `cd /root/repo && exec "\${SHELL:-/bin/sh}" -l`]);
+    assert.equal((posted('/v1/vms')[0] as { waitFor?: string }).waitFor, undefined, 'a shell is ssh: ready waits for sshd (the default)');
     assert.equal(started(), undefined, 'a shell is ssh, not a guest process');
   });
 
