@@ -64,6 +64,10 @@ export async function fetchAndFlatten(client: RegistryClient, cache: BlobCache, 
   }
   const manifest = parsed;
   const unpins = [manifest.config, ...manifest.layers].map((d) => cache.pin(d.digest));
+  // Downloads still running when the pull fails are cut and awaited: a failed pull leaves no
+  // partial file behind, and no socket still reading from the registry.
+  const cutDownloads = new AbortController();
+  let downloads: Promise<string>[] = [];
   try {
     const configPath = await ensureBlob(client, cache, manifest.config.digest, manifest.config.size);
     const config = parseConfig(await readFile(configPath), `config of ${what}`);
@@ -90,10 +94,11 @@ export async function fetchAndFlatten(client: RegistryClient, cache: BlobCache, 
     };
     // Downloads run ahead (bounded); unpacking follows in layer order.
     const limited = concurrencyLimit(Math.max(1, opts.concurrency ?? 3));
-    const downloads = manifest.layers.map((l) =>
+    downloads = manifest.layers.map((l) =>
       limited(async () => {
         ctx.checkCancelled();
-        return ensureBlob(client, cache, l.digest, l.size, onBytes);
+        cutDownloads.signal.throwIfAborted();
+        return ensureBlob(client, cache, l.digest, l.size, onBytes, cutDownloads.signal);
       }),
     );
     // A failure further up must not go unobserved while unpacking is still on an earlier layer.
@@ -143,19 +148,36 @@ export async function fetchAndFlatten(client: RegistryClient, cache: BlobCache, 
       }
     }
     return { root, manifestDigest: fetched.digest, config, ledger, layers: manifest.layers.length, compressedBytes: total };
+  } catch (e) {
+    cutDownloads.abort();
+    await Promise.allSettled(downloads);
+    throw e;
   } finally {
     for (const u of unpins) u();
   }
 }
 
-async function ensureBlob(client: RegistryClient, cache: BlobCache, digest: string, size: number, onBytes?: (n: number) => void): Promise<string> {
+async function ensureBlob(
+  client: RegistryClient,
+  cache: BlobCache,
+  digest: string,
+  size: number,
+  onBytes?: (n: number) => void,
+  cut?: AbortSignal,
+): Promise<string> {
   for (let attempt = 1; ; attempt++) {
     let counted = 0;
     try {
       return await cache.ensure(
         digest,
         size,
-        () => client.blob(digest),
+        async () => {
+          const body = await client.blob(digest);
+          // Destroying the body fails the cache's pipeline, which removes its partial file.
+          if (cut?.aborted) body.destroy(new Error('the pull failed elsewhere'));
+          else cut?.addEventListener('abort', () => body.destroy(new Error('the pull failed elsewhere')), { once: true });
+          return body;
+        },
         (n) => {
           counted += n;
           onBytes?.(n);
@@ -164,7 +186,7 @@ async function ensureBlob(client: RegistryClient, cache: BlobCache, digest: stri
     } catch (e) {
       // Only transport failures are retried; bad content is final.
       onBytes?.(-counted);
-      if (!(e instanceof BangerError) || e.code !== 'upstream_failed' || attempt >= MAX_DOWNLOAD_ATTEMPTS) throw e;
+      if (cut?.aborted || !(e instanceof BangerError) || e.code !== 'upstream_failed' || attempt >= MAX_DOWNLOAD_ATTEMPTS) throw e;
     }
   }
 }
