@@ -367,6 +367,31 @@ describe('workspaces over the fake guest channel', { skip }, () => {
       hostileExec = answerWith(`gitdir: ${evil}/.git\n`);
       await assert.rejects(svc.exportBranch('full', 'wip3'), (e: BangerError) => e.code === 'rejected_content');
       assert.equal(git(host, 'for-each-ref', '--format=%(refname) %(objectname)'), refsBefore);
+      // Objects git's fsck refuses (a tree with a `.git` entry): a bundle alone is not fsck'ed by
+      // git before 2.46, so it goes through a quarantine; nothing of it reaches the host repository.
+      rmSync(evil, { recursive: true, force: true });
+      git(tmp, 'clone', '-q', '--no-local', host, evil);
+      const dotGit = [
+        'set -e; cd "$1"',
+        'blob=$(echo evil | git hash-object -w --stdin)',
+        'tree=$(printf "100644 blob %s\t.git\n" "$blob" | git mktree)',
+        'c=$(git -c user.name=e -c user.email=e@e commit-tree "$tree" -p HEAD -m evil)',
+        'ref=refs/banger-export/$(basename "$2" | sed "s/^banger-export-//")',
+        'git update-ref "$ref" "$c"',
+        'git bundle create -q "$2" "$ref" ^HEAD',
+        'echo "$c"',
+      ].join('\n');
+      let evilCommit = '';
+      hostileExec = (argv: string[]) => {
+        if (!argv[2]?.includes('git bundle create')) return undefined;
+        return ['/bin/sh', '-c', `${dotGit}\necho "$c" > "$1/../evil-commit"`, 'banger', evil, argv[5] as string];
+      };
+      await assert.rejects(svc.exportBranch('full', 'dotgit'), (e: BangerError) => e.code === 'rejected_content' && /dotgit|\.git|fsck/i.test(e.message));
+      evilCommit = readFileSync(join(tmp, 'evil-commit'), 'utf8').trim();
+      assert.match(evilCommit, /^[0-9a-f]{40}$/);
+      assert.equal(git(host, 'for-each-ref', '--format=%(refname) %(objectname)'), refsBefore);
+      assert.throws(() => git(host, 'cat-file', '-e', evilCommit), 'the refused commit is not in the host repository');
+      assert.deepEqual(readdirSync(stagingDir), [], 'the quarantine is gone');
       // Too large: refused while streaming, nothing staged stays.
       hostileExec = answerWith(randomBytes(4096));
       await assert.rejects(serviceWith(1024).exportBranch('full', 'wip4'), (e: BangerError) => e.code === 'payload_too_large');

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { mkdir, open, rm } from 'node:fs/promises';
+import { mkdir, open, rm, writeFile } from 'node:fs/promises';
 import { join, posix } from 'node:path';
 import { PassThrough, Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -519,6 +519,7 @@ export class WorkspaceService {
       const ch = await this.d.guest(row.name);
       await mkdir(this.d.stagingDir, { recursive: true, mode: 0o700 });
       const local = join(this.d.stagingDir, `export-${randomBytes(8).toString('hex')}.bundle`);
+      const cleanup = [local];
       try {
         const read = await ch.readFile(file);
         read.done.catch(() => undefined); // settles with the stream; its error is the pipeline's
@@ -545,6 +546,21 @@ export class WorkspaceService {
           throw new BangerError('rejected_content', 'the guest sent something that is not a git bundle');
         }
         const srcRef = `refs/banger-export/${posix.basename(file).replace(/^banger-export-/, '')}`;
+        // git does not fsck what it fetches from a bundle (before 2.46): the bundle goes into a
+        // quarantine repository first (borrowing the user's objects through alternates, so it
+        // needs only the guest's), and the user's repository fetches from there, where
+        // transfer.fsckObjects applies. Objects git refuses never reach the user's repository.
+        const quarantine = `${local}.git`;
+        cleanup.push(quarantine);
+        await this.d.runner.run('git', ['init', '-q', '--bare', '--', quarantine], { maxOutputBytes: 64 * 1024 });
+        const commonDir = (await hostGit(this.d.runner, ws.hostPath, ['rev-parse', '--path-format=absolute', '--git-common-dir'])).stdout.trim();
+        await writeFile(join(quarantine, 'objects', 'info', 'alternates'), `${join(commonDir, 'objects')}\n`, { flag: 'w', mode: 0o600 });
+        const quarantined = await this.d.runner.run(
+          'git',
+          [...gitArgs(quarantine, ['-c', 'gc.auto=0', 'fetch', '-q', '--no-tags', '--no-write-fetch-head', '--no-recurse-submodules', '--', local, `+${srcRef}:refs/quarantine/export`])],
+          { allowFailure: true, env: { ...process.env, GIT_TERMINAL_PROMPT: '0' }, maxOutputBytes: 64 * 1024 },
+        );
+        if (quarantined.code !== 0) throw new BangerError('rejected_content', `git refused the guest's bundle: ${quarantined.stderr.trim().slice(-800)}`);
         const fetched = await this.d.runner.run(
           'git',
           [
@@ -566,8 +582,8 @@ export class WorkspaceService {
             '--no-write-fetch-head',
             '--no-recurse-submodules',
             '--',
-            local,
-            `+${srcRef}:${target}`,
+            quarantine,
+            `+refs/quarantine/export:${target}`,
           ],
           { allowFailure: true, env: { ...process.env, GIT_TERMINAL_PROMPT: '0' }, maxOutputBytes: 64 * 1024 },
         );
@@ -579,7 +595,7 @@ export class WorkspaceService {
         }
         return { ref: target, commit: got, baseCommit: ws.baseCommit };
       } finally {
-        await rm(local, { force: true });
+        for (const path of cleanup) await rm(path, { recursive: true, force: true });
       }
     });
   }
