@@ -55,6 +55,8 @@ export function encodeData(data: Buffer, stream: FrameStream = 0): Buffer[] {
 export class FrameDecoder {
   private chunks: Buffer[] = [];
   private buffered = 0;
+  /** Bytes the next frame needs in all (its header, then header + payload): nothing is joined before. */
+  private needed = FRAME_HEADER_BYTES;
   /** Bytes skipped while looking for a frame's magic. */
   skippedBytes = 0;
 
@@ -87,25 +89,39 @@ export class FrameDecoder {
   }
 
   private next(): Frame | null {
-    if (this.buffered < FRAME_HEADER_BYTES) return null;
-    const buf = this.flatten();
-    if (buf[0] !== FRAME_MAGIC_0 || buf[1] !== FRAME_MAGIC_1 || !FRAME_TYPES.has(String.fromCharCode(buf[2] ?? 0)) || (buf[3] ?? 3) > 2) {
-      // Resynchronise: skip to the next possible magic (a leftover of an abandoned session).
+    // A guest writing a byte at a time must not make each push join everything buffered.
+    if (this.buffered < this.needed) return null;
+    let buf = this.flatten();
+    // Resynchronise (a leftover of an abandoned session): skip to the next possible magic. A loop,
+    // not recursion: a megabyte of garbage must not exhaust the stack.
+    while (buf.length >= FRAME_HEADER_BYTES && !startsFrame(buf)) {
       let at = buf.indexOf(FRAME_MAGIC_0, 1);
       if (at < 0) at = buf.length;
       this.skippedBytes += at;
       this.drop(at);
-      return this.next();
+      buf = this.flatten();
+    }
+    if (buf.length < FRAME_HEADER_BYTES) {
+      this.needed = FRAME_HEADER_BYTES;
+      return null;
     }
     const length = buf.readUInt32LE(4);
     if (length > MAX_FRAME_PAYLOAD) throw new FrameError(`the guest sent a frame of ${length} bytes (at most ${MAX_FRAME_PAYLOAD})`);
-    if (buf.length < FRAME_HEADER_BYTES + length) return null;
+    if (buf.length < FRAME_HEADER_BYTES + length) {
+      this.needed = FRAME_HEADER_BYTES + length;
+      return null;
+    }
     const frame: Frame = {
       type: String.fromCharCode(buf[2] as number) as FrameType,
       stream: buf[3] as FrameStream,
       payload: Buffer.from(buf.subarray(FRAME_HEADER_BYTES, FRAME_HEADER_BYTES + length)),
     };
     this.drop(FRAME_HEADER_BYTES + length);
+    this.needed = FRAME_HEADER_BYTES;
     return frame;
   }
+}
+
+function startsFrame(buf: Buffer): boolean {
+  return buf[0] === FRAME_MAGIC_0 && buf[1] === FRAME_MAGIC_1 && FRAME_TYPES.has(String.fromCharCode(buf[2] ?? 0)) && (buf[3] ?? 3) <= 2;
 }

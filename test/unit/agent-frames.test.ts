@@ -46,3 +46,25 @@ test('encodeData splits into frames no larger than the limit', () => {
   );
   assert.ok(frames.every((f) => f.type === 'D' && f.stream === 1));
 });
+
+test('a megabyte of magic-like garbage is skipped without exhausting the stack, then a frame decodes', () => {
+  const d = new FrameDecoder();
+  const garbage = Buffer.alloc(1024 * 1024, 0xba);
+  const frames = d.push(Buffer.concat([garbage, encodeFrame('R', '{"ok":true}')]));
+  assert.deepEqual(
+    frames.map((f) => [f.type, f.payload.toString()]),
+    [['R', '{"ok":true}']],
+  );
+  assert.equal(d.skippedBytes, garbage.length);
+});
+
+test('a maximal frame fed a byte at a time decodes once, whole', () => {
+  const payload = Buffer.alloc(MAX_FRAME_PAYLOAD, 0x5a);
+  const wire = encodeFrame('D', payload, 1);
+  const d = new FrameDecoder();
+  const got = [];
+  for (let i = 0; i < wire.length; i++) got.push(...d.push(wire.subarray(i, i + 1)));
+  assert.equal(got.length, 1);
+  assert.ok(got[0]?.payload.equals(payload));
+  assert.equal(d.bufferedBytes, 0);
+});
