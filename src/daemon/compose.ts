@@ -159,7 +159,7 @@ export async function composeDaemon(deps: AppDeps, hooks: Pick<AppHooks, 'onStop
     // The `sync files` step of every start ([[file_sync]], git identity); runs once the VM is running.
     afterGuestReady: (vm, ctx): Promise<void> => fileSync.run(vm, ctx),
   });
-  const procs = new ProcessService({ vmGuest: (ref) => vms.guest(ref), log });
+  const procs = new ProcessService({ vmGuest: (ref) => vms.guest(ref), inUse: (id) => vms.inUse(id), log });
   const fileSync = new FileSyncService({ entries: config.file_sync, guest: (ref) => procs.guest(ref), runner, log });
   const files = new FilesService({ guest: (ref) => procs.guest(ref) });
   const workspaces = new WorkspaceService({

@@ -338,3 +338,16 @@ test('guest(): a running VM answers its agent link’s channel; a stopped one is
   await assert.rejects(w.svc.guest('idle'), (e: BangerError) => e.code === 'conflict' && /banger vm start idle/.test(e.fix ?? ''));
   await assert.rejects(w.svc.guest('nope'), (e: BangerError) => e.code === 'not_found');
 });
+
+test('auto-stop leaves a VM alone while a client uses it (a followed process), and stops it once released', async () => {
+  const w = await world();
+  const vm = await w.svc.create({ name: 'busy', start: true }, ctx);
+  const release = w.svc.inUse(vm.id);
+  // Every running VM is stale at a threshold of -1 ms: only the hold keeps it running.
+  assert.deepEqual(await w.svc.stopStale(-1), []);
+  assert.equal(w.repos.vms.byName('busy')?.state, 'running');
+  release();
+  release(); // idempotent
+  assert.deepEqual(await w.svc.stopStale(-1), ['busy']);
+  assert.equal(w.repos.vms.byName('busy')?.state, 'stopped');
+});

@@ -16,6 +16,8 @@ import { assembleResult, BoundedBuffer, checkProcRef, findProc, isProcId, newPro
 export interface ProcessServiceDeps {
   /** The channel of a running VM (`conflict` otherwise); from VmService. */
   vmGuest(ref: string): Promise<{ vm: { id: string; name: string }; channel: GuestChannel }>;
+  /** Marks a VM in use while output is followed (auto-stop leaves it alone); returns the release. */
+  inUse?(vmId: string): () => void;
   log: Logger;
 }
 
@@ -96,11 +98,26 @@ export class ProcessService {
    * with its info when the session ends (follow: after its exit and last byte).
    */
   async follow(
-    t: Pick<ProcTarget, 'channel' | 'proc'>,
+    t: Pick<ProcTarget, 'channel' | 'proc'> & { vm?: ProcTarget['vm'] },
     opts: { stdoutFrom: number; stderrFrom: number; follow: boolean; signal?: AbortSignal; stdin?: AsyncIterable<Buffer> },
     onData: (stream: OutputStream, data: Buffer, offset: number) => Promise<void> | void,
   ): Promise<GuestProc> {
     const offsets = { stdout: opts.stdoutFrom, stderr: opts.stderrFrom };
+    // A client following a long build is using the VM: auto_stop_stale_after must not stop it.
+    const release = t.vm ? this.d.inUse?.(t.vm.id) : undefined;
+    try {
+      return await this.output(t, opts, offsets, onData);
+    } finally {
+      release?.();
+    }
+  }
+
+  private output(
+    t: Pick<ProcTarget, 'channel' | 'proc'>,
+    opts: { stdoutFrom: number; stderrFrom: number; follow: boolean; signal?: AbortSignal; stdin?: AsyncIterable<Buffer> },
+    offsets: { stdout: number; stderr: number },
+    onData: (stream: OutputStream, data: Buffer, offset: number) => Promise<void> | void,
+  ): Promise<GuestProc> {
     return t.channel.output(
       t.proc.id,
       {
@@ -120,7 +137,7 @@ export class ProcessService {
 
   /** Waits for the end of a process and buffers its output from offset 0. */
   async collect(
-    t: Pick<ProcTarget, 'channel' | 'proc'>,
+    t: Pick<ProcTarget, 'channel' | 'proc'> & { vm?: ProcTarget['vm'] },
     opts: { maxBuffer?: number; signal?: AbortSignal; stdin?: AsyncIterable<Buffer>; onOutput?: ExecOptions['onOutput'] },
   ): Promise<{ proc: GuestProc; result: ProcResult }> {
     const max = opts.maxBuffer ?? DEFAULT_MAX_BUFFER;

@@ -720,7 +720,7 @@ export class VmService {
 
   async stopStale(afterMs: number): Promise<string[]> {
     const now = this.d.clock.now().getTime();
-    const stale = this.d.repos.vms.all().filter((r) => r.state === 'running' && now - Date.parse(r.touched_at) > afterMs);
+    const stale = this.d.repos.vms.all().filter((r) => r.state === 'running' && !this.holds.has(r.id) && now - Date.parse(r.touched_at) > afterMs);
     for (const r of stale) {
       this.d.log.info({ vm: r.name }, 'stopping stale VM (auto_stop_stale_after)');
       await this.act('stop', r.id).catch((e) => this.d.log.warn({ err: e, vm: r.name }, 'auto-stop failed'));
@@ -746,6 +746,24 @@ export class VmService {
 
   private openAgent(handle: VmmHandle): AgentLink {
     return (this.d.agentLink ?? openAgentLink)(handle);
+  }
+
+  /** VMs a client is using right now (e.g. following a process's output): id → holders. */
+  private readonly holds = new Map<string, number>();
+
+  /** Marks a VM in use until the returned release is called; auto-stop skips it meanwhile. */
+  inUse(id: string): () => void {
+    this.holds.set(id, (this.holds.get(id) ?? 0) + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const n = (this.holds.get(id) ?? 1) - 1;
+      if (n > 0) this.holds.set(id, n);
+      else this.holds.delete(id);
+      // Staleness counts from the end of the use.
+      if (this.d.repos.vms.byId(id)) this.touch(id);
+    };
   }
 
   private touch(id: string): void {

@@ -557,7 +557,20 @@ export class WorkspaceService {
         await writeFile(join(quarantine, 'objects', 'info', 'alternates'), `${join(commonDir, 'objects')}\n`, { flag: 'w', mode: 0o600 });
         const quarantined = await this.d.runner.run(
           'git',
-          [...gitArgs(quarantine, ['-c', 'gc.auto=0', 'fetch', '-q', '--no-tags', '--no-write-fetch-head', '--no-recurse-submodules', '--', local, `+${srcRef}:refs/quarantine/export`])],
+          [
+            ...gitArgs(quarantine, [
+              '-c',
+              'gc.auto=0',
+              'fetch',
+              '-q',
+              '--no-tags',
+              '--no-write-fetch-head',
+              '--no-recurse-submodules',
+              '--',
+              local,
+              `+${srcRef}:refs/quarantine/export`,
+            ]),
+          ],
           { allowFailure: true, env: { ...process.env, GIT_TERMINAL_PROMPT: '0' }, maxOutputBytes: 64 * 1024 },
         );
         if (quarantined.code !== 0) throw new BangerError('rejected_content', `git refused the guest's bundle: ${quarantined.stderr.trim().slice(-800)}`);
