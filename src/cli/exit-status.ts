@@ -3,6 +3,7 @@
  * way a shell reports a child: the exit code itself, 128+N for a death by signal N, 127 for a
  * command that does not exist. Pure: the commands and their tests share it.
  */
+import { signalNumber, signalShortName } from '../util/signals.js';
 
 /** The fields of a process (or of a result) that say how it ended. */
 export interface ProcEnd {
@@ -30,51 +31,6 @@ export function exitStatusOf(p: ProcEnd): number {
   return LOST_STATUS;
 }
 
-/** Linux signal numbers (x86_64 and arm64 agree), the guest's numbering. */
-const SIGNALS: Record<string, number> = {
-  HUP: 1,
-  INT: 2,
-  QUIT: 3,
-  ILL: 4,
-  TRAP: 5,
-  ABRT: 6,
-  BUS: 7,
-  FPE: 8,
-  KILL: 9,
-  USR1: 10,
-  SEGV: 11,
-  USR2: 12,
-  PIPE: 13,
-  ALRM: 14,
-  TERM: 15,
-  STKFLT: 16,
-  CHLD: 17,
-  CONT: 18,
-  STOP: 19,
-  TSTP: 20,
-  TTIN: 21,
-  TTOU: 22,
-  URG: 23,
-  XCPU: 24,
-  XFSZ: 25,
-  VTALRM: 26,
-  PROF: 27,
-  WINCH: 28,
-  IO: 29,
-  PWR: 30,
-  SYS: 31,
-};
-
-/** `TERM`, `SIGTERM`, `term` or `15` → 15; undefined for anything else (1–64 for numbers). */
-export function signalNumber(text: string): number | undefined {
-  const t = text.trim().toUpperCase();
-  if (/^\d+$/.test(t)) {
-    const n = Number(t);
-    return n >= 1 && n <= 64 ? n : undefined;
-  }
-  return SIGNALS[t.startsWith('SIG') ? t.slice(3) : t];
-}
-
 /** The number of the signal that ended the process, if one did. */
 function signalOf(p: ProcEnd): number | undefined {
   if (p.signal === null || p.signal === undefined) return undefined;
@@ -83,7 +39,7 @@ function signalOf(p: ProcEnd): number | undefined {
 
 /** 15 → `SIGTERM`; real-time and unknown numbers stay numbers (`signal 40`). */
 export function signalName(n: number): string {
-  const name = Object.keys(SIGNALS).find((k) => SIGNALS[k] === n);
+  const name = signalShortName(n);
   return name ? `SIG${name}` : `signal ${n}`;
 }
 
@@ -102,3 +58,5 @@ export function endNotice(p: ProcEnd, what: string, timeoutText?: string): strin
   if (signal !== undefined && signal !== 2) return `${what}: killed by ${signalName(signal)} (exit ${128 + signal})`;
   return undefined;
 }
+
+export { signalNumber };

@@ -5,58 +5,17 @@
 import { BangerError } from '../../api/errors.js';
 import { PROC_ID, PROC_NAME, type Proc, type ProcResult } from '../../api/proc-schemas.js';
 import type { GuestProc } from '../../guest/guest-channel.js';
-
-/** Linux signal numbers (x86_64 and arm64 agree on 1–31). */
-const SIGNALS: Record<string, number> = {
-  HUP: 1,
-  INT: 2,
-  QUIT: 3,
-  ILL: 4,
-  TRAP: 5,
-  ABRT: 6,
-  BUS: 7,
-  FPE: 8,
-  KILL: 9,
-  USR1: 10,
-  SEGV: 11,
-  USR2: 12,
-  PIPE: 13,
-  ALRM: 14,
-  TERM: 15,
-  STKFLT: 16,
-  CHLD: 17,
-  CONT: 18,
-  STOP: 19,
-  TSTP: 20,
-  TTIN: 21,
-  TTOU: 22,
-  URG: 23,
-  XCPU: 24,
-  XFSZ: 25,
-  VTALRM: 26,
-  PROF: 27,
-  WINCH: 28,
-  IO: 29,
-  PWR: 30,
-  SYS: 31,
-};
-const NAMES = new Map(Object.entries(SIGNALS).map(([name, n]) => [n, name]));
+import { signalNumber, signalShortName } from '../../util/signals.js';
 
 /** "KILL" for 9; a number without a name is answered as its decimal text. */
 export function signalName(n: number): string {
-  return NAMES.get(n) ?? String(n);
+  return signalShortName(n) ?? String(n);
 }
 
 /** A signal given by a user: "TERM", "SIGTERM", "term", "15" or 15 → its number (1–64). */
 export function parseSignal(input: string | number): number {
-  if (typeof input === 'number' || /^[0-9]+$/.test(input)) {
-    const n = Number(input);
-    if (Number.isInteger(n) && n >= 1 && n <= 64) return n;
-  } else {
-    const upper = input.toUpperCase();
-    const n = SIGNALS[upper.startsWith('SIG') ? upper.slice(3) : upper];
-    if (n !== undefined) return n;
-  }
+  const n = typeof input === 'number' ? (Number.isInteger(input) && input >= 1 && input <= 64 ? input : undefined) : signalNumber(input);
+  if (n !== undefined) return n;
   throw new BangerError('bad_request', `unknown signal ${JSON.stringify(String(input))}`, {
     fix: 'give a name such as TERM, KILL, INT, HUP, or a number from 1 to 64',
   });
