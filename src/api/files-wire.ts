@@ -55,3 +55,30 @@ export function splitGuestPath(path: string): { dir: string; name: string } {
  */
 export const RESULT_TRAILER = 'x-banger-result';
 export type RawResult = { ok: true; size?: number; mode?: number } | { ok: false; error: { code: string; message: string; fix?: string } };
+
+/** Longest error message / fix a trailer carries (code units): the client's header limit is 16 KiB, escapes take 6 bytes. */
+const TRAILER_MAX_MESSAGE = 1500;
+const TRAILER_MAX_FIX = 500;
+
+const clip = (s: string, max: number) => (s.length > max ? `${s.slice(0, max)}…` : s);
+
+/**
+ * The RESULT_TRAILER value for `result`: JSON with every character outside printable ASCII as a
+ * `\uXXXX` escape, because a header value may hold neither control bytes nor characters above
+ * U+00FF (Node's addTrailers throws, and the client would see a body cut short instead of the
+ * guest's error); error texts are clipped so the trailer stays under the client's header limit.
+ * JSON.parse gives the same strings back.
+ */
+export function encodeRawResult(result: RawResult): string {
+  const bounded: RawResult = result.ok
+    ? result
+    : {
+        ok: false,
+        error: {
+          code: clip(result.error.code, 64),
+          message: clip(result.error.message, TRAILER_MAX_MESSAGE),
+          ...(result.error.fix !== undefined ? { fix: clip(result.error.fix, TRAILER_MAX_FIX) } : {}),
+        },
+      };
+  return JSON.stringify(bounded).replace(/[^\x20-\x7e]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+}

@@ -34,6 +34,12 @@ export interface SafeExtractOptions {
    * dropped either way.
    */
   owners?: boolean;
+  /**
+   * Permission bits cleared from every entry's mode, as a umask clears them (default 0: the
+   * archive's bits, for trees banger builds from). `vm cp` passes the caller's umask, so a
+   * hostile guest's 0777 cannot make the user's tree group- or world-writable.
+   */
+  modeMask?: number;
 }
 
 export interface ExtractStats {
@@ -118,8 +124,8 @@ async function peek(input: Readable, n: number): Promise<{ head: Buffer; stream:
  * Extracts a (possibly compressed) tar stream into a new directory, refusing anything that could
  * write outside it or smuggle in what a kernel or rootfs tree never needs: absolute paths, `..`,
  * writes through symlinks, symlinks or hardlinks that leave the root, device nodes and FIFOs,
- * more bytes or entries than allowed. Owners are not kept; setuid/setgid bits are dropped; every
- * directory stays owner-writable so the tree can always be removed. On failure `dest` is removed.
+ * more bytes or entries than allowed. Owners are not kept (unless asked); setuid/setgid/sticky
+ * bits are dropped, and `modeMask` bits cleared; every directory stays owner-writable so the tree can always be removed. On failure `dest` is removed.
  */
 export async function safeExtract(input: Readable, opts: SafeExtractOptions): Promise<ExtractStats> {
   const root = resolve(opts.dest);
@@ -161,6 +167,8 @@ async function extractInto(input: Readable, root: string, opts: SafeExtractOptio
   piping.catch(() => {}); // the loop below sees the same error through the extract stream
   let entries = 0;
   let bytes = 0;
+  // Setuid, setgid and sticky never survive (0o777), whatever the mask.
+  const keptBits = 0o777 & ~(opts.modeMask ?? 0);
   const dirModes = new Map<string, number>();
   const symlinks: Array<{ parts: string[]; target: string }> = [];
 
@@ -199,7 +207,7 @@ async function extractInto(input: Readable, root: string, opts: SafeExtractOptio
         await clearTarget(name, abs);
         // O_EXCL: never follows a symlink placed there in between.
         await pipeline(entry, createWriteStream(abs, { flags: 'wx', mode: 0o600 }));
-        await chmod(abs, (h.mode ?? 0o644) & 0o777);
+        await chmod(abs, (h.mode ?? 0o644) & keptBits);
         if (opts.owners) await lchown(abs, h.uid ?? 0, h.gid ?? 0);
         continue;
       }
@@ -209,7 +217,7 @@ async function extractInto(input: Readable, root: string, opts: SafeExtractOptio
           const st = await lstat(abs).catch(() => undefined);
           if (!st) await mkdir(abs, { mode: 0o700 });
           else if (!st.isDirectory()) throw rejected(label, name, 'a directory over an existing file or symlink');
-          dirModes.set(abs, ((h.mode ?? 0o755) & 0o777) | 0o700);
+          dirModes.set(abs, ((h.mode ?? 0o755) & keptBits) | 0o700);
           if (opts.owners) await lchown(abs, h.uid ?? 0, h.gid ?? 0);
         }
         break;

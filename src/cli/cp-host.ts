@@ -22,7 +22,29 @@ export type CpEndpoint = { kind: 'host'; path: string } | { kind: 'guest'; vm: s
 const GUEST_HOME = '/root';
 /** Bounds of a guest → host copy (the guest decides what it sends). */
 export const CP_MAX_BYTES = 1024 ** 4;
-export const CP_MAX_ENTRIES = 10_000_000;
+/**
+ * A million entries is far beyond any real tree one copies by hand (a Linux kernel checkout has
+ * under 100,000); more is a guest flooding the user's disk with inodes and this process with
+ * per-entry state (the extractor remembers every directory's mode and every symlink).
+ */
+export const CP_MAX_ENTRIES = 1_000_000;
+
+/**
+ * Why a guest path cannot be a `vm cp` endpoint, or undefined: guestPathProblem's checks plus no
+ * `..` component (banger never resolves one: a source ending in `..` would name the receiving
+ * directory itself once the copied entry is joined to the staging directory).
+ */
+export function cpGuestPathProblem(path: string): string | undefined {
+  return guestPathProblem(path) ?? (path.split('/').includes('..') ? 'has a ".." component, which vm cp does not resolve' : undefined);
+}
+
+function checkGuestPath(vm: string, path: string): void {
+  const problem = cpGuestPathProblem(path);
+  if (problem)
+    throw new BangerError('bad_request', `guest path ${vm}:${JSON.stringify(path.slice(0, 200))} ${problem}`, {
+      fix: `write the path without "..", e.g. ${vm}:/root/dir (find it with: banger vm exec ${vm} -- realpath PATH)`,
+    });
+}
 
 /**
  * `VM:PATH` is a guest path (relative ones are under /root, `VM:` alone is /root); anything
@@ -33,8 +55,11 @@ export function parseEndpoint(arg: string): CpEndpoint {
   if (!m || /^[/.~]/.test(arg)) return { kind: 'host', path: arg };
   const rest = m[2] as string;
   const path = rest.startsWith('/') ? rest : rest === '' ? GUEST_HOME : `${GUEST_HOME}/${rest}`;
-  const problem = guestPathProblem(path);
-  if (problem) throw new BangerError('bad_request', `guest path ${JSON.stringify(rest.slice(0, 200))} ${problem}`, { fix: 'write VM:/absolute/path' });
+  const problem = cpGuestPathProblem(path);
+  if (problem)
+    throw new BangerError('bad_request', `guest path ${JSON.stringify(rest.slice(0, 200))} ${problem}`, {
+      fix: 'write VM:/absolute/path, without ".." components',
+    });
   return { kind: 'guest', vm: m[1] as string, path };
 }
 
@@ -56,8 +81,16 @@ async function guestStat(client: BangerClient, vm: string, path: string): Promis
 }
 
 export interface CpOptions {
-  /** Keep owners: only when the receiving side can apply them (this process is root, for guest → host). */
-  owners: boolean;
+  /**
+   * `-a` (docker cp's archive mode): keep the source's owners, and its permission bits unmasked.
+   * Without it the receiving user owns everything and, guest → host, modes are masked by `umask`.
+   * Setuid/setgid/sticky bits never come out of a guest, even with it.
+   */
+  archive: boolean;
+  /** Guest → host without `archive`: bits cleared from every mode (default: this process's umask). */
+  umask?: number;
+  /** Guest → host bounds; CP_MAX_BYTES / CP_MAX_ENTRIES unless a test lowers them. */
+  limits?: { maxBytes?: number; maxEntries?: number };
   /** Follow a symlink given as a host source (`-L`); links inside a tree are always copied as links. */
   followLink?: boolean;
 }
@@ -67,6 +100,7 @@ export async function copyHostToGuest(client: BangerClient, src: string, vm: str
   const st = await (o.followLink ? stat(src) : lstat(src)).catch((e: NodeJS.ErrnoException) => {
     throw new BangerError(e.code === 'ENOENT' ? 'not_found' : 'bad_request', `cannot read ${src}: ${e.code ?? e.message}`, { fix: 'check the host path' });
   });
+  checkGuestPath(vm, dst);
   const isDir = st.isDirectory();
   const contents = isDir && contentsOnly(src);
   const target = tidyGuestPath(dst);
@@ -91,8 +125,8 @@ export async function copyHostToGuest(client: BangerClient, src: string, vm: str
   }
   if (!name && !contents) throw new BangerError('bad_request', `cannot copy onto ${vm}:${target}`, { fix: 'name a path below /' });
   const skipped: string[] = [];
-  const archive = packTree(src, { name, owners: o.owners, followTop: !!o.followLink, onSkip: (p, why) => skipped.push(`${p} (${why})`) });
-  await client.archiveIn(vm, into, archive, { sameOwner: o.owners });
+  const archive = packTree(src, { name, owners: o.archive, followTop: !!o.followLink, onSkip: (p, why) => skipped.push(`${p} (${why})`) });
+  await client.archiveIn(vm, into, archive, { sameOwner: o.archive });
   for (const s of skipped.slice(0, 20)) process.stderr.write(`warning: skipped ${s}\n`);
 }
 
@@ -142,6 +176,11 @@ async function place(from: string, to: string): Promise<void> {
 
 /** Guest → host, docker semantics for an existing directory, a new name, or a file replaced. */
 export async function copyGuestToHost(client: BangerClient, vm: string, src: string, dst: string, o: CpOptions): Promise<void> {
+  checkGuestPath(vm, src);
+  if (o.archive && process.getuid?.() !== 0)
+    throw new BangerError('bad_request', `-a keeps the guest's owners, which only root can set on the host`, {
+      fix: 'copy without -a (the files become yours), or run the copy as root',
+    });
   const path = tidyGuestPath(src);
   const { name } = splitGuestPath(path);
   if (!name) throw new BangerError('bad_request', `cannot copy the guest's root directory`, { fix: `name a directory below it, e.g. ${vm}:/root` });
@@ -183,10 +222,11 @@ export async function copyGuestToHost(client: BangerClient, vm: string, src: str
         dest: staging,
         runner: NO_RUNNER,
         label,
-        maxBytes: CP_MAX_BYTES,
-        maxEntries: CP_MAX_ENTRIES,
+        maxBytes: o.limits?.maxBytes ?? CP_MAX_BYTES,
+        maxEntries: o.limits?.maxEntries ?? CP_MAX_ENTRIES,
         compression: 'none',
-        owners: o.owners,
+        owners: o.archive,
+        modeMask: o.archive ? 0 : (o.umask ?? process.umask()),
       });
     } catch (e) {
       archive.stream.destroy();
@@ -200,6 +240,10 @@ export async function copyGuestToHost(client: BangerClient, vm: string, src: str
     }
     await archive.done;
     const copied = join(staging, name);
+    // The copied entry is a child of the staging directory, never the staging directory or its
+    // parent (the receiving directory): place() must only ever move what the guest sent.
+    if (name === '.' || name === '..' || dirname(copied) !== staging)
+      throw new BangerError('bad_request', `${label}: "${name}" does not name an entry of the copied tree`, { fix: 'name the file or directory itself' });
     const cst = await lstat(copied).catch(() => undefined);
     if (!cst)
       throw new BangerError('rejected_content', `${label}: the guest's archive has no entry "${name}"`, { fix: 'retry; the guest sent something else' });
@@ -215,12 +259,12 @@ export async function copyGuestToHost(client: BangerClient, vm: string, src: str
 }
 
 /** `vm cp SRC DST`: exactly one side is `VM:PATH`. */
-export async function runCp(client: BangerClient, srcArg: string, dstArg: string, o: { followLink?: boolean }): Promise<void> {
+export async function runCp(client: BangerClient, srcArg: string, dstArg: string, o: { followLink?: boolean; archive?: boolean }): Promise<void> {
   const src = parseEndpoint(srcArg);
   const dst = parseEndpoint(dstArg);
-  const owners = process.getuid?.() === 0;
-  if (src.kind === 'host' && dst.kind === 'guest') return copyHostToGuest(client, src.path, dst.vm, dst.path, { owners, followLink: !!o.followLink });
-  if (src.kind === 'guest' && dst.kind === 'host') return copyGuestToHost(client, src.vm, src.path, dst.path, { owners });
+  const archive = !!o.archive;
+  if (src.kind === 'host' && dst.kind === 'guest') return copyHostToGuest(client, src.path, dst.vm, dst.path, { archive, followLink: !!o.followLink });
+  if (src.kind === 'guest' && dst.kind === 'host') return copyGuestToHost(client, src.vm, src.path, dst.path, { archive });
   throw new BangerError('bad_request', src.kind === 'host' ? 'neither side is a VM path' : 'both sides are VM paths', {
     fix: 'banger vm cp HOST_PATH VM:PATH, or banger vm cp VM:PATH HOST_PATH',
   });

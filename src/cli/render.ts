@@ -1,12 +1,18 @@
 import { BangerError, toBangerError } from '../api/errors.js';
 
-const UNSAFE = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g;
+/**
+ * C0 (but \n, \t), DEL, C1; the bidi marks and controls (U+061C ALM, U+200E LRM, U+200F RLM,
+ * U+202A–U+202E embeddings/overrides, U+2066–U+2069 isolates); and U+2028/U+2029, line and
+ * paragraph separators some terminals and viewers break lines on.
+ */
+const UNSAFE = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
 
 /**
  * Text that came from a guest, an image or the daemon, made safe for a terminal: C0 controls
- * (except \n and \t), DEL, C1 controls (U+0080–U+009F, 8-bit CSI/OSC included) and bidi
- * overrides are removed, so no escape sequence (title change, screen clear, hyperlink, cursor
- * move, reordered text) reaches the terminal.
+ * (except \n and \t), DEL, C1 controls (U+0080–U+009F, 8-bit CSI/OSC included), bidi marks
+ * and overrides, and Unicode line/paragraph separators are removed, so no escape sequence
+ * (title change, screen clear, hyperlink, cursor move, reordered or broken text) reaches the
+ * terminal.
  */
 export function sanitizeForTerminal(text: string): string {
   return text.replace(UNSAFE, '');

@@ -10,7 +10,7 @@ import { pipeline } from 'node:stream/promises';
 import type { z } from 'zod';
 import { BangerError, toBangerError } from '../api/errors.js';
 import { GuestDirListSchema, GuestStatSchema, MkdirRequestSchema, MoveRequestSchema, OctalModeQuery, WriteFileResultSchema } from '../api/file-schemas.js';
-import { type RawResult, RESULT_TRAILER } from '../api/files-wire.js';
+import { encodeRawResult, type RawResult, RESULT_TRAILER } from '../api/files-wire.js';
 import { OP_HEADER, type Route } from './http.js';
 import type { FilesService, RawDownload } from './services/files.js';
 
@@ -55,7 +55,7 @@ async function sendRaw<T>(res: ServerResponse, opId: string, contentType: string
     result = { ok: false, error: { code: err.code, message: err.message, ...(err.fix ? { fix: err.fix } : {}) } };
   }
   if (res.destroyed) return;
-  res.addTrailers({ [RESULT_TRAILER]: JSON.stringify(result) });
+  res.addTrailers({ [RESULT_TRAILER]: encodeRawResult(result) });
   res.end();
 }
 

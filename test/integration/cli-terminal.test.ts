@@ -7,9 +7,9 @@ import { sanitizeForTerminal, sanitizeInline } from '../../src/cli/render.js';
 import { BANGER, runProcess } from '../helpers/banger.js';
 
 /** What a hostile guest puts in its hostname, a listener's command line or its console. */
-const EVIL = '\x1b]0;pwned\x07\x1b[2J\x1b[H\x9b31m\x1b]8;;http://evil/\x1b\\link\x1b]8;;\x1b\\\u202egnp.exe\r';
+const EVIL = '\x1b]0;pwned\x07\x1b[2J\x1b[H\x9b31m\x1b]8;;http://evil/\x1b\\link\x1b]8;;\x1b\\\u202egnp.exe\u200f\u061c\u200e\u2028\u2029\r';
 /** Bytes that start or make up a terminal control sequence (ESC, BEL, CSI/OSC in C1, CR, bidi). */
-const CONTROL = /[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]/;
+const CONTROL = /[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/;
 
 const vm = {
   id: 'a'.repeat(32),

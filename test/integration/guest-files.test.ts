@@ -116,10 +116,10 @@ describe('files over the real agent', () => {
     await symlink('../run.sh', join(src, 'a/run-link'));
     await writeFile(join(src, 'empty'), '');
 
-    await copyHostToGuest(d.client, src, 'dev', g, { owners: false });
+    await copyHostToGuest(d.client, src, 'dev', g, { archive: false });
     assert.deepEqual(await manifest(join(g, 'tree')), await manifest(src));
     const back = join(h, 'back');
-    await copyGuestToHost(d.client, 'dev', join(g, 'tree'), back, { owners: false });
+    await copyGuestToHost(d.client, 'dev', join(g, 'tree'), back, { archive: false });
     assert.deepEqual(await manifest(back), await manifest(src));
   });
 

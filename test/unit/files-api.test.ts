@@ -26,8 +26,24 @@ class DyingGuest extends HostFakeGuest {
   }
 }
 
+/**
+ * A FAKE guest whose tar fails after some bytes with the error text the test sets: what a hostile
+ * (or merely non-English) guest can put in the verdict that travels in the HTTP trailer.
+ */
+class SayingGuest extends HostFakeGuest {
+  error = new Error('');
+  override async tarOut() {
+    const stream = new PassThrough();
+    stream.end(Buffer.alloc(10_000, 1));
+    const err = this.error;
+    const done = once(stream, 'end').then(() => Promise.reject(err));
+    return { stream: stream as Readable, done };
+  }
+}
+const saying = new SayingGuest();
+
 before(async () => {
-  d = await startFilesDaemon({ dev: fake, dying: new DyingGuest() });
+  d = await startFilesDaemon({ dev: fake, dying: new DyingGuest(), saying });
   g = join(d.dir, 'guest');
   await mkdir(g);
 });
@@ -166,4 +182,25 @@ test('an upload the daemon refuses before reading it (unknown VM) fails at once 
   await rejects(d.client.writeFile('nope', '/root/x', endless), 'not_found', /nope/);
   assert.ok(stopped, 'the endless body was destroyed');
   assert.ok(produced < 1024 ** 3, 'and never read whole');
+});
+
+test('a guest error with characters above U+00FF and control bytes reaches the client intact (escaped in the trailer), not as "cut short"', async () => {
+  const text = 'tar: /root/données/世界 😀: Permission denied\u2028next\x7f\x01\x1b[2J\u202eend\ttab\nline "quoted" \\ back';
+  saying.error = new BangerError('upstream_failed', text, { fix: 'vérifier les droits — 権限を確認' });
+  const r = await d.client.archiveOut('saying', '/root/x');
+  assert.equal((await drain(r.stream)).length, 10_000);
+  const e = await rejects(r.done, 'upstream_failed');
+  assert.equal(e.message, text);
+  assert.equal(e.fix, 'vérifier les droits — 権限を確認');
+});
+
+test("a guest error longer than a header can carry is clipped, and still arrives as the guest's error", async () => {
+  const long = `${'世'.repeat(20_000)}`;
+  saying.error = new BangerError('precondition_failed', long, { fix: 'é'.repeat(10_000) });
+  const r = await d.client.archiveOut('saying', '/root/x');
+  await drain(r.stream);
+  const e = await rejects(r.done, 'precondition_failed');
+  assert.ok(long.startsWith(e.message.replace(/…$/, '')), 'a prefix of the guest message');
+  assert.ok(e.message.length > 1000 && e.message.length <= 1501, `clipped to ${e.message.length}`);
+  assert.ok((e.fix ?? '').length > 100 && (e.fix ?? '').length <= 501);
 });
