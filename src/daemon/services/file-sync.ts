@@ -20,6 +20,7 @@ import { packTree } from '../../archive/pack-tree.js';
 import type { FileSyncEntry } from '../../config/config.js';
 import type { GuestChannel } from '../../guest/guest-channel.js';
 import type { CommandRunner } from '../../host/runner.js';
+import { deadline } from '../../util/deadline.js';
 import { formatDuration } from '../../util/duration.js';
 import type { OpContext } from '../../util/op-context.js';
 import { guestError } from './files.js';
@@ -94,10 +95,11 @@ export class FileSyncService {
     const limitMs = this.d.entryTimeoutMs ?? FILE_SYNC_ENTRY_MS;
     /** The operation's signal plus this entry's deadline; `timedOut` tells the deadline's abort from a cancel. */
     const bounded = () => {
-      const deadline = AbortSignal.timeout(limitMs);
+      const d = deadline(limitMs);
       return {
-        signal: ctx ? AbortSignal.any([ctx.signal, deadline]) : deadline,
-        timedOut: () => deadline.aborted && !ctx?.signal.aborted,
+        signal: ctx ? AbortSignal.any([ctx.signal, d.signal]) : d.signal,
+        timedOut: () => d.signal.aborted && !ctx?.signal.aborted,
+        clear: d.clear,
       };
     };
     const timeoutError = (what: string) =>
@@ -106,7 +108,9 @@ export class FileSyncService {
       const b = bounded();
       try {
         await this.syncEntry(g, entry, warn, b.signal);
+        b.clear();
       } catch (e0) {
+        b.clear();
         const e = b.timedOut() ? timeoutError('the copy') : e0;
         const err = e instanceof BangerError ? e : guestError(e, 'copy failed');
         throw new BangerError(
@@ -121,7 +125,7 @@ export class FileSyncService {
     }
     if (hasIdentity) {
       const b = bounded();
-      await this.syncIdentity(g, identity, warn, b.signal, () => (b.timedOut() ? timeoutError('the merge') : undefined));
+      await this.syncIdentity(g, identity, warn, b.signal, () => (b.timedOut() ? timeoutError('the merge') : undefined)).finally(b.clear);
     }
   }
 

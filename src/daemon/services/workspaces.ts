@@ -18,6 +18,7 @@ import type {
 import type { GuestChannel } from '../../guest/guest-channel.js';
 import type { CommandRunner, SpawnedCommand } from '../../host/runner.js';
 import type { Repos, VmRow, WorkspaceRow } from '../../store/repos.js';
+import { deadline } from '../../util/deadline.js';
 import { formatDuration } from '../../util/duration.js';
 import type { KeyedMutex } from '../../util/keyed-mutex.js';
 import type { Clock, OpContext } from '../../util/op-context.js';
@@ -34,7 +35,7 @@ export const EXPORT_GUEST_MS = 10 * 60_000;
  * the workspace lock, forever. An abort by that deadline is a `timeout` naming `what`.
  */
 async function withDeadline<T>(ms: number, what: string, fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
-  const signal = AbortSignal.timeout(ms);
+  const { signal, clear } = deadline(ms);
   try {
     return await fn(signal);
   } catch (e) {
@@ -43,6 +44,8 @@ async function withDeadline<T>(ms: number, what: string, fn: (signal: AbortSigna
       fix: 'check the VM with `banger vm health` and `banger vm logs`, then retry',
       cause: e,
     });
+  } finally {
+    clear();
   }
 }
 
@@ -74,6 +77,9 @@ export interface WorkspaceServiceDeps {
   stagingDir: string;
   /** Cap on a guest's branch bundle (hostile data, staged on the host's disk). */
   maxBundleBytes?: number;
+  /** Bounds of the guest's side of status and export (default STATUS_GUEST_MS, EXPORT_GUEST_MS; tests shorten them). */
+  statusDeadlineMs?: number;
+  exportDeadlineMs?: number;
 }
 
 const DEFAULT_MAX_BUNDLE_BYTES = 4 * 1024 * 1024 * 1024;
@@ -460,7 +466,7 @@ export class WorkspaceService {
     const row = this.running(ref);
     const ws = this.recorded(row);
     const cwd = ws.guestPath;
-    const { head, count, st } = await withDeadline(STATUS_GUEST_MS, `workspace status of ${row.name}`, async (signal) => ({
+    const { head, count, st } = await withDeadline(this.d.statusDeadlineMs ?? STATUS_GUEST_MS, `workspace status of ${row.name}`, async (signal) => ({
       head: (await this.g(row.name, ['git', 'rev-parse', '--verify', 'HEAD^{commit}'], { cwd, signal })).stdout.trim(),
       count: await this.g(row.name, ['git', 'rev-list', '--count', `${ws.baseCommit}..HEAD`], { cwd, allowFailure: true, signal }),
       st: await this.g(row.name, ['git', '--no-optional-locks', 'status', '--porcelain=v1', '-z', '--no-renames', '--untracked-files=all'], {
@@ -522,7 +528,7 @@ export class WorkspaceService {
   async exportText(ref: string, format: 'patch' | 'commits'): Promise<{ commit: string; stream: Readable; done: Promise<void> }> {
     const row = this.running(ref);
     const ws = this.recorded(row);
-    const { commit, file } = await withDeadline(EXPORT_GUEST_MS, `workspace export of ${row.name}`, (signal) =>
+    const { commit, file } = await withDeadline(this.d.exportDeadlineMs ?? EXPORT_GUEST_MS, `workspace export of ${row.name}`, (signal) =>
       this.exportInGuest(row.name, ws, format, signal),
     );
     const ch = await this.d.guest(row.name);
@@ -553,7 +559,7 @@ export class WorkspaceService {
     }
     // Under the workspace lock: the guest's side is bounded as a whole.
     return this.d.locks.run(`workspace:${row.id}`, () =>
-      withDeadline(EXPORT_GUEST_MS, `workspace export of ${row.name}`, (signal) => this.exportBranchLocked(row, ws, target, signal)),
+      withDeadline(this.d.exportDeadlineMs ?? EXPORT_GUEST_MS, `workspace export of ${row.name}`, (signal) => this.exportBranchLocked(row, ws, target, signal)),
     );
   }
 
