@@ -116,7 +116,7 @@ int valid_path(const char *path);
 /* ---- data channels (data.c) ----------------------------------------------------------------- */
 
 /* Forks the data-channel workers: one per --data path, else a manager for the virtio ports
- * org.banger.data.0..3 and vsock port 1025. Each dies with the agent (PR_SET_PDEATHSIG). */
+ * org.banger.data.0..3 and vsock port 1023. Each dies with the agent (PR_SET_PDEATHSIG). */
 void data_start(const char *const *paths, int npaths);
 
 /* helpers from banger-agent.c */

@@ -794,7 +794,7 @@ static void usage(FILE *f)
     fputs("usage: banger-agent [--device PATH | --vsock-port N | --stdio | --version] [--data PATH]...\n"
           "                    [--procs-dir DIR] [--cgroup-root DIR|none]\n"
           "  default: the virtio-serial port " VIRTIO_PORT_NAME ", else vsock port 1024; data channels on\n"
-          "  the virtio-serial ports org.banger.data.0..3 and vsock port 1025 (--data: a Unix socket to\n"
+          "  the virtio-serial ports org.banger.data.0..3 and vsock port 1023 (--data: a Unix socket to\n"
           "  connect to instead, repeatable)\n",
           f);
 }

@@ -4,7 +4,7 @@
  * so `health` is never queued behind them. Each port is served by its own forked worker with
  * blocking I/O; a host that stops reading stalls only that worker.
  *
- * Ports: the virtio-serial ports org.banger.data.0..3 (QEMU), vsock port 1025 (a worker per host
+ * Ports: the virtio-serial ports org.banger.data.0..3 (QEMU), vsock port 1023 (a worker per host
  * connection, at most 4), or, for tests, Unix sockets the agent connects to (--data PATH).
  *
  * Frames: magic 0xBA 0x6E, type, stream, u32 LE length (at most MAX_FRAME), payload. A session
@@ -39,7 +39,7 @@
 #define MAX_FRAME (256 * 1024)
 #define HEADER 8
 #define DATA_PORTS 4
-#define DATA_VSOCK_PORT 1025
+#define DATA_VSOCK_PORT 1023 /* privileged: an unprivileged guest user cannot bind it while the agent restarts */
 #define MAX_VSOCK_SESSIONS 4
 #define MAX_TAR_STDERR 4096
 #define TOOL_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -688,8 +688,27 @@ static int data_vsock_listen(void)
     return fd;
 }
 
+/* Forgets the workers that exited. */
+static void reap_workers(pid_t *port_pid, pid_t *vsock_pid)
+{
+    pid_t dead;
+    while ((dead = waitpid(-1, NULL, WNOHANG)) > 0) {
+        for (int k = 0; k < DATA_PORTS; k++)
+            if (port_pid[k] == dead) port_pid[k] = 0;
+        for (int k = 0; k < MAX_VSOCK_SESSIONS; k++)
+            if (vsock_pid[k] == dead) vsock_pid[k] = 0;
+    }
+}
+
+static int free_vsock_slot(const pid_t *vsock_pid)
+{
+    for (int k = 0; k < MAX_VSOCK_SESSIONS; k++)
+        if (!vsock_pid[k]) return k;
+    return -1;
+}
+
 /* Keeps one worker per data port: the --data paths when given, else the virtio ports
- * org.banger.data.0..3 (their driver may bind late) and vsock sessions on port 1025. A worker that
+ * org.banger.data.0..3 (their driver may bind late) and vsock sessions on port 1023. A worker that
  * dies (whatever the host sent) is started again. */
 static void manager(const char *const *paths, int npaths)
 {
@@ -699,13 +718,7 @@ static void manager(const char *const *paths, int npaths)
     long long next_try = 0;
     close_fds_from(3, -1, -1);
     for (;;) {
-        pid_t dead;
-        while ((dead = waitpid(-1, NULL, WNOHANG)) > 0) {
-            for (int k = 0; k < DATA_PORTS; k++)
-                if (port_pid[k] == dead) port_pid[k] = 0;
-            for (int k = 0; k < MAX_VSOCK_SESSIONS; k++)
-                if (vsock_pid[k] == dead) vsock_pid[k] = 0;
-        }
+        reap_workers(port_pid, vsock_pid);
         if (mono_ms() >= next_try) {
             next_try = mono_ms() + (npaths ? 100 : 1000);
             for (int k = 0; k < nports; k++) {
@@ -728,11 +741,18 @@ static void manager(const char *const *paths, int npaths)
         socklen_t plen = sizeof peer;
         int cfd = accept4(lfd, (struct sockaddr *)&peer, &plen, SOCK_CLOEXEC);
         if (cfd < 0) continue;
-        int slot = -1;
-        for (int k = 0; k < MAX_VSOCK_SESSIONS; k++)
-            if (!vsock_pid[k]) slot = k;
+        int from_host = plen >= sizeof peer && peer.svm_cid == VMADDR_CID_HOST;
+        int slot = free_vsock_slot(vsock_pid);
+        /* The host (which runs at most 4 at once) starts a queued session as soon as it has the
+         * last one's R, maybe before that session's worker saw the hang-up and exited: wait a
+         * moment for it rather than refuse. */
+        for (int tries = 0; from_host && slot < 0 && tries < 50; tries++) {
+            sleep_ms(10);
+            reap_workers(port_pid, vsock_pid);
+            slot = free_vsock_slot(vsock_pid);
+        }
         /* only the host (not another VM, not a guest process), and at most 4 sessions at once */
-        if (plen < sizeof peer || peer.svm_cid != VMADDR_CID_HOST || slot < 0) {
+        if (!from_host || slot < 0) {
             close(cfd);
             continue;
         }

@@ -204,9 +204,10 @@ export function nsHome(tag: string, config: string, extraEnv: NodeJS.ProcessEnv 
   const netns = `bgb-${tag}-${process.pid}`;
   let dir = '';
   const env = () => ({ ...process.env, ...extraEnv, BANGER_HOME: join(dir, 'home') });
-  const banger = (...args: string[]) => run('ip', ['netns', 'exec', netns, process.execPath, BANGER, ...args], env(), 300_000);
+  // A safety net, not a measure: a 200 MB workspace under TCG takes minutes.
+  const banger = (...args: string[]) => run('ip', ['netns', 'exec', netns, process.execPath, BANGER, ...args], env(), 1_800_000);
   /** Any command in the home's network namespace with its environment. */
-  const inNs = (cmd: string, args: string[]) => run('ip', ['netns', 'exec', netns, cmd, ...args], env(), 300_000);
+  const inNs = (cmd: string, args: string[]) => run('ip', ['netns', 'exec', netns, cmd, ...args], env(), 1_800_000);
   return {
     banger,
     inNs,

@@ -3,9 +3,10 @@
 import { execFileSync } from 'node:child_process';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import type { Operation } from '../src/api/schemas.js';
 import { resolveLayout } from '../src/config/layout.js';
 import type { Benchmark, Metric, MetricBenchmark } from './lib.js';
-import { bareQemuBoot, nsHome } from './vm.js';
+import { bareQemuBoot, nsHome, stageMedians } from './vm.js';
 
 const accel = () => process.env.BENCH_ACCEL ?? 'tcg';
 const config = () => `accel = "${accel()}"\n[vm_defaults]\nvcpu = 2\nmemory_mib = 1024\ndisk_size = "2G"\n`;
@@ -115,6 +116,11 @@ export function workspaceBenchmark(): MetricBenchmark {
       );
       const status = JSON.parse(await h.banger('daemon', 'status', '--json')) as { pid: number };
       const rss = await peakRss(status.pid);
+      // Where the prepare's time went, by its operation's stages.
+      const ops = (JSON.parse(await h.banger('daemon', 'ops', '--json')) as { operations: Operation[] }).operations.filter(
+        (o) => o.kind === 'vm.workspace' && o.state === 'succeeded',
+      );
+      const stages = [...stageMedians(ops)].map(([name, ms]) => `${name} ${(ms / 1000).toFixed(1)} s`).join(', ');
       return [
         {
           name: 'prepare / tar|ssh',

@@ -5,7 +5,8 @@
  * - QEMU: four virtio-serial ports, one Unix socket each (`agent-data-K.sock`). A port outlives
  *   host connections and replies written while no host is connected are lost, so connections are
  *   held and reused; sessions beyond four wait in a queue.
- * - Firecracker: one hybrid-vsock connection per session (`CONNECT 1025`), closed at its end.
+ * - Firecracker: one hybrid-vsock connection per session (`CONNECT 1023`), closed at its end; at
+ *   most four at once (the agent serves four), sessions beyond wait in the same queue.
  *
  * Every session starts with `S {nonce, op, …}` and the host discards everything until `A` with
  * that nonce: bytes of an aborted earlier session may still be in flight on a held port.
@@ -15,10 +16,16 @@
  * socket took the bytes.
  *
  * The guest is hostile: frame lengths are checked before allocation (FrameDecoder), the `A` wait
- * and the wait for `R` after a cancel are bounded, results are parsed with zod by the caller.
+ * and the wait for `R` after a cancel are bounded, results are parsed with zod by the caller. An
+ * accepted session in which the host waits on the guest (a write the socket has not taken, or
+ * nothing left to send and no consumer busy) and the guest sends nothing for `idleTimeoutMs` fails
+ * with `timeout` and drops the connection: a guest that accepts and then stalls cannot hold a
+ * caller (and the VM lock it may run under) forever. Sessions that are idle by design (`output`
+ * with follow) opt out and are bounded by their caller's signal.
  */
 import net from 'node:net';
 import { BangerError } from '../api/errors.js';
+import { formatDuration } from '../util/duration.js';
 import { encodeData, encodeFrame, type Frame, FrameDecoder, FrameError, type FrameStream } from './agent-frames.js';
 import { AcceptedSchema, AGENT_MAX_HANDSHAKE_BYTES, HYBRID_VSOCK_OK, SessionResultSchema } from './agent-protocol.js';
 
@@ -33,6 +40,17 @@ export interface DataPoolOptions {
   cancelTimeoutMs?: number;
   /** Sessions waiting for a free channel at most. */
   maxQueued?: number;
+  /** How long an accepted session may wait on a silent guest (see the module comment). */
+  idleTimeoutMs?: number;
+}
+
+export interface SessionOptions {
+  /** Cancels the session. */
+  signal?: AbortSignal | undefined;
+  /** The host sends data (write, tar-in, stdin): until `end()` a pause between writes is the host's, not idle. */
+  hostSends?: boolean;
+  /** false: no idle timeout (a follow that may rightly be silent for hours; bound it with `signal`). */
+  idleTimeout?: boolean;
 }
 
 export type SessionData = (stream: FrameStream, data: Buffer) => Promise<void> | void;
@@ -56,7 +74,10 @@ export interface DataSession {
 const DEFAULT_ACCEPT_MS = 10_000;
 const DEFAULT_CANCEL_MS = 5_000;
 const DEFAULT_MAX_QUEUED = 1024;
-const DEFAULT_VSOCK_SESSIONS = 16;
+/** Sessions the agent serves at once on its vsock data port (agent/data.c MAX_VSOCK_SESSIONS). */
+export const DEFAULT_VSOCK_SESSIONS = 4;
+/** A guest silent this long while the host waits on it fails the session (docs/processes.md). */
+export const DEFAULT_IDLE_MS = 120_000;
 /** Bytes skipped as garbage on one connection before it is dropped (a guest sending only noise). */
 const MAX_SKIPPED_BYTES = 64 * 1024 * 1024;
 
@@ -245,6 +266,7 @@ export class AgentDataPool {
   private readonly acceptTimeoutMs: number;
   private readonly cancelTimeoutMs: number;
   private readonly maxQueued: number;
+  private readonly idleTimeoutMs: number;
   private closed = false;
   /** Sessions run so far (tests: reuse of held connections). */
   sessionsStarted = 0;
@@ -257,6 +279,7 @@ export class AgentDataPool {
     this.acceptTimeoutMs = opts.acceptTimeoutMs ?? DEFAULT_ACCEPT_MS;
     this.cancelTimeoutMs = opts.cancelTimeoutMs ?? DEFAULT_CANCEL_MS;
     this.maxQueued = opts.maxQueued ?? DEFAULT_MAX_QUEUED;
+    this.idleTimeoutMs = opts.idleTimeoutMs ?? DEFAULT_IDLE_MS;
     this.slots =
       target.transport === 'virtio-serial'
         ? target.sockets.map((path) => ({ path, conn: null, busy: false }))
@@ -275,9 +298,12 @@ export class AgentDataPool {
 
   /**
    * Starts a session: `request` is the `S` frame's JSON (a nonce is added). Guest data frames go to
-   * onData, one at a time, at its pace. An abort cancels the session.
+   * onData, one at a time, at its pace. An abort cancels the session. A bare AbortSignal is the
+   * same as `{ signal }`.
    */
-  session(request: Record<string, unknown> & { op: string }, onData: SessionData, signal?: AbortSignal): DataSession {
+  session(request: Record<string, unknown> & { op: string }, onData: SessionData, options?: AbortSignal | SessionOptions): DataSession {
+    const opts: SessionOptions = options instanceof AbortSignal ? { signal: options } : (options ?? {});
+    const signal = opts.signal;
     let acceptedResolve!: () => void;
     let acceptedReject!: (e: Error) => void;
     const accepted = new Promise<void>((resolve, reject) => {
@@ -305,10 +331,42 @@ export class AgentDataPool {
     let consumerError: Error | undefined;
     let cancelTimer: NodeJS.Timeout | undefined;
     let acceptTimer: NodeJS.Timeout | undefined;
+    // Idle accounting (module comment): counted only while the host waits on the guest.
+    let isAccepted = false;
+    let pendingWrites = 0;
+    let consumerBusy = 0;
+    let hostEnded = !opts.hostSends;
+    let idleTimer: NodeJS.Timeout | undefined;
+    const idleMs = opts.idleTimeout === false ? 0 : this.idleTimeoutMs;
+    /** Restarts the idle clock (guest activity) or stops it (the host is the slow side). */
+    const rearmIdle = () => {
+      clearTimeout(idleTimer);
+      idleTimer = undefined;
+      if (!idleMs || settled || cancelled || !isAccepted) return;
+      const waitingOnGuest = pendingWrites > 0 || (consumerBusy === 0 && hostEnded);
+      if (!waitingOnGuest) return;
+      idleTimer = setTimeout(
+        () =>
+          settle(
+            {
+              err: new BangerError(
+                'timeout',
+                `the guest agent stalled a ${request.op} session: nothing sent or accepted for ${idleMs < 1000 ? `${idleMs} ms` : formatDuration(idleMs)}`,
+                {
+                  fix: 'check the VM with `banger vm health` and `banger vm logs`',
+                },
+              ),
+            },
+            true,
+          ),
+        idleMs,
+      );
+    };
 
     const release = (dropConnection: boolean) => {
       clearTimeout(cancelTimer);
       clearTimeout(acceptTimer);
+      clearTimeout(idleTimer);
       signal?.removeEventListener('abort', onAbort);
       if (!slot) return;
       const s = slot;
@@ -345,6 +403,7 @@ export class AgentDataPool {
     const doCancel = () => {
       if (cancelled || settled || !conn) return;
       cancelled = true;
+      clearTimeout(idleTimer); // the cancel's own bound applies now
       // Data after a cancel is not wanted: stop waiting for the consumer, so the guest's R gets through.
       markEnded();
       conn.write(encodeFrame('C')).catch(() => {});
@@ -366,7 +425,14 @@ export class AgentDataPool {
       if (consumerError || cancelled) return undefined;
       try {
         const r = onData(stream, data);
-        return r ? Promise.race([Promise.resolve(r).catch(consumerFailed), ended]) : undefined;
+        if (!r) return undefined;
+        // The host consumer is the slow side while its promise is pending: not the guest's idle time.
+        consumerBusy++;
+        rearmIdle();
+        return Promise.race([Promise.resolve(r).catch(consumerFailed), ended]).finally(() => {
+          consumerBusy--;
+          rearmIdle();
+        });
       } catch (e) {
         consumerFailed(e);
         return undefined;
@@ -398,7 +464,6 @@ export class AgentDataPool {
       this.sessionsStarted++;
       c.clearQueue();
       const nonce = process.getBuiltinModule('node:crypto').randomBytes(12).toString('hex');
-      let isAccepted = false;
       c.onClose = (err) => {
         if (slot === s) s.conn = null;
         settle({ err });
@@ -413,8 +478,10 @@ export class AgentDataPool {
           isAccepted = true;
           clearTimeout(acceptTimer);
           acceptedResolve();
+          rearmIdle();
           return;
         }
+        rearmIdle(); // any frame of this session is the guest's activity
         if (frame.type === 'D') return deliver(frame.stream, frame.payload);
         if (frame.type === 'R') {
           const r = parseJson(frame.payload, SessionResultSchema);
@@ -463,16 +530,28 @@ export class AgentDataPool {
       }
     }
 
-    const sendWhenAccepted = async (buf: Buffer[]) => {
+    const sendWhenAccepted = async (buf: Buffer[], isEnd = false) => {
       await accepted;
       if (settled || !conn) throw new BangerError('cancelled', `the ${request.op} session ended`);
-      for (const b of buf) await conn.write(b);
+      const c = conn;
+      for (const b of buf) {
+        // A write the socket has not taken is the guest not reading: idle time runs.
+        pendingWrites++;
+        rearmIdle();
+        try {
+          await c.write(b);
+        } finally {
+          pendingWrites--;
+        }
+      }
+      if (isEnd) hostEnded = true;
+      rearmIdle(); // the guest took bytes: activity
     };
     return {
       accepted,
       result,
       write: (data) => (data.length ? sendWhenAccepted(encodeData(data, 0)) : Promise.resolve()),
-      end: () => sendWhenAccepted([encodeFrame('E')]),
+      end: () => sendWhenAccepted([encodeFrame('E')], true),
       cancel: () => {
         if (!conn) settle({ err: new BangerError('cancelled', 'cancelled') });
         else if (!settled) doCancel();

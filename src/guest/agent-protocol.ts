@@ -191,8 +191,8 @@ export type AgentStats = AgentResult<'stats'>;
 
 // ---- data channels (docs/processes.md, "Data channels") ------------------------------------
 
-/** Guest vsock port of the data channels under Firecracker (one connection per session). */
-export const AGENT_DATA_VSOCK_PORT = 1025;
+/** Guest vsock port of the data channels under Firecracker (one connection per session): privileged (≤ 1023), so no unprivileged guest user can bind it while the agent restarts and receive file_sync secrets. */
+export const AGENT_DATA_VSOCK_PORT = 1023;
 /** QEMU's data ports (virtio-serial `org.banger.data.K`). */
 export const AGENT_DATA_PORTS = 4;
 

@@ -132,7 +132,8 @@ export class AgentGuestChannel implements GuestChannel {
     const session = this.data.session(
       { op: 'output', id, stdout_from: opts.stdoutFrom, stderr_from: opts.stderrFrom, follow: opts.follow, stdin: !!opts.stdin },
       (stream, data) => (stream === 1 ? onData('stdout', data) : stream === 2 ? onData('stderr', data) : undefined),
-      opts.signal,
+      // A follow may rightly be silent for hours: bounded by its caller's signal, not the idle timeout.
+      { signal: opts.signal, hostSends: !!opts.stdin, idleTimeout: !opts.follow },
     );
     if (opts.stdin) {
       // Stdin failures (the session ended first) do not fail the output: its R says how it ended.
@@ -164,7 +165,10 @@ export class AgentGuestChannel implements GuestChannel {
   }
 
   async writeFile(path: string, data: Readable, opts: { mode: number; mkdirs: boolean; signal?: AbortSignal }): Promise<{ size: number }> {
-    const session = this.data.session({ op: 'write', path, mode: opts.mode, mkdirs: opts.mkdirs }, () => undefined, opts.signal);
+    const session = this.data.session({ op: 'write', path, mode: opts.mode, mkdirs: opts.mkdirs }, () => undefined, {
+      signal: opts.signal,
+      hostSends: true,
+    });
     const fed = feed(session, data);
     fed.catch(() => {});
     const r = parseResult('write', WriteResultSchema, await session.result);
@@ -199,7 +203,10 @@ export class AgentGuestChannel implements GuestChannel {
   }
 
   async tarIn(path: string, data: Readable, opts: { sameOwner?: boolean; signal?: AbortSignal } = {}): Promise<void> {
-    const session = this.data.session({ op: 'tar-in', path, ...(opts.sameOwner ? { same_owner: true } : {}) }, () => undefined, opts.signal);
+    const session = this.data.session({ op: 'tar-in', path, ...(opts.sameOwner ? { same_owner: true } : {}) }, () => undefined, {
+      signal: opts.signal,
+      hostSends: true,
+    });
     const fed = feed(session, data);
     fed.catch(() => {});
     const ok = parseResult('tar-in', TarResultSchema, await session.result);

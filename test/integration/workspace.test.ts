@@ -414,6 +414,37 @@ describe('workspaces over the fake guest channel', { skip }, () => {
     }
   });
 
+  test('a guest whose commands never finish: status and export fail with timeout and free the workspace lock', { timeout: 60_000 }, async () => {
+    /** FAKE exec of a stalled guest: nothing ever finishes; only the caller's signal ends the wait. */
+    const stalledExec: GuestExec = (_ref, _spec, opts) =>
+      new Promise((_resolve, reject) => {
+        const signal = opts?.signal;
+        if (!signal) return; // what status and export did before: wait forever
+        const stop = () => reject(new BangerError('cancelled', 'FAKE: stopped waiting'));
+        if (signal.aborted) stop();
+        else signal.addEventListener('abort', stop, { once: true });
+      });
+    const locks = new KeyedMutex();
+    const stalled = new WorkspaceService({
+      repos,
+      runner: new ProcessRunner(),
+      clock: { now: () => new Date() },
+      locks,
+      vmRow: (ref) => repos.vms.byName(ref) as NonNullable<ReturnType<Repos['vms']['byName']>>,
+      guest: async () => guest,
+      exec: stalledExec,
+      stagingDir,
+      statusDeadlineMs: 200,
+      exportDeadlineMs: 200,
+    });
+    const timedOut = (e: BangerError) => e.code === 'timeout' && /did not finish within .* \(the guest stalled\)/.test(e.message);
+    await assert.rejects(stalled.status('full'), timedOut);
+    await assert.rejects(stalled.exportBranch('full', 'stalled'), timedOut);
+    await assert.rejects(stalled.exportText('full', 'patch'), timedOut);
+    const id = repos.vms.byName('full')?.id as string;
+    assert.equal(await locks.run(`workspace:${id}`, async () => 'free'), 'free');
+  });
+
   test('over the API: plan, prepare as an operation, status, streamed patch export, branch export, errors as JSON', async () => {
     const layout = resolveLayout({ BANGER_HOME: join(tmp, 'api-home') });
     await mkdir(layout.runtimeDir, { recursive: true });

@@ -11,8 +11,9 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BangerError } from '../../src/api/errors.js';
-import { AgentDataPool, type DataChannelTarget } from '../../src/guest/agent-data.js';
+import { AgentDataPool, type DataChannelTarget, DEFAULT_VSOCK_SESSIONS } from '../../src/guest/agent-data.js';
 import { encodeData, encodeFrame, type Frame, FrameDecoder, type FrameStream } from '../../src/guest/agent-frames.js';
+import { AGENT_DATA_VSOCK_PORT } from '../../src/guest/agent-protocol.js';
 
 interface FakeSession {
   request: Record<string, unknown> & { nonce: string; op: string };
@@ -57,7 +58,7 @@ class FakeDataAgent {
     socket.on('data', (chunk: Buffer) => {
       if (handshake) {
         const nl = chunk.indexOf(0x0a);
-        assert.equal(chunk.subarray(0, nl).toString(), 'CONNECT 1025');
+        assert.equal(chunk.subarray(0, nl).toString(), `CONNECT ${AGENT_DATA_VSOCK_PORT}`);
         socket.write(this.connectAnswer as string);
         handshake = false;
         chunk = chunk.subarray(nl + 1);
@@ -408,12 +409,16 @@ test('the queue is bounded', async () => {
   await assert.rejects(t.pool.session({ op: 'c' }, () => undefined).result, isCode('busy'));
 });
 
-test('hybrid vsock: CONNECT 1025 per session, one connection each; a refused CONNECT is unavailable', async () => {
+test('the data vsock port is privileged (below 1024: no unprivileged guest user can bind it)', () => {
+  assert.ok(AGENT_DATA_VSOCK_PORT < 1024);
+});
+
+test('hybrid vsock: CONNECT <data port> per session, one connection each; a refused CONNECT is unavailable', async () => {
   const path = join(dir, 'vsock.sock');
   const fake = new FakeDataAgent();
   fake.connectAnswer = 'OK 1073741824\n';
   await fake.listen([path]);
-  const pool = new AgentDataPool({ transport: 'hybrid-vsock', socketPath: path, port: 1025 });
+  const pool = new AgentDataPool({ transport: 'hybrid-vsock', socketPath: path, port: AGENT_DATA_VSOCK_PORT });
   try {
     fake.onSession = (s) => {
       s.accept();
@@ -440,4 +445,124 @@ test('host data larger than a frame is split into frames of at most 256 KiB', ()
     frames.map((f) => f.length - 8),
     [256 * 1024, 256 * 1024, 88 * 1024],
   );
+});
+
+test('hybrid vsock: at most four sessions at once (the agent serves four); the rest queue and run as sessions end', { timeout: 30_000 }, async () => {
+  assert.equal(DEFAULT_VSOCK_SESSIONS, 4);
+  const path = join(dir, 'vsock-queue.sock');
+  const fake = new FakeDataAgent();
+  fake.connectAnswer = 'OK 1073741824\n';
+  await fake.listen([path]);
+  const pool = new AgentDataPool({ transport: 'hybrid-vsock', socketPath: path, port: AGENT_DATA_VSOCK_PORT });
+  const held: FakeSession[] = [];
+  fake.onSession = (s) => {
+    s.accept();
+    held.push(s); // answered later, by the test
+  };
+  try {
+    const sessions = Array.from({ length: 6 }, (_, k) => pool.session({ op: `s${k}` }, () => undefined));
+    await until('four sessions accepted', () => held.length === 4);
+    assert.equal(pool.busy, 4);
+    assert.equal(pool.queued, 2);
+    assert.equal(fake.sockets.size, 4, 'no fifth connection while four sessions run');
+    held[0]?.result({ ok: true });
+    await sessions[0]?.result;
+    await until('a queued session started', () => held.length === 5);
+    assert.equal(pool.queued, 1);
+    for (const s of held.slice(1)) s.result({ ok: true });
+    await until('the last session started', () => held.length === 6);
+    held[5]?.result({ ok: true });
+    await Promise.all(sessions.map((x) => x.result));
+    assert.equal(fake.connections, 6);
+  } finally {
+    pool.close();
+    await fake.close();
+  }
+});
+
+test('idle: a guest that accepts and then sends nothing fails the session with timeout; the port is redialled', { timeout: 30_000 }, async () => {
+  await using t = await setup(1, { idleTimeoutMs: 150 });
+  t.fake.onSession = (s) => s.accept(); // hostile: A, then silence
+  const session = t.pool.session({ op: 'read', path: '/x' }, () => undefined);
+  await session.accepted;
+  await assert.rejects(session.result, (e: unknown) => isCode('timeout')(e) && /stalled a read session/.test((e as Error).message));
+  await until('the stalled connection dropped', () => t.fake.sockets.size === 0);
+  t.fake.onSession = (s) => {
+    s.accept();
+    s.result({ ok: true });
+  };
+  await t.pool.session({ op: 'read', path: '/x' }, () => undefined).result;
+  assert.equal(t.fake.connections, 2);
+});
+
+test('idle: a guest that accepts a write and stops reading fails the write with timeout', { timeout: 30_000 }, async () => {
+  await using t = await setup(1, { idleTimeoutMs: 150 });
+  t.fake.onSession = (s) => {
+    s.accept();
+    s.socket.pause(); // hostile: never reads the host's data, never answers
+  };
+  const session = t.pool.session({ op: 'write', path: '/x' }, () => undefined, { hostSends: true });
+  await session.accepted;
+  const w = session.write(Buffer.alloc(16 * 1024 * 1024, 1));
+  await assert.rejects(session.result, isCode('timeout'));
+  await assert.rejects(w);
+});
+
+test('idle: a guest that took all data and never answers E fails with timeout', { timeout: 30_000 }, async () => {
+  await using t = await setup(1, { idleTimeoutMs: 150 });
+  t.fake.onSession = (s) => s.accept();
+  const session = t.pool.session({ op: 'tar-in', path: '/x' }, () => undefined, { hostSends: true });
+  await session.write(Buffer.from('data'));
+  await session.end();
+  await assert.rejects(session.result, isCode('timeout'));
+});
+
+test('idle: time in which the host is the slow side does not count', { timeout: 30_000 }, async () => {
+  await using t = await setup(1, { idleTimeoutMs: 100 });
+  // A slow host consumer: the guest sent D and R, the consumer takes longer than the idle bound.
+  t.fake.onSession = (s) => {
+    s.accept();
+    s.send('D', 'x', 1);
+    s.result({ ok: true });
+  };
+  const slowConsumer = t.pool.session({ op: 'read', path: '/x' }, () => sleep(400));
+  assert.equal((await slowConsumer.result).ok, true);
+
+  // A slow host sender: nothing written for longer than the bound, before its E.
+  t.fake.onSession = (s) => {
+    s.accept();
+    s.onFrame = (f) => {
+      if (f.type === 'E') s.result({ ok: true });
+    };
+  };
+  const slowSender = t.pool.session({ op: 'write', path: '/x' }, () => undefined, { hostSends: true });
+  await slowSender.accepted;
+  await sleep(400);
+  await slowSender.write(Buffer.from('late'));
+  await sleep(400);
+  await slowSender.end();
+  assert.equal((await slowSender.result).ok, true);
+});
+
+test('idle: a session that opts out (output follow) may be silent; its signal still ends it', { timeout: 30_000 }, async () => {
+  await using t = await setup(1, { idleTimeoutMs: 100, cancelTimeoutMs: 100 });
+  t.fake.onSession = (s) => {
+    s.accept();
+    s.onFrame = (f) => {
+      if (f.type === 'C') s.result({ ok: false, code: 'cancelled', error: 'cancelled' });
+    };
+  };
+  const ac = new AbortController();
+  const follow = t.pool.session({ op: 'output', follow: true }, () => undefined, { signal: ac.signal, idleTimeout: false });
+  await follow.accepted;
+  await sleep(400);
+  let settled = false;
+  follow.result.then(
+    () => (settled = true),
+    () => (settled = true),
+  );
+  await sleep(0);
+  assert.equal(settled, false, 'a quiet follow is not timed out');
+  ac.abort();
+  await assert.rejects(follow.result, isCode('cancelled'));
 });

@@ -8,6 +8,10 @@ import pino from 'pino';
 import { BangerError } from '../../src/api/errors.js';
 import { FileSyncService, hostGitIdentity } from '../../src/daemon/services/file-sync.js';
 import { mergeGitIdentity } from '../../src/daemon/services/git-identity.js';
+import type { AgentClient } from '../../src/guest/agent-client.js';
+import { AgentDataPool } from '../../src/guest/agent-data.js';
+import { encodeFrame, FrameDecoder } from '../../src/guest/agent-frames.js';
+import { AgentGuestChannel } from '../../src/guest/guest-channel-agent.js';
 import type { OpContext } from '../../src/util/op-context.js';
 import { HostFakeGuest } from '../helpers/fake-guest.js';
 import { FakeRunner } from '../helpers/fake-runner.js';
@@ -185,4 +189,68 @@ test('hostGitIdentity reads git config --global, skipping unset values, values w
   const weird = new FakeRunner((_c, args) => (args.includes('user.name') ? { stdout: 'a\nb\n' } : { stdout: 'e@x\n' }));
   assert.deepEqual(await hostGitIdentity(weird, log), { email: 'e@x' });
   assert.deepEqual(await hostGitIdentity(new FakeRunner(() => 'missing'), log), {});
+});
+
+/**
+ * A hostile guest's data port (FAKE agent): accepts every session with its A, then stops reading
+ * and never answers (not even a cancel's C). Counts the sessions it accepted.
+ */
+async function stallingDataPort(path: string): Promise<{ accepted: () => number; close: () => Promise<void> }> {
+  let accepted = 0;
+  const sockets = new Set<import('node:net').Socket>();
+  const server = createServer((socket) => {
+    sockets.add(socket);
+    socket.on('error', () => {});
+    const decoder = new FrameDecoder();
+    socket.on('data', (chunk: Buffer) => {
+      for (const f of decoder.push(chunk)) {
+        if (f.type !== 'S') continue;
+        const { nonce } = JSON.parse(f.payload.toString()) as { nonce: string };
+        socket.write(encodeFrame('A', JSON.stringify({ nonce })));
+        accepted++;
+        socket.pause(); // and from now on: nothing read, nothing sent
+      }
+    });
+  });
+  await new Promise<void>((r) => server.listen(path, r));
+  return {
+    accepted: () => accepted,
+    close: async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((r) => server.close(() => r()));
+    },
+  };
+}
+
+test('a guest that accepts the copy and then stalls fails the step with timeout (each entry is bounded), and the operation can cancel it sooner', {
+  timeout: 60_000,
+}, async () => {
+  const port = join(dir, 'stall-data.sock');
+  const fake = await stallingDataPort(port);
+  // The pool's idle bound is long here, so what ends the copy is the entry's own deadline.
+  const pool = new AgentDataPool({ transport: 'virtio-serial', sockets: [port] }, { idleTimeoutMs: 600_000, cancelTimeoutMs: 100 });
+  const noControl = {} as AgentClient; // file entries use only data sessions
+  const channel = new AgentGuestChannel(noControl, pool);
+  try {
+    const svc = service([{ host: join(host, 'token'), guest: '/root/token' }], { guest: async () => channel, entryTimeoutMs: 300 });
+    await assert.rejects(svc.run(VM, recordingCtx()), (e: BangerError) => {
+      assert.equal(e.code, 'timeout');
+      assert.match(e.message, /token → dev:\/root\/token failed: the copy did not finish within 300 ms \(the guest stalled\)/);
+      return true;
+    });
+    assert.equal(fake.accepted(), 1, 'the guest did accept the session: the stall came after');
+
+    // A directory (tar-in) entry, cancelled by its operation before the deadline: cancelled, not timeout.
+    const ac = new AbortController();
+    const ctx = { ...recordingCtx(), signal: ac.signal };
+    const dirSvc = service([{ host: join(host, 'agent'), guest: '/root/agent' }], { guest: async () => channel, entryTimeoutMs: 600_000 });
+    const running = dirSvc.run(VM, ctx);
+    for (let i = 0; i < 2000 && fake.accepted() < 2; i++) await new Promise((r) => setTimeout(r, 5));
+    assert.equal(fake.accepted(), 2);
+    ac.abort();
+    await assert.rejects(running, (e: BangerError) => e.code === 'cancelled');
+  } finally {
+    pool.close();
+    await fake.close();
+  }
 });

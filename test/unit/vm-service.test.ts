@@ -3,11 +3,13 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync, statSync } from 'node:fs';
 import { appendFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import type { Readable } from 'node:stream';
 import { after, test } from 'node:test';
 import pino from 'pino';
 import { BangerError } from '../../src/api/errors.js';
 import { defaultConfig } from '../../src/config/config.js';
 import { ensureLayout, resolveLayout } from '../../src/config/layout.js';
+import { FileSyncService } from '../../src/daemon/services/file-sync.js';
 import { VmService, type VmServiceDeps } from '../../src/daemon/services/vms.js';
 import type { AgentLink } from '../../src/guest/agent-link.js';
 import { ProcessRunner } from '../../src/host/runner.js';
@@ -273,6 +275,44 @@ test('the step after agent-ready (file sync) runs at every start of a running VM
   await w.svc.create({ name: 'builder', start: true, transient: true }, ctx);
   assert.equal(w.repos.vms.byName('builder')?.state, 'running');
   assert.ok(!seen.some((s) => s.startsWith('builder')));
+});
+
+/** FAKE guest whose data sessions stall like a hostile guest's: a write is never finished; only its signal ends it. */
+class StallingGuest extends HostFakeGuest {
+  override async writeFile(_path: string, _data: Readable, opts: { mode: number; mkdirs: boolean; signal?: AbortSignal }): Promise<{ size: number }> {
+    const signal = opts.signal;
+    if (!signal) return new Promise(() => {}); // what the daemon did before: wait forever
+    await new Promise<void>((resolve) => (signal.aborted ? resolve() : signal.addEventListener('abort', () => resolve(), { once: true })));
+    throw new BangerError('cancelled', 'cancelled');
+  }
+}
+
+test('a guest that stalls the sync files step fails the start (VM in error, stopped) and frees the VM lock for stop/delete', { timeout: 60_000 }, async () => {
+  const dir = await mkdtemp('/tmp/bg-vmsync-');
+  cleanups.push(() => rm(dir, { recursive: true, force: true }));
+  await writeFile(join(dir, 'secret'), 'x');
+  const sync = new FileSyncService({
+    entries: [{ host: join(dir, 'secret'), guest: '/root/secret' }],
+    guest: async () => new StallingGuest(),
+    runner: new ProcessRunner(),
+    log: pino({ level: 'silent' }),
+    gitIdentity: async () => ({}),
+    entryTimeoutMs: 200,
+  });
+  let stall = false;
+  const w = await world({ afterGuestReady: async (vm, c) => (stall ? sync.run(vm, c) : undefined) });
+  await w.svc.create({ name: 'stall', start: true }, ctx);
+  stall = true;
+  const r = await w.svc.bulk('restart', ['stall']);
+  assert.equal(r.results[0]?.ok, false);
+  assert.match(r.results[0]?.error?.message ?? '', /did not finish within 200 ms \(the guest stalled\) \(stall was stopped\)/);
+  const row = w.repos.vms.byName('stall');
+  assert.equal(row?.state, 'error');
+  assert.equal(row?.handle, null);
+  assert.equal([...w.vmms.values()].filter((p) => p.exitCode === null && !p.signalCode).length, 0, 'no VMM left running');
+  const del = await w.svc.bulk('delete', ['stall']);
+  assert.equal(del.results[0]?.ok, true, 'the VM lock was released');
+  assert.equal(w.repos.vms.byName('stall'), undefined);
 });
 
 test('a restarted service re-adopts a live VMM and marks a dead one stopped or error', async () => {

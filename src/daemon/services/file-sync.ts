@@ -3,6 +3,10 @@
  * `[[file_sync]]` entries, then the host's global git identity into the guest's /root/.gitconfig.
  * Runs once the agent answers, through the VM's GuestChannel (injected, so tests use the fake).
  * A missing host path is a warning; anything else fails with an error naming the entry.
+ *
+ * The step runs under the VM's lock, so every guest call is bounded: each entry (and the git
+ * identity) gets FILE_SYNC_ENTRY_MS, on top of the operation's own signal. A guest that accepts a
+ * session and then stalls fails the start instead of holding the lock (`vm stop`/`delete`) forever.
  */
 import { constants as fsc } from 'node:fs';
 import { open, stat } from 'node:fs/promises';
@@ -16,6 +20,8 @@ import { packTree } from '../../archive/pack-tree.js';
 import type { FileSyncEntry } from '../../config/config.js';
 import type { GuestChannel } from '../../guest/guest-channel.js';
 import type { CommandRunner } from '../../host/runner.js';
+import { deadline } from '../../util/deadline.js';
+import { formatDuration } from '../../util/duration.js';
 import type { OpContext } from '../../util/op-context.js';
 import { guestError } from './files.js';
 import { type GitIdentity, identityValueProblem, mergeGitIdentity } from './git-identity.js';
@@ -23,6 +29,8 @@ import { type GitIdentity, identityValueProblem, mergeGitIdentity } from './git-
 export const DEFAULT_GUEST_GITCONFIG = '/root/.gitconfig';
 /** A guest .gitconfig larger than this is left alone (it is read whole to be merged). */
 export const GITCONFIG_MAX_BYTES = 1024 * 1024;
+/** How long one `[[file_sync]]` entry (or the git identity) may take in the guest. */
+export const FILE_SYNC_ENTRY_MS = 5 * 60_000;
 
 export interface FileSyncDeps {
   entries: readonly FileSyncEntry[];
@@ -36,6 +44,8 @@ export interface FileSyncDeps {
   gitIdentity?: () => Promise<GitIdentity>;
   /** The guest file the identity goes to (default /root/.gitconfig; tests of the fake guest, whose paths are host paths, move it). */
   gitconfigPath?: string;
+  /** Bound of one entry (default FILE_SYNC_ENTRY_MS; tests shorten it). */
+  entryTimeoutMs?: number;
 }
 
 /** Reads `git config --global --get KEY` for name and email; unset values and a missing git are skipped. */
@@ -82,25 +92,44 @@ export class FileSyncService {
       this.d.log.warn({ vm: vm.name }, msg);
     };
     const g = await this.d.guest(vm.id);
+    const limitMs = this.d.entryTimeoutMs ?? FILE_SYNC_ENTRY_MS;
+    /** The operation's signal plus this entry's deadline; `timedOut` tells the deadline's abort from a cancel. */
+    const bounded = () => {
+      const d = deadline(limitMs);
+      return {
+        signal: ctx ? AbortSignal.any([ctx.signal, d.signal]) : d.signal,
+        timedOut: () => d.signal.aborted && !ctx?.signal.aborted,
+        clear: d.clear,
+      };
+    };
+    const timeoutError = (what: string) =>
+      new BangerError('timeout', `${what} did not finish within ${limitMs < 1000 ? `${limitMs} ms` : formatDuration(limitMs)} (the guest stalled)`);
     for (const entry of this.d.entries) {
+      const b = bounded();
       try {
-        await this.syncEntry(g, entry, warn);
-      } catch (e) {
+        await this.syncEntry(g, entry, warn, b.signal);
+        b.clear();
+      } catch (e0) {
+        b.clear();
+        const e = b.timedOut() ? timeoutError('the copy') : e0;
         const err = e instanceof BangerError ? e : guestError(e, 'copy failed');
         throw new BangerError(
           err.code === 'not_found' ? 'precondition_failed' : err.code,
           `file_sync ${entry.host} → ${vm.name}:${entry.guest} failed: ${err.message}`,
           {
             fix: 'fix or remove this [[file_sync]] entry in config.toml (docs/config.md), then start the VM again',
-            cause: e,
+            cause: e0,
           },
         );
       }
     }
-    if (hasIdentity) await this.syncIdentity(g, identity, warn);
+    if (hasIdentity) {
+      const b = bounded();
+      await this.syncIdentity(g, identity, warn, b.signal, () => (b.timedOut() ? timeoutError('the merge') : undefined)).finally(b.clear);
+    }
   }
 
-  private async syncEntry(g: GuestChannel, entry: FileSyncEntry, warn: (m: string) => void): Promise<void> {
+  private async syncEntry(g: GuestChannel, entry: FileSyncEntry, warn: (m: string) => void, signal: AbortSignal): Promise<void> {
     const host = this.hostPath(entry.host);
     let st: Awaited<ReturnType<typeof stat>>;
     try {
@@ -114,7 +143,7 @@ export class FileSyncService {
         throw new BangerError('precondition_failed', `cannot read ${host}: ${e.code ?? e.message}`);
       });
       try {
-        await g.writeFile(entry.guest, fh.createReadStream({ autoClose: false }), { mode: entry.mode ?? st.mode & 0o777, mkdirs: true });
+        await g.writeFile(entry.guest, fh.createReadStream({ autoClose: false }), { mode: entry.mode ?? st.mode & 0o777, mkdirs: true, signal });
       } finally {
         await fh.close();
       }
@@ -126,13 +155,19 @@ export class FileSyncService {
         ...(entry.mode !== undefined ? { fileMode: entry.mode } : {}),
         onSkip: (p, why) => warn(`file_sync: ${p} is ${why}; skipped`),
       });
-      await g.tarIn(dir, archive, { sameOwner: false });
+      await g.tarIn(dir, archive, { sameOwner: false, signal });
     } else {
       throw new BangerError('precondition_failed', `${host} is neither a file nor a directory`);
     }
   }
 
-  private async syncIdentity(g: GuestChannel, identity: GitIdentity, warn: (m: string) => void): Promise<void> {
+  private async syncIdentity(
+    g: GuestChannel,
+    identity: GitIdentity,
+    warn: (m: string) => void,
+    signal: AbortSignal,
+    timedOut: () => BangerError | undefined,
+  ): Promise<void> {
     const GUEST_GITCONFIG = this.d.gitconfigPath ?? DEFAULT_GUEST_GITCONFIG;
     try {
       let text = '';
@@ -142,7 +177,7 @@ export class FileSyncService {
         if (current.type !== 'file') return warn(`git identity: the guest's ${GUEST_GITCONFIG} is a ${current.type}, not a file; left alone`);
         if (current.size > GITCONFIG_MAX_BYTES) return warn(`git identity: the guest's ${GUEST_GITCONFIG} is larger than 1 MiB; left alone`);
         mode = current.mode & 0o777;
-        const { stream, done } = await g.readFile(GUEST_GITCONFIG);
+        const { stream, done } = await g.readFile(GUEST_GITCONFIG, signal);
         const chunks: Buffer[] = [];
         let size = 0;
         for await (const c of stream) {
@@ -158,12 +193,13 @@ export class FileSyncService {
       }
       const merged = mergeGitIdentity(text, identity);
       if (merged === text) return;
-      await g.writeFile(GUEST_GITCONFIG, Readable.from([Buffer.from(merged)]), { mode, mkdirs: false });
-    } catch (e) {
+      await g.writeFile(GUEST_GITCONFIG, Readable.from([Buffer.from(merged)]), { mode, mkdirs: false, signal });
+    } catch (e0) {
+      const e = timedOut() ?? e0;
       const err = toBangerError(e instanceof BangerError ? e : guestError(e, 'git identity'));
       throw new BangerError(err.code, `git identity into ${GUEST_GITCONFIG} failed: ${err.message}`, {
         fix: 'check the guest (banger vm logs); unset the host identity to skip this step',
-        cause: e,
+        cause: e0,
       });
     }
   }

@@ -18,11 +18,37 @@ import type {
 import type { GuestChannel } from '../../guest/guest-channel.js';
 import type { CommandRunner, SpawnedCommand } from '../../host/runner.js';
 import type { Repos, VmRow, WorkspaceRow } from '../../store/repos.js';
+import { deadline } from '../../util/deadline.js';
+import { formatDuration } from '../../util/duration.js';
 import type { KeyedMutex } from '../../util/keyed-mutex.js';
 import type { Clock, OpContext } from '../../util/op-context.js';
 import { gitArgs, type HostRepoPlan, hostGit, PORTABLE_DIFF, planRepo, SAFE_GIT_CONFIG } from './workspace-git.js';
 
 /** What a guest command answered (the shape of ProcessService.exec's result). */
+/** Bound of `workspace status`'s guest commands (a request with no operation to cancel it). */
+export const STATUS_GUEST_MS = 2 * 60_000;
+/** Bound of an export's guest side (script, and the bundle's read under the workspace lock). */
+export const EXPORT_GUEST_MS = 10 * 60_000;
+
+/**
+ * Runs `fn` with a signal that aborts after `ms`: a guest that stalls cannot hold a request, or
+ * the workspace lock, forever. An abort by that deadline is a `timeout` naming `what`.
+ */
+async function withDeadline<T>(ms: number, what: string, fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  const { signal, clear } = deadline(ms);
+  try {
+    return await fn(signal);
+  } catch (e) {
+    if (!signal.aborted) throw e;
+    throw new BangerError('timeout', `${what} did not finish within ${formatDuration(ms)} (the guest stalled)`, {
+      fix: 'check the VM with `banger vm health` and `banger vm logs`, then retry',
+      cause: e,
+    });
+  } finally {
+    clear();
+  }
+}
+
 export interface GuestExecResult {
   exitCode: number | null;
   /** Name of the signal that ended the command. */
@@ -51,6 +77,9 @@ export interface WorkspaceServiceDeps {
   stagingDir: string;
   /** Cap on a guest's branch bundle (hostile data, staged on the host's disk). */
   maxBundleBytes?: number;
+  /** Bounds of the guest's side of status and export (default STATUS_GUEST_MS, EXPORT_GUEST_MS; tests shorten them). */
+  statusDeadlineMs?: number;
+  exportDeadlineMs?: number;
 }
 
 const DEFAULT_MAX_BUNDLE_BYTES = 4 * 1024 * 1024 * 1024;
@@ -377,7 +406,7 @@ export class WorkspaceService {
         ],
       );
       await this.g(vm, shellArgv(INDEX_PACK_SCRIPT, packPath), { cwd: dir, what: 'git index-pack', signal: ctx.signal });
-      await ch.writeFile(`${gitDir}/shallow`, Readable.from([Buffer.from(`${head}\n`)]), { mode: 0o644, mkdirs: false });
+      await ch.writeFile(`${gitDir}/shallow`, Readable.from([Buffer.from(`${head}\n`)]), { mode: 0o644, mkdirs: false, signal: ctx.signal });
       await this.g(vm, ['rm', '-f', '--', packPath], { signal: ctx.signal });
       if (plan.plan.branch) await this.g(vm, ['git', 'update-ref', `refs/heads/${plan.plan.branch}`, head], { cwd: dir });
     }
@@ -416,7 +445,11 @@ export class WorkspaceService {
     }
     if (plan.plan.deleted.length > 0) {
       const listPath = `${gitDir}/banger-deleted`;
-      await ch.writeFile(listPath, Readable.from([Buffer.from(plan.plan.deleted.map((p) => `${p}\0`).join(''))]), { mode: 0o600, mkdirs: false });
+      await ch.writeFile(listPath, Readable.from([Buffer.from(plan.plan.deleted.map((p) => `${p}\0`).join(''))]), {
+        mode: 0o600,
+        mkdirs: false,
+        signal: ctx.signal,
+      });
       await this.g(vm, shellArgv(DELETE_SCRIPT, listPath), { cwd: dir, what: 'removing deleted files' });
       await this.g(vm, ['rm', '-f', '--', listPath]);
     }
@@ -433,9 +466,14 @@ export class WorkspaceService {
     const row = this.running(ref);
     const ws = this.recorded(row);
     const cwd = ws.guestPath;
-    const head = (await this.g(row.name, ['git', 'rev-parse', '--verify', 'HEAD^{commit}'], { cwd })).stdout.trim();
-    const count = await this.g(row.name, ['git', 'rev-list', '--count', `${ws.baseCommit}..HEAD`], { cwd, allowFailure: true });
-    const st = await this.g(row.name, ['git', '--no-optional-locks', 'status', '--porcelain=v1', '-z', '--no-renames', '--untracked-files=all'], { cwd });
+    const { head, count, st } = await withDeadline(this.d.statusDeadlineMs ?? STATUS_GUEST_MS, `workspace status of ${row.name}`, async (signal) => ({
+      head: (await this.g(row.name, ['git', 'rev-parse', '--verify', 'HEAD^{commit}'], { cwd, signal })).stdout.trim(),
+      count: await this.g(row.name, ['git', 'rev-list', '--count', `${ws.baseCommit}..HEAD`], { cwd, allowFailure: true, signal }),
+      st: await this.g(row.name, ['git', '--no-optional-locks', 'status', '--porcelain=v1', '-z', '--no-renames', '--untracked-files=all'], {
+        cwd,
+        signal,
+      }),
+    }));
     const records = st.stdout.split('\0').filter((x) => x.length > 3);
     const changes = records.slice(0, STATUS_CHANGES_SHOWN).map((r) => ({ status: r.slice(0, 2), path: r.slice(3) }));
     let hostHead: string | null = null;
@@ -463,14 +501,20 @@ export class WorkspaceService {
   // ---- export ----------------------------------------------------------------------------
 
   /** Runs the export script in the guest; answers the commit C and the guest file holding the format's output. */
-  private async exportInGuest(vmName: string, ws: WorkspaceRecord, format: WorkspaceExportFormat): Promise<{ commit: string; file: string }> {
-    const gitDir = (await this.g(vmName, ['git', 'rev-parse', '--absolute-git-dir'], { cwd: ws.guestPath })).stdout.trim();
+  private async exportInGuest(
+    vmName: string,
+    ws: WorkspaceRecord,
+    format: WorkspaceExportFormat,
+    signal: AbortSignal,
+  ): Promise<{ commit: string; file: string }> {
+    const gitDir = (await this.g(vmName, ['git', 'rev-parse', '--absolute-git-dir'], { cwd: ws.guestPath, signal })).stdout.trim();
     if (!gitDir.startsWith('/') || gitDir.includes('\n')) throw new BangerError('guest_command_failed', 'the guest answered an unusable git dir');
     const id = randomBytes(6).toString('hex');
     const file = `${gitDir}/banger-export-${id}`;
     const r = await this.g(vmName, shellArgv(EXPORT_SCRIPT, ws.baseCommit, file, format, `refs/banger-export/${id}`), {
       cwd: ws.guestPath,
       what: `export (${format})`,
+      signal,
     });
     const commit = r.stdout.trim().split('\n').pop() ?? '';
     if (!/^[0-9a-f]{40}([0-9a-f]{24})?$/.test(commit)) throw new BangerError('guest_command_failed', 'the guest answered no commit id for its work');
@@ -484,8 +528,11 @@ export class WorkspaceService {
   async exportText(ref: string, format: 'patch' | 'commits'): Promise<{ commit: string; stream: Readable; done: Promise<void> }> {
     const row = this.running(ref);
     const ws = this.recorded(row);
-    const { commit, file } = await this.exportInGuest(row.name, ws, format);
+    const { commit, file } = await withDeadline(this.d.exportDeadlineMs ?? EXPORT_GUEST_MS, `workspace export of ${row.name}`, (signal) =>
+      this.exportInGuest(row.name, ws, format, signal),
+    );
     const ch = await this.d.guest(row.name);
+    // Streamed at the client's pace (no deadline); a guest that stalls is ended by the data channel's idle timeout.
     const read = await ch.readFile(file);
     read.done.catch(() => undefined); // awaited below; an early stream error must not be unhandled
     const out = new PassThrough();
@@ -510,106 +557,114 @@ export class WorkspaceService {
     if (valid.code !== 0 || !target.startsWith(`refs/banger/${row.name}/`) || name.includes('/')) {
       throw new BangerError('bad_request', `${target} is not a valid ref name`, { fix: 'use --name with letters, digits, ".", "_" and "-"' });
     }
-    return this.d.locks.run(`workspace:${row.id}`, async () => {
-      const { commit, file } = await this.exportInGuest(row.name, ws, 'branch');
-      if (file === '') {
-        await hostGit(this.d.runner, ws.hostPath, ['update-ref', target, ws.baseCommit]);
-        return { ref: target, commit: ws.baseCommit, baseCommit: ws.baseCommit };
-      }
-      const ch = await this.d.guest(row.name);
-      await mkdir(this.d.stagingDir, { recursive: true, mode: 0o700 });
-      const local = join(this.d.stagingDir, `export-${randomBytes(8).toString('hex')}.bundle`);
-      const cleanup = [local];
+    // Under the workspace lock: the guest's side is bounded as a whole.
+    return this.d.locks.run(`workspace:${row.id}`, () =>
+      withDeadline(this.d.exportDeadlineMs ?? EXPORT_GUEST_MS, `workspace export of ${row.name}`, (signal) => this.exportBranchLocked(row, ws, target, signal)),
+    );
+  }
+
+  private async exportBranchLocked(
+    row: { id: string; name: string },
+    ws: WorkspaceRecord,
+    target: string,
+    signal: AbortSignal,
+  ): Promise<WorkspaceBranchExport> {
+    const { commit, file } = await this.exportInGuest(row.name, ws, 'branch', signal);
+    if (file === '') {
+      await hostGit(this.d.runner, ws.hostPath, ['update-ref', target, ws.baseCommit]);
+      return { ref: target, commit: ws.baseCommit, baseCommit: ws.baseCommit };
+    }
+    const ch = await this.d.guest(row.name);
+    await mkdir(this.d.stagingDir, { recursive: true, mode: 0o700 });
+    const local = join(this.d.stagingDir, `export-${randomBytes(8).toString('hex')}.bundle`);
+    const cleanup = [local];
+    try {
+      const read = await ch.readFile(file, signal);
+      read.done.catch(() => undefined); // settles with the stream; its error is the pipeline's
+      let n = 0;
+      const limit = this.maxBundleBytes;
+      const bound = new Transform({
+        transform(chunk: Buffer, _e, cb) {
+          n += chunk.length;
+          if (n > limit) cb(new BangerError('payload_too_large', `the guest's bundle is larger than ${limit} bytes`));
+          else cb(null, chunk);
+        },
+      });
       try {
-        const read = await ch.readFile(file);
-        read.done.catch(() => undefined); // settles with the stream; its error is the pipeline's
-        let n = 0;
-        const limit = this.maxBundleBytes;
-        const bound = new Transform({
-          transform(chunk: Buffer, _e, cb) {
-            n += chunk.length;
-            if (n > limit) cb(new BangerError('payload_too_large', `the guest's bundle is larger than ${limit} bytes`));
-            else cb(null, chunk);
-          },
-        });
-        try {
-          await pipeline(read.stream, bound, createWriteStream(local, { flags: 'wx', mode: 0o600 }));
-          await read.done;
-        } finally {
-          await ch.remove(file).catch(() => undefined);
-        }
-        // Only a bundle is fetched (a path holding anything else could name another repository to git).
-        const fh = await open(local, 'r');
-        const head = Buffer.alloc(16);
-        await fh.read(head, 0, 16, 0).finally(() => fh.close());
-        if (!BUNDLE_SIGNATURES.some((s) => head.toString('latin1') === s)) {
-          throw new BangerError('rejected_content', 'the guest sent something that is not a git bundle');
-        }
-        const srcRef = `refs/banger-export/${posix.basename(file).replace(/^banger-export-/, '')}`;
-        // git does not fsck what it fetches from a bundle (before 2.46): the bundle goes into a
-        // quarantine repository first (borrowing the user's objects through alternates, so it
-        // needs only the guest's), and the user's repository fetches from there, where
-        // transfer.fsckObjects applies. Objects git refuses never reach the user's repository.
-        const quarantine = `${local}.git`;
-        cleanup.push(quarantine);
-        await this.d.runner.run('git', ['init', '-q', '--bare', '--', quarantine], { maxOutputBytes: 64 * 1024 });
-        const commonDir = (await hostGit(this.d.runner, ws.hostPath, ['rev-parse', '--path-format=absolute', '--git-common-dir'])).stdout.trim();
-        await writeFile(join(quarantine, 'objects', 'info', 'alternates'), `${join(commonDir, 'objects')}\n`, { flag: 'w', mode: 0o600 });
-        const quarantined = await this.d.runner.run(
-          'git',
-          [
-            ...gitArgs(quarantine, [
-              '-c',
-              'gc.auto=0',
-              'fetch',
-              '-q',
-              '--no-tags',
-              '--no-write-fetch-head',
-              '--no-recurse-submodules',
-              '--',
-              local,
-              `+${srcRef}:refs/quarantine/export`,
-            ]),
-          ],
-          { allowFailure: true, env: { ...process.env, GIT_TERMINAL_PROMPT: '0' }, maxOutputBytes: 64 * 1024 },
-        );
-        if (quarantined.code !== 0) throw new BangerError('rejected_content', `git refused the guest's bundle: ${quarantined.stderr.trim().slice(-800)}`);
-        const fetched = await this.d.runner.run(
-          'git',
-          [
-            '-C',
-            ws.hostPath,
-            ...SAFE_GIT_CONFIG,
-            '-c',
-            'transfer.fsckObjects=true',
-            '-c',
-            'fetch.fsckObjects=true',
-            // No background gc or maintenance left running in the user's repository after the daemon's fetch.
-            '-c',
-            'gc.auto=0',
-            '-c',
-            'maintenance.auto=false',
-            'fetch',
-            '-q',
-            '--no-tags',
-            '--no-write-fetch-head',
-            '--no-recurse-submodules',
-            '--',
-            quarantine,
-            `+refs/quarantine/export:${target}`,
-          ],
-          { allowFailure: true, env: { ...process.env, GIT_TERMINAL_PROMPT: '0' }, maxOutputBytes: 64 * 1024 },
-        );
-        if (fetched.code !== 0) throw new BangerError('rejected_content', `git refused the guest's bundle: ${fetched.stderr.trim().slice(-800)}`);
-        const got = (await hostGit(this.d.runner, ws.hostPath, ['rev-parse', '--verify', `${target}^{commit}`])).stdout.trim();
-        if (got !== commit) {
-          await hostGit(this.d.runner, ws.hostPath, ['update-ref', '-d', target], true);
-          throw new BangerError('rejected_content', `the guest's bundle holds ${got.slice(0, 12)} where it announced ${commit.slice(0, 12)}`);
-        }
-        return { ref: target, commit: got, baseCommit: ws.baseCommit };
+        await pipeline(read.stream, bound, createWriteStream(local, { flags: 'wx', mode: 0o600 }));
+        await read.done;
       } finally {
-        for (const path of cleanup) await rm(path, { recursive: true, force: true });
+        await ch.remove(file).catch(() => undefined);
       }
-    });
+      // Only a bundle is fetched (a path holding anything else could name another repository to git).
+      const fh = await open(local, 'r');
+      const head = Buffer.alloc(16);
+      await fh.read(head, 0, 16, 0).finally(() => fh.close());
+      if (!BUNDLE_SIGNATURES.some((s) => head.toString('latin1') === s)) {
+        throw new BangerError('rejected_content', 'the guest sent something that is not a git bundle');
+      }
+      const srcRef = `refs/banger-export/${posix.basename(file).replace(/^banger-export-/, '')}`;
+      // git does not fsck what it fetches from a bundle (before 2.46): the bundle goes into a
+      // quarantine repository first (borrowing the user's objects through alternates, so it
+      // needs only the guest's), and the user's repository fetches from there, where
+      // transfer.fsckObjects applies. Objects git refuses never reach the user's repository.
+      const quarantine = `${local}.git`;
+      cleanup.push(quarantine);
+      await this.d.runner.run('git', ['init', '-q', '--bare', '--', quarantine], { maxOutputBytes: 64 * 1024 });
+      const commonDir = (await hostGit(this.d.runner, ws.hostPath, ['rev-parse', '--path-format=absolute', '--git-common-dir'])).stdout.trim();
+      await writeFile(join(quarantine, 'objects', 'info', 'alternates'), `${join(commonDir, 'objects')}\n`, { flag: 'w', mode: 0o600 });
+      const quarantined = await this.d.runner.run(
+        'git',
+        gitArgs(quarantine, [
+          '-c',
+          'gc.auto=0',
+          'fetch',
+          '-q',
+          '--no-tags',
+          '--no-write-fetch-head',
+          '--no-recurse-submodules',
+          '--',
+          local,
+          `+${srcRef}:refs/quarantine/export`,
+        ]),
+        { allowFailure: true, env: { ...process.env, GIT_TERMINAL_PROMPT: '0' }, maxOutputBytes: 64 * 1024 },
+      );
+      if (quarantined.code !== 0) throw new BangerError('rejected_content', `git refused the guest's bundle: ${quarantined.stderr.trim().slice(-800)}`);
+      const fetched = await this.d.runner.run(
+        'git',
+        [
+          '-C',
+          ws.hostPath,
+          ...SAFE_GIT_CONFIG,
+          '-c',
+          'transfer.fsckObjects=true',
+          '-c',
+          'fetch.fsckObjects=true',
+          // No background gc or maintenance left running in the user's repository after the daemon's fetch.
+          '-c',
+          'gc.auto=0',
+          '-c',
+          'maintenance.auto=false',
+          'fetch',
+          '-q',
+          '--no-tags',
+          '--no-write-fetch-head',
+          '--no-recurse-submodules',
+          '--',
+          quarantine,
+          `+refs/quarantine/export:${target}`,
+        ],
+        { allowFailure: true, env: { ...process.env, GIT_TERMINAL_PROMPT: '0' }, maxOutputBytes: 64 * 1024 },
+      );
+      if (fetched.code !== 0) throw new BangerError('rejected_content', `git refused the guest's bundle: ${fetched.stderr.trim().slice(-800)}`);
+      const got = (await hostGit(this.d.runner, ws.hostPath, ['rev-parse', '--verify', `${target}^{commit}`])).stdout.trim();
+      if (got !== commit) {
+        await hostGit(this.d.runner, ws.hostPath, ['update-ref', '-d', target], true);
+        throw new BangerError('rejected_content', `the guest's bundle holds ${got.slice(0, 12)} where it announced ${commit.slice(0, 12)}`);
+      }
+      return { ref: target, commit: got, baseCommit: ws.baseCommit };
+    } finally {
+      for (const path of cleanup) await rm(path, { recursive: true, force: true });
+    }
   }
 }
