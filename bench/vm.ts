@@ -164,7 +164,10 @@ export function vmCreateBenchmark(): Benchmark {
     afterCandidate: () => banger('vm', 'delete', `bench-${n}`).then(() => undefined),
     afterBaseline: () => bare.stop(),
     async teardown() {
-      if (home) await banger('daemon', 'stop').catch(() => '');
+      if (home) {
+        await deleteAllVms(banger);
+        await banger('daemon', 'stop').catch(() => '');
+      }
       await bare.teardown();
     },
   };
@@ -225,6 +228,7 @@ export function nsHome(tag: string, config: string, extraEnv: NodeJS.ProcessEnv 
     },
     async teardown() {
       if (dir) {
+        await deleteAllVms(banger);
         await banger('daemon', 'stop').catch(() => '');
         await rm(dir, { recursive: true, force: true });
       }
@@ -329,4 +333,11 @@ export function vmConcurrencyBenchmark(): Benchmark {
     },
     teardown: () => h.teardown(),
   };
+}
+
+/** VMMs outlive their daemon by design: a benchmark's home deletes its VMs before it stops the daemon. */
+async function deleteAllVms(banger: (...args: string[]) => Promise<string>): Promise<void> {
+  const listed = await banger('vm', 'list', '--json').catch(() => '{"vms":[]}');
+  const names = (JSON.parse(listed) as { vms: Array<{ name: string }> }).vms.map((v) => v.name);
+  if (names.length) await banger('vm', 'delete', ...names).catch(() => '');
 }
