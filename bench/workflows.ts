@@ -127,7 +127,7 @@ export function workspaceBenchmark(): MetricBenchmark {
           value: prepare / tarSsh,
           unit: '×',
           target: 1.2,
-          detail: `${(prepare / 1000).toFixed(1)} s vs ${(tarSsh / 1000).toFixed(1)} s`,
+          detail: `${(prepare / 1000).toFixed(1)} s vs ${(tarSsh / 1000).toFixed(1)} s; prepare stages: ${stages}`,
         },
         { name: 'daemon peak RSS', value: rss / 1024 ** 2, unit: 'MiB', detail: 'VmHWM of bangerd after the prepare' },
       ];
