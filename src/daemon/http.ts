@@ -120,15 +120,7 @@ export class Router {
       const wanted = String(req.headers.upgrade ?? '').toLowerCase();
       const route = this.routes.find((r) => r.regex.test(url.pathname) && r.method === req.method && r.upgrade?.protocol === wanted);
       if (!route?.upgrade) throw new BangerError('bad_request', `no upgrade to ${JSON.stringify(wanted)} on ${req.method} ${url.pathname}`);
-      const m = route.regex.exec(url.pathname) as RegExpExecArray;
-      const params: Record<string, string> = {};
-      route.keys.forEach((k, i) => {
-        try {
-          params[k] = decodeURIComponent(m[i + 1] as string);
-        } catch {
-          throw new BangerError('bad_request', `malformed percent-encoding in ${url.pathname}`);
-        }
-      });
+      const params = routeParams(route, url.pathname);
       await route.upgrade.handler({ opId, params, query: url.searchParams, req, socket, head, log });
     } catch (e) {
       const err = toBangerError(e);
@@ -161,15 +153,7 @@ export class Router {
       if (!route) {
         throw new BangerError('bad_request', `method ${req.method} not allowed on ${url.pathname}`);
       }
-      const m = route.regex.exec(url.pathname) as RegExpExecArray;
-      const params: Record<string, string> = {};
-      route.keys.forEach((k, i) => {
-        try {
-          params[k] = decodeURIComponent(m[i + 1] as string);
-        } catch {
-          throw new BangerError('bad_request', `malformed percent-encoding in ${url.pathname}`);
-        }
-      });
+      const params = routeParams(route, url.pathname);
       let body = route.rawBody ? undefined : await readBody(req);
       if (route.body) {
         const parsed = route.body.safeParse(body ?? {});
@@ -222,4 +206,18 @@ export function openEventStream(res: ServerResponse, opId: string): { send(data:
       res.end();
     },
   };
+}
+
+/** A matched route's path parameters, percent-decoded. */
+function routeParams(route: { regex: RegExp; keys: string[] }, pathname: string): Record<string, string> {
+  const m = route.regex.exec(pathname) as RegExpExecArray;
+  const params: Record<string, string> = {};
+  route.keys.forEach((k, i) => {
+    try {
+      params[k] = decodeURIComponent(m[i + 1] as string);
+    } catch {
+      throw new BangerError('bad_request', `malformed percent-encoding in ${pathname}`);
+    }
+  });
+  return params;
 }

@@ -24,6 +24,11 @@ import type { KeyedMutex } from '../../util/keyed-mutex.js';
 import type { Clock, OpContext } from '../../util/op-context.js';
 import { gitArgs, type HostRepoPlan, hostGit, PORTABLE_DIFF, planRepo, SAFE_GIT_CONFIG } from './workspace-git.js';
 
+/** No background gc or maintenance left running in a repository after banger's fetch. */
+const NO_MAINTENANCE = ['-c', 'gc.auto=0', '-c', 'maintenance.auto=false'];
+/** A fetch of exactly the refspec given: no tags, no FETCH_HEAD, no submodules. */
+const ONE_REF_FETCH = ['fetch', '-q', '--no-tags', '--no-write-fetch-head', '--no-recurse-submodules'];
+
 /** What a guest command answered (the shape of ProcessService.exec's result). */
 /** Bound of `workspace status`'s guest commands (a request with no operation to cancel it). */
 export const STATUS_GUEST_MS = 2 * 60_000;
@@ -370,10 +375,7 @@ export class WorkspaceService {
         vm,
         [
           'git',
-          '-c',
-          'gc.auto=0',
-          '-c',
-          'maintenance.auto=false',
+          ...NO_MAINTENANCE,
           'fetch',
           '-q',
           '--update-head-ok',
@@ -615,18 +617,7 @@ export class WorkspaceService {
       await writeFile(join(quarantine, 'objects', 'info', 'alternates'), `${join(commonDir, 'objects')}\n`, { flag: 'w', mode: 0o600 });
       const quarantined = await this.d.runner.run(
         'git',
-        gitArgs(quarantine, [
-          '-c',
-          'gc.auto=0',
-          'fetch',
-          '-q',
-          '--no-tags',
-          '--no-write-fetch-head',
-          '--no-recurse-submodules',
-          '--',
-          local,
-          `+${srcRef}:refs/quarantine/export`,
-        ]),
+        gitArgs(quarantine, [...NO_MAINTENANCE, ...ONE_REF_FETCH, '--', local, `+${srcRef}:refs/quarantine/export`]),
         { allowFailure: true, env: { ...process.env, GIT_TERMINAL_PROMPT: '0' }, maxOutputBytes: 64 * 1024 },
       );
       if (quarantined.code !== 0) throw new BangerError('rejected_content', `git refused the guest's bundle: ${quarantined.stderr.trim().slice(-800)}`);
@@ -640,16 +631,8 @@ export class WorkspaceService {
           'transfer.fsckObjects=true',
           '-c',
           'fetch.fsckObjects=true',
-          // No background gc or maintenance left running in the user's repository after the daemon's fetch.
-          '-c',
-          'gc.auto=0',
-          '-c',
-          'maintenance.auto=false',
-          'fetch',
-          '-q',
-          '--no-tags',
-          '--no-write-fetch-head',
-          '--no-recurse-submodules',
+          ...NO_MAINTENANCE,
+          ...ONE_REF_FETCH,
           '--',
           quarantine,
           `+refs/quarantine/export:${target}`,
