@@ -26,6 +26,13 @@ import { gitArgs, type HostRepoPlan, hostGit, PORTABLE_DIFF, planRepo, SAFE_GIT_
 
 /** No background gc or maintenance left running in a repository after banger's fetch. */
 const NO_MAINTENANCE = ['-c', 'gc.auto=0', '-c', 'maintenance.auto=false'];
+/**
+ * Packs for a guest on the same host: objects already packed keep their deltas (reused as they
+ * are), but no new delta search and only light compression for loose ones. The delta search is
+ * what dominated a 10k-file / 200 MB prepare (33 s of the host's CPU for the bundle; 1.6 s
+ * without), for a transfer that crosses no network.
+ */
+const FAST_PACK = ['-c', 'pack.window=0', '-c', 'pack.compression=1'];
 /** A fetch of exactly the refspec given: no tags, no FETCH_HEAD, no submodules. */
 const ONE_REF_FETCH = ['fetch', '-q', '--no-tags', '--no-write-fetch-head', '--no-recurse-submodules'];
 
@@ -358,7 +365,7 @@ export class WorkspaceService {
     await this.g(vm, ['git', 'init', '-q', '--', dir], { signal: ctx.signal });
     if (mode === 'full') {
       // A bundle of HEAD, branches and tags: every commit the host has on them, with their ids.
-      const bundle = this.d.runner.spawn('git', gitArgs(top, ['bundle', 'create', '-q', '-', 'HEAD', '--branches', '--tags']), {
+      const bundle = this.d.runner.spawn('git', gitArgs(top, [...FAST_PACK, 'bundle', 'create', '-q', '-', 'HEAD', '--branches', '--tags']), {
         stdin: 'ignore',
         signal: ctx.signal,
       });
@@ -394,7 +401,7 @@ export class WorkspaceService {
     } else {
       // Depth 1: HEAD's commit and its tree as one pack, and .git/shallow naming the commit (its parents are not there).
       const revs = this.d.runner.spawn('git', gitArgs(top, ['rev-list', '--objects', '-n', '1', head]), { stdin: 'ignore', signal: ctx.signal });
-      const pack = this.d.runner.spawn('git', gitArgs(top, ['pack-objects', '-q', '--stdout']), { signal: ctx.signal });
+      const pack = this.d.runner.spawn('git', gitArgs(top, [...FAST_PACK, 'pack-objects', '-q', '--stdout']), { signal: ctx.signal });
       const revErr = capture(revs.stderr);
       const packErr = capture(pack.stderr);
       const packPath = `${gitDir}/banger-import.pack`;
