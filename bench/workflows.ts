@@ -118,7 +118,7 @@ export function workspaceBenchmark(): MetricBenchmark {
       const rss = await peakRss(status.pid);
       // Where the prepare's time went, by its operation's stages.
       const ops = (JSON.parse(await h.banger('daemon', 'ops', '--json')) as { operations: Operation[] }).operations.filter(
-        (o) => o.kind === 'vm.workspace' && o.state === 'succeeded',
+        (o) => o.kind === 'workspace.prepare' && o.state === 'succeeded',
       );
       const stages = [...stageMedians(ops)].map(([name, ms]) => `${name} ${(ms / 1000).toFixed(1)} s`).join(', ');
       return [
