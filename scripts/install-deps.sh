@@ -7,7 +7,8 @@ set -euo pipefail
 # gpgv + debian-archive-keyring verify Debian's signed package index before a kernel is pulled.
 # uidmap (newuidmap/newgidmap) lets mmdebstrap's unshare mode build the default image as the
 # unprivileged owner of the system service (`banger system install`), from its /etc/subuid range.
-pkgs=(qemu-system-x86 qemu-utils e2fsprogs kmod cpio zstd xz-utils lz4 iproute2 nftables openssh-client gcc make libc6-dev mmdebstrap gpgv debian-archive-keyring uidmap)
+# git: workspaces read the host repository and fetch the guest's work back into it.
+pkgs=(qemu-system-x86 qemu-utils e2fsprogs kmod cpio zstd xz-utils lz4 iproute2 nftables openssh-client gcc make libc6-dev mmdebstrap gpgv debian-archive-keyring uidmap git)
 # docker-registry serves test images on loopback; skopeo and umoci are the image-pull benchmark's baseline.
 # python3 crafts spoofed frames, iptables/ebtables run the NAT fallback's tests, file(1) checks the
 # agent binary is static and stripped, clang-format checks the C style (lint). scripts/test.sh fails
