@@ -2,15 +2,14 @@ import assert from 'node:assert/strict';
 import { type ChildProcessWithoutNullStreams, execFileSync, spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import dgram from 'node:dgram';
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import net from 'node:net';
 import { hostname, tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { fileURLToPath } from 'node:url';
 import { AgentClient } from '../../src/guest/agent-client.js';
 import {
   AGENT_MAX_COMMAND_CHARS,
@@ -21,22 +20,11 @@ import {
   type AgentResponse,
   AgentResponseSchema,
 } from '../../src/guest/agent-protocol.js';
+import { AGENT_BINARY, ensureAgentBuilt } from '../helpers/agent-harness.js';
 import { requires } from '../helpers/prereq.js';
 
-/** The package root: the first parent holding agent/Makefile (works from src and from dist). */
-function packageRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(join(dir, 'agent', 'Makefile'))) {
-    const up = dirname(dir);
-    if (up === dir) throw new Error('agent/Makefile not found above the test');
-    dir = up;
-  }
-  return dir;
-}
-
-const root = packageRoot();
-const binary = join(root, 'agent', 'build', 'banger-agent');
-if (!existsSync(binary)) execFileSync('make', ['-s', '-C', join(root, 'agent')], { stdio: 'inherit' });
+ensureAgentBuilt();
+const binary = AGENT_BINARY;
 
 /** Reads the agent's reply lines from a stream, one at a time. */
 class LineReader {
