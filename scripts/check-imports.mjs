@@ -22,8 +22,11 @@ export const LAYERS = [
   // above it; nothing imports it (the daemon speaks to it through host/helper-client.ts).
   { name: 'helper', modules: ['helper'], only: ['host', 'util', 'api'] },
   // The command line. Talks to the daemon through the client only (plus the local-only commands below).
-  { name: 'cli', modules: ['cli'], only: ['client', 'api', 'util', 'config/layout.ts'] },
-  // The SDK: typed HTTP over the daemon's socket, auto-start. Never the daemon's internals.
+  { name: 'cli', modules: ['cli'], only: ['mcp', 'client', 'api', 'util', 'config/layout.ts'] },
+  // `banger mcp` (the MCP server for coding agents, stdio) and the public SDK (`import { Banger } from 'banger'`):
+  // siblings, each a client of the daemon through src/client only. The CLI starts the MCP server.
+  { name: 'mcp, sdk', modules: ['mcp', 'sdk'], only: ['client', 'api', 'util', 'config/layout.ts'] },
+  // The typed HTTP client of the daemon's socket, auto-start. Never the daemon's internals.
   { name: 'client', modules: ['client'], only: ['api', 'util', 'config/layout.ts'] },
   // bangerd: main, composition root, router and routes, operations, DNS, services.
   { name: 'daemon', modules: ['daemon'] },
