@@ -64,6 +64,7 @@ void json_free(struct jdoc *d);
 struct jval *json_get(const struct jval *obj, const char *key); /* NULL when missing (or obj not an object) */
 /* A C string without NULs (NULL when v is not such a string). */
 const char *json_cstr(const struct jval *v);
+const char *json_strings(const struct jval *v, const char *what, char ***out, int need_one);
 
 /* ---- methods: fill o with a result, or return an error message ------------------------------ */
 

@@ -42,6 +42,10 @@
 #define DATA_VSOCK_PORT 1023 /* privileged: an unprivileged guest user cannot bind it while the agent restarts */
 #define MAX_VSOCK_SESSIONS 4
 #define MAX_TAR_STDERR 4096
+#define TAR_FAILED ",\"error\":\"tar failed\",\"code\":\"tar_failed\""
+/* no "error": the host reports the command's stderr */
+#define COMMAND_FAILED ",\"code\":\"command_failed\""
+#define MAX_PIPE_ARGS 64
 #define TOOL_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 struct frame {
@@ -399,8 +403,10 @@ static void op_write(struct port *p, const struct jval *req)
     }
 }
 
-/* Runs the guest's tar with stdin/stdout as given (-1: a pipe back to us) and stderr into a pipe. */
-static pid_t spawn_tar(char *const argv[], int *to_stdin, int *from_stdout, int *from_stderr)
+/* Runs a tool (tar, or a pipe-in command) in cwd (NULL: ours) with stdin/stdout as given (-1: a pipe back
+ * to us, NULL: /dev/null) and stderr into a pipe, in its own process group. A child that cannot chdir or
+ * exec says why on stderr and exits 127. */
+static pid_t spawn_tool(char *const argv[], const char *cwd, int *to_stdin, int *from_stdout, int *from_stderr)
 {
     int in[2] = {-1, -1}, out[2] = {-1, -1}, err[2];
     if ((to_stdin && pipe2(in, O_CLOEXEC)) || (from_stdout && pipe2(out, O_CLOEXEC)) || pipe2(err, O_CLOEXEC))
@@ -414,8 +420,12 @@ static pid_t spawn_tar(char *const argv[], int *to_stdin, int *from_stdout, int 
         dup2(from_stdout ? out[1] : devnull, 1);
         dup2(err[1], 2);
         setenv("PATH", TOOL_PATH, 1);
-        execvp("tar", argv);
-        dprintf(2, "cannot run tar: %s\n", strerror(errno));
+        if (cwd && chdir(cwd)) {
+            dprintf(2, "cannot enter %s: %s\n", cwd, strerror(errno));
+            _exit(127);
+        }
+        execvp(argv[0], argv);
+        dprintf(2, "cannot run %s: %s\n", argv[0], strerror(errno));
         _exit(127);
     }
     if (to_stdin) close(in[0]), *to_stdin = in[1];
@@ -425,13 +435,14 @@ static pid_t spawn_tar(char *const argv[], int *to_stdin, int *from_stdout, int 
     return pid;
 }
 
-static void stop_tar(pid_t pid)
+static void stop_tool(pid_t pid)
 {
     kill(-pid, SIGKILL);
     waitpid(pid, NULL, 0);
 }
 
-static void result_tar(struct port *p, pid_t pid, int errfd, char *errtext, size_t errlen)
+/* Waits for the tool and answers {ok, exit_code, stderr} (plus error and code when it failed). */
+static void result_tool(struct port *p, pid_t pid, int errfd, char *errtext, size_t errlen, const char *failed)
 {
     int st = 0;
     ssize_t n;
@@ -448,8 +459,7 @@ static void result_tar(struct port *p, pid_t pid, int errfd, char *errtext, size
     rout.len = 0, rout.full = 0;
     out_fmt(&rout, "{\"ok\":%s,\"exit_code\":%d,\"stderr\":", code == 0 ? "true" : "false", code);
     out_str(&rout, errtext, errlen);
-    static const char failed[] = ",\"error\":\"tar failed\",\"code\":\"tar_failed\"";
-    if (code) out_raw(&rout, failed, sizeof failed - 1);
+    if (code) out_raw(&rout, failed, strlen(failed));
     out_raw(&rout, "}", 1);
     send_result(p);
 }
@@ -484,7 +494,7 @@ static void op_tar_out(struct port *p, const struct jval *req)
     snprintf(member, sizeof member, "%s%.*s", name[0] == '-' ? "./" : "", NAME_MAX, name);
     char *argv[] = {"tar", "-c", "-f", "-", "-C", dir, member, NULL};
     int out = -1, err = -1, out_open = 1, err_open = 1;
-    pid_t pid = spawn_tar(argv, NULL, &out, &err);
+    pid_t pid = spawn_tool(argv, NULL, NULL, &out, &err);
     if (pid < 0) return result_error(p, "io_error", "cannot start tar");
     while (out_open || err_open) {
         struct pollfd pfd[3] = {{.fd = out_open ? out : -1, .events = POLLIN},
@@ -503,7 +513,7 @@ static void op_tar_out(struct port *p, const struct jval *req)
             enum host_ev ev;
             while ((ev = host_event(p, &f, 0)) != EV_NONE) {
                 if (ev == EV_CANCEL || ev == EV_ABANDON) {
-                    stop_tar(pid);
+                    stop_tool(pid);
                     close(out), close(err);
                     if (ev == EV_CANCEL) result_error(p, "cancelled", "cancelled");
                     return;
@@ -513,15 +523,15 @@ static void op_tar_out(struct port *p, const struct jval *req)
     }
     close(out);
     if (p->gone) {
-        stop_tar(pid);
+        stop_tool(pid);
         close(err);
         return;
     }
-    result_tar(p, pid, err, errtext, errlen);
+    result_tool(p, pid, err, errtext, errlen, TAR_FAILED);
 }
 
 /* Writes to tar's stdin while draining its stderr (tar blocked on a full stderr pipe must not deadlock us). */
-static int feed_tar(int in, const unsigned char *data, size_t n, int err, char *errtext, size_t *errlen, int *err_open)
+static int feed_tool(int in, const unsigned char *data, size_t n, int err, char *errtext, size_t *errlen, int *err_open)
 {
     while (n > 0) {
         struct pollfd pfd[2] = {{.fd = in, .events = POLLOUT}, {.fd = *err_open ? err : -1, .events = POLLIN}};
@@ -537,38 +547,64 @@ static int feed_tar(int in, const unsigned char *data, size_t n, int err, char *
     return 0;
 }
 
-static void op_tar_in(struct port *p, const struct jval *req)
+/* Feeds the session's D frames to a spawned tool's stdin until E, then answers its result. */
+static void feed_session(struct port *p, pid_t pid, int in, int err, const char *failed)
 {
-    const char *path = str_field(req, "path");
     char errtext[MAX_TAR_STDERR];
     size_t errlen = 0;
+    int err_open = 1, in_ok = 1;
     struct frame f;
-    if (valid_path(path)) return result_error(p, "invalid", "path must be absolute");
-    if (mkdir_parents(path, 0755)) return result_error(p, errno_code(errno), fail_errno(errno, path));
-    char *argv[] = {"tar", "-x", "-f", "-", "-C", (char *)path, "--no-same-owner", NULL};
-    if (bool_field(req, "same_owner")) argv[6] = NULL;
-    int in = -1, err = -1, err_open = 1, in_ok = 1;
-    pid_t pid = spawn_tar(argv, &in, NULL, &err);
-    if (pid < 0) return result_error(p, "io_error", "cannot start tar");
     fcntl(in, F_SETFL, O_NONBLOCK);
     fcntl(err, F_SETFL, O_NONBLOCK);
     for (;;) {
         enum host_ev ev = host_event(p, &f, -1);
         if (ev == EV_DATA) {
-            /* tar that stopped reading (it failed): keep consuming the host's frames until E */
-            if (in_ok && feed_tar(in, f.payload, f.len, err, errtext, &errlen, &err_open)) in_ok = 0;
+            /* a tool that stopped reading (it failed): keep consuming the host's frames until E */
+            if (in_ok && feed_tool(in, f.payload, f.len, err, errtext, &errlen, &err_open)) in_ok = 0;
             continue;
         }
         close(in);
         if (ev == EV_END) {
             fcntl(err, F_SETFL, 0);
-            return result_tar(p, pid, err, errtext, errlen);
+            return result_tool(p, pid, err, errtext, errlen, failed);
         }
-        stop_tar(pid);
+        stop_tool(pid);
         close(err);
         if (ev == EV_CANCEL) result_error(p, "cancelled", "cancelled");
         return;
     }
+}
+
+static void op_tar_in(struct port *p, const struct jval *req)
+{
+    const char *path = str_field(req, "path");
+    if (valid_path(path)) return result_error(p, "invalid", "path must be absolute");
+    if (mkdir_parents(path, 0755)) return result_error(p, errno_code(errno), fail_errno(errno, path));
+    char *argv[] = {"tar", "-x", "-f", "-", "-C", (char *)path, "--no-same-owner", NULL};
+    if (bool_field(req, "same_owner")) argv[6] = NULL;
+    int in = -1, err = -1;
+    pid_t pid = spawn_tool(argv, NULL, &in, NULL, &err);
+    if (pid < 0) return result_error(p, "io_error", "cannot start tar");
+    feed_session(p, pid, in, err, TAR_FAILED);
+}
+
+/* {argv, cwd}: runs argv (PATH search) in cwd as root with the session's bytes as its stdin, stdout
+ * discarded; answers its exit code and stderr. Streams into a command what would otherwise be a file
+ * first (a workspace's pack into git index-pack). */
+static void op_pipe_in(struct port *p, const struct jval *req)
+{
+    const char *cwd = str_field(req, "cwd"), *err_msg;
+    char **argv = NULL;
+    if (valid_path(cwd)) return result_error(p, "invalid", "cwd must be absolute");
+    if ((err_msg = json_strings(json_get(req, "argv"), "argv", &argv, 1))) return result_error(p, "invalid", err_msg);
+    size_t n = 0;
+    while (argv[n]) n++;
+    if (n > MAX_PIPE_ARGS) return free(argv), result_error(p, "invalid", "argv has more than 64 entries");
+    int in = -1, err = -1;
+    pid_t pid = spawn_tool(argv, cwd, &in, NULL, &err);
+    free(argv);
+    if (pid < 0) return result_error(p, "io_error", "cannot start the command");
+    feed_session(p, pid, in, err, COMMAND_FAILED);
 }
 
 static void run_session(struct port *p, const struct frame *s)
@@ -598,6 +634,8 @@ static void run_session(struct port *p, const struct frame *s)
             op_tar_out(p, req);
         else if (!strcmp(op, "tar-in"))
             op_tar_in(p, req);
+        else if (!strcmp(op, "pipe-in"))
+            op_pipe_in(p, req);
         else
             result_error(p, "invalid", fail("unknown op %.64s", op));
     }

@@ -346,3 +346,19 @@ const char *json_cstr(const struct jval *v)
     if (!v || v->type != J_STR || strlen(v->str) != v->len) return NULL;
     return v->str;
 }
+
+/* A JSON array of strings as a NULL-terminated vector pointing into the document (free the vector only). */
+const char *json_strings(const struct jval *v, const char *what, char ***out, int need_one)
+{
+    size_t i = 0;
+    if (!v || v->type != J_ARR) return fail("%s must be an array of strings", what);
+    if (need_one && !v->len) return fail("%s must not be empty", what);
+    char **arr = calloc(v->len + 1, sizeof *arr);
+    if (!arr) return "out of memory";
+    for (const struct jval *e = v->first; e; e = e->next) {
+        if (!json_cstr(e)) return free(arr), fail("%s must hold strings without NUL bytes", what);
+        arr[i++] = e->str;
+    }
+    *out = arr;
+    return NULL;
+}

@@ -319,21 +319,6 @@ static int lookup_user(const char *who, struct user_info *u)
 
 /* ---- proc.start ---------------------------------------------------------------------------- */
 
-static const char *string_array(const struct jval *v, const char *what, char ***out, int need_one)
-{
-    size_t i = 0;
-    if (!v || v->type != J_ARR) return fail("%s must be an array of strings", what);
-    if (need_one && !v->len) return fail("%s must not be empty", what);
-    char **arr = calloc(v->len + 1, sizeof *arr);
-    if (!arr) return "out of memory";
-    for (const struct jval *e = v->first; e; e = e->next) {
-        if (!json_cstr(e)) return free(arr), fail("%s must hold strings without NUL bytes", what);
-        arr[i++] = e->str;
-    }
-    *out = arr;
-    return NULL;
-}
-
 static const char *uint_param(const struct jval *p, const char *key, unsigned long long min, unsigned long long max,
                               unsigned long long *v)
 {
@@ -359,12 +344,12 @@ static const char *parse_spec(const struct jval *p, struct spec *s)
         return "name must be a string of at most 128 bytes";
     if ((v = json_get(p, "shell")) && v->type != J_NULL && !(s->shell = json_cstr(v)))
         return "shell must be a string without NUL bytes";
-    if ((v = json_get(p, "argv")) && v->type != J_NULL && (err = string_array(v, "argv", &s->argv, 1))) return err;
+    if ((v = json_get(p, "argv")) && v->type != J_NULL && (err = json_strings(v, "argv", &s->argv, 1))) return err;
     if (!s->argv == !s->shell) return "exactly one of argv and shell";
     if ((v = json_get(p, "cwd")) && v->type != J_NULL && (!(s->cwd = json_cstr(v)) || valid_path(s->cwd)))
         return "cwd must be an absolute path";
     if ((v = json_get(p, "env")) && v->type != J_NULL) {
-        if ((err = string_array(v, "env", &s->env, 0))) return err;
+        if ((err = json_strings(v, "env", &s->env, 0))) return err;
         for (char **e = s->env; *e; e++)
             if (!strchr(*e, '=') || **e == '=') return fail("env entry without K=: %.64s", *e);
     }

@@ -214,6 +214,14 @@ export class AgentGuestChannel implements GuestChannel {
     if (ok.exit_code) throw new BangerError('internal', `tar in the guest exited ${ok.exit_code}: ${(ok.stderr ?? '').trim().slice(0, 1000)}`);
   }
 
+  async pipeIn(argv: string[], cwd: string, data: Readable, opts: { signal?: AbortSignal } = {}): Promise<void> {
+    const session = this.data.session({ op: 'pipe-in', argv, cwd }, () => undefined, { signal: opts.signal, hostSends: true });
+    const fed = feed(session, data);
+    fed.catch(() => {});
+    parseResult('pipe-in', TarResultSchema, await session.result);
+    await fed;
+  }
+
   stat = async (path: string): Promise<GuestStat> => {
     const s = await this.control.call('fs.stat', { path }, { timeoutMs: CALL_MS });
     return { type: s.type, mode: s.mode, size: s.size, mtimeMs: s.mtime_ms, uid: s.uid, gid: s.gid, linkTarget: s.link_target ?? null };

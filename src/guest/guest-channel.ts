@@ -105,6 +105,12 @@ export interface GuestChannel {
   /** The guest's `tar -c` of path: hostile bytes, unpack only with src/archive/safe-extract.ts. */
   tarOut(path: string, signal?: AbortSignal): Promise<{ stream: Readable; done: Promise<void> }>;
   tarIn(path: string, data: Readable, opts?: { sameOwner?: boolean; signal?: AbortSignal }): Promise<void>;
+  /**
+   * Runs argv (as root, PATH searched) in the guest directory cwd with `data` streamed to its stdin
+   * and its stdout discarded: bytes reach the command as they arrive, never staged in a guest file.
+   * Rejects with the command's stderr when it exits non-zero.
+   */
+  pipeIn(argv: string[], cwd: string, data: Readable, opts?: { signal?: AbortSignal }): Promise<void>;
   stat(path: string): Promise<GuestStat>;
   list(path: string): Promise<{ entries: GuestDirEntry[]; truncated: boolean }>;
   mkdir(path: string, opts?: { mode?: number; parents?: boolean }): Promise<void>;

@@ -195,6 +195,18 @@ export class HostFakeGuest implements GuestChannel {
     const [code] = await closed;
     if (code !== 0) throw new Error(`tar -x exited ${code}`);
   }
+  async pipeIn(argv: string[], cwd: string, data: Readable) {
+    const [cmd, ...args] = argv as [string, ...string[]];
+    const child = spawn(cmd, args, { cwd, stdio: ['pipe', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (b: Buffer) => {
+      stderr += b.toString();
+    });
+    const closed = once(child, 'close');
+    await pipeline(data, child.stdin);
+    const [code] = await closed;
+    if (code !== 0) throw new Error(`${cmd} exited ${code}: ${stderr.trim()}`);
+  }
   async stat(path: string): Promise<GuestStat> {
     const s = await lstat(path);
     return {

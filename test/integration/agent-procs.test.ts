@@ -444,6 +444,41 @@ test('tar-out and tar-in round trip with modes', { skip }, async () => {
   assert.ok(String(broken.result.stderr).length > 0);
 });
 
+test('pipe-in streams the session into a command in cwd; its failure answers exit code and stderr; bad requests are refused', { skip }, async () => {
+  const dir = join(scratch, 'pipe-in');
+  mkdirSync(dir);
+  const data = Buffer.alloc(3 * 1024 * 1024 + 7, 'z');
+  const res = await h.session({ op: 'pipe-in', argv: ['sh', '-c', 'cat >got; pwd >where'], cwd: dir }, { stdin: data });
+  assert.equal(res.result.ok, true, JSON.stringify(res.result));
+  assert.equal(res.result.exit_code, 0);
+  assert.ok(readFileSync(join(dir, 'got')).equals(data), 'every byte reached the command, in order');
+  assert.equal(readFileSync(join(dir, 'where'), 'utf8').trim(), dir);
+
+  const failed = await h.session({ op: 'pipe-in', argv: ['sh', '-c', 'head -c 10 >/dev/null; echo nope >&2; exit 3'], cwd: dir }, { stdin: data });
+  assert.equal(failed.result.ok, false);
+  assert.equal(failed.result.exit_code, 3);
+  assert.equal(failed.result.code, 'command_failed');
+  assert.equal(String(failed.result.stderr).trim(), 'nope');
+
+  const missing = await h.session({ op: 'pipe-in', argv: ['banger-no-such-command'], cwd: dir }, { stdin: Buffer.from('x') });
+  assert.equal(missing.result.exit_code, 127);
+  assert.match(String(missing.result.stderr), /cannot run banger-no-such-command/);
+  const noDir = await h.session({ op: 'pipe-in', argv: ['true'], cwd: join(dir, 'absent') }, { stdin: Buffer.from('') });
+  assert.equal(noDir.result.exit_code, 127);
+  assert.match(String(noDir.result.stderr), /cannot enter/);
+
+  for (const bad of [
+    { argv: [], cwd: dir },
+    { argv: 'true', cwd: dir },
+    { argv: ['true'], cwd: 'relative' },
+    { argv: Array(65).fill('true'), cwd: dir },
+  ]) {
+    const r = await h.session({ op: 'pipe-in', ...bad }, { stdin: Buffer.from('') });
+    assert.equal(r.result.ok, false, JSON.stringify(bad));
+    assert.equal(r.result.code, 'invalid', JSON.stringify(r.result));
+  }
+});
+
 test('fs.stat, fs.list, fs.mkdir, fs.move, fs.remove; remove never follows a symlink', { skip }, async () => {
   const base = join(scratch, 'fs');
   await h.call('fs.mkdir', { path: join(base, 'a', 'b'), parents: true, mode: 0o750 });

@@ -208,6 +208,18 @@ describe('GuestChannel over the real agent', () => {
     );
   });
 
+  test('pipeIn streams into a command through the data channel; a failing command rejects with its stderr', async () => {
+    const dir = join(scratch, 'piped');
+    mkdirSync(dir);
+    const data = Buffer.alloc(2 * 1024 * 1024, 'q');
+    await link.guest.pipeIn(['sh', '-c', 'cat >got'], dir, Readable.from([data.subarray(0, 1000), data.subarray(1000)]));
+    assert.ok(readFileSync(join(dir, 'got')).equals(data));
+    await assert.rejects(
+      link.guest.pipeIn(['sh', '-c', 'echo refused-here >&2; exit 2'], dir, Readable.from([Buffer.from('x')])),
+      (e) => e instanceof BangerError && /refused-here/.test(e.message),
+    );
+  });
+
   test('the agent restarting (SIGKILL): the same channel reaches the new agent, the process and its output live on', async () => {
     const t = await procs.start('dev', { shell: 'echo before; read x; echo after', stdin: 'pipe' });
     await agent.restartAgent();

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { assemblePlan, MAX_PLAN_ENTRIES, parseNameStatus, parseStageListing, splitZ } from '../../src/daemon/services/workspace-git.js';
+import { assemblePlan, MAX_PLAN_ENTRIES, parseNameStatus, parseRefListing, parseStageListing, splitZ } from '../../src/daemon/services/workspace-git.js';
 
 const Z = '\0';
 const blob = 'e69de29bb2d1d6434b8b29ae775ad8c2e48c5391';
@@ -86,4 +86,22 @@ test('a huge repository: the listing is cut, the counts are whole', () => {
   assert.equal(r.plan.entriesTruncated, true);
   assert.equal(r.plan.files, n);
   assert.equal(r.plan.bytes, 2 * n);
+});
+
+test('ref listings: branches and tags with their ids; anything else is an error, never passed to the guest', () => {
+  const other = 'b'.repeat(64);
+  assert.deepEqual(parseRefListing(`${blob} refs/heads/main\n${other} refs/tags/v1.0\n\n`), [
+    [blob, 'refs/heads/main'],
+    [other, 'refs/tags/v1.0'],
+  ]);
+  assert.deepEqual(parseRefListing(''), []);
+  for (const bad of [
+    `${blob} refs/remotes/origin/x`,
+    `${blob} refs/heads/a b`,
+    `${blob} refs/heads/a\rcreate refs/heads/evil ${blob}`,
+    `xyz refs/heads/a`,
+    `${blob}  refs/heads/a`,
+  ]) {
+    assert.throws(() => parseRefListing(`${bad}\n`), /unexpected git for-each-ref line/, bad);
+  }
 });

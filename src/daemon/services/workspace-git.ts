@@ -34,6 +34,22 @@ export async function hostGit(runner: CommandRunner, repo: string, args: readonl
 
 export const splitZ = (s: string): string[] => s.split('\0').filter((x) => x !== '');
 
+/**
+ * `git for-each-ref --format='%(objectname) %(refname)' refs/heads refs/tags`: [id, ref] pairs
+ * for the guest's `git update-ref --stdin` (one line each, so a ref name can hold no whitespace:
+ * git's own ref-name rules forbid it, and a line that breaks them is an error, never passed on).
+ */
+export function parseRefListing(out: string): Array<[string, string]> {
+  const refs: Array<[string, string]> = [];
+  for (const line of out.split('\n')) {
+    if (line === '') continue;
+    const m = /^([0-9a-f]{40}|[0-9a-f]{64}) (refs\/(?:heads|tags)\/[^\s\x00-\x1f\x7f]+)$/.exec(line);
+    if (!m) throw new BangerError('internal', `unexpected git for-each-ref line: ${JSON.stringify(line.slice(0, 200))}`);
+    refs.push([m[1] as string, m[2] as string]);
+  }
+  return refs;
+}
+
 export interface IndexEntry {
   mode: string;
   object: string;

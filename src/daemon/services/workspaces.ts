@@ -22,7 +22,7 @@ import { deadline } from '../../util/deadline.js';
 import { formatDuration } from '../../util/duration.js';
 import type { KeyedMutex } from '../../util/keyed-mutex.js';
 import type { Clock, OpContext } from '../../util/op-context.js';
-import { gitArgs, type HostRepoPlan, hostGit, PORTABLE_DIFF, planRepo, SAFE_GIT_CONFIG } from './workspace-git.js';
+import { gitArgs, type HostRepoPlan, hostGit, PORTABLE_DIFF, parseRefListing, planRepo, SAFE_GIT_CONFIG } from './workspace-git.js';
 
 /** No background gc or maintenance left running in a repository after banger's fetch. */
 const NO_MAINTENANCE = ['-c', 'gc.auto=0', '-c', 'maintenance.auto=false'];
@@ -141,8 +141,6 @@ export function workspaceRecordOf(r: WorkspaceRow | undefined): WorkspaceRecord 
     : null;
 }
 
-/** Index-packs a shallow pack fed from a file (git index-pack --stdin needs it on stdin). */
-const INDEX_PACK_SCRIPT = 'git index-pack --stdin <"$1" >/dev/null';
 const DELETE_SCRIPT = 'xargs -0 rm -f -- <"$1"';
 
 function shellArgv(script: string, ...args: string[]): string[] {
@@ -363,61 +361,40 @@ export class WorkspaceService {
     const gitDir = `${dir}/.git`;
     ctx.stage(`ship history${label}`, mode);
     await this.g(vm, ['git', 'init', '-q', '--', dir], { signal: ctx.signal });
+    // The objects as one pack streamed straight into the guest's `git index-pack --stdin` (the
+    // transfer and the guest's indexing overlap; nothing is staged in a file), then the refs.
+    let revs: SpawnedCommand<'pipe' | 'ignore', 'pipe', 'pipe'>;
+    let refs: Array<[string, string]>;
     if (mode === 'full') {
-      // A bundle of HEAD, branches and tags: every commit the host has on them, with their ids.
-      const bundle = this.d.runner.spawn('git', gitArgs(top, [...FAST_PACK, 'bundle', 'create', '-q', '-', 'HEAD', '--branches', '--tags']), {
-        stdin: 'ignore',
-        signal: ctx.signal,
-      });
-      const err = capture(bundle.stderr);
-      const bundlePath = `${gitDir}/banger-import.bundle`;
-      await streamed(
-        [bundle],
-        [
-          ch.writeFile(bundlePath, bundle.stdout.pipe(counter(onBytes)), { mode: 0o600, mkdirs: false, signal: ctx.signal }),
-          finished(bundle, 'git bundle create', err),
-        ],
-      );
-      await this.g(
-        vm,
-        [
-          'git',
-          ...NO_MAINTENANCE,
-          'fetch',
-          '-q',
-          '--update-head-ok',
-          '--no-tags',
-          bundlePath,
-          '+refs/heads/*:refs/heads/*',
-          '+refs/tags/*:refs/tags/*',
-          'HEAD',
-        ],
-        {
-          cwd: dir,
-          signal: ctx.signal,
-        },
-      );
-      await this.g(vm, ['rm', '-f', '--', bundlePath, `${gitDir}/FETCH_HEAD`], { signal: ctx.signal });
+      // HEAD, branches and tags, with their ids: every commit the host has on them.
+      const listing = await hostGit(this.d.runner, top, ['for-each-ref', '--format=%(objectname) %(refname)', 'refs/heads', 'refs/tags']);
+      refs = parseRefListing(listing.stdout);
+      const all = this.d.runner.spawn('git', gitArgs(top, ['rev-list', '--objects', '--stdin']), { signal: ctx.signal });
+      all.stdin.end([head, ...refs.map(([id]) => id)].map((id) => `${id}\n`).join(''));
+      revs = all;
     } else {
-      // Depth 1: HEAD's commit and its tree as one pack, and .git/shallow naming the commit (its parents are not there).
-      const revs = this.d.runner.spawn('git', gitArgs(top, ['rev-list', '--objects', '-n', '1', head]), { stdin: 'ignore', signal: ctx.signal });
-      const pack = this.d.runner.spawn('git', gitArgs(top, [...FAST_PACK, 'pack-objects', '-q', '--stdout']), { signal: ctx.signal });
-      const revErr = capture(revs.stderr);
-      const packErr = capture(pack.stderr);
-      const packPath = `${gitDir}/banger-import.pack`;
-      await streamed(
-        [revs, pack],
-        [
-          pipeline(revs.stdout, pack.stdin),
-          ch.writeFile(packPath, pack.stdout.pipe(counter(onBytes)), { mode: 0o600, mkdirs: false, signal: ctx.signal }),
-          finished(revs, 'git rev-list', revErr),
-          finished(pack, 'git pack-objects', packErr),
-        ],
-      );
-      await this.g(vm, shellArgv(INDEX_PACK_SCRIPT, packPath), { cwd: dir, what: 'git index-pack', signal: ctx.signal });
+      // Depth 1: HEAD's commit and its tree, and .git/shallow naming the commit (its parents are not there).
+      refs = plan.plan.branch ? [[head, `refs/heads/${plan.plan.branch}`]] : [];
+      revs = this.d.runner.spawn('git', gitArgs(top, ['rev-list', '--objects', '-n', '1', head]), { stdin: 'ignore', signal: ctx.signal });
+    }
+    const pack = this.d.runner.spawn('git', gitArgs(top, [...FAST_PACK, 'pack-objects', '-q', '--stdout']), { signal: ctx.signal });
+    const revErr = capture(revs.stderr);
+    const packErr = capture(pack.stderr);
+    await streamed(
+      [revs, pack],
+      [
+        pipeline(revs.stdout, pack.stdin),
+        ch.pipeIn(['git', 'index-pack', '--stdin'], dir, pack.stdout.pipe(counter(onBytes)), { signal: ctx.signal }),
+        finished(revs, 'git rev-list', revErr),
+        finished(pack, 'git pack-objects', packErr),
+      ],
+    );
+    if (mode === 'shallow') {
       await ch.writeFile(`${gitDir}/shallow`, Readable.from([Buffer.from(`${head}\n`)]), { mode: 0o644, mkdirs: false, signal: ctx.signal });
-      await this.g(vm, ['rm', '-f', '--', packPath], { signal: ctx.signal });
-      if (plan.plan.branch) await this.g(vm, ['git', 'update-ref', `refs/heads/${plan.plan.branch}`, head], { cwd: dir });
+    }
+    if (refs.length > 0) {
+      const updates = refs.map(([id, name]) => `create ${name} ${id}\n`).join('');
+      await ch.pipeIn(['git', 'update-ref', '--stdin'], dir, Readable.from([Buffer.from(updates)]), { signal: ctx.signal });
     }
     if (plan.plan.branch) await this.g(vm, ['git', 'symbolic-ref', 'HEAD', `refs/heads/${plan.plan.branch}`], { cwd: dir });
     else await this.g(vm, ['git', 'update-ref', '--no-deref', 'HEAD', head], { cwd: dir });
