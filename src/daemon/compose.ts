@@ -170,7 +170,7 @@ export async function composeDaemon(deps: AppDeps, hooks: Pick<AppHooks, 'onStop
     vmRow: (ref) => vms.row(ref),
     guest: (ref) => procs.guest(ref),
     exec: (ref, spec, opts) => procs.exec(ref, spec, opts),
-    stagingDir: join(layout.stagingDir, 'workspace-export'),
+    stagingDir: join(layout.stagingDir, 'workspaces'),
   });
   const builds = new ImageBuildService({ images, vms, layout, sshConfigPath: ssh.configPath, runner });
 

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
-import { createWriteStream } from 'node:fs';
-import { mkdir, open, rm, writeFile } from 'node:fs/promises';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { mkdir, mkdtemp, open, rm, writeFile } from 'node:fs/promises';
 import { join, posix } from 'node:path';
 import { PassThrough, Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -85,7 +85,7 @@ export interface WorkspaceServiceDeps {
   vmRow: (ref: string) => VmRow;
   guest: (ref: string) => Promise<GuestChannel>;
   exec: GuestExec;
-  /** A daemon-private directory for bundles read back from guests. */
+  /** A daemon-private directory for packs on their way to guests and bundles read back from them. */
   stagingDir: string;
   /** Cap on a guest's branch bundle (hostile data, staged on the host's disk). */
   maxBundleBytes?: number;
@@ -361,34 +361,44 @@ export class WorkspaceService {
     const gitDir = `${dir}/.git`;
     ctx.stage(`ship history${label}`, mode);
     await this.g(vm, ['git', 'init', '-q', '--', dir], { signal: ctx.signal });
-    // The objects as one pack streamed straight into the guest's `git index-pack --stdin` (the
-    // transfer and the guest's indexing overlap; nothing is staged in a file), then the refs.
-    let revs: SpawnedCommand<'pipe' | 'ignore', 'pipe', 'pipe'>;
+    // The objects as one pack with its index, both written by the host's pack-objects (it knows
+    // every object id already) and copied into the guest's object store as they are: the guest
+    // hashes nothing (index-pack under TCG cost as much as shipping the tree). Then the refs.
+    await mkdir(this.d.stagingDir, { recursive: true, mode: 0o700 });
+    const packDir = await mkdtemp(join(this.d.stagingDir, 'pack-'));
     let refs: Array<[string, string]>;
-    if (mode === 'full') {
-      // HEAD, branches and tags, with their ids: every commit the host has on them.
-      const listing = await hostGit(this.d.runner, top, ['for-each-ref', '--format=%(objectname) %(refname)', 'refs/heads', 'refs/tags']);
-      refs = parseRefListing(listing.stdout);
-      const all = this.d.runner.spawn('git', gitArgs(top, ['rev-list', '--objects', '--stdin']), { signal: ctx.signal });
-      all.stdin.end([head, ...refs.map(([id]) => id)].map((id) => `${id}\n`).join(''));
-      revs = all;
-    } else {
-      // Depth 1: HEAD's commit and its tree, and .git/shallow naming the commit (its parents are not there).
-      refs = plan.plan.branch ? [[head, `refs/heads/${plan.plan.branch}`]] : [];
-      revs = this.d.runner.spawn('git', gitArgs(top, ['rev-list', '--objects', '-n', '1', head]), { stdin: 'ignore', signal: ctx.signal });
+    // No await between spawning rev-list and piping its output on: Node drops the unread output of
+    // a child that has exited (a small listing is all out before the next tick).
+    try {
+      let revs: SpawnedCommand<'pipe' | 'ignore', 'pipe', 'pipe'>;
+      if (mode === 'full') {
+        // HEAD, branches and tags, with their ids: every commit the host has on them.
+        const listing = await hostGit(this.d.runner, top, ['for-each-ref', '--format=%(objectname) %(refname)', 'refs/heads', 'refs/tags']);
+        refs = parseRefListing(listing.stdout);
+        const all = this.d.runner.spawn('git', gitArgs(top, ['rev-list', '--objects', '--stdin']), { signal: ctx.signal });
+        all.stdin.end([head, ...refs.map(([id]) => id)].map((id) => `${id}\n`).join(''));
+        revs = all;
+      } else {
+        // Depth 1: HEAD's commit and its tree, and .git/shallow naming the commit (its parents are not there).
+        refs = plan.plan.branch ? [[head, `refs/heads/${plan.plan.branch}`]] : [];
+        revs = this.d.runner.spawn('git', gitArgs(top, ['rev-list', '--objects', '-n', '1', head]), { stdin: 'ignore', signal: ctx.signal });
+      }
+      const pack = this.d.runner.spawn('git', gitArgs(top, [...FAST_PACK, 'pack-objects', '-q', join(packDir, 'p')]), { signal: ctx.signal });
+      const revErr = capture(revs.stderr);
+      const packErr = capture(pack.stderr);
+      const packOut = capture(pack.stdout);
+      await streamed([revs, pack], [pipeline(revs.stdout, pack.stdin), finished(revs, 'git rev-list', revErr), finished(pack, 'git pack-objects', packErr)]);
+      const name = packOut().trim();
+      if (!/^[0-9a-f]{40}$|^[0-9a-f]{64}$/.test(name))
+        throw new BangerError('host_command_failed', `git pack-objects named its pack ${JSON.stringify(name.slice(0, 80))}`);
+      // The pack before its index: git uses a pack only once its .idx is there.
+      for (const ext of ['pack', 'idx']) {
+        const local = createReadStream(join(packDir, `p-${name}.${ext}`));
+        await ch.writeFile(`${gitDir}/objects/pack/pack-${name}.${ext}`, local.pipe(counter(onBytes)), { mode: 0o444, mkdirs: false, signal: ctx.signal });
+      }
+    } finally {
+      await rm(packDir, { recursive: true, force: true });
     }
-    const pack = this.d.runner.spawn('git', gitArgs(top, [...FAST_PACK, 'pack-objects', '-q', '--stdout']), { signal: ctx.signal });
-    const revErr = capture(revs.stderr);
-    const packErr = capture(pack.stderr);
-    await streamed(
-      [revs, pack],
-      [
-        pipeline(revs.stdout, pack.stdin),
-        ch.pipeIn(['git', 'index-pack', '--stdin'], dir, pack.stdout.pipe(counter(onBytes)), { signal: ctx.signal }),
-        finished(revs, 'git rev-list', revErr),
-        finished(pack, 'git pack-objects', packErr),
-      ],
-    );
     if (mode === 'shallow') {
       await ch.writeFile(`${gitDir}/shallow`, Readable.from([Buffer.from(`${head}\n`)]), { mode: 0o644, mkdirs: false, signal: ctx.signal });
     }
