@@ -12,6 +12,8 @@ import { capText, MAX_RESULT_CHARS, MAX_STRUCTURED_CHARS, sanitizeInline } from 
 import { INSTRUCTIONS, type Session, TOOLS, type ToolContext, type ToolDef } from './tools.js';
 
 export const SERVER_NAME = 'banger';
+/** The arguments of one call, serialised (a whole file_write content fits). */
+export const MAX_ARGUMENT_CHARS = 5 * 1024 * 1024;
 
 /** An error as the model sees it: code, message and the fix, bounded, no control characters. */
 export function errorResult(e: unknown): CallToolResult {
@@ -97,6 +99,13 @@ function register(server: McpServer, ctx: ToolContext, tool: ToolDef, observe?: 
             };
       let result: CallToolResult;
       try {
+        // The schemas leave string lengths out (they would double the tool list): one bound here.
+        const argChars = JSON.stringify(args ?? {}).length;
+        if (argChars > MAX_ARGUMENT_CHARS) {
+          throw new BangerError('payload_too_large', `the arguments are ${argChars} characters (at most ${MAX_ARGUMENT_CHARS})`, {
+            fix: 'write big files in parts, or copy them with `banger vm cp`',
+          });
+        }
         result = toolResult(tool.name, await tool.run(ctx, args, { signal: extra.signal, ...(progress ? { progress } : {}) }));
       } catch (e) {
         result = errorResult(e);

@@ -9,6 +9,7 @@ import { Readable } from 'node:stream';
 import { z } from 'zod';
 import { BangerError } from '../api/errors.js';
 import { guestPathProblem } from '../api/files-wire.js';
+import { MAX_STDIN_WRITE } from '../api/proc-schemas.js';
 import type { OperationEvent, Vm } from '../api/schemas.js';
 import type { BangerClient } from '../client/client.js';
 import { checkVm } from '../client/trust.js';
@@ -165,6 +166,11 @@ async function readGuestFile(ctx: ToolContext, vm: string, path: string): Promis
 
 async function writeGuestFile(ctx: ToolContext, vm: string, path: string, content: string, mode?: number): Promise<number> {
   const body = Buffer.from(content, 'utf8');
+  if (body.length > MAX_GUEST_FILE_BYTES) {
+    throw new BangerError('payload_too_large', `the new content is ${body.length} bytes (at most ${MAX_GUEST_FILE_BYTES})`, {
+      fix: 'copy big files with `banger vm cp`',
+    });
+  }
   const r = await ctx.api.writeFile(vm, path, Readable.from([body]), { mkdirs: true, ...(mode !== undefined ? { mode } : {}) });
   return r.size;
 }
@@ -448,7 +454,10 @@ export const TOOLS: readonly ToolDef[] = [
     async run(ctx, a) {
       const vm = currentVm(ctx, a.vm);
       const p = await ctx.api.process(vm, a.id);
-      const r = await ctx.api.writeProcessStdin(vm, p.id, p.stdinBytes, Buffer.from(a.text, 'utf8'), a.eof);
+      const data = Buffer.from(a.text, 'utf8');
+      if (data.length > MAX_STDIN_WRITE)
+        throw new BangerError('payload_too_large', `text is ${data.length} bytes (at most ${MAX_STDIN_WRITE} per call)`, { fix: 'send it in parts' });
+      const r = await ctx.api.writeProcessStdin(vm, p.id, p.stdinBytes, data, a.eof);
       return { offset: r.offset };
     },
   },

@@ -166,6 +166,12 @@ describe('MCP server (fake daemon)', () => {
     assert.equal((await ok('process_list')).truncated, false);
   });
 
+  test('oversized arguments are refused before any write', async () => {
+    const writes = api.writes.length;
+    assert.match(await err('file_write', { path: 'huge.txt', content: 'x'.repeat(6 * 1024 * 1024) }), /payload_too_large/);
+    assert.equal(api.writes.length, writes);
+  });
+
   test('sandbox_delete needs confirm: true (refused before anything is asked of the daemon)', async () => {
     assert.match(await err('sandbox_delete', { vm: 'dev' }), /confirm/);
     assert.match(await err('sandbox_delete', { vm: 'dev', confirm: false }), /confirm/);
