@@ -301,7 +301,7 @@ export const TOOLS: readonly ToolDef[] = [
         return { ...vmSummary({ ...vm, workspace: ws.workspace }), files: ws.files, baseCommit: ws.workspace.baseCommit };
       } catch (e) {
         // A sandbox without the workspace it was asked for is not what was created: nothing is left.
-        await ctx.api.bulk({ action: 'delete', refs: [vm.id], force: true }).catch(() => undefined);
+        await ctx.api.bulk({ action: 'delete', refs: [vm.id] }).catch(() => undefined);
         ctx.session.current = undefined;
         throw e;
       }
@@ -369,7 +369,7 @@ export const TOOLS: readonly ToolDef[] = [
     output: { deleted: z.string() },
     annotations: rw(true, true),
     async run(ctx, a) {
-      const r = await ctx.api.bulk({ action: 'delete', refs: [a.vm], force: true });
+      const r = await ctx.api.bulk({ action: 'delete', refs: [a.vm] });
       const one = r.results[0];
       if (!one?.ok) throw one?.error ? BangerError.fromBody(one.error) : new BangerError('internal', `deleting ${a.vm} gave no result`);
       if (ctx.session.current === one.name || ctx.session.current === a.vm) ctx.session.current = undefined;

@@ -32,9 +32,14 @@ describe('banger mcp on a real VM', { skip: requires(assets, 'guest assets missi
   let stderr = '';
   const calls: Array<{ name: string; ms: number; chars: number }> = [];
 
+  const progress: string[] = [];
   const call = async (name: string, args: Record<string, unknown> = {}, timeout = 60_000): Promise<CallToolResult> => {
     const started = performance.now();
-    const r = (await client.callTool({ name, arguments: args }, undefined, { timeout })) as CallToolResult;
+    const r = (await client.callTool({ name, arguments: args }, undefined, {
+      timeout,
+      resetTimeoutOnProgress: true,
+      onprogress: (p) => void progress.push(`${name}: ${p.message ?? p.progress}`),
+    })) as CallToolResult;
     const chars = JSON.stringify(r).length;
     calls.push({ name, ms: performance.now() - started, chars });
     assert.ok(chars < MAX_RESULT_CHARS, `${name}: a result of ${chars} characters`);
@@ -82,8 +87,10 @@ describe('banger mcp on a real VM', { skip: requires(assets, 'guest assets missi
     if (tmp) rmSync(tmp, { recursive: true, force: true });
   });
 
-  test('tools/list: the tools with input and output schemas and their annotations', async () => {
+  test('tools/list: the tools with input and output schemas and their annotations', async (t) => {
     const { tools } = await client.listTools();
+    const listChars = JSON.stringify({ tools }).length + (client.getInstructions() ?? '').length;
+    t.diagnostic(`tools/list + instructions: ${listChars} characters (≈ ${Math.round(listChars / 4)} tokens)`);
     assert.equal(tools.length, 17);
     for (const t of tools) {
       assert.equal(t.inputSchema.type, 'object', t.name);
@@ -101,6 +108,8 @@ describe('banger mcp on a real VM', { skip: requires(assets, 'guest assets missi
     const created = await ok('sandbox_create', { name: 'mcp', image: 'img', repo: '.' }, 600_000);
     assert.equal(created.name, 'mcp');
     assert.equal(created.workspace, '/root/repo');
+    // The stages came as MCP progress notifications while the call ran.
+    assert.ok(progress.includes('sandbox_create: prepare workspace'), progress.join(', '));
 
     const failing = await ok('exec', { command: 'sh test.sh' });
     assert.equal(failing.exitCode, 1);
@@ -213,11 +222,8 @@ describe('banger mcp on a real VM', { skip: requires(assets, 'guest assets missi
     const byTool = new Map<string, Array<{ ms: number; chars: number }>>();
     for (const c of calls) byTool.set(c.name, [...(byTool.get(c.name) ?? []), c]);
     for (const [name, cs] of [...byTool].sort()) {
-      const ms = cs.map((c) => c.ms);
       const chars = cs.map((c) => c.chars);
-      t.diagnostic(
-        `${name}: ${cs.length} calls, latency ${Math.round(Math.min(...ms))}–${Math.round(Math.max(...ms))} ms, result ${Math.min(...chars)}–${Math.max(...chars)} chars`,
-      );
+      t.diagnostic(`${name}: ${cs.map((c) => `${Math.round(c.ms)} ms/${c.chars} chars`).join(', ')}`);
       for (const c of chars) assert.ok(c < MAX_RESULT_CHARS);
     }
   });
