@@ -47,6 +47,14 @@ export class HostAllowlist {
     if (!this.roots.includes(real)) this.roots.push(real);
   }
 
+  /** This allowlist plus one more root (an already resolved path), for one operation. */
+  withRoot(real: string): HostAllowlist {
+    const more = new HostAllowlist(this.cwd, []);
+    more.roots.push(...this.roots);
+    if (!more.roots.includes(real)) more.roots.push(real);
+    return more;
+  }
+
   list(): readonly string[] {
     return this.roots;
   }

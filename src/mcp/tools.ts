@@ -4,6 +4,7 @@
  * Nothing durable lives here: sandboxes, processes, files and workspaces are the daemon's.
  * Every result is bounded (text.ts) and every host path goes through the allowlist (allowlist.ts).
  */
+import { realpath } from 'node:fs/promises';
 import { posix } from 'node:path';
 import { Readable } from 'node:stream';
 import { z } from 'zod';
@@ -614,8 +615,12 @@ export const TOOLS: readonly ToolDef[] = [
     async run(ctx, a) {
       const vm = await ctx.api.vm(currentVm(ctx, a.vm));
       if (!vm.workspace) throw new BangerError('precondition_failed', `${vm.name} has no workspace`, { fix: 'create the sandbox with repo' });
-      // Only into an allow-listed host repository (the daemon writes refs there for a branch).
-      const repo = await ctx.allow.resolve(vm.workspace.hostPath);
+      // Only into the repository the sandbox was created from: the daemon recorded it when this
+      // server (allowlisted) or the user (CLI) prepared the workspace; the agent cannot set it.
+      const repo = await realpath(vm.workspace.hostPath).catch(() => {
+        throw new BangerError('not_found', `the workspace's host repository ${vm.workspace?.hostPath} is gone`);
+      });
+      const allow = ctx.allow.withRoot(repo);
       const name = a.name ?? 'wip';
       if ((a.format ?? 'branch') === 'branch') {
         const r = await ctx.api.exportWorkspace(vm.name, { format: 'branch', name });
@@ -624,7 +629,7 @@ export const TOOLS: readonly ToolDef[] = [
       }
       const sink = new BoundedSink(MAX_EXPORT_PATCH_BYTES);
       const r = await ctx.api.exportWorkspace(vm.name, { format: 'patch', name }, sink);
-      const target = await ctx.allow.writeNew(a.path ?? posix.join(repo, `banger-${vm.name}-${name}.patch`), sink.bytes());
+      const target = await allow.writeNew(a.path ?? posix.join(repo, `banger-${vm.name}-${name}.patch`), sink.bytes());
       return { format: 'patch', repo, path: target, bytes: sink.total, commit: r.commit };
     },
   },

@@ -10,7 +10,7 @@ import type { Proc, ProcEvent, ProcWaitResult } from '../../src/api/proc-schemas
 import type { Vm } from '../../src/api/schemas.js';
 import type { SandboxApi } from '../../src/mcp/tools.js';
 
-export function fakeVm(name: string, workspace: string | null = '/root/repo'): Vm {
+export function fakeVm(name: string, workspace: string | null = '/root/repo', hostRepo = '/nonexistent-host-repo'): Vm {
   return {
     id: `${name}-id`,
     name,
@@ -32,9 +32,7 @@ export function fakeVm(name: string, workspace: string | null = '/root/repo'): V
     createdAt: '2026-01-01T00:00:00Z',
     startedAt: null,
     touchedAt: '2026-01-01T00:00:00Z',
-    workspace: workspace
-      ? { hostPath: '/nonexistent-host-repo', guestPath: workspace, baseCommit: 'b'.repeat(40), mode: 'full', branch: null, preparedAt: '' }
-      : null,
+    workspace: workspace ? { hostPath: hostRepo, guestPath: workspace, baseCommit: 'b'.repeat(40), mode: 'full', branch: null, preparedAt: '' } : null,
   };
 }
 
@@ -168,7 +166,15 @@ export class FakeSandboxApi implements SandboxApi {
   prepareWorkspace = notFaked('prepareWorkspace') as unknown as SandboxApi['prepareWorkspace'];
   bulk = notFaked('bulk') as unknown as SandboxApi['bulk'];
   workspace = notFaked('workspace') as unknown as SandboxApi['workspace'];
-  exportWorkspace = notFaked('exportWorkspace') as unknown as SandboxApi['exportWorkspace'];
+  /** A patch export writes `patch`; a branch export names the ref it would create. */
+  patch = 'diff --git a/x b/x\n';
+  exportWorkspace = (async (vm: string, body: { format?: string; name?: string }, out?: NodeJS.WritableStream) => {
+    this.getVm(vm);
+    if (body.format === 'branch')
+      return { format: 'branch', ref: `refs/banger/${vm}/${body.name ?? 'wip'}`, commit: 'c'.repeat(40), baseCommit: 'b'.repeat(40) };
+    await new Promise<void>((resolve, reject) => (out as NodeJS.WritableStream).end(this.patch, () => resolve()).on?.('error', reject));
+    return { format: 'patch', commit: 'c'.repeat(40) };
+  }) as unknown as SandboxApi['exportWorkspace'];
   writeProcessStdin = notFaked('writeProcessStdin') as unknown as SandboxApi['writeProcessStdin'];
   signalProcess = notFaked('signalProcess') as unknown as SandboxApi['signalProcess'];
 }

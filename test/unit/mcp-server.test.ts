@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
@@ -8,7 +8,7 @@ import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import { HostAllowlist } from '../../src/mcp/allowlist.js';
 import { createMcpServer } from '../../src/mcp/server.js';
 import { MAX_RESULT_CHARS } from '../../src/mcp/text.js';
-import { FakeSandboxApi } from '../helpers/fake-sandbox-api.js';
+import { FakeSandboxApi, fakeVm } from '../helpers/fake-sandbox-api.js';
 
 /**
  * The MCP server end to end in process: the official Client over an in-memory transport, the
@@ -170,6 +170,22 @@ describe('MCP server (fake daemon)', () => {
     const writes = api.writes.length;
     assert.match(await err('file_write', { path: 'huge.txt', content: 'x'.repeat(6 * 1024 * 1024) }), /payload_too_large/);
     assert.equal(api.writes.length, writes);
+  });
+
+  test("workspace_export writes into the sandbox's own repository (even outside the allowlist) and nowhere else", async () => {
+    const other = join(tmp, 'other-repo');
+    mkdirSync(other);
+    api.vmsByName.set('cli', fakeVm('cli', '/root/repo', other));
+    const r = await ok('workspace_export', { vm: 'cli', format: 'patch', name: 'try' });
+    assert.equal(r.path, join(other, 'banger-cli-try.patch'));
+    assert.equal(readFileSync(join(other, 'banger-cli-try.patch'), 'utf8'), api.patch);
+    assert.match(await err('workspace_export', { vm: 'cli', format: 'patch', path: join(tmp, 'loose.patch') }), /outside the allowed directories/);
+    assert.equal(existsSync(join(tmp, 'loose.patch')), false);
+    assert.match(await err('workspace_export', { vm: 'cli', format: 'patch', name: 'try' }), /already exists/);
+    assert.equal((await ok('workspace_export', { vm: 'cli', name: 'b1' })).ref, 'refs/banger/cli/b1');
+    // Host reads stay limited to the allowlist: the sandbox's repository is not readable through file_read.
+    writeFileSync(join(other, 'secret.env'), 'TOKEN=CANARY\n');
+    assert.doesNotMatch(await err('file_read', { vm: 'cli', path: join(other, 'secret.env'), host: true }), /CANARY/);
   });
 
   test('sandbox_delete needs confirm: true (refused before anything is asked of the daemon)', async () => {
