@@ -408,10 +408,17 @@ static void op_write(struct port *p, const struct jval *req)
  * exec says why on stderr and exits 127. */
 static pid_t spawn_tool(char *const argv[], const char *cwd, int *to_stdin, int *from_stdout, int *from_stderr)
 {
-    int in[2] = {-1, -1}, out[2] = {-1, -1}, err[2];
-    if ((to_stdin && pipe2(in, O_CLOEXEC)) || (from_stdout && pipe2(out, O_CLOEXEC)) || pipe2(err, O_CLOEXEC))
+    int in[2] = {-1, -1}, out[2] = {-1, -1}, err[2] = {-1, -1};
+    pid_t pid = -1;
+    if ((!to_stdin || !pipe2(in, O_CLOEXEC)) && (!from_stdout || !pipe2(out, O_CLOEXEC)) && !pipe2(err, O_CLOEXEC))
+        pid = fork();
+    if (pid < 0) { /* no pipes or no child: nothing is left open */
+        int *fds[] = {in, out, err};
+        for (int i = 0; i < 3; i++)
+            for (int j = 0; j < 2; j++)
+                if (fds[i][j] >= 0) close(fds[i][j]);
         return -1;
-    pid_t pid = fork();
+    }
     if (pid == 0) {
         int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
         setpgid(0, 0);

@@ -77,7 +77,9 @@ export class HostAllowlist {
       if (!this.covers(lexical)) throw refused(path, 'is outside the allowed directories');
       throw new BangerError('not_found', `host path ${JSON.stringify(path)} does not exist (${(e as NodeJS.ErrnoException).code ?? 'error'})`);
     }
-    if (!this.covers(real)) throw refused(path, real === abs ? 'is outside the allowed directories' : `leads to ${real}, outside the allowed directories`);
+    // One message whatever the real path is: a refusal names nothing outside the roots and says
+    // nothing of whether it exists.
+    if (!this.covers(real)) throw refused(path, 'is outside the allowed directories');
     return real;
   }
 
@@ -100,11 +102,31 @@ export class HostAllowlist {
         });
       }
       const opened = await readlink(`/proc/self/fd/${handle.fd}`).catch(() => real);
-      if (!this.covers(opened)) throw refused(path, `was replaced by ${opened}`);
+      if (!this.covers(opened)) throw refused(path, 'is outside the allowed directories');
       return { handle, real, size: st.size };
     } catch (e) {
       await handle.close();
       throw e;
+    }
+  }
+
+  /** An allowed regular file's bytes, at most maxBytes even when it grows while it is read. */
+  async readBounded(path: string, maxBytes = MAX_HOST_READ_BYTES): Promise<{ data: Buffer; real: string }> {
+    const { handle, real } = await this.openForRead(path, maxBytes);
+    try {
+      const buf = Buffer.alloc(maxBytes + 1);
+      let n = 0;
+      for (;;) {
+        const { bytesRead } = await handle.read(buf, n, buf.length - n, n);
+        if (bytesRead === 0) break;
+        n += bytesRead;
+        if (n > maxBytes) {
+          throw new BangerError('payload_too_large', `host file ${JSON.stringify(path)} is larger than ${maxBytes} bytes`, { fix: 'read a smaller file' });
+        }
+      }
+      return { data: buf.subarray(0, n), real };
+    } finally {
+      await handle.close();
     }
   }
 

@@ -1,6 +1,9 @@
 /** Pure text operations of the file tools: exact-string edits and line ranges. */
 import { BangerError } from '../api/errors.js';
 
+/** An edited file is at most this long (checked before it is built). */
+export const MAX_EDITED_CHARS = 16 * 1024 * 1024;
+
 /** Occurrences of `needle` in `text` (non-overlapping, left to right), up to `limit`. */
 export function countOccurrences(text: string, needle: string, limit = Number.POSITIVE_INFINITY): number {
   let n = 0;
@@ -26,6 +29,12 @@ export function applyEdit(content: string, oldString: string, newString: string,
   if (count > 1 && !replaceAll) {
     throw new BangerError('conflict', `old_string occurs ${count} times`, {
       fix: 'add surrounding lines so it is unique, or set replace_all to replace every occurrence',
+    });
+  }
+  const size = content.length + count * (newString.length - oldString.length);
+  if (size > MAX_EDITED_CHARS) {
+    throw new BangerError('payload_too_large', `the edit would make the file ${size} characters long (at most ${MAX_EDITED_CHARS})`, {
+      fix: 'replace fewer occurrences, or write the file with file_write',
     });
   }
   return { content: content.split(oldString).join(newString), replacements: count };

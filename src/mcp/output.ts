@@ -93,6 +93,9 @@ export async function readStream(api: OutputSource, vm: string, proc: Proc, stre
  * A sink that keeps the first `headMax` and the last `tailMax` bytes of what is written to it and
  * counts the rest: a patch of any size is read in bounded memory.
  */
+/** What a head-and-tail read takes in at most before it gives up (the middle is dropped, not stored). */
+export const MAX_STREAM_BYTES = 64 * 1024 * 1024;
+
 export class HeadTailSink extends Writable {
   private head: Buffer[] = [];
   private headLen = 0;
@@ -102,12 +105,18 @@ export class HeadTailSink extends Writable {
   constructor(
     private readonly headMax: number,
     private readonly tailMax: number,
+    /** Bytes read in all: past it the stream fails (a guest streaming without end cannot hold the call). */
+    private readonly totalMax = MAX_STREAM_BYTES,
   ) {
     super();
   }
 
   override _write(chunk: Buffer, _enc: BufferEncoding, cb: (e?: Error | null) => void): void {
     this.total += chunk.length;
+    if (this.total > this.totalMax) {
+      cb(new BangerError('payload_too_large', `the guest sent more than ${this.totalMax} bytes`, { fix: 'export it as a branch instead' }));
+      return;
+    }
     let rest = chunk;
     if (this.headLen < this.headMax) {
       const take = rest.subarray(0, this.headMax - this.headLen);

@@ -17,10 +17,13 @@ export const MAX_STRUCTURED_CHARS = 9_400;
 /**
  * C0 (but \n, \t), DEL, C1; bidi marks and overrides; Unicode line/paragraph separators: the same
  * set the CLI strips before a terminal (src/cli/render.ts), lone surrogates too (they serialise as
- * \uXXXX escapes and are never meaningful text).
+ * \uXXXX escapes and are never meaningful text). Also what a reader cannot see but a model reads:
+ * zero-width characters (U+200B–U+200D, U+2060–U+2064, U+FEFF), interlinear annotation marks
+ * (U+FFF9–U+FFFB) and the tag characters (U+E0000–U+E007F, the surrogate pairs \udb40\udc00–\udc7f)
+ * a guest could hide instructions in.
  */
 const UNSAFE =
-  /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g;
+  /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u061c\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff\ufff9-\ufffb]|\udb40[\udc00-\udc7f]|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g;
 
 /** Text with every control and bidi character removed (\n and \t kept). */
 export function sanitize(text: string): string {

@@ -205,10 +205,28 @@ function windowText(text: string, fromLine: number, limit: number | undefined) {
   };
 }
 
+/**
+ * Where a patch export may land: a NEW file named like a patch (`*.patch` or `*.diff`, no leading
+ * dot) in a directory whose path has no dot-component. The bytes come from the guest, so the name
+ * must be one no host tool loads by itself: never `.git/…` (a gitfile or `commondir` would point a
+ * later prepare at another repository), `.npmrc`, `GNUmakefile` or `conftest.py`.
+ */
+export function checkPatchPath(path: string, cwd: string): string {
+  const abs = posix.resolve(cwd, path);
+  const parts = abs.split('/').filter((c) => c !== '');
+  const name = parts.at(-1) ?? '';
+  if (!/^[A-Za-z0-9][A-Za-z0-9._+-]*\.(patch|diff)$/.test(name) || parts.some((c) => c.startsWith('.'))) {
+    throw new BangerError('bad_request', `a patch is written only to a new *.patch or *.diff file outside dot-directories, not ${JSON.stringify(path)}`, {
+      fix: 'name it like changes.patch (or leave path out: banger-<vm>-<name>.patch in the repository)',
+    });
+  }
+  return abs;
+}
+
 function procSummary(p: import('../api/proc-schemas.js').Proc) {
   return {
     id: p.id,
-    name: p.name,
+    name: p.name === null ? null : sanitizeInline(p.name, 64),
     state: p.state,
     exitCode: p.exitCode,
     signal: p.signal,
@@ -278,7 +296,12 @@ export const TOOLS: readonly ToolDef[] = [
       if (a.repo !== undefined) {
         const real = await ctx.allow.resolve(a.repo);
         const plan = await ctx.api.planWorkspace({ hostPath: real });
-        const top = await ctx.allow.resolve(plan.hostPath);
+        const top = await realpath(plan.hostPath).catch(() => plan.hostPath);
+        if (!ctx.allow.covers(top)) {
+          throw new BangerError('precondition_failed', `the git repository holding ${JSON.stringify(a.repo)} reaches outside the allowed directories`, {
+            fix: 'use a repository whose top level is inside them, or restart the server with `banger mcp --allow DIR`',
+          });
+        }
         hostPath = top;
       }
       const accepted = await ctx.api.createVm({
@@ -425,7 +448,7 @@ export const TOOLS: readonly ToolDef[] = [
         ...(a.stdin ? { stdin: 'pipe' as const } : {}),
         ...(a.timeout_s ? { timeoutMs: Math.ceil(a.timeout_s * 1000) } : {}),
       });
-      return { id: p.id, name: p.name, state: p.state };
+      return { id: p.id, name: p.name === null ? null : sanitizeInline(p.name, 64), state: p.state };
     },
   },
   {
@@ -512,13 +535,9 @@ export const TOOLS: readonly ToolDef[] = [
       let data: Buffer;
       let shown: string;
       if (a.host) {
-        const { handle, real } = await ctx.allow.openForRead(a.path);
-        try {
-          data = await handle.readFile();
-        } finally {
-          await handle.close();
-        }
-        shown = real;
+        const read = await ctx.allow.readBounded(a.path);
+        data = read.data;
+        shown = read.real;
       } else {
         const { vm, base } = await guestBase(ctx, currentVm(ctx, a.vm));
         shown = guestPath(base, a.path);
@@ -627,9 +646,15 @@ export const TOOLS: readonly ToolDef[] = [
         if (r.format !== 'branch') throw new BangerError('internal', 'the daemon answered a branch export with another format');
         return { format: 'branch', repo, ref: r.ref, commit: r.commit };
       }
+      const path = checkPatchPath(a.path ?? posix.join(repo, `banger-${vm.name}-${name}.patch`), repo);
       const sink = new BoundedSink(MAX_EXPORT_PATCH_BYTES);
       const r = await ctx.api.exportWorkspace(vm.name, { format: 'patch', name }, sink);
-      const target = await allow.writeNew(a.path ?? posix.join(repo, `banger-${vm.name}-${name}.patch`), sink.bytes());
+      const patch = sink.bytes();
+      // The guest wrote these bytes: they go to the host only when they are what a patch looks like.
+      if (patch.length > 0 && !patch.subarray(0, 11).equals(Buffer.from('diff --git '))) {
+        throw new BangerError('rejected_content', 'the guest sent something that is not a git patch', { fix: 'export it as a branch instead' });
+      }
+      const target = await allow.writeNew(path, patch);
       return { format: 'patch', repo, path: target, bytes: sink.total, commit: r.commit };
     },
   },

@@ -5,9 +5,10 @@ import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { BangerError } from '../../src/api/errors.js';
 import { HostAllowlist } from '../../src/mcp/allowlist.js';
-import { applyEdit, selectLines } from '../../src/mcp/edit.js';
+import { applyEdit, MAX_EDITED_CHARS, selectLines } from '../../src/mcp/edit.js';
 import { mergeConfig, serverEntry, snippet, writeClientConfig } from '../../src/mcp/install.js';
 import { HeadTailSink } from '../../src/mcp/output.js';
+import { implicitRoot } from '../../src/mcp/stdio.js';
 import { capText, fitList, jsonLength, sanitize } from '../../src/mcp/text.js';
 
 const code = (c: string) => (e: unknown) => e instanceof BangerError && e.code === c;
@@ -191,5 +192,66 @@ describe('install snippets', () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('review fixes', () => {
+  const dir = mkdtempSync('/tmp/bg-mcp-review-');
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  test('invisible characters a reader cannot see are removed (zero-width, BOM, tag characters, annotations)', () => {
+    const hidden = `a\u200bb\u200dc\u2060d\ufeffe\ufff9f${String.fromCodePoint(0xe0041, 0xe007f)}g`;
+    assert.equal(sanitize(hidden), 'abcdefg');
+    assert.equal(sanitize('emoji \u{1f600} stays'), 'emoji \u{1f600} stays');
+  });
+
+  test('the start directory is allowed unless it is /, the home directory or above it', () => {
+    const home = join(dir, 'home', 'u');
+    const project = join(home, 'src', 'p');
+    mkdirSync(project, { recursive: true });
+    assert.deepEqual(implicitRoot(project, home, []), [project]);
+    for (const wide of ['/', home, join(dir, 'home')]) {
+      assert.throws(() => implicitRoot(wide, home, []), /too wide to allow/, wide);
+      assert.deepEqual(implicitRoot(wide, home, [project]), [], `${wide} with an explicit --allow`);
+    }
+  });
+
+  test('a refusal names nothing outside the roots, whether or not it exists', async () => {
+    const root = join(dir, 'root');
+    mkdirSync(root);
+    writeFileSync(join(dir, 'exists.txt'), 'CANARY');
+    symlinkSync(join(dir, 'exists.txt'), join(root, 'link'));
+    const allow = new HostAllowlist(root, [root]);
+    const messages = [];
+    for (const p of [join(root, '..', 'exists.txt'), join(root, '..', 'absent.txt'), join(root, 'link')]) {
+      const e = await allow.resolve(p).then(
+        () => undefined,
+        (x: BangerError) => x,
+      );
+      assert.ok(e instanceof BangerError, p);
+      assert.doesNotMatch(e.message, /CANARY|leads to|replaced by/);
+      messages.push(e.message.replace(JSON.stringify(p), 'P'));
+    }
+    assert.equal(new Set(messages).size, 1, messages.join(' | '));
+  });
+
+  test('readBounded stops at its bound even for a file that grows', async () => {
+    const root = join(dir, 'grow');
+    mkdirSync(root);
+    writeFileSync(join(root, 'f'), 'x'.repeat(100));
+    const allow = new HostAllowlist(root, [root]);
+    assert.equal((await allow.readBounded('f', 100)).data.length, 100);
+    await assert.rejects(allow.readBounded('/dev/zero'), /outside the allowed directories/);
+    writeFileSync(join(root, 'f'), 'x'.repeat(101));
+    await assert.rejects(allow.readBounded('f', 100), (e: BangerError) => e.code === 'payload_too_large');
+  });
+
+  test('replace_all that would blow up the file is refused before the result is built', () => {
+    const content = 'a'.repeat(1024 * 1024);
+    assert.throws(
+      () => applyEdit(content, 'a', 'b'.repeat(64), true),
+      (e: BangerError) => e.code === 'payload_too_large',
+    );
+    assert.ok(MAX_EDITED_CHARS >= 1024 * 1024);
   });
 });

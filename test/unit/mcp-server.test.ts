@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
@@ -186,6 +186,29 @@ describe('MCP server (fake daemon)', () => {
     // Host reads stay limited to the allowlist: the sandbox's repository is not readable through file_read.
     writeFileSync(join(other, 'secret.env'), 'TOKEN=CANARY\n');
     assert.doesNotMatch(await err('file_read', { vm: 'cli', path: join(other, 'secret.env'), host: true }), /CANARY/);
+  });
+
+  test('a patch lands only in a *.patch/*.diff file outside dot-directories, and only when the guest sent a patch', async () => {
+    const other = join(tmp, 'hostile-repo');
+    mkdirSync(join(other, 'docs'), { recursive: true });
+    api.vmsByName.set('h', fakeVm('h', '/root/repo', other));
+    const before = readdirSync(other).sort();
+    // Names a host tool loads by itself, or git reads as another repository: refused before the export.
+    for (const path of ['docs/.git', '.git/commondir', '.npmrc', 'GNUmakefile', 'conftest.py', 'x/.hidden/a.patch', '.a.patch', 'docs/..patch']) {
+      assert.match(await err('workspace_export', { vm: 'h', format: 'patch', path: join(other, path) }), /bad_request|new \*\.patch/, path);
+    }
+    // A hostile guest's "patch" that is a gitfile: refused, nothing written.
+    const saved = api.patch;
+    api.patch = 'gitdir: /home/u/private/.git\n';
+    try {
+      assert.match(await err('workspace_export', { vm: 'h', format: 'patch', path: join(other, 'docs', 'x.patch') }), /not a git patch/);
+    } finally {
+      api.patch = saved;
+    }
+    assert.deepEqual(readdirSync(other).sort(), before);
+    assert.deepEqual(readdirSync(join(other, 'docs')), []);
+    const r = await ok('workspace_export', { vm: 'h', format: 'patch', path: join(other, 'docs', 'fix.diff') });
+    assert.equal(r.path, join(other, 'docs', 'fix.diff'));
   });
 
   test('sandbox_delete needs confirm: true (refused before anything is asked of the daemon)', async () => {

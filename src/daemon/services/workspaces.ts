@@ -394,7 +394,15 @@ export class WorkspaceService {
       // The pack before its index: git uses a pack only once its .idx is there.
       for (const ext of ['pack', 'idx']) {
         const local = createReadStream(join(packDir, `p-${name}.${ext}`));
-        await ch.writeFile(`${gitDir}/objects/pack/pack-${name}.${ext}`, local.pipe(counter(onBytes)), { mode: 0o444, mkdirs: false, signal: ctx.signal });
+        try {
+          await ch.writeFile(`${gitDir}/objects/pack/pack-${name}.${ext}`, local.pipe(counter(onBytes)), {
+            mode: 0o444,
+            mkdirs: false,
+            signal: ctx.signal,
+          });
+        } finally {
+          local.destroy(); // a failed write leaves no descriptor holding the removed pack's space
+        }
       }
     } finally {
       await rm(packDir, { recursive: true, force: true });
