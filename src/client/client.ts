@@ -188,9 +188,11 @@ export class BangerClient {
   planWorkspace = (body: WorkspacePlanRequest) => this.request<WorkspacePlan>('POST', '/v1/workspace/plan', body);
   /** Ships a host repository into a running VM (an operation: onEvent sees its stages and progress). */
   async prepareWorkspace(vm: string, body: WorkspacePrepareRequest, onEvent?: (e: OperationEvent) => void): Promise<WorkspacePrepareResult> {
-    const accepted = await this.request<{ operation: Operation }>('POST', `/v1/vms/${encodeURIComponent(vm)}/workspace`, body);
-    return this.finish<WorkspacePrepareResult>(accepted, onEvent);
+    return this.finish<WorkspacePrepareResult>(await this.startWorkspacePrepare(vm, body), onEvent);
   }
+  /** The prepare's operation, accepted and running (the SDK follows it itself). */
+  startWorkspacePrepare = (vm: string, body: WorkspacePrepareRequest) =>
+    this.request<{ operation: Operation }>('POST', `/v1/vms/${encodeURIComponent(vm)}/workspace`, body);
   /** Base commit, the guest's changes and the host's drift. */
   workspace = (vm: string) => this.request<WorkspaceStatus>('GET', `/v1/vms/${encodeURIComponent(vm)}/workspace`);
   /**
