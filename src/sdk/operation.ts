@@ -13,7 +13,7 @@ import { aborted, EventLog } from './util.js';
 
 export type { Operation, OperationEvent };
 
-export class OperationHandle<T> implements PromiseLike<T> {
+export class OperationHandle<T> implements Promise<T> {
   /**
    * The operation's events (`snapshot`, `stage`, `progress`, `log`, `done`) from the first; the
    * iteration ends with the operation (awaiting the handle gives its result or its error).
@@ -85,6 +85,12 @@ export class OperationHandle<T> implements PromiseLike<T> {
   then<R1 = T, R2 = never>(onFulfilled?: ((value: T) => R1 | PromiseLike<R1>) | null, onRejected?: ((reason: unknown) => R2 | PromiseLike<R2>) | null) {
     return this.outcome.then(onFulfilled, onRejected);
   }
+
+  finally(onFinally?: (() => void) | null): Promise<T> {
+    return this.outcome.finally(onFinally);
+  }
+
+  readonly [Symbol.toStringTag] = 'OperationHandle';
 
   catch<R = never>(onRejected?: ((reason: unknown) => R | PromiseLike<R>) | null) {
     return this.outcome.catch(onRejected);

@@ -43,7 +43,16 @@ export interface SpawnOptions extends CommandOptions {
   outputLimit?: number;
 }
 
+/**
+ * `await using vm = …` disposes the VM: the method is defined under `asyncDispose` (the runtime's
+ * Symbol.asyncDispose, or the registry symbol Node uses where it has none); this declaration gives
+ * it its standard type, so the class is AsyncDisposable for TypeScript.
+ */
+// biome-ignore lint/suspicious/noUnsafeDeclarationMerging: declares the type of the method defined under `asyncDispose` below.
+export interface Vm extends AsyncDisposable {}
+
 /** A handle on one VM. It holds the VM's name; the VM itself lives in the daemon. */
+// biome-ignore lint/suspicious/noUnsafeDeclarationMerging: see the interface above.
 export class Vm {
   /** Read and write the guest's files. */
   readonly files: Files;
