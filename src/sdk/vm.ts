@@ -48,7 +48,6 @@ export interface SpawnOptions extends CommandOptions {
  * Symbol.asyncDispose, or the registry symbol Node uses where it has none); this declaration gives
  * it its standard type, so the class is AsyncDisposable for TypeScript.
  */
-// biome-ignore lint/suspicious/noUnsafeDeclarationMerging: declares the type of the method defined under `asyncDispose` below.
 export interface Vm extends AsyncDisposable {}
 
 /** A handle on one VM. It holds the VM's name; the VM itself lives in the daemon. */

@@ -32,14 +32,17 @@ export class Workspace {
   ) {}
 
   /**
-   * Ships a host repository into the VM (default /root/repo). An operation: await it, or iterate
+   * Ships a host repository into the VM (default /root/repo; a relative `hostPath` is taken from
+   * this program's working directory). An operation: await it, or iterate
    * its `events` for stages and progress. Aborting cancels it.
    */
   prepare(req: WorkspacePrepareRequest & CallOptions): OperationHandle<WorkspacePrepareResult> {
     const { signal, ...body } = req;
+    // The daemon reads the repository, and its working directory is not this program's.
+    const hostPath = process.getBuiltinModule('node:path').resolve(body.hostPath);
     return new OperationHandle(
       this.client,
-      () => this.client.startWorkspacePrepare(this.vm, body),
+      () => this.client.startWorkspacePrepare(this.vm, { ...body, hostPath }),
       (r) => r as WorkspacePrepareResult,
       signal,
     );
