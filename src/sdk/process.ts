@@ -13,7 +13,7 @@ export type { AttachHandle, Proc };
 
 /** The stdin bytes of one write request (the daemon's bound, MAX_STDIN_WRITE). */
 const STDIN_CHUNK = 512 * 1024;
-/** A wait is asked in slices so an abort never leaves a request parked in the daemon for long. */
+/** A wait is asked in slices, so a long wait never depends on one connection staying up for hours. */
 const WAIT_SLICE_MS = 30_000;
 
 /**
@@ -229,7 +229,8 @@ export class Process {
     for (;;) {
       throwIfAborted(o.signal, 'waiting for the process');
       const slice = Math.max(0, Math.min(WAIT_SLICE_MS, deadline - Date.now()));
-      const r = await abortable(this.client.waitProcess(this.vm, this.id, slice, o.maxBuffer), o.signal, 'waiting for the process');
+      // The signal ends the request itself: an aborted wait leaves no connection parked in the daemon.
+      const r = await abortable(this.client.waitProcess(this.vm, this.id, slice, o.maxBuffer, o.signal), o.signal, 'waiting for the process');
       if (r.result) return new ExecResult(r.result, r.proc);
       if (Date.now() >= deadline)
         throw new BangerError('timeout', `process ${this.id} is still running after ${o.timeoutMs} ms`, {

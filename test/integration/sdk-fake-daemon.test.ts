@@ -87,6 +87,8 @@ describe('SDK against a fake daemon', () => {
   let createOutcome: 'ok' | 'fail' | 'hang' = 'ok';
   let cancelled = false;
   let createdName = 'made';
+  /** Wait requests whose connection the client closed before the fake answered. */
+  let waitsDropped = 0;
   let running: Proc | undefined;
 
   const send = (res: ServerResponse, status: number, body: unknown, opId: string) => {
@@ -166,15 +168,23 @@ describe('SDK against a fake daemon', () => {
           // "slow": the wait answers (result null) when its slice ends or the process is signalled.
           const slice = (body as { timeoutMs?: number }).timeoutMs ?? 0;
           const started = Date.now();
+          let answered = false;
+          res.on('close', () => {
+            if (answered) return;
+            waitsDropped++;
+            clearInterval(poll);
+          });
           const poll = setInterval(() => {
             // The next test may have reset the fake already: this wait then answers what it saw last.
             const now = running?.id === r.id ? running : { ...r, state: 'exited' as const, signal: 'KILL' };
             if (now.state !== 'running') {
               clearInterval(poll);
+              answered = true;
               const result = { exitCode: null, signal: now.signal, timedOut: false, durationMs: 1, stdout: '', stderr: '', truncated: false, code: null };
               send(res, 200, { proc: now, result }, opId);
             } else if (Date.now() - started >= slice) {
               clearInterval(poll);
+              answered = true;
               send(res, 200, { proc: now, result: null }, opId);
             }
           }, 10);
@@ -196,6 +206,7 @@ describe('SDK against a fake daemon', () => {
     createOutcome = 'ok';
     cancelled = false;
     running = undefined;
+    waitsDropped = 0;
   });
 
   test("a daemon error becomes a BangerError with the daemon's code, message, fix and the request's op id", async () => {
@@ -265,6 +276,20 @@ describe('SDK against a fake daemon', () => {
       [{ signal: 'KILL' }],
     );
     assert.equal(running?.state, 'exited');
+  });
+
+  test('aborting a wait stops waiting at once (the request is closed, not left parked in the daemon) and leaves the process running', async () => {
+    const made = await banger.vms.create({ name: 'dev' });
+    const p = await made.spawn('slow');
+    const ac = new AbortController();
+    const waiting = p.wait({ signal: ac.signal });
+    while (!seen.some((s) => s.path.endsWith('/wait'))) await new Promise((r) => setTimeout(r, 5));
+    ac.abort();
+    await assert.rejects(waiting, (e: unknown) => e instanceof BangerError && e.code === 'cancelled');
+    for (let i = 0; i < 100 && waitsDropped === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    assert.equal(waitsDropped, 1, 'the daemon saw the wait request closed before its 30 s slice ended');
+    assert.equal(seen.filter((s) => s.path.endsWith('/signal')).length, 0, 'no signal: the process keeps running');
+    assert.equal(running?.state, 'running');
   });
 
   test('disposal: dispose() deletes a created VM once; a handle from get() disposes nothing', async () => {
