@@ -276,8 +276,10 @@ export class Process {
 
   /**
    * Resolves with the first match of `pattern` in its output (stdout and stderr, each read as
-   * UTF-8 text from its start; the pattern sees the last 64 KiB of each stream). Rejects with
-   * `process_failed` if it ends without a match, `timeout` after timeoutMs (default 60 s).
+   * UTF-8 text from its start). The pattern sees complete lines only (a line still being written
+   * could match too early: "listening on 80" of "…8080"), the last 64 KiB of each stream, and the
+   * unfinished last line once the process ended. Rejects with `process_failed` if it ends without
+   * a match, `timeout` after timeoutMs (default 60 s).
    */
   async waitForLog(pattern: RegExp, o: { timeoutMs?: number; stream?: 'stdout' | 'stderr' | 'both' } & CallOptions = {}): Promise<RegExpExecArray> {
     const re = new RegExp(pattern.source, pattern.flags.replace(/[gy]/g, ''));
@@ -289,10 +291,17 @@ export class Process {
     const want = o.stream ?? 'both';
     try {
       for await (const e of this.events({ signal })) {
-        if (e.type === 'exit') break;
+        if (e.type === 'exit') {
+          for (const s of ['stdout', 'stderr'] as const) {
+            const m = want === 'both' || want === s ? re.exec(text[s]) : null;
+            if (m) return m;
+          }
+          break;
+        }
         if (want !== 'both' && e.type !== want) continue;
         text[e.type] = (text[e.type] + decoders[e.type].decode(e.data, { stream: true })).slice(-64 * 1024);
-        const m = re.exec(text[e.type]);
+        const complete = text[e.type].slice(0, text[e.type].lastIndexOf('\n') + 1);
+        const m = complete ? re.exec(complete) : null;
         if (m) return m;
       }
     } catch (e) {

@@ -6,7 +6,7 @@ import { lstat, mkdir, mkdtemp, readFile, readlink, rm, symlink, writeFile } fro
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { Banger, BangerError, type OperationEvent, type Vm } from '../../src/sdk/index.js';
-import { guestAssets, ROOT, runProcess, TestHome } from '../helpers/banger.js';
+import { guestAssets, isAlive, ROOT, runProcess, TestHome } from '../helpers/banger.js';
 import { requires } from '../helpers/prereq.js';
 
 /**
@@ -225,12 +225,14 @@ describe('the SDK on a real VM', { skip: requires(assets, 'guest assets missing:
 
   test('disposal: leaving an `await using` block deletes the VM', async (t) => {
     if (!(Symbol as { asyncDispose?: symbol }).asyncDispose) return t.skip('this Node has no Symbol.asyncDispose');
-    const dir = vm.info.dir;
+    const { dir, pid } = await vm.refresh();
+    assert.ok(pid && isAlive(pid), 'the VMM runs before');
     {
       await using disposing = vm;
       assert.equal(disposing.disposeAction, 'delete');
     }
     await assert.rejects(banger.vms.get('sdk'), isCode('not_found'));
     assert.equal(await lstat(dir).catch(() => undefined), undefined, 'its directory is gone');
+    assert.equal(isAlive(pid), false, 'its VMM is gone');
   });
 });

@@ -87,6 +87,8 @@ describe('SDK against a fake daemon', () => {
   let createOutcome: 'ok' | 'fail' | 'hang' = 'ok';
   let cancelled = false;
   let createdName = 'made';
+  /** What stdin writes the fake received. */
+  const stdinWrites: Array<{ offset: number; bytes: number; eof: boolean }> = [];
   /** Wait requests whose connection the client closed before the fake answered. */
   let waitsDropped = 0;
   let running: Proc | undefined;
@@ -138,6 +140,7 @@ describe('SDK against a fake daemon', () => {
         }, 10);
         return;
       }
+      if (m === 'GET /v1/vms/dev/ports') return send(res, 200, { ports: [{ proto: 'tcp', address: '0.0.0.0', port: 22, pid: 1, command: 'sshd' }] }, opId);
       if (m === 'POST /v1/vms/actions') return send(res, 200, { results: [{ ref: (body as { refs: string[] }).refs[0], ok: true }] }, opId);
       const procs = /^(GET|POST) \/v1\/vms\/dev\/procs(?:\/([^/]+)(?:\/(\w+))?)?$/.exec(m);
       if (procs) {
@@ -149,6 +152,28 @@ describe('SDK against a fake daemon', () => {
         }
         if (!running || id !== running.id) return send(res, 404, { error: { code: 'not_found', message: 'no such process' } }, opId);
         if (method === 'GET' && !action) return send(res, 200, running, opId);
+        if (action === 'stdin') {
+          const b = body as { offset: number; data: string; eof?: boolean };
+          const bytes = Buffer.from(b.data, 'base64').length;
+          stdinWrites.push({ offset: b.offset, bytes, eof: !!b.eof });
+          running = { ...running, stdinBytes: b.offset + bytes };
+          return send(res, 200, { offset: b.offset + bytes }, opId);
+        }
+        if (action === 'output') {
+          // Canned output by command: "logger" says where it listens, "quiet" says nothing useful; both
+          // then exit. "mute" prints nothing and never exits: its stream stays open until the client leaves.
+          res.writeHead(200, { 'content-type': 'text/event-stream' });
+          const ev = (e: unknown) => res.write(`data: ${JSON.stringify(e)}\n\n`);
+          const b64 = (t: string) => Buffer.from(t).toString('base64');
+          if (running.shell === 'mute') return;
+          ev({ type: 'stdout', offset: 0, data: b64('starting\n') });
+          if (running.shell === 'logger') {
+            ev({ type: 'stderr', offset: 0, data: b64('listening on 80') });
+            ev({ type: 'stderr', offset: 15, data: b64('80\n') });
+          }
+          ev({ type: 'exit', proc: { ...running, state: 'exited', exitCode: 0 } });
+          return void res.end();
+        }
         if (action === 'signal') {
           running = { ...running, state: 'exited', signal: String((body as { signal: string }).signal), endedMs: 1 };
           return send(res, 200, running, opId);
@@ -207,6 +232,7 @@ describe('SDK against a fake daemon', () => {
     cancelled = false;
     running = undefined;
     waitsDropped = 0;
+    stdinWrites.length = 0;
   });
 
   test("a daemon error becomes a BangerError with the daemon's code, message, fix and the request's op id", async () => {
@@ -290,6 +316,44 @@ describe('SDK against a fake daemon', () => {
     assert.equal(waitsDropped, 1, 'the daemon saw the wait request closed before its 30 s slice ended');
     assert.equal(seen.filter((s) => s.path.endsWith('/signal')).length, 0, 'no signal: the process keeps running');
     assert.equal(running?.state, 'running');
+  });
+
+  test('waitForLog: a line split across chunks is matched whole (never a half line); an end without a match is process_failed; silence is a timeout', async () => {
+    const made = await banger.vms.create({ name: 'dev' });
+    const logger = await made.spawn('logger');
+    const m = await logger.waitForLog(/listening on (\d+)/);
+    assert.equal(m[1], '8080');
+    await assert.rejects((await made.spawn('quiet')).waitForLog(/listening/), (e: unknown) => e instanceof BangerError && e.code === 'process_failed');
+    await assert.rejects(
+      (await made.spawn('mute')).waitForLog(/listening/, { timeoutMs: 200 }),
+      (e: unknown) => e instanceof BangerError && e.code === 'timeout',
+    );
+    const outside = new AbortController();
+    const waiting = (await made.spawn('mute')).waitForLog(/x/, { timeoutMs: 60_000, signal: outside.signal });
+    outside.abort();
+    await assert.rejects(waiting, (e: unknown) => e instanceof BangerError && e.code === 'cancelled', "the caller's abort is cancelled, not timeout");
+  });
+
+  test('waitForPort: a port that never listens while the process ended is process_failed; one that listens resolves', async () => {
+    const made = await banger.vms.create({ name: 'dev' });
+    const p = await made.spawn('slow');
+    assert.equal((await p.waitForPort(22)).command, 'sshd');
+    running = { ...(running as Proc), state: 'exited', exitCode: 1 };
+    await assert.rejects(p.waitForPort(8080), (e: unknown) => e instanceof BangerError && e.code === 'process_failed' && /before port 8080/.test(e.message));
+  });
+
+  test('stdin: writes go in order at consecutive offsets, large ones in chunks the daemon accepts, then EOF', async () => {
+    const made = await banger.vms.create({ name: 'dev' });
+    const p = await made.spawn('slow', { stdin: true });
+    const big = Buffer.alloc(1200 * 1024, 1);
+    await Promise.all([p.write('abc'), p.write(big), p.end()]);
+    assert.deepEqual(stdinWrites, [
+      { offset: 0, bytes: 3, eof: false },
+      { offset: 3, bytes: 512 * 1024, eof: false },
+      { offset: 3 + 512 * 1024, bytes: 512 * 1024, eof: false },
+      { offset: 3 + 1024 * 1024, bytes: 176 * 1024, eof: false },
+      { offset: 3 + 1200 * 1024, bytes: 0, eof: true },
+    ]);
   });
 
   test('disposal: dispose() deletes a created VM once; a handle from get() disposes nothing', async () => {
