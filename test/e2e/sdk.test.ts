@@ -74,7 +74,7 @@ describe('the SDK on a real VM', { skip: requires(assets, 'guest assets missing:
     assert.equal(timed.timedOut, true);
   });
 
-  test('spawn, then reattach by name from a second client: events from an offset, stdin, wait, waitForLog, waitForPort', async () => {
+  test('spawn, then reattach by name from a second client: events from an offset, stdin, wait, waitForLog; attach, resize, waitForPort', async () => {
     const p = await vm.spawn('echo one; read line; echo "got $line"; echo bye >&2', { name: 'worker', stdin: true });
     assert.equal(p.name, 'worker');
 
@@ -94,6 +94,20 @@ describe('the SDK on a real VM', { skip: requires(assets, 'guest assets missing:
     assert.deepEqual(seen.filter((s) => s.startsWith('stdout')).join(''), 'stdout:got hello\n');
     assert.equal(seen.at(-1), 'exit 0');
     assert.ok((await vm.processes()).some((x) => x.id === p.id));
+
+    // attach: stdin up, output down as an async iterable, the process at the end.
+    const echo = await vm.spawn(['cat'], { stdin: true });
+    const attached = await echo.attach();
+    attached.write(Buffer.from('via attach\n'));
+    attached.end();
+    let got = '';
+    for await (const o of attached) got += o.data.toString();
+    assert.equal(got, 'via attach\n');
+    assert.equal((await attached.done)?.exitCode, 0);
+    // resize: the terminal of a pty process takes the new size.
+    const tty = await vm.spawn('sleep 1; stty size', { pty: { rows: 24, cols: 80 } });
+    await tty.resize(40, 100);
+    assert.equal((await tty.wait({ timeoutMs: 30_000 })).stdout.trim(), '40 100');
 
     // perl-base is in every Debian image: a listener for waitForPort.
     const server = await vm.spawn([
