@@ -154,7 +154,9 @@ describe('the SDK on a real VM', { skip: requires(assets, 'guest assets missing:
     assert.deepEqual(leftovers, [], 'the staging directory is removed');
   });
 
-  test('workspace: prepare (an operation with events) and export as a patch and as a branch', { skip: !hasGit && 'git missing on the host' }, async () => {
+  test('workspace: prepare (an operation with events) and export as a patch and as a branch', {
+    skip: requires(hasGit, 'git missing on the host'),
+  }, async () => {
     const repo = join(tmp, 'repo');
     await mkdir(repo);
     git(repo, 'init', '-q');
@@ -206,7 +208,9 @@ describe('the SDK on a real VM', { skip: requires(assets, 'guest assets missing:
     await assert.rejects(vm.files.read('/no/such/file'), isCode('not_found'));
   });
 
-  test('docs/sdk.md: every example runs as its own program against this VM and prints what the doc says', async () => {
+  test('docs/sdk.md: every example runs as its own program against this VM and prints what the doc says', {
+    skip: requires(hasGit, 'git missing on the host'),
+  }, async () => {
     const doc = await readFile(join(ROOT, 'docs', 'sdk.md'), 'utf8');
     const examples = [...doc.matchAll(/^```js example=(\S+)\n([\s\S]*?)^```$/gm)].map((m) => ({ name: m[1] as string, code: m[2] as string }));
     const outputs = new Map([...doc.matchAll(/^```text output=(\S+)\n([\s\S]*?)^```$/gm)].map((m) => [m[1] as string, m[2] as string]));
