@@ -3,6 +3,7 @@ import { daemonMemoryBenchmark } from './daemon-memory.js';
 import { BANGER, daemonHome } from './home.js';
 import { imagePullBenchmark } from './image-pull.js';
 import { type AnyBenchmark, run } from './lib.js';
+import { sdkImportBenchmark } from './sdk-import.js';
 import { rootCloneBenchmark, tapPoolBenchmark, vmConcurrencyBenchmark, vmCreateBenchmark } from './vm.js';
 import { execRoundTripBenchmark, firstCommandBenchmark, workspaceBenchmark } from './workflows.js';
 
@@ -37,4 +38,5 @@ export const benchmarks: AnyBenchmark[] = [
   workspaceBenchmark(),
   vmCpBenchmark('in'),
   vmCpBenchmark('out'),
+  sdkImportBenchmark(),
 ];

@@ -74,6 +74,11 @@ export const EXCEPTIONS = [
     to: 'archive',
     why: "`banger vm cp` reads and writes host files as the calling user (the daemon may be another user, and only a root CLI can keep owners): it packs host trees (archive/pack-tree.ts) and unpacks the guest's hostile tar only with archive/safe-extract.ts, in its own process",
   },
+  {
+    from: 'sdk/dirs.ts',
+    to: 'archive',
+    why: "`vm.files.upload/download` of the SDK, like `banger vm cp`, runs in the caller's process as the calling user: it packs host trees (archive/pack-tree.ts) and unpacks the guest's hostile tar only with archive/safe-extract.ts; loaded by a dynamic import on first use, so `import('banger')` stays without tar-stream",
+  },
 ];
 
 const moduleOf = (rel) => (rel.includes('/') ? rel.slice(0, rel.indexOf('/')) : '');

@@ -19,6 +19,12 @@ export const ERROR_CODES = {
   host_command_failed: 500,
   /** A command banger ran in a guest (through the agent) failed. */
   guest_command_failed: 500,
+  /**
+   * A guest process ended without success (non-zero exit, a signal, its timeout), raised only when
+   * the caller asks for it (the SDK's `result.check()`, a `waitForPort`/`waitForLog` whose process
+   * ended first): process outcomes are results, not errors.
+   */
+  process_failed: 500,
   /** A registry or download server failed or answered with something unusable. */
   upstream_failed: 502,
   missing_dependency: 503,

@@ -77,12 +77,15 @@ export class BangerClient {
     return this.lastOpId;
   }
 
-  /** timeoutMs: how long the daemon may stay silent (default the client's; 0 = no limit, for waits). */
-  async request<T>(method: string, path: string, body?: unknown, timeoutMs = this.timeoutMs): Promise<T> {
+  /**
+   * timeoutMs: how long the daemon may stay silent (default the client's; 0 = no limit, for waits).
+   * signal: aborting ends the request at once (a `cancelled` BangerError).
+   */
+  async request<T>(method: string, path: string, body?: unknown, timeoutMs = this.timeoutMs, signal?: AbortSignal): Promise<T> {
     const opId = this.nextOpId();
     let raw: RawResponse;
     try {
-      raw = await requestJson(this.layout.socketPath, method, path, body, opId, timeoutMs);
+      raw = await requestJson(this.layout.socketPath, method, path, body, opId, timeoutMs, signal);
     } catch (e) {
       if (!isNotRunning(e)) throw e;
       if (this.layout.service) throw serviceNotRunning(this.layout, opId);
@@ -92,7 +95,7 @@ export class BangerClient {
       // Loaded only when needed: most CLI runs find the daemon up (start-up time).
       const { startDaemon } = await import('./autostart.js');
       await startDaemon(this.layout, () => this.ping());
-      raw = await requestJson(this.layout.socketPath, method, path, body, opId, timeoutMs);
+      raw = await requestJson(this.layout.socketPath, method, path, body, opId, timeoutMs, signal);
     }
     if (raw.status >= 400) throw errorFrom(raw);
     return raw.body as T;
@@ -188,9 +191,11 @@ export class BangerClient {
   planWorkspace = (body: WorkspacePlanRequest) => this.request<WorkspacePlan>('POST', '/v1/workspace/plan', body);
   /** Ships a host repository into a running VM (an operation: onEvent sees its stages and progress). */
   async prepareWorkspace(vm: string, body: WorkspacePrepareRequest, onEvent?: (e: OperationEvent) => void): Promise<WorkspacePrepareResult> {
-    const accepted = await this.request<{ operation: Operation }>('POST', `/v1/vms/${encodeURIComponent(vm)}/workspace`, body);
-    return this.finish<WorkspacePrepareResult>(accepted, onEvent);
+    return this.finish<WorkspacePrepareResult>(await this.startWorkspacePrepare(vm, body), onEvent);
   }
+  /** The prepare's operation, accepted and running (the SDK follows it itself). */
+  startWorkspacePrepare = (vm: string, body: WorkspacePrepareRequest) =>
+    this.request<{ operation: Operation }>('POST', `/v1/vms/${encodeURIComponent(vm)}/workspace`, body);
   /** Base commit, the guest's changes and the host's drift. */
   workspace = (vm: string) => this.request<WorkspaceStatus>('GET', `/v1/vms/${encodeURIComponent(vm)}/workspace`);
   /**
@@ -254,13 +259,17 @@ export class BangerClient {
   resizeProcess = async (vm: string, proc: string, rows: number, cols: number): Promise<void> => {
     await this.request('POST', this.procsPath(vm, proc, '/resize'), { rows, cols });
   };
-  /** Waits for the end (at most timeoutMs when given: then `result` is null and the process still runs). */
-  waitProcess = (vm: string, proc: string, timeoutMs?: number, maxBuffer?: number) =>
+  /**
+   * Waits for the end (at most timeoutMs when given: then `result` is null and the process still
+   * runs). Aborting `signal` stops waiting (the process keeps running).
+   */
+  waitProcess = (vm: string, proc: string, timeoutMs?: number, maxBuffer?: number, signal?: AbortSignal) =>
     this.request<ProcWaitResult>(
       'POST',
       this.procsPath(vm, proc, '/wait'),
       { ...(timeoutMs !== undefined ? { timeoutMs } : {}), ...(maxBuffer !== undefined ? { maxBuffer } : {}) },
       0,
+      signal,
     );
   /** Removes a finished process and its output from the guest; `kill` ends a running one first. */
   forgetProcess = async (vm: string, proc: string, opts: { kill?: boolean } = {}): Promise<void> => {

@@ -30,8 +30,18 @@ export function isNotRunning(err: unknown): boolean {
   return code === 'ENOENT' || code === 'ECONNREFUSED';
 }
 
-export function requestJson(socketPath: string, method: string, path: string, body: unknown, opId: string, timeoutMs: number): Promise<RawResponse> {
+/** `signal`: aborting destroys the request (rejects with a `cancelled` BangerError). */
+export function requestJson(
+  socketPath: string,
+  method: string,
+  path: string,
+  body: unknown,
+  opId: string,
+  timeoutMs: number,
+  signal?: AbortSignal,
+): Promise<RawResponse> {
   return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(new BangerError('cancelled', `${method} ${path} was aborted`, { opId, cause: signal.reason }));
     // Every connection: who owns the socket path is checked first (a squatted /tmp/banger-<uid>).
     assertTrustedSocket(socketPath);
     const payload = body === undefined ? undefined : JSON.stringify(body);
@@ -76,6 +86,9 @@ export function requestJson(socketPath: string, method: string, path: string, bo
         new BangerError('timeout', `daemon did not answer ${method} ${path} within ${timeoutMs / 1000}s`, { opId, fix: 'check `banger daemon logs`' }),
       ),
     );
+    const onAbort = () => req.destroy(new BangerError('cancelled', `${method} ${path} was aborted`, { opId, cause: signal?.reason }));
+    signal?.addEventListener('abort', onAbort, { once: true });
+    req.on('close', () => signal?.removeEventListener('abort', onAbort));
     req.on('error', (e) => reject(isNotRunning(e) || e instanceof BangerError ? e : midRequest(e, opId)));
     req.end(payload);
   });

@@ -42,6 +42,7 @@ const BASE: Record<string, string> = {
   'cli/commands/system.ts': "import { s } from '../../system/control.js';\nexport const y = s;\n",
   'archive/safe-extract.ts': "import { khz } from '../host/cpu.js';\nexport const safeExtract = khz;\n",
   'cli/cp-host.ts': "import { safeExtract } from '../archive/safe-extract.js';\nexport const cp = safeExtract;\n",
+  'sdk/dirs.ts': "export async function download() {\n  const { safeExtract } = await import('../archive/safe-extract.js');\n  return safeExtract;\n}\n",
   'daemon/main.ts': "import { k } from '../vmm/driver.js';\nimport { c } from '../doctor/checks.js';\nexport const m = [k, c];\n",
 };
 

@@ -1,0 +1,267 @@
+/** A VM handle: lifecycle, commands, processes, files, workspace, ports and console logs. */
+import { BangerError } from '../api/errors.js';
+import type { Proc, ProcStartRequest } from '../api/proc-schemas.js';
+import type { GuestHealth, GuestPorts, VmAction, Vm as VmInfo, VmStats } from '../api/schemas.js';
+import type { BangerClient } from '../client/client.js';
+import { Files } from './files.js';
+import { commandSpec, type ExecResult, envList, Process, type WaitOptions } from './process.js';
+import { abortable, aborted, asyncDispose, type CallOptions, EventQueue, throwIfAborted } from './util.js';
+import { Workspace } from './workspace.js';
+
+export type { VmInfo };
+
+/** What disposing a handle does to its VM (`await using`, `dispose()`). */
+export type DisposeAction = 'delete' | 'stop' | 'none';
+
+export interface CommandOptions extends CallOptions {
+  /** Working directory in the guest (default the user's home). */
+  cwd?: string;
+  env?: Record<string, string> | readonly string[];
+  /** A user name or uid in the guest (default root). */
+  user?: string;
+  /** The process's own time limit in the guest (it is killed when it passes: `timedOut`). Separate from request timeouts. */
+  timeoutMs?: number;
+}
+
+export interface ExecOptions extends CommandOptions {
+  /** Bytes given on stdin (then EOF); without it stdin is /dev/null. */
+  input?: string | Uint8Array;
+  /** Bytes of stdout and of stderr kept in the result (default 16 MiB each). */
+  maxBuffer?: number;
+  /** A name for the process (`vm.process(name)` finds it while it runs). */
+  name?: string;
+}
+
+export interface SpawnOptions extends CommandOptions {
+  /** A name to find it by later, from any program: `vm.process(name)`. */
+  name?: string;
+  /** Keep stdin open for `write`/`end` (default: /dev/null). */
+  stdin?: boolean;
+  /** Run under a terminal of this size. */
+  pty?: { rows: number; cols: number };
+  /** Bytes of each output stream the guest keeps. */
+  outputLimit?: number;
+}
+
+/**
+ * `await using vm = …` disposes the VM: the method is defined under `asyncDispose` (the runtime's
+ * Symbol.asyncDispose, or the registry symbol Node uses where it has none); this declaration gives
+ * it its standard type, so the class is AsyncDisposable for TypeScript.
+ */
+export interface Vm extends AsyncDisposable {}
+
+/** A handle on one VM. It holds the VM's name; the VM itself lives in the daemon. */
+// biome-ignore lint/suspicious/noUnsafeDeclarationMerging: see the interface above.
+export class Vm {
+  /** Read and write the guest's files. */
+  readonly files: Files;
+  /** The git workspace in the guest. */
+  readonly workspace: Workspace;
+  private last: VmInfo;
+
+  constructor(
+    private readonly client: BangerClient,
+    info: VmInfo,
+    /** What `dispose()` (and `await using`) does: `vms.create` defaults to 'delete', `vms.get` to 'none'. */
+    public disposeAction: DisposeAction = 'none',
+  ) {
+    this.last = info;
+    this.files = new Files(client, info.name);
+    this.workspace = new Workspace(client, info.name);
+  }
+
+  get name(): string {
+    return this.last.name;
+  }
+  get id(): string {
+    return this.last.id;
+  }
+  /** The VM as of the last fetch (create, get, refresh, or a lifecycle call). */
+  get info(): VmInfo {
+    return this.last;
+  }
+  /** The guest's address on the bridge (null while stopped). */
+  get ip(): string | null {
+    return this.last.ip;
+  }
+
+  /** Fetches the VM again (state, ip, workspace). */
+  async refresh(o: CallOptions = {}): Promise<VmInfo> {
+    this.last = await abortable(this.client.vm(this.id), o.signal);
+    return this.last;
+  }
+
+  private async act(action: VmAction, o: { force?: boolean } & CallOptions): Promise<void> {
+    await bulkAction(this.client, action, this.id, o);
+    if (action !== 'delete') await this.refresh(o).catch(() => undefined);
+  }
+
+  start(o: CallOptions = {}): Promise<void> {
+    return this.act('start', o);
+  }
+  stop(o: CallOptions = {}): Promise<void> {
+    return this.act('stop', o);
+  }
+  restart(o: CallOptions = {}): Promise<void> {
+    return this.act('restart', o);
+  }
+  kill(o: CallOptions = {}): Promise<void> {
+    return this.act('kill', o);
+  }
+  /** Deletes the VM and its disks (`force`: also when running). */
+  delete(o: { force?: boolean } & CallOptions = {}): Promise<void> {
+    return this.act('delete', { force: true, ...o });
+  }
+
+  /**
+   * Runs a command to its end and gives its result (a string runs under `sh -c`, an array is an
+   * argv). A non-zero exit is a result, not an error: call `check()` for one. Aborting `signal`
+   * kills the command's whole process group in the guest, waits until it is gone, and rejects
+   * with `cancelled`.
+   */
+  async exec(command: string | readonly string[], o: ExecOptions = {}): Promise<ExecResult> {
+    throwIfAborted(o.signal, 'exec');
+    const proc = await this.client.startProcess(this.name, {
+      ...startSpec(command, o),
+      stdin: o.input !== undefined ? 'pipe' : 'null',
+      ...(o.name ? { name: o.name } : {}),
+    });
+    const handle = new Process(this.client, this.name, proc.id, proc.name);
+    try {
+      if (o.input !== undefined) {
+        await handle.write(o.input, o);
+        await handle.end(o);
+      }
+      return await handle.wait({ ...(o.maxBuffer !== undefined ? { maxBuffer: o.maxBuffer } : {}), ...(o.signal ? { signal: o.signal } : {}) });
+    } catch (e) {
+      if (!o.signal?.aborted) throw e;
+      await killAndWait(handle);
+      throw aborted(o.signal, `exec of ${JSON.stringify(typeof command === 'string' ? command : command.join(' '))}`);
+    }
+  }
+
+  /**
+   * Starts a command and returns at once with its handle (the process keeps running in the guest,
+   * beyond this program). As with child_process.spawn, aborting `signal` later kills it.
+   */
+  async spawn(command: string | readonly string[], o: SpawnOptions = {}): Promise<Process> {
+    throwIfAborted(o.signal, 'spawn');
+    const proc = await this.client.startProcess(this.name, {
+      ...startSpec(command, o),
+      stdin: o.stdin ? 'pipe' : 'null',
+      ...(o.name ? { name: o.name } : {}),
+      ...(o.pty ? { pty: o.pty } : {}),
+      ...(o.outputLimit !== undefined ? { outputLimit: o.outputLimit } : {}),
+    });
+    const handle = new Process(this.client, this.name, proc.id, proc.name);
+    if (o.signal) {
+      const signal = o.signal;
+      if (signal.aborted) await killAndWait(handle);
+      else signal.addEventListener('abort', () => void handle.kill().catch(() => {}), { once: true });
+    }
+    return handle;
+  }
+
+  /** A handle on a process started earlier (by this program or another), by id or name: `not_found` when the guest has none. */
+  async process(idOrName: string, o: CallOptions = {}): Promise<Process> {
+    const p = await abortable(this.client.process(this.name, idOrName), o.signal);
+    return new Process(this.client, this.name, p.id, p.name);
+  }
+
+  /** The guest's processes (running and finished, until forgotten). */
+  processes(o: CallOptions = {}): Promise<Proc[]> {
+    return abortable(this.client.processes(this.name), o.signal);
+  }
+
+  /** Sockets listening in the guest (with `<name>.vm:<port>` endpoints and detected URLs). */
+  ports(o: CallOptions = {}): Promise<GuestPorts['ports']> {
+    return abortable(this.client.ports(this.name), o.signal).then((r) => r.ports);
+  }
+
+  health(o: CallOptions = {}): Promise<GuestHealth> {
+    return abortable(this.client.health(this.name), o.signal);
+  }
+
+  stats(o: CallOptions = {}): Promise<VmStats> {
+    return abortable(this.client.stats(this.name), o.signal);
+  }
+
+  /** The last `lines` lines of the serial console (default 200). */
+  async logs(o: { lines?: number } & CallOptions = {}): Promise<string> {
+    let text = '';
+    await this.client.logs(this.name, { lines: o.lines ?? 200, follow: false, ...(o.signal ? { signal: o.signal } : {}) }, (c) => {
+      text += c;
+    });
+    throwIfAborted(o.signal, 'reading logs');
+    return text;
+  }
+
+  /** The console's last `lines` lines, then new output as it comes, until `signal` aborts or the loop breaks. */
+  async *followLogs(o: { lines?: number } & CallOptions = {}): AsyncGenerator<string> {
+    const stop = new AbortController();
+    const onAbort = () => stop.abort();
+    o.signal?.addEventListener('abort', onAbort, { once: true });
+    const queue = new EventQueue<string>();
+    this.client
+      .logs(this.name, { lines: o.lines ?? 200, follow: true, signal: stop.signal }, (c) => queue.push(c))
+      .then(
+        () => queue.end(),
+        (e: unknown) => queue.fail(e),
+      );
+    try {
+      yield* queue.drain();
+    } finally {
+      o.signal?.removeEventListener('abort', onAbort);
+      stop.abort();
+    }
+  }
+
+  /** Does what `disposeAction` says: delete the VM, stop it, or nothing. Idempotent (a VM already gone is fine). */
+  async dispose(): Promise<void> {
+    const action = this.disposeAction;
+    if (action === 'none') return;
+    this.disposeAction = 'none';
+    try {
+      await (action === 'delete' ? this.delete({ force: true }) : this.stop());
+    } catch (e) {
+      if (!(e instanceof BangerError && e.code === 'not_found')) throw e;
+    }
+  }
+
+  [asyncDispose](): Promise<void> {
+    return this.dispose();
+  }
+}
+
+function startSpec(command: string | readonly string[], o: CommandOptions): Omit<ProcStartRequest, 'mode'> {
+  const env = envList(o.env);
+  return {
+    ...commandSpec(command),
+    ...(o.cwd ? { cwd: o.cwd } : {}),
+    ...(env ? { env } : {}),
+    ...(o.user ? { user: o.user } : {}),
+    ...(o.timeoutMs !== undefined ? { timeoutMs: o.timeoutMs } : {}),
+  };
+}
+
+/** SIGKILL to the process group (the agent signals the group), then until the guest reports it ended (at most ~10 s). */
+async function killAndWait(p: Process): Promise<void> {
+  try {
+    const after = await p.kill();
+    if (after.state === 'running') await p.wait({ timeoutMs: 10_000 } satisfies WaitOptions);
+  } catch {
+    // Already ended (or the VM went away): nothing left to stop.
+  }
+}
+
+/** One lifecycle action through `/v1/vms/actions`; a refused one throws the daemon's error. */
+export async function bulkAction(client: BangerClient, action: VmAction, ref: string, o: { force?: boolean } & CallOptions = {}): Promise<void> {
+  const r = await abortable(client.bulk({ action, refs: [ref], force: !!o.force }), o.signal);
+  const one = r.results[0];
+  if (!one) throw new BangerError('internal', `the daemon answered no result for ${action} ${ref}`);
+  if (!one.ok) {
+    const e = one.error ? BangerError.fromBody(one.error) : new BangerError('internal', `${action} ${ref} failed`);
+    e.opId ??= client.lastOpId;
+    throw e;
+  }
+}

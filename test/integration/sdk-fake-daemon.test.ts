@@ -1,0 +1,382 @@
+import assert from 'node:assert/strict';
+import { chmod, mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { join } from 'node:path';
+import { after, before, beforeEach, describe, test } from 'node:test';
+import { BangerError } from '../../src/api/errors.js';
+import type { Proc } from '../../src/api/proc-schemas.js';
+import type { Operation, OperationEvent, Vm as VmInfo } from '../../src/api/schemas.js';
+import { resolveLayout } from '../../src/config/layout.js';
+import { Banger } from '../../src/sdk/index.js';
+
+/**
+ * The SDK against a FAKE bangerd: a small HTTP server on a private socket that answers the routes
+ * the SDK calls with canned data and records every request. What is checked here is the SDK's own
+ * logic: error mapping, operation progress as an async iterable, exec results, abort → kill,
+ * disposal. The real daemon and guest are exercised by test/e2e/sdk.test.ts.
+ */
+
+interface Seen {
+  method: string;
+  path: string;
+  body: unknown;
+  opId: string;
+}
+
+const vmInfo = (name: string): VmInfo => ({
+  id: `id-${name}`,
+  name,
+  imageId: 'img',
+  imageName: 'img',
+  kernelName: 'k',
+  state: 'running',
+  vcpus: 1,
+  memoryMib: 256,
+  diskSizeBytes: 1 << 30,
+  vmm: 'qemu',
+  accel: 'tcg',
+  pid: 1,
+  ip: '10.0.0.2',
+  nat: false,
+  tap: 'bg0',
+  lastError: null,
+  dir: '/x',
+  createdAt: 'now',
+  startedAt: 'now',
+  touchedAt: 'now',
+  workspace: null,
+});
+
+const op = (over: Partial<Operation>): Operation => ({ id: 'op-1', kind: 'vm.create', state: 'running', stages: [], createdAt: 'now', ...over });
+
+const proc = (over: Partial<Proc>): Proc => ({
+  id: 'p-1',
+  name: null,
+  argv: null,
+  shell: 'x',
+  pid: 9,
+  pty: false,
+  state: 'running',
+  exitCode: null,
+  signal: null,
+  timedOut: false,
+  code: null,
+  startedMs: 0,
+  endedMs: null,
+  stdoutBytes: 0,
+  stderrBytes: 0,
+  truncated: false,
+  stdin: 'null',
+  stdinBytes: 0,
+  ...over,
+});
+
+async function readBody(req: IncomingMessage): Promise<unknown> {
+  const chunks: Buffer[] = [];
+  for await (const c of req) chunks.push(c as Buffer);
+  const text = Buffer.concat(chunks).toString('utf8');
+  return text ? JSON.parse(text) : undefined;
+}
+
+describe('SDK against a fake daemon', () => {
+  let dir: string;
+  let server: Server;
+  let banger: Banger;
+  const seen: Seen[] = [];
+  /** The fake's state: the create's outcome, and the one guest process exec starts. */
+  let createOutcome: 'ok' | 'fail' | 'hang' = 'ok';
+  let cancelled = false;
+  let createdName = 'made';
+  /** What stdin writes the fake received. */
+  const stdinWrites: Array<{ offset: number; bytes: number; eof: boolean }> = [];
+  /** Wait requests whose connection the client closed before the fake answered. */
+  let waitsDropped = 0;
+  let running: Proc | undefined;
+
+  const send = (res: ServerResponse, status: number, body: unknown, opId: string) => {
+    res.writeHead(status, { 'content-type': 'application/json', 'x-banger-op': opId });
+    res.end(JSON.stringify(body));
+  };
+
+  before(async () => {
+    dir = await mkdtemp('/tmp/bg-sdk-fake-');
+    const layout = resolveLayout({ BANGER_HOME: join(dir, 'home') });
+    await mkdir(layout.runtimeDir, { recursive: true });
+    await chmod(layout.runtimeDir, 0o700);
+    server = createServer(async (req, res) => {
+      const body = await readBody(req);
+      const opId = String(req.headers['x-banger-op'] ?? '');
+      const path = req.url ?? '';
+      seen.push({ method: req.method ?? '', path, body, opId });
+      const m = `${req.method} ${path.split('?')[0]}`;
+      if (m === 'GET /v1/daemon') return send(res, 200, { pid: 1, version: 'fake' }, opId);
+      if (m === 'GET /v1/vms/nope')
+        return send(res, 404, { error: { code: 'not_found', message: 'vm "nope" not found', fix: 'list them with `banger vm list`' } }, opId);
+      if (m === 'POST /v1/vms') {
+        createdName = (body as { name?: string }).name ?? 'made';
+        return send(res, 202, { operation: op({}) }, opId);
+      }
+      if (m === 'POST /v1/operations/op-1/cancel') {
+        cancelled = true;
+        return send(res, 200, { cancelled: true }, opId);
+      }
+      if (m === 'GET /v1/operations/op-1/events') {
+        res.writeHead(200, { 'content-type': 'text/event-stream' });
+        const ev = (e: OperationEvent) => res.write(`data: ${JSON.stringify(e)}\n\n`);
+        ev({ type: 'snapshot', operation: op({}) });
+        ev({ type: 'stage', stage: { name: 'prepare disks', startedAt: 'now' } });
+        ev({ type: 'progress', progress: { current: 50, total: 100, unit: '%' } });
+        const end = (final: Operation) => {
+          ev({ type: 'done', operation: final });
+          res.end();
+        };
+        if (createOutcome === 'ok') return end(op({ state: 'succeeded', result: vmInfo(createdName) }));
+        if (createOutcome === 'fail') return end(op({ state: 'failed', error: { code: 'vmm_failed', message: 'qemu exited', fix: 'see the VM log' } }));
+        const timer = setInterval(() => {
+          if (cancelled) {
+            clearInterval(timer);
+            end(op({ state: 'cancelled' }));
+          }
+        }, 10);
+        return;
+      }
+      if (m === 'GET /v1/vms/dev/ports') return send(res, 200, { ports: [{ proto: 'tcp', address: '0.0.0.0', port: 22, pid: 1, command: 'sshd' }] }, opId);
+      if (m === 'POST /v1/vms/actions') return send(res, 200, { results: [{ ref: (body as { refs: string[] }).refs[0], ok: true }] }, opId);
+      const procs = /^(GET|POST) \/v1\/vms\/dev\/procs(?:\/([^/]+)(?:\/(\w+))?)?$/.exec(m);
+      if (procs) {
+        const [, method, id, action] = procs;
+        if (method === 'POST' && !id) {
+          const b = body as { shell: string };
+          running = proc({ id: 'p-1', shell: b.shell });
+          return send(res, 201, running, opId);
+        }
+        if (!running || id !== running.id) return send(res, 404, { error: { code: 'not_found', message: 'no such process' } }, opId);
+        if (method === 'GET' && !action) return send(res, 200, running, opId);
+        if (action === 'stdin') {
+          const b = body as { offset: number; data: string; eof?: boolean };
+          const bytes = Buffer.from(b.data, 'base64').length;
+          stdinWrites.push({ offset: b.offset, bytes, eof: !!b.eof });
+          running = { ...running, stdinBytes: b.offset + bytes };
+          return send(res, 200, { offset: b.offset + bytes }, opId);
+        }
+        if (action === 'output') {
+          // Canned output by command: "logger" says where it listens, "quiet" says nothing useful; both
+          // then exit. "mute" prints nothing and never exits: its stream stays open until the client leaves.
+          res.writeHead(200, { 'content-type': 'text/event-stream' });
+          const ev = (e: unknown) => res.write(`data: ${JSON.stringify(e)}\n\n`);
+          const b64 = (t: string) => Buffer.from(t).toString('base64');
+          if (running.shell === 'mute') return;
+          ev({ type: 'stdout', offset: 0, data: b64('starting\n') });
+          if (running.shell === 'logger') {
+            ev({ type: 'stderr', offset: 0, data: b64('listening on 80') });
+            ev({ type: 'stderr', offset: 15, data: b64('80\n') });
+          }
+          ev({ type: 'exit', proc: { ...running, state: 'exited', exitCode: 0 } });
+          return void res.end();
+        }
+        if (action === 'signal') {
+          running = { ...running, state: 'exited', signal: String((body as { signal: string }).signal), endedMs: 1 };
+          return send(res, 200, running, opId);
+        }
+        if (action === 'wait') {
+          const r = running;
+          if (r.shell === 'fast')
+            return send(
+              res,
+              200,
+              {
+                proc: { ...r, state: 'exited', exitCode: 3 },
+                result: { exitCode: 3, signal: null, timedOut: false, durationMs: 5, stdout: 'to out\n', stderr: 'to err\n', truncated: false, code: null },
+              },
+              opId,
+            );
+          // "slow": the wait answers (result null) when its slice ends or the process is signalled.
+          const slice = (body as { timeoutMs?: number }).timeoutMs ?? 0;
+          const started = Date.now();
+          let answered = false;
+          res.on('close', () => {
+            if (answered) return;
+            waitsDropped++;
+            clearInterval(poll);
+          });
+          const poll = setInterval(() => {
+            // The next test may have reset the fake already: this wait then answers what it saw last.
+            const now = running?.id === r.id ? running : { ...r, state: 'exited' as const, signal: 'KILL' };
+            if (now.state !== 'running') {
+              clearInterval(poll);
+              answered = true;
+              const result = { exitCode: null, signal: now.signal, timedOut: false, durationMs: 1, stdout: '', stderr: '', truncated: false, code: null };
+              send(res, 200, { proc: now, result }, opId);
+            } else if (Date.now() - started >= slice) {
+              clearInterval(poll);
+              answered = true;
+              send(res, 200, { proc: now, result: null }, opId);
+            }
+          }, 10);
+          return;
+        }
+      }
+      send(res, 404, { error: { code: 'not_found', message: `fake: no route ${m}` } }, opId);
+    });
+    await new Promise<void>((r) => server.listen(layout.socketPath, r));
+    banger = await Banger.connect({ home: join(dir, 'home'), autostart: false });
+  });
+  after(async () => {
+    server?.closeAllConnections();
+    await new Promise<void>((r) => server?.close(() => r()));
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+  beforeEach(() => {
+    seen.length = 0;
+    createOutcome = 'ok';
+    cancelled = false;
+    running = undefined;
+    waitsDropped = 0;
+    stdinWrites.length = 0;
+  });
+
+  test("a daemon error becomes a BangerError with the daemon's code, message, fix and the request's op id", async () => {
+    const e = await banger.vms.get('nope').then(
+      () => assert.fail('resolved'),
+      (x: unknown) => x,
+    );
+    assert.ok(e instanceof BangerError);
+    assert.equal(e.code, 'not_found');
+    assert.match(e.message, /vm "nope" not found/);
+    assert.equal(e.fix, 'list them with `banger vm list`');
+    const request = seen.find((s) => s.path === '/v1/vms/nope');
+    assert.ok(request?.opId.startsWith('op-'));
+    assert.equal(e.opId, request?.opId);
+  });
+
+  test('create: progress events arrive as an async iterable, in order; awaiting gives the VM handle', async () => {
+    const creating = banger.vms.create({ name: 'made', image: 'img' });
+    const types: string[] = [];
+    for await (const ev of creating.events) types.push(ev.type === 'stage' ? `stage:${ev.stage.name}` : ev.type);
+    const vm = await creating;
+    assert.deepEqual(types, ['snapshot', 'stage:prepare disks', 'progress', 'done']);
+    assert.equal(vm.name, 'made');
+    assert.equal(creating.id, 'op-1');
+    assert.deepEqual(seen.find((s) => s.path === '/v1/vms')?.body, { name: 'made', image: 'img' }, 'SDK-only options are not sent');
+  });
+
+  test("a failed create rejects with the operation's error (code and fix) and its op id", async () => {
+    createOutcome = 'fail';
+    await assert.rejects(
+      banger.vms.create({ image: 'img' }),
+      (e: unknown) => e instanceof BangerError && e.code === 'vmm_failed' && e.fix === 'see the VM log' && e.opId === 'op-1',
+    );
+  });
+
+  test('aborting a create cancels the operation in the daemon and rejects with cancelled', async () => {
+    createOutcome = 'hang';
+    const ac = new AbortController();
+    const creating = banger.vms.create({ image: 'img', signal: ac.signal });
+    for await (const ev of creating.events) if (ev.type === 'progress') ac.abort();
+    await assert.rejects(creating, (e: unknown) => e instanceof BangerError && e.code === 'cancelled');
+    assert.equal(cancelled, true, 'POST /v1/operations/op-1/cancel was sent');
+  });
+
+  test('exec: a non-zero exit is a result with separate streams, and check() throws process_failed', async () => {
+    const made = await banger.vms.create({ name: 'dev' });
+    const r = await made.exec('fast');
+    assert.equal(r.exitCode, 3);
+    assert.equal(r.stdout, 'to out\n');
+    assert.equal(r.stderr, 'to err\n');
+    assert.throws(
+      () => r.check(),
+      (e: unknown) => e instanceof BangerError && e.code === 'process_failed' && /status 3: to err/.test(e.message),
+    );
+  });
+
+  test('aborting an exec kills its process group (SIGKILL sent to the process) and rejects with cancelled', async () => {
+    const made = await banger.vms.create({ name: 'dev' });
+    const ac = new AbortController();
+    const execution = made.exec('slow', { signal: ac.signal });
+    while (!seen.some((s) => s.path.endsWith('/wait'))) await new Promise((r) => setTimeout(r, 5));
+    ac.abort();
+    await assert.rejects(execution, (e: unknown) => e instanceof BangerError && e.code === 'cancelled');
+    const signals = seen.filter((s) => s.path === '/v1/vms/dev/procs/p-1/signal');
+    assert.deepEqual(
+      signals.map((s) => s.body),
+      [{ signal: 'KILL' }],
+    );
+    assert.equal(running?.state, 'exited');
+  });
+
+  test('aborting a wait stops waiting at once (the request is closed, not left parked in the daemon) and leaves the process running', async () => {
+    const made = await banger.vms.create({ name: 'dev' });
+    const p = await made.spawn('slow');
+    const ac = new AbortController();
+    const waiting = p.wait({ signal: ac.signal });
+    while (!seen.some((s) => s.path.endsWith('/wait'))) await new Promise((r) => setTimeout(r, 5));
+    ac.abort();
+    await assert.rejects(waiting, (e: unknown) => e instanceof BangerError && e.code === 'cancelled');
+    for (let i = 0; i < 100 && waitsDropped === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    assert.equal(waitsDropped, 1, 'the daemon saw the wait request closed before its 30 s slice ended');
+    assert.equal(seen.filter((s) => s.path.endsWith('/signal')).length, 0, 'no signal: the process keeps running');
+    assert.equal(running?.state, 'running');
+  });
+
+  test('waitForLog: a line split across chunks is matched whole (never a half line); an end without a match is process_failed; silence is a timeout', async () => {
+    const made = await banger.vms.create({ name: 'dev' });
+    const logger = await made.spawn('logger');
+    const m = await logger.waitForLog(/listening on (\d+)/);
+    assert.equal(m[1], '8080');
+    await assert.rejects((await made.spawn('quiet')).waitForLog(/listening/), (e: unknown) => e instanceof BangerError && e.code === 'process_failed');
+    await assert.rejects(
+      (await made.spawn('mute')).waitForLog(/listening/, { timeoutMs: 200 }),
+      (e: unknown) => e instanceof BangerError && e.code === 'timeout',
+    );
+    const outside = new AbortController();
+    const waiting = (await made.spawn('mute')).waitForLog(/x/, { timeoutMs: 60_000, signal: outside.signal });
+    outside.abort();
+    await assert.rejects(waiting, (e: unknown) => e instanceof BangerError && e.code === 'cancelled', "the caller's abort is cancelled, not timeout");
+  });
+
+  test('waitForPort: a port that never listens while the process ended is process_failed; one that listens resolves', async () => {
+    const made = await banger.vms.create({ name: 'dev' });
+    const p = await made.spawn('slow');
+    assert.equal((await p.waitForPort(22)).command, 'sshd');
+    running = { ...(running as Proc), state: 'exited', exitCode: 1 };
+    await assert.rejects(p.waitForPort(8080), (e: unknown) => e instanceof BangerError && e.code === 'process_failed' && /before port 8080/.test(e.message));
+  });
+
+  test('stdin: writes go in order at consecutive offsets, large ones in chunks the daemon accepts, then EOF', async () => {
+    const made = await banger.vms.create({ name: 'dev' });
+    const p = await made.spawn('slow', { stdin: true });
+    const big = Buffer.alloc(1200 * 1024, 1);
+    await Promise.all([p.write('abc'), p.write(big), p.end()]);
+    assert.deepEqual(stdinWrites, [
+      { offset: 0, bytes: 3, eof: false },
+      { offset: 3, bytes: 512 * 1024, eof: false },
+      { offset: 3 + 512 * 1024, bytes: 512 * 1024, eof: false },
+      { offset: 3 + 1024 * 1024, bytes: 176 * 1024, eof: false },
+      { offset: 3 + 1200 * 1024, bytes: 0, eof: true },
+    ]);
+  });
+
+  test('disposal: dispose() deletes a created VM once; a handle from get() disposes nothing', async () => {
+    const made = await banger.vms.create({ name: 'made' });
+    await made.dispose();
+    await made.dispose();
+    const deletes = seen.filter((s) => s.path === '/v1/vms/actions');
+    assert.deepEqual(
+      deletes.map((s) => s.body),
+      [{ action: 'delete', refs: ['id-made'], force: true }],
+    );
+  });
+
+  test('await using deletes the VM when the block ends (where the runtime has Symbol.asyncDispose)', async (t) => {
+    if (!(Symbol as { asyncDispose?: symbol }).asyncDispose) return t.skip('this Node has no Symbol.asyncDispose (dispose() is tested above)');
+    {
+      await using vm = await banger.vms.create({ name: 'made', dispose: 'stop' });
+      assert.equal(vm.name, 'made');
+      assert.equal(seen.filter((s) => s.path === '/v1/vms/actions').length, 0);
+    }
+    assert.deepEqual(
+      seen.filter((s) => s.path === '/v1/vms/actions').map((s) => s.body),
+      [{ action: 'stop', refs: ['id-made'], force: false }],
+    );
+  });
+});
