@@ -207,13 +207,14 @@ export class BangerClient {
     vm: string,
     body: WorkspaceExportRequest,
     out?: NodeJS.WritableStream,
+    signal?: AbortSignal,
   ): Promise<{ format: 'patch' | 'commits'; commit: string } | ({ format: 'branch' } & WorkspaceBranchExport)> {
     const format = body.format ?? 'patch';
     const path = `/v1/vms/${encodeURIComponent(vm)}/workspace/export`;
     if (format === 'branch') return { format, ...(await this.request<WorkspaceBranchExport>('POST', path, body)) };
     if (!out) throw new BangerError('bad_request', `a ${format} export needs somewhere to write it`);
     await this.status(); // starts the daemon when it is not running (the raw request below does not)
-    const { headers } = await postForBytes(this.layout.socketPath, path, body, this.nextOpId(), out);
+    const { headers } = await postForBytes(this.layout.socketPath, path, body, this.nextOpId(), out, signal);
     const commit = String(headers['x-banger-commit'] ?? '');
     return { format, commit: /^[0-9a-f]{40,64}$/.test(commit) ? commit : '' };
   }

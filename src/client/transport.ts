@@ -258,9 +258,11 @@ export function postForBytes(
   body: unknown,
   opId: string,
   out: NodeJS.WritableStream,
+  signal?: AbortSignal,
 ): Promise<{ headers: IncomingMessage['headers']; json?: unknown }> {
   return new Promise((resolve, reject) => {
     assertTrustedSocket(socketPath);
+    if (signal?.aborted) return reject(new BangerError('cancelled', 'the request was aborted', { opId }));
     const payload = JSON.stringify(body);
     const req = httpRequest(
       { socketPath, method: 'POST', path, headers: { [OP_HEADER]: opId, 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } },
@@ -290,6 +292,22 @@ export function postForBytes(
       },
     );
     req.on('error', (e) => reject(e instanceof BangerError ? e : isNotRunning(e) ? e : midRequest(e, opId)));
+    // A sink that fails (full, bounded, closed) or an abort ends the request: nothing keeps
+    // streaming into a writer nobody listens to.
+    const onOutError = (e: Error) => {
+      req.destroy();
+      reject(e instanceof BangerError ? e : midRequest(e, opId));
+    };
+    out.on('error', onOutError);
+    const onAbort = () => {
+      req.destroy();
+      reject(new BangerError('cancelled', 'the request was aborted', { opId }));
+    };
+    signal?.addEventListener('abort', onAbort, { once: true });
+    req.on('close', () => {
+      out.removeListener('error', onOutError);
+      signal?.removeEventListener('abort', onAbort);
+    });
     req.end(payload);
   });
 }

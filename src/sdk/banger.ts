@@ -120,13 +120,17 @@ class Operations {
   get(id: string, o: CallOptions = {}): Promise<Operation> {
     return abortable(this.client.operation(id), o.signal);
   }
-  /** Follows an operation started elsewhere (e.g. by the CLI): its events and its result. */
+  /**
+   * Follows an operation started elsewhere (e.g. by the CLI): its events and its result. Aborting
+   * `signal` stops following, never cancels it (that is `cancel(id)`).
+   */
   follow(id: string, o: CallOptions = {}): OperationHandle<unknown> {
     return new OperationHandle(
       this.client,
       async () => ({ operation: await this.client.operation(id) }),
       (r) => r,
       o.signal,
+      false,
     );
   }
   async cancel(id: string, o: CallOptions = {}): Promise<boolean> {

@@ -9,7 +9,7 @@
 import { BangerError } from '../api/errors.js';
 import type { Operation, OperationEvent } from '../api/schemas.js';
 import type { BangerClient } from '../client/client.js';
-import { aborted, EventLog } from './util.js';
+import { abortable, aborted, EventLog } from './util.js';
 
 export type { Operation, OperationEvent };
 
@@ -29,9 +29,16 @@ export class OperationHandle<T> implements Promise<T> {
    * Aborting `signal` cancels the operation in the daemon (which undoes what it did, as a failed
    * create does) and rejects with `cancelled`.
    */
-  constructor(client: BangerClient, start: () => Promise<{ operation: Operation }>, finish: (result: unknown) => T | Promise<T>, signal?: AbortSignal) {
+  constructor(
+    client: BangerClient,
+    start: () => Promise<{ operation: Operation }>,
+    finish: (result: unknown) => T | Promise<T>,
+    signal?: AbortSignal,
+    /** false: aborting only stops watching (an operation someone else started is not ours to cancel). */
+    cancelOnAbort = true,
+  ) {
     this.events = this.log;
-    this.outcome = this.run(client, start, finish, signal);
+    this.outcome = this.run(client, start, finish, signal, cancelOnAbort);
     // A caller that only iterates `events` must not crash the process with an unhandled rejection;
     // awaiting the handle still sees the error.
     this.outcome.catch(() => {});
@@ -42,20 +49,29 @@ export class OperationHandle<T> implements Promise<T> {
     start: () => Promise<{ operation: Operation }>,
     finish: (result: unknown) => T | Promise<T>,
     signal: AbortSignal | undefined,
+    cancelOnAbort: boolean,
   ): Promise<T> {
     try {
       if (signal?.aborted) throw aborted(signal, 'the operation');
       const accepted = await start();
       const id = accepted.operation.id;
       this.opId = id;
-      const onAbort = () => void client.cancelOperation(id).catch(() => {});
-      if (signal?.aborted) onAbort();
-      signal?.addEventListener('abort', onAbort, { once: true });
       let op: Operation;
-      try {
-        op = await client.watch(id, (e) => this.log.push(e));
-      } finally {
-        signal?.removeEventListener('abort', onAbort);
+      if (!cancelOnAbort) {
+        op = await abortable(
+          client.watch(id, (e) => this.log.push(e)),
+          signal,
+          `following operation ${id}`,
+        );
+      } else {
+        const onAbort = () => void client.cancelOperation(id).catch(() => {});
+        if (signal?.aborted) onAbort();
+        signal?.addEventListener('abort', onAbort, { once: true });
+        try {
+          op = await client.watch(id, (e) => this.log.push(e));
+        } finally {
+          signal?.removeEventListener('abort', onAbort);
+        }
       }
       this.last = op;
       if (op.state === 'succeeded') return await finish(op.result);

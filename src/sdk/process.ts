@@ -83,7 +83,8 @@ function describeCommand(p: Proc): string {
 
 function lastLine(text: string): string {
   const lines = text.trimEnd().split('\n');
-  const last = (lines[lines.length - 1] ?? '').trim();
+  // The guest's bytes go into an error message a program may print: no control or bidi characters.
+  const last = (lines[lines.length - 1] ?? '').replace(/[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g, '').trim();
   return last.length > 200 ? `${last.slice(0, 197)}...` : last;
 }
 
@@ -103,9 +104,16 @@ export interface EventsOptions extends CallOptions {
 export interface WaitOptions extends CallOptions {
   /** Give up after this long (a `timeout` BangerError; the process keeps running). Default: no limit. */
   timeoutMs?: number;
-  /** Bytes of stdout and of stderr kept in the result (default 16 MiB each). */
+  /** Bytes of stdout and of stderr kept in the result (default and at most MAX_RESULT_BUFFER each). */
   maxBuffer?: number;
 }
+
+/**
+ * Output bytes per stream a result can carry: the result is JSON, where a control byte takes six
+ * characters, and the client reads at most 64 MiB of it — 2 × 4 MiB × 6 fits. More output: read it
+ * by offset with `events()`.
+ */
+export const MAX_RESULT_BUFFER = 4 * 1024 * 1024;
 
 /** The start request, from a command: a string runs under `sh -c`, an array is an argv. */
 export function commandSpec(command: string | readonly string[]): Pick<ProcStartRequest, 'argv' | 'shell'> {
@@ -151,7 +159,7 @@ export class Process {
     const stop = new AbortController();
     const onAbort = () => stop.abort();
     o.signal?.addEventListener('abort', onAbort, { once: true });
-    const queue = new EventQueue<ProcessEvent>();
+    const queue = new EventQueue<ProcessEvent>(4096, () => stop.abort());
     this.client
       .processOutput(
         this.vm,
@@ -225,12 +233,19 @@ export class Process {
    * `timeout` BangerError; it keeps running); aborting stops waiting, not the process.
    */
   async wait(o: WaitOptions = {}): Promise<ExecResult> {
+    const maxBuffer = o.maxBuffer ?? MAX_RESULT_BUFFER;
+    if (!Number.isInteger(maxBuffer) || maxBuffer < 0 || maxBuffer > MAX_RESULT_BUFFER) {
+      throw new BangerError('bad_request', `maxBuffer must be an integer from 0 to ${MAX_RESULT_BUFFER}`, {
+        fix: 'read larger output by offset with process.events()',
+      });
+    }
+    if (o.timeoutMs !== undefined && !(o.timeoutMs >= 0)) throw new BangerError('bad_request', 'timeoutMs must be a number ≥ 0');
     const deadline = o.timeoutMs === undefined ? Number.POSITIVE_INFINITY : Date.now() + o.timeoutMs;
     for (;;) {
       throwIfAborted(o.signal, 'waiting for the process');
       const slice = Math.max(0, Math.min(WAIT_SLICE_MS, deadline - Date.now()));
       // The signal ends the request itself: an aborted wait leaves no connection parked in the daemon.
-      const r = await abortable(this.client.waitProcess(this.vm, this.id, slice, o.maxBuffer, o.signal), o.signal, 'waiting for the process');
+      const r = await abortable(this.client.waitProcess(this.vm, this.id, slice, maxBuffer, o.signal), o.signal, 'waiting for the process');
       if (r.result) return new ExecResult(r.result, r.proc);
       if (Date.now() >= deadline)
         throw new BangerError('timeout', `process ${this.id} is still running after ${o.timeoutMs} ms`, {
@@ -284,6 +299,10 @@ export class Process {
   async waitForLog(pattern: RegExp, o: { timeoutMs?: number; stream?: 'stdout' | 'stderr' | 'both' } & CallOptions = {}): Promise<RegExpExecArray> {
     const re = new RegExp(pattern.source, pattern.flags.replace(/[gy]/g, ''));
     const timeoutMs = o.timeoutMs ?? 60_000;
+    // AbortSignal.timeout takes a whole number of ms up to 2^32 - 1; anything else is the caller's slip.
+    if (!Number.isInteger(timeoutMs) || timeoutMs < 0 || timeoutMs > 0xffffffff) {
+      throw new BangerError('bad_request', `timeoutMs must be a whole number of milliseconds from 0 to ${0xffffffff}`);
+    }
     const timer = AbortSignal.timeout(timeoutMs);
     const signal = o.signal ? AbortSignal.any([o.signal, timer]) : timer;
     const text = { stdout: '', stderr: '' };

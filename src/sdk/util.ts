@@ -119,8 +119,26 @@ export class EventQueue<T> {
   private error: unknown;
   private wake: (() => void) | undefined;
 
+  /**
+   * @param maxPending events held for a consumer that is behind; one more fails the iteration
+   *   (`payload_too_large`) and calls `onOverflow` (which stops the producer): memory stays bounded.
+   */
+  constructor(
+    private readonly maxPending = 4096,
+    private readonly onOverflow: () => void = () => {},
+  ) {}
+
   push(item: T): void {
     if (this.done) return;
+    if (this.items.length >= this.maxPending) {
+      this.fail(
+        new BangerError('payload_too_large', `the consumer fell ${this.maxPending} events behind`, {
+          fix: 'consume the events faster, or read on later from the last offset seen (events({ from }))',
+        }),
+      );
+      this.onOverflow();
+      return;
+    }
     this.items.push(item);
     this.wake?.();
   }

@@ -26,7 +26,7 @@ export interface CommandOptions extends CallOptions {
 export interface ExecOptions extends CommandOptions {
   /** Bytes given on stdin (then EOF); without it stdin is /dev/null. */
   input?: string | Uint8Array;
-  /** Bytes of stdout and of stderr kept in the result (default 16 MiB each). */
+  /** Bytes of stdout and of stderr kept in the result (default and at most 4 MiB each: MAX_RESULT_BUFFER). */
   maxBuffer?: number;
   /** A name for the process (`vm.process(name)` finds it while it runs). */
   name?: string;
@@ -132,10 +132,15 @@ export class Vm {
         await handle.write(o.input, o);
         await handle.end(o);
       }
-      return await handle.wait({ ...(o.maxBuffer !== undefined ? { maxBuffer: o.maxBuffer } : {}), ...(o.signal ? { signal: o.signal } : {}) });
+      const result = await handle.wait({ ...(o.maxBuffer !== undefined ? { maxBuffer: o.maxBuffer } : {}), ...(o.signal ? { signal: o.signal } : {}) });
+      // The guest keeps at most 256 processes per boot: an unnamed exec's record goes with its
+      // result (a named one stays, for `vm.process(name)`).
+      if (!o.name) await handle.forget().catch(() => {});
+      return result;
     } catch (e) {
       if (!o.signal?.aborted) throw e;
       await killAndWait(handle);
+      if (!o.name) await handle.forget().catch(() => {});
       throw aborted(o.signal, `exec of ${JSON.stringify(typeof command === 'string' ? command : command.join(' '))}`);
     }
   }
@@ -201,7 +206,7 @@ export class Vm {
     const stop = new AbortController();
     const onAbort = () => stop.abort();
     o.signal?.addEventListener('abort', onAbort, { once: true });
-    const queue = new EventQueue<string>();
+    const queue = new EventQueue<string>(4096, () => stop.abort());
     this.client
       .logs(this.name, { lines: o.lines ?? 200, follow: true, signal: stop.signal }, (c) => queue.push(c))
       .then(

@@ -1,4 +1,5 @@
 /** A VM's git workspace (docs/workspaces.md): ship a host repository in, see the guest's work, take it back. */
+import { BangerError } from '../api/errors.js';
 import type {
   WorkspaceBranchExport,
   WorkspaceExportFormat,
@@ -19,11 +20,16 @@ export interface ExportOptions extends CallOptions {
   name?: string;
   /** patch/commits: stream the text here instead of returning it. */
   to?: NodeJS.WritableStream;
+  /** Without `to`: the most bytes of text held in memory (default 64 MiB); more fails with `payload_too_large`. */
+  maxBytes?: number;
 }
 
 export type ExportResult =
   /** `text` is set when no `to` stream was given. `commit` is the guest commit the text was computed from. */
   { format: 'patch' | 'commits'; commit: string; text?: string } | ({ format: 'branch' } & WorkspaceBranchExport);
+
+/** What `export()` without `to` holds in memory at most. */
+export const DEFAULT_MAX_EXPORT_BYTES = 64 * 1024 * 1024;
 
 export class Workspace {
   constructor(
@@ -59,16 +65,22 @@ export class Workspace {
     const format = o.format ?? 'patch';
     const body = { format, ...(o.name ? { name: o.name } : {}) };
     if (format === 'branch') return abortable(this.client.exportWorkspace(this.vm, body), o.signal) as Promise<ExportResult>;
-    if (o.to) return abortable(this.client.exportWorkspace(this.vm, body, o.to), o.signal) as Promise<ExportResult>;
+    if (o.to) return abortable(this.client.exportWorkspace(this.vm, body, o.to, o.signal), o.signal) as Promise<ExportResult>;
+    // The text is the guest's (hostile: it can be any size): held only up to maxBytes.
+    const max = o.maxBytes ?? DEFAULT_MAX_EXPORT_BYTES;
     const chunks: Buffer[] = [];
+    let size = 0;
     const { Writable } = process.getBuiltinModule('node:stream');
     const sink = new Writable({
       write(chunk: Buffer, _enc, done) {
+        size += chunk.length;
+        if (size > max)
+          return done(new BangerError('payload_too_large', `the ${format} is larger than ${max} bytes`, { fix: 'pass `to` (a stream) or a larger maxBytes' }));
         chunks.push(chunk);
         done();
       },
     });
-    const r = (await abortable(this.client.exportWorkspace(this.vm, body, sink), o.signal)) as { format: 'patch' | 'commits'; commit: string };
+    const r = (await abortable(this.client.exportWorkspace(this.vm, body, sink, o.signal), o.signal)) as { format: 'patch' | 'commits'; commit: string };
     return { ...r, text: Buffer.concat(chunks).toString('utf8') };
   }
 }

@@ -86,6 +86,8 @@ describe('SDK against a fake daemon', () => {
   /** The fake's state: the create's outcome, and the one guest process exec starts. */
   let createOutcome: 'ok' | 'fail' | 'hang' = 'ok';
   let cancelled = false;
+  /** Ends a hanging operation's stream without a cancel (a follower that stopped following). */
+  let released = false;
   let createdName = 'made';
   /** What stdin writes the fake received. */
   const stdinWrites: Array<{ offset: number; bytes: number; eof: boolean }> = [];
@@ -116,6 +118,7 @@ describe('SDK against a fake daemon', () => {
         createdName = (body as { name?: string }).name ?? 'made';
         return send(res, 202, { operation: op({}) }, opId);
       }
+      if (m === 'GET /v1/operations/op-1') return send(res, 200, op({}), opId);
       if (m === 'POST /v1/operations/op-1/cancel') {
         cancelled = true;
         return send(res, 200, { cancelled: true }, opId);
@@ -133,7 +136,7 @@ describe('SDK against a fake daemon', () => {
         if (createOutcome === 'ok') return end(op({ state: 'succeeded', result: vmInfo(createdName) }));
         if (createOutcome === 'fail') return end(op({ state: 'failed', error: { code: 'vmm_failed', message: 'qemu exited', fix: 'see the VM log' } }));
         const timer = setInterval(() => {
-          if (cancelled) {
+          if (cancelled || released) {
             clearInterval(timer);
             end(op({ state: 'cancelled' }));
           }
@@ -142,9 +145,10 @@ describe('SDK against a fake daemon', () => {
       }
       if (m === 'GET /v1/vms/dev/ports') return send(res, 200, { ports: [{ proto: 'tcp', address: '0.0.0.0', port: 22, pid: 1, command: 'sshd' }] }, opId);
       if (m === 'POST /v1/vms/actions') return send(res, 200, { results: [{ ref: (body as { refs: string[] }).refs[0], ok: true }] }, opId);
-      const procs = /^(GET|POST) \/v1\/vms\/dev\/procs(?:\/([^/]+)(?:\/(\w+))?)?$/.exec(m);
+      const procs = /^(GET|POST|DELETE) \/v1\/vms\/dev\/procs(?:\/([^/]+)(?:\/(\w+))?)?$/.exec(m);
       if (procs) {
         const [, method, id, action] = procs;
+        if (method === 'DELETE' && id) return send(res, 200, {}, opId);
         if (method === 'POST' && !id) {
           const b = body as { shell: string };
           running = proc({ id: 'p-1', shell: b.shell });
@@ -230,6 +234,7 @@ describe('SDK against a fake daemon', () => {
     seen.length = 0;
     createOutcome = 'ok';
     cancelled = false;
+    released = false;
     running = undefined;
     waitsDropped = 0;
     stdinWrites.length = 0;
@@ -287,6 +292,31 @@ describe('SDK against a fake daemon', () => {
       () => r.check(),
       (e: unknown) => e instanceof BangerError && e.code === 'process_failed' && /status 3: to err/.test(e.message),
     );
+  });
+
+  test('an unnamed exec forgets its process after the result (the guest holds 256); a named one is kept', async () => {
+    const vm = await banger.vms.create({ name: 'dev' });
+    await vm.exec('fast');
+    assert.ok(
+      seen.some((r) => r.method === 'DELETE' && r.path.startsWith('/v1/vms/dev/procs/p-1')),
+      'DELETE of the finished process',
+    );
+    seen.length = 0;
+    await vm.exec('fast', { name: 'keep-me' });
+    assert.equal(seen.filter((r) => r.method === 'DELETE').length, 0);
+    await assert.rejects(vm.exec('fast', { maxBuffer: 64 * 1024 * 1024 }), (e: unknown) => e instanceof BangerError && e.code === 'bad_request');
+  });
+
+  test("aborting operations.follow stops following and never cancels another program's operation", async () => {
+    createOutcome = 'hang';
+    const controller = new AbortController();
+    const following = banger.operations.follow('op-1', { signal: controller.signal });
+    setTimeout(() => controller.abort(), 50);
+    await assert.rejects(following, (e: unknown) => e instanceof BangerError && e.code === 'cancelled');
+    assert.equal(cancelled, false, 'no POST /v1/operations/op-1/cancel');
+    assert.equal(seen.filter((r) => r.path.endsWith('/cancel')).length, 0);
+    released = true;
+    await new Promise((r) => setTimeout(r, 100)); // the fake's stream ends before the next test resets it
   });
 
   test('aborting an exec kills its process group (SIGKILL sent to the process) and rejects with cancelled', async () => {

@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import { BangerError } from '../../src/api/errors.js';
 import type { Proc, ProcResult } from '../../src/api/proc-schemas.js';
 import { commandSpec, ExecResult, envList } from '../../src/sdk/process.js';
-import { abortable, asyncDispose, EventLog } from '../../src/sdk/util.js';
+import { abortable, asyncDispose, EventLog, EventQueue } from '../../src/sdk/util.js';
 
 const proc = (over: Partial<Proc> = {}): Proc => ({
   id: 'p-0123456789',
@@ -108,4 +108,19 @@ test('abortable rejects with a cancelled BangerError carrying the reason, at onc
 test('the dispose symbol is the runtime’s Symbol.asyncDispose, or the registry symbol Node uses for it', () => {
   const native = (Symbol as { asyncDispose?: symbol }).asyncDispose;
   assert.equal(asyncDispose, native ?? Symbol.for('nodejs.asyncDispose'));
+});
+
+test('an event queue whose consumer falls behind fails with payload_too_large and stops its producer (memory stays bounded)', async () => {
+  let stopped = 0;
+  const q = new EventQueue<number>(3, () => stopped++);
+  for (let i = 0; i < 10; i++) q.push(i);
+  assert.equal(stopped, 1);
+  const got: number[] = [];
+  await assert.rejects(
+    (async () => {
+      for await (const n of q.drain()) got.push(n);
+    })(),
+    (e: unknown) => e instanceof BangerError && e.code === 'payload_too_large',
+  );
+  assert.deepEqual(got, [0, 1, 2]);
 });
