@@ -102,9 +102,11 @@ export class WebServer {
 
   async close(): Promise<void> {
     for (const c of this.wss.clients) c.terminate();
+    // Answers in flight (e.g. the UI's own "shut the daemon down") get a moment to reach the browser.
     await new Promise<void>((resolve) => {
       this.server.close(() => resolve());
-      this.server.closeAllConnections();
+      this.server.closeIdleConnections();
+      setTimeout(() => this.server.closeAllConnections(), 500).unref();
     });
   }
 
