@@ -20,8 +20,9 @@ import { procRoutes } from '../../src/daemon/routes-procs.js';
 import { FilesService } from '../../src/daemon/services/files.js';
 import { ProcessService } from '../../src/daemon/services/processes.js';
 import { SECURITY_HEADERS } from '../../src/daemon/web/checks.js';
-import { WebServer } from '../../src/daemon/web/server.js';
+import { DEFAULT_STATIC_DIR, WebServer } from '../../src/daemon/web/server.js';
 import { systemClock } from '../../src/util/op-context.js';
+import { ROOT } from '../helpers/banger.js';
 import { HostFakeGuest } from '../helpers/fake-guest.js';
 import { webLogin, webRequest } from '../helpers/web.js';
 
@@ -156,6 +157,7 @@ test('attach over WebSocket: stdin up (binary), output down (binary), eof, then 
     ws.on('open', () => resolve());
     ws.on('error', reject);
   });
+  // Sent at once, before the daemon's side of the attach is up: it waits, nothing is lost.
   const payload = randomBytes(200_000);
   ws.send(payload, { binary: true });
   ws.send(JSON.stringify({ type: 'eof' }));
@@ -202,4 +204,29 @@ test('WebSocket upgrades: a foreign or missing Origin, no session, or a foreign 
   // The refused attaches never reached the process: it has no attach writer and still runs.
   const shown = await webRequest(base, 'GET', `/api/v1/vms/dev/procs/${proc.id}`, { headers: { cookie: session.cookie } });
   assert.equal((shown.json() as { state: string }).state, 'running');
+});
+
+test('static: the built UI is dist/web; without it, a page says the UI was not built and the API still answers', async () => {
+  assert.equal(DEFAULT_STATIC_DIR, `${join(ROOT, 'dist', 'web')}/`);
+  const bare = await WebServer.start({
+    listenAddr: '127.0.0.1:0',
+    allowRemote: false,
+    socketPath: join(dir, 'bangerd.sock'),
+    clock: systemClock,
+    log: pino({ level: 'silent' }),
+    staticDir: join(dir, 'missing-web'),
+  });
+  try {
+    const b = bare.baseUrl.replace(/\/$/, '');
+    const { cookie } = await webLogin(bare.issueToken().url);
+    const page = await webRequest(b, 'GET', '/', { headers: { cookie } });
+    assert.equal(page.status, 200);
+    assert.match(page.text, /not built/);
+    assert.equal(page.headers['content-security-policy'], SECURITY_HEADERS['content-security-policy']);
+    assert.equal((await webRequest(b, 'GET', '/assets/app.js', { headers: { cookie } })).status, 404);
+    const api = await webRequest(b, 'GET', '/api/v1/vms/dev/procs', { headers: { cookie } });
+    assert.equal(api.status, 200, api.text);
+  } finally {
+    await bare.close();
+  }
 });

@@ -46,6 +46,18 @@ export function bridgeAttach(ws: WebSocket, socketPath: string, procPath: string
   });
   let daemon: Socket | undefined;
   let finished = false;
+  // What the browser sends before the daemon's upgrade completes (stdin typed at once, an eof) waits here.
+  let early: Buffer[] = [];
+  let earlyBytes = 0;
+  const toDaemon = (frame: Buffer) => {
+    if (daemon) {
+      if (daemon.writable) daemon.write(frame);
+      return;
+    }
+    earlyBytes += frame.length;
+    if (earlyBytes > 1024 * 1024) return sendError(ws, 'payload_too_large', 'too much input before the attach was ready');
+    early.push(frame);
+  };
   req.on('error', (e) => sendError(ws, 'unavailable', `the daemon's attach failed: ${e.message}`));
   req.on('response', (res) => {
     // Not upgraded: the daemon refused (unknown VM or process...). Its JSON error goes to the browser.
@@ -110,13 +122,15 @@ export function bridgeAttach(ws: WebSocket, socketPath: string, procPath: string
       if (!finished) sendError(ws, 'unavailable', 'the daemon closed the attach connection');
     });
     if (head.length) onChunk(head);
+    for (const frame of early) socket.write(frame);
+    early = [];
   });
   req.end();
 
   ws.on('message', (data, isBinary) => {
     const buf = Buffer.isBuffer(data) ? data : Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data);
     if (isBinary) {
-      if (daemon?.writable) for (const frame of encodeData(buf, 0)) daemon.write(frame);
+      for (const frame of encodeData(buf, 0)) toDaemon(frame);
       return;
     }
     if (buf.length > MAX_CONTROL_MESSAGE) return sendError(ws, 'bad_request', 'control message too large');
@@ -127,7 +141,7 @@ export function bridgeAttach(ws: WebSocket, socketPath: string, procPath: string
       return sendError(ws, 'bad_request', 'a text message must be JSON');
     }
     if (msg.type === 'eof') {
-      if (daemon?.writable) daemon.write(encodeFrame('E'));
+      toDaemon(encodeFrame('E'));
     } else if (msg.type === 'resize' && Number.isInteger(msg.rows) && Number.isInteger(msg.cols)) {
       // The resize route validates the numbers (zod) like any other client's.
       void postJson(socketPath, `${procPath}/resize`, { rows: msg.rows, cols: msg.cols });
