@@ -5,6 +5,10 @@
  * non-loopback listener. Refusals are checked on the daemon's state, not only on status codes.
  */
 import assert from 'node:assert/strict';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtemp } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { WebSocket } from 'ws';
 import { SECURITY_HEADERS } from '../../src/daemon/web/checks.js';
@@ -229,6 +233,35 @@ test('`banger ui` without a display prints the link; with the UI off the token r
     assert.match(ui.stderr, /web UI is not serving/);
   } finally {
     await off.destroy();
+  }
+});
+
+test('`banger ui` with xdg-open and a display: the link reaches the browser in a private file, never in argv', async () => {
+  const bin = await mkdtemp(join(tmpdir(), 'banger-xdg-'));
+  try {
+    const record = join(bin, 'record');
+    // A FAKE xdg-open: records its arguments, the mode of what it was given and its content.
+    writeFileSync(
+      join(bin, 'xdg-open'),
+      `#!/bin/sh\nprintf '%s\\n' "$@" > ${record}.args\nstat -c %a "$1" > ${record}.mode\nstat -c %a "$(dirname "$1")" > ${record}.dirmode\ncat "$1" > ${record}.page\n`,
+      { mode: 0o755 },
+    );
+    const r = await home.banger(['ui'], 30_000, { DISPLAY: ':99', PATH: `${bin}:${process.env.PATH}` });
+    assert.equal(r.code, 0, r.stderr);
+    assert.doesNotMatch(r.stdout + r.stderr, /token=/, 'the link is not printed');
+    await waitFor('the fake xdg-open to run', () => existsSync(`${record}.page`) && readFileSync(`${record}.page`, 'utf8').includes('</title>'));
+    const args = readFileSync(`${record}.args`, 'utf8').trim().split('\n');
+    assert.equal(args.length, 1);
+    assert.doesNotMatch(args[0] as string, /token/, 'argv carries no token');
+    assert.equal(readFileSync(`${record}.mode`, 'utf8').trim(), '600');
+    assert.equal(readFileSync(`${record}.dirmode`, 'utf8').trim(), '700');
+    const link = /url=([^"]+)"/.exec(readFileSync(`${record}.page`, 'utf8'))?.[1] ?? '';
+    assert.match(link, /^http:\/\/127\.0\.0\.1:\d+\/auth\?token=[0-9a-f]{64}$/);
+    const u = new URL(link);
+    assert.equal((await webRequest(base, 'GET', `${u.pathname}${u.search}`)).status, 303, 'the link in the file works');
+    rmSync(dirname(args[0] as string), { recursive: true, force: true });
+  } finally {
+    rmSync(bin, { recursive: true, force: true });
   }
 });
 
