@@ -230,3 +230,21 @@ test('static: the built UI is dist/web; without it, a page says the UI was not b
     await bare.close();
   }
 });
+
+test('attach over WebSocket: a text message that is not a known control message is an error and close 1011; the process keeps running', async () => {
+  const proc = await startProc({ shell: 'sleep 30', mode: 'detach' });
+  for (const bad of ['not json', JSON.stringify({ type: 'resize', rows: 'x', cols: 1 }), JSON.stringify({ type: 'exec', argv: ['id'] })]) {
+    const ws = openWs(`/api/v1/vms/dev/procs/${proc.id}/attach`, base);
+    const texts: string[] = [];
+    ws.on('message', (d, isBinary) => {
+      if (!isBinary) texts.push(String(d));
+    });
+    ws.on('open', () => ws.send(bad));
+    const code = await new Promise<number>((resolve) => ws.on('close', (c) => resolve(c)));
+    assert.equal(code, 1011, bad);
+    assert.equal((JSON.parse(texts[0] as string) as { error: { code: string } }).error.code, 'bad_request');
+  }
+  const shown = await webRequest(base, 'GET', `/api/v1/vms/dev/procs/${proc.id}`, { headers: { cookie: session.cookie } });
+  assert.equal((shown.json() as { state: string }).state, 'running', 'closing the WebSocket detached; the process was not killed');
+  assert.equal(guest.started.filter((s) => s.argv?.[0] === 'id').length, 0);
+});
