@@ -205,6 +205,14 @@ test('bridge: an operation’s SSE event stream is the daemon’s, byte for byte
   assert.equal(started.status, 202, started.text);
   assert.equal(started.headers['x-banger-op'], 'op-abc123', 'the op id header goes both ways');
   const id = (started.json() as { operation: { id: string } }).operation.id;
+  // The operation ends first: a stream of a finished operation is the same whenever it is read
+  // (one of a running one would differ by the events still to come).
+  for (let i = 0; ; i++) {
+    const o = await raw(home.socketPath, 'GET', `/v1/operations/${id}`);
+    if ((o.body as { state: string }).state !== 'running') break;
+    assert.ok(i < 500, 'the operation ended');
+    await new Promise((r) => setTimeout(r, 20));
+  }
   const viaWeb = await webRequest(base, 'GET', `/api/v1/operations/${id}/events`, { headers: { cookie } });
   const direct = await raw(home.socketPath, 'GET', `/v1/operations/${id}/events`);
   assert.equal(viaWeb.status, 200);
