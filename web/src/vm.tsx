@@ -201,7 +201,7 @@ function StatsChart({ vm, running }: { vm: string; running: boolean }) {
   const maxCpu = Math.max(100, ...samples.map((s) => s.cpu));
   const maxRss = Math.max(1, ...samples.map((s) => s.rss));
   const line = (f: (s: { cpu: number; rss: number }) => number, max: number) =>
-    samples.map((s, i) => `${((i / Math.max(1, STATS_SAMPLES - 1)) * W).toFixed(1)},${(H - (f(s) / max) * (H - 4) - 2).toFixed(1)}`).join(' ');
+    samples.map((s, i) => `${((i / Math.max(1, samples.length - 1)) * W).toFixed(1)},${(H - (f(s) / max) * (H - 4) - 2).toFixed(1)}`).join(' ');
   const guest = poll.data?.guest;
   return (
     <section aria-labelledby="stats-h">
@@ -218,10 +218,16 @@ function StatsChart({ vm, running }: { vm: string; running: boolean }) {
               </span>
             ) : null}
           </p>
-          <svg class="chart" viewBox={`0 0 ${W} ${H}`} role="img" aria-label={`CPU and memory over the last ${samples.length} samples`}>
+          <svg
+            class="chart"
+            viewBox={`0 0 ${W} ${H}`}
+            preserveAspectRatio="none"
+            role="img"
+            aria-label={`CPU and memory over the last ${samples.length} samples`}
+          >
             <rect x="0" y="0" width={W} height={H} class="chart-bg" />
-            <polyline points={line((s) => s.cpu, maxCpu)} class="line-cpu" fill="none" />
-            <polyline points={line((s) => s.rss, maxRss)} class="line-rss" fill="none" />
+            <polyline points={line((s) => s.cpu, maxCpu)} class="line-cpu" fill="none" vector-effect="non-scaling-stroke" />
+            <polyline points={line((s) => s.rss, maxRss)} class="line-rss" fill="none" vector-effect="non-scaling-stroke" />
           </svg>
         </>
       ) : (
