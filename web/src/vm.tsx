@@ -55,7 +55,7 @@ export function VmPage({ name }: { name: string }) {
             </section>
             <StatsChart vm={v.name} running={running} />
           </div>
-          {running ? <Ports vm={v.name} /> : null}
+          {running ? <Ports vm={v.name} ip={v.ip} /> : null}
           {running ? <Processes vm={v.name} /> : null}
           {v.workspace ? <Workspace vm={v.name} /> : null}
           <Console vm={v.name} state={v.state} />
@@ -237,7 +237,7 @@ function StatsChart({ vm, running }: { vm: string; running: boolean }) {
   );
 }
 
-function Ports({ vm }: { vm: string }) {
+function Ports({ vm, ip }: { vm: string; ip: string | null }) {
   const ports = usePoll((signal) => get<GuestPorts>(`/vms/${seg(vm)}/ports`, signal), 5000, [vm]);
   return (
     <section aria-labelledby="ports-h">
@@ -263,7 +263,7 @@ function Ports({ vm }: { vm: string }) {
                   <td>{p.proto}</td>
                   <td>{p.address}</td>
                   <td>{p.command}</td>
-                  <td>{p.url ? <PortLink url={p.url} /> : <span class="muted">{p.endpoint ?? ''}</span>}</td>
+                  <td>{p.url ? <PortLink url={p.url} ip={ip} port={p.port} /> : <span class="muted">{p.endpoint ?? ''}</span>}</td>
                 </tr>
               ))}
             </tbody>
@@ -279,11 +279,15 @@ function Ports({ vm }: { vm: string }) {
   );
 }
 
-/** Only http(s) URLs become links (a guest chooses what answers): never javascript: or others. */
-function PortLink({ url }: { url: string }) {
+/**
+ * The daemon's url names `<vm>.vm`, which only a host using banger's DNS resolves: the link goes to
+ * the VM's IP instead, with the scheme the daemon's probe found. Only http(s) become links.
+ */
+function PortLink({ url, ip, port }: { url: string; ip: string | null; port: number }) {
   let u: URL;
   try {
     u = new URL(url);
+    if (ip && /^[0-9.]+$/.test(ip)) u = new URL(`${u.protocol}//${ip}:${port}/`);
   } catch {
     return <span>{url}</span>;
   }
