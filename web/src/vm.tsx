@@ -20,6 +20,14 @@ import { navigate } from './router.js';
 import { ConfirmDialog, ErrorNote, StateBadge, usePoll } from './ui.js';
 
 const CONSOLE_MAX_CHARS = 256 * 1024;
+
+/**
+ * The console is shown as plain text: terminal escape sequences (colours, cursor moves) and other
+ * control characters are dropped, tabs and newlines kept. A sequence split across two chunks may
+ * leave a few visible characters; it is text either way, never markup.
+ */
+const CONSOLE_NOISE = /\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]|[\x00-\x08\x0b-\x1f\x7f]/g;
+export const plainConsole = (s: string): string => s.replace(/\r\n/g, '\n').replace(CONSOLE_NOISE, '');
 const STATS_SAMPLES = 90;
 
 export function VmPage({ name }: { name: string }) {
@@ -146,7 +154,7 @@ function Console({ vm, state }: { vm: string; state: string }) {
     const ctl = new AbortController();
     setText('');
     setError(undefined);
-    streamText(`/vms/${seg(vm)}/logs?lines=200&follow=true`, (chunk) => setText((t) => (t + chunk).slice(-CONSOLE_MAX_CHARS)), ctl.signal).catch(
+    streamText(`/vms/${seg(vm)}/logs?lines=200&follow=true`, (chunk) => setText((t) => (t + plainConsole(chunk)).slice(-CONSOLE_MAX_CHARS)), ctl.signal).catch(
       (e: unknown) => {
         if (!ctl.signal.aborted) setError(e);
       },
@@ -182,6 +190,10 @@ function Console({ vm, state }: { vm: string; state: string }) {
 
 function StatsChart({ vm, running }: { vm: string; running: boolean }) {
   const [samples, setSamples] = useState<Array<{ t: number; cpu: number; rss: number }>>([]);
+  // A stopped VM has no stats: its old numbers would only mislead.
+  useEffect(() => {
+    if (!running) setSamples([]);
+  }, [running]);
   const poll = usePoll(
     async (signal) => {
       if (!running) return null;
@@ -321,7 +333,7 @@ function Processes({ vm }: { vm: string }) {
           <tbody>
             {procs.data.map((p) => (
               <tr key={p.id}>
-                <td>{p.id}</td>
+                <td class="id">{p.id}</td>
                 <td>{p.name ?? ''}</td>
                 <td>
                   <code>{p.argv ? p.argv.join(' ') : (p.shell ?? '')}</code>
