@@ -6,6 +6,10 @@
 export const ERROR_CODES = {
   bad_request: 400,
   invalid_config: 400,
+  /** No valid web UI session (docs/web.md): run `banger ui`. */
+  unauthorized: 401,
+  /** A web UI request that failed its CSRF or Origin check. */
+  forbidden: 403,
   not_found: 404,
   conflict: 409,
   busy: 409,

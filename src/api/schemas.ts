@@ -71,6 +71,11 @@ export const DaemonStatusSchema = z.object({
 });
 export type DaemonStatus = z.infer<typeof DaemonStatusSchema>;
 
+/** `POST /v1/web/token`: a one-use link into the web UI (docs/web.md). */
+export const WebTokenRequestSchema = z.object({}).strict();
+export const WebTokenSchema = z.object({ url: z.string(), expiresAt: z.string() });
+export type WebToken = z.infer<typeof WebTokenSchema>;
+
 // ---- kernels and images -------------------------------------------------------------------
 
 export const KernelSchema = z.object({

@@ -18,6 +18,7 @@ export const TOP_LEVEL: ReadonlyArray<{ names: readonly string[]; load: () => Pr
   { names: ['kernel'], load: async () => (await import('./commands/kernel.js')).registerKernelCommands },
   { names: ['daemon'], load: async () => (await import('./commands/daemon.js')).registerDaemonCommands },
   { names: ['mcp'], load: async () => (await import('./commands/mcp.js')).registerMcpCommands },
+  { names: ['ui'], load: async () => (await import('./commands/ui.js')).registerUiCommands },
   { names: ['system'], load: async () => (await import('./commands/system.js')).registerSystemCommands },
   // `completion` is registered here too but walks the whole tree: it is deliberately not listed.
   { names: ['version', 'doctor'], load: async () => (await import('./commands/misc.js')).registerMiscCommands },

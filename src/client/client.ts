@@ -16,6 +16,7 @@ import type {
   VmCreateRequest,
   VmSetRequest,
   VmStats,
+  WebToken,
 } from '../api/schemas.js';
 import type {
   WorkspaceBranchExport,
@@ -113,6 +114,8 @@ export class BangerClient {
 
   // ---- daemon & operations ---------------------------------------------------------------
   status = () => this.request<DaemonStatus>('GET', '/v1/daemon');
+  /** A one-use link into the web UI (docs/web.md). */
+  webToken = () => this.request<WebToken>('POST', '/v1/web/token', {});
   shutdown = () => this.request<{ stopping: boolean }>('POST', '/v1/daemon/shutdown');
   operations = async () => (await this.request<{ operations: Operation[] }>('GET', '/v1/operations')).operations;
   operation = (id: string) => this.request<Operation>('GET', `/v1/operations/${encodeURIComponent(id)}`);

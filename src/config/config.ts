@@ -104,7 +104,10 @@ export const ConfigSchema = z
     default_dns: z.array(z.string().refine((v) => isIP(v) !== 0, { message: 'expected IP addresses' })).default([]),
     dns_listen_addr: hostPort.default('127.0.0.1:42069'),
     bridge_dns_port: z.number().int().min(1024).max(65_535).default(42053),
-    web_listen_addr: hostPort.default('127.0.0.1:42070'),
+    /** Where the web UI listens ("" = off; port 0 = a free port); a non-loopback host needs web_allow_remote. */
+    web_listen_addr: z.union([z.literal(''), hostPort]).default('127.0.0.1:42070'),
+    /** Lets web_listen_addr be a non-loopback address (docs/web.md): off, the daemon refuses to start with one. */
+    web_allow_remote: z.boolean().default(false),
     vm_defaults: z
       .object({
         vcpu: z.number().int().min(1).max(64).optional(),

@@ -23,6 +23,7 @@ import { fileRoutes } from './routes-files.js';
 import { kernelRoutes } from './routes-kernels.js';
 import { procRoutes } from './routes-procs.js';
 import { resourceRoutes } from './routes-resources.js';
+import { webRoutes } from './routes-web.js';
 import { workspaceRoutes } from './routes-workspace.js';
 import { scratchSpaceFor } from './scratch.js';
 import { FileSyncService } from './services/file-sync.js';
@@ -37,6 +38,7 @@ import { ProcessService } from './services/processes.js';
 import { SshAccess } from './services/ssh-access.js';
 import { VmService } from './services/vms.js';
 import { WorkspaceService } from './services/workspaces.js';
+import { startWebUi } from './web/server.js';
 
 /**
  * Who changes host networking: a root daemon itself; a daemon running as its owner asks the
@@ -59,6 +61,8 @@ function hostNetOps(env: NodeJS.ProcessEnv, runner: AppDeps['runner']): HostNetO
 export async function composeDaemon(deps: AppDeps, hooks: Pick<AppHooks, 'onStopped'>): Promise<{ app: App; router: Router }> {
   const { config, layout, db, clock, log, runner } = deps;
   const env = process.env;
+  // First: a refused web_listen_addr (non-loopback without web_allow_remote) stops the start before anything runs.
+  const web = await startWebUi({ listenAddr: config.web_listen_addr, allowRemote: config.web_allow_remote, socketPath: layout.socketPath, clock, log });
   const repos = new Repos(db);
   const leases = new LeaseRepo(db);
   const locks = new KeyedMutex();
@@ -179,15 +183,16 @@ export async function composeDaemon(deps: AppDeps, hooks: Pick<AppHooks, 'onStop
       vmm: vmmKind,
       accel: vmmKind === 'firecracker' ? 'kvm' : (accelerators.current() ?? null),
       dnsListenAddr: hostDns?.address() ?? null,
-      webListenAddr: null,
+      webListenAddr: web?.baseUrl ?? null,
     }),
     ...hooks,
   });
-  // Closers run in reverse: VMs' links, then networking, then DNS listeners, then scratch.
+  // Closers run in reverse: VMs' links, then networking, then the web UI and DNS listeners, then scratch.
   app.addCloser(async () => {
     await scratch.sweep();
   });
   app.addCloser(() => dns.close());
+  app.addCloser(() => web?.close());
   app.addCloser(() => network.close());
   app.addCloser(() => vms.close());
 
@@ -203,6 +208,7 @@ export async function composeDaemon(deps: AppDeps, hooks: Pick<AppHooks, 'onStop
     ...procRoutes(procs),
     ...fileRoutes(files),
     ...workspaceRoutes(app, workspaces),
+    ...webRoutes(web),
   );
   return { app, router };
 }

@@ -50,6 +50,7 @@ test('defaults: an empty file equals defaultConfig() and holds the documented va
     dns_listen_addr: '127.0.0.1:42069',
     bridge_dns_port: 42053,
     web_listen_addr: '127.0.0.1:42070',
+    web_allow_remote: false,
     vm_defaults: {},
     file_sync: [],
   });
@@ -81,6 +82,7 @@ default_dns = ["1.1.1.1", "2606:4700:4700::1111"]
 dns_listen_addr = "127.0.0.1:5353"
 bridge_dns_port = 10053
 web_listen_addr = "[::1]:8080"
+web_allow_remote = true
 
 [vm_defaults]
 vcpu = 2
@@ -122,6 +124,7 @@ test('every documented key parses, with its value kept', () => {
     dns_listen_addr: '127.0.0.1:5353',
     bridge_dns_port: 10053,
     web_listen_addr: '[::1]:8080',
+    web_allow_remote: true,
     vm_defaults: { vcpu: 2, memory_mib: 2048, disk_size: '16G' },
     file_sync: [
       { host: '~/.gitconfig', guest: '/root/.gitconfig' },
@@ -170,6 +173,8 @@ test('a value of the wrong type names the key and what was expected', () => {
   refuses('bridge_dns_port = 53\n', /key "bridge_dns_port"/, />=1024|1024/);
   refuses('dns_listen_addr = "localhost:53"\n', /key "dns_listen_addr"/, /expected "IP:PORT"/);
   refuses('web_listen_addr = "127.0.0.1:70000"\n', /key "web_listen_addr"/);
+  refuses('web_allow_remote = "yes"\n', /key "web_allow_remote"/);
+  assert.equal(parseConfig('web_listen_addr = ""\n', 'x.toml').web_listen_addr, '', '"" turns the web UI off');
   refuses('bridge_ip = "172.30.0.300"\n', /key "bridge_ip"/, /expected an IPv4 address/);
   refuses('cidr = "10.0.0.0/31"\n', /key "cidr"/, /between \/8 and \/30/);
   refuses('[[file_sync]]\nhost = "~/.gitconfig"\n', /key "file_sync\.0\.guest"/);
