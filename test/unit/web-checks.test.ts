@@ -18,6 +18,7 @@ import {
   stateChangeRefusal,
   TOKEN_TTL_MS,
   upgradeRefusal,
+  urlHost,
   WebAuth,
 } from '../../src/daemon/web/checks.js';
 
@@ -114,6 +115,11 @@ test('listen address: loopback only unless web_allow_remote', () => {
   );
   checkListenAllowed({ host: '0.0.0.0', port: 42070 }, true);
   checkListenAllowed({ host: '127.0.0.1', port: 42070 }, false);
+  // URLs name a reachable host: a wildcard listener is reached on loopback, IPv6 in brackets.
+  assert.equal(urlHost('0.0.0.0'), '127.0.0.1');
+  assert.equal(urlHost('::'), '[::1]');
+  assert.equal(urlHost('::1'), '[::1]');
+  assert.equal(urlHost('10.0.0.5'), '10.0.0.5');
 });
 
 test('tokens: single use, expire after TOKEN_TTL_MS, bounded; sessions come only from a redeemed token', () => {

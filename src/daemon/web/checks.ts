@@ -51,6 +51,16 @@ export function checkListenAllowed(addr: ListenAddr, allowRemote: boolean): void
   });
 }
 
+/**
+ * The host part of the UI's URLs: a wildcard listener (0.0.0.0, ::) is reached on loopback here;
+ * remote browsers must name the configured address, so web_allow_remote wants a specific one.
+ */
+export function urlHost(host: string): string {
+  if (host === '0.0.0.0') return '127.0.0.1';
+  if (host === '::') return '[::1]';
+  return host.includes(':') ? `[${host}]` : host;
+}
+
 function hostPort(host: string, port: number): string {
   return `${host.includes(':') ? `[${host}]` : host}:${port}`;
 }

@@ -27,6 +27,7 @@ import {
   sessionCookie,
   stateChangeRefusal,
   upgradeRefusal,
+  urlHost,
   WebAuth,
 } from './checks.js';
 
@@ -92,7 +93,7 @@ export class WebServer {
   /** e.g. "http://127.0.0.1:42070/" */
   get baseUrl(): string {
     const b = this.bound as { host: string; port: number };
-    return `http://${b.host.includes(':') ? `[${b.host}]` : b.host}:${b.port}/`;
+    return `http://${urlHost(b.host)}:${b.port}/`;
   }
 
   issueToken(): { url: string; expiresAt: string } {
