@@ -1,7 +1,7 @@
 // Builds everything banger ships: TypeScript → dist/, the static guest binaries → agent/build/,
 // the root helper's host tools → native/build/, and the build stamp (version, commit, time) that `banger version` prints.
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -33,4 +33,31 @@ if (existsSync(join(root, 'agent/Makefile'))) {
 if (existsSync(join(root, 'native/Makefile'))) {
   mkdirSync(join(root, 'native/build'), { recursive: true });
   run('make', ['-s', '-C', 'native']);
+}
+
+// The web UI (docs/web.md): web/ bundled into dist/web — index.html, assets/app.js, assets/app.css —
+// minified, no source maps, everything from node_modules (the daemon serves it; no CDN).
+if (existsSync(join(root, 'web/src/main.tsx'))) {
+  const esbuild = await import('esbuild');
+  const out = join(root, 'dist/web');
+  rmSync(out, { recursive: true, force: true });
+  mkdirSync(join(out, 'assets'), { recursive: true });
+  await esbuild.build({
+    absWorkingDir: root,
+    entryPoints: { app: 'web/src/main.tsx' },
+    outdir: join(out, 'assets'),
+    bundle: true,
+    minify: true,
+    format: 'esm',
+    splitting: true, // the terminal (xterm.js, most of the bytes) is a chunk loaded on first use
+    chunkNames: 'chunk-[hash]',
+    target: ['es2022', 'chrome111', 'firefox115', 'safari16'],
+    jsx: 'automatic',
+    jsxImportSource: 'preact',
+    tsconfig: 'web/tsconfig.json',
+    legalComments: 'none',
+    logLevel: 'warning',
+    define: { 'process.env.NODE_ENV': '"production"' },
+  });
+  copyFileSync(join(root, 'web/index.html'), join(out, 'index.html'));
 }
