@@ -5,18 +5,20 @@
  * resizes, types a script, and prints `{output, messages}` as JSON once the WebSocket closes.
  */
 import { WebSocket } from 'ws';
-import { webLogin, webRequest } from './web.js';
+import { webLogin, webRequest, wsProtocols } from './web.js';
 
 const [authUrl, vm, script] = process.argv.slice(2) as [string, string, string];
 const base = new URL(authUrl).origin;
-const { cookie, csrf } = await webLogin(authUrl);
+const { cookie, csrf, key } = await webLogin(authUrl);
 const started = await webRequest(base, 'POST', `/api/v1/vms/${encodeURIComponent(vm)}/procs`, {
   headers: { cookie, 'x-banger-csrf': csrf, origin: base, 'content-type': 'application/json' },
   body: JSON.stringify({ argv: ['/bin/bash', '-l'], pty: { rows: 24, cols: 80 }, mode: 'detach', name: 'webterm' }),
 });
 if (started.status !== 201) throw new Error(`start: HTTP ${started.status} ${started.text}`);
 const proc = started.json() as { id: string };
-const ws = new WebSocket(`ws://${new URL(base).host}/api/v1/vms/${encodeURIComponent(vm)}/procs/${proc.id}/attach`, { headers: { cookie, origin: base } });
+const ws = new WebSocket(`ws://${new URL(base).host}/api/v1/vms/${encodeURIComponent(vm)}/procs/${proc.id}/attach`, wsProtocols(key), {
+  headers: { cookie, origin: base },
+});
 const output: Buffer[] = [];
 const messages: unknown[] = [];
 ws.on('message', (data, isBinary) => {

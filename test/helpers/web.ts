@@ -10,15 +10,22 @@ export interface WebReply {
   json(): unknown;
 }
 
+/** Page keys of the sessions webLogin opened, by cookie: a request with that cookie sends its key as the UI's page does. */
+const pageKeys = new Map<string, string>();
+export const pageKeyOf = (cookie: string): string | undefined => pageKeys.get(cookie);
+
 export function webRequest(
   base: string,
   method: string,
   path: string,
-  opts: { headers?: Record<string, string>; body?: Buffer | string } = {},
+  /** noKey: send the cookie alone (as a page of another origin would). */
+  opts: { headers?: Record<string, string>; body?: Buffer | string; noKey?: boolean } = {},
 ): Promise<WebReply> {
   const u = new URL(base);
   return new Promise((resolve, reject) => {
     const headers: Record<string, string | number> = { ...opts.headers };
+    const key = opts.headers?.cookie ? pageKeys.get(opts.headers.cookie) : undefined;
+    if (key && !opts.noKey && headers['x-banger-key'] === undefined) headers['x-banger-key'] = key;
     if (opts.body !== undefined && headers['content-length'] === undefined) headers['content-length'] = Buffer.byteLength(opts.body);
     const req = request({ host: u.hostname, port: u.port, method, path, headers, setHost: !('host' in headers) }, (res) => {
       const chunks: Buffer[] = [];
@@ -36,13 +43,19 @@ export function webRequest(
 }
 
 /** Redeems a `/auth?token=` link: the session cookie (name=value) and the session's CSRF token. */
-export async function webLogin(authUrl: string): Promise<{ cookie: string; csrf: string; setCookie: string }> {
+export async function webLogin(authUrl: string): Promise<{ cookie: string; csrf: string; key: string; setCookie: string }> {
   const u = new URL(authUrl);
   const base = `${u.protocol}//${u.host}`;
   const r = await webRequest(base, 'GET', `${u.pathname}${u.search}`);
   if (r.status !== 303) throw new Error(`login failed: HTTP ${r.status} ${r.text}`);
   const setCookie = String((r.headers['set-cookie'] as string[] | undefined)?.[0]);
   const cookie = setCookie.split(';')[0] as string;
+  const key = /^\/#key=([0-9a-f]{64})$/.exec(String(r.headers.location))?.[1];
+  if (!key) throw new Error(`login redirected to ${String(r.headers.location)}, without a page key`);
+  pageKeys.set(cookie, key);
   const s = await webRequest(base, 'GET', '/api/session', { headers: { cookie } });
-  return { cookie, setCookie, csrf: (s.json() as { csrf: string }).csrf };
+  return { cookie, setCookie, key, csrf: (s.json() as { csrf: string }).csrf };
 }
+
+/** The WebSocket subprotocols the UI's terminal offers: its protocol and its page key. */
+export const wsProtocols = (key: string): string[] => ['banger', `banger.key.${key}`];

@@ -24,13 +24,13 @@ import { DEFAULT_STATIC_DIR, WebServer } from '../../src/daemon/web/server.js';
 import { systemClock } from '../../src/util/op-context.js';
 import { ROOT } from '../helpers/banger.js';
 import { HostFakeGuest } from '../helpers/fake-guest.js';
-import { webLogin, webRequest } from '../helpers/web.js';
+import { webLogin, webRequest, wsProtocols } from '../helpers/web.js';
 
 let dir: string;
 let daemon: Server;
 let web: WebServer;
 let base: string;
-let session: { cookie: string; csrf: string };
+let session: { cookie: string; csrf: string; key: string };
 const guest = new HostFakeGuest();
 
 before(async () => {
@@ -130,7 +130,7 @@ test('bridge: a raw upload (PUT) streams through with the CSRF header, and not w
 
 /** Opens the browser terminal's WebSocket to a process. */
 function openWs(path: string, origin: string, cookie = session.cookie): WebSocket {
-  return new WebSocket(`ws://${new URL(base).host}${path}`, { headers: { cookie, origin } });
+  return new WebSocket(`ws://${new URL(base).host}${path}`, wsProtocols(session.key), { headers: { cookie, origin } });
 }
 
 function startProc(body: unknown): Promise<{ id: string }> {
@@ -197,7 +197,7 @@ test('WebSocket upgrades: a foreign or missing Origin, no session, or a foreign 
   assert.equal(await statusOf(openWs(path, 'http://evil.example')), 403);
   assert.equal(await statusOf(openWs(path, 'null')), 403);
   assert.equal(await statusOf(openWs(path, base, 'banger_session=forged')), 403);
-  const rebound = new WebSocket(`ws://${new URL(base).host}${path}`, {
+  const rebound = new WebSocket(`ws://${new URL(base).host}${path}`, wsProtocols(session.key), {
     headers: { cookie: session.cookie, origin: base, host: `evil.example:${new URL(base).port}` },
   });
   assert.equal(await statusOf(rebound), 421);

@@ -12,7 +12,7 @@ import { dirname, join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { WebSocket } from 'ws';
 import { SECURITY_HEADERS } from '../../src/daemon/web/checks.js';
-import { webLogin, webRequest } from '../helpers/web.js';
+import { webLogin, webRequest, wsProtocols } from '../helpers/web.js';
 import { isAlive, raw, TestHome, waitFor } from './harness.js';
 
 let home: TestHome;
@@ -72,13 +72,27 @@ test('token exchange: 303 + HttpOnly SameSite=Strict cookie (never Secure) → /
   const u = new URL(url);
   const r = await webRequest(base, 'GET', `${u.pathname}${u.search}`);
   assert.equal(r.status, 303);
-  assert.equal(r.headers.location, '/');
+  const key = /^\/#key=([0-9a-f]{64})$/.exec(String(r.headers.location))?.[1];
+  assert.ok(key, `the page key in the redirect's fragment: ${r.headers.location}`);
   const setCookie = (r.headers['set-cookie'] as string[])[0] as string;
   assert.match(setCookie, /^banger_session=[0-9a-f]{64}; HttpOnly; SameSite=Strict; Path=\/$/);
   assert.doesNotMatch(setCookie, /Secure/i);
   const cookie = setCookie.split(';')[0] as string;
-  const s = await webRequest(base, 'GET', '/api/session', { headers: { cookie } });
+  // The cookie alone is what a page on another port of 127.0.0.1 would send: refused.
+  const cookieOnly = await webRequest(base, 'GET', '/api/session', { headers: { cookie } });
+  assert.equal(cookieOnly.status, 401);
+  const s = await webRequest(base, 'GET', '/api/session', { headers: { cookie, 'x-banger-key': key } });
   assert.equal(s.status, 200);
+  // Even with the CSRF token, the cookie alone changes nothing: the daemon stays up.
+  const csrfToken = (s.json() as { csrf: string }).csrf;
+  const noKey = await webRequest(base, 'POST', '/api/v1/daemon/shutdown', {
+    headers: { cookie, 'x-banger-csrf': csrfToken, origin: base, 'content-type': 'application/json' },
+    body: '{}',
+  });
+  assert.equal(noKey.status, 401);
+  assert.equal((await raw(home.socketPath, 'GET', '/v1/daemon')).status, 200, 'the daemon still runs');
+  const sse = await webRequest(base, 'GET', `/api/v1/operations?key=${'0'.repeat(64)}`, { headers: { cookie } });
+  assert.equal(sse.status, 401, 'a wrong key= is refused');
   assert.match((s.json() as { csrf: string }).csrf, /^[0-9a-f]{64}$/);
   assert.equal(s.headers['cache-control'], 'no-store');
 
@@ -176,11 +190,11 @@ test('GET never changes state: a GET to a POST-only route is refused by the rout
 });
 
 test('WebSocket: a foreign Origin, no Origin, or no session is refused (403) before any attach', async () => {
-  const { cookie } = await webLogin(await tokenUrl());
+  const { cookie, key } = await webLogin(await tokenUrl());
   const host = new URL(base).host;
-  const statusOf = (headers: Record<string, string>) =>
+  const statusOf = (headers: Record<string, string>, protocols = wsProtocols(key)) =>
     new Promise<number>((resolve) => {
-      const ws = new WebSocket(`ws://${host}/api/v1/vms/dev/procs/p-0000000000/attach`, { headers });
+      const ws = new WebSocket(`ws://${host}/api/v1/vms/dev/procs/p-0000000000/attach`, protocols, { headers });
       ws.on('unexpected-response', (_req, res) => resolve(res.statusCode ?? 0));
       ws.on('open', () => {
         ws.close();
@@ -192,7 +206,10 @@ test('WebSocket: a foreign Origin, no Origin, or no session is refused (403) bef
   assert.equal(await statusOf({ cookie, origin: `http://${host}.evil.example` }), 403);
   assert.equal(await statusOf({ cookie }), 403);
   assert.equal(await statusOf({ origin: base }), 403);
-  // With both, the upgrade is accepted (the attach itself then fails: there is no such VM).
+  // The cookie and Origin without the page key (another port's page has the cookie, not the key).
+  assert.equal(await statusOf({ cookie, origin: base }, ['banger']), 403);
+  assert.equal(await statusOf({ cookie, origin: base }, wsProtocols('0'.repeat(64))), 403);
+  // With all three, the upgrade is accepted (the attach itself then fails: there is no such VM).
   assert.equal(await statusOf({ cookie, origin: base }), 101);
 });
 

@@ -7,6 +7,7 @@ import {
   checkListenAllowed,
   hostAllowed,
   isLoopback,
+  keyFromProtocols,
   MAX_SESSIONS,
   MAX_TOKENS,
   originAllowed,
@@ -29,7 +30,7 @@ function manualClock(start = Date.parse('2026-01-01T00:00:00Z')) {
 }
 
 const loopback = allowedHosts({ host: '127.0.0.1', port: 42070 }, false);
-const session: Session = { id: 'a'.repeat(64), csrf: 'c'.repeat(64), createdAt: new Date(0) };
+const session: Session = { id: 'a'.repeat(64), csrf: 'c'.repeat(64), key: 'k'.repeat(64), createdAt: new Date(0) };
 
 test('Host allowlist: the three loopback names at the bound port, nothing else (DNS rebinding)', () => {
   for (const h of ['127.0.0.1:42070', 'localhost:42070', '[::1]:42070', 'LOCALHOST:42070']) assert.equal(hostAllowed(h, loopback), true, h);
@@ -66,7 +67,12 @@ test('state-changing methods need the session CSRF token, and an Origin of ours 
 });
 
 test('WebSocket upgrades need a session and our Origin (a missing Origin is refused)', () => {
-  assert.equal(upgradeRefusal(session, 'http://localhost:42070', loopback), undefined);
+  assert.equal(upgradeRefusal(session, 'http://localhost:42070', loopback, 'k'.repeat(64)), undefined);
+  // The cookie's session without the page key (a page on another port of 127.0.0.1 has the cookie only).
+  assert.match(upgradeRefusal(session, 'http://localhost:42070', loopback) ?? '', /page key/);
+  assert.match(upgradeRefusal(session, 'http://localhost:42070', loopback, 'j'.repeat(64)) ?? '', /page key/);
+  assert.equal(keyFromProtocols('banger, banger.key.abc'), 'abc');
+  assert.equal(keyFromProtocols('banger'), undefined);
   assert.match(upgradeRefusal(undefined, 'http://localhost:42070', loopback) ?? '', /session/);
   assert.match(upgradeRefusal(session, undefined, loopback) ?? '', /origin/);
   assert.match(upgradeRefusal(session, 'http://evil.example', loopback) ?? '', /origin/);

@@ -21,11 +21,31 @@ export class ApiError extends Error {
   }
 }
 
+/**
+ * The page key (docs/web.md, "Authentication"): the /auth redirect hands it over in the URL
+ * fragment, which no request carries; it is kept in this origin's localStorage (another port of
+ * 127.0.0.1 is another origin and cannot read it, though it would get the cookie) and sent with
+ * every API request: a header, `key=` for EventSource, a WebSocket subprotocol.
+ */
+const KEY_STORAGE = 'banger.key';
+function takeKeyFromFragment(): void {
+  const m = /^#key=([0-9a-f]{64})$/.exec(location.hash);
+  if (!m) return;
+  localStorage.setItem(KEY_STORAGE, m[1] as string);
+  history.replaceState(history.state, '', location.pathname + location.search);
+}
+takeKeyFromFragment();
+export const pageKey = (): string => localStorage.getItem(KEY_STORAGE) ?? '';
+/** `path` with the page key as a query parameter (EventSource cannot set headers). */
+const withKey = (path: string): string => `${path}${path.includes('?') ? '&' : '?'}key=${encodeURIComponent(pageKey())}`;
+/** What the terminal's WebSocket offers: the UI's protocol and, beside it, the key. */
+export const wsProtocols = (): string[] => ['banger', `banger.key.${pageKey()}`];
+
 let csrf: Promise<string> | undefined;
 
 /** The session's CSRF token, asked once per page load. */
 function csrfToken(): Promise<string> {
-  csrf ??= fetch('/api/session', { credentials: 'same-origin', cache: 'no-store' }).then(async (r) => {
+  csrf ??= fetch('/api/session', { credentials: 'same-origin', cache: 'no-store', headers: { 'x-banger-key': pageKey() } }).then(async (r) => {
     if (!r.ok) {
       csrf = undefined;
       throw await toError(r);
@@ -50,7 +70,7 @@ async function toError(r: Response): Promise<ApiError> {
 export const seg = (s: string): string => encodeURIComponent(s);
 
 export async function api<T>(method: 'GET' | 'POST' | 'PATCH' | 'DELETE', path: string, body?: unknown, signal?: AbortSignal): Promise<T> {
-  const headers: Record<string, string> = { accept: 'application/json' };
+  const headers: Record<string, string> = { accept: 'application/json', 'x-banger-key': pageKey() };
   if (method !== 'GET') headers['x-banger-csrf'] = await csrfToken();
   if (body !== undefined) headers['content-type'] = 'application/json';
   const init: RequestInit = { method, headers, credentials: 'same-origin', cache: 'no-store' };
@@ -65,7 +85,7 @@ export const get = <T>(path: string, signal?: AbortSignal): Promise<T> => api<T>
 
 /** Follows a server-sent event stream (GET only); returns a function that stops following. */
 export function follow<E>(path: string, onEvent: (e: E) => boolean | undefined, onError?: () => void): () => void {
-  const es = new EventSource(`/api/v1${path}`, { withCredentials: false });
+  const es = new EventSource(withKey(`/api/v1${path}`), { withCredentials: false });
   es.onmessage = (m) => {
     let e: E;
     try {
@@ -111,7 +131,7 @@ export function followOperation(id: string, onUpdate: (op: Operation) => void): 
 
 /** Streams a text body (the serial console) chunk by chunk until aborted or ended. */
 export async function streamText(path: string, onText: (s: string) => void, signal: AbortSignal): Promise<void> {
-  const r = await fetch(`/api/v1${path}`, { credentials: 'same-origin', cache: 'no-store', signal });
+  const r = await fetch(`/api/v1${path}`, { credentials: 'same-origin', cache: 'no-store', signal, headers: { 'x-banger-key': pageKey() } });
   if (!r.ok || !r.body) throw await toError(r);
   const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
   for (;;) {

@@ -6,7 +6,7 @@
 import { FitAddon } from '@xterm/addon-fit';
 import { Terminal } from '@xterm/xterm';
 import { useEffect, useRef, useState } from 'preact/hooks';
-import { ApiError, api, type Proc, seg } from './api.js';
+import { ApiError, api, type Proc, seg, wsProtocols } from './api.js';
 import { adoptInlineStyles } from './csp-styles.js';
 
 async function startShell(vm: string, rows: number, cols: number): Promise<Proc> {
@@ -56,7 +56,7 @@ export function TerminalView({ vm }: { vm: string }) {
       if (closed) return;
       const url = new URL(`/api/v1/vms/${seg(vm)}/procs/${seg(proc.id)}/attach`, location.href);
       url.protocol = location.protocol === 'https:' ? 'wss:' : 'ws:';
-      ws = new WebSocket(url);
+      ws = new WebSocket(url, wsProtocols());
       ws.binaryType = 'arraybuffer';
       ws.onopen = () => {
         setStatus(`attached to ${proc.argv?.[0] ?? 'shell'} (process ${proc.id})`);

@@ -4,7 +4,7 @@
  * which WebSocket upgrades are allowed (session + Origin), cookies, asset paths, and the one-use
  * tokens and sessions, on an injected clock.
  */
-import { randomBytes } from 'node:crypto';
+import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { isIP } from 'node:net';
 import { BangerError } from '../../api/errors.js';
 import type { Clock } from '../../util/op-context.js';
@@ -112,9 +112,35 @@ export function stateChangeRefusal(
 }
 
 /** A WebSocket upgrade needs a session and an Origin of ours (browsers always send one). */
-export function upgradeRefusal(session: Session | undefined, origin: string | undefined, allowed: ReadonlySet<string>): string | undefined {
+export const KEY_HEADER = 'x-banger-key';
+export const KEY_PROTOCOL_PREFIX = 'banger.key.';
+/** The subprotocol a WebSocket of the UI speaks (offered beside its key, and chosen). */
+export const UI_PROTOCOL = 'banger';
+
+/** True when `presented` is the session's page key (compared in constant time). */
+export function keyMatches(session: Session, presented: string | null | undefined): boolean {
+  if (typeof presented !== 'string' || presented.length !== session.key.length) return false;
+  return timingSafeEqual(Buffer.from(presented), Buffer.from(session.key));
+}
+
+/** The key a WebSocket upgrade offers among its subprotocols (`Sec-WebSocket-Protocol`), if any. */
+export function keyFromProtocols(header: string | undefined): string | undefined {
+  for (const p of (header ?? '').slice(0, 1024).split(',')) {
+    const t = p.trim();
+    if (t.startsWith(KEY_PROTOCOL_PREFIX)) return t.slice(KEY_PROTOCOL_PREFIX.length);
+  }
+  return undefined;
+}
+
+export function upgradeRefusal(
+  session: Session | undefined,
+  origin: string | undefined,
+  allowed: ReadonlySet<string>,
+  key?: string | undefined,
+): string | undefined {
   if (!session) return 'no valid session: run `banger ui`';
   if (!originAllowed(origin, allowed)) return `origin ${JSON.stringify(origin ?? null)} is not this UI`;
+  if (!keyMatches(session, key)) return 'no valid page key: open the UI with `banger ui`';
   return undefined;
 }
 
@@ -169,6 +195,14 @@ export function assetPath(rawPath: string): { rel: string; contentType: string }
 export interface Session {
   id: string;
   csrf: string;
+  /**
+   * The page's key: browsers send a 127.0.0.1 cookie to every port of 127.0.0.1, so a page another
+   * local user serves on another port would ride on the cookie alone. The key reaches the UI's page
+   * only in the /auth redirect's fragment (never sent to a server; readable only by this origin's
+   * script) and comes back in a header (`x-banger-key`), an EventSource URL's `key=`, or a
+   * WebSocket subprotocol (`banger.key.<key>`): a foreign origin can read none of them.
+   */
+  key: string;
   createdAt: Date;
 }
 
@@ -199,7 +233,7 @@ export class WebAuth {
     this.tokens.delete(token);
     if (!exp || exp.getTime() <= this.clock.now().getTime()) return undefined;
     while (this.sessions.size >= MAX_SESSIONS) this.sessions.delete(this.sessions.keys().next().value as string);
-    const session: Session = { id: this.random(32), csrf: this.random(32), createdAt: this.clock.now() };
+    const session: Session = { id: this.random(32), csrf: this.random(32), key: this.random(32), createdAt: this.clock.now() };
     this.sessions.set(session.id, session);
     return session;
   }

@@ -21,11 +21,15 @@ import {
   CSRF_HEADER,
   checkListenAllowed,
   hostAllowed,
+  KEY_HEADER,
+  keyFromProtocols,
+  keyMatches,
   parseListenAddr,
   SECURITY_HEADERS,
   type Session,
   sessionCookie,
   stateChangeRefusal,
+  UI_PROTOCOL,
   upgradeRefusal,
   urlHost,
   WebAuth,
@@ -60,7 +64,12 @@ const BAD_TOKEN_PAGE = `<!doctype html><meta charset="utf-8"><title>banger</titl
 
 export class WebServer {
   readonly auth: WebAuth;
-  private readonly wss = new WebSocketServer({ noServer: true, maxPayload: 1024 * 1024 });
+  // The UI offers `banger` beside its key; `banger` is chosen (the key is never echoed back).
+  private readonly wss = new WebSocketServer({
+    noServer: true,
+    maxPayload: 1024 * 1024,
+    handleProtocols: (protocols) => (protocols.has(UI_PROTOCOL) ? UI_PROTOCOL : false),
+  });
   private allowed = new Set<string>();
   private bound?: { host: string; port: number };
 
@@ -140,7 +149,19 @@ export class WebServer {
       const err = new BangerError('forbidden', refusal, { fix: 'reload the page' });
       return isApi ? this.sendApiError(res, err) : this.send(res, 403, `${refusal}\n`, 'text/plain; charset=utf-8');
     }
-    if (isApi) return this.api(req, res, session);
+    if (isApi) {
+      // The page's key (see Session.key): a header, or `key=` on a GET (EventSource sets no headers).
+      const url = new URL(req.url ?? '/', 'http://x');
+      const presented = header(req, KEY_HEADER) ?? (req.method === 'GET' ? url.searchParams.get('key') : null);
+      if (!keyMatches(session, presented)) {
+        req.resume();
+        return this.sendApiError(
+          res,
+          new BangerError('unauthorized', 'this page has no valid key for the web session', { fix: 'open the UI with `banger ui`' }),
+        );
+      }
+      return this.api(req, res, session);
+    }
     if (req.method !== 'GET' && req.method !== 'HEAD') {
       req.resume();
       return this.send(res, 405, 'method not allowed\n', 'text/plain; charset=utf-8', { allow: 'GET, HEAD' });
@@ -157,7 +178,14 @@ export class WebServer {
     const token = new URL(req.url ?? '/', 'http://x').searchParams.get('token');
     const session = this.auth.redeem(token);
     if (!session) return this.send(res, 401, BAD_TOKEN_PAGE, 'text/html; charset=utf-8', { 'cache-control': 'no-store' });
-    res.writeHead(303, { ...SECURITY_HEADERS, 'set-cookie': sessionCookie(session.id), location: '/', 'cache-control': 'no-store', 'content-length': 0 });
+    // The page key travels in the fragment: the browser keeps it for the page and never sends it on.
+    res.writeHead(303, {
+      ...SECURITY_HEADERS,
+      'set-cookie': sessionCookie(session.id),
+      location: `/#key=${session.key}`,
+      'cache-control': 'no-store',
+      'content-length': 0,
+    });
     res.end();
   }
 
@@ -177,6 +205,7 @@ export class WebServer {
       if (v !== undefined) headers[h] = v;
     }
     if (req.headers['transfer-encoding']) headers['transfer-encoding'] = 'chunked';
+    url.searchParams.delete('key'); // the page key stays here: the daemon's routes never see it
     const upstream = request({ socketPath: this.opts.socketPath, method: req.method, path: `${url.pathname.slice('/api'.length)}${url.search}`, headers });
     upstream.on('response', (ures) => {
       const out: Record<string, string | number> = { ...SECURITY_HEADERS, 'cache-control': 'no-store' };
@@ -234,7 +263,8 @@ export class WebServer {
       );
     };
     if (!hostAllowed(req.headers.host, this.allowed)) return refuse(421, 'this host name is not the banger UI');
-    const refusal = upgradeRefusal(this.auth.session(req.headers.cookie), header(req, 'origin'), this.allowed);
+    const offered = header(req, 'sec-websocket-protocol');
+    const refusal = upgradeRefusal(this.auth.session(req.headers.cookie), header(req, 'origin'), this.allowed, keyFromProtocols(offered));
     if (refusal) return refuse(403, refusal);
     const url = new URL(req.url ?? '/', 'http://x');
     const m = ATTACH_PATH.exec(url.pathname);
