@@ -93,6 +93,16 @@ test('token exchange: 303 + HttpOnly SameSite=Strict cookie (never Secure) → /
   assert.equal((await raw(home.socketPath, 'GET', '/v1/daemon')).status, 200, 'the daemon still runs');
   const sse = await webRequest(base, 'GET', `/api/v1/operations?key=${'0'.repeat(64)}`, { headers: { cookie } });
   assert.equal(sse.status, 401, 'a wrong key= is refused');
+  // A key that is 64 characters but not 64 bytes: refused, and the daemon does not fall over.
+  const odd = await webRequest(base, 'GET', `/api/v1/vms?key=${'a'.repeat(63)}%C3%A9`, { headers: { cookie } });
+  assert.equal(odd.status, 401);
+  const oddHeader = await webRequest(base, 'GET', '/api/v1/vms', { headers: { cookie, 'x-banger-key': `${'a'.repeat(63)}\u00e9` } });
+  assert.equal(oddHeader.status, 401);
+  assert.equal((await raw(home.socketPath, 'GET', '/v1/daemon')).status, 200, 'the daemon still runs');
+  // No service worker is ever served from the UI's origin; /auth clears what the origin stored.
+  const sw = await webRequest(base, 'GET', '/assets/app.js', { headers: { cookie, 'service-worker': 'script' } });
+  assert.equal(sw.status, 404);
+  assert.equal(r.headers['clear-site-data'], '"storage"');
   assert.match((s.json() as { csrf: string }).csrf, /^[0-9a-f]{64}$/);
   assert.equal(s.headers['cache-control'], 'no-store');
 

@@ -8,6 +8,7 @@ import {
   hostAllowed,
   isLoopback,
   keyFromProtocols,
+  keyMatches,
   MAX_SESSIONS,
   MAX_TOKENS,
   originAllowed,
@@ -30,7 +31,7 @@ function manualClock(start = Date.parse('2026-01-01T00:00:00Z')) {
 }
 
 const loopback = allowedHosts({ host: '127.0.0.1', port: 42070 }, false);
-const session: Session = { id: 'a'.repeat(64), csrf: 'c'.repeat(64), key: 'k'.repeat(64), createdAt: new Date(0) };
+const session: Session = { id: 'a'.repeat(64), csrf: 'c'.repeat(64), key: 'b'.repeat(64), createdAt: new Date(0) };
 
 test('Host allowlist: the three loopback names at the bound port, nothing else (DNS rebinding)', () => {
   for (const h of ['127.0.0.1:42070', 'localhost:42070', '[::1]:42070', 'LOCALHOST:42070']) assert.equal(hostAllowed(h, loopback), true, h);
@@ -67,10 +68,14 @@ test('state-changing methods need the session CSRF token, and an Origin of ours 
 });
 
 test('WebSocket upgrades need a session and our Origin (a missing Origin is refused)', () => {
-  assert.equal(upgradeRefusal(session, 'http://localhost:42070', loopback, 'k'.repeat(64)), undefined);
+  assert.equal(upgradeRefusal(session, 'http://localhost:42070', loopback, 'b'.repeat(64)), undefined);
   // The cookie's session without the page key (a page on another port of 127.0.0.1 has the cookie only).
   assert.match(upgradeRefusal(session, 'http://localhost:42070', loopback) ?? '', /page key/);
-  assert.match(upgradeRefusal(session, 'http://localhost:42070', loopback, 'j'.repeat(64)) ?? '', /page key/);
+  assert.match(upgradeRefusal(session, 'http://localhost:42070', loopback, 'c'.repeat(64)) ?? '', /page key/);
+  // A key of the right length in characters but not in bytes (a non-ASCII one) is refused, never a throw.
+  assert.match(upgradeRefusal(session, 'http://localhost:42070', loopback, `${'b'.repeat(63)}\u00e9`) ?? '', /page key/);
+  assert.equal(keyMatches(session, `${'b'.repeat(63)}\u00e9`), false);
+  assert.equal(keyMatches(session, 'B'.repeat(64)), false);
   assert.equal(keyFromProtocols('banger, banger.key.abc'), 'abc');
   assert.equal(keyFromProtocols('banger'), undefined);
   assert.match(upgradeRefusal(undefined, 'http://localhost:42070', loopback) ?? '', /session/);

@@ -119,8 +119,10 @@ export const UI_PROTOCOL = 'banger';
 
 /** True when `presented` is the session's page key (compared in constant time). */
 export function keyMatches(session: Session, presented: string | null | undefined): boolean {
-  if (typeof presented !== 'string' || presented.length !== session.key.length) return false;
-  return timingSafeEqual(Buffer.from(presented), Buffer.from(session.key));
+  // Only the key's own shape reaches the comparison: a non-ASCII character makes more bytes than
+  // characters, and timingSafeEqual throws on unequal lengths.
+  if (typeof presented !== 'string' || !/^[0-9a-f]{64}$/.test(presented)) return false;
+  return timingSafeEqual(Buffer.from(presented, 'ascii'), Buffer.from(session.key, 'ascii'));
 }
 
 /** The key a WebSocket upgrade offers among its subprotocols (`Sec-WebSocket-Protocol`), if any. */

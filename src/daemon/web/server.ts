@@ -35,6 +35,9 @@ import {
   WebAuth,
 } from './checks.js';
 
+/** Connections the UI's port holds at most (other local users can connect; a browser needs a few dozen). */
+const MAX_CONNECTIONS = 256;
+
 /** dist/web, fixed at build: this file is dist/src/daemon/web/server.js. */
 export const DEFAULT_STATIC_DIR = fileURLToPath(new URL('../../../web/', import.meta.url));
 const MAX_STATIC_BYTES = 32 * 1024 * 1024;
@@ -86,9 +89,24 @@ export class WebServer {
     checkListenAllowed(addr, opts.allowRemote);
     const server = createServer();
     const web = new WebServer(opts, server);
-    server.on('request', (req, res) => void web.handle(req, res));
-    server.on('upgrade', (req, socket, head) => web.handleUpgrade(req, socket, head));
+    // A request that throws ends only itself: never an unhandled rejection that stops the daemon.
+    server.on('request', (req, res) =>
+      web.handle(req, res).catch((e: unknown) => {
+        opts.log.warn({ err: e, path: (req.url ?? '').split('?')[0] }, 'web request failed');
+        res.destroy();
+      }),
+    );
+    server.on('upgrade', (req, socket, head) => {
+      try {
+        web.handleUpgrade(req, socket, head);
+      } catch (e) {
+        opts.log.warn({ err: e, path: (req.url ?? '').split('?')[0] }, 'web upgrade failed');
+        socket.destroy();
+      }
+    });
     server.requestTimeout = 0; // uploads through the bridge last as long as their data
+    server.headersTimeout = 30_000;
+    server.maxConnections = MAX_CONNECTIONS;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(addr.port, addr.host, () => resolve());
@@ -120,6 +138,12 @@ export class WebServer {
     });
   }
 
+  /** A refusal before any session: answered, then the connection closes (a slow body is never drained). */
+  private refuseAndClose(res: ServerResponse, status: number, text: string): undefined {
+    this.send(res, status, text, 'text/plain; charset=utf-8', { connection: 'close' });
+    res.once('finish', () => res.socket?.destroy());
+  }
+
   private send(res: ServerResponse, status: number, body: string, contentType: string, extra: Record<string, string> = {}): undefined {
     res.writeHead(status, { ...SECURITY_HEADERS, 'content-type': contentType, 'content-length': Buffer.byteLength(body), ...extra });
     res.end(body);
@@ -134,11 +158,15 @@ export class WebServer {
     const isApi = rawPath === '/api' || rawPath.startsWith('/api/');
     // DNS rebinding: a foreign name pointing at us gets nothing, not even the login page.
     if (!hostAllowed(req.headers.host, this.allowed)) {
-      return this.send(res, 421, 'misdirected request: this host name is not the banger UI\n', 'text/plain; charset=utf-8');
+      return this.refuseAndClose(res, 421, 'misdirected request: this host name is not the banger UI\n');
     }
     if (rawPath === '/auth' && req.method === 'GET') return this.redeem(req, res);
+    // Service workers: none is ever served from this origin (a worker registered here by whoever
+    // held the port before would see every request of the page; its update check gets a 404).
+    if (header(req, 'service-worker') !== undefined) return this.refuseAndClose(res, 404, 'no service worker here\n');
     const session = this.auth.session(req.headers.cookie);
     if (!session) {
+      res.setHeader('connection', 'close');
       req.resume();
       if (isApi) return this.sendApiError(res, new BangerError('unauthorized', 'no valid web session', { fix: 'run `banger ui`' }));
       return this.send(res, 401, LOGIN_PAGE, 'text/html; charset=utf-8');
@@ -184,6 +212,9 @@ export class WebServer {
       'set-cookie': sessionCookie(session.id),
       location: `/#key=${session.key}`,
       'cache-control': 'no-store',
+      // Whatever this origin stored before (a service worker someone registered while holding the
+      // port, an old key) is gone before the new key arrives.
+      'clear-site-data': '"storage"',
       'content-length': 0,
     });
     res.end();
@@ -256,7 +287,7 @@ export class WebServer {
   private handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): undefined {
     socket.on('error', () => {});
     const refuse = (status: number, reason: string): undefined => {
-      this.opts.log.info({ path: req.url, reason }, 'web upgrade refused');
+      this.opts.log.debug({ path: (req.url ?? '').split('?')[0], reason }, 'web upgrade refused');
       const text = `${reason}\n`;
       socket.end(
         `HTTP/1.1 ${status} ${status === 421 ? 'Misdirected Request' : status === 404 ? 'Not Found' : 'Forbidden'}\r\ncontent-type: text/plain\r\ncontent-length: ${Buffer.byteLength(text)}\r\nconnection: close\r\n\r\n${text}`,
