@@ -47,15 +47,18 @@ export async function webLogin(authUrl: string): Promise<{ cookie: string; csrf:
   const u = new URL(authUrl);
   const base = `${u.protocol}//${u.host}`;
   const r = await webRequest(base, 'GET', `${u.pathname}${u.search}`);
-  if (r.status !== 303) throw new Error(`login failed: HTTP ${r.status} ${r.text}`);
+  if (r.status !== 200) throw new Error(`login failed: HTTP ${r.status} ${r.text}`);
   const setCookie = String((r.headers['set-cookie'] as string[] | undefined)?.[0]);
   const cookie = setCookie.split(';')[0] as string;
-  const key = /^\/#key=([0-9a-f]{64})$/.exec(String(r.headers.location))?.[1];
-  if (!key) throw new Error(`login redirected to ${String(r.headers.location)}, without a page key`);
+  const key = pageKeyIn(r.text);
+  if (!key) throw new Error(`the login page names no page key: ${r.text}`);
   pageKeys.set(cookie, key);
   const s = await webRequest(base, 'GET', '/api/session', { headers: { cookie } });
   return { cookie, setCookie, key, csrf: (s.json() as { csrf: string }).csrf };
 }
+
+/** The page key in the /auth page (it navigates on to `/#key=K`). */
+export const pageKeyIn = (html: string): string | undefined => /content="0;url=\/#key=([0-9a-f]{64})"/.exec(html)?.[1];
 
 /** The WebSocket subprotocols the UI's terminal offers: its protocol and its page key. */
 export const wsProtocols = (key: string): string[] => ['banger', `banger.key.${key}`];

@@ -206,18 +206,23 @@ export class WebServer {
     const token = new URL(req.url ?? '/', 'http://x').searchParams.get('token');
     const session = this.auth.redeem(token);
     if (!session) return this.send(res, 401, BAD_TOKEN_PAGE, 'text/html; charset=utf-8', { 'cache-control': 'no-store' });
-    // The page key travels in the fragment: the browser keeps it for the page and never sends it on.
-    res.writeHead(303, {
+    // A page of this origin navigates on to the UI, not a redirect: a login link opened from
+    // elsewhere (the file `banger ui` hands to xdg-open) makes a cross-site redirect chain, on
+    // which a browser withholds the SameSite=Strict cookie. The page key travels in the fragment:
+    // the browser keeps it for the page and never sends it to a server.
+    const next = `/#key=${session.key}`;
+    const body = `<!doctype html><meta charset="utf-8"><meta http-equiv="refresh" content="0;url=${next}"><title>banger</title>\n<p><a href="${next}">Open the banger UI</a></p>\n`;
+    res.writeHead(200, {
       ...SECURITY_HEADERS,
       'set-cookie': sessionCookie(session.id),
-      location: `/#key=${session.key}`,
+      'content-type': 'text/html; charset=utf-8',
+      'content-length': Buffer.byteLength(body),
       'cache-control': 'no-store',
       // Whatever this origin stored before (a service worker someone registered while holding the
       // port, an old key) is gone before the new key arrives.
       'clear-site-data': '"storage"',
-      'content-length': 0,
     });
-    res.end();
+    res.end(body);
   }
 
   private api(req: IncomingMessage, res: ServerResponse, session: Session): undefined {
