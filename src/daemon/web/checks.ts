@@ -200,9 +200,9 @@ export interface Session {
   /**
    * The page's key: browsers send a 127.0.0.1 cookie to every port of 127.0.0.1, so a page another
    * local user serves on another port would ride on the cookie alone. The key reaches the UI's page
-   * only in the /auth redirect's fragment (never sent to a server; readable only by this origin's
-   * script) and comes back in a header (`x-banger-key`), an EventSource URL's `key=`, or a
-   * WebSocket subprotocol (`banger.key.<key>`): a foreign origin can read none of them.
+   * only in the fragment of the URL the /auth page navigates to (never sent to a server; readable
+   * only by this origin's script) and comes back in a header (`x-banger-key`), an EventSource URL's
+   * `key=`, or a WebSocket subprotocol (`banger.key.<key>`): a foreign origin can read none of them.
    */
   key: string;
   createdAt: Date;
