@@ -40,6 +40,18 @@ export interface VmLaunchSpec {
   /** Host Unix socket of the guest-agent channel. */
   agentSocketPath: string;
   accel: Accelerator;
+  /**
+   * QEMU: guest RAM lives in this file (on tmpfs, created by the driver, 0600), mapped shared, so a
+   * memory snapshot saves only device state plus a sparse copy of this file. Ignored by Firecracker.
+   * Absent: anonymous RAM (such a VM cannot be snapshotted with memory).
+   */
+  memoryFile?: string;
+  /**
+   * Start from a saved state instead of booting: the guest continues where it was saved, and the VMM
+   * is left PAUSED (call resume()). The device configuration (vcpus, memory, disk and net ids) must
+   * equal the saved VM's; disk files, TAPs and sockets are this VM's own.
+   */
+  restore?: { statePath: string; memoryPath: string };
 }
 
 /** What must survive a daemon restart to find and drive the VMM process again. */
@@ -74,6 +86,21 @@ export interface VmmDriver {
   shutdown(handle: VmmHandle, timeoutMs: number): Promise<boolean>;
   /** Kills the process (SIGKILL) and waits for it to disappear. */
   kill(handle: VmmHandle): Promise<void>;
+  /** What this driver can snapshot: memory state, and disks by switching to new qcow2 layers or by copies. */
+  readonly snapshotSupport: { memory: boolean; diskLayers: 'switch' | 'copy' };
+  /** Stops the vCPUs. Idempotent. */
+  pause(handle: VmmHandle): Promise<void>;
+  /** Runs the vCPUs again (also after saveState). Idempotent. */
+  resume(handle: VmmHandle): Promise<void>;
+  /** A PAUSED VM's device state and RAM to files (created exclusively, 0600). Leaves it paused; removes partial files on failure. */
+  saveState(handle: VmmHandle, out: { statePath: string; memoryPath: string }): Promise<{ stateBytes: number; memoryBytes: number }>;
+  /**
+   * diskLayers 'switch' only: on a PAUSED VM, each drive writes into a new qcow2 file (already created
+   * by the caller over the current top) from now on; the current file becomes frozen history.
+   */
+  switchDiskLayers?(handle: VmmHandle, newTops: Array<{ driveId: string; path: string }>): Promise<void>;
+  /** Link carrier of a NIC (so a clone stays silent until it is re-identified). */
+  setLinkUp?(handle: VmmHandle, netId: string, up: boolean): Promise<void>;
 }
 
 export class VmmError extends Error {

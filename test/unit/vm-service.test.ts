@@ -138,6 +138,16 @@ async function world(knobs: Knobs = {}, shared?: World): Promise<World> {
       p.kill('SIGKILL');
       await gone;
     },
+    snapshotSupport: { memory: false, diskLayers: 'copy' },
+    async pause() {
+      throw new Error('FAKE VMM: no pause');
+    },
+    async resume() {
+      throw new Error('FAKE VMM: no resume');
+    },
+    async saveState() {
+      throw new Error('FAKE VMM: no saveState');
+    },
   };
   let portPolls = 0;
   const agent = (): AgentLink => ({

@@ -139,6 +139,18 @@ export class FirecrackerDriver implements VmmDriver {
     return exited;
   }
 
+  // Warm start (issue 15): implemented on the driver branch; until then every call says so.
+  readonly snapshotSupport = { memory: false, diskLayers: 'copy' as const };
+  async pause(_handle: VmmHandle): Promise<void> {
+    throw new VmmError('Firecracker: pause is not implemented yet');
+  }
+  async resume(_handle: VmmHandle): Promise<void> {
+    throw new VmmError('Firecracker: resume is not implemented yet');
+  }
+  async saveState(_handle: VmmHandle, _out: { statePath: string; memoryPath: string }): Promise<{ stateBytes: number; memoryBytes: number }> {
+    throw new VmmError('Firecracker: saveState is not implemented yet');
+  }
+
   async kill(handle: VmmHandle): Promise<void> {
     await killAndWait(handle.pid, handle.pidStartTime, undefined, handle.bootId);
     await this.release(handle);

@@ -88,6 +88,18 @@ export class QemuDriver implements VmmDriver {
     return exited;
   }
 
+  // Warm start (issue 15): implemented on the driver branch; until then every call says so.
+  readonly snapshotSupport = { memory: false, diskLayers: 'copy' as const };
+  async pause(_handle: VmmHandle): Promise<void> {
+    throw new VmmError('QEMU: pause is not implemented yet');
+  }
+  async resume(_handle: VmmHandle): Promise<void> {
+    throw new VmmError('QEMU: resume is not implemented yet');
+  }
+  async saveState(_handle: VmmHandle, _out: { statePath: string; memoryPath: string }): Promise<{ stateBytes: number; memoryBytes: number }> {
+    throw new VmmError('QEMU: saveState is not implemented yet');
+  }
+
   async kill(handle: VmmHandle): Promise<void> {
     await killAndWait(handle.pid, handle.pidStartTime, undefined, handle.bootId);
     await this.cleanup(handle);
