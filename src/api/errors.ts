@@ -14,6 +14,8 @@ export const ERROR_CODES = {
   conflict: 409,
   busy: 409,
   precondition_failed: 412,
+  /** A snapshot that cannot be restored here: its manifest (VMM, kernel, agent, devices) differs; `details.field` names what. */
+  snapshot_incompatible: 409,
   payload_too_large: 413,
   /** Untrusted content (a layer, a manifest, an archive) that banger refuses to unpack. */
   rejected_content: 422,

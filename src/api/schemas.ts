@@ -183,7 +183,11 @@ export const CachePruneReportSchema = z.object({
 
 // ---- VMs ---------------------------------------------------------------------------------
 
-export const VmStateSchema = z.enum(['created', 'starting', 'running', 'stopping', 'stopped', 'error']);
+/**
+ * `paused`: the VMM is alive with its vCPUs stopped (`vm pause`); `suspended`: its state and RAM are
+ * saved on disk and no VMM runs (`vm pause --to-disk`); `vm resume` (or `vm start`) continues either.
+ */
+export const VmStateSchema = z.enum(['created', 'starting', 'running', 'paused', 'suspended', 'stopping', 'stopped', 'error']);
 export type VmState = z.infer<typeof VmStateSchema>;
 
 export const VmSchema = z.object({
@@ -227,8 +231,13 @@ export const VmCreateRequestSchema = z
      * through the agent's process API, e.g. `vm run -- CMD`, need no sshd).
      */
     waitFor: z.enum(['ssh', 'agent']).default('ssh'),
+    /** Start from this snapshot (name or id) instead of the image: its disks, and its memory when it has one. */
+    fromSnapshot: z.string().min(1).max(128).optional(),
+    /** Boot cold even when the image has a matching warm snapshot (`image warm`). */
+    cold: z.boolean().default(false),
   })
-  .strict();
+  .strict()
+  .refine((r) => !(r.fromSnapshot && r.image), { message: 'give --image or --from-snapshot, not both (a snapshot names its image)' });
 export type VmCreateRequest = z.input<typeof VmCreateRequestSchema>;
 
 export const VmSetRequestSchema = z
@@ -303,3 +312,80 @@ export const VmListSchema = z.object({ vms: z.array(VmSchema) });
 export const ImageListSchema = z.object({ images: z.array(ImageSchema) });
 export const KernelListSchema = z.object({ kernels: z.array(KernelSchema) });
 export const AcceptedOperationSchema = z.object({ operation: OperationSchema });
+
+// ---- snapshots, pause/resume, fork, warm pool (docs/snapshots.md) ---------------------------
+
+/** What a snapshot was taken with; a restore refuses (`snapshot_incompatible`) when a field differs. */
+export const SnapshotManifestSchema = z.object({
+  format: z.literal(1),
+  vmm: z.string(),
+  vmmVersion: z.string(),
+  /** sha256 of the device configuration a restore must reproduce (machine, vCPUs, memory, disks, NICs). */
+  deviceHash: z.string(),
+  kernelId: z.string(),
+  kernelName: z.string(),
+  imageId: z.string(),
+  imageName: z.string(),
+  /** sha256 of the banger-agent binary the guest runs (a restored guest keeps its old agent). */
+  agentHash: z.string(),
+  vcpus: z.number().int(),
+  memoryMib: z.number().int(),
+  diskSizeBytes: z.number().int(),
+  memory: z.boolean(),
+  stateBytes: z.number().int(),
+  memoryBytes: z.number().int(),
+  sourceVm: z.string(),
+  /** `agent-ready`: taken right after the agent answered, before any file sync (warm pool). */
+  takenAt: z.enum(['running', 'agent-ready']),
+});
+export type SnapshotManifest = z.infer<typeof SnapshotManifestSchema>;
+
+export const SnapshotSchema = z.object({
+  id: z.string(),
+  name: z.string(),
+  /** `user` (vm snapshot), `warm` (image warm), `fork` (the transient snapshot of a vm fork). */
+  purpose: z.enum(['user', 'warm', 'fork']),
+  sourceVm: z.string(),
+  imageName: z.string(),
+  hasMemory: z.boolean(),
+  sizeBytes: z.number().int(),
+  manifest: SnapshotManifestSchema,
+  /** VMs whose disks are layered on this snapshot's (a delete refuses while any exist, unless forced). */
+  dependents: z.array(z.string()),
+  createdAt: z.string(),
+});
+export type Snapshot = z.infer<typeof SnapshotSchema>;
+export const SnapshotListSchema = z.object({ snapshots: z.array(SnapshotSchema) });
+
+export const VmSnapshotRequestSchema = z
+  .object({
+    name: ResourceName.optional(),
+    /** false: freeze the guest's filesystems and keep the disk layers only; a start from it is a cold boot. */
+    memory: z.boolean().default(true),
+  })
+  .strict();
+export type VmSnapshotRequest = z.input<typeof VmSnapshotRequestSchema>;
+
+export const VmPauseRequestSchema = z.object({ toDisk: z.boolean().default(false) }).strict();
+export type VmPauseRequest = z.input<typeof VmPauseRequestSchema>;
+
+export const VmForkRequestSchema = z
+  .object({
+    count: z.number().int().min(1).max(16).default(1),
+    /** Names of the clones (default `<source>-fork-<k>`); as many as count. */
+    names: z.array(z.string().min(1).max(63)).max(16).optional(),
+  })
+  .strict()
+  .refine((r) => !r.names || r.names.length === r.count, { message: 'give as many names as --count' });
+export type VmForkRequest = z.input<typeof VmForkRequestSchema>;
+
+export const VmForkResultSchema = z.object({
+  snapshot: z.string(),
+  results: z.array(z.object({ name: z.string(), ok: z.boolean(), vm: VmSchema.optional(), error: ErrorBodySchema.optional() })),
+});
+export type VmForkResult = z.infer<typeof VmForkResultSchema>;
+
+export const ImageWarmRequestSchema = z
+  .object({ vcpus: z.number().int().optional(), memoryMib: z.number().int().optional(), diskSizeBytes: z.number().int().optional() })
+  .strict();
+export type ImageWarmRequest = z.input<typeof ImageWarmRequestSchema>;

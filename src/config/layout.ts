@@ -1,4 +1,4 @@
-import { isAbsolute, join, normalize } from 'node:path';
+import { dirname, isAbsolute, join, normalize } from 'node:path';
 import { BangerError } from '../api/errors.js';
 
 // node:fs and node:os through getBuiltinModule, not `import`: this module is on every CLI start,
@@ -29,6 +29,15 @@ export interface Layout {
   imagesDir: string;
   kernelsDir: string;
   stagingDir: string;
+  /** Frozen and writable disk layers of VMs and snapshots (docs/snapshots.md). */
+  layersDir: string;
+  /** One directory per snapshot: its manifest, device state and RAM. */
+  snapshotsDir: string;
+  /**
+   * Guest RAM files of running QEMU VMs (mapped shared, so a snapshot copies instead of streaming):
+   * on tmpfs, `/dev/shm/banger-<uid>/<hash of stateDir>` (one per daemon), both levels private dirs.
+   */
+  memoryDir: string;
   /**
    * Set when this is the system service's fixed runtime dir (`/run/banger`, see
    * resolveClientLayout): a client must not start a private daemon for it.
@@ -88,7 +97,20 @@ export function resolveLayout(env: NodeJS.ProcessEnv = process.env): Layout {
     imagesDir: join(stateDir, 'images'),
     kernelsDir: join(stateDir, 'kernels'),
     stagingDir: join(stateDir, 'staging'),
+    layersDir: join(stateDir, 'layers'),
+    snapshotsDir: join(stateDir, 'snapshots'),
+    memoryDir: join(`/dev/shm/banger-${userInfo().uid}`, fnv1a(stateDir)),
   };
+}
+
+/** A short stable name for a path (FNV-1a, 32 bits, hex): no crypto on the CLI's start-up path. */
+function fnv1a(text: string): string {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < text.length; i++) {
+    h ^= text.charCodeAt(i);
+    h = Math.imul(h, 0x01000193) >>> 0;
+  }
+  return h.toString(16).padStart(8, '0');
 }
 
 function absoluteRuntimeDir(dir: string): string {
@@ -158,7 +180,12 @@ export function ensureLayout(layout: Layout): void {
     layout.imagesDir,
     layout.kernelsDir,
     layout.stagingDir,
+    layout.layersDir,
+    layout.snapshotsDir,
   ]) {
     ensurePrivateDir(dir);
   }
+  // /dev/shm is shared with every local user: the per-user level is checked before the daemon's own.
+  ensurePrivateDir(dirname(layout.memoryDir));
+  ensurePrivateDir(layout.memoryDir);
 }

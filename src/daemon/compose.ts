@@ -14,6 +14,7 @@ import type { VmmDriver, VmmKind } from '../vmm/driver.js';
 import { FirecrackerDriver } from '../vmm/firecracker/driver.js';
 import { jailerOptionsFor } from '../vmm/firecracker/jailer.js';
 import { QemuDriver } from '../vmm/qemu/driver.js';
+import { vmmVersion } from '../vmm/version.js';
 import { Accelerators, chooseVmm } from './accelerator.js';
 import { App, type AppDeps, type AppHooks } from './app.js';
 import { DnsFanout } from './dns-fanout.js';
@@ -23,9 +24,11 @@ import { fileRoutes } from './routes-files.js';
 import { kernelRoutes } from './routes-kernels.js';
 import { procRoutes } from './routes-procs.js';
 import { resourceRoutes } from './routes-resources.js';
+import { snapshotRoutes } from './routes-snapshots.js';
 import { webRoutes } from './routes-web.js';
 import { workspaceRoutes } from './routes-workspace.js';
 import { scratchSpaceFor } from './scratch.js';
+import { DiskLayers } from './services/disk-layers.js';
 import { FileSyncService } from './services/file-sync.js';
 import { FilesService } from './services/files.js';
 import { ImageBuildService } from './services/image-build.js';
@@ -35,6 +38,8 @@ import { KernelService } from './services/kernels.js';
 import { sweepLeftovers } from './services/leftovers.js';
 import { NetworkService } from './services/network.js';
 import { ProcessService } from './services/processes.js';
+import { SnapshotCatalog } from './services/snapshot-catalog.js';
+import { SnapshotService } from './services/snapshots.js';
 import { SshAccess } from './services/ssh-access.js';
 import { VmService } from './services/vms.js';
 import { WorkspaceService } from './services/workspaces.js';
@@ -141,8 +146,15 @@ export async function composeDaemon(deps: AppDeps, hooks: Pick<AppHooks, 'onStop
   const ssh = new SshAccess({ runner, repos, leases, layout, config });
   const writeSshFiles = () => ssh.writeFiles().catch((e) => log.warn({ err: e }, 'writing ssh_config failed'));
 
+  const layers = new DiskLayers({ repos, layersDir: layout.layersDir, clock, log, disks });
+  const snapshotCatalog = new SnapshotCatalog({
+    repos,
+    vmmVersion: (k) => vmmVersion(runner, k === 'qemu' ? config.qemu_bin : config.firecracker_bin),
+  });
   const vms = new VmService({
     repos,
+    layers,
+    snapshots: snapshotCatalog,
     layout,
     config,
     clock,
@@ -176,6 +188,19 @@ export async function composeDaemon(deps: AppDeps, hooks: Pick<AppHooks, 'onStop
     exec: (ref, spec, opts) => procs.exec(ref, spec, opts),
     stagingDir: join(layout.stagingDir, 'workspaces'),
   });
+  const snapshots = new SnapshotService({
+    repos,
+    snapshotsDir: layout.snapshotsDir,
+    config,
+    host: { cpus: cpus().length, memoryBytes: totalmem() },
+    clock,
+    log,
+    layers,
+    catalog: snapshotCatalog,
+    vms,
+    images,
+    driver: (k) => drivers[k],
+  });
   const builds = new ImageBuildService({ images, vms, layout, sshConfigPath: ssh.configPath, runner });
 
   const app = new App(deps, {
@@ -197,6 +222,7 @@ export async function composeDaemon(deps: AppDeps, hooks: Pick<AppHooks, 'onStop
   app.addCloser(() => vms.close());
 
   await vms.reconcile();
+  await snapshots.reconcile();
   await writeSshFiles();
   vms.startStaleWatcher();
 
@@ -205,6 +231,7 @@ export async function composeDaemon(deps: AppDeps, hooks: Pick<AppHooks, 'onStop
     ...coreRoutes(app),
     ...kernelRoutes(app, kernels, (ref, force) => removeKernel({ kernels, images }, ref, force)),
     ...resourceRoutes(app, { kernels, images, vms, builds }),
+    ...snapshotRoutes(app, { vms, snapshots }),
     ...procRoutes(procs),
     ...fileRoutes(files),
     ...workspaceRoutes(app, workspaces),

@@ -14,9 +14,24 @@ export interface AgentLink {
   ports(timeoutMs: number): Promise<GuestListener[]>;
   stats(timeoutMs: number): Promise<GuestStats>;
   poweroff(timeoutMs: number): Promise<void>;
+  /** Re-identifies a restored guest (agent method identity.set; docs/snapshots.md). */
+  identitySet(params: GuestIdentity, timeoutMs: number): Promise<void>;
+  /** FIFREEZE of the paths (thawed by the agent itself after thawAfterMs), and FITHAW. */
+  freezeFilesystems(paths: string[], thawAfterMs: number, timeoutMs: number): Promise<void>;
+  thawFilesystems(paths: string[], timeoutMs: number): Promise<void>;
   /** Processes and files in the guest (control channel + data channels). */
   readonly guest: GuestChannel;
   close(): void;
+}
+
+/** What identity.set sets (every field but the clock optional). */
+export interface GuestIdentity {
+  clock_unix_ms: number;
+  hostname?: string;
+  machine_id?: string;
+  net?: { iface: string; mac: string; addr: string; prefix: number; gateway: string };
+  seed_hex?: string;
+  generation?: number;
 }
 
 export const VSOCK_AGENT_PORT = 1024;
@@ -56,6 +71,15 @@ export function openAgentLink(handle: VmmHandle): AgentLink {
       };
     },
     poweroff: (timeoutMs) => client.poweroff(timeoutMs),
+    identitySet: async () => {
+      throw new Error('identity.set is not wired yet');
+    },
+    freezeFilesystems: async () => {
+      throw new Error('fs.freeze is not wired yet');
+    },
+    thawFilesystems: async () => {
+      throw new Error('fs.thaw is not wired yet');
+    },
     close: () => {
       data.close();
       client.close();

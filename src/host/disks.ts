@@ -9,9 +9,21 @@ import type { CommandRunner } from './runner.js';
 export class DiskTools {
   constructor(private readonly runner: CommandRunner) {}
 
-  /** A copy-on-write qcow2 overlay on a raw base image: O(1) in the base's size (~20 ms). */
-  async createOverlay(basePath: string, outPath: string): Promise<void> {
-    await this.runner.run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', basePath, '-F', 'raw', outPath], { timeoutMs: 30_000 });
+  /** A copy-on-write qcow2 overlay on a base image (raw by default): O(1) in the base's size (~20 ms). */
+  async createOverlay(basePath: string, outPath: string, baseFormat: 'raw' | 'qcow2' = 'raw'): Promise<void> {
+    await this.runner.run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', basePath, '-F', baseFormat, outPath], { timeoutMs: 30_000 });
+  }
+
+  /** Grows a qcow2's virtual size (the top layer only: frozen layers below keep theirs; reads past them are zeros). */
+  async growQcow2(path: string, newSizeBytes: number): Promise<void> {
+    const info = await this.runner.run('qemu-img', ['info', '--output=json', '-f', 'qcow2', path], { timeoutMs: 30_000 });
+    const cur = Number((JSON.parse(info.stdout) as { 'virtual-size'?: number })['virtual-size']);
+    if (newSizeBytes < cur) {
+      throw new BangerError('bad_request', `disk can only grow: it is ${cur} bytes, asked for ${newSizeBytes}`, {
+        fix: 'give a size at least as large as the current one',
+      });
+    }
+    if (newSizeBytes > cur) await this.runner.run('qemu-img', ['resize', '-q', '-f', 'qcow2', path, String(newSizeBytes)], { timeoutMs: 30_000 });
   }
 
   /** A raw copy for VMMs without qcow2 (Firecracker): reflink where the filesystem can, else a sparse copy. */

@@ -116,6 +116,44 @@ export const MIGRATIONS: readonly Migration[] = [
       );
     `,
   },
+  {
+    version: 7,
+    // Warm start (docs/snapshots.md): every writable disk is a chain of layers; a snapshot freezes
+    // the current tops and new VMs or clones get thin layers over them. A layer's file is deleted
+    // only once no VM top, no snapshot and no child layer needs it.
+    name: 'disk layers and snapshots',
+    sql: `
+      CREATE TABLE disk_layers (
+        id TEXT PRIMARY KEY,
+        path TEXT NOT NULL UNIQUE,
+        format TEXT NOT NULL CHECK (format IN ('qcow2', 'raw')),
+        parent_id TEXT REFERENCES disk_layers(id) ON DELETE RESTRICT,
+        created_at TEXT NOT NULL
+      );
+      ALTER TABLE vms ADD COLUMN root_layer TEXT REFERENCES disk_layers(id);
+      ALTER TABLE vms ADD COLUMN work_layer TEXT REFERENCES disk_layers(id);
+      ALTER TABLE vms ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+      ALTER TABLE vms ADD COLUMN unpublished INTEGER NOT NULL DEFAULT 0 CHECK (unpublished IN (0, 1));
+      CREATE TABLE snapshots (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        purpose TEXT NOT NULL CHECK (purpose IN ('user', 'warm', 'fork')),
+        state TEXT NOT NULL CHECK (state IN ('creating', 'ready')),
+        source_vm TEXT NOT NULL,
+        image_id TEXT NOT NULL REFERENCES images(id) ON DELETE RESTRICT,
+        kernel_id TEXT NOT NULL REFERENCES kernels(id) ON DELETE RESTRICT,
+        root_layer TEXT REFERENCES disk_layers(id),
+        work_layer TEXT REFERENCES disk_layers(id),
+        has_memory INTEGER NOT NULL CHECK (has_memory IN (0, 1)),
+        dir TEXT NOT NULL,
+        manifest TEXT NOT NULL,
+        warm_key TEXT,
+        size_bytes INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL
+      );
+      CREATE INDEX snapshots_warm ON snapshots(warm_key);
+    `,
+  },
 ];
 
 export const LATEST_VERSION = MIGRATIONS.reduce((m, x) => Math.max(m, x.version), 0);

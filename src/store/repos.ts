@@ -53,6 +53,42 @@ export interface VmRow {
   tap: string | null;
   /** 1 for a VM that lives only inside one operation (an image build's VM); deleted at daemon start. */
   transient: number;
+  /** The top (writable) layers of its disks; null only for rows written before layers existed (adopted at start). */
+  root_layer: string | null;
+  work_layer: string | null;
+  /** Bumped at every re-identification (restore, clone): the guest's /run/banger/generation. */
+  generation: number;
+  /** 1 while a VM made from a snapshot is not yet re-identified and published: a daemon start deletes it. */
+  unpublished: number;
+}
+
+export interface DiskLayerRow {
+  id: string;
+  path: string;
+  format: 'qcow2' | 'raw';
+  /** The layer below (null: the bottom of the chain; a root chain's bottom is the image's rootfs). */
+  parent_id: string | null;
+  created_at: string;
+}
+
+export interface SnapshotRow {
+  id: string;
+  name: string;
+  purpose: 'user' | 'warm' | 'fork';
+  state: 'creating' | 'ready';
+  source_vm: string;
+  image_id: string;
+  kernel_id: string;
+  root_layer: string | null;
+  work_layer: string | null;
+  has_memory: number;
+  dir: string;
+  /** JSON of SnapshotManifest. */
+  manifest: string;
+  /** image id + size, for warm snapshots (image warm). */
+  warm_key: string | null;
+  size_bytes: number;
+  created_at: string;
 }
 
 export interface WorkspaceRow {
@@ -115,7 +151,7 @@ export class Repos {
     insert: (r: VmRow) =>
       this.db
         .prepare(
-          'INSERT INTO vms (id, name, image_id, kernel_id, vcpus, memory_mib, disk_size_bytes, vmm, accel, state, handle, last_error, dir, created_at, started_at, touched_at, nat, tap, transient) VALUES (@id, @name, @image_id, @kernel_id, @vcpus, @memory_mib, @disk_size_bytes, @vmm, @accel, @state, @handle, @last_error, @dir, @created_at, @started_at, @touched_at, @nat, @tap, @transient)',
+          'INSERT INTO vms (id, name, image_id, kernel_id, vcpus, memory_mib, disk_size_bytes, vmm, accel, state, handle, last_error, dir, created_at, started_at, touched_at, nat, tap, transient, root_layer, work_layer, generation, unpublished) VALUES (@id, @name, @image_id, @kernel_id, @vcpus, @memory_mib, @disk_size_bytes, @vmm, @accel, @state, @handle, @last_error, @dir, @created_at, @started_at, @touched_at, @nat, @tap, @transient, @root_layer, @work_layer, @generation, @unpublished)',
         )
         .run(r),
     update: (id: string, fields: Partial<Omit<VmRow, 'id'>>) => {
@@ -125,6 +161,50 @@ export class Repos {
     },
     delete: (id: string) => this.db.prepare('DELETE FROM vms WHERE id = ?').run(id),
   };
+
+  layers = {
+    all: () => this.db.prepare('SELECT * FROM disk_layers').all() as DiskLayerRow[],
+    byId: (id: string) => this.db.prepare('SELECT * FROM disk_layers WHERE id = ?').get(id) as DiskLayerRow | undefined,
+    get: (id: string): DiskLayerRow => {
+      const r = this.db.prepare('SELECT * FROM disk_layers WHERE id = ?').get(id) as DiskLayerRow | undefined;
+      if (!r) throw new BangerError('internal', `disk layer ${id} is missing from the store`);
+      return r;
+    },
+    insert: (r: DiskLayerRow) =>
+      this.db.prepare('INSERT INTO disk_layers (id, path, format, parent_id, created_at) VALUES (@id, @path, @format, @parent_id, @created_at)').run(r),
+    delete: (id: string) => this.db.prepare('DELETE FROM disk_layers WHERE id = ?').run(id),
+  };
+
+  snapshots = {
+    all: () => this.db.prepare('SELECT * FROM snapshots ORDER BY created_at, name').all() as SnapshotRow[],
+    byId: (id: string) => this.db.prepare('SELECT * FROM snapshots WHERE id = ?').get(id) as SnapshotRow | undefined,
+    get: (id: string): SnapshotRow => {
+      const r = this.db.prepare('SELECT * FROM snapshots WHERE id = ?').get(id) as SnapshotRow | undefined;
+      if (!r) throw new BangerError('internal', `snapshot ${id} vanished from the store`);
+      return r;
+    },
+    byName: (name: string) => this.db.prepare('SELECT * FROM snapshots WHERE name = ?').get(name) as SnapshotRow | undefined,
+    byIdPrefix: (p: string) => this.db.prepare("SELECT * FROM snapshots WHERE id LIKE ? || '%'").all(p) as SnapshotRow[],
+    byWarmKey: (key: string) =>
+      this.db.prepare("SELECT * FROM snapshots WHERE warm_key = ? AND state = 'ready' ORDER BY created_at DESC").all(key) as SnapshotRow[],
+    insert: (r: SnapshotRow) =>
+      this.db
+        .prepare(
+          'INSERT INTO snapshots (id, name, purpose, state, source_vm, image_id, kernel_id, root_layer, work_layer, has_memory, dir, manifest, warm_key, size_bytes, created_at) VALUES (@id, @name, @purpose, @state, @source_vm, @image_id, @kernel_id, @root_layer, @work_layer, @has_memory, @dir, @manifest, @warm_key, @size_bytes, @created_at)',
+        )
+        .run(r),
+    update: (id: string, fields: Partial<Omit<SnapshotRow, 'id'>>) => {
+      const keys = Object.keys(fields);
+      if (keys.length === 0) return;
+      this.db.prepare(`UPDATE snapshots SET ${keys.map((k) => `${k} = @${k}`).join(', ')} WHERE id = @id`).run({ ...fields, id });
+    },
+    delete: (id: string) => this.db.prepare('DELETE FROM snapshots WHERE id = ?').run(id),
+  };
+
+  /** Runs fn in one IMMEDIATE transaction (every write or none). */
+  tx<T>(fn: () => T): T {
+    return this.db.transaction(fn).immediate();
+  }
 
   workspaces = {
     byVm: (vmId: string) => this.db.prepare('SELECT * FROM workspaces WHERE vm_id = ?').get(vmId) as WorkspaceRow | undefined,

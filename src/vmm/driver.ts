@@ -74,6 +74,8 @@ export interface VmmHandle {
   /** How the agent channel is reached over agentSocket. */
   agentTransport: 'virtio-serial' | 'hybrid-vsock';
   accel: Accelerator;
+  /** QEMU: the tmpfs file holding guest RAM (VmLaunchSpec.memoryFile), when the VM has one. */
+  memoryFile?: string;
 }
 
 export interface VmmDriver {

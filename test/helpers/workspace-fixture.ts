@@ -172,6 +172,10 @@ export function storeWithVms(tmp: string, vms: ReadonlyArray<readonly [string, s
       nat: 0,
       tap: null,
       transient: 0,
+      root_layer: null,
+      work_layer: null,
+      generation: 0,
+      unpublished: 0,
     });
   }
   return repos;

@@ -80,6 +80,10 @@ function addVm(repos: Repos, id: string): void {
     nat: 0,
     tap: null,
     transient: 0,
+    root_layer: null,
+    work_layer: null,
+    generation: 0,
+    unpublished: 0,
   });
 }
 

@@ -9,7 +9,9 @@ import pino from 'pino';
 import { BangerError } from '../../src/api/errors.js';
 import { defaultConfig } from '../../src/config/config.js';
 import { ensureLayout, resolveLayout } from '../../src/config/layout.js';
+import { DiskLayers } from '../../src/daemon/services/disk-layers.js';
 import { FileSyncService } from '../../src/daemon/services/file-sync.js';
+import { SnapshotCatalog } from '../../src/daemon/services/snapshot-catalog.js';
 import { VmService, type VmServiceDeps } from '../../src/daemon/services/vms.js';
 import type { AgentLink } from '../../src/guest/agent-link.js';
 import { ProcessRunner } from '../../src/host/runner.js';
@@ -158,6 +160,9 @@ async function world(knobs: Knobs = {}, shared?: World): Promise<World> {
     ports: async () => (portPolls++ >= (knobs.sshdAfterPolls ?? 0) ? [{ proto: 'tcp' as const, address: '0.0.0.0', port: 22, pid: 7, command: 'sshd' }] : []),
     stats: async () => ({}) as never,
     poweroff: async () => {},
+    identitySet: async () => {},
+    freezeFilesystems: async () => {},
+    thawFilesystems: async () => {},
     guest: new HostFakeGuest(),
     close: () => {},
   });
@@ -175,12 +180,17 @@ async function world(knobs: Knobs = {}, shared?: World): Promise<World> {
     reconcile: async () => {},
   };
   const touch = async (p: string) => void (await writeFile(p, ''));
-  const disks: VmServiceDeps['disks'] = {
-    createOverlay: async (_b, out) => touch(out),
-    cloneRaw: async (_b, out) => touch(out),
-    mkfsFromDir: async (out) => touch(out),
-    growFile: async () => {},
+  const fakeDiskTools = {
+    createOverlay: async (_b: string, out: string) => touch(out),
+    cloneRaw: async (_b: string, out: string) => touch(out),
+    mkfsFromDir: async (out: string) => touch(out),
   };
+  const disks: VmServiceDeps['disks'] = {
+    growFile: async () => {},
+    growQcow2: async () => {},
+  };
+  const layers = new DiskLayers({ repos, layersDir: layout.layersDir, clock: { now: () => NOW }, log: pino({ level: 'silent' }), disks: fakeDiskTools });
+  const snapshots = new SnapshotCatalog({ repos, vmmVersion: async () => 'FAKE VMM 1.0' });
   const svc = new VmService({
     repos,
     layout,
@@ -189,6 +199,8 @@ async function world(knobs: Knobs = {}, shared?: World): Promise<World> {
     log: pino({ level: 'silent' }),
     locks: new KeyedMutex(),
     disks,
+    layers,
+    snapshots,
     kernels: undefined as never,
     images: { row: () => repos.images.byId('i1') as never, ensure: async () => undefined },
     driver: () => driver,

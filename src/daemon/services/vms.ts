@@ -1,5 +1,6 @@
-import { mkdir, readdir, rm } from 'node:fs/promises';
+import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import { BangerError, notFound, toBangerError } from '../../api/errors.js';
 import type { Vm, VmAction, VmBulkResult, VmState } from '../../api/schemas.js';
@@ -12,9 +13,9 @@ import { buildVmInitrd, vmCmdline, WORK_LABEL_UNSEEDED } from '../../guest/vm-bo
 import type { DiskTools } from '../../host/disks.js';
 import { killNow, processesNaming } from '../../host/orphans.js';
 import type { CommandRunner } from '../../host/runner.js';
-import { generateHostKey } from '../../host/ssh-keys.js';
+import { generateHostKey, hostKeyFiles } from '../../host/ssh-keys.js';
 import { lookupUser } from '../../host/users.js';
-import { type Repos, resolveRef, type VmRow } from '../../store/repos.js';
+import { type DiskLayerRow, type Repos, resolveRef, type VmRow } from '../../store/repos.js';
 import { crashPoint } from '../../util/crash-point.js';
 import { parseDuration } from '../../util/duration.js';
 import { dnsLabelProblem, newId } from '../../util/ids.js';
@@ -23,13 +24,15 @@ import type { Clock, OpContext } from '../../util/op-context.js';
 import { LogCapper } from '../../vmm/console-log.js';
 import type { Accelerator, VmLaunchSpec, VmmDriver, VmmHandle, VmmKind } from '../../vmm/driver.js';
 import { isHandleAlive, processStats, readTail } from '../../vmm/process.js';
+import type { DiskLayers } from './disk-layers.js';
 import type { ImageService } from './images.js';
 import { KernelService } from './kernels.js';
 import { randomVmName } from './names.js';
 import type { NetworkService } from './network.js';
 import { collapsePorts, enrichPortsWithin } from './port-probe.js';
 import { type HostResources, resolveSize, type VmSize, validateSize } from './sizing.js';
-import { canMove, decide, effectiveState } from './vm-states.js';
+import type { SnapshotCatalog } from './snapshot-catalog.js';
+import { canMove, decide, effectiveState, isLiveState } from './vm-states.js';
 import { workspaceRecordOf } from './workspaces.js';
 
 export interface VmServiceDeps {
@@ -39,7 +42,11 @@ export interface VmServiceDeps {
   clock: Clock;
   log: Logger;
   locks: KeyedMutex;
-  disks: Pick<DiskTools, 'createOverlay' | 'cloneRaw' | 'mkfsFromDir' | 'growFile'>;
+  disks: Pick<DiskTools, 'growFile' | 'growQcow2'>;
+  /** Every writable disk is the top of a layer chain (disk-layers.ts). */
+  layers: DiskLayers;
+  /** Snapshots a create can start from (vm create --from-snapshot, the warm pool). */
+  snapshots: SnapshotCatalog;
   kernels: KernelService;
   images: Pick<ImageService, 'row' | 'ensure'>;
   driver: (kind: VmmKind) => VmmDriver;
@@ -77,6 +84,18 @@ export interface CreateVmInput {
   transient?: boolean;
   /** What "ready" waits for (see VmCreateRequestSchema.waitFor). */
   waitFor?: 'ssh' | 'agent' | undefined;
+  /** Start from this snapshot (its image, size, disks and, when it has one, memory). */
+  fromSnapshot?: string | undefined;
+  /** Boot cold even when a warm snapshot matches. */
+  cold?: boolean | undefined;
+}
+
+/** How a start continues a saved guest instead of booting one (startLocked). */
+export interface RestoreSpec {
+  statePath: string;
+  memoryPath: string;
+  /** A new VM from a snapshot gets its own identity; a resumed VM keeps its own. */
+  reidentify: boolean;
 }
 
 const GRACEFUL_STOP_MS = 30_000;
@@ -155,29 +174,28 @@ export class VmService {
     return {
       dir: r.dir,
       run,
-      root: join(r.dir, 'root.qcow2'),
-      rootRaw: join(r.dir, 'root.ext4'),
-      work: join(r.dir, 'work.ext4'),
       initrd: join(r.dir, 'initrd.img'),
       serial: join(r.dir, 'serial.log'),
       vmmLog: join(r.dir, 'vmm.log'),
       agent: join(run, 'agent.sock'),
       ssh: join(r.dir, 'ssh'),
+      /** State and RAM of a VM paused to disk. */
+      suspend: join(r.dir, 'suspend'),
+      /** Guest RAM of a running QEMU VM (tmpfs, mapped shared). */
+      memory: join(this.d.layout.memoryDir, `${r.id}.ram`),
     };
   }
 
-  /** The root disk in the format its VMM's driver takes: a qcow2 overlay, or a raw copy. */
-  private rootDisk(r: Pick<VmRow, 'id' | 'dir' | 'vmm'>): { path: string; format: 'qcow2' | 'raw' } {
-    const format = this.d.driver(r.vmm as VmmKind).rootDiskFormat;
-    return { path: join(r.dir, format === 'qcow2' ? 'root.qcow2' : 'root.ext4'), format };
+  /** The top layers of a VM's disks (the files its VMM writes). */
+  private diskTops(r: Pick<VmRow, 'name' | 'root_layer' | 'work_layer'>): { root: DiskLayerRow; work: DiskLayerRow } {
+    if (!r.root_layer || !r.work_layer) throw new BangerError('internal', `VM ${r.name} has no disk layers recorded`);
+    return { root: this.d.repos.layers.get(r.root_layer), work: this.d.repos.layers.get(r.work_layer) };
   }
 
   /** The disks of a (stopped) VM, for saving it as an image. */
   diskPaths(ref: string): { root: string; format: 'qcow2' | 'raw'; work: string } {
-    const r = this.row(ref);
-    const p = this.paths(r);
-    const root = this.rootDisk(r);
-    return { root: root.path, format: root.format, work: p.work };
+    const tops = this.diskTops(this.row(ref));
+    return { root: tops.root.path, format: tops.root.format, work: tops.work.path };
   }
 
   serialLogPath(ref: string): string {
@@ -193,7 +211,7 @@ export class VmService {
    */
   bootEnded(ref: string): () => Promise<boolean> {
     const r0 = this.row(ref);
-    const live = (state: string) => state === 'starting' || state === 'running' || state === 'stopping';
+    const live = (state: string) => isLiveState(state as VmState);
     if (!live(r0.state)) return async () => true;
     return async () => {
       const r = this.d.repos.vms.byId(r0.id);
@@ -205,8 +223,22 @@ export class VmService {
   // ---- create --------------------------------------------------------------------------
 
   async create(input: CreateVmInput, ctx: OpContext): Promise<Vm> {
-    ctx.stage('resolve image', input.image ?? this.d.config.default_image_name);
-    const imageRef = input.image ?? this.d.config.default_image_name;
+    const fromSnapshot = input.fromSnapshot ? await this.d.snapshots.forCreate(input.fromSnapshot, this.d.vmmKind) : undefined;
+    if (fromSnapshot) {
+      const m = fromSnapshot.manifest;
+      for (const [field, asked, has] of [
+        ['vcpus', input.vcpus, m.vcpus],
+        ['memory', input.memoryMib, m.memoryMib],
+        ['disk size', input.diskSizeBytes, m.diskSizeBytes],
+      ] as const) {
+        if (asked !== undefined && asked !== has)
+          throw new BangerError('bad_request', `a VM from snapshot ${fromSnapshot.row.name} has its ${field} (${has}), not ${asked}`, {
+            fix: 'leave out --vcpus/--memory/--disk-size, or create from the image instead',
+          });
+      }
+    }
+    const imageRef = fromSnapshot ? fromSnapshot.row.image_id : (input.image ?? this.d.config.default_image_name);
+    ctx.stage('resolve image', fromSnapshot ? `snapshot ${fromSnapshot.row.name}` : imageRef);
     let image: ReturnType<ImageService['row']>;
     try {
       image = this.d.images.row(imageRef);
@@ -221,7 +253,15 @@ export class VmService {
       }
       image = pulled;
     }
-    const size: VmSize = resolveSize({ vcpus: input.vcpus, memoryMib: input.memoryMib, diskSizeBytes: input.diskSizeBytes }, this.d.config, this.d.host);
+    const size: VmSize = fromSnapshot
+      ? { vcpus: fromSnapshot.manifest.vcpus, memoryMib: fromSnapshot.manifest.memoryMib, diskSizeBytes: fromSnapshot.manifest.diskSizeBytes }
+      : resolveSize({ vcpus: input.vcpus, memoryMib: input.memoryMib, diskSizeBytes: input.diskSizeBytes }, this.d.config, this.d.host);
+    // A plain create restores the image's warm snapshot of this size when one matches (image warm).
+    const source =
+      fromSnapshot ??
+      (input.cold || input.transient || !input.start
+        ? undefined
+        : await this.d.snapshots.warmFor({ imageId: image.id, ...size }, this.d.vmmKind, (why) => ctx.log(why)));
     if (input.name !== undefined) {
       const problem = dnsLabelProblem(input.name);
       if (problem)
@@ -257,6 +297,11 @@ export class VmService {
         nat: input.nat ? 1 : 0,
         tap: null,
         transient: input.transient ? 1 : 0,
+        root_layer: null,
+        work_layer: null,
+        generation: 0,
+        // A VM from a snapshot is published only once re-identified: until then a daemon start deletes it.
+        unpublished: source?.row.has_memory ? 1 : 0,
       };
       // State 'created' until the create finishes: a daemon that dies before then leaves a row
       // that the next start purges (row, lease, files).
@@ -273,7 +318,7 @@ export class VmService {
     }
     crashPoint('vm-create:lease');
     ctx.log(
-      `spec: ${name} vcpus=${size.vcpus} memory=${size.memoryMib}MiB disk=${Math.round(size.diskSizeBytes / 1024 ** 2)}MiB image=${image.name} vmm=${this.d.vmmKind} ip=${lease.ip} nat=${input.nat ? 'on' : 'off'}`,
+      `spec: ${name} vcpus=${size.vcpus} memory=${size.memoryMib}MiB disk=${Math.round(size.diskSizeBytes / 1024 ** 2)}MiB image=${image.name} vmm=${this.d.vmmKind} ip=${lease.ip} nat=${input.nat ? 'on' : 'off'}${source ? ` from=${source.row.purpose === 'warm' ? 'warm snapshot' : 'snapshot'} ${source.row.name}` : ''}`,
     );
 
     return this.d.locks.run(`vm:${row.id}`, async () => {
@@ -282,11 +327,11 @@ export class VmService {
         ctx.stage('prepare disks');
         await mkdir(p.dir, { recursive: true, mode: 0o700 });
         await generateHostKey(this.d.runner, p.ssh, `banger-${name}`);
-        const root = this.rootDisk(row);
-        if (root.format === 'qcow2') await this.d.disks.createOverlay(image.rootfs_path, root.path);
-        else await this.d.disks.cloneRaw(image.rootfs_path, root.path);
-        // Empty: the guest seeds it from the image's /root at first boot (see banger-init).
-        await this.d.disks.mkfsFromDir(p.work, size.diskSizeBytes, undefined, WORK_LABEL_UNSEEDED);
+        const format = this.d.driver(row.vmm as VmmKind).rootDiskFormat;
+        const tops = source
+          ? await this.d.layers.newTopsOver({ root: source.row.root_layer as string, work: source.row.work_layer as string }, format)
+          : await this.d.layers.createForVm({ imageRootfs: image.rootfs_path, format, workSizeBytes: size.diskSizeBytes, workLabel: WORK_LABEL_UNSEEDED });
+        this.d.repos.vms.update(row.id, { root_layer: tops.root, work_layer: tops.work });
         crashPoint('vm-create:disks');
         ctx.checkCancelled();
       } catch (e) {
@@ -299,11 +344,19 @@ export class VmService {
         return this.toVm(this.d.repos.vms.get(row.id));
       }
       try {
-        await this.startLocked(row, ctx, input.waitFor ?? 'ssh');
+        const restore = source?.row.has_memory ? { ...source.files, reidentify: true } : undefined;
+        if (source && !restore) ctx.log(`snapshot ${source.row.name} has no memory: a cold boot from its disks (processes it ran are not running)`);
+        await this.startLocked(this.d.repos.vms.get(row.id), ctx, input.waitFor ?? 'ssh', restore);
       } catch (e) {
         // A VMM that never launched leaves nothing worth keeping; a guest that launched but never
         // became ready is kept (stopped, with its logs) for a post-mortem.
         const err = toBangerError(e);
+        if (source?.row.purpose === 'warm' && !ctx.signal.aborted) {
+          // The warm pool is an optimisation: a restore that failed becomes a cold boot.
+          await this.purge(this.d.repos.vms.byId(row.id) ?? row);
+          ctx.log(`warm snapshot ${source.row.name} did not restore (${err.message.split('\n')[0]}): booting cold`);
+          return this.create({ ...input, name, cold: true }, ctx);
+        }
         if (err.code === 'timeout') throw err;
         await this.purge(this.d.repos.vms.byId(row.id) ?? row);
         throw err;
@@ -316,15 +369,22 @@ export class VmService {
 
   // ---- start / stop --------------------------------------------------------------------
 
-  private async startLocked(r: VmRow, ctx?: OpContext, waitFor: 'ssh' | 'agent' = 'ssh'): Promise<void> {
+  /**
+   * Boots a VM, or with `restore` continues a saved guest (a resume from disk, a VM from a
+   * snapshot): the VMM loads the state paused, and for a new identity its NIC stays down until the
+   * agent has re-identified the guest (clock, hostname, machine-id, SSH host key, MAC, address,
+   * RNG, generation); only then is the VM `running` and published.
+   */
+  private async startLocked(r: VmRow, ctx?: OpContext, waitFor: 'ssh' | 'agent' = 'ssh', restore?: RestoreSpec): Promise<void> {
     const kernel = this.d.repos.kernels.byId(r.kernel_id);
     const image = this.d.repos.images.byId(r.image_id);
     if (!kernel || !image) throw new BangerError('internal', `VM ${r.name} refers to a missing image or kernel`);
     const p = this.paths(r);
     await mkdir(p.run, { recursive: true, mode: 0o700 });
+    const driver = this.d.driver(r.vmm as VmmKind);
     // The KVM probe boots a throw-away guest once per host kernel; show it as its own stage.
     const accel = await this.d.accel(kernel.kernel_path, kernel.initrd_path ?? undefined, () => ctx?.stage('probe KVM', 'once per host kernel'));
-    ctx?.stage('start VMM', `${r.vmm}/${accel}`);
+    ctx?.stage(restore ? 'restore VMM' : 'start VMM', `${r.vmm}/${accel}`);
     const net = await this.d.network.attach(r);
     let initrd = kernel.initrd_path ?? undefined;
     // An image without sshd gets one installed at first boot, which needs the package mirror: NAT.
@@ -347,6 +407,10 @@ export class VmService {
       await this.d.network.detach({ ...r, tap: net.tap });
       throw e;
     }
+    const tops = this.diskTops(r);
+    // QEMU guests keep their RAM in a shared tmpfs file, so a snapshot copies it instead of streaming it.
+    const memoryFile = driver.snapshotSupport.memory && r.vmm === 'qemu' ? p.memory : undefined;
+    if (memoryFile) await rm(memoryFile, { force: true });
     const spec: VmLaunchSpec = {
       vmId: r.id,
       name: r.name,
@@ -356,8 +420,8 @@ export class VmService {
       ...(initrd ? { initrdPath: initrd } : {}),
       cmdline: await vmCmdline({ hostname: r.name }),
       disks: [
-        { id: 'root', ...this.rootDisk(r) },
-        { id: 'work', path: p.work, format: 'raw' },
+        { id: 'root', path: tops.root.path, format: tops.root.format },
+        { id: 'work', path: tops.work.path, format: tops.work.format },
       ],
       nets: [{ id: 'net0', tapName: net.tap, mac: net.mac }],
       runDir: p.run,
@@ -365,12 +429,16 @@ export class VmService {
       vmmLogPath: p.vmmLog,
       agentSocketPath: p.agent,
       accel,
+      ...(memoryFile ? { memoryFile } : {}),
+      ...(restore ? { restore: { statePath: restore.statePath, memoryPath: restore.memoryPath } } : {}),
     };
     let handle: VmmHandle;
     try {
-      handle = await this.d.driver(r.vmm as VmmKind).launch(spec);
+      handle = await driver.launch(spec);
+      if (memoryFile) handle = { ...handle, memoryFile };
     } catch (e) {
       await this.d.network.detach({ ...r, tap: net.tap });
+      if (memoryFile) await rm(memoryFile, { force: true });
       throw e;
     }
     // A daemon that dies here leaves a VMM no row names: the next start finds it by the run
@@ -378,12 +446,22 @@ export class VmService {
     crashPoint('vm-start:launched');
     const now = this.d.clock.now().toISOString();
     this.move(r.id, 'starting', { handle: JSON.stringify(handle), accel, started_at: now, touched_at: now, last_error: null });
-    ctx?.stage('wait for agent');
     const link = this.openAgent(handle);
     this.agents.set(r.id, link);
     const timeoutMs = this.d.agentReadyTimeoutMs ?? 180_000;
     try {
+      if (restore) {
+        // Silent on the network until it has its own MAC and address (the source may still run).
+        if (restore.reidentify) await driver.setLinkUp?.(handle, 'net0', false);
+        await driver.resume(handle);
+      }
+      ctx?.stage(restore ? 'wait for agent' : 'wait for agent');
       await link.waitReady(timeoutMs, ctx?.signal);
+      if (restore) {
+        ctx?.stage(restore.reidentify ? 're-identify' : 'set clock');
+        await this.reidentify(this.d.repos.vms.get(r.id), link, net, restore.reidentify);
+        if (restore.reidentify) await driver.setLinkUp?.(handle, 'net0', true);
+      }
     } catch (e) {
       const alive = await isHandleAlive(handle);
       const serialTail = await readTail(p.serial, 1500);
@@ -391,19 +469,22 @@ export class VmService {
       const cancelled = ctx?.signal.aborted;
       const message = cancelled
         ? `start of ${r.name} was cancelled`
-        : alive
-          ? `guest agent of ${r.name} did not become ready within ${timeoutMs / 1000}s (${(e as Error).message}); the VM was stopped and kept for inspection`
-          : `the VMM of ${r.name} exited during boot; the VM was kept for inspection`;
+        : restore && alive
+          ? `the restored guest of ${r.name} did not come back (${(e as Error).message}); the VM was stopped`
+          : alive
+            ? `guest agent of ${r.name} did not become ready within ${timeoutMs / 1000}s (${(e as Error).message}); the VM was stopped and kept for inspection`
+            : `the VMM of ${r.name} exited during ${restore ? 'the restore' : 'boot'}; the VM was kept for inspection`;
       this.move(r.id, 'error', { last_error: message });
       throw new BangerError(cancelled ? 'cancelled' : 'timeout', `${message}${serialTail ? `\n--- serial console tail ---\n${serialTail}` : ''}`, {
         fix: `inspect with \`banger vm logs ${r.name}\`, then \`banger vm delete ${r.name}\``,
       });
     }
-    this.move(r.id, 'running');
+    this.move(r.id, 'running', { unpublished: 0 });
     await this.d.network.published(this.d.repos.vms.get(r.id));
     try {
       // Never into an image build's VM: its /root becomes the image's, and synced files are the user's secrets.
-      if (!r.transient) await this.d.afterGuestReady?.({ id: r.id, name: r.name }, ctx);
+      // A resumed guest already has its files; a VM from a snapshot gets this user's files now.
+      if (!r.transient && !(restore && !restore.reidentify)) await this.d.afterGuestReady?.({ id: r.id, name: r.name }, ctx);
     } catch (e) {
       const err = toBangerError(e);
       await this.stopLocked(r.id, true);
@@ -414,6 +495,45 @@ export class VmService {
     // Ready means `ssh <name>.vm` works at once where the image has sshd (it starts early: see
     // earlySshdFiles). A first-boot install needs the network and minutes: not waited for.
     if (waitFor === 'ssh' && image.has_sshd === 1) await this.waitForSshd(r.name, link, ctx);
+  }
+
+  /**
+   * A restored guest's identity (docs/snapshots.md): the clock always (it stood still while
+   * saved); for a new VM also its hostname, machine-id, MAC, address and route, an RNG reseed and
+   * a new generation, then its own SSH host key (sshd reloaded to serve it).
+   */
+  private async reidentify(r: VmRow, link: AgentLink, net: { mac: string; ip: string; prefix: number; gateway: string }, full: boolean): Promise<void> {
+    if (!full) {
+      await link.identitySet({ clock_unix_ms: this.d.clock.now().getTime() }, 10_000);
+      return;
+    }
+    const generation = r.generation + 1;
+    this.d.repos.vms.update(r.id, { generation });
+    const { randomBytes } = await import('node:crypto');
+    await link.identitySet(
+      {
+        clock_unix_ms: this.d.clock.now().getTime(),
+        hostname: r.name,
+        machine_id: randomBytes(16).toString('hex'),
+        net: { iface: 'eth0', mac: net.mac, addr: net.ip, prefix: net.prefix, gateway: net.gateway },
+        seed_hex: randomBytes(64).toString('hex'),
+        generation,
+      },
+      10_000,
+    );
+    for (const f of await hostKeyFiles(this.paths(r).ssh)) {
+      await link.guest.writeFile(f.path, Readable.from([f.content]), { mode: f.mode, mkdirs: false });
+    }
+    // sshd re-reads its host keys on SIGHUP (a reload); an image without sshd has nothing to reload.
+    await link.guest.pipeIn(
+      [
+        '/bin/sh',
+        '-c',
+        'systemctl reload ssh.service 2>/dev/null || systemctl reload sshd.service 2>/dev/null || kill -HUP $(cat /run/sshd.pid 2>/dev/null) 2>/dev/null || true',
+      ],
+      '/',
+      Readable.from([]),
+    );
   }
 
   /** Polls the guest's listeners until one is on port 22; a guest without one is still usable. */
@@ -439,6 +559,8 @@ export class VmService {
       const handle = handleOf(r) as VmmHandle;
       if (!force) link ??= this.openAgent(handle);
       const driver = this.d.driver(handle.kind);
+      // A paused guest cannot shut down: it runs again for a graceful stop.
+      if (r.state === 'paused' && !force) await driver.resume(handle).catch(() => {});
       this.move(id, 'stopping');
       let exited = false;
       if (!force) {
@@ -456,6 +578,9 @@ export class VmService {
     this.move(id, 'stopped', { handle: null });
     await this.d.network.detach(this.d.repos.vms.get(id));
     await rm(this.paths(r).run, { recursive: true, force: true });
+    await rm(this.paths(r).memory, { force: true });
+    // A stop discards what a pause to disk saved: the next start boots.
+    await rm(this.paths(r).suspend, { recursive: true, force: true });
   }
 
   private async act(action: VmAction, id: string): Promise<void> {
@@ -463,11 +588,17 @@ export class VmService {
       const r = this.d.repos.vms.byId(id);
       if (!r) throw notFound('vm', id);
       this.touch(id);
-      const verdict = decide(action, effectiveState(r.state as VmState, await this.handleAlive(r)), r.name);
+      const state = effectiveState(r.state as VmState, await this.handleAlive(r));
+      const verdict = decide(action, state, r.name);
       if (verdict.do === 'noop') return;
       if (verdict.do === 'refuse') throw new BangerError('precondition_failed', verdict.why, { fix: verdict.fix });
       switch (action) {
         case 'start':
+          // A start of a paused or suspended VM continues it.
+          if (state === 'paused' || state === 'suspended') {
+            await this.resumeLocked(r);
+            return;
+          }
           if (r.handle) await this.stopLocked(id, true);
           await this.startLocked(r);
           return;
@@ -488,6 +619,145 @@ export class VmService {
           return;
       }
     });
+  }
+
+  // ---- pause / resume ------------------------------------------------------------------
+
+  /**
+   * `vm pause`: the vCPUs stop and the VMM stays (resident), or with toDisk its device state and
+   * RAM go to `<vm dir>/suspend` and the VMM exits, freeing the memory (`suspended`).
+   */
+  async pause(ref: string, toDisk: boolean, ctx: OpContext): Promise<Vm> {
+    const r0 = this.row(ref);
+    ctx.setTarget(r0.name);
+    return this.d.locks.run(`vm:${r0.id}`, async () => {
+      const r = this.d.repos.vms.get(r0.id);
+      this.touch(r.id);
+      const state = effectiveState(r.state as VmState, await this.handleAlive(r));
+      const verdict = decide('pause', state, r.name);
+      if (verdict.do === 'refuse') throw new BangerError('precondition_failed', verdict.why, { fix: verdict.fix });
+      if (verdict.do === 'noop' || (state === 'paused' && !toDisk)) return this.toVm(r);
+      const handle = handleOf(r) as VmmHandle;
+      const driver = this.d.driver(handle.kind);
+      if (toDisk) this.requireMemoryState(r, driver, 'pause --to-disk');
+      ctx.stage('pause vCPUs');
+      await driver.pause(handle);
+      if (state === 'running') this.move(r.id, 'paused');
+      if (!toDisk) return this.toVm(this.d.repos.vms.get(r.id));
+      ctx.stage('save state', 'device state and RAM');
+      const p = this.paths(r);
+      const partial = `${p.suspend}.partial`;
+      await rm(partial, { recursive: true, force: true });
+      await mkdir(partial, { mode: 0o700 });
+      try {
+        const saved = await driver.saveState(handle, { statePath: join(partial, 'state.bin'), memoryPath: join(partial, 'memory.bin') });
+        ctx.log(`saved ${saved.stateBytes} bytes of device state and ${saved.memoryBytes} bytes of RAM`);
+        await rm(p.suspend, { recursive: true, force: true });
+        await rename(partial, p.suspend);
+      } catch (e) {
+        await rm(partial, { recursive: true, force: true });
+        await driver.resume(handle).catch(() => {});
+        this.move(r.id, 'running');
+        throw e;
+      }
+      crashPoint('vm-pause:saved');
+      ctx.stage('stop VMM');
+      this.agents.get(r.id)?.close();
+      this.agents.delete(r.id);
+      await driver.kill(handle);
+      this.move(r.id, 'suspended', { handle: null });
+      await this.d.network.detach(this.d.repos.vms.get(r.id));
+      await rm(p.run, { recursive: true, force: true });
+      await rm(p.memory, { force: true });
+      return this.toVm(this.d.repos.vms.get(r.id));
+    });
+  }
+
+  /** `vm resume`: a paused VM's vCPUs run again; a suspended VM is restored from its saved state. */
+  async resume(ref: string, ctx: OpContext): Promise<Vm> {
+    const r0 = this.row(ref);
+    ctx.setTarget(r0.name);
+    return this.d.locks.run(`vm:${r0.id}`, async () => {
+      const r = this.d.repos.vms.get(r0.id);
+      this.touch(r.id);
+      const verdict = decide('resume', effectiveState(r.state as VmState, await this.handleAlive(r)), r.name);
+      if (verdict.do === 'refuse') throw new BangerError('precondition_failed', verdict.why, { fix: verdict.fix });
+      if (verdict.do === 'run') await this.resumeLocked(r, ctx);
+      return this.toVm(this.d.repos.vms.get(r.id));
+    });
+  }
+
+  private async resumeLocked(r: VmRow, ctx?: OpContext): Promise<void> {
+    if (r.state === 'paused') {
+      const handle = handleOf(r) as VmmHandle;
+      ctx?.stage('resume vCPUs');
+      await this.d.driver(handle.kind).resume(handle);
+      this.move(r.id, 'running');
+      // The guest's clock stood still while paused.
+      const { link } = await this.agentFor(r.id);
+      await link
+        .identitySet({ clock_unix_ms: this.d.clock.now().getTime() }, 10_000)
+        .catch((e) => this.d.log.warn({ err: e, vm: r.name }, 'clock not set after resume'));
+      return;
+    }
+    const p = this.paths(r);
+    const files = { statePath: join(p.suspend, 'state.bin'), memoryPath: join(p.suspend, 'memory.bin') };
+    const present = await stat(files.statePath).then(
+      () => true,
+      () => false,
+    );
+    if (!present) {
+      this.move(r.id, 'error', { last_error: 'its saved state is missing' });
+      throw new BangerError('precondition_failed', `VM ${r.name} was suspended but its saved state is gone`, {
+        fix: `start it cold: banger vm start ${r.name}`,
+      });
+    }
+    await this.startLocked(r, ctx, 'agent', { ...files, reidentify: false });
+    await rm(p.suspend, { recursive: true, force: true });
+  }
+
+  // ---- for the snapshot service (snapshots.ts) ------------------------------------------
+
+  /** Runs fn holding the VM's lock (every change to one VM is serialised by it). */
+  withVmLock<T>(id: string, fn: () => Promise<T>): Promise<T> {
+    return this.d.locks.run(`vm:${id}`, fn);
+  }
+
+  /** The state that counts (the record corrected by whether its VMM lives). */
+  async stateOf(r: VmRow): Promise<VmState> {
+    return effectiveState(r.state as VmState, await this.handleAlive(r));
+  }
+
+  handleOf(r: VmRow): VmmHandle | undefined {
+    return handleOf(r);
+  }
+
+  /** The held agent link of a live VM (opened on first use). */
+  agentLink(id: string): AgentLink {
+    const r = this.d.repos.vms.get(id);
+    let link = this.agents.get(id);
+    if (!link) {
+      const h = handleOf(r);
+      if (!h) throw new BangerError('conflict', `VM ${r.name} is ${r.state}`, { fix: `start it: banger vm start ${r.name}` });
+      link = this.openAgent(h);
+      this.agents.set(id, link);
+    }
+    return link;
+  }
+
+  /** A memory snapshot needs a VMM that saves state and (QEMU) a guest whose RAM is in a shared file. */
+  requireMemoryState(r: VmRow, driver: VmmDriver, what: string): void {
+    if (!driver.snapshotSupport.memory) {
+      throw new BangerError('precondition_failed', `${driver.kind} here cannot save a VM's memory (${what})`, {
+        fix: 'take a disk-only snapshot: --no-memory',
+      });
+    }
+    const handle = handleOf(r);
+    if (handle?.kind === 'qemu' && !handle.memoryFile) {
+      throw new BangerError('precondition_failed', `VM ${r.name} was started before banger kept guest RAM in a file, so its memory cannot be saved (${what})`, {
+        fix: `restart it once: banger vm restart ${r.name}`,
+      });
+    }
   }
 
   /**
@@ -540,7 +810,9 @@ export class VmService {
       if (Object.keys(sizes).length === 0) return this.toVm(this.d.repos.vms.get(r.id));
       if (change.diskSizeBytes !== undefined && change.diskSizeBytes !== r.disk_size_bytes) {
         // The guest grows the filesystem online at its next boot: no host tool parses a disk the guest wrote.
-        await this.d.disks.growFile(this.paths(r).work, change.diskSizeBytes);
+        const work = this.diskTops(r).work;
+        if (work.format === 'qcow2') await this.d.disks.growQcow2(work.path, change.diskSizeBytes);
+        else await this.d.disks.growFile(work.path, change.diskSizeBytes);
       }
       const fields: Partial<VmRow> = { touched_at: this.d.clock.now().toISOString() };
       if (change.vcpus !== undefined) fields.vcpus = change.vcpus;
@@ -636,14 +908,25 @@ export class VmService {
     await this.logCapper.checkNow();
     await this.reconcileLeftovers();
     for (const r of this.d.repos.vms.all()) {
+      // Rows from before disk layers: their disk files move into the layer store once.
+      if (!r.root_layer || !r.work_layer) await this.d.layers.adoptLegacy(r, this.d.driver(r.vmm as VmmKind).rootDiskFormat);
       if (!r.handle) {
-        if (['starting', 'running', 'stopping'].includes(r.state)) this.move(r.id, 'stopped');
+        if (isLiveState(r.state as VmState)) this.move(r.id, 'stopped');
+        if (r.state === 'suspended' && !(await stat(join(this.paths(r).suspend, 'state.bin')).catch(() => undefined))) {
+          this.move(r.id, 'stopped', { last_error: 'its saved state (vm pause --to-disk) is missing' });
+        }
         continue;
       }
       const handle = handleOf(r) as VmmHandle;
       if (await isHandleAlive(handle)) {
         this.d.log.info({ vm: r.name, pid: handle.pid }, 're-adopted running VM');
-        if (r.state !== 'running') {
+        if (r.state === 'running') {
+          // A daemon that died during a snapshot or fork left the VM paused: it runs again.
+          await this.d
+            .driver(handle.kind)
+            .resume(handle)
+            .catch((e) => this.d.log.warn({ err: e, vm: r.name }, 'could not resume a re-adopted VM'));
+        } else if (r.state !== 'paused') {
           // starting/stopping cut short by the daemon's death; no other state keeps a live handle.
           if (canMove(r.state as VmState, 'running')) this.move(r.id, 'running');
           else this.d.log.warn({ vm: r.name, state: r.state }, 'a live VMM behind a VM recorded as not running: left as recorded');
@@ -658,6 +941,19 @@ export class VmService {
         last_error: clean ? null : 'the VMM process exited while the daemon was not running',
       });
       await rm(this.paths(r).run, { recursive: true, force: true });
+      await rm(this.paths(r).memory, { force: true });
+    }
+    // Guest RAM files no live VM owns (a VMM that died with the daemon, a crashed restore).
+    const owned = new Set(
+      this.d.repos.vms
+        .all()
+        .filter((v) => v.handle)
+        .map((v) => `${v.id}.ram`),
+    );
+    for (const name of await readdir(this.d.layout.memoryDir).catch(() => [] as string[])) {
+      if (owned.has(name)) continue;
+      this.d.log.warn({ file: name }, 'removing a guest RAM file no running VM owns');
+      await rm(join(this.d.layout.memoryDir, name), { force: true });
     }
     const running = this.d.repos.vms.all().filter((v) => v.state === 'running');
     // TAPs of VMs that died while the daemon was away go back to the pool's reconcile.
@@ -691,8 +987,8 @@ export class VmService {
       await killNow(p.pid);
     }
     for (const r of rows.values()) {
-      if (r.state !== 'created' && !r.transient) continue;
-      this.d.log.warn({ vm: r.name, state: r.state, transient: !!r.transient }, 'removing a VM left by an unfinished operation');
+      if (r.state !== 'created' && !r.transient && !r.unpublished) continue;
+      this.d.log.warn({ vm: r.name, state: r.state, transient: !!r.transient, unpublished: !!r.unpublished }, 'removing a VM left by an unfinished operation');
       if (r.handle) {
         const h = handleOf(r) as VmmHandle;
         if (await isHandleAlive(h)) await killNow(h.pid);
@@ -783,7 +1079,10 @@ export class VmService {
     const p = this.paths(r);
     await rm(p.run, { recursive: true, force: true });
     await rm(p.dir, { recursive: true, force: true });
+    await rm(p.memory, { force: true });
     this.d.repos.vms.delete(r.id);
+    // Its top layers, and the frozen ones below that nothing else needs.
+    await this.d.layers.collect();
   }
 }
 
