@@ -39,6 +39,8 @@ export interface VmSpecOptions {
   diskSize?: number;
   nat?: boolean;
   waitFor?: 'ssh' | 'agent';
+  fromSnapshot?: string;
+  cold?: boolean;
 }
 
 export function addVmSpecOptions(cmd: Command, imageHelp: string): Command {
@@ -49,7 +51,9 @@ export function addVmSpecOptions(cmd: Command, imageHelp: string): Command {
     .option('--memory <size>', 'memory in MiB, or a size like 2G', memoryArg)
     .option('--disk-size <size>', 'work disk size (mounted at /root), e.g. 8G', sizeArg)
     .option('--nat', 'let the VM reach beyond the host (outbound NAT)')
-    .option('--wait-for <what>', 'ready when "ssh" works (default, where the image has sshd) or when the "agent" answers', waitForArg);
+    .option('--wait-for <what>', 'ready when "ssh" works (default, where the image has sshd) or when the "agent" answers', waitForArg)
+    .option('--from-snapshot <snapshot>', 'start from a snapshot (its disks, and its memory when it has one) instead of an image')
+    .option('--cold', 'boot cold even when the image has a warm snapshot (banger image warm)');
 }
 
 function waitForArg(v: string): 'ssh' | 'agent' {
@@ -68,5 +72,7 @@ export function vmCreateRequest(o: VmSpecOptions, start: boolean) {
     nat: !!o.nat,
     start,
     ...(o.waitFor !== undefined ? { waitFor: o.waitFor } : {}),
+    ...(o.fromSnapshot !== undefined ? { fromSnapshot: o.fromSnapshot } : {}),
+    ...(o.cold ? { cold: true } : {}),
   };
 }

@@ -14,6 +14,7 @@ type Register = (program: Command) => void;
 export const TOP_LEVEL: ReadonlyArray<{ names: readonly string[]; load: () => Promise<Register> }> = [
   { names: ['vm'], load: async () => (await import('./commands/vm.js')).registerVmCommands },
   { names: ['ssh-config'], load: async () => (await import('./commands/ssh.js')).registerSshConfigCommand },
+  { names: ['snapshot'], load: async () => (await import('./commands/snapshot.js')).registerSnapshotCommands },
   { names: ['image'], load: async () => (await import('./commands/image.js')).registerImageCommands },
   { names: ['kernel'], load: async () => (await import('./commands/kernel.js')).registerKernelCommands },
   { names: ['daemon'], load: async () => (await import('./commands/daemon.js')).registerDaemonCommands },

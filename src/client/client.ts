@@ -7,14 +7,19 @@ import type {
   GuestPorts,
   Image,
   ImageCatalogList,
+  ImageWarmRequest,
   Kernel,
   Operation,
   OperationEvent,
+  Snapshot,
   Vm,
   VmBulkRequest,
   VmBulkResult,
   VmCreateRequest,
+  VmForkRequest,
+  VmPauseRequest,
   VmSetRequest,
+  VmSnapshotRequest,
   VmStats,
   WebToken,
 } from '../api/schemas.js';
@@ -171,6 +176,14 @@ export class BangerClient {
   vms = async () => (await this.request<{ vms: Vm[] }>('GET', '/v1/vms')).vms.map(checkVm);
   vm = async (ref: string) => checkVm(await this.request<Vm>('GET', `/v1/vms/${encodeURIComponent(ref)}`));
   createVm = (req: VmCreateRequest) => this.request<{ operation: Operation }>('POST', '/v1/vms', req);
+  pauseVm = (ref: string, req: VmPauseRequest) => this.request<{ operation: Operation }>('POST', `/v1/vms/${encodeURIComponent(ref)}/pause`, req);
+  resumeVm = (ref: string) => this.request<{ operation: Operation }>('POST', `/v1/vms/${encodeURIComponent(ref)}/resume`, {});
+  snapshotVm = (ref: string, req: VmSnapshotRequest) => this.request<{ operation: Operation }>('POST', `/v1/vms/${encodeURIComponent(ref)}/snapshots`, req);
+  forkVm = (ref: string, req: VmForkRequest) => this.request<{ operation: Operation }>('POST', `/v1/vms/${encodeURIComponent(ref)}/fork`, req);
+  snapshots = async () => (await this.request<{ snapshots: Snapshot[] }>('GET', '/v1/snapshots')).snapshots;
+  snapshot = (ref: string) => this.request<Snapshot>('GET', `/v1/snapshots/${encodeURIComponent(ref)}`);
+  deleteSnapshot = (ref: string, force = false) => this.request<{ deleted: string }>('DELETE', `/v1/snapshots/${encodeURIComponent(ref)}?force=${force}`);
+  warmImage = (ref: string, req: ImageWarmRequest) => this.request<{ operation: Operation }>('POST', `/v1/images/${encodeURIComponent(ref)}/warm`, req);
   bulk = (req: VmBulkRequest) => this.request<VmBulkResult>('POST', '/v1/vms/actions', req);
   setVm = (ref: string, req: VmSetRequest) => this.request<Vm>('PATCH', `/v1/vms/${encodeURIComponent(ref)}`, req);
   health = (ref: string) => this.request<GuestHealth>('GET', `/v1/vms/${encodeURIComponent(ref)}/health`);

@@ -65,7 +65,11 @@ describe('hostile image filesystems never reach the host', () => {
 
     await home.ok(['image', 'register', '--name', 'root-link', '--rootfs', rootfs, '--kernel-ref', 'k']);
     const vm = await home.json<Vm>(['vm', 'create', '--name', 'rl', '--image', 'root-link', '--no-start', '--disk-size', '256M', '--json']);
-    const work = join(home.dir, 'state', 'vms', vm.id, 'work.ext4');
+    // The work disk's bottom layer: the raw ext4 the host made (docs/snapshots.md); the only .ext4 layer of this one VM.
+    const layers = join(home.dir, 'state', 'layers');
+    const bases = readdirSync(layers).filter((f) => f.endsWith('.ext4'));
+    assert.equal(bases.length, 1, `one raw work base for ${vm.name}: ${bases.join(', ')}`);
+    const work = join(layers, bases[0] as string);
     assert.ok(existsSync(work));
     assert.doesNotMatch(ls(work, '/'), /id_rsa/, 'the work disk is created empty by the host');
     for (const p of walk(join(home.dir, 'state'))) assert.ok(!p.endsWith('id_rsa'), `host secret copied into the state dir: ${p}`);

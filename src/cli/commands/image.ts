@@ -8,9 +8,11 @@ import { formatBytes } from '../../util/duration.js';
 import { sizeArg } from '../args.js';
 import { followOperation, ProgressRenderer } from '../progress.js';
 import { ago, printJson, printKeyValues, printTable, sanitizeInline } from '../render.js';
+import { registerImageWarmCommand } from './snapshot.js';
 
 export function registerImageCommands(program: Command): void {
   const image = program.command('image').description('manage root filesystem images');
+  registerImageWarmCommand(image);
 
   image
     .command('pull')

@@ -9,6 +9,7 @@ import { ago, printJson, printKeyValues, printTable, sanitizeForTerminal, saniti
 import { registerVmCpCommand } from './cp.js';
 import { registerExecCommand, registerProcCommands } from './proc.js';
 import { registerRunCommand } from './run.js';
+import { registerVmWarmCommands } from './snapshot.js';
 import { registerVmSshCommand } from './ssh.js';
 import { registerWorkspaceCommands } from './workspace.js';
 
@@ -97,6 +98,8 @@ export function registerVmCommands(program: Command): void {
       .action((refs: string[], o: { json?: boolean }) => bulk(action, refs, !!o.json));
     if (action === 'delete') c.alias('rm');
   }
+
+  registerVmWarmCommands(vm);
 
   vm.command('list')
     .alias('ls')
