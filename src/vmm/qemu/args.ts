@@ -16,24 +16,31 @@ export interface ConfinementSpec extends QemuConfinement {
   runAsSpelling?: RunAsSpelling;
 }
 
+/** The id of the memory backend object of a VM whose RAM lives in a file. */
+export const MEMORY_BACKEND_ID = 'ram0';
+
 /**
  * Pure: the machine every banger guest boots on (VMs and the KVM boot probe alike): microvm with
  * no default devices, under the seccomp sandbox (and dropping to `runAs` when given), the serial
- * console appended to a file, a kernel, an optional initrd and a command line.
+ * console appended to a file, a kernel, an optional initrd and a command line. With a memoryFile
+ * the guest RAM is that file, mapped shared (so a snapshot needs only a copy of it plus the device
+ * state); without, anonymous RAM.
  */
 export function microvmArgs(
-  o: Pick<VmLaunchSpec, 'accel' | 'vcpus' | 'memoryMib' | 'serialLogPath' | 'kernelPath' | 'initrdPath' | 'cmdline'>,
+  o: Pick<VmLaunchSpec, 'accel' | 'vcpus' | 'memoryMib' | 'serialLogPath' | 'kernelPath' | 'initrdPath' | 'cmdline' | 'memoryFile'>,
   confinement: ConfinementSpec = {},
 ): string[] {
   const accel = o.accel === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg,thread=multi', '-cpu', 'max'];
+  const memory = o.memoryFile ? ['-object', `memory-backend-file,id=${MEMORY_BACKEND_ID},size=${o.memoryMib}M,mem-path=${esc(o.memoryFile)},share=on`] : [];
   return [
     '-M',
-    'microvm,acpi=on,pcie=off',
+    `microvm,acpi=on,pcie=off${o.memoryFile ? `,memory-backend=${MEMORY_BACKEND_ID}` : ''}`,
     ...accel,
     '-smp',
     String(o.vcpus),
     '-m',
     `${o.memoryMib}M`,
+    ...memory,
     '-nodefaults',
     '-no-user-config',
     '-display',
@@ -83,5 +90,8 @@ export function buildQemuArgs(spec: VmLaunchSpec, qmpSocket: string, confinement
     );
   }
   args.push('-qmp', `unix:${esc(qmpSocket)},server=on,wait=off`);
+  // A restore: vCPUs stopped, and QEMU waits for `migrate-incoming` (over QMP, once x-ignore-shared
+  // is set there) instead of booting the kernel.
+  if (spec.restore) args.push('-S', '-incoming', 'defer');
   return args;
 }

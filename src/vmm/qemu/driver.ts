@@ -1,8 +1,10 @@
-import { rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { rm, stat } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { type VmLaunchSpec, type VmmDriver, VmmError, type VmmHandle } from '../driver.js';
 import { isHandleAlive, isProcessAlive, killAndWait, readTail, spawnDetached, waitForExit, waitForSocket } from '../process.js';
 import { AGENT_DATA_PORTS, agentDataSocketPath, buildQemuArgs } from './args.js';
+import { createMemoryFile, IGNORE_SHARED, StateReceiver, sendStateFile, sparseCopyExclusive, waitForMigration } from './migration.js';
 import { QmpClient } from './qmp.js';
 import { type QemuConfinement, QemuConfinementCheck } from './sandbox.js';
 
@@ -17,7 +19,18 @@ export interface QemuDriverOptions {
   confinementCheck?: QemuConfinementCheck;
   /** Whether the daemon runs as root (default: its effective uid is 0). */
   isRoot?: () => boolean;
+  /**
+   * Copies a RAM file into a new file (exclusive, 0600), keeping holes; returns the bytes it
+   * occupies. Default: ./migration.ts sparseCopyExclusive (`cp --sparse=always` through node's
+   * child_process on descriptors opened here). Injectable for tests.
+   */
+  copyMemory?: (from: string, to: string) => Promise<number>;
+  /** Deadline of a device-state save or load (the migration stream; default 60 s). */
+  migrationTimeoutMs?: number;
 }
+
+/** Drive ids and netdev ids the driver passes to QMP (the launch spec's own rule). */
+const QMP_ID = /^[A-Za-z0-9_]{1,64}$/;
 
 /**
  * Every QEMU runs under the seccomp sandbox of ./sandbox.ts (a QEMU without seccomp support is
@@ -48,32 +61,81 @@ export class QemuDriver implements VmmDriver {
     const confinement = this.confinement();
     // Before anything is started: a QEMU that cannot be sandboxed fails here, naming the fix.
     const runAsSpelling = await this.check.check(this.qemuBin, confinement);
+    if (spec.restore && !spec.memoryFile) {
+      throw new VmmError('QEMU restores a memory snapshot only into a VM whose RAM is a file: the launch spec has restore but no memoryFile');
+    }
     const qmpSocket = join(spec.runDir, 'qmp.sock');
     await rm(qmpSocket, { force: true });
     for (const path of agentSockets(spec.agentSocketPath)) await rm(path, { force: true });
+    // The RAM file is ours before QEMU sees its name (QEMU would create it itself, umask-wide, and
+    // open whatever sits at the path): fresh and sized for a boot, a sparse copy of the saved RAM
+    // for a restore; either way exclusive, 0600, never through a link.
+    if (spec.memoryFile) {
+      if (spec.restore) {
+        await this.copyMemory(spec.restore.memoryPath, spec.memoryFile);
+        const size = (await stat(spec.memoryFile)).size;
+        if (size !== spec.memoryMib * MIB) {
+          await rm(spec.memoryFile, { force: true });
+          throw new VmmError(
+            `the saved memory ${spec.restore.memoryPath} holds ${size} bytes, the VM has ${spec.memoryMib} MiB: a restore needs the saved VM's memory size`,
+          );
+        }
+      } else await createMemoryFile(spec.memoryFile, spec.memoryMib * MIB);
+    }
     const args = buildQemuArgs(spec, qmpSocket, { ...confinement, runAsSpelling });
-    const { pid, startTime, bootId } = await spawnDetached(this.qemuBin, args, spec.vmmLogPath);
-    const handle: VmmHandle = {
-      kind: 'qemu',
-      pid,
-      pidStartTime: startTime,
-      ...(bootId ? { bootId } : {}),
-      controlSocket: qmpSocket,
-      agentSocket: spec.agentSocketPath,
-      agentTransport: 'virtio-serial',
-      accel: spec.accel,
-    };
+    let handle: VmmHandle | undefined;
     try {
+      const { pid, startTime, bootId } = await spawnDetached(this.qemuBin, args, spec.vmmLogPath);
+      handle = {
+        kind: 'qemu',
+        pid,
+        pidStartTime: startTime,
+        ...(bootId ? { bootId } : {}),
+        controlSocket: qmpSocket,
+        agentSocket: spec.agentSocketPath,
+        ...(spec.memoryFile ? { memoryFile: spec.memoryFile } : {}),
+        agentTransport: 'virtio-serial',
+        accel: spec.accel,
+      };
       await waitForSocket(qmpSocket, 15_000, () => isProcessAlive(pid, startTime, bootId));
+      if (spec.restore) await this.loadState(handle, spec.runDir, spec.restore.statePath);
       const state = await this.status(handle);
       if (state === 'gone' || state === 'shutdown') throw new Error(`QEMU is ${state} right after launch`);
       return handle;
     } catch (e) {
-      await killAndWait(pid, startTime, undefined, bootId).catch(() => {});
-      await this.cleanup(handle);
-      // Give QEMU a moment to flush its error message.
+      if (handle) {
+        await killAndWait(handle.pid, handle.pidStartTime, undefined, handle.bootId).catch(() => {});
+        await this.cleanup(handle);
+      }
+      // The RAM file was created above for this launch only.
+      if (spec.memoryFile) await rm(spec.memoryFile, { force: true });
+      await rm(join(spec.runDir, MIGRATE_IN), { force: true });
       throw new VmmError(`QEMU failed to start: ${(e as Error).message}`, await readTail(spec.vmmLogPath, 2048));
     }
+  }
+
+  /**
+   * The restore half of a memory snapshot, on a QEMU started with `-S -incoming defer`:
+   * x-ignore-shared (the RAM is already in the file), `migrate-incoming` on a Unix socket in the
+   * run dir, the saved device state streamed into it, then wait until the migration completed and
+   * the VM sits in runstate `paused` (-S keeps the vCPUs stopped).
+   */
+  private async loadState(handle: VmmHandle, runDir: string, statePath: string): Promise<void> {
+    const sock = join(runDir, MIGRATE_IN);
+    const timeoutMs = this.opts.migrationTimeoutMs ?? 60_000;
+    await rm(sock, { force: true });
+    await this.qmp(handle, async (q) => {
+      await q.execute('migrate-set-capabilities', IGNORE_SHARED);
+      await q.execute('migrate-incoming', { uri: `unix:${sock}` });
+      await sendStateFile(sock, statePath, timeoutMs);
+      await waitForMigration(q, timeoutMs, 'loading the saved state');
+      for (const deadline = Date.now() + timeoutMs; ; await sleep(20)) {
+        const { status } = await q.execute<{ status: string }>('query-status');
+        if (status === 'paused') break;
+        if (status !== 'inmigrate' || Date.now() >= deadline) throw new VmmError(`QEMU is in runstate ${status} after loading the saved state, not paused`);
+      }
+    });
+    await rm(sock, { force: true });
   }
 
   async shutdown(handle: VmmHandle, timeoutMs: number): Promise<boolean> {
@@ -88,16 +150,88 @@ export class QemuDriver implements VmmDriver {
     return exited;
   }
 
-  // Warm start (issue 15): implemented on the driver branch; until then every call says so.
-  readonly snapshotSupport = { memory: false, diskLayers: 'copy' as const };
-  async pause(_handle: VmmHandle): Promise<void> {
-    throw new VmmError('QEMU: pause is not implemented yet');
+  readonly snapshotSupport = { memory: true, diskLayers: 'switch' as const };
+
+  /** QMP `stop`: from running, or a no-op when already stopped (paused, postmigrate). */
+  async pause(handle: VmmHandle): Promise<void> {
+    await this.qmp(handle, (q) => q.execute('stop'));
   }
-  async resume(_handle: VmmHandle): Promise<void> {
-    throw new VmmError('QEMU: resume is not implemented yet');
+
+  /** QMP `cont`: from paused, and from postmigrate after saveState (cont reactivates the disks). */
+  async resume(handle: VmmHandle): Promise<void> {
+    await this.qmp(handle, (q) => q.execute('cont'));
   }
-  async saveState(_handle: VmmHandle, _out: { statePath: string; memoryPath: string }): Promise<{ stateBytes: number; memoryBytes: number }> {
-    throw new VmmError('QEMU: saveState is not implemented yet');
+
+  /**
+   * Device state by `migrate` (x-ignore-shared, so the RAM in the shared file is skipped) to a
+   * Unix socket this driver listens on in the run dir, written to statePath (exclusive, 0600,
+   * fsynced); then a sparse copy of the RAM file to memoryPath. The VM must be stopped, and stays
+   * stopped (runstate postmigrate; resume() runs it again). memoryBytes: what the copy occupies.
+   */
+  async saveState(handle: VmmHandle, out: { statePath: string; memoryPath: string }): Promise<{ stateBytes: number; memoryBytes: number }> {
+    if (!handle.memoryFile) {
+      throw new VmmError(
+        'this QEMU VM has anonymous RAM (launched without memoryFile): its memory cannot be snapshotted; start it again with its RAM in a file',
+      );
+    }
+    const memoryFile = handle.memoryFile;
+    const timeoutMs = this.opts.migrationTimeoutMs ?? 60_000;
+    const sock = join(dirname(handle.controlSocket), MIGRATE_OUT);
+    let stateBytes = 0;
+    await this.qmp(handle, async (q) => {
+      const { status, running } = await q.execute<{ status: string; running: boolean }>('query-status');
+      if (running) throw new VmmError(`saveState needs a paused VM; this one is ${status}`);
+      const receiver = await StateReceiver.listen(sock, out.statePath);
+      try {
+        await q.execute('migrate-set-capabilities', IGNORE_SHARED);
+        await q.execute('migrate', { uri: `unix:${sock}` });
+        await waitForMigration(q, timeoutMs, 'saving the device state');
+        stateBytes = await withDeadline(receiver.done, timeoutMs, 'the device state stream did not end');
+      } catch (e) {
+        await receiver.close();
+        await rm(out.statePath, { force: true });
+        throw e;
+      }
+      await receiver.close();
+    });
+    try {
+      const memoryBytes = await this.copyMemory(memoryFile, out.memoryPath);
+      return { stateBytes, memoryBytes };
+    } catch (e) {
+      await rm(out.statePath, { force: true });
+      throw e;
+    }
+  }
+
+  /**
+   * All drives switch in one QMP `transaction` of `blockdev-snapshot-sync` (mode existing: the
+   * caller created each new qcow2 over the current top), so either every drive moved or none did.
+   */
+  async switchDiskLayers(handle: VmmHandle, newTops: Array<{ driveId: string; path: string }>): Promise<void> {
+    for (const t of newTops) {
+      if (!QMP_ID.test(t.driveId)) throw new VmmError(`invalid drive id ${JSON.stringify(t.driveId)}`);
+    }
+    if (newTops.length === 0) return;
+    await this.qmp(handle, async (q) => {
+      const { running, status } = await q.execute<{ status: string; running: boolean }>('query-status');
+      if (running) throw new VmmError(`switchDiskLayers needs a paused VM; this one is ${status}`);
+      await q.execute('transaction', {
+        actions: newTops.map((t) => ({
+          type: 'blockdev-snapshot-sync',
+          data: { device: t.driveId, 'snapshot-file': t.path, format: 'qcow2', mode: 'existing' },
+        })),
+      });
+    });
+  }
+
+  /** QMP `set_link` on the netdev: QEMU carries the state to the virtio-net NIC it backs. */
+  async setLinkUp(handle: VmmHandle, netId: string, up: boolean): Promise<void> {
+    if (!QMP_ID.test(netId)) throw new VmmError(`invalid net id ${JSON.stringify(netId)}`);
+    await this.qmp(handle, (q) => q.execute('set_link', { name: netId, up }));
+  }
+
+  private copyMemory(from: string, to: string): Promise<number> {
+    return (this.opts.copyMemory ?? sparseCopyExclusive)(from, to);
   }
 
   async kill(handle: VmmHandle): Promise<void> {
@@ -129,6 +263,25 @@ export class QemuDriver implements VmmDriver {
   private async cleanup(handle: VmmHandle): Promise<void> {
     await rm(handle.controlSocket, { force: true });
     for (const path of agentSockets(handle.agentSocket)) await rm(path, { force: true });
+  }
+}
+
+const MIB = 1024 * 1024;
+/** Unix sockets of the migration streams, in the VM's run dir. */
+const MIGRATE_OUT = 'migrate-out.sock';
+const MIGRATE_IN = 'migrate-in.sock';
+
+async function withDeadline<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      p,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new VmmError(`${what} within ${ms} ms`)), ms);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
   }
 }
 
