@@ -61,6 +61,7 @@ export class QemuDriver implements VmmDriver {
     const confinement = this.confinement();
     // Before anything is started: a QEMU that cannot be sandboxed fails here, naming the fix.
     const runAsSpelling = await this.check.check(this.qemuBin, confinement);
+    if (spec.restore) this.refuseUnderRunAs(confinement, 'restore a memory snapshot');
     if (spec.restore && !spec.memoryFile) {
       throw new VmmError('QEMU restores a memory snapshot only into a VM whose RAM is a file: the launch spec has restore but no memoryFile');
     }
@@ -124,17 +125,22 @@ export class QemuDriver implements VmmDriver {
     const sock = join(runDir, MIGRATE_IN);
     const timeoutMs = this.opts.migrationTimeoutMs ?? 60_000;
     await rm(sock, { force: true });
-    await this.qmp(handle, async (q) => {
-      await q.execute('migrate-set-capabilities', IGNORE_SHARED);
-      await q.execute('migrate-incoming', { uri: `unix:${sock}` });
-      await sendStateFile(sock, statePath, timeoutMs);
-      await waitForMigration(q, timeoutMs, 'loading the saved state');
-      for (const deadline = Date.now() + timeoutMs; ; await sleep(20)) {
-        const { status } = await q.execute<{ status: string }>('query-status');
-        if (status === 'paused') break;
-        if (status !== 'inmigrate' || Date.now() >= deadline) throw new VmmError(`QEMU is in runstate ${status} after loading the saved state, not paused`);
-      }
-    });
+    try {
+      await this.qmp(handle, async (q) => {
+        await q.execute('migrate-set-capabilities', IGNORE_SHARED);
+        await q.execute('migrate-incoming', { uri: `unix:${sock}` });
+        await sendStateFile(sock, statePath, timeoutMs);
+        await waitForMigration(q, timeoutMs, 'loading the saved state');
+        for (const deadline = Date.now() + timeoutMs; ; await sleep(20)) {
+          const { status } = await q.execute<{ status: string }>('query-status');
+          if (status === 'paused') break;
+          if (status !== 'inmigrate' || Date.now() >= deadline) throw new VmmError(`QEMU is in runstate ${status} after loading the saved state, not paused`);
+        }
+      });
+    } catch (e) {
+      // A state that does not fit this VM's devices makes QEMU exit: its log (appended by launch) says why.
+      throw new Error(`loading the saved state ${statePath} failed (the VM's devices, vCPUs and memory must equal the saved VM's): ${(e as Error).message}`);
+    }
     await rm(sock, { force: true });
   }
 
@@ -174,6 +180,7 @@ export class QemuDriver implements VmmDriver {
         'this QEMU VM has anonymous RAM (launched without memoryFile): its memory cannot be snapshotted; start it again with its RAM in a file',
       );
     }
+    this.refuseUnderRunAs(this.confinement(), 'save a memory snapshot');
     const memoryFile = handle.memoryFile;
     const timeoutMs = this.opts.migrationTimeoutMs ?? 60_000;
     const sock = join(dirname(handle.controlSocket), MIGRATE_OUT);
@@ -228,6 +235,19 @@ export class QemuDriver implements VmmDriver {
   async setLinkUp(handle: VmmHandle, netId: string, up: boolean): Promise<void> {
     if (!QMP_ID.test(netId)) throw new VmmError(`invalid net id ${JSON.stringify(netId)}`);
     await this.qmp(handle, (q) => q.execute('set_link', { name: netId, up }));
+  }
+
+  /**
+   * Under `-runas` QEMU runs as vmm_user after start-up and can neither reach a socket in the
+   * daemon's 0700 run dir nor be handed a descriptor (QMP getfd needs SCM_RIGHTS, which Node cannot
+   * send): memory snapshots are refused up front instead of failing inside QEMU.
+   */
+  private refuseUnderRunAs(confinement: QemuConfinement, what: string): void {
+    if (confinement.runAs !== undefined) {
+      throw new VmmError(
+        `cannot ${what}: QEMU runs as vmm_user ${JSON.stringify(confinement.runAs)}, which cannot reach the migration socket in the daemon's run directory; memory snapshots need vmm_user unset for now`,
+      );
+    }
   }
 
   private copyMemory(from: string, to: string): Promise<number> {

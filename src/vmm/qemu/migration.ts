@@ -113,6 +113,7 @@ export class StateReceiver {
   private constructor(
     private readonly socketPath: string,
     private readonly file: FileHandle,
+    maxBytes: number,
   ) {
     let settle!: { resolve: (n: number) => void; reject: (e: Error) => void };
     this.done = new Promise<number>((resolve, reject) => {
@@ -127,14 +128,14 @@ export class StateReceiver {
       }
       this.taken = true;
       this.stream = sock;
-      void receive(sock, file).then(settle.resolve, settle.reject);
+      void receive(sock, file, maxBytes).then(settle.resolve, settle.reject);
     });
   }
 
-  static async listen(socketPath: string, statePath: string): Promise<StateReceiver> {
+  static async listen(socketPath: string, statePath: string, maxBytes = MAX_STATE_BYTES): Promise<StateReceiver> {
     const fh = await openExclusive(statePath, 'state file');
     await rm(socketPath, { force: true });
-    const receiver = new StateReceiver(socketPath, fh);
+    const receiver = new StateReceiver(socketPath, fh, maxBytes);
     try {
       await new Promise<void>((resolve, reject) => {
         receiver.server.once('error', reject);
@@ -157,12 +158,12 @@ export class StateReceiver {
   }
 }
 
-async function receive(sock: Socket, fh: FileHandle): Promise<number> {
+async function receive(sock: Socket, fh: FileHandle, maxBytes: number): Promise<number> {
   let bytes = 0;
   try {
     for await (const chunk of sock as AsyncIterable<Buffer>) {
       bytes += chunk.length;
-      if (bytes > MAX_STATE_BYTES) throw new VmmError(`the migration stream exceeded ${MAX_STATE_BYTES} bytes: refused`);
+      if (bytes > maxBytes) throw new VmmError(`the migration stream exceeded ${maxBytes} bytes: refused`);
       await fh.write(chunk);
     }
     await fh.sync();
