@@ -230,7 +230,12 @@ describe('QEMU memory snapshots (real QEMU)', { skip }, () => {
     // Both guests live side by side.
     assert.equal(await isHandleAlive(source), true);
     assert.equal(await runstate(restored), 'running');
-    assert.equal((await stat(join(dir, 'b', 'run'))).isDirectory(), true);
+    // A restored VM is snapshotted like any other (its handle names its own RAM file).
+    await driver.pause(restored);
+    const again = await driver.saveState(restored, { statePath: join(dir, 'snap', 'state-b'), memoryPath: join(dir, 'snap', 'memory-b') });
+    assert.equal((await stat(join(dir, 'snap', 'state-b'))).size, again.stateBytes);
+    await driver.resume(restored);
+    assert.equal((await agent.health(10_000)).boot_id, healthAtSave.boot_id);
   });
 
   test('saveState on a VM with anonymous RAM fails with a clear error', async () => {

@@ -129,3 +129,13 @@ test('a restore needs a memoryFile; under vmm_user memory snapshots are refused 
     /vmm_user/,
   );
 });
+
+test('saveState refuses an existing memory copy before it migrates (QEMU is never left in postmigrate for nothing)', async () => {
+  const d = new QemuDriver('/nonexistent/qemu', { isRoot: () => false, confinementCheck: fakeCheck });
+  const existing = join(dir, 'existing-mem');
+  await writeFile(existing, 'old');
+  // The QMP socket does not exist: reaching QEMU would fail with a different message.
+  await assert.rejects(d.saveState({ ...handle, memoryFile: join(dir, 'vm.ram') }, { statePath: join(dir, 's3'), memoryPath: existing }), /already exists/);
+  assert.equal(await readFile(existing, 'utf8'), 'old');
+  assert.equal(existsSync(join(dir, 's3')), false);
+});

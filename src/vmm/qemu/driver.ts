@@ -1,4 +1,4 @@
-import { rm, stat } from 'node:fs/promises';
+import { lstat, rm, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { type VmLaunchSpec, type VmmDriver, VmmError, type VmmHandle } from '../driver.js';
@@ -184,6 +184,16 @@ export class QemuDriver implements VmmDriver {
     const memoryFile = handle.memoryFile;
     const timeoutMs = this.opts.migrationTimeoutMs ?? 60_000;
     const sock = join(dirname(handle.controlSocket), MIGRATE_OUT);
+    // Checked before the migration, which leaves QEMU in postmigrate: a copy that cannot start
+    // should not cost that (sparseCopyExclusive still refuses the name if it appears meanwhile).
+    if (
+      await lstat(out.memoryPath).then(
+        () => true,
+        () => false,
+      )
+    ) {
+      throw new VmmError(`memory copy ${out.memoryPath} already exists: it is never overwritten; remove it if it is stale`);
+    }
     let stateBytes = 0;
     await this.qmp(handle, async (q) => {
       const { status, running } = await q.execute<{ status: string; running: boolean }>('query-status');
