@@ -71,15 +71,13 @@ export interface VmmHandle {
   /** Firecracker under the jailer: the jail directory, removed once the process is gone. */
   jailDir?: string;
   agentSocket: string;
-  /**
-   * QEMU: the file holding guest RAM (VmLaunchSpec.memoryFile), recorded so saveState copies the file
-   * the daemon chose, never a path QEMU reports. Absent: anonymous RAM, no memory snapshot.
-   */
-  memoryFile?: string;
   /** How the agent channel is reached over agentSocket. */
   agentTransport: 'virtio-serial' | 'hybrid-vsock';
   accel: Accelerator;
-  /** QEMU: the tmpfs file holding guest RAM (VmLaunchSpec.memoryFile), when the VM has one. */
+  /**
+   * QEMU: the tmpfs file holding guest RAM (VmLaunchSpec.memoryFile), when the VM has one; saveState
+   * copies this path (the daemon's choice), never one QEMU reports.
+   */
   memoryFile?: string;
 }
 

@@ -160,12 +160,9 @@ describe('QEMU memory snapshots (real QEMU)', { skip }, () => {
     assert.equal((await sourceAgent.health(10_000)).ready, true);
   });
 
-  test('saveState writes a small state file and a sparse RAM copy (0600), refuses a planted link, and the source resumes from postmigrate', async () => {
+  test('saveState writes a small state file and a sparse RAM copy (0600), refuses a planted link; the disks switch layers in postmigrate and the source resumes', async () => {
     healthAtSave = await sourceAgent.health(10_000);
     await driver.pause(source);
-    // The disk layer the snapshot keeps: frozen from the pause on.
-    qemuImg(['create', '-q', '-f', 'qcow2', '-b', top0(), '-F', 'qcow2', top1()]);
-    await driver.switchDiskLayers(source, [{ driveId: 'root', path: top1() }]);
 
     // A link planted at the state path: refused, its target untouched, no RAM copy made.
     const canary = join(dir, 'canary');
@@ -192,6 +189,11 @@ describe('QEMU memory snapshots (real QEMU)', { skip }, () => {
     assert.equal(await sha(memoryPath()), await sha(join(shm, 'a.ram')), 'the copy is the RAM as saved');
     assert.equal(await runstate(source), 'postmigrate');
 
+    // The disk layer the snapshot keeps, frozen from the pause on: switched after the save, as the
+    // snapshot service does (QEMU has inactivated its disks at the end of the migration; the switch
+    // still works, and cont reactivates the new top).
+    qemuImg(['create', '-q', '-f', 'qcow2', '-b', top0(), '-F', 'qcow2', top1()]);
+    await driver.switchDiskLayers(source, [{ driveId: 'root', path: top1() }]);
     await driver.resume(source);
     assert.equal(await runstate(source), 'running');
     assert.equal((await sourceAgent.health(10_000)).boot_id, healthAtSave.boot_id);
