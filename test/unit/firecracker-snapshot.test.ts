@@ -231,3 +231,33 @@ test('a snapshot whose devices differ from the VM is reported, one sentence per 
   );
   assert.equal(send(fake, describeInstanceRequest()).status, 200);
 });
+
+const warmStartRequests = (): FcRequest[] => [
+  pauseRequest(),
+  resumeRequest(),
+  snapshotCreateRequest(snapshotFiles),
+  ...buildRestoreRequests(clone, snapshotFiles, { logger: { logPath: '/v/clone/vmm.log' } }),
+  vmConfigRequest(),
+  ...restoreDrivePatches(clone, {}),
+];
+
+test('the official spec has the snapshot endpoints and the fields banger sends', { skip }, () => {
+  const official = loadFirecrackerSpec();
+  for (const [path, method] of [
+    ['/snapshot/create', 'put'],
+    ['/snapshot/load', 'put'],
+    ['/vm', 'patch'],
+    ['/vm/config', 'get'],
+    ['/drives/{drive_id}', 'patch'],
+  ] as const) {
+    assert.ok(official.paths[path]?.[method], `${method} ${path}`);
+  }
+  const load = official.definitions.SnapshotLoadParams?.properties ?? {};
+  for (const f of ['snapshot_path', 'mem_backend', 'resume_vm', 'network_overrides', 'vsock_override']) assert.ok(load[f], f);
+  assert.ok(official.definitions.PartialDrive?.properties?.path_on_host, 'PATCH /drives can change path_on_host');
+});
+
+test('the lenient stand-in (no spec: tests that need a Firecracker-shaped process) routes every warm-start request', () => {
+  const lenient = new SpecValidator(lenientFirecrackerSpec());
+  for (const r of warmStartRequests()) assert.deepEqual(lenient.checkRequest(r.method, r.path, r.body).errors, [], line(r));
+});
