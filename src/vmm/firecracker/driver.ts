@@ -1,6 +1,6 @@
 import { constants } from 'node:fs';
 import { type FileHandle, link, lstat, open, rm, stat } from 'node:fs/promises';
-import { isAbsolute, join, resolve } from 'node:path';
+import { isAbsolute, join, relative, resolve } from 'node:path';
 import { BangerError } from '../../api/errors.js';
 import { openLogFile } from '../console-log.js';
 import { type VmLaunchSpec, type VmmDriver, VmmError, type VmmHandle } from '../driver.js';
@@ -230,6 +230,8 @@ export class FirecrackerDriver implements VmmDriver {
       }
       let target = out;
       if (handle.jailDir && jailer) {
+        const rel = relative(jailer.chrootBaseDir, handle.jailDir);
+        if (!rel || rel.startsWith('..') || isAbsolute(rel)) throw new VmmError(`the jail ${handle.jailDir} is not under ${jailer.chrootBaseDir}`);
         target = { statePath: JAIL_PATHS.saveState, memoryPath: JAIL_PATHS.saveMemory };
         const chroot = join(handle.jailDir, 'root');
         for (const [i, jailPath] of [target.statePath, target.memoryPath].entries()) {
