@@ -1,7 +1,19 @@
-import { appendFileSync, constants, existsSync, lstatSync, openSync, writeFileSync, writeSync } from 'node:fs';
+import {
+  appendFileSync,
+  closeSync,
+  constants,
+  existsSync,
+  ftruncateSync,
+  lstatSync,
+  openSync,
+  readFileSync,
+  statSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
-import { FakeFirecrackerApi, serveFakeFirecracker } from './fake-firecracker.js';
+import { FakeFirecrackerApi, type FakeSnapshot, serveFakeFirecracker } from './fake-firecracker.js';
 import { firecrackerSpecAvailable, lenientFirecrackerSpec, SpecValidator } from './fake-firecracker-spec.js';
 
 /**
@@ -12,6 +24,14 @@ import { firecrackerSpecAvailable, lenientFirecrackerSpec, SpecValidator } from 
  *   FAKE_FC_FAIL="PUT /vsock" answer that request with a fault
  *   FAKE_FC_IGNORE_CTRL_ALT_DEL=1  keep running after SendCtrlAltDel (a guest that ignores it)
  *   FAKE_FC_PIDFILE=file      write the pid there
+ *   FAKE_FC_SNAPSHOT_PARTIAL=1  PUT /snapshot/create writes half a state file, then fails (as on a full disk)
+ *   FAKE_FC_TOUCH_DISKS=1     each time the vCPUs resume (PATCH /vm Resumed, a load with resume_vm),
+ *                             append "written by <id>" to every drive file, as a guest writing its
+ *                             disks (shows which files a clone writes)
+ * Snapshots: PUT /snapshot/create writes the device configuration as JSON to snapshot_path and a
+ * sparse file of mem_size_mib MiB (a marker at offset 0) to mem_file_path, opening both the way
+ * Firecracker does (create + truncate, following links); PUT /snapshot/load reads them back and
+ * requires the memory file's size to match, and every saved drive file to exist.
  *   FAKE_FC_CHROOT=dir        set by the FAKE jailer (fake-jailer-bin.ts): every path Firecracker
  *                             is given is inside this directory, as in the jailer's chroot; the
  *                             kernel, initrd and drives must then exist there as regular files
@@ -91,6 +111,56 @@ const api = new FakeFirecrackerApi({
     },
     onDrive(pathOnHost) {
       return openable('drive', pathOnHost);
+    },
+    onSnapshotCreate(statePath, memoryPath, snapshot) {
+      const flags = constants.O_CREAT | constants.O_WRONLY | constants.O_TRUNC;
+      try {
+        const state = Buffer.from(JSON.stringify({ fakeFirecrackerSnapshot: 1, ...snapshot }));
+        const fd = openSync(inJail(statePath), flags, 0o600);
+        try {
+          if (process.env.FAKE_FC_SNAPSHOT_PARTIAL) {
+            writeSync(fd, state.subarray(0, state.length >> 1));
+            return 'Cannot save the microVM state: No space left on device (os error 28)';
+          }
+          writeSync(fd, state);
+        } finally {
+          closeSync(fd);
+        }
+        const mem = openSync(inJail(memoryPath), flags, 0o600);
+        try {
+          writeSync(mem, `fake guest memory of ${id}\n`);
+          ftruncateSync(mem, Number(snapshot.machine?.mem_size_mib ?? 128) * 1024 * 1024);
+        } finally {
+          closeSync(mem);
+        }
+      } catch (e) {
+        return `Cannot save the microVM state: ${(e as Error).message}`;
+      }
+      return undefined;
+    },
+    onSnapshotLoad(statePath, memoryPath) {
+      const unopenable = openable('snapshot', statePath) ?? openable('memory file', memoryPath);
+      if (unopenable) return unopenable;
+      let snapshot: FakeSnapshot & { fakeFirecrackerSnapshot?: number };
+      let memBytes: number;
+      try {
+        snapshot = JSON.parse(readFileSync(inJail(statePath), 'utf8')) as FakeSnapshot & { fakeFirecrackerSnapshot?: number };
+        memBytes = statSync(inJail(memoryPath)).size;
+      } catch (e) {
+        return `Cannot load the microVM state: ${(e as Error).message}`;
+      }
+      if (snapshot.fakeFirecrackerSnapshot !== 1) return `Cannot load the microVM state: ${statePath} is not a snapshot`;
+      const want = Number(snapshot.machine?.mem_size_mib ?? 128) * 1024 * 1024;
+      if (memBytes !== want) return `Cannot load the guest memory: ${memoryPath} has ${memBytes} bytes, the snapshot ${want}`;
+      for (const d of snapshot.drives) {
+        // A real load opens each saved drive file; it must exist (inside the jail when jailed).
+        if (!existsSync(inJail(String(d.path_on_host)))) return `drive ${String(d.path_on_host)}: No such file or directory (os error 2)`;
+      }
+      return { machine: snapshot.machine, drives: snapshot.drives, nets: snapshot.nets, vsock: snapshot.vsock } as FakeSnapshot;
+    },
+    onResume(drives) {
+      if (!process.env.FAKE_FC_TOUCH_DISKS) return;
+      for (const d of drives) appendFileSync(inJail(String(d.path_on_host)), `written by ${id}\n`);
     },
     onInstanceStart() {
       process.stdout.write('fake guest console: Linux version 6.1 (fake)\n');

@@ -255,13 +255,19 @@ export function lenientFirecrackerSpec(): SwaggerSpec {
       '/version': { get },
       '/machine-config': { get, put: body },
       '/boot-source': { put: body },
-      '/drives/{drive_id}': { put: { ...body, parameters: [...body.parameters, { name: 'drive_id', in: 'path', required: true }] } },
+      '/drives/{drive_id}': {
+        put: { ...body, parameters: [...body.parameters, { name: 'drive_id', in: 'path', required: true }] },
+        patch: { ...body, parameters: [...body.parameters, { name: 'drive_id', in: 'path', required: true }] },
+      },
       '/network-interfaces/{iface_id}': { put: { ...body, parameters: [...body.parameters, { name: 'iface_id', in: 'path', required: true }] } },
       '/vsock': { put: body },
       '/logger': { put: body },
       '/actions': { put: body },
       '/vm': { patch: body },
+      '/vm/config': { get },
+      '/snapshot/create': { put: body },
+      '/snapshot/load': { put: body },
     },
-    definitions: { InstanceInfo: {}, FirecrackerVersion: {}, MachineConfiguration: {} },
+    definitions: { InstanceInfo: {}, FirecrackerVersion: {}, MachineConfiguration: {}, FullVmConfiguration: {} },
   };
 }

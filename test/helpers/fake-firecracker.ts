@@ -4,7 +4,8 @@ import { loadFirecrackerSpec, SpecValidator } from './fake-firecracker-spec.js';
 /**
  * A FAKE Firecracker API: no VM, only the API contract. Every request is checked against the
  * official spec (strict: unknown fields rejected) and against Firecracker's lifecycle rules
- * (configuration before InstanceStart, pause/resume/Ctrl-Alt-Del after), answered the way
+ * (configuration before InstanceStart, pause/resume/Ctrl-Alt-Del after; a snapshot load only on a
+ * fresh process, a snapshot only of a paused VM), answered the way
  * Firecracker answers (204, 200 + JSON, or 400 + {"fault_message"}), and recorded.
  */
 export type FakeInstanceState = 'Not started' | 'Running' | 'Paused';
@@ -23,7 +24,24 @@ export interface FakeResponse {
   body?: unknown;
 }
 
+/**
+ * What the fake saves in a snapshot: the device configuration (a real state file holds far more).
+ * The FAKE binary writes it as JSON to snapshot_path; in-process tests keep it in a Map.
+ */
+export interface FakeSnapshot {
+  machine?: Body;
+  drives: Body[];
+  nets: Body[];
+  vsock?: Body;
+}
+
 export interface FakeHooks {
+  /** Writes a snapshot (a string fails the request with it). */
+  onSnapshotCreate?(statePath: string, memoryPath: string, snapshot: FakeSnapshot): string | undefined;
+  /** Reads one: the snapshot, or a fault message. */
+  onSnapshotLoad?(statePath: string, memoryPath: string): FakeSnapshot | string;
+  /** The vCPUs run again (PATCH /vm Resumed, or a load with resume_vm), with the drives as they are now. */
+  onResume?(drives: Body[]): void;
   /** Return a string to fail the request with that fault message. */
   onLogger?(logPath: string): string | undefined;
   onVsock?(udsPath: string): string | undefined;
@@ -43,6 +61,8 @@ export interface FakeFirecrackerOptions {
   validator?: SpecValidator;
 }
 
+/** Pre-boot operations that still allow a snapshot load after them (the spec: "before configuring any resource other than the Logger and Metrics"). */
+const BEFORE_LOAD_OK = new Set(['PUT /logger', 'PUT /metrics']);
 /** Mutating operations Firecracker accepts only before InstanceStart. */
 const PRE_BOOT_ONLY = new Set([
   'PUT /logger',
@@ -86,6 +106,10 @@ export class FakeFirecrackerApi {
     nets: Map<string, Body>;
   } = { drives: new Map(), nets: new Map() };
   readonly validator: SpecValidator;
+  /** A resource other than the logger and metrics was configured: a snapshot load is no longer allowed. */
+  configuredForBoot = false;
+  /** The state came from PUT /snapshot/load. */
+  restored = false;
 
   constructor(private readonly opts: FakeFirecrackerOptions = {}) {
     this.validator = opts.validator ?? new SpecValidator(loadFirecrackerSpec());
@@ -113,7 +137,12 @@ export class FakeFirecrackerApi {
     if (this.opts.failOn === `${method} ${path}`) return fault(`fake failure injected for ${key}`);
     if (PRE_BOOT_ONLY.has(key) && this.state !== 'Not started') return fault(NOT_AFTER_START);
     if (POST_BOOT_ONLY.has(key) && this.state === 'Not started') return fault(NOT_BEFORE_START);
-    const b = (body ?? {}) as Body;
+    const response = this.apply(key, method, (body ?? {}) as Body);
+    if (response.status < 300 && PRE_BOOT_ONLY.has(key) && !BEFORE_LOAD_OK.has(key) && key !== 'PUT /snapshot/load') this.configuredForBoot = true;
+    return response;
+  }
+
+  private apply(key: string, method: string, b: Body): FakeResponse {
     switch (key) {
       case 'GET /':
         return this.json('InstanceInfo', {
@@ -154,7 +183,16 @@ export class FakeFirecrackerApi {
         return this.action(String(b.action_type));
       case 'PATCH /vm':
         this.state = b.state === 'Paused' ? 'Paused' : 'Running';
+        if (this.state === 'Running') this.opts.hooks?.onResume?.([...this.config.drives.values()]);
         return ok();
+      case 'PATCH /drives/{drive_id}':
+        return this.patchDrive(b);
+      case 'PUT /snapshot/create':
+        return this.snapshotCreate(b);
+      case 'PUT /snapshot/load':
+        return this.snapshotLoad(b);
+      case 'GET /vm/config':
+        return this.json('FullVmConfiguration', this.vmConfig());
       default:
         // Valid per the spec but not modelled: accept changes, refuse reads the fake cannot answer.
         return method === 'GET' ? fault(`the fake does not implement ${key}`) : ok();
@@ -176,6 +214,91 @@ export class FakeFirecrackerApi {
       default:
         return ok();
     }
+  }
+
+  private snapshotCreate(b: Body): FakeResponse {
+    // The spec: "The microVM should be in the Paused state."
+    if (this.state !== 'Paused') return fault('Cannot create a snapshot: the microVM is not paused.');
+    if (b.snapshot_type === 'Diff' && this.config.machine?.track_dirty_pages !== true) {
+      return fault('Diff snapshots are not allowed on microVMs without dirty page tracking.');
+    }
+    const hook = this.opts.hooks?.onSnapshotCreate;
+    if (!hook) return fault('the fake has nowhere to write a snapshot (no onSnapshotCreate hook)');
+    const snapshot: FakeSnapshot = {
+      ...(this.config.machine ? { machine: { ...this.config.machine } } : {}),
+      drives: [...this.config.drives.values()].map((d) => ({ ...d })),
+      nets: [...this.config.nets.values()].map((n) => ({ ...n })),
+      ...(this.config.vsock ? { vsock: { ...this.config.vsock } } : {}),
+    };
+    const error = hook(String(b.snapshot_path), String(b.mem_file_path), snapshot);
+    return error ? fault(error) : ok();
+  }
+
+  private snapshotLoad(b: Body): FakeResponse {
+    // The spec: "Only accepted on a fresh Firecracker process (before configuring any resource other than the Logger and Metrics)."
+    if (this.configuredForBoot) return fault('Loading a microVM snapshot not allowed after configuring boot-specific resources.');
+    // The spec: "Exactly one of the two `mem_*` fields must be present".
+    if ('mem_file_path' in b === 'mem_backend' in b) return fault('Exactly one of mem_file_path and mem_backend must be given.');
+    const backend = b.mem_backend as Body | undefined;
+    if (backend && backend.backend_type !== 'File') return fault(`the fake does not implement the ${String(backend.backend_type)} memory backend`);
+    const memoryPath = String(backend ? backend.backend_path : b.mem_file_path);
+    const hook = this.opts.hooks?.onSnapshotLoad;
+    if (!hook) return fault('the fake has no snapshot to load (no onSnapshotLoad hook)');
+    const snapshot = hook(String(b.snapshot_path), memoryPath);
+    if (typeof snapshot === 'string') return fault(snapshot);
+    const nets = new Map(snapshot.nets.map((n) => [String(n.iface_id), { ...n }]));
+    for (const o of (b.network_overrides as Body[] | undefined) ?? []) {
+      const n = nets.get(String(o.iface_id));
+      if (!n) return fault(`Invalid network override: the snapshot has no network interface ${String(o.iface_id)}.`);
+      n.host_dev_name = o.host_dev_name;
+    }
+    const vsockOverride = b.vsock_override as Body | undefined;
+    if (vsockOverride && !snapshot.vsock) return fault('Invalid vsock override: the snapshot has no vsock device.');
+    const vsock = snapshot.vsock && { ...snapshot.vsock, ...(vsockOverride ? { uds_path: vsockOverride.uds_path } : {}) };
+    // Like Firecracker, the load opens every saved drive file (at its saved path) and binds the vsock socket.
+    for (const d of snapshot.drives) {
+      const error = this.opts.hooks?.onDrive?.(String(d.path_on_host));
+      if (error) return fault(`Failed to restore the block device ${String(d.drive_id)}: ${error}`);
+    }
+    if (vsock) {
+      const error = this.opts.hooks?.onVsock?.(String(vsock.uds_path));
+      if (error) return fault(`Failed to restore the vsock device: ${error}`);
+    }
+    if (snapshot.machine) this.config.machine = snapshot.machine;
+    for (const d of snapshot.drives) this.config.drives.set(String(d.drive_id), { ...d });
+    for (const [id, n] of nets) this.config.nets.set(id, n);
+    if (vsock) this.config.vsock = vsock;
+    this.restored = true;
+    this.state = b.resume_vm === true ? 'Running' : 'Paused';
+    if (this.state === 'Running') this.opts.hooks?.onResume?.([...this.config.drives.values()]);
+    return ok();
+  }
+
+  /** GET /vm/config; the spec: "If the VM is restored from a snapshot, the boot-source, machine-config.smt and machine-config.cpu_template will be empty." */
+  private vmConfig(): Body {
+    const machine =
+      this.config.machine &&
+      (this.restored ? { vcpu_count: this.config.machine.vcpu_count, mem_size_mib: this.config.machine.mem_size_mib } : this.config.machine);
+    return {
+      ...(machine ? { 'machine-config': machine } : {}),
+      ...(this.config.bootSource && !this.restored ? { 'boot-source': this.config.bootSource } : {}),
+      ...(this.config.logger ? { logger: this.config.logger } : {}),
+      drives: [...this.config.drives.values()],
+      'network-interfaces': [...this.config.nets.values()],
+      ...(this.config.vsock ? { vsock: this.config.vsock } : {}),
+    };
+  }
+
+  private patchDrive(b: Body): FakeResponse {
+    const id = String(b.drive_id);
+    const drive = this.config.drives.get(id);
+    if (!drive) return fault(`Could not find a drive with the id ${id}.`);
+    if (b.path_on_host !== undefined) {
+      const error = this.opts.hooks?.onDrive?.(String(b.path_on_host));
+      if (error) return fault(error);
+    }
+    this.config.drives.set(id, { ...drive, ...b });
+    return ok();
   }
 
   private putDrive(b: Body): FakeResponse {

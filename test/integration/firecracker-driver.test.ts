@@ -1,10 +1,11 @@
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
-import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import { dirname, join } from 'node:path';
 import { type TestContext, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { BangerError } from '../../src/api/errors.js';
 import { type VmLaunchSpec, VmmError } from '../../src/vmm/driver.js';
 import { FirecrackerApiClient, FirecrackerApiError } from '../../src/vmm/firecracker/api-client.js';
 import { FirecrackerDriver } from '../../src/vmm/firecracker/driver.js';
@@ -321,4 +322,144 @@ test('api client: a non-JSON error body, a timeout, an oversized answer and a mi
   await assert.rejects(nowhere.send({ method: 'GET', path: '/' }), (err: Error) => {
     return err instanceof VmmError && /no-such-dir\/fc\.sock/.test(err.message);
   });
+});
+
+// ---- warm start: pause, resume, saveState, launch with `restore` (docs/firecracker.md) ----
+
+const body = (rs: RecordedRequest[], line: string) => rs.find((r) => `${r.method} ${r.path}` === line)?.body;
+
+/** The source VM's disks exist (a load opens the saved paths), and a clone spec with its own disks, TAP and sockets. */
+async function warmSetup(t: TestContext, env: Record<string, string> = {}) {
+  const e = await setup(t, { env: { FAKE_FC_TOUCH_DISKS: '1', ...env } });
+  for (const d of e.spec.disks) await writeFile(d.path, `${d.id} of the source\n`);
+  const snap = join(e.dir, 'snap');
+  await mkdir(snap, { mode: 0o700 });
+  const out = { statePath: join(snap, 'vm.state'), memoryPath: join(snap, 'vm.mem') };
+  const cloneRun = join(e.dir, 'crun');
+  await mkdir(cloneRun, { mode: 0o700 });
+  const clone: VmLaunchSpec = {
+    ...e.spec,
+    vmId: 'fedcba9876543210fedcba9876543210',
+    name: 'clone',
+    disks: e.spec.disks.map((d) => ({ ...d, path: join(e.dir, `clone-${d.id}.ext4`) })),
+    nets: [{ id: 'eth0', tapName: 'tap-clone', mac: '06:00:ac:10:00:03' }],
+    runDir: cloneRun,
+    serialLogPath: join(e.dir, 'clone-serial.log'),
+    vmmLogPath: join(e.dir, 'clone-vmm.log'),
+    agentSocketPath: join(cloneRun, 'agent.sock'),
+    restore: out,
+  };
+  return { e, out, clone };
+}
+
+test('warm start: pause, saveState (Full, exclusive 0600 files), a clone restored on its own disks, TAP and socket, left paused', { skip }, async (t) => {
+  const { e, out, clone } = await warmSetup(t);
+  const driver = new FirecrackerDriver({ binaryPath: e.bin });
+  assert.deepEqual(driver.snapshotSupport, { memory: true, diskLayers: 'copy' });
+  const src = await driver.launch(e.spec);
+  const booted = e.records().length;
+
+  // Refused while running (the driver never pauses behind the caller's back); nothing is written.
+  await assert.rejects(driver.saveState(src, out), (err: Error) => {
+    assert.ok(err instanceof BangerError && err.code === 'precondition_failed', String(err));
+    assert.match(err.message, /it is Running, not paused/);
+    return true;
+  });
+  assert.equal(existsSync(out.statePath) || existsSync(out.memoryPath), false);
+
+  await driver.pause(src);
+  await driver.pause(src); // idempotent: the second sees Paused and sends nothing
+  const saved = await driver.saveState(src, out);
+  assert.equal(saved.memoryBytes, e.spec.memoryMib * 1024 * 1024);
+  assert.equal(saved.stateBytes, (await stat(out.statePath)).size);
+  for (const p of [out.statePath, out.memoryPath]) assert.equal((await stat(p)).mode & 0o777, 0o600, p);
+  const srcRecords = e.records().slice(booted);
+  assert.deepEqual(lines(srcRecords), ['GET / 200', 'GET / 200', 'PATCH /vm 204', 'GET / 200', 'GET / 200', 'PUT /snapshot/create 204']);
+  assert.deepEqual(body(srcRecords, 'PATCH /vm'), { state: 'Paused' });
+  assert.deepEqual(body(srcRecords, 'PUT /snapshot/create'), { snapshot_type: 'Full', snapshot_path: out.statePath, mem_file_path: out.memoryPath });
+  for (const r of srcRecords) assert.deepEqual(validator.checkRequest(r.method, r.path, r.body).errors, [], `${r.method} ${r.path}`);
+
+  // Never overwritten.
+  const before = await readFile(out.statePath);
+  await assert.rejects(driver.saveState(src, out), (err: Error) => err instanceof BangerError && err.code === 'conflict' && /exists/.test(err.message));
+  assert.deepEqual(await readFile(out.statePath), before, 'the existing snapshot is untouched');
+
+  // The caller copies the disks while the source is paused (snapshotSupport.diskLayers = 'copy').
+  for (const [i, d] of clone.disks.entries()) await writeFile(d.path, await readFile(e.spec.disks[i]?.path as string));
+  const cloneStart = e.records().length;
+  const cl = await driver.launch(clone);
+  const restore = e.records().slice(cloneStart);
+  assert.deepEqual(lines(restore), ['PUT /logger 204', 'PUT /snapshot/load 204', 'GET /vm/config 200', 'PATCH /drives/root 204', 'PATCH /drives/work 204']);
+  assert.deepEqual(body(restore, 'PUT /snapshot/load'), {
+    snapshot_path: out.statePath,
+    mem_backend: { backend_type: 'File', backend_path: out.memoryPath },
+    resume_vm: false,
+    network_overrides: [{ iface_id: 'eth0', host_dev_name: 'tap-clone' }],
+    vsock_override: { uds_path: clone.agentSocketPath },
+  });
+  assert.deepEqual(body(restore, 'PATCH /drives/root'), { drive_id: 'root', path_on_host: clone.disks[0]?.path });
+  assert.deepEqual(body(restore, 'PATCH /drives/work'), { drive_id: 'work', path_on_host: clone.disks[1]?.path });
+  for (const r of restore) assert.deepEqual(validator.checkRequest(r.method, r.path, r.body).errors, [], `${r.method} ${r.path}`);
+  assert.ok(await isSocket(clone.agentSocketPath), "the clone's own agent socket");
+  const api = new FirecrackerApiClient(cl.controlSocket);
+  assert.equal(((await api.send({ method: 'GET', path: '/' })) as { state: string }).state, 'Paused');
+
+  // The clone's guest writes its own disks; the source's stay as they were.
+  await driver.resume(cl);
+  await driver.resume(cl);
+  for (const d of clone.disks) assert.match(await readFile(d.path, 'utf8'), /written by fedcba9876543210fedcba9876543210\n$/, d.path);
+  for (const d of e.spec.disks) assert.equal(await readFile(d.path, 'utf8'), `${d.id} of the source\n`, d.path);
+  assert.deepEqual(lines(e.records().slice(-3)), ['GET / 200', 'PATCH /vm 204', 'GET / 200'], 'the second resume sends nothing');
+
+  await driver.resume(src);
+  assert.match(await readFile(e.spec.disks[0]?.path as string, 'utf8'), /written by 0123456789abcdef/);
+  await driver.kill(cl);
+  await driver.kill(src);
+  await assertNothingLeft(e, src.pid);
+  assert.deepEqual(await readdir(clone.runDir), []);
+  assert.ok(existsSync(out.memoryPath), 'the snapshot outlives its VMs');
+});
+
+test('saveState that fails midway removes both files and leaves the VM paused', { skip }, async (t) => {
+  const { e, out } = await warmSetup(t, { FAKE_FC_SNAPSHOT_PARTIAL: '1' });
+  const driver = new FirecrackerDriver({ binaryPath: e.bin });
+  const src = await driver.launch(e.spec);
+  await driver.pause(src);
+  await assert.rejects(driver.saveState(src, out), (err: Error) => err instanceof VmmError && /No space left on device/.test(err.message));
+  assert.deepEqual(await readdir(dirname(out.statePath)), [], 'no partial snapshot is left');
+  const api = new FirecrackerApiClient(src.controlSocket);
+  assert.equal(((await api.send({ method: 'GET', path: '/' })) as { state: string }).state, 'Paused');
+  await driver.kill(src);
+  await assertNothingLeft(e, src.pid);
+});
+
+test('a restore that cannot be completed kills the clone and leaves nothing: wrong devices, missing or linked files', { skip }, async (t) => {
+  const { e, out, clone } = await warmSetup(t);
+  const driver = new FirecrackerDriver({ binaryPath: e.bin });
+  const src = await driver.launch(e.spec);
+  await driver.pause(src);
+  await driver.saveState(src, out);
+  await driver.kill(src);
+  for (const d of clone.disks) await writeFile(d.path, 'clone disk\n');
+
+  const pidsBefore = existsSync(e.pidFile) ? await fakePid(e) : 0;
+  await assert.rejects(driver.launch({ ...clone, vcpus: 4 }), (err: Error) => {
+    assert.ok(err instanceof VmmError);
+    assert.match(err.message, /does not fit this VM: the snapshot has 2 vCPUs, the VM 4/);
+    return true;
+  });
+  const failedPid = await fakePid(e);
+  assert.notEqual(failedPid, pidsBefore);
+  assert.equal(await processStartTime(failedPid), undefined, 'the clone process is gone');
+  assert.deepEqual(await readdir(clone.runDir), []);
+  assert.equal(await readFile(clone.disks[0]?.path as string, 'utf8'), 'clone disk\n', 'the failed clone never ran');
+
+  // Refused before anything starts: a missing memory file, a symlink in place of the state file.
+  const started = e.records().length;
+  await assert.rejects(driver.launch({ ...clone, restore: { ...out, memoryPath: join(e.dir, 'nope.mem') } }), /snapshot file .*nope\.mem is missing/);
+  const linked = join(e.dir, 'linked.state');
+  await symlink(out.statePath, linked);
+  await assert.rejects(driver.launch({ ...clone, restore: { ...out, statePath: linked } }), /linked\.state is not a regular file/);
+  assert.equal(e.records().length, started, 'no Firecracker was asked anything');
+  assert.deepEqual(await readdir(clone.runDir), []);
 });

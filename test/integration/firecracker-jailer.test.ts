@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
-import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { type TestContext, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -34,7 +34,7 @@ interface Env {
   records(): RecordedRequest[];
 }
 
-async function setup(t: TestContext, o: { jailBase?: string; uid?: number; gid?: number } = {}): Promise<Env> {
+async function setup(t: TestContext, o: { jailBase?: string; uid?: number; gid?: number; env?: Record<string, string> } = {}): Promise<Env> {
   const dir = await mkdtemp('/tmp/fj-');
   const pidFile = join(dir, 'fake.pid');
   t.after(async () => {
@@ -49,7 +49,7 @@ async function setup(t: TestContext, o: { jailBase?: string; uid?: number; gid?:
   const jailerBin = join(dir, 'jailer');
   await writeFile(
     jailerBin,
-    script({ FAKE_FC_RECORD: recordFile, FAKE_FC_PIDFILE: pidFile, FAKE_JAILER_RECORD: argvFile }, join(HELPERS, 'fake-jailer-bin.js')),
+    script({ FAKE_FC_RECORD: recordFile, FAKE_FC_PIDFILE: pidFile, FAKE_JAILER_RECORD: argvFile, ...o.env }, join(HELPERS, 'fake-jailer-bin.js')),
     {
       mode: 0o755,
     },
@@ -212,4 +212,102 @@ test('a jail that was asked for but cannot be set up fails the launch: Firecrack
   await assert.rejects(driver.launch(e.spec), (err: Error) => err === why);
   assert.equal(e.jailerArgv(), undefined, 'no jailer ran');
   assert.deepEqual(await readdir(e.spec.runDir), [], 'nothing was created for the VM');
+});
+
+test('warm start through the jailer: saveState writes the daemon-owned files via links in the jail; a clone jail holds the snapshot read-only and its own disks', {
+  skip,
+}, async (t) => {
+  const nobody = process.getuid?.() === 0 ? lookupUser('nobody') : undefined;
+  const e = await setup(t, { ...nobody, env: { FAKE_FC_TOUCH_DISKS: '1' } });
+  const driver = new FirecrackerDriver({ binaryPath: '/unused/firecracker', jailer: e.jailer });
+  const src = await driver.launch(e.spec);
+  await driver.pause(src);
+
+  // What a hostile jailed process could leave at the in-jail output name: a link to a host file.
+  const canary = join(e.dir, 'canary');
+  await writeFile(canary, 'canary\n');
+  await symlink(canary, join(e.chroot, 'snapshot-out.state'));
+  await mkdir(join(e.dir, 'snap'));
+  const out = { statePath: join(e.dir, 'snap', 'vm.state'), memoryPath: join(e.dir, 'snap', 'vm.mem') };
+  const saved = await driver.saveState(src, out);
+  assert.equal(await readFile(canary, 'utf8'), 'canary\n', 'the link was removed, never followed');
+  assert.equal(saved.memoryBytes, e.spec.memoryMib * 1024 * 1024);
+  const create = e.records().at(-1);
+  assert.deepEqual(create?.body, { snapshot_type: 'Full', snapshot_path: '/snapshot-out.state', mem_file_path: '/snapshot-out.mem' });
+  assert.deepEqual(validator.checkRequest('PUT', '/snapshot/create', create?.body).errors, []);
+  for (const p of [out.statePath, out.memoryPath]) {
+    const st = await stat(p);
+    assert.deepEqual([st.uid, st.mode & 0o777, st.nlink], [process.getuid?.(), 0o600, 1], `${p}: taken back from the jail`);
+  }
+  assert.deepEqual(
+    (await readdir(e.chroot)).filter((f) => f.startsWith('snapshot')),
+    [],
+    'nothing of the snapshot stays in the jail',
+  );
+
+  // The clone: another jail, its own disks (copies), TAP and socket; same in-jail names.
+  const cloneId = 'fedcba9876543210fedcba9876543210';
+  const cloneChroot = join(e.jailer.chrootBaseDir, 'firecracker', cloneId, 'root');
+  const disks = e.spec.disks.map((d) => ({ ...d, path: join(e.dir, 'vm', `clone-${d.id}.ext4`) }));
+  for (const d of disks) await writeFile(d.path, 'clone disk\n', { mode: 0o600 });
+  const clone: VmLaunchSpec = {
+    ...e.spec,
+    vmId: cloneId,
+    disks,
+    nets: [{ id: 'eth0', tapName: 'tap-clone', mac: '06:00:ac:10:00:03' }],
+    serialLogPath: join(e.dir, 'vm', 'clone-serial.log'),
+    vmmLogPath: join(e.dir, 'vm', 'clone-vmm.log'),
+    restore: out,
+  };
+  const start = e.records().length;
+  const cl = await driver.launch(clone);
+  const restore = e.records().slice(start);
+  assert.deepEqual(
+    restore.map((r) => `${r.method} ${r.path} ${r.status}`),
+    ['PUT /logger 204', 'PUT /snapshot/load 204', 'GET /vm/config 200'],
+    'the in-jail drive names are the saved ones: nothing to patch',
+  );
+  assert.deepEqual(restore[1]?.body, {
+    snapshot_path: '/snapshot.state',
+    mem_backend: { backend_type: 'File', backend_path: '/snapshot.mem' },
+    resume_vm: false,
+    network_overrides: [{ iface_id: 'eth0', host_dev_name: 'tap-clone' }],
+    vsock_override: { uds_path: '/agent.sock' },
+  });
+  for (const r of restore) assert.deepEqual(validator.checkRequest(r.method, r.path, r.body).errors, [], `${r.method} ${r.path}`);
+  assert.equal(await ino(join(cloneChroot, 'snapshot.state')), await ino(out.statePath), 'hard-linked, not copied');
+  assert.equal(await ino(join(cloneChroot, 'snapshot.mem')), await ino(out.memoryPath));
+  assert.equal(await ino(join(cloneChroot, 'root.img')), await ino(disks[0]?.path as string), "the clone's own disk");
+  assert.equal(existsSync(join(cloneChroot, 'vmlinux')), false, 'a restore needs no kernel');
+  if (nobody) {
+    // Readable, never writable, by the jail's user: owner stays, group the jail's, g=r.
+    const st = await stat(out.memoryPath);
+    assert.deepEqual([st.uid, st.gid, st.mode & 0o777], [0, nobody.gid, 0o640]);
+  }
+
+  await driver.resume(cl);
+  assert.match(await readFile(disks[0]?.path as string, 'utf8'), /^clone disk\nwritten by fedcba98/);
+  assert.equal(await readFile(e.spec.disks[0]?.path as string, 'utf8'), 'root.ext4\n', "the source's disk is not the clone's");
+  await driver.kill(cl);
+  await driver.kill(src);
+  assert.equal(existsSync(dirname(cloneChroot)), false, 'the clone jail is removed');
+  assert.ok(existsSync(out.memoryPath), 'the snapshot stays');
+});
+
+test('saveState under the jailer refuses an output on another filesystem than the jail and leaves nothing', { skip }, async (t) => {
+  const shm = await mkdtemp('/dev/shm/fj-').catch(() => undefined);
+  if (!shm) return t.skip('no /dev/shm for an output on another filesystem');
+  t.after(() => rm(shm, { recursive: true, force: true }));
+  const e = await setup(t);
+  if ((await stat(shm)).dev === (await stat(e.dir)).dev) return t.skip('/dev/shm and /tmp are the same filesystem here');
+  const driver = new FirecrackerDriver({ binaryPath: '/unused/firecracker', jailer: e.jailer });
+  const src = await driver.launch(e.spec);
+  await driver.pause(src);
+  await assert.rejects(driver.saveState(src, { statePath: join(shm, 'vm.state'), memoryPath: join(shm, 'vm.mem') }), /another filesystem than the jail/);
+  assert.deepEqual(await readdir(shm), []);
+  assert.deepEqual(
+    (await readdir(e.chroot)).filter((f) => f.startsWith('snapshot')),
+    [],
+  );
+  await driver.kill(src);
 });

@@ -3,7 +3,17 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { buildJailerArgs, type JailerOptions, jailerOptionsFor, jailIdFor, jailLayout, removeJail } from '../../src/vmm/firecracker/jailer.js';
+import type { VmLaunchSpec } from '../../src/vmm/driver.js';
+import {
+  buildJailerArgs,
+  JAIL_PATHS,
+  type JailerOptions,
+  jailedSpec,
+  jailerOptionsFor,
+  jailIdFor,
+  jailLayout,
+  removeJail,
+} from '../../src/vmm/firecracker/jailer.js';
 import { FirecrackerConfigError } from '../../src/vmm/firecracker/requests.js';
 import { chrootDirOf, JAILER_ARGUMENTS, parseJailerArgv } from '../helpers/fake-jailer-spec.js';
 
@@ -77,4 +87,26 @@ test('the jailer is used only by a root daemon with the jailer and Firecracker f
   assert.equal(await jailerOptionsFor({ ...s, jailerBin: '' }), undefined);
   assert.equal(await jailerOptionsFor({ ...s, jailerBin: join(dir, 'no-jailer') }), undefined);
   await assert.rejects(jailerOptionsFor({ ...s, vmmUser: 'no-such-user-xyz' }), /does not exist/);
+});
+
+test('a restore in the jail: the saved state and memory under fixed in-jail names, the rest as for a boot', () => {
+  const spec: VmLaunchSpec = {
+    vmId: ID,
+    name: 'dev',
+    vcpus: 1,
+    memoryMib: 128,
+    kernelPath: '/v/vmlinux',
+    cmdline: '',
+    disks: [{ id: 'root', path: '/v/root.ext4', format: 'raw' }],
+    nets: [],
+    runDir: '/r',
+    serialLogPath: '/v/serial.log',
+    vmmLogPath: '/v/vmm.log',
+    agentSocketPath: '/r/agent.sock',
+    accel: 'kvm',
+  };
+  assert.equal(jailedSpec(spec).restore, undefined);
+  const jailed = jailedSpec({ ...spec, restore: { statePath: '/s/a.state', memoryPath: '/s/a.mem' } });
+  assert.deepEqual(jailed.restore, { statePath: JAIL_PATHS.restoreState, memoryPath: JAIL_PATHS.restoreMemory });
+  assert.deepEqual([jailed.disks[0]?.path, jailed.agentSocketPath], [JAIL_PATHS.disk('root'), JAIL_PATHS.agentSocket]);
 });

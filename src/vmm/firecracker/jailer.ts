@@ -1,5 +1,5 @@
 import { constants } from 'node:fs';
-import { chown, copyFile, link, lstat, mkdir, rm, stat, unlink } from 'node:fs/promises';
+import { chmod, chown, copyFile, link, lstat, mkdir, rm, stat, unlink } from 'node:fs/promises';
 import { basename, isAbsolute, join, relative, resolve } from 'node:path';
 import { lookupUser } from '../../host/users.js';
 import { which } from '../../host/which.js';
@@ -39,6 +39,12 @@ export const JAIL_PATHS = {
   initrd: '/initrd.img',
   log: '/firecracker.log',
   disk: (id: string) => `/${id}.img`,
+  /** A restore's saved state and memory, hard-linked in read-only (launch with `restore`). */
+  restoreState: '/snapshot.state',
+  restoreMemory: '/snapshot.mem',
+  /** saveState's output: the daemon's own new files, hard-linked in for the time of PUT /snapshot/create. */
+  saveState: '/snapshot-out.state',
+  saveMemory: '/snapshot-out.mem',
 } as const;
 
 /** The jailer's `--id`: the VM id itself, refused (never mapped: two VMs must not share a jail) unless 1-64 of [A-Za-z0-9-]. */
@@ -104,6 +110,7 @@ export function jailedSpec(spec: VmLaunchSpec): VmLaunchSpec {
     ...(spec.initrdPath ? { initrdPath: JAIL_PATHS.initrd } : {}),
     disks: spec.disks.map((d) => ({ ...d, path: JAIL_PATHS.disk(d.id) })),
     agentSocketPath: JAIL_PATHS.agentSocket,
+    ...(spec.restore ? { restore: { statePath: JAIL_PATHS.restoreState, memoryPath: JAIL_PATHS.restoreMemory } } : {}),
   };
 }
 
@@ -118,6 +125,8 @@ export function jailedSpec(spec: VmLaunchSpec): VmLaunchSpec {
  * - The log (when separate) is hard-linked so it stays readable at its usual path.
  */
 export async function buildJail(o: JailerOptions, spec: VmLaunchSpec, layout: JailLayout, logPath?: string): Promise<void> {
+  // A restore needs no kernel or initrd (the spec forbids a boot source before a load): only the saved state.
+  const restore = spec.restore;
   await removeJail(o, layout);
   await mkdir(layout.chrootDir, { recursive: true, mode: 0o700 });
   const place = (jailPath: string) => hostPathOf(layout, jailPath);
@@ -135,8 +144,13 @@ export async function buildJail(o: JailerOptions, spec: VmLaunchSpec, layout: Ja
     }
     await giveTo(o, to);
   }
-  await placeReadOnly(o, spec.kernelPath, place(JAIL_PATHS.kernel));
-  if (spec.initrdPath) await placeReadOnly(o, spec.initrdPath, place(JAIL_PATHS.initrd));
+  if (restore) {
+    await placeSnapshotFile(o, restore.statePath, place(JAIL_PATHS.restoreState));
+    await placeSnapshotFile(o, restore.memoryPath, place(JAIL_PATHS.restoreMemory));
+  } else {
+    await placeReadOnly(o, spec.kernelPath, place(JAIL_PATHS.kernel));
+    if (spec.initrdPath) await placeReadOnly(o, spec.initrdPath, place(JAIL_PATHS.initrd));
+  }
   if (logPath) {
     const to = place(JAIL_PATHS.log);
     await link(logPath, to);
@@ -161,8 +175,7 @@ export async function removeJail(o: Pick<JailerOptions, 'chrootBaseDir'>, layout
 async function placeReadOnly(o: JailerOptions, from: string, to: string): Promise<void> {
   const st = await stat(from);
   if (!st.isFile()) throw new FirecrackerConfigError(`${from} is not a regular file`);
-  const readable = st.uid === o.uid ? (st.mode & 0o400) !== 0 : st.gid === o.gid ? (st.mode & 0o040) !== 0 : (st.mode & 0o004) !== 0;
-  if (readable) {
+  if (readableBy(o, st)) {
     try {
       await link(from, to);
       return;
@@ -173,6 +186,35 @@ async function placeReadOnly(o: JailerOptions, from: string, to: string): Promis
   }
   await copyFile(from, to, constants.COPYFILE_EXCL | constants.COPYFILE_FICLONE);
   await giveTo(o, to);
+}
+
+/**
+ * A saved state or memory file for a restore: Firecracker only reads them (the memory file is mapped
+ * private, copy-on-write), and one snapshot may start many clones at once, so it is HARD-LINKED,
+ * never handed over: the owner stays, and when the jail's user cannot read it, the group becomes the
+ * jail's gid with read permission only (g=r), so a jailed Firecracker can read but never change
+ * the snapshot. Only a regular file is taken (a symlink is refused, not followed). On another
+ * filesystem than the jail, a private copy owned by the jail's user takes its place (slower, same bytes).
+ */
+async function placeSnapshotFile(o: JailerOptions, from: string, to: string): Promise<void> {
+  const st = await lstat(from);
+  if (!st.isFile()) throw new FirecrackerConfigError(`snapshot file ${from} is not a regular file`);
+  try {
+    await link(from, to);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'EXDEV') throw e;
+    await copyFile(from, to, constants.COPYFILE_EXCL | constants.COPYFILE_FICLONE);
+    await giveTo(o, to);
+    return;
+  }
+  if (readableBy(o, st)) return;
+  if (st.gid !== o.gid) await chown(to, st.uid, o.gid);
+  await chmod(to, (st.mode & 0o7707) | 0o040);
+}
+
+function readableBy(o: Pick<JailerOptions, 'uid' | 'gid'>, st: { uid: number; gid: number; mode: number }): boolean {
+  if (o.uid === 0) return true;
+  return st.uid === o.uid ? (st.mode & 0o400) !== 0 : st.gid === o.gid ? (st.mode & 0o040) !== 0 : (st.mode & 0o004) !== 0;
 }
 
 /** chown to the jail's user when it is not already the owner (only root can, and only root runs the jailer). */
