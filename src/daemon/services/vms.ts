@@ -444,6 +444,7 @@ export class VmService {
     // A daemon that dies here leaves a VMM no row names: the next start finds it by the run
     // directory in its argv and kills it (reconcile).
     crashPoint('vm-start:launched');
+    if (restore) crashPoint('vm-restore:launched');
     const now = this.d.clock.now().toISOString();
     this.move(r.id, 'starting', { handle: JSON.stringify(handle), accel, started_at: now, touched_at: now, last_error: null });
     const link = this.openAgent(handle);
