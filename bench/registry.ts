@@ -5,6 +5,7 @@ import { imagePullBenchmark } from './image-pull.js';
 import { type AnyBenchmark, run } from './lib.js';
 import { sdkImportBenchmark } from './sdk-import.js';
 import { rootCloneBenchmark, tapPoolBenchmark, vmConcurrencyBenchmark, vmCreateBenchmark } from './vm.js';
+import { forkBenchmark, snapshotCostBenchmark, warmCreateBenchmark } from './warm.js';
 import { execRoundTripBenchmark, firstCommandBenchmark, workspaceBenchmark } from './workflows.js';
 
 export { ROOT } from './home.js';
@@ -39,4 +40,7 @@ export const benchmarks: AnyBenchmark[] = [
   vmCpBenchmark('in'),
   vmCpBenchmark('out'),
   sdkImportBenchmark(),
+  warmCreateBenchmark(),
+  forkBenchmark(),
+  snapshotCostBenchmark(),
 ];
