@@ -58,6 +58,8 @@ class Vms {
       () => this.client.createVm(body),
       (r) => new Vm(this.client, checkVm(r as VmInfo), dispose ?? 'delete'),
       signal,
+      true,
+      (r) => bulkAction(this.client, 'delete', (r as VmInfo).id, { force: true }),
     );
   }
   delete(ref: string, o: { force?: boolean } & CallOptions = {}): Promise<void> {

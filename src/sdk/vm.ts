@@ -223,13 +223,16 @@ export class Vm {
       () => this.client.snapshotVm(this.id, { ...(o.name !== undefined ? { name: o.name } : {}), ...(o.memory !== undefined ? { memory: o.memory } : {}) }),
       (r) => r as Snapshot,
       o.signal,
+      true,
+      (r) => this.client.deleteSnapshot((r as Snapshot).id, true),
     );
   }
 
   /**
    * `count` clones of this running VM, each re-identified (hostname, machine-id, MAC, address, SSH
    * host key) before it is published; this VM keeps running. An operation giving a `ForkResult`
-   * whose clones dispose as `dispose` says (default 'delete'). Aborting cancels the fork.
+   * whose clones dispose as `dispose` says (default 'delete'). Aborting cancels the fork and deletes
+   * the clones it had made by then.
    */
   fork(o: ForkOptions = {}): OperationHandle<ForkResult> {
     return new OperationHandle(
@@ -237,6 +240,10 @@ export class Vm {
       () => this.client.forkVm(this.id, { ...(o.count !== undefined ? { count: o.count } : {}), ...(o.names ? { names: o.names } : {}) }),
       (r) => forkResult(this.client, r as VmForkResult, o.dispose ?? 'delete'),
       o.signal,
+      true,
+      // An aborted fork: the clones made before the cancel reached them are nobody's.
+      (r) =>
+        Promise.allSettled((r as VmForkResult).results.flatMap((c) => (c.ok && c.vm ? [bulkAction(this.client, 'delete', c.vm.id, { force: true })] : []))),
     );
   }
 

@@ -184,7 +184,8 @@ describe('SDK against a fake daemon', () => {
         const timer = setInterval(() => {
           if (cancelled || released) {
             clearInterval(timer);
-            end(op({ state: 'cancelled' }));
+            // A cancel that came after the work was done: the operation ends cancelled WITH its result.
+            end(op({ state: 'cancelled', ...(cancelled && opResult !== undefined ? { result: opResult } : {}) }));
           }
         }, 10);
         return;
@@ -538,6 +539,47 @@ describe('SDK against a fake daemon', () => {
       assert.deepEqual(posted('/v1/vms/id-dev/fork'), [{}], 'no count: the daemon default (1)');
       await kept.dispose();
       assert.deepEqual(posted('/v1/vms/actions'), [], "dispose: 'none' leaves the clones");
+    });
+
+    test('aborting a fork cancels it and deletes the clones the daemon had made by then (nobody holds a handle on them)', async () => {
+      const vm = await banger.vms.create({ name: 'dev' });
+      createOutcome = 'hang';
+      opResult = {
+        snapshot: 'fork-1',
+        results: [
+          { name: 'c1', ok: true, vm: vmInfo('c1') },
+          { name: 'c2', ok: false, error: { code: 'cancelled', message: 'operation op-1 was cancelled' } },
+        ],
+      } satisfies VmForkResult;
+      const ac = new AbortController();
+      const forking = vm.fork({ count: 2, signal: ac.signal, dispose: 'none' });
+      for await (const ev of forking.events) if (ev.type === 'progress') ac.abort();
+      await assert.rejects(forking, isCode('cancelled'));
+      assert.equal(cancelled, true);
+      assert.deepEqual(posted('/v1/vms/actions'), [{ action: 'delete', refs: ['id-c1'], force: true }]);
+    });
+
+    test('aborting a snapshot that the daemon finished anyway deletes it; aborting a create that finished deletes the VM', async () => {
+      const vm = await banger.vms.create({ name: 'dev' });
+      createOutcome = 'hang';
+      opResult = snapshotInfo('s1');
+      const ac = new AbortController();
+      const taking = vm.snapshot({ signal: ac.signal });
+      for await (const ev of taking.events) if (ev.type === 'progress') ac.abort();
+      await assert.rejects(taking, isCode('cancelled'));
+      assert.deepEqual(
+        seen.filter((s) => s.method === 'DELETE' && s.path.startsWith('/v1/snapshots/')).map((s) => s.path),
+        ['/v1/snapshots/snap-s1?force=true'],
+      );
+
+      cancelled = false;
+      seen.length = 0;
+      opResult = vmInfo('late');
+      const ac2 = new AbortController();
+      const creating = banger.vms.create({ name: 'late', signal: ac2.signal });
+      for await (const ev of creating.events) if (ev.type === 'progress') ac2.abort();
+      await assert.rejects(creating, isCode('cancelled'));
+      assert.deepEqual(posted('/v1/vms/actions'), [{ action: 'delete', refs: ['id-late'], force: true }]);
     });
 
     test('fork(): a clone name the daemon gives that is not a DNS label is refused (it would end up in ssh argv and paths)', async () => {
