@@ -66,7 +66,7 @@ export interface SnapshotOptions extends CallOptions {
 export interface ForkOptions extends CallOptions {
   /** How many clones (1..16, default 1). */
   count?: number;
-  /** Their names, as many as `count` (default `<source>-fork-<k>`). */
+  /** Their names, as many as `count` (default `<source>-fork-<k>`); without `count`, one clone per name. */
   names?: string[];
   /** What disposing a clone does (default 'delete', as for `vms.create`: the clones are this program's). */
   dispose?: DisposeAction;
@@ -237,7 +237,11 @@ export class Vm {
   fork(o: ForkOptions = {}): OperationHandle<ForkResult> {
     return new OperationHandle(
       this.client,
-      () => this.client.forkVm(this.id, { ...(o.count !== undefined ? { count: o.count } : {}), ...(o.names ? { names: o.names } : {}) }),
+      () => {
+        // Names alone say how many (the API wants both, equal).
+        const count = o.count ?? o.names?.length;
+        return this.client.forkVm(this.id, { ...(count !== undefined ? { count } : {}), ...(o.names ? { names: o.names } : {}) });
+      },
       (r) => forkResult(this.client, r as VmForkResult, o.dispose ?? 'delete'),
       o.signal,
       true,
