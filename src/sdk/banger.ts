@@ -1,6 +1,17 @@
 /** `Banger.connect()` and the daemon-wide resources: vms, images, kernels, operations. */
 import type { KernelCatalogItem } from '../api/kernel-schemas.js';
-import type { DaemonStatus, Image, ImageCatalogList, ImagePullRequest, Kernel, Operation, VmCreateRequest, Vm as VmInfo } from '../api/schemas.js';
+import type {
+  DaemonStatus,
+  Image,
+  ImageCatalogList,
+  ImagePullRequest,
+  ImageWarmRequest,
+  Kernel,
+  Operation,
+  Snapshot,
+  VmCreateRequest,
+  Vm as VmInfo,
+} from '../api/schemas.js';
 import { BangerClient } from '../client/client.js';
 import { checkVm } from '../client/trust.js';
 import { type Layout, resolveClientLayout, resolveLayout } from '../config/layout.js';
@@ -47,6 +58,8 @@ class Vms {
       () => this.client.createVm(body),
       (r) => new Vm(this.client, checkVm(r as VmInfo), dispose ?? 'delete'),
       signal,
+      true,
+      (r) => bulkAction(this.client, 'delete', (r as VmInfo).id, { force: true }),
     );
   }
   delete(ref: string, o: { force?: boolean } & CallOptions = {}): Promise<void> {
@@ -84,6 +97,39 @@ class Images {
   }
   async delete(ref: string, o: CallOptions = {}): Promise<void> {
     await abortable(this.client.deleteImage(ref), o.signal);
+  }
+  /**
+   * Makes the image's warm snapshot for this size (defaults: the daemon's `[vm_defaults]`): a later
+   * `vms.create` of the same image and size restores it instead of booting (`cold: true` boots cold).
+   * An operation giving the snapshot; an older warm snapshot for the same image and size goes.
+   */
+  warm(ref: string, o: ImageWarmRequest & CallOptions = {}): OperationHandle<Snapshot> {
+    const { signal, ...body } = o;
+    return new OperationHandle(
+      this.client,
+      () => this.client.warmImage(ref, body),
+      (r) => r as Snapshot,
+      signal,
+    );
+  }
+}
+
+class Snapshots {
+  constructor(private readonly client: BangerClient) {}
+  /** Every snapshot: the user's (`vm.snapshot`), the warm pool's (`images.warm`), and forks in progress. */
+  list(o: CallOptions = {}): Promise<Snapshot[]> {
+    return abortable(this.client.snapshots(), o.signal);
+  }
+  /** A snapshot by name or id, with its manifest and the VMs layered on it (`dependents`). */
+  get(ref: string, o: CallOptions = {}): Promise<Snapshot> {
+    return abortable(this.client.snapshot(ref), o.signal);
+  }
+  /**
+   * Deletes a snapshot. It refuses (`conflict`, naming them) while VMs are layered on it, unless
+   * `force`: those VMs keep working (a layer file goes only when nothing needs it).
+   */
+  async delete(ref: string, o: { force?: boolean } & CallOptions = {}): Promise<void> {
+    await abortable(this.client.deleteSnapshot(ref, !!o.force), o.signal);
   }
 }
 
@@ -147,6 +193,7 @@ export class Banger {
   readonly images: Images;
   readonly kernels: Kernels;
   readonly operations: Operations;
+  readonly snapshots: Snapshots;
 
   private constructor(
     /** The typed client underneath, for routes the SDK does not wrap. */
@@ -156,6 +203,7 @@ export class Banger {
     this.images = new Images(client);
     this.kernels = new Kernels(client);
     this.operations = new Operations(client);
+    this.snapshots = new Snapshots(client);
   }
 
   /** Connects to the daemon (starting it when needed and allowed) and checks that it answers. */
@@ -182,4 +230,4 @@ export class Banger {
   }
 }
 
-export type { Images, Kernels, Operations, Vms };
+export type { Images, Kernels, Operations, Snapshots, Vms };

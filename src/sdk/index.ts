@@ -5,9 +5,20 @@
  */
 export type { ErrorBody, ErrorCode } from '../api/errors.js';
 export { BangerError } from '../api/errors.js';
-export type { GuestPort, GuestPorts, Image, Kernel, Operation, OperationEvent, VmCreateRequest } from '../api/schemas.js';
+export type {
+  GuestPort,
+  GuestPorts,
+  Image,
+  ImageWarmRequest,
+  Kernel,
+  Operation,
+  OperationEvent,
+  Snapshot,
+  SnapshotManifest,
+  VmCreateRequest,
+} from '../api/schemas.js';
 export type { WorkspaceBranchExport } from '../api/workspace-schemas.js';
-export type { ConnectOptions, CreateVmOptions, Images, Kernels, Operations, Vms } from './banger.js';
+export type { ConnectOptions, CreateVmOptions, Images, Kernels, Operations, Snapshots, Vms } from './banger.js';
 export { Banger } from './banger.js';
 export type { DownloadOptions, GuestDirList, GuestFileStat, WriteData } from './files.js';
 export { Files } from './files.js';
@@ -16,7 +27,7 @@ export type { AttachHandle, EventsOptions, Proc, ProcessEvent, WaitOptions } fro
 export { ExecResult, Process } from './process.js';
 export type { CallOptions } from './util.js';
 export { asyncDispose } from './util.js';
-export type { CommandOptions, DisposeAction, ExecOptions, SpawnOptions, VmInfo } from './vm.js';
-export { Vm } from './vm.js';
+export type { CommandOptions, DisposeAction, ExecOptions, ForkClone, ForkOptions, PauseOptions, SnapshotOptions, SpawnOptions, VmInfo } from './vm.js';
+export { ForkResult, Vm } from './vm.js';
 export type { ExportOptions, ExportResult, WorkspacePrepareRequest, WorkspacePrepareResult, WorkspaceStatus } from './workspace.js';
 export { Workspace } from './workspace.js';

@@ -36,9 +36,15 @@ export class OperationHandle<T> implements Promise<T> {
     signal?: AbortSignal,
     /** false: aborting only stops watching (an operation someone else started is not ours to cancel). */
     cancelOnAbort = true,
+    /**
+     * Undoes a result the caller will never see: a cancel that came after the work was done ends the
+     * operation `cancelled` WITH its result (a VM, clones, a snapshot), which would otherwise be left
+     * behind with no handle on it. Best effort; the rejection is `cancelled` either way.
+     */
+    discard?: (result: unknown) => Promise<unknown>,
   ) {
     this.events = this.log;
-    this.outcome = this.run(client, start, finish, signal, cancelOnAbort);
+    this.outcome = this.run(client, start, finish, signal, cancelOnAbort, discard);
     // A caller that only iterates `events` must not crash the process with an unhandled rejection;
     // awaiting the handle still sees the error.
     this.outcome.catch(() => {});
@@ -50,6 +56,7 @@ export class OperationHandle<T> implements Promise<T> {
     finish: (result: unknown) => T | Promise<T>,
     signal: AbortSignal | undefined,
     cancelOnAbort: boolean,
+    discard: ((result: unknown) => Promise<unknown>) | undefined,
   ): Promise<T> {
     try {
       if (signal?.aborted) throw aborted(signal, 'the operation');
@@ -75,6 +82,7 @@ export class OperationHandle<T> implements Promise<T> {
       }
       this.last = op;
       if (op.state === 'succeeded') return await finish(op.result);
+      if (discard && op.result !== undefined) await discard(op.result).catch(() => {});
       if (signal?.aborted) throw aborted(signal, `operation ${id}`, id);
       if (op.error) {
         const e = BangerError.fromBody(op.error);

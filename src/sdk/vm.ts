@@ -1,14 +1,16 @@
 /** A VM handle: lifecycle, commands, processes, files, workspace, ports and console logs. */
 import { BangerError } from '../api/errors.js';
 import type { Proc, ProcStartRequest } from '../api/proc-schemas.js';
-import type { GuestHealth, GuestPorts, VmAction, Vm as VmInfo, VmStats } from '../api/schemas.js';
+import type { GuestHealth, GuestPorts, Snapshot, VmAction, VmForkResult, Vm as VmInfo, VmStats } from '../api/schemas.js';
 import type { BangerClient } from '../client/client.js';
+import { checkVm } from '../client/trust.js';
 import { Files } from './files.js';
+import { OperationHandle } from './operation.js';
 import { commandSpec, type ExecResult, envList, Process, type WaitOptions } from './process.js';
 import { abortable, aborted, asyncDispose, type CallOptions, EventQueue, throwIfAborted } from './util.js';
 import { Workspace } from './workspace.js';
 
-export type { VmInfo };
+export type { Snapshot, VmInfo };
 
 /** What disposing a handle does to its VM (`await using`, `dispose()`). */
 export type DisposeAction = 'delete' | 'stop' | 'none';
@@ -41,6 +43,77 @@ export interface SpawnOptions extends CommandOptions {
   pty?: { rows: number; cols: number };
   /** Bytes of each output stream the guest keeps. */
   outputLimit?: number;
+}
+
+export interface PauseOptions extends CallOptions {
+  /**
+   * Save the guest's state and RAM to disk and let the VMM exit (state `suspended`: its memory is
+   * free) instead of only stopping its vCPUs (`paused`). `resume()` continues either.
+   */
+  toDisk?: boolean;
+}
+
+export interface SnapshotOptions extends CallOptions {
+  /** The snapshot's name (default: one the daemon makes from the VM's). */
+  name?: string;
+  /**
+   * true (default): disks, memory and device state; a VM made from it continues where this one was.
+   * false: the guest's filesystems are frozen and only the disk layers kept; a VM made from it boots cold.
+   */
+  memory?: boolean;
+}
+
+export interface ForkOptions extends CallOptions {
+  /** How many clones (1..16, default 1). */
+  count?: number;
+  /** Their names, as many as `count` (default `<source>-fork-<k>`); without `count`, one clone per name. */
+  names?: string[];
+  /** What disposing a clone does (default 'delete', as for `vms.create`: the clones are this program's). */
+  dispose?: DisposeAction;
+}
+
+/** One clone of a fork: its `Vm` handle when it was made, else the error that stopped it. */
+export type ForkClone = { name: string; ok: true; vm: Vm } | { name: string; ok: false; error: BangerError };
+
+export interface ForkResult extends AsyncDisposable {}
+
+/**
+ * What `vm.fork()` made: a clone that failed does not fail the others (nor the fork), so check
+ * `failed` (or `results`). `await using fork = await vm.fork(…)` disposes every clone made (each as
+ * its `disposeAction` says; default delete).
+ */
+// biome-ignore lint/suspicious/noUnsafeDeclarationMerging: AsyncDisposable for TypeScript, as Vm above.
+export class ForkResult {
+  /** One entry per requested clone, in order. */
+  readonly results: readonly ForkClone[];
+
+  constructor(
+    /** The transient snapshot the clones were restored from (it lives only inside the fork's operation). */
+    readonly snapshot: string,
+    results: readonly ForkClone[],
+  ) {
+    this.results = results;
+  }
+
+  /** The clones that were made (running and re-identified). */
+  get vms(): Vm[] {
+    return this.results.flatMap((r) => (r.ok ? [r.vm] : []));
+  }
+  /** The clones that failed, with their errors. */
+  get failed(): Array<{ name: string; error: BangerError }> {
+    return this.results.flatMap((r) => (r.ok ? [] : [{ name: r.name, error: r.error }]));
+  }
+
+  /** Disposes every clone made (all are tried; the first error is thrown after). Idempotent. */
+  async dispose(): Promise<void> {
+    const outcomes = await Promise.allSettled(this.vms.map((v) => v.dispose()));
+    const failure = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
+    if (failure) throw failure.reason;
+  }
+
+  [asyncDispose](): Promise<void> {
+    return this.dispose();
+  }
 }
 
 /**
@@ -111,6 +184,71 @@ export class Vm {
   /** Deletes the VM and its disks (`force`: also when running). */
   delete(o: { force?: boolean } & CallOptions = {}): Promise<void> {
     return this.act('delete', { force: true, ...o });
+  }
+
+  /**
+   * Stops the guest's vCPUs (`paused`; the VMM stays), or with `toDisk` saves its state and RAM and
+   * lets the VMM exit (`suspended`). An operation; `info` is the VM as the daemon left it.
+   */
+  pause(o: PauseOptions = {}): OperationHandle<void> {
+    return new OperationHandle(
+      this.client,
+      () => this.client.pauseVm(this.id, { toDisk: !!o.toDisk }),
+      (r) => {
+        this.last = checkVm(r as VmInfo);
+      },
+      o.signal,
+    );
+  }
+
+  /** Continues a paused or suspended VM where it was (its identity kept; only its clock is set). An operation. */
+  resume(o: CallOptions = {}): OperationHandle<void> {
+    return new OperationHandle(
+      this.client,
+      () => this.client.resumeVm(this.id),
+      (r) => {
+        this.last = checkVm(r as VmInfo);
+      },
+      o.signal,
+    );
+  }
+
+  /**
+   * An immutable snapshot of the VM (disks, and by default memory and device state); the VM keeps
+   * running. An operation giving the snapshot (`banger.snapshots`, `vms.create({ fromSnapshot })`).
+   */
+  snapshot(o: SnapshotOptions = {}): OperationHandle<Snapshot> {
+    return new OperationHandle(
+      this.client,
+      () => this.client.snapshotVm(this.id, { ...(o.name !== undefined ? { name: o.name } : {}), ...(o.memory !== undefined ? { memory: o.memory } : {}) }),
+      (r) => r as Snapshot,
+      o.signal,
+      true,
+      (r) => this.client.deleteSnapshot((r as Snapshot).id, true),
+    );
+  }
+
+  /**
+   * `count` clones of this running VM, each re-identified (hostname, machine-id, MAC, address, SSH
+   * host key) before it is published; this VM keeps running. An operation giving a `ForkResult`
+   * whose clones dispose as `dispose` says (default 'delete'). Aborting cancels the fork and deletes
+   * the clones it had made by then.
+   */
+  fork(o: ForkOptions = {}): OperationHandle<ForkResult> {
+    return new OperationHandle(
+      this.client,
+      () => {
+        // Names alone say how many (the API wants both, equal).
+        const count = o.count ?? o.names?.length;
+        return this.client.forkVm(this.id, { ...(count !== undefined ? { count } : {}), ...(o.names ? { names: o.names } : {}) });
+      },
+      (r) => forkResult(this.client, r as VmForkResult, o.dispose ?? 'delete'),
+      o.signal,
+      true,
+      // An aborted fork: the clones made before the cancel reached them are nobody's.
+      (r) =>
+        Promise.allSettled((r as VmForkResult).results.flatMap((c) => (c.ok && c.vm ? [bulkAction(this.client, 'delete', c.vm.id, { force: true })] : []))),
+    );
   }
 
   /**
@@ -257,6 +395,15 @@ async function killAndWait(p: Process): Promise<void> {
   } catch {
     // Already ended (or the VM went away): nothing left to stop.
   }
+}
+
+function forkResult(client: BangerClient, r: VmForkResult, dispose: DisposeAction): ForkResult {
+  const clones = r.results.map((c): ForkClone => {
+    if (c.ok && c.vm) return { name: c.name, ok: true, vm: new Vm(client, checkVm(c.vm), dispose) };
+    const error = c.error ? BangerError.fromBody(c.error) : new BangerError('internal', `the daemon reported no VM and no error for clone ${c.name}`);
+    return { name: c.name, ok: false, error };
+  });
+  return new ForkResult(r.snapshot, clones);
 }
 
 /** One lifecycle action through `/v1/vms/actions`; a refused one throws the daemon's error. */

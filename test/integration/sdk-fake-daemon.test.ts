@@ -3,9 +3,10 @@ import { chmod, mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { join } from 'node:path';
 import { after, before, beforeEach, describe, test } from 'node:test';
+import type { ErrorBody } from '../../src/api/errors.js';
 import { BangerError } from '../../src/api/errors.js';
 import type { Proc } from '../../src/api/proc-schemas.js';
-import type { Operation, OperationEvent, Vm as VmInfo } from '../../src/api/schemas.js';
+import type { Operation, OperationEvent, Snapshot, VmForkResult, Vm as VmInfo } from '../../src/api/schemas.js';
 import { resolveLayout } from '../../src/config/layout.js';
 import { Banger } from '../../src/sdk/index.js';
 
@@ -45,6 +46,37 @@ const vmInfo = (name: string): VmInfo => ({
   startedAt: 'now',
   touchedAt: 'now',
   workspace: null,
+});
+
+const snapshotInfo = (name: string): Snapshot => ({
+  id: `snap-${name}`,
+  name,
+  purpose: 'user',
+  sourceVm: 'dev',
+  imageName: 'img',
+  hasMemory: true,
+  sizeBytes: 4096,
+  manifest: {
+    format: 1,
+    vmm: 'qemu',
+    vmmVersion: 'QEMU emulator version 8.2.2',
+    deviceHash: 'd'.repeat(64),
+    kernelId: 'k',
+    kernelName: 'k',
+    imageId: 'img',
+    imageName: 'img',
+    agentHash: 'a'.repeat(64),
+    vcpus: 1,
+    memoryMib: 256,
+    diskSizeBytes: 1 << 30,
+    memory: true,
+    stateBytes: 1024,
+    memoryBytes: 3072,
+    sourceVm: 'dev',
+    takenAt: 'running',
+  },
+  dependents: [],
+  createdAt: 'now',
 });
 
 const op = (over: Partial<Operation>): Operation => ({ id: 'op-1', kind: 'vm.create', state: 'running', stages: [], createdAt: 'now', ...over });
@@ -94,6 +126,9 @@ describe('SDK against a fake daemon', () => {
   /** Wait requests whose connection the client closed before the fake answered. */
   let waitsDropped = 0;
   let running: Proc | undefined;
+  /** What the next succeeding operation gives (default: the created VM) and what a failing one says. */
+  let opResult: unknown;
+  let opError: ErrorBody | undefined;
 
   const send = (res: ServerResponse, status: number, body: unknown, opId: string) => {
     res.writeHead(status, { 'content-type': 'application/json', 'x-banger-op': opId });
@@ -118,6 +153,16 @@ describe('SDK against a fake daemon', () => {
         createdName = (body as { name?: string }).name ?? 'made';
         return send(res, 202, { operation: op({}) }, opId);
       }
+      // Warm start: every long one is an operation (op-1, followed below); the short ones answer at once.
+      const started = /^POST \/v1\/(?:vms\/[^/]+\/(pause|resume|snapshots|fork)|images\/[^/]+\/warm)$/.exec(m);
+      if (started) return send(res, 202, { operation: op({ kind: started[1] ? `vm.${started[1]}` : 'image.warm' }) }, opId);
+      if (m === 'GET /v1/snapshots') return send(res, 200, { snapshots: [snapshotInfo('s1'), snapshotInfo('s2')] }, opId);
+      if (m === 'GET /v1/snapshots/s1') return send(res, 200, snapshotInfo('s1'), opId);
+      if (m === 'DELETE /v1/snapshots/s1') {
+        if (path.endsWith('?force=true')) return send(res, 200, { deleted: 's1' }, opId);
+        const error: ErrorBody = { code: 'conflict', message: 'snapshot s1 has VMs layered on its disks: c1', fix: 'delete them first, or --force' };
+        return send(res, 409, { error }, opId);
+      }
       if (m === 'GET /v1/operations/op-1') return send(res, 200, op({}), opId);
       if (m === 'POST /v1/operations/op-1/cancel') {
         cancelled = true;
@@ -133,12 +178,14 @@ describe('SDK against a fake daemon', () => {
           ev({ type: 'done', operation: final });
           res.end();
         };
-        if (createOutcome === 'ok') return end(op({ state: 'succeeded', result: vmInfo(createdName) }));
-        if (createOutcome === 'fail') return end(op({ state: 'failed', error: { code: 'vmm_failed', message: 'qemu exited', fix: 'see the VM log' } }));
+        if (createOutcome === 'ok') return end(op({ state: 'succeeded', result: opResult ?? vmInfo(createdName) }));
+        if (createOutcome === 'fail')
+          return end(op({ state: 'failed', error: opError ?? { code: 'vmm_failed', message: 'qemu exited', fix: 'see the VM log' } }));
         const timer = setInterval(() => {
           if (cancelled || released) {
             clearInterval(timer);
-            end(op({ state: 'cancelled' }));
+            // A cancel that came after the work was done: the operation ends cancelled WITH its result.
+            end(op({ state: 'cancelled', ...(cancelled && opResult !== undefined ? { result: opResult } : {}) }));
           }
         }, 10);
         return;
@@ -238,6 +285,8 @@ describe('SDK against a fake daemon', () => {
     running = undefined;
     waitsDropped = 0;
     stdinWrites.length = 0;
+    opResult = undefined;
+    opError = undefined;
   });
 
   test("a daemon error becomes a BangerError with the daemon's code, message, fix and the request's op id", async () => {
@@ -408,5 +457,187 @@ describe('SDK against a fake daemon', () => {
       seen.filter((s) => s.path === '/v1/vms/actions').map((s) => s.body),
       [{ action: 'stop', refs: ['id-made'], force: false }],
     );
+  });
+
+  describe('warm start: pause/resume, snapshots, fork, the warm pool', () => {
+    const isCode = (code: string) => (e: unknown) => e instanceof BangerError && e.code === code;
+    const posted = (path: string) => seen.filter((s) => s.method === 'POST' && s.path === path).map((s) => s.body);
+
+    test('pause({toDisk}) and resume() are operations on the VM by id; the handle takes the state the daemon gives', async () => {
+      const vm = await banger.vms.create({ name: 'dev' });
+      opResult = { ...vmInfo('dev'), state: 'suspended', pid: null };
+      const pausing = vm.pause({ toDisk: true });
+      const types: string[] = [];
+      for await (const ev of pausing.events) types.push(ev.type);
+      await pausing;
+      assert.deepEqual(types, ['snapshot', 'stage', 'progress', 'done']);
+      assert.equal(vm.info.state, 'suspended');
+      opResult = vmInfo('dev');
+      await vm.resume();
+      assert.equal(vm.info.state, 'running');
+      await vm.pause();
+      assert.deepEqual(posted('/v1/vms/id-dev/pause'), [{ toDisk: true }, { toDisk: false }]);
+      assert.deepEqual(posted('/v1/vms/id-dev/resume'), [{}]);
+    });
+
+    test('snapshot() sends only the options given (no signal) and gives the snapshot; failures and aborts are mapped', async () => {
+      const vm = await banger.vms.create({ name: 'dev' });
+      opResult = snapshotInfo('s1');
+      const snap = await vm.snapshot({ name: 's1', memory: false, signal: new AbortController().signal });
+      assert.equal(snap.name, 's1');
+      assert.equal(snap.manifest.takenAt, 'running');
+      await vm.snapshot();
+      assert.deepEqual(posted('/v1/vms/id-dev/snapshots'), [{ name: 's1', memory: false }, {}]);
+
+      createOutcome = 'fail';
+      opError = { code: 'conflict', message: 'a snapshot named "s1" already exists', fix: 'pick another --name' };
+      await assert.rejects(vm.snapshot({ name: 's1' }), (e: unknown) => isCode('conflict')(e) && (e as BangerError).opId === 'op-1');
+
+      createOutcome = 'hang';
+      const ac = new AbortController();
+      const taking = vm.snapshot({ signal: ac.signal });
+      for await (const ev of taking.events) if (ev.type === 'progress') ac.abort();
+      await assert.rejects(taking, isCode('cancelled'));
+      assert.equal(cancelled, true, 'the snapshot operation was cancelled in the daemon');
+    });
+
+    test('fork(): a handle per clone made (disposing deletes it), a BangerError per clone that failed; the request carries count and names', async () => {
+      const vm = await banger.vms.create({ name: 'dev' });
+      const result: VmForkResult = {
+        snapshot: 'fork-1',
+        results: [
+          { name: 'c1', ok: true, vm: vmInfo('c1') },
+          { name: 'c2', ok: false, error: { code: 'guest_command_failed', message: 'identity.set failed at net', fix: 'see the VM log' } },
+          { name: 'c3', ok: true, vm: vmInfo('c3') },
+        ],
+      };
+      opResult = result;
+      const fork = await vm.fork({ names: ['c1', 'c2', 'c3'] });
+      assert.deepEqual(posted('/v1/vms/id-dev/fork'), [{ count: 3, names: ['c1', 'c2', 'c3'] }], 'names alone give the count');
+      assert.equal(fork.snapshot, 'fork-1');
+      assert.deepEqual(
+        fork.vms.map((v) => [v.name, v.disposeAction]),
+        [
+          ['c1', 'delete'],
+          ['c3', 'delete'],
+        ],
+      );
+      assert.equal(fork.failed.length, 1);
+      const failed = fork.failed[0];
+      assert.equal(failed?.name, 'c2');
+      assert.ok(failed?.error instanceof BangerError && failed.error.code === 'guest_command_failed' && failed.error.fix === 'see the VM log');
+      seen.length = 0;
+      await fork.dispose();
+      await fork.dispose();
+      assert.deepEqual(posted('/v1/vms/actions'), [
+        { action: 'delete', refs: ['id-c1'], force: true },
+        { action: 'delete', refs: ['id-c3'], force: true },
+      ]);
+
+      seen.length = 0;
+      const kept = await vm.fork({ dispose: 'none' });
+      assert.deepEqual(posted('/v1/vms/id-dev/fork'), [{}], 'no count: the daemon default (1)');
+      await kept.dispose();
+      assert.deepEqual(posted('/v1/vms/actions'), [], "dispose: 'none' leaves the clones");
+    });
+
+    test('aborting a fork cancels it and deletes the clones the daemon had made by then (nobody holds a handle on them)', async () => {
+      const vm = await banger.vms.create({ name: 'dev' });
+      createOutcome = 'hang';
+      opResult = {
+        snapshot: 'fork-1',
+        results: [
+          { name: 'c1', ok: true, vm: vmInfo('c1') },
+          { name: 'c2', ok: false, error: { code: 'cancelled', message: 'operation op-1 was cancelled' } },
+        ],
+      } satisfies VmForkResult;
+      const ac = new AbortController();
+      const forking = vm.fork({ count: 2, signal: ac.signal, dispose: 'none' });
+      for await (const ev of forking.events) if (ev.type === 'progress') ac.abort();
+      await assert.rejects(forking, isCode('cancelled'));
+      assert.equal(cancelled, true);
+      assert.deepEqual(posted('/v1/vms/actions'), [{ action: 'delete', refs: ['id-c1'], force: true }]);
+    });
+
+    test('aborting a snapshot that the daemon finished anyway deletes it; aborting a create that finished deletes the VM', async () => {
+      const vm = await banger.vms.create({ name: 'dev' });
+      createOutcome = 'hang';
+      opResult = snapshotInfo('s1');
+      const ac = new AbortController();
+      const taking = vm.snapshot({ signal: ac.signal });
+      for await (const ev of taking.events) if (ev.type === 'progress') ac.abort();
+      await assert.rejects(taking, isCode('cancelled'));
+      assert.deepEqual(
+        seen.filter((s) => s.method === 'DELETE' && s.path.startsWith('/v1/snapshots/')).map((s) => s.path),
+        ['/v1/snapshots/snap-s1?force=true'],
+      );
+
+      cancelled = false;
+      seen.length = 0;
+      opResult = vmInfo('late');
+      const ac2 = new AbortController();
+      const creating = banger.vms.create({ name: 'late', signal: ac2.signal });
+      for await (const ev of creating.events) if (ev.type === 'progress') ac2.abort();
+      await assert.rejects(creating, isCode('cancelled'));
+      assert.deepEqual(posted('/v1/vms/actions'), [{ action: 'delete', refs: ['id-late'], force: true }]);
+    });
+
+    test('fork(): a clone name the daemon gives that is not a DNS label is refused (it would end up in ssh argv and paths)', async () => {
+      const vm = await banger.vms.create({ name: 'dev' });
+      opResult = { snapshot: 'fork-1', results: [{ name: 'x', ok: true, vm: vmInfo('-oProxyCommand=touch /tmp/x') }] } satisfies VmForkResult;
+      await assert.rejects(vm.fork(), isCode('rejected_content'));
+    });
+
+    test('snapshots.list/get/delete: paths, force, and a refused delete keeps its code and fix', async () => {
+      assert.deepEqual(
+        (await banger.snapshots.list()).map((x) => x.name),
+        ['s1', 's2'],
+      );
+      assert.equal((await banger.snapshots.get('s1')).manifest.vmm, 'qemu');
+      await assert.rejects(banger.snapshots.get('nope'), isCode('not_found'));
+      await assert.rejects(
+        banger.snapshots.delete('s1'),
+        (e: unknown) => isCode('conflict')(e) && /c1/.test((e as BangerError).message) && (e as BangerError).fix === 'delete them first, or --force',
+      );
+      await banger.snapshots.delete('s1', { force: true });
+      assert.deepEqual(
+        seen.filter((s) => s.method === 'DELETE').map((s) => s.path),
+        ['/v1/snapshots/s1?force=false', '/v1/snapshots/s1?force=true'],
+      );
+    });
+
+    test('images.warm(ref, size) is an operation giving the warm snapshot; the size goes in the body, the signal does not', async () => {
+      opResult = { ...snapshotInfo('warm-img'), purpose: 'warm' };
+      const warming = banger.images.warm('debian bookworm', { vcpus: 2, memoryMib: 512, diskSizeBytes: 2 << 30, signal: new AbortController().signal });
+      const snap = await warming;
+      assert.equal(snap.purpose, 'warm');
+      assert.equal(warming.operation?.state, 'succeeded');
+      assert.deepEqual(posted('/v1/images/debian%20bookworm/warm'), [{ vcpus: 2, memoryMib: 512, diskSizeBytes: 2 << 30 }]);
+    });
+
+    test('vms.create({fromSnapshot}) that the daemon refuses is snapshot_incompatible with details.field; cold reaches the request', async () => {
+      createOutcome = 'fail';
+      opError = {
+        code: 'snapshot_incompatible',
+        message: 'snapshot s1 cannot be restored here: the agent differs',
+        fix: 'take a new snapshot with this banger, VMM and kernel (or create from the image)',
+        details: { field: 'agentHash', snapshot: 'a'.repeat(64), here: 'b'.repeat(64) },
+      };
+      const e = await banger.vms.create({ name: 'back', fromSnapshot: 's1' }).then(
+        () => assert.fail('resolved'),
+        (x: unknown) => x,
+      );
+      assert.ok(e instanceof BangerError);
+      assert.equal(e.code, 'snapshot_incompatible');
+      assert.equal(e.status, 409);
+      assert.equal((e.details as { field?: string }).field, 'agentHash');
+      assert.equal(e.opId, 'op-1');
+      createOutcome = 'ok';
+      await banger.vms.create({ name: 'cold-one', image: 'img', cold: true });
+      assert.deepEqual(posted('/v1/vms'), [
+        { name: 'back', fromSnapshot: 's1' },
+        { name: 'cold-one', image: 'img', cold: true },
+      ]);
+    });
   });
 });
