@@ -140,6 +140,7 @@ export const MIGRATIONS: readonly Migration[] = [
         purpose TEXT NOT NULL CHECK (purpose IN ('user', 'warm', 'fork')),
         state TEXT NOT NULL CHECK (state IN ('creating', 'ready')),
         source_vm TEXT NOT NULL,
+        source_vm_id TEXT,
         image_id TEXT NOT NULL REFERENCES images(id) ON DELETE RESTRICT,
         kernel_id TEXT NOT NULL REFERENCES kernels(id) ON DELETE RESTRICT,
         root_layer TEXT REFERENCES disk_layers(id),

@@ -77,6 +77,8 @@ export interface SnapshotRow {
   purpose: 'user' | 'warm' | 'fork';
   state: 'creating' | 'ready';
   source_vm: string;
+  /** The VM it was taken of (its own disks sit on the snapshot's layers, which does not make it a dependent). */
+  source_vm_id: string | null;
   image_id: string;
   kernel_id: string;
   root_layer: string | null;
@@ -190,7 +192,7 @@ export class Repos {
     insert: (r: SnapshotRow) =>
       this.db
         .prepare(
-          'INSERT INTO snapshots (id, name, purpose, state, source_vm, image_id, kernel_id, root_layer, work_layer, has_memory, dir, manifest, warm_key, size_bytes, created_at) VALUES (@id, @name, @purpose, @state, @source_vm, @image_id, @kernel_id, @root_layer, @work_layer, @has_memory, @dir, @manifest, @warm_key, @size_bytes, @created_at)',
+          'INSERT INTO snapshots (id, name, purpose, state, source_vm, source_vm_id, image_id, kernel_id, root_layer, work_layer, has_memory, dir, manifest, warm_key, size_bytes, created_at) VALUES (@id, @name, @purpose, @state, @source_vm, @source_vm_id, @image_id, @kernel_id, @root_layer, @work_layer, @has_memory, @dir, @manifest, @warm_key, @size_bytes, @created_at)',
         )
         .run(r),
     update: (id: string, fields: Partial<Omit<SnapshotRow, 'id'>>) => {

@@ -57,12 +57,16 @@ export class SnapshotCatalog {
     return { statePath: join(r.dir, 'state.bin'), memoryPath: join(r.dir, 'memory.bin') };
   }
 
-  /** Names of the VMs whose disks are layered on this snapshot's layers. */
+  /**
+   * Names of the VMs made from this snapshot (their disks are layered on its layers). The VM it was
+   * taken of is not one: its newer layers sit on the snapshot's, but it never needed the snapshot.
+   */
   dependents(r: SnapshotRow): string[] {
     const layers = this.d.repos.layers.all();
     const mine = new Set([r.root_layer, r.work_layer].filter((x): x is string => !!x));
     return this.d.repos.vms
       .all()
+      .filter((v) => v.id !== r.source_vm_id)
       .filter((v) => [v.root_layer, v.work_layer].some((top) => top && chainOf(layers, top).some((id) => mine.has(id))))
       .map((v) => v.name);
   }

@@ -199,6 +199,7 @@ export class SnapshotService {
       purpose: o.purpose,
       state: 'creating',
       source_vm: r.name,
+      source_vm_id: r.id,
       image_id: r.image_id,
       kernel_id: r.kernel_id,
       root_layer: null,
