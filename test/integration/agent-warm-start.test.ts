@@ -6,7 +6,7 @@
  *   namespace clock_settime and RNDADDENTROPY fail with EPERM (tested: the clock step fails first and
  *   nothing after it runs), and the effects of the later steps are tested with the test-only
  *   BANGER_AGENT_TEST_SKIP=clock,entropy. The clock is always given as the current time anyway.
- *   The clock step and the credited entropy can only be seen working in a real VM.
+ *   The clock step and the credited entropy are tested in a real VM: test/e2e/agent-guest.test.ts.
  * - freeze: an ext4 image on a loop device mounted in a private mount namespace (root, no user
  *   namespace: FIFREEZE needs CAP_SYS_ADMIN over the filesystem's own namespace). tmpfs cannot be
  *   frozen (EOPNOTSUPP), which the failure-rollback test uses.
