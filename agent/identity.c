@@ -70,6 +70,8 @@ static const char *opt_string(const struct jval *p, const char *key, const char 
     return NULL;
 }
 
+/* A banger VM name (src/api/schemas.ts ResourceName), which is what the daemon names a guest: a DNS
+ * label plus '.' and '_'; nothing that could split an /etc/hosts line or a path. */
 static const char *check_hostname(const char *h)
 {
     size_t n = strlen(h);
@@ -77,8 +79,9 @@ static const char *check_hostname(const char *h)
     if (!((h[0] >= 'a' && h[0] <= 'z') || (h[0] >= '0' && h[0] <= '9')))
         return "invalid hostname: must start with a lowercase letter or digit";
     for (size_t i = 0; i < n; i++)
-        if (!((h[i] >= 'a' && h[i] <= 'z') || (h[i] >= '0' && h[i] <= '9') || h[i] == '-'))
-            return "invalid hostname: only a-z, 0-9 and - are allowed";
+        if (!((h[i] >= 'a' && h[i] <= 'z') || (h[i] >= '0' && h[i] <= '9') || h[i] == '-' || h[i] == '.' ||
+              h[i] == '_'))
+            return "invalid hostname: only a-z, 0-9, '-', '.' and '_' are allowed";
     return NULL;
 }
 

@@ -162,7 +162,8 @@ export const FsListResultSchema = z.object({
 // ---- warm start: identity.set, fs.freeze, fs.thaw (docs/processes.md, "Warm start") ---------
 
 /** The agent's rules for identity.set, checked on the host too so a bad call fails before it is sent. */
-export const IDENTITY_HOSTNAME_RE = /^[a-z0-9][a-z0-9-]{0,62}$/;
+/** A VM name (ResourceName in src/api/schemas.ts): the daemon names a guest after its VM. */
+export const IDENTITY_HOSTNAME_RE = /^[a-z0-9][a-z0-9._-]{0,62}$/;
 export const IDENTITY_MACHINE_ID_RE = /^(?!0{32}$)[0-9a-f]{32}$/;
 /** Unicast (first octet even), lowercase. */
 export const IDENTITY_MAC_RE = /^[0-9a-f][02468ace](:[0-9a-f]{2}){5}$/;
@@ -180,7 +181,7 @@ const ipv4 = z.string().regex(IPV4_RE, 'a dotted-quad IPv4 address');
 export const IdentityParamsSchema = z
   .object({
     clock_unix_ms: z.number().int().min(IDENTITY_MIN_CLOCK_MS).max(IDENTITY_MAX_CLOCK_MS),
-    hostname: z.string().regex(IDENTITY_HOSTNAME_RE, '1-63 of a-z, 0-9 and -, starting with a letter or digit').optional(),
+    hostname: z.string().regex(IDENTITY_HOSTNAME_RE, '1-63 of a-z, 0-9, ".", "_" and "-", starting with a letter or digit').optional(),
     machine_id: z.string().regex(IDENTITY_MACHINE_ID_RE, '32 lowercase hex digits, not all zeros').optional(),
     net: z
       .object({

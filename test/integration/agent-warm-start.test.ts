@@ -200,7 +200,9 @@ test('identity.set refuses every invalid field, naming it, and changes nothing',
       [/invalid hostname/, { clock_unix_ms: c, hostname: 'Upper' }],
       [/invalid hostname/, { clock_unix_ms: c, hostname: '' }],
       [/invalid hostname/, { clock_unix_ms: c, hostname: '-x' }],
-      [/invalid hostname/, { clock_unix_ms: c, hostname: 'a.b' }],
+      [/invalid hostname/, { clock_unix_ms: c, hostname: 'a b' }],
+      [/invalid hostname/, { clock_unix_ms: c, hostname: 'a\nb' }],
+      [/invalid hostname/, { clock_unix_ms: c, hostname: 'a/b' }],
       [/invalid hostname/, { clock_unix_ms: c, hostname: 'a'.repeat(64) }],
       [/invalid hostname/, { clock_unix_ms: c, hostname: 'a\u0000b' }],
       [/invalid hostname/, { clock_unix_ms: c, hostname: 7 }],
@@ -302,33 +304,44 @@ test('identity.set applies hostname, /etc/hosts, machine-id, MAC, address, defau
       assert.equal(agent.sh('ls -A /etc /run/banger | grep -c banger- || true').trim(), '0', 'no temp file left');
     }
     // a second clone identity replaces the first (address, gateway), generation moves on
-    const next = { ...FULL, hostname: 'clone-2', net: { ...FULL.net, addr: '10.77.0.13', gateway: '10.77.0.254' }, generation: 4 };
-    assert.deepEqual(await agent.call('identity.set', { clock_unix_ms: now(), ...next }), { hostname: 'clone-2', generation: 4, boot_id: bootId });
-    assert.match(agent.sh('cat /etc/hosts'), /127\.0\.1\.1\tclone-2 oldname\.local/);
+    const next = { ...FULL, hostname: 'clone_2.dev', net: { ...FULL.net, addr: '10.77.0.13', gateway: '10.77.0.254' }, generation: 4 };
+    assert.deepEqual(await agent.call('identity.set', { clock_unix_ms: now(), ...next }), { hostname: 'clone_2.dev', generation: 4, boot_id: bootId });
+    assert.match(agent.sh('cat /etc/hosts'), /127\.0\.1\.1\tclone_2\.dev oldname\.local/);
     assert.match(agent.sh('ip -o -4 addr show dev eth0'), /inet 10\.77\.0\.13\/24 /);
     assert.doesNotMatch(agent.sh('ip -o -4 addr show dev eth0'), /10\.77\.0\.12/);
     assert.equal(agent.sh('ip -4 route show default'), 'default via 10.77.0.254 dev eth0 \n');
     assert.equal(agent.sh('cat /run/banger/generation'), '4\n');
     // only the clock: nothing else changes, no generation in the answer
-    assert.deepEqual(await agent.call('identity.set', { clock_unix_ms: now() }), { hostname: 'clone-2', generation: null, boot_id: bootId });
+    assert.deepEqual(await agent.call('identity.set', { clock_unix_ms: now() }), { hostname: 'clone_2.dev', generation: null, boot_id: bootId });
     assert.equal(agent.sh('cat /run/banger/generation'), '4\n');
   } finally {
     await agent.stop();
   }
 });
 
-test("the product's AgentLink re-identifies the real agent (the namespaced guest) and its result passes the host schema", { skip: nsSkip }, async () => {
+test("the product's AgentClient and AgentLink re-identify the real agent (the namespaced guest); its result passes the host schema", {
+  skip: nsSkip,
+}, async () => {
   const agent = await NsAgent.start({ userns: true, setup: IDENTITY_SETUP, env: SKIP_PRIVILEGED });
-  const link = openAgentLink({ agentSocket: await agent.bridge(), agentTransport: 'virtio-serial' } as VmmHandle);
+  const socketPath = await agent.bridge();
+  const client = new AgentClient({ socketPath, transport: 'virtio-serial' });
   try {
     const bootId = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
-    assert.deepEqual(await link.identitySet({ clock_unix_ms: now(), ...FULL }, 10_000), { hostname: 'clone-1', generation: 3, bootId });
+    assert.deepEqual(await client.identitySet({ clock_unix_ms: now(), ...FULL }, 10_000), { hostname: 'clone-1', generation: 3, boot_id: bootId });
     assert.equal(agent.sh('hostname'), 'clone-1\n');
     // the agent's own refusal comes back as bad_request naming the field
     await assert.rejects(
-      link.identitySet({ clock_unix_ms: now(), net: { ...FULL.net, gateway: '10.1.1.1' } }, 10_000),
+      client.identitySet({ clock_unix_ms: now(), net: { ...FULL.net, gateway: '10.1.1.1' } }, 10_000),
       (e: Error & { code?: string }) => e.code === 'bad_request' && /net\.gateway: not in/.test(e.message),
     );
+  } finally {
+    client.close();
+  }
+  // the daemon's view: AgentLink over the same agent (a new connection, as after a daemon restart)
+  const link = openAgentLink({ agentSocket: socketPath, agentTransport: 'virtio-serial' } as VmmHandle);
+  try {
+    await link.identitySet({ clock_unix_ms: now(), hostname: 'via-link', generation: 5 }, 10_000);
+    assert.equal(agent.sh('hostname; cat /run/banger/generation'), 'via-link\n5\n');
   } finally {
     link.close();
     await agent.stop();
