@@ -1,7 +1,8 @@
 /*
  * What banger-agent's files share (banger-agent.c: control channel; json.c: the bounded JSON
  * parser; procs.c: the process supervisor and proc.* methods; files.c: fs.* methods; data.c: the
- * data-channel workers and their sessions). Contract: docs/processes.md.
+ * data-channel workers and their sessions; identity.c: identity.set; freeze.c: fs.freeze/fs.thaw). Contract:
+ * docs/processes.md.
  */
 #ifndef BANGER_AGENT_H
 #define BANGER_AGENT_H
@@ -87,6 +88,11 @@ const char *m_fs_list(struct out *o, const struct jval *p);
 const char *m_fs_mkdir(struct out *o, const struct jval *p);
 const char *m_fs_move(struct out *o, const struct jval *p);
 const char *m_fs_remove(struct out *o, const struct jval *p);
+
+/* warm start (identity.c, freeze.c) */
+const char *m_identity_set(struct out *o, const struct jval *p);
+const char *m_fs_freeze(struct out *o, const struct jval *p);
+const char *m_fs_thaw(struct out *o, const struct jval *p);
 
 /* ---- shared process helpers (procs.c) ------------------------------------------------------- */
 

@@ -437,6 +437,9 @@ static const struct {
     {"fs.mkdir", m_fs_mkdir},
     {"fs.move", m_fs_move},
     {"fs.remove", m_fs_remove},
+    {"fs.freeze", m_fs_freeze},
+    {"fs.thaw", m_fs_thaw},
+    {"identity.set", m_identity_set},
 };
 
 /* ---- framing ------------------------------------------------------------------------------- */

@@ -829,25 +829,6 @@ static void __attribute__((noreturn)) supervise(pid_t agent)
     }
 }
 
-static int link_up(int fd, const char *name)
-{
-    struct ifreq ifr;
-    memset(&ifr, 0, sizeof ifr);
-    snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "%s", name);
-    if (ioctl(fd, SIOCGIFFLAGS, &ifr) != 0) return -1;
-    ifr.ifr_flags |= IFF_UP;
-    return ioctl(fd, SIOCSIFFLAGS, &ifr);
-}
-
-static void set_inet(struct sockaddr *sa, struct in_addr addr)
-{
-    struct sockaddr_in sin;
-    memset(&sin, 0, sizeof sin);
-    sin.sin_family = AF_INET;
-    sin.sin_addr = addr;
-    memcpy(sa, &sin, sizeof sin);
-}
-
 /*
  * The guest's static address, set here with plain ioctls so every image gets a working network
  * with no DHCP client, no iproute2 and no network manager. Network namespaces survive
@@ -866,37 +847,26 @@ static void configure_network(void)
         say("ignoring malformed net_addr \"%s\"", cfg.net_addr);
         return;
     }
-    mask.s_addr = htonl(0xffffffffu << (32 - prefix));
+    mask.s_addr = net_prefix_mask(prefix);
     int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         failed("socket(AF_INET)");
         return;
     }
-    link_up(fd, "lo");
+    net_link_up(fd, "lo");
     struct ifreq ifr;
     memset(&ifr, 0, sizeof ifr);
     snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "%s", cfg.net_dev);
     /* virtio_net registers its device asynchronously after insmod returns. */
     for (int i = 0; i < 50 && ioctl(fd, SIOCGIFINDEX, &ifr) != 0; i++) sleep_ms(20);
-    set_inet(&ifr.ifr_addr, ip);
-    if (ioctl(fd, SIOCSIFADDR, &ifr) != 0) {
-        failedf("set address on %s", cfg.net_dev);
+    if (net_set_ipv4(fd, cfg.net_dev, ip, mask) != 0) {
+        failedf("set address and netmask on %s", cfg.net_dev);
         close(fd);
         return;
     }
-    set_inet(&ifr.ifr_netmask, mask);
-    if (ioctl(fd, SIOCSIFNETMASK, &ifr) != 0) failedf("set netmask on %s", cfg.net_dev);
-    if (link_up(fd, cfg.net_dev) != 0) failedf("bring up %s", cfg.net_dev);
-    if (cfg.net_gw[0] && inet_pton(AF_INET, cfg.net_gw, &gw) == 1) {
-        struct rtentry rt;
-        memset(&rt, 0, sizeof rt);
-        set_inet(&rt.rt_dst, (struct in_addr){0});
-        set_inet(&rt.rt_genmask, (struct in_addr){0});
-        set_inet(&rt.rt_gateway, gw);
-        rt.rt_flags = RTF_UP | RTF_GATEWAY;
-        rt.rt_dev = cfg.net_dev;
-        if (ioctl(fd, SIOCADDRT, &rt) != 0 && errno != EEXIST) failedf("add default route via %s", cfg.net_gw);
-    }
+    if (net_link_up(fd, cfg.net_dev) != 0) failedf("bring up %s", cfg.net_dev);
+    if (cfg.net_gw[0] && inet_pton(AF_INET, cfg.net_gw, &gw) == 1 && net_add_default_route(fd, cfg.net_dev, gw) != 0)
+        failedf("add default route via %s", cfg.net_gw);
     close(fd);
     say("network %s %s via %s", cfg.net_dev, cfg.net_addr, cfg.net_gw[0] ? cfg.net_gw : "-");
 }

@@ -7,7 +7,13 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <net/if.h>
+#include <net/route.h>
+#include <netinet/in.h>
+#include <sys/ioctl.h>
 #include <sys/reboot.h>
+#include <sys/socket.h>
 
 #include "common.h"
 
@@ -76,4 +82,54 @@ void power_off(void)
     sync();
     reboot(RB_POWER_OFF);
     say("reboot(POWER_OFF) failed: %s", strerror(errno));
+}
+
+int net_link_up(int fd, const char *ifname)
+{
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "%s", ifname);
+    if (ioctl(fd, SIOCGIFFLAGS, &ifr) != 0) return -1;
+    if (ifr.ifr_flags & IFF_UP) return 0;
+    ifr.ifr_flags |= IFF_UP;
+    return ioctl(fd, SIOCSIFFLAGS, &ifr);
+}
+
+static void set_inet(struct sockaddr *sa, struct in_addr addr)
+{
+    struct sockaddr_in sin;
+    memset(&sin, 0, sizeof sin);
+    sin.sin_family = AF_INET;
+    sin.sin_addr = addr;
+    memcpy(sa, &sin, sizeof sin);
+}
+
+int net_set_ipv4(int fd, const char *ifname, struct in_addr addr, struct in_addr mask)
+{
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "%s", ifname);
+    set_inet(&ifr.ifr_addr, addr);
+    if (ioctl(fd, SIOCSIFADDR, &ifr) != 0) return -1;
+    set_inet(&ifr.ifr_netmask, mask);
+    return ioctl(fd, SIOCSIFNETMASK, &ifr);
+}
+
+int net_add_default_route(int fd, const char *ifname, struct in_addr gw)
+{
+    struct rtentry rt;
+    char dev[IFNAMSIZ];
+    memset(&rt, 0, sizeof rt);
+    snprintf(dev, sizeof dev, "%s", ifname);
+    set_inet(&rt.rt_dst, (struct in_addr){0});
+    set_inet(&rt.rt_genmask, (struct in_addr){0});
+    set_inet(&rt.rt_gateway, gw);
+    rt.rt_flags = RTF_UP | RTF_GATEWAY;
+    rt.rt_dev = dev;
+    return ioctl(fd, SIOCADDRT, &rt) != 0 && errno != EEXIST ? -1 : 0;
+}
+
+unsigned net_prefix_mask(int prefix)
+{
+    return htonl(prefix >= 32 ? 0xffffffffu : prefix <= 0 ? 0 : 0xffffffffu << (32 - prefix));
 }

@@ -7,6 +7,7 @@
 
 #include <stddef.h>
 #include <sys/types.h>
+#include <netinet/in.h>
 
 /* The program's name, the prefix of its log lines; each program defines it ("banger-agent"). */
 extern const char log_name[];
@@ -31,6 +32,17 @@ double uptime_s(void);
 /* Opens `device` on whichever of fds 0-2 are closed: started with them closed, the first file this
  * program opens would become stdout or stderr and log lines would land in it. */
 void ensure_std_fds(const char *device);
+
+/* ---- IPv4 configuration with plain ioctls (no netlink, no iproute2) ---------------------------
+ * fd is an AF_INET datagram socket; each returns 0 or -1 with errno set. */
+/* IFF_UP on the interface (already up is fine). */
+int net_link_up(int fd, const char *ifname);
+/* The interface's address and netmask (SIOCSIFADDR replaces the interface's primary address). */
+int net_set_ipv4(int fd, const char *ifname, struct in_addr addr, struct in_addr mask);
+/* A default route via gw on ifname; one that already exists is fine. */
+int net_add_default_route(int fd, const char *ifname, struct in_addr gw);
+/* The netmask of a prefix length 1..32, in network byte order. */
+unsigned net_prefix_mask(int prefix);
 
 /* Syncs and powers the machine off; returns (having said why) only if the kernel refused. */
 void power_off(void);

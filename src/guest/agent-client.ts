@@ -15,12 +15,18 @@ import {
   AGENT_METHODS,
   AGENT_VSOCK_PORT,
   type AgentHealth,
+  type AgentIdentity,
   type AgentMethod,
   type AgentPorts,
   AgentResponseSchema,
   type AgentResult,
   type AgentStats,
+  FREEZE_MAX_PATHS,
+  FREEZE_MAX_THAW_AFTER_MS,
+  FREEZE_MIN_THAW_AFTER_MS,
   HYBRID_VSOCK_OK,
+  type IdentityParams,
+  IdentityParamsSchema,
 } from './agent-protocol.js';
 
 export interface AgentClientOptions {
@@ -67,6 +73,26 @@ export function agentError(method: string, error: string, code?: string): Banger
             : 'internal';
   return new BangerError(mapped, `the guest agent failed ${method}: ${error}`);
 }
+function checkMountPaths(method: string, paths: string[]): void {
+  if (paths.length < 1 || paths.length > FREEZE_MAX_PATHS) {
+    throw new BangerError('bad_request', `${method} takes 1 to ${FREEZE_MAX_PATHS} mount points, not ${paths.length}`);
+  }
+  for (const p of paths) {
+    if (!p.startsWith('/') || p.includes('\0') || Buffer.byteLength(p) >= 4096) {
+      throw new BangerError('bad_request', `${method}: ${JSON.stringify(p.slice(0, 200))} is not an absolute guest path`);
+    }
+  }
+  if (new Set(paths).size !== paths.length) throw new BangerError('bad_request', `${method}: a mount point repeats`);
+}
+
+/** The agent answers with the paths it was given; anything else is a guest that lies. */
+function samePaths(method: string, asked: string[], answered: string[]): string[] {
+  if (answered.length !== asked.length || answered.some((p, i) => p !== asked[i])) {
+    throw new BangerError('internal', `the guest agent answered ${method} for other paths than asked`);
+  }
+  return answered;
+}
+
 const message = (e: unknown) => (e instanceof Error ? e.message : String(e));
 
 /** Waits for p, but no longer than the deadline and not past an abort. */
@@ -220,6 +246,46 @@ export class AgentClient {
   }
   async poweroff(timeoutMs = DEFAULT_CALL_MS): Promise<void> {
     await this.call('poweroff', timeoutMs);
+  }
+
+  /**
+   * Re-identifies a restored or cloned guest (clock, entropy, hostname, machine-id, network,
+   * generation; docs/processes.md "Warm start"). The params are checked here first (`bad_request`
+   * before anything is sent); every step in the guest is idempotent, so a failed call is retried whole.
+   */
+  async identitySet(params: IdentityParams, timeoutMs = DEFAULT_CALL_MS): Promise<AgentIdentity> {
+    const checked = IdentityParamsSchema.safeParse(params);
+    if (!checked.success) {
+      const issue = checked.error.issues[0];
+      const where = issue?.path.join('.') || 'params';
+      const what = issue?.code === 'unrecognized_keys' ? `unknown param ${issue.keys.join(', ')}` : issue?.message;
+      throw new BangerError('bad_request', `invalid identity.set params at ${where}: ${what}`);
+    }
+    const result = await this.call('identity.set', checked.data, { timeoutMs });
+    if (checked.data.generation !== undefined && result.generation !== checked.data.generation) {
+      throw new BangerError('internal', `the guest agent answered identity.set with generation ${result.generation}, not ${checked.data.generation}`);
+    }
+    return result;
+  }
+
+  /**
+   * Syncs and freezes the guest filesystems mounted at `paths` (in order; all or none). The guest
+   * thaws them by itself after thawAfterMs unless thawFilesystems comes first. Returns the paths.
+   */
+  async freezeFilesystems(paths: string[], thawAfterMs: number, timeoutMs = DEFAULT_CALL_MS): Promise<string[]> {
+    checkMountPaths('fs.freeze', paths);
+    if (!Number.isInteger(thawAfterMs) || thawAfterMs < FREEZE_MIN_THAW_AFTER_MS || thawAfterMs > FREEZE_MAX_THAW_AFTER_MS) {
+      throw new BangerError('bad_request', `thaw-after time ${thawAfterMs} ms is outside ${FREEZE_MIN_THAW_AFTER_MS}..${FREEZE_MAX_THAW_AFTER_MS}`);
+    }
+    const r = await this.call('fs.freeze', { paths, thaw_after_ms: thawAfterMs }, { timeoutMs });
+    return samePaths('fs.freeze', paths, r.frozen);
+  }
+
+  /** Thaws the guest filesystems mounted at `paths` (one that is not frozen is fine). Returns the paths. */
+  async thawFilesystems(paths: string[], timeoutMs = DEFAULT_CALL_MS): Promise<string[]> {
+    checkMountPaths('fs.thaw', paths);
+    const r = await this.call('fs.thaw', { paths }, { timeoutMs });
+    return samePaths('fs.thaw', paths, r.thawed);
   }
 
   /** Probes `health` until the agent says ready; each probe is resent because early writes can be dropped. */

@@ -3,7 +3,7 @@ import type { VmmHandle } from '../vmm/driver.js';
 import { AGENT_DATA_PORTS, agentDataSocketPath } from '../vmm/qemu/args.js';
 import { AgentClient } from './agent-client.js';
 import { AgentDataPool } from './agent-data.js';
-import { AGENT_DATA_VSOCK_PORT } from './agent-protocol.js';
+import { AGENT_DATA_VSOCK_PORT, type IdentityParams } from './agent-protocol.js';
 import type { GuestChannel } from './guest-channel.js';
 import { AgentGuestChannel } from './guest-channel-agent.js';
 
@@ -14,7 +14,7 @@ export interface AgentLink {
   ports(timeoutMs: number): Promise<GuestListener[]>;
   stats(timeoutMs: number): Promise<GuestStats>;
   poweroff(timeoutMs: number): Promise<void>;
-  /** Re-identifies a restored guest (agent method identity.set; docs/snapshots.md). */
+  /** Re-identifies a restored guest (agent method identity.set; docs/snapshots.md, docs/processes.md "Warm start"); idempotent, retry it whole. */
   identitySet(params: GuestIdentity, timeoutMs: number): Promise<void>;
   /** FIFREEZE of the paths (thawed by the agent itself after thawAfterMs), and FITHAW. */
   freezeFilesystems(paths: string[], thawAfterMs: number, timeoutMs: number): Promise<void>;
@@ -24,15 +24,8 @@ export interface AgentLink {
   close(): void;
 }
 
-/** What identity.set sets (every field but the clock optional). */
-export interface GuestIdentity {
-  clock_unix_ms: number;
-  hostname?: string;
-  machine_id?: string;
-  net?: { iface: string; mac: string; addr: string; prefix: number; gateway: string };
-  seed_hex?: string;
-  generation?: number;
-}
+/** What identity.set sets (every field but the clock optional): the wire params, checked by AgentClient before sending. */
+export type GuestIdentity = IdentityParams;
 
 export const VSOCK_AGENT_PORT = 1024;
 
@@ -71,14 +64,14 @@ export function openAgentLink(handle: VmmHandle): AgentLink {
       };
     },
     poweroff: (timeoutMs) => client.poweroff(timeoutMs),
-    identitySet: async () => {
-      throw new Error('identity.set is not wired yet');
+    identitySet: async (params, timeoutMs) => {
+      await client.identitySet(params, timeoutMs);
     },
-    freezeFilesystems: async () => {
-      throw new Error('fs.freeze is not wired yet');
+    freezeFilesystems: async (paths, thawAfterMs, timeoutMs) => {
+      await client.freezeFilesystems(paths, thawAfterMs, timeoutMs);
     },
-    thawFilesystems: async () => {
-      throw new Error('fs.thaw is not wired yet');
+    thawFilesystems: async (paths, timeoutMs) => {
+      await client.thawFilesystems(paths, timeoutMs);
     },
     close: () => {
       data.close();

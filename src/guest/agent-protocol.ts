@@ -159,6 +159,64 @@ export const FsListResultSchema = z.object({
   truncated: z.boolean(),
 });
 
+// ---- warm start: identity.set, fs.freeze, fs.thaw (docs/processes.md, "Warm start") ---------
+
+/** The agent's rules for identity.set, checked on the host too so a bad call fails before it is sent. */
+/** A VM name (ResourceName in src/api/schemas.ts): the daemon names a guest after its VM. */
+export const IDENTITY_HOSTNAME_RE = /^[a-z0-9][a-z0-9._-]{0,62}$/;
+export const IDENTITY_MACHINE_ID_RE = /^(?!0{32}$)[0-9a-f]{32}$/;
+/** Unicast (first octet even), lowercase. */
+export const IDENTITY_MAC_RE = /^[0-9a-f][02468ace](:[0-9a-f]{2}){5}$/;
+export const IDENTITY_IFACE_RE = /^(?!\.{1,2}$)[A-Za-z0-9_.-]{1,15}$/;
+const IPV4_RE = /^(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3}$/;
+/** 2020-01-01 .. 2100-01-01 in ms: a clock outside is a bug, not a restore. */
+export const IDENTITY_MIN_CLOCK_MS = 1_577_836_800_000;
+export const IDENTITY_MAX_CLOCK_MS = 4_102_444_800_000;
+/** Bounds of fs.freeze. */
+export const FREEZE_MAX_PATHS = 8;
+export const FREEZE_MIN_THAW_AFTER_MS = 100;
+export const FREEZE_MAX_THAW_AFTER_MS = 60_000;
+
+const ipv4 = z.string().regex(IPV4_RE, 'a dotted-quad IPv4 address');
+export const IdentityParamsSchema = z
+  .object({
+    clock_unix_ms: z.number().int().min(IDENTITY_MIN_CLOCK_MS).max(IDENTITY_MAX_CLOCK_MS),
+    hostname: z.string().regex(IDENTITY_HOSTNAME_RE, '1-63 of a-z, 0-9, ".", "_" and "-", starting with a letter or digit').optional(),
+    machine_id: z.string().regex(IDENTITY_MACHINE_ID_RE, '32 lowercase hex digits, not all zeros').optional(),
+    net: z
+      .object({
+        iface: z.string().regex(IDENTITY_IFACE_RE),
+        mac: z.string().regex(IDENTITY_MAC_RE, 'a lowercase unicast MAC like 52:54:00:ab:cd:ef').optional(),
+        addr: ipv4,
+        prefix: z.number().int().min(1).max(32),
+        gateway: ipv4.optional(),
+      })
+      .strict()
+      .optional(),
+    /** 32..256 bytes of fresh randomness, lowercase hex; credited to the guest's entropy pool. */
+    seed_hex: z
+      .string()
+      .regex(/^([0-9a-f]{2}){32,256}$/, '64 to 512 lowercase hex digits')
+      .optional(),
+    generation: count(Number.MAX_SAFE_INTEGER).optional(),
+  })
+  .strict();
+/** identity.set params (wire names): everything but the clock is optional, and absent means unchanged. */
+export type IdentityParams = z.input<typeof IdentityParamsSchema>;
+
+export const IdentityResultSchema = z.object({
+  /** The guest's hostname after the call (uname). */
+  hostname: z.string().max(64),
+  /** The generation the call wrote; null when the call had none. */
+  generation: count(Number.MAX_SAFE_INTEGER).nullable(),
+  boot_id: z.string().max(64),
+});
+export type AgentIdentity = z.output<typeof IdentityResultSchema>;
+
+const mountPath = z.string().min(1).max(PATH_MAX).startsWith('/');
+export const FreezeResultSchema = z.object({ frozen: z.array(mountPath).max(FREEZE_MAX_PATHS) });
+export const ThawResultSchema = z.object({ thawed: z.array(mountPath).max(FREEZE_MAX_PATHS) });
+
 /** Each method's result schema; the method names are the protocol's. */
 export const AGENT_METHODS = {
   health: HealthResultSchema,
@@ -180,6 +238,9 @@ export const AGENT_METHODS = {
   'fs.mkdir': PingResultSchema,
   'fs.move': PingResultSchema,
   'fs.remove': PingResultSchema,
+  'identity.set': IdentityResultSchema,
+  'fs.freeze': FreezeResultSchema,
+  'fs.thaw': ThawResultSchema,
 } as const;
 
 export type AgentMethod = keyof typeof AGENT_METHODS;

@@ -242,3 +242,57 @@ test('a process survives systemctl restart banger-agent (KillMode=process)', { s
   }
   await call('proc.signal', { id: 'longrun', signal: 9 });
 });
+
+// ---- warm start (docs/processes.md "Warm start"): what only a real guest can show ------------
+
+test('identity.set in a real guest: the clock step moves the guest clock; entropy is credited as root; names and generation land', { skip }, async () => {
+  const ahead = Date.now() + 86_400_000; // the guest's own CLOCK_REALTIME, a day ahead
+  const machineId = randomBytes(16).toString('hex');
+  const r = await callRetrying<{ hostname: string; generation: number }>('identity.set', {
+    clock_unix_ms: ahead,
+    hostname: 'warm-clone',
+    machine_id: machineId,
+    seed_hex: randomBytes(64).toString('hex'),
+    generation: 7,
+  });
+  assert.deepEqual([r.hostname, r.generation], ['warm-clone', 7]);
+  assert.ok(Number(await run('date +%s%3N')) >= ahead, 'the guest clock was stepped forward');
+  assert.equal(await run('hostname; cat /etc/hostname /etc/machine-id /run/banger/generation'), `warm-clone\nwarm-clone\n${machineId}\n7`);
+  await call('identity.set', { clock_unix_ms: Date.now() }); // and back
+  assert.ok(Number(await run('date +%s%3N')) < ahead, 'the guest clock was stepped back');
+});
+
+/** The state letter of a guest process (R, S, D…), read over a data port (nothing written to the guest's disk). */
+async function guestProcState(pid: number): Promise<string> {
+  const s = await session(1, { op: 'read', path: `/proc/${pid}/stat` });
+  const stat = s.data.toString();
+  return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+}
+
+test('fs.freeze of the guest root holds a write until fs.thaw, and without fs.thaw the guest thaws itself', { skip }, async () => {
+  for (const [round, thawAfterMs] of [
+    ['explicit', 60_000],
+    ['auto', 1500],
+  ] as const) {
+    // the writer waits on /run (tmpfs, never frozen) so it can be started before the freeze
+    const trigger = `/run/warm-go-${round}`;
+    const p = await call<{ pid: number }>('proc.start', {
+      id: `frozen-writer-${round}`,
+      shell: `while [ ! -e ${trigger} ]; do sleep 0.05; done; echo ${round} > /root/frozen-${round}`,
+    });
+    assert.deepEqual(await call('fs.freeze', { paths: ['/'], thaw_after_ms: thawAfterMs }), { frozen: ['/'] });
+    await call('fs.mkdir', { path: trigger });
+    while ((await guestProcState(p.pid)) !== 'D') await sleep(20);
+    if (round === 'explicit') assert.deepEqual(await call('fs.thaw', { paths: ['/'] }), { thawed: ['/'] });
+    for (;;) {
+      const info = await call<{ state: string; exit_code: number }>('proc.show', { id: `frozen-writer-${round}` });
+      if (info.state !== 'running') {
+        assert.equal(info.exit_code, 0);
+        break;
+      }
+      await sleep(50);
+    }
+    assert.equal(await run(`cat /root/frozen-${round}`), round);
+  }
+  assert.match(await run('journalctl -b -u banger-agent --no-pager | grep -c "thawed /: no fs.thaw came" || true'), /^[1-9]/);
+});

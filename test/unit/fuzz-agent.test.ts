@@ -48,6 +48,9 @@ const VALID: Record<AgentMethod, unknown> = {
   'fs.mkdir': {},
   'fs.move': {},
   'fs.remove': {},
+  'identity.set': { hostname: 'clone-1', generation: 3, boot_id: 'b-1' },
+  'fs.freeze': { frozen: ['/', '/root'] },
+  'fs.thaw': { thawed: ['/'] },
 };
 const METHODS = Object.keys(AGENT_METHODS) as AgentMethod[];
 
