@@ -250,7 +250,14 @@ export class SnapshotService {
           .agentLink(r.id)
           .thawFilesystems(frozenFs, 20_000)
           .catch((e) => this.d.log.warn({ err: e, vm: r.name }, 'thaw failed (the agent thaws by itself)'));
-      if (paused) await driver.resume(handle as VmmHandle).catch((e) => this.d.log.error({ err: e, vm: r.name }, 'could not resume the VM after its snapshot'));
+      if (paused) {
+        await driver.resume(handle as VmmHandle).catch((e) => this.d.log.error({ err: e, vm: r.name }, 'could not resume the VM after its snapshot'));
+        // Its clock stood still while it was paused.
+        await this.d.vms
+          .agentLink(r.id)
+          .identitySet({ clock_unix_ms: this.d.clock.now().getTime() }, 10_000)
+          .catch((e) => this.d.log.warn({ err: e, vm: r.name }, 'clock not set after the snapshot'));
+      }
     }
     const target = await this.d.catalog.target(r.vmm as VmmKind, r.image_id);
     const kernel = this.d.repos.kernels.byId(r.kernel_id);

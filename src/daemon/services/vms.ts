@@ -860,7 +860,10 @@ export class VmService {
   async guest(ref: string): Promise<{ vm: { id: string; name: string }; channel: GuestChannel }> {
     const r = this.row(ref);
     if (r.state !== 'running' || !r.handle) {
-      throw new BangerError('conflict', `VM ${r.name} is ${r.state}, not running`, { fix: `start it: banger vm start ${r.name}` });
+      const verdict = decide('guest', r.state as VmState, r.name);
+      throw new BangerError('conflict', `VM ${r.name} is ${r.state}, not running`, {
+        fix: verdict.do === 'refuse' ? verdict.fix : `start it: banger vm start ${r.name}`,
+      });
     }
     const { link } = await this.agentFor(ref);
     return { vm: { id: r.id, name: r.name }, channel: link.guest };
@@ -932,7 +935,10 @@ export class VmService {
           if (canMove(r.state as VmState, 'running')) this.move(r.id, 'running');
           else this.d.log.warn({ vm: r.name, state: r.state }, 'a live VMM behind a VM recorded as not running: left as recorded');
         }
-        this.agents.set(r.id, this.openAgent(handle));
+        const link = this.openAgent(handle);
+        this.agents.set(r.id, link);
+        // If it was paused, its clock stood still: set it (in the background; an older agent just says no).
+        if (r.state === 'running') void link.identitySet({ clock_unix_ms: this.d.clock.now().getTime() }, 10_000).catch(() => {});
         continue;
       }
       const tail = await readTail(this.paths(r).serial, 4096);
