@@ -177,9 +177,11 @@ describe('warm start on real VMs', { skip: requires(assets, 'guest assets missin
     const paused = await home.json<Vm>(['vm', 'pause', 'src']);
     assert.equal(paused.state, 'paused');
     const refused = await home.banger(['vm', 'exec', 'src', '--', 'true']);
+    // Resumed before asserting: the tests after this one need src running.
+    const resumedResident = await home.json<Vm>(['vm', 'resume', 'src']);
     assert.notEqual(refused.code, 0);
     assert.match(refused.stderr, /banger vm resume src/);
-    assert.equal((await home.json<Vm>(['vm', 'resume', 'src'])).state, 'running');
+    assert.equal(resumedResident.state, 'running');
     await tickerRuns('src');
 
     const suspended = await home.json<Vm>(['vm', 'pause', 'src', '--to-disk']);

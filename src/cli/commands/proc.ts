@@ -25,7 +25,7 @@ export async function runningVm(c: BangerClient, ref: string): Promise<Vm> {
   const v = await c.vm(ref);
   if (v.state !== 'running') {
     throw new BangerError('precondition_failed', `VM ${v.name} is ${v.state}: processes run only in a running VM`, {
-      fix: `start it: banger vm start ${v.name}`,
+      fix: v.state === 'paused' || v.state === 'suspended' ? `resume it: banger vm resume ${v.name}` : `start it: banger vm start ${v.name}`,
     });
   }
   return v;

@@ -497,6 +497,16 @@ export class ImageService {
           fix: `delete those VMs first: banger vm delete ${users.join(' ')}`,
         });
       }
+      // A snapshot's frozen root layer is a qcow2 over this image's rootfs (docs/snapshots.md).
+      const snapshots = this.repos.snapshots
+        .all()
+        .filter((sn) => sn.image_id === img.id)
+        .map((sn) => sn.name);
+      if (snapshots.length > 0) {
+        throw new BangerError('conflict', `image "${img.name}" has ${snapshots.length} snapshot(s): ${snapshots.join(', ')}`, {
+          fix: `delete them first: banger snapshot delete ${snapshots.join(' ')}`,
+        });
+      }
       this.repos.images.delete(img.id);
       await rm(join(this.layout.imagesDir, img.id), { recursive: true, force: true });
       if (img.managed) await rm(img.rootfs_path, { force: true });

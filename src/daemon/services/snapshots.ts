@@ -253,10 +253,7 @@ export class SnapshotService {
       if (paused) {
         await driver.resume(handle as VmmHandle).catch((e) => this.d.log.error({ err: e, vm: r.name }, 'could not resume the VM after its snapshot'));
         // Its clock stood still while it was paused.
-        await this.d.vms
-          .agentLink(r.id)
-          .identitySet({ clock_unix_ms: this.d.clock.now().getTime() }, 10_000)
-          .catch((e) => this.d.log.warn({ err: e, vm: r.name }, 'clock not set after the snapshot'));
+        await this.d.vms.setGuestClock(this.d.vms.agentLink(r.id)).catch((e) => this.d.log.warn({ err: e, vm: r.name }, 'clock not set after the snapshot'));
       }
     }
     const target = await this.d.catalog.target(r.vmm as VmmKind, r.image_id);

@@ -505,7 +505,7 @@ export class VmService {
    */
   private async reidentify(r: VmRow, link: AgentLink, net: { mac: string; ip: string; prefix: number; gateway: string }, full: boolean): Promise<void> {
     if (!full) {
-      await link.identitySet({ clock_unix_ms: this.d.clock.now().getTime() }, 10_000);
+      await this.setGuestClock(link);
       return;
     }
     const generation = r.generation + 1;
@@ -535,6 +535,21 @@ export class VmService {
       '/',
       Readable.from([]),
     );
+    // Once more now that the guest runs at full speed: a busy guest applies the first time late.
+    await this.setGuestClock(link);
+  }
+
+  /**
+   * Sets a guest's clock to the host's. The agent applies the time it was sent when it reads the
+   * request, so a guest busy restoring sets a stale one: repeated while the round trip is slow,
+   * the error ends bounded by one quick round trip.
+   */
+  async setGuestClock(link: AgentLink): Promise<void> {
+    for (let attempt = 0; attempt < 5; attempt++) {
+      const t0 = performance.now();
+      await link.identitySet({ clock_unix_ms: this.d.clock.now().getTime() }, 10_000);
+      if (performance.now() - t0 < 100) return;
+    }
   }
 
   /** Polls the guest's listeners until one is on port 22; a guest without one is still usable. */
@@ -938,7 +953,7 @@ export class VmService {
         const link = this.openAgent(handle);
         this.agents.set(r.id, link);
         // If it was paused, its clock stood still: set it (in the background; an older agent just says no).
-        if (r.state === 'running') void link.identitySet({ clock_unix_ms: this.d.clock.now().getTime() }, 10_000).catch(() => {});
+        if (r.state === 'running') void this.setGuestClock(link).catch(() => {});
         continue;
       }
       const tail = await readTail(this.paths(r).serial, 4096);
