@@ -101,11 +101,13 @@ function Actions({ vm, onChanged }: { vm: Vm; onChanged: () => void }) {
       setError(e);
     }
   };
-  const up = vm.state === 'running' || vm.state === 'starting';
+  const up = vm.state === 'running' || vm.state === 'starting' || vm.state === 'paused';
+  // A start of a paused or suspended VM resumes it (docs/snapshots.md).
+  const held = vm.state === 'paused' || vm.state === 'suspended';
   return (
     <section aria-label="Actions" class="actions">
-      <button type="button" disabled={!!busy || up} onClick={() => run('start')}>
-        Start
+      <button type="button" disabled={!!busy || (up && !held)} onClick={() => run('start')}>
+        {held ? 'Resume' : 'Start'}
       </button>
       <button type="button" disabled={!!busy || !up} onClick={() => run('stop')}>
         Stop
