@@ -129,6 +129,25 @@ describe('warm start on real VMs', { skip: requires(assets, 'guest assets missin
     await home.ok(['vm', 'delete', 'r1']);
   });
 
+  test('a disk-only snapshot (filesystems frozen for the switch): a VM from it boots cold with the files, its processes reported lost', async () => {
+    const d = await home.json<Snapshot>(['vm', 'snapshot', 'src', '--name', 'd1', '--no-memory']);
+    assert.equal(d.hasMemory, false);
+    assert.equal(d.manifest.memoryBytes, 0);
+    await tickerRuns('src');
+    assert.equal((await exec('src', 'touch /root/after-d1 && echo ok')).trim(), 'ok', 'the source was thawed');
+    const r = await home.banger(['vm', 'create', '--name', 'd1vm', '--from-snapshot', 'd1']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stderr, /has no memory: a cold boot from its disks \(processes it ran are not running\)/);
+    await filesIntact('d1vm');
+    const state = await exec(
+      'd1vm',
+      'a=$(cat /tmp/tick 2>/dev/null); sleep 1.5; b=$(cat /tmp/tick 2>/dev/null); [ "$a" = "$b" ] && echo stopped || echo running; test -e /root/after-d1 && echo there || echo absent',
+    );
+    assert.equal(state.trim(), 'stopped\nabsent', 'a cold boot: the ticker is not running; a file written after the snapshot is absent');
+    await home.ok(['vm', 'delete', 'd1vm']);
+    await home.ok(['snapshot', 'delete', 'd1']);
+  });
+
   test('fork --count 3: distinct identities, strict SSH by name, urandom apart, clocks right, writes apart', async () => {
     const srcId = await identity('src');
     const r = await home.json<VmForkResult>(['vm', 'fork', 'src', '--count', '3']);
