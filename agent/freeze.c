@@ -171,6 +171,19 @@ static const char *freeze_errno(const char *method, const char *path)
     return fail("%s %.300s failed: %s", method, path, strerror(e));
 }
 
+/* The answer of both methods: {"<key>":[the paths, in order]}. */
+static void out_path_list(struct out *o, const char *key, char **paths, size_t n)
+{
+    out_raw(o, "{\"", 2);
+    out_raw(o, key, strlen(key));
+    out_raw(o, "\":[", 3);
+    for (size_t i = 0; i < n; i++) {
+        if (i) out_raw(o, ",", 1);
+        out_cstr(o, paths[i]);
+    }
+    out_raw(o, "]}", 2);
+}
+
 const char *m_fs_freeze(struct out *o, const struct jval *p)
 {
     static const char *const allowed[] = {"paths", "thaw_after_ms", NULL};
@@ -232,12 +245,7 @@ const char *m_fs_freeze(struct out *o, const struct jval *p)
         free(paths);
         return err;
     }
-    out_raw(o, "{\"frozen\":[", 11);
-    for (size_t i = 0; i < n; i++) {
-        if (i) out_raw(o, ",", 1);
-        out_cstr(o, paths[i]);
-    }
-    out_raw(o, "]}", 2);
+    out_path_list(o, "frozen", paths, n);
     free(paths);
     return NULL;
 }
@@ -269,12 +277,7 @@ const char *m_fs_thaw(struct out *o, const struct jval *p)
         free(paths);
         return copy;
     }
-    out_raw(o, "{\"thawed\":[", 11);
-    for (size_t i = 0; i < n; i++) {
-        if (i) out_raw(o, ",", 1);
-        out_cstr(o, paths[i]);
-    }
-    out_raw(o, "]}", 2);
+    out_path_list(o, "thawed", paths, n);
     free(paths);
     return NULL;
 }

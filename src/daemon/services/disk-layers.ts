@@ -39,100 +39,76 @@ export class DiskLayers {
   }
 
   /** The files of a new VM: root over the image's rootfs, an empty work filesystem of its final size. */
-  async createForVm(o: { imageRootfs: string; format: 'qcow2' | 'raw'; workSizeBytes: number; workLabel: string }): Promise<VmDiskTops> {
-    const rows: DiskLayerRow[] = [];
-    const made: string[] = [];
-    try {
+  createForVm(o: { imageRootfs: string; format: 'qcow2' | 'raw'; workSizeBytes: number; workLabel: string }): Promise<VmDiskTops> {
+    return this.recordNew(async (made) => {
       const root = this.newRow(o.format, null);
-      made.push(root.path);
+      made.push(root);
       if (o.format === 'qcow2') await this.d.disks.createOverlay(o.imageRootfs, root.path);
       else await this.d.disks.cloneRaw(o.imageRootfs, root.path);
-      rows.push(root);
       // Empty: the guest seeds it from the image's /root at first boot (see banger-init).
       const base = this.newRow('raw', null);
-      made.push(base.path);
+      made.push(base);
       await this.d.disks.mkfsFromDir(base.path, o.workSizeBytes, undefined, o.workLabel);
-      rows.push(base);
-      let work = base;
-      if (o.format === 'qcow2') {
-        work = this.newRow('qcow2', base.id);
-        made.push(work.path);
-        await this.d.disks.createOverlay(base.path, work.path, 'raw');
-        rows.push(work);
-      }
-      this.d.repos.tx(() => {
-        for (const r of rows) this.d.repos.layers.insert(r);
-      });
+      if (o.format === 'raw') return { root: root.id, work: base.id };
+      const work = this.newRow('qcow2', base.id);
+      made.push(work);
+      await this.d.disks.createOverlay(base.path, work.path, 'raw');
       return { root: root.id, work: work.id };
-    } catch (e) {
-      for (const p of made) await rm(p, { force: true });
-      throw e;
-    }
+    });
   }
 
   /**
-   * New writable tops over frozen layers (a VM made from a snapshot). qcow2 chains get a thin
-   * overlay; raw layers a whole copy. Rows are inserted here; the caller records the tops.
+   * New writable tops over frozen layers (a VM made from a snapshot): a thin qcow2 over each
+   * (QEMU), or a whole copy of each (raw VMMs). Recorded here; the caller records them as the VM's.
    */
-  async newTopsOver(frozen: VmDiskTops, format: 'qcow2' | 'raw'): Promise<VmDiskTops> {
-    const made: DiskLayerRow[] = [];
-    try {
-      for (const id of [frozen.root, frozen.work]) made.push(await this.childOf(this.d.repos.layers.get(id), format));
-      this.d.repos.tx(() => {
-        for (const r of made) this.d.repos.layers.insert(r);
-      });
-      return { root: (made[0] as DiskLayerRow).id, work: (made[1] as DiskLayerRow).id };
-    } catch (e) {
-      for (const r of made) await rm(r.path, { force: true });
-      throw e;
-    }
-  }
-
-  /** A file over (qcow2) or a copy of (raw) a layer, not yet in the store. */
-  private async childOf(parent: DiskLayerRow, format: 'qcow2' | 'raw'): Promise<DiskLayerRow> {
-    if (format === 'qcow2') {
-      const child = this.newRow('qcow2', parent.id);
-      await this.d.disks.createOverlay(parent.path, child.path, parent.format);
-      return child;
-    }
-    const copy = this.newRow('raw', null);
-    await this.d.disks.cloneRaw(parent.path, copy.path);
-    return copy;
-  }
-
-  /** Rows for files a driver is about to switch to (QEMU): qcow2 tops over the current ones, created now. */
-  async prepareSwitch(current: VmDiskTops): Promise<{ rows: DiskLayerRow[]; tops: VmDiskTops }> {
-    const rows: DiskLayerRow[] = [];
-    try {
-      for (const id of [current.root, current.work]) {
-        const parent = this.d.repos.layers.get(id);
-        const child = this.newRow('qcow2', parent.id);
-        rows.push(child);
-        await this.d.disks.createOverlay(parent.path, child.path, parent.format);
-      }
-    } catch (e) {
-      for (const r of rows) await rm(r.path, { force: true });
-      throw e;
-    }
-    return { rows, tops: { root: (rows[0] as DiskLayerRow).id, work: (rows[1] as DiskLayerRow).id } };
+  newTopsOver(frozen: VmDiskTops, format: 'qcow2' | 'raw'): Promise<VmDiskTops> {
+    return this.recordNew(async (made) => {
+      const [root, work] = [frozen.root, frozen.work].map((id) => this.d.repos.layers.get(id));
+      return { root: await this.childOf(root as DiskLayerRow, format, made), work: await this.childOf(work as DiskLayerRow, format, made) };
+    });
   }
 
   /** Whole copies of the current tops (raw VMMs, paused VM): what a Firecracker snapshot keeps. */
-  async copyTops(current: VmDiskTops): Promise<VmDiskTops> {
+  copyTops(current: VmDiskTops): Promise<VmDiskTops> {
+    return this.newTopsOver(current, 'raw');
+  }
+
+  /** Rows for files a driver is about to switch to (QEMU): qcow2 tops over the current ones, created now, recorded by the caller. */
+  async prepareSwitch(current: VmDiskTops): Promise<{ rows: DiskLayerRow[]; tops: VmDiskTops }> {
+    const rows: DiskLayerRow[] = [];
+    try {
+      const [root, work] = [current.root, current.work].map((id) => this.d.repos.layers.get(id));
+      const tops = { root: await this.childOf(root as DiskLayerRow, 'qcow2', rows), work: await this.childOf(work as DiskLayerRow, 'qcow2', rows) };
+      return { rows, tops };
+    } catch (e) {
+      await this.discard(rows);
+      throw e;
+    }
+  }
+
+  /** A file over (qcow2) or a copy of (raw) a layer; its row goes into `made` before the file is written. */
+  private async childOf(parent: DiskLayerRow, format: 'qcow2' | 'raw', made: DiskLayerRow[]): Promise<string> {
+    const child = this.newRow(format, format === 'qcow2' ? parent.id : null);
+    made.push(child);
+    if (format === 'qcow2') await this.d.disks.createOverlay(parent.path, child.path, parent.format);
+    else await this.d.disks.cloneRaw(parent.path, child.path);
+    return child.id;
+  }
+
+  /**
+   * Makes layer files through `make` (each row pushed to `made` before its file is written), then
+   * records them all in one transaction. A failure removes every file made: nothing half-recorded.
+   */
+  private async recordNew<T>(make: (made: DiskLayerRow[]) => Promise<T>): Promise<T> {
     const made: DiskLayerRow[] = [];
     try {
-      for (const id of [current.root, current.work]) {
-        const src = this.d.repos.layers.get(id);
-        const copy = this.newRow('raw', null);
-        made.push(copy);
-        await this.d.disks.cloneRaw(src.path, copy.path);
-      }
+      const result = await make(made);
       this.d.repos.tx(() => {
-        for (const r of made) this.d.repos.layers.insert(r);
+        for (const l of made) this.d.repos.layers.insert(l);
       });
-      return { root: (made[0] as DiskLayerRow).id, work: (made[1] as DiskLayerRow).id };
+      return result;
     } catch (e) {
-      for (const r of made) await rm(r.path, { force: true });
+      await this.discard(made);
       throw e;
     }
   }
