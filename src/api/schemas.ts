@@ -335,6 +335,8 @@ export const SnapshotManifestSchema = z.object({
   stateBytes: z.number().int(),
   memoryBytes: z.number().int(),
   sourceVm: z.string(),
+  /** The source's generation counter: a VM made from the snapshot gets the next one (a clone of a clone sees it change too). */
+  generation: z.number().int().min(0).optional(),
   /** `agent-ready`: taken right after the agent answered, before any file sync (warm pool). */
   takenAt: z.enum(['running', 'agent-ready']),
 });

@@ -1,4 +1,4 @@
-import { dirname, isAbsolute, join, normalize } from 'node:path';
+import { isAbsolute, join, normalize } from 'node:path';
 import { BangerError } from '../api/errors.js';
 
 // node:fs and node:os through getBuiltinModule, not `import`: this module is on every CLI start,
@@ -33,11 +33,6 @@ export interface Layout {
   layersDir: string;
   /** One directory per snapshot: its manifest, device state and RAM. */
   snapshotsDir: string;
-  /**
-   * Guest RAM files of running QEMU VMs (mapped shared, so a snapshot copies instead of streaming):
-   * on tmpfs, `/dev/shm/banger-<uid>/<hash of stateDir>` (one per daemon), both levels private dirs.
-   */
-  memoryDir: string;
   /**
    * Set when this is the system service's fixed runtime dir (`/run/banger`, see
    * resolveClientLayout): a client must not start a private daemon for it.
@@ -99,18 +94,7 @@ export function resolveLayout(env: NodeJS.ProcessEnv = process.env): Layout {
     stagingDir: join(stateDir, 'staging'),
     layersDir: join(stateDir, 'layers'),
     snapshotsDir: join(stateDir, 'snapshots'),
-    memoryDir: join(`/dev/shm/banger-${userInfo().uid}`, fnv1a(stateDir)),
   };
-}
-
-/** A short stable name for a path (FNV-1a, 32 bits, hex): no crypto on the CLI's start-up path. */
-function fnv1a(text: string): string {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < text.length; i++) {
-    h ^= text.charCodeAt(i);
-    h = Math.imul(h, 0x01000193) >>> 0;
-  }
-  return h.toString(16).padStart(8, '0');
 }
 
 function absoluteRuntimeDir(dir: string): string {
@@ -185,7 +169,4 @@ export function ensureLayout(layout: Layout): void {
   ]) {
     ensurePrivateDir(dir);
   }
-  // /dev/shm is shared with every local user: the per-user level is checked before the daemon's own.
-  ensurePrivateDir(dirname(layout.memoryDir));
-  ensurePrivateDir(layout.memoryDir);
 }

@@ -41,11 +41,12 @@ export interface VmLaunchSpec {
   agentSocketPath: string;
   accel: Accelerator;
   /**
-   * QEMU: guest RAM lives in this file (on tmpfs, created by the driver, 0600), mapped shared, so a
-   * memory snapshot saves only device state plus a sparse copy of this file. Ignored by Firecracker.
-   * Absent: anonymous RAM (such a VM cannot be snapshotted with memory).
+   * QEMU: guest RAM is a memfd mapped shared (memory-backend-memfd share=on): a memory snapshot
+   * saves only device state plus a sparse copy of that memfd (read through /proc/<pid>/fd). No file
+   * name anywhere, and no tmpfs quota other users share. Ignored by Firecracker. Absent: private
+   * anonymous RAM (such a VM cannot be snapshotted with memory).
    */
-  memoryFile?: string;
+  sharedMemory?: boolean;
   /**
    * Start from a saved state instead of booting: the guest continues where it was saved, and the VMM
    * is left PAUSED (call resume()). The device configuration (vcpus, memory, disk and net ids) must
@@ -74,11 +75,8 @@ export interface VmmHandle {
   /** How the agent channel is reached over agentSocket. */
   agentTransport: 'virtio-serial' | 'hybrid-vsock';
   accel: Accelerator;
-  /**
-   * QEMU: the tmpfs file holding guest RAM (VmLaunchSpec.memoryFile), when the VM has one; saveState
-   * copies this path (the daemon's choice), never one QEMU reports.
-   */
-  memoryFile?: string;
+  /** QEMU: launched with VmLaunchSpec.sharedMemory (its RAM can be saved). */
+  sharedMemory?: boolean;
 }
 
 export interface VmmDriver {

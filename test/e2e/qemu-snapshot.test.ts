@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { constants, existsSync } from 'node:fs';
 import { lstat, mkdir, mkdtemp, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -16,13 +16,14 @@ import { readHostTscKhz } from '../../src/host/cpu.js';
 import type { VmLaunchSpec, VmmHandle } from '../../src/vmm/driver.js';
 import { isHandleAlive } from '../../src/vmm/process.js';
 import { QemuDriver } from '../../src/vmm/qemu/driver.js';
+import { copyOpenToNew, openGuestMemory } from '../../src/vmm/qemu/migration.js';
 import { QmpClient } from '../../src/vmm/qemu/qmp.js';
 import { guestAssets } from '../helpers/banger.js';
 import { requires } from '../helpers/prereq.js';
 
 /**
  * QEMU memory snapshots on a real guest, through the driver alone (no daemon): a guest booted with
- * its RAM in a file on /dev/shm is paused and resumed, its root disk switched to a new qcow2 layer,
+ * its RAM in a shared memfd is paused and resumed, its root disk switched to a new qcow2 layer,
  * its device state and RAM saved; a second QEMU with its own run dir, disk overlay and agent socket
  * is restored from those files and its agent answers with the source's boot id. Run under
  * `flock /tmp/banger-vm.lock` like every boot.
@@ -39,7 +40,6 @@ const driver = new QemuDriver('qemu-system-x86_64', { isRoot: () => false });
 const say = (s: string) => process.stderr.write(`qemu-snapshot: ${s}\n`);
 
 let dir: string;
-let shm: string;
 let initrd: string;
 let cmdline: string;
 const handles: VmmHandle[] = [];
@@ -65,7 +65,7 @@ async function runstate(h: VmmHandle): Promise<string> {
   }
 }
 
-function vmSpec(name: string, root: string, memoryFile: string, extra: Partial<VmLaunchSpec> = {}): VmLaunchSpec {
+function vmSpec(name: string, root: string, sharedMemory: boolean, extra: Partial<VmLaunchSpec> = {}): VmLaunchSpec {
   const vmDir = join(dir, name);
   return {
     vmId: name,
@@ -82,9 +82,14 @@ function vmSpec(name: string, root: string, memoryFile: string, extra: Partial<V
     vmmLogPath: join(vmDir, 'vmm.log'),
     agentSocketPath: join(vmDir, 'run', 'agent.sock'),
     accel: 'tcg',
-    memoryFile,
+    sharedMemory,
     ...extra,
   };
+}
+
+/** QEMU's guest-RAM memfd, read through /proc as the driver does. */
+function memfdOf(h: VmmHandle) {
+  return openGuestMemory(h.pid, MEMORY_MIB * 1024 * 1024, constants.O_RDONLY, () => isHandleAlive(h));
 }
 
 async function agentOf(h: VmmHandle, readyMs: number): Promise<AgentClient> {
@@ -118,7 +123,6 @@ describe('QEMU memory snapshots (real QEMU)', { skip }, () => {
   before(async () => {
     const a = assets as NonNullable<typeof assets>;
     dir = await mkdtemp(join(tmpdir(), 'banger-qsnap-'));
-    shm = await mkdtemp('/dev/shm/banger-qsnap-');
     const base = join(dir, 'base.cpio.gz');
     await buildBaseInitramfs({ kernelTree: a.kernelDir, version: a.kernelVersion, initBinary: guestBinary('banger-init'), outPath: base });
     const payload = await buildPayloadCpio({ agentBinary: guestBinary('banger-agent'), hostname: 'snapvm', config: {}, extraFiles: [] });
@@ -134,21 +138,21 @@ describe('QEMU memory snapshots (real QEMU)', { skip }, () => {
     for (const a of agents) a.close();
     for (const h of handles) if (await isHandleAlive(h)) await driver.kill(h);
     if (dir) await rm(dir, { recursive: true, force: true });
-    if (shm) await rm(shm, { recursive: true, force: true });
   });
 
-  test('a guest with its RAM in a file boots; pause stops it and resume runs it again', async () => {
+  test('a guest with its RAM in a shared memfd boots; pause stops it and resume runs it again', async () => {
     const started = Date.now();
-    source = await driver.launch(vmSpec('a', top0(), join(shm, 'a.ram')));
+    source = await driver.launch(vmSpec('a', top0(), true));
     handles.push(source);
     sourceAgent = await agentOf(source, 100_000);
     coldBootMs = Date.now() - started;
     say(`cold boot to agent health: ${coldBootMs} ms`);
-    const ram = await lstat(join(shm, 'a.ram'));
-    assert.equal(ram.isFile(), true);
-    assert.equal(ram.mode & 0o777, 0o600, 'the RAM file is private to the daemon user');
-    assert.equal(ram.size, MEMORY_MIB * 1024 * 1024);
-    assert.ok(ram.blocks > 0, 'the guest RAM is really in the file (it has allocated pages)');
+    const ram = await memfdOf(source);
+    const st = await ram.stat();
+    await ram.close();
+    assert.equal(st.size, MEMORY_MIB * 1024 * 1024);
+    assert.equal(st.nlink, 0, 'a memfd: no name anywhere');
+    assert.ok(st.blocks > 0, 'the guest RAM is really in the memfd (it has allocated pages)');
 
     await driver.pause(source);
     await driver.pause(source); // idempotent
@@ -186,7 +190,10 @@ describe('QEMU memory snapshots (real QEMU)', { skip }, () => {
     assert.equal(mem.mode & 0o777, 0o600);
     // x-ignore-shared: the RAM is not in the stream, only device state (and small ROM blocks).
     assert.ok(saved.stateBytes < 8 * 1024 * 1024, `state of ${saved.stateBytes} bytes holds more than device state`);
-    assert.equal(await sha(memoryPath()), await sha(join(shm, 'a.ram')), 'the copy is the RAM as saved');
+    const now = await memfdOf(source);
+    await copyOpenToNew(now, 'memfd', join(dir, 'snap', 'ram-now'));
+    await now.close();
+    assert.equal(await sha(memoryPath()), await sha(join(dir, 'snap', 'ram-now')), 'the copy is the RAM as saved');
     assert.equal(await runstate(source), 'postmigrate');
 
     // The disk layer the snapshot keeps, frozen from the pause on: switched after the save, as the
@@ -212,12 +219,13 @@ describe('QEMU memory snapshots (real QEMU)', { skip }, () => {
     const rootB = join(dir, 'b', 'root.qcow2');
     qemuImg(['create', '-q', '-f', 'qcow2', '-b', top0(), '-F', 'qcow2', rootB]);
     const t0 = Date.now();
-    const restored = await driver.launch(vmSpec('b', rootB, join(shm, 'b.ram'), { restore: { statePath: statePath(), memoryPath: memoryPath() } }));
+    const restored = await driver.launch(vmSpec('b', rootB, true, { restore: { statePath: statePath(), memoryPath: memoryPath() } }));
     handles.push(restored);
     const launchedMs = Date.now() - t0;
     assert.equal(await runstate(restored), 'paused', 'a restore is left paused');
-    const ram = await lstat(join(shm, 'b.ram'));
-    assert.equal(ram.mode & 0o777, 0o600);
+    const ram = await memfdOf(restored);
+    assert.equal((await ram.stat()).size, MEMORY_MIB * 1024 * 1024);
+    await ram.close();
     await driver.resume(restored);
     const agent = await agentOf(restored, 30_000);
     const h = await agent.health(10_000);
@@ -241,14 +249,13 @@ describe('QEMU memory snapshots (real QEMU)', { skip }, () => {
   });
 
   test('saveState on a VM with anonymous RAM fails with a clear error', async () => {
-    const vm = vmSpec('c', top0(), '', { disks: [], initrdPath: undefined as unknown as string });
-    delete vm.memoryFile;
+    const vm = vmSpec('c', top0(), false, { disks: [], initrdPath: undefined as unknown as string });
     delete vm.initrdPath;
     await mkdir(join(dir, 'c', 'run'), { recursive: true, mode: 0o700 });
     const h = await driver.launch(vm);
     handles.push(h);
     await driver.pause(h);
-    await assert.rejects(driver.saveState(h, { statePath: join(dir, 'c', 'state'), memoryPath: join(dir, 'c', 'mem') }), /anonymous RAM/);
+    await assert.rejects(driver.saveState(h, { statePath: join(dir, 'c', 'state'), memoryPath: join(dir, 'c', 'mem') }), /private RAM/);
     assert.equal(existsSync(join(dir, 'c', 'state')), false);
     await driver.kill(h);
   });

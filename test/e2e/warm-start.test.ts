@@ -206,11 +206,7 @@ describe('warm start on real VMs', { skip: requires(assets, 'guest assets missin
     const suspended = await home.json<Vm>(['vm', 'pause', 'src', '--to-disk']);
     assert.equal(suspended.state, 'suspended');
     assert.equal(suspended.pid, null);
-    assert.equal(isAlive(before.pid as number), false, 'the VMM process is gone');
-    const ramFiles = readdirSync('/dev/shm')
-      .filter((d) => d.startsWith('banger-'))
-      .flatMap((d) => readdirSync(join('/dev/shm', d)).flatMap((h) => readdirSync(join('/dev/shm', d, h))));
-    assert.ok(!ramFiles.includes(`${before.id}.ram`), 'its RAM file is gone');
+    assert.equal(isAlive(before.pid as number), false, 'the VMM process is gone, and with it the memfd that held the guest RAM');
     const resumed = await home.json<Vm>(['vm', 'resume', 'src']);
     assert.equal(resumed.state, 'running');
     await filesIntact('src');

@@ -129,21 +129,22 @@ test('the privilege-drop spelling is read from QEMU -help', () => {
   assert.equal(runAsSpellingOf(''), 'runas');
 });
 
-test('a memoryFile puts guest RAM in that file, shared, as the machine memory backend; without it RAM stays anonymous', () => {
-  const a = buildQemuArgs(spec({ memoryFile: '/dev/shm/m/abc.ram' }), '/r/qmp.sock');
+test('sharedMemory makes guest RAM a shared memfd, the machine memory backend (no file name anywhere); without it RAM stays anonymous', () => {
+  const a = buildQemuArgs(spec({ sharedMemory: true }), '/r/qmp.sock');
   assert.deepEqual(after(a, '-M'), ['microvm,acpi=on,pcie=off,memory-backend=ram0']);
-  assert.deepEqual(after(a, '-object'), ['memory-backend-file,id=ram0,size=1024M,mem-path=/dev/shm/m/abc.ram,share=on']);
+  assert.deepEqual(after(a, '-object'), ['memory-backend-memfd,id=ram0,size=1024M,share=on']);
   assert.deepEqual(after(a, '-m'), ['1024M'], 'the backend size and -m agree (QEMU refuses a mismatch)');
+  assert.equal(
+    a.some((x) => x.includes('/dev/shm') || x.includes('mem-path')),
+    false,
+  );
   const plain = buildQemuArgs(spec(), '/r/qmp.sock');
   assert.deepEqual(after(plain, '-object'), []);
   assert.equal(plain.includes('-incoming'), false);
-  // The same path rule as every other file: a comma cannot add backend options.
-  const hostile = buildQemuArgs(spec({ memoryFile: '/dev/shm/x,share=off' }), '/r/qmp.sock');
-  assert.deepEqual(after(hostile, '-object'), ['memory-backend-file,id=ram0,size=1024M,mem-path=/dev/shm/x,,share=off,share=on']);
 });
 
 test('a restore starts with stopped vCPUs and waits for the state over QMP (-S -incoming defer), never an exec: or file URI on the command line', () => {
-  const a = buildQemuArgs(spec({ memoryFile: '/dev/shm/m/abc.ram', restore: { statePath: '/s/state', memoryPath: '/s/mem' } }), '/r/qmp.sock');
+  const a = buildQemuArgs(spec({ sharedMemory: true, restore: { statePath: '/s/state', memoryPath: '/s/mem' } }), '/r/qmp.sock');
   assert.deepEqual(after(a, '-incoming'), ['defer']);
   assert.equal(a.filter((x) => x === '-S').length, 1);
   assert.equal(
@@ -151,5 +152,5 @@ test('a restore starts with stopped vCPUs and waits for the state over QMP (-S -
     false,
     'the saved files are read by the driver, not named to QEMU',
   );
-  assert.equal(buildQemuArgs(spec({ memoryFile: '/dev/shm/m/abc.ram' }), '/r/qmp.sock').includes('-S'), false);
+  assert.equal(buildQemuArgs(spec({ sharedMemory: true }), '/r/qmp.sock').includes('-S'), false);
 });

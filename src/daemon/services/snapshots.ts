@@ -276,6 +276,7 @@ export class SnapshotService {
       stateBytes: saved.stateBytes,
       memoryBytes: saved.memoryBytes,
       sourceVm: r.name,
+      generation: r.generation,
       takenAt: o.takenAt,
     };
     const layerBytes = await this.layerBytes(this.d.repos.snapshots.get(id));
@@ -304,21 +305,15 @@ export class SnapshotService {
       this.d.repos.vms.update(r.id, { root_layer: tops.root, work_layer: tops.work });
     });
     if (handle) {
-      try {
-        if (!driver.switchDiskLayers) throw new BangerError('internal', `${driver.kind} cannot switch disk layers`);
-        await driver.switchDiskLayers(handle, [
-          { driveId: 'root', path: (rows[0] as DiskLayerRow).path },
-          { driveId: 'work', path: (rows[1] as DiskLayerRow).path },
-        ]);
-      } catch (e) {
-        // The VMM still writes the old tops: they stay the VM's.
-        this.d.repos.tx(() => {
-          this.d.repos.vms.update(r.id, { root_layer: current.root, work_layer: current.work });
-          for (const l of rows) this.d.repos.layers.delete(l.id);
-        });
-        await this.d.layers.discard(rows);
-        throw e;
-      }
+      if (!driver.switchDiskLayers) throw new BangerError('internal', `${driver.kind} cannot switch disk layers`);
+      // On failure nothing is undone: whether QEMU switched or not (a QMP call that timed out may
+      // still have), the recorded chain holds every write — an unswitched VMM writes the parent of
+      // an empty overlay, which reads through. The snapshot is dropped by the caller, so nothing
+      // treats the parent as frozen; the new files stay, since QEMU may have them open.
+      await driver.switchDiskLayers(handle, [
+        { driveId: 'root', path: (rows[0] as DiskLayerRow).path },
+        { driveId: 'work', path: (rows[1] as DiskLayerRow).path },
+      ]);
     }
     return current;
   }

@@ -24,7 +24,8 @@ export const NEXT_STATES: Readonly<Record<VmState, readonly VmState[]>> = {
   stopping: ['stopped', 'error', 'running'],
   // `error` after `stopped`: a guest that never became ready is stopped, then marked.
   stopped: ['starting', 'stopping', 'stopped', 'error'],
-  error: ['starting', 'stopping', 'stopped', 'error'],
+  // `suspended` again: a resume from disk that failed puts the saved state back.
+  error: ['starting', 'stopping', 'stopped', 'error', 'suspended'],
 };
 
 export function canMove(from: VmState, to: VmState): boolean {

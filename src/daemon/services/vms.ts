@@ -181,8 +181,6 @@ export class VmService {
       ssh: join(r.dir, 'ssh'),
       /** State and RAM of a VM paused to disk. */
       suspend: join(r.dir, 'suspend'),
-      /** Guest RAM of a running QEMU VM (tmpfs, mapped shared). */
-      memory: join(this.d.layout.memoryDir, `${r.id}.ram`),
     };
   }
 
@@ -299,9 +297,10 @@ export class VmService {
         transient: input.transient ? 1 : 0,
         root_layer: null,
         work_layer: null,
-        generation: 0,
+        // Re-identification bumps it: a VM from a snapshot continues its source's count.
+        generation: source?.manifest.generation ?? 0,
         // A VM from a snapshot is published only once re-identified: until then a daemon start deletes it.
-        unpublished: source?.row.has_memory ? 1 : 0,
+        unpublished: source?.row.has_memory && input.start ? 1 : 0,
       };
       // State 'created' until the create finishes: a daemon that dies before then leaves a row
       // that the next start purges (row, lease, files).
@@ -408,9 +407,8 @@ export class VmService {
       throw e;
     }
     const tops = this.diskTops(r);
-    // QEMU guests keep their RAM in a shared tmpfs file, so a snapshot copies it instead of streaming it.
-    const memoryFile = driver.snapshotSupport.memory && r.vmm === 'qemu' ? p.memory : undefined;
-    if (memoryFile) await rm(memoryFile, { force: true });
+    // QEMU guests keep their RAM in a shared memfd, so a snapshot copies it instead of streaming it.
+    const sharedMemory = driver.snapshotSupport.memory && r.vmm === 'qemu';
     const spec: VmLaunchSpec = {
       vmId: r.id,
       name: r.name,
@@ -429,16 +427,14 @@ export class VmService {
       vmmLogPath: p.vmmLog,
       agentSocketPath: p.agent,
       accel,
-      ...(memoryFile ? { memoryFile } : {}),
+      ...(sharedMemory ? { sharedMemory } : {}),
       ...(restore ? { restore: { statePath: restore.statePath, memoryPath: restore.memoryPath } } : {}),
     };
     let handle: VmmHandle;
     try {
       handle = await driver.launch(spec);
-      if (memoryFile) handle = { ...handle, memoryFile };
     } catch (e) {
       await this.d.network.detach({ ...r, tap: net.tap });
-      if (memoryFile) await rm(memoryFile, { force: true });
       throw e;
     }
     // A daemon that dies here leaves a VMM no row names: the next start finds it by the run
@@ -475,7 +471,8 @@ export class VmService {
           : alive
             ? `guest agent of ${r.name} did not become ready within ${timeoutMs / 1000}s (${(e as Error).message}); the VM was stopped and kept for inspection`
             : `the VMM of ${r.name} exited during ${restore ? 'the restore' : 'boot'}; the VM was kept for inspection`;
-      this.move(r.id, 'error', { last_error: message });
+      // Stopped and off the network: kept for inspection, not deleted at the next daemon start.
+      this.move(r.id, 'error', { last_error: message, unpublished: 0 });
       throw new BangerError(cancelled ? 'cancelled' : 'timeout', `${message}${serialTail ? `\n--- serial console tail ---\n${serialTail}` : ''}`, {
         fix: `inspect with \`banger vm logs ${r.name}\`, then \`banger vm delete ${r.name}\``,
       });
@@ -505,7 +502,8 @@ export class VmService {
    */
   private async reidentify(r: VmRow, link: AgentLink, net: { mac: string; ip: string; prefix: number; gateway: string }, full: boolean): Promise<void> {
     if (!full) {
-      await this.setGuestClock(link);
+      // Its own identity: only the clock, and a guest that will not take it still runs.
+      await this.setGuestClock(link).catch((e) => this.d.log.warn({ err: e, vm: r.name }, 'clock not set after the restore'));
       return;
     }
     const generation = r.generation + 1;
@@ -594,7 +592,6 @@ export class VmService {
     this.move(id, 'stopped', { handle: null });
     await this.d.network.detach(this.d.repos.vms.get(id));
     await rm(this.paths(r).run, { recursive: true, force: true });
-    await rm(this.paths(r).memory, { force: true });
     // A stop discards what a pause to disk saved: the next start boots.
     await rm(this.paths(r).suspend, { recursive: true, force: true });
   }
@@ -684,7 +681,6 @@ export class VmService {
       this.move(r.id, 'suspended', { handle: null });
       await this.d.network.detach(this.d.repos.vms.get(r.id));
       await rm(p.run, { recursive: true, force: true });
-      await rm(p.memory, { force: true });
       return this.toVm(this.d.repos.vms.get(r.id));
     });
   }
@@ -728,8 +724,25 @@ export class VmService {
         fix: `start it cold: banger vm start ${r.name}`,
       });
     }
-    await this.startLocked(r, ctx, 'agent', { ...files, reidentify: false });
-    await rm(p.suspend, { recursive: true, force: true });
+    // Out of the way of every stop on the failure path (a stop discards `suspend`): a restore that
+    // fails or is cancelled puts it back, and the VM is suspended again.
+    const resuming = `${p.suspend}.resuming`;
+    await rm(resuming, { recursive: true, force: true });
+    await rename(p.suspend, resuming);
+    try {
+      await this.startLocked(r, ctx, 'agent', {
+        statePath: join(resuming, 'state.bin'),
+        memoryPath: join(resuming, 'memory.bin'),
+        reidentify: false,
+      });
+    } catch (e) {
+      await rename(resuming, p.suspend);
+      const now = this.d.repos.vms.get(r.id);
+      if (!now.handle && canMove(now.state as VmState, 'suspended'))
+        this.move(r.id, 'suspended', { last_error: `resume failed: ${(e as Error).message.split('\n')[0]}` });
+      throw e;
+    }
+    await rm(resuming, { recursive: true, force: true });
   }
 
   // ---- for the snapshot service (snapshots.ts) ------------------------------------------
@@ -769,10 +782,14 @@ export class VmService {
       });
     }
     const handle = handleOf(r);
-    if (handle?.kind === 'qemu' && !handle.memoryFile) {
-      throw new BangerError('precondition_failed', `VM ${r.name} was started before banger kept guest RAM in a file, so its memory cannot be saved (${what})`, {
-        fix: `restart it once: banger vm restart ${r.name}`,
-      });
+    if (handle?.kind === 'qemu' && !handle.sharedMemory) {
+      throw new BangerError(
+        'precondition_failed',
+        `VM ${r.name} was started before banger shared guest RAM with the host, so its memory cannot be saved (${what})`,
+        {
+          fix: `restart it once: banger vm restart ${r.name}`,
+        },
+      );
     }
   }
 
@@ -963,19 +980,6 @@ export class VmService {
         last_error: clean ? null : 'the VMM process exited while the daemon was not running',
       });
       await rm(this.paths(r).run, { recursive: true, force: true });
-      await rm(this.paths(r).memory, { force: true });
-    }
-    // Guest RAM files no live VM owns (a VMM that died with the daemon, a crashed restore).
-    const owned = new Set(
-      this.d.repos.vms
-        .all()
-        .filter((v) => v.handle)
-        .map((v) => `${v.id}.ram`),
-    );
-    for (const name of await readdir(this.d.layout.memoryDir).catch(() => [] as string[])) {
-      if (owned.has(name)) continue;
-      this.d.log.warn({ file: name }, 'removing a guest RAM file no running VM owns');
-      await rm(join(this.d.layout.memoryDir, name), { force: true });
     }
     const running = this.d.repos.vms.all().filter((v) => v.state === 'running');
     // TAPs of VMs that died while the daemon was away go back to the pool's reconcile.
@@ -1101,7 +1105,6 @@ export class VmService {
     const p = this.paths(r);
     await rm(p.run, { recursive: true, force: true });
     await rm(p.dir, { recursive: true, force: true });
-    await rm(p.memory, { force: true });
     this.d.repos.vms.delete(r.id);
     // Its top layers, and the frozen ones below that nothing else needs.
     await this.d.layers.collect();

@@ -22,19 +22,19 @@ export const MEMORY_BACKEND_ID = 'ram0';
 /**
  * Pure: the machine every banger guest boots on (VMs and the KVM boot probe alike): microvm with
  * no default devices, under the seccomp sandbox (and dropping to `runAs` when given), the serial
- * console appended to a file, a kernel, an optional initrd and a command line. With a memoryFile
- * the guest RAM is that file, mapped shared (so a snapshot needs only a copy of it plus the device
+ * console appended to a file, a kernel, an optional initrd and a command line. With sharedMemory
+ * the guest RAM is a memfd mapped shared (so a snapshot needs only a copy of it plus the device
  * state); without, anonymous RAM.
  */
 export function microvmArgs(
-  o: Pick<VmLaunchSpec, 'accel' | 'vcpus' | 'memoryMib' | 'serialLogPath' | 'kernelPath' | 'initrdPath' | 'cmdline' | 'memoryFile'>,
+  o: Pick<VmLaunchSpec, 'accel' | 'vcpus' | 'memoryMib' | 'serialLogPath' | 'kernelPath' | 'initrdPath' | 'cmdline' | 'sharedMemory'>,
   confinement: ConfinementSpec = {},
 ): string[] {
   const accel = o.accel === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg,thread=multi', '-cpu', 'max'];
-  const memory = o.memoryFile ? ['-object', `memory-backend-file,id=${MEMORY_BACKEND_ID},size=${o.memoryMib}M,mem-path=${esc(o.memoryFile)},share=on`] : [];
+  const memory = o.sharedMemory ? ['-object', `memory-backend-memfd,id=${MEMORY_BACKEND_ID},size=${o.memoryMib}M,share=on`] : [];
   return [
     '-M',
-    `microvm,acpi=on,pcie=off${o.memoryFile ? `,memory-backend=${MEMORY_BACKEND_ID}` : ''}`,
+    `microvm,acpi=on,pcie=off${o.sharedMemory ? `,memory-backend=${MEMORY_BACKEND_ID}` : ''}`,
     ...accel,
     '-smp',
     String(o.vcpus),

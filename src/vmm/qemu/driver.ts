@@ -1,10 +1,11 @@
-import { lstat, rm, stat } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { lstat, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { type VmLaunchSpec, type VmmDriver, VmmError, type VmmHandle } from '../driver.js';
 import { isHandleAlive, isProcessAlive, killAndWait, readTail, spawnDetached, waitForExit, waitForSocket } from '../process.js';
 import { AGENT_DATA_PORTS, agentDataSocketPath, buildQemuArgs } from './args.js';
-import { createMemoryFile, IGNORE_SHARED, StateReceiver, sendStateFile, sparseCopyExclusive, waitForMigration } from './migration.js';
+import { copyOpenToNew, fillOpenFromFile, IGNORE_SHARED, openGuestMemory, StateReceiver, sendStateFile, waitForMigration } from './migration.js';
 import { QmpClient } from './qmp.js';
 import { type QemuConfinement, QemuConfinementCheck } from './sandbox.js';
 
@@ -19,12 +20,6 @@ export interface QemuDriverOptions {
   confinementCheck?: QemuConfinementCheck;
   /** Whether the daemon runs as root (default: its effective uid is 0). */
   isRoot?: () => boolean;
-  /**
-   * Copies a RAM file into a new file (exclusive, 0600), keeping holes; returns the bytes it
-   * occupies. Default: ./migration.ts sparseCopyExclusive (`cp --sparse=always` through node's
-   * child_process on descriptors opened here). Injectable for tests.
-   */
-  copyMemory?: (from: string, to: string) => Promise<number>;
   /** Deadline of a device-state save or load (the migration stream; default 60 s). */
   migrationTimeoutMs?: number;
 }
@@ -62,27 +57,12 @@ export class QemuDriver implements VmmDriver {
     // Before anything is started: a QEMU that cannot be sandboxed fails here, naming the fix.
     const runAsSpelling = await this.check.check(this.qemuBin, confinement);
     if (spec.restore) this.refuseUnderRunAs(confinement, 'restore a memory snapshot');
-    if (spec.restore && !spec.memoryFile) {
-      throw new VmmError('QEMU restores a memory snapshot only into a VM whose RAM is a file: the launch spec has restore but no memoryFile');
+    if (spec.restore && !spec.sharedMemory) {
+      throw new VmmError('QEMU restores a memory snapshot only into a VM whose RAM is shared: the launch spec has restore but not sharedMemory');
     }
     const qmpSocket = join(spec.runDir, 'qmp.sock');
     await rm(qmpSocket, { force: true });
     for (const path of agentSockets(spec.agentSocketPath)) await rm(path, { force: true });
-    // The RAM file is ours before QEMU sees its name (QEMU would create it itself, umask-wide, and
-    // open whatever sits at the path): fresh and sized for a boot, a sparse copy of the saved RAM
-    // for a restore; either way exclusive, 0600, never through a link.
-    if (spec.memoryFile) {
-      if (spec.restore) {
-        await this.copyMemory(spec.restore.memoryPath, spec.memoryFile);
-        const size = (await stat(spec.memoryFile)).size;
-        if (size !== spec.memoryMib * MIB) {
-          await rm(spec.memoryFile, { force: true });
-          throw new VmmError(
-            `the saved memory ${spec.restore.memoryPath} holds ${size} bytes, the VM has ${spec.memoryMib} MiB: a restore needs the saved VM's memory size`,
-          );
-        }
-      } else await createMemoryFile(spec.memoryFile, spec.memoryMib * MIB);
-    }
     const args = buildQemuArgs(spec, qmpSocket, { ...confinement, runAsSpelling });
     let handle: VmmHandle | undefined;
     try {
@@ -94,12 +74,24 @@ export class QemuDriver implements VmmDriver {
         ...(bootId ? { bootId } : {}),
         controlSocket: qmpSocket,
         agentSocket: spec.agentSocketPath,
-        ...(spec.memoryFile ? { memoryFile: spec.memoryFile } : {}),
+        ...(spec.sharedMemory ? { sharedMemory: true } : {}),
         agentTransport: 'virtio-serial',
         accel: spec.accel,
       };
       await waitForSocket(qmpSocket, 15_000, () => isProcessAlive(pid, startTime, bootId));
-      if (spec.restore) await this.loadState(handle, spec.runDir, spec.restore.statePath);
+      if (spec.restore) {
+        // -S -incoming defer: once QMP answers (its main loop runs after machine init) QEMU has made
+        // its (zero) memfd and waits; the saved RAM goes in first.
+        const h = handle;
+        await this.qmp(h, (q) => q.execute('query-status'));
+        const mem = await openGuestMemory(h.pid, spec.memoryMib * MIB, constants.O_WRONLY, () => isHandleAlive(h));
+        try {
+          await fillOpenFromFile(spec.restore.memoryPath, mem, spec.memoryMib * MIB);
+        } finally {
+          await mem.close();
+        }
+        await this.loadState(handle, spec.runDir, spec.restore.statePath);
+      }
       const state = await this.status(handle);
       if (state === 'gone' || state === 'shutdown') throw new Error(`QEMU is ${state} right after launch`);
       return handle;
@@ -108,8 +100,6 @@ export class QemuDriver implements VmmDriver {
         await killAndWait(handle.pid, handle.pidStartTime, undefined, handle.bootId).catch(() => {});
         await this.cleanup(handle);
       }
-      // The RAM file was created above for this launch only.
-      if (spec.memoryFile) await rm(spec.memoryFile, { force: true });
       await rm(join(spec.runDir, MIGRATE_IN), { force: true });
       throw new VmmError(`QEMU failed to start: ${(e as Error).message}`, await readTail(spec.vmmLogPath, 2048));
     }
@@ -175,13 +165,10 @@ export class QemuDriver implements VmmDriver {
    * stopped (runstate postmigrate; resume() runs it again). memoryBytes: what the copy occupies.
    */
   async saveState(handle: VmmHandle, out: { statePath: string; memoryPath: string }): Promise<{ stateBytes: number; memoryBytes: number }> {
-    if (!handle.memoryFile) {
-      throw new VmmError(
-        'this QEMU VM has anonymous RAM (launched without memoryFile): its memory cannot be snapshotted; start it again with its RAM in a file',
-      );
+    if (!handle.sharedMemory) {
+      throw new VmmError('this QEMU VM has private RAM (launched without sharedMemory): its memory cannot be snapshotted; start it again with its RAM shared');
     }
     this.refuseUnderRunAs(this.confinement(), 'save a memory snapshot');
-    const memoryFile = handle.memoryFile;
     const timeoutMs = this.opts.migrationTimeoutMs ?? 60_000;
     const sock = join(dirname(handle.controlSocket), MIGRATE_OUT);
     // Checked before the migration, which leaves QEMU in postmigrate: a copy that cannot start
@@ -194,6 +181,7 @@ export class QemuDriver implements VmmDriver {
     ) {
       throw new VmmError(`memory copy ${out.memoryPath} already exists: it is never overwritten; remove it if it is stale`);
     }
+    const memoryBytes = await this.memoryBytesOf(handle);
     let stateBytes = 0;
     await this.qmp(handle, async (q) => {
       const { status, running } = await q.execute<{ status: string; running: boolean }>('query-status');
@@ -212,8 +200,12 @@ export class QemuDriver implements VmmDriver {
       await receiver.close();
     });
     try {
-      const memoryBytes = await this.copyMemory(memoryFile, out.memoryPath);
-      return { stateBytes, memoryBytes };
+      const mem = await openGuestMemory(handle.pid, memoryBytes, constants.O_RDONLY, () => isHandleAlive(handle));
+      try {
+        return { stateBytes, memoryBytes: await copyOpenToNew(mem, `guest memory of pid ${handle.pid}`, out.memoryPath) };
+      } finally {
+        await mem.close();
+      }
     } catch (e) {
       await rm(out.statePath, { force: true });
       throw e;
@@ -260,8 +252,11 @@ export class QemuDriver implements VmmDriver {
     }
   }
 
-  private copyMemory(from: string, to: string): Promise<number> {
-    return (this.opts.copyMemory ?? sparseCopyExclusive)(from, to);
+  /** The VM's memory size, as QEMU reports it (the handle does not record it). */
+  private async memoryBytesOf(handle: VmmHandle): Promise<number> {
+    const r = await this.qmp(handle, (q) => q.execute<{ 'base-memory': number }>('query-memory-size-summary'));
+    if (!Number.isSafeInteger(r['base-memory']) || r['base-memory'] <= 0) throw new VmmError('QEMU reported no memory size');
+    return r['base-memory'];
   }
 
   async kill(handle: VmmHandle): Promise<void> {

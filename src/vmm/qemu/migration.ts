@@ -1,16 +1,17 @@
 import { spawn } from 'node:child_process';
 import { constants } from 'node:fs';
-import { type FileHandle, open, rm } from 'node:fs/promises';
+import { type FileHandle, open, readdir, readlink, rm } from 'node:fs/promises';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { VmmError } from '../driver.js';
 import type { QmpClient } from './qmp.js';
 
 /**
- * The file side of QEMU memory snapshots (docs/privileges.md, "QEMU memory snapshots"). Guest RAM lives in a shared
- * file (memory-backend-file share=on), so a snapshot is the device state, streamed by a `migrate`
- * with x-ignore-shared over a Unix socket the driver listens on (never `exec:`, which the seccomp
- * sandbox's spawn=deny kills), plus a sparse copy of the RAM file.
+ * The file side of QEMU memory snapshots (docs/privileges.md, "QEMU memory snapshots"). Guest RAM is
+ * a memfd mapped shared (memory-backend-memfd share=on: no name anywhere, no tmpfs quota another
+ * user can exhaust), so a snapshot is the device state, streamed by a `migrate` with
+ * x-ignore-shared over a Unix socket the driver listens on (never `exec:`, which the seccomp
+ * sandbox's spawn=deny kills), plus a sparse copy of the memfd read through /proc/<pid>/fd.
  *
  * Every file written here is created by us, O_EXCL|O_NOFOLLOW, 0600: a name that already exists
  * (a file, or a link planted there) is an error, never followed or overwritten.
@@ -21,17 +22,30 @@ const EXCLUSIVE = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | co
 /** A device-state stream larger than this is not device state (RAM is in the shared file): refused. */
 export const MAX_STATE_BYTES = 256 * 1024 * 1024;
 
-/** Creates `path` (must not exist) 0600 and sizes it (sparse) to `bytes`: the guest RAM file QEMU maps. */
-export async function createMemoryFile(path: string, bytes: number): Promise<void> {
-  const fh = await openExclusive(path, 'guest memory file');
-  try {
-    await fh.truncate(bytes);
-  } catch (e) {
-    await fh.close();
-    await rm(path, { force: true });
-    throw e;
+/** What /proc/<pid>/fd/N of QEMU's guest-RAM memfd reads as (memory-backend-memfd names it after its type). */
+const MEMFD_LINK = '/memfd:memory-backend-memfd (deleted)';
+
+/**
+ * Opens the guest-RAM memfd of a live QEMU (the caller checked pid, start time and boot id) through
+ * /proc/<pid>/fd: the one memfd of that name whose size is the VM's memory. A magic link, so it
+ * cannot be opened O_NOFOLLOW; what it opened is checked instead (a regular file with no name left,
+ * exactly `bytes` long). `stillOurs` is asked again once it is open, so a pid recycled meanwhile is
+ * never read from or written to.
+ */
+export async function openGuestMemory(pid: number, bytes: number, flags: number, stillOurs: () => Promise<boolean>): Promise<FileHandle> {
+  const dir = `/proc/${pid}/fd`;
+  const candidates: string[] = [];
+  for (const fd of await readdir(dir).catch(() => [] as string[])) {
+    if ((await readlink(`${dir}/${fd}`).catch(() => '')) === MEMFD_LINK) candidates.push(`${dir}/${fd}`);
   }
-  await fh.close();
+  for (const path of candidates) {
+    const fh = await open(path, flags).catch(() => undefined);
+    if (!fh) continue;
+    const st = await fh.stat();
+    if (st.isFile() && st.nlink === 0 && st.size === bytes && (await stillOurs())) return fh;
+    await fh.close();
+  }
+  throw new VmmError(`QEMU (pid ${pid}) holds no guest-memory memfd of ${bytes} bytes: was it started with its RAM shared?`);
 }
 
 async function openExclusive(path: string, what: string): Promise<FileHandle> {
@@ -53,34 +67,62 @@ async function openExclusive(path: string, what: string): Promise<FileHandle> {
  * the bytes the copy occupies (allocated blocks), which for a guest's RAM is what it really used.
  * Removes `to` on failure.
  */
-export async function sparseCopyExclusive(from: string, to: string, timeoutMs = 120_000): Promise<number> {
+export async function sparseCopyExclusive(from: string, to: string, timeoutMs?: number): Promise<number> {
   const src = await open(from, constants.O_RDONLY | constants.O_NOFOLLOW).catch((e: Error) => {
     throw new VmmError(`cannot open ${from}: ${e.message}`);
   });
   try {
-    const st = await src.stat();
-    if (!st.isFile()) throw new VmmError(`${from} is not a regular file`);
-    const dst = await openExclusive(to, 'memory copy');
-    try {
-      await runCp(src.fd, dst.fd, timeoutMs);
-      await dst.sync();
-      const out = await dst.stat();
-      if (out.size !== st.size) throw new VmmError(`copying ${from} to ${to} wrote ${out.size} of ${st.size} bytes`);
-      await dst.close();
-      return out.blocks * 512;
-    } catch (e) {
-      await dst.close().catch(() => {});
-      await rm(to, { force: true });
-      throw e;
-    }
+    return await copyOpenToNew(src, from, to, timeoutMs);
   } finally {
     await src.close();
   }
 }
 
-function runCp(inFd: number, outFd: number, timeoutMs: number): Promise<void> {
+/** sparseCopyExclusive from a descriptor already open (the guest's memfd). */
+export async function copyOpenToNew(src: FileHandle, from: string, to: string, timeoutMs?: number): Promise<number> {
+  const st = await src.stat();
+  if (!st.isFile()) throw new VmmError(`${from} is not a regular file`);
+  const dst = await openExclusive(to, 'memory copy');
+  try {
+    await runTool('cp', ['--sparse=always', '--', '/dev/stdin', '/dev/stdout'], src.fd, dst.fd, timeoutMs ?? copyDeadline(st.size));
+    await dst.sync();
+    const out = await dst.stat();
+    if (out.size !== st.size) throw new VmmError(`copying ${from} to ${to} wrote ${out.size} of ${st.size} bytes`);
+    await dst.close();
+    return out.blocks * 512;
+  } catch (e) {
+    await dst.close().catch(() => {});
+    await rm(to, { force: true });
+    throw e;
+  }
+}
+
+/**
+ * Writes a saved RAM image into the (fresh, zero) memfd of a QEMU waiting for its incoming state:
+ * `dd conv=sparse` on descriptors, so all-zero blocks are skipped (they are zero already) and the
+ * memfd is never truncated or reopened under QEMU's mapping. The image must be exactly its size.
+ */
+export async function fillOpenFromFile(from: string, dst: FileHandle, bytes: number, timeoutMs?: number): Promise<void> {
+  const src = await open(from, constants.O_RDONLY | constants.O_NOFOLLOW).catch((e: Error) => {
+    throw new VmmError(`cannot open the saved memory ${from}: ${e.message}`);
+  });
+  try {
+    const st = await src.stat();
+    if (!st.isFile() || st.size !== bytes) {
+      throw new VmmError(`the saved memory ${from} holds ${st.size} bytes, the VM has ${bytes}: a restore needs the saved VM's memory size`);
+    }
+    await runTool('dd', ['bs=1M', 'conv=sparse', 'status=none'], src.fd, dst.fd, timeoutMs ?? copyDeadline(bytes));
+  } finally {
+    await src.close();
+  }
+}
+
+/** At least 2 minutes, more for big memories (100 MB/s worst case). */
+const copyDeadline = (bytes: number) => Math.max(120_000, Math.ceil(bytes / 100e6) * 1000);
+
+function runTool(tool: string, args: string[], inFd: number, outFd: number, timeoutMs: number): Promise<void> {
   return new Promise((resolve, reject) => {
-    const child = spawn('cp', ['--sparse=always', '--', '/dev/stdin', '/dev/stdout'], { stdio: [inFd, outFd, 'pipe'] });
+    const child = spawn(tool, args, { stdio: [inFd, outFd, 'pipe'] });
     let stderr = '';
     child.stderr?.setEncoding('utf8');
     child.stderr?.on('data', (s: string) => {
@@ -89,12 +131,12 @@ function runCp(inFd: number, outFd: number, timeoutMs: number): Promise<void> {
     const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
     child.once('error', (e) => {
       clearTimeout(timer);
-      reject(new VmmError(`cannot run cp for the memory copy: ${e.message}`));
+      reject(new VmmError(`cannot run ${tool} for the memory copy: ${e.message}`));
     });
     child.once('close', (code, signal) => {
       clearTimeout(timer);
       if (code === 0) resolve();
-      else reject(new VmmError(`cp --sparse=always failed (${signal ?? `exit ${code}`}): ${stderr.trim()}`));
+      else reject(new VmmError(`${tool} ${args.join(' ')} failed (${signal ?? `exit ${code}`}): ${stderr.trim()}`));
     });
   });
 }
@@ -194,8 +236,13 @@ export async function sendStateFile(socketPath: string, statePath: string, timeo
         const chunk = Buffer.from(buf.subarray(0, bytesRead));
         if (!sock.write(chunk))
           await new Promise<void>((resolve, reject) => {
-            sock.once('drain', resolve);
-            sock.once('error', reject);
+            const done = (e?: Error) => {
+              sock.off('drain', done);
+              sock.off('error', done);
+              e ? reject(e) : resolve();
+            };
+            sock.once('drain', done);
+            sock.once('error', done);
           });
       }
       await new Promise<void>((resolve) => sock.end(resolve));
