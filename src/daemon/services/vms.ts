@@ -102,6 +102,8 @@ const GRACEFUL_STOP_MS = 30_000;
 /** How long "ready" waits for the guest's sshd to listen (it starts early; see earlySshdFiles). */
 const SSHD_READY_TIMEOUT_MS = 60_000;
 const SSHD_POLL_MS = 100;
+/** A clock set whose round trip took longer than this is repeated (the guest may have applied it late). */
+const CLOCK_ROUND_TRIP_MS = 200;
 
 export class VmService {
   private readonly agents = new Map<string, AgentLink>();
@@ -389,7 +391,9 @@ export class VmService {
     // An image without sshd gets one installed at first boot, which needs the package mirror: NAT.
     const firstBoot = !!r.nat && image.has_sshd === 0;
     try {
-      if (KernelService.hasBangerInitramfs(kernel)) {
+      // A restore's RAM comes from the snapshot (QEMU loads no ROM into RAM while it waits for an
+      // incoming state): the kernel's own initramfs fills the slot, the per-VM one is not built.
+      if (KernelService.hasBangerInitramfs(kernel) && !restore) {
         await buildVmInitrd({
           baseInitramfs: kernel.initrd_path as string,
           outPath: p.initrd,
@@ -456,7 +460,7 @@ export class VmService {
       await link.waitReady(timeoutMs, ctx?.signal);
       if (restore) {
         ctx?.stage(restore.reidentify ? 're-identify' : 'set clock');
-        await this.reidentify(this.d.repos.vms.get(r.id), link, net, restore.reidentify);
+        await this.reidentify(this.d.repos.vms.get(r.id), link, net, restore.reidentify, ctx);
         if (restore.reidentify) await driver.setLinkUp?.(handle, 'net0', true);
       }
     } catch (e) {
@@ -500,15 +504,24 @@ export class VmService {
    * saved); for a new VM also its hostname, machine-id, MAC, address and route, an RNG reseed and
    * a new generation, then its own SSH host key (sshd reloaded to serve it).
    */
-  private async reidentify(r: VmRow, link: AgentLink, net: { mac: string; ip: string; prefix: number; gateway: string }, full: boolean): Promise<void> {
+  private async reidentify(
+    r: VmRow,
+    link: AgentLink,
+    net: { mac: string; ip: string; prefix: number; gateway: string },
+    full: boolean,
+    ctx?: OpContext,
+  ): Promise<void> {
     if (!full) {
       // Its own identity: only the clock, and a guest that will not take it still runs.
       await this.setGuestClock(link).catch((e) => this.d.log.warn({ err: e, vm: r.name }, 'clock not set after the restore'));
       return;
     }
+    const t0 = performance.now();
+    const step = (what: string) => ctx?.log(`re-identify: ${what} at ${Math.round(performance.now() - t0)} ms`);
     const generation = r.generation + 1;
     this.d.repos.vms.update(r.id, { generation });
     const { randomBytes } = await import('node:crypto');
+    const sent = performance.now();
     await link.identitySet(
       {
         clock_unix_ms: this.d.clock.now().getTime(),
@@ -520,21 +533,32 @@ export class VmService {
       },
       10_000,
     );
+    const identityRoundTrip = performance.now() - sent;
+    step('identity set');
     for (const f of await hostKeyFiles(this.paths(r).ssh)) {
       await link.guest.writeFile(f.path, Readable.from([f.content]), { mode: f.mode, mkdirs: false });
     }
-    // sshd re-reads its host keys on SIGHUP (a reload); an image without sshd has nothing to reload.
-    await link.guest.pipeIn(
-      [
-        '/bin/sh',
-        '-c',
-        'systemctl reload ssh.service 2>/dev/null || systemctl reload sshd.service 2>/dev/null || kill -HUP $(cat /run/sshd.pid 2>/dev/null) 2>/dev/null || true',
-      ],
-      '/',
-      Readable.from([]),
-    );
-    // Once more now that the guest runs at full speed: a busy guest applies the first time late.
-    await this.setGuestClock(link);
+    step('host key written');
+    // The new key is on disk before anyone can connect (the NIC is still down), and OpenSSH's
+    // per-connection re-exec reads it from there. The listener is also told (SIGHUP: it re-execs),
+    // for sshd builds that keep keys loaded, in the background: a fresh process under TCG costs
+    // seconds right after a restore (nothing of the guest is translated yet). No sshd: nothing to do.
+    void link.guest
+      .pipeIn(
+        [
+          '/bin/sh',
+          '-c',
+          'if [ -s /run/sshd.pid ]; then kill -HUP "$(cat /run/sshd.pid)"; else systemctl reload ssh.service || systemctl reload sshd.service; fi 2>/dev/null || true',
+        ],
+        '/',
+        Readable.from([]),
+      )
+      .catch((e) => this.d.log.warn({ err: e, vm: r.name }, 'sshd reload after re-identification failed'));
+    // A guest still busy restoring may have applied the time late: set it again until quick.
+    if (identityRoundTrip > CLOCK_ROUND_TRIP_MS) {
+      await this.setGuestClock(link);
+      step('clock set again');
+    }
   }
 
   /**
@@ -543,10 +567,10 @@ export class VmService {
    * the error ends bounded by one quick round trip.
    */
   async setGuestClock(link: AgentLink): Promise<void> {
-    for (let attempt = 0; attempt < 5; attempt++) {
+    for (let attempt = 0; attempt < 4; attempt++) {
       const t0 = performance.now();
       await link.identitySet({ clock_unix_ms: this.d.clock.now().getTime() }, 10_000);
-      if (performance.now() - t0 < 100) return;
+      if (performance.now() - t0 < CLOCK_ROUND_TRIP_MS) return;
     }
   }
 
