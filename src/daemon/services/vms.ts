@@ -522,22 +522,32 @@ export class VmService {
     this.d.repos.vms.update(r.id, { generation });
     const { randomBytes } = await import('node:crypto');
     const sent = performance.now();
-    await link.identitySet(
-      {
-        clock_unix_ms: this.d.clock.now().getTime(),
-        hostname: r.name,
-        machine_id: randomBytes(16).toString('hex'),
-        net: { iface: 'eth0', mac: net.mac, addr: net.ip, prefix: net.prefix, gateway: net.gateway },
-        seed_hex: randomBytes(64).toString('hex'),
-        generation,
-      },
-      10_000,
-    );
-    const identityRoundTrip = performance.now() - sent;
-    step('identity set');
-    for (const f of await hostKeyFiles(this.paths(r).ssh)) {
-      await link.guest.writeFile(f.path, Readable.from([f.content]), { mode: f.mode, mkdirs: false });
-    }
+    let identityRoundTrip = 0;
+    // The identity (control channel) and the host key files (data channels) go at once: both are
+    // in place before the NIC comes up, which is all that is needed.
+    await Promise.all([
+      link
+        .identitySet(
+          {
+            clock_unix_ms: this.d.clock.now().getTime(),
+            hostname: r.name,
+            machine_id: randomBytes(16).toString('hex'),
+            net: { iface: 'eth0', mac: net.mac, addr: net.ip, prefix: net.prefix, gateway: net.gateway },
+            seed_hex: randomBytes(64).toString('hex'),
+            generation,
+          },
+          10_000,
+        )
+        .then(() => {
+          identityRoundTrip = performance.now() - sent;
+          step('identity set');
+        }),
+      (async () => {
+        for (const f of await hostKeyFiles(this.paths(r).ssh)) {
+          await link.guest.writeFile(f.path, Readable.from([f.content]), { mode: f.mode, mkdirs: false });
+        }
+      })(),
+    ]);
     step('host key written');
     // The new key is on disk before anyone can connect (the NIC is still down), and OpenSSH's
     // per-connection re-exec reads it from there. The listener is also told (SIGHUP: it re-execs),
