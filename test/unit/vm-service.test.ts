@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync, statSync } from 'node:fs';
-import { appendFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { appendFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { after, test } from 'node:test';
@@ -412,4 +412,30 @@ test('auto-stop leaves a VM alone while a client uses it (a followed process), a
   release(); // idempotent
   assert.deepEqual(await w.svc.stopStale(-1), ['busy']);
   assert.equal(w.repos.vms.byName('busy')?.state, 'stopped');
+});
+
+test('a resume from disk cut short by the daemon: the next start stops the half-restored VMM and suspends the VM again with its saved state', async () => {
+  const w = await world();
+  await w.svc.create({ name: 'sus', start: true }, ctx);
+  const r = w.repos.vms.byName('sus') as NonNullable<ReturnType<typeof w.repos.vms.byName>>;
+  const h = JSON.parse(r.handle as string) as VmmHandle;
+  // What resumeLocked leaves when the daemon dies inside startLocked: the state renamed aside, a
+  // live VMM, the row `starting`.
+  const resuming = join(r.dir, 'suspend.resuming');
+  await mkdir(resuming, { recursive: true });
+  await writeFile(join(resuming, 'state.bin'), 'SAVED DEVICE STATE');
+  await writeFile(join(resuming, 'memory.bin'), 'SAVED RAM');
+  w.repos.vms.update(r.id, { state: 'starting' });
+  w.svc.close();
+  const again = await world({}, w);
+  await again.svc.reconcile();
+  const after1 = again.repos.vms.get(r.id);
+  assert.equal(after1.state, 'suspended');
+  assert.equal(after1.handle, null);
+  assert.match(after1.last_error ?? '', /resume again/);
+  assert.equal(await readFile(join(r.dir, 'suspend', 'state.bin'), 'utf8'), 'SAVED DEVICE STATE', 'the saved state is back where a resume reads it');
+  assert.equal(existsSync(resuming), false);
+  const vmm = w.vmms.get(h.pid);
+  assert.ok(vmm, 'the fake VMM of the VM');
+  assert.equal(vmm.signalCode, 'SIGKILL', 'the half-restored VMM was stopped');
 });

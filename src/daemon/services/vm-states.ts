@@ -14,8 +14,10 @@ import type { VmState } from '../../api/schemas.js';
 export const NEXT_STATES: Readonly<Record<VmState, readonly VmState[]>> = {
   // --no-start ends a create in `stopped`; a start that launched goes to `starting`.
   created: ['starting', 'stopped'],
-  starting: ['running', 'stopping', 'stopped', 'error'],
-  running: ['paused', 'stopping', 'stopped', 'error'],
+  // `suspended` from starting/running: a resume from disk cut short by the daemon's death is undone
+  // at the next start (its saved state is still there).
+  starting: ['running', 'stopping', 'stopped', 'error', 'suspended'],
+  running: ['paused', 'stopping', 'stopped', 'error', 'suspended'],
   // `vm pause`: the VMM lives with its vCPUs stopped; `--to-disk` goes on to `suspended`.
   paused: ['running', 'suspended', 'stopping', 'stopped', 'error'],
   // State and RAM saved on disk, no VMM: a resume restores it (through `starting`).

@@ -977,9 +977,10 @@ export class VmService {
   async reconcile(): Promise<void> {
     await this.logCapper.checkNow();
     await this.reconcileLeftovers();
-    for (const r of this.d.repos.vms.all()) {
+    for (const r0 of this.d.repos.vms.all()) {
       // Rows from before disk layers: their disk files move into the layer store once.
-      if (!r.root_layer || !r.work_layer) await this.d.layers.adoptLegacy(r, this.d.driver(r.vmm as VmmKind).rootDiskFormat);
+      if (!r0.root_layer || !r0.work_layer) await this.d.layers.adoptLegacy(r0, this.d.driver(r0.vmm as VmmKind).rootDiskFormat);
+      const r = await this.recoverCutResume(this.d.repos.vms.get(r0.id));
       if (!r.handle) {
         if (isLiveState(r.state as VmState)) this.move(r.id, 'stopped');
         if (r.state === 'suspended' && !(await stat(join(this.paths(r).suspend, 'state.bin')).catch(() => undefined))) {
@@ -1021,6 +1022,26 @@ export class VmService {
     await this.d.network.reconcile(running);
     await this.d.network.applyNat().catch((e) => this.d.log.warn({ err: e }, 'NAT reconcile failed'));
     this.logCapper.start();
+  }
+
+  /**
+   * A resume from disk that the daemon's death cut short left its saved state renamed
+   * `suspend.resuming`: whatever the VMM got to (it may still wait for its state), it is stopped
+   * and the VM is suspended again with its state, so nothing saved is lost; `vm resume` redoes it.
+   */
+  private async recoverCutResume(r: VmRow): Promise<VmRow> {
+    const p = this.paths(r);
+    const resuming = `${p.suspend}.resuming`;
+    if (!(await stat(join(resuming, 'state.bin')).catch(() => undefined))) return r;
+    this.d.log.warn({ vm: r.name }, 'a resume from disk was cut short: the VM is suspended again with its saved state');
+    const h = handleOf(r);
+    if (h && (await isHandleAlive(h))) await this.d.driver(h.kind).kill(h);
+    if (r.tap) await this.d.network.detach(r).catch((e) => this.d.log.warn({ err: e }, 'TAP cleanup failed'));
+    await rm(p.suspend, { recursive: true, force: true });
+    await rename(resuming, p.suspend);
+    await rm(p.run, { recursive: true, force: true });
+    this.move(r.id, 'suspended', { handle: null, tap: null, last_error: 'a resume was cut short by the daemon stopping: resume again' });
+    return this.d.repos.vms.get(r.id);
   }
 
   /**
