@@ -196,8 +196,16 @@ describe('warm start on real VMs', { skip: requires(assets, 'guest assets missin
     const paused = await home.json<Vm>(['vm', 'pause', 'src']);
     assert.equal(paused.state, 'paused');
     const refused = await home.banger(['vm', 'exec', 'src', '--', 'true']);
+    // Two memory snapshots of a VM that stays paused (QEMU refuses a second migration unless it ran).
+    const p1 = await home.banger(['vm', 'snapshot', 'src', '--name', 'p1']);
+    const p2 = await home.banger(['vm', 'snapshot', 'src', '--name', 'p2']);
+    const stillPaused = await home.json<Vm>(['vm', 'show', 'src']);
     // Resumed before asserting: the tests after this one need src running.
     const resumedResident = await home.json<Vm>(['vm', 'resume', 'src']);
+    assert.equal(p1.code, 0, p1.stderr);
+    assert.equal(p2.code, 0, p2.stderr);
+    assert.equal(stillPaused.state, 'paused', 'a snapshot leaves a paused VM paused');
+    await home.ok(['snapshot', 'delete', 'p1', 'p2']);
     assert.notEqual(refused.code, 0);
     assert.match(refused.stderr, /banger vm resume src/);
     assert.equal(resumedResident.state, 'running');

@@ -186,6 +186,12 @@ export class QemuDriver implements VmmDriver {
     await this.qmp(handle, async (q) => {
       const { status, running } = await q.execute<{ status: string; running: boolean }>('query-status');
       if (running) throw new VmmError(`saveState needs a paused VM; this one is ${status}`);
+      // After a save QEMU refuses another migration until the VM ran ("paused due to previous
+      // migration"): a VM kept paused since its last snapshot runs for an instant, then stops again.
+      if (status === 'postmigrate') {
+        await q.execute('cont');
+        await q.execute('stop');
+      }
       const receiver = await StateReceiver.listen(sock, out.statePath);
       try {
         await q.execute('migrate-set-capabilities', IGNORE_SHARED);
