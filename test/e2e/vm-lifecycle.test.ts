@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { chmodSync, existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { readdir } from 'node:fs/promises';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import Database from 'better-sqlite3';
 import type { Vm } from '../../src/api/schemas.js';
@@ -42,6 +42,13 @@ describe('VM lifecycle on real QEMU', { skip }, () => {
   const assertNoTraceOf = async (vm: Pick<Vm, 'id' | 'name'>) => {
     assert.deepEqual(await qemuPids(vm.name), [], `no QEMU left for ${vm.name}`);
     assert.equal(existsSync(join(home.dir, 'state', 'vms', vm.id)), false, 'state dir removed');
+    // Its disk layers went with it: every file left in the layer store belongs to a VM still there.
+    const kept = new Set((await Promise.all(rows().map((r) => home.vmDisks(r.id)))).flatMap((d) => [...d.root, ...d.work].map((p) => basename(p))));
+    assert.deepEqual(
+      readdirSync(join(home.dir, 'state', 'layers')).filter((f) => !kept.has(f)),
+      [],
+      'no disk layer of a deleted VM is left',
+    );
     assert.equal(existsSync(join(home.dir, 'run', 'vms', vm.id)), false, 'run dir (sockets) removed');
     assert.equal(
       rows().some((r) => r.id === vm.id),
@@ -164,7 +171,8 @@ describe('VM lifecycle on real QEMU', { skip }, () => {
 
   test('restart reboots the VM with its name, address and disks; a file on the work disk survives; a follow of the old boot ends with it', async () => {
     const before = await home.json<Vm>(['vm', 'show', 'alpha']);
-    const workInode = statSync(join(before.dir, 'work.ext4')).ino;
+    const workTop = (await home.vmDisks(before.id)).work[0] as string;
+    const workInode = statSync(workTop).ino;
     const oldBoot = await bootId();
     assert.match(oldBoot, /^[0-9a-f-]{36}$/);
     const token = randomUUID();
@@ -187,7 +195,8 @@ describe('VM lifecycle on real QEMU', { skip }, () => {
     for (const k of ['id', 'name', 'ip', 'dir', 'imageName', 'vcpus', 'memoryMib', 'diskSizeBytes', 'nat'] as const) {
       assert.deepEqual(after[k], before[k], `${k} kept across the restart`);
     }
-    assert.equal(statSync(join(after.dir, 'work.ext4')).ino, workInode, 'the same work disk file');
+    assert.equal((await home.vmDisks(after.id)).work[0], workTop, 'the same work disk top layer');
+    assert.equal(statSync(workTop).ino, workInode, 'the same work disk file');
     assert.equal((await home.json<{ ready: boolean; hostname: string }>(['vm', 'health', 'alpha'])).hostname, 'alpha');
     const newBoot = await bootId();
     assert.match(newBoot, /^[0-9a-f-]{36}$/);
@@ -322,8 +331,11 @@ describe('VM lifecycle on real QEMU', { skip }, () => {
   test('a work disk from before guest-side seeding (label banger-work) keeps its files: it is never seeded over', async () => {
     await home.ok(['vm', 'create', '--name', 'legacy', '--no-start', '--disk-size', '1G']);
     const vm = await home.json<Vm>(['vm', 'show', 'legacy']);
-    // What an older banger left: its own files in a disk labelled banger-work.
-    const work = join(vm.dir, 'work.ext4');
+    // What an older banger left: its own files in a disk labelled banger-work (written into the
+    // work disk's raw base: its qcow2 top is still empty, so the guest sees the base).
+    const workChain = (await home.vmDisks(vm.id)).work;
+    assert.equal(workChain.length, 2, `a qcow2 top over a raw base: ${workChain.join(' ')}`);
+    const work = workChain[1] as string;
     writeFileSync(join(vm.dir, 'mine.txt'), 'the user’s\n');
     execFileSync('e2label', [work, 'banger-work']);
     execFileSync('debugfs', ['-w', '-R', `write ${join(vm.dir, 'mine.txt')} mine.txt`, work], { stdio: 'ignore' });

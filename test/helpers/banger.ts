@@ -71,6 +71,32 @@ export class TestHome {
     return join(this.dir, 'config', 'config.toml');
   }
 
+  /**
+   * A VM's disks as the store records them (docs/snapshots.md): each disk's chain of layer files,
+   * top (the file its VMM writes) first; a QEMU work disk's last one is the raw ext4 the host made.
+   */
+  async vmDisks(vmId: string): Promise<{ root: string[]; work: string[] }> {
+    const { default: Database } = await import('better-sqlite3');
+    const db = new Database(this.dbPath, { readonly: true, fileMustExist: true });
+    try {
+      const vm = db.prepare('SELECT root_layer, work_layer FROM vms WHERE id = ?').get(vmId) as { root_layer: string; work_layer: string } | undefined;
+      if (!vm) throw new Error(`no VM ${vmId} in ${this.dbPath}`);
+      const chain = (top: string) => {
+        const paths: string[] = [];
+        for (let id: string | null = top; id; ) {
+          const l = db.prepare('SELECT path, parent_id FROM disk_layers WHERE id = ?').get(id) as { path: string; parent_id: string | null } | undefined;
+          if (!l) break;
+          paths.push(l.path);
+          id = l.parent_id;
+        }
+        return paths;
+      };
+      return { root: chain(vm.root_layer), work: chain(vm.work_layer) };
+    } finally {
+      db.close();
+    }
+  }
+
   /** Runs a command inside this home's namespace (or directly when it has none). */
   exec(cmd: string, args: string[], timeoutMs = 60_000, extraEnv: NodeJS.ProcessEnv = {}): Promise<Result> {
     const env = { ...this.env, ...extraEnv };
