@@ -336,7 +336,7 @@ export function vmConcurrencyBenchmark(): Benchmark {
 }
 
 /** VMMs outlive their daemon by design: a benchmark's home deletes its VMs before it stops the daemon. */
-export async function deleteAllVms(banger: (...args: string[]) => Promise<string>): Promise<void> {
+async function deleteAllVms(banger: (...args: string[]) => Promise<string>): Promise<void> {
   const listed = await banger('vm', 'list', '--json').catch(() => '{"vms":[]}');
   const names = (JSON.parse(listed) as { vms: Array<{ name: string }> }).vms.map((v) => v.name);
   if (names.length) await banger('vm', 'delete', ...names).catch(() => '');

@@ -1,53 +1,25 @@
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
 import type { Operation, Snapshot } from '../src/api/schemas.js';
-import { BANGER } from './home.js';
-import { type Benchmark, type MetricBenchmark, percentile, run } from './lib.js';
-import { assets, deleteAllVms } from './vm.js';
+import { type Benchmark, type MetricBenchmark, percentile } from './lib.js';
+import { nsHome } from './vm.js';
 
 /**
  * Warm start (docs/snapshots.md) against cold boots of the same image and size, each side in the
- * same daemon inside a private network namespace: `vm create` from the warm pool vs `vm create
- * --cold`, `vm fork --count 3` vs three cold creates at once, and what a snapshot of a running
+ * same daemon inside a private network namespace (vm.ts nsHome, image `debian-bookworm`): `vm
+ * create` from the warm pool vs `vm create --cold`, `vm fork --count 3` vs three cold creates at once, and what a snapshot of a running
  * 1 GiB VM costs.
  */
 function warmHome(tag: string, memoryMib = 512) {
-  let dir = '';
-  const netns = `bgw-${tag}-${process.pid}`;
   const accel = process.env.BENCH_ACCEL ?? 'tcg';
-  const env = () => {
-    const e: NodeJS.ProcessEnv = { ...process.env, BANGER_HOME: dir };
-    delete e.BANGER_CONFIG;
-    return e;
-  };
-  const banger = (...args: string[]) => run('ip', ['netns', 'exec', netns, process.execPath, BANGER, ...args], env(), 600_000);
+  const home = nsHome(`w${tag}`, `accel = "${accel}"\n[vm_defaults]\nvcpu = 2\nmemory_mib = ${memoryMib}\ndisk_size = "1G"\n`);
   return {
-    banger,
+    ...home,
     accel,
-    async setup() {
-      const a = assets();
-      dir = await mkdtemp('/tmp/bg-bwarm-');
-      await run('ip', ['netns', 'add', netns]).catch(() => '');
-      await run('ip', ['netns', 'exec', netns, 'ip', 'link', 'set', 'lo', 'up']);
-      await mkdir(join(dir, 'config'), { recursive: true });
-      await writeFile(join(dir, 'config', 'config.toml'), `accel = "${accel}"\n[vm_defaults]\nvcpu = 2\nmemory_mib = ${memoryMib}\ndisk_size = "1G"\n`);
-      await banger('kernel', 'import', 'k', '--from', a.kernelDir);
-      await banger('image', 'register', '--name', 'img', '--rootfs', a.rootfs, '--kernel-ref', 'k');
-    },
     /** The daemon's own time of the last operation on `target` (ms). */
     async opMs(target: string, kind: string): Promise<number> {
-      const { operations } = JSON.parse(await banger('daemon', 'ops', '--json')) as { operations: Operation[] };
+      const { operations } = JSON.parse(await home.banger('daemon', 'ops', '--json')) as { operations: Operation[] };
       const op = operations.filter((o) => o.target === target && o.kind === kind && o.endedAt).pop();
       if (!op?.endedAt) throw new Error(`no finished ${kind} operation on ${target}`);
       return Date.parse(op.endedAt) - Date.parse(op.createdAt);
-    },
-    async teardown() {
-      if (dir) {
-        await deleteAllVms(banger);
-        await banger('daemon', 'stop').catch(() => '');
-        await rm(dir, { recursive: true, force: true });
-      }
-      await run('ip', ['netns', 'del', netns]).catch(() => '');
     },
   };
 }
@@ -69,14 +41,14 @@ export function warmCreateBenchmark(): Benchmark {
     warmup: 1,
     async setup() {
       await h.setup();
-      await h.banger('image', 'warm', 'img');
+      await h.banger('image', 'warm', 'debian-bookworm');
     },
     async candidate() {
       n++;
-      await h.banger('vm', 'create', '--name', `warm-${n}`, '--image', 'img', '--wait-for', 'agent');
+      await h.banger('vm', 'create', '--name', `warm-${n}`, '--image', 'debian-bookworm', '--wait-for', 'agent');
     },
     async baseline() {
-      await h.banger('vm', 'create', '--name', `cold-${n}`, '--image', 'img', '--wait-for', 'agent', '--cold');
+      await h.banger('vm', 'create', '--name', `cold-${n}`, '--image', 'debian-bookworm', '--wait-for', 'agent', '--cold');
     },
     async afterCandidate() {
       warmOps.push(await h.opMs(`warm-${n}`, 'vm.create'));
@@ -111,14 +83,14 @@ export function forkBenchmark(): Benchmark {
     warmup: 1,
     async setup() {
       await h.setup();
-      await h.banger('vm', 'create', '--name', 'src', '--image', 'img');
+      await h.banger('vm', 'create', '--name', 'src', '--image', 'debian-bookworm');
     },
     async candidate() {
       n++;
       await h.banger('vm', 'fork', 'src', '--count', '3', '--name', `f${n}a`, `f${n}b`, `f${n}c`);
     },
     async baseline() {
-      await Promise.all(['a', 'b', 'c'].map((k) => h.banger('vm', 'create', '--name', `c${n}${k}`, '--image', 'img', '--cold')));
+      await Promise.all(['a', 'b', 'c'].map((k) => h.banger('vm', 'create', '--name', `c${n}${k}`, '--image', 'debian-bookworm', '--cold')));
     },
     afterCandidate: () => h.banger('vm', 'delete', `f${n}a`, `f${n}b`, `f${n}c`).then(() => undefined),
     afterBaseline: () => h.banger('vm', 'delete', `c${n}a`, `c${n}b`, `c${n}c`).then(() => undefined),
@@ -136,7 +108,7 @@ export function snapshotCostBenchmark(): MetricBenchmark {
     description: 'a memory snapshot of a running 1 GiB VM (booted, 256 MiB of its page cache filled): operation time and bytes written',
     async setup() {
       await h.setup();
-      await h.banger('vm', 'create', '--name', 'big', '--image', 'img');
+      await h.banger('vm', 'create', '--name', 'big', '--image', 'debian-bookworm');
       // Some touched memory, as a VM that did work has: 256 MiB written through the page cache.
       await h.banger('vm', 'exec', 'big', '--', 'sh', '-c', 'head -c 268435456 /dev/urandom > /tmp/fill && sync');
     },
