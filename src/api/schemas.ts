@@ -114,6 +114,8 @@ export const ImageSchema = z.object({
   sizeBytes: z.number(),
   source: z.string(),
   createdAt: z.string(),
+  /** Software a recipe installed at pinned versions (package → version), e.g. the agents image's Node.js and coding agents. */
+  software: z.record(z.string(), z.string()),
 });
 export type Image = z.infer<typeof ImageSchema>;
 

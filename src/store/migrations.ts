@@ -155,6 +155,13 @@ export const MIGRATIONS: readonly Migration[] = [
       CREATE INDEX snapshots_warm ON snapshots(warm_key);
     `,
   },
+  {
+    version: 8,
+    // What a recipe image installed at pinned versions (e.g. Node.js and the coding agents of
+    // debian-bookworm-agents), as a JSON object package → version; shown by `image show`.
+    name: 'image software',
+    sql: `ALTER TABLE images ADD COLUMN software TEXT NOT NULL DEFAULT '{}';`,
+  },
 ];
 
 export const LATEST_VERSION = MIGRATIONS.reduce((m, x) => Math.max(m, x.version), 0);

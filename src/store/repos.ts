@@ -28,6 +28,8 @@ export interface ImageRow {
   size_bytes: number;
   source: string;
   created_at: string;
+  /** JSON object package → version (migration 8); '{}' for images that record none. */
+  software?: string;
 }
 
 export interface VmRow {
@@ -132,9 +134,9 @@ export class Repos {
     insert: (r: ImageRow) =>
       this.db
         .prepare(
-          'INSERT INTO images (id, name, rootfs_path, kernel_id, managed, has_systemd, has_sshd, digest, size_bytes, source, created_at) VALUES (@id, @name, @rootfs_path, @kernel_id, @managed, @has_systemd, @has_sshd, @digest, @size_bytes, @source, @created_at)',
+          'INSERT INTO images (id, name, rootfs_path, kernel_id, managed, has_systemd, has_sshd, digest, size_bytes, source, created_at, software) VALUES (@id, @name, @rootfs_path, @kernel_id, @managed, @has_systemd, @has_sshd, @digest, @size_bytes, @source, @created_at, @software)',
         )
-        .run(r),
+        .run({ ...r, software: r.software ?? '{}' }),
     delete: (id: string) => this.db.prepare('DELETE FROM images WHERE id = ?').run(id),
     vmNames: (id: string) => (this.db.prepare('SELECT name FROM vms WHERE image_id = ? ORDER BY name').all(id) as Array<{ name: string }>).map((r) => r.name),
   };

@@ -25,6 +25,6 @@ test('loadImageCatalog: built-ins, then configured catalogs replacing by name', 
   const builtin = BUILTIN_IMAGES[0] as (typeof BUILTIN_IMAGES)[number];
   await writeFile(join(dir, 'c.json'), JSON.stringify({ images: [oci, { ...oci, name: builtin.name, description: 'mine' }] }));
   const all = await loadImageCatalog(['c.json'], dir);
-  assert.deepEqual(all.map((e) => e.name).sort(), ['app', builtin.name].sort());
+  assert.deepEqual(all.map((e) => e.name).sort(), ['app', ...BUILTIN_IMAGES.map((e) => e.name)].sort());
   assert.equal(all.find((e) => e.name === builtin.name)?.description, 'mine');
 });

@@ -172,6 +172,10 @@ export function registerImageCommands(program: Command): void {
         ['size', formatBytes(i.sizeBytes)],
         ['source', i.source],
         ['created', i.createdAt],
+        // Pinned at build time (a recipe's npm lock): one package per line.
+        ...Object.entries(i.software ?? {})
+          .sort(([a], [b]) => a.localeCompare(b))
+          .map(([pkg, version], n): [string, string] => [n === 0 ? 'software' : '', `${pkg} ${version}`]),
       ]);
     });
 

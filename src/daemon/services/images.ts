@@ -5,13 +5,22 @@ import { pathToFileURL } from 'node:url';
 import { BangerError, notFound } from '../../api/errors.js';
 import type { Image, ImageCatalogList, ImagePullRequest } from '../../api/schemas.js';
 import { displayUrl, downloadCached } from '../../archive/download.js';
+import { packTree } from '../../archive/pack-tree.js';
 import { readRegularNoFollow, safeExtract } from '../../archive/safe-extract.js';
 import type { Layout } from '../../config/layout.js';
 import type { DiskTools } from '../../host/disks.js';
 import type { CommandRunner } from '../../host/runner.js';
 import type { ScratchSpace } from '../../host/scratch.js';
-import { BundleManifestSchema, type ImageCatalogEntry, loadImageCatalog } from '../../images/catalog.js';
-import { RootfsLedger } from '../../images/layer-apply.js';
+import {
+  BundleManifestSchema,
+  type ImageCatalogEntry,
+  loadImageCatalog,
+  loadImageCatalogSourced,
+  type RecipeSpec,
+  recipeFilesBase,
+} from '../../images/catalog.js';
+import { applyLayer, RootfsLedger } from '../../images/layer-apply.js';
+import { buildNpmLayer, copyOverlay, readPinnedLock } from '../../images/npm-layer.js';
 import { fetchAndFlatten } from '../../images/oci-pull.js';
 import { runRecipe } from '../../images/recipe.js';
 import { buildRootfs, imageSizeFor } from '../../images/rootfs-build.js';
@@ -51,6 +60,18 @@ async function anyPresent(tree: string, paths: string[]): Promise<boolean> {
       return true;
   }
   return false;
+}
+
+/** The `software` column as an object; anything malformed reads as none (it is our own JSON, bounded by the lock check). */
+function parseSoftware(text: string | undefined): Record<string, string> {
+  if (!text) return {};
+  try {
+    const v = JSON.parse(text) as unknown;
+    if (!v || typeof v !== 'object' || Array.isArray(v)) return {};
+    return Object.fromEntries(Object.entries(v).filter((e): e is [string, string] => typeof e[1] === 'string'));
+  } catch {
+    return {};
+  }
 }
 
 export interface ImageServiceOptions {
@@ -130,7 +151,7 @@ export class ImageService {
         kind: e.source.kind,
         source:
           e.source.kind === 'recipe'
-            ? `mmdebstrap ${e.source.suite} ${e.source.variant}${e.source.packages.length ? ` +${e.source.packages.length} packages` : ''}`
+            ? `mmdebstrap ${e.source.suite} ${e.source.variant}${e.source.packages.length ? ` +${e.source.packages.length} packages` : ''}${e.source.npm ? ' + npm packages' : ''}`
             : e.source.kind === 'bundle'
               ? displayUrl(e.source.url)
               : e.source.ref,
@@ -184,10 +205,13 @@ export class ImageService {
    * failure leaves neither.
    */
   async pull(req: ImagePullRequest, ctx: OpContext): Promise<Image> {
-    const entry = (await this.catalog(ctx.signal)).find((e) => e.name === req.ref);
+    const sourced = (await loadImageCatalogSourced(this.opts.catalogs ?? [], dirname(this.layout.configFile), ctx.signal)).find(
+      (s) => s.entry.name === req.ref,
+    );
+    const entry = sourced?.entry;
     if (entry?.source.kind === 'oci')
       return this.pullOci({ ...req, ref: entry.source.ref, name: req.name ?? entry.name, kernelRef: req.kernelRef ?? entry.kernel }, ctx);
-    if (entry) return this.pullEntry(entry, req, ctx);
+    if (sourced && entry) return this.pullEntry(entry, sourced.origin, req, ctx);
     return this.pullOci(req, ctx);
   }
 
@@ -230,6 +254,30 @@ export class ImageService {
         await rm(staging, { recursive: true, force: true });
       }
     });
+  }
+
+  /**
+   * A recipe's own layer, assembled in `layer` (banger's directory): the npm packages of
+   * `source.npm` (npm-layer.ts) and the files of `source.overlay`. Returns the pinned versions.
+   */
+  private async buildRecipeLayer(source: RecipeSpec, base: string, layer: string, ctx: OpContext): Promise<Record<string, string>> {
+    let software: Record<string, string> = {};
+    if (source.npm) {
+      const dir = join(base, source.npm.dir);
+      const pinned = await readPinnedLock(dir);
+      ctx.stage(
+        'install npm packages',
+        Object.entries(pinned.software)
+          .map(([n, v]) => `${n}@${v}`)
+          .join(', '),
+      );
+      software = await buildNpmLayer(this.runner, { ...source.npm, dir }, layer, join(this.layout.cacheDir, 'npm'), ctx);
+    }
+    if (source.overlay) {
+      ctx.stage('copy files', source.overlay);
+      await copyOverlay(join(base, source.overlay), layer);
+    }
+    return software;
   }
 
   /** Turns a flattened tree into the workspace's rootfs.ext4 (its /root seeds each VM's work disk in the guest). */
@@ -286,19 +334,35 @@ export class ImageService {
     });
   }
 
-  private async pullEntry(entry: ImageCatalogEntry, req: ImagePullRequest, ctx: OpContext): Promise<Image> {
+  private async pullEntry(entry: ImageCatalogEntry, origin: string, req: ImagePullRequest, ctx: OpContext): Promise<Image> {
     const name = req.name ?? entry.name;
     this.assertNameFree(name);
     const kernelId = await this.kernelFor(req.kernelRef ?? entry.kernel, ctx);
     const source = entry.source;
     if (source.kind === 'recipe') {
+      // Checked before the long build: a URL catalog may not name host files.
+      const filesBase = source.npm || source.overlay ? recipeFilesBase(origin, entry.name) : undefined;
       return this.staged(name, ctx, async (w) => {
-        const tree = await this.scratch.make('image-tree', 2 * 1024 ** 3);
+        const tree = await this.scratch.make('image-tree', (source.npm ? 4 : 2) * 1024 ** 3);
+        let layer: string | undefined;
         try {
           const asRoot = process.getuid?.() === 0;
           const ledger = new RootfsLedger();
           ctx.stage('build image', `mmdebstrap ${source.suite} (${source.variant}${source.packages.length ? ` + ${source.packages.length} packages` : ''})`);
           await runRecipe(this.runner, source, this.opts.debianMirror, tree, ledger, asRoot, ctx);
+          let software: Record<string, string> = {};
+          if (filesBase) {
+            layer = await this.scratch.make('recipe-layer', 2 * 1024 ** 3);
+            software = await this.buildRecipeLayer(source, filesBase, layer, ctx);
+            ctx.stage('apply layer', 'npm packages and files over the Debian tree');
+            await applyLayer(
+              packTree(layer, { name: '' }),
+              { root: tree, chownOnDisk: asRoot, label: `${entry.name} recipe layer`, maxBytes: 16 * 1024 ** 3, maxEntries: 2_000_000 },
+              ledger,
+            );
+            await rm(layer, { recursive: true, force: true });
+            layer = undefined;
+          }
           const t = await this.finishTree(w, tree, ledger, req.sizeBytes, asRoot, ctx);
           return {
             kernel_id: kernelId,
@@ -307,8 +371,10 @@ export class ImageService {
             digest: null,
             size_bytes: t.sizeBytes,
             source: `catalog:${entry.name} recipe`,
+            software: JSON.stringify(software),
           };
         } finally {
+          if (layer) await rm(layer, { recursive: true, force: true });
           await rm(tree, { recursive: true, force: true });
         }
       });
@@ -398,6 +464,7 @@ export class ImageService {
       sizeBytes: r.size_bytes,
       source: r.source,
       createdAt: r.created_at,
+      software: parseSoftware(r.software),
     };
   }
 
