@@ -86,6 +86,10 @@ if [[ -z "${BANGER_SKIP_E2E:-}" ]]; then
     echo "boot gate failed: no end-to-end test runs (the output above says why)" >&2
     exit 1
   fi
+  # The agents image (debian-bookworm-agents) from the real registries, cached outside the clone
+  # keyed by its pinned npm lock and files: minutes when cold, nothing when cached.
+  step "agents image (cached in ${BANGER_ASSET_CACHE:-$HOME/.cache/banger-test-assets})"
+  node dist/test/e2e/agents-image-prepare.js
   step "end-to-end tests on real VMs"
   mapfile -t files < <(tests dist/test/e2e)
   node_test 2-e2e 1 "$e2e_timeout" "${files[@]}"

@@ -14,7 +14,7 @@ const CatalogRelativePath = z.string().refine((p) => plainRelativePath(p), { mes
 
 /**
  * npm packages installed into the image on the host, from a pinned lock (src/images/npm-layer.ts,
- * docs/images.md "npm packages in recipes"). Only built-in entries and local catalog files may use
+ * docs/config.md "npm packages in recipes"). Only built-in entries and local catalog files may use
  * it, and `overlay`: they read files next to the catalog.
  */
 const NpmSource = z

@@ -51,7 +51,7 @@ export interface PinnedLock {
 
 const bad = (dir: string, why: string) =>
   new BangerError('rejected_content', `the npm lock in ${dir} ${why}`, {
-    fix: 'regenerate it with `npm install --package-lock-only --ignore-scripts` from exact versions (docs/images.md, "npm packages in recipes")',
+    fix: 'regenerate it with `npm install --package-lock-only --ignore-scripts` from exact versions (docs/config.md, "npm packages in recipes")',
   });
 
 /**

@@ -29,7 +29,25 @@ export class TestHome {
     readonly netns?: string,
     /** False when the namespace is another home's (`sharedNetnsOf`): destroy leaves it. */
     private readonly ownsNetns = true,
+    /** False for a home kept between runs (`reuse`): destroy stops its daemon and leaves its files. */
+    private readonly ownsDir = true,
   ) {}
+
+  /**
+   * A home kept between runs (e.g. one holding a cached image, test/helpers/agents-image.ts): the
+   * config is rewritten, the directory is left in place by destroy.
+   */
+  static async reuse(dir: string, config: string, opts: { netns?: boolean } = {}): Promise<TestHome> {
+    await mkdir(join(dir, 'config'), { recursive: true });
+    await writeFile(join(dir, 'config', 'config.toml'), config);
+    let netns: string | undefined;
+    if (opts.netns) {
+      netns = `bgt-${Math.random().toString(36).slice(2, 8)}`;
+      await runProcess('ip', ['netns', 'add', netns], {}, 10_000);
+      await runProcess('ip', ['netns', 'exec', netns, 'ip', 'link', 'set', 'lo', 'up'], {}, 10_000);
+    }
+    return new TestHome(dir, netns, true, false);
+  }
 
   /**
    * `netns: true` runs everything inside a fresh network namespace with only loopback, so bridges,
@@ -159,7 +177,7 @@ export class TestHome {
     const deadline = Date.now() + 5000;
     while (pids.some(isAlive) && Date.now() < deadline) await sleep(25);
     for (const pid of [...pids, ...(await pidsMentioning(this.dir))]) if (isAlive(pid)) signal(pid, 'SIGKILL');
-    await rm(this.dir, { recursive: true, force: true });
+    if (this.ownsDir) await rm(this.dir, { recursive: true, force: true });
     if (this.netns && this.ownsNetns) await runProcess('ip', ['netns', 'del', this.netns], {}, 10_000).catch(() => {});
   }
 }
