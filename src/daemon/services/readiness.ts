@@ -37,9 +37,6 @@ export interface ReadinessOptions {
   attemptTimeoutMs?: number;
 }
 
-/** How a failed check is told apart from a stopped VM or a cancel: the caller keeps the VM on this one. */
-export class ReadinessTimeout extends BangerError {}
-
 const PORT_POLL_MS = 500;
 const COMMAND_RETRY_MS = 1000;
 const ATTEMPT_TIMEOUT_MS = 30_000;
@@ -73,9 +70,9 @@ export function describeCheck(c: ReadyCheck): string {
 }
 
 /**
- * Waits until every check holds, in order. Rejects with {@link ReadinessTimeout} (code `timeout`)
- * naming the check and its last result when the deadline passes, `conflict` when the VM stopped
- * meanwhile, `cancelled` when the operation was cancelled.
+ * Waits until every check holds, in order. Rejects with `timeout` naming the check and its last
+ * result when the deadline passes (the caller keeps the VM running), `conflict` when the VM
+ * stopped meanwhile, `cancelled` when the operation was cancelled.
  */
 export async function waitUntilReady(o: ReadinessOptions): Promise<void> {
   const deadline = performance.now() + o.timeoutMs;
@@ -158,7 +155,7 @@ class Waiter {
 
   private timedOut(): never {
     const name = this.o.vmName;
-    throw new ReadinessTimeout(
+    throw new BangerError(
       'timeout',
       `${name} did not become ready: ${this.what} did not hold within ${span(this.o.timeoutMs)} (${this.attempts} ${this.attempts === 1 ? 'attempt' : 'attempts'}; last: ${this.last}). ${name} is kept running for inspection`,
       {

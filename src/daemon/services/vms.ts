@@ -241,7 +241,8 @@ export class VmService {
    * The user's readiness checks of a new, running VM, outside its lock (a wait may take minutes:
    * `vm delete`/`stop` are not held up; a stop ends the wait with `conflict`). The VM is in use
    * meanwhile (auto-stop leaves it alone). A timeout keeps it running for inspection; a cancel
-   * deletes it, like every cancelled create.
+   * (also the daemon's shutdown, which cancels running operations) deletes it, like every
+   * unfinished create.
    */
   private async waitUntilReady(vm: Vm, checks: ReadyCheck[], timeoutMs: number, ctx: OpContext): Promise<void> {
     const release = this.inUse(vm.id);
