@@ -560,7 +560,8 @@ test('readyWhen cancel: the wait ends, the attempt’s process is killed, and th
   const { c, seen, cancel } = recordingCtx();
   const creating = w.svc.create({ name: 'gone', start: true, readyWhen: [{ kind: 'command', command: 'sleep 600' }] }, c);
   await waitFor('the command attempt to start', () => (w.guests.at(-1)?.procs.size ?? 0) > 0);
-  const attempt = [...(w.guests.at(-1) as HostFakeGuest).procs.values()][0]?.info.pid as number;
+  const info = [...(w.guests.at(-1) as HostFakeGuest).procs.values()][0]?.info;
+  const attempt = info?.pid as number;
   assert.ok(attempt > 0);
   cancel();
   await assert.rejects(creating, (e: BangerError) => e.code === 'cancelled');
@@ -577,6 +578,9 @@ test('readyWhen cancel: the wait ends, the attempt’s process is killed, and th
       return true;
     }
   });
+  await waitFor('the attempt’s end to be recorded', () => info?.state === 'exited');
+  assert.equal(info?.signal, 9, 'killed by the cancel (SIGKILL to its group)');
+  assert.equal(info?.timedOut, false, 'not by its own bound per attempt');
 });
 
 test('readyWhen: the wait holds no VM lock (a stop goes through) and ends with conflict when the VM stops', async () => {
