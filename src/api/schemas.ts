@@ -218,6 +218,28 @@ export const VmSchema = z.object({
 });
 export type Vm = z.infer<typeof VmSchema>;
 
+/**
+ * One readiness check of a new VM (`vm create --wait-for port:N|CMD`): a TCP listener on a guest
+ * port, or a shell command (`sh -c`, as root in /root) that exits 0.
+ */
+export const ReadyCheckSchema = z.discriminatedUnion('kind', [
+  z.object({ kind: z.literal('port'), port: z.number().int().min(1).max(65535) }).strict(),
+  z
+    .object({
+      kind: z.literal('command'),
+      command: z
+        .string()
+        .max(4096)
+        .refine((c) => c.trim() !== '', { message: 'a readiness command must not be empty' })
+        .refine((c) => !c.includes('\0'), { message: 'a readiness command must not contain NUL' }),
+    })
+    .strict(),
+]);
+export type ReadyCheck = z.infer<typeof ReadyCheckSchema>;
+/** The longest a create may wait for its readiness checks, and the default. */
+export const READY_TIMEOUT_MAX_MS = 24 * 3_600_000;
+export const READY_TIMEOUT_DEFAULT_MS = 10 * 60_000;
+
 export const VmCreateRequestSchema = z
   .object({
     name: z.string().optional(),
@@ -233,13 +255,23 @@ export const VmCreateRequestSchema = z
      * through the agent's process API, e.g. `vm run -- CMD`, need no sshd).
      */
     waitFor: z.enum(['ssh', 'agent']).default('ssh'),
+    /**
+     * Then, in order, until each holds: readiness checks of the user's own (a port that listens, a
+     * command that succeeds). Needs `start`. A timeout keeps the VM running for inspection.
+     */
+    readyWhen: z.array(ReadyCheckSchema).max(8).optional(),
+    /** One bound for all the readyWhen checks (default 10 minutes, at most 24 hours). */
+    readyTimeoutMs: z.number().int().min(1000).max(READY_TIMEOUT_MAX_MS).optional(),
     /** Start from this snapshot (name or id) instead of the image: its disks, and its memory when it has one. */
     fromSnapshot: z.string().min(1).max(128).optional(),
     /** Boot cold even when the image has a matching warm snapshot (`image warm`). */
     cold: z.boolean().default(false),
   })
   .strict()
-  .refine((r) => !(r.fromSnapshot && r.image), { message: 'give --image or --from-snapshot, not both (a snapshot names its image)' });
+  .refine((r) => !(r.fromSnapshot && r.image), { message: 'give --image or --from-snapshot, not both (a snapshot names its image)' })
+  .refine((r) => r.start || (r.readyWhen === undefined && r.readyTimeoutMs === undefined), {
+    message: 'readiness checks (--wait-for port:N or a command, --wait-timeout) need a started VM (not --no-start)',
+  });
 export type VmCreateRequest = z.input<typeof VmCreateRequestSchema>;
 
 export const VmSetRequestSchema = z

@@ -13,6 +13,7 @@ export type {
   Kernel,
   Operation,
   OperationEvent,
+  ReadyCheck,
   Snapshot,
   SnapshotManifest,
   VmCreateRequest,

@@ -156,7 +156,22 @@ export class HostFakeGuest implements GuestChannel {
         await this.closeStdin(id);
       })();
     }
-    if (opts.follow) await p.exited;
+    if (opts.follow) {
+      // As the real channel: the caller's signal ends a follow (the process keeps running).
+      const signal = opts.signal;
+      let onAbort: (() => void) | undefined;
+      const aborted = new Promise<never>((_, reject) => {
+        onAbort = () => reject(signal?.reason ?? new Error('aborted'));
+        if (signal?.aborted) onAbort();
+        else signal?.addEventListener('abort', onAbort, { once: true });
+      });
+      aborted.catch(() => {});
+      try {
+        await Promise.race([p.exited, aborted]);
+      } finally {
+        if (onAbort) signal?.removeEventListener('abort', onAbort);
+      }
+    }
     const out = Buffer.concat(p.stdout).subarray(opts.stdoutFrom);
     const err = Buffer.concat(p.stderr).subarray(opts.stderrFrom);
     if (out.length) await onData('stdout', out);

@@ -520,6 +520,43 @@ describe('vm run with a repository against a fake daemon', () => {
     assert.deepEqual(posted('/v1/vms/actions'), [{ action: 'delete', refs: ['f'.repeat(32)] }]);
   });
 
+  test('--wait-for checks go with the create (in order); a command still waits only for the agent first unless ssh was asked', async () => {
+    const r = await cli([
+      'vm',
+      'run',
+      '--rm',
+      '--image',
+      'img',
+      '--wait-for',
+      'port:8080',
+      '--wait-for',
+      'test -e /root/go',
+      '--wait-timeout',
+      '2m',
+      '--',
+      'exit3',
+    ]);
+    assert.equal(r.code, 3, r.stderr);
+    assert.deepEqual(posted('/v1/vms')[0], {
+      image: 'img',
+      nat: false,
+      start: true,
+      waitFor: 'agent',
+      readyWhen: [
+        { kind: 'port', port: 8080 },
+        { kind: 'command', command: 'test -e /root/go' },
+      ],
+      readyTimeoutMs: 120_000,
+    });
+    const ssh = await cli(['vm', 'run', '--rm', '--image', 'img', '--wait-for', 'port:80', '--wait-for', 'ssh', '--', 'exit3']);
+    assert.equal(ssh.code, 3, ssh.stderr);
+    assert.equal((posted('/v1/vms')[1] as { waitFor?: string }).waitFor, 'ssh');
+    const bad = await cli(['vm', 'run', '--rm', '--image', 'img', '--wait-for', 'port:0', '--', 'exit3']);
+    assert.equal(bad.code, 2, 'a usage error');
+    assert.match(bad.stderr, /port:N takes a TCP port from 1 to 65535/);
+    assert.equal(posted('/v1/vms').length, 2, 'nothing was created for it');
+  });
+
   test('./repo alone: an ssh shell started in the workspace, its status passed through', async () => {
     await rm(join(dir, 'ssh-argv'), { force: true });
     const r = await cli(['vm', 'run', '--rm', '--image', 'img', '--repo', repo]);

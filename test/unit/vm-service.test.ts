@@ -24,6 +24,7 @@ import { LOG_CAP_BYTES } from '../../src/vmm/console-log.js';
 import type { VmLaunchSpec, VmmDriver, VmmHandle } from '../../src/vmm/driver.js';
 import { currentBootId, processStartTime } from '../../src/vmm/process.js';
 import { HostFakeGuest } from '../helpers/fake-guest.js';
+import { waitFor } from '../integration/harness.js';
 
 /**
  * VmService against FAKES: a FAKE VMM driver whose "VMM" is a real sleeping process (so liveness
@@ -52,6 +53,8 @@ interface Knobs {
   /** The FAKE agent reports sshd listening from this many `ports` polls on (default: at once). */
   sshdAfterPolls?: number;
   afterGuestReady?: VmServiceDeps['afterGuestReady'];
+  /** Another TCP port the FAKE agent lists from this many `ports` polls on (the user's server). */
+  appPort?: { port: number; afterPolls: number };
 }
 
 interface World {
@@ -62,6 +65,8 @@ interface World {
   calls: string[];
   vmms: Map<number, ChildProcess>;
   portPolls: () => number;
+  /** The FAKE guest channel of every agent link opened, in order. */
+  guests: HostFakeGuest[];
   layout: ReturnType<typeof resolveLayout>;
 }
 
@@ -152,18 +157,33 @@ async function world(knobs: Knobs = {}, shared?: World): Promise<World> {
     },
   };
   let portPolls = 0;
+  const guests: HostFakeGuest[] = [];
   const agent = (): AgentLink => ({
     waitReady: async () => {
       if (knobs.agentNeverReady) throw new Error('FAKE agent never answers');
     },
     health: async () => ({ ready: true }) as never,
-    ports: async () => (portPolls++ >= (knobs.sshdAfterPolls ?? 0) ? [{ proto: 'tcp' as const, address: '0.0.0.0', port: 22, pid: 7, command: 'sshd' }] : []),
+    ports: async () => {
+      const poll = portPolls++;
+      return [
+        ...(poll >= (knobs.sshdAfterPolls ?? 0) ? [{ proto: 'tcp' as const, address: '0.0.0.0', port: 22, pid: 7, command: 'sshd' }] : []),
+        ...(knobs.appPort && poll >= knobs.appPort.afterPolls
+          ? [{ proto: 'tcp6' as const, address: '::', port: knobs.appPort.port, pid: 8, command: 'app' }]
+          : []),
+        // A UDP socket on the same port is not what a TCP readiness check waits for.
+        ...(knobs.appPort ? [{ proto: 'udp' as const, address: '0.0.0.0', port: knobs.appPort.port, pid: 9, command: 'dns' }] : []),
+      ];
+    },
     stats: async () => ({}) as never,
     poweroff: async () => {},
     identitySet: async () => {},
     freezeFilesystems: async () => {},
     thawFilesystems: async () => {},
-    guest: new HostFakeGuest(),
+    guest: (() => {
+      const g = new HostFakeGuest();
+      guests.push(g);
+      return g;
+    })(),
     close: () => {},
   });
   const network: VmServiceDeps['network'] = {
@@ -212,10 +232,11 @@ async function world(knobs: Knobs = {}, shared?: World): Promise<World> {
     sshPublicKey: async () => 'ssh-ed25519 AAAAFAKE test',
     agentLink: agent,
     agentReadyTimeoutMs: 1000,
+    readiness: { portPollMs: 5, commandRetryMs: 5 },
     ...(knobs.afterGuestReady ? { afterGuestReady: knobs.afterGuestReady } : {}),
   });
   cleanups.push(() => svc.close());
-  return { home, repos, leases, svc, calls, vmms, layout, portPolls: () => portPolls };
+  return { home, repos, leases, svc, calls, vmms, layout, portPolls: () => portPolls, guests };
 }
 
 test('create → running; a running VM refuses a whole vm set that includes sizes, and nothing of it is applied', async () => {
@@ -438,4 +459,144 @@ test('a resume from disk cut short by the daemon: the next start stops the half-
   const vmm = w.vmms.get(h.pid);
   assert.ok(vmm, 'the fake VMM of the VM');
   assert.equal(vmm.signalCode, 'SIGKILL', 'the half-restored VMM was stopped');
+});
+
+/** An OpContext that records stages, progress and log lines, with its own cancel. */
+function recordingCtx() {
+  const controller = new AbortController();
+  const seen = { stages: [] as string[], logs: [] as string[], progress: [] as number[] };
+  const c: OpContext = {
+    ...ctx,
+    signal: controller.signal,
+    stage: (s) => seen.stages.push(s),
+    log: (l) => seen.logs.push(l),
+    progress: (n) => seen.progress.push(n),
+    checkCancelled: () => {
+      if (controller.signal.aborted) throw new BangerError('cancelled', 'operation op-test was cancelled');
+    },
+  };
+  return { c, seen, cancel: () => controller.abort() };
+}
+
+const runningVmms = (w: World) => [...w.vmms.values()].filter((p) => p.exitCode === null && !p.signalCode).length;
+
+test('readyWhen port: after sshd, the agent’s listing is polled until a TCP listener is on the port (a UDP one is not it); ready comes after', async () => {
+  const w = await world({ appPort: { port: 8080, afterPolls: 6 } });
+  const { c, seen } = recordingCtx();
+  const vm = await w.svc.create({ name: 'web', start: true, readyWhen: [{ kind: 'port', port: 8080 }] }, c);
+  assert.equal(vm.state, 'running');
+  // One poll for sshd, then five without a TCP listener on 8080 (only UDP), then the one with it.
+  assert.equal(w.portPolls(), 7);
+  assert.deepEqual(seen.stages.slice(seen.stages.indexOf('wait for sshd')), ['wait for sshd', 'wait for port 8080', 'ready']);
+  assert.deepEqual(seen.progress, [1, 2, 3, 4, 5, 6], 'each poll is shown as an attempt');
+});
+
+test('readyWhen command: `sh -c CMD` in the guest is retried until it exits 0, each failure logged with its last output line; checks run in order; no process record is left', async () => {
+  const dir = await mkdtemp('/tmp/bg-vmready-');
+  cleanups.push(() => rm(dir, { recursive: true, force: true }));
+  const w = await world({ appPort: { port: 3000, afterPolls: 0 } });
+  const { c, seen } = recordingCtx();
+  const count = join(dir, 'count');
+  const command = `n=$(cat ${count} 2>/dev/null || echo 0); n=$((n+1)); echo $n > ${count}; [ $n -ge 3 ] || { echo "starting up"; echo "try $n" >&2; exit 1; }`;
+  await w.svc.create(
+    {
+      name: 'app',
+      start: true,
+      readyWhen: [
+        { kind: 'port', port: 3000 },
+        { kind: 'command', command },
+      ],
+    },
+    c,
+  );
+  assert.equal(await readFile(count, 'utf8'), '3\n', 'ran until it succeeded, then not again');
+  assert.deepEqual(seen.stages.slice(-3), ['wait for port 3000', 'wait for command', 'ready']);
+  const guest = w.guests.at(-1) as HostFakeGuest;
+  assert.deepEqual(
+    guest.started.map((s) => s.shell),
+    [command, command, command],
+  );
+  assert.ok(
+    guest.started.every((s) => s.timeoutMs !== undefined && s.timeoutMs > 0),
+    'each attempt has its own bound, kept by the guest',
+  );
+  const attempts = seen.logs.filter((l) => l.startsWith('command `'));
+  assert.equal(attempts.length, 2);
+  assert.match(attempts[0] ?? '', /attempt 1: exit 1, last output: try 1$/);
+  assert.match(attempts[1] ?? '', /attempt 2: exit 1, last output: try 2$/);
+  await waitFor('the attempts’ records to be forgotten in the guest', () => guest.procs.size === 0);
+});
+
+test('readyWhen timeout: code timeout naming the check and its last (sanitised) result; the VM is kept RUNNING for inspection', async () => {
+  const w = await world();
+  const { c } = recordingCtx();
+  await assert.rejects(
+    w.svc.create(
+      { name: 'slow', start: true, readyWhen: [{ kind: 'command', command: "printf 'booting \\033[31mred\\033[0m\\n'; exit 2" }], readyTimeoutMs: 300 },
+      c,
+    ),
+    (e: BangerError) => {
+      assert.equal(e.code, 'timeout');
+      assert.match(
+        e.message,
+        /^slow did not become ready: command `printf .*` did not hold within 300 ms \(\d+ attempts?; last: exit 2, last output: booting \?\[31mred\?\[0m\)\. slow is kept running for inspection$/,
+      );
+      assert.match(e.fix ?? '', /banger vm logs slow/);
+      assert.match(e.fix ?? '', /--wait-timeout/);
+      return true;
+    },
+  );
+  const row = w.repos.vms.byName('slow');
+  assert.equal(row?.state, 'running');
+  assert.ok(row?.handle, 'its VMM is still recorded');
+  assert.equal(runningVmms(w), 1, 'its VMM still runs');
+  assert.ok(w.leases.byVm(row?.id as string));
+  // Kept, not stuck: it can be deleted at once.
+  assert.equal((await w.svc.bulk('delete', ['slow'])).results[0]?.ok, true);
+});
+
+test('readyWhen cancel: the wait ends, the attempt’s process is killed, and the VM is deleted like every cancelled create', async () => {
+  const w = await world();
+  const { c, seen, cancel } = recordingCtx();
+  const creating = w.svc.create({ name: 'gone', start: true, readyWhen: [{ kind: 'command', command: 'sleep 600' }] }, c);
+  await waitFor('the command attempt to start', () => (w.guests.at(-1)?.procs.size ?? 0) > 0);
+  const info = [...(w.guests.at(-1) as HostFakeGuest).procs.values()][0]?.info;
+  const attempt = info?.pid as number;
+  assert.ok(attempt > 0);
+  cancel();
+  await assert.rejects(creating, (e: BangerError) => e.code === 'cancelled');
+  assert.ok(seen.stages.includes('wait for command'));
+  assert.ok(!seen.stages.includes('ready'));
+  assert.equal(w.repos.vms.byName('gone'), undefined, 'no row');
+  assert.deepEqual(w.leases.all(), []);
+  assert.equal(runningVmms(w), 0, 'its VMM was stopped');
+  await waitFor('the attempt’s process to be killed', () => {
+    try {
+      process.kill(attempt, 0);
+      return false;
+    } catch {
+      return true;
+    }
+  });
+  await waitFor('the attempt’s end to be recorded', () => info?.state === 'exited');
+  assert.equal(info?.signal, 9, 'killed by the cancel (SIGKILL to its group)');
+  assert.equal(info?.timedOut, false, 'not by its own bound per attempt');
+});
+
+test('readyWhen: the wait holds no VM lock (a stop goes through) and ends with conflict when the VM stops', async () => {
+  const w = await world();
+  const { c } = recordingCtx();
+  const creating = w.svc.create({ name: 'stopme', start: true, readyWhen: [{ kind: 'port', port: 9 }] }, c);
+  // It may end while the stop is awaited: its rejection is handled from the start.
+  const ended = creating.then(
+    () => assert.fail('the create should not succeed'),
+    (e: unknown) => e,
+  );
+  await waitFor('the VM to be running', () => w.repos.vms.byName('stopme')?.state === 'running');
+  assert.equal((await w.svc.bulk('stop', ['stopme'])).results[0]?.ok, true);
+  await assert.rejects(
+    ended.then((e) => Promise.reject(e)),
+    (e: BangerError) => e.code === 'conflict' && /stopme stopped while waiting for port 9/.test(e.message),
+  );
+  assert.equal(w.repos.vms.byName('stopme')?.state, 'stopped', 'a stopped VM is left as its stop left it');
 });

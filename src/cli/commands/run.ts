@@ -94,7 +94,9 @@ export function registerRunCommand(vm: Command): void {
         throw new BangerError('bad_request', '--detach does not run a command', { fix: 'run it later with banger vm exec NAME -- CMD', details: 'usage' });
       const client = new BangerClient({ timeoutMs: 60 * 60_000 });
       // A command runs through the agent: ready needs no sshd unless the user asked for it.
-      const accepted = await client.createVm(vmCreateRequest({ ...(command.length ? { waitFor: 'agent' as const } : {}), ...o }, true));
+      const base = o.waitFor?.some((w) => w.kind === 'ssh' || w.kind === 'agent');
+      const waitFor = command.length && !base ? [{ kind: 'agent' as const }, ...(o.waitFor ?? [])] : o.waitFor;
+      const accepted = await client.createVm(vmCreateRequest({ ...o, ...(waitFor ? { waitFor } : {}) }, true));
       const progress = new ProgressRenderer(process.stderr, false);
       let name: string | undefined;
       const onEvent = (e: OperationEvent): void => {

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import { BangerError, notFound, toBangerError } from '../../api/errors.js';
-import type { Vm, VmAction, VmBulkResult, VmState } from '../../api/schemas.js';
+import { READY_TIMEOUT_DEFAULT_MS, type ReadyCheck, type Vm, type VmAction, type VmBulkResult, type VmState } from '../../api/schemas.js';
 import type { Config } from '../../config/config.js';
 import type { Layout } from '../../config/layout.js';
 import { type AgentLink, openAgentLink } from '../../guest/agent-link.js';
@@ -30,6 +30,7 @@ import { KernelService } from './kernels.js';
 import { randomVmName } from './names.js';
 import type { NetworkService } from './network.js';
 import { collapsePorts, enrichPortsWithin } from './port-probe.js';
+import { type ReadinessOptions, waitUntilReady } from './readiness.js';
 import { type HostResources, resolveSize, type VmSize, validateSize } from './sizing.js';
 import type { SnapshotCatalog } from './snapshot-catalog.js';
 import { canMove, decide, effectiveState, isLiveState } from './vm-states.js';
@@ -70,6 +71,8 @@ export interface VmServiceDeps {
    * transient VMs (an image build's: what lands in its /root is saved into the image).
    */
   afterGuestReady?: (vm: { id: string; name: string }, ctx?: OpContext) => Promise<void>;
+  /** Poll and retry intervals of the readiness checks (tests shorten them; readiness.ts has the defaults). */
+  readiness?: Pick<ReadinessOptions, 'portPollMs' | 'commandRetryMs' | 'attemptTimeoutMs'>;
 }
 
 export interface CreateVmInput {
@@ -88,6 +91,10 @@ export interface CreateVmInput {
   fromSnapshot?: string | undefined;
   /** Boot cold even when a warm snapshot matches. */
   cold?: boolean | undefined;
+  /** Then these checks, in order (readiness.ts); a timeout keeps the VM running. */
+  readyWhen?: ReadyCheck[] | undefined;
+  /** One bound for all of readyWhen (default READY_TIMEOUT_DEFAULT_MS). */
+  readyTimeoutMs?: number | undefined;
 }
 
 /** How a start continues a saved guest instead of booting one (startLocked). */
@@ -223,6 +230,54 @@ export class VmService {
   // ---- create --------------------------------------------------------------------------
 
   async create(input: CreateVmInput, ctx: OpContext): Promise<Vm> {
+    const vm = await this.createAndStart(input, ctx);
+    if (!input.start || !input.readyWhen?.length) return vm;
+    await this.waitUntilReady(vm, input.readyWhen, input.readyTimeoutMs ?? READY_TIMEOUT_DEFAULT_MS, ctx);
+    ctx.stage('ready');
+    return this.toVm(this.d.repos.vms.get(vm.id));
+  }
+
+  /**
+   * The user's readiness checks of a new, running VM, outside its lock (a wait may take minutes:
+   * `vm delete`/`stop` are not held up; a stop ends the wait with `conflict`). The VM is in use
+   * meanwhile (auto-stop leaves it alone). A timeout keeps it running for inspection; a cancel
+   * (also the daemon's shutdown, which cancels running operations) deletes it, like every
+   * unfinished create.
+   */
+  private async waitUntilReady(vm: Vm, checks: ReadyCheck[], timeoutMs: number, ctx: OpContext): Promise<void> {
+    const release = this.inUse(vm.id);
+    try {
+      await waitUntilReady({
+        vmName: vm.name,
+        checks,
+        timeoutMs,
+        ctx,
+        guest: () => {
+          const r = this.d.repos.vms.byId(vm.id);
+          return r?.state === 'running' && r.handle ? this.agents.get(vm.id) : undefined;
+        },
+        ...this.d.readiness,
+      });
+    } catch (e) {
+      const err = toBangerError(e);
+      if (err.code === 'timeout') {
+        this.d.log.info({ vm: vm.name }, 'readiness checks timed out; the VM is kept running');
+      } else if (ctx.signal.aborted) {
+        await this.d.locks.run(`vm:${vm.id}`, async () => {
+          const r = this.d.repos.vms.byId(vm.id);
+          if (!r) return;
+          await this.stopLocked(r.id, true);
+          await this.purge(r);
+        });
+        await this.d.onVmsChanged?.();
+      }
+      throw e;
+    } finally {
+      release();
+    }
+  }
+
+  private async createAndStart(input: CreateVmInput, ctx: OpContext): Promise<Vm> {
     const fromSnapshot = input.fromSnapshot ? await this.d.snapshots.forCreate(input.fromSnapshot, this.d.vmmKind) : undefined;
     if (fromSnapshot) {
       const m = fromSnapshot.manifest;
@@ -356,13 +411,13 @@ export class VmService {
           // The warm pool is an optimisation: a restore that failed becomes a cold boot.
           await this.purge(this.d.repos.vms.byId(row.id) ?? row);
           ctx.log(`warm snapshot ${source.row.name} did not restore (${err.message.split('\n')[0]}): booting cold`);
-          return this.create({ ...input, name, cold: true }, ctx);
+          return this.createAndStart({ ...input, name, cold: true }, ctx);
         }
         if (err.code === 'timeout') throw err;
         await this.purge(this.d.repos.vms.byId(row.id) ?? row);
         throw err;
       }
-      ctx.stage('ready');
+      if (!input.readyWhen?.length) ctx.stage('ready');
       await this.d.onVmsChanged?.();
       return this.toVm(this.d.repos.vms.get(row.id));
     });
