@@ -340,6 +340,28 @@ test('a session that exists already is left alone; the others are added', { skip
   assert.equal((await box.ok('list-windows', '-t', '=other', '-F', '#{window_index}')).trim(), '0');
 });
 
+test('names that look like tmux targets or options come back as themselves; a command that fails takes only its window', { skip: tmuxSkip }, async () => {
+  const box = await TmuxBox.create();
+  await mkdir(join(box.dir, 'state'));
+  const lines = [
+    HEADER,
+    'w\t$1\t0\t1\t1\t\t/\t', // a session id, were it a target
+    'w\t=x\t0\t1\t1\t\t/\t',
+    'w\t--\t0\t1\t1\t\t/\t',
+    'w\t%2\t0\t1\t1\t\t/\t',
+    'w\t-c\t0\t0\t0\t-n\t/\texit 3',
+    'w\t-c\t1\t1\t0\tother\t/\t',
+    'end\t6',
+  ];
+  await writeFile(box.state, `${lines.join('\n')}\n`);
+  const r = await boot(box);
+  assert.match(r.stderr, /5 of 5 saved sessions restored/);
+  assert.deepEqual((await box.sessions()).split('\n').sort(), ['$1', '%2', '--', '-c', '=x'].sort());
+  // The command's window is gone; the session and its other window are not (renumbered from 0).
+  await until('the failing command to end its window', async () => (await box.ok('list-windows', '-t', '=-c', '-F', '#{window_name}')).trim() === 'other');
+  assert.equal((await box.ok('show-options', '-v', '-t', '=-c:', '@banger-command')).trim(), 'exit 3');
+});
+
 test('a damaged state file never fails the restore: bad records are skipped, the rest restored', { skip: tmuxSkip }, async (t) => {
   const box = await TmuxBox.create();
   await mkdir(join(box.dir, 'state'));
