@@ -41,7 +41,7 @@ class TmuxBox {
       PATH: process.env.PATH ?? '/usr/bin:/bin',
       HOME: home,
       SHELL: '/bin/sh',
-      LANG: 'C.UTF-8',
+      // No LANG or LC_*: like a systemd service's (the scripts must not depend on a UTF-8 locale).
       BANGER_TMUX_SOCKET: join(dir, 'sock'),
       BANGER_TMUX_CONF: join(dir, 'tmux.conf'),
       BANGER_TMUX_STATE: join(dir, 'state', 'tmux-sessions'),
@@ -65,7 +65,8 @@ class TmuxBox {
   tmux(...args: string[]): Promise<Result> {
     return runProcess(
       tmux as string,
-      ['-S', this.env.BANGER_TMUX_SOCKET as string, '-f', this.env.BANGER_TMUX_CONF as string, ...args],
+      // -u: UTF-8 output without a UTF-8 locale in env.
+      ['-u', '-S', this.env.BANGER_TMUX_SOCKET as string, '-f', this.env.BANGER_TMUX_CONF as string, ...args],
       { env: this.env },
       30_000,
     );
@@ -201,6 +202,7 @@ test('sessions, windows, directories and an agent command survive a restart of t
   const command = `printf restored > '${marker}'; exec sleep 600;`;
   await box.ok('set-option', '-t', '=my session:', '@banger-command', command.replace(/;$/, '\\;'));
   await box.ok('new-session', '-d', '-s', 'semi\\;', '-c', '/');
+  await box.ok('new-session', '-d', '-s', 'été ü', '-n', 'fenêtre', '-c', '/');
   await box.ok('select-window', '-t', '=-x:1');
 
   // Shells start in the background: wait until tmux reports every directory.
@@ -211,6 +213,7 @@ test('sessions, windows, directories and an agent command survive a restart of t
     `-x|8|*|${d('nl\nline')}|0|`,
     `my session|0|*|${d('agent')}|1|${command}`,
     'semi;|0|*|/|1|',
+    'été ü|0|fenêtre|/|1|',
   ];
   await until('shells in their directories', async () => {
     const w = await box.windows();
@@ -230,20 +233,21 @@ test('sessions, windows, directories and an agent command survive a restart of t
     'w\t-x\t8\t0\t1\t\t\t',
     `w\tmy session\t0\t1\t1\t\t${d('agent')}\t${command}`,
     'w\tsemi;\t0\t1\t1\t\t/\t',
+    'w\tété ü\t0\t1\t0\tfenêtre\t/\t',
   ]);
-  assert.match(text, /\nend\t6\n$/);
+  assert.match(text, /\nend\t7\n$/);
   assert.equal((await stat(box.state)).mode & 0o777, 0o600);
 
   // The "restart": the server and everything in it are gone, and so is a directory.
   await box.killServer();
   await rm(d('gone'), { recursive: true });
   const r = await boot(box);
-  assert.match(r.stderr, /3 of 3 saved sessions restored/);
+  assert.match(r.stderr, /4 of 4 saved sessions restored/);
 
   assert.deepEqual(
     await until('restored shells in their directories', async () => {
       const w = await box.windows();
-      return w.length === 6 && w.every((l) => !l.includes('||')) ? w : undefined;
+      return w.length === 7 && w.every((l) => !l.includes('||')) ? w : undefined;
     }),
     [
       `-x|0|*|${d('dir one')}|0|`,
@@ -252,6 +256,7 @@ test('sessions, windows, directories and an agent command survive a restart of t
       `-x|8|*|${box.home}|0|`,
       `my session|0|*|${d('agent')}|1|${command}`,
       'semi;|0|*|/|1|',
+      'été ü|0|fenêtre|/|1|',
     ],
   );
   // The agent's command ran in the first window instead of a shell.
@@ -261,7 +266,7 @@ test('sessions, windows, directories and an agent command survive a restart of t
   // The restore saved once more: the state now has the restored windows (the vanished directory
   // became HOME).
   const after = records((await box.stateText()) ?? '');
-  assert.equal(after.length, 6);
+  assert.equal(after.length, 7);
   assert.equal(after[2], `w\t-x\t7\t0\t1\t\t${box.home}\t`);
 });
 

@@ -31,7 +31,9 @@ BANGER_MAX_STATE_BYTES=$((1024 * 1024))
 # path or one-line command needs): C0 controls (tab and newline among them) and DEL.
 BANGER_CONTROL=$'\001'-$'\037'$'\177'
 
-banger_tmux_args=()
+# -u: a client without a UTF-8 locale (systemd gives services none) gets every non-ASCII byte, and
+# even a tab, of its output replaced by '_'.
+banger_tmux_args=(-u)
 [[ -n ${BANGER_TMUX_SOCKET:-} ]] && banger_tmux_args+=(-S "$BANGER_TMUX_SOCKET")
 [[ -n ${BANGER_TMUX_CONF:-} ]] && banger_tmux_args+=(-f "$BANGER_TMUX_CONF")
 
