@@ -2,8 +2,9 @@
 # the state file's format and its limits. docs/tmux.md describes all of it.
 #
 # Environment (the guest sets none of these; tests point them at a private server and state file):
-#   BANGER_TMUX_SOCKET  tmux server socket (tmux -S). Unset: $TMUX's server inside tmux (the hooks),
-#                       else tmux's default, /tmp/tmux-<uid>/default.
+#   BANGER_TMUX_SOCKET  tmux server socket (tmux -S). Unset: tmux's own choice, the default server
+#                       /tmp/tmux-<uid>/default (the hooks' run-shell jobs get no $TMUX: a server on
+#                       another socket saves the default server's sessions, never its own).
 #   BANGER_TMUX_CONF    config file of a server that tmux-restore starts (tmux -f). Unset: /etc/tmux.conf.
 #   BANGER_TMUX_STATE   state file. Unset: /root/.local/state/banger/tmux-sessions (the work disk).
 #   BANGER_TMUX_RUNDIR  where tmux-restore marks this boot's restore as done. Unset: /run/banger
