@@ -14,8 +14,9 @@ pkgs=(qemu-system-x86 qemu-utils e2fsprogs kmod cpio zstd xz-utils lz4 iproute2 
 # agent binary is static and stripped, clang-format checks the C style (lint). scripts/test.sh fails
 # a test that misses any of them. apt-utils (apt-ftparchive) indexes the local apt repository the
 # first-boot test serves to a guest (scripts/guest-assets.sh builds it). chromium: the web UI's browser
-# test drives Debian's headless Chromium with playwright-core (no browser download).
-[[ "${1:-}" == "--test" ]] && pkgs+=(busybox-static openssl docker-registry skopeo umoci gnupg dash zsh fish python3 iptables ebtables file clang-format apt-utils chromium)
+# test drives Debian's headless Chromium with playwright-core (no browser download). tmux runs the agents
+# image's session save/restore scripts, and systemd's systemd-analyze verifies its units (docs/tmux.md).
+[[ "${1:-}" == "--test" ]] && pkgs+=(busybox-static openssl docker-registry skopeo umoci gnupg dash zsh fish python3 iptables ebtables file clang-format apt-utils chromium tmux systemd)
 
 missing=()
 for p in "${pkgs[@]}"; do
