@@ -98,4 +98,49 @@ describe('agents image', { skip: requires(assets, 'guest assets missing: run scr
     assert.equal((await exec('stat -c %a /root/.claude.json')).trim(), '600');
     assert.equal(await exec('cat /root/.claude.json'), fakeAuth);
   });
+
+  test('tmux sessions, their windows and working directories come back after vm restart; an agent session runs its command again', async () => {
+    // "ready" comes before the end of the guest's boot: the restore unit starts on its own, soon after.
+    await exec('timeout 180 sh -c "until systemctl is-active -q banger-tmux.service; do sleep 1; done"', 200_000);
+    assert.equal((await exec('systemctl is-active banger-tmux.service banger-tmux-save.timer')).trim(), 'active\nactive');
+    await exec(
+      [
+        'mkdir -p /root/proj',
+        'tmux new-session -d -s work -c /root/proj',
+        "tmux new-window -d -t '=work:' -n logs -c /tmp",
+        'tmux new-session -d -s -x',
+        'tmux new-session -d -s agent',
+        "tmux set-option -t '=agent:' @banger-command 'cat /proc/sys/kernel/random/boot_id > /root/agent-ran; exec sleep 1000'",
+      ].join(' && '),
+    );
+    // Sessions made through the agent live on in the server banger-tmux.service keeps (not in the exec's cgroup).
+    const server = (await exec('tmux display-message -p "#{pid}"')).trim();
+    assert.match(await exec(`cat /proc/${server}/cgroup`), /banger-tmux\.service/);
+    assert.match(await exec('tmux list-sessions -F "#{session_name}" | sort'), /^-x\nagent\nwork\n$/);
+    // Only the shutdown save can record this rename: the periodic save is stopped first.
+    await exec("systemctl stop banger-tmux-save.timer && tmux rename-window -t '=work:1' renamed");
+    const bootBefore = (await exec('cat /proc/sys/kernel/random/boot_id')).trim();
+
+    const r = await home.banger(['vm', 'restart', vm.name], 600_000);
+    assert.equal(r.code, 0, r.stderr);
+    const bootAfter = (await exec('cat /proc/sys/kernel/random/boot_id')).trim();
+    assert.notEqual(bootAfter, bootBefore);
+    const windows = (await exec("tmux list-windows -a -F '#{session_name}|#{window_index}|#{window_name}|#{pane_current_path}'")).trim().split('\n').sort();
+    assert.ok(
+      windows.some((w) => /^work\|0\|[^|]*\|\/root\/proj$/.test(w)),
+      windows.join('\n'),
+    );
+    assert.ok(windows.includes('work|1|renamed|/tmp'), windows.join('\n'));
+    assert.ok(
+      windows.some((w) => w.startsWith('-x|0|')),
+      windows.join('\n'),
+    );
+    assert.ok(
+      windows.some((w) => w.startsWith('agent|0|')),
+      windows.join('\n'),
+    );
+    // The agent session's command ran again in this boot.
+    assert.equal((await exec('cat /root/agent-ran')).trim(), bootAfter);
+    assert.match(await exec("tmux display-message -p -t '=agent:0' '#{pane_current_command}'"), /sleep/);
+  });
 });
