@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { after, before, beforeEach, describe, test } from 'node:test';
 import type { AgentSession } from '../../src/api/agent-schemas.js';
 import type { Proc } from '../../src/api/proc-schemas.js';
+import { Banger } from '../../src/sdk/index.js';
 import { encodeFrame } from '../../src/util/frames.js';
 import { BANGER } from '../helpers/banger.js';
 
@@ -126,6 +127,7 @@ before(async () => {
       branch: null,
       preparedAt: new Date(0).toISOString(),
     };
+    if (req.method === 'GET' && url === '/v1/daemon') return json(200, { pid: 1, version: 'fake' });
     if (req.method === 'GET' && url === '/v1/vms/dev') return json(200, vmRecord());
     if (req.method === 'GET' && url === '/v1/agents') {
       return json(200, {
@@ -150,13 +152,13 @@ before(async () => {
       const result = id === 'op-create' ? vmRecord() : { workspace, untrackedSkipped: 0, files: 1, bytes: 1 };
       return res.end(sse([{ type: 'done', operation: op(id, result) }]));
     }
-    if (req.method === 'POST' && url === `/v1/vms/${VM_ID}/agents`) {
+    if (req.method === 'POST' && (url === `/v1/vms/${VM_ID}/agents` || url === '/v1/vms/dev/agents')) {
       const b = body as { agent: string; cwd?: string };
       const created = !sessions.some((s) => s.name === b.agent);
       if (created) sessions.push(session(b.agent, `${b.agent} --flag`));
       return json(200, { agent: b.agent, session: b.agent, created, cwd: b.cwd ?? '/root/repo', command: `${b.agent} --flag` });
     }
-    if (req.method === 'GET' && url === `/v1/vms/${VM_ID}/agents`) return json(200, { sessions });
+    if (req.method === 'GET' && (url === `/v1/vms/${VM_ID}/agents` || url === '/v1/vms/dev/agents')) return json(200, { sessions });
     if (req.method === 'POST' && url === `/v1/vms/${VM_ID}/procs`) {
       const b = body as { argv: string[]; pty?: unknown };
       return json(201, baseProc({ id: 'pty-attach', state: 'running', exitCode: null, argv: b.argv, pty: !!b.pty, stdin: 'open' }));
@@ -326,5 +328,19 @@ describe('vm agent start|list|attach', () => {
     assert.equal(r.code, 0, r.stdout);
     assert.deepEqual(bodyOf('POST', `/v1/vms/${VM_ID}/procs`).argv, ['tmux', 'attach-session', '-t', '=codex']);
     assert.match(r.stdout, /codex keeps running in dev; back to it: banger vm agent attach dev --agent codex/);
+  });
+});
+
+describe('SDK: vm.agents', () => {
+  test('start and list through the same routes', async () => {
+    const banger = await Banger.connect({ home, autostart: false });
+    const vm = await banger.vms.get('dev');
+    const r = await vm.agents.start('claude', { cwd: '/srv' });
+    assert.deepEqual(r, { agent: 'claude', session: 'claude', created: true, cwd: '/srv', command: 'claude --flag' });
+    assert.deepEqual(bodyOf('POST', `/v1/vms/dev/agents`), { agent: 'claude', cwd: '/srv' });
+    assert.deepEqual(
+      (await vm.agents.list()).map((s) => s.name),
+      ['claude'],
+    );
   });
 });
