@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
 import { BangerError } from '../../src/api/errors.js';
 import type { ProcResult } from '../../src/api/proc-schemas.js';
@@ -173,4 +174,18 @@ test("every preset's [[file_sync]] TOML is a valid config", () => {
     AGENT_PRESETS.reduce((n, p) => n + p.authPaths.length, 0),
   );
   assert.deepEqual(cfg.file_sync[0], { host: '~/.claude.json', guest: '/root/.claude.json', mode: 0o600 });
+});
+
+test('docs/agents.md: every TOML block is a valid config, and the [[file_sync]] presets are exactly the code’s', () => {
+  const doc = readFileSync(new URL('../../../docs/agents.md', import.meta.url), 'utf8');
+  const blocks = [...doc.matchAll(/```toml\n([\s\S]*?)```/g)].map((m) => m[1] as string);
+  assert.ok(blocks.length >= AGENT_PRESETS.length + 1);
+  for (const b of blocks) parseConfig(b, 'docs/agents.md');
+  for (const p of AGENT_PRESETS) {
+    const want = p.authPaths.map(fileSyncToml).join('\n\n');
+    assert.ok(
+      blocks.some((b) => b.trim() === want),
+      `docs/agents.md has the [[file_sync]] block of ${p.name}:\n${want}`,
+    );
+  }
 });
