@@ -163,8 +163,9 @@ export function agentCommandLine(command: readonly string[], env: Readonly<Recor
 // ---- definitions ----------------------------------------------------------------------------
 
 /**
- * The agents a daemon knows: every preset with its `[agents.<name>]` overrides, then the names the
- * config adds (which must give a command). `defaultImage` is `default_agent_image`.
+ * The agents a daemon knows: every preset with its `[agents.<name>]` overrides (command and image
+ * replace the preset's, env is added to it), then the names the config adds (which must give a
+ * command). `defaultImage` is `default_agent_image`.
  */
 export function resolveAgents(overrides: Readonly<Record<string, AgentOverride>>, defaultImage: string = AGENTS_IMAGE_NAME): AgentDefinition[] {
   const out: AgentDefinition[] = [];
@@ -173,7 +174,8 @@ export function resolveAgents(overrides: Readonly<Record<string, AgentOverride>>
     out.push({
       name: p.name,
       command: o.command ?? p.command,
-      env: o.env ?? p.env,
+      // Added to the preset's (IS_SANDBOX stays unless replaced): a model or a key is the usual addition.
+      env: { ...p.env, ...o.env },
       image: o.image ?? defaultImage,
       session: p.name,
       builtin: true,

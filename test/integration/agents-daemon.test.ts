@@ -18,7 +18,7 @@ before(async () => {
     [
       'default_agent_image = "house-agents"',
       '[agents.claude]',
-      'env = { IS_SANDBOX = "1", ANTHROPIC_API_KEY = "sk-do-not-leak" }',
+      'env = { ANTHROPIC_API_KEY = "sk-do-not-leak" }',
       '[agents.aider]',
       'command = ["aider", "--yes-always"]',
       'image = "aider-img"',

@@ -162,7 +162,7 @@ test('list: sessions with their recorded command; no tmux server is an empty lis
 test('definitions: env values (possibly secrets) are never sent, only their names', () => {
   const s = service(fakeGuest(), undefined, resolveAgents({ claude: { env: { ANTHROPIC_API_KEY: 'sk-secret' } } }));
   const claude = s.definitions().find((a) => a.name === 'claude');
-  assert.deepEqual(claude?.envKeys, ['ANTHROPIC_API_KEY']);
+  assert.deepEqual(claude?.envKeys, ['IS_SANDBOX', 'ANTHROPIC_API_KEY']);
   assert.ok(!JSON.stringify(s.definitions()).includes('sk-secret'));
 });
 

@@ -110,12 +110,14 @@ test('resolveAgents: presets with overrides, new agents need a command, the imag
   assert.deepEqual(by('claude'), {
     name: 'claude',
     command: ['claude', '--dangerously-skip-permissions'],
-    env: { X: '1' },
+    env: { IS_SANDBOX: '1', X: '1' },
     image: 'agents-img',
     session: 'claude',
     builtin: true,
   });
   assert.equal(by('codex')?.image, 'mine');
+  // A preset's variable can be given another value.
+  assert.deepEqual(resolveAgents({ claude: { env: { IS_SANDBOX: '0' } } })[0]?.env, { IS_SANDBOX: '0' });
   assert.deepEqual(by('aider'), { name: 'aider', command: ['aider'], env: {}, image: 'agents-img', session: 'aider', builtin: false });
   assert.equal(resolveAgents({})[0]?.image, AGENTS_IMAGE_NAME);
   assert.throws(() => resolveAgents({ aider: {} }), /no command/);
