@@ -32,12 +32,16 @@ const TMUX_CALL_MS = 30_000;
 /**
  * Runs its arguments outside the process's cgroup: the guest agent ends everything left in a
  * process's cgroup when the process exits, and the tmux server that `new-session` may fork must
- * outlive it. Under systemd, a transient scope unit of its own; else the root cgroup. The script
- * is fixed text: every value reaches it as a positional argument ("$@"), never as shell code.
+ * outlive it. The shell moves itself to the root of the cgroup v2 hierarchy (found in
+ * /proc/mounts), then becomes tmux. Not a systemd scope: at shutdown, processes in the root cgroup
+ * are ended after every unit has stopped, so the image's save of the sessions (an ExecStop) still
+ * finds the server. Without cgroup v2 the agent kills by process group, which the server leaves.
+ * Fixed text: every value reaches it as a positional argument ("$@"), never as shell code.
  */
 export const OUTSIDE_PROC_CGROUP = [
-  'if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1; then exec systemd-run --scope --quiet --collect -- "$@"; fi',
-  'echo 0 > /sys/fs/cgroup/cgroup.procs 2>/dev/null',
+  'while read -r _ mnt fstype _; do',
+  '  if [ "$fstype" = cgroup2 ]; then echo 0 > "$mnt/cgroup.procs" 2>/dev/null; break; fi',
+  'done < /proc/mounts',
   'exec "$@"',
 ].join('\n');
 
@@ -47,6 +51,8 @@ export interface AgentSessionDeps {
   guest(ref: string): Promise<GuestChannel>;
   /** The VM's name and its workspace's guest path (when one was prepared). */
   vmInfo(ref: string): { name: string; workspace?: string };
+  /** The `sh -c` script new-session runs through (default OUTSIDE_PROC_CGROUP; tests whose "guest" is this host leave its cgroups alone). */
+  leaveCgroupScript?: string;
 }
 
 export class AgentSessionService {
@@ -117,7 +123,7 @@ export class AgentSessionService {
         fix: `use an image that has it (${def.image}: banger vm run --agent ${def.name}), install it in the VM, or set [agents.${def.name}] command in config.toml`,
       });
 
-    const created = await this.run(ref, ['sh', '-c', OUTSIDE_PROC_CGROUP, 'sh', ...tmuxNewSessionArgv(def.session, cwd, command)]);
+    const created = await this.run(ref, ['sh', '-c', this.d.leaveCgroupScript ?? OUTSIDE_PROC_CGROUP, 'sh', ...tmuxNewSessionArgv(def.session, cwd, command)]);
     if (created.exitCode === 0) return answer(true);
     // Another start won the race: its session is the one to reuse.
     if (/duplicate session/.test(created.stderr)) return answer(false);
