@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -8,7 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { AgentSession } from '../../src/api/agent-schemas.js';
 import type { Vm } from '../../src/api/schemas.js';
 import { ensureAgentsImageHome } from '../helpers/agents-image.js';
-import { guestAssets, TestHome } from '../helpers/banger.js';
+import { BANGER, guestAssets, TestHome } from '../helpers/banger.js';
 import { requires } from '../helpers/prereq.js';
 
 const assets = guestAssets();
@@ -105,6 +105,48 @@ describe('coding agent sessions', { skip: requires(assets, 'guest assets missing
     const r = await home.json<{ created: boolean }>(['vm', 'agent', 'start', 'agents', 'stand-in', '--json']);
     assert.equal(r.created, false);
     assert.equal((await exec('tmux list-panes -t =stand-in: -F "#{pane_pid}"')).trim(), pid);
+  });
+
+  test('claude and codex start with their sandbox flags as root: each draws its screen, neither refuses its options', async () => {
+    // (opencode and pi take no flags; without a network, opencode draws nothing for a long while.)
+    for (const agent of ['claude', 'codex']) {
+      const r = await home.json<{ created: boolean; command: string }>(['vm', 'agent', 'start', 'agents', agent, '--json']);
+      assert.equal(r.created, true, agent);
+      // Until the program draws something, or its session ends (a refused option ends it at once).
+      let screen = '';
+      for (let i = 0; i < 120 && !screen.trim(); i++) {
+        const shot = await home.banger(['vm', 'exec', 'agents', '--', 'tmux', 'capture-pane', '-p', '-t', `=${agent}:`]);
+        assert.equal(shot.code, 0, `${agent}: its session ended (${r.command}): ${shot.stderr}`);
+        screen = shot.stdout;
+        if (!screen.trim()) await sleep(500);
+      }
+      assert.ok(screen.trim(), `${agent} drew nothing`);
+      assert.doesNotMatch(screen, /cannot be used with root|unknown option|unexpected argument|unrecognized|not found/i, `${agent}:\n${screen}`);
+    }
+  });
+
+  test("attach in a terminal: tmux's detach key ends it, the agent keeps running, the CLI says how to come back", async (t) => {
+    if (spawnSync('script', ['--version']).status !== 0) return t.skip('util-linux script (a pseudo-terminal for the CLI) is not installed');
+    const pid = (await exec('tmux list-panes -t =stand-in: -F "#{pane_pid}"')).trim();
+    // The CLI under a pseudo-terminal (script), as in a user's terminal; it reaches the daemon by its socket.
+    const child = spawn('script', ['-qefc', `'${process.execPath}' '${BANGER}' vm agent attach agents --agent stand-in`, '/dev/null'], {
+      env: { ...home.env, TERM: 'xterm-256color' },
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    let out = '';
+    const exited = new Promise<number | null>((resolve) => child.on('close', resolve));
+    child.stdout.on('data', (b: Buffer) => {
+      out += b.toString('utf8');
+    });
+    // tmux draws its status line with the session's name once attached: then its prefix (Ctrl-B) and d.
+    for (let i = 0; i < 240 && !/\[stand-in\]/.test(out); i++) await sleep(250);
+    assert.match(out, /\[stand-in\]/, 'tmux drew the session');
+    child.stdin.write('\x02d');
+    const code = await exited;
+    assert.equal(code, 0, out.slice(-2000));
+    assert.match(out, /\[detached \(from session stand-in\)\]/);
+    assert.match(out, /stand-in keeps running in agents; back to it: banger vm agent attach agents --agent stand-in/);
+    assert.equal((await exec('tmux list-panes -t =stand-in: -F "#{pane_pid}"')).trim(), pid, 'the same agent, still running');
   });
 
   test("the agent's work comes back through the workspace export", async () => {
