@@ -1,3 +1,4 @@
+import type { AgentList, AgentSessionList, AgentStartRequest, AgentStartResult } from '../api/agent-schemas.js';
 import { BangerError } from '../api/errors.js';
 import type { GuestDirList, GuestFileStat, MkdirRequest, MoveRequest } from '../api/file-schemas.js';
 import type { Proc, ProcEvent, ProcStartRequest, ProcWaitResult } from '../api/proc-schemas.js';
@@ -201,6 +202,14 @@ export class BangerClient {
     );
   }
   prune = (dryRun: boolean) => this.request<{ pruned: Array<{ id: string; name: string }> }>('POST', '/v1/vms/prune', { dryRun });
+
+  // ---- coding agents (docs/agents.md) -----------------------------------------------------
+  /** The agents the daemon knows: built-in presets with the config's overrides, and the config's own. */
+  agents = () => this.request<AgentList>('GET', '/v1/agents');
+  /** Starts an agent in its tmux session in a running VM; an existing session of that name is reused. */
+  startAgent = (vm: string, body: AgentStartRequest) => this.request<AgentStartResult>('POST', `/v1/vms/${encodeURIComponent(vm)}/agents`, body);
+  /** The VM's tmux sessions (agents banger started carry their command line). */
+  agentSessions = (vm: string) => this.request<AgentSessionList>('GET', `/v1/vms/${encodeURIComponent(vm)}/agents`);
 
   // ---- workspaces (docs/workspaces.md) ---------------------------------------------------
   /** What a prepare would ship from a host repository (no VM involved). */

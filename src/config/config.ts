@@ -4,6 +4,7 @@ import { parse as parseToml, TomlError } from 'smol-toml';
 import { z } from 'zod';
 import { BangerError } from '../api/errors.js';
 import { guestPathUnderProblem } from '../api/files-wire.js';
+import { AGENTS_IMAGE_NAME, agentNameProblem, ENV_KEY_PATTERN, presetOf, shellWordProblem } from '../util/coding-agents.js';
 import { parseDuration, parseSize } from '../util/duration.js';
 import type { Layout } from './layout.js';
 
@@ -65,6 +66,48 @@ export const FileSyncEntrySchema = z
   .strict();
 export type FileSyncEntry = z.infer<typeof FileSyncEntrySchema>;
 
+const commandWord = z.string().superRefine((v, ctx) => {
+  const problem = v === '' ? 'is empty' : shellWordProblem(v);
+  if (problem) ctx.addIssue({ code: 'custom', message: `a command word ${problem}` });
+});
+
+/**
+ * `[agents.<name>]`: overrides of a built-in coding agent (util/coding-agents.ts) or a new one
+ * (docs/agents.md). Every value reaches a guest shell command line, quoted; control characters and
+ * bad variable names are refused here, where the user can fix them.
+ */
+export const AgentConfigSchema = z
+  .object({
+    command: z.array(commandWord).min(1, 'expected at least the program, e.g. ["claude"]').max(64).optional(),
+    env: z
+      .record(z.string(), z.string())
+      .superRefine((env, ctx) => {
+        for (const [k, v] of Object.entries(env)) {
+          if (!ENV_KEY_PATTERN.test(k))
+            ctx.addIssue({ code: 'custom', path: [k], message: 'expected a variable name (letters, digits, _; not first a digit)' });
+          const problem = shellWordProblem(v);
+          if (problem) ctx.addIssue({ code: 'custom', path: [k], message: `the value ${problem}` });
+        }
+      })
+      .optional(),
+    image: z.string().min(1).optional(),
+  })
+  .strict();
+export type AgentConfig = z.infer<typeof AgentConfigSchema>;
+
+const AgentsSchema = z.record(z.string(), AgentConfigSchema).superRefine((agents, ctx) => {
+  for (const [name, a] of Object.entries(agents)) {
+    const problem = agentNameProblem(name);
+    if (problem) ctx.addIssue({ code: 'custom', path: [name], message: `an agent name ${problem}` });
+    else if (!presetOf(name) && !a.command)
+      ctx.addIssue({
+        code: 'custom',
+        path: [name],
+        message: 'is not a built-in agent (claude, opencode, pi, codex): give its command, e.g. command = ["aider"]',
+      });
+  }
+});
+
 /** The built-in image (images/catalog.ts) that `default_image_name` names unless configured. */
 export const DEFAULT_IMAGE_NAME = 'debian-bookworm';
 
@@ -123,6 +166,10 @@ export const ConfigSchema = z
       .default({}),
     /** Host files and directories copied into every VM at each start (file-sync.ts). */
     file_sync: z.array(FileSyncEntrySchema).default([]),
+    /** The image `vm run --agent` uses unless the agent's own `image` says otherwise (docs/agents.md). */
+    default_agent_image: z.string().min(1).default(AGENTS_IMAGE_NAME),
+    /** `[agents.<name>]`: coding agents' command, environment and image (util/coding-agents.ts has the built-in ones). */
+    agents: AgentsSchema.default({}),
   })
   .strict();
 

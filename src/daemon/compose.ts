@@ -9,6 +9,7 @@ import { which } from '../host/which.js';
 import { BlobCache } from '../oci/blob-cache.js';
 import { LeaseRepo } from '../store/leases.js';
 import { Repos } from '../store/repos.js';
+import { resolveAgents } from '../util/coding-agents.js';
 import { KeyedMutex } from '../util/keyed-mutex.js';
 import type { VmmDriver, VmmKind } from '../vmm/driver.js';
 import { FirecrackerDriver } from '../vmm/firecracker/driver.js';
@@ -19,6 +20,7 @@ import { Accelerators, chooseVmm } from './accelerator.js';
 import { App, type AppDeps, type AppHooks } from './app.js';
 import { DnsFanout } from './dns-fanout.js';
 import { Router } from './http.js';
+import { agentRoutes } from './routes-agents.js';
 import { coreRoutes } from './routes-core.js';
 import { fileRoutes } from './routes-files.js';
 import { kernelRoutes } from './routes-kernels.js';
@@ -28,6 +30,7 @@ import { snapshotRoutes } from './routes-snapshots.js';
 import { webRoutes } from './routes-web.js';
 import { workspaceRoutes } from './routes-workspace.js';
 import { scratchSpaceFor } from './scratch.js';
+import { AgentSessionService } from './services/agent-sessions.js';
 import { DiskLayers } from './services/disk-layers.js';
 import { FileSyncService } from './services/file-sync.js';
 import { FilesService } from './services/files.js';
@@ -188,6 +191,15 @@ export async function composeDaemon(deps: AppDeps, hooks: Pick<AppHooks, 'onStop
     exec: (ref, spec, opts) => procs.exec(ref, spec, opts),
     stagingDir: join(layout.stagingDir, 'workspaces'),
   });
+  const agents = new AgentSessionService({
+    agents: resolveAgents(config.agents, config.default_agent_image),
+    exec: (ref, spec, opts) => procs.exec(ref, spec, opts),
+    guest: (ref) => procs.guest(ref),
+    vmInfo: (ref) => {
+      const vm = vms.show(ref);
+      return { name: vm.name, ...(vm.workspace ? { workspace: vm.workspace.guestPath } : {}) };
+    },
+  });
   const snapshots = new SnapshotService({
     repos,
     snapshotsDir: layout.snapshotsDir,
@@ -235,6 +247,7 @@ export async function composeDaemon(deps: AppDeps, hooks: Pick<AppHooks, 'onStop
     ...procRoutes(procs),
     ...fileRoutes(files),
     ...workspaceRoutes(app, workspaces),
+    ...agentRoutes(agents),
     ...webRoutes(web),
   );
   return { app, router };

@@ -2,6 +2,8 @@
  * `banger doctor`: one PASS/WARN/FAIL line per check, a FIX for every WARN and FAIL.
  * The checks are pure over a HostProbe so they unit-test with a fake host; doctor never changes anything.
  */
+import { AGENT_PRESETS, type AgentAuthPath, type AgentPreset, fileSyncToml } from '../util/coding-agents.js';
+
 export type CheckStatus = 'PASS' | 'WARN' | 'FAIL';
 
 export interface Check {
@@ -47,6 +49,84 @@ export interface HostProbe {
   qemuBin: string;
   firecrackerBin: string;
   stateDir: string;
+  /** The config's `[[file_sync]]` entries (none when the config does not load). */
+  fileSync: ReadonlyArray<{ host: string; guest: string; mode?: number | undefined }>;
+  /** What `~/` means in a file_sync host path (the daemon's user is assumed to be this one). */
+  homeDir: string;
+  /** A host path's type and permission bits (following a link, as file_sync does), undefined when absent; never its content. */
+  hostPathInfo(path: string): Promise<{ type: 'file' | 'dir' | 'other'; mode: number } | undefined>;
+}
+
+const expandHome = (p: string, home: string): string => (p === '~' ? home : p.startsWith('~/') ? `${home}${p.slice(1)}` : p);
+const stripSlash = (p: string): string => (p.length > 1 ? p.replace(/\/+$/, '') : p);
+
+/**
+ * The `[[file_sync]]` entry that brings an agent's auth path into the guest where the agent looks
+ * for it: the same host path, or a directory above it whose guest side is the matching directory.
+ * Entries are copied in order, so of several the last one decides (its mode is the file's).
+ */
+export function coveringEntry(
+  path: AgentAuthPath,
+  entries: HostProbe['fileSync'],
+  home: string,
+): { host: string; guest: string; mode?: number | undefined } | undefined {
+  const host = expandHome(path.host, home);
+  return [...entries].reverse().find((e) => {
+    const eh = stripSlash(expandHome(e.host, home));
+    const eg = stripSlash(e.guest);
+    if (eh === host) return eg === path.guest;
+    return host.startsWith(`${eh}/`) && `${eg}${host.slice(eh.length)}` === path.guest;
+  });
+}
+
+/**
+ * One check per coding agent (docs/agents.md): which of its auth paths exist on this host, and
+ * whether a `[[file_sync]]` entry brings each into VMs; a WARN with the TOML to add when not (or
+ * when a credentials file would arrive readable by others). Never FAIL: agents are optional.
+ */
+export async function agentAuthChecks(p: HostProbe, configPath: string, presets: readonly AgentPreset[] = AGENT_PRESETS): Promise<Check[]> {
+  const out: Check[] = [];
+  for (const agent of presets) {
+    const present: Array<{ path: AgentAuthPath; info: { type: string; mode: number } }> = [];
+    for (const path of agent.authPaths) {
+      const info = await p.hostPathInfo(expandHome(path.host, p.homeDir));
+      if (info && info.type === (path.kind === 'dir' ? 'dir' : 'file')) present.push({ path, info });
+    }
+    const name = `agent ${agent.name}`;
+    const shown = (a: AgentAuthPath) => `${a.host}${a.kind === 'dir' ? '/' : ''}`;
+    if (present.length === 0) {
+      out.push({ status: 'PASS', name, detail: `${agent.title}: no login on this host (none of ${agent.authPaths.map(shown).join(', ')})` });
+      continue;
+    }
+    const missing: AgentAuthPath[] = [];
+    const loose: AgentAuthPath[] = [];
+    for (const { path, info } of present) {
+      const entry = coveringEntry(path, p.fileSync, p.homeDir);
+      if (!entry) missing.push(path);
+      // A credentials file copied with its host mode keeps group/other bits it may have there.
+      else if (path.mode && entry.mode === undefined && (info.mode & 0o077) !== 0) loose.push(path);
+      else if (path.mode && entry.mode !== undefined && (entry.mode & 0o077) !== 0) loose.push(path);
+    }
+    const synced = present.filter((x) => !missing.includes(x.path)).map((x) => shown(x.path));
+    const detail = [
+      `${agent.title}: on this host: ${present.map((x) => shown(x.path)).join(', ')}`,
+      synced.length ? `synced into VMs by [[file_sync]]: ${synced.join(', ')}` : '',
+      missing.length ? `not synced: ${missing.map(shown).join(', ')} (${agent.name} in a VM will not have them: it may ask you to log in)` : '',
+      loose.length ? `would be readable by every guest user: ${loose.map(shown).join(', ')}` : '',
+    ]
+      .filter(Boolean)
+      .join('; ');
+    const toAdd = [...missing, ...loose];
+    if (toAdd.length === 0) out.push({ status: 'PASS', name, detail });
+    else
+      out.push({
+        status: 'WARN',
+        name,
+        detail,
+        fix: `to use ${agent.name} in VMs with this host's login (docs/agents.md), add to ${configPath}${loose.length ? ' (and drop the entries these replace)' : ''}:\n${toAdd.map(fileSyncToml).join('\n')}`,
+      });
+  }
+  return out;
 }
 
 function runModeChecks(m: RunMode, add: (status: CheckStatus, name: string, detail: string, fix?: string) => void): void {
@@ -218,5 +298,7 @@ export async function runChecks(p: HostProbe): Promise<Check[]> {
       'start the daemon (`banger daemon start`); it migrates the store',
     );
   else add('FAIL', 'store', `schema ${m.current} is newer than this banger (${m.latest})`, 'upgrade banger');
+
+  checks.push(...(await agentAuthChecks(p, cfg.ok ? cfg.path : 'config.toml')));
   return checks;
 }

@@ -1,5 +1,5 @@
 import { constants, existsSync, readFileSync } from 'node:fs';
-import { access, statfs } from 'node:fs/promises';
+import { access, stat, statfs } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { defaultConfig, loadConfig } from '../config/config.js';
@@ -101,5 +101,15 @@ export function realHostProbe(layout: Layout): HostProbe {
     qemuBin: (cfg ?? defaultConfig()).qemu_bin,
     firecrackerBin: (cfg ?? defaultConfig()).firecracker_bin,
     stateDir: layout.stateDir,
+    fileSync: cfg?.file_sync ?? [],
+    homeDir: process.env.HOME || homedir(),
+    hostPathInfo: async (path) => {
+      try {
+        const s = await stat(path);
+        return { type: s.isDirectory() ? 'dir' : s.isFile() ? 'file' : 'other', mode: s.mode & 0o7777 };
+      } catch {
+        return undefined;
+      }
+    },
   };
 }

@@ -19,6 +19,8 @@ export type {
   VmCreateRequest,
 } from '../api/schemas.js';
 export type { WorkspaceBranchExport } from '../api/workspace-schemas.js';
+export type { AgentSession, AgentStartOptions, AgentStartResult } from './agents.js';
+export { Agents } from './agents.js';
 export type { ConnectOptions, CreateVmOptions, Images, Kernels, Operations, Snapshots, Vms } from './banger.js';
 export { Banger } from './banger.js';
 export type { DownloadOptions, GuestDirList, GuestFileStat, WriteData } from './files.js';

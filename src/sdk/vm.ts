@@ -1,9 +1,11 @@
 /** A VM handle: lifecycle, commands, processes, files, workspace, ports and console logs. */
+
 import { BangerError } from '../api/errors.js';
 import type { Proc, ProcStartRequest } from '../api/proc-schemas.js';
 import type { GuestHealth, GuestPorts, Snapshot, VmAction, VmForkResult, Vm as VmInfo, VmStats } from '../api/schemas.js';
 import type { BangerClient } from '../client/client.js';
 import { checkVm } from '../client/trust.js';
+import { Agents } from './agents.js';
 import { Files } from './files.js';
 import { OperationHandle } from './operation.js';
 import { commandSpec, type ExecResult, envList, Process, type WaitOptions } from './process.js';
@@ -130,6 +132,8 @@ export class Vm {
   readonly files: Files;
   /** The git workspace in the guest. */
   readonly workspace: Workspace;
+  /** Coding agents in the guest's tmux sessions (docs/agents.md). */
+  readonly agents: Agents;
   private last: VmInfo;
 
   constructor(
@@ -141,6 +145,7 @@ export class Vm {
     this.last = info;
     this.files = new Files(client, info.name);
     this.workspace = new Workspace(client, info.name);
+    this.agents = new Agents(client, info.name);
   }
 
   get name(): string {

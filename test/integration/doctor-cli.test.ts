@@ -30,6 +30,13 @@ function parseDoctor(text: string): { checks: Check[]; summary: string } {
       checks.push({ status: check[1] as Check['status'], name: check[2] as string, detail: check[3] as string });
       continue;
     }
+    // A multi-line fix (TOML to paste) goes on indented under its FIX line.
+    const more = /^ {11}(.+)$/.exec(line);
+    const previous = checks.at(-1);
+    if (more && previous?.fix !== undefined) {
+      previous.fix += `\n${more[1]}`;
+      continue;
+    }
     const fix = /^ {6}FIX: (.+)$/.exec(line);
     assert.ok(fix, `line ${i + 1} is neither a check nor a FIX: ${JSON.stringify(line)}`);
     const last = checks.at(-1);

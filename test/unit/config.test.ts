@@ -53,6 +53,8 @@ test('defaults: an empty file equals defaultConfig() and holds the documented va
     web_allow_remote: false,
     vm_defaults: {},
     file_sync: [],
+    default_agent_image: 'debian-bookworm-agents',
+    agents: {},
   });
   assert.equal(defaultConfig().ssh_key_path, undefined);
 });
@@ -83,6 +85,7 @@ dns_listen_addr = "127.0.0.1:5353"
 bridge_dns_port = 10053
 web_listen_addr = "[::1]:8080"
 web_allow_remote = true
+default_agent_image = "my-agents"
 
 [vm_defaults]
 vcpu = 2
@@ -97,6 +100,13 @@ guest = "/root/.gitconfig"
 host = "/home/me/.config/agent"
 guest = "/root/.config/agent"
 mode = "0600"
+
+[agents.claude]
+env = { IS_SANDBOX = "1", ANTHROPIC_MODEL = "claude-opus-4-1" }
+
+[agents.aider]
+command = ["aider", "--yes-always"]
+image = "my-aider"
 `;
 
 test('every documented key parses, with its value kept', () => {
@@ -130,6 +140,11 @@ test('every documented key parses, with its value kept', () => {
       { host: '~/.gitconfig', guest: '/root/.gitconfig' },
       { host: '/home/me/.config/agent', guest: '/root/.config/agent', mode: 0o600 },
     ],
+    default_agent_image: 'my-agents',
+    agents: {
+      claude: { env: { IS_SANDBOX: '1', ANTHROPIC_MODEL: 'claude-opus-4-1' } },
+      aider: { command: ['aider', '--yes-always'], image: 'my-aider' },
+    },
   });
   assert.deepEqual(Object.keys(cfg).sort(), Object.keys(ConfigSchema.shape).sort(), 'FULL must set every ConfigSchema key');
 });
@@ -137,7 +152,7 @@ test('every documented key parses, with its value kept', () => {
 test('docs/config.md documents every key of ConfigSchema (and every [vm_defaults] / [[file_sync]] key)', () => {
   // dist/test/unit/config.test.js → project root
   const doc = readFileSync(new URL('../../../docs/config.md', import.meta.url), 'utf8');
-  const keys = [...Object.keys(ConfigSchema.shape), 'vcpu', 'memory_mib', 'disk_size', 'host', 'guest', 'mode'];
+  const keys = [...Object.keys(ConfigSchema.shape), 'vcpu', 'memory_mib', 'disk_size', 'host', 'guest', 'mode', 'command', 'env', 'image'];
   const missing = keys.filter((k) => ![`\`${k}\``, `\`[${k}]\``, `\`[[${k}]]\``].some((form) => doc.includes(form)));
   assert.deepEqual(missing, [], 'keys missing from docs/config.md');
 });
@@ -194,6 +209,21 @@ test('[[file_sync]]: host paths absolute or ~/, guest paths strictly under /root
   refuses('[[file_sync]]\nhost = "/a"\nguest = "/root/x"\nmode = "0800"\n', /key "file_sync\.0\.mode"/, /octal/);
   // The old copy|sync values (never built) say what mode means now.
   refuses('[[file_sync]]\nhost = "/a"\nguest = "/root/x"\nmode = "sync"\n', /key "file_sync\.0\.mode"/, /copied at each VM start/);
+});
+
+test('[agents.<name>]: names like resource names, command words and env values without control characters, env keys as names; a new agent needs a command', () => {
+  refuses('[agents.Claude]\ncommand = ["x"]', /agents\.Claude/, /uppercase/);
+  refuses('[agents."a.b"]\ncommand = ["x"]', /agent name/);
+  refuses('[agents.aider]\nimage = "x"', /agents\.aider/, /not a built-in agent/);
+  refuses('[agents.claude]\ncommand = []', /at least the program/);
+  refuses('[agents.claude]\ncommand = ["claude", "a\\nb"]', /control character/);
+  refuses('[agents.claude]\ncommand = [""]', /empty/);
+  refuses('[agents.claude]\nenv = { "A-B" = "1" }', /agents\.claude\.env\.A-B/, /variable name/);
+  refuses('[agents.claude]\nenv = { A = "x\\ny" }', /control character/);
+  refuses('[agents.claude]\nmodel = "x"', /unknown key "agents\.claude\.model"/);
+  // Quotes, $() and spaces are fine here: they are quoted on the guest's command line (util/coding-agents.ts).
+  const cfg = parseConfig('[agents.pi]\ncommand = ["pi", "--say", "it\'s $(id)"]\nenv = { X = "a b" }', FILE);
+  assert.deepEqual(cfg.agents.pi, { command: ['pi', '--say', "it's $(id)"], env: { X: 'a b' } });
 });
 
 test('every problem is listed in details, not only the first', () => {

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { parseConfig } from '../../src/config/config.js';
 import { type Check, type HostProbe, runChecks } from '../../src/doctor/checks.js';
 
 const GiB = 1024 ** 3;
@@ -24,6 +25,9 @@ function fakeHost(overrides: Partial<HostProbe> & { missing?: string[] } = {}): 
     firecrackerBin: 'firecracker',
     stateDir: '/home/u/.local/state/banger',
     runMode: async () => ({ mode: 'none' }),
+    fileSync: [],
+    homeDir: '/home/u',
+    hostPathInfo: async () => undefined,
     ...rest,
   };
 }
@@ -153,6 +157,8 @@ test('every WARN and FAIL carries a fix, even on a host where everything is wron
     migrations: () => ({ status: 'newer', current: 5, latest: 1 }),
     config: () => ({ ok: false, error: 'bad' }),
     runMode: async () => ({ mode: 'none', units: { owner: 'gone', ownerExists: false, complete: false, missingPaths: ['/opt/banger/bin/bangerd.js'] } }),
+    // Every agent logged in on this host, nothing synced.
+    hostPathInfo: async (p) => ({ type: p.endsWith('.json') ? 'file' : 'dir', mode: 0o600 }),
   });
   const checks = await runChecks(broken);
   assert.equal(checks.filter((c) => c.status === 'PASS').length, 0, checks.map((c) => `${c.status} ${c.name}`).join('\n'));
@@ -223,4 +229,76 @@ test('/dev/net/tun: checked for an unprivileged caller (its QEMU opens it), FAIL
     false,
     'root opens it whatever its mode',
   );
+});
+
+/** A host whose home holds these paths (file: mode; dir: 'dir'). */
+const withFiles =
+  (files: Record<string, number | 'dir'>): HostProbe['hostPathInfo'] =>
+  async (path) => {
+    const f = files[path];
+    return f === undefined ? undefined : f === 'dir' ? { type: 'dir', mode: 0o755 } : { type: 'file', mode: f };
+  };
+
+test('agents: no login on this host passes; a login without [[file_sync]] warns with the exact TOML to add, never fails', async () => {
+  const quiet = await runChecks(fakeHost());
+  for (const a of ['claude', 'opencode', 'pi', 'codex']) assert.equal(byName(quiet, `agent ${a}`).status, 'PASS');
+  assert.match(byName(quiet, 'agent claude').detail, /no login on this host \(none of ~\/\.claude\.json, ~\/\.claude\/, ~\/\.claude\/\.credentials\.json\)/);
+
+  const checks = await runChecks(
+    fakeHost({
+      hostPathInfo: withFiles({ '/home/u/.codex': 'dir', '/home/u/.codex/auth.json': 0o600, '/home/u/.claude.json': 0o600 }),
+    }),
+  );
+  assertFixes(checks);
+  assert.ok(!checks.some((c) => c.status === 'FAIL'));
+  const codex = byName(checks, 'agent codex');
+  assert.equal(codex.status, 'WARN');
+  assert.match(codex.detail, /on this host: ~\/\.codex\/, ~\/\.codex\/auth\.json; not synced: ~\/\.codex\/, ~\/\.codex\/auth\.json/);
+  assert.equal(
+    codex.fix,
+    [
+      "to use codex in VMs with this host's login (docs/agents.md), add to /home/u/.config/banger/config.toml:",
+      '[[file_sync]]',
+      'host = "~/.codex"',
+      'guest = "/root/.codex"',
+      '[[file_sync]]',
+      'host = "~/.codex/auth.json"',
+      'guest = "/root/.codex/auth.json"',
+      'mode = "0600"',
+    ].join('\n'),
+  );
+  // The TOML of the fix is a valid config as it stands.
+  assert.equal(parseConfig((codex.fix as string).split('\n').slice(1).join('\n'), 'fix.toml').file_sync.length, 2);
+  const claude = byName(checks, 'agent claude');
+  assert.equal(claude.status, 'WARN');
+  assert.match(claude.fix ?? '', /host = "~\/\.claude\.json"/);
+  assert.doesNotMatch(claude.fix ?? '', /\.credentials/, 'only paths that exist are proposed');
+});
+
+test('agents: entries cover a path by itself or by a directory above it with the matching guest path; loose credentials warn', async () => {
+  const files = withFiles({ '/home/u/.pi': 'dir', '/home/u/.pi/agent/auth.json': 0o644, '/home/u/.claude.json': 0o600 });
+  const covered = await runChecks(
+    fakeHost({
+      hostPathInfo: files,
+      fileSync: [
+        { host: '~/.pi/', guest: '/root/.pi' },
+        { host: '/home/u/.pi/agent/auth.json', guest: '/root/.pi/agent/auth.json', mode: 0o600 },
+        { host: '~/.claude.json', guest: '/root/.claude.json' },
+      ],
+    }),
+  );
+  assert.equal(byName(covered, 'agent pi').status, 'PASS');
+  assert.match(byName(covered, 'agent pi').detail, /synced into VMs by \[\[file_sync\]\]: ~\/\.pi\/, ~\/\.pi\/agent\/auth\.json/);
+  assert.equal(byName(covered, 'agent claude').status, 'PASS', 'a 0600 host file keeps its mode');
+
+  // The directory alone brings auth.json with its host mode (0644 here): readable by every guest user.
+  const loose = await runChecks(fakeHost({ hostPathInfo: files, fileSync: [{ host: '~/.pi', guest: '/root/.pi' }] }));
+  const pi = byName(loose, 'agent pi');
+  assert.equal(pi.status, 'WARN');
+  assert.match(pi.detail, /would be readable by every guest user: ~\/\.pi\/agent\/auth\.json/);
+  assert.match(pi.fix ?? '', /mode = "0600"/);
+
+  // A directory synced somewhere else in the guest is not where the agent looks.
+  const elsewhere = await runChecks(fakeHost({ hostPathInfo: files, fileSync: [{ host: '~/.pi', guest: '/root/other' }] }));
+  assert.match(byName(elsewhere, 'agent pi').detail, /not synced: ~\/\.pi\/, ~\/\.pi\/agent\/auth\.json/);
 });

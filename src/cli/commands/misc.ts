@@ -30,7 +30,8 @@ export function registerMiscCommands(program: Command): void {
       else {
         for (const c of checks) {
           process.stdout.write(`${c.status.padEnd(4)}  ${c.name}: ${c.detail}\n`);
-          if (c.fix) process.stdout.write(`      FIX: ${c.fix}\n`);
+          // A multi-line fix (TOML to paste) is indented under its FIX.
+          if (c.fix) process.stdout.write(`      FIX: ${c.fix.replaceAll('\n', '\n           ')}\n`);
         }
         const n = (s: string) => checks.filter((c) => c.status === s).length;
         process.stdout.write(`\n${n('PASS')} passed, ${n('WARN')} warnings, ${n('FAIL')} failed\n`);

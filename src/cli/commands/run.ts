@@ -11,6 +11,7 @@ import { DEFAULT_DETACH_KEYS } from '../detach-keys.js';
 import { followOperation, ProgressRenderer } from '../progress.js';
 import { sanitizeInline } from '../render.js';
 import { classifyRunArgs, countAfterDashDash } from '../run-args.js';
+import { agentNameArg, attachAgent, startedText } from './agent.js';
 import { execInVm } from './proc.js';
 import { sshIntoVm } from './ssh.js';
 
@@ -20,6 +21,18 @@ interface RunOptions extends VmSpecOptions {
   repo?: string;
   interactive?: boolean;
   tty?: boolean;
+  agent?: string;
+}
+
+/**
+ * Why `vm run --agent` cannot take these options, or undefined: the agent is the command, and it
+ * outlives the attach (so the VM cannot be deleted when the attach ends).
+ */
+export function agentRunProblem(o: { rm?: boolean; interactive?: boolean; tty?: boolean; nat?: boolean }, command: readonly string[]): string | undefined {
+  if (o.rm) return '--agent and --rm do not go together: the agent keeps running in its tmux session after you detach';
+  if (command.length) return '--agent runs the agent, not a command after --';
+  if (o.interactive || o.tty) return '--agent always attaches a terminal: drop -i/-t';
+  return undefined;
 }
 
 /** What to type next for a detached VM. */
@@ -65,6 +78,11 @@ export function registerRunCommand(vm: Command): void {
     .option('-i, --interactive', "feed this terminal's stdin to the command (as `vm exec -i`)")
     .option('-t, --tty', 'run the command under a terminal (as `vm exec -t`)')
     .option('-d, --detach', 'leave the VM running and print how to reach it')
+    .option(
+      '--agent <name>',
+      'start a coding agent (claude, opencode, pi, codex, or an [agents.NAME] of config.toml) in a tmux session and attach to it; the VM comes from the agent image (debian-bookworm-agents unless configured) with NAT on, which agents need to reach their APIs',
+      agentNameArg,
+    )
     .addHelpText(
       'after',
       [
@@ -77,6 +95,10 @@ export function registerRunCommand(vm: Command): void {
         '  banger vm run --rm . -- make test      # this repository in the VM, its tests, delete',
         '  banger vm run ~/src/app                # a shell in /root/repo, a copy of ~/src/app',
         '  banger vm run -d --name api --nat      # keep it running',
+        '  banger vm run --agent claude .         # Claude Code on a copy of this repository',
+        '',
+        "With --agent, tmux's detach (Ctrl-B then d) leaves the agent running: banger vm agent attach NAME.",
+        'docs/agents.md has the [[file_sync]] entries that bring your logins along.',
         '',
       ].join('\n'),
     )
@@ -92,11 +114,28 @@ export function registerRunCommand(vm: Command): void {
       if (o.detach && o.rm) throw new BangerError('bad_request', '--rm and --detach contradict each other', { fix: 'drop one of them', details: 'usage' });
       if (o.detach && command.length)
         throw new BangerError('bad_request', '--detach does not run a command', { fix: 'run it later with banger vm exec NAME -- CMD', details: 'usage' });
+      if (o.agent !== undefined) {
+        const problem = agentRunProblem(o, command);
+        if (problem)
+          throw new BangerError('bad_request', problem, { fix: 'banger vm run --agent NAME [./repo]; delete the VM yourself when done', details: 'usage' });
+      }
       const client = new BangerClient({ timeoutMs: 60 * 60_000 });
-      // A command runs through the agent: ready needs no sshd unless the user asked for it.
+      // The agent's image and NAT (agents talk to their APIs); --image still wins.
+      let agentSpec: Partial<VmSpecOptions> = {};
+      if (o.agent !== undefined) {
+        const { agents } = await client.agents();
+        const def = agents.find((a) => a.name === o.agent);
+        if (!def)
+          throw new BangerError('bad_request', `no coding agent named "${o.agent}"`, {
+            fix: `use one of ${agents.map((a) => sanitizeInline(a.name)).join(', ')}, or define [agents.${o.agent}] in config.toml (docs/agents.md)`,
+            details: 'usage',
+          });
+        agentSpec = { image: o.image ?? def.image, nat: true };
+      }
+      // A command (or an agent) runs through the guest agent: ready needs no sshd unless the user asked for it.
       const base = o.waitFor?.some((w) => w.kind === 'ssh' || w.kind === 'agent');
-      const waitFor = command.length && !base ? [{ kind: 'agent' as const }, ...(o.waitFor ?? [])] : o.waitFor;
-      const accepted = await client.createVm(vmCreateRequest({ ...o, ...(waitFor ? { waitFor } : {}) }, true));
+      const waitFor = (command.length || o.agent !== undefined) && !base ? [{ kind: 'agent' as const }, ...(o.waitFor ?? [])] : o.waitFor;
+      const accepted = await client.createVm(vmCreateRequest({ ...o, ...agentSpec, ...(waitFor ? { waitFor } : {}) }, true));
       const progress = new ProgressRenderer(process.stderr, false);
       let name: string | undefined;
       const onEvent = (e: OperationEvent): void => {
@@ -127,6 +166,16 @@ export function registerRunCommand(vm: Command): void {
             );
           }
         }
+        if (o.agent !== undefined) {
+          const started = await client.startAgent(vm.id, { agent: o.agent });
+          process.stderr.write(`${startedText(vm.name, started)}\n`);
+          if (o.detach) {
+            process.stdout.write(`${nextSteps(vm.name, workspace?.guestPath)}  banger vm agent attach ${vm.name}   # the agent's terminal\n`);
+            return;
+          }
+          await attachAgent(client, { ...vm, workspace }, started.session, true);
+          return;
+        }
         if (o.detach) {
           process.stdout.write(nextSteps(vm.name, workspace?.guestPath));
           return;
@@ -151,6 +200,7 @@ export function registerRunCommand(vm: Command): void {
           else process.stderr.write(`could not delete ${vm.name}: ${sanitizeInline(results[0]?.error?.message ?? 'unknown error')}\n`);
         }
       }
-      if (!o.rm && command.length === 0) process.stderr.write(`${vm.name} is still running; stop it with: banger vm stop ${vm.name}\n`);
+      if (!o.rm && command.length === 0 && o.agent === undefined)
+        process.stderr.write(`${vm.name} is still running; stop it with: banger vm stop ${vm.name}\n`);
     });
 }

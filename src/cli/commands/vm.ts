@@ -6,6 +6,7 @@ import { formatBytes } from '../../util/duration.js';
 import { addVmSpecOptions, intArg, memoryArg, onOff, sizeArg, type VmSpecOptions, vmCreateRequest } from '../args.js';
 import { followOperation, ProgressRenderer } from '../progress.js';
 import { ago, printJson, printKeyValues, printTable, sanitizeForTerminal, sanitizeInline } from '../render.js';
+import { registerVmAgentCommands } from './agent.js';
 import { registerVmCpCommand } from './cp.js';
 import { registerExecCommand, registerProcCommands } from './proc.js';
 import { registerRunCommand } from './run.js';
@@ -227,6 +228,7 @@ export function registerVmCommands(program: Command): void {
   registerExecCommand(vm);
   registerProcCommands(vm);
   registerWorkspaceCommands(vm);
+  registerVmAgentCommands(vm);
 
   vm.command('prune')
     .description('delete every VM that is not running')
