@@ -241,6 +241,11 @@ export async function runChecks(p: HostProbe): Promise<Check[]> {
     const path = await p.which(cmd);
     add(path ? 'PASS' : missing, cmd, path ?? 'not found', `${APT} ${pkg}`);
   }
+  // Only the recipe images need these (the built-in debian-bookworm and debian-bookworm-agents).
+  const mmdebstrap = await p.which('mmdebstrap');
+  add(mmdebstrap ? 'PASS' : 'WARN', 'mmdebstrap', mmdebstrap ?? 'not found (builds debian-bookworm and debian-bookworm-agents)', `${APT} mmdebstrap`);
+  const npm = await p.which('npm');
+  add(npm ? 'PASS' : 'WARN', 'npm', npm ?? 'not found (installs the coding agents of debian-bookworm-agents)', `${APT} npm (or Node.js's own npm)`);
   const nft = await p.which('nft');
   const ipt = await p.which('iptables');
   add(nft || ipt ? 'PASS' : 'WARN', 'iptables or nft', nft ?? ipt ?? 'neither found (needed for --nat)', `${APT} nftables`);

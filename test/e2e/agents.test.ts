@@ -124,6 +124,8 @@ describe('agents image', { skip: requires(assets, 'guest assets missing: run scr
     const r = await home.banger(['vm', 'restart', vm.name], 600_000);
     assert.equal(r.code, 0, r.stderr);
     const bootAfter = (await exec('cat /proc/sys/kernel/random/boot_id')).trim();
+    // As at first boot, the restore runs on its own soon after "ready".
+    await exec('timeout 180 sh -c "until systemctl is-active -q banger-tmux.service; do sleep 1; done"', 200_000);
     assert.notEqual(bootAfter, bootBefore);
     const windows = (await exec("tmux list-windows -a -F '#{session_name}|#{window_index}|#{window_name}|#{pane_current_path}'")).trim().split('\n').sort();
     assert.ok(
