@@ -6,10 +6,10 @@ import type { Socket } from 'node:net';
 import { join } from 'node:path';
 import { after, before, beforeEach, describe, test } from 'node:test';
 import type { AgentSession } from '../../src/api/agent-schemas.js';
-import type { Proc } from '../../src/api/proc-schemas.js';
 import { Banger } from '../../src/sdk/index.js';
 import { encodeFrame } from '../../src/util/frames.js';
 import { BANGER } from '../helpers/banger.js';
+import { baseProc, readBody, sse } from '../helpers/fake-daemon-fixtures.js';
 
 /**
  * The coding-agent CLI (`vm run --agent`, `vm agent start|list|attach`) against a FAKE bangerd (a
@@ -60,37 +60,6 @@ function vmRecord(workspace: unknown = null) {
     touchedAt: new Date(0).toISOString(),
     workspace,
   };
-}
-
-const baseProc = (over: Partial<Proc>): Proc => ({
-  id: 'p1',
-  name: null,
-  argv: ['x'],
-  shell: null,
-  pid: 42,
-  pty: false,
-  state: 'exited',
-  exitCode: 0,
-  signal: null,
-  timedOut: false,
-  code: null,
-  startedMs: Date.now() - 5000,
-  endedMs: Date.now(),
-  stdoutBytes: 0,
-  stderrBytes: 0,
-  truncated: false,
-  stdin: 'null',
-  stdinBytes: 0,
-  ...over,
-});
-
-const sse = (events: unknown[]) => events.map((e) => `data: ${JSON.stringify(e)}\n\n`).join('');
-
-async function readBody(req: IncomingMessage): Promise<unknown> {
-  const chunks: Buffer[] = [];
-  for await (const c of req) chunks.push(c as Buffer);
-  const text = Buffer.concat(chunks).toString('utf8');
-  return text ? JSON.parse(text) : undefined;
 }
 
 before(async () => {

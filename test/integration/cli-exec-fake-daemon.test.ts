@@ -9,6 +9,7 @@ import { after, before, beforeEach, describe, test } from 'node:test';
 import type { Proc } from '../../src/api/proc-schemas.js';
 import { encodeFrame, FrameDecoder } from '../../src/util/frames.js';
 import { BANGER } from '../helpers/banger.js';
+import { baseProc, readBody, sse } from '../helpers/fake-daemon-fixtures.js';
 import { requires } from '../helpers/prereq.js';
 
 /**
@@ -24,28 +25,6 @@ interface Seen {
   url: string;
   body: unknown;
 }
-
-const baseProc = (over: Partial<Proc>): Proc => ({
-  id: 'p1',
-  name: null,
-  argv: ['x'],
-  shell: null,
-  pid: 42,
-  pty: false,
-  state: 'exited',
-  exitCode: 0,
-  signal: null,
-  timedOut: false,
-  code: null,
-  startedMs: Date.now() - 5000,
-  endedMs: Date.now(),
-  stdoutBytes: 0,
-  stderrBytes: 0,
-  truncated: false,
-  stdin: 'null',
-  stdinBytes: 0,
-  ...over,
-});
 
 /** How the fake guest "ends" a command, by its argv[0]. */
 const ENDINGS: Record<string, Partial<Proc>> = {
@@ -93,15 +72,7 @@ function vmRecord() {
   };
 }
 
-const sse = (events: unknown[]) => events.map((e) => `data: ${JSON.stringify(e)}\n\n`).join('');
 const b64 = (s: string | Buffer) => Buffer.from(s).toString('base64');
-
-async function readBody(req: IncomingMessage): Promise<unknown> {
-  const chunks: Buffer[] = [];
-  for await (const c of req) chunks.push(c as Buffer);
-  const text = Buffer.concat(chunks).toString('utf8');
-  return text ? JSON.parse(text) : undefined;
-}
 
 /** The fake's attach: echoes what the client writes on stdin to stdout, ends at the client's EOF (or at once for a PTY `tty`). */
 function attach(socket: Socket, url: string): void {

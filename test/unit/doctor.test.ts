@@ -149,7 +149,21 @@ test('every WARN and FAIL carries a fix, even on a host where everything is wron
     arch: 'ia32',
     nodeVersion: 'v16.0.0',
     uid: 1000,
-    missing: ['qemu-system-x86_64', 'firecracker', 'qemu-img', 'mkfs.ext4', 'debugfs', 'e2fsck', 'resize2fs', 'ip', 'ssh', 'nft', 'iptables'],
+    missing: [
+      'qemu-system-x86_64',
+      'firecracker',
+      'qemu-img',
+      'mkfs.ext4',
+      'debugfs',
+      'e2fsck',
+      'resize2fs',
+      'ip',
+      'ssh',
+      'nft',
+      'iptables',
+      'mmdebstrap',
+      'npm',
+    ],
     deviceAccess: async () => 'missing',
     kvmProbe: () => undefined,
     sshInclude: () => false,
@@ -167,6 +181,10 @@ test('every WARN and FAIL carries a fix, even on a host where everything is wron
   assert.equal(byName(checks, 'iptables or nft').status, 'WARN');
   assert.equal(byName(checks, 'guest isolation').status, 'WARN', 'no nft and no iptables: nothing pins a TAP');
   assert.equal(byName(checks, 'ip').status, 'WARN');
+  // Only the recipe images need these: a WARN naming the image, never a FAIL.
+  assert.equal(byName(checks, 'npm').status, 'WARN');
+  assert.match(byName(checks, 'npm').detail, /debian-bookworm-agents/);
+  assert.equal(byName(checks, 'mmdebstrap').status, 'WARN');
 });
 
 test('a missing ssh Include is a WARN whose fix installs it', async () => {
