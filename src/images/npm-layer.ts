@@ -11,7 +11,7 @@ import { chmod, copyFile, lstat, mkdir, readdir, readlink, symlink, unlink } fro
 import { join, posix } from 'node:path';
 import { createInterface } from 'node:readline';
 import { BangerError } from '../api/errors.js';
-import { readRegularNoFollow } from '../archive/safe-extract.js';
+import { copyRegularNoFollow, openRegularNoFollow, readRegularNoFollow } from '../archive/safe-extract.js';
 import type { CommandRunner } from '../host/runner.js';
 import type { OpContext } from '../util/op-context.js';
 
@@ -33,6 +33,37 @@ const MAX_LOCK_PACKAGES = 20_000;
 export const NPM_NAME = /^(?:@[a-z0-9][a-z0-9._~-]*\/)?[a-z0-9][a-z0-9._~-]*$/;
 /** An exact version (the lock's root dependencies must not be ranges: the image is keyed by them). */
 const EXACT_VERSION = /^\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?$/;
+
+const PACKAGE_JSON_KEYS = new Set(['name', 'version', 'private', 'description', 'license', 'dependencies']);
+/** A registry version range (no `:` or `/`: git, URLs, paths and tags-with-slashes are not), or an `npm:name@range` alias. */
+const RANGE = /^[\^~<>=*xX0-9A-Za-z.+| -]{1,128}$/;
+export function registrySpec(spec: string): boolean {
+  if (spec.startsWith('npm:')) {
+    const at = spec.lastIndexOf('@');
+    return at > 4 && NPM_NAME.test(spec.slice(4, at)) && RANGE.test(spec.slice(at + 1));
+  }
+  return RANGE.test(spec);
+}
+
+/** The package name of a lock path (`node_modules/a/node_modules/@s/b` → `@s/b`). */
+function packageNameOf(path: string): string {
+  const parts = path.split('/');
+  const i = parts.lastIndexOf('node_modules');
+  return parts.slice(i + 1).join('/');
+}
+
+/** `https://<registry>/<name>/-/<base>-<version>.tgz`, the only download a lock entry may name. */
+export function registryTarball(url: string, name: string, version: string): boolean {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    return false;
+  }
+  if (u.protocol !== 'https:' || u.search || u.hash || u.username || u.password) return false;
+  const base = name.startsWith('@') ? name.slice(name.indexOf('/') + 1) : name;
+  return u.pathname.endsWith(`/${name}/-/${base}-${version}.tgz`);
+}
 
 /** A relative path made of plain components (no `..`, `.`, empty or absolute parts). */
 export function plainRelativePath(p: string, maxParts = 16): boolean {
@@ -69,6 +100,10 @@ export function checkPinnedLock(dir: string, packageJson: Buffer, lockJson: Buff
     throw bad(dir, 'or its package.json is not valid JSON');
   }
   if (lock.lockfileVersion !== 2 && lock.lockfileVersion !== 3) throw bad(dir, `has lockfileVersion ${String(lock.lockfileVersion)} (2 or 3 expected)`);
+  // Anything else in package.json (overrides, optionalDependencies, workspaces…) could make npm
+  // resolve packages the lock does not pin.
+  for (const key of Object.keys(pkg))
+    if (!PACKAGE_JSON_KEYS.has(key)) throw bad(dir, `belongs to a package.json with "${key}" (only name, version, private, dependencies)`);
   const packages = lock.packages;
   if (!packages || typeof packages !== 'object') throw bad(dir, 'has no "packages" map');
   const entries = Object.entries(packages);
@@ -87,9 +122,23 @@ export function checkPinnedLock(dir: string, packageJson: Buffer, lockJson: Buff
     if (path === '') continue;
     if (!path.startsWith('node_modules/') || path.split('/').includes('..')) throw bad(dir, `has a package at "${path}" outside node_modules`);
     if (p.link === true) throw bad(dir, `links ${path} to a local directory`);
+    // Every dependency npm could resolve again must be a registry range: never git, a URL or a path.
+    for (const field of ['dependencies', 'optionalDependencies', 'peerDependencies', 'devDependencies']) {
+      const specs = p[field];
+      if (specs === undefined) continue;
+      if (!specs || typeof specs !== 'object') throw bad(dir, `has a malformed ${field} in ${path}`);
+      for (const [dep, spec] of Object.entries(specs)) {
+        if (!NPM_NAME.test(dep) || typeof spec !== 'string' || !registrySpec(spec))
+          throw bad(dir, `lets ${path} depend on ${dep}@${String(spec)}, not a registry version`);
+      }
+    }
     if (p.inBundle === true) continue; // inside its parent's tarball, verified with it
+    if (typeof p.version !== 'string' || !EXACT_VERSION.test(p.version)) throw bad(dir, `has no exact version for ${path}`);
     const resolved = p.resolved;
-    if (resolved !== undefined && (typeof resolved !== 'string' || !resolved.startsWith('https://')))
+    if (
+      resolved !== undefined &&
+      (typeof resolved !== 'string' || !registryTarball(resolved, typeof p.name === 'string' ? p.name : packageNameOf(path), p.version))
+    )
       throw bad(dir, `fetches ${path} from ${String(resolved)} (only registry tarballs over https are allowed)`);
     if (typeof p.integrity !== 'string' || !p.integrity.startsWith('sha512-')) throw bad(dir, `has no sha512 integrity for ${path}`);
   }
@@ -117,9 +166,68 @@ export function npmInstallArgs(cacheDir: string): string[] {
     '--cpu=x64',
     '--libc=glibc',
     '--engine-strict=false',
+    // No git dependency can be fetched (the lock check refuses them; this is the second wall).
+    '--git=/bin/false',
     '--loglevel=error',
     `--cache=${cacheDir}`,
   ];
+}
+
+const NPM_TIMEOUT_MS = 30 * 60_000;
+
+/**
+ * npm's environment: the daemon's, without `npm_config_*` settings it may have inherited by
+ * accident (a CLI started from an `npm run` script auto-starts the daemon), except the registry;
+ * scripts off and no update check whatever ~/.npmrc says.
+ */
+export function npmEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  const out: NodeJS.ProcessEnv = {};
+  for (const [k, v] of Object.entries(env)) if (!/^npm_/i.test(k)) out[k] = v;
+  const registry = env.npm_config_registry ?? env.NPM_CONFIG_REGISTRY;
+  if (registry) out.npm_config_registry = registry;
+  return { ...out, npm_config_ignore_scripts: 'true', npm_config_update_notifier: 'false', NO_UPDATE_NOTIFIER: '1' };
+}
+
+/**
+ * What npm installed, by its own record (node_modules/.package-lock.json), must be the lock's
+ * packages at the lock's versions and integrity, and the lock must be as it was: nothing was
+ * resolved anew.
+ */
+async function checkInstalled(project: string, pinned: PinnedLock): Promise<void> {
+  const after = await readRegularNoFollow(join(project, 'package-lock.json'), MAX_LOCK_BYTES, 'package-lock.json after npm install');
+  if (!after.equals(pinned.lockJson))
+    throw new BangerError('rejected_content', 'npm changed the lock while installing it: it resolved packages the lock does not pin', {
+      fix: 'regenerate the lock',
+    });
+  const hidden = await readRegularNoFollow(join(project, 'node_modules', '.package-lock.json'), MAX_LOCK_BYTES, 'npm’s record of the install');
+  const installed = (JSON.parse(hidden.toString('utf8')) as { packages?: Record<string, Record<string, unknown>> }).packages ?? {};
+  const locked = (JSON.parse(pinned.lockJson.toString('utf8')) as { packages: Record<string, Record<string, unknown>> }).packages;
+  for (const [path, p] of Object.entries(installed)) {
+    const l = locked[path];
+    if (!l || l.version !== p.version || (p.inBundle !== true && l.integrity !== p.integrity))
+      throw new BangerError('rejected_content', `npm installed ${path}@${String(p.version)}, which the lock does not pin`, { fix: 'regenerate the lock' });
+  }
+}
+
+/**
+ * `rel` (plain components) under `base`, checked one component at a time: every one must be a
+ * real directory, never a symlink (a catalog directory could hold a link to any host directory).
+ */
+export async function realSubdir(base: string, rel: string, what: string): Promise<string> {
+  let at = base;
+  for (const c of rel.split('/')) {
+    at = join(at, c);
+    const st = await lstat(at).catch(() => undefined);
+    if (!st?.isDirectory())
+      throw new BangerError(
+        'invalid_config',
+        `${what} ${at} is ${st?.isSymbolicLink() ? 'a symlink (banger does not follow it)' : st ? 'not a directory' : 'missing'}`,
+        {
+          fix: 'give a real directory beside the catalog file',
+        },
+      );
+  }
+  return at;
 }
 
 /** Makes `rel` under `root` a directory chain of real directories (mode 0755), refusing links. */
@@ -178,9 +286,9 @@ export async function buildNpmLayer(
   const child = runner.spawn('npm', npmInstallArgs(npmCache), {
     cwd: project,
     stdin: 'ignore',
-    signal: ctx.signal,
+    signal: AbortSignal.any([ctx.signal, AbortSignal.timeout(NPM_TIMEOUT_MS)]),
     neededFor: 'it installs the npm packages of an image recipe (Node.js’s npm)',
-    env: { ...process.env, npm_config_ignore_scripts: 'true', npm_config_update_notifier: 'false', NO_UPDATE_NOTIFIER: '1' },
+    env: npmEnv(process.env),
   });
   const tail: string[] = [];
   for (const stream of [child.stdout, child.stderr]) {
@@ -197,6 +305,7 @@ export async function buildNpmLayer(
       fix: 'check that the npm registry is reachable (npm config get registry) and the lock names published versions',
     });
 
+  await checkInstalled(project, pinned);
   // npm may have resolved something else than the lock says: every root dependency must be exactly as pinned.
   for (const [name, version] of Object.entries(pinned.software)) {
     const manifest = await readRegularNoFollow(join(project, 'node_modules', name, 'package.json'), 1024 * 1024, `${name}'s package.json`);
@@ -255,8 +364,12 @@ export async function copyOverlay(src: string, layer: string): Promise<void> {
         await chmod(b, 0o755);
         await walk(a, b);
       } else if (e.isFile()) {
-        await copyFile(a, b, fsc.COPYFILE_EXCL);
-        await chmod(b, (await lstat(a)).mode & 0o100 ? 0o755 : 0o644);
+        // Opened without following a link swapped in since readdir, created exclusively.
+        const { fh } = await openRegularNoFollow(a, 'overlay file');
+        const executable = ((await fh.stat()).mode & 0o100) !== 0;
+        await fh.close();
+        await copyRegularNoFollow(a, b, 'overlay file', executable ? 0o755 : 0o644);
+        await chmod(b, executable ? 0o755 : 0o644);
       }
     }
   };

@@ -2,7 +2,8 @@
  * The agents image (`debian-bookworm-agents`) for the end-to-end tests, built once from the real
  * registries (Debian's mirror, the npm registry) through banger's own `image pull`, and kept
  * OUTSIDE the clone in a banger home under the asset cache, keyed by everything the build reads:
- * the pinned npm lock, the overlay files, the catalog entry and the recipe's packages and hook. A
+ * the pinned npm lock, the overlay files, the catalog entry, the recipe's packages and hook, and the
+ * host code that builds it (npm-layer, recipe, layer-apply). A
  * change to any of them builds a new one; other keys are removed once unused for a day.
  *
  * The home's directory is long (under ~/.cache); VM sockets must fit in 108 bytes, so banger sees
@@ -17,7 +18,7 @@ import { join } from 'node:path';
 import { BUILTIN_ASSETS_DIR, BUILTIN_IMAGES, DEV_PACKAGES } from '../../src/images/catalog.js';
 import { tuneHook } from '../../src/images/recipe.js';
 import { AGENTS_IMAGE_NAME } from '../../src/util/coding-agents.js';
-import { type GuestAssets, TestHome } from './banger.js';
+import { type GuestAssets, ROOT, TestHome } from './banger.js';
 
 const cacheRoot = () => process.env.BANGER_ASSET_CACHE ?? join(homedir(), '.cache', 'banger-test-assets');
 
@@ -46,6 +47,8 @@ export function agentsImageKey(): string {
   h.update(readFileSync(join(npmDir, 'package.json')));
   h.update(readFileSync(join(npmDir, 'package-lock.json')));
   if (entry.source.overlay) hashTree(h, join(BUILTIN_ASSETS_DIR, entry.source.overlay));
+  // And the code that builds it on the host (a change to the npm step must be proven on the real registry).
+  for (const f of ['npm-layer.js', 'recipe.js', 'layer-apply.js']) h.update(readFileSync(join(ROOT, 'dist', 'src', 'images', f)));
   return h.digest('hex').slice(0, 16);
 }
 

@@ -5,7 +5,16 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { BangerError } from '../../src/api/errors.js';
 import { BUILTIN_IMAGES, parseImageCatalog, recipeFilesBase } from '../../src/images/catalog.js';
-import { buildNpmLayer, checkPinnedLock, copyOverlay, npmInstallArgs, plainRelativePath, readPinnedLock } from '../../src/images/npm-layer.js';
+import {
+  buildNpmLayer,
+  checkPinnedLock,
+  copyOverlay,
+  npmEnv,
+  npmInstallArgs,
+  plainRelativePath,
+  readPinnedLock,
+  realSubdir,
+} from '../../src/images/npm-layer.js';
 import { AGENTS_IMAGE_NAME } from '../../src/util/coding-agents.js';
 import { FakeRunner } from '../helpers/fake-runner.js';
 
@@ -55,6 +64,83 @@ test('locks that would not pin what they install are refused', () => {
   refuse({ a: '1.2.3' }, { ...a, 'lib/b': { version: '1.0.0', integrity: sha } }, /outside node_modules/);
   refuse({ a: '1.2.3' }, { ...a, 'node_modules/../../b': { version: '1.0.0', integrity: sha } }, /outside node_modules/);
   refuse({}, a, /without dependencies/);
+  // What a hostile lock would use to make npm fetch (and build) something unpinned: a git
+  // dependency behind an https URL, a git or path spec npm would resolve again, an override.
+  refuse(
+    { a: '1.2.3' },
+    { 'node_modules/a': { version: '1.2.3', integrity: sha, resolved: 'https://github.com/evil/foo.git#0123abc' } },
+    /only registry tarballs/,
+  );
+  refuse(
+    { a: '1.2.3' },
+    { 'node_modules/a': { version: '1.2.3', integrity: sha, resolved: 'https://registry.npmjs.org/b/-/b-1.2.3.tgz' } },
+    /only registry tarballs/,
+  );
+  refuse({ a: '1.2.3' }, { 'node_modules/a': { version: '1.2.3', integrity: sha, dependencies: { evil: 'github:evil/foo' } } }, /not a registry version/);
+  refuse({ a: '1.2.3' }, { 'node_modules/a': { version: '1.2.3', integrity: sha, optionalDependencies: { evil: 'evil/foo' } } }, /not a registry version/);
+  refuse({ a: '1.2.3' }, { 'node_modules/a': { version: '1.2.3', integrity: sha, dependencies: { evil: 'file:../../etc' } } }, /not a registry version/);
+  refuse(
+    { a: '1.2.3' },
+    { 'node_modules/a': { version: '1.2.3', integrity: sha, peerDependencies: { evil: 'https://x.test/e.tgz' } } },
+    /not a registry version/,
+  );
+  refuse({ a: '1.2.3' }, { 'node_modules/a': { version: 'git+https://x', integrity: sha } }, /disagree/);
+  assert.throws(
+    () =>
+      checkPinnedLock(
+        '/d',
+        Buffer.from(JSON.stringify({ dependencies: { a: '1.2.3' }, overrides: { b: 'github:evil/b' } })),
+        lockJson({ 'node_modules/a': { version: '1.2.3', integrity: sha } }),
+      ),
+    /with "overrides"/,
+  );
+  // Registry tarballs, ranges and aliases pass.
+  const ok = checkPinnedLock(
+    '/d',
+    pkgJson({ a: '1.2.3' }),
+    lockJson({
+      'node_modules/a': {
+        version: '1.2.3',
+        integrity: sha,
+        resolved: 'https://registry.npmjs.org/a/-/a-1.2.3.tgz',
+        dependencies: { b: '^1.0.0 || >=2 <3' },
+        optionalDependencies: { '@s/c-linux': 'npm:@s/c@1.0.0-linux-x64' },
+      },
+      'node_modules/@s/c-linux': { name: '@s/c', version: '1.0.0-linux-x64', integrity: sha, resolved: 'https://mirror.test/npm/@s/c/-/c-1.0.0-linux-x64.tgz' },
+    }),
+  );
+  assert.deepEqual(ok.software, { a: '1.2.3' });
+});
+
+test('npm gets the daemon’s environment without inherited npm settings, except the registry', () => {
+  const env = npmEnv({
+    PATH: '/bin',
+    npm_config_git: '/tmp/evil',
+    NPM_CONFIG_SCRIPT_SHELL: '/tmp/evil',
+    npm_config_registry: 'https://mirror.test/',
+    npm_lifecycle_event: 'x',
+  });
+  assert.equal(env.PATH, '/bin');
+  assert.equal(env.npm_config_registry, 'https://mirror.test/');
+  assert.equal(env.npm_config_ignore_scripts, 'true');
+  assert.deepEqual(
+    Object.keys(env)
+      .filter((k) => /^npm_/i.test(k))
+      .sort(),
+    ['npm_config_ignore_scripts', 'npm_config_registry', 'npm_config_update_notifier'],
+  );
+});
+
+test('a recipe directory reached through a symlink is refused: no host file is copied', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'realsub-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  await mkdir(join(dir, 'secret', '.ssh'), { recursive: true });
+  await writeFile(join(dir, 'secret', '.ssh', 'id_ed25519'), 'canary');
+  await mkdir(join(dir, 'catalog'));
+  await symlink('../secret', join(dir, 'catalog', 'x'));
+  await assert.rejects(realSubdir(join(dir, 'catalog'), 'x/.ssh', 'the recipe overlay'), /is a symlink/);
+  await mkdir(join(dir, 'catalog', 'real', 'ov'), { recursive: true });
+  assert.equal(await realSubdir(join(dir, 'catalog'), 'real/ov', 'the recipe overlay'), join(dir, 'catalog', 'real', 'ov'));
 });
 
 test('the shipped agents lock is pinned and names Node.js, npm and the four agents', async () => {
@@ -126,8 +212,16 @@ test('an overlay is copied with normalised modes, links as links, and never over
  * A fake npm (named so): writes what `npm install` of the lock would into node_modules, so the
  * layer's own steps (version check, platform links, bin links, modes) run for real.
  */
-async function fakeNpmTree(project: string, versions: Record<string, string>): Promise<void> {
+async function fakeNpmTree(project: string, versions: Record<string, string>, extra: Record<string, Record<string, unknown>> = {}): Promise<void> {
   const nm = join(project, 'node_modules');
+  await mkdir(nm, { recursive: true });
+  // npm's own record of what it installed: the lock's entries (at what was installed), plus `extra`.
+  const installed = Object.fromEntries([
+    ...Object.entries(versions).map(([n, v]) => [`node_modules/${n}`, { version: v, integrity: sha }]),
+    ['node_modules/agent-linux-x64', { version: '1.0.0', integrity: sha }],
+    ...Object.entries(extra),
+  ]);
+  await writeFile(join(nm, '.package-lock.json'), JSON.stringify({ lockfileVersion: 3, packages: installed }));
   for (const [name, version] of Object.entries(versions)) {
     await mkdir(join(nm, name, 'bin'), { recursive: true });
     await writeFile(join(nm, name, 'package.json'), JSON.stringify({ name, version }));
@@ -158,12 +252,18 @@ test('the npm layer: exact versions checked, platform binary linked over the pla
     bins: ['agent'],
     links: [{ file: 'node_modules/agent/bin/agent.exe', target: 'node_modules/agent-linux-x64/agent' }],
   };
-  const run = async (name: string, installed: Record<string, string>) => {
+  const run = async (name: string, installed: Record<string, string>, extra: Record<string, Record<string, unknown>> = {}, relock = false) => {
     const layer = join(dir, name);
     await mkdir(layer);
     const runner = new FakeRunner(async (cmd) => {
       assert.equal(cmd, 'npm');
-      await fakeNpmTree(join(layer, 'opt', 'banger', 'agents'), installed);
+      await fakeNpmTree(join(layer, 'opt', 'banger', 'agents'), installed, extra);
+      // npm resolving something anew rewrites the lock.
+      if (relock)
+        await writeFile(
+          join(layer, 'opt', 'banger', 'agents', 'package-lock.json'),
+          lockJson({ 'node_modules/agent': { version: '1.0.0', integrity: sha, extra: 1 } }),
+        );
       return { code: 0 };
     });
     return { layer, result: buildNpmLayer(runner, layerSpec, layer, join(dir, 'cache'), ctx), runner };
@@ -179,7 +279,11 @@ test('the npm layer: exact versions checked, platform binary linked over the pla
   assert.ok(good.runner.calls[0]?.includes('--ignore-scripts'));
 
   const drifted = await run('drifted', { agent: '1.0.1' });
-  await assert.rejects(drifted.result, /npm installed agent@1\.0\.1, the lock pins 1\.0\.0/);
+  await assert.rejects(drifted.result, /npm installed node_modules\/agent@1\.0\.1, which the lock does not pin/);
+  const relocked = await run('relocked', { agent: '1.0.0' }, {}, true);
+  await assert.rejects(relocked.result, /npm changed the lock while installing it/);
+  const unpinned = await run('unpinned', { agent: '1.0.0' }, { 'node_modules/evil': { version: '6.6.6', resolved: 'git+https://x.test/evil.git' } });
+  await assert.rejects(unpinned.result, /npm installed node_modules\/evil@6\.6\.6, which the lock does not pin/);
 });
 
 test('the npm layer fails with npm’s own words when npm fails', async (t) => {

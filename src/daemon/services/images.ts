@@ -20,7 +20,7 @@ import {
   recipeFilesBase,
 } from '../../images/catalog.js';
 import { applyLayer, RootfsLedger } from '../../images/layer-apply.js';
-import { buildNpmLayer, copyOverlay, readPinnedLock } from '../../images/npm-layer.js';
+import { buildNpmLayer, copyOverlay, readPinnedLock, realSubdir } from '../../images/npm-layer.js';
 import { fetchAndFlatten } from '../../images/oci-pull.js';
 import { runRecipe } from '../../images/recipe.js';
 import { buildRootfs, imageSizeFor } from '../../images/rootfs-build.js';
@@ -263,7 +263,7 @@ export class ImageService {
   private async buildRecipeLayer(source: RecipeSpec, base: string, layer: string, ctx: OpContext): Promise<Record<string, string>> {
     let software: Record<string, string> = {};
     if (source.npm) {
-      const dir = join(base, source.npm.dir);
+      const dir = await realSubdir(base, source.npm.dir, 'the recipe npm directory');
       const pinned = await readPinnedLock(dir);
       ctx.stage(
         'install npm packages',
@@ -275,7 +275,7 @@ export class ImageService {
     }
     if (source.overlay) {
       ctx.stage('copy files', source.overlay);
-      await copyOverlay(join(base, source.overlay), layer);
+      await copyOverlay(await realSubdir(base, source.overlay, 'the recipe overlay'), layer);
     }
     return software;
   }
