@@ -149,7 +149,10 @@ test('start: clear errors for an unknown agent, a missing program, directory or 
   // The command line is what the shell reads back as exactly the configured words.
   const words = execFileSync('/bin/sh', ['-c', `set -- ${r.command.replace(/^K=\S+ /, '')}; printf '%s\\n' "$@"`], { encoding: 'utf8' });
   assert.deepEqual(words.split('\n').slice(0, -1), ['evil', "'; touch /tmp/pwned; '", '$(id)']);
-  assert.equal(execFileSync('/bin/sh', ['-c', `${r.command.split(' ')[0]} sh -c 'printf %s "$K"'`], { encoding: 'utf8' }), '`id`');
+  // The environment reaches the guest's line exactly (the answer shows K=…, below).
+  const stored = g.sessions.get('evil') as string;
+  assert.equal(execFileSync('/bin/sh', ['-c', `${stored.split(' ')[0]} sh -c 'printf %s "$K"'`], { encoding: 'utf8' }), '`id`');
+  assert.equal(r.command, `K=… evil ''\\''; touch /tmp/pwned; '\\''' '$(id)'`);
 });
 
 test('list: sessions with their recorded command; no tmux server is an empty list', async () => {
@@ -161,7 +164,22 @@ test('list: sessions with their recorded command; no tmux server is an empty lis
   await assert.rejects(service(fakeGuest({ tmux: false })).list('dev'), /tmux is not installed/);
 });
 
-test('definitions: env values (possibly secrets) are never sent, only their names', () => {
+test('env values (API keys) go to the guest, never into an answer: start, list, definitions', async () => {
+  const SECRET = "sk-ant-do-not-leak 'x'";
+  const g = fakeGuest();
+  const s = service(g, undefined, resolveAgents({ claude: { env: { ANTHROPIC_API_KEY: SECRET } } }));
+  const started = await s.start('dev', { agent: 'claude' });
+  assert.equal(started.command, 'IS_SANDBOX=1 ANTHROPIC_API_KEY=… claude --dangerously-skip-permissions');
+  // The guest got it (its @banger-command, so a restore runs it again) ...
+  assert.ok(g.sessions.get('claude')?.includes('sk-ant-do-not-leak'));
+  // ... and lists it back: the list hides it.
+  const listed = await s.list('dev');
+  assert.equal(listed[0]?.command, 'IS_SANDBOX=1 ANTHROPIC_API_KEY=… claude --dangerously-skip-permissions');
+  const again = await s.start('dev', { agent: 'claude' });
+  for (const answer of [started, again, listed, s.definitions()]) assert.ok(!JSON.stringify(answer).includes('do-not-leak'), JSON.stringify(answer));
+});
+
+test('definitions: env names only, not their values (possibly secrets)', () => {
   const s = service(fakeGuest(), undefined, resolveAgents({ claude: { env: { ANTHROPIC_API_KEY: 'sk-secret' } } }));
   const claude = s.definitions().find((a) => a.name === 'claude');
   assert.deepEqual(claude?.envKeys, ['IS_SANDBOX', 'ANTHROPIC_API_KEY']);

@@ -12,6 +12,8 @@ import {
   MAX_LISTED_SESSIONS,
   parseTmuxSessions,
   presetOf,
+  REDACTED_VALUE,
+  redactAssignments,
   resolveAgents,
   shellQuote,
   TMUX_LIST_FORMAT,
@@ -167,6 +169,37 @@ test('parseTmuxSessions: fields by the unit separator; malformed lines skipped, 
   const many = Array.from({ length: 500 }, (_, i) => line(`s${i}`, '1', '0', '1', '')).join('\n');
   assert.equal(parseTmuxSessions(many).length, MAX_LISTED_SESSIONS);
   assert.equal(TMUX_LIST_FORMAT.split('\x1f').length, 5);
+});
+
+test('redactAssignments: environment values become NAME=…, however the guest quoted them; the presets’ own stay; the program stays', () => {
+  const SECRET = 'sk-ant-s3cr3t';
+  // The line banger itself builds, with secrets that need quoting.
+  for (const value of [SECRET, `${SECRET} with spaces`, `it's ${SECRET}`, `"${SECRET}"`, `$(${SECRET})`]) {
+    const line = agentCommandLine(['claude', '--dangerously-skip-permissions'], { IS_SANDBOX: '1', ANTHROPIC_API_KEY: value, B: value });
+    const shown = redactAssignments(line);
+    assert.equal(shown, `IS_SANDBOX=1 ANTHROPIC_API_KEY=${REDACTED_VALUE} B=${REDACTED_VALUE} claude --dangerously-skip-permissions`, line);
+    assert.ok(!shown.includes(SECRET));
+  }
+  // Lines a guest made up: other quoting, cut short, substitutions; never a piece of the value left.
+  for (const [line, shown] of [
+    [`K="a ${SECRET} \\" b" prog x`, `K=${REDACTED_VALUE} prog x`],
+    [`K=a\\ ${SECRET} prog`, `K=${REDACTED_VALUE} prog`],
+    [`K='${SECRET}`, `K=${REDACTED_VALUE}`],
+    [`K="${SECRET}`, `K=${REDACTED_VALUE}`],
+    [`K=$(echo ${SECRET}) prog`, `K=${REDACTED_VALUE}`],
+    [`K=\`${SECRET}\` prog`, `K=${REDACTED_VALUE}`],
+    [`K=x;${SECRET} prog`, `K=${REDACTED_VALUE}`],
+    [`  K=${SECRET}\tL='${SECRET}'x"${SECRET}"  prog`, `K=${REDACTED_VALUE} L=${REDACTED_VALUE} prog`],
+    [`IS_SANDBOX=${SECRET} claude`, `IS_SANDBOX=${REDACTED_VALUE} claude`],
+  ] as const) {
+    assert.equal(redactAssignments(line), shown, line);
+  }
+  // No leading assignment: unchanged (an argument with = is not one).
+  assert.equal(redactAssignments('opencode --x=y'), 'opencode --x=y');
+  assert.equal(redactAssignments(''), '');
+  // parseTmuxSessions applies it to the guest's @banger-command.
+  const [s] = parseTmuxSessions(['claude', '1', '0', '1', `IS_SANDBOX=1 ANTHROPIC_API_KEY='${SECRET}' claude`].join('\x1f'));
+  assert.equal(s?.command, `IS_SANDBOX=1 ANTHROPIC_API_KEY=${REDACTED_VALUE} claude`);
 });
 
 test('names, working directories and the file_sync TOML', () => {

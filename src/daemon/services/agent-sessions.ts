@@ -16,6 +16,7 @@ import {
   agentCommandLine,
   guestCwdProblem,
   parseTmuxSessions,
+  redactAssignments,
   tmuxHasSessionArgv,
   tmuxListSessionsArgv,
   tmuxNewSessionArgv,
@@ -107,7 +108,8 @@ export class AgentSessionService {
     const cwdProblem = guestCwdProblem(cwd);
     if (cwdProblem) throw new BangerError('bad_request', `working directory ${JSON.stringify(cwd.slice(0, 200))} ${cwdProblem}`);
     const command = agentCommandLine(def.command, def.env);
-    const answer = (created: boolean): AgentStartResult => ({ agent: def.name, session: def.session, created, cwd, command });
+    // The line goes to the guest as it is; the answer shows it without env values (API keys).
+    const answer = (created: boolean): AgentStartResult => ({ agent: def.name, session: def.session, created, cwd, command: redactAssignments(command) });
 
     // The agents image restores saved sessions at boot (banger-tmux.service), and "ready" comes
     // before that unit has run: wait for it, so the restore and this start never race for the
