@@ -330,10 +330,16 @@ export function parseTmuxSessions(stdout: string): TmuxSession[] {
 /** The argv that attaches a terminal to the session (under a PTY); tmux's own detach (prefix d) leaves it running. */
 export const tmuxAttachArgv = (session: string): string[] => ['tmux', 'attach-session', '-t', `=${session}`];
 
-/** Why a guest working directory cannot be used, or undefined. */
+/**
+ * Why a guest working directory cannot be used, or undefined. It goes to `tmux new-session -c`,
+ * which expands its argument as a format (`#(…)` would run a command, `#{…}` change the path) and
+ * which ends a command at an argument ending in `;`: both are refused rather than escaped.
+ */
 export function guestCwdProblem(cwd: string): string | undefined {
   if (!cwd.startsWith('/')) return 'is not an absolute path';
   if (cwd.length > 4096) return 'is longer than 4096 characters';
+  if (cwd.includes('#')) return 'contains "#" (tmux would read it as a format): use a directory without one';
+  if (cwd.endsWith(';')) return 'ends with ";" (tmux would read it as a command separator): use a directory without one';
   return shellWordProblem(cwd);
 }
 

@@ -55,6 +55,8 @@ before(async () => {
     `#!/bin/sh\n{ pwd; printf '%s\\n' "$@"; printf 'MARK=%s\\n' "$MARK"; printf 'API_KEY=%s\\n' "$API_KEY"; } > ./agent-ran.txt\nread -r line\n`,
     { mode: 0o755 },
   );
+  // What a `#(banger-canary)` tmux format would run.
+  await writeFile(join(dir, 'bin', 'banger-canary'), `#!/bin/sh\ntouch '${join(dir, 'canary-ran')}'\n`, { mode: 0o755 });
   // HostFakeGuest's processes take this process's PATH.
   savedPath = process.env.PATH;
   process.env.PATH = `${join(dir, 'bin')}:${process.env.PATH ?? '/usr/bin:/bin'}`;
@@ -63,6 +65,7 @@ before(async () => {
     agents: resolveAgents({
       'stand-in': { command: ['stand-in-agent', "it's", '$(touch pwned)', 'two words', '`id`'], env: { MARK: 'a "b" $c', API_KEY: SECRET } },
       ghost: { command: ['no-such-agent-program'] },
+      sleeper: { command: ['sleep', '600'] },
     }),
     exec: (ref, spec, opts) => procs.exec(ref, spec, opts),
     guest: (ref) => procs.guest(ref),
@@ -123,6 +126,19 @@ test('a missing program or directory is refused before tmux starts anything', { 
     (await svc.list('dev')).map((s) => s.name),
     ['stand-in'],
   );
+});
+
+test('a working directory tmux would expand (#(…)) or split (;) is refused: no session, the canary command never runs', { skip }, async () => {
+  // The directories exist and the agent's program too, so only the refusal keeps tmux from seeing them.
+  for (const name of ['w#(banger-canary)', 'w;']) {
+    await mkdir(join(dir, name));
+    await assert.rejects(svc.start('dev', { agent: 'sleeper', cwd: join(dir, name) }), (e: unknown) => e instanceof BangerError && e.code === 'bad_request');
+  }
+  assert.deepEqual(
+    (await svc.list('dev')).map((s) => s.name),
+    ['stand-in'],
+  );
+  assert.ok(!existsSync(join(dir, 'canary-ran')), 'tmux ran no format command');
 });
 
 test('a session of someone else is listed without a command', { skip }, async () => {

@@ -142,6 +142,10 @@ test('start: clear errors for an unknown agent, a missing program, directory or 
   await assert.rejects(service(fakeGuest()).start('dev', { agent: 'pi', cwd: '/nope' }), isErr('not_found', /\/nope is not a directory in VM dev/));
   await assert.rejects(service(fakeGuest({ tmux: false })).start('dev', { agent: 'pi' }), isErr('precondition_failed', /tmux is not installed in VM dev/));
   await assert.rejects(service(fakeGuest()).start('dev', { agent: 'pi', cwd: '/root/a\nb' }), isErr('bad_request', /control character/));
+  const g0 = fakeGuest();
+  await assert.rejects(service(g0).start('dev', { agent: 'pi', cwd: '/root/#(id)' }), isErr('bad_request', /contains "#"/));
+  await assert.rejects(service(g0).start('dev', { agent: 'pi', cwd: '/root/x;' }), isErr('bad_request', /ends with ";"/));
+  assert.deepEqual(g0.specs, [], 'refused before anything reached the guest');
 
   const g = fakeGuest({ programs: ['evil'] });
   const agents = resolveAgents({ evil: { command: ['evil', "'; touch /tmp/pwned; '", '$(id)'], env: { K: '`id`' } } });

@@ -211,6 +211,11 @@ test('names, working directories and the file_sync TOML', () => {
   assert.equal(guestCwdProblem('/root/repo'), undefined);
   assert.match(guestCwdProblem('repo') ?? '', /absolute/);
   assert.match(guestCwdProblem('/root/a\nb') ?? '', /control character/);
+  // tmux reads -c as a format and a trailing ; as a command separator.
+  assert.match(guestCwdProblem('/root/#(touch /tmp/canary)') ?? '', /contains "#".*format/);
+  assert.match(guestCwdProblem('/root/#{pane_id}') ?? '', /contains "#"/);
+  assert.match(guestCwdProblem('/root/repo;') ?? '', /ends with ";".*command separator/);
+  assert.equal(guestCwdProblem('/root/a;b'), undefined);
   assert.equal(
     fileSyncToml({ host: '~/.codex/auth.json', guest: '/root/.codex/auth.json', kind: 'file', mode: '0600', what: 'x' }),
     '[[file_sync]]\nhost = "~/.codex/auth.json"\nguest = "/root/.codex/auth.json"\nmode = "0600"',
