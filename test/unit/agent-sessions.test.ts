@@ -2,13 +2,16 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { pino } from 'pino';
 import { BangerError } from '../../src/api/errors.js';
 import type { ProcResult } from '../../src/api/proc-schemas.js';
 import { parseConfig } from '../../src/config/config.js';
 import { AgentSessionService, OUTSIDE_PROC_CGROUP, WAIT_FOR_TMUX_RESTORE } from '../../src/daemon/services/agent-sessions.js';
-import type { ExecSpec } from '../../src/daemon/services/processes.js';
-import type { GuestChannel } from '../../src/guest/guest-channel.js';
+import { type ExecSpec, ProcessService } from '../../src/daemon/services/processes.js';
+import type { GuestChannel, GuestProcSpec } from '../../src/guest/guest-channel.js';
 import { AGENT_PRESETS, fileSyncToml, resolveAgents } from '../../src/util/coding-agents.js';
+import { HostFakeGuest } from '../helpers/fake-guest.js';
 
 const result = (exitCode: number, stdout = '', stderr = ''): ProcResult => ({ exitCode, signal: null, timedOut: false, stdout, stderr }) as ProcResult;
 
@@ -188,6 +191,39 @@ test('definitions: env names only, not their values (possibly secrets)', () => {
   const claude = s.definitions().find((a) => a.name === 'claude');
   assert.deepEqual(claude?.envKeys, ['IS_SANDBOX', 'ANTHROPIC_API_KEY']);
   assert.ok(!JSON.stringify(s.definitions()).includes('sk-secret'));
+});
+
+/** A guest that ignores the timeout it is given: every process it runs never ends by itself. */
+class NeverEndingGuest extends HostFakeGuest {
+  override startProcess(spec: GuestProcSpec) {
+    const { timeoutMs: _ignored, ...rest } = spec;
+    return super.startProcess({ ...rest, argv: ['sleep', '600'] });
+  }
+}
+
+test('a guest that never ends a tmux call: the host stops waiting at its own bound (timeout), kills and forgets the process', async () => {
+  const guest = new NeverEndingGuest();
+  const procs = new ProcessService({ vmGuest: async () => ({ vm: { id: 'v1', name: 'dev' }, channel: guest }), log: pino({ level: 'silent' }) });
+  const s = new AgentSessionService({
+    agents: resolveAgents({}),
+    exec: (ref, spec, opts) => procs.exec(ref, spec, opts),
+    guest: (ref) => procs.guest(ref),
+    vmInfo: () => ({ name: 'dev' }),
+    hostBoundMs: 300,
+  });
+  await assert.rejects(
+    s.list('dev'),
+    (e: unknown) => e instanceof BangerError && e.code === 'timeout' && /tmux call in VM dev did not end within 0.3 s/.test(e.message),
+  );
+  await assert.rejects(s.start('dev', { agent: 'pi' }), (e: unknown) => e instanceof BangerError && e.code === 'timeout');
+  assert.equal(guest.started.length, 2);
+  // The clean-up runs in the background: the killed processes are forgotten once they ended.
+  for (let i = 0; i < 100 && guest.procs.size > 0; i++) await sleep(50);
+  assert.equal(guest.procs.size, 0, 'every process was killed and forgotten');
+  // The caller's own signal still wins: a request whose client left is cancelled, not timed out.
+  const left = new AbortController();
+  left.abort();
+  await assert.rejects(s.list('dev', left.signal), (e: unknown) => e instanceof BangerError && e.code === 'cancelled');
 });
 
 test("every preset's [[file_sync]] TOML is a valid config", () => {
