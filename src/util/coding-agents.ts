@@ -294,9 +294,14 @@ export interface TmuxSession {
   command: string | null;
 }
 
-/** Drops control characters and caps length: session names and options are guest data. */
+/**
+ * Drops control and format characters (C0, C1, bidi overrides and marks, zero-width ones) and line
+ * and paragraph separators, as readiness does, and caps length: session names and options are guest
+ * data, and a bidi override or a hidden character would make a printed name or command read as
+ * something else.
+ */
 function clean(s: string, max: number): string {
-  return s.replace(/[\x00-\x1f\x7f-\x9f]/g, '').slice(0, max);
+  return s.replace(/[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/gu, '').slice(0, max);
 }
 
 const count = (s: string): number => {

@@ -166,6 +166,12 @@ test('parseTmuxSessions: fields by the unit separator; malformed lines skipped, 
     },
     { name: 'work]0;pwned', windows: 2, attached: 1, createdAt: null, command: null },
   ]);
+  // Bidi overrides and marks, zero-width characters, line and paragraph separators: gone from names and commands.
+  const hidden = '\u202e\u2066\u200f\u200b\u200d\ufeff\u2028\u2029\u0085';
+  assert.deepEqual(parseTmuxSessions(line(`cla${hidden}ude`, '1', '0', '1', `pi${hidden} --x`)), [
+    { name: 'claude', windows: 1, attached: 0, createdAt: new Date(1000).toISOString(), command: 'pi --x' },
+  ]);
+  assert.deepEqual(parseTmuxSessions(line(hidden, '1', '0', '1', '')), [], 'a name of hidden characters only is no name');
   const many = Array.from({ length: 500 }, (_, i) => line(`s${i}`, '1', '0', '1', '')).join('\n');
   assert.equal(parseTmuxSessions(many).length, MAX_LISTED_SESSIONS);
   assert.equal(TMUX_LIST_FORMAT.split('\x1f').length, 5);
