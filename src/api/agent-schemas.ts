@@ -49,7 +49,7 @@ export const AgentSessionSchema = z.object({
   /** Terminals attached to it now. */
   attached: z.number().int(),
   createdAt: z.string().nullable(),
-  /** The command line banger started it with (its `@banger-command`), null for sessions banger did not start. */
+  /** The command line banger started it with (its `@banger-command`, environment values shown as `NAME=…`), null for sessions banger did not start. */
   command: z.string().nullable(),
 });
 export type AgentSession = z.infer<typeof AgentSessionSchema>;
@@ -63,7 +63,7 @@ export const AgentStartResultSchema = z.object({
   /** False when a session of that name was already there (it is reused, its agent untouched). */
   created: z.boolean(),
   cwd: z.string(),
-  /** The shell command line the session runs. */
+  /** The shell command line the session runs, its environment values shown as `NAME=…` (they may be secrets). */
   command: z.string(),
 });
 export type AgentStartResult = z.infer<typeof AgentStartResultSchema>;

@@ -160,6 +160,61 @@ export function agentCommandLine(command: readonly string[], env: Readonly<Recor
   return line;
 }
 
+/** What stands for an environment value outside the guest (`NAME=…`). */
+export const REDACTED_VALUE = '…';
+
+/** Assignments shown as they are: the presets' own values (IS_SANDBOX=1), which are not secrets. */
+const VISIBLE_ASSIGNMENTS = new Set(AGENT_PRESETS.flatMap((p) => Object.entries(p.env).map(([k, v]) => `${k}=${shellQuote(v)}`)));
+
+/**
+ * Where the shell word starting at `i` ends. Quotes and backslashes are followed as sh reads them;
+ * an unterminated quote, or an unquoted character that could start a substitution or another
+ * command (`$ \` ; | & < > ( )`), makes the word run to the end of the line: when in doubt, more is
+ * hidden, never less.
+ */
+function shellWordEnd(s: string, i: number): number {
+  while (i < s.length) {
+    const c = s[i] as string;
+    if (c === ' ' || c === '\t' || c === '\n') return i;
+    if (c === '\\') i += 2;
+    else if (c === "'") {
+      const close = s.indexOf("'", i + 1);
+      if (close < 0) return s.length;
+      i = close + 1;
+    } else if (c === '"') {
+      i++;
+      while (i < s.length && s[i] !== '"') i += s[i] === '\\' ? 2 : 1;
+      if (i >= s.length) return s.length;
+      i++;
+    } else if ('$`;|&<>()'.includes(c)) return s.length;
+    else i++;
+  }
+  return s.length;
+}
+
+/**
+ * A command line as banger shows it outside the guest: the values of its leading `NAME=value`
+ * assignments (an agent's `[agents.X] env`, possibly API keys) become `NAME=…`, except the
+ * presets' own. Used on the line the daemon builds and on the `@banger-command` a guest reports
+ * (guest data: any quoting, hostile or cut short).
+ */
+export function redactAssignments(line: string): string {
+  const shown: string[] = [];
+  let rest = line;
+  for (;;) {
+    const lead = /^[ \t]*/.exec(rest)?.[0].length ?? 0;
+    const name = /^([A-Za-z_][A-Za-z0-9_]*)=/.exec(rest.slice(lead));
+    if (!name) break;
+    const end = shellWordEnd(rest, lead + name[0].length);
+    const word = rest.slice(lead, end);
+    shown.push(VISIBLE_ASSIGNMENTS.has(word) ? word : `${name[1]}=${REDACTED_VALUE}`);
+    rest = rest.slice(end);
+  }
+  if (!shown.length) return line;
+  const tail = rest.trimStart();
+  return tail ? `${shown.join(' ')} ${tail}` : shown.join(' ');
+}
+
 // ---- definitions ----------------------------------------------------------------------------
 
 /**
@@ -239,9 +294,14 @@ export interface TmuxSession {
   command: string | null;
 }
 
-/** Drops control characters and caps length: session names and options are guest data. */
+/**
+ * Drops control and format characters (C0, C1, bidi overrides and marks, zero-width ones) and line
+ * and paragraph separators, as readiness does, and caps length: session names and options are guest
+ * data, and a bidi override or a hidden character would make a printed name or command read as
+ * something else.
+ */
 function clean(s: string, max: number): string {
-  return s.replace(/[\x00-\x1f\x7f-\x9f]/g, '').slice(0, max);
+  return s.replace(/[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/gu, '').slice(0, max);
 }
 
 const count = (s: string): number => {
@@ -265,7 +325,8 @@ export function parseTmuxSessions(stdout: string): TmuxSession[] {
       windows: count(windows),
       attached: count(attached),
       createdAt: createdSec > 0 && createdSec < 1e11 ? new Date(createdSec * 1000).toISOString() : null,
-      command: command ? clean(command, MAX_COMMAND_LINE) : null,
+      // Its environment values stay in the guest (docs/agents.md, Security).
+      command: command ? redactAssignments(clean(command, MAX_COMMAND_LINE)) : null,
     });
   }
   return out;
@@ -274,10 +335,16 @@ export function parseTmuxSessions(stdout: string): TmuxSession[] {
 /** The argv that attaches a terminal to the session (under a PTY); tmux's own detach (prefix d) leaves it running. */
 export const tmuxAttachArgv = (session: string): string[] => ['tmux', 'attach-session', '-t', `=${session}`];
 
-/** Why a guest working directory cannot be used, or undefined. */
+/**
+ * Why a guest working directory cannot be used, or undefined. It goes to `tmux new-session -c`,
+ * which expands its argument as a format (`#(…)` would run a command, `#{…}` change the path) and
+ * which ends a command at an argument ending in `;`: both are refused rather than escaped.
+ */
 export function guestCwdProblem(cwd: string): string | undefined {
   if (!cwd.startsWith('/')) return 'is not an absolute path';
   if (cwd.length > 4096) return 'is longer than 4096 characters';
+  if (cwd.includes('#')) return 'contains "#" (tmux would read it as a format): use a directory without one';
+  if (cwd.endsWith(';')) return 'ends with ";" (tmux would read it as a command separator): use a directory without one';
   return shellWordProblem(cwd);
 }
 

@@ -30,6 +30,8 @@ let work: string;
 let svc: AgentSessionService;
 let savedPath: string | undefined;
 const guest = new HostFakeGuest();
+/** An [agents.X] env value: the agent gets it, no answer shows it. */
+const SECRET = "sk-do-not-leak 'q' $x";
 
 const tmux = (...args: string[]) => execFileSync(REAL_TMUX, ['-S', sock, ...args], { encoding: 'utf8' });
 
@@ -50,17 +52,20 @@ before(async () => {
   // The stand-in agent: records its arguments and one variable in its working directory, then waits for input as an agent does.
   await writeFile(
     join(dir, 'bin', 'stand-in-agent'),
-    `#!/bin/sh\n{ pwd; printf '%s\\n' "$@"; printf 'MARK=%s\\n' "$MARK"; } > ./agent-ran.txt\nread -r line\n`,
+    `#!/bin/sh\n{ pwd; printf '%s\\n' "$@"; printf 'MARK=%s\\n' "$MARK"; printf 'API_KEY=%s\\n' "$API_KEY"; } > ./agent-ran.txt\nread -r line\n`,
     { mode: 0o755 },
   );
+  // What a `#(banger-canary)` tmux format would run.
+  await writeFile(join(dir, 'bin', 'banger-canary'), `#!/bin/sh\ntouch '${join(dir, 'canary-ran')}'\n`, { mode: 0o755 });
   // HostFakeGuest's processes take this process's PATH.
   savedPath = process.env.PATH;
   process.env.PATH = `${join(dir, 'bin')}:${process.env.PATH ?? '/usr/bin:/bin'}`;
   const procs = new ProcessService({ vmGuest: async () => ({ vm: { id: 'v1', name: 'dev' }, channel: guest }), log: pino({ level: 'silent' }) });
   svc = new AgentSessionService({
     agents: resolveAgents({
-      'stand-in': { command: ['stand-in-agent', "it's", '$(touch pwned)', 'two words', '`id`'], env: { MARK: 'a "b" $c' } },
+      'stand-in': { command: ['stand-in-agent', "it's", '$(touch pwned)', 'two words', '`id`'], env: { MARK: 'a "b" $c', API_KEY: SECRET } },
       ghost: { command: ['no-such-agent-program'] },
+      sleeper: { command: ['sleep', '600'] },
     }),
     exec: (ref, spec, opts) => procs.exec(ref, spec, opts),
     guest: (ref) => procs.guest(ref),
@@ -76,13 +81,21 @@ after(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-test('start creates the session in the workspace with @banger-command; the agent gets its words and environment exactly', { skip }, async () => {
+test('start creates the session in the workspace with @banger-command; the agent gets its words and environment exactly, the answers never its env values', {
+  skip,
+}, async () => {
   assert.deepEqual(await svc.list('dev'), [], 'no server yet: no sessions');
   const r = await svc.start('dev', { agent: 'stand-in' });
   assert.equal(r.created, true);
   assert.equal(r.cwd, work);
-  assert.equal(tmux('show-options', '-v', '-t', '=stand-in:', '@banger-command').trimEnd(), r.command);
-  assert.equal(await fileOf(join(work, 'agent-ran.txt')), [work, "it's", '$(touch pwned)', 'two words', '`id`', 'MARK=a "b" $c', ''].join('\n'));
+  // The guest's option holds the real line (a restore runs it); the answer the same line without values.
+  const recorded = tmux('show-options', '-v', '-t', '=stand-in:', '@banger-command').trimEnd();
+  assert.ok(recorded.includes('sk-do-not-leak'));
+  assert.equal(r.command, `MARK=… API_KEY=… ${recorded.slice(recorded.indexOf('stand-in-agent'))}`);
+  assert.equal(
+    await fileOf(join(work, 'agent-ran.txt')),
+    [work, "it's", '$(touch pwned)', 'two words', '`id`', 'MARK=a "b" $c', `API_KEY=${SECRET}`, ''].join('\n'),
+  );
   assert.ok(!existsSync(join(work, 'pwned')), 'nothing in the configuration ran as shell code');
 
   const sessions = await svc.list('dev');
@@ -91,6 +104,7 @@ test('start creates the session in the workspace with @banger-command; the agent
   assert.equal(sessions[0]?.command, r.command);
   assert.equal(sessions[0]?.windows, 1);
   assert.ok(sessions[0]?.createdAt && Date.parse(sessions[0].createdAt) > Date.now() - 3600_000);
+  assert.ok(!JSON.stringify([r, sessions]).includes('do-not-leak'));
 });
 
 test('a second start reuses the running session: the agent is not started again', { skip }, async () => {
@@ -112,6 +126,19 @@ test('a missing program or directory is refused before tmux starts anything', { 
     (await svc.list('dev')).map((s) => s.name),
     ['stand-in'],
   );
+});
+
+test('a working directory tmux would expand (#(…)) or split (;) is refused: no session, the canary command never runs', { skip }, async () => {
+  // The directories exist and the agent's program too, so only the refusal keeps tmux from seeing them.
+  for (const name of ['w#(banger-canary)', 'w;']) {
+    await mkdir(join(dir, name));
+    await assert.rejects(svc.start('dev', { agent: 'sleeper', cwd: join(dir, name) }), (e: unknown) => e instanceof BangerError && e.code === 'bad_request');
+  }
+  assert.deepEqual(
+    (await svc.list('dev')).map((s) => s.name),
+    ['stand-in'],
+  );
+  assert.ok(!existsSync(join(dir, 'canary-ran')), 'tmux ran no format command');
 });
 
 test('a session of someone else is listed without a command', { skip }, async () => {

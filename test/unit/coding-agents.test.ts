@@ -12,6 +12,8 @@ import {
   MAX_LISTED_SESSIONS,
   parseTmuxSessions,
   presetOf,
+  REDACTED_VALUE,
+  redactAssignments,
   resolveAgents,
   shellQuote,
   TMUX_LIST_FORMAT,
@@ -164,9 +166,46 @@ test('parseTmuxSessions: fields by the unit separator; malformed lines skipped, 
     },
     { name: 'work]0;pwned', windows: 2, attached: 1, createdAt: null, command: null },
   ]);
+  // Bidi overrides and marks, zero-width characters, line and paragraph separators: gone from names and commands.
+  const hidden = '\u202e\u2066\u200f\u200b\u200d\ufeff\u2028\u2029\u0085';
+  assert.deepEqual(parseTmuxSessions(line(`cla${hidden}ude`, '1', '0', '1', `pi${hidden} --x`)), [
+    { name: 'claude', windows: 1, attached: 0, createdAt: new Date(1000).toISOString(), command: 'pi --x' },
+  ]);
+  assert.deepEqual(parseTmuxSessions(line(hidden, '1', '0', '1', '')), [], 'a name of hidden characters only is no name');
   const many = Array.from({ length: 500 }, (_, i) => line(`s${i}`, '1', '0', '1', '')).join('\n');
   assert.equal(parseTmuxSessions(many).length, MAX_LISTED_SESSIONS);
   assert.equal(TMUX_LIST_FORMAT.split('\x1f').length, 5);
+});
+
+test('redactAssignments: environment values become NAME=…, however the guest quoted them; the presets’ own stay; the program stays', () => {
+  const SECRET = 'sk-ant-s3cr3t';
+  // The line banger itself builds, with secrets that need quoting.
+  for (const value of [SECRET, `${SECRET} with spaces`, `it's ${SECRET}`, `"${SECRET}"`, `$(${SECRET})`]) {
+    const line = agentCommandLine(['claude', '--dangerously-skip-permissions'], { IS_SANDBOX: '1', ANTHROPIC_API_KEY: value, B: value });
+    const shown = redactAssignments(line);
+    assert.equal(shown, `IS_SANDBOX=1 ANTHROPIC_API_KEY=${REDACTED_VALUE} B=${REDACTED_VALUE} claude --dangerously-skip-permissions`, line);
+    assert.ok(!shown.includes(SECRET));
+  }
+  // Lines a guest made up: other quoting, cut short, substitutions; never a piece of the value left.
+  for (const [line, shown] of [
+    [`K="a ${SECRET} \\" b" prog x`, `K=${REDACTED_VALUE} prog x`],
+    [`K=a\\ ${SECRET} prog`, `K=${REDACTED_VALUE} prog`],
+    [`K='${SECRET}`, `K=${REDACTED_VALUE}`],
+    [`K="${SECRET}`, `K=${REDACTED_VALUE}`],
+    [`K=$(echo ${SECRET}) prog`, `K=${REDACTED_VALUE}`],
+    [`K=\`${SECRET}\` prog`, `K=${REDACTED_VALUE}`],
+    [`K=x;${SECRET} prog`, `K=${REDACTED_VALUE}`],
+    [`  K=${SECRET}\tL='${SECRET}'x"${SECRET}"  prog`, `K=${REDACTED_VALUE} L=${REDACTED_VALUE} prog`],
+    [`IS_SANDBOX=${SECRET} claude`, `IS_SANDBOX=${REDACTED_VALUE} claude`],
+  ] as const) {
+    assert.equal(redactAssignments(line), shown, line);
+  }
+  // No leading assignment: unchanged (an argument with = is not one).
+  assert.equal(redactAssignments('opencode --x=y'), 'opencode --x=y');
+  assert.equal(redactAssignments(''), '');
+  // parseTmuxSessions applies it to the guest's @banger-command.
+  const [s] = parseTmuxSessions(['claude', '1', '0', '1', `IS_SANDBOX=1 ANTHROPIC_API_KEY='${SECRET}' claude`].join('\x1f'));
+  assert.equal(s?.command, `IS_SANDBOX=1 ANTHROPIC_API_KEY=${REDACTED_VALUE} claude`);
 });
 
 test('names, working directories and the file_sync TOML', () => {
@@ -178,6 +217,11 @@ test('names, working directories and the file_sync TOML', () => {
   assert.equal(guestCwdProblem('/root/repo'), undefined);
   assert.match(guestCwdProblem('repo') ?? '', /absolute/);
   assert.match(guestCwdProblem('/root/a\nb') ?? '', /control character/);
+  // tmux reads -c as a format and a trailing ; as a command separator.
+  assert.match(guestCwdProblem('/root/#(touch /tmp/canary)') ?? '', /contains "#".*format/);
+  assert.match(guestCwdProblem('/root/#{pane_id}') ?? '', /contains "#"/);
+  assert.match(guestCwdProblem('/root/repo;') ?? '', /ends with ";".*command separator/);
+  assert.equal(guestCwdProblem('/root/a;b'), undefined);
   assert.equal(
     fileSyncToml({ host: '~/.codex/auth.json', guest: '/root/.codex/auth.json', kind: 'file', mode: '0600', what: 'x' }),
     '[[file_sync]]\nhost = "~/.codex/auth.json"\nguest = "/root/.codex/auth.json"\nmode = "0600"',

@@ -3,7 +3,7 @@ import type { AgentSession, AgentStartResult } from '../../api/agent-schemas.js'
 import { BangerError } from '../../api/errors.js';
 import type { Vm } from '../../api/schemas.js';
 import { BangerClient } from '../../client/client.js';
-import { agentNameProblem, tmuxAttachArgv } from '../../util/coding-agents.js';
+import { agentNameProblem, redactAssignments, tmuxAttachArgv } from '../../util/coding-agents.js';
 import { InvalidArgumentError } from '../commander.js';
 import { ago, printJson, printTable, sanitizeInline } from '../render.js';
 import { execInVm, runningVm } from './proc.js';
@@ -53,9 +53,12 @@ export function pickSession(sessions: readonly AgentSession[], vm: string, wante
   if (agents.length === 1) return agents[0] as AgentSession;
   if (agents.length === 0)
     throw new BangerError('not_found', `no agent session in ${vm}`, { fix: `start one: banger vm agent start ${vm} claude (or opencode, pi, codex)` });
+  // Session names are guest data: only one that is an agent name goes into a command to copy.
+  const named = agents.filter((s) => agentNameProblem(s.name) === undefined);
+  const shown = agents.map((s) => (agentNameProblem(s.name) === undefined ? s.name : `${sanitizeInline(s.name)} (not an agent name)`));
   throw usage(
-    `${vm} runs ${agents.length} agent sessions (${agents.map((s) => sanitizeInline(s.name)).join(', ')}): say which`,
-    `banger vm agent attach ${vm} --agent ${sanitizeInline((agents[0] as AgentSession).name)}`,
+    `${vm} runs ${agents.length} agent sessions (${shown.join(', ')}): say which`,
+    named.length ? `banger vm agent attach ${vm} --agent ${(named[0] as AgentSession).name}` : `see them: banger vm agent list ${vm}`,
   );
 }
 
@@ -99,7 +102,7 @@ export function registerVmAgentCommands(vm: Command): void {
       const c = new BangerClient();
       const v = await runningVm(c, ref);
       const r = await c.startAgent(v.id, { agent: name, ...(o.cwd !== undefined ? { cwd: o.cwd } : {}) });
-      if (o.json) return printJson(r);
+      if (o.json) return printJson({ ...r, command: redactAssignments(r.command) });
       process.stdout.write(`${startedText(v.name, r)}\nattach: ${attachHint(v.name, r.session, false)}\n`);
     });
 
@@ -125,7 +128,8 @@ export function registerVmAgentCommands(vm: Command): void {
     .action(async (ref: string, o: { json?: boolean }) => {
       const c = new BangerClient();
       const v = await runningVm(c, ref);
-      const { sessions } = await c.agentSessions(v.id);
+      // The daemon hides environment values already; an older one did not.
+      const sessions = (await c.agentSessions(v.id)).sessions.map((s) => ({ ...s, command: s.command === null ? null : redactAssignments(s.command) }));
       if (o.json) return printJson({ sessions });
       printTable(
         ['SESSION', 'ATTACHED', 'WINDOWS', 'CREATED', 'COMMAND'],

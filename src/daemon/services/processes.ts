@@ -33,6 +33,8 @@ export interface ExecOptions {
   signal?: AbortSignal;
   /** Called with output as it arrives (besides being buffered). */
   onOutput?: (stream: OutputStream, data: Buffer, offset: number) => Promise<void> | void;
+  /** Called once the guest started it (its id, to clean up after a wait that failed). */
+  onStarted?: (proc: GuestProc) => void;
 }
 
 export interface ProcTarget {
@@ -163,6 +165,7 @@ export class ProcessService {
   /** Runs a process to its end: `{proc, result}` (the convenience other services use). */
   async exec(ref: string, spec: ExecSpec, opts: ExecOptions = {}): Promise<{ proc: GuestProc; result: ProcResult }> {
     const t = await this.start(ref, opts.stdin !== undefined ? { ...spec, stdin: 'pipe' } : spec);
+    opts.onStarted?.(t.proc);
     const stdin = opts.stdin === undefined ? undefined : Buffer.isBuffer(opts.stdin) ? Readable.from([opts.stdin]) : opts.stdin;
     return this.collect(t, {
       ...(opts.maxBuffer !== undefined ? { maxBuffer: opts.maxBuffer } : {}),
