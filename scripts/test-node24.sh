@@ -46,8 +46,9 @@ if [[ ! -e "$cache/modules-$key/.done" ]]; then
 fi
 rm -rf "$work"
 mkdir -p "$work"
-# src/ and scripts/ too: the import-graph test runs scripts/check-imports.mjs on the real src/.
-cp -r "$root/bin" "$root/dist" "$root/agent" "$root/native" "$root/docs" "$root/src" "$root/scripts" "$root/package.json" "$work/"
+# src/ and scripts/ too: the import-graph test runs scripts/check-imports.mjs on the real src/;
+# images/: the agents image's lock and overlay (built-in catalog files and their tests).
+cp -r "$root/bin" "$root/dist" "$root/agent" "$root/native" "$root/docs" "$root/images" "$root/src" "$root/scripts" "$root/package.json" "$work/"
 ln -s "$cache/modules-$key/node_modules" "$work/node_modules"
 cd "$work"
 mapfile -t files < <(find dist/test/unit dist/test/integration -name '*.test.js' | sort)

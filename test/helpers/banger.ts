@@ -372,7 +372,7 @@ export async function treeReadableBy(uid: number, gid: number, dir: string): Pro
   if (probe.code === 0) return ROOT;
   const tree = join(dir, 'tree');
   await mkdir(tree, { recursive: true, mode: 0o755 });
-  for (const p of ['bin', 'dist', 'package.json', 'node_modules', 'agent', 'native']) {
+  for (const p of ['bin', 'dist', 'package.json', 'node_modules', 'agent', 'native', 'images']) {
     if (!existsSync(join(ROOT, p))) continue;
     const r = await runProcess('cp', ['-a', join(ROOT, p), join(tree, p)], {}, 300_000);
     if (r.code !== 0) throw new Error(`copying ${p} for uid ${uid} failed: ${r.stderr}`);
